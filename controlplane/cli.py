@@ -1,0 +1,43 @@
+"""The ``liveupdate`` command. Subcommands are imported only when run, so ``--help`` stays fast
+and the control-plane host never loads torch for commands that do not need it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("controlplane.commands.demo", "run the embedded appliance on http://127.0.0.1:8000"),
+    "serve": ("controlplane.commands.serve", "run the control plane's ASGI server (production)"),
+    "manage": ("controlplane.commands.manage", "run a Django management command"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="liveupdate",
+        description="LiveUpdate: fresh recommendation models without cross-cluster parameter sync.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # prints help or the "invalid choice" error and exits
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"liveupdate {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure PyTorch/NumPy core of LiveUpdate: model, LiveEmbedding, rank control, trainer, readers."""

@@ -1,0 +1,158 @@
+"""The one sparse-batch contract used by readers, model, trainer, node runtime and experiments.
+
+Shapes: B = batch size, F = number of sparse features, nnz_f = ids of feature f in the batch.
+Feature f of sample b is the bag ``values[f][offsets[f][b] : offsets[f][b + 1]]`` (the last bag
+ends at ``len(values[f])``), the EmbeddingBag ``offsets`` convention. Ids are already hashed
+into their table's row range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SparseBatch:
+    keys: tuple[str, ...]  # F feature names, one embedding table each
+    values: tuple[torch.Tensor, ...]  # F tensors (nnz_f,) int64 row ids
+    offsets: tuple[torch.Tensor, ...]  # F tensors (B,) int64 bag starts
+    dense: torch.Tensor  # (B, n_dense) float32
+    labels: torch.Tensor  # (B,) float32 in {0, 1}
+    timestamps: torch.Tensor  # (B,) float64 event time, seconds
+    request_ids: torch.Tensor  # (B,) int64, unique per served request
+
+    def __post_init__(self) -> None:
+        n = self.labels.shape[0]
+        if not (len(self.keys) == len(self.values) == len(self.offsets)):
+            raise ValueError("keys, values and offsets must have one entry per feature")
+        if self.dense.dim() != 2 or self.dense.shape[0] != n:
+            raise ValueError(
+                f"dense must be (B, n_dense) with B={n}, got {tuple(self.dense.shape)}"
+            )
+        if self.timestamps.shape != (n,) or self.request_ids.shape != (n,):
+            raise ValueError("timestamps and request_ids must be (B,)")
+        for key, vals, offs in zip(self.keys, self.values, self.offsets, strict=True):
+            if offs.shape != (n,):
+                raise ValueError(f"offsets of {key!r} must be (B,)={n}, got {tuple(offs.shape)}")
+            if vals.dtype != torch.int64 or offs.dtype != torch.int64:
+                raise ValueError(f"values and offsets of {key!r} must be int64")
+            if n and (int(offs[0]) != 0 or bool((offs[1:] < offs[:-1]).any())):
+                raise ValueError(f"offsets of {key!r} must start at 0 and never decrease")
+            if n and int(offs[-1]) > vals.shape[0]:
+                raise ValueError(f"offsets of {key!r} point past its values")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def feature(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, offsets) of one feature."""
+        i = self.keys.index(key)
+        return self.values[i], self.offsets[i]
+
+    def lengths(self, i: int) -> torch.Tensor:
+        """(B,) number of ids of feature i in each sample."""
+        ends = torch.cat([self.offsets[i][1:], torch.tensor([self.values[i].shape[0]])])
+        return ends - self.offsets[i]
+
+    def with_labels(self, labels: torch.Tensor) -> SparseBatch:
+        return SparseBatch(
+            self.keys,
+            self.values,
+            self.offsets,
+            self.dense,
+            labels.to(torch.float32),
+            self.timestamps,
+            self.request_ids,
+        )
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> SparseBatch:
+        """The samples at ``index`` (in that order), as a new batch."""
+        idx = torch.as_tensor(index, dtype=torch.int64)
+        values, offsets = [], []
+        for i in range(len(self.keys)):
+            lengths = self.lengths(i)[idx]
+            starts = self.offsets[i][idx]
+            picked = [
+                self.values[i][s : s + n]
+                for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)
+            ]
+            values.append(torch.cat(picked) if picked else self.values[i][:0])
+            offsets.append(_offsets_from_lengths(lengths))
+        return SparseBatch(
+            self.keys,
+            tuple(values),
+            tuple(offsets),
+            self.dense[idx],
+            self.labels[idx],
+            self.timestamps[idx],
+            self.request_ids[idx],
+        )
+
+    @staticmethod
+    def concat(batches: Sequence[SparseBatch]) -> SparseBatch:
+        """One batch holding the samples of ``batches`` in order (all with the same keys)."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        keys = batches[0].keys
+        if any(b.keys != keys for b in batches):
+            raise ValueError("concat needs batches with the same feature keys")
+        values, offsets = [], []
+        for i in range(len(keys)):
+            values.append(torch.cat([b.values[i] for b in batches]))
+            offsets.append(_offsets_from_lengths(torch.cat([b.lengths(i) for b in batches])))
+        return SparseBatch(
+            keys,
+            tuple(values),
+            tuple(offsets),
+            torch.cat([b.dense for b in batches]),
+            torch.cat([b.labels for b in batches]),
+            torch.cat([b.timestamps for b in batches]),
+            torch.cat([b.request_ids for b in batches]),
+        )
+
+    @staticmethod
+    def from_ids(
+        keys: Sequence[str],
+        ids: Sequence[Sequence[Sequence[int]]],
+        dense: torch.Tensor,
+        labels: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        request_ids: torch.Tensor | None = None,
+    ) -> SparseBatch:
+        """Build from ``ids[f][b]``: the row ids of feature f in sample b (one- or multi-hot)."""
+        n = int(labels.shape[0])
+        values, offsets = [], []
+        for per_sample in ids:
+            if len(per_sample) != n:
+                raise ValueError(f"every feature needs {n} bags, got {len(per_sample)}")
+            lengths = torch.tensor([len(bag) for bag in per_sample], dtype=torch.int64)
+            flat = [int(v) for bag in per_sample for v in bag]
+            values.append(torch.tensor(flat, dtype=torch.int64))
+            offsets.append(_offsets_from_lengths(lengths))
+        return SparseBatch(
+            tuple(keys),
+            tuple(values),
+            tuple(offsets),
+            dense.to(torch.float32),
+            labels.to(torch.float32),
+            torch.zeros(n, dtype=torch.float64)
+            if timestamps is None
+            else timestamps.to(torch.float64),
+            torch.arange(n, dtype=torch.int64)
+            if request_ids is None
+            else request_ids.to(torch.int64),
+        )
+
+
+def _offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    offsets = torch.zeros_like(lengths)
+    if lengths.numel() > 1:
+        offsets[1:] = torch.cumsum(lengths[:-1], dim=0)
+    return offsets

@@ -1,0 +1,1 @@
+"""The inference-node runtime. Imports dlrm_core; never imports Django models."""

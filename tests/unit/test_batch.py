@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from dlrm_core.batch import SparseBatch
+
+
+def make_batch():
+    return SparseBatch.from_ids(
+        ["user", "genre"],
+        [[[3], [5], [3]], [[1, 2], [], [4]]],
+        dense=torch.arange(6, dtype=torch.float32).reshape(3, 2),
+        labels=torch.tensor([1.0, 0.0, 1.0]),
+        timestamps=torch.tensor([10.0, 11.0, 12.0]),
+        request_ids=torch.tensor([100, 101, 102]),
+    )
+
+
+def test_layout_follows_embeddingbag_offsets():
+    batch = make_batch()
+    values, offsets = batch.feature("genre")
+    assert values.tolist() == [1, 2, 4] and offsets.tolist() == [0, 2, 2]
+    assert batch.lengths(1).tolist() == [2, 0, 1]
+    assert batch.batch_size == 3
+
+
+def test_select_and_concat_round_trip():
+    batch = make_batch()
+    picked = batch.select([2, 0])
+    assert picked.feature("genre")[0].tolist() == [4, 1, 2]
+    assert picked.request_ids.tolist() == [102, 100]
+    back = SparseBatch.concat([batch.select([0]), batch.select([1, 2])])
+    for a, b in zip(back.values + back.offsets, batch.values + batch.offsets, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(back.dense, batch.dense)
+
+
+def test_inconsistent_batches_are_refused():
+    batch = make_batch()
+    with pytest.raises(ValueError, match="offsets of 'user' must be"):
+        SparseBatch(
+            batch.keys,
+            batch.values,
+            (batch.offsets[0][:2], batch.offsets[1]),
+            batch.dense,
+            batch.labels,
+            batch.timestamps,
+            batch.request_ids,
+        )
+    with pytest.raises(ValueError, match="point past its values"):
+        SparseBatch(
+            batch.keys,
+            (batch.values[0][:1], batch.values[1]),
+            batch.offsets,
+            batch.dense,
+            batch.labels,
+            batch.timestamps,
+            batch.request_ids,
+        )

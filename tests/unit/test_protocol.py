@@ -1,0 +1,94 @@
+import math
+
+import pytest
+
+from nodeworker import protocol
+
+
+def good_sample(seq=0, **overrides):
+    sample = {
+        "seq": seq,
+        "ts": 1_700_000_000.0 + seq,
+        "qps": 120.0,
+        "p50_ms": 2.0,
+        "p95_ms": 5.0,
+        "p99_ms": 9.0,
+        "auc": 0.71,
+        "logloss": 0.52,
+        "memory_overhead_bytes": 4096,
+        "memory_overhead_pct": 1.4,
+        "freshness_lag_s": 0.8,
+        "trainer_samples_per_s": 900.0,
+        "trainer_duty": 0.6,
+        "throttle": "running",
+        "tables": {"user": {"rank": 4, "memory_bytes": 2048, "memory_pct": 1.2}},
+        "cpu_per_core": [55.0, 20.0],
+        "events": [{"kind": "rank_change", "ts": 1_700_000_000.5, "detail": {"from": 4, "to": 6}}],
+    }
+    sample.update(overrides)
+    return sample
+
+
+def test_queue_names():
+    assert protocol.node_queue("edge-1") == "node.edge-1"
+    with pytest.raises(ValueError, match="invalid node name"):
+        protocol.node_queue("Bad Name")
+
+
+def test_policy_defaults_are_valid_and_bounds_reported_per_field():
+    clean, errors = protocol.validate_policy({})
+    assert errors == {} and clean == protocol.POLICY_DEFAULTS
+    _, errors = protocol.validate_policy(
+        {
+            "tau": 1.5,
+            "r_min": 8,
+            "r_max": 4,
+            "memory_budget_pct": 0,
+            "mode": "turbo",
+            "sla_p99_ms": math.nan,
+            "bogus": 1,
+        }
+    )
+    assert errors == {
+        "tau": "Must be >= 0.5 and <= 1.0.",
+        "r_max": "Must be >= r_min.",
+        "memory_budget_pct": "Must be > 0.0 and <= 10.0.",
+        "mode": "Must be one of liveupdate, delta_sync, frozen.",
+        "sla_p99_ms": "Must be a finite number.",
+        "bogus": "Unknown policy field.",
+    }
+
+
+def test_policy_rejects_booleans_and_fractions_for_integers():
+    _, errors = protocol.validate_policy({"r_min": True, "r_max": 2.5})
+    assert errors == {"r_min": "Must be a whole number.", "r_max": "Must be a whole number."}
+
+
+def test_valid_batch_passes():
+    samples = protocol.validate_batch({"node": "n1", "samples": [good_sample(0), good_sample(1)]})
+    assert [s["seq"] for s in samples] == [0, 1]
+
+
+def test_malformed_batch_reports_every_field():
+    bad = good_sample(3, p99_ms=float("inf"), qps=-1, throttle="sleepy", cpu_per_core=[120])
+    bad["tables"]["user"]["rank"] = -2
+    del bad["memory_overhead_pct"]
+    with pytest.raises(protocol.TelemetryError) as excinfo:
+        protocol.validate_batch({"node": "n1", "samples": [good_sample(0), bad]})
+    assert excinfo.value.errors == {
+        "samples[1].p99_ms": "Must be a finite number.",
+        "samples[1].qps": "Must be >= 0.0.",
+        "samples[1].memory_overhead_pct": "This field is required.",
+        "samples[1].throttle": "Must be one of running, throttled, paused.",
+        "samples[1].tables.user.rank": "Must be an integer >= 0.",
+        "samples[1].cpu_per_core": "Must be a list of percentages between 0 and 100.",
+    }
+
+
+def test_duplicate_seq_and_empty_batches_are_rejected():
+    with pytest.raises(protocol.TelemetryError, match="unique"):
+        protocol.validate_batch({"node": "n1", "samples": [good_sample(1), good_sample(1)]})
+    with pytest.raises(protocol.TelemetryError, match="non-empty"):
+        protocol.validate_batch({"node": "n1", "samples": []})
+    with pytest.raises(protocol.TelemetryError, match="JSON object"):
+        protocol.validate_batch([1, 2])

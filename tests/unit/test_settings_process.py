@@ -1,0 +1,59 @@
+"""Settings load in a fresh interpreter, so each case sees exactly the environment it sets."""
+
+import subprocess
+import sys
+
+from tests.services import ROOT
+
+
+def load_settings(tmp_path, **env):
+    code = (
+        "import controlplane.settings as s; "
+        "print(s.DEBUG, s.CHANNEL_LAYERS['default']['BACKEND'], s.CELERY_BROKER_URL)"
+    )
+    base = {"PATH": "/usr/bin:/bin", "LIVEUPDATE_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_embedded_default_needs_no_servers(tmp_path):
+    result = load_settings(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "True",
+        "channels.layers.InMemoryChannelLayer",
+        "filesystem://",
+    ]
+    assert (tmp_path / "secret_key").exists()
+
+
+def test_redis_url_switches_channels_and_celery(tmp_path):
+    result = load_settings(
+        tmp_path,
+        REDIS_URL="redis://127.0.0.1:6379/3",
+        SECRET_KEY="k" * 50,
+        DATABASE_URL="postgres://u@h/db",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "False",
+        "channels_redis.core.RedisChannelLayer",
+        "redis://127.0.0.1:6379/3",
+    ]
+
+
+def test_production_without_secret_key_fails_loudly(tmp_path):
+    result = load_settings(tmp_path, DATABASE_URL="postgres://u@h/db")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: SECRET_KEY must be set when DEBUG is off" in result.stderr
+
+
+def test_bad_debug_value_is_named(tmp_path):
+    result = load_settings(tmp_path, DEBUG="sometimes")
+    assert "DEBUG must be a boolean" in result.stderr and "'sometimes'" in result.stderr
