@@ -1,0 +1,253 @@
+"""DLRM as small named modules, in the layout of torchrec's models/dlrm.py.
+
+Shapes: B = batch, F = sparse features (one table each), D = embedding dim, N = rows of a table.
+
+    dense (B, n_dense) --DenseArch--> (B, D) ------------------------------+
+    ids of F features --SparseArch--> (B, F, D) --InteractionArch(dense, sparse)--> (B, D + P)
+    (B, D + P) --OverArch--> (B,) logits,   P = (F + 1) * F / 2 pairwise dot products
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.schema import StreamSchema
+
+CRITEO_BOTTOM_MLP = (512, 256, 64, 16)
+CRITEO_TOP_MLP = (512, 256, 1)
+CRITEO_N_DENSE = 13
+CRITEO_EMBEDDING_DIM = 16
+
+
+@dataclass(frozen=True)
+class DLRMConfig:
+    feature_names: tuple[str, ...]  # F sparse features, in batch key order
+    table_sizes: tuple[int, ...]  # F row counts N_f
+    n_dense: int  # dense inputs (0 allowed: the dense vector is then a learned constant)
+    embedding_dim: int  # D
+    bottom_mlp: tuple[int, ...]  # layer widths after the input; the last must equal D
+    top_mlp: tuple[int, ...]  # layer widths after the interaction; the last must be 1
+
+    def __post_init__(self) -> None:
+        if not self.feature_names:
+            raise ValueError("feature_names: a DLRM needs at least one sparse feature")
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"feature_names must be unique, got {list(self.feature_names)}")
+        if len(self.table_sizes) != len(self.feature_names):
+            raise ValueError(
+                f"table_sizes: need one size per feature ({len(self.feature_names)}), "
+                f"got {len(self.table_sizes)}"
+            )
+        for name, size in zip(self.feature_names, self.table_sizes, strict=True):
+            if not 1 <= size <= 2**40:
+                raise ValueError(f"table_sizes[{name!r}] must be in [1, 2**40], got {size}")
+        if not 0 <= self.n_dense <= 100_000:
+            raise ValueError(f"n_dense must be in [0, 100000], got {self.n_dense}")
+        if not 1 <= self.embedding_dim <= 4096:
+            raise ValueError(f"embedding_dim must be in [1, 4096], got {self.embedding_dim}")
+        for field, widths in (("bottom_mlp", self.bottom_mlp), ("top_mlp", self.top_mlp)):
+            if not widths or any(not 1 <= w <= 65_536 for w in widths):
+                raise ValueError(f"{field} needs >= 1 layer widths in [1, 65536], got {widths}")
+        if self.bottom_mlp[-1] != self.embedding_dim:
+            raise ValueError(
+                f"bottom_mlp must end at embedding_dim={self.embedding_dim}, "
+                f"got {self.bottom_mlp[-1]}"
+            )
+        if self.top_mlp[-1] != 1:
+            raise ValueError(f"top_mlp must end at 1 (the logit), got {self.top_mlp[-1]}")
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def interaction_dim(self) -> int:
+        """Width of the InteractionArch output: D + (F + 1) * F / 2."""
+        f = self.num_features
+        return self.embedding_dim + (f + 1) * f // 2
+
+    @classmethod
+    def criteo_reference(
+        cls, table_sizes: Sequence[int], feature_names: Sequence[str] | None = None
+    ) -> DLRMConfig:
+        """The facebookresearch/dlrm Criteo-Kaggle shape: D=16, bottom 13-512-256-64-16,
+        top 512-256-1, over the given table sizes (26 for Criteo; names default C1..CF)."""
+        names = feature_names or [f"C{i + 1}" for i in range(len(table_sizes))]
+        return cls(
+            feature_names=tuple(names),
+            table_sizes=tuple(int(n) for n in table_sizes),
+            n_dense=CRITEO_N_DENSE,
+            embedding_dim=CRITEO_EMBEDDING_DIM,
+            bottom_mlp=CRITEO_BOTTOM_MLP,
+            top_mlp=CRITEO_TOP_MLP,
+        )
+
+    @classmethod
+    def from_schema(
+        cls,
+        schema: StreamSchema,
+        embedding_dim: int = 16,
+        bottom_hidden: Sequence[int] = (64,),
+        top_hidden: Sequence[int] = (64, 32),
+    ) -> DLRMConfig:
+        """A DLRM for a stream's schema; the bottom MLP ends at D and the top MLP at 1."""
+        return cls(
+            feature_names=schema.keys,
+            table_sizes=schema.table_sizes,
+            n_dense=schema.n_dense,
+            embedding_dim=embedding_dim,
+            bottom_mlp=(*bottom_hidden, embedding_dim),
+            top_mlp=(*top_hidden, 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DLRMConfig:
+        expected = set(cls.__dataclass_fields__)
+        if set(data) != expected:
+            raise ValueError(f"DLRMConfig needs exactly the fields {sorted(expected)}")
+        return cls(
+            feature_names=tuple(str(n) for n in data["feature_names"]),
+            table_sizes=tuple(int(n) for n in data["table_sizes"]),
+            n_dense=int(data["n_dense"]),
+            embedding_dim=int(data["embedding_dim"]),
+            bottom_mlp=tuple(int(w) for w in data["bottom_mlp"]),
+            top_mlp=tuple(int(w) for w in data["top_mlp"]),
+        )
+
+
+def _mlp(in_features: int, widths: Sequence[int], final_relu: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, width in enumerate(widths):
+        with warnings.catch_warnings():
+            # n_dense=0 gives a (width, 0) weight: the layer is just its bias, by design.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            linear = nn.Linear(in_features, width)
+        # facebookresearch/dlrm init: N(0, sqrt(2 / (fan_in + fan_out))), bias N(0, sqrt(1/out)).
+        nn.init.normal_(linear.weight, 0.0, math.sqrt(2.0 / (in_features + width)))
+        nn.init.normal_(linear.bias, 0.0, math.sqrt(1.0 / width))
+        layers.append(linear)
+        if final_relu or i < len(widths) - 1:
+            layers.append(nn.ReLU())
+        in_features = width
+    return nn.Sequential(*layers)
+
+
+class DenseArch(nn.Module):
+    """Bottom MLP: (B, n_dense) -> (B, D), ReLU after every layer."""
+
+    def __init__(self, n_dense: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        self.mlp = _mlp(n_dense, widths, final_relu=True)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.mlp(dense)
+
+
+class SparseArch(nn.Module):
+    """One EmbeddingBag (mode sum, sparse gradients) per feature: ids -> (B, F, D).
+
+    ``tables[f]`` is any module called as ``table(values, offsets) -> (B, D)``, so a
+    LiveEmbedding can wrap and replace a plain EmbeddingBag in place.
+    """
+
+    def __init__(self, feature_names: Sequence[str], table_sizes: Sequence[int], dim: int):
+        super().__init__()
+        self.feature_names = tuple(feature_names)
+        self.tables = nn.ModuleList()
+        for n in table_sizes:
+            bag = nn.EmbeddingBag(n, dim, mode="sum", sparse=True)
+            # torchrec's default: U(-sqrt(1/N), sqrt(1/N)).
+            nn.init.uniform_(bag.weight, -math.sqrt(1.0 / n), math.sqrt(1.0 / n))
+            self.tables.append(bag)
+
+    def table(self, name: str) -> nn.Module:
+        return self.tables[self.feature_names.index(name)]
+
+    def set_table(self, name: str, module: nn.Module) -> None:
+        self.tables[self.feature_names.index(name)] = module
+
+    def forward(self, batch: SparseBatch) -> torch.Tensor:
+        if batch.keys != self.feature_names:
+            raise ValueError(
+                f"batch keys {list(batch.keys)} differ from the model's {list(self.feature_names)}"
+            )
+        pooled = [
+            table(values, offsets)
+            for table, values, offsets in zip(self.tables, batch.values, batch.offsets, strict=True)
+        ]
+        return torch.stack(pooled, dim=1)
+
+
+class InteractionArch(nn.Module):
+    """Pairwise dot products of [dense, sparse_1..sparse_F], strictly upper triangle.
+
+    (B, D), (B, F, D) -> (B, D + (F + 1) * F / 2): the dense vector followed by the dots.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        rows, cols = torch.triu_indices(num_features + 1, num_features + 1, offset=1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F + 1, D)
+        dots = torch.bmm(stacked, stacked.transpose(1, 2))  # (B, F + 1, F + 1)
+        return torch.cat([dense, dots[:, self.rows, self.cols]], dim=1)
+
+
+class OverArch(nn.Module):
+    """Top MLP: (B, D + P) -> (B,) logits (no activation on the last layer)."""
+
+    def __init__(self, in_features: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        self.mlp = _mlp(in_features, widths, final_relu=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features).squeeze(1)
+
+
+class DLRM(nn.Module):
+    """SparseBatch -> (B,) click logits; apply a sigmoid for probabilities."""
+
+    def __init__(self, config: DLRMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dense_arch = DenseArch(config.n_dense, config.bottom_mlp)
+        self.sparse_arch = SparseArch(
+            config.feature_names, config.table_sizes, config.embedding_dim
+        )
+        self.inter_arch = InteractionArch(config.num_features)
+        self.over_arch = OverArch(config.interaction_dim, config.top_mlp)
+
+    def forward(self, batch: SparseBatch) -> torch.Tensor:
+        if batch.dense.shape[1] != self.config.n_dense:
+            raise ValueError(
+                f"batch has {batch.dense.shape[1]} dense features, model expects "
+                f"{self.config.n_dense}"
+            )
+        dense = self.dense_arch(batch.dense)
+        sparse = self.sparse_arch(batch)
+        return self.over_arch(self.inter_arch(dense, sparse))
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the MLPs (dense gradients)."""
+        return [*self.dense_arch.parameters(), *self.over_arch.parameters()]
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the embedding tables (sparse gradients)."""
+        return list(self.sparse_arch.parameters())
