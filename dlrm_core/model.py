@@ -195,19 +195,18 @@ class InteractionArch(nn.Module):
     (B, D), (B, F, D) -> (B, D + (F + 1) * F / 2): the dense vector followed by the dots.
     """
 
-    rows: torch.Tensor
-    cols: torch.Tensor
+    pairs: torch.Tensor
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
         rows, cols = torch.triu_indices(num_features + 1, num_features + 1, offset=1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        # flat index into the (F + 1) x (F + 1) dot matrix: index_select beats 2-d indexing
+        self.register_buffer("pairs", rows * (num_features + 1) + cols, persistent=False)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F + 1, D)
         dots = torch.bmm(stacked, stacked.transpose(1, 2))  # (B, F + 1, F + 1)
-        return torch.cat([dense, dots[:, self.rows, self.cols]], dim=1)
+        return torch.cat([dense, dots.flatten(1).index_select(1, self.pairs)], dim=1)
 
 
 class OverArch(nn.Module):

@@ -1,0 +1,377 @@
+"""LiveEmbedding: a frozen base EmbeddingBag plus a low-rank correction of its active rows.
+
+Served row i = base[i] + (A[slot(i)] @ B) * scale when i is active, else base[i].
+Shapes: N base rows, D dim, n active rows, r rank; A (n, r), B (r, D).
+
+Everything but B grows with the active rows n, never with N: the slot map is the sorted id
+array ``ids`` (n,) looked up with searchsorted, and A's row k belongs to ``ids[k]``. Per active
+row the module keeps A's row, its id, its last-use time and a row-wise Adagrad accumulator;
+B has Adam moments. Like PEFT's LoRA layers it wraps its base layer and can merge the delta into
+it and unmerge it again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlrm_core.checkpoint import CheckpointError, read_container, write_container
+from dlrm_core.factor_optim import adam_, rowwise_adagrad_
+from dlrm_core.model import SparseArch
+
+FACTORS_KIND = "live-factors"
+FACTORS_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LiveEmbeddingConfig:
+    rank: int = 4  # initial r
+    scale: float = 1.0  # delta = A @ B * scale (fixed, so rank changes keep the delta)
+    seed: int = 0  # seeds B's initial orthonormal rows
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rank <= 1024:
+            raise ValueError(f"rank must be in [1, 1024], got {self.rank}")
+        if not (math.isfinite(self.scale) and 0 < self.scale <= 1e3):
+            raise ValueError(f"scale must be in (0, 1000], got {self.scale}")
+
+
+@dataclass(frozen=True)
+class TableFactors:
+    """An immutable copy of one table's correction (what a trainer publishes)."""
+
+    ids: torch.Tensor  # (n,) int64, sorted, unique
+    a: torch.Tensor  # (n, r)
+    b: torch.Tensor  # (r, D)
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.b.shape[0])
+
+    @property
+    def num_active(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes of a LiveEmbedding's state against its base table."""
+
+    a_bytes: int
+    b_bytes: int
+    slot_map_bytes: int  # sorted ids + last-use times
+    optimizer_bytes: int  # row-wise Adagrad for A, Adam moments for B
+    base_bytes: int
+
+    @property
+    def overhead_bytes(self) -> int:
+        return self.a_bytes + self.b_bytes + self.slot_map_bytes + self.optimizer_bytes
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100.0 * self.overhead_bytes / self.base_bytes
+
+
+_F32, _I64 = 4, 8
+
+
+def row_bytes(rank: int) -> int:
+    """Bytes per active row: A's row, its id, last-use time, Adagrad accumulator."""
+    return _F32 * rank + _I64 + _F32 + _F32
+
+
+def shared_bytes(rank: int, dim: int) -> int:
+    """Bytes that do not depend on the active rows: B and its two Adam moments."""
+    return 3 * _F32 * rank * dim
+
+
+def overhead_bytes(num_active: int, rank: int, dim: int) -> int:
+    """What a LiveEmbedding with these sizes reports as overhead_bytes."""
+    return num_active * row_bytes(rank) + shared_bytes(rank, dim)
+
+
+class LiveEmbedding(nn.Module):
+    """(values (nnz,), offsets (B,)) -> (B, D), like the EmbeddingBag it wraps (mode sum)."""
+
+    ids: torch.Tensor
+    last_used: torch.Tensor
+    a_accum: torch.Tensor
+    b_m: torch.Tensor
+    b_v: torch.Tensor
+
+    def __init__(self, base: nn.EmbeddingBag, config: LiveEmbeddingConfig | None = None):
+        super().__init__()
+        if base.mode != "sum" or base.padding_idx is not None:
+            raise ValueError("LiveEmbedding wraps an EmbeddingBag with mode='sum', no padding")
+        self.config = config or LiveEmbeddingConfig()
+        self.base = base
+        self.base.weight.requires_grad_(False)
+        n, d = base.weight.shape
+        if self.config.rank > d:
+            raise ValueError(f"rank {self.config.rank} exceeds the embedding dim {d}")
+        self.scale = self.config.scale
+        self.merged = False
+        self.time_origin: float | None = None  # last_used holds seconds since this (float32)
+        self.b_steps = 0
+        gen = torch.Generator().manual_seed(self.config.seed)
+        q, _ = torch.linalg.qr(torch.randn(d, self.config.rank, generator=gen))
+        self.A = nn.Parameter(torch.zeros(0, self.config.rank))
+        self.B = nn.Parameter(q.T.contiguous())  # orthonormal rows, so a new row's delta is 0
+        self.register_buffer("ids", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("last_used", torch.zeros(0))
+        self.register_buffer("a_accum", torch.zeros(0))
+        self.register_buffer("b_m", torch.zeros_like(self.B))
+        self.register_buffer("b_v", torch.zeros_like(self.B))
+
+    # ---- sizes -------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return int(self.base.weight.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.base.weight.shape[1])
+
+    @property
+    def rank(self) -> int:
+        return int(self.B.shape[0])
+
+    @property
+    def num_active(self) -> int:
+        return int(self.ids.shape[0])
+
+    def memory(self) -> MemoryReport:
+        def nbytes(*ts: torch.Tensor) -> int:
+            return sum(t.numel() * t.element_size() for t in ts)
+
+        return MemoryReport(
+            a_bytes=nbytes(self.A),
+            b_bytes=nbytes(self.B),
+            slot_map_bytes=nbytes(self.ids, self.last_used),
+            optimizer_bytes=nbytes(self.a_accum, self.b_m, self.b_v),
+            base_bytes=nbytes(self.base.weight),
+        )
+
+    # ---- serving -----------------------------------------------------------------------
+    def slots(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pos, hit), both (nnz,): A's row of each id where hit, pos is clamped elsewhere."""
+        pos = torch.searchsorted(self.ids, values)
+        if self.num_active == 0:
+            return pos, torch.zeros_like(values, dtype=torch.bool)
+        pos.clamp_(max=self.num_active - 1)
+        return pos, self.ids.index_select(0, pos) == values
+
+    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        out = self.base(values, offsets)
+        if self.merged or self.num_active == 0:
+            return out
+        pos, hit = self.slots(values)
+        pooled_a = F.embedding_bag(  # (B, r); inactive ids weigh 0
+            pos, self.A, offsets, mode="sum", sparse=True, per_sample_weights=hit.to(self.A.dtype)
+        )
+        return torch.addmm(out, pooled_a, self.B, alpha=self.scale)  # out + pooled_a B scale
+
+    def get_delta_weight(self, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), D) delta of the given rows (zero for inactive rows)."""
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        out = torch.zeros(rows.shape[0], self.dim)
+        if self.num_active:
+            pos, hit = self.slots(rows)
+            out[hit] = (self.A.detach()[pos[hit]] @ self.B.detach()) * self.scale
+        return out
+
+    def factors(self) -> TableFactors:
+        """An immutable snapshot (cloned tensors) of the correction."""
+        return TableFactors(
+            self.ids.clone(), self.A.detach().clone(), self.B.detach().clone(), self.scale
+        )
+
+    def load_factors(self, factors: TableFactors) -> None:
+        """Serve a copy of ``factors`` (e.g. a published version), so training this module
+        never changes them; optimizer state restarts from zero."""
+        self._check_mutable()
+        _validate_factors(factors, self.num_rows, self.dim, "factors")
+        n, r = factors.num_active, factors.rank
+        self.ids = factors.ids.clone()
+        self.A = nn.Parameter(factors.a.clone())
+        self.B = nn.Parameter(factors.b.clone())
+        self.scale = factors.scale
+        self.last_used = torch.zeros(n)
+        self.a_accum = torch.zeros(n)
+        self._reset_b_state(r)
+
+    # ---- active set --------------------------------------------------------------------
+    def activate(self, values: torch.Tensor, now: float, max_active: int) -> int:
+        """Mark ``values`` as used at ``now`` and admit the new ones, smallest ids first,
+        while the active set stays <= max_active. Returns the number admitted."""
+        self._check_mutable()
+        if self.time_origin is None:
+            self.time_origin = float(now)
+        stamp = float(now) - self.time_origin
+        uniq = torch.unique(values)
+        pos, hit = self.slots(uniq)
+        self.last_used[pos[hit]] = stamp
+        room = max(max_active - self.num_active, 0)
+        new = uniq[~hit][:room]
+        if new.numel() == 0:
+            return 0
+        if int(new[-1]) >= self.num_rows or int(new[0]) < 0:
+            raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
+        k = new.numel()
+        ids = torch.cat([self.ids, new])
+        order = torch.argsort(ids)
+        self.ids = ids[order]
+        self.A = nn.Parameter(torch.cat([self.A.detach(), torch.zeros(k, self.rank)])[order])
+        self.last_used = torch.cat([self.last_used, torch.full((k,), stamp)])[order]
+        self.a_accum = torch.cat([self.a_accum, torch.zeros(k)])[order]
+        return k
+
+    def evict(self, rows: torch.Tensor, fold: bool = True) -> int:
+        """Remove ``rows`` from the active set, first folding their delta into the base copy
+        (unless fold=False, which discards it). Returns the number of rows removed."""
+        self._check_mutable()
+        pos, hit = self.slots(torch.unique(torch.as_tensor(rows, dtype=torch.int64)))
+        pos = pos[hit]
+        if pos.numel() == 0:
+            return 0
+        if fold:
+            with torch.no_grad():
+                self.base.weight[self.ids[pos]] += (self.A[pos] @ self.B) * self.scale
+        keep = torch.ones(self.num_active, dtype=torch.bool)
+        keep[pos] = False
+        self.ids = self.ids[keep]
+        self.A = nn.Parameter(self.A.detach()[keep])
+        self.last_used = self.last_used[keep]
+        self.a_accum = self.a_accum[keep]
+        return int(pos.numel())
+
+    def ages(self, now: float) -> torch.Tensor:
+        """(n,) seconds since each active row was last used."""
+        origin = self.time_origin if self.time_origin is not None else float(now)
+        return (float(now) - origin) - self.last_used.to(torch.float64)
+
+    # ---- factors -----------------------------------------------------------------------
+    def set_factors(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Replace A (n, k) and B (k, D) for the same active rows (a rank change). Row-wise
+        Adagrad state is per row and kept; B's Adam moments restart at the new shape."""
+        self._check_mutable()
+        if a.shape[0] != self.num_active or a.shape[1] != b.shape[0] or b.shape[1] != self.dim:
+            raise ValueError(
+                f"set_factors needs A ({self.num_active}, k) and B (k, {self.dim}), "
+                f"got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
+        self.A = nn.Parameter(a.detach().contiguous().clone())
+        self.B = nn.Parameter(b.detach().contiguous().clone())
+        self._reset_b_state(int(b.shape[0]))
+
+    def step(self, lr_a: float, lr_b: float) -> None:
+        """Apply A.grad (row-wise Adagrad) and B.grad (Adam), then clear both grads."""
+        self._check_mutable()
+        with torch.no_grad():
+            if self.A.grad is not None:
+                rowwise_adagrad_(self.A.data, self.a_accum, self.A.grad, lr_a)
+            if self.B.grad is not None:
+                self.b_steps += 1
+                adam_(self.B.data, self.B.grad, self.b_m, self.b_v, self.b_steps, lr_b)
+        self.A.grad = None
+        self.B.grad = None
+
+    def _reset_b_state(self, rank: int) -> None:
+        self.b_m = torch.zeros(rank, self.dim)
+        self.b_v = torch.zeros(rank, self.dim)
+        self.b_steps = 0
+
+    # ---- merge (PEFT-style) ------------------------------------------------------------
+    def merge(self) -> None:
+        """Fold the delta into the base weights; forward then serves the base alone."""
+        if self.merged:
+            raise RuntimeError("LiveEmbedding is already merged")
+        with torch.no_grad():
+            self.base.weight[self.ids] += self.get_delta_weight(self.ids)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Take the delta back out of the base weights."""
+        if not self.merged:
+            raise RuntimeError("LiveEmbedding is not merged")
+        with torch.no_grad():
+            self.base.weight[self.ids] -= self.get_delta_weight(self.ids)
+        self.merged = False
+
+    def merged_copy(self) -> nn.EmbeddingBag:
+        """A plain EmbeddingBag holding base + delta (the base itself is untouched)."""
+        weight = self.base.weight.detach().clone()
+        if not self.merged:
+            weight[self.ids] += self.get_delta_weight(self.ids)
+        return nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode="sum", sparse=True)
+
+    def _check_mutable(self) -> None:
+        if self.merged:
+            raise RuntimeError("unmerge the LiveEmbedding before changing its factors")
+
+    # ---- export / import ---------------------------------------------------------------
+    def export_factors(self, path: str | os.PathLike[str], table: str) -> str:
+        """Write ids, A, B and last-use times with a version and sha256; returns the digest."""
+        meta = {
+            "table": table,
+            "num_rows": self.num_rows,
+            "dim": self.dim,
+            "rank": self.rank,
+            "scale": self.scale,
+            "time_origin": self.time_origin,
+        }
+        tensors = {"ids": self.ids, "a": self.A, "b": self.B, "last_used": self.last_used}
+        return write_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION, meta, tensors)
+
+    def import_factors(self, path: str | os.PathLike[str], table: str) -> None:
+        """Load factors written by export_factors for the same table shape, or refuse them."""
+        meta, t = read_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION)
+        want = {"table": table, "num_rows": self.num_rows, "dim": self.dim}
+        for key, value in want.items():
+            if meta.get(key) != value:
+                raise CheckpointError(f"{path}: {key} is {meta.get(key)!r}, expected {value!r}")
+        try:
+            factors = TableFactors(t["ids"], t["a"], t["b"], float(meta["scale"]))
+            _validate_factors(factors, self.num_rows, self.dim, str(path))
+            if t["last_used"].shape != factors.ids.shape:
+                raise ValueError("last_used must be (n,)")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: invalid factors ({exc})") from exc
+        self.load_factors(factors)
+        self.last_used = t["last_used"].to(torch.float32)
+        self.time_origin = meta.get("time_origin")
+
+
+def _validate_factors(f: TableFactors, num_rows: int, dim: int, where: str) -> None:
+    n = f.num_active
+    if f.ids.dtype != torch.int64 or f.ids.dim() != 1:
+        raise ValueError(f"{where}: ids must be an int64 vector")
+    if n and (int(f.ids[0]) < 0 or int(f.ids[-1]) >= num_rows or bool((f.ids.diff() <= 0).any())):
+        raise ValueError(f"{where}: ids must be sorted, unique and in [0, {num_rows})")
+    if f.b.dim() != 2 or f.b.shape[1] != dim or f.a.shape != (n, f.b.shape[0]):
+        raise ValueError(
+            f"{where}: need A (n={n}, r) and B (r, D={dim}), got {tuple(f.a.shape)} and "
+            f"{tuple(f.b.shape)}"
+        )
+    if not (bool(torch.isfinite(f.a).all()) and bool(torch.isfinite(f.b).all())):
+        raise ValueError(f"{where}: factors hold non-finite values")
+
+
+def attach_live_embeddings(
+    sparse_arch: SparseArch, names: list[str] | tuple[str, ...], config: LiveEmbeddingConfig
+) -> dict[str, LiveEmbedding]:
+    """Wrap the named tables of a SparseArch in LiveEmbeddings, in place; returns them."""
+    live = {}
+    for name in names:
+        table = sparse_arch.table(name)
+        if not isinstance(table, nn.EmbeddingBag):
+            raise ValueError(f"table {name!r} is already a {type(table).__name__}")
+        live[name] = LiveEmbedding(table, config)
+        sparse_arch.set_table(name, live[name])
+    return live

@@ -1,0 +1,206 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlrm_core.checkpoint import CheckpointError, save_model
+from dlrm_core.live_embedding import (
+    LiveEmbedding,
+    LiveEmbeddingConfig,
+    TableFactors,
+    attach_live_embeddings,
+    overhead_bytes,
+)
+from dlrm_core.model import DLRM, DLRMConfig
+
+N, D, R = 50, 6, 3
+
+
+def make_live(seed: int = 0, n: int = N, rank: int = R) -> LiveEmbedding:
+    torch.manual_seed(seed)
+    base = nn.EmbeddingBag(n, D, mode="sum", sparse=True)
+    return LiveEmbedding(base, LiveEmbeddingConfig(rank=rank, scale=0.5, seed=seed))
+
+
+def trained_live() -> LiveEmbedding:
+    """Active rows 3, 7, 8, 20, 41 with random A and B."""
+    live = make_live()
+    live.activate(torch.tensor([41, 7, 3, 20, 8, 7]), now=100.0, max_active=10)
+    g = torch.Generator().manual_seed(5)
+    live.set_factors(torch.randn(5, R, generator=g), torch.randn(R, D, generator=g))
+    return live
+
+
+def bags():
+    # bag 0: active 3 + inactive 4; bag 1: empty; bag 2: 7, 7 (repeat), 41; bag 3: inactive 49
+    values = torch.tensor([3, 4, 7, 7, 41, 49])
+    offsets = torch.tensor([0, 2, 2, 5])
+    return values, offsets
+
+
+def dense_reference(live: LiveEmbedding, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The N x D served table built explicitly: base + P A B scale."""
+    delta = torch.zeros(N, D).index_add(0, live.ids, (a @ b) * live.scale)
+    return live.base.weight.detach() + delta
+
+
+def test_forward_and_grads_match_explicit_dense_delta():
+    live = trained_live()
+    values, offsets = bags()
+    upstream = torch.randn(4, D, generator=torch.Generator().manual_seed(9))
+
+    out = live(values, offsets)
+    (out * upstream).sum().backward()
+
+    a = live.A.detach().clone().requires_grad_(True)
+    b = live.B.detach().clone().requires_grad_(True)
+    ref = F.embedding_bag(values, dense_reference(live, a, b), offsets, mode="sum")
+    (ref * upstream).sum().backward()
+
+    torch.testing.assert_close(out, ref)
+    assert live.A.grad is not None and live.A.grad.is_sparse
+    torch.testing.assert_close(live.A.grad.to_dense(), a.grad)
+    torch.testing.assert_close(live.B.grad, b.grad)
+    # rows never looked up get no gradient
+    assert a.grad[live.ids.tolist().index(20)].abs().sum() == 0
+    assert live.base.weight.grad is None
+
+
+def test_inactive_rows_serve_the_base_and_delta_weight_is_zero_there():
+    live = trained_live()
+    rows = torch.tensor([4, 7, 49])
+    delta = live.get_delta_weight(rows)
+    assert delta[0].abs().sum() == 0 and delta[2].abs().sum() == 0
+    torch.testing.assert_close(
+        delta[1], live.A.detach()[live.ids.tolist().index(7)] @ live.B.detach() * 0.5
+    )
+    out = live(torch.tensor([4]), torch.tensor([0]))
+    torch.testing.assert_close(out[0], live.base.weight[4])
+
+
+def test_activation_respects_capacity_and_keeps_slot_map_sorted():
+    live = make_live()
+    assert live.activate(torch.tensor([9, 2, 30, 2]), now=5.0, max_active=2) == 2
+    assert live.ids.tolist() == [2, 9]
+    assert live.activate(torch.tensor([1, 30, 9]), now=6.0, max_active=4) == 2
+    assert live.ids.tolist() == [1, 2, 9, 30]
+    assert live.A.shape == (4, R) and live.A.abs().sum() == 0  # new rows start at delta 0
+    assert live.ages(8.0).tolist() == [2.0, 3.0, 2.0, 2.0]
+    with pytest.raises(IndexError, match=r"ids must be in \[0, 50\)"):
+        live.activate(torch.tensor([50]), now=7.0, max_active=10)
+
+
+def test_evict_folds_delta_into_base_or_discards_it():
+    live = trained_live()
+    values, offsets = bags()
+    before = live(values, offsets).detach()
+    assert live.evict(torch.tensor([7, 41, 12]), fold=True) == 2
+    assert live.ids.tolist() == [3, 8, 20]
+    torch.testing.assert_close(live(values, offsets).detach(), before)
+
+    base_3 = live.base.weight[3].clone()
+    assert live.evict(torch.tensor([3]), fold=False) == 1
+    torch.testing.assert_close(live(torch.tensor([3]), torch.tensor([0]))[0], base_3)
+
+
+def test_merge_and_unmerge_round_trip():
+    live = trained_live()
+    values, offsets = bags()
+    base_before = live.base.weight.detach().clone()
+    served = live(values, offsets).detach()
+    live.merge()
+    torch.testing.assert_close(live(values, offsets).detach(), served)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        live.activate(torch.tensor([1]), now=1.0, max_active=10)
+    copy = live.merged_copy()
+    torch.testing.assert_close(F.embedding_bag(values, copy.weight, offsets, mode="sum"), served)
+    live.unmerge()
+    torch.testing.assert_close(live.base.weight.detach(), base_before)
+    torch.testing.assert_close(live(values, offsets).detach(), served)
+
+
+def test_rowwise_adagrad_touches_only_rows_in_the_batch():
+    live = trained_live()
+    a_before = live.A.detach().clone()
+    live(torch.tensor([3, 41]), torch.tensor([0, 1])).sum().backward()
+    live.step(lr_a=0.1, lr_b=0.01)
+    changed = (live.A.detach() != a_before).any(1)
+    assert changed.tolist() == [True, False, False, False, True]  # ids 3, 7, 8, 20, 41
+    assert live.a_accum[0] > 0 and live.a_accum[1] == 0
+    assert live.A.grad is None and live.B.grad is None
+
+
+def test_memory_grows_with_active_rows_not_with_table_size():
+    small, big = make_live(n=100), make_live(n=100_000)
+    for live in (small, big):
+        live.activate(torch.arange(0, 40, 2), now=0.0, max_active=1000)
+    assert small.memory().overhead_bytes == big.memory().overhead_bytes
+    report = big.memory()
+    assert report.overhead_bytes == overhead_bytes(20, R, D)
+    assert report.a_bytes == 20 * R * 4 and report.b_bytes == R * D * 4
+    assert report.slot_map_bytes == 20 * (8 + 4)
+    assert report.optimizer_bytes == 20 * 4 + 2 * R * D * 4
+    assert report.base_bytes == 100_000 * D * 4
+    assert report.overhead_pct == pytest.approx(100 * report.overhead_bytes / (100_000 * D * 4))
+
+
+def test_factors_export_import_round_trip(tmp_path):
+    live = trained_live()
+    path = tmp_path / "t.factors"
+    assert len(live.export_factors(path, table="user")) == 64
+    other = make_live(seed=1)
+    other.import_factors(path, table="user")
+    values, offsets = bags()
+    other.base.weight.data.copy_(live.base.weight.data)
+    torch.testing.assert_close(other(values, offsets), live(values, offsets))
+    assert torch.equal(other.last_used, live.last_used)
+
+
+def test_corrupt_or_mismatched_factor_files_are_refused(tmp_path):
+    live = trained_live()
+    path = tmp_path / "t.factors"
+    live.export_factors(path, table="user")
+    with pytest.raises(CheckpointError, match="table is 'user', expected 'item'"):
+        make_live().import_factors(path, table="item")
+    with pytest.raises(CheckpointError, match="num_rows is 50, expected 60"):
+        make_live(n=60).import_factors(path, table="user")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        make_live().import_factors(path, table="user")
+    model_file = tmp_path / "m.ckpt"
+    save_model(model_file, DLRM(DLRMConfig(("a",), (5,), 1, 2, (2,), (1,))))
+    with pytest.raises(CheckpointError, match="holds a 'dlrm-model', expected 'live-factors'"):
+        make_live().import_factors(model_file, table="user")
+
+
+def test_load_factors_validates_and_copies():
+    live = trained_live()
+    snap = live.factors()
+    other = make_live()
+    other.load_factors(snap)
+    with torch.no_grad():
+        other.A.add_(1.0)
+    assert not torch.equal(other.A.detach(), snap.a)  # the published copy is untouched
+    bad = TableFactors(torch.tensor([5, 3]), torch.zeros(2, R), torch.zeros(R, D), 1.0)
+    with pytest.raises(ValueError, match="sorted, unique"):
+        other.load_factors(bad)
+
+
+def test_attach_to_a_dlrm_serves_the_base_until_trained():
+    torch.manual_seed(0)
+    model = DLRM(DLRMConfig(("u", "i"), (30, 20), 2, 4, (4,), (3, 1)))
+    from dlrm_core.batch import SparseBatch
+
+    batch = SparseBatch.from_ids(
+        ["u", "i"], [[[1], [2]], [[3], [4]]], torch.ones(2, 2), torch.ones(2)
+    )
+    before = model(batch).detach()
+    live = attach_live_embeddings(model.sparse_arch, ["u"], LiveEmbeddingConfig(rank=2))
+    live["u"].activate(batch.values[0], now=0.0, max_active=10)
+    torch.testing.assert_close(model(batch).detach(), before)
+    with pytest.raises(CheckpointError, match="merge or unwrap"):
+        save_model("/nonexistent", model)
+    with pytest.raises(ValueError, match="already a LiveEmbedding"):
+        attach_live_embeddings(model.sparse_arch, ["u"], LiveEmbeddingConfig(rank=2))
