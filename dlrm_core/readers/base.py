@@ -1,0 +1,274 @@
+"""What every stream reader shares: options, malformed-line accounting, line loop and batching.
+
+A reader is an iterable of time-ordered ``SparseBatch`` es with a ``schema`` (its features and
+table sizes). Iterating again re-reads the source from the start and resets ``stats``.
+
+Malformed lines never stop a stream: each is counted by reason in ``reader.stats`` (with the
+first few kept as examples, line number and text) and skipped. With ``strict=True`` the first one
+raises ``MalformedLineError`` naming the file and line instead. A bad header or a missing file is
+not a line-level problem: it raises ``ValueError`` / ``FileNotFoundError`` before any batch.
+
+Every table reserves row 0 for a missing value (see ``hashing``); an empty multi-hot bag is
+the bag ``[0]``. ``request_ids`` are the events' positions in the stream (0, 1, 2, ...).
+"""
+
+from __future__ import annotations
+
+import gzip
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.readers.hashing import hash_ids
+from dlrm_core.schema import StreamSchema
+
+MAX_BATCH_SIZE = 1 << 20
+EXAMPLE_CHARS = 200
+
+# One parsed event: (label in {0,1}, timestamp s, raw dense values, one entry per sparse
+# feature: a string for a one-hot feature or a tuple of strings for a multi-hot one).
+Row = tuple[float, float, Sequence[float], Sequence[str | tuple[str, ...]]]
+# Ids of one feature over a batch: (B,) one id per sample, or (values, lengths) for bags.
+FeatureIds = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    batch_size: int = 512
+    max_events: int | None = None  # stop after this many events (the earliest ones)
+    strict: bool = False  # raise on the first malformed line instead of skipping it
+    max_examples: int = 5  # malformed lines kept verbatim in ReadStats.examples
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
+        if self.max_events is not None and self.max_events < 0:
+            raise ValueError(f"max_events must be >= 0 or None, got {self.max_events}")
+        if not 0 <= self.max_examples <= 1000:
+            raise ValueError(f"max_examples must be in [0, 1000], got {self.max_examples}")
+
+
+@dataclass(frozen=True)
+class BadLine:
+    line_no: int  # 1-based physical line in the file (the header is line 1 when present)
+    reason: str
+    text: str  # the line, cut to EXAMPLE_CHARS characters
+
+
+@dataclass
+class ReadStats:
+    lines: int = 0  # data lines looked at (header not counted)
+    events: int = 0  # events yielded in batches
+    malformed: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    examples: list[BadLine] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.events} events from {self.lines} lines, {self.malformed} malformed"]
+        parts += [f"  {n} x {reason}" for reason, n in sorted(self.by_reason.items())]
+        parts += [f"  e.g. line {b.line_no}: {b.reason}: {b.text!r}" for b in self.examples]
+        return "\n".join(parts)
+
+
+class MalformedLineError(ValueError):
+    def __init__(self, path: Path, line_no: int, reason: str) -> None:
+        super().__init__(f"{path}:{line_no}: {reason}")
+        self.path, self.line_no, self.reason = path, line_no, reason
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
+    """Opens a text file (gzip when it ends in .gz); undecodable bytes become U+FFFD."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
+    return open(path, encoding=encoding, errors="replace", newline="")
+
+
+def make_batch(
+    schema: StreamSchema,
+    ids: Sequence[FeatureIds],
+    dense: np.ndarray,
+    labels: np.ndarray,
+    timestamps: np.ndarray,
+    first_request_id: int,
+) -> SparseBatch:
+    """A SparseBatch from per-feature id arrays (already in table range) and (B, n_dense) dense."""
+    n = labels.shape[0]
+    values, offsets = [], []
+    for f in ids:
+        if isinstance(f, tuple):
+            vals, lengths = f
+            offs = np.zeros(n, dtype=np.int64)
+            np.cumsum(lengths[:-1], out=offs[1:])
+        else:
+            vals, offs = f, np.arange(n, dtype=np.int64)
+        values.append(torch.from_numpy(np.ascontiguousarray(vals, dtype=np.int64)))
+        offsets.append(torch.from_numpy(offs))
+    return SparseBatch(
+        keys=schema.keys,
+        values=tuple(values),
+        offsets=tuple(offsets),
+        dense=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32).reshape(n, -1)),
+        labels=torch.from_numpy(labels.astype(np.float32)),
+        timestamps=torch.from_numpy(timestamps.astype(np.float64)),
+        request_ids=torch.arange(first_request_id, first_request_id + n, dtype=torch.int64),
+    )
+
+
+def hash_column(
+    bags: Sequence[str | tuple[str, ...]], num_rows: int, multi_hot: bool
+) -> FeatureIds:
+    """Hashes one feature over a batch: one-hot strings -> (B,); bags -> (values, lengths)."""
+    if not multi_hot:
+        return hash_ids(bags, num_rows)  # type: ignore[arg-type]  # all str when one-hot
+    tuples = [b if isinstance(b, tuple) else (b,) for b in bags]
+    tuples = [t if t else ("",) for t in tuples]  # an empty bag is the missing row
+    lengths = np.fromiter((len(t) for t in tuples), dtype=np.int64, count=len(tuples))
+    return hash_ids([v for t in tuples for v in t], num_rows), lengths
+
+
+class StreamReader(ABC):
+    """Iterable of time-ordered SparseBatches from one source, with its schema and stats."""
+
+    def __init__(self, path: str | Path, options: ReadOptions | None = None) -> None:
+        self.path = Path(path)
+        self.options = options or ReadOptions()
+        self.stats = ReadStats()
+
+    @property
+    @abstractmethod
+    def schema(self) -> StreamSchema: ...
+
+    def __iter__(self) -> Iterator[SparseBatch]:
+        self.stats = ReadStats()
+        return self._batches()
+
+    @abstractmethod
+    def _batches(self) -> Iterator[SparseBatch]: ...
+
+    def _bad(self, line_no: int, reason: str, text: str, path: Path | None = None) -> None:
+        """Records a malformed line of ``path`` (default: the stream file); raises if strict."""
+        if self.options.strict:
+            raise MalformedLineError(path or self.path, line_no, reason)
+        st = self.stats
+        st.malformed += 1
+        st.by_reason[reason] = st.by_reason.get(reason, 0) + 1
+        if len(st.examples) < self.options.max_examples:
+            st.examples.append(BadLine(line_no, reason, text[:EXAMPLE_CHARS]))
+
+
+class LineReader(StreamReader):
+    """A reader over a line-per-event text file; subclasses parse one line into a Row.
+
+    With ``sort_by_time`` the whole file is parsed into memory and stably sorted by timestamp
+    (for files that are not in time order); otherwise a line whose timestamp is earlier than
+    the previous event's is malformed, so the stream stays time-ordered.
+    """
+
+    has_header: bool = False
+    multi_hot: frozenset[str] = frozenset()  # features whose Row entries are tuples (bags)
+    encoding: str = "utf-8"
+    sort_by_time: bool = False
+
+    @abstractmethod
+    def _parse(self, line: str, index: int) -> Row:
+        """The event on a data line (index: 0-based data line); raises ValueError if malformed."""
+
+    def _check_header(self, line: str) -> None:
+        """Validates the header line (only called when has_header); raises ValueError."""
+
+    def _dense(self, raw: np.ndarray) -> np.ndarray:
+        """(B, n_dense) raw dense values -> model inputs."""
+        return raw
+
+    def _rows(self) -> Generator[Row, None, None]:
+        last_t = -np.inf
+        with open_text(self.path, self.encoding) as fh:
+            line_no = 0
+            if self.has_header:
+                header = fh.readline()
+                line_no = 1
+                if not header:
+                    raise ValueError(f"{self.path}: empty file, expected a header line")
+                self._check_header(header.rstrip("\r\n"))
+            for index, raw in enumerate(fh):
+                line_no += 1
+                self.stats.lines += 1
+                line = raw.rstrip("\r\n")
+                try:
+                    if not line.strip():
+                        raise ValueError("empty line")
+                    row = self._parse(line, index)
+                except ValueError as exc:
+                    self._bad(line_no, str(exc), line)
+                    continue
+                if not self.sort_by_time:
+                    if row[1] < last_t:
+                        self._bad(line_no, "timestamp earlier than the previous event", line)
+                        continue
+                    last_t = row[1]
+                yield row
+
+    def _batches(self) -> Iterator[SparseBatch]:
+        rows = self._rows()
+        try:
+            source = iter(sorted(rows, key=lambda r: r[1])) if self.sort_by_time else rows
+            limit = self.options.max_events
+            if limit == 0:
+                return
+            buf: list[Row] = []
+            for row in source:  # sorted() is stable: equal timestamps keep file order
+                buf.append(row)
+                total = self.stats.events + len(buf)
+                if len(buf) == self.options.batch_size or total == limit:
+                    yield self._flush(buf)
+                    buf = []
+                    if total == limit:
+                        return
+            if buf:
+                yield self._flush(buf)
+        finally:
+            rows.close()  # closes the file when the consumer stops early
+
+    def _flush(self, rows: list[Row]) -> SparseBatch:
+        schema = self.schema
+        labels = np.fromiter((r[0] for r in rows), dtype=np.float32, count=len(rows))
+        times = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+        dense = np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), schema.n_dense)
+        columns = zip(*(r[3] for r in rows), strict=True)
+        ids = [
+            hash_column(col, spec.num_rows, spec.name in self.multi_hot)
+            for col, spec in zip(columns, schema.sparse, strict=True)
+        ]
+        batch = make_batch(schema, ids, self._dense(dense), labels, times, self.stats.events)
+        self.stats.events += len(rows)
+        return batch
+
+
+def parse_label(text: str) -> float:
+    if text == "0":
+        return 0.0
+    if text == "1":
+        return 1.0
+    raise ValueError(f"label must be 0 or 1, got {text[:20]!r}")
+
+
+def resolve_table_sizes(
+    names: Sequence[str], defaults: dict[str, int], overrides: dict[str, int] | None
+) -> dict[str, int]:
+    """Per-feature table sizes: the format's defaults with the caller's overrides (checked)."""
+    sizes = dict(defaults)
+    for name, n in (overrides or {}).items():
+        if name not in sizes:
+            raise ValueError(f"table_sizes: unknown feature {name!r}; features are {list(names)}")
+        if not 2 <= int(n) <= 2**40:
+            raise ValueError(f"table_sizes[{name!r}] must be in [2, 2**40], got {n}")
+        sizes[name] = int(n)
+    return sizes
