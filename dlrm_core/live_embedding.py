@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -117,6 +118,9 @@ class LiveEmbedding(nn.Module):
             raise ValueError(f"rank {self.config.rank} exceeds the embedding dim {d}")
         self.scale = self.config.scale
         self.merged = False
+        # called with the (B, D) gradient of each forward's output (the rank controller
+        # measures how much of it lies outside span(B))
+        self.grad_observer: Callable[[torch.Tensor], None] | None = None
         self.time_origin: float | None = None  # last_used holds seconds since this (float32)
         self.b_steps = 0
         gen = torch.Generator().manual_seed(self.config.seed)
@@ -175,7 +179,10 @@ class LiveEmbedding(nn.Module):
         pooled_a = F.embedding_bag(  # (B, r); inactive ids weigh 0
             pos, self.A, offsets, mode="sum", sparse=True, per_sample_weights=hit.to(self.A.dtype)
         )
-        return torch.addmm(out, pooled_a, self.B, alpha=self.scale)  # out + pooled_a B scale
+        out = torch.addmm(out, pooled_a, self.B, alpha=self.scale)  # out + pooled_a B scale
+        if self.grad_observer is not None and out.requires_grad:
+            out.register_hook(self.grad_observer)
+        return out
 
     def get_delta_weight(self, rows: torch.Tensor) -> torch.Tensor:
         """(len(rows), D) delta of the given rows (zero for inactive rows)."""
@@ -208,21 +215,22 @@ class LiveEmbedding(nn.Module):
 
     # ---- active set --------------------------------------------------------------------
     def activate(self, values: torch.Tensor, now: float, max_active: int) -> int:
-        """Mark ``values`` as used at ``now`` and admit the new ones, smallest ids first,
-        while the active set stays <= max_active. Returns the number admitted."""
+        """Mark ``values`` as used at ``now`` and admit the new ones, most frequent in
+        ``values`` first, while the active set stays <= max_active. Returns the number admitted."""
         self._check_mutable()
         if self.time_origin is None:
             self.time_origin = float(now)
         stamp = float(now) - self.time_origin
-        uniq = torch.unique(values)
+        uniq, counts = torch.unique(values, return_counts=True)
         pos, hit = self.slots(uniq)
         self.last_used[pos[hit]] = stamp
         room = max(max_active - self.num_active, 0)
-        new = uniq[~hit][:room]
-        if new.numel() == 0:
+        new, new_counts = uniq[~hit], counts[~hit]
+        if room == 0 or new.numel() == 0:
             return 0
         if int(new[-1]) >= self.num_rows or int(new[0]) < 0:
             raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
+        new = new[torch.argsort(new_counts, descending=True, stable=True)[:room]]
         k = new.numel()
         ids = torch.cat([self.ids, new])
         order = torch.argsort(ids)
