@@ -1,0 +1,59 @@
+"""The node's own Celery app (no Django): consumes only its queue ``node.<NODE_NAME>``.
+
+Broker: NODE_BROKER_URL, else REDIS_URL, else the filesystem broker under
+$LIVEUPDATE_DATA_DIR/broker, the folders the embedded control plane uses (controlplane/settings),
+so a local node and the embedded plane meet without any server. Results go to the same Redis, or
+to $LIVEUPDATE_DATA_DIR/celery-results, where the control plane looks them up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery import Celery
+from kombu import Queue
+
+from nodeworker import protocol
+
+
+def node_name() -> str:
+    name = os.environ.get("NODE_NAME", "")
+    protocol.node_queue(name)  # raises ValueError naming the bad value
+    return name
+
+
+def celery_config(environ: dict[str, str] | None = None) -> dict:
+    env = os.environ if environ is None else environ
+    broker = env.get("NODE_BROKER_URL") or env.get("REDIS_URL")
+    queue = protocol.node_queue(env.get("NODE_NAME", ""))
+    config: dict = {
+        "task_default_queue": queue,
+        "task_queues": [Queue(queue)],
+        "task_create_missing_queues": False,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if broker:
+        config["broker_url"] = broker
+        config["result_backend"] = env.get("NODE_RESULT_BACKEND") or broker
+        return config
+    data = Path(env.get("LIVEUPDATE_DATA_DIR") or "var").resolve()
+    for folder in ("broker", "broker-processed", "celery-results"):
+        (data / folder).mkdir(parents=True, exist_ok=True)
+    config["broker_url"] = "filesystem://"
+    config["result_backend"] = f"file://{data / 'celery-results'}"
+    config["broker_transport_options"] = {
+        "data_folder_in": str(data / "broker"),
+        "data_folder_out": str(data / "broker"),
+        "processed_folder": str(data / "broker-processed"),
+        "store_processed": False,
+    }
+    return config
+
+
+app = Celery("nodeworker")
+app.conf.update(celery_config())
+app.conf.include = ["nodeworker.tasks"]
