@@ -5,7 +5,7 @@ from rest_framework import routers, serializers, viewsets
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from controlplane import health
+from controlplane import health, views
 
 
 class HealthSerializer(serializers.Serializer):
@@ -29,3 +29,14 @@ class HealthViewSet(viewsets.ViewSet):
 
 router = routers.DefaultRouter()
 router.register("health", HealthViewSet, basename="health")
+router.register("me", views.MeViewSet, basename="me")
+router.register("nodes", views.NodeViewSet)
+router.register("policies", views.PolicyViewSet)
+router.register("policy-versions", views.PolicyVersionViewSet)
+router.register("checkpoints", views.CheckpointViewSet)
+router.register("experiments", views.ExperimentRunViewSet)
+router.register("alerts", views.AlertViewSet)
+router.register("events", views.NodeEventViewSet, basename="nodeevent")
+router.register("rank-events", views.RankEventViewSet, basename="rankevent")
+router.register("actions", views.NodeActionViewSet)
+router.register("telemetry", views.TelemetryViewSet, basename="telemetry")

@@ -1,8 +1,20 @@
-"""Dashboard websocket: authenticate, join the fleet group (and optionally a node's), forward."""
+"""Dashboard websocket: authenticate, join the fleet group (or watched nodes' groups), forward.
 
+A socket starts on the whole fleet. Client -> server:
+  {"action": "watch_node", "node": NAME}    switch to that node's events (repeat for several)
+  {"action": "unwatch_node", "node": NAME}  stop watching it (none left: back to the fleet)
+  {"action": "watch_fleet"}                 back to every node's events
+  {"action": "ping", "id": ...}             answered with {"kind": "pong", "id": ...}
+Server -> client: the events of controlplane.events (telemetry, rank_event, node_event, alert,
+node_status, node_action), {"type": "watching", ...} and {"type": "error", "detail": ...}.
+See docs/ARCHITECTURE.md."""
+
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from controlplane.roles import role_level
 from controlplane.status import FLEET_GROUP, node_group
+from nodeworker.protocol import NODE_NAME_RE
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
@@ -10,6 +22,9 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
+            return
+        if not await database_sync_to_async(role_level)(user):
+            await self.close(code=4403)  # logged in, but no viewer role
             return
         self.groups_joined = [FLEET_GROUP]
         await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
@@ -19,17 +34,35 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def receive_json(self, content: dict, **kwargs) -> None:
-        action = content.get("action")
-        if action == "watch_node" and isinstance(content.get("node"), str):
-            group = node_group(content["node"])
+    async def _subscribe(self, groups: list[str]) -> None:
+        for group in set(self.groups_joined) - set(groups):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        for group in set(groups) - set(self.groups_joined):
             await self.channel_layer.group_add(group, self.channel_name)
-            self.groups_joined.append(group)
-            await self.send_json({"type": "watching", "node": content["node"]})
+        self.groups_joined = list(groups)
+
+    async def receive_json(self, content: dict, **kwargs) -> None:
+        action = content.get("action") if isinstance(content, dict) else None
+        node = content.get("node") if isinstance(content, dict) else None
+        nodes = [g.removeprefix("node.") for g in self.groups_joined if g != FLEET_GROUP]
+        if action in ("watch_node", "unwatch_node"):
+            if not isinstance(node, str) or not NODE_NAME_RE.match(node):
+                await self.send_json({"type": "error", "detail": f"invalid node name {node!r}"})
+                return
+            if action == "watch_node":
+                nodes = sorted({*nodes, node})
+            else:
+                nodes = [n for n in nodes if n != node]
+            # Each event reaches a socket once: either the whole fleet or the watched nodes.
+            await self._subscribe([node_group(n) for n in nodes] or [FLEET_GROUP])
+            await self.send_json({"type": "watching", "nodes": nodes, "fleet": not nodes})
+        elif action == "watch_fleet":
+            await self._subscribe([FLEET_GROUP])
+            await self.send_json({"type": "watching", "nodes": [], "fleet": True})
         elif action == "ping":
-            # Goes through the channel layer, so a reply proves the layer works end to end.
-            await self.channel_layer.group_send(
-                FLEET_GROUP,
+            # Through the channel layer to this socket, so a reply proves the layer works.
+            await self.channel_layer.send(
+                self.channel_name,
                 {"type": "fleet.event", "event": {"kind": "pong", "id": content.get("id")}},
             )
         else:

@@ -140,8 +140,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # Token first: an anonymous call gets 401 with "WWW-Authenticate: Token".
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+        "controlplane.authentication.NodeTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -173,3 +175,14 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Control plane: SLA watchdog, node liveness, telemetry retention, node actions.
+LIVEUPDATE_SLA_INTERVAL_S = env_int("LIVEUPDATE_SLA_INTERVAL_S", 10, minimum=1)
+LIVEUPDATE_SLA_INTERVALS = env_int("LIVEUPDATE_SLA_INTERVALS", 3, minimum=1)
+LIVEUPDATE_NODE_DOWN_S = env_int("LIVEUPDATE_NODE_DOWN_S", 30, minimum=1)
+LIVEUPDATE_TELEMETRY_RAW_S = env_int("LIVEUPDATE_TELEMETRY_RAW_S", 86400, minimum=60)
+LIVEUPDATE_TELEMETRY_BUCKET_S = env_int("LIVEUPDATE_TELEMETRY_BUCKET_S", 60, minimum=1)
+LIVEUPDATE_TELEMETRY_KEEP_S = env_int("LIVEUPDATE_TELEMETRY_KEEP_S", 30 * 86400, minimum=3600)
+LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
+# When set, /metrics wants "Authorization: Bearer <token>"; unset, it is open like most exporters.
+LIVEUPDATE_METRICS_TOKEN = env_str("LIVEUPDATE_METRICS_TOKEN") or ""

@@ -1,9 +1,12 @@
 """The one place that pushes live events to dashboards (telemetry, rank events, alerts)."""
 
+import logging
+
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 FLEET_GROUP = "fleet"
+log = logging.getLogger(__name__)
 
 
 def node_group(node_name: str) -> str:
@@ -11,9 +14,14 @@ def node_group(node_name: str) -> str:
 
 
 def broadcast(event: dict, *, node_name: str | None = None) -> None:
-    """Send ``event`` to every dashboard watching the fleet (and the node's page, if named)."""
+    """Send ``event`` to every dashboard watching the fleet (and the node's page, if named).
+    Live updates are best effort: a channel-layer outage is logged, never fails the caller
+    (the data is already stored and the dashboard reloads it)."""
     layer = get_channel_layer()
     message = {"type": "fleet.event", "event": event}
-    async_to_sync(layer.group_send)(FLEET_GROUP, message)
-    if node_name is not None:
-        async_to_sync(layer.group_send)(node_group(node_name), message)
+    groups = [FLEET_GROUP] if node_name is None else [FLEET_GROUP, node_group(node_name)]
+    for group in groups:
+        try:
+            async_to_sync(layer.group_send)(group, message)
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            log.warning("broadcast of %s to %s failed: %s", event.get("kind"), group, exc)

@@ -33,6 +33,21 @@ NODE_TASKS = (
 )
 
 TELEMETRY_PATH = "/api/telemetry/ingest/"
+# Header a node authenticates its telemetry with: ``Authorization: Node <token>``.
+NODE_AUTH_SCHEME = "Node"
+
+# Operator-facing node actions -> the task each one sends. Keyword arguments, exactly:
+#   apply_policy: {"policy": <validate_policy() output>, "policy_name": str, "version": int}
+#   pause, resume, snapshot: {}
+#   rebase: {"checkpoint": {"name": str, "location": str, "checksum": str}}
+# A task returns a JSON object describing what it did; the control plane records it.
+NODE_ACTIONS = {
+    "apply_policy": TASK_APPLY_POLICY,
+    "pause": TASK_PAUSE,
+    "resume": TASK_RESUME,
+    "rebase": TASK_REBASE,
+    "snapshot": TASK_SNAPSHOT,
+}
 
 
 def node_queue(node_name: str) -> str:

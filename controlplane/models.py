@@ -1,0 +1,388 @@
+"""The control plane's data. Validation lives on the models (clean()), so the REST API and the
+Django admin report the same field errors; policy and telemetry rules come from
+nodeworker.protocol, the one definition shared with the nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from controlplane.experiments import validate_results
+from nodeworker import protocol
+
+
+def hash_token(raw: str) -> str:
+    """Node tokens are 256 random bits, so one SHA-256 is enough (no password stretching)."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Policy(models.Model):
+    """What a node runs: mode, rank and memory budgets, pruning, QoS and the SLA.
+
+    Every wire field (protocol.POLICY_DEFAULTS) is a column; ``version`` counts saved changes,
+    each recorded as a PolicyVersion (see controlplane.services.policies.save_policy)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    mode = models.CharField(
+        max_length=20,
+        choices=[(m, m) for m in protocol.MODES],
+        default=protocol.POLICY_DEFAULTS["mode"],
+    )
+    r_min = models.IntegerField(default=protocol.POLICY_DEFAULTS["r_min"])
+    r_max = models.IntegerField(default=protocol.POLICY_DEFAULTS["r_max"])
+    memory_budget_pct = models.FloatField(
+        default=protocol.POLICY_DEFAULTS["memory_budget_pct"],
+        help_text="LoRA state as % of the embedding tables' memory.",
+    )
+    tau = models.FloatField(
+        default=protocol.POLICY_DEFAULTS["tau"],
+        help_text="Energy share of singular values the rank keeps.",
+    )
+    prune_age_s = models.FloatField(default=protocol.POLICY_DEFAULTS["prune_age_s"])
+    prune_action = models.CharField(
+        max_length=10,
+        choices=[(a, a) for a in protocol.PRUNE_ACTIONS],
+        default=protocol.POLICY_DEFAULTS["prune_action"],
+    )
+    trainer_cores = models.IntegerField(
+        default=protocol.POLICY_DEFAULTS["trainer_cores"],
+        help_text="0: the node picks its idle cores.",
+    )
+    trainer_share = models.FloatField(default=protocol.POLICY_DEFAULTS["trainer_share"])
+    cache_partition_pct = models.IntegerField(
+        default=protocol.POLICY_DEFAULTS["cache_partition_pct"]
+    )
+    bandwidth_partition_pct = models.IntegerField(
+        default=protocol.POLICY_DEFAULTS["bandwidth_partition_pct"]
+    )
+    max_trainer_duty = models.FloatField(default=protocol.POLICY_DEFAULTS["max_trainer_duty"])
+    sla_p99_ms = models.FloatField(default=protocol.POLICY_DEFAULTS["sla_p99_ms"])
+    auc_floor = models.FloatField(null=True, blank=True, default=None)
+    version = models.PositiveIntegerField(default=0, editable=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    WIRE_FIELDS = tuple(protocol.POLICY_DEFAULTS)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "policies"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def values(self) -> dict:
+        return {name: getattr(self, name) for name in self.WIRE_FIELDS}
+
+    def clean(self) -> None:
+        _, errors = protocol.validate_policy(self.values())
+        if errors:
+            raise ValidationError(errors)
+
+
+class PolicyVersion(models.Model):
+    """One saved state of a policy: who (a person or the watchdog) changed what, when and why."""
+
+    policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    values = models.JSONField()
+    changes = models.JSONField(default=dict, help_text="field -> [old, new]")
+    actor = models.CharField(max_length=150, help_text="user:<name> or watchdog")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["policy", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "version"], name="policy_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy} v{self.version}"
+
+
+class Node(models.Model):
+    class Status(models.TextChoices):
+        REGISTERED = "registered"  # created, never reported
+        ONLINE = "online"
+        DOWN = "down"  # silent for longer than LIVEUPDATE_NODE_DOWN_S
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[
+            RegexValidator(protocol.NODE_NAME_RE, "Lowercase letters, digits and '-' (at most 63).")
+        ],
+    )
+    host = models.CharField(max_length=255, blank=True)
+    topology = models.JSONField(default=dict, blank=True, help_text="CPU/NUMA layout reported.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.REGISTERED)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    policy = models.ForeignKey(
+        Policy, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes"
+    )
+    applied_policy_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        if not self.token_hash:
+            self.rotate_token()  # never stored without one; the raw value is shown by callers
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        if not isinstance(self.topology, dict):
+            raise ValidationError({"topology": "Must be a JSON object."})
+
+    def rotate_token(self) -> str:
+        """A new token: the raw value is returned once and only its hash is kept."""
+        raw = secrets.token_urlsafe(32)
+        self.token_hash = hash_token(raw)
+        return raw
+
+
+class NodeAction(models.Model):
+    """A control task sent to a node's queue, and its outcome when the node reports it."""
+
+    class State(models.TextChoices):
+        REQUESTED = "requested"
+        SENT = "sent"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="actions")
+    action = models.CharField(max_length=20, choices=[(a, a) for a in protocol.NODE_ACTIONS])
+    kwargs = models.JSONField(default=dict)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.REQUESTED)
+    task_id = models.CharField(max_length=64, blank=True)
+    actor = models.CharField(max_length=150)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    checkpoint = models.ForeignKey(
+        "ModelCheckpoint", null=True, blank=True, on_delete=models.SET_NULL
+    )
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["state", "created"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.node} ({self.state})"
+
+
+CHECKSUM_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class ModelCheckpoint(models.Model):
+    """A base model from the training cluster that nodes may rebase onto."""
+
+    class Rollout(models.TextChoices):
+        NONE = "none"
+        PENDING = "pending"  # the beat task sends rebase to every node that has not had it
+        DONE = "done"
+
+    name = models.CharField(max_length=100, unique=True)
+    location = models.CharField(max_length=1024, help_text="Path or URL the nodes load it from.")
+    checksum = models.CharField(
+        max_length=71,
+        validators=[RegexValidator(CHECKSUM_RE, "Must look like sha256:<64 lowercase hex>.")],
+    )
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    notes = models.TextField(blank=True)
+    rollout = models.CharField(max_length=10, choices=Rollout.choices, default=Rollout.NONE)
+    rollout_requested_at = models.DateTimeField(null=True, blank=True)
+    rollout_completed_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.size_bytes is not None and self.size_bytes < 0:
+            raise ValidationError({"size_bytes": "Must be >= 0."})
+
+    def wire(self) -> dict:
+        return {"name": self.name, "location": self.location, "checksum": self.checksum}
+
+
+class TelemetrySample(models.Model):
+    """One second of a node (resolution_s == 0), or the mean of a downsampled time bucket."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples")
+    seq = models.BigIntegerField()
+    ts = models.DateTimeField()
+    # The metrics of protocol.SAMPLE_METRICS (a unit test keeps the two in step).
+    qps = models.FloatField()
+    p50_ms = models.FloatField(null=True)
+    p95_ms = models.FloatField(null=True)
+    p99_ms = models.FloatField(null=True)
+    auc = models.FloatField(null=True)
+    logloss = models.FloatField(null=True)
+    memory_overhead_bytes = models.FloatField()
+    memory_overhead_pct = models.FloatField()
+    freshness_lag_s = models.FloatField(null=True)
+    trainer_samples_per_s = models.FloatField()
+    trainer_duty = models.FloatField()
+    skipped_batches = models.FloatField(null=True)
+    dropped_samples = models.FloatField(null=True)
+    throttle = models.CharField(max_length=10, choices=[(t, t) for t in protocol.THROTTLE_STATES])
+    tables = models.JSONField(default=dict)
+    cpu_per_core = models.JSONField(default=list)
+    resolution_s = models.PositiveIntegerField(default=0, help_text="0: raw; else bucket width")
+    n_samples = models.PositiveIntegerField(default=1)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    METRICS = tuple(protocol.SAMPLE_METRICS)
+
+    class Meta:
+        ordering = ["node", "ts"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "seq"], name="telemetry_node_seq_unique")
+        ]
+        indexes = [
+            models.Index(fields=["node", "ts"], name="telemetry_node_ts"),
+            models.Index(fields=["resolution_s", "ts"], name="telemetry_resolution_ts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id}#{self.seq}"
+
+
+class NodeEvent(models.Model):
+    """An event a node reported inside a telemetry sample (rank change, prune, QoS decision...)."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="events")
+    seq = models.BigIntegerField(help_text="seq of the sample that carried it")
+    index = models.PositiveIntegerField(help_text="position in that sample's events")
+    kind = models.CharField(max_length=20, choices=[(k, k) for k in protocol.EVENT_KINDS])
+    ts = models.DateTimeField()
+    detail = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-ts"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "seq", "index"], name="node_event_unique")
+        ]
+        indexes = [models.Index(fields=["kind", "node", "ts"], name="node_event_kind_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.node_id} at {self.ts}"
+
+
+class RankEventManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(kind="rank_change")
+
+
+class RankEvent(NodeEvent):
+    """The rank changes of the dynamic-rank controller (NodeEvent rows of kind rank_change)."""
+
+    objects = RankEventManager()
+
+    class Meta:
+        proxy = True
+        ordering = ["-ts"]
+
+
+class Alert(models.Model):
+    class Kind(models.TextChoices):
+        SLA_VIOLATION = "sla_violation"
+        NODE_DOWN = "node_down"
+        AUC_DROP = "auc_drop"
+
+    class Severity(models.TextChoices):
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    message = models.TextField()
+    details = models.JSONField(default=dict)
+    raised_at = models.DateTimeField()
+    last_escalated_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at"]
+        constraints = [
+            # At most one open alert of a kind per node: the watchdog updates it instead.
+            models.UniqueConstraint(
+                fields=["node", "kind"],
+                condition=Q(resolved_at__isnull=True),
+                name="alert_one_open_per_node_kind",
+            )
+        ]
+        indexes = [models.Index(fields=["resolved_at", "raised_at"], name="alert_open_raised")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.node} ({'open' if self.is_open else 'resolved'})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+class ExperimentRun(models.Model):
+    """The parameters and results.json of one ``liveupdate experiment`` run."""
+
+    name = models.CharField(max_length=200, unique=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    results = models.JSONField()
+    notes = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if not isinstance(self.parameters, dict):
+            errors["parameters"] = ["Must be a JSON object."]
+        problems = validate_results(self.results)
+        if problems:
+            errors["results"] = [
+                f"{path}: {msg}" if path else msg for path, msg in problems.items()
+            ]
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def dataset_name(self) -> str:
+        dataset = self.results.get("dataset", {}) if isinstance(self.results, dict) else {}
+        return str(dataset.get("name", "")) if isinstance(dataset, dict) else ""

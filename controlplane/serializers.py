@@ -1,0 +1,305 @@
+"""API serializers. Field rules come from the models' clean() (shared with the admin)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from rest_framework import serializers
+
+from controlplane import roles
+from controlplane.models import (
+    Alert,
+    ExperimentRun,
+    ModelCheckpoint,
+    Node,
+    NodeAction,
+    NodeEvent,
+    Policy,
+    PolicyVersion,
+)
+from controlplane.services.policies import actor_of, save_policy
+from controlplane.services.telemetry import MAX_POINTS
+from nodeworker import protocol
+
+
+class ModelCleanMixin:
+    """Run the model's clean() on the would-be instance, so the API reports exactly the field
+    errors the admin reports."""
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        model = self.Meta.model
+        instance = model(**{k: v for k, v in attrs.items() if k in self._plain_fields(model)})
+        if self.instance is not None:
+            for f in model._meta.concrete_fields:
+                if f.attname not in attrs and f.name not in attrs:
+                    setattr(instance, f.attname, getattr(self.instance, f.attname))
+        try:
+            instance.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
+
+    @staticmethod
+    def _plain_fields(model) -> set[str]:
+        return {f.name for f in model._meta.concrete_fields}
+
+
+class PolicySerializer(ModelCleanMixin, serializers.ModelSerializer):
+    reason = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, help_text="Why: kept in the history."
+    )
+    nodes = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+
+    class Meta:
+        model = Policy
+        fields = [
+            "id",
+            "name",
+            "description",
+            *Policy.WIRE_FIELDS,
+            "version",
+            "updated",
+            "nodes",
+            "reason",
+        ]
+        read_only_fields = ["version", "updated"]
+
+    def validate(self, attrs):
+        reason = attrs.pop("reason", "")
+        attrs = super().validate(attrs)
+        attrs["reason"] = reason
+        return attrs
+
+    def _save(self, policy: Policy, validated: dict) -> Policy:
+        reason = validated.pop("reason", "")
+        for key, value in validated.items():
+            setattr(policy, key, value)
+        user = self.context["request"].user
+        save_policy(policy, actor=actor_of(user), user=user, reason=reason)
+        return policy
+
+    def create(self, validated_data):
+        return self._save(Policy(), validated_data)
+
+    def update(self, instance, validated_data):
+        return self._save(instance, validated_data)
+
+
+class PolicyVersionSerializer(serializers.ModelSerializer):
+    policy_name = serializers.CharField(source="policy.name", read_only=True)
+
+    class Meta:
+        model = PolicyVersion
+        fields = [
+            "id",
+            "policy",
+            "policy_name",
+            "version",
+            "values",
+            "changes",
+            "actor",
+            "reason",
+            "created",
+        ]
+        read_only_fields = fields
+
+
+class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
+    policy = serializers.PrimaryKeyRelatedField(
+        queryset=Policy.objects.all(), allow_null=True, required=False
+    )
+    token = serializers.SerializerMethodField(
+        help_text="The raw node token: only in the reply to create and rotate_token."
+    )
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "name",
+            "host",
+            "topology",
+            "status",
+            "last_seen",
+            "policy",
+            "applied_policy_version",
+            "created",
+            "token",
+        ]
+        read_only_fields = ["status", "last_seen", "applied_policy_version", "created"]
+
+    def get_token(self, obj: Node) -> str | None:
+        return getattr(obj, "raw_token", None)
+
+    def create(self, validated_data):
+        node = Node(**validated_data)
+        node.raw_token = node.rotate_token()
+        node.save()
+        return node
+
+
+class NodeActionSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = NodeAction
+        fields = [
+            "id",
+            "node",
+            "action",
+            "kwargs",
+            "state",
+            "task_id",
+            "actor",
+            "requested_by",
+            "checkpoint",
+            "result",
+            "error",
+            "created",
+            "sent_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class ApplyPolicySerializer(serializers.Serializer):
+    policy = serializers.PrimaryKeyRelatedField(
+        queryset=Policy.objects.all(),
+        required=False,
+        help_text="Assign this policy first; without it the node's current policy is applied.",
+    )
+
+
+class RebaseSerializer(serializers.Serializer):
+    checkpoint = serializers.PrimaryKeyRelatedField(queryset=ModelCheckpoint.objects.all())
+
+
+class CheckpointSerializer(ModelCleanMixin, serializers.ModelSerializer):
+    class Meta:
+        model = ModelCheckpoint
+        fields = [
+            "id",
+            "name",
+            "location",
+            "checksum",
+            "size_bytes",
+            "notes",
+            "rollout",
+            "rollout_requested_at",
+            "rollout_completed_at",
+            "created",
+        ]
+        read_only_fields = ["rollout", "rollout_requested_at", "rollout_completed_at", "created"]
+
+
+class ExperimentRunSerializer(ModelCleanMixin, serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    dataset = serializers.CharField(source="dataset_name", read_only=True)
+
+    class Meta:
+        model = ExperimentRun
+        fields = [
+            "id",
+            "name",
+            "dataset",
+            "parameters",
+            "results",
+            "notes",
+            "created_by",
+            "created",
+        ]
+        read_only_fields = ["created_by", "created"]
+
+    def create(self, validated_data):
+        with transaction.atomic():
+            return ExperimentRun.objects.create(
+                created_by=self.context["request"].user, **validated_data
+            )
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    open = serializers.BooleanField(source="is_open", read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id",
+            "node",
+            "kind",
+            "severity",
+            "message",
+            "details",
+            "open",
+            "raised_at",
+            "last_escalated_at",
+            "resolved_at",
+            "acknowledged_by",
+            "acknowledged_at",
+        ]
+        read_only_fields = fields
+
+
+class NodeEventSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = NodeEvent
+        fields = ["id", "node", "seq", "index", "kind", "ts", "detail"]
+        read_only_fields = fields
+
+
+class TelemetryQuerySerializer(serializers.Serializer):
+    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    bucket_s = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=86400,
+        help_text=f"Bucket width; default: the smallest giving at most {MAX_POINTS} points.",
+    )
+    metrics = serializers.CharField(
+        required=False,
+        help_text="Comma-separated metric names (default: all).",
+    )
+
+    def validate_metrics(self, value: str) -> list[str]:
+        names = [m.strip() for m in value.split(",") if m.strip()]
+        unknown = [m for m in names if m not in protocol.SAMPLE_METRICS]
+        if unknown or not names:
+            raise serializers.ValidationError(
+                f"Unknown metric(s) {', '.join(unknown) or '(none)'}; "
+                f"choose from {', '.join(protocol.SAMPLE_METRICS)}."
+            )
+        return names
+
+
+class TelemetryPointSerializer(serializers.Serializer):
+    t = serializers.IntegerField(help_text="Bucket start, Unix seconds.")
+    n = serializers.IntegerField(help_text="Samples in the bucket.")
+    avg = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    max = serializers.DictField(child=serializers.FloatField(allow_null=True))
+
+
+class TelemetrySeriesSerializer(serializers.Serializer):
+    node = serializers.CharField()
+    start = serializers.FloatField()
+    end = serializers.FloatField()
+    bucket_s = serializers.IntegerField()
+    metrics = serializers.ListField(child=serializers.CharField())
+    points = TelemetryPointSerializer(many=True)
+
+
+class IngestResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField(help_text="New samples stored.")
+    duplicate = serializers.IntegerField(help_text="Samples already stored (same node and seq).")
+    events = serializers.IntegerField(help_text="Node events stored with the new samples.")
+
+
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=roles.ROLES, allow_null=True)

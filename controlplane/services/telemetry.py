@@ -1,0 +1,170 @@
+"""Telemetry reads (time-bucketed range queries) and retention (downsampling, expiry).
+
+Buckets are computed in the database (PostgreSQL in production, SQLite in the embedded mode),
+so a month of per-second samples comes back as a few hundred points."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import NotSupportedError, transaction
+from django.db.models import Avg, BigIntegerField, Func, Max, Min, OuterRef, Q, Subquery, Sum
+
+from controlplane.models import Alert, Node, NodeAction, NodeEvent, TelemetrySample
+
+MAX_POINTS = 2000
+
+
+class RangeError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+class EpochBucket(Func):
+    """floor(unix seconds of a datetime / width): the index of its time bucket."""
+
+    output_field = BigIntegerField()
+
+    def __init__(self, expression, width: int):
+        super().__init__(expression)
+        self.width = int(width)
+
+    def as_postgresql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"floor(extract(epoch from {sql}) / %s)::bigint", [*params, self.width]
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"(CAST(strftime('%%s', {sql}) AS INTEGER) / %s)", [*params, self.width]
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotSupportedError(f"time buckets are not implemented for {connection.vendor}")
+
+
+def series(
+    node: Node,
+    start: datetime,
+    end: datetime,
+    metrics: list[str],
+    bucket_s: int | None = None,
+) -> dict:
+    """Average and maximum of each metric per time bucket in [start, end).
+
+    Without ``bucket_s`` the width is the smallest that yields at most MAX_POINTS buckets.
+    Raises RangeError (with the field it concerns) for a bad range or too many points."""
+    span = (end - start).total_seconds()
+    if span <= 0:
+        raise RangeError("end", "Must be after start.")
+    if bucket_s is None:
+        bucket_s = max(1, math.ceil(span / MAX_POINTS))
+    elif span / bucket_s > MAX_POINTS:
+        least = math.ceil(span / MAX_POINTS)
+        raise RangeError("bucket_s", f"Too many points: use bucket_s >= {least}.")
+    aggregates = {}
+    for m in metrics:
+        aggregates[f"{m}__avg"] = Avg(m)
+        aggregates[f"{m}__max"] = Max(m)
+    rows = (
+        TelemetrySample.objects.filter(node=node, ts__gte=start, ts__lt=end)
+        .annotate(bucket=EpochBucket("ts", bucket_s))
+        .values("bucket")
+        .annotate(n=Sum("n_samples"), **aggregates)
+        .order_by("bucket")
+    )
+    points = [
+        {
+            "t": row["bucket"] * bucket_s,
+            "n": row["n"],
+            "avg": {m: row[f"{m}__avg"] for m in metrics},
+            "max": {m: row[f"{m}__max"] for m in metrics},
+        }
+        for row in rows
+    ]
+    return {
+        "node": node.name,
+        "start": start.timestamp(),
+        "end": end.timestamp(),
+        "bucket_s": bucket_s,
+        "metrics": metrics,
+        "points": points,
+    }
+
+
+def downsample(now: datetime) -> int:
+    """Replace raw samples older than LIVEUPDATE_TELEMETRY_RAW_S by one row per node and
+    LIVEUPDATE_TELEMETRY_BUCKET_S bucket (metric means, the newest sample's tables and CPU).
+    Returns the number of raw rows folded. The downsampled row keeps the bucket's lowest seq;
+    the others' seqs are gone, so a node must not resend telemetry older than the raw window."""
+    width = settings.LIVEUPDATE_TELEMETRY_BUCKET_S
+    cutoff_s = (now.timestamp() - settings.LIVEUPDATE_TELEMETRY_RAW_S) // width * width
+    cutoff = datetime.fromtimestamp(cutoff_s, tz=UTC)
+    with transaction.atomic():
+        raw = TelemetrySample.objects.filter(resolution_s=0, ts__lt=cutoff)
+        # Rows ingested while this runs (id above the snapshot) wait for the next run.
+        last_id = raw.aggregate(m=Max("id"))["m"]
+        if last_id is None:
+            return 0
+        raw = raw.filter(id__lte=last_id)
+        groups = list(
+            raw.annotate(bucket=EpochBucket("ts", width))
+            .values("node_id", "bucket")
+            .annotate(
+                first_seq=Min("seq"),
+                last_seq=Max("seq"),
+                n=Sum("n_samples"),
+                **{m: Avg(m) for m in TelemetrySample.METRICS},
+            )
+            .order_by()
+        )
+        newest = Q()
+        for g in groups:
+            newest |= Q(node_id=g["node_id"], seq=g["last_seq"])
+        detail = {
+            (node_id, seq): (throttle, tables, cpu)
+            for node_id, seq, throttle, tables, cpu in raw.filter(newest).values_list(
+                "node_id", "seq", "throttle", "tables", "cpu_per_core"
+            )
+        }
+        folded = raw.count()
+        raw.delete()
+        rows = []
+        for g in groups:
+            throttle, tables, cpu = detail[(g["node_id"], g["last_seq"])]
+            rows.append(
+                TelemetrySample(
+                    node_id=g["node_id"],
+                    seq=g["first_seq"],
+                    ts=datetime.fromtimestamp(g["bucket"] * width, tz=UTC),
+                    throttle=throttle,
+                    tables=tables,
+                    cpu_per_core=cpu,
+                    resolution_s=width,
+                    n_samples=g["n"],
+                    **{m: g[m] for m in TelemetrySample.METRICS},
+                )
+            )
+        TelemetrySample.objects.bulk_create(rows, batch_size=500)
+    return folded
+
+
+def expire(now: datetime) -> dict[str, int]:
+    """Delete telemetry, events, resolved alerts and finished actions older than
+    LIVEUPDATE_TELEMETRY_KEEP_S."""
+    cutoff = now - timedelta(seconds=settings.LIVEUPDATE_TELEMETRY_KEEP_S)
+    return {
+        "samples": TelemetrySample.objects.filter(ts__lt=cutoff).delete()[0],
+        "events": NodeEvent.objects.filter(ts__lt=cutoff).delete()[0],
+        "alerts": Alert.objects.filter(resolved_at__lt=cutoff).delete()[0],
+        "actions": NodeAction.objects.filter(finished_at__lt=cutoff).delete()[0],
+    }
+
+
+def latest_samples() -> dict[int, TelemetrySample]:
+    """node id -> its newest sample (one indexed lookup per node)."""
+    newest = TelemetrySample.objects.filter(node=OuterRef("pk")).order_by("-ts").values("pk")[:1]
+    ids = Node.objects.annotate(latest=Subquery(newest)).values_list("latest", flat=True)
+    samples = TelemetrySample.objects.filter(pk__in=[i for i in ids if i is not None])
+    return {s.node_id: s for s in samples}
