@@ -10,7 +10,7 @@ import secrets
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -209,7 +209,7 @@ class ModelCheckpoint(models.Model):
         max_length=71,
         validators=[RegexValidator(CHECKSUM_RE, "Must look like sha256:<64 lowercase hex>.")],
     )
-    size_bytes = models.BigIntegerField(null=True, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
     notes = models.TextField(blank=True)
     rollout = models.CharField(max_length=10, choices=Rollout.choices, default=Rollout.NONE)
     rollout_requested_at = models.DateTimeField(null=True, blank=True)
@@ -221,10 +221,6 @@ class ModelCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    def clean(self) -> None:
-        if self.size_bytes is not None and self.size_bytes < 0:
-            raise ValidationError({"size_bytes": "Must be >= 0."})
 
     def wire(self) -> dict:
         return {"name": self.name, "location": self.location, "checksum": self.checksum}
