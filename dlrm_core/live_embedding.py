@@ -121,6 +121,7 @@ class LiveEmbedding(nn.Module):
         # called with the (B, D) gradient of each forward's output (the rank controller
         # measures how much of it lies outside span(B))
         self.grad_observer: Callable[[torch.Tensor], None] | None = None
+        self._folded: list[torch.Tensor] = []  # base rows changed by folds, see take_folded
         self.time_origin: float | None = None  # last_used holds seconds since this (float32)
         self.b_steps = 0
         gen = torch.Generator().manual_seed(self.config.seed)
@@ -214,9 +215,10 @@ class LiveEmbedding(nn.Module):
         self._reset_b_state(r)
 
     # ---- active set --------------------------------------------------------------------
-    def activate(self, values: torch.Tensor, now: float, max_active: int) -> int:
+    def activate(self, values: torch.Tensor, now: float, max_active: int) -> tuple[int, int]:
         """Mark ``values`` as used at ``now`` and admit the new ones, most frequent in
-        ``values`` first, while the active set stays <= max_active. Returns the number admitted."""
+        ``values`` first, while the active set stays <= max_active.
+        Returns (admitted, refused) counts of distinct new ids."""
         self._check_mutable()
         if self.time_origin is None:
             self.time_origin = float(now)
@@ -227,9 +229,10 @@ class LiveEmbedding(nn.Module):
         room = max(max_active - self.num_active, 0)
         new, new_counts = uniq[~hit], counts[~hit]
         if room == 0 or new.numel() == 0:
-            return 0
+            return 0, int(new.numel())
         if int(new[-1]) >= self.num_rows or int(new[0]) < 0:
             raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
+        refused = max(int(new.numel()) - room, 0)
         new = new[torch.argsort(new_counts, descending=True, stable=True)[:room]]
         k = new.numel()
         ids = torch.cat([self.ids, new])
@@ -238,7 +241,7 @@ class LiveEmbedding(nn.Module):
         self.A = nn.Parameter(torch.cat([self.A.detach(), torch.zeros(k, self.rank)])[order])
         self.last_used = torch.cat([self.last_used, torch.full((k,), stamp)])[order]
         self.a_accum = torch.cat([self.a_accum, torch.zeros(k)])[order]
-        return k
+        return k, refused
 
     def evict(self, rows: torch.Tensor, fold: bool = True) -> int:
         """Remove ``rows`` from the active set, first folding their delta into the base copy
@@ -251,6 +254,7 @@ class LiveEmbedding(nn.Module):
         if fold:
             with torch.no_grad():
                 self.base.weight[self.ids[pos]] += (self.A[pos] @ self.B) * self.scale
+            self._folded.append(self.ids[pos])
         keep = torch.ones(self.num_active, dtype=torch.bool)
         keep[pos] = False
         self.ids = self.ids[keep]
@@ -258,6 +262,12 @@ class LiveEmbedding(nn.Module):
         self.last_used = self.last_used[keep]
         self.a_accum = self.a_accum[keep]
         return int(pos.numel())
+
+    def take_folded(self) -> torch.Tensor:
+        """Sorted unique base rows changed by folds since the last call."""
+        folded = torch.unique(torch.cat([torch.zeros(0, dtype=torch.int64), *self._folded]))
+        self._folded = []
+        return folded
 
     def ages(self, now: float) -> torch.Tensor:
         """(n,) seconds since each active row was last used."""

@@ -80,6 +80,7 @@ class RankController:
         self.events: list[RankEvent] = []
         self._gen = torch.Generator().manual_seed(live.config.seed + 1)
         self._reset_gradient_stats()
+        self._refused = 0
         live.grad_observer = self.observe_gradient
         self.budget_bytes = 0
         self.set_budget(budget_bytes, now=0.0)
@@ -117,19 +118,19 @@ class RankController:
 
     # ---- active set --------------------------------------------------------------------
     def admit(self, values: torch.Tensor, now: float) -> int:
-        """Touch ``values`` and admit new ones up to the budget, evicting LRU rows (not in
-        ``values``, idle >= lru_min_age) to make room. Returns the number admitted."""
-        live = self.live
-        capacity = self.max_rows()
-        if live.num_active:
-            _, hit = live.slots(torch.unique(values))
-            demand = int((~hit).sum())
-        else:
-            demand = int(torch.unique(values).numel())
-        short = live.num_active + demand - capacity
-        if short > 0 and live.num_active:
-            self._evict(self._lru(short, protect=values, now=now), now, "lru")
-        return live.activate(values, now, capacity)
+        """Touch ``values`` and admit new ones into the free room. Returns the number admitted.
+        Ids refused for lack of room are remembered for make_room."""
+        admitted, self._refused = self.live.activate(values, now, self.max_rows())
+        return admitted
+
+    def make_room(self, protect: torch.Tensor, now: float) -> int:
+        """Evict as many LRU rows (idle >= lru_min_age, not in ``protect``) as the last admit
+        refused, so those ids get in next time. Separate from admit so that a trainer can
+        skip a bad batch without having evicted anything for it. Returns rows evicted."""
+        if self._refused <= 0 or self.live.num_active == 0:
+            return 0
+        count, self._refused = self._refused, 0
+        return self._evict(self._lru(count, protect=protect, now=now), now, "lru")
 
     def prune_idle(self, now: float) -> int:
         """Evict rows idle longer than max_age; returns how many."""
@@ -160,6 +161,8 @@ class RankController:
     def observe_gradient(self, grad: torch.Tensor) -> None:
         """Accumulate a (B, D) output gradient: its energy inside and outside span(B)."""
         g = grad.detach().reshape(-1, self.live.dim)
+        if not bool(torch.isfinite(g).all()):  # the trainer skips such a batch; so do we
+            return
         q, _ = torch.linalg.qr(self.live.B.detach().T)  # (D, r) orthonormal basis of span(B)
         perp = g - (g @ q) @ q.T
         self._grad_energy += float(g.pow(2).sum())

@@ -80,9 +80,9 @@ def test_inactive_rows_serve_the_base_and_delta_weight_is_zero_there():
 
 def test_activation_respects_capacity_and_keeps_slot_map_sorted():
     live = make_live()
-    assert live.activate(torch.tensor([9, 2, 30, 2, 30, 30]), now=5.0, max_active=2) == 2
+    assert live.activate(torch.tensor([9, 2, 30, 2, 30, 30]), now=5.0, max_active=2) == (2, 1)
     assert live.ids.tolist() == [2, 30]  # the most frequent first
-    assert live.activate(torch.tensor([1, 2, 9]), now=6.0, max_active=4) == 2
+    assert live.activate(torch.tensor([1, 2, 9]), now=6.0, max_active=4) == (2, 0)
     assert live.ids.tolist() == [1, 2, 9, 30]
     assert live.A.shape == (4, R) and live.A.abs().sum() == 0  # new rows start at delta 0
     assert live.ages(8.0).tolist() == [2.0, 2.0, 2.0, 3.0]

@@ -128,7 +128,11 @@ def test_full_budget_evicts_least_recently_used_but_not_rows_in_the_batch():
     ctl.admit(torch.tensor([10]), now=0.0)
     ctl.admit(torch.tensor([11]), now=1.0)
     ctl.admit(torch.tensor([12]), now=2.0)
-    assert ctl.admit(torch.tensor([10, 13, 14]), now=3.0) == 2  # evicts 11, 12; keeps 10
+    batch = torch.tensor([10, 13, 14])
+    assert ctl.admit(batch, now=3.0) == 0  # full: nothing evicted yet
+    assert ctl.make_room(batch, now=3.0) == 2  # evicts 11, 12; keeps 10 (in the batch)
+    assert ctl.live.ids.tolist() == [10]
+    assert ctl.admit(batch, now=4.0) == 2
     assert ctl.live.ids.tolist() == [10, 13, 14]
     assert ctl.events[-1].reason == "lru" and ctl.overhead_bytes <= budget
 
@@ -171,6 +175,7 @@ def test_memory_overhead_never_exceeds_the_budget(ops, budget_rows, rank):
     for t, (op, arg) in enumerate(ops):
         if op == "admit":
             ctl.admit(torch.tensor(arg), now=float(t))
+            ctl.make_room(torch.tensor(arg[:1]), now=float(t))
             # training moves A: random factors make the spectrum (and growth) vary
             ctl.live.set_factors(
                 torch.randn(ctl.live.num_active, ctl.live.rank, generator=gen) * (1 + arg[0]),

@@ -1,0 +1,317 @@
+"""Trainers: the node's LoRA trainer (LiveTrainer) and full sparse SGD for the base model.
+
+LiveTrainer is progressive: ``serve`` scores a batch with the current factors before the batch
+can ever be learnt from; the batch then waits in a LabelJoin until its label is due. Only the
+LiveEmbedding factors A, B train (base tables and MLPs are frozen): A with row-wise Adagrad on
+the rows in the batch, B with Adam. Each joined batch may be replayed ``reuse`` more times from
+a small window. A batch whose inputs, loss or gradients are not finite is skipped and counted,
+and the factors stay unchanged. Every ``adapt_every`` steps the rank controllers prune and
+adapt; every ``publish_every`` steps a new immutable FactorVersion goes to the FactorStore.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.factor_store import BasePatch, FactorStore, FactorVersion
+from dlrm_core.label_join import LabelJoin
+from dlrm_core.live_embedding import (
+    LiveEmbeddingConfig,
+    MemoryReport,
+    attach_live_embeddings,
+)
+from dlrm_core.model import DLRM
+from dlrm_core.rank import RankController, RankEvent, RankPolicy, min_budget_bytes
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    tables: tuple[str, ...] | None = None  # tables that get a LiveEmbedding (None: all)
+    live: LiveEmbeddingConfig = field(default_factory=LiveEmbeddingConfig)
+    policy: RankPolicy = field(default_factory=RankPolicy)
+    budget_fraction: float = 0.02  # per-table budget, share of its base bytes
+    lr_a: float = 0.05  # row-wise Adagrad on A
+    lr_b: float = 1e-3  # Adam on B
+    label_delay: float = 0.0  # seconds from serving until a logged label is usable
+    label_timeout: float = 600.0  # seconds until a missing label counts as a negative
+    max_pending: int = 1_000_000  # served rows waiting for labels
+    reuse: int = 1  # extra times a joined batch may be trained on
+    replay_window: int = 4  # recent joined batches kept for reuse
+    adapt_every: int = 50  # steps between rank adaptation + pruning
+    publish_every: int = 10  # steps between published factor versions
+
+    def __post_init__(self) -> None:
+        if not 0 < self.budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        for name in ("lr_a", "lr_b"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= 10):
+                raise ValueError(f"{name} must be in (0, 10], got {value}")
+        for name in ("reuse", "replay_window"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ValueError(f"{name} must be in [0, 100], got {getattr(self, name)}")
+        for name in ("adapt_every", "publish_every"):
+            if not 1 <= getattr(self, name) <= 10**9:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # NaN when skipped before the loss
+    samples: int
+    skipped: str | None = None  # why the step was skipped, None if it trained
+    replay: bool = False
+
+
+@dataclass
+class TrainerStats:
+    steps: int = 0  # optimizer steps taken
+    samples: int = 0  # samples trained on (replays included)
+    replay_steps: int = 0
+    skipped: int = 0  # batches skipped for non-finite inputs, loss or gradients
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    published: int = 0
+
+
+class LiveTrainer:
+    """The LoRA trainer of one node, over a DLRM whose chosen tables it wraps."""
+
+    def __init__(
+        self,
+        model: DLRM,
+        config: TrainerConfig | None = None,
+        budgets: Mapping[str, int] | None = None,
+        store: FactorStore | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config = config or TrainerConfig()
+        model.requires_grad_(False)
+        names = config.tables if config.tables is not None else model.config.feature_names
+        self.skipped_tables: list[str] = []  # too small to afford even B at r_min
+        budget_of: dict[str, int] = {}
+        for name in names:
+            table = model.sparse_arch.table(name)
+            if not isinstance(table, torch.nn.EmbeddingBag):
+                raise ValueError(f"table {name!r} must be a plain EmbeddingBag to be trained")
+            weight = table.weight
+            nbytes = weight.numel() * weight.element_size()
+            budget = int(budgets[name]) if budgets else int(nbytes * config.budget_fraction)
+            if budget < min_budget_bytes(config.policy, int(weight.shape[1])):
+                self.skipped_tables.append(name)
+            else:
+                budget_of[name] = budget
+        self.lives = attach_live_embeddings(model.sparse_arch, list(budget_of), config.live)
+        self.controllers = {
+            name: RankController(live, name, config.policy, budget_of[name])
+            for name, live in self.lives.items()
+        }
+        self.join = LabelJoin(config.label_delay, config.label_timeout, config.max_pending)
+        self.store = store or FactorStore()
+        self.stats = TrainerStats()
+        self._replay: deque[list] = deque(maxlen=config.replay_window)  # [batch, uses]
+        self._patches = {n: BasePatch.empty(live.dim) for n, live in self.lives.items()}
+        self._events_seen = {name: 0 for name in self.lives}
+        self._now = 0.0  # newest stream time trained on
+
+    # ---- serving side ------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, batch: SparseBatch) -> torch.Tensor:
+        """(B,) click probabilities from the current model and factors."""
+        return torch.sigmoid(self.model(batch))
+
+    def serve(self, batch: SparseBatch, now: float | None = None) -> torch.Tensor:
+        """Score ``batch`` first, then hold it until its labels are due (progressive)."""
+        probs = self.score(batch)
+        self.join.add_served(batch, _now(batch, now))
+        return probs
+
+    def feedback(self, request_ids: torch.Tensor, labels: torch.Tensor, now: float) -> int:
+        return self.join.add_feedback(request_ids, labels, now)
+
+    def process(self, batch: SparseBatch, now: float | None = None) -> torch.Tensor:
+        """Replay one stream batch: serve it, then train on everything due by now."""
+        t = _now(batch, now)
+        probs = self.serve(batch, t)
+        self.train_ready(t)
+        return probs
+
+    # ---- training ----------------------------------------------------------------------
+    def train_ready(self, now: float) -> list[StepResult]:
+        """Train on the joined batches due by ``now``, each followed by one replay step."""
+        results = []
+        for batch in self.join.pop_ready(now):
+            results.append(self.train_step(batch, now))
+            replay = self._pick_replay()
+            self._replay.append([batch, 0])
+            if replay is not None:
+                replay[1] += 1
+                results.append(self.train_step(replay[0], now, replay=True))
+        return results
+
+    def _pick_replay(self) -> list | None:
+        for item in self._replay:  # oldest first: it leaves the window soonest
+            if item[1] < self.config.reuse:
+                return item
+        return None
+
+    def train_step(self, batch: SparseBatch, now: float, replay: bool = False) -> StepResult:
+        """One optimizer step on A and B of every LiveEmbedding."""
+        self._now = max(self._now, float(now))
+        if not (
+            bool(torch.isfinite(batch.dense).all()) and bool(torch.isfinite(batch.labels).all())
+        ):
+            return self._skip("non-finite input", math.nan, batch)
+        before = {name: live.ids for name, live in self.lives.items()}
+        for name, ctl in self.controllers.items():
+            ctl.admit(batch.feature(name)[0], now)
+        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return self._rollback("non-finite loss", value, batch, before)
+        loss.backward()
+        if not self._grads_finite():
+            return self._rollback("non-finite gradient", value, batch, before)
+        for name, live in self.lives.items():
+            live.step(self.config.lr_a, self.config.lr_b)
+            self.controllers[name].make_room(batch.feature(name)[0], now)
+        self.stats.steps += 1
+        self.stats.samples += len(batch)
+        self.stats.replay_steps += int(replay)
+        if self.stats.steps % self.config.adapt_every == 0:
+            self.adapt(now)
+        if self.stats.steps % self.config.publish_every == 0:
+            self.publish()
+        return StepResult(value, len(batch), replay=replay)
+
+    def _grads_finite(self) -> bool:
+        for live in self.lives.values():
+            for grad in (live.A.grad, live.B.grad):
+                if grad is None:
+                    continue
+                values = grad.coalesce().values() if grad.is_sparse else grad
+                if not bool(torch.isfinite(values).all()):
+                    return False
+        return True
+
+    def _rollback(
+        self, reason: str, loss: float, batch: SparseBatch, before: dict[str, torch.Tensor]
+    ) -> StepResult:
+        """Drop the grads and the rows admitted by this step (their A rows are still zero):
+        the factors are as before the step (admit never evicts; make_room runs on success)."""
+        for name, live in self.lives.items():
+            live.A.grad = None
+            live.B.grad = None
+            new = live.ids[~torch.isin(live.ids, before[name])]
+            live.evict(new, fold=False)
+        return self._skip(reason, loss, batch)
+
+    def _skip(self, reason: str, loss: float, batch: SparseBatch) -> StepResult:
+        self.stats.skipped += 1
+        self.stats.skip_reasons[reason] = self.stats.skip_reasons.get(reason, 0) + 1
+        return StepResult(loss, len(batch), skipped=reason)
+
+    def adapt(self, now: float) -> None:
+        """Prune idle rows, then adapt each table's rank."""
+        for ctl in self.controllers.values():
+            ctl.prune_idle(now)
+            ctl.adapt(now)
+
+    def set_budget(self, table: str, budget_bytes: int, now: float) -> None:
+        self.controllers[table].set_budget(budget_bytes, now)
+
+    # ---- publishing --------------------------------------------------------------------
+    def publish(self) -> FactorVersion:
+        """Publish an immutable copy of every table's factors (and folded base rows)."""
+        for name, live in self.lives.items():
+            self._patches[name] = self._patches[name].extended(live, live.take_folded())
+        tables = {name: live.factors() for name, live in self.lives.items()}
+        self.stats.published += 1
+        return self.store.publish(tables, self._patches, created_at=self._now)
+
+    # ---- telemetry ---------------------------------------------------------------------
+    def memory(self) -> dict[str, MemoryReport]:
+        return {name: live.memory() for name, live in self.lives.items()}
+
+    def ranks(self) -> dict[str, int]:
+        return {name: live.rank for name, live in self.lives.items()}
+
+    def drain_events(self) -> list[RankEvent]:
+        """Rank changes and prunes since the last call, oldest first."""
+        out: list[RankEvent] = []
+        for name, ctl in self.controllers.items():
+            out.extend(ctl.events[self._events_seen[name] :])
+            self._events_seen[name] = len(ctl.events)
+        return sorted(out, key=lambda e: e.timestamp)
+
+
+def _now(batch: SparseBatch, now: float | None) -> float:
+    if now is not None:
+        return float(now)
+    return float(batch.timestamps.max()) if len(batch) else 0.0
+
+
+@dataclass(frozen=True)
+class FullTrainConfig:
+    optimizer: str = "sgd"  # "sgd" or "adagrad", for the MLPs and the embedding rows alike
+    lr_dense: float = 0.1
+    lr_sparse: float = 0.1  # on the embedding rows in the batch (sparse gradients)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adagrad', got {self.optimizer!r}")
+        for name in ("lr_dense", "lr_sparse"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 100):
+                raise ValueError(f"{name} must be in [0, 100], got {value}")
+
+
+@dataclass(frozen=True)
+class FullStepResult:
+    loss: float
+    skipped: bool
+    # per table: (ids (m,), gradient L2 norm of each row (m,)) of the rows this step changed
+    touched: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class FullSparseTrainer:
+    """Full training of a plain DLRM with sparse embedding gradients (SGD or Adagrad):
+    pretraining, and the simulated training cluster."""
+
+    def __init__(self, model: DLRM, config: FullTrainConfig | None = None) -> None:
+        self.model = model
+        self.config = config = config or FullTrainConfig()
+        opt = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adagrad
+        self.dense_opt = opt(model.dense_parameters(), lr=config.lr_dense)
+        self.sparse_opt = opt(model.embedding_parameters(), lr=config.lr_sparse)
+        self.skipped = 0
+
+    def step(self, batch: SparseBatch) -> FullStepResult:
+        self.dense_opt.zero_grad(set_to_none=True)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        values = [g.coalesce().values() if g.is_sparse else g for g in grads]
+        if not math.isfinite(value) or not all(bool(torch.isfinite(v).all()) for v in values):
+            self.skipped += 1
+            return FullStepResult(value, True, {})
+        touched = {}
+        for name, param in zip(
+            self.model.config.feature_names, self.model.embedding_parameters(), strict=True
+        ):
+            if param.grad is None:
+                continue
+            grad = param.grad.coalesce()
+            touched[name] = (grad.indices()[0].clone(), grad.values().norm(dim=1))
+        self.dense_opt.step()
+        self.sparse_opt.step()
+        return FullStepResult(value, False, touched)
