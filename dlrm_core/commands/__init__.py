@@ -1,0 +1,1 @@
+"""CLI wrappers over dlrm_core (argparse lives here, never in the library modules)."""
