@@ -13,13 +13,16 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.schema import StreamSchema
+
+if TYPE_CHECKING:
+    from dlrm_core.serving import ServingDelta
 
 CRITEO_BOTTOM_MLP = (512, 256, 64, 16)
 CRITEO_TOP_MLP = (512, 256, 1)
@@ -221,7 +224,10 @@ class OverArch(nn.Module):
 
 
 class DLRM(nn.Module):
-    """SparseBatch -> (B,) click logits; apply a sigmoid for probabilities."""
+    """SparseBatch -> (B,) click logits; apply a sigmoid for probabilities.
+
+    ``delta`` (inference side) adds a published low-rank correction to the pooled embeddings.
+    """
 
     def __init__(self, config: DLRMConfig) -> None:
         super().__init__()
@@ -233,7 +239,7 @@ class DLRM(nn.Module):
         self.inter_arch = InteractionArch(config.num_features)
         self.over_arch = OverArch(config.interaction_dim, config.top_mlp)
 
-    def forward(self, batch: SparseBatch) -> torch.Tensor:
+    def forward(self, batch: SparseBatch, delta: ServingDelta | None = None) -> torch.Tensor:
         if batch.dense.shape[1] != self.config.n_dense:
             raise ValueError(
                 f"batch has {batch.dense.shape[1]} dense features, model expects "
@@ -241,6 +247,8 @@ class DLRM(nn.Module):
             )
         dense = self.dense_arch(batch.dense)
         sparse = self.sparse_arch(batch)
+        if delta is not None:
+            sparse = delta.add_to(sparse, batch)
         return self.over_arch(self.inter_arch(dense, sparse))
 
     def dense_parameters(self) -> list[nn.Parameter]:

@@ -1,0 +1,122 @@
+"""The inference side of LiveUpdate: one immutable ServingDelta per published factor version.
+
+Inference keeps a plain DLRM (base tables, its own copy) and adds the low-rank correction of
+all tables at once: ``model(batch, delta=serving_delta)``. Tables of the same rank are fused
+into one group, so a forward costs one searchsorted, one EmbeddingBag and one bmm per distinct
+rank instead of several small ops per table. The group's memory is what the factors hold: the
+sorted ids (offset per table so that they stay sorted across tables), A and B * scale.
+
+Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
+into the trainer's base copy reach the inference tables through apply_base_patches.
+
+Shapes: B batch, F features, T tables in a group, n_t active rows of table t, r rank, D dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.factor_store import FactorVersion
+from dlrm_core.live_embedding import TableFactors
+from dlrm_core.model import DLRM
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """The tables of one rank, fused."""
+
+    features: tuple[int, ...]  # T feature positions in the batch / model
+    feature_index: torch.Tensor  # (T,) int64, the same positions
+    key_offsets: torch.Tensor  # (T,) int64 added to table t's ids: disjoint sorted key ranges
+    keys: torch.Tensor  # (sum n_t,) int64 sorted global keys of the active rows
+    a: torch.Tensor  # (sum n_t, r)
+    b: torch.Tensor  # (T, r, D), B * scale of each table
+
+    def pooled(self, batch: SparseBatch) -> torch.Tensor:
+        """(B, T, D) summed deltas of each bag of the group's tables."""
+        n, t = batch.batch_size, len(self.features)
+        values = [batch.values[f] for f in self.features]
+        counts = torch.tensor([v.numel() for v in values])
+        keys = torch.cat(values) + torch.repeat_interleave(self.key_offsets, counts)
+        starts = torch.cumsum(counts, 0) - counts  # where each table's values begin
+        offsets = torch.cat([batch.offsets[f] for f in self.features])
+        offsets = offsets + torch.repeat_interleave(starts, n)
+        pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        hit = self.keys.index_select(0, pos) == keys
+        pooled_a = F.embedding_bag(  # (T * B, r); ids that are not active weigh 0
+            pos, self.a, offsets, mode="sum", per_sample_weights=hit.to(self.a.dtype)
+        )
+        return torch.bmm(pooled_a.view(t, n, -1), self.b).transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class ServingDelta:
+    version: int
+    groups: tuple[RankGroup, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for g in self.groups for t in (g.keys, g.a, g.b))
+
+    @staticmethod
+    def from_factors(
+        version: int,
+        feature_names: Sequence[str],
+        table_rows: Sequence[int],
+        tables: Mapping[str, TableFactors],
+    ) -> ServingDelta:
+        by_rank: dict[int, list[int]] = {}
+        for name in tables:
+            if tables[name].num_active == 0:  # nothing to add
+                continue
+            by_rank.setdefault(tables[name].rank, []).append(feature_names.index(name))
+        groups = []
+        for _, feats in sorted(by_rank.items()):
+            feats.sort()
+            facts = [tables[feature_names[f]] for f in feats]
+            rows = torch.tensor([table_rows[f] for f in feats], dtype=torch.int64)
+            key_offsets = torch.cumsum(rows, 0) - rows
+            groups.append(
+                RankGroup(
+                    tuple(feats),
+                    torch.tensor(feats, dtype=torch.int64),
+                    key_offsets,
+                    torch.cat(
+                        [f.ids + o for f, o in zip(facts, key_offsets.tolist(), strict=True)]
+                    ),
+                    torch.cat([f.a for f in facts]),
+                    torch.stack([f.b * f.scale for f in facts]),
+                )
+            )
+        return ServingDelta(version, tuple(groups))
+
+    @staticmethod
+    def from_version(version: FactorVersion, model: DLRM) -> ServingDelta:
+        cfg = model.config
+        return ServingDelta.from_factors(
+            version.version, cfg.feature_names, cfg.table_sizes, version.tables
+        )
+
+    def add_to(self, pooled: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
+        """pooled (B, F, D) from the base tables + every group's delta."""
+        for group in self.groups:
+            pooled = pooled.index_add(1, group.feature_index, group.pooled(batch))
+        return pooled
+
+
+def apply_base_patches(model: DLRM, version: FactorVersion) -> None:
+    """Write the folded base rows of ``version`` into ``model``'s plain tables (idempotent).
+    Call it from the thread that runs inference, between batches."""
+    for name, patch in version.base_patches.items():
+        table = model.sparse_arch.table(name)
+        if not isinstance(table, nn.EmbeddingBag):
+            raise TypeError(f"table {name!r} must be a plain EmbeddingBag on the inference side")
+        if patch.ids.numel():
+            with torch.no_grad():
+                table.weight[patch.ids] = patch.rows

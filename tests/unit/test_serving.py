@@ -1,0 +1,68 @@
+import copy
+
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.factor_store import BasePatch, FactorStore
+from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
+from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.serving import ServingDelta, apply_base_patches
+
+CFG = DLRMConfig(("a", "b", "c", "d"), (40, 30, 20, 10), 2, 6, (8, 6), (8, 1))
+
+
+def batch(gen, size=32):
+    ids = [
+        [[int(i) for i in torch.randint(0, n, (int(k),), generator=gen)] for k in lens]
+        for n, lens in zip(
+            CFG.table_sizes, torch.randint(0, 4, (4, size), generator=gen), strict=True
+        )
+    ]
+    return SparseBatch.from_ids(CFG.feature_names, ids, torch.randn(size, 2), torch.ones(size))
+
+
+def test_serving_delta_matches_the_per_table_live_embeddings():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    plain = DLRM(CFG)
+    live_model = copy.deepcopy(plain)
+    lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "d"], LiveEmbeddingConfig(2))
+    lives["b"].set_factors(torch.zeros(0, 3), torch.randn(3, 6))  # a second rank group
+    for name, live in lives.items():
+        n = CFG.table_sizes[CFG.feature_names.index(name)]
+        live.activate(torch.randperm(n, generator=gen)[: n // 2], now=0.0, max_active=n)
+        live.set_factors(torch.randn(live.num_active, live.rank, generator=gen), live.B)
+        live.scale = 0.7
+    delta = ServingDelta.from_factors(
+        7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
+    )
+    assert [g.features for g in delta.groups] == [(0, 3), (1,)]
+    assert delta.nbytes == sum(
+        lv.ids.numel() * 8 + lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
+    )
+    probe = batch(gen)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(probe, delta), live_model(probe))
+        assert not torch.allclose(plain(probe), live_model(probe))
+
+
+def test_version_swap_and_base_patches_reach_the_inference_model():
+    torch.manual_seed(0)
+    trainer_model = DLRM(CFG)
+    inference = copy.deepcopy(trainer_model)
+    lives = attach_live_embeddings(trainer_model.sparse_arch, ["a"], LiveEmbeddingConfig(2))
+    live = lives["a"]
+    live.activate(torch.arange(10), now=0.0, max_active=40)
+    live.set_factors(torch.randn(10, 2), live.B)
+    live.evict(torch.tensor([3, 4]), fold=True)
+
+    store = FactorStore()
+    version = store.publish(
+        {"a": live.factors()}, {"a": BasePatch.empty(6).extended(live, live.take_folded())}, 1.0
+    )
+    apply_base_patches(inference, version)
+    apply_base_patches(inference, version)  # idempotent
+    delta = ServingDelta.from_version(store.latest(), inference)
+    probe = batch(torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(inference(probe, delta), trainer_model(probe))
