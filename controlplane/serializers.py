@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from controlplane import roles
@@ -16,6 +18,7 @@ from controlplane.models import (
     NodeEvent,
     Policy,
     PolicyVersion,
+    TelemetrySample,
 )
 from controlplane.services.policies import actor_of, save_policy
 from controlplane.services.telemetry import MAX_POINTS
@@ -112,6 +115,9 @@ class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
     token = serializers.SerializerMethodField(
         help_text="The raw node token: only in the reply to create and rotate_token."
     )
+    latest = serializers.SerializerMethodField(
+        help_text="The newest telemetry sample (the websocket's telemetry sample shape), or null."
+    )
 
     class Meta:
         model = Node
@@ -126,11 +132,27 @@ class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "applied_policy_version",
             "created",
             "token",
+            "latest",
         ]
         read_only_fields = ["status", "last_seen", "applied_policy_version", "created"]
 
     def get_token(self, obj: Node) -> str | None:
         return getattr(obj, "raw_token", None)
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_latest(self, obj: Node) -> dict | None:
+        """What the dashboard shows before the first live event (rank, throttle, CPU included)."""
+        sample = obj.samples.order_by("-ts").first() if obj.pk else None
+        if sample is None:
+            return None
+        return {
+            "seq": sample.seq,
+            "ts": sample.ts.timestamp(),
+            **{m: getattr(sample, m) for m in TelemetrySample.METRICS},
+            "throttle": sample.throttle,
+            "tables": sample.tables,
+            "cpu_per_core": sample.cpu_per_core,
+        }
 
     def create(self, validated_data):
         node = Node(**validated_data)
