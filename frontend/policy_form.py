@@ -1,0 +1,87 @@
+"""The policy editor's fields, grouped as an operator thinks of them. Bounds are shown from
+nodeworker.protocol (the one definition the API validates with); the API's field errors are what
+the editor reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodeworker import protocol
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    label: str
+    unit: str = ""
+    help: str = ""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def bounds(self) -> str:
+        bound = protocol.POLICY_BOUNDS.get(self.name)
+        if bound is None:
+            return ""
+        return bound.describe() + (", or empty" if bound.nullable else "")
+
+    @property
+    def integer(self) -> bool:
+        bound = protocol.POLICY_BOUNDS.get(self.name)
+        return bound is not None and bound.kind is int
+
+    @property
+    def default(self):
+        return protocol.POLICY_DEFAULTS.get(self.name, "")
+
+
+GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
+    (
+        "Mode",
+        (
+            Field(
+                "mode",
+                "Mode",
+                help="liveupdate: local LoRA updates; delta_sync / frozen: baselines.",
+                choices=protocol.MODES,
+            ),
+        ),
+    ),
+    (
+        "Rank budget",
+        (
+            Field("r_min", "Minimum rank", "r"),
+            Field("r_max", "Maximum rank", "r"),
+            Field("tau", "Energy kept (tau)", "", "Share of singular-value energy the rank keeps."),
+        ),
+    ),
+    (
+        "Memory budget",
+        (
+            Field("memory_budget_pct", "Memory budget", "% of tables"),
+            Field("prune_age_s", "Prune rows idle for", "s"),
+            Field(
+                "prune_action",
+                "Pruned rows",
+                help="fold: into the base row; discard: drop.",
+                choices=protocol.PRUNE_ACTIONS,
+            ),
+        ),
+    ),
+    (
+        "QoS",
+        (
+            Field("trainer_cores", "Trainer cores", "cores", "0: the node picks idle cores."),
+            Field("trainer_share", "Trainer share of cores", "fraction"),
+            Field("max_trainer_duty", "Max trainer duty", "fraction"),
+            Field("cache_partition_pct", "Cache partition (CAT)", "%", "0: none."),
+            Field("bandwidth_partition_pct", "Bandwidth partition (MBA)", "%", "0: none."),
+        ),
+    ),
+    (
+        "SLA",
+        (
+            Field("sla_p99_ms", "Inference P99 SLA", "ms"),
+            Field("auc_floor", "AUC floor", "", "Alert when the windowed AUC falls below."),
+        ),
+    ),
+)
