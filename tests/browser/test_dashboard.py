@@ -1,0 +1,325 @@
+"""The operator dashboard in Debian's Chromium against a live control plane (daphne, PostgreSQL,
+the Redis channel layer and broker): login, the fleet, live node charts fed by telemetry ingested
+through the API, the policy editor, node actions confirmed by a real node worker, experiments.
+A screenshot of every page lands in test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests import services
+from tests.browser.dashboard_support import Seeder, results_json
+
+WIDE = {"width": 1280, "height": 800}
+NARROW = {"width": 390, "height": 844}
+TOPOLOGY = {"inference_cpus": [0], "trainer_cpus": [1]}
+
+
+@pytest.fixture(scope="module")
+def live(postgres_url, redis_url, chromium_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dashboard")
+    with services.temporary_postgres_database(postgres_url) as db:
+        env = services.appliance_env(tmp, db, redis_url)
+        with services.Appliance(env, tmp / "daphne.log") as app:
+            seed = Seeder(app)
+            suffix = uuid.uuid4().hex[:6]
+            live_policy = seed.policy(f"live-{suffix}", sla_p99_ms=20.0, memory_budget_pct=2.0)
+            base_policy = seed.policy(f"baseline-{suffix}", mode="delta_sync")
+            names = {"live": f"edge-{suffix}", "base": f"base-{suffix}", "idle": f"idle-{suffix}"}
+            seed.node(names["live"], live_policy["id"], TOPOLOGY)
+            seed.node(names["base"], base_policy["id"], TOPOLOGY)
+            seed.node(names["idle"], None, {})
+            seed.history(names["live"], 300)
+            seed.history(names["base"], 300, auc=0.731)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=chromium_path, args=services.CHROMIUM_ARGS
+                )
+                yield {"app": app, "seed": seed, "names": names, "browser": browser, "env": env}
+                browser.close()
+
+
+@pytest.fixture
+def live_page(live):
+    """A logged-in page factory; every browser context is closed after the test."""
+    contexts = []
+
+    def make(viewport=WIDE):
+        page = logged_in(live, viewport)
+        contexts.append(page.context)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def logged_in(live, viewport=WIDE):
+    context = live["browser"].new_context(viewport=viewport)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(live["app"].url + "/accounts/login/")
+    page.fill("#id_username", live["app"].username)
+    page.fill("#id_password", services.TEST_PASSWORD)
+    page.click("main button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Fleet")
+    page.js_errors = errors
+    return page
+
+
+def settle(page) -> None:
+    expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=10_000)
+
+
+def chart_values(page, chart: str, trace: int = 0, axis: str = "y"):
+    return page.evaluate(
+        "([id, i, axis]) => { const d = document.getElementById(id).data;"
+        " return d && d[i] ? Array.from(d[i][axis]) : null; }",
+        [chart, trace, axis],
+    )
+
+
+def test_login_page_and_fleet_lists_every_node(live, live_page, artifacts_dir):
+    page = live["browser"].new_page(viewport=WIDE)
+    page.goto(live["app"].url + "/")
+    expect(page).to_have_url(f"{live['app'].url}/accounts/login/?next=/")
+    page.screenshot(path=str(artifacts_dir / "login.png"))
+    page.context.close()
+
+    page = live_page()
+    settle(page)
+    names = live["names"]
+    for name in names.values():
+        expect(page.locator(f"#fleet-table tr[data-node={name}]")).to_be_visible()
+    row = page.locator(f"tr[data-node={names['live']}]")
+    expect(row.locator("td[data-label=Status]")).to_contain_text("online")
+    expect(row.locator("td[data-label='P99 vs SLA']")).to_contain_text("/ 20.0 ms")
+    expect(row.locator("td[data-label=Rank]")).to_contain_text("user: 6")
+    expect(row.locator("td[data-label=Trainer]")).to_contain_text("samples/s")
+    expect(page.locator(f"tr[data-node={names['idle']}] td[data-label=Status]")).to_contain_text(
+        "registered"
+    )
+    # A sample ingested now updates the row without a reload.
+    seed = live["seed"]
+    seed.ingest(names["live"], [seed.sample(names["live"], time.time(), p99_ms=27.5)])
+    expect(row.locator("td[data-label='P99 vs SLA'] .gauge")).to_have_class("gauge bad")
+    expect(row.locator("td[data-label='P99 vs SLA']")).to_contain_text("27.5 ms / 20.0 ms")
+    page.screenshot(path=str(artifacts_dir / "fleet.png"), full_page=True)
+    page.set_viewport_size(NARROW)
+    page.screenshot(path=str(artifacts_dir / "fleet-narrow.png"), full_page=True)
+    assert page.js_errors == []
+
+
+def test_ingested_sample_reaches_the_node_charts_within_two_seconds(live, live_page, artifacts_dir):
+    names, seed = live["names"], live["seed"]
+    page = live_page()
+    page.goto(f"{live['app'].url}/nodes/{names['live']}/")
+    settle(page)
+    expect(page.locator("#range-info")).to_contain_text("bucket 1 s", timeout=10_000)
+    assert page.locator("#baseline").input_value() == names["base"]
+    history = chart_values(page, "chart-auc")
+    assert len(history) >= 290  # the seeded 5 minutes (15-minute window, 1 s buckets)
+    baseline = chart_values(page, "chart-auc", 1)
+    assert baseline and abs(baseline[-1] - 0.731) < 1e-9
+
+    sample = seed.sample(
+        names["live"],
+        time.time(),
+        p99_ms=41.125,
+        auc=0.7777,
+        memory_overhead_pct=1.93,
+        trainer_samples_per_s=1234.0,
+        throttle="paused",
+        cpu_per_core=[88.0, 12.5],
+        tables={"user": {"rank": 9, "memory_bytes": 1, "memory_pct": 0.1}},
+    )
+    seed.ingest(names["live"], [sample])
+    sent = time.monotonic()
+    page.wait_for_function(
+        "() => Array.from(document.getElementById('chart-p99').data[0].y).includes(41.125)",
+        timeout=2_000,
+    )
+    assert time.monotonic() - sent < 2.0
+    assert chart_values(page, "chart-auc")[-1] == 0.7777
+    assert chart_values(page, "chart-memory")[-1] == 1.93
+    sla = chart_values(page, "chart-p99", 1)
+    assert sla == [20.0, 20.0]
+    budget = chart_values(page, "chart-memory", 1)
+    assert budget == [2.0, 2.0]
+    assert chart_values(page, "chart-trainer")[-1] == 1234.0
+    ranks = page.evaluate(
+        "() => Object.fromEntries(document.getElementById('chart-rank').data"
+        ".map(t => [t.name, Array.from(t.y)]))"
+    )
+    assert ranks["user"][-1] == 9
+    assert 6 in ranks["rank change"]  # the seeded rank change 4 -> 6
+    throttle = page.evaluate(
+        "() => Object.fromEntries(document.getElementById('chart-trainer').data"
+        ".filter(t => t.yaxis === 'y3').map(t => [t.name, t.x.length]))"
+    )
+    assert throttle["paused"] >= 1 and throttle["throttled"] >= 1
+    cpu = page.evaluate(
+        "() => document.getElementById('chart-cpu').data.map(t => [t.name, Array.from(t.y)])"
+    )
+    assert cpu == [["inference cores", [88.0]], ["trainer cores", [12.5]]]
+    page.screenshot(path=str(artifacts_dir / "node.png"), full_page=True)
+
+    # A longer range is downsampled by the server.
+    page.click("button[data-range='86400']")
+    expect(page.locator("#range-info")).to_contain_text("bucket 44 s")
+    assert len(chart_values(page, "chart-auc")) <= 2000
+    page.screenshot(path=str(artifacts_dir / "node-24h.png"), full_page=True)
+    page.set_viewport_size(NARROW)
+    page.click("button[data-range='900']")
+    expect(page.locator("#range-info")).to_contain_text("bucket 1 s")
+    page.screenshot(path=str(artifacts_dir / "node-narrow.png"), full_page=True)
+    assert page.js_errors == []
+
+
+def open_policies(live_page, url):
+    page = live_page()
+    page.goto(url + "/policies/")
+    settle(page)
+    expect(page.locator("#policy-list button").first).to_be_visible()
+    return page
+
+
+def test_policy_with_an_invalid_value_shows_the_field_error(live, live_page, artifacts_dir):
+    page = open_policies(live_page, live["app"].url)
+    page.click("#new-policy")
+    page.fill("#f-name", f"bad-{uuid.uuid4().hex[:6]}")
+    page.fill("#f-tau", "1.5")
+    page.fill("#f-r_min", "8")
+    page.fill("#f-r_max", "4")
+    page.click("#save-policy")
+    expect(page.locator("#err-tau")).to_have_text("Must be >= 0.5 and <= 1.0.")
+    expect(page.locator("#f-tau")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#err-r_max")).to_have_text("Must be >= r_min.")
+    expect(page.locator("#save-status")).to_contain_text("Not saved")
+    expect(page.locator("#err-sla_p99_ms")).to_be_empty()
+    page.screenshot(path=str(artifacts_dir / "policy-field-errors.png"), full_page=True)
+    assert page.js_errors == []
+
+
+def test_valid_policy_round_trips_and_applies_to_a_group(live, live_page, artifacts_dir):
+    names, seed = live["names"], live["seed"]
+    name = f"gold-{uuid.uuid4().hex[:6]}"
+    page = open_policies(live_page, live["app"].url)
+    page.click("#new-policy")
+    page.fill("#f-name", name)
+    page.select_option("#f-mode", "liveupdate")
+    page.fill("#f-r_max", "12")
+    page.fill("#f-memory_budget_pct", "1.5")
+    page.fill("#f-tau", "0.95")
+    page.fill("#f-max_trainer_duty", "0.6")
+    page.fill("#f-sla_p99_ms", "25")
+    page.fill("#f-reason", "tighter budget for the gold tier")
+    page.click("#save-policy")
+    expect(page.locator("#save-status")).to_have_text(f"Saved {name} as version 1.")
+    stored = [p for p in seed.call("GET", "/api/policies/", 200)["results"] if p["name"] == name]
+    assert len(stored) == 1
+    got = {k: stored[0][k] for k in ("mode", "r_max", "memory_budget_pct", "tau")}
+    assert got == {"mode": "liveupdate", "r_max": 12, "memory_budget_pct": 1.5, "tau": 0.95}
+    assert (stored[0]["max_trainer_duty"], stored[0]["sla_p99_ms"]) == (0.6, 25.0)
+
+    # Reloaded, the form shows what the API stored; an edit becomes version 2 in the history.
+    page.reload()
+    page.click(f"#policy-list button[data-policy='{stored[0]['id']}']")
+    expect(page.locator("#f-tau")).to_have_value("0.95")
+    expect(page.locator("#f-memory_budget_pct")).to_have_value("1.5")
+    page.fill("#f-sla_p99_ms", "30")
+    page.fill("#f-reason", "p99 headroom")
+    page.click("#save-policy")
+    expect(page.locator("#save-status")).to_have_text(f"Saved {name} as version 2.")
+    history = page.locator("#history-table tr[data-version='2']")
+    expect(history).to_contain_text("p99 headroom")
+    expect(history).to_contain_text("sla_p99_ms: 25 → 30")
+
+    # Apply to a group (nodes whose name contains "edge-"), after confirming.
+    page.fill("#group-filter", names["live"])
+    page.click("#select-group")
+    expect(page.locator("#apply-policy")).to_have_text("Apply to 1 selected node")
+    page.click("#apply-policy")
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_contain_text(f"Apply {name} v2 to 1 node?")
+    expect(dialog).to_contain_text(names["live"])
+    page.screenshot(path=str(artifacts_dir / "policy-confirm.png"))
+    page.click("#confirm-ok")
+    expect(page.locator(f"#apply-results li[data-node={names['live']}]")).to_contain_text(
+        "waiting for the node"
+    )
+    node = seed.call("GET", f"/api/nodes/{names['live']}/", 200)
+    assert node["policy"] == stored[0]["id"] and node["applied_policy_version"] == 2
+    page.screenshot(path=str(artifacts_dir / "policies.png"), full_page=True)
+    assert page.js_errors == []
+
+
+def test_node_action_feedback_when_the_node_confirms(live, live_page, tmp_path, artifacts_dir):
+    names = live["names"]
+    env = dict(live["env"], NODE_NAME=names["idle"])
+    page = live_page()
+    page.goto(f"{live['app'].url}/nodes/{names['idle']}/")
+    settle(page)
+    queue = f"node.{names['idle']}"
+    with services.celery_worker(env, "tests.integration.cp_node_app", queue, tmp_path / "w.log"):
+        page.click("button[data-action=pause]")
+        page.click("#confirm-ok")
+        item = page.locator("#action-log li[data-state]").first
+        expect(item).to_contain_text("pause")
+        expect(item).to_have_attribute("data-state", "succeeded", timeout=30_000)
+        expect(item).to_contain_text("confirmed by the node")
+        page.click("button[data-action=snapshot]")
+        expect(page.locator("#action-log li[data-state]").first).to_contain_text("snapshot")
+        expect(page.locator("#action-log li[data-state]").first).to_have_attribute(
+            "data-state", "succeeded", timeout=30_000
+        )
+    page.screenshot(path=str(artifacts_dir / "node-actions.png"), full_page=True)
+    assert page.js_errors == []
+
+
+def test_experiments_page_shows_a_run_and_rejects_a_bad_upload(
+    live, live_page, artifacts_dir, tmp_path
+):
+    seed = live["seed"]
+    run = seed.call(
+        "POST",
+        "/api/experiments/",
+        201,
+        json={"name": f"browser-fixture-{uuid.uuid4().hex[:6]}", "results": results_json()},
+    )
+    page = live_page()
+    page.goto(live["app"].url + "/experiments/")
+    settle(page)
+    page.select_option("#run-select", str(run["id"]))
+    expect(page.locator("#report-title")).to_have_text(run["name"])
+    names = page.evaluate("() => document.getElementById('chart-exp-auc').data.map(t => t.name)")
+    assert names == ["Stale", "FullSync", "DeltaSync", "PrioritizedDelta", "LiveUpdate"]
+    gain = page.evaluate(
+        "() => document.getElementById('chart-exp-gain').data.find(t => t.name === 'LiveUpdate').y"
+    )
+    assert gain[0] == pytest.approx((0.7452 - 0.744) * 100)
+    moved = [0, 4.1e9, 6.2e8, 2.1e8, 0]  # plotted in GiB, the unit of the largest value
+    assert chart_values(page, "chart-exp-bytes") == pytest.approx([b / 2**30 for b in moved])
+    expect(page.locator("#chart-exp-bytes")).to_contain_text("bytes moved (GiB)")
+    expect(page.locator("#claims tbody tr")).to_have_count(2)
+    expect(page.locator("#claims tbody tr.refuted")).to_contain_text("2x lower")
+    page.screenshot(path=str(artifacts_dir / "experiments.png"), full_page=True)
+
+    bad = results_json()
+    bad["strategies"]["liveupdate"]["mean_auc"] = "high"
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(bad))
+    page.set_input_files("#upload-file", str(path))
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#upload-errors")).to_contain_text(
+        "strategies.liveupdate.mean_auc: Must be a finite number or null."
+    )
+    page.set_viewport_size(NARROW)
+    page.screenshot(path=str(artifacts_dir / "experiments-narrow.png"), full_page=True)
+    assert page.js_errors == []
