@@ -110,6 +110,19 @@ def test_login_page_and_fleet_lists_every_node(live, live_page, artifacts_dir):
     seed.ingest(names["live"], [seed.sample(names["live"], time.time(), p99_ms=27.5)])
     expect(row.locator("td[data-label='P99 vs SLA'] .gauge")).to_have_class("gauge bad")
     expect(row.locator("td[data-label='P99 vs SLA']")).to_contain_text("27.5 ms / 20.0 ms")
+    # An alert raised in another process reaches the open page over the channel layer.
+    raise_alert = (
+        "from django.utils import timezone; from controlplane.models import Node; "
+        "from controlplane.services.alerts import raise_alert; "
+        f"raise_alert(Node.objects.get(name={names['live']!r}), 'sla_violation', 'critical', "
+        "'P99 27.5 ms over the 20 ms SLA for 3 intervals', {}, timezone.now())"
+    )
+    services.manage(live["env"], "shell", "-c", raise_alert)
+    alert = page.locator("#alerts li.alert")
+    expect(alert).to_contain_text("P99 27.5 ms over the 20 ms SLA")
+    expect(page.locator("#fleet-summary")).to_contain_text("1 open alert")
+    alert.get_by_role("button", name="Acknowledge").click()
+    expect(alert).to_contain_text("acknowledged by operator")
     page.screenshot(path=str(artifacts_dir / "fleet.png"), full_page=True)
     page.set_viewport_size(NARROW)
     page.screenshot(path=str(artifacts_dir / "fleet-narrow.png"), full_page=True)

@@ -126,5 +126,21 @@
     });
   }
 
-  window.LU = { api, confirmAction, listAll, el, fmt, epoch, isNum, fieldErrors, errorText, layout, plotConfig };
+  // Controls marked data-needs="operator|admin" are disabled for lower roles (the API would
+  // refuse them anyway; this says so before the click). Pages may re-run it after re-rendering.
+  const LEVELS = { viewer: 1, operator: 2, admin: 3 };
+  const me = api("/api/me/").then((res) => (res.ok ? res.data : { role: null }));
+  async function applyRole(root = document) {
+    const { role } = await me;
+    document.body.dataset.role = role || "none";
+    root.querySelectorAll("[data-needs]").forEach((node) => {
+      if ((LEVELS[role] || 0) >= LEVELS[node.dataset.needs]) return;
+      const controls = node.matches("button, input, select") ? [node] : node.querySelectorAll("button, input, select");
+      controls.forEach((c) => { c.disabled = true; });
+      node.title = `Needs the ${node.dataset.needs} role (you are ${role || "without a role"}).`;
+    });
+  }
+  document.addEventListener("DOMContentLoaded", () => applyRole());
+
+  window.LU = { api, confirmAction, applyRole, me, listAll, el, fmt, epoch, isNum, fieldErrors, errorText, layout, plotConfig };
 })();

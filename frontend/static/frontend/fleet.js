@@ -79,7 +79,18 @@
         el("span", { class: `badge ${a.severity}` }, a.severity),
         el("a", { href: `/nodes/${a.node}/` }, a.node), " ",
         el("strong", {}, a.kind.replace("_", " ")), " — ", a.message,
-        el("span", { class: "sub" }, ` raised ${fmt.ago(a.raised_at)}`)))));
+        el("span", { class: "sub" }, ` raised ${fmt.ago(a.raised_at)}`),
+        a.acknowledged_by ? el("span", { class: "sub" }, ` · acknowledged by ${a.acknowledged_by}`)
+          : el("button", { type: "button", class: "secondary small", "data-needs": "operator",
+            onclick: () => acknowledge(a.id) }, "Acknowledge")))));
+    LU.applyRole(box);
+  }
+
+  async function acknowledge(id) {
+    const res = await LU.api(`/api/alerts/${id}/acknowledge/`, { method: "POST" });
+    if (res.ok) state.alerts.set(id, { ...res.data, raised_at: epoch(res.data.raised_at) });
+    else state.alerts.set(id, { ...state.alerts.get(id), message: `${state.alerts.get(id).message} (acknowledge failed: ${LU.errorText(res)})` });
+    renderAlerts();
   }
 
   let inFlight = null;
@@ -119,7 +130,10 @@
       node.last_seen = event.last_seen ? new Date(event.last_seen * 1000).toISOString() : null;
       renderNodes();
     } else if (event.kind === "alert") {
-      if (event.alert.open) state.alerts.set(event.alert.id, { ...event.alert, node: event.node });
+      if (event.alert.open) {
+        const known = state.alerts.get(event.alert.id) || {};
+        state.alerts.set(event.alert.id, { ...known, ...event.alert, node: event.node });
+      }
       else state.alerts.delete(event.alert.id);
       renderAlerts();
       renderNodes();

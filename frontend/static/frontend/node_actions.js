@@ -97,7 +97,8 @@
       box.replaceChildren(el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
     }
     const select = document.getElementById("assign-policy");
-    select.replaceChildren(...[...state.policies.values()].map((q) =>
+    select.replaceChildren(...(p ? [] : [el("option", { value: "" }, "choose a policy…")]),
+      ...[...state.policies.values()].map((q) =>
       el("option", { value: q.id, selected: p && q.id === p.id }, `${q.name} v${q.version}`)));
   }
 

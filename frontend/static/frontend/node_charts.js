@@ -17,8 +17,12 @@
   }
 
   function timeLayout(state, yTitle, extra = {}) {
-    const base = layout(yTitle, extra);
+    const base = layout(yTitle, { showlegend: true, ...extra });
     base.xaxis = { ...base.xaxis, range: xRange(state) };
+    if (!state.main.t.length) {
+      base.annotations = [{ text: `no samples from ${state.name} in this range`, xref: "paper",
+        yref: "paper", x: 0.5, y: 0.5, showarrow: false, font: { size: 13, color: "#5b6475" } }];
+    }
     return base;
   }
 
@@ -121,9 +125,9 @@
     const traces = Object.entries(groups).filter(([, idx]) => idx.length).map(([r, idx]) => ({
       name: names[r], type: "bar", x: idx.map((i) => `cpu ${i}`), y: idx.map((i) => values[i]),
       marker: { color: COLORS[r] }, hovertemplate: "%{x}: %{y:.0f} %<extra></extra>" }));
-    const when = isNum(state.cpu.ts) ? new Date(state.cpu.ts * 1000).toLocaleTimeString() : "no sample yet";
+    const when = isNum(state.cpu.ts) ? `sample at ${new Date(state.cpu.ts * 1000).toLocaleTimeString()}` : "no sample yet";
     react("chart-cpu", traces, layout("busy (%)", {
-      xaxis: { type: "category", title: { text: `core (sample at ${when})` },
+      xaxis: { type: "category", title: { text: `core (${when})` },
         categoryorder: "array", categoryarray: values.map((v, i) => `cpu ${i}`) },
       yaxis: { title: { text: "busy (%)" }, range: [0, 100] },
       hovermode: "closest", barmode: "group",

@@ -97,7 +97,7 @@
   function renderApplyButton() {
     const n = document.querySelectorAll("#apply-nodes input:checked").length;
     const button = document.getElementById("apply-policy");
-    button.disabled = !state.current || state.dirty || n === 0;
+    button.disabled = !state.current || state.dirty || n === 0 || !state.canApply;
     button.textContent = `Apply to ${n} selected node${n === 1 ? "" : "s"}`;
   }
   const selectWhere = (pred) => {
@@ -126,7 +126,8 @@
   }
 
   async function load(selectId) {
-    const [policies, nodes] = await Promise.all([listAll("/api/policies/"), listAll("/api/nodes/")]);
+    const [policies, nodes, me] = await Promise.all([listAll("/api/policies/"), listAll("/api/nodes/"), LU.me]);
+    state.canApply = ["operator", "admin"].includes(me.role);
     state.policies = policies;
     state.nodes = nodes;
     const id = selectId ?? (state.current && state.current.id);
