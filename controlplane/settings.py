@@ -83,6 +83,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": database_from_url("DATABASE_URL", DATA_DIR / "liveupdate.sqlite3")}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Under ASGI (daphne) a persistent connection is not reused across requests, it leaks until
+    # CONN_MAX_AGE: a short load test exhausted max_connections. Requests share a pool instead.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "pool", {"min_size": 1, "max_size": env_int("LIVEUPDATE_DB_POOL_SIZE", 8, minimum=1)}
+    )
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web and workers share the embedded database: wait for its lock instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}

@@ -459,3 +459,9 @@ def test_openapi_schema_and_offline_docs(clients):
     assert docs.status_code == 200
     html = docs.content.decode()
     assert "drf_spectacular_sidecar/swagger-ui-dist" in html and "cdn" not in html.lower()
+
+
+def test_role_groups_exist_after_migrate():
+    from django.contrib.auth.models import Group
+
+    assert set(Group.objects.values_list("name", flat=True)) >= {"viewer", "operator", "admin"}

@@ -1,0 +1,338 @@
+"""Control-plane benchmarks against a real daphne server on PostgreSQL and the Redis channel layer
+(the production mode), started the way tests/services.py starts it.
+
+1. Sustained telemetry ingest: N nodes post batches back to back, batch sizes side by side.
+2. API reads at a fixed open-loop rate (latency counted from each request's scheduled time, so
+   queueing shows), over a mix of list, detail, alerts and bucketed telemetry range queries.
+3. Ingest-to-websocket delivery: a node posts one sample every 100 ms; a dashboard socket
+   watching that node timestamps the telemetry event; idle and under sustained ingest load.
+
+Client and server share this machine's cores. Prints a table and writes JSON.
+
+    python bench/controlplane_bench.py [--duration 15] [--nodes 4] [--batch-sizes 10,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import redis
+import requests
+from websockets.sync.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import services  # noqa: E402  (the same launcher the integration tests use)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def summary_ms(seconds: list[float]) -> dict:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+    }
+
+
+class Node:
+    """A benchmark node: its token and its next sequence number."""
+
+    def __init__(self, name: str, token: str):
+        self.name, self.token, self.seq = name, token, 0
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Node {token}"
+
+    def batch(self, size: int) -> dict:
+        now = time.time()
+        samples = []
+        for _ in range(size):
+            samples.append(
+                {
+                    "seq": self.seq,
+                    "ts": now,
+                    "qps": 500.0,
+                    "p50_ms": 2.1,
+                    "p95_ms": 6.3,
+                    "p99_ms": 9.8,
+                    "auc": 0.74,
+                    "logloss": 0.47,
+                    "memory_overhead_bytes": 81920,
+                    "memory_overhead_pct": 1.6,
+                    "freshness_lag_s": 0.7,
+                    "trainer_samples_per_s": 1800.0,
+                    "trainer_duty": 0.4,
+                    "throttle": "running",
+                    "tables": {
+                        "user": {"rank": 6, "memory_bytes": 61440, "memory_pct": 1.9},
+                        "item": {"rank": 4, "memory_bytes": 20480, "memory_pct": 0.9},
+                    },
+                    "cpu_per_core": [61.0, 34.0],
+                    "events": [],
+                }
+            )
+            self.seq += 1
+        return {"node": self.name, "samples": samples}
+
+    def post(self, url: str, size: int) -> tuple[float, int]:
+        body = self.batch(size)
+        start = time.perf_counter()
+        response = self.http.post(url, json=body, timeout=30)
+        elapsed = time.perf_counter() - start
+        response.raise_for_status()
+        return elapsed, response.json()["accepted"]
+
+
+def ingest_load(url: str, nodes: list[Node], size: int, stop: threading.Event) -> dict:
+    """Each node posts batches back to back until ``stop``; returns accepted samples/s."""
+    latencies: list[float] = []
+    accepted = [0] * len(nodes)
+
+    def run(i: int) -> None:
+        while not stop.is_set():
+            elapsed, n = nodes[i].post(url, size)
+            latencies.append(elapsed)
+            accepted[i] += n
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(nodes))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "batch_size": size,
+        "nodes": len(nodes),
+        "seconds": round(elapsed, 2),
+        "samples": sum(accepted),
+        "samples_per_s": round(sum(accepted) / elapsed, 1),
+        "request": summary_ms(latencies),
+    }
+
+
+def bench_ingest(url: str, nodes: list[Node], size: int, duration: float) -> dict:
+    stop = threading.Event()
+    threading.Timer(duration, stop.set).start()
+    return ingest_load(url, nodes, size, stop)
+
+
+def bench_reads(app_url: str, api_token: str, node: str, rate: float, duration: float) -> dict:
+    """Open loop at ``rate`` requests/s: request i is due at start + i/rate; its latency runs
+    from that due time to the reply, so a slow server cannot hide its queue."""
+    end = datetime.now(UTC)
+    window = {"start": (end - timedelta(hours=1)).isoformat(), "end": end.isoformat()}
+    paths = {
+        "nodes list": ("/api/nodes/", {}),
+        "node detail": (f"/api/nodes/{node}/", {}),
+        "open alerts": ("/api/alerts/", {"open": "true"}),
+        "telemetry 1 h": ("/api/telemetry/", {"node": node, "metrics": "p99_ms,auc", **window}),
+    }
+    names = list(paths)
+    local = threading.local()
+    results: dict[str, list[float]] = {name: [] for name in names}
+    errors: list[str] = []
+
+    def one(i: int, due: float) -> None:
+        if not hasattr(local, "http"):
+            local.http = requests.Session()
+            local.http.headers["Authorization"] = f"Token {api_token}"
+        name = names[i % len(names)]
+        path, params = paths[name]
+        time.sleep(max(0.0, due - time.perf_counter()))
+        response = local.http.get(app_url + path, params=params, timeout=30)
+        if response.status_code != 200:
+            errors.append(f"{name}: {response.status_code}")
+        results[name].append(time.perf_counter() - due)
+
+    total = int(rate * duration)
+    start = time.perf_counter() + 0.5
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        for i in range(total):
+            due = start + i / rate
+            time.sleep(max(0.0, due - time.perf_counter() - 0.05))
+            pool.submit(one, i, due)
+    overall = [v for values in results.values() for v in values]
+    return {
+        "rate_per_s": rate,
+        "requests": total,
+        "errors": errors[:5],
+        "error_count": len(errors),
+        "overall": summary_ms(overall),
+        "per_endpoint": {name: summary_ms(values) for name, values in results.items()},
+    }
+
+
+def bench_delivery(app: services.Appliance, node: Node, samples: int) -> dict:
+    """Seconds from just before the POST to the socket's receipt of that sample's event."""
+    session = app.login()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    ws_url = app.url.replace("http://", "ws://") + "/ws/fleet/"
+    sent: dict[int, float] = {}
+    delays: list[float] = []
+    with connect(ws_url, additional_headers={"Cookie": cookie, "Origin": app.url}) as ws:
+        ws.send(json.dumps({"action": "watch_node", "node": node.name}))
+        json.loads(ws.recv(timeout=10))
+        done = threading.Event()
+
+        def receive() -> None:
+            while not done.is_set():
+                try:
+                    event = json.loads(ws.recv(timeout=1))
+                except TimeoutError:
+                    continue
+                if event.get("kind") == "telemetry" and event["node"] == node.name:
+                    seq = event["sample"]["seq"]
+                    if seq in sent:
+                        delays.append(time.perf_counter() - sent[seq])
+
+        reader = threading.Thread(target=receive)
+        reader.start()
+        url = app.url + "/api/telemetry/ingest/"
+        for _ in range(samples):
+            sent[node.seq] = time.perf_counter()
+            node.post(url, 1)
+            time.sleep(0.1)
+        time.sleep(2)
+        done.set()
+        reader.join()
+    result = summary_ms(delays) if delays else {"n": 0}
+    result["lost"] = samples - len(delays)
+    return result
+
+
+def api_token(env: dict[str, str], username: str) -> str:
+    code = (
+        "from rest_framework.authtoken.models import Token; "
+        "from django.contrib.auth import get_user_model; "
+        f"print(Token.objects.get_or_create(user=get_user_model().objects.get(username={username!r}))[0].key)"
+    )
+    return services.manage(env, "shell", "-c", code).strip().splitlines()[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
+    parser.add_argument("--nodes", type=int, default=4, help="concurrent ingesting nodes")
+    parser.add_argument("--batch-sizes", default="10,100", help="comma-separated")
+    parser.add_argument("--read-rate", type=float, default=100.0, help="API reads per second")
+    parser.add_argument("--delivery-samples", type=int, default=150)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "controlplane.json")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    if not services.postgres_up() or not services.redis_up():
+        print("needs PostgreSQL and Redis (see tests/services.py for the URLs)", file=sys.stderr)
+        return 2
+
+    report: dict = {
+        "machine": f"{platform.node()} {platform.machine()}, 2 cores, 24 GiB, no GPU",
+        "mode": "daphne (1 process) + PostgreSQL + Redis channel layer",
+        "args": vars(args) | {"out": str(args.out)},
+        "loadavg_before": os.getloadavg(),
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        services.temporary_postgres_database(services.POSTGRES_ADMIN_URL) as db,
+    ):
+        # The benchmark's own Redis database: no stale channels from other runs in its groups.
+        redis_url = services.REDIS_URL.rsplit("/", 1)[0] + "/11"
+        redis.Redis.from_url(redis_url).flushdb()
+        env = services.appliance_env(Path(tmp), db, redis_url)
+        log = args.out.with_suffix(".daphne.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        app = services.Appliance(env, log).start()
+        try:
+            names = [f"bench-{i}" for i in range(args.nodes)] + ["bench-ws"]
+            tokens = {n: services.manage(env, "create_node", n).strip() for n in names}
+            nodes = [Node(n, tokens[n].splitlines()[-1]) for n in names]
+            loaders, watched = nodes[:-1], nodes[-1]
+            ingest_url = app.url + "/api/telemetry/ingest/"
+            report["ingest"] = [
+                bench_ingest(ingest_url, loaders, size, args.duration) for size in sizes
+            ]
+            token = api_token(env, app.username)
+            report["reads"] = bench_reads(
+                app.url, token, loaders[0].name, args.read_rate, args.duration
+            )
+            report["delivery_idle"] = bench_delivery(app, watched, args.delivery_samples)
+            stop = threading.Event()
+            load_result: dict = {}
+            loader = threading.Thread(
+                target=lambda: load_result.update(ingest_load(ingest_url, loaders, 100, stop))
+            )
+            loader.start()
+            try:
+                report["delivery_under_load"] = bench_delivery(app, watched, args.delivery_samples)
+            finally:
+                stop.set()
+                loader.join()
+            report["delivery_under_load"]["background_samples_per_s"] = load_result.get(
+                "samples_per_s"
+            )
+        finally:
+            app.stop()
+    report["loadavg_after"] = os.getloadavg()
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['mode']} on {report['machine']}")
+    loads = [f"{x:.1f}" for x in (*report["loadavg_before"], *report["loadavg_after"])]
+    print(f"load average before {'/'.join(loads[:3])}, after {'/'.join(loads[3:])}\n")
+    print("telemetry ingest (goal >= 2000 samples/s)")
+    print(f"  {'batch':>6} {'nodes':>6} {'samples/s':>10} {'req p50':>9} {'req p99':>9}")
+    for row in report["ingest"]:
+        r = row["request"]
+        print(
+            f"  {row['batch_size']:>6} {row['nodes']:>6} {row['samples_per_s']:>10.0f}"
+            f" {r['p50_ms']:>8.1f}ms {r['p99_ms']:>8.1f}ms"
+        )
+    reads = report["reads"]
+    print(f"\nAPI reads at {reads['rate_per_s']:.0f} req/s, open loop (goal p99 < 50 ms)")
+    print(f"  {'endpoint':<16} {'n':>5} {'p50':>8} {'p95':>8} {'p99':>8}")
+    for name, s in [*reads["per_endpoint"].items(), ("ALL", reads["overall"])]:
+        print(
+            f"  {name:<16} {s['n']:>5} {s['p50_ms']:>6.1f}ms {s['p95_ms']:>6.1f}ms"
+            f" {s['p99_ms']:>6.1f}ms"
+        )
+    print(f"  errors: {reads['error_count']}")
+    print("\ningest -> websocket delivery (goal p95 < 250 ms)")
+    for key in ("delivery_idle", "delivery_under_load"):
+        s = report[key]
+        extra = (
+            f" (background ingest {s['background_samples_per_s']:.0f} samples/s)"
+            if s.get("background_samples_per_s")
+            else ""
+        )
+        print(
+            f"  {key:<20} n={s['n']:>4} p50={s.get('p50_ms', 0):.1f}ms"
+            f" p95={s.get('p95_ms', 0):.1f}ms p99={s.get('p99_ms', 0):.1f}ms"
+            f" lost={s['lost']}{extra}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
