@@ -1,0 +1,229 @@
+"""What the inference process and the trainer process share, as memory-mapped files in a
+shared-memory directory (``/dev/shm/...``): the base embedding tables and the published LoRA
+factor versions.
+
+Base tables: one file per table, N x D float32. Inference maps them shared (it applies folded
+rows and delta-sync rows in place); the trainer maps them copy-on-write (MAP_PRIVATE), so its
+folds never touch what inference serves until the version that carries them is installed, and
+untouched pages stay one physical copy.
+
+Factor versions: a seqlock-protected double buffer per node. The single writer fills the slot
+inference is not reading, bumping that slot's sequence number to odd before and to even after,
+then flips ``current``. A reader copies the current slot and keeps the copy only if the slot's
+sequence was even and unchanged across the copy, so it gets one whole version, never a mix.
+(Stores and loads of the int64 header are ordered on x86-64 (TSO), the only target here.)
+The files are sparse: only the bytes a version actually uses occupy memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dlrm_core.live_embedding import TableFactors, row_bytes
+from dlrm_core.model import DLRM
+
+
+def _map(path: Path, nbytes: int, shared: bool) -> torch.Tensor:
+    return torch.from_file(str(path), shared=shared, size=nbytes, dtype=torch.uint8)
+
+
+def _create(path: Path, nbytes: int) -> None:
+    with path.open("wb") as f:
+        f.truncate(nbytes)  # sparse until written
+
+
+# --- base tables ---------------------------------------------------------------------------
+
+
+def table_path(directory: Path, name: str) -> Path:
+    return directory / f"base-{name}.f32"
+
+
+def write_base_tables(model: DLRM, directory: Path) -> None:
+    """Copy the model's table weights into the shared files (creating them)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in model.config.feature_names:
+        weight = _base_bag(model, name).weight.detach()
+        path = table_path(directory, name)
+        _create(path, weight.numel() * 4)
+        mapped = _map(path, weight.numel() * 4, shared=True).view(torch.float32)
+        mapped.view_as(weight).copy_(weight)
+
+
+def map_base_tables(model: DLRM, directory: Path, shared: bool) -> None:
+    """Make the model's tables use the shared files: shared=True for the process that serves
+    (and writes patches), False (copy-on-write) for the trainer."""
+    for name in model.config.feature_names:
+        bag = _base_bag(model, name)
+        n, d = bag.weight.shape
+        mapped = _map(table_path(directory, name), n * d * 4, shared).view(torch.float32)
+        bag.weight = nn.Parameter(mapped.view(n, d), requires_grad=False)
+
+
+def _base_bag(model: DLRM, name: str) -> nn.EmbeddingBag:
+    table = model.sparse_arch.table(name)
+    bag = getattr(table, "base", table)  # a LiveEmbedding wraps its base EmbeddingBag
+    if not isinstance(bag, nn.EmbeddingBag):
+        raise TypeError(f"table {name!r} is a {type(table).__name__}")
+    return bag
+
+
+def base_weight(model: DLRM, name: str) -> torch.Tensor:
+    """(N, D) the base rows of a table, whether or not it is wrapped."""
+    return _base_bag(model, name).weight
+
+
+# --- factor versions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableCapacity:
+    rows: int  # max active rows
+    a_floats: int  # max n x r
+    rank: int  # max r
+    dim: int  # D
+
+    @staticmethod
+    def for_budget(budget_bytes: int, dim: int, max_rank: int) -> TableCapacity:
+        """Room for any state a budget can hold: rows at rank 1, n x r floats <= budget / 4."""
+        rows = max(1, budget_bytes // row_bytes(1))
+        return TableCapacity(rows, max(1, budget_bytes // 4), min(max_rank, dim), dim)
+
+    @property
+    def slot_bytes(self) -> int:
+        raw = 8 * self.rows + 4 * self.a_floats + 4 * self.rank * self.dim
+        return -(-raw // 8) * 8  # the next slot's int64 ids must stay 8-byte aligned
+
+
+# header (int64): current, then per slot: seq, version; per slot per table: n, r.
+# float64 area after it: per slot: created_at; per slot per table: scale.
+_H_CURRENT = 0
+
+
+@dataclass(frozen=True)
+class FactorSnapshot:
+    version: int
+    created_at: float
+    tables: Mapping[str, TableFactors]
+
+
+class SharedFactors:
+    """Seqlock double buffer of factor versions for the tables ``capacities`` names."""
+
+    def __init__(self, directory: Path, capacities: Mapping[str, TableCapacity], create: bool):
+        self.dir = directory
+        self.names = tuple(capacities)
+        self.caps = dict(capacities)
+        n_tables = len(self.names)
+        self._ints = 1 + 2 * 2 + 2 * 2 * n_tables
+        self._floats = 2 + 2 * n_tables
+        header_bytes = 8 * (self._ints + self._floats)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        header_path = self.dir / "factors-header.bin"
+        if create:
+            _create(header_path, header_bytes)
+            for name, cap in self.caps.items():
+                _create(self._table_path(name), 2 * cap.slot_bytes)
+        raw = _map(header_path, header_bytes, shared=True)
+        self._hi = raw[: 8 * self._ints].view(torch.int64)
+        self._hf = raw[8 * self._ints :].view(torch.float64)
+        self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        for name, cap in self.caps.items():
+            seg = _map(self._table_path(name), 2 * cap.slot_bytes, shared=True)
+            slots = []
+            for s in range(2):
+                base = s * cap.slot_bytes
+                ids = seg[base : base + 8 * cap.rows].view(torch.int64)
+                base += 8 * cap.rows
+                a = seg[base : base + 4 * cap.a_floats].view(torch.float32)
+                base += 4 * cap.a_floats
+                b = seg[base : base + 4 * cap.rank * cap.dim].view(torch.float32)
+                slots.append((ids, a, b))
+            self._slots[name] = slots
+
+    def _table_path(self, name: str) -> Path:
+        return self.dir / f"factors-{name}.bin"
+
+    def _seq(self, s: int) -> int:
+        return 1 + 2 * s
+
+    def _ver(self, s: int) -> int:
+        return 2 + 2 * s
+
+    def _nr(self, s: int, t: int) -> int:
+        return 5 + 2 * (s * len(self.names) + t)
+
+    def _scale(self, s: int, t: int) -> int:
+        return 2 + s * len(self.names) + t
+
+    @property
+    def version(self) -> int:
+        """The newest complete version (0: none yet)."""
+        return int(self._hi[self._ver(int(self._hi[_H_CURRENT]))])
+
+    def write(self, version: int, created_at: float, tables: Mapping[str, TableFactors]) -> None:
+        """Publish ``tables`` as ``version`` (single writer)."""
+        for name, f in tables.items():
+            cap = self.caps[name]
+            if f.num_active > cap.rows or f.num_active * f.rank > cap.a_floats or f.rank > cap.rank:
+                raise ValueError(
+                    f"factors of {name!r} (n={f.num_active}, r={f.rank}) exceed the shared "
+                    f"capacity (rows={cap.rows}, n*r={cap.a_floats}, r={cap.rank})"
+                )
+        s = 1 - int(self._hi[_H_CURRENT])
+        self._hi[self._seq(s)] += 1  # odd: being written
+        for t, name in enumerate(self.names):
+            f = tables[name]
+            n, r = f.num_active, f.rank
+            ids, a, b = self._slots[name][s]
+            ids[:n].copy_(f.ids)
+            a[: n * r].copy_(f.a.reshape(-1))
+            b[: r * f.b.shape[1]].copy_(f.b.reshape(-1))
+            self._hi[self._nr(s, t)] = n
+            self._hi[self._nr(s, t) + 1] = r
+            self._hf[self._scale(s, t)] = f.scale
+        self._hi[self._ver(s)] = version
+        self._hf[s] = created_at
+        self._hi[self._seq(s)] += 1  # even: complete
+        self._hi[_H_CURRENT] = s
+
+    def read(self, newer_than: int = 0, max_tries: int = 1000) -> FactorSnapshot | None:
+        """A private copy of the current version if it is newer than ``newer_than``."""
+        for _ in range(max_tries):
+            s = int(self._hi[_H_CURRENT])
+            q1 = int(self._hi[self._seq(s)])
+            if q1 % 2:
+                continue
+            version = int(self._hi[self._ver(s)])
+            if version <= newer_than:
+                return None
+            created_at = float(self._hf[s])
+            tables = {}
+            for t, name in enumerate(self.names):
+                n = int(self._hi[self._nr(s, t)])
+                r = int(self._hi[self._nr(s, t) + 1])
+                ids, a, b = self._slots[name][s]
+                d = self.caps[name].dim
+                scale = float(self._hf[self._scale(s, t)])
+                tables[name] = (ids[:n].clone(), a[: n * r].clone(), b[: r * d].clone(), r, scale)
+            if int(self._hi[self._seq(s)]) != q1:
+                continue  # the writer reused this slot while we copied: try again
+            return FactorSnapshot(
+                version,
+                created_at,
+                {
+                    name: TableFactors(ids, a.view(-1, r), b.view(r, -1), scale)
+                    for name, (ids, a, b, r, scale) in tables.items()
+                },
+            )
+        raise RuntimeError(f"no consistent factor version after {max_tries} tries")
+
+
+def budget_bytes(weight: torch.Tensor, pct: float) -> int:
+    return int(math.floor(weight.numel() * weight.element_size() * pct / 100.0))

@@ -1,0 +1,96 @@
+import multiprocessing as mp
+import time
+
+import pytest
+import torch
+
+from dlrm_core.live_embedding import TableFactors
+from dlrm_core.model import DLRM, DLRMConfig
+from nodeworker.shared_memory import (
+    SharedFactors,
+    TableCapacity,
+    map_base_tables,
+    write_base_tables,
+)
+
+CAPS = {
+    "user": TableCapacity(rows=64, a_floats=64 * 4, rank=4, dim=8),
+    "item": TableCapacity(rows=16, a_floats=64, rank=4, dim=8),
+}
+
+
+def factors_of(version: int, cap: TableCapacity) -> TableFactors:
+    """Every value of version v is v; its shape depends on v too."""
+    r = 1 + version % cap.rank
+    n = min(cap.rows, cap.a_floats // r, 1 + version % 50)
+    return TableFactors(
+        torch.arange(n, dtype=torch.int64) * 3,
+        torch.full((n, r), float(version)),
+        torch.full((r, cap.dim), float(version)),
+        float(version),
+    )
+
+
+def check(snapshot) -> None:
+    v = snapshot.version
+    for name, cap in CAPS.items():
+        want, got = factors_of(v, cap), snapshot.tables[name]
+        assert got.a.shape == want.a.shape and got.b.shape == want.b.shape, (v, name)
+        assert torch.equal(got.ids, want.ids) and got.scale == v
+        assert bool((got.a == v).all()) and bool((got.b == v).all()), (v, name)
+    assert snapshot.created_at == v / 10
+
+
+def _writer(directory, seconds):
+    shared = SharedFactors(directory, CAPS, create=False)
+    v = 1
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        v += 1
+        shared.write(v, v / 10, {name: factors_of(v, cap) for name, cap in CAPS.items()})
+
+
+def test_no_torn_reads_while_versions_swap_from_another_process(tmp_path):
+    shared = SharedFactors(tmp_path, CAPS, create=True)
+    assert shared.read() is None and shared.version == 0
+    shared.write(1, 0.1, {name: factors_of(1, cap) for name, cap in CAPS.items()})
+    proc = mp.get_context("spawn").Process(target=_writer, args=(tmp_path, 1.0))
+    proc.start()
+    seen, reads, last = set(), 0, 0
+    deadline = time.monotonic() + 30
+    while (proc.is_alive() or reads == 0) and time.monotonic() < deadline:
+        snap = shared.read()  # always the whole current version, re-copied every time
+        check(snap)
+        seen.add(snap.version)
+        assert snap.version >= last  # never goes back
+        last = snap.version
+        reads += 1
+    proc.join()
+    assert proc.exitcode == 0
+    assert len(seen) > 50, f"only {len(seen)} versions seen in {reads} reads"
+    newer = shared.read(newer_than=last - 1)
+    assert newer is not None and shared.read(newer_than=shared.version) is None
+
+
+def test_capacity_is_enforced(tmp_path):
+    shared = SharedFactors(tmp_path, CAPS, create=True)
+    big = TableFactors(torch.arange(65), torch.zeros(65, 1), torch.zeros(1, 8), 1.0)
+    with pytest.raises(ValueError, match="exceed the shared capacity"):
+        shared.write(1, 0.0, {"user": big, "item": factors_of(1, CAPS["item"])})
+    assert shared.version == 0
+
+
+def test_base_tables_shared_for_inference_copy_on_write_for_the_trainer(tmp_path):
+    config = DLRMConfig(("user", "item"), (1000, 50), 2, 8, (8,), (4, 1))
+    torch.manual_seed(0)
+    source = DLRM(config)
+    write_base_tables(source, tmp_path)
+    serving, trainer = DLRM(config), DLRM(config)
+    map_base_tables(serving, tmp_path, shared=True)
+    map_base_tables(trainer, tmp_path, shared=False)
+    user = source.sparse_arch.table("user").weight
+    assert torch.equal(serving.sparse_arch.table("user").weight, user)
+    trainer.sparse_arch.table("user").weight.data[5] += 1.0  # a fold in the trainer
+    assert torch.equal(serving.sparse_arch.table("user").weight[5], user[5])
+    serving.sparse_arch.table("user").weight.data[900] = 7.0  # inference patches another page
+    assert bool((trainer.sparse_arch.table("user").weight[900] == 7.0).all())
