@@ -67,6 +67,7 @@ class SampleCache:
         # (batch key, row, label, label time), oldest first.
         self._ready: deque[tuple[int, int, float, float]] = deque()
         self._batches: dict[int, SparseBatch] = {}
+        self._rows: dict[int, tuple[list[list[int]], list[float]]] = {}
         self._refs: dict[int, int] = {}
         self._next_key = 0
         self._max_id = -1
@@ -84,6 +85,14 @@ class SampleCache:
             key = self._next_key
             self._next_key += 1
             self._batches[key] = batch
+            # bag bounds and per-row scalars as lists: gathering rows then costs no tensor ops
+            self._rows[key] = (
+                [
+                    o.tolist() + [int(v.shape[0])]
+                    for v, o in zip(batch.values, batch.offsets, strict=True)
+                ],
+                batch.timestamps.tolist(),
+            )
             self._refs[key] = len(ids)
             for row, rid in enumerate(ids):
                 self._pending[rid] = (now, key, row)
@@ -123,21 +132,11 @@ class SampleCache:
             picked = [self._ready.popleft() for _ in range(min(max_rows, len(self._ready)))]
             if not picked:
                 return None
-            parts, times = [], []
-            start = 0
-            for i in range(1, len(picked) + 1):  # one select per run of rows of the same batch
-                if i == len(picked) or picked[i][0] != picked[start][0]:
-                    run = picked[start:i]
-                    key = run[0][0]
-                    part = self._batches[key].select([r for _, r, _, _ in run])
-                    parts.append(part.with_labels(torch.tensor([lab for _, _, lab, _ in run])))
-                    times.extend(t for _, _, _, t in run)
-                    start = i
+            batch = self._gather(picked)
             for key, _, _, _ in picked:
                 self._release(key)
             self.counts.taken += len(picked)
-        batch = parts[0] if len(parts) == 1 else SparseBatch.concat(parts)
-        return JoinedRows(batch, torch.tensor(times, dtype=torch.float64))
+        return JoinedRows(batch, torch.tensor([t for *_, t in picked], dtype=torch.float64))
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
@@ -172,4 +171,36 @@ class SampleCache:
     def _release(self, key: int) -> None:
         self._refs[key] -= 1
         if self._refs[key] == 0:
-            del self._refs[key], self._batches[key]
+            del self._refs[key], self._batches[key], self._rows[key]
+
+    def _gather(self, picked: list[tuple[int, int, float, float]]) -> SparseBatch:
+        """One batch of the picked rows, labels filled in (rows of many small served batches:
+        slicing each bag is far cheaper than SparseBatch.select + concat per row)."""
+        first = self._batches[picked[0][0]]
+        n_features = len(first.keys)
+        values: list[list[torch.Tensor]] = [[] for _ in range(n_features)]
+        lengths: list[list[int]] = [[] for _ in range(n_features)]
+        dense, stamps, rids = [], [], []
+        for key, row, _, _ in picked:
+            batch = self._batches[key]
+            bounds, times = self._rows[key]
+            for f in range(n_features):
+                low, high = bounds[f][row], bounds[f][row + 1]
+                values[f].append(batch.values[f][low:high])
+                lengths[f].append(high - low)
+            dense.append(batch.dense[row])
+            stamps.append(times[row])
+            rids.append(batch.request_ids[row])
+        offsets = []
+        for f in range(n_features):
+            lens = torch.tensor(lengths[f], dtype=torch.int64)
+            offsets.append(torch.cumsum(lens, 0) - lens)
+        return SparseBatch(
+            first.keys,
+            tuple(torch.cat(v) for v in values),
+            tuple(offsets),
+            torch.stack(dense),
+            torch.tensor([label for _, _, label, _ in picked], dtype=torch.float32),
+            torch.tensor(stamps, dtype=torch.float64),
+            torch.stack(rids),
+        )
