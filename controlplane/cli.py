@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("controlplane.commands.demo", "run the embedded appliance on http://127.0.0.1:8000"),
     "serve": ("controlplane.commands.serve", "run the control plane's ASGI server (production)"),
     "manage": ("controlplane.commands.manage", "run a Django management command"),
+    "node": ("nodeworker.commands.node", "run an inference node (liveupdate node run --name ...)"),
     "analyze-gradients": (
         "dlrm_core.commands.analyze",
         "how low-rank is a training window's embedding update (per table, per D)",

@@ -101,7 +101,7 @@ class TableCapacity:
         return -(-raw // 8) * 8  # the next slot's int64 ids must stay 8-byte aligned
 
 
-# header (int64): current, then per slot: seq, version; per slot per table: n, r.
+# header (int64): current, then per slot: seq, version; per slot per table: n, r; per slot: aux.
 # float64 area after it: per slot: created_at; per slot per table: scale.
 _H_CURRENT = 0
 
@@ -111,6 +111,7 @@ class FactorSnapshot:
     version: int
     created_at: float
     tables: Mapping[str, TableFactors]
+    aux: int = 0  # the writer's counter published with the version (base patches sent)
 
 
 class SharedFactors:
@@ -121,7 +122,7 @@ class SharedFactors:
         self.names = tuple(capacities)
         self.caps = dict(capacities)
         n_tables = len(self.names)
-        self._ints = 1 + 2 * 2 + 2 * 2 * n_tables
+        self._ints = 1 + 2 * 2 + 2 * 2 * n_tables + 2
         self._floats = 2 + 2 * n_tables
         header_bytes = 8 * (self._ints + self._floats)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,9 @@ class SharedFactors:
     def _nr(self, s: int, t: int) -> int:
         return 5 + 2 * (s * len(self.names) + t)
 
+    def _aux(self, s: int) -> int:
+        return self._ints - 2 + s
+
     def _scale(self, s: int, t: int) -> int:
         return 2 + s * len(self.names) + t
 
@@ -167,7 +171,9 @@ class SharedFactors:
         """The newest complete version (0: none yet)."""
         return int(self._hi[self._ver(int(self._hi[_H_CURRENT]))])
 
-    def write(self, version: int, created_at: float, tables: Mapping[str, TableFactors]) -> None:
+    def write(
+        self, version: int, created_at: float, tables: Mapping[str, TableFactors], aux: int = 0
+    ) -> None:
         """Publish ``tables`` as ``version`` (single writer)."""
         for name, f in tables.items():
             cap = self.caps[name]
@@ -189,6 +195,7 @@ class SharedFactors:
             self._hi[self._nr(s, t) + 1] = r
             self._hf[self._scale(s, t)] = f.scale
         self._hi[self._ver(s)] = version
+        self._hi[self._aux(s)] = aux
         self._hf[s] = created_at
         self._hi[self._seq(s)] += 1  # even: complete
         self._hi[_H_CURRENT] = s
@@ -204,6 +211,7 @@ class SharedFactors:
             if version <= newer_than:
                 return None
             created_at = float(self._hf[s])
+            aux = int(self._hi[self._aux(s)])
             tables = {}
             for t, name in enumerate(self.names):
                 n = int(self._hi[self._nr(s, t)])
@@ -221,6 +229,7 @@ class SharedFactors:
                     name: TableFactors(ids, a.view(-1, r), b.view(r, -1), scale)
                     for name, (ids, a, b, r, scale) in tables.items()
                 },
+                aux,
             )
         raise RuntimeError(f"no consistent factor version after {max_tries} tries")
 

@@ -38,7 +38,7 @@ def check(snapshot) -> None:
         assert got.a.shape == want.a.shape and got.b.shape == want.b.shape, (v, name)
         assert torch.equal(got.ids, want.ids) and got.scale == v
         assert bool((got.a == v).all()) and bool((got.b == v).all()), (v, name)
-    assert snapshot.created_at == v / 10
+    assert snapshot.created_at == v / 10 and snapshot.aux in (0, v)
 
 
 def _writer(directory, seconds):
@@ -47,7 +47,7 @@ def _writer(directory, seconds):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         v += 1
-        shared.write(v, v / 10, {name: factors_of(v, cap) for name, cap in CAPS.items()})
+        shared.write(v, v / 10, {name: factors_of(v, cap) for name, cap in CAPS.items()}, aux=v)
 
 
 def test_no_torn_reads_while_versions_swap_from_another_process(tmp_path):

@@ -1,0 +1,485 @@
+"""NodeRuntime: the long-lived inference-node process.
+
+This process serves (HTTP threads -> ``predict``) on the inference cores, keeps served requests
+in the sample cache until their labels join, and feeds joined rows to the trainer process, which
+runs on the trainer cores under the QoS duty cycle and publishes factor versions into shared
+memory. Before each batch, inference installs the newest complete version (never a torn one).
+Telemetry, the control channel and periodic factor snapshots run as threads here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.checkpoint import load_model, save_model
+from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
+from dlrm_core.model import DLRM
+from dlrm_core.rank import min_budget_bytes
+from dlrm_core.schema import StreamSchema
+from nodeworker import placement, protocol
+from nodeworker.qos import QosConfig, QosController
+from nodeworker.runtime_control import RuntimeControl, _event
+from nodeworker.runtime_metrics import RuntimeMetrics
+from nodeworker.sample_cache import Feedback, SampleCache, SampleCacheConfig
+from nodeworker.shared_memory import (
+    SharedFactors,
+    TableCapacity,
+    base_weight,
+    budget_bytes,
+    map_base_tables,
+    write_base_tables,
+)
+from nodeworker.telemetry import CpuSampler, NodeSnapshot
+from nodeworker.trainer_proc import TrainerSetup, pack, rank_policy, trainer_main
+
+log = logging.getLogger(__name__)
+
+CAPACITY_PCT = 10.0  # shared factor slots hold any budget a policy may set (sparse files)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    name: str
+    data_dir: Path
+    checkpoint: str  # the base model (dlrm_core.checkpoint)
+    policy: dict[str, Any] = field(default_factory=lambda: dict(protocol.POLICY_DEFAULTS))
+    shm_root: Path = Path("/dev/shm")
+    sysfs_root: str = "/"
+    trainer: bool = True  # False: inference only (a baseline)
+    pin: bool = True  # disjoint cores for inference and trainer
+    qos: bool = True  # False: the trainer runs at full duty whatever the latency
+    label_window_s: float = 30.0
+    cache_max_pending: int = 200_000
+    trainer_batch_rows: int = 256
+    trainer_backlog_batches: int = 64  # joined batches waiting for the trainer; oldest dropped
+    publish_interval_s: float = 0.2
+    snapshot_interval_s: float = 60.0
+    qos_period_s: float = 0.25
+    qos_window_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        protocol.node_queue(self.name)
+        _, errors = protocol.validate_policy(self.policy)
+        if errors:
+            raise ValueError(f"invalid policy: {errors}")
+
+
+def build_fresh_checkpoint(schema: StreamSchema, path: Path, seed: int = 0) -> str:
+    """A freshly initialised DLRM for ``schema`` saved as the base checkpoint."""
+    from dlrm_core.model import DLRMConfig
+
+    torch.manual_seed(seed)
+    save_model(path, DLRM(DLRMConfig.from_schema(schema)))
+    return str(path)
+
+
+class NodeRuntime(RuntimeControl):
+    def __init__(self, config: RuntimeConfig):
+        self.config = config
+        clean, _ = protocol.validate_policy(config.policy)
+        self.policy = clean
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.events: deque[dict] = deque(maxlen=10_000)
+        self.topology = placement.read_topology(config.sysfs_root)
+        self.plan = self._plan()
+        if config.pin:  # before the tables exist: first touch puts them on this node
+            placement.pin_process(self.plan.inference_cpus)
+            placement.configure_torch_threads(self.plan.inference_threads)
+        self.checkpoint = config.checkpoint
+        self.model = load_model(self.checkpoint)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.schema_keys = self.model.config.feature_names
+        self.shm_dir = config.shm_root / f"liveupdate-{config.name}-{os.getpid()}"
+        write_base_tables(self.model, self.shm_dir)
+        map_base_tables(self.model, self.shm_dir, shared=True)
+        self.restore_dir = self._restorable_snapshot()
+        if self.restore_dir:
+            self._apply_patch_files(self.restore_dir)
+        self.trained = self._trained_tables()
+        dim = self.model.config.embedding_dim
+        self.capacities = {
+            name: TableCapacity.for_budget(
+                budget_bytes(base_weight(self.model, name), CAPACITY_PCT), dim, dim
+            )
+            for name in self.trained
+        }
+        self.shared = SharedFactors(self.shm_dir, self.capacities, create=True)
+        self.lives = attach_live_embeddings(
+            self.model.sparse_arch, list(self.trained), LiveEmbeddingConfig(rank=1)
+        )
+        self.installed = 0
+        self.patches_applied = 0
+        self._patches: deque[dict] = deque()
+        self._patch_cond = threading.Condition()
+        self._infer_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self.cache = SampleCache(
+            SampleCacheConfig(config.label_window_s, config.cache_max_pending, 100_000)
+        )
+        self.qos = QosController(
+            QosConfig(
+                sla_p99_ms=float(clean["sla_p99_ms"]),
+                window_s=config.qos_window_s,
+                max_duty=float(clean["max_trainer_duty"]),
+            )
+        )
+        self.metrics = RuntimeMetrics()
+        self.cpu = CpuSampler()
+        self._reported = (0, 0)  # (dropped, skipped) already in telemetry
+        self._scores: OrderedDict[int, float] = OrderedDict()
+        self._backlog: deque[dict] = deque()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._replies: dict[int, Any] = {}
+        self._reply_cond = threading.Condition()
+        self._cmd_ids = itertools.count(1)
+        self.trainer_stats: dict[str, Any] = {}
+        self.trainer_proc = None
+        self.partitions: list[placement.PartitionResult] = []
+        self.mode_paused = clean["mode"] != "liveupdate"
+        self._ctx = mp.get_context("spawn")
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def _plan(self) -> placement.PlacementPlan:
+        return placement.plan_placement(
+            self.topology,
+            trainer_cores=int(self.policy["trainer_cores"]),
+            trainer_share=float(self.policy["trainer_share"]),
+        )
+
+    def _trained_tables(self) -> tuple[str, ...]:
+        policy = rank_policy(self.policy, self.model.config.embedding_dim)
+        floor = min_budget_bytes(policy, self.model.config.embedding_dim)
+        pct = float(self.policy["memory_budget_pct"])
+        return tuple(
+            n for n in self.schema_keys if budget_bytes(base_weight(self.model, n), pct) >= floor
+        )
+
+    def start(self) -> NodeRuntime:
+        if self.config.trainer:
+            self._start_trainer(self.restore_dir)
+        for target in (
+            self._pump,
+            self._read_trainer,
+            self._read_patches,
+            self._qos_loop,
+            self._snapshot_loop,
+        ):
+            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.partitions = self._partition()
+        self.events.append(
+            _event(
+                "policy", {"placement": self.plan.as_dict(), "partitions": self._partition_report()}
+            )
+        )
+        return self
+
+    def _start_trainer(self, restore_dir: Path | None) -> None:
+        self.data_q = self._ctx.Queue()
+        self.cmd_q = self._ctx.Queue()
+        self.out_q = self._ctx.Queue()
+        self.patch_q = self._ctx.SimpleQueue()
+        self.duty = self._ctx.Value("d", 0.0 if self.mode_paused else self.qos.duty, lock=False)
+        setup = TrainerSetup(
+            checkpoint=str(self.checkpoint),
+            shm_dir=str(self.shm_dir),
+            capacities=self.capacities,
+            policy=self.policy,
+            cpus=self.plan.trainer_cpus if self.config.pin else (),
+            start_version=self.shared.version,
+            restore_dir=str(restore_dir) if restore_dir else None,
+            publish_interval_s=self.config.publish_interval_s,
+            batch_rows=self.config.trainer_batch_rows,
+        )
+        self.trainer_proc = self._ctx.Process(
+            target=trainer_main,
+            args=(setup, self.data_q, self.cmd_q, self.out_q, self.patch_q, self.duty),
+            name=f"trainer-{self.config.name}",
+            daemon=True,
+        )
+        self.trainer_proc.start()
+        self._ready = threading.Event()
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.trainer_proc is not None and not self._ready.wait(0.2):
+            if not self.trainer_proc.is_alive():
+                raise RuntimeError(f"the trainer process exited ({self.trainer_proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the trainer process did not start within {timeout} s")
+
+    def _partition(self) -> list[placement.PartitionResult]:
+        if self.trainer_proc is None:
+            return []
+        return placement.partition(
+            self.config.sysfs_root,
+            [os.getpid()],
+            [self.trainer_proc.pid],
+            cache_pct=int(self.policy["cache_partition_pct"]),
+            bandwidth_pct=int(self.policy["bandwidth_partition_pct"]),
+            trainer_share=float(self.policy["trainer_share"]),
+            trainer_cpus=len(self.plan.trainer_cpus),
+        )
+
+    def _partition_report(self) -> list[dict]:
+        return [{"mechanism": p.mechanism, "status": p.status, **p.detail} for p in self.partitions]
+
+    # --- the request path --------------------------------------------------------------------
+
+    def predict(
+        self, batch: SparseBatch, arrived_at: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(scores (B,), request ids (B,), factor version served). ``arrived_at`` is a
+        time.perf_counter() value when the request was queued before this call."""
+        start = time.perf_counter() if arrived_at is None else arrived_at
+        with self._inflight_lock:
+            self._inflight += 1
+            self.qos.observe_queue_depth(self._inflight - 1)
+        try:
+            with self._infer_lock:
+                self._install_newest()
+                n = len(batch)
+                ids = torch.tensor([next(self._ids) for _ in range(n)], dtype=torch.int64)
+                batch = dataclasses.replace(
+                    batch,
+                    request_ids=ids,
+                    timestamps=torch.full((n,), time.time(), dtype=torch.float64),
+                    labels=torch.zeros(n),
+                )
+                with torch.no_grad():
+                    scores = torch.sigmoid(self.model(batch))
+                version = self.installed
+                self.cache.put(batch)  # in id order
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+        with self._inflight_lock:
+            self._scores.update(zip(ids.tolist(), scores.tolist(), strict=True))
+            while len(self._scores) > self.config.cache_max_pending + 100_000:
+                self._scores.popitem(last=False)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        now = time.time()
+        self.qos.observe(latency_ms, now)
+        self.metrics.served(latency_ms, n, now)
+        return scores, ids, version
+
+    def feedback(self, request_id: int, label: float) -> Feedback:
+        return self.cache.feedback(request_id, label)
+
+    @property
+    def schema(self) -> StreamSchema:
+        from dlrm_core.schema import SparseFeatureSpec
+
+        cfg = self.model.config
+        return StreamSchema(
+            tuple(
+                SparseFeatureSpec(n, s)
+                for n, s in zip(cfg.feature_names, cfg.table_sizes, strict=True)
+            ),
+            tuple(f"dense_{i}" for i in range(cfg.n_dense)),
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node": self.config.name,
+            "status": "ok",
+            "model_version": self.installed,
+            "trainer": None if self.trainer_proc is None else self.trainer_proc.is_alive(),
+            "throttle": self.qos.last.state if self.qos.last else "running",
+        }
+
+    def telemetry_snapshot(self) -> NodeSnapshot:
+        """The last second, for the telemetry reporter."""
+        now = time.time()
+        window = self.metrics.window(now)
+        memory = self.trainer_stats.get("memory", {})
+        ranks = self.trainer_stats.get("ranks", {})
+        tables, total_over, total_base = {}, 0, 0
+        for name in self.schema_keys:
+            weight = base_weight(self.model, name)
+            base_b = weight.numel() * weight.element_size()
+            over = memory.get(name, (0, base_b))[0]
+            tables[name] = {
+                "rank": int(ranks.get(name, 0)),
+                "memory_bytes": float(over),
+                "memory_pct": 100.0 * over / base_b,
+            }
+            total_over += over
+            total_base += base_b
+        events = [self.events.popleft() for _ in range(len(self.events))]
+        counts = self.cache.counts
+        dropped = counts.dropped_pending + counts.dropped_ready + self.metrics.dropped
+        skipped = self.metrics.skipped
+        last_dropped, last_skipped = self._reported
+        self._reported = (dropped, skipped)
+        state = self.qos.last.state if self.qos.last else "running"
+        if self.mode_paused or self.trainer_proc is None:
+            state = "paused"
+        return NodeSnapshot(
+            **window,
+            memory_overhead_bytes=float(total_over),
+            memory_overhead_pct=100.0 * total_over / total_base,
+            trainer_duty=float(self.duty.value) if self.trainer_proc is not None else 0.0,
+            throttle=state,
+            skipped_batches=skipped - last_skipped,
+            dropped_samples=dropped - last_dropped,
+            tables=tables,
+            cpu_per_core=self.cpu.sample(),
+            events=events,
+        )
+
+    def _install_newest(self) -> None:
+        """Serve the newest complete factor version (inference lock held)."""
+        if self.shared.version <= self.installed:
+            return
+        snap = self.shared.read(newer_than=self.installed)
+        if snap is None:
+            return
+        with self._patch_cond:
+            if not self._patch_cond.wait_for(
+                lambda: self.patches_applied + len(self._patches) >= snap.aux, timeout=10
+            ):
+                log.error("base patches for version %d did not arrive; not installed", snap.version)
+                return
+            while self.patches_applied < snap.aux:
+                patch = self._patches.popleft()
+                with torch.no_grad():
+                    for name, (ids, rows) in patch.items():
+                        base_weight(self.model, name)[torch.from_numpy(ids)] = torch.from_numpy(
+                            rows
+                        )
+                self.patches_applied += 1
+        for name, live in self.lives.items():
+            live.load_factors(snap.tables[name])
+        self.installed = snap.version
+        self.metrics.installed(snap.version, time.time())
+
+    # --- threads -----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Joined rows -> metrics and the trainer backlog (bounded, oldest dropped)."""
+        while not self._stop.wait(0.005):
+            rows = self.cache.take(self.config.trainer_batch_rows)
+            if rows is not None:
+                ids = rows.batch.request_ids.tolist()
+                with self._inflight_lock:
+                    scores = [self._scores.pop(i, float("nan")) for i in ids]
+                self.metrics.joined(rows.batch.labels.numpy(), np.array(scores), time.time())
+                if self.trainer_proc is not None:
+                    self._backlog.append(pack(rows.batch, rows.label_times))
+                    while len(self._backlog) > self.config.trainer_backlog_batches:
+                        self.metrics.dropped += len(self._backlog.popleft()["labels"])
+            while self._backlog and self.trainer_proc is not None and self.data_q.qsize() < 2:
+                batch = self._backlog.popleft()
+                self.metrics.to_trainer += len(batch["labels"])
+                self.data_q.put(batch)
+
+    def _read_trainer(self) -> None:
+        while not self._stop.is_set():
+            if self.trainer_proc is None:
+                time.sleep(0.1)
+                continue
+            try:
+                kind, payload = self.out_q.get(timeout=0.2)
+            except (queue.Empty, OSError, EOFError):
+                continue
+            if kind == "ready":
+                self._ready.set()
+            elif kind == "stats":
+                self.trainer_stats = payload
+                self.events.extend(payload["events"])
+                self.metrics.trained(payload, time.time())
+            elif kind == "reply":
+                cmd_id, ok, result = payload
+                with self._reply_cond:
+                    self._replies[cmd_id] = (ok, result)
+                    self._reply_cond.notify_all()
+
+    def _read_patches(self) -> None:
+        while not self._stop.is_set():
+            if self.trainer_proc is None:
+                time.sleep(0.1)
+                continue
+            try:
+                patch = self.patch_q.get()
+            except (OSError, EOFError):
+                time.sleep(0.1)
+                continue
+            with self._patch_cond:
+                self._patches.append(patch)
+                self._patch_cond.notify_all()
+
+    def _qos_loop(self) -> None:
+        while not self._stop.wait(self.config.qos_period_s):
+            decision = self.qos.step()
+            for event in self.qos.drain_events():
+                self.events.append(event)
+            if self.trainer_proc is None:
+                continue
+            if self.mode_paused:
+                self.duty.value = 0.0
+            elif self.config.qos:
+                self.duty.value = decision.effective_duty
+            else:
+                self.duty.value = 0.0 if self.qos.operator_paused else 1.0
+
+    def _snapshot_loop(self) -> None:
+        while not self._stop.wait(self.config.snapshot_interval_s):
+            if self.trainer_proc is not None:
+                try:
+                    self.snapshot()
+                except Exception:
+                    log.exception("periodic snapshot failed")
+
+    def trainer_call(self, op: str, timeout: float = 60.0, **kwargs: Any) -> Any:
+        if self.trainer_proc is None or not self.trainer_proc.is_alive():
+            raise RuntimeError("the trainer process is not running")
+        cmd_id = next(self._cmd_ids)
+        self.cmd_q.put({"op": op, "id": cmd_id, **kwargs})
+        with self._reply_cond:
+            if not self._reply_cond.wait_for(lambda: cmd_id in self._replies, timeout):
+                raise TimeoutError(f"trainer did not answer {op} within {timeout} s")
+            ok, result = self._replies.pop(cmd_id)
+        if not ok:
+            raise RuntimeError(result)
+        return result
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._stop_trainer()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        shutil.rmtree(self.shm_dir, ignore_errors=True)
+
+    def _stop_trainer(self) -> None:
+        proc, self.trainer_proc = self.trainer_proc, None
+        if proc is None:
+            return
+        self.cmd_q.put({"op": "stop", "id": 0})
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
