@@ -200,9 +200,12 @@ class DutyCycle:
         now = self.clock()
         self.credit = min(self.burst_s, self.credit + duty * (now - self._last))
         self._last = now
+        if duty <= 0:  # paused means paused, whatever credit is left
+            self.credit = min(self.credit, 0.0)
+            return math.inf
         if self.credit > -1e-9:  # float dust from the accrual must not stall the loop
             return 0.0
-        return math.inf if duty <= 0 else -self.credit / duty
+        return -self.credit / duty
 
     def spend(self, seconds: float) -> None:
         self.credit -= seconds

@@ -28,10 +28,10 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import load_model, save_model
-from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM
 from dlrm_core.rank import min_budget_bytes
 from dlrm_core.schema import StreamSchema
+from dlrm_core.serving import ServingDelta
 from nodeworker import placement, protocol
 from nodeworker.qos import QosConfig, QosController
 from nodeworker.runtime_control import RuntimeControl, _event
@@ -122,9 +122,7 @@ class NodeRuntime(RuntimeControl):
             for name in self.trained
         }
         self.shared = SharedFactors(self.shm_dir, self.capacities, create=True)
-        self.lives = attach_live_embeddings(
-            self.model.sparse_arch, list(self.trained), LiveEmbeddingConfig(rank=1)
-        )
+        self.delta: ServingDelta | None = None  # the factor version being served
         self.installed = 0
         self.patches_applied = 0
         self._patches: deque[dict] = deque()
@@ -270,7 +268,7 @@ class NodeRuntime(RuntimeControl):
                     labels=torch.zeros(n),
                 )
                 with torch.no_grad():
-                    scores = torch.sigmoid(self.model(batch))
+                    scores = torch.sigmoid(self.model(batch, delta=self.delta))
                 version = self.installed
                 self.cache.put(batch)  # in id order
         finally:
@@ -372,8 +370,10 @@ class NodeRuntime(RuntimeControl):
                             rows
                         )
                 self.patches_applied += 1
-        for name, live in self.lives.items():
-            live.load_factors(snap.tables[name])
+        cfg = self.model.config
+        self.delta = ServingDelta.from_factors(
+            snap.version, cfg.feature_names, cfg.table_sizes, snap.tables
+        )
         self.installed = snap.version
         self.metrics.installed(snap.version, time.time())
 

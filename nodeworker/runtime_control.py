@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
-from dlrm_core.live_embedding import TableFactors
 from nodeworker import placement, protocol
 from nodeworker.control import InvalidRequest
 from nodeworker.shared_memory import base_weight, write_base_tables
@@ -31,13 +30,6 @@ KEEP_SNAPSHOTS = 3
 
 def _event(kind: str, detail: dict[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "ts": time.time(), "detail": detail}
-
-
-def empty_factors(live) -> TableFactors:
-    """No active rows: the table serves its base alone."""
-    return TableFactors(
-        torch.zeros(0, dtype=torch.int64), torch.zeros(0, 1), torch.zeros(1, live.dim), 1.0
-    )
 
 
 class RuntimeControl:
@@ -111,8 +103,7 @@ class RuntimeControl:
             write_base_tables(load_model(self.checkpoint), self.shm_dir)
             if restore:
                 self._apply_patch_files(restore)
-            for live in self.lives.values():
-                live.load_factors(empty_factors(live))
+            self.delta = None  # the bare base until the new trainer publishes
             self.installed = self.shared.version
             with self._patch_cond:
                 self._patches.clear()
@@ -176,8 +167,7 @@ class RuntimeControl:
             write_base_tables(new, self.shm_dir)  # in place: the mapped tables see it
             self.model.dense_arch.load_state_dict(new.dense_arch.state_dict())
             self.model.over_arch.load_state_dict(new.over_arch.state_dict())
-            for live in self.lives.values():
-                live.load_factors(empty_factors(live))
+            self.delta = None  # the bare base until the new trainer publishes
             self.installed = self.shared.version  # the old versions never serve again
             with self._patch_cond:
                 self._patches.clear()

@@ -1,0 +1,200 @@
+"""The node runtime for real: a spawned trainer process on its own core learns from joined
+requests and publishes factor versions that inference installs; control ops; crash restore."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+import torch
+
+from dlrm_core.checkpoint import save_model
+from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+from nodeworker import protocol
+from nodeworker.control import InvalidRequest
+from nodeworker.http import NodeHTTPServer
+from nodeworker.replayer import requests_of
+from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+from nodeworker.shared_memory import base_weight
+from tests.services import wait_until
+
+STREAM = SyntheticConfig(
+    num_events=200_000,
+    user_rows=5000,
+    item_rows=2000,
+    context_rows=(50, 10),
+    events_per_second=500,
+)
+
+
+def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, SyntheticStream]:
+    stream = SyntheticStream(STREAM)
+    checkpoint = tmp_path / "base.ckpt"
+    if not checkpoint.exists():
+        build_fresh_checkpoint(stream.schema, checkpoint)
+    # A generous SLA: this test is about learning and control, not about a loaded CI box.
+    policy, _ = protocol.validate_policy({"sla_p99_ms": 5000.0, "memory_budget_pct": 5.0})
+    config = RuntimeConfig(
+        name=name,
+        data_dir=tmp_path / "node",
+        checkpoint=str(checkpoint),
+        policy=policy,
+        shm_root=tmp_path / "shm",
+        snapshot_interval_s=3600,
+        **overrides,
+    )
+    runtime = NodeRuntime(config).start()
+    runtime.wait_ready()
+    return runtime, stream
+
+
+def serve_and_label(runtime: NodeRuntime, traffic, n: int) -> None:
+    """n requests of 8 rows, each row's logged label sent back at once."""
+    for _ in range(n):
+        request = next(traffic)
+        _, ids, _ = runtime.predict(request)
+        for rid, label in zip(ids.tolist(), request.labels.tolist(), strict=True):
+            runtime.feedback(rid, label)
+
+
+def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 90.0) -> None:
+    def enough():
+        serve_and_label(runtime, traffic, 5)
+        return runtime.metrics.trained_samples >= samples and runtime.installed > 0
+
+    wait_until(enough, timeout, f"{samples} trained samples", interval=0.05)
+
+
+@pytest.fixture
+def node(tmp_path):
+    runtime, stream = start_node(tmp_path)
+    yield runtime, requests_of(stream, 8)
+    runtime.stop()
+
+
+def test_inference_serves_versions_the_trainer_learnt(node):
+    runtime, traffic = node
+    assert runtime.trainer_proc.pid != os.getpid()
+    train_until(runtime, traffic, 1500)
+    first = runtime.installed
+    train_until(runtime, traffic, runtime.metrics.trained_samples + 500)
+    assert runtime.installed > first  # new versions keep arriving
+    assert runtime.delta is not None and runtime.delta.version == runtime.installed
+    lags = runtime.metrics.lags()
+    assert lags and sorted(lags)[len(lags) // 2] < 30.0
+    snapshot = runtime.telemetry_snapshot()
+    sample = snapshot.to_sample(0, time.time())
+    assert protocol.validate_sample(sample, "sample") == {}
+    assert sample["tables"]["user_id"]["rank"] >= 1
+    assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 5.0
+    assert sample["qps"] > 0 and sample["p99_ms"] is not None and sample["auc"] is not None
+    counts = runtime.cache.counts
+    assert counts.joined >= runtime.metrics.trained_samples > 0
+
+
+def test_http_endpoint_on_the_runtime(node):
+    runtime, _ = node
+    server = NodeHTTPServer(runtime).start()
+    try:
+        row = {
+            "sparse": {"user_id": "u-17", "item_id": 42, "ctx_0": None, "ctx_1": ["a", "b"]},
+            "dense": [0.1, -0.2, 0.3, 0.0],
+        }
+        r = requests.post(f"{server.url}/v1/predict", json={"requests": [row, row]}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["scores"][0] == body["scores"][1] and 0 < body["scores"][0] < 1
+        rid = body["request_ids"][1]
+        fb = requests.post(f"{server.url}/v1/feedback", json={"request_id": rid, "label": 1})
+        assert fb.json() == {"request_id": rid, "status": "joined"}
+        assert requests.get(f"{server.url}/v1/health", timeout=5).json()["node"] == "t-node"
+    finally:
+        server.stop()
+
+
+def test_control_ops(node, tmp_path):
+    runtime, traffic = node
+    train_until(runtime, traffic, 300)
+    runtime.pause()
+    wait_until(lambda: runtime.duty.value == 0.0, 10, "the trainer duty to drop to 0")
+    time.sleep(0.5)  # a step already running may finish
+    before = runtime.metrics.trained_samples
+    serve_and_label(runtime, traffic, 40)
+    time.sleep(1.5)
+    assert runtime.metrics.trained_samples == before
+    assert runtime.telemetry_snapshot().throttle == "paused"
+    runtime.resume()
+    train_until(runtime, traffic, before + 100)
+
+    result = runtime.apply_policy({"r_max": 2, "r_min": 1, "sla_p99_ms": 4000.0}, "small", 2)
+    assert max(result["ranks"].values()) <= 2 and runtime.qos.config.sla_p99_ms == 4000.0
+    with pytest.raises(InvalidRequest) as bad:
+        runtime.apply_policy({"r_max": 0})
+    assert "policy.r_max" in bad.value.fields
+
+    snap = runtime.snapshot()
+    directory = runtime.snapshots_dir / snap["snapshot"]
+    assert (directory / "user_id.factors").exists() and (directory / "snapshot.json").exists()
+    assert (runtime.snapshots_dir / "LATEST").read_text() == snap["snapshot"]
+
+    rows = torch.tensor([3, 9])
+    runtime.apply_delta({"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}})
+    assert bool((base_weight(runtime.model, "item_id")[rows] == 0.5).all())
+    with pytest.raises(InvalidRequest) as bad:
+        runtime.apply_delta(
+            {
+                "nope": {"rows": [1], "values": [[0.0] * 16]},
+                "item_id": {"rows": [10**9], "values": [[0.0] * 16]},
+            }
+        )
+    assert set(bad.value.fields) == {"deltas.nope", "deltas.item_id.rows"}
+
+    torch.manual_seed(123)
+    newer = DLRM(runtime.model.config)
+    save_model(tmp_path / "newer.ckpt", newer)
+    runtime.rebase({"name": "newer", "location": str(tmp_path / "newer.ckpt"), "checksum": ""})
+    assert runtime.delta is None and runtime.checkpoint == str(tmp_path / "newer.ckpt")
+    assert torch.equal(
+        base_weight(runtime.model, "user_id"), newer.sparse_arch.table("user_id").weight.detach()
+    )
+    stale = runtime.installed
+    train_until(runtime, traffic, runtime.metrics.trained_samples + 100)
+    assert runtime.installed > stale  # the new trainer publishes on the new base
+    with pytest.raises(InvalidRequest):
+        runtime.rebase({"location": str(tmp_path / "missing.ckpt")})
+    other = DLRM(DLRMConfig(("x",), (10,), 1, 16, (16,), (1,)))
+    save_model(tmp_path / "other.ckpt", other)
+    with pytest.raises(InvalidRequest):
+        runtime.rebase({"location": str(tmp_path / "other.ckpt")})
+
+
+def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
+    runtime, stream = start_node(tmp_path, name="t-crash")
+    traffic = requests_of(stream, 8)
+    try:
+        train_until(runtime, traffic, 600)
+        snap = runtime.snapshot()
+        directory = runtime.snapshots_dir / snap["snapshot"]
+        saved = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))
+        saved.import_factors(directory / "user_id.factors", "user_id")
+        os.kill(runtime.trainer_proc.pid, signal.SIGKILL)
+        wait_until(lambda: not runtime.trainer_proc.is_alive(), 10, "the trainer to die")
+        assert runtime.supervise() is True
+        runtime.wait_ready()
+        wait_until(lambda: runtime.shared.version > snap["version"], 30, "the restored version")
+        restored = runtime.shared.read().tables["user_id"]
+        assert torch.equal(restored.ids, saved.ids) and torch.allclose(restored.a, saved.A)
+    finally:
+        runtime.stop()
+    again, _ = start_node(tmp_path, name="t-crash")
+    try:
+        wait_until(lambda: again.shared.version > 0, 30, "the restored version after restart")
+        assert torch.equal(again.shared.read().tables["user_id"].ids, saved.ids)
+        assert any(e["kind"] == "snapshot" and "restored" in e["detail"] for e in again.events)
+    finally:
+        again.stop()
