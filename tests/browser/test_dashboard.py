@@ -152,6 +152,13 @@ def test_ingested_sample_reaches_the_node_charts_within_two_seconds(live, live_p
         cpu_per_core=[88.0, 12.5],
         tables={"user": {"rank": 9, "memory_bytes": 1, "memory_pct": 0.1}},
     )
+    sample["events"] = [
+        {
+            "kind": "rank_change",
+            "ts": sample["ts"],
+            "detail": {"table": "user", "from": 6, "to": 9, "reason": "residual"},
+        }
+    ]
     seed.ingest(names["live"], [sample])
     sent = time.monotonic()
     page.wait_for_function(
@@ -172,6 +179,11 @@ def test_ingested_sample_reaches_the_node_charts_within_two_seconds(live, live_p
     )
     assert ranks["user"][-1] == 9
     assert 6 in ranks["rank change"]  # the seeded rank change 4 -> 6
+    page.wait_for_function(  # the live rank event (sent right after the sample) is marked too
+        "() => Array.from(document.getElementById('chart-rank').data"
+        ".find(t => t.name === 'rank change').y).includes(9)",
+        timeout=2_000,
+    )
     throttle = page.evaluate(
         "() => Object.fromEntries(document.getElementById('chart-trainer').data"
         ".filter(t => t.yaxis === 'y3').map(t => [t.name, t.x.length]))"
@@ -336,3 +348,27 @@ def test_experiments_page_shows_a_run_and_rejects_a_bad_upload(
     page.set_viewport_size(NARROW)
     page.screenshot(path=str(artifacts_dir / "experiments-narrow.png"), full_page=True)
     assert page.js_errors == []
+
+
+def test_embedded_mode_node_chart_is_live(live, tmp_path, artifacts_dir):
+    """The same live path in the embedded default (SQLite, in-memory channel layer)."""
+    env = services.appliance_env(tmp_path, None, None)
+    with services.Appliance(env, tmp_path / "daphne.log") as app:
+        seed = Seeder(app)
+        seed.node("demo-1", seed.policy("demo", sla_p99_ms=15.0)["id"], TOPOLOGY)
+        seed.history("demo-1", 120)
+        page = logged_in({"browser": live["browser"], "app": app}, NARROW)
+        try:
+            expect(page.locator("td[data-label=Rank]")).to_contain_text("user: 6")
+            page.goto(app.url + "/nodes/demo-1/")
+            settle(page)
+            expect(page.locator("#range-info")).to_contain_text("120 points")
+            seed.ingest("demo-1", [seed.sample("demo-1", time.time(), p99_ms=16.5)])
+            page.wait_for_function(
+                "() => Array.from(document.getElementById('chart-p99').data[0].y).includes(16.5)",
+                timeout=2_000,
+            )
+            page.screenshot(path=str(artifacts_dir / "node-embedded-narrow.png"))
+            assert page.js_errors == []
+        finally:
+            page.context.close()
