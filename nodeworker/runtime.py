@@ -51,6 +51,7 @@ from nodeworker.trainer_proc import TrainerSetup, pack, rank_policy, trainer_mai
 log = logging.getLogger(__name__)
 
 CAPACITY_PCT = 10.0  # shared factor slots hold any budget a policy may set (sparse files)
+PUMP_PERIOD_S = 0.05  # joined rows wait at most this long for a trainer batch to fill
 
 
 @dataclass(frozen=True)
@@ -380,10 +381,13 @@ class NodeRuntime(RuntimeControl):
     # --- threads -----------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Joined rows -> metrics and the trainer backlog (bounded, oldest dropped)."""
-        while not self._stop.wait(0.005):
-            rows = self.cache.take(self.config.trainer_batch_rows)
-            if rows is not None:
+        """Joined rows -> metrics and the trainer backlog (bounded, oldest dropped). Rows are
+        gathered for up to PUMP_PERIOD_S so the trainer gets batches, not single rows."""
+        while not self._stop.wait(PUMP_PERIOD_S):
+            while True:
+                rows = self.cache.take(self.config.trainer_batch_rows)
+                if rows is None:
+                    break
                 ids = rows.batch.request_ids.tolist()
                 with self._inflight_lock:
                     scores = [self._scores.pop(i, float("nan")) for i in ids]
@@ -392,6 +396,8 @@ class NodeRuntime(RuntimeControl):
                     self._backlog.append(pack(rows.batch, rows.label_times))
                     while len(self._backlog) > self.config.trainer_backlog_batches:
                         self.metrics.dropped += len(self._backlog.popleft()["labels"])
+                if len(ids) < self.config.trainer_batch_rows:
+                    break
             while self._backlog and self.trainer_proc is not None and self.data_q.qsize() < 2:
                 batch = self._backlog.popleft()
                 self.metrics.to_trainer += len(batch["labels"])

@@ -283,7 +283,7 @@ def trainer_main(setup: TrainerSetup, data_q, cmd_q, out_q, patch_q, duty) -> No
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     if setup.cpus:
         placement.pin_process(setup.cpus)
-    placement.configure_torch_threads(len(setup.cpus) or 1)
+    placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
     loop = TrainerLoop(setup, data_q, cmd_q, out_q, patch_q, duty)
     out_q.put(("ready", loop.version))
     loop.run()

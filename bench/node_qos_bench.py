@@ -1,0 +1,206 @@
+"""Inference P99 next to the co-located trainer, side by side in one run (issue 5, item 8):
+
+  (a) inference alone (pinned to its cores, no trainer)
+  (b) inference + trainer, no pinning and no QoS (the trainer runs flat out on any core)
+  (c) inference + trainer pinned to disjoint cores, throttled by the QoS controller
+
+First the node's maximum throughput is measured closed-loop (inference alone); then every
+variant is replayed open-loop (Poisson arrivals) at --load x that maximum on the synthetic
+stream, labels arriving --label-delay s after serving. Latency counts from each request's
+scheduled arrival. The SLA for (c) is --sla-factor x P99(a): the operator's target.
+Each variant runs in a fresh process (pinning and torch thread pools do not leak between them).
+Prints a table and writes bench/out/node_qos.json.
+
+    python bench/node_qos_bench.py [--duration 30] [--warmup 5] [--load 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STREAM = dict(
+    num_events=10**8, user_rows=200_000, item_rows=50_000, context_rows=(1000, 50), n_dense=4
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    """One variant in this process; returns its measurements."""
+    import numpy as np
+
+    from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+    from nodeworker import protocol
+    from nodeworker.replayer import ReplayConfig, Replayer, requests_of
+    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+
+    stream = SyntheticStream(SyntheticConfig(seed=args.seed, **STREAM))
+    work = Path(args.workdir)
+    checkpoint = work / "base.ckpt"
+    if not checkpoint.exists():
+        build_fresh_checkpoint(stream.schema, checkpoint, args.seed)
+    policy, errors = protocol.validate_policy({"sla_p99_ms": args.sla_ms})
+    assert not errors, errors
+    variant = args.variant
+    runtime = NodeRuntime(
+        RuntimeConfig(
+            name=f"bench-{variant}",
+            data_dir=work / f"node-{variant}",
+            checkpoint=str(checkpoint),
+            policy=policy,
+            trainer=variant != "a",
+            pin=variant != "b",
+            qos=variant != "b",
+            label_window_s=30.0,
+            snapshot_interval_s=3600,
+        )
+    ).start()
+    runtime.wait_ready()
+    try:
+        if args.measure_max:  # closed loop: serve, then send every row's label, as replayed
+            traffic = requests_of(stream, args.rows)
+
+            def one() -> None:
+                request = next(traffic)
+                _, ids, _ = runtime.predict(request)
+                for rid, label in zip(ids.tolist(), request.labels.tolist(), strict=True):
+                    runtime.feedback(rid, label)
+
+            for _ in range(200):  # warm up
+                one()
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < 5.0:
+                one()
+                n += 1
+            return {"max_qps": n / (time.perf_counter() - start)}
+        config = ReplayConfig(
+            qps=args.qps, label_delay_s=args.label_delay, rows_per_request=args.rows, seed=args.seed
+        )
+        replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
+        time.sleep(args.warmup)
+        runtime.metrics.all_latencies.clear()
+        base_counts = runtime.cache.counts.as_dict()
+        base_trained = runtime.metrics.trained_samples
+        started = time.time()
+        duties, states = [], []
+        while time.time() - started < args.duration:
+            time.sleep(0.5)
+            if runtime.qos.last is not None:
+                states.append(runtime.qos.last.state)
+            duties.append(runtime.duty.value if runtime.trainer_proc is not None else 0.0)
+        elapsed = time.time() - started
+        latencies = list(runtime.metrics.all_latencies)
+        counts = runtime.cache.counts.as_dict()
+        labelled = (counts["joined"] + counts["expired"]) - (
+            base_counts["joined"] + base_counts["expired"]
+        )
+        trained = runtime.metrics.trained_samples - base_trained
+        lags = runtime.metrics.lags(since=started)
+        replayer.stop()
+        return {
+            "variant": variant,
+            "target_qps": args.qps,
+            "achieved_qps": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(percentile(latencies, 50), 3),
+            "p95_ms": round(percentile(latencies, 95), 3),
+            "p99_ms": round(percentile(latencies, 99), 3),
+            "requests": len(latencies),
+            "labelled_rows": labelled,
+            "trained_rows": trained,
+            "trained_share": round(trained / labelled, 3) if labelled else None,
+            "median_freshness_lag_s": round(float(np.median(lags)), 3) if lags else None,
+            "mean_trainer_duty": round(sum(duties) / len(duties), 3) if duties else 0.0,
+            "paused_share": round(states.count("paused") / len(states), 3) if states else None,
+            "placement": runtime.plan.as_dict(),
+            "sla_ms": args.sla_ms if variant == "c" else None,
+        }
+    finally:
+        runtime.stop()
+
+
+def spawn(args: argparse.Namespace, variant: str, **extra) -> dict:
+    command = [sys.executable, __file__, "--variant", variant, "--workdir", args.workdir]
+    for key in ("duration", "warmup", "rows", "label_delay", "seed"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    for key, value in extra.items():
+        command += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--load", type=float, default=0.5, help="share of the max throughput")
+    parser.add_argument("--rows", type=int, default=8, help="candidates per request")
+    parser.add_argument("--label-delay", type=float, default=0.5)
+    parser.add_argument("--sla-factor", type=float, default=1.15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=("a", "b", "c"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure-max", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--qps", type=float, default=100.0, help=argparse.SUPPRESS)
+    parser.add_argument("--sla-ms", type=float, default=50.0, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:  # a child: one variant, JSON on the last line
+        print(json.dumps(run_variant(args)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="node-qos-") as tmp:
+        args.workdir = tmp
+        max_qps = spawn(args, "a", measure_max=True)["max_qps"]
+        qps = round(args.load * max_qps, 1)
+        a = spawn(args, "a", qps=qps)
+        sla = round(args.sla_factor * a["p99_ms"], 3)
+        b = spawn(args, "b", qps=qps, sla_ms=sla)
+        c = spawn(args, "c", qps=qps, sla_ms=sla)
+    rows = [a, b, c]
+    names = {"a": "(a) no trainer", "b": "(b) trainer, no pin/QoS", "c": "(c) pinned + QoS"}
+    print(f"max throughput {max_qps:.0f} req/s ({args.rows} rows each); replayed at {qps} req/s")
+    print(
+        f"{'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p99a':>9} "
+        f"{'trained':>8} {'lag s':>6} {'duty':>5}"
+    )
+    for r in rows:
+        print(
+            f"{names[r['variant']]:26} {r['achieved_qps']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+            f"{r['p99_ms'] / a['p99_ms']:>9.2f} {str(r['trained_share']):>8} "
+            f"{str(r['median_freshness_lag_s']):>6} {r['mean_trainer_duty']:>5}"
+        )
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "args": {k: v for k, v in vars(args).items() if k not in ("variant", "workdir")},
+        "max_qps": max_qps,
+        "qps": qps,
+        "sla_ms_c": sla,
+        "variants": rows,
+        "p99_ratio_c_over_a": round(c["p99_ms"] / a["p99_ms"], 3),
+        "p99_ratio_b_over_a": round(b["p99_ms"] / a["p99_ms"], 3),
+    }
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "node_qos.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'node_qos.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
