@@ -32,6 +32,7 @@ class RankPolicy:
     grow_residual: float = 0.5  # grow when >= this share of gradient energy is outside span(B)
     max_age: float | None = None  # seconds idle before a row is evicted (None: never by age)
     lru_min_age: float = 0.0  # rows used more recently than this are never evicted for room
+    evict_batch: float = 1 / 64  # a full table evicts at least this share of its rows at once
     fold_evicted: bool = True  # fold evicted rows into the base copy (else discard)
 
     def __post_init__(self) -> None:
@@ -44,6 +45,8 @@ class RankPolicy:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.max_age is not None and not (self.max_age > 0 and math.isfinite(self.max_age)):
             raise ValueError(f"max_age must be a positive number of seconds, got {self.max_age}")
+        if not 0.0 <= self.evict_batch <= 0.5:
+            raise ValueError(f"evict_batch must be in [0, 0.5], got {self.evict_batch}")
         if not (self.lru_min_age >= 0 and math.isfinite(self.lru_min_age)):
             raise ValueError(f"lru_min_age must be >= 0 seconds, got {self.lru_min_age}")
 
@@ -124,12 +127,14 @@ class RankController:
         return admitted
 
     def make_room(self, protect: torch.Tensor, now: float) -> int:
-        """Evict as many LRU rows (idle >= lru_min_age, not in ``protect``) as the last admit
-        refused, so those ids get in next time. Separate from admit so that a trainer can
-        skip a bad batch without having evicted anything for it. Returns rows evicted."""
+        """Evict LRU rows (idle >= lru_min_age, not in ``protect``) for the ids the last admit
+        refused, at least evict_batch of the rows at once (one LRU scan serves many steps).
+        Separate from admit so that a trainer can skip a bad batch without having evicted
+        anything for it. Returns rows evicted."""
         if self._refused <= 0 or self.live.num_active == 0:
             return 0
-        count, self._refused = self._refused, 0
+        count = max(self._refused, int(self.policy.evict_batch * self.max_rows()))
+        self._refused = 0
         return self._evict(self._lru(count, protect=protect, now=now), now, "lru")
 
     def prune_idle(self, now: float) -> int:
@@ -142,13 +147,12 @@ class RankController:
     def _lru(self, count: int, protect: torch.Tensor | None, now: float) -> torch.Tensor:
         """Up to ``count`` least recently used ids, skipping ``protect`` and fresh rows."""
         ages = self.live.ages(now)
-        eligible = ages >= self.policy.lru_min_age
+        ages[ages < self.policy.lru_min_age] = -math.inf
         if protect is not None:
             pos, hit = self.live.slots(torch.unique(protect))
-            eligible[pos[hit]] = False
-        candidates = torch.nonzero(eligible).squeeze(1)
-        order = torch.argsort(ages[candidates], descending=True, stable=True)
-        return self.live.ids[candidates[order[:count]]]
+            ages[pos[hit]] = -math.inf
+        oldest = torch.topk(ages, min(count, ages.numel())).indices  # O(n), no full sort
+        return self.live.ids[oldest[torch.isfinite(ages[oldest])]]
 
     def _evict(self, rows: torch.Tensor, now: float, reason: str) -> int:
         before = self.live.num_active
@@ -159,24 +163,26 @@ class RankController:
 
     # ---- rank --------------------------------------------------------------------------
     def observe_gradient(self, grad: torch.Tensor) -> None:
-        """Accumulate a (B, D) output gradient: its energy inside and outside span(B)."""
+        """Accumulate the D x D Gram matrix of a (B, D) output gradient (cheap per step);
+        its part outside span(B) is measured against B at adapt time."""
         g = grad.detach().reshape(-1, self.live.dim)
         if not bool(torch.isfinite(g).all()):  # the trainer skips such a batch; so do we
             return
-        q, _ = torch.linalg.qr(self.live.B.detach().T)  # (D, r) orthonormal basis of span(B)
-        perp = g - (g @ q) @ q.T
-        self._grad_energy += float(g.pow(2).sum())
-        self._resid_energy += float(perp.pow(2).sum())
-        self._resid_gram += perp.T @ perp
+        self._grad_gram += g.T @ g
 
     def _reset_gradient_stats(self) -> None:
-        self._grad_energy = 0.0
-        self._resid_energy = 0.0
-        self._resid_gram = torch.zeros(self.live.dim, self.live.dim)
+        self._grad_gram = torch.zeros(self.live.dim, self.live.dim)
+
+    def _residual_gram(self) -> torch.Tensor:
+        """(D, D) Gram matrix of the observed gradients projected outside span(B)."""
+        q, _ = torch.linalg.qr(self.live.B.detach().T)  # (D, r) orthonormal basis of span(B)
+        perp = torch.eye(self.live.dim) - q @ q.T
+        return perp @ self._grad_gram @ perp
 
     def residual_share(self) -> float:
         """Share of the observed gradient energy outside span(B) since the last adapt."""
-        return self._resid_energy / self._grad_energy if self._grad_energy > 0 else 0.0
+        total = float(torch.trace(self._grad_gram))
+        return float(torch.trace(self._residual_gram())) / total if total > 0 else 0.0
 
     def spectrum(self) -> torch.Tensor:
         """(r,) singular values of A B * scale, through QR of A and B^T and the r x r core."""
@@ -245,7 +251,7 @@ class RankController:
     def _extend_basis(self, basis: torch.Tensor, extra: int) -> torch.Tensor:
         """(D, m) orthonormal -> (D, m + extra) orthonormal, residual gradient direction first."""
         d, want = basis.shape[0], basis.shape[1] + extra
-        candidate = torch.linalg.eigh(self._resid_gram).eigenvectors[:, -1]
+        candidate = torch.linalg.eigh(self._residual_gram()).eigenvectors[:, -1]
         out = basis
         for _ in range(want + 100):  # random vectors leave the span almost surely
             if out.shape[1] == want:

@@ -4,7 +4,8 @@ Inference keeps a plain DLRM (base tables, its own copy) and adds the low-rank c
 all tables at once: ``model(batch, delta=serving_delta)``. Tables of the same rank are fused
 into one group, so a forward costs one searchsorted, one EmbeddingBag and one bmm per distinct
 rank instead of several small ops per table. The group's memory is what the factors hold: the
-sorted ids (offset per table so that they stay sorted across tables), A and B * scale.
+sorted ids (offset per table so that they stay sorted across tables; int32 when they fit), A and
+B * scale.
 
 Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
 into the trainer's base copy reach the inference tables through apply_base_patches.
@@ -34,7 +35,7 @@ class RankGroup:
     features: tuple[int, ...]  # T feature positions in the batch / model
     feature_index: torch.Tensor  # (T,) int64, the same positions
     key_offsets: torch.Tensor  # (T,) int64 added to table t's ids: disjoint sorted key ranges
-    keys: torch.Tensor  # (sum n_t,) int64 sorted global keys of the active rows
+    keys: torch.Tensor  # (sum n_t,) sorted global keys of the active rows, int32 if they fit
     a: torch.Tensor  # (sum n_t, r)
     b: torch.Tensor  # (T, r, D), B * scale of each table
 
@@ -44,6 +45,7 @@ class RankGroup:
         values = [batch.values[f] for f in self.features]
         counts = torch.tensor([v.numel() for v in values])
         keys = torch.cat(values) + torch.repeat_interleave(self.key_offsets, counts)
+        keys = keys.to(self.keys.dtype)  # int32 halves the bytes the binary search walks
         starts = torch.cumsum(counts, 0) - counts  # where each table's values begin
         offsets = torch.cat([batch.offsets[f] for f in self.features])
         offsets = offsets + torch.repeat_interleave(starts, n)
@@ -82,14 +84,15 @@ class ServingDelta:
             facts = [tables[feature_names[f]] for f in feats]
             rows = torch.tensor([table_rows[f] for f in feats], dtype=torch.int64)
             key_offsets = torch.cumsum(rows, 0) - rows
+            keys = torch.cat([f.ids + o for f, o in zip(facts, key_offsets.tolist(), strict=True)])
+            if int(rows.sum()) <= 2**31 - 1:
+                keys = keys.to(torch.int32)
             groups.append(
                 RankGroup(
                     tuple(feats),
                     torch.tensor(feats, dtype=torch.int64),
                     key_offsets,
-                    torch.cat(
-                        [f.ids + o for f, o in zip(facts, key_offsets.tolist(), strict=True)]
-                    ),
+                    keys,
                     torch.cat([f.a for f in facts]),
                     torch.stack([f.b * f.scale for f in facts]),
                 )

@@ -195,7 +195,7 @@ class LiveTrainer:
             for grad in (live.A.grad, live.B.grad):
                 if grad is None:
                     continue
-                values = grad.coalesce().values() if grad.is_sparse else grad
+                values = grad._values() if grad.is_sparse else grad  # no coalesce needed
                 if not bool(torch.isfinite(values).all()):
                     return False
         return True

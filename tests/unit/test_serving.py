@@ -48,8 +48,9 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
         7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 3), (1,)]
+    assert delta.groups[0].keys.dtype == torch.int32  # 100 rows in all: int32 keys
     assert delta.nbytes == sum(
-        lv.ids.numel() * 8 + lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
+        lv.ids.numel() * 4 + lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
     )
     probe = batch(gen)
     with torch.no_grad():

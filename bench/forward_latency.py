@@ -1,0 +1,139 @@
+"""DLRM forward latency: plain EmbeddingBag tables vs the low-rank correction, side by side.
+
+Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, D=16, bottom 13-512-256-64-16,
+top 512-256-1). Every table has 5% of its rows active at rank 8 with random factors; all
+variants share the same base tables. Variants:
+  plain   the DLRM alone;
+  served  plain DLRM + ServingDelta built from the LiveEmbeddings' factors (the inference path);
+  live    every table wrapped in a LiveEmbedding module (the trainer's path, per-table ops).
+Ids: 80% drawn from the active rows (the popular ones), 20% uniform. Inference mode, one thread
+(an inference core). Time is the thread's CPU time (time.thread_time), which a busy shared
+machine disturbs less than wall time. Goal: overhead <= 10% at batch 512.
+
+    python bench/forward_latency.py [--batches 128 512 2048] [--threads 1] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.workloads import (  # noqa: E402
+    CRITEO_KAGGLE_ROWS,
+    active_rows,
+    criteo_batch,
+    interleaved,
+    median,
+    print_table,
+    write_json,
+)
+from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings  # noqa: E402
+from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
+from dlrm_core.serving import ServingDelta  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--active", type=float, default=0.05)
+    parser.add_argument("--table-scale", type=float, default=1.0, help="shrink tables (tests)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+
+    rows = [max(4, int(n * args.table_scale)) for n in CRITEO_KAGGLE_ROWS]
+    config = DLRMConfig.criteo_reference(rows)
+    plain = DLRM(config).eval()
+    # a copy with the same weights that shares the base tables (deepcopy memo), then wrapped
+    live_model = copy.deepcopy(plain, {id(t): t for t in plain.sparse_arch.tables})
+    lives = attach_live_embeddings(
+        live_model.sparse_arch, list(config.feature_names), LiveEmbeddingConfig(rank=args.rank)
+    )
+    hot = []
+    active_total = 0
+    for live, n in zip(lives.values(), rows, strict=True):
+        ids = active_rows(n, args.active, gen)
+        hot.append(ids)
+        live.activate(ids, now=0.0, max_active=ids.numel())
+        live.set_factors(torch.randn(ids.numel(), args.rank, generator=gen) * 0.01, live.B)
+        active_total += ids.numel()
+    delta = ServingDelta.from_factors(
+        1, config.feature_names, rows, {name: lv.factors() for name, lv in lives.items()}
+    )
+    overhead = sum(lv.memory().overhead_bytes for lv in lives.values())
+    base = sum(lv.memory().base_bytes for lv in lives.values())
+
+    results = []
+    for size in args.batches:
+        batches = [criteo_batch(config.feature_names, rows, hot, size, gen) for _ in range(8)]
+        state = {"i": 0}
+
+        def run(model: DLRM, served=None, batches=batches, state=state) -> None:
+            model(batches[state["i"] % len(batches)], served)
+            state["i"] += 1
+
+        reps = max(2, 4096 // size)
+        with torch.inference_mode():
+            times = interleaved(
+                {
+                    "plain": lambda: run(plain),
+                    "served": lambda: run(plain, delta),
+                    "live": lambda: run(live_model),
+                },
+                rounds=args.rounds,
+                reps=reps,
+            )
+        row: dict[str, object] = {"batch": size}
+        p = median(times["plain"])
+        for name, ts in times.items():
+            row[f"{name}_ms"] = median(ts) * 1e3
+            row[f"{name}_ms_rounds"] = [t * 1e3 for t in ts]
+            if name != "plain":
+                row[f"{name}_overhead_pct"] = 100 * (median(ts) / p - 1)
+        results.append(row)
+    print_table(
+        f"DLRM forward, Criteo-Kaggle tables, {args.active:.0%} rows active, r={args.rank}, "
+        f"{args.threads} thread(s); CPU ms per batch, median of {args.rounds} interleaved rounds",
+        ["batch", "plain ms", "served ms", "served +%", "live ms", "live +%"],
+        [
+            [
+                r["batch"],
+                r["plain_ms"],
+                r["served_ms"],
+                r["served_overhead_pct"],
+                r["live_ms"],
+                r["live_overhead_pct"],
+            ]
+            for r in results
+        ],
+    )
+    print(
+        f"active rows {active_total:,}; trainer-side LiveEmbedding state "
+        f"{overhead / 2**20:.1f} MiB = {100 * overhead / base:.2f}% of {base / 2**30:.2f} GiB of "
+        f"tables; ServingDelta {delta.nbytes / 2**20:.1f} MiB"
+    )
+    payload = {
+        "benchmark": "forward_latency",
+        "args": vars(args),
+        "active_rows": active_total,
+        "overhead_bytes": overhead,
+        "serving_delta_bytes": delta.nbytes,
+        "base_bytes": base,
+        "results": results,
+    }
+    write_json("forward_latency", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""LoRA trainer throughput on one core, and rank adaptation time.
+
+Part 1: the Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, D=16, bottom
+13-512-256-64-16, top 512-256-1), batch 512, torch.set_num_threads(1). Variants side by side:
+  live_trainer  LiveTrainer.train_step: admit ids under a 2% budget per table, forward, BCE,
+                backward into A and B only, row-wise Adagrad + Adam, make_room, rank adapt +
+                prune every 50 steps, publish a factor version every 10 steps;
+  full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter).
+Ids: 80% from a hot set (5% of each table), 20% uniform. The trainer is warmed up first so the
+active sets are full. Goal: >= 20,000 samples/s for the live trainer.
+
+Part 2: RankController.adapt for 10^5 active rows (QR of A and B^T, SVD of the r x r core,
+re-factor onto k directions), at D=16 and D=64. Goal: <= 50 ms.
+
+    python bench/trainer_throughput.py [--batch 512] [--rounds 5] [--adapt-rows 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.workloads import (  # noqa: E402
+    CRITEO_KAGGLE_ROWS,
+    active_rows,
+    criteo_batch,
+    interleaved,
+    median,
+    print_table,
+    write_json,
+)
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
+from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
+from dlrm_core.rank import RankController, RankPolicy  # noqa: E402
+from dlrm_core.trainer import (  # noqa: E402
+    FullSparseTrainer,
+    LiveTrainer,
+    TrainerConfig,
+)
+
+
+def throughput(args: argparse.Namespace) -> dict[str, object]:
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    rows = [max(4, int(n * args.table_scale)) for n in CRITEO_KAGGLE_ROWS]
+    config = DLRMConfig.criteo_reference(rows)
+    hot = [active_rows(n, 0.05, gen) for n in rows]
+    batches = [
+        criteo_batch(config.feature_names, rows, hot, args.batch, gen, t=float(i))
+        for i in range(32)
+    ]
+    live = LiveTrainer(
+        DLRM(config),
+        TrainerConfig(live=LiveEmbeddingConfig(rank=4), budget_fraction=0.02, reuse=0),
+    )
+    full = FullSparseTrainer(DLRM(config))
+    state = {"i": 0, "t": 0.0}
+
+    def next_batch():
+        state["i"] += 1
+        return batches[state["i"] % len(batches)]
+
+    def live_step() -> None:
+        state["t"] += 1.0
+        live.train_step(next_batch(), now=state["t"])
+
+    for _ in range(args.warmup):
+        live_step()
+    times = interleaved(
+        {"live_trainer": live_step, "full_sgd": lambda: full.step(next_batch())},
+        rounds=args.rounds,
+        reps=args.reps,
+    )
+    results = {}
+    for name, ts in times.items():
+        results[name] = {
+            "step_ms": median(ts) * 1e3,
+            "samples_per_s": args.batch / median(ts),
+            "step_ms_rounds": [t * 1e3 for t in ts],
+        }
+    mem = live.memory()
+    overhead = sum(m.overhead_bytes for m in mem.values())
+    base = sum(m.base_bytes for m in mem.values())
+    print_table(
+        f"Trainer, Criteo-Kaggle reference DLRM, batch {args.batch}, 1 thread; CPU time per "
+        f"step, median of {args.rounds} interleaved rounds of {args.reps} steps",
+        ["variant", "step ms", "samples/s"],
+        [[n, r["step_ms"], r["samples_per_s"]] for n, r in results.items()],
+    )
+    active = sum(lv.num_active for lv in live.lives.values())
+    print(
+        f"live trainer: {len(live.lives)} tables wrapped ({len(live.skipped_tables)} too small "
+        f"for a 2% budget), {active:,} active rows, state {overhead / 2**20:.1f} MiB = "
+        f"{100 * overhead / base:.2f}% of the wrapped tables, ranks {sorted(live.ranks().values())}"
+        f", skipped batches {live.stats.skipped}"
+    )
+    return {
+        "results": results,
+        "active_rows": active,
+        "overhead_bytes": overhead,
+        "wrapped_base_bytes": base,
+        "tables_wrapped": len(live.lives),
+        "tables_skipped": live.skipped_tables,
+    }
+
+
+def adapt_time(args: argparse.Namespace) -> list[dict[str, object]]:
+    out = []
+    for dim, rank in ((16, 8), (64, 8), (64, 16)):
+        gen = torch.Generator().manual_seed(1)
+        live = LiveEmbedding(
+            nn.EmbeddingBag(args.adapt_rows * 2, dim, mode="sum", sparse=True),
+            LiveEmbeddingConfig(rank=rank),
+        )
+        live.activate(torch.arange(args.adapt_rows) * 2, now=0.0, max_active=args.adapt_rows)
+        ctl = RankController(live, "t", RankPolicy(tau=0.9, r_max=rank), budget_bytes=10**12)
+        # a decaying spectrum, so adapt lowers the rank (the costlier path: it re-factors)
+        decay = 0.5 ** torch.arange(rank, dtype=torch.float32)
+        a0 = torch.randn(args.adapt_rows, rank, generator=gen) * decay
+        timings, ranks = [], []
+        for _ in range(args.adapt_reps):
+            live.set_factors(a0, torch.linalg.qr(torch.randn(dim, rank, generator=gen))[0].T)
+            start = time.thread_time()
+            ranks.append(ctl.adapt(now=1.0))
+            timings.append(time.thread_time() - start)
+        out.append(
+            {
+                "rows": args.adapt_rows,
+                "dim": dim,
+                "rank_from": rank,
+                "rank_to": ranks[-1],
+                "adapt_ms": median(timings) * 1e3,
+                "adapt_ms_all": [t * 1e3 for t in timings],
+            }
+        )
+    print_table(
+        f"RankController.adapt, {args.adapt_rows:,} active rows, 1 thread; CPU ms, median of "
+        f"{args.adapt_reps}",
+        ["D", "rank from", "rank to", "adapt ms"],
+        [[r["dim"], r["rank_from"], r["rank_to"], r["adapt_ms"]] for r in out],
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--adapt-rows", type=int, default=100_000)
+    parser.add_argument("--adapt-reps", type=int, default=11)
+    parser.add_argument("--table-scale", type=float, default=1.0, help="shrink tables (tests)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    payload = {
+        "benchmark": "trainer_throughput",
+        "args": vars(args),
+        "trainer": throughput(args),
+        "rank_adapt": adapt_time(args),
+    }
+    write_json("trainer_throughput", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
