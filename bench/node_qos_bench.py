@@ -127,6 +127,7 @@ def run_variant(args: argparse.Namespace) -> dict:
             "paused_share": round(states.count("paused") / len(states), 3) if states else None,
             "placement": runtime.plan.as_dict(),
             "sla_ms": args.sla_ms if variant == "c" else None,
+            "load_avg_1m": os.getloadavg()[0],  # other work on the machine during the run
         }
     finally:
         runtime.stop()
@@ -151,6 +152,7 @@ def main() -> int:
     parser.add_argument("--label-delay", type=float, default=0.5)
     parser.add_argument("--sla-factor", type=float, default=1.15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="passes of a, b, c (interleaved)")
     parser.add_argument("--variant", choices=("a", "b", "c"), help=argparse.SUPPRESS)
     parser.add_argument("--measure-max", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--qps", type=float, default=100.0, help=argparse.SUPPRESS)
@@ -160,40 +162,43 @@ def main() -> int:
     if args.variant:  # a child: one variant, JSON on the last line
         print(json.dumps(run_variant(args)))
         return 0
+    names = {"a": "(a) no trainer", "b": "(b) trainer, no pin/QoS", "c": "(c) pinned + QoS"}
+    passes = []
     with tempfile.TemporaryDirectory(prefix="node-qos-") as tmp:
         args.workdir = tmp
         max_qps = spawn(args, "a", measure_max=True)["max_qps"]
         qps = round(args.load * max_qps, 1)
-        a = spawn(args, "a", qps=qps)
-        sla = round(args.sla_factor * a["p99_ms"], 3)
-        b = spawn(args, "b", qps=qps, sla_ms=sla)
-        c = spawn(args, "c", qps=qps, sla_ms=sla)
-    rows = [a, b, c]
-    names = {"a": "(a) no trainer", "b": "(b) trainer, no pin/QoS", "c": "(c) pinned + QoS"}
-    print(f"max throughput {max_qps:.0f} req/s ({args.rows} rows each); replayed at {qps} req/s")
-    print(
-        f"{'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p99a':>9} "
-        f"{'trained':>8} {'lag s':>6} {'duty':>5}"
-    )
-    for r in rows:
+        print(f"max {max_qps:.0f} req/s ({args.rows} rows each) closed loop; replay {qps} req/s")
         print(
-            f"{names[r['variant']]:26} {r['achieved_qps']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-            f"{r['p99_ms'] / a['p99_ms']:>9.2f} {str(r['trained_share']):>8} "
-            f"{str(r['median_freshness_lag_s']):>6} {r['mean_trainer_duty']:>5}"
+            f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'p99/p99a':>9} {'trained':>8} {'lag s':>6} {'duty':>5} {'load':>5}"
         )
+        for k in range(args.repeat):
+            a = spawn(args, "a", qps=qps)
+            sla = round(args.sla_factor * a["p99_ms"], 3)
+            rows = [a, spawn(args, "b", qps=qps, sla_ms=sla), spawn(args, "c", qps=qps, sla_ms=sla)]
+            for r in rows:
+                r["load_avg_1m"] = round(r.pop("load_avg_1m"), 2)
+                print(
+                    f"{k:>4} {names[r['variant']]:26} {r['achieved_qps']:>7} {r['p50_ms']:>8} "
+                    f"{r['p99_ms']:>8} {r['p99_ms'] / a['p99_ms']:>9.2f} "
+                    f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
+                    f"{r['mean_trainer_duty']:>5} {r['load_avg_1m']:>5}"
+                )
+            passes.append(
+                {
+                    "sla_ms_c": sla,
+                    "variants": rows,
+                    "p99_ratio_c_over_a": round(rows[2]["p99_ms"] / a["p99_ms"], 3),
+                    "p99_ratio_b_over_a": round(rows[1]["p99_ms"] / a["p99_ms"], 3),
+                }
+            )
     result = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_avg_at_end": os.getloadavg(),
-        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "args": {k: v for k, v in vars(args).items() if k not in ("variant", "workdir")},
         "max_qps": max_qps,
         "qps": qps,
-        "sla_ms_c": sla,
-        "variants": rows,
-        "p99_ratio_c_over_a": round(c["p99_ms"] / a["p99_ms"], 3),
-        "p99_ratio_b_over_a": round(b["p99_ms"] / a["p99_ms"], 3),
+        "passes": passes,
     }
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
