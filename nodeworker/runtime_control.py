@@ -4,6 +4,7 @@ InvalidRequest with field-level messages; each op returns a JSON object saying w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -151,6 +152,12 @@ class RuntimeControl:
         location = checkpoint.get("location") if isinstance(checkpoint, dict) else None
         if not isinstance(location, str) or not Path(location).is_file():
             raise InvalidRequest({"checkpoint.location": "No such checkpoint file on this node."})
+        want = str(checkpoint.get("checksum") or "").removeprefix("sha256:")
+        if want:
+            data = Path(location).read_bytes()
+            # the control plane's sha256: of the whole file, or the digest save_model returned
+            if want not in (hashlib.sha256(data).hexdigest(), data[-32:].hex()):
+                raise InvalidRequest({"checkpoint.checksum": "Does not match the file."})
         try:
             new = load_model(location, expected=self.model.config)
         except (CheckpointError, ValueError) as exc:

@@ -156,8 +156,16 @@ def test_control_ops(node, tmp_path):
 
     torch.manual_seed(123)
     newer = DLRM(runtime.model.config)
-    save_model(tmp_path / "newer.ckpt", newer)
-    runtime.rebase({"name": "newer", "location": str(tmp_path / "newer.ckpt"), "checksum": ""})
+    digest = save_model(tmp_path / "newer.ckpt", newer)
+    wire = {
+        "name": "newer",
+        "location": str(tmp_path / "newer.ckpt"),
+        "checksum": "sha256:" + "0" * 64,
+    }
+    with pytest.raises(InvalidRequest) as bad:
+        runtime.rebase(wire)
+    assert bad.value.fields == {"checkpoint.checksum": "Does not match the file."}
+    runtime.rebase({**wire, "checksum": f"sha256:{digest}"})
     assert runtime.delta is None and runtime.checkpoint == str(tmp_path / "newer.ckpt")
     assert torch.equal(
         base_weight(runtime.model, "user_id"), newer.sparse_arch.table("user_id").weight.detach()
