@@ -88,9 +88,8 @@ def ingest_batch(node: Node, payload) -> IngestResult:
 
 def _broadcast(node_name: str, new: list[dict]) -> None:
     newest = max(new, key=lambda s: s["seq"])
-    status.broadcast(events.telemetry(node_name, newest, len(new)), node_name=node_name)
+    items = [(events.telemetry(node_name, newest, len(new)), node_name)]
     for sample in new:
         for event in sample.get("events", []):
-            status.broadcast(
-                events.node_event(node_name, sample["seq"], event), node_name=node_name
-            )
+            items.append((events.node_event(node_name, sample["seq"], event), node_name))
+    status.broadcast_many(items)
