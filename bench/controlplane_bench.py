@@ -54,6 +54,29 @@ def summary_ms(seconds: list[float]) -> dict:
     }
 
 
+class ServerCPU:
+    """CPU seconds the daphne process used (all its threads), from /proc: unlike latency this
+    barely depends on what else the machine is running."""
+
+    def __init__(self, pid: int):
+        self.path = Path(f"/proc/{pid}/stat")
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(self) -> float:
+        fields = self.path.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+
+
+def with_cpu(cpu: ServerCPU, measure, per: str):
+    """Run ``measure()``; add the server's CPU milliseconds per request (and per ``per``)."""
+    before = cpu.seconds()
+    result = measure()
+    used_ms = (cpu.seconds() - before) * 1000
+    result["server_cpu_s"] = round(used_ms / 1000, 2)
+    result[f"server_cpu_ms_per_{per}"] = round(used_ms / max(1, result[per]), 3)
+    return result
+
+
 class Node:
     """A benchmark node: its token and its next sequence number."""
 
@@ -125,6 +148,7 @@ def ingest_load(url: str, nodes: list[Node], size: int, stop: threading.Event) -
         "nodes": len(nodes),
         "seconds": round(elapsed, 2),
         "samples": sum(accepted),
+        "requests": len(latencies),
         "samples_per_s": round(sum(accepted) / elapsed, 1),
         "request": summary_ms(latencies),
     }
@@ -171,10 +195,12 @@ def bench_reads(app_url: str, api_token: str, node: str, rate: float, duration: 
             due = start + i / rate
             time.sleep(max(0.0, due - time.perf_counter() - 0.05))
             pool.submit(one, i, due)
+    finished = time.perf_counter() - start
     overall = [v for values in results.values() for v in values]
     return {
         "rate_per_s": rate,
         "requests": total,
+        "achieved_per_s": round(total / finished, 1),
         "errors": errors[:5],
         "error_count": len(errors),
         "overall": summary_ms(overall),
@@ -217,6 +243,7 @@ def bench_delivery(app: services.Appliance, node: Node, samples: int) -> dict:
         reader.join()
     result = summary_ms(delays) if delays else {"n": 0}
     result["lost"] = samples - len(delays)
+    result["requests"] = samples
     return result
 
 
@@ -266,12 +293,24 @@ def main(argv: list[str] | None = None) -> int:
             nodes = [Node(n, tokens[n].splitlines()[-1]) for n in names]
             loaders, watched = nodes[:-1], nodes[-1]
             ingest_url = app.url + "/api/telemetry/ingest/"
+            cpu = ServerCPU(app.process.pid)
             report["ingest"] = [
-                bench_ingest(ingest_url, loaders, size, args.duration) for size in sizes
+                with_cpu(
+                    cpu,
+                    lambda s=size: bench_ingest(ingest_url, loaders, s, args.duration),
+                    "samples",
+                )
+                for size in sizes
             ]
+            for row in report["ingest"]:
+                row["server_cpu_ms_per_request"] = round(
+                    row["server_cpu_s"] * 1000 / max(1, row["requests"]), 2
+                )
             token = api_token(env, app.username)
-            report["reads"] = bench_reads(
-                app.url, token, loaders[0].name, args.read_rate, args.duration
+            report["reads"] = with_cpu(
+                cpu,
+                lambda: bench_reads(app.url, token, loaders[0].name, args.read_rate, args.duration),
+                "requests",
             )
             report["delivery_idle"] = bench_delivery(app, watched, args.delivery_samples)
             stop = threading.Event()
@@ -303,12 +342,17 @@ def print_table(report: dict) -> None:
     loads = [f"{x:.1f}" for x in (*report["loadavg_before"], *report["loadavg_after"])]
     print(f"load average before {'/'.join(loads[:3])}, after {'/'.join(loads[3:])}\n")
     print("telemetry ingest (goal >= 2000 samples/s)")
-    print(f"  {'batch':>6} {'nodes':>6} {'samples/s':>10} {'req p50':>9} {'req p99':>9}")
+    print(
+        f"  {'batch':>6} {'nodes':>6} {'samples/s':>10} {'req p50':>9} {'req p99':>9}"
+        f" {'srv CPU/req':>12} {'srv CPU/sample':>15}"
+    )
     for row in report["ingest"]:
         r = row["request"]
         print(
             f"  {row['batch_size']:>6} {row['nodes']:>6} {row['samples_per_s']:>10.0f}"
             f" {r['p50_ms']:>8.1f}ms {r['p99_ms']:>8.1f}ms"
+            f" {row['server_cpu_ms_per_request']:>10.2f}ms"
+            f" {row['server_cpu_ms_per_samples']:>13.3f}ms"
         )
     reads = report["reads"]
     print(f"\nAPI reads at {reads['rate_per_s']:.0f} req/s, open loop (goal p99 < 50 ms)")
@@ -318,7 +362,10 @@ def print_table(report: dict) -> None:
             f"  {name:<16} {s['n']:>5} {s['p50_ms']:>6.1f}ms {s['p95_ms']:>6.1f}ms"
             f" {s['p99_ms']:>6.1f}ms"
         )
-    print(f"  errors: {reads['error_count']}")
+    print(
+        f"  errors: {reads['error_count']}, achieved {reads['achieved_per_s']:.0f} req/s,"
+        f" server CPU {reads['server_cpu_ms_per_requests']:.2f} ms/request"
+    )
     print("\ningest -> websocket delivery (goal p95 < 250 ms)")
     for key in ("delivery_idle", "delivery_under_load"):
         s = report[key]

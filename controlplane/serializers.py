@@ -108,6 +108,30 @@ class PolicyVersionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+def sample_payload(sample: TelemetrySample) -> dict:
+    """A stored sample in the websocket's telemetry sample shape."""
+    return {
+        "seq": sample.seq,
+        "ts": sample.ts.timestamp(),
+        **{m: getattr(sample, m) for m in TelemetrySample.METRICS},
+        "throttle": sample.throttle,
+        "tables": sample.tables,
+        "cpu_per_core": sample.cpu_per_core,
+    }
+
+
+class NodeListSerializer(serializers.ListSerializer):
+    def to_representation(self, data):
+        # One query for the newest samples of the whole page instead of one per node; the
+        # viewset annotates latest_sample_id (an index lookup per node).
+        nodes = list(data.all() if hasattr(data, "all") else data)
+        ids = [getattr(n, "latest_sample_id", None) for n in nodes]
+        samples = TelemetrySample.objects.in_bulk([i for i in ids if i is not None])
+        for node, sample_id in zip(nodes, ids, strict=True):
+            node.latest_sample = samples.get(sample_id)
+        return super().to_representation(nodes)
+
+
 class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
     policy = serializers.PrimaryKeyRelatedField(
         queryset=Policy.objects.all(), allow_null=True, required=False
@@ -135,6 +159,7 @@ class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "latest",
         ]
         read_only_fields = ["status", "last_seen", "applied_policy_version", "created"]
+        list_serializer_class = NodeListSerializer
 
     def get_token(self, obj: Node) -> str | None:
         return getattr(obj, "raw_token", None)
@@ -142,17 +167,11 @@ class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_latest(self, obj: Node) -> dict | None:
         """What the dashboard shows before the first live event (rank, throttle, CPU included)."""
-        sample = obj.samples.order_by("-ts").first() if obj.pk else None
-        if sample is None:
-            return None
-        return {
-            "seq": sample.seq,
-            "ts": sample.ts.timestamp(),
-            **{m: getattr(sample, m) for m in TelemetrySample.METRICS},
-            "throttle": sample.throttle,
-            "tables": sample.tables,
-            "cpu_per_core": sample.cpu_per_core,
-        }
+        if hasattr(obj, "latest_sample"):
+            sample = obj.latest_sample
+        else:
+            sample = obj.samples.order_by("-ts").first() if obj.pk else None
+        return None if sample is None else sample_payload(sample)
 
     def create(self, validated_data):
         node = Node(**validated_data)

@@ -7,7 +7,7 @@ import dataclasses
 import hmac
 
 from django.conf import settings
-from django.db.models import ProtectedError
+from django.db.models import OuterRef, ProtectedError, Subquery
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -41,6 +41,7 @@ from controlplane.models import (
     Policy,
     PolicyVersion,
     RankEvent,
+    TelemetrySample,
 )
 from controlplane.permissions import IsNode, RolePermission
 from controlplane.services import actions, ingest, rollout
@@ -58,7 +59,11 @@ class RoleViewSetMixin:
 class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
     """Inference nodes. Create returns the node's token once; node actions need operator."""
 
-    queryset = Node.objects.select_related("policy")
+    queryset = Node.objects.select_related("policy").annotate(
+        latest_sample_id=Subquery(
+            TelemetrySample.objects.filter(node=OuterRef("pk")).order_by("-ts").values("pk")[:1]
+        )
+    )
     serializer_class = serializers.NodeSerializer
     filterset_class = NodeFilter
     lookup_field = "name"

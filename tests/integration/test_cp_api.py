@@ -202,6 +202,37 @@ class TestNodes(CrudCases):
         batch = {"node": "edge-2", "samples": []}
         assert ingest.post("/api/telemetry/ingest/", batch, format="json").status_code == 400
 
+    def test_list_shows_each_nodes_newest_sample_in_constant_queries(
+        self, clients, django_assert_max_num_queries
+    ):
+        from datetime import UTC, datetime
+
+        from controlplane.models import TelemetrySample
+
+        admin = clients("admin")
+        for count in (2, 6):
+            for i in range(count):
+                node = Node.objects.filter(name=f"n-{i}").first() or make_node(f"n-{i}")[0]
+                for seq in (10 * count, 10 * count + 1):
+                    TelemetrySample.objects.create(
+                        node=node,
+                        seq=seq,
+                        ts=datetime.fromtimestamp(1_780_000_000 + seq, tz=UTC),
+                        qps=float(seq),
+                        memory_overhead_bytes=1.0,
+                        memory_overhead_pct=1.0,
+                        trainer_samples_per_s=1.0,
+                        trainer_duty=0.5,
+                        throttle="running",
+                    )
+            with django_assert_max_num_queries(5):
+                rows = admin.get(self.url).data["results"]
+            latest = {r["name"]: r["latest"] for r in rows}
+            assert {n: s["seq"] for n, s in latest.items() if s} == {
+                f"n-{i}": 10 * count + 1 for i in range(count)
+            }
+        assert admin.get(f"{self.url}n-0/").data["latest"]["qps"] == 61.0
+
     def test_bad_names_are_field_errors(self, clients):
         response = clients("admin").post(self.url, {"name": "Bad Name"}, format="json")
         assert response.status_code == 400 and list(response.data) == ["name"]
