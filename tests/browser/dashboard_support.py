@@ -78,10 +78,15 @@ class Seeder:
         data.update(overrides)
         return data
 
-    def history(self, node: str, seconds: int, **overrides) -> None:
-        """``seconds`` samples ending now, with two rank changes and a QoS throttle on the way."""
+    def history(self, node: str, seconds: int, placement: dict | None = None, **overrides) -> None:
+        """``seconds`` samples ending now, with a rank change and a QoS throttle on the way (and
+        the runtime's start-up "policy" event reporting ``placement``, if given)."""
         now = time.time()
         samples = [self.sample(node, now - seconds + i, **overrides) for i in range(seconds)]
+        if placement is not None:
+            samples[0]["events"] = [
+                {"kind": "policy", "ts": samples[0]["ts"], "detail": {"placement": placement}}
+            ]
         samples[seconds // 3]["events"] = [
             {
                 "kind": "rank_change",

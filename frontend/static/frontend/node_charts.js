@@ -114,7 +114,10 @@
 
   function cpu(state) {
     const values = state.cpu.values || [];
-    const topo = (state.node && state.node.topology) || {};
+    // Roles of the cores: the node's registered topology, else the placement its runtime
+    // reported in its newest "policy" event.
+    const registered = (state.node && state.node.topology) || {};
+    const topo = registered.inference_cpus ? registered : state.placement || {};
     const inf = new Set(topo.inference_cpus || []);
     const trn = new Set(topo.trainer_cpus || []);
     const role = (i) => (trn.has(i) && !inf.has(i) ? "trainer" : inf.has(i) ? "inference" : "other");
@@ -135,7 +138,8 @@
   }
 
   window.NodeCharts = {
-    render(state) { auc(state); p99(state); memory(state); rank(state); trainer(state); cpu(state); },
+    steps: [auc, p99, memory, rank, trainer, cpu], // in page order
+    render(state) { this.steps.forEach((draw) => draw(state)); },
     renderLimits(state) { p99(state); memory(state); },
   };
 })();
