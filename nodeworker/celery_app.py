@@ -4,6 +4,10 @@ Broker: NODE_BROKER_URL, else REDIS_URL, else the filesystem broker under
 $LIVEUPDATE_DATA_DIR/broker, the folders the embedded control plane uses (controlplane/settings),
 so a local node and the embedded plane meet without any server. Results go to the same Redis, or
 to $LIVEUPDATE_DATA_DIR/celery-results, where the control plane looks them up.
+
+``celery -A nodeworker.celery_app worker`` with NODE_RUNTIME=1 also starts the node itself
+(NodeService) when the worker is ready and stops it with the worker; the runtime is a supervised
+component beside the worker, never a task.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 from kombu import Queue
 
 from nodeworker import protocol
@@ -57,3 +62,27 @@ def celery_config(environ: dict[str, str] | None = None) -> dict:
 app = Celery("nodeworker")
 app.conf.update(celery_config())
 app.conf.include = ["nodeworker.tasks"]
+
+
+_service = None  # the NodeService this worker started (NODE_RUNTIME=1)
+
+
+@worker_ready.connect
+def start_runtime_with_worker(**_) -> None:
+    """With NODE_RUNTIME=1 the worker starts the node itself (settings from NODE_* variables,
+    see nodeworker.service.NodeSettings.from_env); `liveupdate node run` leaves it unset."""
+    global _service
+    if os.environ.get("NODE_RUNTIME", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return
+    import threading
+
+    from nodeworker.service import NodeService, NodeSettings
+
+    _service = NodeService(NodeSettings.from_env()).start()
+    threading.Thread(target=_service.supervise_forever, name="node-supervisor", daemon=True).start()
+
+
+@worker_shutdown.connect
+def stop_runtime_with_worker(**_) -> None:
+    if _service is not None:
+        _service.stop()

@@ -1,7 +1,7 @@
-"""``liveupdate node run``: the inference-node process. It starts the NodeRuntime (inference +
-trainer process), the node-local HTTP endpoint, the control channel, the telemetry reporter, the
-node's Celery worker on ``node.<name>`` (a supervised subprocess), and optionally the built-in
-traffic replayer; it restarts the worker or the trainer when either dies."""
+"""``liveupdate node run``: one inference node (nodeworker.service.NodeService: the runtime with
+its trainer process, the HTTP endpoint, the control channel, telemetry, an optional replayer)
+plus the node's Celery worker on ``node.<name>`` as a supervised child process; a dead trainer
+or worker is restarted."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from pathlib import Path
 from nodeworker import protocol
 
 log = logging.getLogger("nodeworker.node")
-
-FORMATS = ("criteo", "avazu", "movielens")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,31 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-qos", action="store_true", help="never throttle the trainer")
 
 
-def open_source(spec: str, seed: int):
-    """(stream of SparseBatches, its StreamSchema) for --replay."""
-    if spec == "synthetic":
-        from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
-
-        stream = SyntheticStream(
-            SyntheticConfig(seed=seed, num_events=10**9, user_rows=100_000, item_rows=50_000)
-        )
-        return stream, stream.schema
-    kind, _, path = spec.partition(":")
-    if kind not in FORMATS or not path:
-        raise SystemExit(f"--replay must be synthetic or FORMAT:PATH ({', '.join(FORMATS)})")
-    from dlrm_core import readers
-
-    reader_class = {
-        "criteo": readers.CriteoReader,
-        "avazu": readers.AvazuReader,
-        "movielens": readers.MovieLensReader,
-    }[kind]
-    reader = reader_class(path)
-    return reader, reader.schema
-
-
 def _worker(name: str, socket_path: Path) -> subprocess.Popen:
     env = {**os.environ, "NODE_NAME": name, "NODE_CONTROL_SOCKET": str(socket_path)}
+    env.pop("NODE_RUNTIME", None)  # this process runs the runtime; the worker only forwards
     command = [sys.executable, "-m", "celery", "-A", "nodeworker.celery_app", "worker"]
     command += ["--pool", "solo", "-Q", protocol.node_queue(name), "-n", f"{name}@%h"]
     command += ["--loglevel", "INFO", "--without-gossip", "--without-mingle"]
@@ -82,75 +58,33 @@ def run(args: argparse.Namespace) -> int:
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    from nodeworker.control import ControlServer
-    from nodeworker.http import NodeHTTPServer
-    from nodeworker.replayer import ReplayConfig, Replayer
-    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
-    from nodeworker.telemetry import TelemetryReporter
+    from nodeworker.service import NodeService, NodeSettings
 
     try:
-        protocol.node_queue(args.name)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    if args.control_plane and not args.token:
-        raise SystemExit("--token (or NODE_TOKEN) is required with --control-plane")
-    data_root = Path(os.environ.get("LIVEUPDATE_DATA_DIR") or "var")
-    data_dir = args.data_dir or data_root / f"node-{args.name}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    source = schema = None
-    if args.replay:
-        source, schema = open_source(args.replay, args.seed)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        if schema is None:
-            raise SystemExit("give --checkpoint, or --replay to start from a fresh model")
-        checkpoint = build_fresh_checkpoint(schema, data_dir / "fresh-base.ckpt", args.seed)
-    policy = dict(protocol.POLICY_DEFAULTS)
-    if args.sla_ms is not None:
-        policy["sla_p99_ms"] = args.sla_ms
-    _, errors = protocol.validate_policy(policy)
-    if errors:
-        raise SystemExit(f"invalid policy: {errors}")
-    runtime = NodeRuntime(
-        RuntimeConfig(
+        settings = NodeSettings(
             name=args.name,
-            data_dir=data_dir,
-            checkpoint=checkpoint,
-            policy=policy,
-            trainer=not args.no_trainer,
-            pin=not args.no_pin,
-            qos=not args.no_qos,
-            label_window_s=args.label_window,
-        )
-    ).start()
-    runtime.wait_ready()
-    http = NodeHTTPServer(runtime, args.http_host, args.http_port).start()
-    socket_path = data_dir / "control.sock"
-    control = ControlServer(socket_path, runtime).start()
-    reporter = None
-    if args.control_plane:
-        reporter = TelemetryReporter(
-            args.name,
-            args.control_plane,
-            args.token,
-            data_dir / "telemetry",
-            runtime.telemetry_snapshot,
-        ).start()
-    replayer = None
-    if source is not None:
-        config = ReplayConfig(
+            data_dir=args.data_dir or NodeSettings.default_data_dir(args.name),
+            checkpoint=args.checkpoint,
+            control_plane=args.control_plane,
+            token=args.token,
+            http_host=args.http_host,
+            http_port=args.http_port,
+            replay=args.replay,
             qps=args.qps,
             label_delay_s=args.label_delay,
             rows_per_request=args.rows_per_request,
+            label_window_s=args.label_window,
+            sla_ms=args.sla_ms,
             seed=args.seed,
+            trainer=not args.no_trainer,
+            pin=not args.no_pin,
+            qos=not args.no_qos,
         )
-        replayer = Replayer(runtime.predict, runtime.feedback, source, config).start()
-    worker = None if args.no_worker else _worker(args.name, socket_path)
-    print(
-        f"node {args.name}: serving on {http.url} (POST /v1/predict, /v1/feedback), "
-        f"placement {runtime.plan.as_dict()}",
-        flush=True,
-    )
+        service = NodeService(settings).start()
+    except ValueError as exc:
+        raise SystemExit(f"liveupdate node run: {exc}") from None
+    worker = None if args.no_worker else _worker(args.name, settings.control_socket)
+    print(f"node {args.name}: serving on {service.http.url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -159,19 +93,13 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             if deadline and time.monotonic() > deadline:
                 break
-            runtime.supervise()
+            service.runtime.supervise()
             if worker is not None and worker.poll() is not None:
                 log.error("celery worker exited (%s); restarting it", worker.returncode)
-                worker = _worker(args.name, socket_path)
+                worker = _worker(args.name, settings.control_socket)
     finally:
-        if replayer:
-            replayer.stop()
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=20)
-        if reporter:
-            reporter.stop()
-        control.stop()
-        http.stop()
-        runtime.stop()
+        service.stop()
     return 0

@@ -93,3 +93,52 @@ def test_node_run_reports_telemetry_and_obeys_a_control_task(redis_url, tmp_path
             node.kill()
             node.wait()
         plane.down()
+
+
+def test_the_node_worker_starts_the_runtime_itself(redis_url, tmp_path):
+    """`celery -A nodeworker.celery_app worker` with NODE_RUNTIME=1: the same node, started by
+    its worker; control tasks reach it and it stops with the worker."""
+    from celery import Celery
+
+    plane = Plane()
+    plane.up()
+    name = f"wrk-{uuid.uuid4().hex[:6]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
+        "REDIS_URL": redis_url,
+        "PYTHONPATH": str(services.ROOT),
+        "LIVEUPDATE_DATA_DIR": str(tmp_path),
+        "NODE_RUNTIME": "1",
+        "NODE_NAME": name,
+        "NODE_REPLAY": "synthetic",
+        "NODE_QPS": "30",
+        "NODE_SLA_MS": "5000",
+        "NODE_CONTROL_PLANE": plane.url,
+        "NODE_TOKEN": TOKEN,
+    }
+    client = Celery("test-plane", broker=redis_url, backend=redis_url)
+    try:
+        with services.celery_worker(
+            env, "nodeworker.celery_app", protocol.node_queue(name), tmp_path / "worker.log"
+        ) as worker:
+            services.wait_until(
+                lambda: worker.poll() is None and len(plane.seqs(name)) >= 2,
+                120,
+                "telemetry from the worker's node",
+                0.5,
+            )
+            paused = client.send_task(protocol.TASK_PAUSE, queue=protocol.node_queue(name))
+            assert paused.get(timeout=60) == {"throttle": "paused"}
+            services.wait_until(
+                lambda: any(
+                    s["throttle"] == "paused" and s["trainer_duty"] == 0
+                    for s in plane.samples.values()
+                ),
+                30,
+                "a paused sample",
+                0.5,
+            )
+        shm = [p for p in os.listdir("/dev/shm") if p.startswith(f"liveupdate-{name}-")]
+        assert shm == []  # the runtime stopped with the worker and cleaned up
+    finally:
+        plane.down()

@@ -80,9 +80,9 @@ def node(tmp_path):
 def test_inference_serves_versions_the_trainer_learnt(node):
     runtime, traffic = node
     assert runtime.trainer_proc.pid != os.getpid()
-    train_until(runtime, traffic, 1500)
+    train_until(runtime, traffic, 600)
     first = runtime.installed
-    train_until(runtime, traffic, runtime.metrics.trained_samples + 500)
+    train_until(runtime, traffic, runtime.metrics.trained_samples + 200)
     assert runtime.installed > first  # new versions keep arriving
     assert runtime.delta is not None and runtime.delta.version == runtime.installed
     lags = runtime.metrics.lags()
@@ -185,7 +185,7 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
     runtime, stream = start_node(tmp_path, name="t-crash")
     traffic = requests_of(stream, 8)
     try:
-        train_until(runtime, traffic, 600)
+        train_until(runtime, traffic, 300)
         snap = runtime.snapshot()
         directory = runtime.snapshots_dir / snap["snapshot"]
         saved = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))

@@ -1,0 +1,186 @@
+"""One inference node as a supervised service: the NodeRuntime (inference + trainer process), the
+node-local HTTP endpoint, the control channel the Celery tasks use, the telemetry reporter and the
+optional traffic replayer. ``liveupdate node run`` starts it (and a Celery worker beside it);
+the node's Celery worker starts it too when NODE_RUNTIME=1 (nodeworker/celery_app.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodeworker import protocol
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("criteo", "avazu", "movielens")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str
+    data_dir: Path
+    checkpoint: str | None = None  # None: a fresh model for the replayed stream
+    control_plane: str | None = None
+    token: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    replay: str | None = None  # "synthetic" or FORMAT:PATH
+    qps: float = 100.0
+    label_delay_s: float = 1.0
+    rows_per_request: int = 1
+    label_window_s: float = 30.0
+    sla_ms: float | None = None
+    seed: int = 0
+    trainer: bool = True
+    pin: bool = True
+    qos: bool = True
+
+    def __post_init__(self) -> None:
+        protocol.node_queue(self.name)  # ValueError naming the bad name
+        if self.control_plane and not self.token:
+            raise ValueError("a node token is required to report to a control plane")
+        if self.checkpoint is None and self.replay is None:
+            raise ValueError("give a base checkpoint, or a stream to replay (fresh model)")
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
+    @staticmethod
+    def default_data_dir(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+        return Path(environ.get("LIVEUPDATE_DATA_DIR") or "var").resolve() / f"node-{name}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> NodeSettings:
+        """NODE_NAME, NODE_CHECKPOINT, NODE_CONTROL_PLANE, NODE_TOKEN, NODE_HTTP_HOST,
+        NODE_HTTP_PORT, NODE_REPLAY, NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS (a bad value
+        raises ValueError naming the variable)."""
+
+        def num(var: str, kind, default):
+            raw = environ.get(var)
+            try:
+                return default if raw in (None, "") else kind(raw)
+            except ValueError:
+                raise ValueError(f"{var} must be a {kind.__name__}, got {raw!r}") from None
+
+        name = environ.get("NODE_NAME", "")
+        return cls(
+            name=name,
+            data_dir=cls.default_data_dir(name, environ),
+            checkpoint=environ.get("NODE_CHECKPOINT") or None,
+            control_plane=environ.get("NODE_CONTROL_PLANE") or None,
+            token=environ.get("NODE_TOKEN") or None,
+            http_host=environ.get("NODE_HTTP_HOST", "127.0.0.1"),
+            http_port=num("NODE_HTTP_PORT", int, 0),
+            replay=environ.get("NODE_REPLAY") or None,
+            qps=num("NODE_QPS", float, 100.0),
+            label_delay_s=num("NODE_LABEL_DELAY", float, 1.0),
+            sla_ms=num("NODE_SLA_MS", float, None),
+        )
+
+
+def open_source(spec: str, seed: int):
+    """(stream of SparseBatches, its StreamSchema) for a replay spec."""
+    if spec == "synthetic":
+        from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+
+        stream = SyntheticStream(
+            SyntheticConfig(seed=seed, num_events=10**9, user_rows=100_000, item_rows=50_000)
+        )
+        return stream, stream.schema
+    kind, _, path = spec.partition(":")
+    if kind not in FORMATS or not path:
+        raise ValueError(f"replay must be synthetic or FORMAT:PATH ({', '.join(FORMATS)})")
+    from dlrm_core import readers
+
+    reader_class = {
+        "criteo": readers.CriteoReader,
+        "avazu": readers.AvazuReader,
+        "movielens": readers.MovieLensReader,
+    }[kind]
+    reader = reader_class(path)
+    return reader, reader.schema
+
+
+class NodeService:
+    def __init__(self, settings: NodeSettings):
+        self.settings = settings
+        self.runtime = self.http = self.control = self.reporter = self.replayer = None
+        self._stop = threading.Event()
+
+    def start(self) -> NodeService:
+        from nodeworker.control import ControlServer
+        from nodeworker.http import NodeHTTPServer
+        from nodeworker.replayer import ReplayConfig, Replayer
+        from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+        from nodeworker.telemetry import TelemetryReporter
+
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        source = schema = None
+        if s.replay:
+            source, schema = open_source(s.replay, s.seed)
+        checkpoint = s.checkpoint or build_fresh_checkpoint(
+            schema, s.data_dir / "fresh-base.ckpt", s.seed
+        )
+        policy = dict(protocol.POLICY_DEFAULTS)
+        if s.sla_ms is not None:
+            policy["sla_p99_ms"] = s.sla_ms
+        self.runtime = NodeRuntime(
+            RuntimeConfig(
+                name=s.name,
+                data_dir=s.data_dir,
+                checkpoint=checkpoint,
+                policy=policy,
+                trainer=s.trainer,
+                pin=s.pin,
+                qos=s.qos,
+                label_window_s=s.label_window_s,
+            )
+        ).start()
+        self.runtime.wait_ready()
+        self.http = NodeHTTPServer(self.runtime, s.http_host, s.http_port).start()
+        self.control = ControlServer(s.control_socket, self.runtime).start()
+        if s.control_plane:
+            self.reporter = TelemetryReporter(
+                s.name,
+                s.control_plane,
+                s.token or "",
+                s.data_dir / "telemetry",
+                self.runtime.telemetry_snapshot,
+            ).start()
+        if source is not None:
+            config = ReplayConfig(
+                qps=s.qps,
+                label_delay_s=s.label_delay_s,
+                rows_per_request=s.rows_per_request,
+                seed=s.seed,
+            )
+            self.replayer = Replayer(
+                self.runtime.predict, self.runtime.feedback, source, config
+            ).start()
+        log.info(
+            "node %s: serving on %s (POST /v1/predict, /v1/feedback), placement %s",
+            s.name,
+            self.http.url,
+            self.runtime.plan.as_dict(),
+        )
+        return self
+
+    def supervise_forever(self) -> None:
+        """Restart a dead trainer (from the latest snapshot) until stop()."""
+        while not self._stop.wait(1.0):
+            try:
+                self.runtime.supervise()
+            except Exception:
+                log.exception("supervising the runtime failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for part in (self.replayer, self.reporter, self.control, self.http, self.runtime):
+            if part is not None:
+                part.stop()
