@@ -108,6 +108,7 @@ class NodeRuntime(RuntimeControl):
         self.model.eval()
         self.model.requires_grad_(False)
         self.schema_keys = self.model.config.feature_names
+        _remove_stale_segments(config.shm_root, config.name)
         self.shm_dir = config.shm_root / f"liveupdate-{config.name}-{os.getpid()}"
         write_base_tables(self.model, self.shm_dir)
         map_base_tables(self.model, self.shm_dir, shared=True)
@@ -211,7 +212,6 @@ class NodeRuntime(RuntimeControl):
             start_version=self.shared.version,
             restore_dir=str(restore_dir) if restore_dir else None,
             publish_interval_s=self.config.publish_interval_s,
-            batch_rows=self.config.trainer_batch_rows,
         )
         self.trainer_proc = self._ctx.Process(
             target=trainer_main,
@@ -282,7 +282,7 @@ class NodeRuntime(RuntimeControl):
         latency_ms = (time.perf_counter() - start) * 1000.0
         now = time.time()
         self.qos.observe(latency_ms, now)
-        self.metrics.served(latency_ms, n, now)
+        self.metrics.served(latency_ms, now)
         return scores, ids, version
 
     def feedback(self, request_id: int, label: float) -> Feedback:
@@ -489,3 +489,18 @@ class NodeRuntime(RuntimeControl):
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+def _remove_stale_segments(root: Path, name: str) -> None:
+    """Shared-memory directories of this node left by a process that died (kill -9)."""
+    for path in root.glob(f"liveupdate-{name}-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing the stale shared memory of a dead node process: %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass

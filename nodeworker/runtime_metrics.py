@@ -33,7 +33,7 @@ class RuntimeMetrics:
         self.trained_samples = 0
         self._lock = threading.Lock()
 
-    def served(self, latency_ms: float, rows: int, now: float) -> None:
+    def served(self, latency_ms: float, now: float) -> None:
         self.latency.add(latency_ms, now)
         self.all_latencies.append(latency_ms)
 

@@ -81,7 +81,6 @@ class TrainerSetup:
     start_version: int  # versions published continue after this
     restore_dir: str | None = None  # factors to import at start (a snapshot)
     publish_interval_s: float = 0.2
-    batch_rows: int = 256
     lr_a: float = 0.05
     lr_b: float = 1e-3
     adapt_every: int = 50

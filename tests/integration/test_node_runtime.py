@@ -190,7 +190,8 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
         directory = runtime.snapshots_dir / snap["snapshot"]
         saved = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))
         saved.import_factors(directory / "user_id.factors", "user_id")
-        os.kill(runtime.trainer_proc.pid, signal.SIGKILL)
+        dead_pid = runtime.trainer_proc.pid
+        os.kill(dead_pid, signal.SIGKILL)
         wait_until(lambda: not runtime.trainer_proc.is_alive(), 10, "the trainer to die")
         assert runtime.supervise() is True
         runtime.wait_ready()
@@ -199,7 +200,10 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
         assert torch.equal(restored.ids, saved.ids) and torch.allclose(restored.a, saved.A)
     finally:
         runtime.stop()
+    stale = tmp_path / "shm" / f"liveupdate-t-crash-{dead_pid}"  # as a kill -9 leaves it
+    stale.mkdir()
     again, _ = start_node(tmp_path, name="t-crash")
+    assert not stale.exists()
     try:
         wait_until(lambda: again.shared.version > 0, 30, "the restored version after restart")
         assert torch.equal(again.shared.read().tables["user_id"].ids, saved.ids)
