@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -131,6 +133,17 @@ def summarize(records: list[dict]) -> list[dict]:
     return out
 
 
+def _finite(value: Any) -> Any:
+    """The payload with nan (e.g. the AUC of a diverged run) as null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: silences torch's warning
     defaults = DEFAULTS[args.format]
@@ -175,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         "summary": summarize(records),
         "runs": records,
     }
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    stem.with_suffix(".json").write_text(json.dumps(_finite(payload), indent=1, allow_nan=False))
     stem.with_suffix(".md").write_text(text)
     print(f"wrote {stem}.json and {stem}.md")
     return 0

@@ -15,6 +15,7 @@ from dlrm_core.analysis import (
     top_share,
     train_and_collect,
 )
+from dlrm_core.commands.analyze import _finite
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 
@@ -118,10 +119,16 @@ def test_cli_on_a_movielens_slice(shared_data, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| 4 | adagrad |" in out and "claim holds" in out
-    data = json.loads((tmp_path / "gradient_analysis_movielens.json").read_text())
+    text = (tmp_path / "gradient_analysis_movielens.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert [(s["dim"], s["optimizer"]) for s in data["summary"]] == [(4, "sgd"), (4, "adagrad")]
     assert data["runs"][0]["window_events"] == 512  # 30% of the 8 batches of 256 -> 2 batches
     assert (tmp_path / "gradient_analysis_movielens.md").read_text().startswith("Gradient")
+
+
+def test_json_payload_has_no_nan():
+    payload = {"runs": [{"window_auc": math.nan, "dim": 4}], "x": [math.inf, 0.5]}
+    assert _finite(payload) == {"runs": [{"window_auc": None, "dim": 4}], "x": [None, 0.5]}
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
