@@ -17,7 +17,7 @@ floor(0.05 * D)) components, i.e. 1/16 of them at D = 16 (5% of 16 is below one 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -219,11 +219,17 @@ class RunConfig:
                 raise ValueError(f"learning rate of {name} must be in (0, 10], got {lr}")
 
 
-def analyze(batches: Sequence[SparseBatch], schema: StreamSchema, cfg: RunConfig) -> list[dict]:
+def analyze(
+    batches: Sequence[SparseBatch],
+    schema: StreamSchema,
+    cfg: RunConfig,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """For each D and optimizer: train from the same initial model, report every table.
 
     Returns one record per (D, optimizer) with the window AUC and, per table, the reports of
-    the summed gradient and of the applied update (``MatrixReport`` fields as a dict).
+    the summed gradient and of the applied update (``MatrixReport`` fields as a dict);
+    ``on_record`` sees each record as soon as it is ready (progress).
     """
     n = len(batches)
     n_warm = int(n * cfg.warmup)
@@ -261,4 +267,6 @@ def analyze(batches: Sequence[SparseBatch], schema: StreamSchema, cfg: RunConfig
                     "tables": tables,
                 }
             )
+            if on_record is not None:
+                on_record(records[-1])
     return records

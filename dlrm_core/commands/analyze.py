@@ -168,7 +168,16 @@ def run(args: argparse.Namespace) -> int:
         print("analyze-gradients: need at least 2 batches of data", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    records = analyze(batches, reader.schema, cfg)
+
+    def progress(rec: dict) -> None:
+        print(
+            f"  D={rec['dim']} {rec['optimizer']}: window AUC {rec['window_auc']:.4f} "
+            f"({time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    records = analyze(batches, reader.schema, cfg, progress)
     elapsed = time.perf_counter() - started
     header = (
         f"Gradient low-rank analysis: {args.format} {args.data} "
