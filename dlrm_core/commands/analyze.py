@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def _markdown(records: list[dict], header: str) -> str:
 
 
 def _median(values: list[float]) -> float:
-    return float(torch.tensor(values, dtype=torch.float64).median()) if values else float("nan")
+    return statistics.median(values) if values else math.nan
 
 
 def summarize(records: list[dict]) -> list[dict]:

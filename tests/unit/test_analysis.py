@@ -15,7 +15,7 @@ from dlrm_core.analysis import (
     top_share,
     train_and_collect,
 )
-from dlrm_core.commands.analyze import _finite
+from dlrm_core.commands.analyze import _finite, summarize
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 
@@ -124,6 +124,18 @@ def test_cli_on_a_movielens_slice(shared_data, tmp_path, capsys):
     assert [(s["dim"], s["optimizer"]) for s in data["summary"]] == [(4, "sgd"), (4, "adagrad")]
     assert data["runs"][0]["window_events"] == 512  # 30% of the 8 batches of 256 -> 2 batches
     assert (tmp_path / "gradient_analysis_movielens.md").read_text().startswith("Gradient")
+
+
+def test_summary_counts_only_full_rank_tables_and_takes_true_medians():
+    def table(rows, top5):
+        r = {"rows": rows, "dim": 4, "top": {"5%": top5}, "k80": 1}
+        return {"grad": r, "update": r}
+
+    tops = [0.9, 0.5, 0.85, 0.7]
+    rec = {"dim": 4, "optimizer": "sgd", "tables": [table(10, t) for t in tops] + [table(2, 1.0)]}
+    (s,) = summarize([rec])
+    assert (s["tables"], s["holds_grad"], s["k"]) == (4, 2, 1)
+    assert s["median_update_top5"] == pytest.approx(0.775)  # mean of the middle two
 
 
 def test_json_payload_has_no_nan():
