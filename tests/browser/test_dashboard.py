@@ -288,6 +288,16 @@ def test_valid_policy_round_trips_and_applies_to_a_group(live, live_page, artifa
 def test_node_action_feedback_when_the_node_confirms(live, live_page, tmp_path, artifacts_dir):
     names = live["names"]
     env = dict(live["env"], NODE_NAME=names["idle"])
+    checkpoint = live["seed"].call(
+        "POST",
+        "/api/checkpoints/",
+        201,
+        json={
+            "name": "base-2026-11-25",
+            "location": "/models/base.pt",
+            "checksum": "sha256:" + "ab" * 32,
+        },
+    )
     page = live_page()
     page.goto(f"{live['app'].url}/nodes/{names['idle']}/")
     settle(page)
@@ -304,6 +314,13 @@ def test_node_action_feedback_when_the_node_confirms(live, live_page, tmp_path, 
         expect(page.locator("#action-log li[data-state]").first).to_have_attribute(
             "data-state", "succeeded", timeout=30_000
         )
+        page.select_option("#checkpoint", str(checkpoint["id"]))
+        page.click("#rebase-form button[type=submit]")
+        expect(page.locator("#confirm-dialog")).to_contain_text("Rebase")
+        page.click("#confirm-ok")
+        rebase = page.locator("#action-log li[data-state]").first
+        expect(rebase).to_contain_text("rebase")
+        expect(rebase).to_have_attribute("data-state", "succeeded", timeout=30_000)
     page.screenshot(path=str(artifacts_dir / "node-actions.png"), full_page=True)
     assert page.js_errors == []
 
