@@ -1,0 +1,105 @@
+"""The dashboard consumer in process (channels' communicator, in-memory layer): roles, node
+subscriptions, and ingest that keeps working when the channel layer is down."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from controlplane.consumers import FleetConsumer
+from controlplane.models import TelemetrySample
+from controlplane.roles import ensure_groups
+from controlplane.status import broadcast
+from tests.integration.cp_support import INGEST, make_node, sample
+
+IN_MEMORY = override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+)
+
+
+def user_with(role: str | None):
+    ensure_groups()
+    user = get_user_model().objects.create_user(f"ws-{role}", password=None)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+async def _session(user, script):
+    communicator = WebsocketCommunicator(FleetConsumer.as_asgi(), "/ws/fleet/")
+    communicator.scope["user"] = user
+    connected, code = await communicator.connect()
+    try:
+        return connected, code, (await script(communicator) if connected else None)
+    finally:
+        await communicator.disconnect()
+
+
+@IN_MEMORY
+@pytest.mark.django_db(transaction=True)
+def test_a_user_without_a_role_is_refused_with_4403():
+    connected, code, _ = async_to_sync(_session)(user_with(None), None)
+    assert (connected, code) == (False, 4403)
+
+
+@IN_MEMORY
+@pytest.mark.django_db(transaction=True)
+def test_watching_nodes_switches_the_subscription():
+    async def script(ws):
+        replies = []
+        for message in (
+            {"action": "watch_node", "node": "edge-1"},
+            {"action": "watch_node", "node": "edge-2"},
+            {"action": "unwatch_node", "node": "edge-1"},
+            {"action": "watch_node", "node": "Bad Name"},
+            {"action": "watch_fleet"},
+            {"action": "dance"},
+        ):
+            await ws.send_json_to(message)
+            replies.append(await ws.receive_json_from(timeout=5))
+        return replies
+
+    connected, _, replies = async_to_sync(_session)(user_with("viewer"), script)
+    assert connected
+    assert replies == [
+        {"type": "watching", "nodes": ["edge-1"], "fleet": False},
+        {"type": "watching", "nodes": ["edge-1", "edge-2"], "fleet": False},
+        {"type": "watching", "nodes": ["edge-2"], "fleet": False},
+        {"type": "error", "detail": "invalid node name 'Bad Name'"},
+        {"type": "watching", "nodes": [], "fleet": True},
+        {"type": "error", "detail": "unknown action 'dance'"},
+    ]
+
+
+class BrokenLayer(InMemoryChannelLayer):
+    async def group_send(self, group, message):
+        raise ConnectionError("redis is down")
+
+
+@pytest.mark.django_db
+def test_ingest_stores_even_when_the_channel_layer_is_down(
+    monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr("controlplane.status.get_channel_layer", lambda: BrokenLayer())
+    _, token = make_node("edge-1")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Node {token}")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(
+            INGEST,
+            json.dumps({"node": "edge-1", "samples": [sample(0)]}),
+            content_type="application/json",
+        )
+    assert len(callbacks) == 2  # node_status (first report), then telemetry
+    assert response.status_code == 200 and response.json()["accepted"] == 1
+    assert TelemetrySample.objects.count() == 1
+    assert "redis is down" in caplog.text
+    broadcast({"kind": "pong"})  # never raises
