@@ -233,14 +233,21 @@ class LiveEmbedding(nn.Module):
         if int(new[-1]) >= self.num_rows or int(new[0]) < 0:
             raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
         refused = max(int(new.numel()) - room, 0)
-        new = new[torch.argsort(new_counts, descending=True, stable=True)[:room]]
-        k = new.numel()
-        ids = torch.cat([self.ids, new])
-        order = torch.argsort(ids)
-        self.ids = ids[order]
-        self.A = nn.Parameter(torch.cat([self.A.detach(), torch.zeros(k, self.rank)])[order])
-        self.last_used = torch.cat([self.last_used, torch.full((k,), stamp)])[order]
-        self.a_accum = torch.cat([self.a_accum, torch.zeros(k)])[order]
+        new = new[torch.argsort(new_counts, descending=True, stable=True)[:room]].sort().values
+        # merge the k new ids into the sorted n (O(n + k log n), no sort of the whole set)
+        n, k = self.num_active, new.numel()
+        ins = torch.searchsorted(self.ids, new)  # (k,) where each new id goes among the old
+        new_pos = ins + torch.arange(k)
+        old_pos = torch.arange(n) + torch.cumsum(torch.bincount(ins, minlength=n + 1), 0)[:n]
+        ids = torch.empty(n + k, dtype=torch.int64)
+        ids[old_pos], ids[new_pos] = self.ids, new
+        a = torch.zeros(n + k, self.rank)
+        a[old_pos] = self.A.detach()
+        last_used = torch.full((n + k,), stamp)
+        last_used[old_pos] = self.last_used
+        a_accum = torch.zeros(n + k)
+        a_accum[old_pos] = self.a_accum
+        self.ids, self.A, self.last_used, self.a_accum = ids, nn.Parameter(a), last_used, a_accum
         return k, refused
 
     def evict(self, rows: torch.Tensor, fold: bool = True) -> int:

@@ -122,13 +122,15 @@ class RankController:
     # ---- active set --------------------------------------------------------------------
     def admit(self, values: torch.Tensor, now: float) -> int:
         """Touch ``values`` and admit new ones into the free room. Returns the number admitted.
-        Ids refused for lack of room are remembered for make_room."""
-        admitted, self._refused = self.live.activate(values, now, self.max_rows())
+        Ids refused for lack of room are counted (up to max_rows) for make_room."""
+        admitted, refused = self.live.activate(values, now, self.max_rows())
+        self._refused = min(self._refused + refused, self.max_rows())
         return admitted
 
     def make_room(self, protect: torch.Tensor, now: float) -> int:
-        """Evict LRU rows (idle >= lru_min_age, not in ``protect``) for the ids the last admit
-        refused, at least evict_batch of the rows at once (one LRU scan serves many steps).
+        """Evict LRU rows (idle >= lru_min_age, not in ``protect``) for the ids admit refused
+        since the last call, at least evict_batch of the rows at once (one LRU scan serves many
+        steps).
         Separate from admit so that a trainer can skip a bad batch without having evicted
         anything for it. Returns rows evicted."""
         if self._refused <= 0 or self.live.num_active == 0:

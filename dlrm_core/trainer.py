@@ -5,8 +5,9 @@ can ever be learnt from; the batch then waits in a LabelJoin until its label is 
 LiveEmbedding factors A, B train (base tables and MLPs are frozen): A with row-wise Adagrad on
 the rows in the batch, B with Adam. Each joined batch may be replayed ``reuse`` more times from
 a small window. A batch whose inputs, loss or gradients are not finite is skipped and counted,
-and the factors stay unchanged. Every ``adapt_every`` steps the rank controllers prune and
-adapt; every ``publish_every`` steps a new immutable FactorVersion goes to the FactorStore.
+and the factors stay unchanged. Every ``room_every`` steps full tables evict LRU rows for the
+ids they had to refuse; every ``adapt_every`` steps the rank controllers prune and adapt; every
+``publish_every`` steps a new immutable FactorVersion goes to the FactorStore.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class TrainerConfig:
     reuse: int = 1  # extra times a joined batch may be trained on
     replay_window: int = 4  # recent joined batches kept for reuse
     adapt_every: int = 50  # steps between rank adaptation + pruning
+    room_every: int = 10  # steps between LRU evictions that make room for refused ids
     publish_every: int = 10  # steps between published factor versions
 
     def __post_init__(self) -> None:
@@ -57,7 +59,7 @@ class TrainerConfig:
         for name in ("reuse", "replay_window"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ValueError(f"{name} must be in [0, 100], got {getattr(self, name)}")
-        for name in ("adapt_every", "publish_every"):
+        for name in ("adapt_every", "room_every", "publish_every"):
             if not 1 <= getattr(self, name) <= 10**9:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -178,12 +180,14 @@ class LiveTrainer:
         loss.backward()
         if not self._grads_finite():
             return self._rollback("non-finite gradient", value, batch, before)
-        for name, live in self.lives.items():
+        for live in self.lives.values():
             live.step(self.config.lr_a, self.config.lr_b)
-            self.controllers[name].make_room(batch.feature(name)[0], now)
         self.stats.steps += 1
         self.stats.samples += len(batch)
         self.stats.replay_steps += int(replay)
+        if self.stats.steps % self.config.room_every == 0:
+            for name, ctl in self.controllers.items():
+                ctl.make_room(batch.feature(name)[0], now)
         if self.stats.steps % self.config.adapt_every == 0:
             self.adapt(now)
         if self.stats.steps % self.config.publish_every == 0:
