@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dlrm_core.commands.analyze",
         "how low-rank is a training window's embedding update (per table, per D)",
     ),
+    "experiment": (
+        "dlrm_core.commands.experiment",
+        "replay a stream through every update strategy; write results.json + report.html",
+    ),
 }
 
 

@@ -1,0 +1,177 @@
+"""The simulated training cluster and the cluster -> node link.
+
+The cluster is one DLRM trained continuously with full sparse SGD (``FullSparseTrainer``) on
+the labelled events, in stream order, after the same label delay every strategy sees. Sync
+strategies snapshot its parameters into a ``Payload``; the ``Link`` says when that payload lands
+on the node: transfer time = projected bytes / bandwidth.
+
+Bytes of a payload: a full table is N * D * 4; a row set is m * (8 + 4 * D) (int64 id plus the
+float32 row); the MLPs are their float32 parameters. Only table bytes are multiplied by the
+link's scale (production tables are bigger; production MLPs are not).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.config import LinkConfig
+from dlrm_core.model import DLRM
+from dlrm_core.trainer import FullSparseTrainer, FullStepResult, FullTrainConfig
+
+F32, I64 = 4, 8
+
+
+def rows_bytes(num_rows: int, dim: int) -> int:
+    """Bytes of a row set: each row's int64 id and its D float32 values."""
+    return num_rows * (I64 + F32 * dim)
+
+
+def table_bytes(model: DLRM) -> int:
+    """Bytes of all embedding tables of ``model`` (N * D * 4 each)."""
+    return sum(F32 * n * model.config.embedding_dim for n in model.config.table_sizes)
+
+
+def dense_state(model: DLRM) -> dict[str, torch.Tensor]:
+    """Cloned MLP parameters (what every sync ships besides embedding rows)."""
+    return {
+        name: p.detach().clone()
+        for name, p in model.named_parameters()
+        if not name.startswith("sparse_arch.")
+    }
+
+
+def dense_bytes(model: DLRM) -> int:
+    return sum(F32 * p.numel() for p in model.dense_parameters())
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a sync moves: per table either all rows (ids None) or the rows at ``ids``."""
+
+    tables: dict[str, tuple[torch.Tensor | None, torch.Tensor]]  # name -> (ids (m,), rows (m, D))
+    dense: dict[str, torch.Tensor]
+    table_bytes: int
+    dense_bytes: int
+    snapshot_s: float  # clock time the snapshot was taken
+    newest_event_s: float  # newest event the snapshot has learnt from
+    learnt_until_id: int  # largest request id the snapshot has learnt from
+
+    @property
+    def bytes(self) -> int:
+        return self.table_bytes + self.dense_bytes
+
+    def apply_to(self, model: DLRM) -> None:
+        """Write the payload's rows and MLP parameters into ``model``."""
+        with torch.no_grad():
+            for name, (ids, rows) in self.tables.items():
+                weight = _weight(model, name)
+                if ids is None:
+                    weight.copy_(rows)
+                else:
+                    weight[ids] = rows
+            params = dict(model.named_parameters())
+            for name, value in self.dense.items():
+                params[name].copy_(value)
+
+
+def _weight(model: DLRM, name: str) -> torch.Tensor:
+    table = model.sparse_arch.table(name)
+    base = getattr(table, "base", table)  # a LiveEmbedding's frozen base, or the bag itself
+    weight = base.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+class Link:
+    """One transfer at a time from the cluster to one node, at ``bandwidth`` with ``scale``."""
+
+    def __init__(self, config: LinkConfig, scale: float) -> None:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale}")
+        self.config = config
+        self.scale = float(scale)
+        self.busy_until = -math.inf
+
+    def transfer_seconds(self, table_bytes: int, other_bytes: int = 0) -> float:
+        """Seconds to move ``table_bytes`` (projected by scale) plus ``other_bytes``."""
+        return (table_bytes * self.scale + other_bytes) / self.config.bytes_per_second
+
+    def busy(self, now: float) -> bool:
+        return now < self.busy_until
+
+    def send(self, payload: Payload, now: float) -> float:
+        """Start sending at ``now`` (the link must be free); returns the landing time."""
+        if self.busy(now):
+            raise RuntimeError("the link is busy; a sync must wait for the previous one")
+        self.busy_until = now + self.transfer_seconds(payload.table_bytes, payload.dense_bytes)
+        return self.busy_until
+
+
+def projection_scale(config: LinkConfig, experiment_table_bytes: int) -> float:
+    """Link scale projecting the experiment's tables to ``target_table_bytes``."""
+    if config.target_table_bytes is None:
+        return 1.0
+    return config.target_table_bytes / experiment_table_bytes
+
+
+class SimulatedCluster:
+    """The training cluster: full sparse SGD on the labelled stream, shared by all syncs."""
+
+    def __init__(
+        self, model: DLRM, config: FullTrainConfig, newest_event_s: float, learnt_until_id: int
+    ) -> None:
+        self.model = model
+        self.trainer = FullSparseTrainer(model, config)
+        self.newest_event_s = newest_event_s
+        self.learnt_until_id = learnt_until_id
+        self.cpu_seconds = 0.0
+        self.steps = 0
+        # strategies that track the rows a step changes (dirty sets, priorities)
+        self.listeners: list[Callable[[FullStepResult, float], None]] = []
+
+    def train(self, batch: SparseBatch, now: float) -> FullStepResult:
+        start = time.process_time()
+        result = self.trainer.step(batch)
+        self.cpu_seconds += time.process_time() - start
+        self.steps += 1
+        self.newest_event_s = max(self.newest_event_s, float(batch.timestamps.max()))
+        self.learnt_until_id = max(self.learnt_until_id, int(batch.request_ids.max()))
+        for listener in self.listeners:
+            listener(result, now)
+        return result
+
+    def snapshot(
+        self, now: float, rows: dict[str, torch.Tensor | None] | None = None
+    ) -> Payload:
+        """A payload of the whole model (rows=None) or of the given rows of each table
+        (a table mapped to None ships whole)."""
+        dim = self.model.config.embedding_dim
+        names = self.model.config.feature_names
+        wanted: dict[str, torch.Tensor | None] = (
+            dict.fromkeys(names) if rows is None else dict(rows)
+        )
+        tables: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        nbytes = 0
+        for name, ids in wanted.items():
+            weight = _weight(self.model, name).detach()
+            if ids is None:
+                tables[name] = (None, weight.clone())
+                nbytes += F32 * weight.numel()
+            elif ids.numel():
+                tables[name] = (ids, weight[ids].clone())
+                nbytes += rows_bytes(int(ids.numel()), dim)
+        return Payload(
+            tables=tables,
+            dense=dense_state(self.model),
+            table_bytes=nbytes,
+            dense_bytes=dense_bytes(self.model),
+            snapshot_s=now,
+            newest_event_s=self.newest_event_s,
+            learnt_until_id=self.learnt_until_id,
+        )

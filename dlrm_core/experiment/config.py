@@ -1,0 +1,125 @@
+"""Configuration of a freshness experiment: clock, windows, label delay, link, strategies.
+
+Every period below (sync, label delay, window, prune age, rebase) is in seconds of the replay
+clock. With ``qps`` set, event i of the stream happens at ``i / qps`` s (a production-like event
+rate, so a "10-minute" sync means 600 * qps events); with ``qps=None`` the stream's own
+timestamps are used, shifted so the first event is at 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+STRATEGY_NAMES = ("stale", "full_sync", "delta_sync", "prioritized_delta", "liveupdate")
+PRIORITIES = ("magnitude", "freshness_magnitude")
+TB = 1e12
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """The cluster -> node link: a transfer of b bytes takes b * scale / bandwidth seconds.
+
+    ``scale`` projects the experiment's tables to production size: with ``target_table_bytes``
+    set, scale = target / (bytes of the experiment's tables), e.g. 200 TB on 100 GbE. The
+    projection assumes the share of rows a period changes is the same at both sizes. One
+    transfer at a time: a sync that falls due while the link is busy starts when it frees up.
+    """
+
+    bandwidth_gbps: float = 100.0
+    target_table_bytes: float | None = 200 * TB  # None: no projection (scale 1)
+
+    def __post_init__(self) -> None:
+        _check_range("bandwidth_gbps", self.bandwidth_gbps, 1e-6, 1e6)
+        if self.target_table_bytes is not None:
+            _check_range("target_table_bytes", self.target_table_bytes, 1.0, 1e18)
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bandwidth_gbps * 1e9 / 8.0
+
+
+@dataclass(frozen=True)
+class LiveUpdateParams:
+    tau: float = 0.95  # energy share the kept rank must carry
+    r_min: int = 1
+    r_max: int = 8
+    initial_rank: int = 4
+    budget_pct: float = 2.0  # memory budget, % of the bytes of all embedding tables
+    prune_age_s: float | None = 3600.0  # idle seconds before a row leaves the active set
+    rebase_period_s: float | None = None  # full base sync from the cluster (None: never)
+    lr_a: float = 0.05
+    lr_b: float = 1e-3
+    reuse: int = 1
+    adapt_every: int = 50
+    publish_every: int = 10
+    allocation: str = "benefit"  # "benefit" (measured gradient energy) or "even"
+
+    def __post_init__(self) -> None:
+        _check_range("tau", self.tau, 1e-6, 1.0)
+        if not 1 <= self.r_min <= self.initial_rank <= self.r_max <= 64:
+            raise ValueError(
+                f"need 1 <= r_min <= initial_rank <= r_max <= 64, got "
+                f"{self.r_min}, {self.initial_rank}, {self.r_max}"
+            )
+        _check_range("budget_pct", self.budget_pct, 1e-4, 100.0)
+        for name in ("prune_age_s", "rebase_period_s"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_range(name, value, 1e-3, 1e9)
+        _check_range("lr_a", self.lr_a, 1e-9, 10.0)
+        _check_range("lr_b", self.lr_b, 1e-9, 10.0)
+        if self.allocation not in ("benefit", "even"):
+            raise ValueError(f"allocation must be 'benefit' or 'even', got {self.allocation!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    seed: int = 0
+    qps: float | None = 10.0  # events per second of the replay clock; None: raw timestamps
+    window_s: float = 3600.0  # metric windows
+    label_delay_s: float = 60.0  # the same for every strategy (and the cluster)
+    sync_period_s: float = 600.0  # full_sync, delta_sync, prioritized_delta
+    pretrain_fraction: float = 0.3  # head of the stream the base model is trained on
+    pretrain_epochs: int = 1
+    lr_dense: float = 0.05  # full sparse SGD (pretraining and the cluster)
+    lr_sparse: float = 0.05
+    embedding_dim: int = 16
+    bottom_hidden: tuple[int, ...] = (64,)
+    top_hidden: tuple[int, ...] = (64, 32)
+    top_p_pct: float = 20.0  # prioritized_delta: share of the changed rows sent each sync
+    priority: str = "magnitude"  # or "freshness_magnitude" (Ekko-style)
+    strategies: tuple[str, ...] = STRATEGY_NAMES
+    link: LinkConfig = field(default_factory=LinkConfig)
+    live: LiveUpdateParams = field(default_factory=LiveUpdateParams)
+    torch_threads: int = 1
+    audit: bool = False  # check every scored event against what its model has learnt
+
+    def __post_init__(self) -> None:
+        if self.qps is not None:
+            _check_range("qps", self.qps, 1e-6, 1e9)
+        _check_range("window_s", self.window_s, 1e-3, 1e9)
+        _check_range("label_delay_s", self.label_delay_s, 0.0, 1e8)
+        _check_range("sync_period_s", self.sync_period_s, 1e-3, 1e9)
+        _check_range("pretrain_fraction", self.pretrain_fraction, 0.0, 0.95)
+        if not 1 <= self.pretrain_epochs <= 100:
+            raise ValueError(f"pretrain_epochs must be in [1, 100], got {self.pretrain_epochs}")
+        _check_range("lr_dense", self.lr_dense, 0.0, 100.0)
+        _check_range("lr_sparse", self.lr_sparse, 0.0, 100.0)
+        if not 1 <= self.embedding_dim <= 1024:
+            raise ValueError(f"embedding_dim must be in [1, 1024], got {self.embedding_dim}")
+        _check_range("top_p_pct", self.top_p_pct, 1e-6, 100.0)
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, got {self.priority!r}")
+        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
+        if unknown or not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(
+                f"strategies must be distinct names from {STRATEGY_NAMES}, got {self.strategies}"
+            )
+        if not 1 <= self.torch_threads <= 256:
+            raise ValueError(f"torch_threads must be in [1, 256], got {self.torch_threads}")

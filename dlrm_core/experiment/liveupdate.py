@@ -1,0 +1,176 @@
+"""The LiveUpdate strategy (local low-rank training on the node) and its budget allocation.
+
+The node trains LiveEmbedding factors with the LiveTrainer on the labelled events its own
+model served. The memory budget (a share of all table bytes) is split across tables by
+measured benefit, in the spirit of AdaLoRA's budget allocation: a table's share follows the
+gradient energy (sum of squared row-gradient norms) its rows showed while the base model was
+trained on the head of the stream, i.e. the first-order loss decrease a correction there can
+buy. Tables that cannot use their share (small tables: all their rows at r_max) are capped and
+the rest is re-split; a table whose share cannot hold B at r_min gets none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster
+from dlrm_core.experiment.config import LiveUpdateParams
+from dlrm_core.experiment.strategies import Strategy
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, overhead_bytes
+from dlrm_core.model import DLRM
+from dlrm_core.rank import RankPolicy, min_budget_bytes
+from dlrm_core.trainer import LiveTrainer, TrainerConfig
+
+
+def allocate_budget(
+    total_bytes: int,
+    benefit: Mapping[str, float],
+    caps: Mapping[str, int],
+    floor: int,
+) -> dict[str, int]:
+    """Split ``total_bytes`` across tables in proportion to ``benefit`` (water-filling under
+    per-table ``caps``); tables whose share would be below ``floor`` are dropped and their
+    share re-split. Tables with zero benefit get nothing."""
+    live = {name for name, b in benefit.items() if b > 0 and caps[name] >= floor}
+    while live:
+        alloc: dict[str, int] = {}
+        remaining, open_ = float(total_bytes), set(live)
+        while open_:
+            weight = sum(benefit[n] for n in open_)
+            capped = {n for n in open_ if remaining * benefit[n] / weight >= caps[n]}
+            if not capped:
+                for n in open_:
+                    alloc[n] = int(remaining * benefit[n] / weight)
+                break
+            for n in capped:
+                alloc[n] = caps[n]
+                remaining -= caps[n]
+            open_ -= capped
+        poor = [n for n in live if alloc[n] < floor]
+        if not poor:
+            return alloc
+        live.discard(min(poor, key=lambda n: (benefit[n], n)))
+    return {}
+
+
+def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
+    """Most bytes a table can use: all its rows active at r_max."""
+    d = model.config.embedding_dim
+    return {
+        name: overhead_bytes(n, r_max, d)
+        for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True)
+    }
+
+
+class LiveUpdate(Strategy):
+    """Local LoRA training of the served model's tables; optional periodic rebase."""
+
+    name = "liveupdate"
+
+    def __init__(
+        self,
+        model: DLRM,
+        params: LiveUpdateParams,
+        budgets: Mapping[str, int],
+        newest_event_s: float,
+        learnt_until_id: int,
+        seed: int,
+        start_s: float,
+        cluster: SimulatedCluster | None = None,
+        link: Link | None = None,
+    ) -> None:
+        super().__init__(model, newest_event_s, learnt_until_id)
+        self.params = params
+        policy = RankPolicy(
+            tau=params.tau, r_min=params.r_min, r_max=params.r_max, max_age=params.prune_age_s
+        )
+        config = TrainerConfig(
+            tables=tuple(budgets),
+            live=LiveEmbeddingConfig(rank=params.initial_rank, seed=seed),
+            policy=policy,
+            lr_a=params.lr_a,
+            lr_b=params.lr_b,
+            label_delay=0.0,  # the harness already held the batch for the label delay
+            reuse=params.reuse,
+            adapt_every=params.adapt_every,
+            publish_every=params.publish_every,
+        )
+        self.budgets = dict(budgets)
+        self.trainer = LiveTrainer(model, config, budgets=self.budgets)
+        self.cluster, self.link = cluster, link
+        if params.rebase_period_s is not None and (cluster is None or link is None):
+            raise ValueError("a rebase period needs the cluster and a link")
+        period = params.rebase_period_s
+        self.next_rebase_s = start_s + period if period is not None else float("inf")
+        self.in_flight: list[tuple[float, Payload]] = []
+        self.rebases = 0
+
+    def on_ready(self, batch: SparseBatch, now: float) -> None:
+        start = time.process_time()
+        self.trainer.join.add_served(batch, now)
+        self.trainer.train_ready(now)
+        self.accounting.cpu_seconds += time.process_time() - start
+        self.newest_event_s = max(self.newest_event_s, float(batch.timestamps.max()))
+        self.learnt_until_id = max(self.learnt_until_id, int(batch.request_ids.max()))
+        self.accounting.set_memory(self.overhead_bytes())
+
+    def overhead_bytes(self) -> int:
+        return sum(m.overhead_bytes for m in self.trainer.memory().values())
+
+    def ranks(self) -> dict[str, int]:
+        return self.trainer.ranks()
+
+    def active_rows(self) -> dict[str, int]:
+        return {name: live.num_active for name, live in self.trainer.lives.items()}
+
+    # ---- optional rebase: a full base sync, after which the factors restart from zero ----
+    def advance(self, now: float) -> None:
+        if self.cluster is None or self.link is None:
+            return
+        while self.next_rebase_s <= now:
+            due = self.next_rebase_s
+            self.next_rebase_s += float(self.params.rebase_period_s or 0.0)
+            if self.link.busy(due):
+                self.accounting.syncs_skipped_link_busy += 1
+                continue
+            start = time.process_time()
+            payload = self.cluster.snapshot(due)
+            self.accounting.cpu_seconds += time.process_time() - start
+            self.in_flight.append((self.link.send(payload, due), payload))
+            acc = self.accounting
+            acc.bytes_moved += payload.bytes
+            acc.bytes_projected += payload.table_bytes * self.link.scale + payload.dense_bytes
+            acc.syncs_sent += 1
+            acc.transfer_seconds.append(self.in_flight[-1][0] - due)
+        while self.in_flight and self.in_flight[0][0] <= now:
+            _, payload = self.in_flight.pop(0)
+            start = time.process_time()
+            self._rebase(payload)
+            self.accounting.cpu_seconds += time.process_time() - start
+
+    def _rebase(self, payload: Payload) -> None:
+        payload.apply_to(self.model)  # writes the LiveEmbeddings' bases and the MLPs
+        for live in self.trainer.lives.values():
+            assert isinstance(live, LiveEmbedding)
+            live.evict(live.ids, fold=False)  # the new base already holds what they learnt
+        self.accounting.set_memory(self.overhead_bytes() + payload.table_bytes)
+        self.accounting.syncs_landed += 1
+        self.rebases += 1
+        # what the node learnt locally after the snapshot is dropped with the factors
+        self.newest_event_s = payload.newest_event_s
+        self.learnt_until_id = payload.learnt_until_id
+
+
+def min_table_budget(params: LiveUpdateParams, dim: int) -> int:
+    """The smallest useful budget for a table: B at r_min plus room for 64 active rows."""
+    policy = RankPolicy(tau=params.tau, r_min=params.r_min, r_max=params.r_max)
+    return min_budget_bytes(policy, dim) + overhead_bytes(64, params.initial_rank, 0)
+
+
+def gradient_energy(touched: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Sum of squared row-gradient norms per table of one full step."""
+    return {name: float(norms.double().pow(2).sum()) for name, (_, norms) in touched.items()}

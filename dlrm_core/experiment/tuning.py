@@ -1,0 +1,142 @@
+"""Tuning on the head of the stream only (never on the evaluated windows).
+
+The head (the pretraining part) is split 80/20. For each candidate SGD learning rate (the
+cluster's and pretraining's, dense and sparse alike) a fresh model trains on the first 80%,
+then is scored progressively on the last 20% (each batch scored, then trained on). The best
+rate by AUC there wins. Then, from the model pretrained with it, LiveUpdate's A learning rate
+is chosen the same way: LiveUpdate alone replays the last 20% with the experiment's label delay.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.config import ExperimentConfig
+from dlrm_core.experiment.harness import build_model, replay_batches, split_at
+from dlrm_core.experiment.liveupdate import (
+    LiveUpdate,
+    allocate_budget,
+    gradient_energy,
+    min_table_budget,
+    table_caps,
+)
+from dlrm_core.experiment.cluster import table_bytes
+from dlrm_core.metrics import auc
+from dlrm_core.schema import StreamSchema
+from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
+
+LR_GRID = (0.1, 0.5, 1.0, 2.0)
+LR_A_GRID = (0.01, 0.05, 0.2)
+
+
+def _head(stream: Iterator[SparseBatch], n: int) -> list[SparseBatch]:
+    out, seen = [], 0
+    for batch in stream:
+        if seen + len(batch) >= n:
+            out.append(split_at(batch, n - seen)[0] if seen + len(batch) > n else batch)
+            break
+        out.append(batch)
+        seen += len(batch)
+    return out
+
+
+def tune(
+    schema: StreamSchema,
+    open_stream: Callable[[], Iterable[SparseBatch]],
+    num_events: int,
+    config: ExperimentConfig,
+    lr_grid: tuple[float, ...] = LR_GRID,
+    lr_a_grid: tuple[float, ...] = LR_A_GRID,
+) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The config with the tuned lr_dense = lr_sparse and live.lr_a, and a tuning log."""
+    n_head = int(num_events * config.pretrain_fraction)
+    head = _head(replay_batches(open_stream(), config.qps), n_head)
+    cut = int(0.8 * sum(len(b) for b in head))
+    fit: list[SparseBatch] = []
+    tail: list[SparseBatch] = []
+    seen = 0
+    for batch in head:
+        if seen + len(batch) <= cut:
+            fit.append(batch)
+        elif seen >= cut:
+            tail.append(batch)
+        else:
+            a, b = split_at(batch, cut - seen)
+            fit.append(a)
+            tail.append(b)
+        seen += len(batch)
+    if not fit or not tail:
+        raise ValueError("the pretraining head is too short to tune on; raise pretrain_fraction")
+    log: dict[str, Any] = {"head_events": n_head, "fit_events": cut, "lr": {}, "lr_a": {}}
+    best_lr, best_auc, best_model, benefit = lr_grid[0], -1.0, None, {}
+    for lr in lr_grid:
+        model = build_model(schema, config)
+        trainer = FullSparseTrainer(model, FullTrainConfig(lr_dense=lr, lr_sparse=lr))
+        for _ in range(config.pretrain_epochs):
+            for batch in fit:
+                trainer.step(batch)
+        base = copy.deepcopy(model)
+        ys, ps, energy = [], [], dict.fromkeys(schema.keys, 0.0)
+        for batch in tail:
+            model.eval()
+            ys.append(batch.labels.numpy())
+            ps.append(model(batch).detach().numpy())
+            for name, e in gradient_energy(trainer.step(batch).touched).items():
+                energy[name] += e
+        score = auc(np.concatenate(ys), np.concatenate(ps))
+        log["lr"][str(lr)] = score
+        if score > best_auc:
+            best_lr, best_auc, best_model, benefit = lr, score, base, energy
+    assert best_model is not None
+    best_a = config.live.lr_a
+    if "liveupdate" in config.strategies:
+        best_a_auc = -1.0
+        for lr_a in lr_a_grid:
+            live = dataclasses.replace(config.live, lr_a=lr_a)
+            score = _live_tail_auc(best_model, tail, config, live, benefit)
+            log["lr_a"][str(lr_a)] = score
+            if score > best_a_auc:
+                best_a, best_a_auc = lr_a, score
+    tuned = dataclasses.replace(
+        config,
+        lr_dense=best_lr,
+        lr_sparse=best_lr,
+        live=dataclasses.replace(config.live, lr_a=best_a),
+    )
+    log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": best_a}
+    return tuned, log
+
+
+def _live_tail_auc(
+    base: Any,
+    tail: list[SparseBatch],
+    config: ExperimentConfig,
+    params: Any,
+    benefit: dict[str, float],
+) -> float:
+    model = copy.deepcopy(base)
+    total = int(table_bytes(model) * params.budget_pct / 100.0)
+    weights = benefit if params.allocation == "benefit" else dict.fromkeys(benefit, 1.0)
+    floor = min_table_budget(params, model.config.embedding_dim)
+    budgets = allocate_budget(total, weights, table_caps(model, params.r_max), floor)
+    start = float(tail[0].timestamps[0])
+    live = LiveUpdate(model, params, budgets, start, -1, seed=config.seed, start_s=start)
+    queue: deque[tuple[float, SparseBatch]] = deque()
+    ys, ps = [], []
+    for batch in itertools.chain(tail):
+        now = float(batch.timestamps[0])
+        while queue and queue[0][0] <= now:
+            ready_at, ready = queue.popleft()
+            live.on_ready(ready, ready_at)
+        ys.append(batch.labels.numpy())
+        ps.append(live.score(batch).numpy())
+        queue.append((float(batch.timestamps[-1]) + config.label_delay_s, batch))
+    return auc(np.concatenate(ys), np.concatenate(ps))

@@ -1,0 +1,168 @@
+"""Accounting of the update strategies: bytes of known change sets, transfer-time arithmetic,
+top-p selection, LiveUpdate's memory under its budget, the benefit-weighted budget split."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.cluster import (
+    Link,
+    SimulatedCluster,
+    dense_bytes,
+    projection_scale,
+    rows_bytes,
+    table_bytes,
+)
+from dlrm_core.experiment.config import LinkConfig, LiveUpdateParams
+from dlrm_core.experiment.liveupdate import LiveUpdate, allocate_budget
+from dlrm_core.experiment.strategies import DeltaSync, FullSync, PrioritizedDelta
+from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.trainer import FullStepResult, FullTrainConfig
+
+D = 8
+
+
+def tiny_model() -> DLRM:
+    torch.manual_seed(0)
+    cfg = DLRMConfig(("a", "b"), (100, 50), 2, D, (8, D), (8, 1))
+    return DLRM(cfg)
+
+
+def make(strategy_cls, scale=1.0, bandwidth_gbps=8e-6, **kw):  # noqa: ANN001, ANN003, ANN201
+    """A strategy over a fresh cluster; 8e-6 Gbps = 1000 bytes/s, so times are easy."""
+    base = tiny_model()
+    cluster = SimulatedCluster(copy.deepcopy(base), FullTrainConfig(), 0.0, -1)
+    link = Link(LinkConfig(bandwidth_gbps=bandwidth_gbps, target_table_bytes=None), scale)
+    return strategy_cls(copy.deepcopy(base), cluster, link, 10.0, 0.0, **kw), cluster
+
+
+def touched(**tables: list[tuple[int, float]]) -> FullStepResult:
+    return FullStepResult(
+        0.5,
+        False,
+        {
+            name: (torch.tensor([i for i, _ in rows]), torch.tensor([n for _, n in rows]))
+            for name, rows in tables.items()
+        },
+    )
+
+
+def test_transfer_time_arithmetic() -> None:
+    link = Link(LinkConfig(bandwidth_gbps=100.0), scale=2.0)
+    # 1e9 table bytes projected x2 plus 5e8 MLP bytes, at 12.5e9 bytes/s
+    assert link.transfer_seconds(10**9, 5 * 10**8) == pytest.approx(2.5e9 / 12.5e9)
+    cfg = LinkConfig(bandwidth_gbps=100.0, target_table_bytes=200e12)
+    assert projection_scale(cfg, 10**6) == pytest.approx(2e8)
+    assert projection_scale(LinkConfig(target_table_bytes=None), 10**6) == 1.0
+    # 200 TB on 100 GbE: 16,000 s
+    assert Link(cfg, 2e8).transfer_seconds(10**6) == pytest.approx(16_000.0)
+
+
+def test_delta_sync_bytes_and_landing_of_a_known_change_set() -> None:
+    strat, cluster = make(DeltaSync)
+    strat.observe(touched(a=[(3, 1.0), (7, 2.0)], b=[(1, 1.0)]), 1.0)
+    strat.observe(touched(a=[(3, 0.5)]), 2.0)  # a row changed twice is sent once
+    with torch.no_grad():
+        cluster.model.sparse_arch.table("a").weight[[3, 7]] += 1.0
+        cluster.model.sparse_arch.table("b").weight[1] += 1.0
+    expected = rows_bytes(3, D) + dense_bytes(cluster.model)
+    assert rows_bytes(3, D) == 3 * (8 + 4 * D)
+    strat.advance(10.0)  # the sync falls due at t=10 and is sent
+    acc = strat.accounting
+    assert acc.bytes_moved == expected and acc.syncs_sent == 1
+    transfer = expected / 1000.0
+    assert acc.transfer_seconds == [pytest.approx(transfer)]
+    served = strat.model.sparse_arch.table("a").weight
+    assert not torch.equal(served[3], cluster.model.sparse_arch.table("a").weight[3])
+    strat.advance(10.0 + transfer * 0.99)
+    assert acc.syncs_landed == 0
+    strat.advance(10.0 + transfer)
+    assert acc.syncs_landed == 1
+    for name in ("a", "b"):
+        assert torch.equal(
+            strat.model.sparse_arch.table(name).weight,
+            cluster.model.sparse_arch.table(name).weight,
+        )
+    # staging the payload is the node's memory overhead
+    assert acc.peak_memory_overhead_bytes == rows_bytes(3, D)
+    assert acc.memory_overhead_bytes == 0
+    strat.advance(20.0 + 1e-9)  # nothing changed since: only the MLPs travel
+    assert acc.bytes_moved == expected + dense_bytes(cluster.model)
+
+
+def test_full_sync_moves_whole_tables_and_skips_while_the_link_is_busy() -> None:
+    strat, cluster = make(FullSync)
+    whole = table_bytes(cluster.model) + dense_bytes(cluster.model)
+    assert table_bytes(cluster.model) == 4 * D * 150
+    strat.advance(10.0)
+    assert strat.accounting.bytes_moved == whole
+    transfer = whole / 1000.0
+    assert transfer > 10.0  # longer than a period at 1000 B/s
+    strat.advance(20.0)  # due while the link is busy: skipped
+    assert strat.accounting.syncs_skipped_link_busy == 1
+    assert strat.accounting.bytes_moved == whole
+    assert strat.accounting.peak_memory_overhead_pct == 0.0
+    strat.advance(10.0 + transfer)
+    assert strat.accounting.peak_memory_overhead_pct == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("priority", ["magnitude", "freshness_magnitude"])
+def test_prioritized_delta_sends_the_top_share_and_keeps_the_rest(priority: str) -> None:
+    strat, cluster = make(PrioritizedDelta, top_p_pct=20.0, priority=priority)
+    rows = [(i, float(i)) for i in range(1, 11)]  # magnitudes 1..10 on rows 1..10 of "a"
+    strat.observe(touched(a=rows), 9.0)
+    strat.advance(10.0)
+    acc = strat.accounting
+    assert acc.bytes_moved == rows_bytes(2, D) + dense_bytes(cluster.model)
+    sent = torch.nonzero(strat.magnitude["a"] == 0).squeeze(1).tolist()
+    assert {9, 10} <= set(sent)  # the two largest went; rows 1..8 still wait
+    assert strat.magnitude["a"][1:9].tolist() == [float(i) for i in range(1, 9)]
+
+
+def test_freshness_breaks_ties_towards_recent_changes() -> None:
+    strat, _ = make(PrioritizedDelta, top_p_pct=50.0, priority="freshness_magnitude")
+    strat.observe(touched(a=[(1, 1.0)]), 0.0)
+    strat.observe(touched(a=[(2, 1.0)]), 9.0)
+    strat.advance(10.0)
+    assert strat.magnitude["a"][2] == 0 and strat.magnitude["a"][1] == 1.0
+
+
+def test_liveupdate_trains_locally_within_its_budget() -> None:
+    model = tiny_model()
+    params = LiveUpdateParams(budget_pct=20.0, r_max=4, initial_rank=2, prune_age_s=None)
+    budgets = {"a": 2000, "b": 1000}
+    live = LiveUpdate(model, params, budgets, 0.0, -1, seed=0, start_s=0.0)
+    gen = torch.Generator().manual_seed(1)
+    for k in range(20):
+        ids = [[[int(i)] for i in torch.randint(0, 100, (32,), generator=gen)],
+               [[int(i)] for i in torch.randint(0, 50, (32,), generator=gen)]]  # fmt: skip
+        batch = SparseBatch.from_ids(
+            ("a", "b"), ids, torch.randn(32, 2, generator=gen),
+            torch.randint(0, 2, (32,), generator=gen).float(),
+            timestamps=torch.full((32,), float(k)),
+            request_ids=torch.arange(32 * k, 32 * k + 32),
+        )  # fmt: skip
+        live.on_ready(batch, float(k))
+    acc = live.accounting
+    assert acc.bytes_moved == 0
+    assert acc.cpu_seconds > 0
+    assert 0 < acc.peak_memory_overhead_bytes <= sum(budgets.values())
+    assert live.learnt_until_id == 32 * 20 - 1 and live.newest_event_s == 19.0
+    assert all(1 <= r <= 4 for r in live.ranks().values())
+
+
+def test_budget_split_follows_benefit_under_caps_and_floor() -> None:
+    alloc = allocate_budget(1000, {"x": 3.0, "y": 1.0, "z": 0.0}, {"x": 10**6, "y": 10**6,
+                                                                   "z": 10**6}, floor=10)
+    assert alloc == {"x": 750, "y": 250}
+    # x can use at most 100: the rest goes to y
+    alloc = allocate_budget(1000, {"x": 3.0, "y": 1.0}, {"x": 100, "y": 10**6}, floor=10)
+    assert alloc == {"x": 100, "y": 900}
+    # y's share (50) is below the floor: y is dropped, x takes all
+    alloc = allocate_budget(1000, {"x": 19.0, "y": 1.0}, {"x": 10**6, "y": 10**6}, floor=60)
+    assert alloc == {"x": 1000}
+    assert allocate_budget(10, {"x": 1.0}, {"x": 10**6}, floor=60) == {}
