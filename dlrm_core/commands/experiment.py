@@ -61,22 +61,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--raw-timestamps", action="store_true", help="use the data's timestamps")
     c.add_argument("--window", type=float, default=d.window_s, help="metric window (s)")
     c.add_argument("--label-delay", type=float, default=d.label_delay_s)
-    c.add_argument("--label-delays", type=_csv_list(float), default=(),
-                   help="extra label delays (s): liveupdate and delta_sync rerun at each")
+    c.add_argument(
+        "--label-delays",
+        type=_csv_list(float),
+        default=(),
+        help="extra label delays (s): liveupdate and delta_sync rerun at each",
+    )
     c.add_argument("--sync-period", type=float, default=d.sync_period_s)
     c.add_argument("--pretrain-fraction", type=float, default=d.pretrain_fraction)
     c.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
+    c.add_argument(
+        "--optimizer",
+        choices=("adagrad", "sgd"),
+        default=d.optimizer,
+        help="pretraining and cluster optimizer",
+    )
     c.add_argument("--lr-dense", type=float, default=d.lr_dense)
     c.add_argument("--lr-sparse", type=float, default=d.lr_sparse)
     c.add_argument("--seed", type=int, default=d.seed)
     c.add_argument("--threads", type=int, default=d.torch_threads)
     c.add_argument("--audit", action="store_true", help="check progressive validation")
-    c.add_argument("--tune", action="store_true",
-                   help="choose the SGD lr and LiveUpdate's lr_a on the pretraining head only")
+    c.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the cluster lr and LiveUpdate's lr_a on the pretraining head only",
+    )
     n = parser.add_argument_group("link and syncs")
     n.add_argument("--bandwidth-gbps", type=float, default=100.0)
-    n.add_argument("--target-table-tb", type=float, default=200.0,
-                   help="project the tables to this size (0: no projection)")
+    n.add_argument(
+        "--target-table-tb",
+        type=float,
+        default=200.0,
+        help="project the tables to this size (0: no projection)",
+    )
     n.add_argument("--top-p", type=float, default=d.top_p_pct, help="prioritized_delta %%")
     n.add_argument("--priority", choices=PRIORITIES, default=d.priority)
     u = parser.add_argument_group("liveupdate")
@@ -105,7 +122,8 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         seed=args.seed, qps=None if args.raw_timestamps else args.qps, window_s=args.window,
         label_delay_s=args.label_delay, sync_period_s=args.sync_period,
         pretrain_fraction=args.pretrain_fraction, pretrain_epochs=args.pretrain_epochs,
-        lr_dense=args.lr_dense, lr_sparse=args.lr_sparse, top_p_pct=args.top_p,
+        optimizer=args.optimizer, lr_dense=args.lr_dense, lr_sparse=args.lr_sparse,
+        top_p_pct=args.top_p,
         priority=args.priority, strategies=tuple(args.strategies),
         link=LinkConfig(bandwidth_gbps=args.bandwidth_gbps, target_table_bytes=target),
         live=live, torch_threads=args.threads, audit=args.audit,
@@ -151,9 +169,7 @@ def run(args: argparse.Namespace) -> int:
         sweep = []
         if len(sweep_strategies) == 2:
             for delay in delays:
-                cfg = dataclasses.replace(
-                    config, label_delay_s=delay, strategies=sweep_strategies
-                )
+                cfg = dataclasses.replace(config, label_delay_s=delay, strategies=sweep_strategies)
                 sweep.append(
                     run_experiment(source.schema, source.open, source.num_events, cfg, bar.update)
                 )
@@ -166,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{name:18s} mean AUC {s['mean_auc']:.4f}  gain vs delta_sync "
             f"{'n/a' if gain is None else f'{gain:+.3f}%'}  bytes/h {s['bytes_per_hour']:.3g}  "
-            f"CPU-s/h {s['cpu_seconds_per_hour']:.3g}  peak mem {s['peak_memory_overhead_pct']:.3f}%"
-            f"  staleness {s['mean_staleness_s']:.0f} s"
+            f"CPU-s/h {s['cpu_seconds_per_hour']:.3g}  "
+            f"peak mem {s['peak_memory_overhead_pct']:.3f}%  "
+            f"staleness {s['mean_staleness_s']:.0f} s"
         )
     for claim in results["claims"]:
         verdict = {True: "HELD", False: "NOT HELD", None: "n/a"}[claim["held"]]

@@ -1,6 +1,7 @@
 """The simulated training cluster and the cluster -> node link.
 
-The cluster is one DLRM trained continuously with full sparse SGD (``FullSparseTrainer``) on
+The cluster is one DLRM trained continuously (``FullSparseTrainer``, sparse embedding gradients,
+SGD or Adagrad) on
 the labelled events, in stream order, after the same label delay every strategy sees. Sync
 strategies snapshot its parameters into a ``Payload``; the ``Link`` says when that payload lands
 on the node: transfer time = projected bytes / bandwidth.
@@ -146,9 +147,7 @@ class SimulatedCluster:
             listener(result, now)
         return result
 
-    def snapshot(
-        self, now: float, rows: dict[str, torch.Tensor | None] | None = None
-    ) -> Payload:
+    def snapshot(self, now: float, rows: dict[str, torch.Tensor | None] | None = None) -> Payload:
         """A payload of the whole model (rows=None) or of the given rows of each table
         (a table mapped to None ships whole)."""
         dim = self.model.config.embedding_dim

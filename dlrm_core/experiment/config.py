@@ -87,7 +87,11 @@ class ExperimentConfig:
     sync_period_s: float = 600.0  # full_sync, delta_sync, prioritized_delta
     pretrain_fraction: float = 0.3  # head of the stream the base model is trained on
     pretrain_epochs: int = 1
-    lr_dense: float = 0.05  # full sparse SGD (pretraining and the cluster)
+    # pretraining and the cluster: full training with sparse embedding gradients. Adagrad by
+    # default, so the cluster and LiveUpdate (row-wise Adagrad on A) use the same kind of
+    # optimizer and the comparison measures freshness, not SGD against Adagrad.
+    optimizer: str = "adagrad"  # or "sgd"
+    lr_dense: float = 0.05
     lr_sparse: float = 0.05
     embedding_dim: int = 16
     bottom_hidden: tuple[int, ...] = (64,)
@@ -109,6 +113,8 @@ class ExperimentConfig:
         _check_range("pretrain_fraction", self.pretrain_fraction, 0.0, 0.95)
         if not 1 <= self.pretrain_epochs <= 100:
             raise ValueError(f"pretrain_epochs must be in [1, 100], got {self.pretrain_epochs}")
+        if self.optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adagrad', got {self.optimizer!r}")
         _check_range("lr_dense", self.lr_dense, 0.0, 100.0)
         _check_range("lr_sparse", self.lr_sparse, 0.0, 100.0)
         if not 1 <= self.embedding_dim <= 1024:

@@ -47,7 +47,12 @@ def open_source(
         if max_events is not None:
             cfg = SyntheticConfig(**{**cfg.__dict__, "num_events": max_events})
         stream = SyntheticStream(cfg)
-        info = {"name": "synthetic", "format": fmt, "path": None, "synthetic": cfg.__dict__}
+        info: dict[str, Any] = {
+            "name": "synthetic",
+            "format": fmt,
+            "path": None,
+            "synthetic": cfg.__dict__,
+        }
         return StreamSource(stream.schema, lambda: iter(stream), cfg.num_events, info)
     if path is None:
         raise ValueError(f"--data is required for format {fmt!r}")
@@ -71,13 +76,12 @@ def _reader(
     max_rows: int | None,
     csv_columns: dict[str, Any] | None,
 ) -> StreamReader:
-    rows = {} if max_rows is None else {"max_rows": max_rows}
     if fmt == "criteo":
-        return CriteoReader(path, options, **rows)
+        return CriteoReader(path, options, max_rows=max_rows or 1 << 18)
     if fmt == "avazu":
-        return AvazuReader(path, options, **rows)
+        return AvazuReader(path, options, max_rows=max_rows or 1 << 18)
     if fmt == "movielens":
-        return MovieLensReader(path, options, **rows)
+        return MovieLensReader(path, options, max_rows=max_rows or 1 << 16)
     if not csv_columns or "label" not in csv_columns or not csv_columns.get("categorical"):
         raise ValueError("format 'csv' needs --label and --categorical columns")
     kwargs = dict(csv_columns)

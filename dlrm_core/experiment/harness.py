@@ -177,7 +177,9 @@ def _run(
     n_pre = int(num_events * config.pretrain_fraction)
     tune_from = n_pre - max(1, int(n_pre * TUNE_SHARE))
     model = build_model(schema, config)
-    full_cfg = FullTrainConfig(lr_dense=config.lr_dense, lr_sparse=config.lr_sparse)
+    full_cfg = FullTrainConfig(
+        optimizer=config.optimizer, lr_dense=config.lr_dense, lr_sparse=config.lr_sparse
+    )
     pretrainer = FullSparseTrainer(model, full_cfg)
     benefit = {name: 0.0 for name in schema.keys}
     stream = replay_batches(open_stream(), config.qps)
@@ -219,8 +221,7 @@ def _run(
     start_s = float(first.timestamps[0])
     strategies = _make_strategies(model, cluster, config, scale, benefit, start_s)
     traces = {
-        name: StrategyTrace(WindowedMetrics(config.window_s, origin=start_s))
-        for name in strategies
+        name: StrategyTrace(WindowedMetrics(config.window_s, origin=start_s)) for name in strategies
     }
     audit = Audit()
     queue: deque[tuple[float, SparseBatch]] = deque()
@@ -375,8 +376,8 @@ def _make_liveupdate(
 
 
 class LowRankProbe:
-    """Spectrum of the cluster's applied update (plain SGD, so equal to -lr x the summed raw
-    gradients) over each sync period: rank needed for 95% / 99% of its energy, per table."""
+    """Spectrum of the cluster's applied update (its optimizer's, see summary) over each sync
+    period: the rank needed for 95% / 99% of its energy, per table."""
 
     def __init__(self, cluster: SimulatedCluster, period_s: float, start_s: float) -> None:
         self.cluster = cluster
@@ -421,7 +422,7 @@ class LowRankProbe:
             }
         return {
             "quantity": "applied update of the cluster's embedding rows over one sync period",
-            "optimizer": "plain SGD (applied update = -lr x sum of raw gradients)",
+            "optimizer": self.cluster.trainer.config.optimizer,
             "tables": tables,
         }
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from abc import ABC
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -66,8 +65,8 @@ class Accounting:
         return 100.0 * self.peak_memory_overhead_bytes / self.table_bytes
 
 
-class Strategy(ABC):
-    """A node's served model and how it is updated."""
+class Strategy:
+    """A node's served model and how it is updated (the base serves it unchanged)."""
 
     name = ""
 
@@ -238,9 +237,7 @@ class PrioritizedDelta(SyncStrategy):
             return {name: ids for name, ids in pending.items()}
         # one global ranking across tables: the budget goes to the most important rows
         prio = torch.cat([self._priority(name, ids, now) for name, ids in pending.items()])
-        owner = torch.cat(
-            [torch.full((ids.numel(),), i) for i, ids in enumerate(pending.values())]
-        )
+        owner = torch.cat([torch.full((ids.numel(),), i) for i, ids in enumerate(pending.values())])
         flat = torch.cat(list(pending.values()))
         top = torch.topk(prio, k, sorted=False).indices
         out: dict[str, torch.Tensor | None] = {}

@@ -1,10 +1,11 @@
 """Tuning on the head of the stream only (never on the evaluated windows).
 
-The head (the pretraining part) is split 80/20. For each candidate SGD learning rate (the
-cluster's and pretraining's, dense and sparse alike) a fresh model trains on the first 80%,
-then is scored progressively on the last 20% (each batch scored, then trained on). The best
-rate by AUC there wins. Then, from the model pretrained with it, LiveUpdate's A learning rate
-is chosen the same way: LiveUpdate alone replays the last 20% with the experiment's label delay.
+The head (the pretraining part) is split 80/20. For each candidate learning rate of the
+cluster's optimizer (pretraining's too, dense and sparse alike) a fresh model trains on the
+first 80%, then is scored progressively on the last 20% (each batch scored, then trained
+on). The best rate by AUC there wins. Then, from the model pretrained with it, LiveUpdate's
+A learning rate is chosen the same way: LiveUpdate alone replays the last 20% with the
+experiment's label delay.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.cluster import table_bytes
 from dlrm_core.experiment.config import ExperimentConfig
 from dlrm_core.experiment.harness import build_model, replay_batches, split_at
 from dlrm_core.experiment.liveupdate import (
@@ -28,12 +30,11 @@ from dlrm_core.experiment.liveupdate import (
     min_table_budget,
     table_caps,
 )
-from dlrm_core.experiment.cluster import table_bytes
 from dlrm_core.metrics import auc
 from dlrm_core.schema import StreamSchema
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 
-LR_GRID = (0.1, 0.5, 1.0, 2.0)
+LR_GRID = {"adagrad": (0.01, 0.03, 0.1, 0.3), "sgd": (0.1, 0.5, 1.0, 2.0)}
 LR_A_GRID = (0.01, 0.05, 0.2)
 
 
@@ -53,10 +54,11 @@ def tune(
     open_stream: Callable[[], Iterable[SparseBatch]],
     num_events: int,
     config: ExperimentConfig,
-    lr_grid: tuple[float, ...] = LR_GRID,
+    lr_grid: tuple[float, ...] | None = None,
     lr_a_grid: tuple[float, ...] = LR_A_GRID,
 ) -> tuple[ExperimentConfig, dict[str, Any]]:
     """The config with the tuned lr_dense = lr_sparse and live.lr_a, and a tuning log."""
+    lr_grid = lr_grid or LR_GRID[config.optimizer]
     n_head = int(num_events * config.pretrain_fraction)
     head = _head(replay_batches(open_stream(), config.qps), n_head)
     cut = int(0.8 * sum(len(b) for b in head))
@@ -79,7 +81,8 @@ def tune(
     best_lr, best_auc, best_model, benefit = lr_grid[0], -1.0, None, {}
     for lr in lr_grid:
         model = build_model(schema, config)
-        trainer = FullSparseTrainer(model, FullTrainConfig(lr_dense=lr, lr_sparse=lr))
+        full = FullTrainConfig(optimizer=config.optimizer, lr_dense=lr, lr_sparse=lr)
+        trainer = FullSparseTrainer(model, full)
         for _ in range(config.pretrain_epochs):
             for batch in fit:
                 trainer.step(batch)

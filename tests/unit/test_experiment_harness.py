@@ -19,11 +19,11 @@ from .test_experiment_accounting import tiny_model
 def small_run(strategies, events=12_000, seed=0, **kw):  # noqa: ANN001, ANN003, ANN201
     stream = SyntheticStream(
         SyntheticConfig(seed=seed, num_events=events, batch_size=128, events_per_second=10,
-                        user_rows=2_000, item_rows=2_000, drift_per_hour=2.0)
+                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
     )  # fmt: skip
     config = ExperimentConfig(
         seed=seed, qps=10.0, window_s=300.0, label_delay_s=30.0, sync_period_s=120.0,
-        pretrain_fraction=0.3, lr_dense=0.5, lr_sparse=0.5, strategies=strategies,
+        pretrain_fraction=0.3, lr_dense=0.05, lr_sparse=0.05, strategies=strategies,
         link=LinkConfig(bandwidth_gbps=1.0, target_table_bytes=None),
         live=LiveUpdateParams(lr_a=0.2, prune_age_s=600.0), audit=True, **kw,
     )  # fmt: skip
@@ -66,14 +66,15 @@ def test_same_seed_same_results() -> None:
         for key in ("auc_per_window", "bytes_moved", "peak_memory_overhead_pct"):
             assert a["strategies"][name][key] == b["strategies"][name][key]
     c = build_results(small_run(names, events=6_000, seed=1), {"name": "synthetic"})
-    assert c["strategies"]["liveupdate"]["auc_per_window"] != (
-        a["strategies"]["liveupdate"]["auc_per_window"]
+    assert (
+        c["strategies"]["liveupdate"]["auc_per_window"]
+        != (a["strategies"]["liveupdate"]["auc_per_window"])
     )
 
 
 def test_liveupdate_beats_stale_on_a_drifting_stream() -> None:
     run = build_results(small_run(("stale", "liveupdate"), events=24_000), {"name": "s"})
     live, stale = run["strategies"]["liveupdate"], run["strategies"]["stale"]
-    assert live["mean_auc"] > stale["mean_auc"] + 0.005
+    assert live["mean_auc"] > stale["mean_auc"] + 0.02
     assert live["pooled_auc"] > stale["pooled_auc"]
     assert live["mean_staleness_s"] < stale["mean_staleness_s"]
