@@ -104,7 +104,8 @@ class LiveTrainer:
                 raise ValueError(f"table {name!r} must be a plain EmbeddingBag to be trained")
             weight = table.weight
             nbytes = weight.numel() * weight.element_size()
-            budget = int(budgets[name]) if budgets else int(nbytes * config.budget_fraction)
+            given = budgets.get(name) if budgets else None
+            budget = int(nbytes * config.budget_fraction) if given is None else int(given)
             if budget < min_budget_bytes(config.policy, int(weight.shape[1])):
                 self.skipped_tables.append(name)
             else:
