@@ -87,7 +87,11 @@ def refresh_action(record: NodeAction, now: datetime | None = None) -> NodeActio
         return record
     now = now or timezone.now()
     outcome = celery_app.AsyncResult(record.task_id)
-    state = outcome.state
+    try:
+        state = outcome.state
+    except Exception as exc:  # noqa: BLE001 - result backend away: ask again on the next run
+        log.warning("result of action %s unavailable: %s", record.pk, exc)
+        return record
     if state == "SUCCESS":
         value = outcome.result
         record.state = NodeAction.State.SUCCEEDED

@@ -198,3 +198,19 @@ def test_an_action_without_a_result_times_out(monkeypatch):
     assert actions.refresh_sent_actions(later) == 1
     record.refresh_from_db()
     assert record.state == "failed" and "no result within 60 s" in record.error
+
+
+def test_an_unreachable_result_backend_leaves_the_action_sent(monkeypatch):
+    from controlplane.celery import app
+
+    class Unreachable:
+        @property
+        def state(self):
+            raise ConnectionError("result backend down")
+
+    monkeypatch.setattr(app, "AsyncResult", lambda task_id: Unreachable())
+    node, _ = make_node("edge-1")
+    record = actions.request_action(node, "pause", actor="test")
+    assert actions.refresh_sent_actions() == 0
+    record.refresh_from_db()
+    assert record.state == "sent" and record.error == ""
