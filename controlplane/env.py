@@ -53,11 +53,25 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+# Several processes share the embedded database (web, Celery worker and beat): WAL lets readers
+# run beside a writer, IMMEDIATE transactions take the write lock up front (no upgrade deadlock)
+# and a writer waits up to 20 s for the lock instead of failing with "database is locked".
+SQLITE_OPTIONS = {
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+
+
+def _sqlite(path: str) -> dict:
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": dict(SQLITE_OPTIONS)}
+
+
 def database_from_url(name: str, default_sqlite: Path) -> dict:
     """Django DATABASES['default'] from a URL: sqlite:///path or postgres://user@host:port/db."""
     raw = os.environ.get(name)
     if not raw:
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(default_sqlite)}
+        return _sqlite(str(default_sqlite))
     parts = urlsplit(raw)
     if parts.scheme == "sqlite":
         path = unquote(parts.path)
@@ -67,7 +81,7 @@ def database_from_url(name: str, default_sqlite: Path) -> dict:
             )
         # sqlite:///relative.db has path "/relative.db"; sqlite:////abs.db has "//abs.db".
         path = path[1:] if path.startswith("//") else path.lstrip("/")
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}
+        return _sqlite(path)
     if parts.scheme in {"postgres", "postgresql"}:
         dbname = parts.path.lstrip("/")
         if not dbname:
