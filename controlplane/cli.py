@@ -13,6 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("controlplane.commands.serve", "run the control plane's ASGI server (production)"),
     "manage": ("controlplane.commands.manage", "run a Django management command"),
     "node": ("nodeworker.commands.node", "run an inference node (liveupdate node run --name ...)"),
+    "cluster": (
+        "nodeworker.commands.cluster",
+        "the simulated training cluster feeding a delta-sync baseline node",
+    ),
     "analyze-gradients": (
         "dlrm_core.commands.analyze",
         "how low-rank is a training window's embedding update (per table, per D)",

@@ -83,18 +83,43 @@ class NodeSettings:
         )
 
 
+SYNTHETIC_DEFAULTS = {"num_events": 10**9, "user_rows": 100_000, "item_rows": 50_000}
+
+
+def synthetic_config(spec: str, seed: int):
+    """The SyntheticConfig of ``synthetic`` or ``synthetic:field=value,...`` (numeric fields of
+    dlrm_core.synthetic.SyntheticConfig, e.g. ``synthetic:drift_per_hour=20,batch_size=128``)."""
+    import dataclasses
+
+    from dlrm_core.synthetic import SyntheticConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SyntheticConfig)}
+    values: dict = {**SYNTHETIC_DEFAULTS, "seed": seed}
+    _, _, options = spec.partition(":")
+    for item in filter(None, options.split(",")):
+        key, _, raw = item.partition("=")
+        default = getattr(SyntheticConfig, key, None) if key in fields else None
+        if not isinstance(default, int | float) or key == "seed":
+            raise ValueError(f"synthetic option {key!r}: not a numeric SyntheticConfig field")
+        try:
+            values[key] = type(default)(raw)
+        except ValueError:
+            raise ValueError(f"synthetic option {key}: {raw!r} is not a number") from None
+    return SyntheticConfig(**values)
+
+
 def open_source(spec: str, seed: int):
     """(stream of SparseBatches, its StreamSchema) for a replay spec."""
-    if spec == "synthetic":
-        from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from dlrm_core.synthetic import SyntheticStream
 
-        stream = SyntheticStream(
-            SyntheticConfig(seed=seed, num_events=10**9, user_rows=100_000, item_rows=50_000)
-        )
+        stream = SyntheticStream(synthetic_config(spec, seed))
         return stream, stream.schema
     kind, _, path = spec.partition(":")
     if kind not in FORMATS or not path:
-        raise ValueError(f"replay must be synthetic or FORMAT:PATH ({', '.join(FORMATS)})")
+        raise ValueError(
+            f"replay must be synthetic[:k=v,...] or FORMAT:PATH ({', '.join(FORMATS)})"
+        )
     from dlrm_core import readers
 
     reader_class = {

@@ -1,13 +1,51 @@
-"""The embedded appliance: SQLite, in-memory channel layer, filesystem broker, no servers."""
+"""The embedded appliance: SQLite, in-memory channel layer, filesystem broker, no servers.
+
+``liveupdate demo`` prepares the database (migrations, an admin login, two policies, two nodes
+with fresh tokens), then supervises (controlplane.supervisor) these processes, logging to
+``$LIVEUPDATE_DATA_DIR/logs/``:
+
+- ``web``: the ASGI server (``liveupdate serve``). It also ingests telemetry and fans it out to
+  the dashboards, so the in-memory channel layer is enough: producer and consumers share it;
+- ``celery``: one control-plane Celery worker with beat embedded (``-B``: watchdog, action
+  refresh, roll-out, retention) on the filesystem broker; node actions are sent through it;
+- ``edge-live``: a node with the LiveUpdate policy (local low-rank training);
+- ``edge-baseline``: a node with the delta-sync policy (no local training), fed by
+- ``cluster``: the simulated training cluster (``liveupdate cluster run``) learning a full copy
+  of the model on the same stream and shipping the rows it changed every ``--sync-period``.
+
+Both nodes and the cluster start from one base checkpoint (``liveupdate cluster init``,
+pretrained on the stream's first events) and replay the same stream: the synthetic drifting
+one, or ``--data PATH --format F``. Ctrl-C or SIGTERM stops every process.
+"""
 
 import argparse
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+NODES = {"edge-live": "liveupdate", "edge-baseline": "delta-sync"}  # node -> policy
+POLICY_MODES = {"liveupdate": "liveupdate", "delta-sync": "delta_sync"}
+FORMATS = ("criteo", "avazu", "movielens")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--data", type=Path, help="replay this dataset file instead")
+    parser.add_argument("--format", choices=FORMATS, help="the format of --data")
+    parser.add_argument("--qps", type=float, default=50.0, help="requests per second per node")
+    parser.add_argument(
+        "--drift", type=float, default=30.0, help="synthetic drift: radians per hour of tastes"
+    )
+    parser.add_argument(
+        "--sync-period", type=float, default=60.0, help="seconds between the cluster's syncs"
+    )
+    parser.add_argument("--pretrain-events", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def ensure_demo_admin(data_dir) -> tuple[str, str]:
@@ -31,22 +69,126 @@ def ensure_demo_admin(data_dir) -> tuple[str, str]:
     return "admin", password
 
 
+def ensure_demo_nodes() -> dict[str, str]:
+    """The two policies and nodes (node -> a fresh token), each node's policy sent to its queue
+    (its worker picks the action up when it starts)."""
+    from controlplane.models import Node, Policy
+    from controlplane.services.actions import request_action
+    from controlplane.services.policies import save_policy
+
+    tokens = {}
+    for name, policy_name in NODES.items():
+        policy = Policy.objects.filter(name=policy_name).first()
+        if policy is None:
+            policy = Policy(name=policy_name, mode=POLICY_MODES[policy_name])
+            policy.description = "created by the demo"
+            save_policy(policy, actor="demo", reason="the demo's nodes")
+        node = Node.objects.filter(name=name).first() or Node(name=name, host="localhost")
+        node.policy = policy
+        tokens[name] = node.rotate_token()
+        node.save()
+        request_action(node, "apply_policy", actor="demo")
+    return tokens
+
+
+def _replay_spec(args: argparse.Namespace) -> str:
+    if args.data is None:
+        if args.format:
+            raise SystemExit("liveupdate demo: --format needs --data")
+        return f"synthetic:drift_per_hour={args.drift},batch_size=128"
+    if not args.format:
+        raise SystemExit("liveupdate demo: --data needs --format (criteo, avazu, movielens)")
+    if not args.data.is_file():
+        raise SystemExit(f"liveupdate demo: no such file: {args.data}")
+    return f"{args.format}:{args.data.resolve()}"
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not 1 <= args.port <= 65535:
+        raise SystemExit("liveupdate demo: --port must be in [1, 65535]")
+    if not 0 < args.qps <= 2000:
+        raise SystemExit("liveupdate demo: --qps must be in (0, 2000]")
+    if not 0 <= args.drift <= 10_000:
+        raise SystemExit("liveupdate demo: --drift must be in [0, 10000]")
+    if not 1 <= args.sync_period <= 86_400:
+        raise SystemExit("liveupdate demo: --sync-period must be in [1, 86400] s")
+
+
+def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict) -> list:
+    from controlplane.supervisor import Child
+
+    cli = [sys.executable, "-m", "controlplane.cli"]
+    logs = data_dir / "logs"
+    base = str(data_dir / "demo-base.ckpt")
+    url = f"http://{args.host}:{args.port}"
+    common = ["--replay", spec, "--seed", str(args.seed), "--checkpoint", base]
+    node = [*common, "--control-plane", url, "--qps", str(args.qps), "--no-pin"]
+    worker = [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-B"]
+    worker += ["--pool", "solo", "-Q", "controlplane", "-n", "controlplane@%h", "--loglevel"]
+    worker += ["INFO", "-s", str(data_dir / "celerybeat-schedule")]
+    socket = data_dir / "node-edge-baseline" / "control.sock"
+    specs = {
+        "web": [*cli, "serve", "--host", args.host, "--port", str(args.port)],
+        "celery": worker,
+        **{
+            name: [*cli, "node", "run", "--name", name, "--token", tokens[name], *node]
+            for name in NODES
+        },
+        "cluster": [*cli, "cluster", "run", *common, "--node-socket", str(socket)]
+        + ["--qps", str(args.qps), "--sync-period", str(args.sync_period)],
+    }
+    return [Child(name, argv, env, logs / f"{name}.log") for name, argv in specs.items()]
+
+
 def run(args: argparse.Namespace) -> int:
-    for name in ("DATABASE_URL", "REDIS_URL"):
+    _check_args(args)
+    spec = _replay_spec(args)
+    for name in ("DATABASE_URL", "REDIS_URL", "NODE_BROKER_URL", "NODE_RESULT_BACKEND"):
         os.environ.pop(name, None)  # the demo is the embedded mode, whatever the shell has set
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     import django
-    from daphne.cli import CommandLineInterface
     from django.conf import settings
     from django.core.management import call_command
 
+    from controlplane.supervisor import Supervisor
+
     django.setup()
+    data_dir = settings.DATA_DIR
     call_command("migrate", interactive=False, verbosity=0)
-    username, password = ensure_demo_admin(settings.DATA_DIR)
-    url = f"http://{args.host}:{args.port}/"
-    print(f"LiveUpdate dashboard: {url}  (login: {username} / {password})", flush=True)
-    print("Press Ctrl-C to stop.", flush=True)
-    CommandLineInterface().run(
-        ["--bind", args.host, "--port", str(args.port), "controlplane.asgi:application"]
-    )
+    username, password = ensure_demo_admin(data_dir)
+    tokens = ensure_demo_nodes()
+    env = {**os.environ, "LIVEUPDATE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("Preparing the base model (pretraining on the stream's first events)...", flush=True)
+    init = [sys.executable, "-m", "controlplane.cli", "cluster", "init", "--replay", spec]
+    init += ["--seed", str(args.seed), "--checkpoint", str(data_dir / "demo-base.ckpt")]
+    init += ["--pretrain-events", str(args.pretrain_events)]
+    prepared = subprocess.Popen(init, env=env, stdout=subprocess.DEVNULL)
+    while prepared.poll() is None:
+        if stop.wait(0.2):
+            prepared.terminate()
+            prepared.wait()
+            return 130
+    if prepared.returncode != 0:
+        print("liveupdate demo: preparing the base model failed", file=sys.stderr)
+        return 1
+
+    supervisor = Supervisor()
+    try:
+        for child in _children(args, spec, tokens, data_dir, env):
+            supervisor.add(child)
+        url = f"http://{args.host}:{args.port}/"
+        print(f"LiveUpdate dashboard: {url}  (login: {username} / {password})", flush=True)
+        nodes = ", ".join(f"{n} ({p})" for n, p in NODES.items())
+        print(f"Nodes: {nodes}; logs in {data_dir / 'logs'}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        while not stop.wait(1.0):
+            supervisor.poll(report=lambda line: print(line, flush=True))
+    finally:
+        print("Stopping...", flush=True)
+        supervisor.stop()
+    print("Stopped.", flush=True)
     return 0
