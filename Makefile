@@ -29,11 +29,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/liveupdate demo
 
+# Chromium for the browser tests, docker-compose to validate docker/compose.yaml (no engine).
 system-deps:
-	@if [ ! -x /usr/bin/chromium ]; then \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/docker-compose ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-		else echo "Chromium is missing: run 'sudo apt-get install chromium' for the browser tests"; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium docker-compose; \
+		else echo "Missing: run 'sudo apt-get install chromium docker-compose' for the browser and compose tests"; fi; \
 	fi
 
 services:

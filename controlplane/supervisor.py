@@ -3,8 +3,8 @@
 Each child runs in its own session (terminal signals reach only the supervisor, which stops
 the children in order) with its output in a log file, and gets SIGTERM from the kernel if the
 supervisor itself dies (PR_SET_PDEATHSIG), so even a killed demo leaves no orphans. A child that
-exits is restarted after a back-off; stopping sends SIGTERM to the child, waits, then kills
-whatever is left of its process group (its own children included).
+exits is restarted after a back-off; stopping sends SIGTERM to every child, waits, then kills
+whatever is left of their process groups (their own children included).
 """
 
 from __future__ import annotations
@@ -62,17 +62,20 @@ class Child:
         except OSError:
             return ""
 
-    def stop(self, timeout_s: float) -> None:
-        """SIGTERM, wait, then SIGKILL the whole process group (the child's own children)."""
+    def terminate(self) -> None:
+        if self.alive():
+            self.process.terminate()
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the child until ``deadline``, then SIGKILL what is left of its process
+        group (the child's own children included)."""
         proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0f s; killing it", self.name, timeout_s)
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", self.name)
         _kill_group(proc.pid)
         proc.wait()
 
@@ -116,6 +119,10 @@ class Supervisor:
                 child.start()
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop the children in reverse start order."""
+        """SIGTERM every child at once (each stops its own children), then reap them all
+        within one shared deadline."""
         for child in reversed(self.children):
-            child.stop(timeout_s)
+            child.terminate()
+        deadline = time.monotonic() + timeout_s
+        for child in reversed(self.children):
+            child.reap(deadline)

@@ -46,7 +46,7 @@ def celery_config(environ: dict[str, str] | None = None) -> dict:
         config["result_backend"] = env.get("NODE_RESULT_BACKEND") or broker
         return config
     data = Path(env.get("LIVEUPDATE_DATA_DIR") or "var").resolve()
-    for folder in ("broker", "broker-processed", "celery-results"):
+    for folder in ("broker", "broker-processed", "broker-control", "celery-results"):
         (data / folder).mkdir(parents=True, exist_ok=True)
     config["broker_url"] = "filesystem://"
     config["result_backend"] = f"file://{data / 'celery-results'}"
@@ -54,6 +54,7 @@ def celery_config(environ: dict[str, str] | None = None) -> dict:
         "data_folder_in": str(data / "broker"),
         "data_folder_out": str(data / "broker"),
         "processed_folder": str(data / "broker-processed"),
+        "control_folder": str(data / "broker-control"),  # default: ./control in the cwd
         "store_processed": False,
     }
     return config

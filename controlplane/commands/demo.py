@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="the format of --data")
     parser.add_argument("--qps", type=float, default=50.0, help="requests per second per node")
     parser.add_argument(
-        "--drift", type=float, default=30.0, help="synthetic drift: radians per hour of tastes"
+        "--drift", type=float, default=60.0, help="synthetic drift: radians per hour of tastes"
     )
     parser.add_argument(
-        "--sync-period", type=float, default=60.0, help="seconds between the cluster's syncs"
+        "--sync-period", type=float, default=120.0, help="seconds between the cluster's syncs"
     )
     parser.add_argument("--pretrain-events", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -95,7 +95,18 @@ def _replay_spec(args: argparse.Namespace) -> str:
     if args.data is None:
         if args.format:
             raise SystemExit("liveupdate demo: --format needs --data")
-        return f"synthetic:drift_per_hour={args.drift},batch_size=128"
+        # Small tables and a short stream (ids are born at a visible rate, each id gets traffic
+        # often) with fresh ids drawing a share of the traffic: what staleness costs shows in
+        # minutes. The stream lasts num_events / qps (about 5.5 hours at 50 QPS).
+        options = {
+            "drift_per_hour": args.drift,
+            "batch_size": 128,
+            "num_events": 1_000_000,
+            "user_rows": 20_000,
+            "item_rows": 10_000,
+            "fresh_window_events": 5_000,
+        }
+        return "synthetic:" + ",".join(f"{k}={v}" for k, v in options.items())
     if not args.format:
         raise SystemExit("liveupdate demo: --data needs --format (criteo, avazu, movielens)")
     if not args.data.is_file():
@@ -140,6 +151,25 @@ def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict
     return [Child(name, argv, env, logs / f"{name}.log") for name, argv in specs.items()]
 
 
+def _wait_for_web(url: str, stop: threading.Event, supervisor, timeout_s: float = 120) -> bool:
+    """Print the URL only once the dashboard answers (False: stopped, or it never came up)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}api/health/", timeout=5):
+                return True
+        except OSError:
+            pass  # not listening yet (an HTTP error is an OSError too: 503 while migrating)
+        if stop.wait(0.5):
+            return False
+        supervisor.poll(report=lambda line: print(line, flush=True))
+    print(f"liveupdate demo: the web server did not answer on {url}; see its log", file=sys.stderr)
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     spec = _replay_spec(args)
@@ -181,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         for child in _children(args, spec, tokens, data_dir, env):
             supervisor.add(child)
         url = f"http://{args.host}:{args.port}/"
+        if not _wait_for_web(url, stop, supervisor):
+            return 130 if stop.is_set() else 1
         print(f"LiveUpdate dashboard: {url}  (login: {username} / {password})", flush=True)
         nodes = ", ".join(f"{n} ({p})" for n, p in NODES.items())
         print(f"Nodes: {nodes}; logs in {data_dir / 'logs'}", flush=True)
