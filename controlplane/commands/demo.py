@@ -36,7 +36,7 @@ DEMO_SLA_MS = 150.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--data", type=Path, help="replay this dataset file instead")
+    parser.add_argument("--data", type=Path, help="replay this dataset (file or folder) instead")
     parser.add_argument("--format", choices=FORMATS, help="the format of --data")
     parser.add_argument("--qps", type=float, default=50.0, help="requests per second per node")
     parser.add_argument(
@@ -114,8 +114,8 @@ def _replay_spec(args: argparse.Namespace) -> str:
         return "synthetic:" + ",".join(f"{k}={v}" for k, v in options.items())
     if not args.format:
         raise SystemExit("liveupdate demo: --data needs --format (criteo, avazu, movielens)")
-    if not args.data.is_file():
-        raise SystemExit(f"liveupdate demo: no such file: {args.data}")
+    if not args.data.exists():  # a file, or a folder for MovieLens
+        raise SystemExit(f"liveupdate demo: no such file or folder: {args.data}")
     return f"{args.format}:{args.data.resolve()}"
 
 
