@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dlrm_core.checkpoint import CheckpointError, load_model
+from dlrm_core.checkpoint import CheckpointError, load_model, read_container
+from dlrm_core.live_embedding import FACTORS_FORMAT_VERSION, FACTORS_KIND
 from nodeworker import placement, protocol
 from nodeworker.control import InvalidRequest
 from nodeworker.shared_memory import base_weight, write_base_tables
-from nodeworker.trainer_proc import read_patch
+from nodeworker.trainer_proc import PATCH_KIND, read_patch
 
 if TYPE_CHECKING:
     from nodeworker.runtime import NodeRuntime
@@ -31,6 +32,25 @@ KEEP_SNAPSHOTS = 3
 
 def _event(kind: str, detail: dict[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "ts": time.time(), "detail": detail}
+
+
+def _snapshot_error(directory: Path, tables: tuple[str, ...]) -> str | None:
+    """Why the factor and patch files of a snapshot cannot be restored, or None."""
+    for table in tables:
+        for suffix, kind, version in (
+            (".factors", FACTORS_KIND, FACTORS_FORMAT_VERSION),
+            (".patch", PATCH_KIND, 1),
+        ):
+            path = directory / f"{table}{suffix}"
+            if not path.exists():
+                continue
+            try:
+                meta, _ = read_container(path, kind, version)
+            except CheckpointError as exc:
+                return str(exc)
+            if meta.get("table") != table:
+                return f"{path}: holds table {meta.get('table')!r}, expected {table!r}"
+    return None
 
 
 class RuntimeControl:
@@ -65,21 +85,34 @@ class RuntimeControl:
         return self.data_dir / "snapshots"
 
     def _restorable_snapshot(self: NodeRuntime) -> Path | None:
-        """The latest snapshot taken on this base checkpoint (a crash restart resumes it)."""
+        """The latest intact snapshot taken on this base checkpoint (a crash restart resumes
+        it). A snapshot whose files fail their checksum is refused with an event saying why,
+        and the one before it is used: a corrupt file must not keep the trainer from starting."""
         pointer = self.snapshots_dir / "LATEST"
         if not pointer.exists():
             return None
-        directory = self.snapshots_dir / pointer.read_text().strip()
-        try:
-            meta = json.loads((directory / "snapshot.json").read_text())
-        except (OSError, ValueError):
-            log.warning("snapshot %s is unreadable; starting without factors", directory)
-            return None
-        if meta.get("checkpoint") != str(self.checkpoint):
-            log.info("snapshot %s belongs to another base checkpoint; not restored", directory)
-            return None
-        self.events.append(_event("snapshot", {"restored": directory.name, **meta}))
-        return directory
+        latest = pointer.read_text().strip()
+        candidates = sorted(
+            (d.name for d in self.snapshots_dir.glob("snap-*") if d.name <= latest), reverse=True
+        )
+        for name in candidates or [latest]:
+            directory = self.snapshots_dir / name
+            try:
+                meta = json.loads((directory / "snapshot.json").read_text())
+            except (OSError, ValueError):
+                log.warning("snapshot %s is unreadable; trying an older one", directory)
+                continue
+            if meta.get("checkpoint") != str(self.checkpoint):
+                log.info("snapshot %s belongs to another base checkpoint; not restored", directory)
+                return None
+            error = _snapshot_error(directory, self.schema_keys)
+            if error:
+                log.error("snapshot %s refused: %s", directory, error)
+                self.events.append(_event("snapshot", {"refused": name, "error": error}))
+                continue
+            self.events.append(_event("snapshot", {"restored": name, **meta}))
+            return directory
+        return None
 
     def _apply_patch_files(self: NodeRuntime, directory: Path) -> None:
         for name in self.schema_keys:

@@ -1,0 +1,76 @@
+"""A corrupt factor snapshot or base checkpoint is refused with a clear error, and the node goes
+on serving the version it had (the runtime for real, with its spawned trainer process)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlrm_core.live_embedding import LiveEmbedding
+from nodeworker.control import InvalidRequest
+from nodeworker.replayer import requests_of
+from tests.integration.test_node_runtime import STREAM, start_node, train_until
+from tests.services import wait_until
+
+
+def corrupt(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensors
+    path.write_bytes(bytes(data))
+
+
+def user_factors(path) -> LiveEmbedding:
+    live = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))
+    live.import_factors(path, "user_id")
+    return live
+
+
+def test_a_corrupt_snapshot_is_refused_and_the_previous_one_restored(tmp_path):
+    runtime, stream = start_node(tmp_path, name="t-corrupt")
+    traffic = requests_of(stream, 8)
+    try:
+        train_until(runtime, traffic, 200)
+        good = runtime.snapshot()
+        train_until(runtime, traffic, 400)
+        bad = runtime.snapshot()
+    finally:
+        runtime.stop()
+    good_dir = runtime.snapshots_dir / good["snapshot"]
+    saved = user_factors(good_dir / "user_id.factors")
+    corrupt(runtime.snapshots_dir / bad["snapshot"] / "user_id.factors")
+
+    again, _ = start_node(tmp_path, name="t-corrupt")
+    try:
+        refused = [e["detail"] for e in again.events if "refused" in e["detail"]]
+        assert refused and refused[0]["refused"] == bad["snapshot"]
+        assert "checksum mismatch" in refused[0]["error"]
+        restored = [e["detail"] for e in again.events if "restored" in e["detail"]]
+        assert restored and restored[0]["restored"] == good["snapshot"]
+        wait_until(lambda: again.shared.version > 0, 30, "the restored version")
+        served = again.shared.read().tables["user_id"]
+        assert torch.equal(served.ids, saved.ids) and torch.allclose(served.a, saved.A)
+        scores, _, _ = again.predict(next(traffic))
+        assert bool(torch.isfinite(scores).all())
+    finally:
+        again.stop()
+
+
+def test_a_corrupt_checkpoint_is_refused_and_the_old_version_keeps_serving(tmp_path):
+    runtime, stream = start_node(tmp_path, name="t-badckpt")
+    traffic = requests_of(stream, 8)
+    try:
+        train_until(runtime, traffic, 100)
+        request = next(traffic)
+        before, _, version = runtime.predict(request)
+        bad = tmp_path / "bad.ckpt"
+        bad.write_bytes((tmp_path / "base.ckpt").read_bytes())
+        corrupt(bad)
+        with pytest.raises(InvalidRequest) as refused:
+            runtime.rebase({"location": str(bad)})
+        assert "checksum mismatch" in refused.value.fields["checkpoint"]
+        assert runtime.trainer_proc is not None and runtime.trainer_proc.is_alive()
+        after, _, still = runtime.predict(request)
+        assert still >= version and bool(torch.isfinite(after).all())
+        assert not any(e["kind"] == "rebase" for e in runtime.events)
+    finally:
+        runtime.stop()
