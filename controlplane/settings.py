@@ -8,6 +8,7 @@ Production: DATABASE_URL=postgres://..., REDIS_URL=redis://... (Celery broker an
 from pathlib import Path
 
 import plotly
+import redis.exceptions
 from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.env import (
@@ -121,7 +122,17 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py's default 5 s read timeout equals channels_redis's 5 s BZPOPMIN: every
             # idle websocket consumer then dies with "Timeout reading"; give reads headroom.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            # retry_on_error: after a Redis restart the pooled connections are dead; one retry
+            # reconnects instead of failing the next websocket handshake with a 500.
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 30,
+                        "retry_on_error": [redis.exceptions.ConnectionError],
+                    }
+                ]
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL
@@ -147,6 +158,13 @@ CELERY_TASK_DEFAULT_QUEUE = "controlplane"
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A node action requested while the broker restarts is retried for ~15 s, not failed at once.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 10,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 2.0,
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
