@@ -227,6 +227,7 @@ def _run(
     queue: deque[tuple[float, SparseBatch]] = deque()
     lowrank = LowRankProbe(cluster, config.sync_period_s, start_s)
     eval_events, end_s = 0, start_s
+    widest = first  # a full batch, for the clock mapping (the first may be a split remainder)
 
     def deliver(upto: float) -> None:
         while queue and queue[0][0] <= upto:
@@ -261,6 +262,7 @@ def _run(
         end_s = float(batch.timestamps[-1])
         queue.append((end_s + config.label_delay_s, batch))
         eval_events += len(batch)
+        widest = batch if len(batch) > len(widest) else widest
         if progress:
             progress(len(batch))
     clock = {
@@ -270,8 +272,8 @@ def _run(
         "events_per_sync_period": config.sync_period_s * config.qps if config.qps else None,
         "events_per_label_delay": config.label_delay_s * config.qps if config.qps else None,
         "events_per_window": config.window_s * config.qps if config.qps else None,
-        "batch_span_s": float(first.timestamps[-1] - first.timestamps[0]),
-        "batch_size": len(first),
+        "batch_span_s": float(widest.timestamps[-1] - widest.timestamps[0]),
+        "batch_size": len(widest),
         "link_scale": scale,
     }
     return RunResult(
