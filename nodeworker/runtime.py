@@ -108,8 +108,10 @@ class NodeRuntime(RuntimeControl):
         self.model.eval()
         self.model.requires_grad_(False)
         self.schema_keys = self.model.config.feature_names
-        _remove_stale_segments(config.shm_root, config.name)
-        self.shm_dir = config.shm_root / f"liveupdate-{config.name}-{os.getpid()}"
+        # tmpfs when the host has it; a file in the data dir is shared through the page cache
+        shm_root = config.shm_root if config.shm_root.is_dir() else self.data_dir / "shm"
+        _remove_stale_segments(shm_root, config.name)
+        self.shm_dir = shm_root / f"liveupdate-{config.name}-{os.getpid()}"
         write_base_tables(self.model, self.shm_dir)
         map_base_tables(self.model, self.shm_dir, shared=True)
         self.restore_dir = self._restorable_snapshot()

@@ -39,6 +39,7 @@ def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, Synth
         build_fresh_checkpoint(stream.schema, checkpoint)
     # A generous SLA: this test is about learning and control, not about a loaded CI box.
     policy, _ = protocol.validate_policy({"sla_p99_ms": 5000.0, "memory_budget_pct": 5.0})
+    (tmp_path / "shm").mkdir(exist_ok=True)
     config = RuntimeConfig(
         name=name,
         data_dir=tmp_path / "node",
@@ -62,7 +63,7 @@ def serve_and_label(runtime: NodeRuntime, traffic, n: int) -> None:
             runtime.feedback(rid, label)
 
 
-def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 90.0) -> None:
+def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 150.0) -> None:
     def enough():
         serve_and_label(runtime, traffic, 5)
         return runtime.metrics.trained_samples >= samples and runtime.installed > 0
@@ -122,7 +123,13 @@ def test_control_ops(node, tmp_path):
     train_until(runtime, traffic, 300)
     runtime.pause()
     wait_until(lambda: runtime.duty.value == 0.0, 10, "the trainer duty to drop to 0")
-    time.sleep(0.5)  # a step already running may finish
+
+    def settled():  # a step already running finishes and its stats arrive
+        seen = runtime.metrics.trained_samples
+        time.sleep(1.0)
+        return runtime.metrics.trained_samples == seen
+
+    wait_until(settled, 30, "training to stop")
     before = runtime.metrics.trained_samples
     serve_and_label(runtime, traffic, 40)
     time.sleep(1.5)
