@@ -100,6 +100,8 @@ class NodeRuntime(RuntimeControl):
         self.events: deque[dict] = deque(maxlen=10_000)
         self.topology = placement.read_topology(config.sysfs_root)
         self.plan = self._plan()
+        # stop() gives the calling thread its cpus and torch threads back (tests, embedding)
+        self._unpinned = (tuple(os.sched_getaffinity(0)), torch.get_num_threads())
         if config.pin:  # before the tables exist: first touch puts them on this node
             placement.pin_process(self.plan.inference_cpus)
             placement.configure_torch_threads(self.plan.inference_threads)
@@ -481,6 +483,10 @@ class NodeRuntime(RuntimeControl):
         for thread in self._threads:
             thread.join(timeout=2)
         shutil.rmtree(self.shm_dir, ignore_errors=True)
+        if self.config.pin:
+            cpus, threads = self._unpinned
+            placement.pin_process(cpus)
+            torch.set_num_threads(threads)
 
     def _stop_trainer(self) -> None:
         proc, self.trainer_proc = self.trainer_proc, None

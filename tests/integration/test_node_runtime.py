@@ -65,6 +65,9 @@ def serve_and_label(runtime: NodeRuntime, traffic, n: int) -> None:
 
 def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 150.0) -> None:
     def enough():
+        proc = runtime.trainer_proc
+        if proc is not None and not proc.is_alive():
+            raise RuntimeError(f"the trainer process died (exit code {proc.exitcode})")
         serve_and_label(runtime, traffic, 5)
         return runtime.metrics.trained_samples >= samples and runtime.installed > 0
 
@@ -73,9 +76,12 @@ def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 15
 
 @pytest.fixture
 def node(tmp_path):
+    before = os.sched_getaffinity(0)
     runtime, stream = start_node(tmp_path)
+    assert os.sched_getaffinity(0) == set(runtime.plan.inference_cpus)
     yield runtime, requests_of(stream, 8)
     runtime.stop()
+    assert os.sched_getaffinity(0) == before  # the pinning does not leak into other tests
 
 
 def test_inference_serves_versions_the_trainer_learnt(node):
