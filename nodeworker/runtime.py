@@ -205,7 +205,8 @@ class NodeRuntime(RuntimeControl):
         self.data_q = self._ctx.Queue()
         self.cmd_q = self._ctx.Queue()
         self.out_q = self._ctx.Queue()
-        self.patch_q = self._ctx.SimpleQueue()
+        # a pipe, not a queue: send() has written the patch when the trainer writes the version
+        self.patch_recv, patch_send = self._ctx.Pipe(duplex=False)
         self.duty = self._ctx.Value("d", 0.0 if self.mode_paused else self.qos.duty, lock=False)
         setup = TrainerSetup(
             checkpoint=str(self.checkpoint),
@@ -219,7 +220,7 @@ class NodeRuntime(RuntimeControl):
         )
         self.trainer_proc = self._ctx.Process(
             target=trainer_main,
-            args=(setup, self.data_q, self.cmd_q, self.out_q, self.patch_q, self.duty),
+            args=(setup, self.data_q, self.cmd_q, self.out_q, patch_send, self.duty),
             name=f"trainer-{self.config.name}",
             daemon=True,
         )
@@ -363,7 +364,7 @@ class NodeRuntime(RuntimeControl):
             return
         with self._patch_cond:
             if not self._patch_cond.wait_for(
-                lambda: self.patches_applied + len(self._patches) >= snap.aux, timeout=10
+                lambda: self.patches_applied + len(self._patches) >= snap.aux, timeout=2
             ):
                 log.error("base patches for version %d did not arrive; not installed", snap.version)
                 return
@@ -429,18 +430,21 @@ class NodeRuntime(RuntimeControl):
                     self._reply_cond.notify_all()
 
     def _read_patches(self) -> None:
+        """Base patches from the current trainer; after a restart, the new trainer's pipe."""
         while not self._stop.is_set():
-            if self.trainer_proc is None:
-                time.sleep(0.1)
-                continue
+            conn = self.patch_recv if self.trainer_proc is not None else None
             try:
-                patch = self.patch_q.get()
-            except (OSError, EOFError):
+                if conn is None or not conn.poll(0.2):
+                    time.sleep(0.05 if conn is None else 0)
+                    continue
+                patch = conn.recv()
+            except (OSError, EOFError):  # the trainer is gone; a new pipe comes with the next
                 time.sleep(0.1)
                 continue
             with self._patch_cond:
-                self._patches.append(patch)
-                self._patch_cond.notify_all()
+                if conn is self.patch_recv:  # not a late message of a replaced trainer
+                    self._patches.append(patch)
+                    self._patch_cond.notify_all()
 
     def _qos_loop(self) -> None:
         while not self._stop.wait(self.config.qos_period_s):

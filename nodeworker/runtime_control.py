@@ -142,6 +142,7 @@ class RuntimeControl:
             with self._patch_cond:
                 self._patches.clear()
                 self.patches_applied = 0
+                self.patch_recv = None  # late messages of the old trainer are dropped
         self._start_trainer(restore)
         self.events.append(
             _event(
@@ -212,6 +213,7 @@ class RuntimeControl:
             with self._patch_cond:
                 self._patches.clear()
                 self.patches_applied = 0
+                self.patch_recv = None  # late messages of the old trainer are dropped
         self.checkpoint = location
         if had_trainer:
             self._start_trainer(kept)

@@ -3,7 +3,7 @@ QoS controller allows; publishes factor versions into shared memory.
 
 It maps the base tables copy-on-write, so its folds (pruned rows) stay private until inference
 installs the version that carries them: before writing version v it sends the rows folded since
-the last version on ``patch_q``, and v's ``aux`` says how many patch messages precede it.
+the last version through ``patch_conn``, and v's ``aux`` says how many patch messages precede it.
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def read_patch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TrainerLoop:
-    def __init__(self, setup: TrainerSetup, data_q, cmd_q, out_q, patch_q, duty) -> None:
+    def __init__(self, setup: TrainerSetup, data_q, cmd_q, out_q, patch_conn, duty) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
         self.setup = setup
-        self.data_q, self.cmd_q, self.out_q, self.patch_q = data_q, cmd_q, out_q, patch_q
+        self.data_q, self.cmd_q, self.out_q, self.patch_conn = data_q, cmd_q, out_q, patch_conn
         self.duty = duty
         model = load_model(setup.checkpoint)
         map_base_tables(model, Path(setup.shm_dir), shared=False)
@@ -158,7 +158,7 @@ class TrainerLoop:
                 self.folded[name].update(ids.tolist())
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
         if patch:
-            self.patch_q.put(patch)  # before the version that needs it
+            self.patch_conn.send(patch)  # before the version that needs it
             self.patches_sent += 1
         self.version += 1
         tables = {name: live.factors() for name, live in self.trainer.lives.items()}
@@ -277,12 +277,12 @@ class TrainerLoop:
         self.fresh = []
 
 
-def trainer_main(setup: TrainerSetup, data_q, cmd_q, out_q, patch_q, duty) -> None:
+def trainer_main(setup: TrainerSetup, data_q, cmd_q, out_q, patch_conn, duty) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
-    loop = TrainerLoop(setup, data_q, cmd_q, out_q, patch_q, duty)
+    loop = TrainerLoop(setup, data_q, cmd_q, out_q, patch_conn, duty)
     out_q.put(("ready", loop.version))
     loop.run()
