@@ -262,7 +262,8 @@ def validate_batch(payload: Any) -> list[dict[str, Any]]:
     else:
         for i, sample in enumerate(samples):
             errors.update(validate_sample(sample, f"samples[{i}]"))
-        seqs = [s.get("seq") for s in samples if isinstance(s, dict)]
+        # only well-formed seqs: a list or object there is a field error, not a crash
+        seqs = [s["seq"] for s in samples if isinstance(s, dict) and isinstance(s.get("seq"), int)]
         if len(seqs) != len(set(seqs)):
             errors["samples"] = "Sequence numbers must be unique within a batch."
     if errors:
