@@ -68,6 +68,14 @@ class PolicySerializer(ModelCleanMixin, serializers.ModelSerializer):
         ]
         read_only_fields = ["version", "updated"]
 
+    def to_internal_value(self, data):
+        # DRF's number fields take true/false as 1/0; the wire protocol refuses them.
+        if isinstance(data, dict):
+            flags = [k for k in protocol.POLICY_BOUNDS if isinstance(data.get(k), bool)]
+            if flags:
+                raise serializers.ValidationError({k: ["Must be a number."] for k in flags})
+        return super().to_internal_value(data)
+
     def validate(self, attrs):
         reason = attrs.pop("reason", "")
         attrs = super().validate(attrs)
