@@ -1,0 +1,183 @@
+"""Bad input against the API, generated: every malformed telemetry sample and policy is a 400
+with an error on its field and stores nothing; the role matrix holds on every operation the
+OpenAPI schema lists (so a new endpoint is checked the day it appears)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controlplane.api import router
+from controlplane.models import Policy, TelemetrySample
+from nodeworker import protocol
+from tests.integration.cp_support import INGEST, ROLES, expected_status, sample
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+# Values no numeric field may take (JSON has no NaN/Infinity, but Python's json writes them).
+NOT_A_NUMBER = st.one_of(
+    st.text(max_size=5),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+)
+
+
+@st.composite
+def bad_samples(draw) -> tuple[dict, str]:
+    """(a sample with one malformed field, that field)."""
+    field = draw(
+        st.sampled_from(["seq", "ts", "throttle", "tables", "events", *protocol.SAMPLE_METRICS])
+    )
+    if field == "seq":
+        value = draw(st.one_of(NOT_A_NUMBER, st.integers(max_value=-1), st.floats(0.5, 9.5)))
+    elif field == "ts":
+        value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=0.0)))
+    elif field == "throttle":
+        value = draw(st.text(max_size=8).filter(lambda t: t not in protocol.THROTTLE_STATES))
+    elif field == "tables":
+        value = draw(st.one_of(st.text(max_size=3), st.lists(st.integers(), min_size=1)))
+    elif field == "events":
+        value = draw(
+            st.one_of(
+                st.text(max_size=3),
+                st.just([{"kind": "not-a-kind", "ts": 1.0, "detail": {}}]),
+                st.just([{"kind": "qos", "ts": "then", "detail": {}}]),
+            )
+        )
+    else:
+        low = protocol.SAMPLE_METRICS[field][2]
+        value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=low, exclude_max=True)))
+    return {**sample(1), field: value}, field
+
+
+@pytest.mark.django_db
+@FUZZ
+@given(case=bad_samples())
+def test_fuzzed_telemetry_is_a_field_error_and_stores_nothing(clients, case):
+    bad, field = case
+    before = TelemetrySample.objects.count()
+    response = clients("node").post(
+        INGEST,
+        json.dumps({"node": clients.node.name, "samples": [sample(0), bad]}),
+        content_type="application/json",
+    )
+    assert response.status_code == 400, (field, bad[field], response.content[:300])
+    errors = response.json()
+    assert any(key.startswith(f"samples[1].{field}") for key in errors), errors
+    assert TelemetrySample.objects.count() == before  # the batch is refused whole
+
+
+@st.composite
+def bad_policies(draw) -> tuple[dict, str]:
+    field = draw(st.sampled_from(["mode", "prune_action", *protocol.POLICY_BOUNDS]))
+    if field in ("mode", "prune_action"):
+        allowed = protocol.MODES if field == "mode" else protocol.PRUNE_ACTIONS
+        value = draw(
+            st.one_of(st.integers(), st.text(max_size=8).filter(lambda t: t not in allowed))
+        )
+    else:
+        bound = protocol.POLICY_BOUNDS[field]
+        outside = []
+        if bound.high is not None:
+            outside.append(st.floats(bound.high, 1e12, exclude_min=True))
+        if bound.low is not None:
+            outside.append(st.floats(-1e12, bound.low, exclude_max=not bound.low_open))
+        bad_number = st.one_of(
+            st.text(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2)
+        )
+        value = draw(st.one_of(bad_number, *outside))
+    return {"name": "fuzzed", field: value}, field
+
+
+@pytest.mark.django_db
+@FUZZ
+@given(case=bad_policies())
+def test_fuzzed_policies_are_field_errors_and_create_nothing(clients, case):
+    body, field = case
+    response = clients("admin").post("/api/policies/", body, format="json")
+    assert response.status_code == 400, (body, response.content[:300])
+    assert field in response.json(), response.json()
+    assert not Policy.objects.filter(name="fuzzed").exists()
+
+
+# --- the role matrix on every operation of the schema ------------------------------------------
+
+PUBLIC = {("/api/health/", "get")}
+NODE_ONLY = {(INGEST, "post")}
+ANY_AUTHENTICATED = {("/api/me/", "get")}
+OPERATOR = {(f"/api/nodes/{{name}}/{action}/", "post") for action in protocol.NODE_ACTIONS} | {
+    ("/api/alerts/{id}/acknowledge/", "post")
+}
+
+
+def operations(client) -> list[tuple[str, str]]:
+    paths = client.get("/api/schema/", {"format": "json"}).json()["paths"]
+    return sorted((path, method) for path, item in paths.items() for method in item)
+
+
+def concrete(path: str) -> str:
+    """Path parameters that name nothing: an allowed role gets a 404, never a 401/403."""
+    return path.replace("{name}", "no-such-node").replace("{id}", "987654")
+
+
+def expected(path: str, method: str, role: str) -> int | None:
+    """The status a role must get, or None for 'allowed' (any 2xx/4xx but 401/403)."""
+    op = (path, method)
+    if op in PUBLIC:
+        return None
+    if op in NODE_ONLY:
+        return None if role == "node" else 401  # user credentials are not even read there
+    if op in ANY_AUTHENTICATED:
+        return 401 if role == "anonymous" else None
+    needed = "operator" if op in OPERATOR else ("viewer" if method == "get" else "admin")
+    status = expected_status(role, needed, 0)
+    return None if status == 0 else status
+
+
+@pytest.mark.django_db
+def test_every_schema_operation_holds_the_role_matrix(clients, sent_tasks):
+    ops = operations(clients("anonymous"))
+    prefixes = {f"/api/{prefix}/" for prefix, _, _ in router.registry}
+    assert prefixes <= {p for p, _ in ops if p.count("/") == 3}, (
+        "an endpoint missing from the schema"
+    )
+    assert OPERATOR | NODE_ONLY | PUBLIC | ANY_AUTHENTICATED <= set(ops)
+    failures = []
+    for path, method in ops:
+        url = concrete(path)
+        for role in ROLES:
+            call = getattr(clients(role), method)
+            response = call(url, {}, format="json") if method != "get" else call(url)
+            want = expected(path, method, role)
+            got = response.status_code
+            ok = got == want if want is not None else got not in (401, 403) and got < 500
+            if not ok:
+                failures.append(
+                    f"{method.upper()} {path} as {role}: {got}, want {want or 'allowed'}"
+                )
+    assert not failures, "\n".join(failures)
+    assert sent_tasks == []  # nothing named an existing node
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("seq", [[1], {"a": 1}])
+def test_an_unhashable_seq_is_a_field_error_not_a_500(clients, seq):
+    body = {"node": clients.node.name, "samples": [{**sample(0), "seq": seq}]}
+    response = clients("node").post(INGEST, body, format="json")
+    assert response.status_code == 400 and "samples[0].seq" in response.json()
+
+
+@pytest.mark.django_db
+def test_a_boolean_policy_number_is_a_field_error(clients):
+    response = clients("admin").post("/api/policies/", {"name": "b", "r_max": True}, format="json")
+    assert response.status_code == 400 and response.json() == {"r_max": ["Must be a number."]}
