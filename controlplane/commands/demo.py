@@ -40,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="the format of --data")
     parser.add_argument("--qps", type=float, default=50.0, help="requests per second per node")
     parser.add_argument(
-        "--drift", type=float, default=60.0, help="synthetic drift: radians per hour of tastes"
+        "--drift", type=float, default=20.0, help="synthetic drift: radians per hour of tastes"
     )
     parser.add_argument(
-        "--sync-period", type=float, default=120.0, help="seconds between the cluster's syncs"
+        "--sync-period", type=float, default=180.0, help="seconds between the cluster's syncs"
     )
     parser.add_argument("--pretrain-events", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -109,7 +109,9 @@ def _replay_spec(args: argparse.Namespace) -> str:
             "num_events": 1_000_000,
             "user_rows": 20_000,
             "item_rows": 10_000,
-            "fresh_window_events": 5_000,
+            "new_id_share": 0.5,
+            "fresh_event_share": 0.3,
+            "fresh_window_events": 2_000,
         }
         return "synthetic:" + ",".join(f"{k}={v}" for k, v in options.items())
     if not args.format:
