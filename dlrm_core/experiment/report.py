@@ -40,6 +40,9 @@ SCHEMA_VERSION = 1
 CLAIM_MEMORY_PCT = 2.0
 CLAIM_COST_RATIO = 2.0
 CLAIM_GAIN_RANGE_PCT = (0.04, 0.24)
+# one colour per strategy in every figure
+COLORS = {"stale": "#7f7f7f", "full_sync": "#d62728", "delta_sync": "#1f77b4",
+          "prioritized_delta": "#2ca02c", "liveupdate": "#ff7f0e"}  # fmt: skip
 
 
 def _num(x: float) -> float | None:
@@ -269,15 +272,18 @@ def write_report(results: dict[str, Any], path: Path) -> None:
 
     f = fig("AUC per window", "AUC")
     for n in names:
-        f.add_scatter(x=mids, y=strat[n]["auc_per_window"], mode="lines+markers", name=n)
+        f.add_scatter(
+            x=mids, y=strat[n]["auc_per_window"], mode="lines+markers", name=n,
+            line_color=COLORS[n])  # fmt: skip
     f = fig("AUC gain over delta_sync per window", "relative AUC gain (%)")
     for n in names:
         if n != "delta_sync":
             f.add_scatter(
                 x=mids, y=strat[n]["gain_vs_delta_sync_pct_per_window"],
-                mode="lines+markers", name=n)  # fmt: skip
+                mode="lines+markers", name=n, line_color=COLORS[n])  # fmt: skip
     f = fig("Bytes moved per hour", "bytes / h (experiment scale)", "strategy")
-    f.add_bar(x=names, y=[strat[n]["bytes_per_hour"] for n in names])
+    f.add_bar(x=names, y=[strat[n]["bytes_per_hour"] for n in names],
+              marker_color=[COLORS[n] for n in names])  # fmt: skip
     f = fig("Update CPU-seconds per hour", "CPU-s / h", "strategy")
     f.add_bar(x=names, y=[strat[n]["cpu_seconds_per_hour"] for n in names], name="update")
     f.add_bar(
@@ -288,7 +294,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     f = fig("Memory overhead per window (peak)", "% of table bytes")
     for n in names:
         f.add_scatter(x=mids, y=strat[n]["memory_overhead_pct_per_window"], name=n,
-                      mode="lines+markers")  # fmt: skip
+                      mode="lines+markers", line_color=COLORS[n])  # fmt: skip
     if "liveupdate" in strat:
         f = fig("LiveUpdate rank per table over time", "rank")
         ranks = strat["liveupdate"]["rank_per_window"]
@@ -303,7 +309,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             if n != "delta_sync":
                 f.add_scatter(x=[r["label_delay_s"] for r in sweep],
                               y=[r["gain_vs_delta_sync_pct"].get(n) for r in sweep],
-                              name=n, mode="lines+markers")  # fmt: skip
+                              name=n, mode="lines+markers", line_color=COLORS[n])  # fmt: skip
     parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     body = "\n".join([
         f"<h1>LiveUpdate freshness experiment: {html.escape(str(results['dataset']['name']))}"
