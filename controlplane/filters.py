@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import django_filters as filters
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from controlplane.models import (
     Alert,
@@ -16,10 +20,28 @@ from controlplane.models import (
 )
 
 
+class _UTCIsoDateTimeField(IsoDateTimeField):
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Out of the supported date range.", code="invalid") from None
+
+
+class UTCDateTimeFilter(filters.IsoDateTimeFilter):
+    """An ISO 8601 time, queried in UTC: PostgreSQL refuses UTC offsets beyond +-15:59 (a 500
+    otherwise), and the API allows any offset ISO 8601 does."""
+
+    field_class = _UTCIsoDateTimeField
+
+
 class NodeFilter(filters.FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
     host = filters.CharFilter(lookup_expr="icontains")
-    seen_after = filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte")
+    seen_after = UTCDateTimeFilter(field_name="last_seen", lookup_expr="gte")
 
     class Meta:
         model = Node
@@ -50,8 +72,8 @@ class CheckpointFilter(filters.FilterSet):
 
 class ExperimentRunFilter(filters.FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
-    created_after = filters.IsoDateTimeFilter(field_name="created", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created", lookup_expr="lt")
+    created_after = UTCDateTimeFilter(field_name="created", lookup_expr="gte")
+    created_before = UTCDateTimeFilter(field_name="created", lookup_expr="lt")
 
     class Meta:
         model = ExperimentRun
@@ -64,7 +86,7 @@ class _NodeScoped(filters.FilterSet):
 
 class AlertFilter(_NodeScoped):
     open = filters.BooleanFilter(field_name="resolved_at", lookup_expr="isnull")
-    raised_after = filters.IsoDateTimeFilter(field_name="raised_at", lookup_expr="gte")
+    raised_after = UTCDateTimeFilter(field_name="raised_at", lookup_expr="gte")
 
     class Meta:
         model = Alert
@@ -72,8 +94,8 @@ class AlertFilter(_NodeScoped):
 
 
 class NodeEventFilter(_NodeScoped):
-    since = filters.IsoDateTimeFilter(field_name="ts", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="ts", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="ts", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="ts", lookup_expr="lt")
 
     class Meta:
         model = NodeEvent
