@@ -1,0 +1,224 @@
+"""A fleet against one control plane: N simulated nodes each post one telemetry sample a second
+(open loop, spread over the second) while V dashboard websockets watch the whole fleet. Real
+daphne (one process, as tests/services.py starts it) on a fresh PostgreSQL database and the
+Redis channel layer; the load generator runs on the same machine.
+
+Reports ingest latency per request (counted from each post's scheduled time, so queueing
+shows), whether every sample was stored exactly once, and per viewer how many telemetry events
+arrived and how late (receipt - the sample's scheduled time).
+
+    python bench/fleet_bench.py [--nodes 50] [--viewers 50] [--duration 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+import requests
+from controlplane_bench import Node, ServerCPU, api_token, summary_ms
+from websockets.sync.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import services  # noqa: E402
+
+
+def run_node(node: Node, url: str, t0: float, duration: float, out: dict) -> None:
+    """One post a second from ``t0``; latency from the scheduled time."""
+    latencies, errors, k = [], 0, 0
+    while True:
+        due = t0 + k
+        if due > t0 + duration:
+            break
+        time.sleep(max(0.0, due - time.monotonic()))
+        try:
+            node.post(url, 1)
+            latencies.append(time.monotonic() - due)
+        except requests.RequestException:
+            errors += 1
+        k += 1
+    out[node.name] = (latencies, errors)
+
+
+class Viewer:
+    """A dashboard socket: counts telemetry events and their delay (receipt - scheduled post)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.count = 0
+        self.connected = threading.Event()
+
+    def run(self, ws_url: str, headers: dict, sent_at: dict, stop: threading.Event) -> None:
+        with connect(ws_url, additional_headers=headers, open_timeout=30, max_queue=None) as ws:
+            self.connected.set()
+            while not stop.is_set():
+                try:
+                    event = json.loads(ws.recv(timeout=0.5))
+                except TimeoutError:
+                    continue
+                if event.get("kind") == "telemetry":
+                    self.count += 1
+                    due = sent_at.get((event["node"], event["sample"]["seq"]))
+                    if due is not None:
+                        self.delays.append(time.time() - due)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--viewers", default="0,50", help="viewer counts, one phase each")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fleet.json")
+    args = parser.parse_args(argv)
+    if not services.postgres_up() or not services.redis_up():
+        print("needs PostgreSQL and Redis (see tests/services.py for the URLs)", file=sys.stderr)
+        return 2
+    phases = [phase(args.nodes, int(n), args.duration) for n in args.viewers.split(",")]
+    for report in phases:
+        print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(phases, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def phase(n_nodes: int, n_viewers: int, duration: float) -> dict:
+    """One run on a fresh control plane: n_nodes at 1 Hz for duration s, n_viewers watching."""
+    report: dict = {
+        "mode": "daphne (1 process) + PostgreSQL + Redis channel layer",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other work",
+        "nodes": n_nodes,
+        "viewers": n_viewers,
+        "duration_s": duration,
+        "loadavg_before": os.getloadavg(),
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        services.temporary_postgres_database(services.POSTGRES_ADMIN_URL) as db,
+    ):
+        redis_url = services.REDIS_URL.rsplit("/", 1)[0] + "/12"  # the bench's own database
+        redis.Redis.from_url(redis_url).flushdb()
+        env = services.appliance_env(Path(tmp), db, redis_url)
+        app = services.Appliance(env, Path(tmp) / "daphne.log").start()
+        try:
+            token = api_token(env, app.username)
+            admin = {"Authorization": f"Token {token}"}
+            nodes = []
+            for i in range(n_nodes):
+                r = requests.post(
+                    f"{app.url}/api/nodes/", json={"name": f"fleet-{i}"}, headers=admin, timeout=30
+                )
+                r.raise_for_status()
+                nodes.append(Node(f"fleet-{i}", r.json()["token"]))
+            session = app.login()
+            cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+            headers = {"Cookie": cookie, "Origin": app.url}
+            ws_url = app.url.replace("http://", "ws://") + "/ws/fleet/"
+            stop, viewer_threads = threading.Event(), []
+            viewers = [Viewer() for _ in range(n_viewers)]
+            sent_at: dict = {}
+            for viewer in viewers:
+                t = threading.Thread(target=viewer.run, args=(ws_url, headers, sent_at, stop))
+                t.start()
+                viewer_threads.append(t)
+            services.wait_until(
+                lambda: all(v.connected.is_set() for v in viewers), 60, "viewers connected"
+            )
+            cpu = ServerCPU(app.process.pid)
+            cpu0 = cpu.seconds()
+            url = f"{app.url}/api/telemetry/ingest/"
+            t0 = time.monotonic() + 1.0
+            wall0 = time.time() + 1.0
+            # every sample's scheduled wall time, for the viewers' delays
+            for i, node in enumerate(nodes):
+                offset = i / n_nodes
+                for k in range(int(duration) + 1):
+                    sent_at[(node.name, k)] = wall0 + offset + k
+            results: dict = {}
+            node_threads = [
+                threading.Thread(
+                    target=run_node,
+                    args=(node, url, t0 + i / n_nodes, duration, results),
+                )
+                for i, node in enumerate(nodes)
+            ]
+            for t in node_threads:
+                t.start()
+            for t in node_threads:
+                t.join()
+            server_cpu = cpu.seconds() - cpu0
+            drained, last = time.monotonic() + 60, -1  # late events are late, not lost
+            while time.monotonic() < drained and sum(v.count for v in viewers) != last:
+                last = sum(v.count for v in viewers)
+                time.sleep(3)
+            stop.set()
+            for t in viewer_threads:
+                t.join(timeout=30)
+            with psycopg.connect(db) as conn:
+                stored, distinct = conn.execute(
+                    "SELECT count(*), count(DISTINCT (node_id, seq)) "
+                    "FROM controlplane_telemetrysample"
+                ).fetchone()
+        finally:
+            app.stop()
+    latencies = [x for lat, _ in results.values() for x in lat]
+    posted = len(latencies)
+    report["ingest"] = {
+        **summary_ms(latencies),
+        "posted": posted,
+        "errors": sum(e for _, e in results.values()),
+        "stored": stored,
+        "stored_distinct": distinct,
+        "samples_per_s": round(posted / duration, 1),
+        "server_cpu_s": round(server_cpu, 1),
+        "server_cpu_ms_per_sample": round(server_cpu * 1000 / max(1, posted), 2),
+    }
+    counts = [v.count for v in viewers]
+    delays = [d for v in viewers for d in v.delays]
+    report["delivery"] = {
+        "expected_events_each": posted,
+        "received_min": min(counts, default=0),
+        "received_max": max(counts, default=0),
+        "lost_total": sum(posted - c for c in counts),
+        "delay": summary_ms(delays) if delays else None,
+    }
+    report["loadavg_after"] = os.getloadavg()
+    return report
+
+
+def print_table(report: dict) -> None:
+    i, v = report["ingest"], report["delivery"]
+    loads = "/".join(f"{x:.1f}" for x in report["loadavg_before"])
+    print(f"\n{report['mode']} on {report['machine']}; load average before {loads}")
+    print(f"{report['nodes']} nodes at 1 Hz, {report['viewers']} viewers, {report['duration_s']} s")
+    print(f"  {'':<22} {'n':>6} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+    d = v["delay"] or {"n": 0, "p50_ms": 0, "p95_ms": 0, "p99_ms": 0, "max_ms": 0}
+    for name, s in (("ingest (goal p99<100ms)", i), ("ingest -> each viewer", d)):
+        print(
+            f"  {name:<22} {s['n']:>6} {s['p50_ms']:>7.1f}ms {s['p95_ms']:>7.1f}ms"
+            f" {s['p99_ms']:>7.1f}ms {s['max_ms']:>7.1f}ms"
+        )
+    print(
+        f"  posted {i['posted']} ({i['samples_per_s']}/s), errors {i['errors']}, stored"
+        f" {i['stored']} ({i['stored_distinct']} distinct); server CPU"
+        f" {i['server_cpu_ms_per_sample']} ms/sample"
+    )
+    print(
+        f"  viewers received {v['received_min']}..{v['received_max']} of"
+        f" {v['expected_events_each']} events each; lost in total {v['lost_total']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
