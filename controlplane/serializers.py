@@ -301,8 +301,18 @@ class NodeEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class NodeNameField(serializers.SlugRelatedField):
+    """A node by name; a value that cannot be a name (a NUL byte would be a database error)
+    is refused before any query."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not protocol.NODE_NAME_RE.match(data):
+            raise serializers.ValidationError("Not a node name (lowercase letters, digits, '-').")
+        return super().to_internal_value(data)
+
+
 class TelemetryQuerySerializer(serializers.Serializer):
-    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
+    node = NodeNameField(slug_field="name", queryset=Node.objects.all())
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     bucket_s = serializers.IntegerField(

@@ -192,3 +192,11 @@ def test_any_iso_offset_is_queried_in_utc_not_a_500(clients, url):
     schemathesis)."""
     assert clients("viewer").get(url + "2000-01-01T00:00:00%2B16:00").status_code == 200
     assert clients("viewer").get(url + "0001-01-01T00:00:00%2B01:00").status_code == 400
+
+
+@pytest.mark.django_db
+def test_a_nul_byte_in_the_telemetry_node_is_a_field_error(clients):
+    """Found by schemathesis: it was a database error (500)."""
+    url = "/api/telemetry/?node=%00x&start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z"
+    response = clients("viewer").get(url)
+    assert response.status_code == 400 and "node" in response.json()
