@@ -138,7 +138,11 @@ class Appliance:
         )
         manage(self.env, "shell", "-c", create)
         self.username = username
-        log = self.log_path.open("w")
+        return self.serve()
+
+    def serve(self) -> Appliance:
+        """(Re)start daphne on this appliance's port (start() migrates first)."""
+        log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [
                 sys.executable,

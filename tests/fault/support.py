@@ -32,17 +32,19 @@ class Plane:
         self.token = ""
 
     def start(self) -> Plane:
+        if self.token:  # a restart: migrated, user and token exist
+            self.appliance.serve()
+            return self
         self.appliance.start(username="fault-admin", superuser=True)
-        if not self.token:
-            self.token = services.manage(
-                self.env,
-                "shell",
-                "-c",
-                "from django.contrib.auth import get_user_model; "
-                "from rest_framework.authtoken.models import Token; "
-                "user = get_user_model().objects.get(username='fault-admin'); "
-                "print(Token.objects.get_or_create(user=user)[0].key)",
-            ).split()[-1]
+        self.token = services.manage(
+            self.env,
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model; "
+            "from rest_framework.authtoken.models import Token; "
+            "user = get_user_model().objects.get(username='fault-admin'); "
+            "print(Token.objects.get_or_create(user=user)[0].key)",
+        ).split()[-1]
         return self
 
     def stop(self) -> None:
