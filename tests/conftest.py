@@ -54,6 +54,17 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def fresh_postgres_db(postgres_url):
     """A PostgreSQL database of its own, dropped afterwards: yields its URL."""
     with services.temporary_postgres_database(postgres_url) as url:

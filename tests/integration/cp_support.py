@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -12,6 +10,7 @@ from rest_framework.test import APIClient
 
 from controlplane.models import Node
 from controlplane.roles import LEVELS, ensure_groups
+from tests.factories import telemetry_sample
 
 ROLES = ("anonymous", "norole", "viewer", "operator", "admin", "node")
 INGEST = "/api/telemetry/ingest/"
@@ -26,28 +25,7 @@ def expected_status(role: str, needed: str, ok: int) -> int:
     return ok if LEVELS[role] >= LEVELS[needed] else 403
 
 
-def sample(seq: int, ts: float | None = None, **overrides) -> dict:
-    data = {
-        "seq": seq,
-        "ts": ts if ts is not None else time.time(),
-        "qps": 120.0,
-        "p50_ms": 2.0,
-        "p95_ms": 5.0,
-        "p99_ms": 9.0,
-        "auc": 0.71,
-        "logloss": 0.52,
-        "memory_overhead_bytes": 4096,
-        "memory_overhead_pct": 1.4,
-        "freshness_lag_s": 0.8,
-        "trainer_samples_per_s": 900.0,
-        "trainer_duty": 0.6,
-        "throttle": "running",
-        "tables": {"user": {"rank": 4, "memory_bytes": 2048, "memory_pct": 1.2}},
-        "cpu_per_core": [55.0, 20.0],
-        "events": [],
-    }
-    data.update(overrides)
-    return data
+sample = telemetry_sample  # the name these tests use
 
 
 def make_node(name: str = "edge-1", **fields) -> tuple[Node, str]:

@@ -13,14 +13,8 @@ from dlrm_core.live_embedding import (
 )
 from dlrm_core.model import DLRM, DLRMConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N, D, R = 50, 6, 3

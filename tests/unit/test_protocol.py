@@ -3,30 +3,12 @@ import math
 import pytest
 
 from nodeworker import protocol
+from tests.factories import telemetry_sample
 
 
 def good_sample(seq=0, **overrides):
-    sample = {
-        "seq": seq,
-        "ts": 1_700_000_000.0 + seq,
-        "qps": 120.0,
-        "p50_ms": 2.0,
-        "p95_ms": 5.0,
-        "p99_ms": 9.0,
-        "auc": 0.71,
-        "logloss": 0.52,
-        "memory_overhead_bytes": 4096,
-        "memory_overhead_pct": 1.4,
-        "freshness_lag_s": 0.8,
-        "trainer_samples_per_s": 900.0,
-        "trainer_duty": 0.6,
-        "throttle": "running",
-        "tables": {"user": {"rank": 4, "memory_bytes": 2048, "memory_pct": 1.2}},
-        "cpu_per_core": [55.0, 20.0],
-        "events": [{"kind": "rank_change", "ts": 1_700_000_000.5, "detail": {"from": 4, "to": 6}}],
-    }
-    sample.update(overrides)
-    return sample
+    events = [{"kind": "rank_change", "ts": 1_700_000_000.5, "detail": {"from": 4, "to": 6}}]
+    return telemetry_sample(seq, 1_700_000_000.0 + seq, **{"events": events, **overrides})
 
 
 def test_queue_names():

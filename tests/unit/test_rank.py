@@ -7,14 +7,8 @@ from torch import nn
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, overhead_bytes
 from dlrm_core.rank import RankController, RankPolicy, min_budget_bytes
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N, D = 200, 8

@@ -9,14 +9,8 @@ from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.serving import ServingDelta, apply_base_patches
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CFG = DLRMConfig(("a", "b", "c", "d"), (40, 30, 20, 10), 2, 6, (8, 6), (8, 1))
