@@ -91,9 +91,6 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     DATABASES["default"]["OPTIONS"].setdefault(
         "pool", {"min_size": 1, "max_size": env_int("LIVEUPDATE_DB_POOL_SIZE", 8, minimum=1)}
     )
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web and workers share the embedded database: wait for its lock instead of failing.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 MIGRATION_MODULES = {"controlplane": "migrations"}
 

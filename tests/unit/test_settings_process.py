@@ -5,12 +5,12 @@ import sys
 
 from tests.services import ROOT
 
+SUMMARY = "s.DEBUG, s.CHANNEL_LAYERS['default']['BACKEND'], s.CELERY_BROKER_URL"
 
-def load_settings(tmp_path, **env):
-    code = (
-        "import controlplane.settings as s; "
-        "print(s.DEBUG, s.CHANNEL_LAYERS['default']['BACKEND'], s.CELERY_BROKER_URL)"
-    )
+
+def load_settings(tmp_path, printed=SUMMARY, **env):
+    """Import the settings with exactly ``env`` set and print ``printed`` (names of ``s``)."""
+    code = f"import controlplane.settings as s; print({printed})"
     base = {"PATH": "/usr/bin:/bin", "LIVEUPDATE_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -31,6 +31,14 @@ def test_embedded_default_needs_no_servers(tmp_path):
         "filesystem://",
     ]
     assert (tmp_path / "secret_key").exists()
+
+
+def test_embedded_sqlite_is_shared_safely_by_several_processes(tmp_path):
+    result = load_settings(tmp_path, printed="s.DATABASES['default']['OPTIONS']")
+    assert result.returncode == 0, result.stderr
+    options = result.stdout
+    assert "'transaction_mode': 'IMMEDIATE'" in options and "journal_mode=WAL" in options
+    assert "'timeout': 20" in options
 
 
 def test_redis_url_switches_channels_and_celery(tmp_path):
