@@ -248,7 +248,7 @@ class DLRM(nn.Module):
         dense = self.dense_arch(batch.dense)
         sparse = self.sparse_arch(batch)
         if delta is not None:
-            sparse = delta.add_to(sparse, batch)
+            delta.add_to_(sparse, batch)
         return self.over_arch(self.inter_arch(dense, sparse))
 
     def dense_parameters(self) -> list[nn.Parameter]:

@@ -2,10 +2,10 @@
 
 Inference keeps a plain DLRM (base tables, its own copy) and adds the low-rank correction of
 all tables at once: ``model(batch, delta=serving_delta)``. Tables of the same rank are fused
-into one group, so a forward costs one searchsorted, one EmbeddingBag and one bmm per distinct
-rank instead of several small ops per table. The group's memory is what the factors hold: the
-sorted ids (offset per table so that they stay sorted across tables; int32 when they fit), A and
-B * scale.
+into one group, so a forward costs one hash lookup, one EmbeddingBag and one bmm per distinct
+rank instead of several small ops per table. Ids are offset per table into one key space (int32
+when it fits); a CuckooIndex maps them to rows of A. The group's memory is what the factors hold
+(the keys, A and B * scale) plus the index's slot table, all growing with the active rows.
 
 Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
 into the trainer's base copy reach the inference tables through apply_base_patches.
@@ -24,6 +24,7 @@ from torch import nn
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import FactorVersion
+from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.live_embedding import TableFactors
 from dlrm_core.model import DLRM
 
@@ -34,27 +35,22 @@ class RankGroup:
 
     features: tuple[int, ...]  # T feature positions in the batch / model
     feature_index: torch.Tensor  # (T,) int64, the same positions
-    key_offsets: torch.Tensor  # (T,) int64 added to table t's ids: disjoint sorted key ranges
-    keys: torch.Tensor  # (sum n_t,) sorted global keys of the active rows, int32 if they fit
-    a: torch.Tensor  # (sum n_t, r)
+    key_offsets: torch.Tensor  # (T,) int64 added to table t's ids: disjoint key ranges
+    index: CuckooIndex  # global key of an active row -> 1 + its row in a
+    a: torch.Tensor  # (1 + sum n_t, r): a zero row (ids that are not active), then A of each table
     b: torch.Tensor  # (T, r, D), B * scale of each table
 
     def pooled(self, batch: SparseBatch) -> torch.Tensor:
-        """(B, T, D) summed deltas of each bag of the group's tables."""
+        """(T, B, D) summed deltas of each bag of the group's tables."""
         n, t = batch.batch_size, len(self.features)
         values = [batch.values[f] for f in self.features]
         counts = torch.tensor([v.numel() for v in values])
         keys = torch.cat(values) + torch.repeat_interleave(self.key_offsets, counts)
-        keys = keys.to(self.keys.dtype)  # int32 halves the bytes the binary search walks
         starts = torch.cumsum(counts, 0) - counts  # where each table's values begin
         offsets = torch.cat([batch.offsets[f] for f in self.features])
         offsets = offsets + torch.repeat_interleave(starts, n)
-        pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
-        hit = self.keys.index_select(0, pos) == keys
-        pooled_a = F.embedding_bag(  # (T * B, r); ids that are not active weigh 0
-            pos, self.a, offsets, mode="sum", per_sample_weights=hit.to(self.a.dtype)
-        )
-        return torch.bmm(pooled_a.view(t, n, -1), self.b).transpose(0, 1)
+        pooled_a = F.embedding_bag(self.index.rows(keys), self.a, offsets, mode="sum")
+        return torch.bmm(pooled_a.view(t, n, -1), self.b)
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,10 @@ class ServingDelta:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for g in self.groups for t in (g.keys, g.a, g.b))
+        return sum(
+            g.index.nbytes + g.a.numel() * g.a.element_size() + g.b.numel() * g.b.element_size()
+            for g in self.groups
+        )
 
     @staticmethod
     def from_factors(
@@ -84,16 +83,16 @@ class ServingDelta:
             facts = [tables[feature_names[f]] for f in feats]
             rows = torch.tensor([table_rows[f] for f in feats], dtype=torch.int64)
             key_offsets = torch.cumsum(rows, 0) - rows
-            keys = torch.cat([f.ids + o for f, o in zip(facts, key_offsets.tolist(), strict=True)])
-            if int(rows.sum()) <= 2**31 - 1:
-                keys = keys.to(torch.int32)
+            key_dtype = torch.int32 if int(rows.sum()) <= 2**31 - 1 else torch.int64
+            shifted = [f.ids + s for f, s in zip(facts, key_offsets.tolist(), strict=True)]
+            keys = torch.cat(shifted).to(key_dtype)
             groups.append(
                 RankGroup(
                     tuple(feats),
                     torch.tensor(feats, dtype=torch.int64),
                     key_offsets,
-                    keys,
-                    torch.cat([f.a for f in facts]),
+                    CuckooIndex.build(keys),
+                    torch.cat([facts[0].a.new_zeros(1, facts[0].rank)] + [f.a for f in facts]),
                     torch.stack([f.b * f.scale for f in facts]),
                 )
             )
@@ -106,11 +105,10 @@ class ServingDelta:
             version.version, cfg.feature_names, cfg.table_sizes, version.tables
         )
 
-    def add_to(self, pooled: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
-        """pooled (B, F, D) from the base tables + every group's delta."""
+    def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
+        """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place."""
         for group in self.groups:
-            pooled = pooled.index_add(1, group.feature_index, group.pooled(batch))
-        return pooled
+            pooled.index_add_(1, group.feature_index, group.pooled(batch).transpose(0, 1))
 
 
 def apply_base_patches(model: DLRM, version: FactorVersion) -> None:

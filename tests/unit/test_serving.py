@@ -42,8 +42,10 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
         7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 3), (1,)]
-    assert delta.groups[0].keys.dtype == torch.int32  # 100 rows in all: int32 keys
-    assert delta.nbytes == sum(
+    assert delta.groups[0].index.row_keys.dtype == torch.int32  # 100 rows in all: int32 keys
+    # the factors, plus per group its index's slot table and a sentinel key and zero row of A
+    per_group = sum(g.index.slot_rows.numel() * 4 + 4 + g.a.shape[1] * 4 for g in delta.groups)
+    assert delta.nbytes == per_group + sum(
         lv.ids.numel() * 4 + lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
     )
     probe = batch(gen)

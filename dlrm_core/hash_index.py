@@ -1,0 +1,106 @@
+"""An exact hash index from non-negative integer keys to their row numbers, for the serving path.
+
+Cuckoo hashing with three choices: every key sits in one of the three slots its hashes name, so a
+lookup is three independent probes, each one random load, done for all ids of a batch with a few
+vectorised torch ops. A binary search over the sorted keys (what it replaces) costs ~21 dependent
+loads per id and dominated the low-rank correction's forward time. Memory grows with the keys,
+never with the key range: 2**bits slots, the least power of two that keeps the load <= MAX_LOAD.
+
+The build is vectorised too (the parallel cuckoo insertion of GPU hash tables): all unplaced keys
+write themselves into their current slot at once; a key that finds its slot taken by another
+writer of the same round tries its next choice; a key that a winner evicts moves to its next
+choice. Rounds repeat until every key is placed (a few dozen at load 0.8).
+
+Hashes are multiplicative (Knuth): the top ``bits`` of ``key * c`` modulo 2**32 (int32 keys) or
+2**64 (int64 keys), torch's integer product wrapping around like the hardware's.
+
+Shapes: n keys, M = 2**bits slots, q queries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+MAX_LOAD = 0.8  # three-choice cuckoo hashing stays placeable up to ~0.91
+MAX_ROUNDS = 500  # a build still running then has met a cycle: retry with twice the slots
+# Odd 64-bit constants (golden ratio and two xxHash primes); int32 keys use their top 32 bits.
+_MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
+
+
+@dataclass(frozen=True)
+class CuckooIndex:
+    bits: int
+    multipliers: torch.Tensor  # (3, 1) odd constants, the keys' dtype
+    slot_rows: torch.Tensor  # (M,) int32: 1 + the row of the key in that slot, 0 = empty
+    row_keys: torch.Tensor  # (1 + n,) keys in row order after -1 (no key: empty slots miss)
+
+    @staticmethod
+    def build(keys: torch.Tensor) -> CuckooIndex:
+        """Index of ``keys`` (n,) int32 or int64, unique and >= 0; row i is ``keys[i]``."""
+        if keys.dtype not in (torch.int32, torch.int64) or keys.dim() != 1:
+            raise TypeError(f"keys must be 1-d int32 or int64, got {keys.dtype} {list(keys.shape)}")
+        n = keys.numel()
+        if n >= 2**31 - 1:
+            raise ValueError(f"at most 2**31 - 2 keys (int32 rows), got {n}")
+        if n and int(keys.min()) < 0:
+            raise ValueError("keys must be >= 0")
+        width = keys.element_size() * 8
+        multipliers = torch.tensor(
+            [_signed(c >> (64 - width) | 1, width) for c in _MULTIPLIERS], dtype=keys.dtype
+        ).unsqueeze(1)
+        row_keys = torch.cat([keys.new_full((1,), -1), keys])
+        bits = max(1, math.ceil(math.log2(max(n, 1) / MAX_LOAD)))
+        while bits < width:
+            slot_rows = _place(_slots(keys, multipliers, bits, width), bits)
+            if slot_rows is not None:
+                return CuckooIndex(bits, multipliers, slot_rows, row_keys)
+            bits += 1
+        raise RuntimeError(f"could not place {n} keys")  # unreachable for unique keys
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.slot_rows, self.row_keys))
+
+    def rows(self, queries: torch.Tensor) -> torch.Tensor:
+        """(q,) int32: 1 + the row of each query key, 0 where the key is not indexed. Queries
+        are converted to the keys' dtype (so they must fit in it)."""
+        queries = queries.to(self.row_keys.dtype)
+        width = queries.element_size() * 8
+        rows = self.slot_rows.index_select(0, _slots(queries, self.multipliers, self.bits, width))
+        hit = self.row_keys.index_select(0, rows).view(3, -1) == queries
+        return (rows.view(3, -1) * hit).amax(0)  # a key can fill two of its choices: same row
+
+
+def _signed(value: int, width: int) -> int:
+    return value - (1 << width) if value >= 1 << (width - 1) else value
+
+
+def _slots(keys: torch.Tensor, multipliers: torch.Tensor, bits: int, width: int) -> torch.Tensor:
+    """(3 * n,) the three candidate slots of every key, choice-major."""
+    return (((keys.unsqueeze(0) * multipliers) >> (width - bits)) & ((1 << bits) - 1)).view(-1)
+
+
+def _place(slots: torch.Tensor, bits: int) -> torch.Tensor | None:
+    """slot_rows of the keys whose candidate slots are ``slots`` (3 * n,), or None on a cycle."""
+    choices = slots.view(3, -1).to(torch.int64)
+    n = choices.shape[1]
+    owner = torch.full((1 << bits,), -1, dtype=torch.int64)  # key in each slot
+    pending = torch.arange(n)
+    choice = torch.zeros(n, dtype=torch.int64)
+    for _ in range(MAX_ROUNDS):
+        if not pending.numel():
+            return (owner + 1).to(torch.int32)
+        slot = choices[choice, pending]
+        previous = owner[slot]
+        owner[slot] = pending  # among writers to one slot, one wins
+        won = owner[slot] == pending
+        evicted = previous[won]
+        freed = evicted >= 0
+        evicted, at = evicted[freed], slot[won][freed]
+        evicted_choice = (choices[:, evicted] == at).to(torch.int8).argmax(0)
+        pending = torch.cat([pending[~won], evicted])
+        choice = torch.cat([choice[~won] + 1, evicted_choice + 1]) % 3
+    return None
