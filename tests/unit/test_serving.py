@@ -5,7 +5,7 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore
-from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
+from dlrm_core.live_embedding import LiveEmbeddingConfig, TableFactors, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.serving import ServingDelta, apply_base_patches
 
@@ -74,3 +74,48 @@ def test_version_swap_and_base_patches_reach_the_inference_model():
     probe = batch(torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(inference(probe, delta), trainer_model(probe))
+
+
+def test_ids_at_table_boundaries_and_an_empty_table():
+    torch.manual_seed(0)
+    plain = DLRM(CFG)
+    live_model = copy.deepcopy(plain)
+    lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "c"], LiveEmbeddingConfig(2))
+    for name in ("a", "b"):  # the first and last row of each table, where key ranges meet
+        n = CFG.table_sizes[CFG.feature_names.index(name)]
+        lives[name].activate(torch.tensor([0, n - 1]), now=0.0, max_active=n)
+        lives[name].set_factors(torch.randn(2, 2), lives[name].B)
+    delta = ServingDelta.from_factors(
+        1, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
+    )
+    assert [g.features for g in delta.groups] == [(0, 1)]  # c has no active row: no work
+    edges = [[[0], [n - 1], [1], [n - 2], [0, n - 1], []] for n in CFG.table_sizes]
+    probe = SparseBatch.from_ids(CFG.feature_names, edges, torch.randn(6, 2), torch.ones(6))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(probe, delta), live_model(probe))
+
+
+def test_tables_beyond_int32_keys_use_int64_keys():
+    huge = (2**31, 2**31 + 5)  # rows of two tables: their keys do not fit in int32
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.tensor([0, 7, 2**31 - 1]), torch.tensor([3, 2**31 + 4])]
+    tables = {
+        name: TableFactors(i, torch.randn(i.numel(), 2, generator=gen), torch.randn(2, 3), 0.5)
+        for name, i in zip(("x", "y"), ids, strict=True)
+    }
+    delta = ServingDelta.from_factors(2, ("x", "y"), huge, tables)
+    assert delta.groups[0].index.row_keys.dtype == torch.int64
+    bags = [[[0, 7], [1], [2**31 - 1]], [[2**31 + 4, 3], [2**31 + 3], [3]]]
+    probe = SparseBatch.from_ids(("x", "y"), bags, torch.zeros(3, 0), torch.ones(3))
+    pooled = torch.zeros(3, 2, 3)
+    delta.add_to_(pooled, probe)
+    expected = torch.zeros(3, 2, 3)
+    for f, name in enumerate(("x", "y")):
+        t = tables[name]
+        for b, bag in enumerate(bags[f]):
+            for i in bag:
+                hit = (t.ids == i).nonzero()
+                if hit.numel():
+                    expected[b, f] += t.a[int(hit)] @ t.b * t.scale
+    torch.testing.assert_close(pooled, expected)
+    assert expected[1, 0].abs().sum() == 0 and expected[0, 1].abs().sum() > 0

@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlrm_core.hash_index import MAX_LOAD, CuckooIndex
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def sorted_search_rows(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """The reference: 1 + row of each query in ``keys`` by a binary search, 0 if absent."""
+    order = keys.argsort()
+    ordered = keys[order]
+    pos = torch.searchsorted(ordered, queries.to(keys.dtype)).clamp(max=max(keys.numel() - 1, 0))
+    if not keys.numel():
+        return torch.zeros(queries.shape, dtype=torch.int32)
+    hit = ordered[pos] == queries
+    return torch.where(hit, order[pos] + 1, 0).to(torch.int32)
+
+
+def documented_slots(index: CuckooIndex, key: int) -> list[int]:
+    """The hashes as the module documents them: top bits of key * c modulo 2**width."""
+    width = index.row_keys.element_size() * 8
+    return [
+        ((key * (int(c) % 2**width)) % 2**width) >> (width - index.bits)
+        for c in index.multipliers.view(-1)
+    ]
+
+
+def test_known_rows_hits_and_misses():
+    index = CuckooIndex.build(torch.tensor([5, 0, 17], dtype=torch.int32))
+    rows = index.rows(torch.tensor([17, 5, 0, 3, 6, 2**31 - 1]))
+    assert rows.tolist() == [3, 1, 2, 0, 0, 0]
+    assert rows.dtype == torch.int32
+    assert index.bits == math.ceil(math.log2(3 / MAX_LOAD))  # 4 slots for 3 keys
+    assert index.nbytes == 4 * 4 + 4 * 4  # slot table + sentinel and 3 keys
+
+
+@pytest.mark.parametrize(("dtype", "key_range"), [(torch.int32, 2**31 - 1), (torch.int64, 2**40)])
+def test_rows_match_the_sorted_search(dtype, key_range):
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, key_range, (5000,), generator=gen, dtype=torch.int64).unique()
+    keys = keys[torch.randperm(keys.numel(), generator=gen)].to(dtype)  # rows in any order
+    index = CuckooIndex.build(keys)
+    assert index.row_keys.dtype == dtype
+    queries = torch.cat(
+        [
+            keys.long(),
+            keys.long() + 1,  # neighbours: misses unless also a key
+            keys.long() - 1,
+            torch.tensor([0, key_range - 1]),
+            torch.randint(0, key_range, (5000,), generator=gen),
+        ]
+    ).clamp(0, key_range - 1)
+    rows = index.rows(queries)
+    torch.testing.assert_close(rows, sorted_search_rows(keys, queries), rtol=0, atol=0)
+    assert bool((rows[: keys.numel()] == torch.arange(1, keys.numel() + 1)).all())
+    assert keys.numel() / index.slot_rows.numel() <= MAX_LOAD
+
+
+def test_the_hashes_are_the_documented_ones():
+    keys = torch.tensor([0, 1, 2**31 - 1, 123_456_789], dtype=torch.int32)
+    index = CuckooIndex.build(keys)
+    for row, key in enumerate(keys.tolist(), start=1):
+        filled = [int(index.slot_rows[s]) for s in documented_slots(index, key)]
+        assert row in filled
+
+
+def test_keys_that_share_their_first_slot_take_their_other_choices():
+    bits = math.ceil(math.log2(64 / MAX_LOAD))
+    probe = CuckooIndex.build(torch.arange(64, dtype=torch.int32))
+    assert probe.bits == bits
+    crowded = [k for k in range(40_000) if documented_slots(probe, k)[0] < 2][:64]
+    keys = torch.tensor(crowded, dtype=torch.int32)
+    index = CuckooIndex.build(keys)
+    assert int((index.slot_rows > 0).sum()) == 64
+    first_choice = sum(
+        index.slot_rows[documented_slots(index, k)[0]] == r for r, k in enumerate(crowded, start=1)
+    )
+    assert first_choice <= 2  # two first-choice slots for 64 keys
+    queries = torch.arange(40_000)
+    torch.testing.assert_close(index.rows(queries), sorted_search_rows(keys, queries))
+
+
+def test_keys_with_the_same_three_slots_get_a_bigger_table():
+    probe = CuckooIndex.build(torch.arange(4, dtype=torch.int32))
+    by_slots: dict[tuple[int, ...], list[int]] = {}
+    for k in range(200_000):
+        by_slots.setdefault(tuple(documented_slots(probe, k)), []).append(k)
+    same = next(ks for ks in by_slots.values() if len(ks) >= 4)[:4]  # 4 keys, 3 slots: a cycle
+    index = CuckooIndex.build(torch.tensor(same, dtype=torch.int32))
+    assert index.bits > probe.bits
+    queries = torch.tensor([*same, 0, 1, 2, 3])
+    torch.testing.assert_close(index.rows(queries), sorted_search_rows(torch.tensor(same), queries))
+
+
+def test_empty_index_misses_everything():
+    index = CuckooIndex.build(torch.zeros(0, dtype=torch.int64))
+    assert index.rows(torch.tensor([0, 1, 2**40])).tolist() == [0, 0, 0]
+    assert index.rows(torch.zeros(0, dtype=torch.int64)).shape == (0,)
+
+
+def test_bad_keys_are_refused():
+    with pytest.raises(TypeError):
+        CuckooIndex.build(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=">= 0"):
+        CuckooIndex.build(torch.tensor([3, -1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.sets(st.integers(0, 2**40), max_size=300),
+    queries=st.lists(st.integers(0, 2**40), max_size=100),
+    int32=st.booleans(),
+)
+def test_property_rows_agree_with_the_sorted_search(keys, queries, int32):
+    dtype = torch.int32 if int32 else torch.int64
+    keys_t = torch.tensor(sorted(k % 2**31 if int32 else k for k in keys), dtype=torch.int64)
+    keys_t = keys_t.unique().to(dtype)
+    queries_t = torch.tensor(
+        [q % 2**31 if int32 else q for q in queries] + keys_t.tolist(), dtype=torch.int64
+    )
+    index = CuckooIndex.build(keys_t)
+    torch.testing.assert_close(index.rows(queries_t), sorted_search_rows(keys_t, queries_t))
