@@ -84,23 +84,24 @@ def _slots(keys: torch.Tensor, multipliers: torch.Tensor, bits: int, width: int)
 
 
 def _place(slots: torch.Tensor, bits: int) -> torch.Tensor | None:
-    """slot_rows of the keys whose candidate slots are ``slots`` (3 * n,), or None on a cycle."""
-    choices = slots.view(3, -1).to(torch.int64)
-    n = choices.shape[1]
-    owner = torch.full((1 << bits,), -1, dtype=torch.int64)  # key in each slot
-    pending = torch.arange(n)
-    choice = torch.zeros(n, dtype=torch.int64)
+    """slot_rows of the keys whose candidate slots are ``slots`` (3 * n,), or None on a cycle.
+
+    A placement is a flat index c * n + i into ``slots`` (key i in its choice c), so an evicted
+    key's next choice is its placement + n, modulo 3 * n."""
+    slots = slots.to(torch.int64)
+    n3 = slots.numel()
+    if not n3:
+        return torch.zeros(1 << bits, dtype=torch.int32)
+    owner = torch.full((1 << bits,), -1, dtype=torch.int64)  # placement in each slot
+    pending = torch.arange(n3 // 3)  # keys still to place, as placements
     for _ in range(MAX_ROUNDS):
         if not pending.numel():
-            return (owner + 1).to(torch.int32)
-        slot = choices[choice, pending]
-        previous = owner[slot]
-        owner[slot] = pending  # among writers to one slot, one wins
-        won = owner[slot] == pending
-        evicted = previous[won]
-        freed = evicted >= 0
-        evicted, at = evicted[freed], slot[won][freed]
-        evicted_choice = (choices[:, evicted] == at).to(torch.int8).argmax(0)
-        pending = torch.cat([pending[~won], evicted])
-        choice = torch.cat([choice[~won] + 1, evicted_choice + 1]) % 3
+            filled = owner >= 0
+            return torch.where(filled, owner % (n3 // 3) + 1, 0).to(torch.int32)
+        slot = slots.index_select(0, pending)
+        previous = owner.index_select(0, slot)
+        owner.index_put_((slot,), pending)  # among writers to one slot, one wins
+        won = owner.index_select(0, slot) == pending
+        evicted = previous.masked_select(won & (previous >= 0))
+        pending = (torch.cat([pending.masked_select(~won), evicted]) + n3 // 3) % n3
     return None
