@@ -1,15 +1,16 @@
 """An exact hash index from non-negative integer keys to their row numbers, for the serving path.
 
 Cuckoo hashing with three choices: every key sits in one of the three slots its hashes name, so a
-lookup is three independent probes, each one random load, done for all ids of a batch with a few
-vectorised torch ops. A binary search over the sorted keys (what it replaces) costs ~21 dependent
-loads per id and dominated the low-rank correction's forward time. Memory grows with the keys,
-never with the key range: 2**bits slots, the least power of two that keeps the load <= MAX_LOAD.
+lookup is three independent probes, each one random load of a (key, row) pair, done for all ids
+of a batch with a few vectorised torch ops. A binary search over the sorted keys (what it
+replaces) costs ~21 dependent loads per id and dominated the low-rank correction's forward time.
+Memory grows with the keys, never with the key range: 2**bits slots (8 bytes each for int32 keys),
+the least power of two that keeps the load <= MAX_LOAD, so 9.4 to 19 bytes per key.
 
 The build is vectorised too (the parallel cuckoo insertion of GPU hash tables): all unplaced keys
 write themselves into their current slot at once; a key that finds its slot taken by another
 writer of the same round tries its next choice; a key that a winner evicts moves to its next
-choice. Rounds repeat until every key is placed (a few dozen at load 0.8).
+choice. Rounds repeat until every key is placed (~100 at load 0.8, most of them moving few keys).
 
 Hashes are multiplicative (Knuth): the top ``bits`` of ``key * c`` modulo 2**32 (int32 keys) or
 2**64 (int64 keys), torch's integer product wrapping around like the hardware's.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_LOAD = 0.8  # three-choice cuckoo hashing stays placeable up to ~0.91
+MAX_LOAD = 0.85  # three-choice cuckoo hashing stays placeable up to ~0.91
 MAX_ROUNDS = 500  # a build still running then has met a cycle: retry with twice the slots
 # Odd 64-bit constants (golden ratio and two xxHash primes); int32 keys use their top 32 bits.
 _MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
@@ -34,8 +35,9 @@ _MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
 class CuckooIndex:
     bits: int
     multipliers: torch.Tensor  # (3, 1) odd constants, the keys' dtype
-    slot_rows: torch.Tensor  # (M,) int32: 1 + the row of the key in that slot, 0 = empty
-    row_keys: torch.Tensor  # (1 + n,) keys in row order after -1 (no key: empty slots miss)
+    # (M, 2) the keys' dtype: (key, 1 + its row) in each slot, (-1, 0) in empty ones. A probe
+    # loads the pair as one element of twice the width: one random load per probe.
+    slots: torch.Tensor
 
     @staticmethod
     def build(keys: torch.Tensor) -> CuckooIndex:
@@ -51,27 +53,38 @@ class CuckooIndex:
         multipliers = torch.tensor(
             [_signed(c >> (64 - width) | 1, width) for c in _MULTIPLIERS], dtype=keys.dtype
         ).unsqueeze(1)
-        row_keys = torch.cat([keys.new_full((1,), -1), keys])
         bits = max(1, math.ceil(math.log2(max(n, 1) / MAX_LOAD)))
         while bits < width:
             slot_rows = _place(_slots(keys, multipliers, bits, width), bits)
             if slot_rows is not None:
-                return CuckooIndex(bits, multipliers, slot_rows, row_keys)
+                row_keys = torch.cat([keys.new_full((1,), -1), keys])  # row 0: empty slots
+                slot_keys = row_keys.index_select(0, slot_rows)
+                slots = torch.stack([slot_keys, slot_rows.to(keys.dtype)], dim=1)
+                return CuckooIndex(bits, multipliers, slots)
             bits += 1
         raise RuntimeError(f"could not place {n} keys")  # unreachable for unique keys
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.slot_rows, self.row_keys))
+        return self.slots.numel() * self.slots.element_size()
+
+    @property
+    def key_dtype(self) -> torch.dtype:
+        return self.slots.dtype
 
     def rows(self, queries: torch.Tensor) -> torch.Tensor:
         """(q,) int32: 1 + the row of each query key, 0 where the key is not indexed. Queries
         are converted to the keys' dtype (so they must fit in it)."""
-        queries = queries.to(self.row_keys.dtype)
+        queries = queries.to(self.slots.dtype)
         width = queries.element_size() * 8
-        rows = self.slot_rows.index_select(0, _slots(queries, self.multipliers, self.bits, width))
-        hit = self.row_keys.index_select(0, rows).view(3, -1) == queries
-        return (rows.view(3, -1) * hit).amax(0)  # a key can fill two of its choices: same row
+        pairs = self.slots.view(_PAIR_DTYPE[self.slots.dtype]).view(-1)
+        found = pairs.index_select(0, _slots(queries, self.multipliers, self.bits, width))
+        keys_rows = found.view(self.slots.dtype).view(3, -1, 2)
+        rows = keys_rows[..., 1] * (keys_rows[..., 0] == queries)
+        return rows.amax(0).to(torch.int32)  # two choices of a key can be one slot: same row
+
+
+_PAIR_DTYPE = {torch.int32: torch.int64, torch.int64: torch.complex128}  # a 2-wide carrier
 
 
 def _signed(value: int, width: int) -> int:

@@ -23,7 +23,7 @@ def sorted_search_rows(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tenso
 
 def documented_slots(index: CuckooIndex, key: int) -> list[int]:
     """The hashes as the module documents them: top bits of key * c modulo 2**width."""
-    width = index.row_keys.element_size() * 8
+    width = index.slots.element_size() * 8
     return [
         ((key * (int(c) % 2**width)) % 2**width) >> (width - index.bits)
         for c in index.multipliers.view(-1)
@@ -36,7 +36,7 @@ def test_known_rows_hits_and_misses():
     assert rows.tolist() == [3, 1, 2, 0, 0, 0]
     assert rows.dtype == torch.int32
     assert index.bits == math.ceil(math.log2(3 / MAX_LOAD))  # 4 slots for 3 keys
-    assert index.nbytes == 4 * 4 + 4 * 4  # slot table + sentinel and 3 keys
+    assert index.nbytes == 4 * 2 * 4  # 4 slots of (key, row) int32
 
 
 @pytest.mark.parametrize(("dtype", "key_range"), [(torch.int32, 2**31 - 1), (torch.int64, 2**40)])
@@ -45,7 +45,7 @@ def test_rows_match_the_sorted_search(dtype, key_range):
     keys = torch.randint(0, key_range, (5000,), generator=gen, dtype=torch.int64).unique()
     keys = keys[torch.randperm(keys.numel(), generator=gen)].to(dtype)  # rows in any order
     index = CuckooIndex.build(keys)
-    assert index.row_keys.dtype == dtype
+    assert index.key_dtype == dtype
     queries = torch.cat(
         [
             keys.long(),
@@ -58,14 +58,14 @@ def test_rows_match_the_sorted_search(dtype, key_range):
     rows = index.rows(queries)
     torch.testing.assert_close(rows, sorted_search_rows(keys, queries), rtol=0, atol=0)
     assert bool((rows[: keys.numel()] == torch.arange(1, keys.numel() + 1)).all())
-    assert keys.numel() / index.slot_rows.numel() <= MAX_LOAD
+    assert keys.numel() / index.slots.shape[0] <= MAX_LOAD
 
 
 def test_the_hashes_are_the_documented_ones():
     keys = torch.tensor([0, 1, 2**31 - 1, 123_456_789], dtype=torch.int32)
     index = CuckooIndex.build(keys)
     for row, key in enumerate(keys.tolist(), start=1):
-        filled = [int(index.slot_rows[s]) for s in documented_slots(index, key)]
+        filled = [int(index.slots[:, 1][s]) for s in documented_slots(index, key)]
         assert row in filled
 
 
@@ -76,9 +76,10 @@ def test_keys_that_share_their_first_slot_take_their_other_choices():
     crowded = [k for k in range(40_000) if documented_slots(probe, k)[0] < 2][:64]
     keys = torch.tensor(crowded, dtype=torch.int32)
     index = CuckooIndex.build(keys)
-    assert int((index.slot_rows > 0).sum()) == 64
+    assert int((index.slots[:, 1] > 0).sum()) == 64
     first_choice = sum(
-        index.slot_rows[documented_slots(index, k)[0]] == r for r, k in enumerate(crowded, start=1)
+        index.slots[:, 1][documented_slots(index, k)[0]] == r
+        for r, k in enumerate(crowded, start=1)
     )
     assert first_choice <= 2  # two first-choice slots for 64 keys
     queries = torch.arange(40_000)

@@ -42,11 +42,11 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
         7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 3), (1,)]
-    assert delta.groups[0].index.row_keys.dtype == torch.int32  # 100 rows in all: int32 keys
-    # the factors, plus per group its index's slot table and a sentinel key and zero row of A
-    per_group = sum(g.index.slot_rows.numel() * 4 + 4 + g.a.shape[1] * 4 for g in delta.groups)
+    assert delta.groups[0].index.key_dtype == torch.int32  # 100 rows in all: int32 keys
+    # A and B of the factors, plus per group a zero row of A and the index's (key, row) slots
+    per_group = sum(g.index.slots.shape[0] * 2 * 4 + g.a.shape[1] * 4 for g in delta.groups)
     assert delta.nbytes == per_group + sum(
-        lv.ids.numel() * 4 + lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
+        lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
     )
     probe = batch(gen)
     with torch.no_grad():
@@ -104,7 +104,7 @@ def test_tables_beyond_int32_keys_use_int64_keys():
         for name, i in zip(("x", "y"), ids, strict=True)
     }
     delta = ServingDelta.from_factors(2, ("x", "y"), huge, tables)
-    assert delta.groups[0].index.row_keys.dtype == torch.int64
+    assert delta.groups[0].index.key_dtype == torch.int64
     bags = [[[0, 7], [1], [2**31 - 1]], [[2**31 + 4, 3], [2**31 + 3], [3]]]
     probe = SparseBatch.from_ids(("x", "y"), bags, torch.zeros(3, 0), torch.ones(3))
     pooled = torch.zeros(3, 2, 3)
