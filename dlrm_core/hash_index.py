@@ -97,24 +97,28 @@ def _slots(keys: torch.Tensor, multipliers: torch.Tensor, bits: int, width: int)
 
 
 def _place(slots: torch.Tensor, bits: int) -> torch.Tensor | None:
-    """slot_rows of the keys whose candidate slots are ``slots`` (3 * n,), or None on a cycle.
+    """(M,) int64: 1 + the key in each slot, 0 if empty, for keys whose candidate slots are
+    ``slots`` (3 * n,); None on a cycle.
 
     A placement is a flat index c * n + i into ``slots`` (key i in its choice c), so an evicted
     key's next choice is its placement + n, modulo 3 * n."""
-    slots = slots.to(torch.int64)
-    n3 = slots.numel()
-    if not n3:
-        return torch.zeros(1 << bits, dtype=torch.int32)
+    n = slots.numel() // 3
+    if not n:
+        return torch.zeros(1 << bits, dtype=torch.int64)
     owner = torch.full((1 << bits,), -1, dtype=torch.int64)  # placement in each slot
-    pending = torch.arange(n3 // 3)  # keys still to place, as placements
+    # Round one: every key writes its first choice into the empty table.
+    keys = torch.arange(n)
+    first = slots[:n].to(torch.int64)
+    owner.scatter_(0, first, keys)  # of several writers to one slot, one wins: any one
+    pending = (owner.index_select(0, first) != keys).nonzero().view(-1).add_(n)
     for _ in range(MAX_ROUNDS):
         if not pending.numel():
-            filled = owner >= 0
-            return torch.where(filled, owner % (n3 // 3) + 1, 0).to(torch.int32)
-        slot = slots.index_select(0, pending)
+            empty = owner < 0
+            return owner.remainder_(n).add_(1).masked_fill_(empty, 0)
+        slot = slots.index_select(0, pending).to(torch.int64)
         previous = owner.index_select(0, slot)
-        owner.index_put_((slot,), pending)  # among writers to one slot, one wins
+        owner.scatter_(0, slot, pending)
         won = owner.index_select(0, slot) == pending
         evicted = previous.masked_select(won & (previous >= 0))
-        pending = (torch.cat([pending.masked_select(~won), evicted]) + n3 // 3) % n3
+        pending = torch.cat([pending.masked_select(~won), evicted]).add_(n).remainder_(3 * n)
     return None
