@@ -4,8 +4,8 @@ Inference keeps a plain DLRM (base tables, its own copy) and adds the low-rank c
 all tables at once: ``model(batch, delta=serving_delta)``. Tables of the same rank are fused
 into one group, so a forward costs one hash lookup, one EmbeddingBag and one bmm per distinct
 rank instead of several small ops per table. Ids are offset per table into one key space (int32
-when it fits); a CuckooIndex maps them to rows of A. The group's memory is what the factors hold
-(the keys, A and B * scale) plus the index's slot table, all growing with the active rows.
+when it fits); a CuckooIndex maps them to rows of A. The group's memory is A, B * scale and the
+index's slots of (key, row) pairs, all growing with the active rows, never with the tables.
 
 Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
 into the trainer's base copy reach the inference tables through apply_base_patches.
