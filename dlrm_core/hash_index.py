@@ -93,7 +93,8 @@ def _signed(value: int, width: int) -> int:
 
 def _slots(keys: torch.Tensor, multipliers: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     """(3 * n,) the three candidate slots of every key, choice-major."""
-    return (((keys.unsqueeze(0) * multipliers) >> (width - bits)) & ((1 << bits) - 1)).view(-1)
+    hashed = keys.unsqueeze(0) * multipliers  # in place from here: no more (3, n) allocations
+    return hashed.bitwise_right_shift_(width - bits).bitwise_and_((1 << bits) - 1).view(-1)
 
 
 def _place(slots: torch.Tensor, bits: int) -> torch.Tensor | None:
