@@ -71,6 +71,19 @@ def slice_rows(batch: SparseBatch, start: int, stop: int) -> SparseBatch:
     )
 
 
+def skip_events(source: Iterable[SparseBatch], count: int) -> Iterator[SparseBatch]:
+    """The stream without its first ``count`` events (those a base checkpoint was pretrained
+    on: serving them again would score the model on its own training data)."""
+    if count < 0:
+        raise ValueError(f"the events to skip must be >= 0, got {count}")
+    for batch in source:
+        if count >= len(batch):
+            count -= len(batch)
+            continue
+        yield slice_rows(batch, count, len(batch)) if count else batch
+        count = 0
+
+
 def requests_of(source: Iterable[SparseBatch], rows: int) -> Iterator[SparseBatch]:
     """The stream cut into requests of ``rows`` consecutive events."""
     for batch in source:

@@ -29,6 +29,7 @@ class NodeSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 0
     replay: str | None = None  # "synthetic" or FORMAT:PATH
+    skip_events: int = 0  # replay from this event on (the base was pretrained on the head)
     qps: float = 100.0
     label_delay_s: float = 1.0
     rows_per_request: int = 1
@@ -43,6 +44,8 @@ class NodeSettings:
         protocol.node_queue(self.name)  # ValueError naming the bad name
         if self.control_plane and not self.token:
             raise ValueError("a node token is required to report to a control plane")
+        if self.skip_events < 0:
+            raise ValueError(f"skip_events must be >= 0, got {self.skip_events}")
         if self.checkpoint is None and self.replay is None:
             raise ValueError("give a base checkpoint, or a stream to replay (fresh model)")
 
@@ -57,8 +60,8 @@ class NodeSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> NodeSettings:
         """NODE_NAME, NODE_CHECKPOINT, NODE_CONTROL_PLANE, NODE_TOKEN, NODE_HTTP_HOST,
-        NODE_HTTP_PORT, NODE_REPLAY, NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS (a bad value
-        raises ValueError naming the variable)."""
+        NODE_HTTP_PORT, NODE_REPLAY, NODE_SKIP_EVENTS, NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS
+        (a bad value raises ValueError naming the variable)."""
 
         def num(var: str, kind, default):
             raw = environ.get(var)
@@ -77,6 +80,7 @@ class NodeSettings:
             http_host=environ.get("NODE_HTTP_HOST", "127.0.0.1"),
             http_port=num("NODE_HTTP_PORT", int, 0),
             replay=environ.get("NODE_REPLAY") or None,
+            skip_events=num("NODE_SKIP_EVENTS", int, 0),
             qps=num("NODE_QPS", float, 100.0),
             label_delay_s=num("NODE_LABEL_DELAY", float, 1.0),
             sla_ms=num("NODE_SLA_MS", float, None),
@@ -108,13 +112,16 @@ def synthetic_config(spec: str, seed: int):
     return SyntheticConfig(**values)
 
 
-def open_source(spec: str, seed: int):
-    """(stream of SparseBatches, its StreamSchema) for a replay spec."""
+def open_source(spec: str, seed: int, skip: int = 0):
+    """(stream of SparseBatches, its StreamSchema) for a replay spec, without its first
+    ``skip`` events."""
+    from nodeworker.replayer import skip_events
+
     if spec == "synthetic" or spec.startswith("synthetic:"):
         from dlrm_core.synthetic import SyntheticStream
 
         stream = SyntheticStream(synthetic_config(spec, seed))
-        return stream, stream.schema
+        return skip_events(stream, skip), stream.schema
     kind, _, path = spec.partition(":")
     if kind not in FORMATS or not path:
         raise ValueError(
@@ -128,7 +135,7 @@ def open_source(spec: str, seed: int):
         "movielens": readers.MovieLensReader,
     }[kind]
     reader = reader_class(path)
-    return reader, reader.schema
+    return skip_events(reader, skip), reader.schema
 
 
 class NodeService:
@@ -148,7 +155,7 @@ class NodeService:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         source = schema = None
         if s.replay:
-            source, schema = open_source(s.replay, s.seed)
+            source, schema = open_source(s.replay, s.seed, s.skip_events)
         checkpoint = s.checkpoint or build_fresh_checkpoint(
             schema, s.data_dir / "fresh-base.ckpt", s.seed
         )

@@ -140,7 +140,10 @@ def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict
     base = str(data_dir / "demo-base.ckpt")
     url = f"http://{args.host}:{args.port}"
     common = ["--replay", spec, "--seed", str(args.seed), "--checkpoint", base]
-    node = [*common, "--control-plane", url, "--qps", str(args.qps), "--no-pin"]
+    # nodes and cluster replay from where pretraining stopped: no model is scored on its own
+    # training events
+    replay = [*common, "--skip-events", str(args.pretrain_events)]
+    node = [*replay, "--control-plane", url, "--qps", str(args.qps), "--no-pin"]
     worker = [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-B"]
     worker += ["--pool", "solo", "-Q", "controlplane", "-n", "controlplane@%h", "--loglevel"]
     worker += ["INFO", "-s", str(data_dir / "celerybeat-schedule")]
@@ -152,7 +155,7 @@ def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict
             name: [*cli, "node", "run", "--name", name, "--token", tokens[name], *node]
             for name in NODES
         },
-        "cluster": [*cli, "cluster", "run", *common, "--node-socket", str(socket)]
+        "cluster": [*cli, "cluster", "run", *replay, "--node-socket", str(socket)]
         + ["--qps", str(args.qps), "--sync-period", str(args.sync_period)],
     }
     return [Child(name, argv, env, logs / f"{name}.log") for name, argv in specs.items()]

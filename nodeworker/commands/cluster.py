@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--checkpoint", type=Path, required=True)
     init.add_argument("--pretrain-events", type=int, default=0, help="learn the first N events")
+    run.add_argument(
+        "--skip-events", type=int, default=0, help="replay from event N (the base's pretraining)"
+    )
     run.add_argument("--node-socket", type=Path, required=True, help="the node's control.sock")
     run.add_argument("--qps", type=float, default=100.0, help="the node's replay rate")
     run.add_argument("--label-delay", type=float, default=1.0)
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from nodeworker.service import open_source
 
     try:
-        source, schema = open_source(args.replay, args.seed)
+        skip = args.skip_events if args.action == "run" else 0
+        source, schema = open_source(args.replay, args.seed, skip)
     except ValueError as exc:
         raise SystemExit(f"liveupdate cluster: {exc}") from None
     return _init(args, source, schema) if args.action == "init" else _run(args, source)

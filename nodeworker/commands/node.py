@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--http-host", default="127.0.0.1")
     run.add_argument("--http-port", type=int, default=0, help="0: any free port (printed)")
     run.add_argument("--replay", help="synthetic, or FORMAT:PATH (criteo, avazu, movielens)")
+    run.add_argument(
+        "--skip-events", type=int, default=0, help="replay from event N (the base's pretraining)"
+    )
     run.add_argument("--qps", type=float, default=100.0, help="replayed requests per second")
     run.add_argument("--label-delay", type=float, default=1.0, help="seconds until a label")
     run.add_argument("--rows-per-request", type=int, default=1)
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             http_host=args.http_host,
             http_port=args.http_port,
             replay=args.replay,
+            skip_events=args.skip_events,
             qps=args.qps,
             label_delay_s=args.label_delay,
             rows_per_request=args.rows_per_request,

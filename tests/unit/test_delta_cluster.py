@@ -1,5 +1,6 @@
 """The demo's simulated training cluster: it ships exactly the rows it changed (the node gets
-the cluster's values), and a failed sync loses nothing; the demo's replay options parse."""
+the cluster's values), and a failed sync loses nothing; the demo's replay options parse, and
+its nodes and cluster replay from where the base's pretraining stopped."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from controlplane.commands import demo
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster
-from nodeworker.service import synthetic_config
+from nodeworker.service import open_source, synthetic_config
 
 
 def small_stream(**kw) -> SyntheticStream:
@@ -89,3 +90,35 @@ def test_demo_arguments(tmp_path):
     with pytest.raises(SystemExit, match="no such file"):
         spec(data=tmp_path / "missing", format="criteo")
     assert spec(data=tmp_path, format="movielens") == f"movielens:{tmp_path}"
+
+
+def test_replay_skips_the_pretraining_events(shared_data):
+    stream = small_stream(num_events=1000)
+    whole = list(iter(stream))
+    for skip in (0, 1, 127, 128, 300, 999):
+        batches = list(open_source("synthetic:num_events=1000,batch_size=128,user_rows=500", 0,
+                                   skip)[0])  # fmt: skip
+        ids = torch.cat([b.request_ids for b in batches])
+        assert ids.tolist() == list(range(skip, 1000))
+        first = next(b for b in whole if int(b.request_ids[-1]) >= skip)
+        row = skip - int(first.request_ids[0])
+        assert batches[0].values[0][0] == first.values[0][row]  # the same event, not a copy
+    assert list(open_source("synthetic:num_events=1000", 0, 1000)[0]) == []
+    with pytest.raises(ValueError, match=">= 0"):
+        list(open_source("synthetic", 0, -1)[0])
+    path = shared_data / "criteo_kaggle_head10k" / "train_head10k.txt"
+    full = torch.cat([b.labels for b in open_source(f"criteo:{path}", 0)[0]])
+    rest = torch.cat([b.labels for b in open_source(f"criteo:{path}", 0, 1500)[0]])
+    assert torch.equal(rest, full[1500:])
+
+
+def test_demo_nodes_and_cluster_replay_after_the_pretraining(tmp_path):
+    args = argparse.Namespace(host="127.0.0.1", port=8000, qps=50.0, sync_period=180.0, seed=0,
+                              pretrain_events=5000)  # fmt: skip
+    tokens = {name: "t" for name in demo.NODES}
+    children = demo._children(args, "synthetic", tokens, tmp_path, {})
+    replaying = [c for c in children if c.name in (*demo.NODES, "cluster")]
+    assert len(replaying) == 3
+    for child in replaying:
+        i = child.argv.index("--skip-events")
+        assert child.argv[i + 1] == "5000"
