@@ -14,8 +14,9 @@ with fresh tokens), then supervises (controlplane.supervisor) these processes, l
   of the model on the same stream and shipping the rows it changed every ``--sync-period``.
 
 Both nodes and the cluster start from one base checkpoint (``liveupdate cluster init``,
-pretrained on the stream's first events) and replay the same stream: the synthetic drifting
-one, or ``--data PATH --format F``. Ctrl-C or SIGTERM stops every process.
+pretrained on the stream's first ``--pretrain-events``) and replay the same stream from there
+on: the synthetic drifting one, or ``--data PATH --format F``. Ctrl-C or SIGTERM stops every
+process.
 """
 
 import argparse
@@ -40,12 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="the format of --data")
     parser.add_argument("--qps", type=float, default=50.0, help="requests per second per node")
     parser.add_argument(
-        "--drift", type=float, default=20.0, help="synthetic drift: radians per hour of tastes"
+        "--drift", type=float, default=10.0, help="synthetic drift: radians per hour of tastes"
     )
     parser.add_argument(
         "--sync-period", type=float, default=180.0, help="seconds between the cluster's syncs"
     )
-    parser.add_argument("--pretrain-events", type=int, default=5_000)
+    parser.add_argument(
+        "--pretrain-events", type=int, default=50_000, help="the base learns these, then replay"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
