@@ -1,4 +1,5 @@
-"""Saving policies with their history, and the watchdog's automatic QoS tightening."""
+"""Saving policies with their history, and the watchdog's automatic QoS tightening and
+relaxing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from nodeworker import protocol
 
 # The watchdog halves max_trainer_duty on each SLA escalation, never below this floor.
 MIN_TRAINER_DUTY = 0.05
+WATCHDOG = "watchdog"  # the actor of the watchdog's policy versions
 
 
 def actor_of(user) -> str:
@@ -73,9 +75,32 @@ def own_policy(node: Node, *, actor: str, reason: str) -> Policy:
 def tighten_trainer_qos(node: Node, reason: str) -> PolicyVersion | None:
     """Halve the node's max_trainer_duty (bounded by MIN_TRAINER_DUTY) as a watchdog change.
     None when it is already at the floor."""
-    policy = own_policy(node, actor="watchdog", reason=reason)
+    policy = own_policy(node, actor=WATCHDOG, reason=reason)
     new_duty = max(MIN_TRAINER_DUTY, round(policy.max_trainer_duty / 2, 4))
     if new_duty >= policy.max_trainer_duty:
         return None
     policy.max_trainer_duty = new_duty
-    return save_policy(policy, actor="watchdog", reason=reason)
+    return save_policy(policy, actor=WATCHDOG, reason=reason)
+
+
+def operator_trainer_duty(policy: Policy) -> float:
+    """max_trainer_duty as a person last set it: the watchdog's own versions are skipped, and a
+    policy the watchdog copied for one node starts from the copied values."""
+    versions = list(policy.versions.order_by("-version").values_list("actor", "values"))
+    for actor, values in versions:
+        if actor != WATCHDOG:
+            return float(values["max_trainer_duty"])
+    return float(versions[-1][1]["max_trainer_duty"]) if versions else policy.max_trainer_duty
+
+
+def relax_trainer_qos(node: Node, reason: str) -> PolicyVersion | None:
+    """Double the node's max_trainer_duty back towards what a person set (the watchdog's
+    halvings undone one step at a time). None when nothing is left to give back."""
+    policy = node.policy
+    if policy is None:
+        return None
+    target = operator_trainer_duty(policy)
+    if policy.max_trainer_duty >= target:
+        return None
+    policy.max_trainer_duty = min(target, round(policy.max_trainer_duty * 2, 4))
+    return save_policy(policy, actor=WATCHDOG, reason=reason)

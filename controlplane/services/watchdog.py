@@ -4,7 +4,9 @@
   interval's P99 = the mean of its samples' p99_ms): an sla_violation alert, and the node's
   max_trainer_duty is halved (recorded as a policy version by "watchdog") and applied. While the
   breach lasts it is halved again every N intervals, down to MIN_TRAINER_DUTY. Resolved when the
-  newest interval is within the SLA again; the duty is not raised back automatically.
+  newest interval is within the SLA again. Once P99 has been within the SLA in each of the last
+  N intervals, the duty is doubled back every N intervals until it reaches what a person last
+  set (recorded and applied the same way), so a passing spike does not starve the trainer.
 - AUC under the policy's auc_floor in each of the last N intervals: an auc_drop alert.
 - A node silent for longer than LIVEUPDATE_NODE_DOWN_S: status down and a node_down alert
   (resolved by the ingest path when the node reports again).
@@ -23,7 +25,7 @@ from controlplane import events, status
 from controlplane.models import Alert, Node, TelemetrySample
 from controlplane.services.actions import request_action
 from controlplane.services.alerts import raise_alert, resolve_alerts
-from controlplane.services.policies import tighten_trainer_qos
+from controlplane.services.policies import WATCHDOG, relax_trainer_qos, tighten_trainer_qos
 from nodeworker import protocol
 
 
@@ -32,6 +34,7 @@ class WatchdogReport:
     raised: list[str] = field(default_factory=list)  # "<node>:<kind>"
     resolved: list[str] = field(default_factory=list)
     tightened: list[str] = field(default_factory=list)  # "<node>:<policy> v<version>"
+    relaxed: list[str] = field(default_factory=list)  # "<node>:<policy> v<version>"
 
 
 def interval_means(
@@ -66,8 +69,7 @@ def _recent(now: datetime, width_s: int, count: int) -> dict[int, dict[str, list
 def _check_sla(node: Node, means: list[float | None], now: datetime, report: WatchdogReport):
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     sla = node.policy.sla_p99_ms if node.policy else protocol.POLICY_DEFAULTS["sla_p99_ms"]
-    breach = all(m is not None and m > sla for m in means)
-    if breach:
+    if all(m is not None and m > sla for m in means):
         alert, created = raise_alert(
             node,
             Alert.Kind.SLA_VIOLATION,
@@ -76,23 +78,42 @@ def _check_sla(node: Node, means: list[float | None], now: datetime, report: Wat
             {"sla_p99_ms": sla, "interval_s": width, "p99_ms_per_interval": means},
             now,
         )
-        due = alert.last_escalated_at is None or now - alert.last_escalated_at >= timedelta(
-            seconds=width * count
-        )
         if created:
             report.raised.append(f"{node.name}:{alert.kind}")
-        if due:
-            version = tighten_trainer_qos(
-                node, f"P99 {means[-1]:.1f} ms over the {sla:g} ms SLA for {count} intervals"
-            )
-            alert.last_escalated_at = now
-            alert.save(update_fields=["last_escalated_at"])
-            if version is not None:
-                report.tightened.append(f"{node.name}:{version.policy.name} v{version.version}")
-                request_action(node, "apply_policy", actor="watchdog")
-    elif means[-1] is not None and means[-1] <= sla:
+        if _qos_change_due(alert, now):
+            reason = f"P99 {means[-1]:.1f} ms over the {sla:g} ms SLA for {count} intervals"
+            _apply_qos_change(node, alert, tighten_trainer_qos(node, reason), now, report.tightened)
+        return
+    if means[-1] is not None and means[-1] <= sla:
         if resolve_alerts(node, Alert.Kind.SLA_VIOLATION, now, "P99 back within the SLA"):
             report.resolved.append(f"{node.name}:{Alert.Kind.SLA_VIOLATION}")
+    if all(m is not None and m <= sla for m in means):
+        alert = (
+            Alert.objects.filter(node=node, kind=Alert.Kind.SLA_VIOLATION)
+            .order_by("-raised_at")
+            .first()
+        )
+        if alert is not None and _qos_change_due(alert, now):
+            reason = f"P99 within the {sla:g} ms SLA for {count} intervals"
+            _apply_qos_change(node, alert, relax_trainer_qos(node, reason), now, report.relaxed)
+
+
+def _qos_change_due(alert: Alert, now: datetime) -> bool:
+    """The watchdog changes a node's QoS at most once per N intervals, so that every change
+    has a full window of telemetry to show its effect before the next."""
+    width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
+    last = alert.last_escalated_at
+    return last is None or now - last >= timedelta(seconds=width * count)
+
+
+def _apply_qos_change(node, alert, version, now: datetime, changes: list[str]) -> None:
+    """Record a change (None: the duty was already at its floor or back at its target)."""
+    if version is None:
+        return
+    alert.last_escalated_at = now  # the last QoS change made for this alert
+    alert.save(update_fields=["last_escalated_at"])
+    changes.append(f"{node.name}:{version.policy.name} v{version.version}")
+    request_action(node, "apply_policy", actor=WATCHDOG)
 
 
 def _check_auc(node: Node, means: list[float | None], now: datetime, report: WatchdogReport):

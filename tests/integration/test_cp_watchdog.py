@@ -89,13 +89,62 @@ def test_sla_breach_raises_an_alert_and_halves_the_trainer_duty(sent_tasks):
     node.policy.refresh_from_db()
     assert node.policy.max_trainer_duty == 0.2
 
-    # Recovery resolves the alert; the duty stays where the watchdog put it.
+    # Recovery resolves the alert; the duty stays where the watchdog put it until P99 has been
+    # within the SLA for N whole intervals.
     feed(node, [5.0] * 10, NOW + timedelta(seconds=40))
-    assert watchdog.run(NOW + timedelta(seconds=40)).resolved == ["edge-1:sla_violation"]
+    report = watchdog.run(NOW + timedelta(seconds=40))
+    assert report.resolved == ["edge-1:sla_violation"] and report.relaxed == []
     alert.refresh_from_db()
     assert alert.resolved_at is not None
     node.policy.refresh_from_db()
     assert node.policy.max_trainer_duty == 0.2
+
+
+@SLA
+def test_after_recovery_the_duty_is_given_back_step_by_step_up_to_the_operators_value(
+    sent_tasks,
+):
+    node = node_with_policy(max_trainer_duty=0.8)
+    feed(node, [35.0] * 30, NOW)
+    watchdog.run(NOW)
+    feed(node, [35.0] * 30, NOW + timedelta(seconds=30))
+    watchdog.run(NOW + timedelta(seconds=30))
+    node.policy.refresh_from_db()
+    assert node.policy.max_trainer_duty == 0.2
+    sent_tasks.clear()
+
+    def at(seconds: int) -> list[str]:
+        end = NOW + timedelta(seconds=seconds)
+        last = TelemetrySample.objects.filter(node=node).order_by("-ts").first().ts
+        feed(node, [5.0] * int((end - last).total_seconds()), end)
+        return watchdog.run(end).relaxed
+
+    assert at(50) == []  # two healthy intervals of three
+    assert at(60) == ["edge-1:p-edge-1 v4"]  # three healthy intervals: doubled
+    assert at(80) == []  # the next step waits N intervals after this one
+    assert at(90) == ["edge-1:p-edge-1 v5"]
+    assert at(150) == []  # back at what the operator set: nothing more to give
+    node.policy.refresh_from_db()
+    assert node.policy.max_trainer_duty == 0.8
+    v4 = node.policy.versions.get(version=4)
+    assert v4.actor == "watchdog" and "within" in v4.reason
+    assert v4.changes == {"max_trainer_duty": [0.2, 0.4]}
+    assert [t["kwargs"]["policy"]["max_trainer_duty"] for t in sent_tasks] == [0.4, 0.8]
+
+
+@SLA
+def test_the_watchdog_never_raises_a_duty_an_operator_lowered_themselves():
+    node = node_with_policy(max_trainer_duty=0.8)
+    feed(node, [35.0] * 30, NOW)
+    watchdog.run(NOW)  # 0.8 -> 0.4 by the watchdog
+    policy = node.policy
+    policy.refresh_from_db()
+    policy.max_trainer_duty = 0.1
+    save_policy(policy, actor="user:ops", reason="keep the trainer quiet")
+    feed(node, [5.0] * 60, NOW + timedelta(seconds=60))
+    assert watchdog.run(NOW + timedelta(seconds=60)).relaxed == []
+    policy.refresh_from_db()
+    assert policy.max_trainer_duty == 0.1
 
 
 @SLA
@@ -124,6 +173,13 @@ def test_a_shared_policy_is_copied_for_the_breaching_node_only():
     history = list(slow.policy.versions.order_by("version").values_list("actor", "reason"))
     assert history[0][0] == "watchdog" and "copied from fleet" in history[0][1]
     assert history[1][0] == "watchdog"
+    # Recovered: the copy is given back the fleet policy's duty, never more.
+    feed(slow, [5.0] * 30, NOW + timedelta(seconds=30))
+    assert watchdog.run(NOW + timedelta(seconds=30)).relaxed == ["slow:fleet-slow v3"]
+    feed(slow, [5.0] * 30, NOW + timedelta(seconds=60))
+    assert watchdog.run(NOW + timedelta(seconds=60)).relaxed == []
+    slow.policy.refresh_from_db()
+    assert slow.policy.max_trainer_duty == 1.0
 
 
 @SLA
