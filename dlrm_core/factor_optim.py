@@ -20,11 +20,24 @@ def rowwise_adagrad_(
     else:
         idx = torch.nonzero(grad.abs().sum(1)).squeeze(1)
         vals = grad[idx]
-    if idx.numel() == 0:
+    rowwise_adagrad_rows_(param, accum, idx, vals, lr, eps)
+
+
+def rowwise_adagrad_rows_(
+    param: torch.Tensor,
+    accum: torch.Tensor,
+    rows: torch.Tensor,
+    grad_rows: torch.Tensor,
+    lr: float,
+    eps: float = 1e-8,
+) -> None:
+    """Row-wise Adagrad on the rows ``rows`` (m,) of param (n, r) with their gradients (m, r).
+    A row may repeat when all but one of its copies have a zero gradient."""
+    if rows.numel() == 0:
         return
-    accum.index_add_(0, idx, vals.pow(2).mean(1))
-    step = vals / (accum[idx].sqrt() + eps).unsqueeze(1)
-    param.index_add_(0, idx, step, alpha=-lr)
+    accum.index_add_(0, rows, grad_rows.pow(2).mean(1))
+    step = grad_rows / (accum.index_select(0, rows).sqrt() + eps).unsqueeze(1)
+    param.index_put_((rows,), step.mul_(-lr), accumulate=True)  # index_add_ is slow on rows
 
 
 def adam_(
@@ -32,12 +45,13 @@ def adam_(
     grad: torch.Tensor,
     m: torch.Tensor,
     v: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> None:
-    """Dense Adam on param (r, D); ``step`` counts from 1."""
+    """Dense Adam on param (r, D), or on T stacked ones (T, r, D) with ``step`` (T, 1, 1);
+    ``step`` counts from 1."""
     b1, b2 = betas
     m.mul_(b1).add_(grad, alpha=1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)

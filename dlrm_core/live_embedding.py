@@ -3,11 +3,13 @@
 Served row i = base[i] + (A[slot(i)] @ B) * scale when i is active, else base[i].
 Shapes: N base rows, D dim, n active rows, r rank; A (n, r), B (r, D).
 
-Everything but B grows with the active rows n, never with N: the slot map is the sorted id
-array ``ids`` (n,) looked up with searchsorted, and A's row k belongs to ``ids[k]``. Per active
-row the module keeps A's row, its id, its last-use time and a row-wise Adagrad accumulator;
-B has Adam moments. Like PEFT's LoRA layers it wraps its base layer and can merge the delta into
-it and unmerge it again.
+Everything but B grows with the active rows n, never with N: the slot map is the sorted key
+array ``keys`` (n,) looked up with searchsorted, and A's row k belongs to ``keys[k]``. A key is
+the row id plus ``key_offset`` (0 on its own; the trainer's fused LiveGroup gives each table a
+disjoint key range and binds the module's tensors to views of its buffers, see live_group.py).
+Per active row the module keeps A's row, its key, its last-use time and a row-wise Adagrad
+accumulator; B has Adam moments. Like PEFT's LoRA layers it wraps its base layer and can merge
+the delta into it and unmerge it again.
 """
 
 from __future__ import annotations
@@ -97,10 +99,44 @@ def overhead_bytes(num_active: int, rank: int, dim: int) -> int:
     return num_active * row_bytes(rank) + shared_bytes(rank, dim)
 
 
+def lookup(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos, hit), both like ``values``: the row of each value in the sorted ``keys`` where
+    hit, a clamped position elsewhere."""
+    pos = torch.searchsorted(keys, values)
+    if keys.numel() == 0:
+        return pos, torch.zeros_like(values, dtype=torch.bool)
+    pos.clamp_(max=keys.numel() - 1)
+    return pos, keys.index_select(0, pos) == values
+
+
+def merge_sorted(
+    keys: torch.Tensor,
+    new: torch.Tensor,
+    rows: list[tuple[torch.Tensor, float]],
+    out: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Insert the sorted ``new`` keys (none in ``keys``) into the sorted ``keys`` (n,); each
+    (tensor (n, ...), fill) in ``rows`` gets a row of ``fill`` at each new key. One gather per
+    tensor (O(n + k log n), no sort of the whole set); ``out`` receives the results in place
+    (it must not overlap the inputs)."""
+    n, k = keys.numel(), new.numel()
+    is_new = torch.zeros(n + k, dtype=torch.bool)
+    is_new[torch.searchsorted(keys, new) + torch.arange(k)] = True
+    seen = torch.cumsum(is_new, 0)  # new keys at or before each merged position
+    src = torch.where(is_new, seen + (n - 1), torch.arange(n + k) - seen)  # in cat(old, new)
+    out_keys, out_rows = out if out is not None else (None, [None] * len(rows))
+    merged_keys = torch.index_select(torch.cat([keys, new]), 0, src, out=out_keys)
+    merged = []
+    for (t, fill), o in zip(rows, out_rows, strict=True):
+        grown = torch.cat([t, t.new_full((k, *t.shape[1:]), fill)])
+        merged.append(torch.index_select(grown, 0, src, out=o))
+    return merged_keys, merged
+
+
 class LiveEmbedding(nn.Module):
     """(values (nnz,), offsets (B,)) -> (B, D), like the EmbeddingBag it wraps (mode sum)."""
 
-    ids: torch.Tensor
+    keys: torch.Tensor
     last_used: torch.Tensor
     a_accum: torch.Tensor
     b_m: torch.Tensor
@@ -116,6 +152,7 @@ class LiveEmbedding(nn.Module):
         n, d = base.weight.shape
         if self.config.rank > d:
             raise ValueError(f"rank {self.config.rank} exceeds the embedding dim {d}")
+        self.num_rows, self.dim = int(n), int(d)  # of the base table, fixed
         self.scale = self.config.scale
         self.merged = False
         # called with the (B, D) gradient of each forward's output (the rank controller
@@ -124,11 +161,13 @@ class LiveEmbedding(nn.Module):
         self._folded: list[torch.Tensor] = []  # base rows changed by folds, see take_folded
         self.time_origin: float | None = None  # last_used holds seconds since this (float32)
         self.b_steps = 0
+        self.key_offset = 0  # keys = ids + key_offset
+        self.version = 0  # bumped whenever the state tensors are replaced (not updated in place)
         gen = torch.Generator().manual_seed(self.config.seed)
         q, _ = torch.linalg.qr(torch.randn(d, self.config.rank, generator=gen))
         self.A = nn.Parameter(torch.zeros(0, self.config.rank))
         self.B = nn.Parameter(q.T.contiguous())  # orthonormal rows, so a new row's delta is 0
-        self.register_buffer("ids", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("keys", torch.zeros(0, dtype=torch.int64))
         self.register_buffer("last_used", torch.zeros(0))
         self.register_buffer("a_accum", torch.zeros(0))
         self.register_buffer("b_m", torch.zeros_like(self.B))
@@ -136,20 +175,17 @@ class LiveEmbedding(nn.Module):
 
     # ---- sizes -------------------------------------------------------------------------
     @property
-    def num_rows(self) -> int:
-        return int(self.base.weight.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.base.weight.shape[1])
-
-    @property
     def rank(self) -> int:
         return int(self.B.shape[0])
 
     @property
     def num_active(self) -> int:
-        return int(self.ids.shape[0])
+        return int(self.keys.shape[0])
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """(n,) sorted ids of the active rows."""
+        return self.keys - self.key_offset if self.key_offset else self.keys
 
     def memory(self) -> MemoryReport:
         def nbytes(*ts: torch.Tensor) -> int:
@@ -158,7 +194,7 @@ class LiveEmbedding(nn.Module):
         return MemoryReport(
             a_bytes=nbytes(self.A),
             b_bytes=nbytes(self.B),
-            slot_map_bytes=nbytes(self.ids, self.last_used),
+            slot_map_bytes=nbytes(self.keys, self.last_used),
             optimizer_bytes=nbytes(self.a_accum, self.b_m, self.b_v),
             base_bytes=nbytes(self.base.weight),
         )
@@ -166,11 +202,7 @@ class LiveEmbedding(nn.Module):
     # ---- serving -----------------------------------------------------------------------
     def slots(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pos, hit), both (nnz,): A's row of each id where hit, pos is clamped elsewhere."""
-        pos = torch.searchsorted(self.ids, values)
-        if self.num_active == 0:
-            return pos, torch.zeros_like(values, dtype=torch.bool)
-        pos.clamp_(max=self.num_active - 1)
-        return pos, self.ids.index_select(0, pos) == values
+        return lookup(self.keys, values + self.key_offset if self.key_offset else values)
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         out = self.base(values, offsets)
@@ -206,13 +238,34 @@ class LiveEmbedding(nn.Module):
         self._check_mutable()
         _validate_factors(factors, self.num_rows, self.dim, "factors")
         n, r = factors.num_active, factors.rank
-        self.ids = factors.ids.clone()
+        self.keys = factors.ids + self.key_offset
         self.A = nn.Parameter(factors.a.clone())
         self.B = nn.Parameter(factors.b.clone())
         self.scale = factors.scale
         self.last_used = torch.zeros(n)
         self.a_accum = torch.zeros(n)
         self._reset_b_state(r)
+        self.version += 1
+
+    def bind(
+        self,
+        rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        b_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        key_offset: int,
+    ) -> None:
+        """Use the given tensors (views into a LiveGroup's buffers, same values as the current
+        state up to the key offset) as the state, without copying: (keys, A, last_used,
+        a_accum) and (B, b_m, b_v). The group updates them in place; A and B do not require
+        grad here, the group trains its buffers."""
+        # straight into the registries: Module.__setattr__'s checks cost more than the rest of
+        # an admission step
+        keys, a, last_used, a_accum = rows
+        b, b_m, b_v = b_state
+        self._buffers.update(keys=keys, last_used=last_used, a_accum=a_accum, b_m=b_m, b_v=b_v)
+        self._parameters.update(
+            A=nn.Parameter(a, requires_grad=False), B=nn.Parameter(b, requires_grad=False)
+        )
+        self.key_offset = key_offset
 
     # ---- active set --------------------------------------------------------------------
     def activate(self, values: torch.Tensor, now: float, max_active: int) -> tuple[int, int]:
@@ -234,21 +287,14 @@ class LiveEmbedding(nn.Module):
             raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
         refused = max(int(new.numel()) - room, 0)
         new = new[torch.argsort(new_counts, descending=True, stable=True)[:room]].sort().values
-        # merge the k new ids into the sorted n (O(n + k log n), no sort of the whole set)
-        n, k = self.num_active, new.numel()
-        ins = torch.searchsorted(self.ids, new)  # (k,) where each new id goes among the old
-        new_pos = ins + torch.arange(k)
-        old_pos = torch.arange(n) + torch.cumsum(torch.bincount(ins, minlength=n + 1), 0)[:n]
-        ids = torch.empty(n + k, dtype=torch.int64)
-        ids[old_pos], ids[new_pos] = self.ids, new
-        a = torch.zeros(n + k, self.rank)
-        a[old_pos] = self.A.detach()
-        last_used = torch.full((n + k,), stamp)
-        last_used[old_pos] = self.last_used
-        a_accum = torch.zeros(n + k)
-        a_accum[old_pos] = self.a_accum
-        self.ids, self.A, self.last_used, self.a_accum = ids, nn.Parameter(a), last_used, a_accum
-        return k, refused
+        self.keys, (a, self.last_used, self.a_accum) = merge_sorted(
+            self.keys,
+            new + self.key_offset,
+            [(self.A.detach(), 0.0), (self.last_used, stamp), (self.a_accum, 0.0)],
+        )
+        self.A = nn.Parameter(a)
+        self.version += 1
+        return int(new.numel()), refused
 
     def evict(self, rows: torch.Tensor, fold: bool = True) -> int:
         """Remove ``rows`` from the active set, first folding their delta into the base copy
@@ -259,15 +305,18 @@ class LiveEmbedding(nn.Module):
         if pos.numel() == 0:
             return 0
         if fold:
+            folded = self.keys[pos] - self.key_offset
             with torch.no_grad():
-                self.base.weight[self.ids[pos]] += (self.A[pos] @ self.B) * self.scale
-            self._folded.append(self.ids[pos])
-        keep = torch.ones(self.num_active, dtype=torch.bool)
-        keep[pos] = False
-        self.ids = self.ids[keep]
-        self.A = nn.Parameter(self.A.detach()[keep])
-        self.last_used = self.last_used[keep]
-        self.a_accum = self.a_accum[keep]
+                self.base.weight[folded] += (self.A[pos] @ self.B) * self.scale
+            self._folded.append(folded)
+        gone = torch.zeros(self.num_active, dtype=torch.bool)
+        gone[pos] = True
+        keep = torch.nonzero(~gone).squeeze(1)  # index_select beats boolean masks on rows
+        self.keys = self.keys.index_select(0, keep)
+        self.A = nn.Parameter(self.A.detach().index_select(0, keep))
+        self.last_used = self.last_used.index_select(0, keep)
+        self.a_accum = self.a_accum.index_select(0, keep)
+        self.version += 1
         return int(pos.numel())
 
     def take_folded(self) -> torch.Tensor:
@@ -294,6 +343,7 @@ class LiveEmbedding(nn.Module):
         self.A = nn.Parameter(a.detach().contiguous().clone())
         self.B = nn.Parameter(b.detach().contiguous().clone())
         self._reset_b_state(int(b.shape[0]))
+        self.version += 1
 
     def step(self, lr_a: float, lr_b: float) -> None:
         """Apply A.grad (row-wise Adagrad) and B.grad (Adam), then clear both grads."""

@@ -22,7 +22,14 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.schema import StreamSchema
 
 if TYPE_CHECKING:
-    from dlrm_core.serving import ServingDelta
+    from typing import Protocol
+
+    class PooledDelta(Protocol):
+        """A low-rank correction of the pooled embeddings (serving.ServingDelta, or the
+        trainer's live_group.LiveGroups)."""
+
+        def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None: ...
+
 
 CRITEO_BOTTOM_MLP = (512, 256, 64, 16)
 CRITEO_TOP_MLP = (512, 256, 1)
@@ -161,7 +168,8 @@ class SparseArch(nn.Module):
     """One EmbeddingBag (mode sum, sparse gradients) per feature: ids -> (B, F, D).
 
     ``tables[f]`` is any module called as ``table(values, offsets) -> (B, D)``, so a
-    LiveEmbedding can wrap and replace a plain EmbeddingBag in place.
+    LiveEmbedding can wrap and replace a plain EmbeddingBag in place; ``base_only`` looks up
+    the ``base`` of such wrappers instead.
     """
 
     def __init__(self, feature_names: Sequence[str], table_sizes: Sequence[int], dim: int):
@@ -180,13 +188,13 @@ class SparseArch(nn.Module):
     def set_table(self, name: str, module: nn.Module) -> None:
         self.tables[self.feature_names.index(name)] = module
 
-    def forward(self, batch: SparseBatch) -> torch.Tensor:
+    def forward(self, batch: SparseBatch, base_only: bool = False) -> torch.Tensor:
         if batch.keys != self.feature_names:
             raise ValueError(
                 f"batch keys {list(batch.keys)} differ from the model's {list(self.feature_names)}"
             )
         pooled = [
-            table(values, offsets)
+            (getattr(table, "base", table) if base_only else table)(values, offsets)
             for table, values, offsets in zip(self.tables, batch.values, batch.offsets, strict=True)
         ]
         return torch.stack(pooled, dim=1)
@@ -226,7 +234,9 @@ class OverArch(nn.Module):
 class DLRM(nn.Module):
     """SparseBatch -> (B,) click logits; apply a sigmoid for probabilities.
 
-    ``delta`` (inference side) adds a published low-rank correction to the pooled embeddings.
+    ``delta`` adds a low-rank correction to the pooled embeddings of the base tables (wrapped
+    tables then serve their base only): a published version on the inference side, the
+    trainer's fused groups on the node.
     """
 
     def __init__(self, config: DLRMConfig) -> None:
@@ -239,17 +249,20 @@ class DLRM(nn.Module):
         self.inter_arch = InteractionArch(config.num_features)
         self.over_arch = OverArch(config.interaction_dim, config.top_mlp)
 
-    def forward(self, batch: SparseBatch, delta: ServingDelta | None = None) -> torch.Tensor:
+    def forward(self, batch: SparseBatch, delta: PooledDelta | None = None) -> torch.Tensor:
+        sparse = self.sparse_arch(batch, base_only=delta is not None)
+        if delta is not None:
+            delta.add_to_(sparse, batch)
+        return self.logits(batch, sparse)
+
+    def logits(self, batch: SparseBatch, sparse: torch.Tensor) -> torch.Tensor:
+        """(B,) logits of the batch's dense features and its pooled embeddings (B, F, D)."""
         if batch.dense.shape[1] != self.config.n_dense:
             raise ValueError(
                 f"batch has {batch.dense.shape[1]} dense features, model expects "
                 f"{self.config.n_dense}"
             )
-        dense = self.dense_arch(batch.dense)
-        sparse = self.sparse_arch(batch)
-        if delta is not None:
-            delta.add_to_(sparse, batch)
-        return self.over_arch(self.inter_arch(dense, sparse))
+        return self.over_arch(self.inter_arch(self.dense_arch(batch.dense), sparse))
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Parameters of the MLPs (dense gradients)."""

@@ -124,8 +124,12 @@ class RankController:
         """Touch ``values`` and admit new ones into the free room. Returns the number admitted.
         Ids refused for lack of room are counted (up to max_rows) for make_room."""
         admitted, refused = self.live.activate(values, now, self.max_rows())
-        self._refused = min(self._refused + refused, self.max_rows())
+        self.note_refused(refused)
         return admitted
+
+    def note_refused(self, refused: int) -> None:
+        """Count ids refused for lack of room (by admit, or by the trainer's fused admission)."""
+        self._refused = min(self._refused + refused, self.max_rows())
 
     def make_room(self, protect: torch.Tensor, now: float) -> int:
         """Evict LRU rows (idle >= lru_min_age, not in ``protect``) for the ids admit refused
@@ -170,7 +174,12 @@ class RankController:
         g = grad.detach().reshape(-1, self.live.dim)
         if not bool(torch.isfinite(g).all()):  # the trainer skips such a batch; so do we
             return
-        self._grad_gram += g.T @ g
+        self.observe_gram(g.T @ g)
+
+    def observe_gram(self, gram: torch.Tensor) -> None:
+        """Add the (D, D) Gram matrix of finite output gradients (the fused trainer path
+        computes those of all its tables in one bmm)."""
+        self._grad_gram += gram
 
     def _reset_gradient_stats(self) -> None:
         self._grad_gram = torch.zeros(self.live.dim, self.live.dim)

@@ -3,11 +3,14 @@
 LiveTrainer is progressive: ``serve`` scores a batch with the current factors before the batch
 can ever be learnt from; the batch then waits in a LabelJoin until its label is due. Only the
 LiveEmbedding factors A, B train (base tables and MLPs are frozen): A with row-wise Adagrad on
-the rows in the batch, B with Adam. Each joined batch may be replayed ``reuse`` more times from
-a small window. A batch whose inputs, loss or gradients are not finite is skipped and counted,
-and the factors stay unchanged. Every ``room_every`` steps full tables evict LRU rows for the
-ids they had to refuse; every ``adapt_every`` steps the rank controllers prune and adapt; every
-``publish_every`` steps a new immutable FactorVersion goes to the FactorStore.
+the rows in the batch, B with Adam. The tables of one rank train as one fused LiveGroup (one
+admission, lookup, EmbeddingBag, bmm and optimizer step per rank, see live_group.py); each
+table stays a LiveEmbedding whose tensors are views of its group's buffers. Each joined batch
+may be replayed ``reuse`` more times from a small window. A batch whose inputs, loss or
+gradients are not finite is skipped and counted, and the factors stay unchanged. Every
+``room_every`` steps full tables evict LRU rows for the ids they had to refuse; every
+``adapt_every`` steps the rank controllers prune and adapt; every ``publish_every`` steps a new
+immutable FactorVersion goes to the FactorStore.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore, FactorVersion
 from dlrm_core.label_join import LabelJoin
 from dlrm_core.live_embedding import (
+    LiveEmbedding,
     LiveEmbeddingConfig,
     MemoryReport,
     attach_live_embeddings,
 )
+from dlrm_core.live_group import LiveGroups
 from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController, RankEvent, RankPolicy, min_budget_bytes
 
@@ -115,6 +120,7 @@ class LiveTrainer:
             name: RankController(live, name, config.policy, budget_of[name])
             for name, live in self.lives.items()
         }
+        self.groups = LiveGroups(model.config.feature_names, self.lives, self.controllers)
         self.join = LabelJoin(config.label_delay, config.label_timeout, config.max_pending)
         self.store = store or FactorStore()
         self.stats = TrainerStats()
@@ -127,7 +133,8 @@ class LiveTrainer:
     @torch.no_grad()
     def score(self, batch: SparseBatch) -> torch.Tensor:
         """(B,) click probabilities from the current model and factors."""
-        return torch.sigmoid(self.model(batch))
+        self.groups.sync()
+        return torch.sigmoid(self.model(batch, delta=self.groups))
 
     def serve(self, batch: SparseBatch, now: float | None = None) -> torch.Tensor:
         """Score ``batch`` first, then hold it until its labels are due (progressive)."""
@@ -171,18 +178,19 @@ class LiveTrainer:
             bool(torch.isfinite(batch.dense).all()) and bool(torch.isfinite(batch.labels).all())
         ):
             return self._skip("non-finite input", math.nan, batch)
-        before = {name: live.ids for name, live in self.lives.items()}
-        for name, ctl in self.controllers.items():
-            ctl.admit(batch.feature(name)[0], now)
-        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        self.groups.sync()
+        pooled = self.model.sparse_arch(batch, base_only=True)  # checks ids before admission
+        admitted = self.groups.admit(batch, now)
+        self.groups.add_to_(pooled, batch)
+        logits = self.model.logits(batch, pooled)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
         value = float(loss.detach())
         if not math.isfinite(value):
-            return self._rollback("non-finite loss", value, batch, before)
+            return self._rollback("non-finite loss", value, batch, admitted)
         loss.backward()
-        if not self._grads_finite():
-            return self._rollback("non-finite gradient", value, batch, before)
-        for live in self.lives.values():
-            live.step(self.config.lr_a, self.config.lr_b)
+        if not self.groups.grads_finite():
+            return self._rollback("non-finite gradient", value, batch, admitted)
+        self.groups.step(self.config.lr_a, self.config.lr_b)
         self.stats.steps += 1
         self.stats.samples += len(batch)
         self.stats.replay_steps += int(replay)
@@ -195,26 +203,18 @@ class LiveTrainer:
             self.publish()
         return StepResult(value, len(batch), replay=replay)
 
-    def _grads_finite(self) -> bool:
-        for live in self.lives.values():
-            for grad in (live.A.grad, live.B.grad):
-                if grad is None:
-                    continue
-                values = grad._values() if grad.is_sparse else grad  # no coalesce needed
-                if not bool(torch.isfinite(values).all()):
-                    return False
-        return True
-
     def _rollback(
-        self, reason: str, loss: float, batch: SparseBatch, before: dict[str, torch.Tensor]
+        self,
+        reason: str,
+        loss: float,
+        batch: SparseBatch,
+        admitted: list[tuple[LiveEmbedding, torch.Tensor]],
     ) -> StepResult:
         """Drop the grads and the rows admitted by this step (their A rows are still zero):
         the factors are as before the step (admit never evicts; make_room runs on success)."""
-        for name, live in self.lives.items():
-            live.A.grad = None
-            live.B.grad = None
-            new = live.ids[~torch.isin(live.ids, before[name])]
-            live.evict(new, fold=False)
+        self.groups.drop_grads()
+        for live, ids in admitted:
+            live.evict(ids, fold=False)
         return self._skip(reason, loss, batch)
 
     def _skip(self, reason: str, loss: float, batch: SparseBatch) -> StepResult:

@@ -178,7 +178,10 @@ def test_non_finite_batches_are_skipped_and_leave_factors_unchanged():
     assert trainer.train_step(poisoned, now=10.0).skipped == "non-finite input"
     assert_same_factors(before, factors_of(trainer))
 
-    handle = trainer.lives["item"].B.register_hook(lambda g: torch.full_like(g, math.nan))
+    def poison_gradient(module, inputs, out):  # the loss stays finite, the gradients do not
+        out.register_hook(lambda g: torch.full_like(g, math.nan))
+
+    handle = model.inter_arch.register_forward_hook(poison_gradient)
     result = trainer.train_step(stream.batch(), now=11.0)
     handle.remove()
     assert result.skipped == "non-finite gradient"
