@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_
 from dlrm_core.live_embedding import LiveEmbedding, lookup, merge_sorted
-from dlrm_core.rank import RankController
+from dlrm_core.rank import RankController, observe_grams
 
 
 @dataclass
@@ -277,8 +277,8 @@ class LiveGroup:
                     for full, part in ((self.b, b), (self.b_m, m), (self.b_v, v)):
                         full.index_copy_(0, idx, part)
         if self._grams is not None:
-            for t in active:
-                self.members[t].controller.observe_gram(self._grams[t])
+            grams = self._grams if len(active) == len(self.members) else self._grams[active]
+            observe_grams([self.members[t].controller for t in active], grams)
         self.drop_grads()
 
     def drop_grads(self) -> None:

@@ -64,6 +64,13 @@ class RankEvent:
     reason: str
 
 
+def observe_grams(controllers: list[RankController], grams: torch.Tensor) -> None:
+    """RankController.observe_gram of each controller with its row of grams (T, D, D), in one
+    op (the fused trainer path observes all tables of a group at once)."""
+    if controllers:
+        torch._foreach_add_([c._grad_gram for c in controllers], list(grams.unbind(0)))
+
+
 def min_budget_bytes(policy: RankPolicy, dim: int) -> int:
     """The smallest budget a table can hold: B and its optimizer state at r_min, no rows."""
     return shared_bytes(policy.r_min, dim)
