@@ -4,9 +4,9 @@ Part 1: the Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, 
 13-512-256-64-16, top 512-256-1), batch 512, torch.set_num_threads(1). Variants side by side:
   live_trainer  LiveTrainer.train_step: admit ids under a 2% budget per table, forward, BCE,
                 backward into A and B only, row-wise Adagrad + Adam, make_room, rank adapt +
-                prune every 50 steps, publish a factor version every 10 steps; the tables of
-                one rank run as one fused LiveGroup (one admission, lookup, EmbeddingBag, bmm
-                and optimizer step per rank, not per table);
+                prune every 50 steps, publish a factor version every 10 steps; one admission
+                pass for all tables, and the tables of one rank run as one fused LiveGroup
+                (one EmbeddingBag, bmm and optimizer step per rank, not per table);
   full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter);
   model_floor   the least any embedding trainer must compute: forward of the DLRM and the
                 backward down to the pooled embeddings (MLPs frozen), no optimizer at all.

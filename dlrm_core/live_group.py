@@ -1,27 +1,29 @@
-"""LiveGroup: the LiveTrainer's fused hot path over the LiveEmbeddings of one rank.
+"""LiveGroups: the LiveTrainer's fused hot path over all its LiveEmbeddings.
 
-The trainer trains all tables of one (rank, scale) as one group, so a step costs a fixed number
-of torch ops per group instead of ~50 small ops per table: one unique over the batch's keys
-(admission), one searchsorted, one EmbeddingBag over every A row and one bmm with the stacked B
-(forward), one row-wise Adagrad and one Adam step (optimizer), one bmm for the rank controllers'
-gradient statistics.
+The trainer trains all tables of one (rank, scale) as one LiveGroup, so a step costs a fixed
+number of torch ops instead of ~50 small ops per table: for all tables at once one unique over
+the batch's keys, one searchsorted and one admission pass; per group one EmbeddingBag over its A
+rows and one bmm with its stacked B (forward), one row-wise Adagrad and one Adam step
+(optimizer), one bmm for the rank controllers' gradient statistics.
 
-Layout: table t owns the region [start_t, start_t + capacity_t) of the group's row buffers
-(keys, A, last-use times, Adagrad accumulators), capacity_t being the most rows its budget holds
-at this rank (so the buffers stay within the budgets and an admission rewrites one region only).
-A region holds the table's n_t active rows sorted by key (key = id + key_offset_t; the ranges
-have width N_t + 1) and then padding keys key_offset_t + N_t that no id matches, so the whole key
-buffer stays sorted and one searchsorted serves every table. B, b_m and b_v are stacked (T, r, D).
+Layout: every table gets a disjoint key range (key = id + key_offset_t, width N_t + 1) and the
+region [start_t, start_t + capacity_t) of the row buffers, capacity_t being the most rows its
+budget holds at its rank (so the buffers stay within the budgets and an admission rewrites one
+region only). Tables are ordered by group, so each group's rows and keys are contiguous. Keys,
+last-use times and Adagrad accumulators live in LiveGroups' buffers, A (rank wide) and the
+stacked B, b_m, b_v (T, r, D) in the group's. A region holds the table's n_t active rows sorted
+by key and then padding keys key_offset_t + N_t that no id matches, so the whole key buffer stays
+sorted and one searchsorted serves every table.
 
-Each member LiveEmbedding remains the per-table module the rest of the code uses: its tensors are
+Each table's LiveEmbedding remains the per-table module the rest of the code uses: its tensors are
 views of its region (LiveEmbedding.bind), so memory reports, factor snapshots, export and the
 rank controllers' evictions and re-factorings act on it directly. Those replace the module's
 tensors and bump LiveEmbedding.version; ``LiveGroups.sync`` then copies the table back into its
-region, or rebuilds the groups when a table's rank, scale or capacity changed. The math (slot
+region, or rebuilds the layout when a table's rank, scale or budget changed. The math (slot
 lookup, merge of new rows, row-wise Adagrad, Adam) is the per-table module's, shared through
 live_embedding.lookup / merge_sorted and factor_optim.
 
-Shapes: B batch, T tables in a group, C rows of capacity, r rank, D dim.
+Shapes: B batch, M tables, T tables in a group, U distinct keys in a batch, r rank, D dim.
 """
 
 from __future__ import annotations
@@ -43,105 +45,245 @@ class _Member:
     name: str
     live: LiveEmbedding
     controller: RankController
-    start: int  # first row of the table's region
+    group: LiveGroup
+    slot: int  # its place in the group (row of the stacked B)
+    start: int  # first row of its region
     capacity: int
     key_offset: int
     version: int = -1  # live.version when its tensors were last bound to the region
 
 
 @dataclass
-class GroupBatch:
-    """A batch's ids of the group's tables as distinct group keys (id + key offset of the
-    table), with EmbeddingBag indices into them and offsets."""
+class _Batch:
+    """A batch's ids of all trained tables as distinct keys, with EmbeddingBag indices into
+    them; values, bags and keys come group by group."""
 
     keys: torch.Tensor  # (U,) int64, sorted, distinct
     counts: torch.Tensor  # (U,) occurrences of each key in the batch
     index: torch.Tensor  # (nnz,) position of each value's key in ``keys``
-    offsets: torch.Tensor  # (T * B,) bag starts, table-major
+    offsets: torch.Tensor  # (M * B,) bag starts, table-major
     bags: torch.Tensor  # (nnz,) bag of each value
     batch_size: int
-    # (pos, hit) of ``keys`` in the group's buffers, as admit left them (else looked up)
+    value_bounds: list[int]  # (G + 1) first value of each group
+    key_bounds: list[int]  # (G + 1) first key of each group
+    # (pos, hit) of ``keys`` in the row buffers, as admit left them (else looked up)
     located: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class LiveGroup:
-    """The tables of one rank (and scale) of a LiveTrainer, trained as one."""
+    """A and B of the tables of one rank (and scale): their forward and optimizer step."""
 
-    def __init__(
-        self,
-        members: list[tuple[str, LiveEmbedding, RankController]],
-        features: list[int],
-    ) -> None:
-        first = members[0][1]
-        self.rank, self.dim, self.scale = first.rank, first.dim, first.scale
-        self.features = tuple(features)
+    def __init__(self, lives: list[LiveEmbedding], features: list[int], row0: int, rows: int):
+        self.rank, self.dim, self.scale = lives[0].rank, lives[0].dim, lives[0].scale
+        self.size = len(lives)
+        self.lives = lives
         self.feature_index = torch.tensor(features, dtype=torch.int64)
-        widths = [live.num_rows + 1 for _, live, _ in members]  # + 1: the padding key
-        caps = [ctl.max_rows() for _, _, ctl in members]
-        key_offsets = [sum(widths[:t]) for t in range(len(members))]
-        starts = [sum(caps[:t]) for t in range(len(members))]
-        self.members = [
-            _Member(name, live, ctl, start, cap, off)
-            for (name, live, ctl), start, cap, off in zip(
-                members, starts, caps, key_offsets, strict=True
-            )
-        ]
-        self.key_offsets = torch.tensor(key_offsets, dtype=torch.int64)
-        rows = sum(caps)
-        self.keys = torch.empty(rows, dtype=torch.int64)
+        self.row0, self.rows = row0, rows  # its rows in the LiveGroups buffers
         self.a = torch.zeros(rows, self.rank)
-        self.last_used = torch.zeros(rows)
-        self.a_accum = torch.zeros(rows)
-        self.b = torch.stack([live.B.detach() for _, live, _ in members])
-        self.b_m = torch.stack([live.b_m for _, live, _ in members])
-        self.b_v = torch.stack([live.b_v for _, live, _ in members])
-        for t in range(len(self.members)):
-            self._adopt(t)
-        # this step's batch, A rows (U,) and value weights; the (T * B, r) pooled A rows and
-        # an alias of b, the leaves autograd fills
-        self._trained: tuple[GroupBatch, torch.Tensor, torch.Tensor] | None = None
+        self.b = torch.stack([live.B.detach() for live in lives])
+        self.b_m = torch.stack([live.b_m for live in lives])
+        self.b_v = torch.stack([live.b_v for live in lives])
+        self.controllers: list[RankController] = []  # set by LiveGroups, one per table
+        # this step's rows (U_g,), value indices, bags and weights; the (T * B, r) pooled A
+        # rows and an alias of b, the leaves autograd fills
+        self._trained: tuple[torch.Tensor, ...] | None = None
         self._pooled_a: torch.Tensor | None = None
         self._b_leaf: torch.Tensor | None = None
         self._grams: torch.Tensor | None = None  # (T, D, D) of this step's output gradients
 
+    def pooled(
+        self,
+        pos: torch.Tensor,
+        hit: torch.Tensor,
+        index: torch.Tensor,
+        offsets: torch.Tensor,
+        bags: torch.Tensor,
+        batch_size: int,
+    ) -> torch.Tensor:
+        """(T, B, D) summed deltas of each bag of the group's tables, given the group's rows
+        ``pos`` (U_g,) of its keys and ``hit`` (U_g,), and each value's key ``index`` (nnz_g,);
+        with grad enabled, the next ``step`` trains the A rows looked up and every B."""
+        weights = hit.to(self.a.dtype).index_select(0, index)  # inactive ids weigh 0
+        pooled_a = F.embedding_bag(  # (T * B, r), no autograd: step derives A's gradient
+            pos.index_select(0, index), self.a, offsets, mode="sum", per_sample_weights=weights
+        )
+        b = self.b
+        if torch.is_grad_enabled():
+            self._trained = (pos, index, bags, weights)
+            pooled_a = self._pooled_a = pooled_a.requires_grad_(True)
+            b = self._b_leaf = self.b.detach().requires_grad_(True)
+        delta = torch.bmm(pooled_a.view(self.size, batch_size, -1), b)
+        if self.scale != 1.0:
+            delta = delta * self.scale
+        if delta.requires_grad:
+            delta.register_hook(self._observe)
+        return delta
+
+    def _observe(self, grad: torch.Tensor) -> None:
+        self._grams = torch.bmm(grad.transpose(1, 2), grad)  # (T, D, D)
+
+    def grads_finite(self) -> torch.Tensor:
+        """() bool: this step's gradients are finite."""
+        ok = torch.ones((), dtype=torch.bool)
+        for leaf in (self._pooled_a, self._b_leaf):
+            if leaf is not None and leaf.grad is not None:
+                ok = ok & torch.isfinite(leaf.grad).all()
+        return ok
+
+    def step(self, a_accum: torch.Tensor, lr_a: float, lr_b: float) -> None:
+        """LiveEmbedding.step of every table with active rows (``a_accum``: the group's rows
+        of the accumulators), then feed the gradient statistics to their rank controllers.
+        Tables without active rows are not in the graph of the per-table forward, so they
+        neither step B nor observe gradients here."""
+        pooled_grad = self._pooled_a.grad if self._pooled_a is not None else None
+        b_grad = self._b_leaf.grad if self._b_leaf is not None else None
+        active = [t for t, live in enumerate(self.lives) if live.num_active]
+        with torch.no_grad():
+            if pooled_grad is not None and self._trained is not None:
+                # what EmbeddingBag's backward computes: each key's rows summed over its bags
+                pos, index, bags, weights = self._trained
+                per_value = pooled_grad.index_select(0, bags) * weights.unsqueeze(1)
+                a_grad = torch.zeros(pos.numel(), self.rank).index_put_(
+                    (index,), per_value, accumulate=True
+                )
+                rowwise_adagrad_rows_(self.a, a_accum, pos, a_grad, lr_a)
+            if b_grad is not None and active:
+                for t in active:
+                    self.lives[t].b_steps += 1
+                steps = torch.tensor([float(self.lives[t].b_steps) for t in active])
+                if len(active) == self.size:
+                    adam_(self.b, b_grad, self.b_m, self.b_v, steps.view(-1, 1, 1), lr_b)
+                else:
+                    idx = torch.tensor(active)
+                    b, m, v = (x.index_select(0, idx) for x in (self.b, self.b_m, self.b_v))
+                    adam_(b, b_grad.index_select(0, idx), m, v, steps.view(-1, 1, 1), lr_b)
+                    for full, part in ((self.b, b), (self.b_m, m), (self.b_v, v)):
+                        full.index_copy_(0, idx, part)
+        if self._grams is not None:
+            grams = self._grams if len(active) == self.size else self._grams[active]
+            observe_grams([self.controllers[t] for t in active], grams)
+        self.drop_grads()
+
+    def drop_grads(self) -> None:
+        self._pooled_a = self._b_leaf = self._grams = self._trained = None
+
+
+class LiveGroups:
+    """The LiveGroups of a trainer's tables and their shared key / row buffers, kept in step
+    with per-table changes. Also the ``delta`` DLRM.forward takes: the base tables plus every
+    group's correction."""
+
+    def __init__(
+        self,
+        feature_names: tuple[str, ...],
+        lives: Mapping[str, LiveEmbedding],
+        controllers: Mapping[str, RankController],
+    ) -> None:
+        self.feature_names = feature_names
+        self.lives = lives
+        self.controllers = controllers
+        self.groups: list[LiveGroup] = []
+        self.members: list[_Member] = []  # group by group
+        self.features: list[int] = []  # feature position of each member
+        self.key_offsets = torch.zeros(0, dtype=torch.int64)  # (M,)
+        self.group_members = [0]  # (G + 1) first member of each group
+        self.group_key_starts = torch.zeros(0, dtype=torch.int64)  # (G,)
+        self.keys = torch.zeros(0, dtype=torch.int64)  # row buffers, see the module docstring
+        self.last_used = torch.zeros(0)
+        self.a_accum = torch.zeros(0)
+        self._signature: tuple | None = None
+        self._prepared: tuple[SparseBatch, _Batch] | None = None
+
     # ---- layout ------------------------------------------------------------------------
-    def _adopt(self, t: int) -> None:
-        """Copy table t's current tensors into its region and bind them to views of it."""
-        m = self.members[t]
+    def sync(self) -> None:
+        """Rebuild the layout when a table's rank, scale or budget changed; else copy back the
+        tables whose tensors were replaced (evictions, rank re-factoring, imports)."""
+        signature = tuple(  # max_rows follows from rank and budget
+            (name, live.rank, live.scale, self.controllers[name].budget_bytes)
+            for name, live in self.lives.items()
+        )
+        if signature != self._signature:
+            self._rebuild()
+            self._signature = signature
+            return
+        for m in self.members:
+            if m.live.version != m.version:
+                self._adopt(m)
+
+    def _rebuild(self) -> None:
+        by_kind: dict[tuple[int, float], list[str]] = {}
+        for name, live in self.lives.items():
+            if self.controllers[name].max_rows() > 0:  # else no delta, nothing to train
+                by_kind.setdefault((live.rank, live.scale), []).append(name)
+        self.groups, self.members = [], []
+        key_offset = start = 0
+        for _, names in sorted(by_kind.items()):
+            names.sort(key=self.feature_names.index)
+            caps = [self.controllers[n].max_rows() for n in names]
+            group = LiveGroup(
+                [self.lives[n] for n in names],
+                [self.feature_names.index(n) for n in names],
+                start,
+                sum(caps),
+            )
+            group.controllers = [self.controllers[n] for n in names]
+            for slot, (name, cap) in enumerate(zip(names, caps, strict=True)):
+                live = self.lives[name]
+                self.members.append(
+                    _Member(name, live, self.controllers[name], group, slot, start, cap, key_offset)
+                )
+                key_offset += live.num_rows + 1  # + 1: the padding key
+                start += cap
+            self.groups.append(group)
+        self.features = [self.feature_names.index(m.name) for m in self.members]
+        self.key_offsets = torch.tensor([m.key_offset for m in self.members], dtype=torch.int64)
+        self.group_members = [0]
+        for group in self.groups:
+            self.group_members.append(self.group_members[-1] + group.size)
+        self.group_key_starts = self.key_offsets[self.group_members[:-1]]
+        self.keys = torch.empty(start, dtype=torch.int64)
+        self.last_used = torch.zeros(start)
+        self.a_accum = torch.zeros(start)
+        for m in self.members:
+            self._adopt(m)
+
+    def _adopt(self, m: _Member) -> None:
+        """Copy a table's current tensors into its region and bind them to views of it."""
         live, s, n = m.live, m.start, m.live.num_active
         if n > m.capacity:  # the rank controller keeps n <= max_rows
             raise RuntimeError(f"table {m.name!r} has {n} active rows, room for {m.capacity}")
         keys = live.keys if live.key_offset == m.key_offset else live.ids + m.key_offset
         self.keys[s : s + n] = keys
         self.keys[s + n : s + m.capacity] = m.key_offset + live.num_rows  # padding
-        self.a[s : s + n] = live.A.detach()
         self.last_used[s : s + n] = live.last_used
         self.a_accum[s : s + n] = live.a_accum
-        self.b[t] = live.B.detach()
-        self.b_m[t] = live.b_m
-        self.b_v[t] = live.b_v
-        self._bind(t, n)
+        g, t, r = m.group, m.slot, s - m.group.row0
+        g.a[r : r + n] = live.A.detach()
+        g.b[t] = live.B.detach()
+        g.b_m[t] = live.b_m
+        g.b_v[t] = live.b_v
+        self._bind(m, n)
 
-    def _bind(self, t: int, n: int) -> None:
-        m = self.members[t]
-        rows = slice(m.start, m.start + n)
+    def _bind(self, m: _Member, n: int) -> None:
+        g, t, s = m.group, m.slot, m.start
+        r = s - g.row0
         m.live.bind(
-            (self.keys[rows], self.a[rows], self.last_used[rows], self.a_accum[rows]),
-            (self.b[t], self.b_m[t], self.b_v[t]),
+            (
+                self.keys[s : s + n],
+                g.a[r : r + n],
+                self.last_used[s : s + n],
+                self.a_accum[s : s + n],
+            ),
+            (g.b[t], g.b_m[t], g.b_v[t]),
             m.key_offset,
         )
         m.version = m.live.version
 
-    def sync(self) -> None:
-        """Re-adopt the tables whose tensors were replaced since they were bound."""
-        for t, m in enumerate(self.members):
-            if m.live.version != m.version:
-                self._adopt(t)
-
     # ---- admission ---------------------------------------------------------------------
-    def inputs(self, batch: SparseBatch) -> GroupBatch:
+    def _inputs(self, batch: SparseBatch) -> _Batch:
         values = [batch.values[f] for f in self.features]
-        counts = torch.tensor([v.numel() for v in values])
+        sizes = [v.numel() for v in values]
+        counts = torch.tensor(sizes)
         keys = torch.cat(values) + torch.repeat_interleave(self.key_offsets, counts)
         starts = torch.cumsum(counts, 0) - counts  # where each table's values begin
         offsets = torch.cat([batch.offsets[f] for f in self.features])
@@ -149,12 +291,21 @@ class LiveGroup:
         uniq, index, uniq_counts = torch.unique(keys, return_inverse=True, return_counts=True)
         lengths = torch.diff(offsets, append=torch.tensor([keys.numel()]))
         bags = torch.repeat_interleave(torch.arange(offsets.numel()), lengths)
-        return GroupBatch(uniq, uniq_counts, index, offsets, bags, batch.batch_size)
+        value_bounds = [sum(sizes[:f]) for f in self.group_members]
+        key_bounds = torch.searchsorted(uniq, self.group_key_starts).tolist() + [uniq.numel()]
+        return _Batch(
+            uniq, uniq_counts, index, offsets, bags, batch.batch_size, value_bounds, key_bounds
+        )
 
-    def admit(self, inputs: GroupBatch, now: float) -> list[tuple[LiveEmbedding, torch.Tensor]]:
+    def admit(self, batch: SparseBatch, now: float) -> list[tuple[LiveEmbedding, torch.Tensor]]:
         """RankController.admit for every table at once: touch the batch's active rows, admit
         new ids (most frequent first) into each table's free room, count the refused ones.
-        Returns (table, admitted ids) of the tables that admitted rows."""
+        Returns (table, admitted ids) of the tables that admitted rows. The batch's keys and
+        rows are kept for the forward that follows."""
+        if not self.members:
+            return []
+        inputs = self._inputs(batch)
+        self._prepared = (batch, inputs)
         for m in self.members:
             if m.live.time_origin is None:
                 m.live.time_origin = float(now)
@@ -183,168 +334,68 @@ class LiveGroup:
         admitted = torch.bincount(sorted_table[take], minlength=len(self.members))
         out = []
         chunks = torch.split(chosen, admitted.tolist())
-        counts_per_table = zip(self.members, admitted.tolist(), wanted.tolist(), strict=True)
-        for t, (m, k, w) in enumerate(counts_per_table):
+        per_table = zip(
+            self.members, chunks, admitted.tolist(), wanted.tolist(), stamps, strict=True
+        )
+        for m, new_keys, k, w, stamp in per_table:
             if w > k:
                 m.controller.note_refused(w - k)
             if k:
-                self._insert(t, chunks[t], stamps[t])
-                out.append((m.live, chunks[t] - m.key_offset))
+                self._insert(m, new_keys, stamp)
+                out.append((m.live, new_keys - m.key_offset))
         # each key moved up by the keys admitted below it in its own region (no second search
         # of the whole buffer)
-        below = (
-            torch.searchsorted(chosen, uniq) - torch.searchsorted(chosen, self.key_offsets)[table]
-        )
+        below = torch.searchsorted(chosen, uniq)
+        below -= torch.searchsorted(chosen, self.key_offsets).index_select(0, table)
         pos = (pos + below).clamp_(max=last)
         inputs.located = (pos, self.keys.index_select(0, pos) == uniq)
         return out
 
-    def _insert(self, t: int, new_keys: torch.Tensor, stamp: float) -> None:
-        m = self.members[t]
+    def _insert(self, m: _Member, new_keys: torch.Tensor, stamp: float) -> None:
         s, n, k = m.start, m.live.num_active, new_keys.numel()
-        old, grown = slice(s, s + n), slice(s, s + n + k)
+        r = s - m.group.row0
+        a = m.group.a
         merge_sorted(
-            self.keys[old],
+            self.keys[s : s + n],
             new_keys,
-            [(self.a[old], 0.0), (self.last_used[old], stamp), (self.a_accum[old], 0.0)],
-            out=(self.keys[grown], [self.a[grown], self.last_used[grown], self.a_accum[grown]]),
+            [
+                (a[r : r + n], 0.0),
+                (self.last_used[s : s + n], stamp),
+                (self.a_accum[s : s + n], 0.0),
+            ],
+            out=(
+                self.keys[s : s + n + k],
+                [a[r : r + n + k], self.last_used[s : s + n + k], self.a_accum[s : s + n + k]],
+            ),
         )
         m.live.version += 1  # its tensors change shape: rebind, nothing to copy
-        self._bind(t, n + k)
+        self._bind(m, n + k)
 
     # ---- forward / step ----------------------------------------------------------------
-    def pooled(self, inputs: GroupBatch) -> torch.Tensor:
-        """(B, T, D) summed deltas of each bag of the group's tables; with grad enabled, the
-        next ``step`` trains the A rows looked up and every B."""
-        pos, hit = inputs.located or lookup(self.keys, inputs.keys)
-        weights = hit.to(self.a.dtype).index_select(0, inputs.index)  # inactive ids weigh 0
-        pooled_a = F.embedding_bag(  # (T * B, r), no autograd: step derives A's gradient
-            pos.index_select(0, inputs.index),
-            self.a,
-            inputs.offsets,
-            mode="sum",
-            per_sample_weights=weights,
-        )
-        b = self.b
-        if torch.is_grad_enabled():
-            self._trained = (inputs, pos, weights)
-            pooled_a = self._pooled_a = pooled_a.requires_grad_(True)
-            b = self._b_leaf = self.b.detach().requires_grad_(True)
-        delta = torch.bmm(pooled_a.view(len(self.members), inputs.batch_size, -1), b)
-        if self.scale != 1.0:
-            delta = delta * self.scale
-        if delta.requires_grad:
-            delta.register_hook(self._observe)
-        return delta.transpose(0, 1)
-
-    def _observe(self, grad: torch.Tensor) -> None:
-        self._grams = torch.bmm(grad.transpose(1, 2), grad)  # (T, D, D)
-
-    def grads_finite(self) -> torch.Tensor:
-        """() bool: this step's gradients are finite."""
-        ok = torch.ones((), dtype=torch.bool)
-        for leaf in (self._pooled_a, self._b_leaf):
-            if leaf is not None and leaf.grad is not None:
-                ok = ok & torch.isfinite(leaf.grad).all()
-        return ok
-
-    def step(self, lr_a: float, lr_b: float) -> None:
-        """LiveEmbedding.step of every table with active rows, then feed the gradient
-        statistics to their rank controllers. Tables without active rows are not in the
-        graph of the per-table forward, so they neither step B nor observe gradients here."""
-        pooled_grad = self._pooled_a.grad if self._pooled_a is not None else None
-        b_grad = self._b_leaf.grad if self._b_leaf is not None else None
-        active = [t for t, m in enumerate(self.members) if m.live.num_active]
-        with torch.no_grad():
-            if pooled_grad is not None and self._trained is not None:
-                # what EmbeddingBag's backward computes: each key's rows summed over its bags
-                inputs, pos, weights = self._trained
-                per_value = pooled_grad.index_select(0, inputs.bags) * weights.unsqueeze(1)
-                a_grad = torch.zeros(pos.numel(), self.rank).index_put_(
-                    (inputs.index,), per_value, accumulate=True
-                )
-                rowwise_adagrad_rows_(self.a, self.a_accum, pos, a_grad, lr_a)
-            if b_grad is not None and active:
-                for t in active:
-                    self.members[t].live.b_steps += 1
-                steps = torch.tensor([float(self.members[t].live.b_steps) for t in active])
-                if len(active) == len(self.members):
-                    adam_(self.b, b_grad, self.b_m, self.b_v, steps.view(-1, 1, 1), lr_b)
-                else:
-                    idx = torch.tensor(active)
-                    b, m, v = (x.index_select(0, idx) for x in (self.b, self.b_m, self.b_v))
-                    adam_(b, b_grad.index_select(0, idx), m, v, steps.view(-1, 1, 1), lr_b)
-                    for full, part in ((self.b, b), (self.b_m, m), (self.b_v, v)):
-                        full.index_copy_(0, idx, part)
-        if self._grams is not None:
-            grams = self._grams if len(active) == len(self.members) else self._grams[active]
-            observe_grams([self.members[t].controller for t in active], grams)
-        self.drop_grads()
-
-    def drop_grads(self) -> None:
-        self._pooled_a = self._b_leaf = self._grams = self._trained = None
-
-
-class LiveGroups:
-    """The LiveGroups of a trainer's tables, kept in step with per-table changes. Also the
-    ``delta`` DLRM.forward takes: the base tables plus every group's correction."""
-
-    def __init__(
-        self,
-        feature_names: tuple[str, ...],
-        lives: Mapping[str, LiveEmbedding],
-        controllers: Mapping[str, RankController],
-    ) -> None:
-        self.feature_names = feature_names
-        self.lives = lives
-        self.controllers = controllers
-        self.groups: list[LiveGroup] = []
-        self._signature: tuple | None = None
-        self._prepared: tuple[SparseBatch, list[GroupBatch]] | None = None
-
-    def sync(self) -> None:
-        """Rebuild the groups when a table's rank, scale or capacity changed; else copy back
-        the tables whose tensors were replaced (evictions, rank re-factoring, imports)."""
-        signature = tuple(  # max_rows follows from rank and budget
-            (name, live.rank, live.scale, self.controllers[name].budget_bytes)
-            for name, live in self.lives.items()
-        )
-        if signature == self._signature:
-            for group in self.groups:
-                group.sync()
-            return
-        by_kind: dict[tuple[int, float], list[str]] = {}
-        for name, rank, scale, _ in signature:
-            if self.controllers[name].max_rows() > 0:  # else no delta, nothing to train
-                by_kind.setdefault((rank, scale), []).append(name)
-        self.groups = [
-            LiveGroup(
-                [(n, self.lives[n], self.controllers[n]) for n in names],
-                [self.feature_names.index(n) for n in names],
-            )
-            for _, names in sorted(by_kind.items())
-        ]
-        self._signature = signature
-
-    def admit(self, batch: SparseBatch, now: float) -> list[tuple[LiveEmbedding, torch.Tensor]]:
-        """Admission for every table (see LiveGroup.admit); the batch's group keys are kept
-        for the forward that follows."""
-        inputs = [group.inputs(batch) for group in self.groups]
-        self._prepared = (batch, inputs)
-        return [
-            x for group, i in zip(self.groups, inputs, strict=True) for x in group.admit(i, now)
-        ]
-
     def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
         """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place."""
-        prepared = self._prepared
+        if not self.members:
+            return
+        prepared, self._prepared = self._prepared, None
         if prepared is not None and prepared[0] is batch:
             inputs = prepared[1]
         else:
-            inputs = [group.inputs(batch) for group in self.groups]
-        self._prepared = None
-        for group, i in zip(self.groups, inputs, strict=True):
-            pooled.index_add_(1, group.feature_index, group.pooled(i))
+            inputs = self._inputs(batch)
+        pos, hit = inputs.located or lookup(self.keys, inputs.keys)
+        n = batch.batch_size
+        for g, group in enumerate(self.groups):
+            k0, k1 = inputs.key_bounds[g], inputs.key_bounds[g + 1]
+            v0, v1 = inputs.value_bounds[g], inputs.value_bounds[g + 1]
+            b0, b1 = self.group_members[g] * n, self.group_members[g + 1] * n
+            delta = group.pooled(
+                (pos[k0:k1] - group.row0).clamp_(0, group.rows - 1),  # misses: any row
+                hit[k0:k1],
+                inputs.index[v0:v1] - k0,
+                inputs.offsets[b0:b1] - v0,
+                inputs.bags[v0:v1] - b0,
+                n,
+            )
+            pooled.index_add_(1, group.feature_index, delta.transpose(0, 1))
 
     def grads_finite(self) -> bool:
         checks = [group.grads_finite() for group in self.groups]
@@ -352,7 +403,7 @@ class LiveGroups:
 
     def step(self, lr_a: float, lr_b: float) -> None:
         for group in self.groups:
-            group.step(lr_a, lr_b)
+            group.step(self.a_accum[group.row0 : group.row0 + group.rows], lr_a, lr_b)
 
     def drop_grads(self) -> None:
         for group in self.groups:

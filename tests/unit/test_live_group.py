@@ -24,8 +24,12 @@ def batches(count, size=48, seed=3):
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in range(count):
-        # multi-hot bags of 0, 1 or 2 ids, so EmbeddingBag sums and empty bags are covered
-        lengths = [torch.randint(0, 3, (size,), generator=gen) for _ in NAMES]
+        # multi-hot bags of 0, 1 or 2 ids, so EmbeddingBag sums and empty bags are covered;
+        # ctx has no ids in the first batches: a table without active rows next to trained ones
+        lengths = [
+            torch.randint(0, 3 if i >= 3 or n != "ctx" else 1, (size,), generator=gen)
+            for n in NAMES
+        ]
         offsets = tuple(torch.cumsum(n, 0) - n for n in lengths)
         values = tuple(
             torch.randint(0, rows, (int(n.sum()),), generator=gen)
@@ -72,9 +76,11 @@ def test_fused_steps_match_the_per_table_math(float64):
     trainer = LiveTrainer(model, config, budgets=BUDGETS)
     lives = attach_live_embeddings(reference.sparse_arch, list(NAMES), config.live)
     controllers = {n: RankController(lives[n], n, config.policy, BUDGETS[n]) for n in NAMES}
+    groups_seen = set()
     for step, batch in enumerate(batches(12), start=1):
         now = float(step)
         assert trainer.train_step(batch, now).skipped is None
+        groups_seen.add(len(trainer.groups.groups))
         # the same step, table by table, through LiveEmbedding.forward and .step
         for name, ctl in controllers.items():
             ctl.admit(batch.feature(name)[0], now)
@@ -105,7 +111,7 @@ def test_fused_steps_match_the_per_table_math(float64):
     kinds = {(e.kind, e.reason) for e in events}
     assert ("prune", "lru") in kinds  # evictions happened
     assert any(kind == "rank" for kind, _ in kinds)  # and rank changes
-    assert len({live.rank for live in trainer.lives.values()}) > 1  # tables in several groups
+    assert max(groups_seen) > 1  # tables of several ranks, moving between groups
     # the fused forward serves what the per-table modules serve
     probe = batches(1, seed=9)[0]
     with torch.no_grad():
