@@ -228,9 +228,8 @@ class LiveEmbedding(nn.Module):
 
     def factors(self) -> TableFactors:
         """An immutable snapshot (cloned tensors) of the correction."""
-        return TableFactors(
-            self.ids.clone(), self.A.detach().clone(), self.B.detach().clone(), self.scale
-        )
+        ids = self.keys - self.key_offset if self.key_offset else self.keys.clone()
+        return TableFactors(ids, self.A.detach().clone(), self.B.detach().clone(), self.scale)
 
     def load_factors(self, factors: TableFactors) -> None:
         """Serve a copy of ``factors`` (e.g. a published version), so training this module
