@@ -400,7 +400,13 @@ class LiveEmbedding(nn.Module):
             "scale": self.scale,
             "time_origin": self.time_origin,
         }
-        tensors = {"ids": self.ids, "a": self.A, "b": self.B, "last_used": self.last_used}
+        # copies: the tensors may be views of a LiveGroup's buffers, which torch.save writes whole
+        tensors = {
+            "ids": self.ids.clone(),
+            "a": self.A.detach().clone(),
+            "b": self.B.detach().clone(),
+            "last_used": self.last_used.clone(),
+        }
         return write_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION, meta, tensors)
 
     def import_factors(self, path: str | os.PathLike[str], table: str) -> None:

@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
+from dlrm_core.checkpoint import read_container
+from dlrm_core.live_embedding import (
+    FACTORS_FORMAT_VERSION,
+    FACTORS_KIND,
+    LiveEmbeddingConfig,
+    attach_live_embeddings,
+)
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.rank import RankController, RankPolicy
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
@@ -121,3 +127,21 @@ def test_fused_steps_match_the_per_table_math(float64):
         torch.testing.assert_close(
             trainer.score(probe), torch.sigmoid(reference(probe)), atol=1e-9, rtol=1e-7
         )
+
+
+def test_exported_factors_of_a_grouped_table_hold_only_that_table(tmp_path):
+    torch.manual_seed(0)
+    config = TrainerConfig(policy=RankPolicy(r_min=1, r_max=4), publish_every=10**6)
+    trainer = LiveTrainer(DLRM(CFG), config, budgets=BUDGETS)
+    for step, batch in enumerate(batches(3), start=1):
+        trainer.train_step(batch, float(step))
+    shares = [
+        live.A.untyped_storage().nbytes() > live.A.numel() * 4 for live in trainer.lives.values()
+    ]
+    assert any(shares)  # A is a view of its group's buffer
+    for name, live in trainer.lives.items():
+        live.export_factors(tmp_path / name, name)
+        _, tensors = read_container(tmp_path / name, FACTORS_KIND, FACTORS_FORMAT_VERSION)
+        for key, t in tensors.items():
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), (name, key)
+        assert torch.equal(tensors["ids"], live.ids) and torch.equal(tensors["a"], live.A)
