@@ -4,6 +4,11 @@ A served batch is kept once; each of its rows waits (keyed by request id) until 
 arrives or the label window times out, when it becomes a negative (CTR logging: no click is a
 no). Joined rows queue up for the trainer. Both the waiting rows and the ready queue are bounded:
 the oldest go first, and every row that leaves without being trained on is counted.
+
+A kept batch is a tuple of private numpy copies and tuples of numbers, not a SparseBatch of
+tensors: the garbage collector tracks every torch.Tensor (and walked the ~6,000 of them waiting
+here in 10-20 ms per full collection, stalling inference), but neither numpy arrays nor tuples
+holding only untracked objects.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dlrm_core.batch import SparseBatch
@@ -57,6 +63,17 @@ class CacheCounts:
         return dict(self.__dict__)
 
 
+# a served batch as kept: keys, values, bag bounds (offsets + nnz), dense, timestamps, ids
+_Kept = tuple[
+    tuple[str, ...],
+    tuple[np.ndarray, ...],
+    tuple[tuple[int, ...], ...],
+    np.ndarray,
+    tuple[float, ...],
+    tuple[int, ...],
+]
+
+
 class SampleCache:
     def __init__(self, config: SampleCacheConfig | None = None, clock=time.time):
         self.config = config or SampleCacheConfig()
@@ -66,8 +83,7 @@ class SampleCache:
         self._pending: OrderedDict[int, tuple[float, int, int]] = OrderedDict()
         # (batch key, row, label, label time), oldest first.
         self._ready: deque[tuple[int, int, float, float]] = deque()
-        self._batches: dict[int, SparseBatch] = {}
-        self._rows: dict[int, tuple[list[list[int]], list[float]]] = {}
+        self._batches: dict[int, _Kept] = {}
         self._refs: dict[int, int] = {}
         self._next_key = 0
         self._max_id = -1
@@ -84,14 +100,17 @@ class SampleCache:
                 return
             key = self._next_key
             self._next_key += 1
-            self._batches[key] = batch
-            # bag bounds and per-row scalars as lists: gathering rows then costs no tensor ops
-            self._rows[key] = (
-                [
-                    o.tolist() + [int(v.shape[0])]
+            self._batches[key] = (
+                batch.keys,
+                tuple(v.numpy().copy() for v in batch.values),
+                # bag bounds as tuples: gathering a row's bag is two index lookups
+                tuple(
+                    (*o.tolist(), int(v.shape[0]))
                     for v, o in zip(batch.values, batch.offsets, strict=True)
-                ],
-                batch.timestamps.tolist(),
+                ),
+                batch.dense.numpy().copy(),
+                tuple(batch.timestamps.tolist()),
+                tuple(ids),
             )
             self._refs[key] = len(ids)
             for row, rid in enumerate(ids):
@@ -171,36 +190,35 @@ class SampleCache:
     def _release(self, key: int) -> None:
         self._refs[key] -= 1
         if self._refs[key] == 0:
-            del self._refs[key], self._batches[key], self._rows[key]
+            del self._refs[key], self._batches[key]
 
     def _gather(self, picked: list[tuple[int, int, float, float]]) -> SparseBatch:
         """One batch of the picked rows, labels filled in (rows of many small served batches:
         slicing each bag is far cheaper than SparseBatch.select + concat per row)."""
-        first = self._batches[picked[0][0]]
-        n_features = len(first.keys)
-        values: list[list[torch.Tensor]] = [[] for _ in range(n_features)]
+        keys = self._batches[picked[0][0]][0]
+        n_features = len(keys)
+        values: list[list[np.ndarray]] = [[] for _ in range(n_features)]
         lengths: list[list[int]] = [[] for _ in range(n_features)]
         dense, stamps, rids = [], [], []
         for key, row, _, _ in picked:
-            batch = self._batches[key]
-            bounds, times = self._rows[key]
+            _, kept_values, bounds, kept_dense, times, kept_ids = self._batches[key]
             for f in range(n_features):
                 low, high = bounds[f][row], bounds[f][row + 1]
-                values[f].append(batch.values[f][low:high])
+                values[f].append(kept_values[f][low:high])
                 lengths[f].append(high - low)
-            dense.append(batch.dense[row])
+            dense.append(kept_dense[row])
             stamps.append(times[row])
-            rids.append(batch.request_ids[row])
+            rids.append(kept_ids[row])
         offsets = []
         for f in range(n_features):
-            lens = torch.tensor(lengths[f], dtype=torch.int64)
-            offsets.append(torch.cumsum(lens, 0) - lens)
+            lens = np.array(lengths[f], dtype=np.int64)
+            offsets.append(torch.from_numpy(np.cumsum(lens) - lens))
         return SparseBatch(
-            first.keys,
-            tuple(torch.cat(v) for v in values),
+            keys,
+            tuple(torch.from_numpy(np.concatenate(v)) for v in values),
             tuple(offsets),
-            torch.stack(dense),
+            torch.from_numpy(np.stack(dense)),
             torch.tensor([label for _, _, label, _ in picked], dtype=torch.float32),
             torch.tensor(stamps, dtype=torch.float64),
-            torch.stack(rids),
+            torch.tensor(rids, dtype=torch.int64),
         )
