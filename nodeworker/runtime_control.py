@@ -140,9 +140,11 @@ class RuntimeControl:
             self.delta = None  # the bare base until the new trainer publishes
             self.installed = self.shared.version
             with self._patch_cond:
+                self.install_epoch += 1  # a version the installer is building is stale now
                 self._patches.clear()
                 self.patches_applied = 0
                 self.patch_recv = None  # late messages of the old trainer are dropped
+                self._patch_cond.notify_all()
         self._start_trainer(restore)
         self.events.append(
             _event(
@@ -211,9 +213,11 @@ class RuntimeControl:
             self.delta = None  # the bare base until the new trainer publishes
             self.installed = self.shared.version  # the old versions never serve again
             with self._patch_cond:
+                self.install_epoch += 1  # a version the installer is building is stale now
                 self._patches.clear()
                 self.patches_applied = 0
                 self.patch_recv = None  # late messages of the old trainer are dropped
+                self._patch_cond.notify_all()
         self.checkpoint = location
         if had_trainer:
             self._start_trainer(kept)

@@ -1,12 +1,15 @@
 """What the runtime measures for telemetry and benchmarks: request latency and QPS, windowed
-AUC / log loss of served scores against joined labels, trainer throughput, and the freshness lag
-(label arrival until inference serves a factor version trained on it)."""
+AUC / log loss of served scores against joined labels, trainer throughput, the freshness lag
+(label arrival until inference serves a factor version trained on it), and what stalls the
+inference process besides its own work: garbage-collector pauses (every thread waits for them)
+and factor-version installs (the inference lock is held while a version is swapped in)."""
 
 from __future__ import annotations
 
 import bisect
 import math
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -20,6 +23,12 @@ class RuntimeMetrics:
     def __init__(self, quality_window_s: float = 60.0, max_rows: int = 50_000):
         self.latency = LatencyWindow(window_s=1.0)
         self.all_latencies: deque[float] = deque(maxlen=1_000_000)  # for benchmarks
+        # for benchmarks: time under the inference lock per request (latency minus queueing)
+        self.all_service_ms: deque[float] = deque(maxlen=1_000_000)
+        self.gc_pauses: deque[tuple[float, float, int]] = deque(maxlen=100_000)  # (ts, s, gen)
+        # (ts, seconds building the version off the lock, seconds holding the inference lock)
+        self.installs: deque[tuple[float, float, float]] = deque(maxlen=100_000)
+        self._gc_started = 0.0
         self.quality_window_s = quality_window_s
         self._quality: deque[tuple[float, float, float]] = deque(maxlen=max_rows)
         self._installs: list[tuple[int, float]] = []  # (version, time), ascending
@@ -33,9 +42,18 @@ class RuntimeMetrics:
         self.trained_samples = 0
         self._lock = threading.Lock()
 
-    def served(self, latency_ms: float, now: float) -> None:
+    def served(self, latency_ms: float, service_ms: float, now: float) -> None:
         self.latency.add(latency_ms, now)
         self.all_latencies.append(latency_ms)
+        self.all_service_ms.append(service_ms)
+
+    def gc_callback(self, phase: str, info: dict[str, int]) -> None:
+        """For gc.callbacks. Collections never overlap (the collecting thread holds the GIL)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._gc_started
+            self.gc_pauses.append((time.time(), pause, info["generation"]))
 
     def joined(self, labels: np.ndarray, scores: np.ndarray, now: float) -> None:
         with self._lock:
@@ -43,7 +61,8 @@ class RuntimeMetrics:
                 if math.isfinite(score):
                     self._quality.append((now, label, score))
 
-    def installed(self, version: int, now: float) -> None:
+    def installed(self, version: int, now: float, build_s: float, locked_s: float) -> None:
+        self.installs.append((now, build_s, locked_s))
         with self._lock:
             self._installs.append((version, now))
             del self._installs[:-1000]
@@ -75,6 +94,21 @@ class RuntimeMetrics:
     def lags(self, since: float = 0.0) -> list[float]:
         with self._lock:
             return [lag for t, lag in self._lags if t >= since]
+
+    def stalls(self, since: float = 0.0) -> dict[str, Any]:
+        """GC pauses and version installs since ``since`` (time.time()), summed up."""
+        pauses = [s for t, s, _ in list(self.gc_pauses) if t >= since]
+        installs = [(b, h) for t, b, h in list(self.installs) if t >= since]
+        return {
+            "gc_pauses": len(pauses),
+            "gc_pause_total_ms": round(1000 * sum(pauses), 2),
+            "gc_pause_max_ms": round(1000 * max(pauses, default=0.0), 2),
+            "installs": len(installs),
+            "install_build_mean_ms": round(
+                1000 * sum(b for b, _ in installs) / max(1, len(installs)), 3
+            ),
+            "install_locked_max_ms": round(1000 * max((h for _, h in installs), default=0.0), 3),
+        }
 
     def window(self, now: float) -> dict[str, Any]:
         """The telemetry metrics of the last second (quality over quality_window_s)."""

@@ -91,7 +91,8 @@ def test_inference_serves_versions_the_trainer_learnt(node):
     first = runtime.installed
     train_until(runtime, traffic, runtime.metrics.trained_samples + 200)
     assert runtime.installed > first  # new versions keep arriving
-    assert runtime.delta is not None and runtime.delta.version == runtime.installed
+    with runtime._infer_lock:  # the installer thread swaps versions under it
+        assert runtime.delta is not None and runtime.delta.version == runtime.installed
     lags = runtime.metrics.lags()
     assert lags and sorted(lags)[len(lags) // 2] < 30.0
     snapshot = runtime.telemetry_snapshot()
