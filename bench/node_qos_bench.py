@@ -93,6 +93,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
         time.sleep(args.warmup)
         runtime.metrics.all_latencies.clear()
+        runtime.metrics.all_service_ms.clear()
         base_counts = runtime.cache.counts.as_dict()
         base_trained = runtime.metrics.trained_samples
         started = time.time()
@@ -104,6 +105,8 @@ def run_variant(args: argparse.Namespace) -> dict:
             duties.append(runtime.duty.value if runtime.trainer_proc is not None else 0.0)
         elapsed = time.time() - started
         latencies = list(runtime.metrics.all_latencies)
+        service = list(runtime.metrics.all_service_ms)
+        stalls = runtime.metrics.stalls(since=started)
         counts = runtime.cache.counts.as_dict()
         labelled = (counts["joined"] + counts["expired"]) - (
             base_counts["joined"] + base_counts["expired"]
@@ -118,6 +121,10 @@ def run_variant(args: argparse.Namespace) -> dict:
             "p50_ms": round(percentile(latencies, 50), 3),
             "p95_ms": round(percentile(latencies, 95), 3),
             "p99_ms": round(percentile(latencies, 99), 3),
+            # under the inference lock: the model itself, without queueing behind other work
+            "service_p50_ms": round(percentile(service, 50), 3),
+            "service_p99_ms": round(percentile(service, 99), 3),
+            **stalls,
             "requests": len(latencies),
             "labelled_rows": labelled,
             "trained_rows": trained,
@@ -171,7 +178,8 @@ def main() -> int:
         print(f"max {max_qps:.0f} req/s ({args.rows} rows each) closed loop; replay {qps} req/s")
         print(
             f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99/p99a':>9} {'trained':>8} {'lag s':>6} {'duty':>5} {'load':>5}"
+            f"{'p99/p99a':>9} {'svc p99':>8} {'trained':>8} {'lag s':>6} {'duty':>5} "
+            f"{'gc max':>7} {'installs':>8} {'inst ms':>7} {'load':>5}"
         )
         for k in range(args.repeat):
             a = spawn(args, "a", qps=qps)
@@ -182,8 +190,10 @@ def main() -> int:
                 print(
                     f"{k:>4} {names[r['variant']]:26} {r['achieved_qps']:>7} {r['p50_ms']:>8} "
                     f"{r['p99_ms']:>8} {r['p99_ms'] / a['p99_ms']:>9.2f} "
+                    f"{r['service_p99_ms']:>8} "
                     f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
-                    f"{r['mean_trainer_duty']:>5} {r['load_avg_1m']:>5}"
+                    f"{r['mean_trainer_duty']:>5} {r['gc_pause_max_ms']:>7} {r['installs']:>8} "
+                    f"{r['install_build_mean_ms']:>7} {r['load_avg_1m']:>5}"
                 )
             passes.append(
                 {
