@@ -5,6 +5,11 @@ Inference reports every request latency and the request queue depth; once per co
 (the fraction of wall time it may compute) with AIMD: additive increase while P99 is comfortably
 below the SLA, multiplicative decrease when it gets near, and a pause while it is over. The
 trainer obeys the duty through ``DutyCycle``. Every change is kept as a telemetry 'qos' event.
+
+After a decrease only latencies observed since it count (once there are ``min_samples`` of them):
+a window holds many control periods, and judging the new duty by the spike that caused the cut
+halved the duty again every period until the spike slid out (one 100 ms stall took a 2 s window
+and 0.25 s periods from duty 1 to 0.004).
 """
 
 from __future__ import annotations
@@ -37,16 +42,23 @@ class LatencyWindow:
         while self._items and self._items[0][0] < cutoff:
             self._items.popleft()
 
-    def count(self, now: float) -> int:
+    def count(self, now: float, since: float | None = None) -> int:
+        """Latencies in the window (only those observed at or after ``since``, if given)."""
         with self._lock:
             self._trim(now)
-            return len(self._items)
+            if since is None:
+                return len(self._items)
+            return sum(1 for t, _ in self._items if t >= since)
 
-    def quantiles(self, now: float, qs: tuple[float, ...]) -> tuple[float | None, ...]:
-        """Nearest-rank quantiles (None for an empty window)."""
+    def quantiles(
+        self, now: float, qs: tuple[float, ...], since: float | None = None
+    ) -> tuple[float | None, ...]:
+        """Nearest-rank quantiles (None for an empty window), of the latencies observed at or
+        after ``since`` if given."""
         with self._lock:
             self._trim(now)
-            values = sorted(v for _, v in self._items)
+            start = -math.inf if since is None else since
+            values = sorted(v for t, v in self._items if t >= start)
         if not values:
             return tuple(None for _ in qs)
         return tuple(
@@ -109,6 +121,7 @@ class QosController:
         self.duty = self.config.max_duty if start_duty is None else start_duty
         self.queue_depth = 0
         self.operator_paused = False
+        self.decreased_at = -math.inf  # when the duty was last cut (pause or decrease)
         self.last: Decision | None = None
         self._events: list[dict] = []
         self._lock = threading.Lock()
@@ -138,16 +151,28 @@ class QosController:
         with self._lock:
             c = self.config
             n = self.latencies.count(now)
-            (p99,) = self.latencies.quantiles(now, (0.99,))
+            since = self.decreased_at if self.decreased_at > now - c.window_s else None
+            fresh = n if since is None else self.latencies.count(now, since)
+            (p99,) = self.latencies.quantiles(now, (0.99,), since)
             depth = self.queue_depth
-            over = p99 is not None and n >= c.min_samples and p99 > c.sla_p99_ms
-            near = p99 is not None and n >= c.min_samples and p99 >= c.near * c.sla_p99_ms
+            judged = n >= c.min_samples and fresh >= c.min_samples and p99 is not None
+            over = judged and p99 > c.sla_p99_ms
+            near = judged and p99 >= c.near * c.sla_p99_ms
             deep = depth > c.max_queue_depth
+            last = self.last
+            was_paused = (
+                last is not None and last.state == "paused" and last.action != "operator_pause"
+            )
             if self.operator_paused:
                 action, reason = "operator_pause", "paused by the operator"
+            elif n >= c.min_samples and fresh < c.min_samples and not deep:
+                # too few latencies since the last cut to judge it: keep it (and a pause)
+                action, reason = "hold", f"{fresh} requests since the last decrease"
+                over = was_paused
             elif over:
                 action, reason = "pause", f"P99 {p99:.2f} ms > SLA {c.sla_p99_ms:g} ms"
                 self.duty = max(c.min_duty, self.duty * c.decrease)
+                self.decreased_at = now
             elif near or deep:
                 action = "decrease"
                 reason = (
@@ -156,6 +181,7 @@ class QosController:
                     else f"P99 {p99:.2f} ms >= {c.near:g} x SLA"
                 )
                 self.duty = max(c.min_duty, self.duty * c.decrease)
+                self.decreased_at = now
             elif n < c.min_samples or (p99 is not None and p99 < c.headroom * c.sla_p99_ms):
                 action = "increase" if self.duty < c.max_duty else "hold"
                 reason = (

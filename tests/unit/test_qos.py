@@ -123,3 +123,38 @@ def test_duty_cycle_limits_busy_fraction():
     assert busy / clock[0] == pytest.approx(0.3, abs=0.02)
     fresh = DutyCycle(clock=lambda: clock[0])
     assert fresh.wait_time(0.5) == 0.0 and fresh.wait_time(0.0) == float("inf")  # paused
+
+
+def test_one_stall_cuts_the_duty_once_not_every_period_it_stays_in_the_window():
+    """A 2 s window stepped every 0.25 s: the requests caught in one 100 ms stall must not be
+    held against every later period. One cut (a pause), judged afresh on the latencies after it,
+    then the duty grows back."""
+    cfg = QosConfig(sla_p99_ms=20.0, window_s=2.0, min_samples=20, increase=0.05, decrease=0.5)
+    ctl = QosController(cfg)
+    decisions = []
+    for period in range(24):  # 6 s, 400 req/s
+        for k in range(100):
+            t = period * 0.25 + k / 400
+            ctl.observe(150.0 if 2.0 <= t < 2.1 else 5.0, t)
+        decisions.append(ctl.step((period + 1) * 0.25))
+    actions = [d.action for d in decisions]
+    assert actions.count("pause") == 1 and "decrease" not in actions
+    cut = actions.index("pause")
+    assert decisions[cut].duty == pytest.approx(0.5)
+    assert all(d.effective_duty > 0 for d in decisions[cut + 1 :])
+    assert decisions[-1].duty == 1.0  # grown back
+
+
+def test_a_pause_holds_until_latencies_after_it_are_in():
+    ctl = QosController(QosConfig(sla_p99_ms=20.0, window_s=2.0, min_samples=20))
+    for k in range(100):
+        ctl.observe(50.0, k / 100)
+    assert ctl.step(1.0).action == "pause"
+    for k in range(5):  # too few since the pause to judge the new duty
+        ctl.observe(5.0, 1.0 + k / 100)
+    held = ctl.step(1.1)
+    assert (held.action, held.state, held.effective_duty) == ("hold", "paused", 0.0)
+    for k in range(30):
+        ctl.observe(5.0, 1.1 + k / 100)
+    resumed = ctl.step(1.5)
+    assert resumed.state == "throttled" and resumed.effective_duty == pytest.approx(0.55)
