@@ -9,6 +9,13 @@ variant is replayed open-loop (Poisson arrivals) at --load x that maximum on the
 stream, labels arriving --label-delay s after serving. Latency counts from each request's
 scheduled arrival. The SLA for (c) is --sla-factor x P99(a): the operator's target.
 Each variant runs in a fresh process (pinning and torch thread pools do not leak between them).
+Beside latency, each row says where the inference process's time went: "svc p99" is the P99 of
+the time a request held the inference lock (the model itself; the rest of its latency is
+queueing), "gc max" the longest garbage-collector pause, "installs" / "inst ms" the factor
+versions installed and the mean time to build one (off the inference lock), "trn cpu" the
+trainer process's cpu share, and "rq ms/s" how long the inference process's threads waited for
+a cpu while runnable, per second: near 0 on a quiet machine, large when other jobs share the
+inference cpu (such a pass says nothing about the trainer).
 Prints a table and writes bench/out/node_qos.json.
 
     python bench/node_qos_bench.py [--duration 30] [--warmup 5] [--load 0.5]
@@ -37,6 +44,29 @@ STREAM = dict(
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def run_queue_wait_s() -> float | None:
+    """Seconds this process's threads have waited for a cpu while runnable (Linux schedstat):
+    how much other work on the inference cpu delayed it. None where it is not available."""
+    total = 0.0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+    return total
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system cpu seconds of a process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -97,6 +127,9 @@ def run_variant(args: argparse.Namespace) -> dict:
         base_counts = runtime.cache.counts.as_dict()
         base_trained = runtime.metrics.trained_samples
         started = time.time()
+        waited = run_queue_wait_s()
+        trainer_pid = runtime.trainer_proc.pid if runtime.trainer_proc is not None else None
+        trainer_cpu = cpu_seconds(trainer_pid) if trainer_pid else None
         duties, states = [], []
         while time.time() - started < args.duration:
             time.sleep(0.5)
@@ -104,6 +137,8 @@ def run_variant(args: argparse.Namespace) -> dict:
                 states.append(runtime.qos.last.state)
             duties.append(runtime.duty.value if runtime.trainer_proc is not None else 0.0)
         elapsed = time.time() - started
+        waited_after = run_queue_wait_s()
+        trainer_cpu_after = cpu_seconds(trainer_pid) if trainer_pid else None
         latencies = list(runtime.metrics.all_latencies)
         service = list(runtime.metrics.all_service_ms)
         stalls = runtime.metrics.stalls(since=started)
@@ -131,6 +166,18 @@ def run_variant(args: argparse.Namespace) -> dict:
             "trained_share": round(trained / labelled, 3) if labelled else None,
             "median_freshness_lag_s": round(float(np.median(lags)), 3) if lags else None,
             "mean_trainer_duty": round(sum(duties) / len(duties), 3) if duties else 0.0,
+            "trainer_cpu_share": (
+                round((trainer_cpu_after - trainer_cpu) / elapsed, 3)
+                if trainer_cpu is not None and trainer_cpu_after is not None
+                else None
+            ),
+            # waiting for a cpu while runnable, summed over the inference process's threads:
+            # near 0 on a quiet machine; large values mean other jobs shared the inference cpu
+            "run_queue_wait_ms_per_s": (
+                round(1000 * (waited_after - waited) / elapsed, 1)
+                if waited is not None and waited_after is not None
+                else None
+            ),
             "paused_share": round(states.count("paused") / len(states), 3) if states else None,
             "placement": runtime.plan.as_dict(),
             "sla_ms": args.sla_ms if variant == "c" else None,
@@ -179,7 +226,8 @@ def main() -> int:
         print(
             f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'p99/p99a':>9} {'svc p99':>8} {'trained':>8} {'lag s':>6} {'duty':>5} "
-            f"{'gc max':>7} {'installs':>8} {'inst ms':>7} {'load':>5}"
+            f"{'trn cpu':>7} {'gc max':>7} {'installs':>8} {'inst ms':>7} {'rq ms/s':>7} "
+            f"{'load':>5}"
         )
         for k in range(args.repeat):
             a = spawn(args, "a", qps=qps)
@@ -192,8 +240,9 @@ def main() -> int:
                     f"{r['p99_ms']:>8} {r['p99_ms'] / a['p99_ms']:>9.2f} "
                     f"{r['service_p99_ms']:>8} "
                     f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
-                    f"{r['mean_trainer_duty']:>5} {r['gc_pause_max_ms']:>7} {r['installs']:>8} "
-                    f"{r['install_build_mean_ms']:>7} {r['load_avg_1m']:>5}"
+                    f"{r['mean_trainer_duty']:>5} {str(r['trainer_cpu_share']):>7} "
+                    f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_build_mean_ms']:>7} "
+                    f"{str(r['run_queue_wait_ms_per_s']):>7} {r['load_avg_1m']:>5}"
                 )
             passes.append(
                 {

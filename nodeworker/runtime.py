@@ -551,6 +551,12 @@ class NodeRuntime(RuntimeControl):
         if proc.is_alive():
             proc.kill()
             proc.join()
+        self._abandon_data_queue()
+
+    def _abandon_data_queue(self) -> None:
+        """Joined batches the gone trainer never read stay in the queue's pipe; without this,
+        the queue's feeder thread blocks on the full pipe and the process hangs at exit."""
+        self.data_q.cancel_join_thread()
 
 
 def _remove_stale_segments(root: Path, name: str) -> None:

@@ -132,6 +132,7 @@ class RuntimeControl:
             return False
         log.error("trainer process exited (%s); restarting from the latest snapshot", proc.exitcode)
         self.trainer_proc = None
+        self._abandon_data_queue()
         restore = self._restorable_snapshot()
         with self._infer_lock:
             write_base_tables(load_model(self.checkpoint), self.shm_dir)
