@@ -4,9 +4,12 @@
   (b) inference + trainer, no pinning and no QoS (the trainer runs flat out on any core)
   (c) inference + trainer pinned to disjoint cores, throttled by the QoS controller
 
-First the node's maximum throughput is measured closed-loop (inference alone); then every
-variant is replayed open-loop (Poisson arrivals) at --load x that maximum on the synthetic
-stream, labels arriving --label-delay s after serving. Latency counts from each request's
+First the node's maximum throughput is measured (inference alone) by the replayer sending as
+fast as it can: the same in-process threads that replay the variants, so their own cost counts
+(a single-thread closed loop measured about twice what the replayer's threads can drive, and
+"half of it" was then a saturated node); then every variant is replayed open-loop (Poisson
+arrivals) at --load x that maximum on the synthetic stream, labels arriving --label-delay s
+after serving. Latency counts from each request's
 scheduled arrival. The SLA for (c) is --sla-factor x P99(a): the operator's target.
 Each variant runs in a fresh process (pinning and torch thread pools do not leak between them).
 Beside latency, each row says where the inference process's time went: "svc p99" is the P99 of
@@ -75,7 +78,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
     from nodeworker import protocol
-    from nodeworker.replayer import ReplayConfig, Replayer, requests_of
+    from nodeworker.replayer import ReplayConfig, Replayer
     from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
 
     stream = SyntheticStream(SyntheticConfig(seed=args.seed, **STREAM))
@@ -101,25 +104,20 @@ def run_variant(args: argparse.Namespace) -> dict:
     ).start()
     runtime.wait_ready()
     try:
-        if args.measure_max:  # closed loop: serve, then send every row's label, as replayed
-            traffic = requests_of(stream, args.rows)
-
-            def one() -> None:
-                request = next(traffic)
-                _, ids, _ = runtime.predict(request)
-                for rid, label in zip(ids.tolist(), request.labels.tolist(), strict=True):
-                    runtime.feedback(rid, label)
-
-            for _ in range(200):  # warm up
-                one()
-            start, n = time.perf_counter(), 0
-            while time.perf_counter() - start < 5.0:
-                one()
-                n += 1
-            return {"max_qps": n / (time.perf_counter() - start)}
         config = ReplayConfig(
-            qps=args.qps, label_delay_s=args.label_delay, rows_per_request=args.rows, seed=args.seed
+            qps=1e6 if args.measure_max else args.qps,
+            label_delay_s=args.label_delay,
+            rows_per_request=args.rows,
+            seed=args.seed,
         )
+        if args.measure_max:  # saturated: the most the replayer's threads get served per second
+            replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
+            time.sleep(args.warmup)
+            served, start = replayer.stats.served, time.perf_counter()
+            time.sleep(5.0)
+            max_qps = (replayer.stats.served - served) / (time.perf_counter() - start)
+            replayer.stop()
+            return {"max_qps": max_qps}
         replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
         time.sleep(args.warmup)
         runtime.metrics.all_latencies.clear()
@@ -222,7 +220,7 @@ def main() -> int:
         args.workdir = tmp
         max_qps = spawn(args, "a", measure_max=True)["max_qps"]
         qps = round(args.load * max_qps, 1)
-        print(f"max {max_qps:.0f} req/s ({args.rows} rows each) closed loop; replay {qps} req/s")
+        print(f"max {max_qps:.0f} req/s ({args.rows} rows each) saturated; replay {qps} req/s")
         print(
             f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'p99/p99a':>9} {'svc p99':>8} {'trained':>8} {'lag s':>6} {'duty':>5} "

@@ -5,7 +5,9 @@ in the sample cache until their labels join, and feeds joined rows to the traine
 runs on the trainer cores under the QoS duty cycle and publishes factor versions into shared
 memory. An installer thread builds the newest complete version (never a torn one) off the request
 path and swaps it in between two batches. Telemetry, the control channel and periodic factor
-snapshots run as threads here.
+snapshots run as threads here, on the inference cpus too: moved to the trainer's cpu, threads that
+share the GIL with inference passed it back and forth across cores and the bench's node fell
+behind its load (1,182-1,342 of 1,800 req/s against 1,708-1,856 on one cpu).
 
 Two process-wide settings keep the request tail short while these threads share the GIL with
 inference: everything alive after set-up (torch, the model, the modules) is moved out of the
@@ -62,9 +64,9 @@ log = logging.getLogger(__name__)
 
 CAPACITY_PCT = 10.0  # shared factor slots hold any budget a policy may set (sparse files)
 PUMP_PERIOD_S = 0.05  # joined rows wait at most this long for a trainer batch to fill
-# batches handed to the trainer per pump period at most: 2 capped the trainer at 2 x 256 rows per
-# 50 ms (10k rows/s) however idle it was; 8 lets it take 40k rows/s while the rest still wait
-# in the backlog, where the oldest are dropped first
+# joined batches queued for the trainer at most: with 2, the pump capped the trainer at 2 x 256
+# rows per period (10k rows/s) however idle it was; 8 allows 40k rows/s, and the rest wait in the
+# backlog, where the oldest are dropped first
 TRAINER_QUEUE_BATCHES = 8
 INSTALL_POLL_S = 0.01  # how often the installer looks for a newer factor version
 GIL_SWITCH_INTERVAL_S = 0.0005
