@@ -6,7 +6,7 @@ edge-live (LiveUpdate policy) and edge-baseline (delta-sync, fed by the simulate
 last 60 s of joined samples about once a second. The table compares the two per span of
 `--span` seconds (mean of the samples both nodes sent in it); "won" counts the spans where
 LiveUpdate's mean AUC is higher. Writes bench/out/demo_race.json and an offline Plotly chart,
-bench/out/demo_race.html.
+bench/out/demo_race.html; the demo's database and logs stay in bench/out/demo_race/.
 
     python bench/demo_race.py [--duration 600] [--span 30] [-- demo options, e.g. --drift 20]
 """
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,8 +61,9 @@ def read_auc(data_dir: Path) -> dict[str, list[tuple[float, float]]]:
         .order_by("ts")
         .values_list("node__name", "ts", "auc")
     )
-    if not rows:
-        raise SystemExit("no AUC telemetry arrived; see the demo's logs")
+    silent = set(NODES) - {name for name, _, _ in rows}
+    if silent:
+        raise SystemExit(f"no AUC telemetry from {sorted(silent)}; see {data_dir / 'logs'}")
     start = rows[0][1]
     series: dict[str, list[tuple[float, float]]] = {name: [] for name in NODES}
     for name, ts, auc in rows:
@@ -110,11 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("demo_args", nargs="*", help="passed to `liveupdate demo` (after --)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="demo-race-") as tmp:
-        data_dir = Path(tmp)
-        t0 = time.time()
-        run_demo(data_dir, args.port, args.duration, args.demo_args)
-        series = read_auc(data_dir)
+    data_dir = OUT_DIR / "demo_race"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    t0 = time.time()
+    run_demo(data_dir, args.port, args.duration, args.demo_args)
+    series = read_auc(data_dir)
     rows = spans(series, args.span)
     won = sum(r["diff"] > 0 for r in rows)
     mean_diff = statistics.fmean(r["diff"] for r in rows) if rows else float("nan")
@@ -124,7 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         [[r["from_s"], r["live_auc"], r["baseline_auc"], r["diff"]] for r in rows],
     )
     print(f"LiveUpdate ahead in {won} of {len(rows)} spans; mean difference {mean_diff:+.4f}")
-    OUT_DIR.mkdir(exist_ok=True)
     write_chart(series, OUT_DIR / "demo_race.html")
     payload = {
         "benchmark": "demo_race",
