@@ -15,6 +15,7 @@ Client and server share this machine's cores. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -55,16 +56,30 @@ def summary_ms(seconds: list[float]) -> dict:
 
 
 class ServerCPU:
-    """CPU seconds the daphne process used (all its threads), from /proc: unlike latency this
-    barely depends on what else the machine is running."""
+    """CPU seconds the server used (the ``liveupdate serve`` process, its workers and all their
+    threads), from /proc: unlike latency this barely depends on what else the machine runs."""
 
     def __init__(self, pid: int):
-        self.path = Path(f"/proc/{pid}/stat")
+        self.pid = pid
         self.tick = os.sysconf("SC_CLK_TCK")
 
+    def pids(self) -> list[int]:
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
     def seconds(self) -> float:
-        fields = self.path.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):  # a worker that exited meanwhile
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / self.tick
 
 
 def with_cpu(cpu: ServerCPU, measure, per: str):

@@ -37,7 +37,6 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -85,7 +84,7 @@ TEMPLATES = [
 
 DATABASES = {"default": database_from_url("DATABASE_URL", DATA_DIR / "liveupdate.sqlite3")}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    # Under ASGI (daphne) a persistent connection is not reused across requests, it leaks until
+    # Under ASGI a persistent connection is not reused across requests, it leaks until
     # CONN_MAX_AGE: a short load test exhausted max_connections. Requests share a pool instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"].setdefault(
@@ -121,6 +120,11 @@ if REDIS_URL:
             # idle websocket consumer then dies with "Timeout reading"; give reads headroom.
             # retry_on_error: after a Redis restart the pooled connections are dead; one retry
             # reconnects instead of failing the next websocket handshake with a 500.
+            # capacity: channels_redis keeps one queue per server process (all its sockets'
+            # channels share it) and drops group messages once it holds this many unread; the
+            # default 100 was reached within seconds by 50 viewers on one busy process. Drops
+            # that still happen are seen by the consumers (gaps in controlplane.status's
+            # sequence numbers) and the dashboard reloads.
             "CONFIG": {
                 "hosts": [
                     {
@@ -128,7 +132,9 @@ if REDIS_URL:
                         "socket_timeout": 30,
                         "retry_on_error": [redis.exceptions.ConnectionError],
                     }
-                ]
+                ],
+                "prefix": env_str("LIVEUPDATE_CHANNEL_PREFIX") or "asgi",
+                "capacity": 1000,
             },
         }
     }

@@ -1,10 +1,11 @@
 """Real services for the tests: reachability probes, throwaway databases, and the appliance
-(daphne) or a Celery worker started as real subprocesses."""
+(``liveupdate serve``) or a Celery worker started as real subprocesses."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -119,10 +120,12 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> N
 
 
 class Appliance:
-    """A migrated control plane served by daphne in a subprocess, with a user to log in as."""
+    """A migrated control plane served by ``liveupdate serve`` (``workers`` processes) in a
+    subprocess, with a user to log in as."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1):
         self.env = env
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -141,30 +144,33 @@ class Appliance:
         return self.serve()
 
     def serve(self) -> Appliance:
-        """(Re)start daphne on this appliance's port (start() migrates first)."""
+        """(Re)start the server on this appliance's port (start() migrates first)."""
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "daphne",
-                "-b",
+                "controlplane.cli",
+                "serve",
+                "--host",
                 "127.0.0.1",
-                "-p",
+                "--port",
                 str(self.port),
-                "controlplane.asgi:application",
+                "--workers",
+                str(self.workers),
             ],
             env=self.env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() can reap every worker
         )
-        wait_until(self._healthy, 60, f"daphne on {self.url} (log: {self.log_path})", 0.2)
+        wait_until(self._healthy, 60, f"the server on {self.url} (log: {self.log_path})", 0.2)
         return self
 
     def _healthy(self) -> bool:
         if self.process and self.process.poll() is not None:
-            raise RuntimeError(f"daphne exited early:\n{self.log_path.read_text()}")
+            raise RuntimeError(f"the server exited early:\n{self.log_path.read_text()}")
         try:
             return requests.get(f"{self.url}/api/health/", timeout=2).status_code == 200
         except requests.RequestException:
@@ -191,12 +197,13 @@ class Appliance:
         return session
 
     def stop(self) -> None:
+        """SIGTERM to the server (it stops its workers); SIGKILL to the whole group after 15 s."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
     def __enter__(self) -> Appliance:

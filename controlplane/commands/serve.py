@@ -1,23 +1,57 @@
+"""``liveupdate serve``: the control plane's ASGI server (HTTP, websockets, telemetry ingest).
+
+uvicorn with ``--workers`` processes sharing one listening socket: Python runs one request at a
+time per process (GIL), so one process per core is how the API, ingest and websocket fan-out use
+the machine. Several workers need a shared channel layer (REDIS_URL): with the embedded in-memory
+layer an event raised in one process would never reach the sockets of another.
+"""
+
 import argparse
 import os
+
+from controlplane.env import env_int
+
+WORKERS_ENV = "LIVEUPDATE_WEB_WORKERS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"server processes (default: ${WORKERS_ENV}, else 1); more than 1 needs REDIS_URL",
+    )
     parser.add_argument("--migrate", action="store_true", help="apply migrations before serving")
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     import django
-    from daphne.cli import CommandLineInterface
+    import uvicorn
+    from django.conf import settings
     from django.core.management import call_command
 
     django.setup()
+    workers = args.workers if args.workers is not None else env_int(WORKERS_ENV, 1, minimum=1)
+    if workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and not settings.REDIS_URL:
+        raise SystemExit(
+            f"{workers} workers need a shared channel layer: set REDIS_URL (the embedded "
+            "in-memory layer reaches only the sockets of its own process)"
+        )
     if args.migrate:
         call_command("migrate", interactive=False, verbosity=1)
-    CommandLineInterface().run(
-        ["--bind", args.host, "--port", str(args.port), "controlplane.asgi:application"]
+    uvicorn.run(
+        "controlplane.asgi:application",
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        lifespan="off",  # Channels' router has no lifespan protocol
+        ws="websockets-sansio",
+        # On SIGTERM open websockets are closed (1012) and requests get this long to finish.
+        timeout_graceful_shutdown=10,
     )
     return 0
