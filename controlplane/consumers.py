@@ -6,15 +6,20 @@ A socket starts on the whole fleet. Client -> server:
   {"action": "watch_fleet"}                 back to every node's events
   {"action": "ping", "id": ...}             answered with {"kind": "pong", "id": ...}
 Server -> client: the events of controlplane.events (telemetry, rank_event, node_event, alert,
-node_status, node_action), {"type": "watching", ...} and {"type": "error", "detail": ...}.
-See docs/ARCHITECTURE.md."""
+node_status, node_action), {"type": "watching", ...}, {"type": "error", "detail": ...} and
+{"kind": "resync", "missed": N} when N events never reached this socket (the channel layer
+dropped them, see controlplane.status): the dashboard then reloads. See docs/ARCHITECTURE.md."""
+
+import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from controlplane.roles import role_level
-from controlplane.status import FLEET_GROUP, node_group
+from controlplane.status import FLEET_GROUP, encode, node_group
 from nodeworker.protocol import NODE_NAME_RE
+
+log = logging.getLogger(__name__)
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
@@ -27,6 +32,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)  # logged in, but no viewer role
             return
         self.groups_joined = [FLEET_GROUP]
+        self.last_seen: dict[tuple[str, str], int] = {}  # (group, stream) -> last message number
         await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
         await self.accept()
 
@@ -40,6 +46,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         for group in set(groups) - set(self.groups_joined):
             await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = list(groups)
+        self.last_seen = {key: n for key, n in self.last_seen.items() if key[0] in groups}
 
     async def receive_json(self, content: dict, **kwargs) -> None:
         action = content.get("action") if isinstance(content, dict) else None
@@ -63,10 +70,18 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             # Through the channel layer to this socket, so a reply proves the layer works.
             await self.channel_layer.send(
                 self.channel_name,
-                {"type": "fleet.event", "event": {"kind": "pong", "id": content.get("id")}},
+                {"type": "fleet.event", "text": encode({"kind": "pong", "id": content.get("id")})},
             )
         else:
             await self.send_json({"type": "error", "detail": f"unknown action {action!r}"})
 
     async def fleet_event(self, message: dict) -> None:
-        await self.send_json(message["event"])
+        if "stream" in message:
+            key = (message["group"], message["stream"])
+            previous = self.last_seen.get(key)
+            self.last_seen[key] = message["n"]
+            if previous is not None and message["n"] > previous + 1:
+                missed = message["n"] - previous - 1
+                log.warning("%s: %d events to %s were dropped", self.channel_name, missed, key[0])
+                await self.send_json({"kind": "resync", "missed": missed})
+        await self.send(text_data=message["text"])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -103,3 +103,56 @@ def test_ingest_stores_even_when_the_channel_layer_is_down(
     assert TelemetrySample.objects.count() == 1
     assert "redis is down" in caplog.text
     broadcast({"kind": "pong"})  # never raises
+
+
+class RecordingLayer(InMemoryChannelLayer):
+    def __init__(self):
+        super().__init__()
+        self.sent = []
+
+    async def group_send(self, group, message):
+        self.sent.append((group, message))
+
+
+def test_broadcast_numbers_each_group_consecutively(monkeypatch):
+    layer = RecordingLayer()
+    monkeypatch.setattr("controlplane.status.get_channel_layer", lambda: layer)
+    broadcast({"kind": "alert", "node": "edge-1"}, node_name="edge-1")
+    broadcast({"kind": "pong"})
+    broadcast({"kind": "alert", "node": "edge-2"}, node_name="edge-2")
+    numbers = {}
+    for group, message in layer.sent:
+        numbers.setdefault(group, []).append(message["n"])
+    assert {m["stream"] for _, m in layer.sent} == {layer.sent[0][1]["stream"]}
+    first = numbers["fleet"][0]
+    assert numbers["fleet"] == [first, first + 1, first + 2]
+    assert len(numbers["node.edge-1"]) == len(numbers["node.edge-2"]) == 1
+    assert json.loads(layer.sent[0][1]["text"]) == {"kind": "alert", "node": "edge-1"}
+
+
+@IN_MEMORY
+@pytest.mark.django_db(transaction=True)
+def test_a_gap_in_the_numbers_is_reported_as_resync_and_nothing_else_is_lost():
+    """Messages the layer dropped (numbers 3 and 4 of stream A) show up as one resync; an
+    interleaved second sender (stream B) is no gap; every message that arrived is forwarded."""
+
+    async def script(ws):
+        layer = get_channel_layer()
+        for stream, n in (("A", 1), ("B", 7), ("A", 2), ("B", 8), ("A", 5), ("A", 6)):
+            text = json.dumps({"kind": "telemetry", "stream": stream, "n": n})
+            message = {"type": "fleet.event", "text": text, "group": "fleet"}
+            await layer.group_send("fleet", message | {"stream": stream, "n": n})
+        return [await ws.receive_json_from(timeout=5) for _ in range(7)]
+
+    connected, _, received = async_to_sync(_session)(user_with("viewer"), script)
+    assert connected
+    assert [(e.get("stream"), e.get("n"), e["kind"]) for e in received] == [
+        ("A", 1, "telemetry"),
+        ("B", 7, "telemetry"),
+        ("A", 2, "telemetry"),
+        ("B", 8, "telemetry"),
+        (None, None, "resync"),
+        ("A", 5, "telemetry"),
+        ("A", 6, "telemetry"),
+    ]
+    assert received[4] == {"kind": "resync", "missed": 2}

@@ -1,6 +1,7 @@
 // Opens the dashboard websocket and reconnects with backoff; pages subscribe with onFleetEvent().
 // A node page calls watchNodes([...]) to receive those nodes' events only (re-sent on reconnect);
-// onFleetReconnect(fn) lets a page reload what it may have missed while the socket was down.
+// onFleetReconnect(fn) lets a page reload what it may have missed while the socket was down, or
+// when the server says events were dropped on the way ({"kind": "resync"}).
 (function () {
   const listeners = [];
   const reconnectListeners = [];
@@ -32,6 +33,7 @@
     };
     ws.onmessage = (msg) => {
       const event = JSON.parse(msg.data);
+      if (event.kind === "resync") { reconnectListeners.forEach((fn) => fn()); return; }
       listeners.forEach((fn) => fn(event));
     };
     ws.onclose = () => {
