@@ -24,6 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,6 +273,22 @@ def api_token(env: dict[str, str], username: str) -> str:
     return services.manage(env, "shell", "-c", code).strip().splitlines()[-1]
 
 
+@contextlib.contextmanager
+def bench_services(tmp: Path) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and channel-layer keys of this run only (prefix with the
+    pid in the test Redis database, deleted afterwards), so concurrent runs never collide."""
+    prefix = f"bench{os.getpid()}x{uuid.uuid4().hex[:6]}"
+    with services.temporary_postgres_database(services.POSTGRES_ADMIN_URL) as db:
+        env = services.appliance_env(tmp, db, services.REDIS_URL)
+        env["LIVEUPDATE_CHANNEL_PREFIX"] = prefix
+        try:
+            yield env
+        finally:
+            client = redis.Redis.from_url(services.REDIS_URL)
+            for key in client.scan_iter(f"{prefix}*"):
+                client.delete(key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
@@ -278,30 +296,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="10,100", help="comma-separated")
     parser.add_argument("--read-rate", type=float, default=100.0, help="API reads per second")
     parser.add_argument("--delivery-samples", type=int, default=150)
+    parser.add_argument(
+        "--workers", default="1,2", help="server processes, one run each (comma-separated)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "controlplane.json")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.batch_sizes.split(",")]
     if not services.postgres_up() or not services.redis_up():
         print("needs PostgreSQL and Redis (see tests/services.py for the URLs)", file=sys.stderr)
         return 2
+    reports = [run_variant(args, int(w)) for w in args.workers.split(",")]
+    for report in reports:
+        print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(reports, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
 
+
+def run_variant(args: argparse.Namespace, workers: int) -> dict:
+    """Every measurement on a fresh control plane served by ``workers`` processes."""
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
     report: dict = {
-        "machine": f"{platform.node()} {platform.machine()}, 2 cores, 24 GiB, no GPU",
-        "mode": "daphne (1 process) + PostgreSQL + Redis channel layer",
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+        "mode": f"liveupdate serve --workers {workers} + PostgreSQL + Redis channel layer",
+        "workers": workers,
         "args": vars(args) | {"out": str(args.out)},
         "loadavg_before": os.getloadavg(),
     }
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        services.temporary_postgres_database(services.POSTGRES_ADMIN_URL) as db,
-    ):
-        # The benchmark's own Redis database: no stale channels from other runs in its groups.
-        redis_url = services.REDIS_URL.rsplit("/", 1)[0] + "/11"
-        redis.Redis.from_url(redis_url).flushdb()
-        env = services.appliance_env(Path(tmp), db, redis_url)
-        log = args.out.with_suffix(".daphne.log")
+    with tempfile.TemporaryDirectory() as tmp, bench_services(Path(tmp)) as env:
+        log = args.out.with_suffix(f".server-{workers}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        app = services.Appliance(env, log).start()
+        app = services.Appliance(env, log, workers=workers).start()
         try:
             names = [f"bench-{i}" for i in range(args.nodes)] + ["bench-ws"]
             tokens = {n: services.manage(env, "create_node", n).strip() for n in names}
@@ -345,11 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             app.stop()
     report["loadavg_after"] = os.getloadavg()
-    print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out}")
-    return 0
+    return report
 
 
 def print_table(report: dict) -> None:

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import psycopg
-import redis
 import requests
-from controlplane_bench import Node, ServerCPU, api_token, summary_ms
+from controlplane_bench import Node, ServerCPU, api_token, bench_services, summary_ms
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +56,7 @@ class Viewer:
     def __init__(self) -> None:
         self.delays: list[float] = []
         self.count = 0
+        self.announced_missing = 0  # the server's resync messages: drops it noticed
         self.connected = threading.Event()
 
     def run(self, ws_url: str, headers: dict, sent_at: dict, stop: threading.Event) -> None:
@@ -67,6 +67,8 @@ class Viewer:
                     event = json.loads(ws.recv(timeout=0.5))
                 except TimeoutError:
                     continue
+                if event.get("kind") == "resync":
+                    self.announced_missing += event["missed"]
                 if event.get("kind") == "telemetry":
                     self.count += 1
                     due = sent_at.get((event["node"], event["sample"]["seq"]))
@@ -79,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--viewers", default="0,50", help="viewer counts, one phase each")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--workers", default="1,2", help="server processes, one set of phases each")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fleet.json")
     args = parser.parse_args(argv)
     if not services.postgres_up() or not services.redis_up():
         print("needs PostgreSQL and Redis (see tests/services.py for the URLs)", file=sys.stderr)
         return 2
-    phases = [phase(args.nodes, int(n), args.duration) for n in args.viewers.split(",")]
+    phases = [
+        phase(args.nodes, int(n), args.duration, int(w))
+        for w in args.workers.split(",")
+        for n in args.viewers.split(",")
+    ]
     for report in phases:
         print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,24 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def phase(n_nodes: int, n_viewers: int, duration: float) -> dict:
-    """One run on a fresh control plane: n_nodes at 1 Hz for duration s, n_viewers watching."""
+def phase(n_nodes: int, n_viewers: int, duration: float, workers: int) -> dict:
+    """One run on a fresh control plane (``workers`` server processes): n_nodes at 1 Hz for
+    duration s, n_viewers watching."""
     report: dict = {
-        "mode": "daphne (1 process) + PostgreSQL + Redis channel layer",
+        "mode": f"liveupdate serve --workers {workers} + PostgreSQL + Redis channel layer",
+        "workers": workers,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other work",
         "nodes": n_nodes,
         "viewers": n_viewers,
         "duration_s": duration,
         "loadavg_before": os.getloadavg(),
     }
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        services.temporary_postgres_database(services.POSTGRES_ADMIN_URL) as db,
-    ):
-        redis_url = services.REDIS_URL.rsplit("/", 1)[0] + "/12"  # the bench's own database
-        redis.Redis.from_url(redis_url).flushdb()
-        env = services.appliance_env(Path(tmp), db, redis_url)
-        app = services.Appliance(env, Path(tmp) / "daphne.log").start()
+    with tempfile.TemporaryDirectory() as tmp, bench_services(Path(tmp)) as env:
+        db = env["DATABASE_URL"]
+        app = services.Appliance(env, Path(tmp) / "server.log", workers=workers).start()
         try:
             token = api_token(env, app.username)
             admin = {"Authorization": f"Token {token}"}
@@ -191,6 +195,7 @@ def phase(n_nodes: int, n_viewers: int, duration: float) -> dict:
         "received_min": min(counts, default=0),
         "received_max": max(counts, default=0),
         "lost_total": sum(posted - c for c in counts),
+        "announced_missing_total": sum(v.announced_missing for v in viewers),
         "delay": summary_ms(delays) if delays else None,
     }
     report["loadavg_after"] = os.getloadavg()
@@ -217,6 +222,7 @@ def print_table(report: dict) -> None:
     print(
         f"  viewers received {v['received_min']}..{v['received_max']} of"
         f" {v['expected_events_each']} events each; lost in total {v['lost_total']}"
+        f" (announced by resync messages: {v['announced_missing_total']})"
     )
 
 

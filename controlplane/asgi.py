@@ -35,7 +35,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from controlplane import status  # noqa: E402
 from controlplane.routing import websocket_urlpatterns  # noqa: E402
+
+status.batch_fleet_events()
 
 application = ProtocolTypeRouter(
     {

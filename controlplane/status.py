@@ -1,22 +1,32 @@
 """The one place that pushes live events to dashboards (telemetry, rank events, alerts).
 
-Each event is encoded to JSON once here, not once per socket. Group messages are numbered per
-sending process and group ("stream", "n"): the channel layer may drop messages (channels_redis
-drops group messages for a server process whose queue is at capacity), and a consumer that sees
-a number skipped tells its dashboard to reload (controlplane.consumers), so no loss is silent."""
+Each event is encoded to JSON once here, not once per socket. A node's group (its page) gets
+each event at once. In the web server (controlplane.asgi turns batching on) the fleet group gets
+the process's events of the last FLEET_BATCH_S in one group message: its cost in the channel
+layer and in every consumer is per message, and a fleet of N nodes would otherwise send N
+messages a second to every dashboard. Other processes (Celery, commands) send at once: they
+raise few events and may exit right after.
+
+Group messages are numbered per sending process and group ("stream", "n"): the channel layer may
+drop messages (channels_redis drops group messages for a server process whose queue is at
+capacity), and a consumer that sees a number skipped tells its dashboard to reload
+(controlplane.consumers), so no loss is silent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
+import time
 import uuid
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 FLEET_GROUP = "fleet"
+FLEET_BATCH_S = 0.1
 log = logging.getLogger(__name__)
 
 
@@ -28,24 +38,75 @@ def encode(event: dict) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
-class _Numbering:
-    """Per-process message numbers. Sends are serialised so that numbers reach Redis in order
-    (a gap then means a loss, not a reordering); a forked child starts its own stream."""
+class _Sender:
+    """This process's numbered group sends and its fleet batch (a forked child starts afresh)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.send_lock = threading.Lock()  # numbers reach the layer in order: a gap is a loss
+        self.batch_lock = threading.Lock()
+        self.batch_ready = threading.Condition(self.batch_lock)
         self.pid = -1
         self.stream = ""
         self.counts: dict[str, int] = {}
+        self.fleet_batch: list[str] = []
+        self.flusher: threading.Thread | None = None
+        self.batching = False
 
-    def next(self, group: str) -> tuple[str, int]:
-        if self.pid != os.getpid():
-            self.pid, self.stream, self.counts = os.getpid(), uuid.uuid4().hex[:12], {}
-        self.counts[group] = self.counts.get(group, 0) + 1
-        return self.stream, self.counts[group]
+    def _this_process(self) -> None:
+        """Called under batch_lock: a new process gets its own stream (and flusher thread)."""
+        if self.pid == os.getpid():
+            return
+        self.pid, self.stream, self.counts, self.fleet_batch = os.getpid(), uuid.uuid4().hex, {}, []
+        self.flusher = None
+
+    def add_to_fleet_batch(self, texts: list[str]) -> None:
+        with self.batch_lock:
+            self._this_process()
+            if self.flusher is None:
+                self.flusher = threading.Thread(target=self._flush_forever, daemon=True)
+                self.flusher.start()
+            self.fleet_batch += texts
+            self.batch_ready.notify()
+
+    def _flush_forever(self) -> None:
+        loop = asyncio.new_event_loop()  # its own, kept: channels_redis pools connections per loop
+        while True:
+            with self.batch_lock:
+                self.batch_ready.wait_for(lambda: self.fleet_batch)
+            time.sleep(FLEET_BATCH_S)
+            with self.batch_lock:
+                texts, self.fleet_batch = self.fleet_batch, []
+            with self.send_lock:
+                loop.run_until_complete(self._send_all([(FLEET_GROUP, texts)]))
+
+    def send(self, messages: list[tuple[str, list[str]]]) -> None:
+        """Send (group, event texts) pairs in one hop to the event loop."""
+        with self.send_lock:
+            async_to_sync(self._send_all)(messages)
+
+    async def _send_all(self, messages: list[tuple[str, list[str]]]) -> None:
+        """Live updates are best effort: a channel-layer outage is logged, never fails the
+        caller (the data is already stored; the consumers see the gap in the numbers and the
+        dashboard reloads)."""
+        layer = get_channel_layer()
+        for group, texts in messages:
+            with self.batch_lock:
+                self._this_process()
+                self.counts[group] = n = self.counts.get(group, 0) + 1
+                stream = self.stream
+            message = {"type": "fleet.event", "texts": texts, "group": group}
+            try:
+                await layer.group_send(group, message | {"stream": stream, "n": n})
+            except Exception as exc:  # noqa: BLE001 - see docstring
+                log.warning("broadcast of %d events to %s failed: %s", len(texts), group, exc)
 
 
-_numbering = _Numbering()
+_sender = _Sender()
+
+
+def batch_fleet_events() -> None:
+    """From now on this process sends fleet-group events in batches (the web server)."""
+    _sender.batching = True
 
 
 def broadcast(event: dict, *, node_name: str | None = None) -> None:
@@ -54,23 +115,17 @@ def broadcast(event: dict, *, node_name: str | None = None) -> None:
 
 
 def broadcast_many(items: list[tuple[dict, str | None]]) -> None:
-    """Send several (event, node name) pairs in one hop to the event loop.
-    Live updates are best effort: a channel-layer outage is logged, never fails the caller
-    (the data is already stored; the consumers see the gap and the dashboard reloads)."""
-    layer = get_channel_layer()
-    encoded = [(encode(event), event.get("kind"), node_name) for event, node_name in items]
-
-    async def send_all() -> None:
-        for text, kind, node_name in encoded:
-            groups = [FLEET_GROUP] if node_name is None else [FLEET_GROUP, node_group(node_name)]
-            for group in groups:
-                stream, n = _numbering.next(group)
-                message = {"type": "fleet.event", "text": text, "group": group}
-                message |= {"stream": stream, "n": n}
-                try:
-                    await layer.group_send(group, message)
-                except Exception as exc:  # noqa: BLE001 - see docstring
-                    log.warning("broadcast of %s to %s failed: %s", kind, group, exc)
-
-    with _numbering.lock:
-        async_to_sync(send_all)()
+    """Send several (event, node name) pairs: at once to the nodes' groups, to the fleet group
+    at once or in the next batch."""
+    texts = [(encode(event), node_name) for event, node_name in items]
+    groups: dict[str, list[str]] = {}
+    for text, node_name in texts:
+        if node_name is not None:
+            groups.setdefault(node_group(node_name), []).append(text)
+    fleet = [text for text, _ in texts]
+    if _sender.batching:
+        _sender.add_to_fleet_batch(fleet)
+    else:
+        groups[FLEET_GROUP] = fleet
+    if groups:
+        _sender.send(list(groups.items()))

@@ -4,6 +4,8 @@ subscriptions, and ingest that keeps working when the channel layer is down."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -114,20 +116,35 @@ class RecordingLayer(InMemoryChannelLayer):
         self.sent.append((group, message))
 
 
-def test_broadcast_numbers_each_group_consecutively(monkeypatch):
+def test_broadcast_sends_to_node_groups_at_once_and_batches_the_fleet(monkeypatch):
+    """In the web server (batching on) each event reaches its node's group immediately and the
+    fleet group once, in order, in numbered batch messages (every event exactly once, numbers
+    consecutive)."""
     layer = RecordingLayer()
     monkeypatch.setattr("controlplane.status.get_channel_layer", lambda: layer)
-    broadcast({"kind": "alert", "node": "edge-1"}, node_name="edge-1")
-    broadcast({"kind": "pong"})
-    broadcast({"kind": "alert", "node": "edge-2"}, node_name="edge-2")
-    numbers = {}
-    for group, message in layer.sent:
-        numbers.setdefault(group, []).append(message["n"])
-    assert {m["stream"] for _, m in layer.sent} == {layer.sent[0][1]["stream"]}
-    first = numbers["fleet"][0]
-    assert numbers["fleet"] == [first, first + 1, first + 2]
-    assert len(numbers["node.edge-1"]) == len(numbers["node.edge-2"]) == 1
-    assert json.loads(layer.sent[0][1]["text"]) == {"kind": "alert", "node": "edge-1"}
+    monkeypatch.setattr("controlplane.status._sender.batching", True)
+    marker = uuid.uuid4().hex
+    sent = [{"kind": "alert", "node": f"edge-{i % 2}", "mark": marker, "i": i} for i in range(6)]
+    for event in sent:
+        broadcast(event, node_name=event["node"])
+    node_messages = [(g, m) for g, m in layer.sent if g.startswith("node.")]
+    assert [json.loads(t) for _, m in node_messages for t in m["texts"]] == sent
+    assert [
+        (g, m["n"] - node_messages[i % 2][1]["n"]) for i, (g, m) in enumerate(node_messages)
+    ] == [(f"node.edge-{i % 2}", i // 2) for i in range(6)]
+
+    def fleet_events() -> list[dict]:
+        texts = [t for g, m in layer.sent if g == "fleet" for t in m["texts"]]
+        return [e for e in map(json.loads, texts) if e.get("mark") == marker]
+
+    deadline = time.monotonic() + 5
+    while len(fleet_events()) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fleet_events() == sent
+    fleet_numbers = [m["n"] for g, m in layer.sent if g == "fleet"]
+    assert fleet_numbers == list(range(fleet_numbers[0], fleet_numbers[0] + len(fleet_numbers)))
+    assert len(fleet_numbers) < len(sent)  # batched, not one message per event
+    assert len({m["stream"] for _, m in layer.sent}) == 1
 
 
 @IN_MEMORY
@@ -140,7 +157,7 @@ def test_a_gap_in_the_numbers_is_reported_as_resync_and_nothing_else_is_lost():
         layer = get_channel_layer()
         for stream, n in (("A", 1), ("B", 7), ("A", 2), ("B", 8), ("A", 5), ("A", 6)):
             text = json.dumps({"kind": "telemetry", "stream": stream, "n": n})
-            message = {"type": "fleet.event", "text": text, "group": "fleet"}
+            message = {"type": "fleet.event", "texts": [text], "group": "fleet"}
             await layer.group_send("fleet", message | {"stream": stream, "n": n})
         return [await ws.receive_json_from(timeout=5) for _ in range(7)]
 

@@ -81,7 +81,9 @@ def test_websocket_round_trip_on_redis_layer(redis_appliance, redis_url):
         # A message published by another process through Redis reaches the browser's socket.
         layer = RedisChannelLayer(hosts=[redis_url])
         event = {"kind": "telemetry", "node": "n1", "p99_ms": 12.5}
-        async_to_sync(layer.group_send)("fleet", {"type": "fleet.event", "text": json.dumps(event)})
+        async_to_sync(layer.group_send)(
+            "fleet", {"type": "fleet.event", "texts": [json.dumps(event)]}
+        )
         assert json.loads(ws.recv(timeout=10)) == event
 
 
