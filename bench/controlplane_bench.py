@@ -1,5 +1,6 @@
-"""Control-plane benchmarks against a real daphne server on PostgreSQL and the Redis channel layer
-(the production mode), started the way tests/services.py starts it.
+"""Control-plane benchmarks against a real server (``liveupdate serve`` with 1 and 2 worker
+processes, one run each) on PostgreSQL and the Redis channel layer (the production mode), started
+the way tests/services.py starts it.
 
 1. Sustained telemetry ingest: N nodes post batches back to back, batch sizes side by side.
 2. API reads at a fixed open-loop rate (latency counted from each request's scheduled time, so
@@ -10,6 +11,7 @@
 Client and server share this machine's cores. Prints a table and writes JSON.
 
     python bench/controlplane_bench.py [--duration 15] [--nodes 4] [--batch-sizes 10,100]
+                                       [--workers 1,2]
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """A fleet against one control plane: N simulated nodes each post one telemetry sample a second
-(open loop, spread over the second) while V dashboard websockets watch the whole fleet. Real
-daphne (one process, as tests/services.py starts it) on a fresh PostgreSQL database and the
-Redis channel layer; the load generator runs on the same machine.
+(open loop, spread over the second) while V dashboard websockets watch the whole fleet. A real
+server (``liveupdate serve --workers W``, as tests/services.py starts it) on a fresh PostgreSQL
+database and the Redis channel layer; the load generator runs on the same machine.
 
 Reports ingest latency per request (counted from each post's scheduled time, so queueing
 shows), whether every sample was stored exactly once, and per viewer how many telemetry events
-arrived and how late (receipt - the sample's scheduled time).
+arrived, how late (receipt - the sample's scheduled time), and how many the server announced
+as dropped ("resync" messages).
 
-    python bench/fleet_bench.py [--nodes 50] [--viewers 50] [--duration 30]
+    python bench/fleet_bench.py [--nodes 50] [--viewers 0,50] [--duration 30] [--workers 1,2]
 """
 
 from __future__ import annotations
