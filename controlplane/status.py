@@ -1,7 +1,8 @@
 """The one place that pushes live events to dashboards (telemetry, rank events, alerts).
 
 Each event is encoded to JSON once here, not once per socket. A node's group (its page) gets
-each event at once. In the web server (controlplane.asgi turns batching on) the fleet group gets
+each event at once. In the web server on Redis (controlplane.asgi turns batching on: the
+in-memory layer of the embedded appliance is not thread-safe) the fleet group gets
 the process's events of the last FLEET_BATCH_S in one group message: its cost in the channel
 layer and in every consumer is per message, and a fleet of N nodes would otherwise send N
 messages a second to every dashboard. Other processes (Celery, commands) send at once: they
