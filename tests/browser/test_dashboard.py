@@ -1,4 +1,4 @@
-"""The operator dashboard in Debian's Chromium against a live control plane (daphne, PostgreSQL,
+"""The operator dashboard in Debian's Chromium against a live control plane (uvicorn, PostgreSQL,
 the Redis channel layer and broker): login, the fleet, live node charts fed by telemetry ingested
 through the API, the policy editor, node actions confirmed by a real node worker, experiments.
 A screenshot of every page lands in test-artifacts/."""
@@ -25,7 +25,7 @@ def live(postgres_url, redis_url, chromium_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
     with services.temporary_postgres_database(postgres_url) as db:
         env = services.appliance_env(tmp, db, redis_url)
-        with services.Appliance(env, tmp / "daphne.log") as app:
+        with services.Appliance(env, tmp / "server.log") as app:
             seed = Seeder(app)
             suffix = uuid.uuid4().hex[:6]
             live_policy = seed.policy(f"live-{suffix}", sla_p99_ms=20.0, memory_budget_pct=2.0)
@@ -126,6 +126,29 @@ def test_login_page_and_fleet_lists_every_node(live, live_page, artifacts_dir):
     page.screenshot(path=str(artifacts_dir / "fleet.png"), full_page=True)
     page.set_viewport_size(NARROW)
     page.screenshot(path=str(artifacts_dir / "fleet-narrow.png"), full_page=True)
+    assert page.js_errors == []
+
+
+def test_events_dropped_on_the_way_make_the_fleet_page_reload(live, live_page, redis_url):
+    """Numbers 2 and 3 of a sender's fleet messages never arrive: the consumer says resync and
+    the page reloads the fleet from the API instead of silently missing them."""
+    from asgiref.sync import async_to_sync
+    from channels_redis.core import RedisChannelLayer
+
+    page = live_page()
+    settle(page)
+    expect(page.locator(f"#fleet-table tr[data-node={live['names']['live']}]")).to_be_visible()
+    layer = RedisChannelLayer(hosts=[redis_url])
+    stream = uuid.uuid4().hex
+
+    def send(n: int) -> None:
+        text = json.dumps({"kind": "pong", "id": n})
+        message = {"type": "fleet.event", "texts": [text], "group": "fleet"}
+        async_to_sync(layer.group_send)("fleet", message | {"stream": stream, "n": n})
+
+    send(1)
+    with page.expect_request(lambda r: "/api/nodes/" in r.url, timeout=10_000):
+        send(4)
     assert page.js_errors == []
 
 
@@ -376,7 +399,7 @@ def test_experiments_page_shows_a_run_and_rejects_a_bad_upload(
 def test_embedded_mode_node_chart_is_live(live, tmp_path, artifacts_dir):
     """The same live path in the embedded default (SQLite, in-memory channel layer)."""
     env = services.appliance_env(tmp_path, None, None)
-    with services.Appliance(env, tmp_path / "daphne.log") as app:
+    with services.Appliance(env, tmp_path / "server.log") as app:
         seed = Seeder(app)
         # Registered without a topology: the CPU roles come from the runtime's placement event.
         seed.node("demo-1", seed.policy("demo", sla_p99_ms=15.0)["id"], {})

@@ -18,7 +18,7 @@ def browser(chromium_path):
 
 def test_dashboard_shell_after_login(browser, tmp_path, artifacts_dir):
     env = services.appliance_env(tmp_path, None, None)
-    with services.Appliance(env, tmp_path / "daphne.log") as app:
+    with services.Appliance(env, tmp_path / "server.log") as app:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(app.url + "/")
         expect(page).to_have_url(f"{app.url}/accounts/login/?next=/")

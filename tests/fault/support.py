@@ -27,7 +27,7 @@ class Plane:
         self.database_url = database_url
         self.env = services.appliance_env(data_dir, database_url, redis_url)
         self.env["LIVEUPDATE_ACTION_TIMEOUT_S"] = "120"
-        self.appliance = services.Appliance(self.env, data_dir / "daphne.log")
+        self.appliance = services.Appliance(self.env, data_dir / "server.log")
         self.url = self.appliance.url
         self.token = ""
 

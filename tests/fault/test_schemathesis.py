@@ -1,4 +1,4 @@
-"""Schemathesis against the control plane's own OpenAPI schema on a live server (daphne,
+"""Schemathesis against the control plane's own OpenAPI schema on a live server (uvicorn,
 PostgreSQL, Redis), as an admin: whatever it generates for any operation, never a 5xx."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The control plane with real processes: node actions reaching a Celery worker on the node's
 queue over Redis, and a dashboard websocket receiving what a node ingests through the API
-(daphne + PostgreSQL + the Redis channel layer, and the embedded in-memory layer)."""
+(`liveupdate serve` + PostgreSQL + the Redis channel layer, and the embedded in-memory layer)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_websocket_receives_ingested_telemetry_on_redis_layer(
     fresh_postgres_db, redis_url, tmp_path
 ):
     env = services.appliance_env(tmp_path, fresh_postgres_db, redis_url)
-    with services.Appliance(env, tmp_path / "daphne.log") as app:
+    with services.Appliance(env, tmp_path / "server.log") as app:
         _stream_round_trip(app)
         # An alert raised by another process (the watchdog in a worker) reaches the socket too.
         with _socket(app) as ws:
@@ -149,5 +149,5 @@ def test_websocket_receives_ingested_telemetry_on_redis_layer(
 
 def test_websocket_receives_ingested_telemetry_embedded(tmp_path):
     env = services.appliance_env(tmp_path, None, None)
-    with services.Appliance(env, tmp_path / "daphne.log") as app:
+    with services.Appliance(env, tmp_path / "server.log") as app:
         _stream_round_trip(app)

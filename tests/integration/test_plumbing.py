@@ -1,5 +1,5 @@
 """The production plumbing for real: PostgreSQL through psycopg 3, a Celery worker over Redis,
-websockets through daphne on the Redis layer and on the embedded in-memory layer."""
+websockets through `liveupdate serve` on the Redis layer and on the embedded in-memory layer."""
 
 from __future__ import annotations
 
@@ -58,14 +58,14 @@ def _ping_round_trip(ws) -> None:
 @pytest.fixture
 def redis_appliance(fresh_postgres_db, redis_url, tmp_path):
     env = services.appliance_env(tmp_path, fresh_postgres_db, redis_url)
-    with services.Appliance(env, tmp_path / "daphne.log") as app:
+    with services.Appliance(env, tmp_path / "server.log") as app:
         yield app
 
 
 @pytest.fixture
 def embedded_appliance(tmp_path):
     env = services.appliance_env(tmp_path, None, None)
-    with services.Appliance(env, tmp_path / "daphne.log") as app:
+    with services.Appliance(env, tmp_path / "server.log") as app:
         yield app
 
 
