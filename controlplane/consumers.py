@@ -32,7 +32,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)  # logged in, but no viewer role
             return
         self.groups_joined = [FLEET_GROUP]
-        self.last_seen: dict[tuple[str, str], int] = {}  # (group, stream) -> last message number
+        self.last_seen: dict[tuple[str, str], int] = {}  # (group, stream) -> events counted
         await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
         await self.accept()
 
@@ -88,12 +88,12 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await super().dispatch(message)
 
     async def fleet_event(self, message: dict) -> None:
-        if "stream" in message:
+        if "stream" in message:  # see controlplane.status: n counts the sender's events
             key = (message["group"], message["stream"])
             previous = self.last_seen.get(key)
             self.last_seen[key] = message["n"]
-            if previous is not None and message["n"] > previous + 1:
-                missed = message["n"] - previous - 1
+            missed = message["n"] - len(message["texts"]) - (previous or 0)
+            if previous is not None and missed > 0:
                 log.warning("%s: %d events to %s were dropped", self.channel_name, missed, key[0])
                 await self.send_json({"kind": "resync", "missed": missed})
         for text in message["texts"]:

@@ -8,10 +8,11 @@ layer and in every consumer is per message, and a fleet of N nodes would otherwi
 messages a second to every dashboard. Other processes (Celery, commands) send at once: they
 raise few events and may exit right after.
 
-Group messages are numbered per sending process and group ("stream", "n"): the channel layer may
-drop messages (channels_redis drops group messages for a server process whose queue is at
-capacity), and a consumer that sees a number skipped tells its dashboard to reload
-(controlplane.consumers), so no loss is silent."""
+Group messages carry a count per sending process and group ("stream"; "n": how many events it
+has sent to the group, this message's included): the channel layer may drop messages
+(channels_redis drops group messages for a server process whose queue is at capacity), and a
+consumer that sees events skipped tells its dashboard to reload (controlplane.consumers), so no
+loss is silent."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class _Sender:
     """This process's numbered group sends and its fleet batch (a forked child starts afresh)."""
 
     def __init__(self) -> None:
-        self.send_lock = threading.Lock()  # numbers reach the layer in order: a gap is a loss
+        self.send_lock = threading.Lock()  # counts reach the layer in order: a gap is a loss
         self.batch_lock = threading.Lock()
         self.batch_ready = threading.Condition(self.batch_lock)
         self.pid = -1
@@ -78,7 +79,10 @@ class _Sender:
             with self.batch_lock:
                 texts, self.fleet_batch = self.fleet_batch, []
             with self.send_lock:
-                loop.run_until_complete(self._send_all([(FLEET_GROUP, texts)]))
+                try:
+                    loop.run_until_complete(self._send_all([(FLEET_GROUP, texts)]))
+                except Exception:  # noqa: BLE001 - the thread must outlive any one batch
+                    log.exception("fleet batch of %d events failed", len(texts))
 
     def send(self, messages: list[tuple[str, list[str]]]) -> None:
         """Send (group, event texts) pairs in one hop to the event loop."""
@@ -93,7 +97,7 @@ class _Sender:
         for group, texts in messages:
             with self.batch_lock:
                 self._this_process()
-                self.counts[group] = n = self.counts.get(group, 0) + 1
+                self.counts[group] = n = self.counts.get(group, 0) + len(texts)
                 stream = self.stream
             message = {"type": "fleet.event", "texts": texts, "group": group}
             try:
