@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -144,7 +145,10 @@ def test_events_dropped_on_the_way_make_the_fleet_page_reload(live, live_page, r
     def send(n: int) -> None:
         text = json.dumps({"kind": "pong", "id": n})
         message = {"type": "fleet.event", "texts": [text], "group": "fleet"}
-        async_to_sync(layer.group_send)("fleet", message | {"stream": stream, "n": n})
+        # In a thread of its own: Playwright's sync API runs an event loop in this one.
+        with ThreadPoolExecutor(1) as pool:
+            group_send = async_to_sync(layer.group_send)
+            pool.submit(group_send, "fleet", message | {"stream": stream, "n": n}).result()
 
     send(1)
     with page.expect_request(lambda r: "/api/nodes/" in r.url, timeout=10_000):
