@@ -88,7 +88,7 @@ def test_beat_schedule_names_registered_tasks():
 def test_periodic_tasks_run_their_functions():
     from controlplane import tasks
 
-    assert tasks.watchdog.run() == {"raised": [], "resolved": [], "tightened": []}
+    assert tasks.watchdog.run() == {"raised": [], "resolved": [], "tightened": [], "relaxed": []}
     assert tasks.retention.run() == {
         "downsampled": 0,
         "expired": {"samples": 0, "events": 0, "alerts": 0, "actions": 0},
