@@ -164,8 +164,18 @@ def plan_placement(
 
 
 def pin_process(cpus: tuple[int, ...], pid: int = 0) -> tuple[int, ...]:
-    """Pin ``pid`` (0: this process) to ``cpus``; returns the affinity the kernel reports."""
-    os.sched_setaffinity(pid, set(cpus))
+    """Pin every thread of ``pid`` (0: this process) to ``cpus``; returns the affinity the
+    kernel reports. Linux applies sched_setaffinity to one thread, so a process that already
+    runs threads (a policy change re-pinning a serving node) must set each of them."""
+    target = set(cpus)
+    tasks = Path(f"/proc/{pid or 'self'}/task")
+    tids = [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [pid]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, target)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    os.sched_setaffinity(pid, target)  # new threads inherit it from whoever starts them
     return tuple(sorted(os.sched_getaffinity(pid)))
 
 

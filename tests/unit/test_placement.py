@@ -1,4 +1,5 @@
 import os
+import threading
 
 import pytest
 
@@ -89,13 +90,20 @@ def test_no_numa_dirs_is_one_node(tmp_path):
     assert [(n.id, n.cpus) for n in topo.nodes] == [(0, (0, 1, 2))]
 
 
-def test_pin_process_on_this_host():
+def test_pin_process_pins_every_thread_already_running():
     before = os.sched_getaffinity(0)
+    started, release = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (started.set(), release.wait(10)))
+    worker.start()
+    started.wait(10)
     try:
-        cpu = min(before)
+        cpu = max(before)  # not the first cpu, so a thread left alone would differ on 2+ cpus
         assert placement.pin_process((cpu,)) == (cpu,)
+        assert os.sched_getaffinity(worker.native_id) == {cpu}
     finally:
-        os.sched_setaffinity(0, before)
+        release.set()
+        worker.join()
+        placement.pin_process(tuple(before))
 
 
 def fake_resctrl(root, ways=12, domains=(0, 1)):
