@@ -4,7 +4,9 @@ the way tests/services.py starts it.
 
 1. Sustained telemetry ingest: N nodes post batches back to back, batch sizes side by side.
 2. API reads at a fixed open-loop rate (latency counted from each request's scheduled time, so
-   queueing shows), over a mix of list, detail, alerts and bucketed telemetry range queries.
+   queueing shows), over a mix of list, detail, alerts and bucketed telemetry range queries
+   (the last hour of a node that reported once a second for that hour, after the ingest phase
+   has filled the table).
 3. Ingest-to-websocket delivery: a node posts one sample every 100 ms; a dashboard socket
    watching that node timestamps the telemetry event; idle and under sustained ingest load.
 
@@ -104,14 +106,15 @@ class Node:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Node {token}"
 
-    def batch(self, size: int) -> dict:
+    def batch(self, size: int, first_ts: float | None = None) -> dict:
+        """``size`` samples stamped now, or one a second from ``first_ts`` (a node's history)."""
         now = time.time()
         samples = []
-        for _ in range(size):
+        for i in range(size):
             samples.append(
                 {
                     "seq": self.seq,
-                    "ts": now,
+                    "ts": now if first_ts is None else first_ts + i,
                     "qps": 500.0,
                     "p50_ms": 2.1,
                     "p95_ms": 6.3,
@@ -135,8 +138,8 @@ class Node:
             self.seq += 1
         return {"node": self.name, "samples": samples}
 
-    def post(self, url: str, size: int) -> tuple[float, int]:
-        body = self.batch(size)
+    def post(self, url: str, size: int, first_ts: float | None = None) -> tuple[float, int]:
+        body = self.batch(size, first_ts)
         start = time.perf_counter()
         response = self.http.post(url, json=body, timeout=30)
         elapsed = time.perf_counter() - start
@@ -171,6 +174,13 @@ def ingest_load(url: str, nodes: list[Node], size: int, stop: threading.Event) -
         "samples_per_s": round(sum(accepted) / elapsed, 1),
         "request": summary_ms(latencies),
     }
+
+
+def seed_history(url: str, node: Node, seconds: int) -> None:
+    """``seconds`` of one-a-second samples ending now: what a real node has reported."""
+    start = time.time() - seconds
+    for offset in range(0, seconds, 500):
+        node.post(url, min(500, seconds - offset), start + offset)
 
 
 def bench_ingest(url: str, nodes: list[Node], size: int, duration: float) -> dict:
@@ -330,10 +340,10 @@ def run_variant(args: argparse.Namespace, workers: int) -> dict:
         log.parent.mkdir(parents=True, exist_ok=True)
         app = services.Appliance(env, log, workers=workers).start()
         try:
-            names = [f"bench-{i}" for i in range(args.nodes)] + ["bench-ws"]
+            names = [f"bench-{i}" for i in range(args.nodes)] + ["bench-read", "bench-ws"]
             tokens = {n: services.manage(env, "create_node", n).strip() for n in names}
             nodes = [Node(n, tokens[n].splitlines()[-1]) for n in names]
-            loaders, watched = nodes[:-1], nodes[-1]
+            loaders, read, watched = nodes[:-2], nodes[-2], nodes[-1]
             ingest_url = app.url + "/api/telemetry/ingest/"
             cpu = ServerCPU(app.process.pid)
             report["ingest"] = [
@@ -348,10 +358,13 @@ def run_variant(args: argparse.Namespace, workers: int) -> dict:
                 row["server_cpu_ms_per_request"] = round(
                     row["server_cpu_s"] * 1000 / max(1, row["requests"]), 2
                 )
+            # the node whose telemetry is read has one hour of 1 Hz history, not the tens of
+            # thousands of samples a minute the ingest phase pushed through the loaders
+            seed_history(ingest_url, read, 3600)
             token = api_token(env, app.username)
             report["reads"] = with_cpu(
                 cpu,
-                lambda: bench_reads(app.url, token, loaders[0].name, args.read_rate, args.duration),
+                lambda: bench_reads(app.url, token, read.name, args.read_rate, args.duration),
                 "requests",
             )
             report["delivery_idle"] = bench_delivery(app, watched, args.delivery_samples)

@@ -141,7 +141,7 @@ def phase(n_nodes: int, n_viewers: int, duration: float, workers: int) -> dict:
     report: dict = {
         "mode": f"liveupdate serve --workers {workers} + PostgreSQL + Redis channel layer",
         "workers": workers,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other work",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load generator beside",
         "nodes": n_nodes,
         "viewers": n_viewers,
         "duration_s": duration,
