@@ -56,6 +56,19 @@ class SparseBatch:
         i = self.keys.index(key)
         return self.values[i], self.offsets[i]
 
+    def fused_bags(
+        self, features: Sequence[int], key_offsets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bags of several features as one EmbeddingBag input over one key space: (keys
+        (sum of their nnz,), offsets (T * B,)), feature t's ids shifted by key_offsets[t] and its
+        B bags after those of the features before it. T = len(features)."""
+        values = [self.values[f] for f in features]
+        counts = torch.tensor([v.numel() for v in values])
+        keys = torch.cat(values) + torch.repeat_interleave(key_offsets, counts)
+        starts = torch.cumsum(counts, 0) - counts  # where each feature's values begin
+        offsets = torch.cat([self.offsets[f] for f in features])
+        return keys, offsets + torch.repeat_interleave(starts, self.batch_size)
+
     def lengths(self, i: int) -> torch.Tensor:
         """(B,) number of ids of feature i in each sample."""
         ends = torch.cat([self.offsets[i][1:], torch.tensor([self.values[i].shape[0]])])

@@ -281,13 +281,8 @@ class LiveGroups:
 
     # ---- admission ---------------------------------------------------------------------
     def _inputs(self, batch: SparseBatch) -> _Batch:
-        values = [batch.values[f] for f in self.features]
-        sizes = [v.numel() for v in values]
-        counts = torch.tensor(sizes)
-        keys = torch.cat(values) + torch.repeat_interleave(self.key_offsets, counts)
-        starts = torch.cumsum(counts, 0) - counts  # where each table's values begin
-        offsets = torch.cat([batch.offsets[f] for f in self.features])
-        offsets = offsets + torch.repeat_interleave(starts, batch.batch_size)
+        keys, offsets = batch.fused_bags(self.features, self.key_offsets)
+        sizes = [batch.values[f].numel() for f in self.features]
         uniq, index, uniq_counts = torch.unique(keys, return_inverse=True, return_counts=True)
         lengths = torch.diff(offsets, append=torch.tensor([keys.numel()]))
         bags = torch.repeat_interleave(torch.arange(offsets.numel()), lengths)

@@ -43,12 +43,7 @@ class RankGroup:
     def pooled(self, batch: SparseBatch) -> torch.Tensor:
         """(T, B, D) summed deltas of each bag of the group's tables."""
         n, t = batch.batch_size, len(self.features)
-        values = [batch.values[f] for f in self.features]
-        counts = torch.tensor([v.numel() for v in values])
-        keys = torch.cat(values) + torch.repeat_interleave(self.key_offsets, counts)
-        starts = torch.cumsum(counts, 0) - counts  # where each table's values begin
-        offsets = torch.cat([batch.offsets[f] for f in self.features])
-        offsets = offsets + torch.repeat_interleave(starts, n)
+        keys, offsets = batch.fused_bags(self.features, self.key_offsets)
         pooled_a = F.embedding_bag(self.index.rows(keys), self.a, offsets, mode="sum")
         return torch.bmm(pooled_a.view(t, n, -1), self.b)
 
