@@ -122,6 +122,19 @@ class RuntimeControl:
                 with torch.no_grad():
                     base_weight(self.model, name)[ids] = rows
 
+    def _forget_trainer_versions(self: NodeRuntime) -> None:
+        """Serve the bare base until a new trainer publishes: the old trainer's versions, the
+        one the installer may be building and its late patches never serve again. Called under
+        the inference lock, after the base tables changed."""
+        self.delta = None
+        self.installed = self.shared.version
+        with self._patch_cond:
+            self.install_epoch += 1
+            self._patches.clear()
+            self.patches_applied = 0
+            self.patch_recv = None
+            self._patch_cond.notify_all()
+
     def supervise(self: NodeRuntime) -> bool:
         """Restart a dead trainer from the latest snapshot (called periodically by the node
         command). The base goes back to the checkpoint plus the snapshot's folded rows and the
@@ -138,14 +151,7 @@ class RuntimeControl:
             write_base_tables(load_model(self.checkpoint), self.shm_dir)
             if restore:
                 self._apply_patch_files(restore)
-            self.delta = None  # the bare base until the new trainer publishes
-            self.installed = self.shared.version
-            with self._patch_cond:
-                self.install_epoch += 1  # a version the installer is building is stale now
-                self._patches.clear()
-                self.patches_applied = 0
-                self.patch_recv = None  # late messages of the old trainer are dropped
-                self._patch_cond.notify_all()
+            self._forget_trainer_versions()
         self._start_trainer(restore)
         self.events.append(
             _event(
@@ -211,14 +217,7 @@ class RuntimeControl:
             write_base_tables(new, self.shm_dir)  # in place: the mapped tables see it
             self.model.dense_arch.load_state_dict(new.dense_arch.state_dict())
             self.model.over_arch.load_state_dict(new.over_arch.state_dict())
-            self.delta = None  # the bare base until the new trainer publishes
-            self.installed = self.shared.version  # the old versions never serve again
-            with self._patch_cond:
-                self.install_epoch += 1  # a version the installer is building is stale now
-                self._patches.clear()
-                self.patches_applied = 0
-                self.patch_recv = None  # late messages of the old trainer are dropped
-                self._patch_cond.notify_all()
+            self._forget_trainer_versions()
         self.checkpoint = location
         if had_trainer:
             self._start_trainer(kept)
