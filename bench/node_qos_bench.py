@@ -3,6 +3,9 @@
   (a) inference alone (pinned to its cores, no trainer)
   (b) inference + trainer, no pinning and no QoS (the trainer runs flat out on any core)
   (c) inference + trainer pinned to disjoint cores, throttled by the QoS controller
+  (d) as (c), but the trainer learns at full duty during the warm-up only and is paused for the
+      measurement: inference serves the version it learnt (the low-rank correction's own cost
+      on the request path) and nothing feeds or installs
 
 First the node's maximum throughput is measured (inference alone) by the replayer sending as
 fast as it can: the same in-process threads that replay the variants, so their own cost counts
@@ -15,9 +18,11 @@ Each variant runs in a fresh process (pinning and torch thread pools do not leak
 Beside latency, each row says where the inference process's time went: "svc p99" is the P99 of
 the time a request held the inference lock (the model itself; the rest of its latency is
 queueing), "gc max" the longest garbage-collector pause, "installs" / "inst ms" the factor
-versions installed and the mean time to build one (off the inference lock), "trn cpu" the
-trainer process's cpu share, and "rq ms/s" how long the inference process's threads waited for
-a cpu while runnable, per second: near 0 on a quiet machine, large when other jobs share the
+versions installed and the mean time to copy one out of shared memory (off the inference lock;
+the trainer builds it), "trn cpu" the trainer process's cpu share, "cpu/req" the inference
+process's cpu time per served request (all its threads, the replayer's included; load inflates
+it less than latency), and "rq ms/s" how long the inference process's threads waited for a cpu
+while runnable, per second: near 0 on a quiet machine, large when other jobs share the
 inference cpu (such a pass says nothing about the trainer).
 Prints a table and writes bench/out/node_qos.json.
 
@@ -97,7 +102,7 @@ def run_variant(args: argparse.Namespace) -> dict:
             policy=policy,
             trainer=variant != "a",
             pin=variant != "b",
-            qos=variant != "b",
+            qos=variant == "c",
             label_window_s=30.0,
             snapshot_interval_s=3600,
         )
@@ -120,12 +125,16 @@ def run_variant(args: argparse.Namespace) -> dict:
             return {"max_qps": max_qps}
         replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
         time.sleep(args.warmup)
+        if variant == "d":
+            runtime.pause()
+            time.sleep(1.0)  # the last version published before the pause gets installed
         runtime.metrics.all_latencies.clear()
         runtime.metrics.all_service_ms.clear()
         base_counts = runtime.cache.counts.as_dict()
         base_trained = runtime.metrics.trained_samples
         started = time.time()
         waited = run_queue_wait_s()
+        process_cpu = time.process_time()
         trainer_pid = runtime.trainer_proc.pid if runtime.trainer_proc is not None else None
         trainer_cpu = cpu_seconds(trainer_pid) if trainer_pid else None
         duties, states = [], []
@@ -136,6 +145,7 @@ def run_variant(args: argparse.Namespace) -> dict:
             duties.append(runtime.duty.value if runtime.trainer_proc is not None else 0.0)
         elapsed = time.time() - started
         waited_after = run_queue_wait_s()
+        process_cpu_after = time.process_time()
         trainer_cpu_after = cpu_seconds(trainer_pid) if trainer_pid else None
         latencies = list(runtime.metrics.all_latencies)
         service = list(runtime.metrics.all_service_ms)
@@ -167,6 +177,11 @@ def run_variant(args: argparse.Namespace) -> dict:
             "trainer_cpu_share": (
                 round((trainer_cpu_after - trainer_cpu) / elapsed, 3)
                 if trainer_cpu is not None and trainer_cpu_after is not None
+                else None
+            ),
+            "cpu_per_request_us": (
+                round(1e6 * (process_cpu_after - process_cpu) / len(latencies), 1)
+                if latencies
                 else None
             ),
             # waiting for a cpu while runnable, summed over the inference process's threads:
@@ -204,8 +219,8 @@ def main() -> int:
     parser.add_argument("--label-delay", type=float, default=0.5)
     parser.add_argument("--sla-factor", type=float, default=1.15)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=1, help="passes of a, b, c (interleaved)")
-    parser.add_argument("--variant", choices=("a", "b", "c"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1, help="passes of a, b, c, d (interleaved)")
+    parser.add_argument("--variant", choices=("a", "b", "c", "d"), help=argparse.SUPPRESS)
     parser.add_argument("--measure-max", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--qps", type=float, default=100.0, help=argparse.SUPPRESS)
     parser.add_argument("--sla-ms", type=float, default=50.0, help=argparse.SUPPRESS)
@@ -214,7 +229,12 @@ def main() -> int:
     if args.variant:  # a child: one variant, JSON on the last line
         print(json.dumps(run_variant(args)))
         return 0
-    names = {"a": "(a) no trainer", "b": "(b) trainer, no pin/QoS", "c": "(c) pinned + QoS"}
+    names = {
+        "a": "(a) no trainer",
+        "b": "(b) trainer, no pin/QoS",
+        "c": "(c) pinned + QoS",
+        "d": "(d) pinned, trainer paused",
+    }
     passes = []
     with tempfile.TemporaryDirectory(prefix="node-qos-") as tmp:
         args.workdir = tmp
@@ -224,13 +244,13 @@ def main() -> int:
         print(
             f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'p99/p99a':>9} {'svc p99':>8} {'trained':>8} {'lag s':>6} {'duty':>5} "
-            f"{'trn cpu':>7} {'gc max':>7} {'installs':>8} {'inst ms':>7} {'rq ms/s':>7} "
-            f"{'load':>5}"
+            f"{'trn cpu':>7} {'gc max':>7} {'installs':>8} {'inst ms':>7} {'cpu/req':>7} "
+            f"{'rq ms/s':>7} {'load':>5}"
         )
         for k in range(args.repeat):
             a = spawn(args, "a", qps=qps)
             sla = round(args.sla_factor * a["p99_ms"], 3)
-            rows = [a, spawn(args, "b", qps=qps, sla_ms=sla), spawn(args, "c", qps=qps, sla_ms=sla)]
+            rows = [a] + [spawn(args, v, qps=qps, sla_ms=sla) for v in ("b", "c", "d")]
             for r in rows:
                 r["load_avg_1m"] = round(r.pop("load_avg_1m"), 2)
                 print(
@@ -239,8 +259,9 @@ def main() -> int:
                     f"{r['service_p99_ms']:>8} "
                     f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
                     f"{r['mean_trainer_duty']:>5} {str(r['trainer_cpu_share']):>7} "
-                    f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_build_mean_ms']:>7} "
-                    f"{str(r['run_queue_wait_ms_per_s']):>7} {r['load_avg_1m']:>5}"
+                    f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_copy_mean_ms']:>7} "
+                    f"{str(r['cpu_per_request_us']):>7} {str(r['run_queue_wait_ms_per_s']):>7} "
+                    f"{r['load_avg_1m']:>5}"
                 )
             passes.append(
                 {
@@ -248,6 +269,7 @@ def main() -> int:
                     "variants": rows,
                     "p99_ratio_c_over_a": round(rows[2]["p99_ms"] / a["p99_ms"], 3),
                     "p99_ratio_b_over_a": round(rows[1]["p99_ms"] / a["p99_ms"], 3),
+                    "p99_ratio_d_over_a": round(rows[3]["p99_ms"] / a["p99_ms"], 3),
                 }
             )
     result = {

@@ -3,11 +3,12 @@
 This process serves (HTTP threads -> ``predict``) on the inference cores, keeps served requests
 in the sample cache until their labels join, and feeds joined rows to the trainer process, which
 runs on the trainer cores under the QoS duty cycle and publishes factor versions into shared
-memory. An installer thread builds the newest complete version (never a torn one) off the request
-path and swaps it in between two batches. Telemetry, the control channel and periodic factor
-snapshots run as threads here, on the inference cpus too: moved to the trainer's cpu, threads that
-share the GIL with inference passed it back and forth across cores and the bench's node fell
-behind its load (1,182-1,342 of 1,800 req/s against 1,708-1,856 on one cpu).
+memory, each with its serving layout built there. An installer thread copies the newest complete
+version (never a torn one) out off the request path and swaps it in between two batches.
+Telemetry, the control channel and periodic factor snapshots run as threads here, on the
+inference cpus too: moved to the trainer's cpu, threads that share the GIL with inference passed
+it back and forth across cores and the bench's node fell behind its load (1,182-1,342 of 1,800
+req/s against 1,708-1,856 on one cpu).
 
 Two process-wide settings keep the request tail short while these threads share the GIL with
 inference: everything alive after set-up (torch, the model, the modules) is moved out of the
@@ -382,20 +383,16 @@ class NodeRuntime(RuntimeControl):
         )
 
     def _install_newest(self) -> None:
-        """Serve the newest complete factor version (installer thread). The copy out of shared
-        memory and the ServingDelta are built without the inference lock; only the version's
-        base patches and the swap happen under it, between two batches."""
+        """Serve the newest complete factor version (installer thread). Its ServingDelta (built by
+        the trainer) is copied out of shared memory without the inference lock; only the
+        version's base patches and the swap happen under it, between two batches."""
         epoch = self.install_epoch
         if self.shared.version <= self.installed:
             return
         started = time.perf_counter()
-        snap = self.shared.read(newer_than=self.installed)
+        snap = self.shared.read_serving(newer_than=self.installed)
         if snap is None:
             return
-        cfg = self.model.config
-        delta = ServingDelta.from_factors(
-            snap.version, cfg.feature_names, cfg.table_sizes, snap.tables
-        )
         with self._patch_cond:
             if not self._patch_cond.wait_for(
                 lambda: (
@@ -406,7 +403,7 @@ class NodeRuntime(RuntimeControl):
             ):
                 log.error("base patches for version %d did not arrive; not installed", snap.version)
                 return
-        built = time.perf_counter()
+        copied = time.perf_counter()
         with self._infer_lock:
             locked = time.perf_counter()
             if epoch != self.install_epoch or snap.version <= self.installed:
@@ -419,10 +416,10 @@ class NodeRuntime(RuntimeControl):
                             weight = base_weight(self.model, name)
                             weight[torch.from_numpy(ids)] = torch.from_numpy(rows)
                     self.patches_applied += 1
-            self.delta = delta
+            self.delta = snap.delta
             self.installed = snap.version
             released = time.perf_counter()
-        self.metrics.installed(snap.version, time.time(), built - started, released - locked)
+        self.metrics.installed(snap.version, time.time(), copied - started, released - locked)
 
     # --- threads -----------------------------------------------------------------------------
 

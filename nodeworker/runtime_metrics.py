@@ -26,7 +26,7 @@ class RuntimeMetrics:
         # for benchmarks: time under the inference lock per request (latency minus queueing)
         self.all_service_ms: deque[float] = deque(maxlen=1_000_000)
         self.gc_pauses: deque[tuple[float, float, int]] = deque(maxlen=100_000)  # (ts, s, gen)
-        # (ts, seconds building the version off the lock, seconds holding the inference lock)
+        # (ts, seconds copying the version out off the lock, seconds holding the inference lock)
         self.installs: deque[tuple[float, float, float]] = deque(maxlen=100_000)
         self._gc_started = 0.0
         self.quality_window_s = quality_window_s
@@ -61,8 +61,8 @@ class RuntimeMetrics:
                 if math.isfinite(score):
                     self._quality.append((now, label, score))
 
-    def installed(self, version: int, now: float, build_s: float, locked_s: float) -> None:
-        self.installs.append((now, build_s, locked_s))
+    def installed(self, version: int, now: float, copy_s: float, locked_s: float) -> None:
+        self.installs.append((now, copy_s, locked_s))
         with self._lock:
             self._installs.append((version, now))
             del self._installs[:-1000]
@@ -104,7 +104,7 @@ class RuntimeMetrics:
             "gc_pause_total_ms": round(1000 * sum(pauses), 2),
             "gc_pause_max_ms": round(1000 * max(pauses, default=0.0), 2),
             "installs": len(installs),
-            "install_build_mean_ms": round(
+            "install_copy_mean_ms": round(
                 1000 * sum(b for b, _ in installs) / max(1, len(installs)), 3
             ),
             "install_locked_max_ms": round(1000 * max((h for _, h in installs), default=0.0), 3),

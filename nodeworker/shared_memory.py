@@ -13,6 +13,11 @@ then flips ``current``. A reader copies the current slot and keeps the copy only
 sequence was even and unchanged across the copy, so it gets one whole version, never a mix.
 (Stores and loads of the int64 header are ordered on x86-64 (TSO), the only target here.)
 The files are sparse: only the bytes a version actually uses occupy memory.
+
+A version holds each table's factors and, built by the writer (the trainer, on its own cpus),
+the same version in serving layout: the ServingDelta's groups (hash index slots, A with its zero
+row, B * scale). Inference installs a version by copying that layout out (read_serving), a
+memcpy, instead of building it on the inference cpu (the hash index alone is most of a build).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.live_embedding import TableFactors, row_bytes
 from dlrm_core.model import DLRM
+from dlrm_core.serving import RankGroup, ServingDelta
 
 
 def _map(path: Path, nbytes: int, shared: bool) -> torch.Tensor:
@@ -101,9 +108,27 @@ class TableCapacity:
         return -(-raw // 8) * 8  # the next slot's int64 ids must stay 8-byte aligned
 
 
-# header (int64): current, then per slot: seq, version; per slot per table: n, r; per slot: aux.
+# header (int64): current, then per slot: seq, version; per slot per table: n, r; per slot: aux;
+# per slot: serving groups; per slot per group: _GROUP_FIELDS, features, key offsets.
 # float64 area after it: per slot: created_at; per slot per table: scale.
 _H_CURRENT = 0
+# per serving group: tables, index bits, rank, rows of A, key bytes, the index's 3 multipliers
+_GROUP_FIELDS = 8
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // 8) * 8  # every tensor of a slot starts 8-byte aligned
+
+
+def serving_capacity_bytes(capacities: Mapping[str, TableCapacity]) -> int:
+    """Room for the serving layout of any version the capacities allow: A with one zero row per
+    group, B, and hash-index slots (< 2 x n / MAX_LOAD + 2 per group of n keys, twice that if a
+    build needed one more bit; 16 bytes for int64 keys). Sparse: unused room costs nothing."""
+    rows = sum(c.rows for c in capacities.values())
+    a = sum(c.a_floats + c.rank for c in capacities.values())
+    b = sum(c.rank * c.dim for c in capacities.values())
+    index_slots = 5 * rows + 4 * len(capacities)
+    return 16 * index_slots + 4 * (a + b) + 3 * 8 * len(capacities)
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,14 @@ class FactorSnapshot:
     aux: int = 0  # the writer's counter published with the version (base patches sent)
 
 
+@dataclass(frozen=True)
+class ServingSnapshot:
+    version: int
+    created_at: float
+    delta: ServingDelta
+    aux: int = 0
+
+
 class SharedFactors:
     """Seqlock double buffer of factor versions for the tables ``capacities`` names."""
 
@@ -122,18 +155,27 @@ class SharedFactors:
         self.names = tuple(capacities)
         self.caps = dict(capacities)
         n_tables = len(self.names)
-        self._ints = 1 + 2 * 2 + 2 * 2 * n_tables + 2
+        self._group_ints = _GROUP_FIELDS + 2 * n_tables
+        self._serving_header = 2 + 2 * n_tables * self._group_ints
+        self._ints = 1 + 2 * 2 + 2 * 2 * n_tables + 2 + self._serving_header
         self._floats = 2 + 2 * n_tables
         header_bytes = 8 * (self._ints + self._floats)
+        self.serving_bytes = _aligned(serving_capacity_bytes(self.caps))
         self.dir.mkdir(parents=True, exist_ok=True)
         header_path = self.dir / "factors-header.bin"
+        serving_path = self.dir / "factors-serving.bin"
         if create:
             _create(header_path, header_bytes)
+            _create(serving_path, 2 * self.serving_bytes)
             for name, cap in self.caps.items():
                 _create(self._table_path(name), 2 * cap.slot_bytes)
         raw = _map(header_path, header_bytes, shared=True)
         self._hi = raw[: 8 * self._ints].view(torch.int64)
         self._hf = raw[8 * self._ints :].view(torch.float64)
+        serving = _map(serving_path, 2 * self.serving_bytes, shared=True)
+        self._serving = [
+            serving[s * self.serving_bytes : (s + 1) * self.serving_bytes] for s in range(2)
+        ]
         self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         for name, cap in self.caps.items():
             seg = _map(self._table_path(name), 2 * cap.slot_bytes, shared=True)
@@ -161,7 +203,13 @@ class SharedFactors:
         return 5 + 2 * (s * len(self.names) + t)
 
     def _aux(self, s: int) -> int:
-        return self._ints - 2 + s
+        return 5 + 4 * len(self.names) + s
+
+    def _groups(self, s: int) -> int:
+        return 7 + 4 * len(self.names) + s
+
+    def _group(self, s: int, g: int) -> int:
+        return 9 + 4 * len(self.names) + (s * len(self.names) + g) * self._group_ints
 
     def _scale(self, s: int, t: int) -> int:
         return 2 + s * len(self.names) + t
@@ -172,9 +220,15 @@ class SharedFactors:
         return int(self._hi[self._ver(int(self._hi[_H_CURRENT]))])
 
     def write(
-        self, version: int, created_at: float, tables: Mapping[str, TableFactors], aux: int = 0
+        self,
+        version: int,
+        created_at: float,
+        tables: Mapping[str, TableFactors],
+        serving: ServingDelta,
+        aux: int = 0,
     ) -> None:
-        """Publish ``tables`` as ``version`` (single writer)."""
+        """Publish ``tables`` as ``version``, with ``serving`` (built from them) for inference
+        (single writer)."""
         for name, f in tables.items():
             cap = self.caps[name]
             if f.num_active > cap.rows or f.num_active * f.rank > cap.a_floats or f.rank > cap.rank:
@@ -182,6 +236,13 @@ class SharedFactors:
                     f"factors of {name!r} (n={f.num_active}, r={f.rank}) exceed the shared "
                     f"capacity (rows={cap.rows}, n*r={cap.a_floats}, r={cap.rank})"
                 )
+        layout = [(g.index.slots, g.a, g.b) for g in serving.groups]
+        need = sum(_aligned(t.numel() * t.element_size()) for group in layout for t in group)
+        if need > self.serving_bytes or len(serving.groups) > len(self.names):
+            raise ValueError(
+                f"the serving layout of version {version} ({need} bytes, "
+                f"{len(serving.groups)} groups) exceeds the shared capacity ({self.serving_bytes})"
+            )
         s = 1 - int(self._hi[_H_CURRENT])
         self._hi[self._seq(s)] += 1  # odd: being written
         for t, name in enumerate(self.names):
@@ -194,6 +255,24 @@ class SharedFactors:
             self._hi[self._nr(s, t)] = n
             self._hi[self._nr(s, t) + 1] = r
             self._hf[self._scale(s, t)] = f.scale
+        arena, pos = self._serving[s], 0
+        for g, (group, tensors) in enumerate(zip(serving.groups, layout, strict=True)):
+            slots, a, _ = tensors
+            n_tables = len(group.features)
+            h = self._group(s, g)
+            self._hi[h : h + _GROUP_FIELDS] = torch.tensor(
+                [n_tables, group.index.bits, a.shape[1], a.shape[0], slots.element_size()]
+                + group.index.multipliers.view(-1).tolist()
+            )
+            features = h + _GROUP_FIELDS
+            self._hi[features : features + n_tables] = group.feature_index
+            offsets = features + len(self.names)
+            self._hi[offsets : offsets + n_tables] = group.key_offsets
+            for tensor in tensors:
+                nbytes = tensor.numel() * tensor.element_size()
+                arena[pos : pos + nbytes].view(tensor.dtype).copy_(tensor.reshape(-1))
+                pos += _aligned(nbytes)
+        self._hi[self._groups(s)] = len(serving.groups)
         self._hi[self._ver(s)] = version
         self._hi[self._aux(s)] = aux
         self._hf[s] = created_at
@@ -201,7 +280,15 @@ class SharedFactors:
         self._hi[_H_CURRENT] = s
 
     def read(self, newer_than: int = 0, max_tries: int = 1000) -> FactorSnapshot | None:
-        """A private copy of the current version if it is newer than ``newer_than``."""
+        """A private copy of the current version's factors if it is newer than ``newer_than``."""
+        return self._consistent(self._copy_factors, newer_than, max_tries)
+
+    def read_serving(self, newer_than: int = 0, max_tries: int = 1000) -> ServingSnapshot | None:
+        """A private copy of the current version's serving layout, as a ServingDelta, if it is
+        newer than ``newer_than``."""
+        return self._consistent(self._copy_serving, newer_than, max_tries)
+
+    def _consistent(self, copy, newer_than: int, max_tries: int):
         for _ in range(max_tries):
             s = int(self._hi[_H_CURRENT])
             q1 = int(self._hi[self._seq(s)])
@@ -212,16 +299,26 @@ class SharedFactors:
                 return None
             created_at = float(self._hf[s])
             aux = int(self._hi[self._aux(s)])
-            tables = {}
-            for t, name in enumerate(self.names):
-                n = int(self._hi[self._nr(s, t)])
-                r = int(self._hi[self._nr(s, t) + 1])
-                ids, a, b = self._slots[name][s]
-                d = self.caps[name].dim
-                scale = float(self._hf[self._scale(s, t)])
-                tables[name] = (ids[:n].clone(), a[: n * r].clone(), b[: r * d].clone(), r, scale)
-            if int(self._hi[self._seq(s)]) != q1:
+            try:
+                copied = copy(s, version)
+            except (RuntimeError, ValueError):  # sizes torn by a writer reusing the slot
+                copied = None
+            if copied is None or int(self._hi[self._seq(s)]) != q1:
                 continue  # the writer reused this slot while we copied: try again
+            return copied(created_at, aux)
+        raise RuntimeError(f"no consistent factor version after {max_tries} tries")
+
+    def _copy_factors(self, s: int, version: int):
+        tables = {}
+        for t, name in enumerate(self.names):
+            n = int(self._hi[self._nr(s, t)])
+            r = int(self._hi[self._nr(s, t) + 1])
+            ids, a, b = self._slots[name][s]
+            d = self.caps[name].dim
+            scale = float(self._hf[self._scale(s, t)])
+            tables[name] = (ids[:n].clone(), a[: n * r].clone(), b[: r * d].clone(), r, scale)
+
+        def snapshot(created_at: float, aux: int) -> FactorSnapshot:
             return FactorSnapshot(
                 version,
                 created_at,
@@ -231,7 +328,49 @@ class SharedFactors:
                 },
                 aux,
             )
-        raise RuntimeError(f"no consistent factor version after {max_tries} tries")
+
+        return snapshot
+
+    def _copy_serving(self, s: int, version: int):
+        arena, pos, groups = self._serving[s], 0, []
+        dim = next(iter(self.caps.values())).dim
+        for g in range(int(self._hi[self._groups(s)])):
+            h = self._group(s, g)
+            fields = self._hi[h : h + _GROUP_FIELDS].tolist()
+            n_tables, bits, rank, a_rows, key_bytes = fields[:5]
+            key_dtype = torch.int32 if key_bytes == 4 else torch.int64
+            features = h + _GROUP_FIELDS
+            feature_index = self._hi[features : features + n_tables].clone()
+            offsets = features + len(self.names)
+            key_offsets = self._hi[offsets : offsets + n_tables].clone()
+            copied = []
+            for dtype, shape in (
+                (key_dtype, (1 << bits, 2)),
+                (torch.float32, (a_rows, rank)),
+                (torch.float32, (n_tables, rank, dim)),
+            ):
+                nbytes = math.prod(shape) * dtype.itemsize
+                if pos + nbytes > self.serving_bytes:
+                    raise ValueError("a serving group past the slot's end")
+                copied.append(arena[pos : pos + nbytes].view(dtype).clone().view(shape))
+                pos += _aligned(nbytes)
+            slots, a, b = copied
+            multipliers = torch.tensor(fields[5:8], dtype=key_dtype).unsqueeze(1)
+            groups.append(
+                RankGroup(
+                    tuple(feature_index.tolist()),
+                    feature_index,
+                    key_offsets,
+                    CuckooIndex(bits, multipliers, slots),
+                    a,
+                    b,
+                )
+            )
+
+        def snapshot(created_at: float, aux: int) -> ServingSnapshot:
+            return ServingSnapshot(version, created_at, ServingDelta(version, tuple(groups)), aux)
+
+        return snapshot
 
 
 def budget_bytes(weight: torch.Tensor, pct: float) -> int:

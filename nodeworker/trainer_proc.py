@@ -4,6 +4,8 @@ QoS controller allows; publishes factor versions into shared memory.
 It maps the base tables copy-on-write, so its folds (pruned rows) stay private until inference
 installs the version that carries them: before writing version v it sends the rows folded since
 the last version through ``patch_conn``, and v's ``aux`` says how many patch messages precede it.
+It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
+inference side only copies it out of shared memory.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import load_model, read_container, write_container
 from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.rank import RankPolicy
+from dlrm_core.serving import ServingDelta
 from nodeworker import placement
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import SharedFactors, TableCapacity, map_base_tables
@@ -116,6 +119,7 @@ class TrainerLoop:
         model = load_model(setup.checkpoint)
         map_base_tables(model, Path(setup.shm_dir), shared=False)
         self.dim = model.config.embedding_dim
+        self.model_config = model.config
         policy = rank_policy(setup.policy, self.dim)
         self.budget_pct = float(setup.policy["memory_budget_pct"])
         config = TrainerConfig(
@@ -162,7 +166,11 @@ class TrainerLoop:
             self.patches_sent += 1
         self.version += 1
         tables = {name: live.factors() for name, live in self.trainer.lives.items()}
-        self.shared.write(self.version, now, tables, aux=self.patches_sent)
+        cfg = self.model_config
+        serving = ServingDelta.from_factors(
+            self.version, cfg.feature_names, cfg.table_sizes, tables
+        )
+        self.shared.write(self.version, now, tables, serving, aux=self.patches_sent)
         if self.pending_label_times:
             self.fresh.append((self.version, np.concatenate(self.pending_label_times).tolist()))
             self.pending_label_times = []
@@ -223,7 +231,9 @@ class TrainerLoop:
                 self.steps_since_publish
                 and now - self.last_publish >= self.setup.publish_interval_s
             ):
+                start = time.perf_counter()
                 self.publish(now)
+                self.gate.spend(time.perf_counter() - start)
             duty = self.duty.value
             wait = self.gate.wait_time(duty)
             if wait > 0:
