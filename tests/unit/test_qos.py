@@ -67,7 +67,7 @@ def test_near_sla_and_deep_queue_decrease_without_pausing():
     assert d.action == "decrease" and "queue depth" in d.reason
     # Between headroom and near: hold.
     ctl3 = QosController(CFG, start_duty=0.4)
-    assert play(ctl3, [16.0], t0=0.0)[0].action == "hold"
+    assert play(ctl3, [17.5], t0=0.0)[0].action == "hold"
 
 
 def test_too_little_traffic_counts_as_idle_and_operator_pause_wins():
@@ -106,6 +106,26 @@ def test_closed_loop_keeps_p99_inside_sla_while_the_trainer_still_runs():
     over = sum(p > CFG.sla_p99_ms for p in settled)
     assert over <= 2, settled
     assert sum(duties[20:]) / 40 > 0.2
+
+
+def test_latency_noise_the_trainer_does_not_cause_leaves_it_running_most_of_the_time():
+    """Latencies drawn from one distribution whatever the duty (a trainer that disturbs nothing),
+    SLA 1.15 x their P99 (the node bench's choice), the runtime's window and period: the 2 s
+    window's P99 still crosses 0.9 x SLA now and then, but the duty must climb back, not
+    only fall (0.72 on average here; 0.10 when the increase threshold was 0.7 x SLA)."""
+
+    def latency(rng: random.Random) -> float:  # the node's shape: ~0.6 ms, a 3% tail to 15 ms
+        return rng.lognormvariate(-0.5, 0.4) if rng.random() < 0.97 else rng.uniform(1.0, 15.0)
+
+    rng = random.Random(1)
+    reference = sorted(latency(rng) for _ in range(100_000))
+    ctl = QosController(QosConfig(sla_p99_ms=1.15 * reference[98_999], window_s=2.0))
+    duties, qps, period = [], 1500, 0.25
+    for step in range(160):  # 40 s
+        for k in range(int(qps * period)):
+            ctl.observe(latency(rng), step * period + k / qps)
+        duties.append(ctl.step((step + 1) * period).effective_duty)
+    assert sum(duties[40:]) / 120 > 0.4, duties
 
 
 def test_duty_cycle_limits_busy_fraction():
