@@ -4,29 +4,11 @@ web server), websockets through Channels with session authentication."""
 import os
 
 import django
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 django.setup(set_prefix=False)
 
-
-class SyncStackASGIHandler(ASGIHandler):
-    """Django's ASGI handler running the middleware chain and the view in one thread hop.
-
-    Every middleware and view of this project is synchronous. The stock handler runs the chain in
-    async mode, so each middleware's process_request and process_response hops to a thread and
-    back (about a dozen hops per request); here the whole sync chain runs in one hop. Measured
-    in process: /api/health/ 1.3 ms instead of 2.2 ms of CPU, API reads 0.7-0.9 ms less.
-    """
-
-    def __init__(self) -> None:
-        super(ASGIHandler, self).__init__()
-        self.load_middleware(is_async=False)
-
-    async def get_response_async(self, request):
-        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
-
+from controlplane.http_handler import SyncStackASGIHandler  # noqa: E402
 
 django_asgi_app = SyncStackASGIHandler()
 
@@ -50,3 +32,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
