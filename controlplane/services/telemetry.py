@@ -63,25 +63,28 @@ def series(
     elif span / bucket_s > MAX_POINTS:
         least = math.ceil(span / MAX_POINTS)
         raise RangeError("bucket_s", f"Too many points: use bucket_s >= {least}.")
-    aggregates = {}
+    columns = {}
     for m in metrics:
-        aggregates[f"{m}__avg"] = Avg(m)
-        aggregates[f"{m}__max"] = Max(m)
+        columns[f"{m}__avg"] = Avg(m)
+        columns[f"{m}__max"] = Max(m)
+    # Tuples, not dicts: a chart's range is up to MAX_POINTS rows, and building a dict per row
+    # cost more CPU than the query.
     rows = (
         TelemetrySample.objects.filter(node=node, ts__gte=start, ts__lt=end)
         .annotate(bucket=EpochBucket("ts", bucket_s))
         .values("bucket")
-        .annotate(n=Sum("n_samples"), **aggregates)
+        .annotate(n=Sum("n_samples"), **columns)
         .order_by("bucket")
+        .values_list("bucket", "n", *columns)
     )
     points = [
         {
-            "t": row["bucket"] * bucket_s,
-            "n": row["n"],
-            "avg": {m: row[f"{m}__avg"] for m in metrics},
-            "max": {m: row[f"{m}__max"] for m in metrics},
+            "t": bucket * bucket_s,
+            "n": n,
+            "avg": dict(zip(metrics, values[0::2], strict=True)),
+            "max": dict(zip(metrics, values[1::2], strict=True)),
         }
-        for row in rows
+        for bucket, n, *values in rows
     ]
     return {
         "node": node.name,
