@@ -21,7 +21,13 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_ADMIN_URL = os.environ.get(
     "LIVEUPDATE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("LIVEUPDATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# The suite's Celery workers and the control plane under test must share one Redis database:
+# without LIVEUPDATE_TEST_REDIS, the REDIS_URL the control plane uses.
+REDIS_URL = (
+    os.environ.get("LIVEUPDATE_TEST_REDIS")
+    or os.environ.get("REDIS_URL")
+    or "redis://127.0.0.1:6379/0"
+)
 CHROMIUM = os.environ.get("LIVEUPDATE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
