@@ -11,7 +11,9 @@ Ids: 80% drawn from the active rows (the popular ones), 20% uniform. Inference m
 (an inference core). Time is the thread's CPU time (time.thread_time), which a busy shared
 machine disturbs less than wall time. Goal: overhead <= 10% at batch 512. Also printed: the
 ServingDelta's memory and the CPU time to build it (the node does that on its inference thread
-once per published version).
+once per published version), and where the served overhead goes at batch 512: the plain model's
+own parts (base lookups, MLPs) inside plain and served forwards, and the correction inside a
+forward against the same correction repeated back to back on warm caches.
 
     python bench/forward_latency.py [--batches 128 512 2048] [--threads 1] [--rounds 15]
 """
@@ -37,6 +39,7 @@ from bench.workloads import (  # noqa: E402
     print_table,
     write_json,
 )
+from dlrm_core.batch import SparseBatch  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
 from dlrm_core.serving import ServingDelta  # noqa: E402
@@ -125,6 +128,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for r in results
         ],
     )
+    split_size = 512 if 512 in args.batches else args.batches[0]
+    split_batches = [
+        criteo_batch(config.feature_names, rows, hot, split_size, gen) for _ in range(8)
+    ]
+    with torch.inference_mode():
+        split = where_the_overhead_goes(plain, delta, split_batches, args.rounds)
+    print_table(
+        f"Where the served overhead goes, batch {split_size}: CPU us per batch, median of "
+        f"{args.rounds} rounds. 'in forward': inside whole forwards as the bench runs them; "
+        "'back to back': the correction alone, repeated on one batch (warm caches)",
+        ["part", "plain forward", "served forward"],
+        [
+            ["sparse lookups (base tables)", split["sparse_plain_us"], split["sparse_served_us"]],
+            ["MLPs + interaction", split["mlp_plain_us"], split["mlp_served_us"]],
+            ["correction in forward", "", split["correction_us"]],
+            ["correction back to back", "", split["correction_hot_us"]],
+        ],
+    )
     print(
         f"active rows {active_total:,}; trainer-side LiveEmbedding state "
         f"{overhead / 2**20:.1f} MiB = {100 * overhead / base:.2f}% of {base / 2**30:.2f} GiB of "
@@ -140,9 +161,47 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "serving_delta_build_ms": build_ms,
         "base_bytes": base,
         "results": results,
+        "overhead_split": {"batch": split_size, **split},
     }
     write_json("forward_latency", payload)
     return payload
+
+
+def where_the_overhead_goes(
+    plain: DLRM, delta: ServingDelta, batches: list[SparseBatch], rounds: int
+) -> dict[str, float]:
+    """Thread CPU (us per batch) of the parts of DLRM.forward (base lookups, correction, MLPs),
+    timed inside plain and served forwards that alternate round by round, and of the correction
+    repeated back to back on one batch. Shows whether the correction slows the plain model's
+    own parts (cache pollution) or costs more itself inside a forward than on warm caches."""
+    clock = time.thread_time
+    times: dict[str, list[float]] = {
+        k: [] for k in ("sparse_plain", "mlp_plain", "sparse_served", "mlp_served", "correction")
+    }
+    times["correction_hot"] = []
+    for _ in range(rounds):
+        for variant in ("plain", "served"):
+            sparse = mlp = correction = 0.0
+            for b in batches:
+                start = clock()
+                pooled = plain.sparse_arch(b)
+                looked_up = clock()
+                if variant == "served":
+                    delta.add_to_(pooled, b)
+                corrected = clock()
+                plain.logits(b, pooled)
+                sparse += looked_up - start
+                correction += corrected - looked_up
+                mlp += clock() - corrected
+            times[f"sparse_{variant}"].append(sparse / len(batches))
+            times[f"mlp_{variant}"].append(mlp / len(batches))
+            if variant == "served":
+                times["correction"].append(correction / len(batches))
+        start = clock()
+        for _ in batches:
+            delta.add_to_(pooled, batches[-1])
+        times["correction_hot"].append((clock() - start) / len(batches))
+    return {f"{k}_us": median(v) * 1e6 for k, v in times.items()}
 
 
 if __name__ == "__main__":

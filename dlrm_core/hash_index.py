@@ -20,6 +20,7 @@ Shapes: n keys, M = 2**bits slots, q queries.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -77,11 +78,16 @@ class CuckooIndex:
         are converted to the keys' dtype (so they must fit in it)."""
         queries = queries.to(self.slots.dtype)
         width = queries.element_size() * 8
-        pairs = self.slots.view(_PAIR_DTYPE[self.slots.dtype]).view(-1)
-        found = pairs.index_select(0, _slots(queries, self.multipliers, self.bits, width))
-        keys_rows = found.view(self.slots.dtype).view(3, -1, 2)
-        rows = keys_rows[..., 1] * (keys_rows[..., 0] == queries)
-        return rows.amax(0).to(torch.int32)  # two choices of a key can be one slot: same row
+        found = self._pairs.index_select(0, _slots(queries, self.multipliers, self.bits, width))
+        keys, rows = found.view(self.slots.dtype).view(3, -1, 2).unbind(2)
+        # out of place: a contiguous product keeps the reduction vectorised; two choices of a key
+        # can name one slot, hence the max (the same row) and not the sum
+        return (rows * (keys == queries)).amax(0).to(torch.int32)
+
+    @functools.cached_property
+    def _pairs(self) -> torch.Tensor:
+        """(M,) ``slots`` viewed as one element per (key, row) pair."""
+        return self.slots.view(_PAIR_DTYPE[self.slots.dtype]).view(-1)
 
 
 _PAIR_DTYPE = {torch.int32: torch.int64, torch.int64: torch.complex128}  # a 2-wide carrier
@@ -93,7 +99,7 @@ def _signed(value: int, width: int) -> int:
 
 def _slots(keys: torch.Tensor, multipliers: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     """(3 * n,) the three candidate slots of every key, choice-major."""
-    hashed = keys.unsqueeze(0) * multipliers  # in place from here: no more (3, n) allocations
+    hashed = keys * multipliers  # (3, n); in place from here: no more (3, n) allocations
     return hashed.bitwise_right_shift_(width - bits).bitwise_and_((1 << bits) - 1).view(-1)
 
 

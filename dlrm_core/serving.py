@@ -2,10 +2,13 @@
 
 Inference keeps a plain DLRM (base tables, its own copy) and adds the low-rank correction of
 all tables at once: ``model(batch, delta=serving_delta)``. Tables of the same rank are fused
-into one group, so a forward costs one hash lookup, one EmbeddingBag and one bmm per distinct
-rank instead of several small ops per table. Ids are offset per table into one key space (int32
-when it fits); a CuckooIndex maps them to rows of A. The group's memory is A, B * scale and the
-index's slots of (key, row) pairs, all growing with the active rows, never with the tables.
+into one group, so a forward costs one hash lookup, one EmbeddingBag and one bmm ((sum of A
+rows) @ B) per distinct rank instead of several small ops per table; the result is added in
+place into the pooled embeddings' strided (T, B, D) view, one add per run of consecutive
+features (a single add when all tables share a rank). Ids are offset per table into one key
+space (int32 when it fits); a CuckooIndex maps them to rows of A. The group's memory is A,
+B * scale and the index's slots of (key, row) pairs, all growing with the active rows, never
+with the tables.
 
 Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
 into the trainer's base copy reach the inference tables through apply_base_patches.
@@ -15,6 +18,7 @@ Shapes: B batch, F features, T tables in a group, n_t active rows of table t, r 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,12 +44,28 @@ class RankGroup:
     a: torch.Tensor  # (1 + sum n_t, r): a zero row (ids that are not active), then A of each table
     b: torch.Tensor  # (T, r, D), B * scale of each table
 
-    def pooled(self, batch: SparseBatch) -> torch.Tensor:
-        """(T, B, D) summed deltas of each bag of the group's tables."""
+    @functools.cached_property
+    def runs(self) -> tuple[tuple[int, int, int], ...]:
+        """(first feature, its table's position t in the group, length) of each run of
+        consecutive features: a run's pooled embeddings are one strided (length, B, D) view,
+        added to by one op."""
+        runs: list[tuple[int, int, int]] = []
+        for t, f in enumerate(self.features):
+            if runs and runs[-1][0] + runs[-1][2] == f:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((f, t, 1))
+        return tuple(runs)
+
+    def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
+        """Add the summed deltas of each bag of the group's tables to ``pooled`` (B, F, D)."""
         n, t = batch.batch_size, len(self.features)
         keys, offsets = batch.fused_bags(self.features, self.key_offsets)
         pooled_a = F.embedding_bag(self.index.rows(keys), self.a, offsets, mode="sum")
-        return torch.bmm(pooled_a.view(t, n, -1), self.b)
+        delta = torch.bmm(pooled_a.view(t, n, -1), self.b)  # (T, B, D)
+        by_feature = pooled.transpose(0, 1)  # (F, B, D) view
+        for first, start, length in self.runs:
+            by_feature[first : first + length].add_(delta[start : start + length])
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,7 @@ class ServingDelta:
     def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
         """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place."""
         for group in self.groups:
-            pooled.index_add_(1, group.feature_index, group.pooled(batch).transpose(0, 1))
+            group.add_to_(pooled, batch)
 
 
 def apply_base_patches(model: DLRM, version: FactorVersion) -> None:

@@ -42,6 +42,8 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
         7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 3), (1,)]
+    # runs of consecutive features: (first feature, first table of the group, length)
+    assert [g.runs for g in delta.groups] == [((0, 0, 1), (3, 1, 1)), ((1, 0, 1),)]
     assert delta.groups[0].index.key_dtype == torch.int32  # 100 rows in all: int32 keys
     # A and B of the factors, plus per group a zero row of A and the index's (key, row) slots
     per_group = sum(g.index.slots.shape[0] * 2 * 4 + g.a.shape[1] * 4 for g in delta.groups)
@@ -89,6 +91,7 @@ def test_ids_at_table_boundaries_and_an_empty_table():
         1, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 1)]  # c has no active row: no work
+    assert delta.groups[0].runs == ((0, 0, 2),)  # one add into the (2, B, D) view
     edges = [[[0], [n - 1], [1], [n - 2], [0, n - 1], []] for n in CFG.table_sizes]
     probe = SparseBatch.from_ids(CFG.feature_names, edges, torch.randn(6, 2), torch.ones(6))
     with torch.no_grad():
