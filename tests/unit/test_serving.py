@@ -122,3 +122,26 @@ def test_tables_beyond_int32_keys_use_int64_keys():
                     expected[b, f] += t.a[int(hit)] @ t.b * t.scale
     torch.testing.assert_close(pooled, expected)
     assert expected[1, 0].abs().sum() == 0 and expected[0, 1].abs().sum() > 0
+
+
+def test_a_group_with_a_gap_adds_each_run_of_features_in_place():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(4)
+    plain = DLRM(CFG)
+    live_model = copy.deepcopy(plain)
+    lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "d"], LiveEmbeddingConfig(3))
+    for name, live in lives.items():
+        n = CFG.table_sizes[CFG.feature_names.index(name)]
+        live.activate(torch.randperm(n, generator=gen)[: n // 3], now=0.0, max_active=n)
+        live.set_factors(torch.randn(live.num_active, 3, generator=gen), torch.randn(3, 6))
+    delta = ServingDelta.from_factors(
+        3, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
+    )
+    assert delta.groups[0].runs == ((0, 0, 2), (3, 2, 1))  # a, b in one view; c untouched
+    probe = batch(gen)
+    with torch.no_grad():
+        base = plain.sparse_arch(probe)
+        pooled = base.clone()
+        delta.add_to_(pooled, probe)
+        torch.testing.assert_close(pooled, live_model.sparse_arch(probe))
+        assert torch.equal(pooled[:, 2], base[:, 2])
