@@ -10,8 +10,8 @@ variants share the same base tables. Variants:
 Ids: 80% drawn from the active rows (the popular ones), 20% uniform. Inference mode, one thread
 (an inference core). Time is the thread's CPU time (time.thread_time), which a busy shared
 machine disturbs less than wall time. Goal: overhead <= 10% at batch 512. Also printed: the
-ServingDelta's memory and the CPU time to build it (the node does that on its inference thread
-once per published version), and where the served overhead goes at batch 512: the plain model's
+ServingDelta's memory and the CPU time to build it (a node's trainer process builds one per
+published version), and where the served overhead goes at batch 512: the plain model's
 own parts (base lookups, MLPs) inside plain and served forwards, and the correction inside a
 forward against the same correction repeated back to back on warm caches.
 
