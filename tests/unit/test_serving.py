@@ -26,6 +26,16 @@ def batch(gen, size=32):
     return SparseBatch.from_ids(CFG.feature_names, ids, torch.randn(size, 2), torch.ones(size))
 
 
+def activate_at_random(lives, gen, parts: int, fresh_b: bool) -> None:
+    """Activate a random 1/parts of each table's rows with random A (and a random B if
+    fresh_b)."""
+    for name, live in lives.items():
+        n = CFG.table_sizes[CFG.feature_names.index(name)]
+        live.activate(torch.randperm(n, generator=gen)[: n // parts], now=0.0, max_active=n)
+        b = torch.randn(live.rank, CFG.embedding_dim, generator=gen) if fresh_b else live.B
+        live.set_factors(torch.randn(live.num_active, live.rank, generator=gen), b)
+
+
 def test_serving_delta_matches_the_per_table_live_embeddings():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -33,10 +43,8 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
     live_model = copy.deepcopy(plain)
     lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "d"], LiveEmbeddingConfig(2))
     lives["b"].set_factors(torch.zeros(0, 3), torch.randn(3, 6))  # a second rank group
-    for name, live in lives.items():
-        n = CFG.table_sizes[CFG.feature_names.index(name)]
-        live.activate(torch.randperm(n, generator=gen)[: n // 2], now=0.0, max_active=n)
-        live.set_factors(torch.randn(live.num_active, live.rank, generator=gen), live.B)
+    activate_at_random(lives, gen, parts=2, fresh_b=False)
+    for live in lives.values():
         live.scale = 0.7
     delta = ServingDelta.from_factors(
         7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
@@ -130,10 +138,7 @@ def test_a_group_with_a_gap_adds_each_run_of_features_in_place():
     plain = DLRM(CFG)
     live_model = copy.deepcopy(plain)
     lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "d"], LiveEmbeddingConfig(3))
-    for name, live in lives.items():
-        n = CFG.table_sizes[CFG.feature_names.index(name)]
-        live.activate(torch.randperm(n, generator=gen)[: n // 3], now=0.0, max_active=n)
-        live.set_factors(torch.randn(live.num_active, 3, generator=gen), torch.randn(3, 6))
+    activate_at_random(lives, gen, parts=3, fresh_b=True)
     delta = ServingDelta.from_factors(
         3, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
