@@ -26,6 +26,15 @@ def batch(gen, size=32):
     return SparseBatch.from_ids(CFG.feature_names, ids, torch.randn(size, 2), torch.ones(size))
 
 
+def live_twin(names: list[str], rank: int) -> tuple[DLRM, DLRM, dict]:
+    """A seeded plain DLRM and a copy of it whose ``names`` tables are LiveEmbeddings."""
+    torch.manual_seed(0)
+    plain = DLRM(CFG)
+    live_model = copy.deepcopy(plain)
+    lives = attach_live_embeddings(live_model.sparse_arch, names, LiveEmbeddingConfig(rank))
+    return plain, live_model, lives
+
+
 def activate_at_random(lives, gen, parts: int, fresh_b: bool) -> None:
     """Activate a random 1/parts of each table's rows with random A (and a random B if
     fresh_b)."""
@@ -37,11 +46,8 @@ def activate_at_random(lives, gen, parts: int, fresh_b: bool) -> None:
 
 
 def test_serving_delta_matches_the_per_table_live_embeddings():
-    torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    plain = DLRM(CFG)
-    live_model = copy.deepcopy(plain)
-    lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "d"], LiveEmbeddingConfig(2))
+    plain, live_model, lives = live_twin(["a", "b", "d"], rank=2)
     lives["b"].set_factors(torch.zeros(0, 3), torch.randn(3, 6))  # a second rank group
     activate_at_random(lives, gen, parts=2, fresh_b=False)
     for live in lives.values():
@@ -87,10 +93,7 @@ def test_version_swap_and_base_patches_reach_the_inference_model():
 
 
 def test_ids_at_table_boundaries_and_an_empty_table():
-    torch.manual_seed(0)
-    plain = DLRM(CFG)
-    live_model = copy.deepcopy(plain)
-    lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "c"], LiveEmbeddingConfig(2))
+    plain, live_model, lives = live_twin(["a", "b", "c"], rank=2)
     for name in ("a", "b"):  # the first and last row of each table, where key ranges meet
         n = CFG.table_sizes[CFG.feature_names.index(name)]
         lives[name].activate(torch.tensor([0, n - 1]), now=0.0, max_active=n)
@@ -133,11 +136,8 @@ def test_tables_beyond_int32_keys_use_int64_keys():
 
 
 def test_a_group_with_a_gap_adds_each_run_of_features_in_place():
-    torch.manual_seed(0)
     gen = torch.Generator().manual_seed(4)
-    plain = DLRM(CFG)
-    live_model = copy.deepcopy(plain)
-    lives = attach_live_embeddings(live_model.sparse_arch, ["a", "b", "d"], LiveEmbeddingConfig(3))
+    plain, live_model, lives = live_twin(["a", "b", "d"], rank=3)
     activate_at_random(lives, gen, parts=3, fresh_b=True)
     delta = ServingDelta.from_factors(
         3, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
