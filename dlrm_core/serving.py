@@ -38,7 +38,6 @@ class RankGroup:
     """The tables of one rank, fused."""
 
     features: tuple[int, ...]  # T feature positions in the batch / model
-    feature_index: torch.Tensor  # (T,) int64, the same positions
     key_offsets: torch.Tensor  # (T,) int64 added to table t's ids: disjoint key ranges
     index: CuckooIndex  # global key of an active row -> 1 + its row in a
     a: torch.Tensor  # (1 + sum n_t, r): a zero row (ids that are not active), then A of each table
@@ -104,7 +103,6 @@ class ServingDelta:
             groups.append(
                 RankGroup(
                     tuple(feats),
-                    torch.tensor(feats, dtype=torch.int64),
                     key_offsets,
                     CuckooIndex.build(keys),
                     torch.cat([facts[0].a.new_zeros(1, facts[0].rank)] + [f.a for f in facts]),

@@ -265,7 +265,7 @@ class SharedFactors:
                 + group.index.multipliers.view(-1).tolist()
             )
             features = h + _GROUP_FIELDS
-            self._hi[features : features + n_tables] = group.feature_index
+            self._hi[features : features + n_tables] = torch.tensor(group.features)
             offsets = features + len(self.names)
             self._hi[offsets : offsets + n_tables] = group.key_offsets
             for tensor in tensors:
@@ -340,7 +340,7 @@ class SharedFactors:
             n_tables, bits, rank, a_rows, key_bytes = fields[:5]
             key_dtype = torch.int32 if key_bytes == 4 else torch.int64
             features = h + _GROUP_FIELDS
-            feature_index = self._hi[features : features + n_tables].clone()
+            feature_positions = self._hi[features : features + n_tables].tolist()
             offsets = features + len(self.names)
             key_offsets = self._hi[offsets : offsets + n_tables].clone()
             copied = []
@@ -358,8 +358,7 @@ class SharedFactors:
             multipliers = torch.tensor(fields[5:8], dtype=key_dtype).unsqueeze(1)
             groups.append(
                 RankGroup(
-                    tuple(feature_index.tolist()),
-                    feature_index,
+                    tuple(feature_positions),
                     key_offsets,
                     CuckooIndex(bits, multipliers, slots),
                     a,
