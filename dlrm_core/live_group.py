@@ -390,6 +390,8 @@ class LiveGroups:
                 inputs.bags[v0:v1] - b0,
                 n,
             )
+            # not serving's in-place add per run of features: under autograd its strided views
+            # cost a step 7-10% more (trainer_throughput.py, 2026-11-26)
             pooled.index_add_(1, group.feature_index, delta.transpose(0, 1))
 
     def grads_finite(self) -> bool:
