@@ -41,6 +41,8 @@ class SparseBatch:
                 raise ValueError(f"offsets of {key!r} must be (B,)={n}, got {tuple(offs.shape)}")
             if vals.dtype != torch.int64 or offs.dtype != torch.int64:
                 raise ValueError(f"values and offsets of {key!r} must be int64")
+            if not (vals.is_contiguous() and offs.is_contiguous()):  # the serving kernel's input
+                raise ValueError(f"values and offsets of {key!r} must be contiguous")
             if n and (int(offs[0]) != 0 or bool((offs[1:] < offs[:-1]).any())):
                 raise ValueError(f"offsets of {key!r} must start at 0 and never decrease")
             if n and int(offs[-1]) > vals.shape[0]:

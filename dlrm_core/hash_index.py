@@ -1,9 +1,10 @@
 """An exact hash index from non-negative integer keys to their row numbers, for the serving path.
 
 Cuckoo hashing with three choices: every key sits in one of the three slots its hashes name, so a
-lookup is three independent probes, each one random load of a (key, row) pair, done for all ids
-of a batch with a few vectorised torch ops. A binary search over the sorted keys (what it
-replaces) costs ~21 dependent loads per id and dominated the low-rank correction's forward time.
+lookup is at most three independent probes, each one random load of a (key, row) pair. Lookups run
+in the serving kernel (dlrm_core/_serving_kernel.c), which prefetches the slots of ids ahead. A
+binary search over the sorted keys (what it replaces) costs ~21 dependent loads per id and
+dominated the low-rank correction's forward time.
 Memory grows with the keys, never with the key range: 2**bits slots (8 bytes each for int32 keys),
 the least power of two that keeps the load <= MAX_LOAD, so 9.4 to 19 bytes per key.
 
@@ -25,6 +26,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from dlrm_core import _serving_kernel
 
 MAX_LOAD = 0.85  # three-choice cuckoo hashing stays placeable up to ~0.91
 MAX_ROUNDS = 500  # a build still running then has met a cycle: retry with twice the slots
@@ -74,23 +77,39 @@ class CuckooIndex:
         return self.slots.dtype
 
     def rows(self, queries: torch.Tensor) -> torch.Tensor:
-        """(q,) int32: 1 + the row of each query key, 0 where the key is not indexed. Queries
-        are converted to the keys' dtype (so they must fit in it)."""
-        queries = queries.to(self.slots.dtype)
-        width = queries.element_size() * 8
-        found = self._pairs.index_select(0, _slots(queries, self.multipliers, self.bits, width))
-        keys, rows = found.view(self.slots.dtype).view(3, -1, 2).unbind(2)
-        # out of place: a contiguous product keeps the reduction vectorised; two choices of a key
-        # can name one slot, hence the max (the same row) and not the sum
-        return (rows * (keys == queries)).amax(0).to(torch.int32)
+        """(q,) int32: 1 + the row of each query key (any integer dtype), 0 where the key is not
+        indexed."""
+        queries = queries.to(torch.int64).contiguous()
+        rows = torch.empty(queries.shape, dtype=torch.int32)
+        _serving_kernel.lookup(
+            self.kernel_spec, queries.data_ptr(), queries.numel(), rows.data_ptr()
+        )
+        return rows
+
+    @property
+    def max_row(self) -> int:
+        """The largest 1 + row any slot holds (0 when empty): what a table of rows must cover."""
+        return int(self.slots[:, 1].max())
 
     @functools.cached_property
-    def _pairs(self) -> torch.Tensor:
-        """(M,) ``slots`` viewed as one element per (key, row) pair."""
-        return self.slots.view(_PAIR_DTYPE[self.slots.dtype]).view(-1)
+    def kernel_spec(self) -> tuple[int, int, int, tuple[int, int, int]]:
+        """The index as the serving kernel takes it: (slots pointer, bits, key width,
+        multipliers). Valid while this index (which holds ``slots``) lives."""
+        width = self.slots.element_size() * 8
+        m0, m1, m2 = self.multipliers.view(-1).tolist()
+        return (self.slots.data_ptr(), self.bits, width, (m0, m1, m2))
 
-
-_PAIR_DTYPE = {torch.int32: torch.int64, torch.int64: torch.complex128}  # a 2-wide carrier
+    def __post_init__(self) -> None:
+        # the kernel reads slots through a raw pointer: their layout must be exactly this
+        dtype = self.slots.dtype
+        if dtype not in (torch.int32, torch.int64) or self.multipliers.dtype != dtype:
+            raise TypeError(f"slots and multipliers must be int32 or int64 alike, got {dtype}")
+        if not 1 <= self.bits < dtype.itemsize * 8:
+            raise ValueError(f"bits must be in [1, {dtype.itemsize * 8}), got {self.bits}")
+        if self.slots.shape != (1 << self.bits, 2) or not self.slots.is_contiguous():
+            raise ValueError(f"slots must be contiguous (2**bits, 2), got {list(self.slots.shape)}")
+        if self.multipliers.numel() != 3:
+            raise ValueError("three multipliers, one per choice")
 
 
 def _signed(value: int, width: int) -> int:

@@ -2,13 +2,13 @@
 
 Inference keeps a plain DLRM (base tables, its own copy) and adds the low-rank correction of
 all tables at once: ``model(batch, delta=serving_delta)``. Tables of the same rank are fused
-into one group, so a forward costs one hash lookup, one EmbeddingBag and one bmm ((sum of A
-rows) @ B) per distinct rank instead of several small ops per table; the result is added in
-place into the pooled embeddings' strided (T, B, D) view, one add per run of consecutive
-features (a single add when all tables share a rank). Ids are offset per table into one key
-space (int32 when it fits); a CuckooIndex maps them to rows of A. The group's memory is A,
-B * scale and the index's slots of (key, row) pairs, all growing with the active rows, never
-with the tables.
+into one group; ids are offset per table into one key space (int32 when it fits) and a
+CuckooIndex maps them to rows of A. One call into the serving kernel
+(dlrm_core/_serving_kernel.c) per group then finds each bag's active rows, sums them and adds
+(that sum) @ B_t into the pooled embeddings in place: no intermediate tensors, where the same
+with torch ops took ~27 ops per batch whose fixed costs dominated small requests. The group's
+memory is A, B * scale and the index's slots of (key, row) pairs, all growing with the active
+rows, never with the tables.
 
 Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
 into the trainer's base copy reach the inference tables through apply_base_patches.
@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dlrm_core import _serving_kernel
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import FactorVersion
 from dlrm_core.hash_index import CuckooIndex
@@ -43,28 +43,63 @@ class RankGroup:
     a: torch.Tensor  # (1 + sum n_t, r): a zero row (ids that are not active), then A of each table
     b: torch.Tensor  # (T, r, D), B * scale of each table
 
+    def __post_init__(self) -> None:
+        # the kernel reads a and b through raw pointers: their layout must be exactly this
+        t = len(self.features)
+        for name, factor in (("a", self.a), ("b", self.b)):
+            if factor.dtype != torch.float32 or not factor.is_contiguous():
+                raise TypeError(f"{name} must be contiguous float32, got {factor.dtype}")
+        if self.a.dim() != 2 or self.b.dim() != 3 or self.b.shape[:2] != (t, self.a.shape[1]):
+            raise ValueError(
+                f"a must be (1 + n, r) and b (T={t}, r, D), got {list(self.a.shape)} and "
+                f"{list(self.b.shape)}"
+            )
+        if self.key_offsets.shape != (t,):
+            raise ValueError(f"key_offsets must be (T,)=({t},), got {list(self.key_offsets.shape)}")
+        if self.index.max_row >= self.a.shape[0]:
+            raise ValueError(f"the index names row {self.index.max_row} of {self.a.shape[0]} in a")
+
     @functools.cached_property
-    def runs(self) -> tuple[tuple[int, int, int], ...]:
-        """(first feature, its table's position t in the group, length) of each run of
-        consecutive features: a run's pooled embeddings are one strided (length, B, D) view,
-        added to by one op."""
-        runs: list[tuple[int, int, int]] = []
-        for t, f in enumerate(self.features):
-            if runs and runs[-1][0] + runs[-1][2] == f:
-                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
-            else:
-                runs.append((f, t, 1))
-        return tuple(runs)
+    def _tables(self) -> tuple[tuple[int, int], ...]:
+        """(feature position, key offset) of each table."""
+        return tuple(zip(self.features, self.key_offsets.tolist(), strict=True))
 
     def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
         """Add the summed deltas of each bag of the group's tables to ``pooled`` (B, F, D)."""
-        n, t = batch.batch_size, len(self.features)
-        keys, offsets = batch.fused_bags(self.features, self.key_offsets)
-        pooled_a = F.embedding_bag(self.index.rows(keys), self.a, offsets, mode="sum")
-        delta = torch.bmm(pooled_a.view(t, n, -1), self.b)  # (T, B, D)
-        by_feature = pooled.transpose(0, 1)  # (F, B, D) view
-        for first, start, length in self.runs:
-            by_feature[first : first + length].add_(delta[start : start + length])
+        n, num_features, dim = pooled.shape
+        if (
+            pooled.dtype != torch.float32
+            or not pooled.is_contiguous()
+            or n != batch.batch_size
+            or dim != self.b.shape[2]
+            or num_features <= max(self.features)
+        ):
+            raise ValueError(
+                f"pooled must be contiguous float32 (B={batch.batch_size}, F > "
+                f"{max(self.features)}, D={self.b.shape[2]}), got {pooled.dtype} "
+                f"{list(pooled.shape)}"
+            )
+        bags = tuple(
+            (
+                batch.values[f].data_ptr(),
+                batch.values[f].numel(),
+                batch.offsets[f].data_ptr(),
+                f,
+                key_offset,
+            )
+            for f, key_offset in self._tables
+        )
+        _serving_kernel.add_bags(
+            self.index.kernel_spec,
+            self.a.data_ptr(),
+            self.a.shape[1],
+            self.b.data_ptr(),
+            pooled.data_ptr(),
+            n,
+            num_features,
+            dim,
+            bags,
+        )
 
 
 @dataclass(frozen=True)

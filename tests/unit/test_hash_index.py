@@ -126,3 +126,9 @@ def test_property_rows_agree_with_the_sorted_search(keys, queries, int32):
     )
     index = CuckooIndex.build(keys_t)
     torch.testing.assert_close(index.rows(queries_t), sorted_search_rows(keys_t, queries_t))
+
+
+def test_queries_outside_the_key_dtype_are_not_found_instead_of_wrapping():
+    index = CuckooIndex.build(torch.tensor([5, 0, 17], dtype=torch.int32))
+    queries = torch.tensor([5 + 2**32, -(2**32) + 17, -1, 17])
+    assert index.rows(queries).tolist() == [0, 0, 0, 3]

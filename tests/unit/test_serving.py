@@ -7,7 +7,7 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore
 from dlrm_core.live_embedding import LiveEmbeddingConfig, TableFactors, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
-from dlrm_core.serving import ServingDelta, apply_base_patches
+from dlrm_core.serving import RankGroup, ServingDelta, apply_base_patches
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -56,8 +56,6 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
         7, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 3), (1,)]
-    # runs of consecutive features: (first feature, first table of the group, length)
-    assert [g.runs for g in delta.groups] == [((0, 0, 1), (3, 1, 1)), ((1, 0, 1),)]
     assert delta.groups[0].index.key_dtype == torch.int32  # 100 rows in all: int32 keys
     # A and B of the factors, plus per group a zero row of A and the index's (key, row) slots
     per_group = sum(g.index.slots.shape[0] * 2 * 4 + g.a.shape[1] * 4 for g in delta.groups)
@@ -102,7 +100,6 @@ def test_ids_at_table_boundaries_and_an_empty_table():
         1, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
     assert [g.features for g in delta.groups] == [(0, 1)]  # c has no active row: no work
-    assert delta.groups[0].runs == ((0, 0, 2),)  # one add into the (2, B, D) view
     edges = [[[0], [n - 1], [1], [n - 2], [0, n - 1], []] for n in CFG.table_sizes]
     probe = SparseBatch.from_ids(CFG.feature_names, edges, torch.randn(6, 2), torch.ones(6))
     with torch.no_grad():
@@ -135,14 +132,14 @@ def test_tables_beyond_int32_keys_use_int64_keys():
     assert expected[1, 0].abs().sum() == 0 and expected[0, 1].abs().sum() > 0
 
 
-def test_a_group_with_a_gap_adds_each_run_of_features_in_place():
+def test_a_group_with_a_gap_adds_in_place_and_leaves_other_features_alone():
     gen = torch.Generator().manual_seed(4)
     plain, live_model, lives = live_twin(["a", "b", "d"], rank=3)
     activate_at_random(lives, gen, parts=3, fresh_b=True)
     delta = ServingDelta.from_factors(
         3, CFG.feature_names, CFG.table_sizes, {n: lv.factors() for n, lv in lives.items()}
     )
-    assert delta.groups[0].runs == ((0, 0, 2), (3, 2, 1))  # a, b in one view; c untouched
+    assert delta.groups[0].features == (0, 1, 3)
     probe = batch(gen)
     with torch.no_grad():
         base = plain.sparse_arch(probe)
@@ -150,3 +147,81 @@ def test_a_group_with_a_gap_adds_each_run_of_features_in_place():
         delta.add_to_(pooled, probe)
         torch.testing.assert_close(pooled, live_model.sparse_arch(probe))
         assert torch.equal(pooled[:, 2], base[:, 2])
+
+
+def explicit_delta(tables: dict, names, bags_by_feature, batch_size, dim) -> torch.Tensor:
+    """(B, F, D) the correction summed id by id from the factors (float64): the reference."""
+    out = torch.zeros(batch_size, len(names), dim, dtype=torch.float64)
+    for f, name in enumerate(names):
+        t = tables.get(name)
+        if t is None:
+            continue
+        dense = torch.zeros(int(t.ids.max()) + 1 if t.ids.numel() else 0, dim, dtype=torch.float64)
+        dense[t.ids] = t.a.double() @ t.b.double() * t.scale
+        for b, bag in enumerate(bags_by_feature[f]):
+            for i in bag:
+                if i < dense.shape[0]:
+                    out[b, f] += dense[i]
+    return out
+
+
+@pytest.mark.parametrize("rank", [1, 8, 37])
+def test_the_kernel_matches_the_correction_summed_id_by_id(rank):
+    """Long multi-hot bags (past the kernel's prefetch distance), empty bags, repeated ids,
+    inactive ids and two rank groups, against the float64 sum over ids."""
+    gen = torch.Generator().manual_seed(rank)
+    names, rows, dim, n = ("p", "q", "r"), (500, 300, 2000), 5, 40
+    tables = {
+        "p": TableFactors(
+            torch.randperm(500, generator=gen)[:200],
+            torch.randn(200, rank, generator=gen),
+            torch.randn(rank, dim, generator=gen),
+            0.3,
+        ),
+        "r": TableFactors(
+            torch.randperm(2000, generator=gen)[:50],
+            torch.randn(50, 2, generator=gen),
+            torch.randn(2, dim, generator=gen),
+            1.0,
+        ),
+    }
+    lengths = [[int(k) for k in torch.randint(0, 60, (n,), generator=gen)] for _ in names]
+    bags = [
+        [[int(i) for i in torch.randint(0, rows[f], (k,), generator=gen)] for k in lengths[f]]
+        for f in range(len(names))
+    ]
+    bags[2][0] = [int(tables["r"].ids[0])] * 5  # one active id five times in one bag
+    probe = SparseBatch.from_ids(names, bags, torch.zeros(n, 0), torch.ones(n))
+    delta = ServingDelta.from_factors(1, names, rows, tables)
+    start = torch.randn(n, len(names), dim, generator=gen)
+    pooled = start.clone()
+    delta.add_to_(pooled, probe)
+    expected = start.double() + explicit_delta(tables, names, bags, n, dim)
+    torch.testing.assert_close(pooled.double(), expected, rtol=1e-5, atol=1e-4)
+    assert torch.equal(pooled[:, 1], start[:, 1])  # q has no factors
+
+
+def probe_rest(probe: SparseBatch) -> tuple[torch.Tensor, ...]:
+    return probe.dense, probe.labels, probe.timestamps, probe.request_ids
+
+
+def test_the_kernel_refuses_inputs_whose_layout_it_cannot_read():
+    tables = {"x": TableFactors(torch.tensor([1, 4]), torch.randn(2, 3), torch.randn(3, 4), 1.0)}
+    delta = ServingDelta.from_factors(1, ("x",), (10,), tables)
+    probe = SparseBatch.from_ids(("x",), [[[1], [4, 2]]], torch.zeros(2, 0), torch.ones(2))
+    with pytest.raises(ValueError, match="pooled must be contiguous float32"):
+        delta.add_to_(torch.zeros(2, 1, 4, dtype=torch.float64), probe)
+    with pytest.raises(ValueError, match="pooled must be contiguous float32"):
+        delta.add_to_(torch.zeros(2, 1, 8)[:, :, ::2], probe)
+    with pytest.raises(ValueError, match="pooled must be contiguous float32"):
+        delta.add_to_(torch.zeros(2, 1, 5), probe)  # D differs from B's
+    group = delta.groups[0]
+    with pytest.raises(TypeError, match="a must be contiguous float32"):
+        RankGroup(group.features, group.key_offsets, group.index, group.a.double(), group.b)
+    with pytest.raises(ValueError, match="the index names row 2 of 2 in a"):
+        RankGroup(group.features, group.key_offsets, group.index, group.a[:2], group.b)
+    with pytest.raises(ValueError, match="b \\(T=1, r, D\\)"):
+        RankGroup(group.features, group.key_offsets, group.index, group.a, group.b[:, :2])
+    every_other = torch.tensor([1, 9, 4, 9])[::2]
+    with pytest.raises(ValueError, match="values and offsets of 'x' must be contiguous"):
+        SparseBatch(("x",), (every_other,), (torch.tensor([0, 1]),), *probe_rest(probe))

@@ -1,0 +1,18 @@
+# The C extension dlrm_core/_serving_kernel.c: pointers are tensors' data_ptr(), checked by the
+# Python callers (serving.RankGroup, hash_index.CuckooIndex).
+# slots pointer, bits, key width, multipliers
+IndexSpec = tuple[int, int, int, tuple[int, int, int]]
+Bag = tuple[int, int, int, int, int]  # values pointer, nnz, offsets pointer, feature, key offset
+
+def lookup(index: IndexSpec, queries: int, n: int, out: int) -> None: ...
+def add_bags(
+    index: IndexSpec,
+    a: int,
+    rank: int,
+    b: int,
+    pooled: int,
+    batch: int,
+    num_features: int,
+    dim: int,
+    bags: tuple[Bag, ...],
+) -> None: ...
