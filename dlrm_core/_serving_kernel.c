@@ -1,15 +1,16 @@
 /* The serving path's low-rank correction as one pass over a batch's ids, for dlrm_core.serving.
 
 For each bag of each table of a rank group it finds the bag's active rows through the cuckoo
-index (dlrm_core/hash_index.py: three multiplicative hashes, one (key, 1 + row) pair per slot),
-sums their rows of A and adds (that sum) @ B_t into the pooled embeddings, in place. Done with
-torch ops this is ~27 ops per batch, each allocating its output: on a batch of 512 the ops'
-fixed costs and their intermediates' cache misses cost as much as the lookups themselves, and on
-a request of a few rows they are nearly all of it.
+index (dlrm_core/hash_index.py: 8-slot buckets of (key, 1 + row) pairs, two bucket choices per
+key by multiplicative hashes), sums their rows of A and adds (that sum) @ B_t into the pooled
+embeddings, in place. Done with torch ops this is ~27 ops per batch, each allocating its output:
+on a batch of 512 the ops' fixed costs and their intermediates' cache misses cost as much as the
+lookups themselves, and on a request of a few rows they are nearly all of it. It also builds the
+index (sequential cuckoo insertion).
 
-Ids are resolved one feature at a time in a first pass that prefetches the three slots of the id
-PREFETCH ahead, then summed in a second pass that prefetches rows of A ahead: independent misses
-overlap instead of waiting one by one. The GIL is released while it runs.
+Ids are resolved one feature at a time in passes that prefetch the buckets of the id PREFETCH
+ahead, then summed in a pass that prefetches rows of A ahead: independent cache misses overlap
+instead of waiting one by one. The GIL is released while it runs.
 
 The Python side (serving.py, hash_index.py) validates dtypes, shapes and contiguity and passes
 data pointers; nothing here allocates Python objects or trusts anything but those pointers.
@@ -21,62 +22,169 @@ data pointers; nothing here allocates Python objects or trusts anything but thos
 #include <string.h>
 
 #define PREFETCH 16
+#define BUCKET 8 /* (key, row) pairs per bucket: one 64-byte line of int32 pairs */
+#define MAX_KICKS 500
 #define MAX_RANK 1024
 #define LANES 8
 /* 8 floats: one AVX2 register (two SSE ones in the baseline clone); unaligned loads allowed */
 typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
 
 typedef struct {
-    const void *slots; /* (2**bits, 2) int32 or int64: (key, 1 + row), (-1, 0) when empty */
-    int bits;
-    int width; /* 32 or 64: the keys' dtype */
-    uint64_t mult[3];
+    void *slots; /* (BUCKET << bits, 2) int32 or int64: (key, 1 + row), (-1, 0) when empty */
+    int bits;    /* 2**bits buckets */
+    int width;   /* 32 or 64: the keys' dtype */
+    uint64_t mult[2];
 } Index;
 
-static inline uint64_t slot_of(const Index *ix, int choice, uint64_t key) {
-    if (ix->width == 32)
+/* The lookup's helpers take the key width as a separate argument: resolve() calls them with a
+   constant, so each width gets its own straight-line (vectorised) code. */
+#define INLINE static inline __attribute__((always_inline))
+
+/* Bucket `choice` (0 or 1) of a key: the top bits of key * mult[choice] modulo 2**width. */
+INLINE uint64_t bucket_of(const Index *ix, int width, int choice, uint64_t key) {
+    if (width == 32)
         return (uint32_t)((uint32_t)key * (uint32_t)ix->mult[choice]) >> (32 - ix->bits);
     return (key * ix->mult[choice]) >> (64 - ix->bits);
 }
 
-static inline void prefetch_slots(const Index *ix, int64_t key) {
-    size_t pair = ix->width / 8 * 2;
-    for (int c = 0; c < 3; c++)
-        __builtin_prefetch((const char *)ix->slots + slot_of(ix, c, (uint64_t)key) * pair);
+INLINE int in_key_range(int width, int64_t key) {
+    return key >= 0 && (width == 64 || key <= INT32_MAX);
 }
 
-/* 1 + the row of key, 0 when the key is not indexed. Two choices of a key can name one slot,
-   and an empty slot holds key -1, so a miss never matches (keys are >= 0). */
-static inline int32_t row_of(const Index *ix, int64_t key) {
-    if (key < 0)
-        return 0;
-    if (ix->width == 32) {
-        if (key > INT32_MAX)
-            return 0;
-        const int32_t *s = ix->slots;
-        for (int c = 0; c < 3; c++) {
-            uint64_t at = slot_of(ix, c, (uint64_t)key);
-            if (s[2 * at] == (int32_t)key)
-                return s[2 * at + 1];
-        }
-        return 0;
+INLINE void prefetch_bucket(const Index *ix, int width, int choice, int64_t key) {
+    const char *at = (const char *)ix->slots +
+                     bucket_of(ix, width, choice, (uint64_t)key) * BUCKET * 2 * (width / 8);
+    __builtin_prefetch(at);
+    if (width == 64) /* two cache lines */
+        __builtin_prefetch(at + 64);
+}
+
+/* 1 + the row of key in its bucket `choice`, 0 if it is not there (empty slots hold key -1).
+   All slots are compared and masked, without branches: at most one matches, and a branch on
+   where would be mispredicted on nearly every lookup. */
+INLINE int32_t find_in(const Index *ix, int width, int choice, int64_t key) {
+    uint64_t first = bucket_of(ix, width, choice, (uint64_t)key) * BUCKET;
+    int32_t row = 0;
+    if (width == 32) {
+        const int32_t *s = (const int32_t *)ix->slots + 2 * first;
+        for (int j = 0; j < BUCKET; j++)
+            row |= s[2 * j + 1] & -(int32_t)(s[2 * j] == (int32_t)key);
+        return row;
     }
-    const int64_t *s = ix->slots;
-    for (int c = 0; c < 3; c++) {
-        uint64_t at = slot_of(ix, c, (uint64_t)key);
-        if (s[2 * at] == key)
-            return (int32_t)s[2 * at + 1];
+    const int64_t *s = (const int64_t *)ix->slots + 2 * first;
+    for (int j = 0; j < BUCKET; j++)
+        row |= (int32_t)s[2 * j + 1] & -(int32_t)(s[2 * j] == key);
+    return row;
+}
+
+/* rows[i] = 1 + the row of ids[i] + shift, 0 if not indexed. First every key's first bucket,
+   which holds nearly all keys, then the second bucket of the keys not found there (the ids
+   that are not active, mostly): each pass prefetches the buckets of the ids PREFETCH ahead, so
+   their cache misses overlap. `pending` has room for n. With `a`, each row of A found is
+   prefetched at once: by the time the bags are summed, the table's rows are in cache. */
+INLINE void resolve_width(const Index *ix, int width, const int64_t *ids, Py_ssize_t n,
+                          int64_t shift, int32_t *rows, Py_ssize_t *pending, const float *a,
+                          int rank) {
+    Py_ssize_t misses = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + PREFETCH < n)
+            prefetch_bucket(ix, width, 0, ids[i + PREFETCH] + shift);
+        int64_t key = ids[i] + shift;
+        int valid = in_key_range(width, key);
+        rows[i] = valid ? find_in(ix, width, 0, key) : 0;
+        if (a && rows[i])
+            __builtin_prefetch(a + (size_t)rows[i] * rank);
+        pending[misses] = i;
+        misses += valid && !rows[i];
     }
-    return 0;
+    for (Py_ssize_t j = 0; j < misses; j++) {
+        if (j + PREFETCH < misses)
+            prefetch_bucket(ix, width, 1, ids[pending[j + PREFETCH]] + shift);
+        int32_t row = find_in(ix, width, 1, ids[pending[j]] + shift);
+        if (a && row)
+            __builtin_prefetch(a + (size_t)row * rank);
+        rows[pending[j]] = row;
+    }
 }
 
 static void resolve(const Index *ix, const int64_t *ids, Py_ssize_t n, int64_t shift,
-                    int32_t *rows) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (i + PREFETCH < n)
-            prefetch_slots(ix, ids[i + PREFETCH] + shift);
-        rows[i] = row_of(ix, ids[i] + shift);
+                    int32_t *rows, Py_ssize_t *pending, const float *a, int rank) {
+    if (ix->width == 32)
+        resolve_width(ix, 32, ids, n, shift, rows, pending, a, rank);
+    else
+        resolve_width(ix, 64, ids, n, shift, rows, pending, a, rank);
+}
+
+static inline int64_t slot_key(const Index *ix, uint64_t slot) {
+    return ix->width == 32 ? ((int32_t *)ix->slots)[2 * slot] : ((int64_t *)ix->slots)[2 * slot];
+}
+
+static inline void set_slot(Index *ix, uint64_t slot, int64_t key, int64_t row) {
+    if (ix->width == 32) {
+        ((int32_t *)ix->slots)[2 * slot] = (int32_t)key;
+        ((int32_t *)ix->slots)[2 * slot + 1] = (int32_t)row;
+    } else {
+        ((int64_t *)ix->slots)[2 * slot] = key;
+        ((int64_t *)ix->slots)[2 * slot + 1] = row;
     }
+}
+
+/* A free slot of the bucket, or -1. */
+static inline int64_t free_slot(const Index *ix, uint64_t bucket) {
+    for (int j = 0; j < BUCKET; j++)
+        if (slot_key(ix, bucket * BUCKET + (uint64_t)j) < 0)
+            return (int64_t)(bucket * BUCKET + (uint64_t)j);
+    return -1;
+}
+
+/* Place n unique keys >= 0 (row i + 1 for keys[i]). First pass: every key into its first
+   bucket while it has room. Second: the rest into their second bucket, evicting a random
+   occupant to its other bucket when full (cuckoo), at most MAX_KICKS moves per key. 0 when a
+   key could not be placed: the caller retries with twice the buckets. */
+static int place(Index *ix, const void *keys, Py_ssize_t n) {
+    uint64_t slots = (uint64_t)BUCKET << ix->bits;
+    for (uint64_t slot = 0; slot < slots; slot++)
+        set_slot(ix, slot, -1, 0);
+    Py_ssize_t *later = malloc(sizeof(*later) * (size_t)(n ? n : 1));
+    if (!later)
+        return -1;
+    Py_ssize_t waiting = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t key = ix->width == 32 ? ((const int32_t *)keys)[i] : ((const int64_t *)keys)[i];
+        int64_t slot = free_slot(ix, bucket_of(ix, ix->width, 0, (uint64_t)key));
+        if (slot >= 0)
+            set_slot(ix, (uint64_t)slot, key, i + 1);
+        else
+            later[waiting++] = i;
+    }
+    uint64_t random = 0x9E3779B97F4A7C15u; /* xorshift64: deterministic builds */
+    int placed = 1;
+    for (Py_ssize_t w = 0; w < waiting && placed; w++) {
+        Py_ssize_t i = later[w];
+        int64_t key = ix->width == 32 ? ((const int32_t *)keys)[i] : ((const int64_t *)keys)[i];
+        int64_t row = i + 1;
+        uint64_t bucket = bucket_of(ix, ix->width, 1, (uint64_t)key);
+        placed = 0;
+        for (int kick = 0; kick < MAX_KICKS; kick++) {
+            int64_t slot = free_slot(ix, bucket);
+            if (slot >= 0) {
+                set_slot(ix, (uint64_t)slot, key, row);
+                placed = 1;
+                break;
+            }
+            random ^= random << 13, random ^= random >> 7, random ^= random << 17;
+            uint64_t victim = bucket * BUCKET + random % BUCKET;
+            int64_t victim_key = slot_key(ix, victim);
+            int64_t victim_row = ix->width == 32 ? ((int32_t *)ix->slots)[2 * victim + 1]
+                                                 : ((int64_t *)ix->slots)[2 * victim + 1];
+            set_slot(ix, victim, key, row);
+            key = victim_key, row = victim_row;
+            uint64_t first = bucket_of(ix, ix->width, 0, (uint64_t)key);
+            bucket = first == bucket ? bucket_of(ix, ix->width, 1, (uint64_t)key) : first;
+        }
+    }
+    free(later);
+    return placed;
 }
 
 /* One table's bags: out[s * stride + d] += sum over rows of bag s of (A[row] @ b_t)[d]. Cloned
@@ -93,8 +201,6 @@ static void add_table(const int32_t *rows, Py_ssize_t nnz, const int64_t *starts
         Py_ssize_t end = s + 1 < batch ? starts[s + 1] : nnz;
         int any = 0;
         for (Py_ssize_t i = starts[s]; i < end; i++) {
-            if (i + PREFETCH / 2 < nnz)
-                __builtin_prefetch(a + (size_t)rows[i + PREFETCH / 2] * rank);
             if (!rows[i])
                 continue;
             const float *restrict a_row = a + (size_t)rows[i] * rank;
@@ -138,10 +244,10 @@ static void add_table(const int32_t *rows, Py_ssize_t nnz, const int64_t *starts
 }
 
 static int parse_index(PyObject *spec, Index *ix) {
-    /* (slots pointer, bits, width, (m0, m1, m2)) */
+    /* (slots pointer, bits, width, (m0, m1)) */
     PyObject *slots;
-    long long m0, m1, m2;
-    if (!PyArg_ParseTuple(spec, "Oii(LLL)", &slots, &ix->bits, &ix->width, &m0, &m1, &m2))
+    long long m0, m1;
+    if (!PyArg_ParseTuple(spec, "Oii(LL)", &slots, &ix->bits, &ix->width, &m0, &m1))
         return -1;
     ix->slots = PyLong_AsVoidPtr(slots);
     if (PyErr_Occurred())
@@ -152,8 +258,33 @@ static int parse_index(PyObject *spec, Index *ix) {
     }
     ix->mult[0] = (uint64_t)m0;
     ix->mult[1] = (uint64_t)m1;
-    ix->mult[2] = (uint64_t)m2;
     return 0;
+}
+
+PyDoc_STRVAR(build_doc,
+             "build(index, keys_ptr, n) -> bool\n\n"
+             "Fill the index's slots with keys[i] -> i + 1 for n unique keys >= 0 of the index's\n"
+             "width; False when they do not fit (the caller retries with twice the buckets).");
+
+static PyObject *build(PyObject *self, PyObject *args) {
+    PyObject *spec, *keys_obj;
+    Py_ssize_t n;
+    Index ix;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!On", &PyTuple_Type, &spec, &keys_obj, &n))
+        return NULL;
+    if (parse_index(spec, &ix) < 0)
+        return NULL;
+    const void *keys = PyLong_AsVoidPtr(keys_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    int placed;
+    Py_BEGIN_ALLOW_THREADS;
+    placed = place(&ix, keys, n);
+    Py_END_ALLOW_THREADS;
+    if (placed < 0)
+        return PyErr_NoMemory();
+    return PyBool_FromLong(placed);
 }
 
 PyDoc_STRVAR(lookup_doc,
@@ -164,6 +295,7 @@ static PyObject *lookup(PyObject *self, PyObject *args) {
     PyObject *spec, *queries_obj, *out_obj;
     Py_ssize_t n;
     Index ix;
+    (void)self;
     if (!PyArg_ParseTuple(args, "O!OnO", &PyTuple_Type, &spec, &queries_obj, &n, &out_obj))
         return NULL;
     if (parse_index(spec, &ix) < 0)
@@ -172,9 +304,13 @@ static PyObject *lookup(PyObject *self, PyObject *args) {
     int32_t *out = PyLong_AsVoidPtr(out_obj);
     if (PyErr_Occurred())
         return NULL;
+    Py_ssize_t *pending = malloc(sizeof(*pending) * (size_t)(n ? n : 1));
+    if (!pending)
+        return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS;
-    resolve(&ix, queries, n, 0, out);
+    resolve(&ix, queries, n, 0, out, pending, NULL, 0);
     Py_END_ALLOW_THREADS;
+    free(pending);
     Py_RETURN_NONE;
 }
 
@@ -182,14 +318,22 @@ PyDoc_STRVAR(add_bags_doc,
              "add_bags(index, a_ptr, rank, b_ptr, pooled_ptr, batch, num_features, dim, bags)\n\n"
              "For each (values_ptr, nnz, offsets_ptr, feature, key_offset) in bags (a tuple, table t\n"
              "of the group at position t): pooled[b, feature] += (sum of A[rows of bag b]) @ B[t],\n"
-             "A (1 + n, rank) float32 with a zero row 0, B (T, rank, dim) float32, pooled (batch,\n"
+             "A (1 + n, rank) float32 (row 0 unused), B (T, rank, dim) float32, pooled (batch,\n"
              "num_features, dim) float32, all contiguous; offsets (batch,) int64 bag starts.");
+
+typedef struct {
+    const int64_t *values, *offsets;
+    Py_ssize_t nnz;
+    int feature;
+    int64_t shift;
+} Table;
 
 static PyObject *add_bags(PyObject *self, PyObject *args) {
     PyObject *spec, *a_obj, *b_obj, *pooled_obj, *bags;
     int rank, num_features, dim;
     Py_ssize_t batch;
     Index ix;
+    (void)self;
     if (!PyArg_ParseTuple(args, "O!OiOOniiO!", &PyTuple_Type, &spec, &a_obj, &rank, &b_obj,
                           &pooled_obj, &batch, &num_features, &dim, &PyTuple_Type, &bags))
         return NULL;
@@ -205,76 +349,70 @@ static PyObject *add_bags(PyObject *self, PyObject *args) {
     if (PyErr_Occurred())
         return NULL;
 
-    Py_ssize_t tables = PyTuple_GET_SIZE(bags);
-    const int64_t **values = malloc(sizeof(*values) * (size_t)(tables ? tables : 1));
-    const int64_t **offsets = malloc(sizeof(*offsets) * (size_t)(tables ? tables : 1));
-    Py_ssize_t *nnz = malloc(sizeof(*nnz) * (size_t)(tables ? tables : 1));
-    int *feature = malloc(sizeof(*feature) * (size_t)(tables ? tables : 1));
-    int64_t *shift = malloc(sizeof(*shift) * (size_t)(tables ? tables : 1));
-    int32_t *rows = NULL;
-    if (!values || !offsets || !nnz || !feature || !shift)
-        goto no_memory;
-    Py_ssize_t most = 0;
-    for (Py_ssize_t t = 0; t < tables; t++) {
-        PyObject *bag = PyTuple_GET_ITEM(bags, t);
+    Py_ssize_t count = PyTuple_GET_SIZE(bags), most = 1;
+    Table *tables = malloc(sizeof(*tables) * (size_t)(count ? count : 1));
+    if (!tables)
+        return PyErr_NoMemory();
+    for (Py_ssize_t t = 0; t < count; t++) {
         PyObject *values_obj, *offsets_obj;
-        long long key_offset;
-        if (!PyArg_ParseTuple(bag, "OnOiL", &values_obj, &nnz[t], &offsets_obj, &feature[t],
-                              &key_offset))
+        long long shift;
+        Table *table = &tables[t];
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(bags, t), "OnOiL", &values_obj, &table->nnz,
+                              &offsets_obj, &table->feature, &shift))
             goto fail;
-        values[t] = PyLong_AsVoidPtr(values_obj);
-        offsets[t] = PyLong_AsVoidPtr(offsets_obj);
+        table->values = PyLong_AsVoidPtr(values_obj);
+        table->offsets = PyLong_AsVoidPtr(offsets_obj);
+        table->shift = shift;
         if (PyErr_Occurred())
             goto fail;
-        if (feature[t] < 0 || feature[t] >= num_features || nnz[t] < 0) {
+        if (table->feature < 0 || table->feature >= num_features || table->nnz < 0) {
             PyErr_SetString(PyExc_ValueError, "bags: feature out of range or negative nnz");
             goto fail;
         }
-        shift[t] = key_offset;
-        if (nnz[t] > most)
-            most = nnz[t];
+        if (table->nnz > most)
+            most = table->nnz;
     }
-    rows = malloc(sizeof(*rows) * (size_t)(most ? most : 1));
-    if (!rows)
-        goto no_memory;
+    int32_t *rows = malloc(sizeof(*rows) * (size_t)most);
+    Py_ssize_t *pending = malloc(sizeof(*pending) * (size_t)most);
+    if (!rows || !pending) {
+        free(rows);
+        free(pending);
+        PyErr_NoMemory();
+        goto fail;
+    }
 
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t t = 0; t < tables; t++) {
-        resolve(&ix, values[t], nnz[t], shift[t], rows);
-        add_table(rows, nnz[t], offsets[t], batch, a, rank, b + (size_t)t * rank * dim,
-                  pooled + feature[t] * dim, (size_t)num_features * dim, dim);
+    for (Py_ssize_t t = 0; t < count; t++) {
+        const Table *table = &tables[t];
+        resolve(&ix, table->values, table->nnz, table->shift, rows, pending, a, rank);
+        add_table(rows, table->nnz, table->offsets, batch, a, rank, b + (size_t)t * rank * dim,
+                  pooled + (size_t)table->feature * dim, (size_t)num_features * dim, dim);
     }
     Py_END_ALLOW_THREADS;
 
+    free(pending);
     free(rows);
-    free(shift);
-    free(feature);
-    free(nnz);
-    free(offsets);
-    free(values);
+    free(tables);
     Py_RETURN_NONE;
 
-no_memory:
-    PyErr_NoMemory();
 fail:
-    free(rows);
-    free(shift);
-    free(feature);
-    free(nnz);
-    free(offsets);
-    free(values);
+    free(tables);
     return NULL;
 }
 
 static PyMethodDef methods[] = {
+    {"build", build, METH_VARARGS, build_doc},
     {"lookup", lookup, METH_VARARGS, lookup_doc},
     {"add_bags", add_bags, METH_VARARGS, add_bags_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_serving_kernel",
-    "The serving path's fused low-rank correction (see _serving_kernel.c).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_serving_kernel",
+    .m_doc = "The serving path's cuckoo index and fused low-rank correction (_serving_kernel.c).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__serving_kernel(void) { return PyModule_Create(&module); }

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlrm_core.hash_index import CuckooIndex
+from dlrm_core.hash_index import BUCKET, CuckooIndex
 from dlrm_core.live_embedding import TableFactors, row_bytes
 from dlrm_core.model import DLRM
 from dlrm_core.serving import RankGroup, ServingDelta
@@ -112,8 +112,8 @@ class TableCapacity:
 # per slot: serving groups; per slot per group: _GROUP_FIELDS, features, key offsets.
 # float64 area after it: per slot: created_at; per slot per table: scale.
 _H_CURRENT = 0
-# per serving group: tables, index bits, rank, rows of A, key bytes, the index's 3 multipliers
-_GROUP_FIELDS = 8
+# per serving group: tables, index bits, rank, rows of A, key bytes, the index's 2 multipliers
+_GROUP_FIELDS = 7
 
 
 def _aligned(nbytes: int) -> int:
@@ -122,12 +122,13 @@ def _aligned(nbytes: int) -> int:
 
 def serving_capacity_bytes(capacities: Mapping[str, TableCapacity]) -> int:
     """Room for the serving layout of any version the capacities allow: A with one zero row per
-    group, B, and hash-index slots (< 2 x n / MAX_LOAD + 2 per group of n keys, twice that if a
-    build needed one more bit; 16 bytes for int64 keys). Sparse: unused room costs nothing."""
+    group, B, and hash-index slots (< 2 x n / MAX_LOAD + 2 buckets per group of n keys, twice
+    that if a build needed one more bit; 16 bytes for int64 keys). Sparse: unused room costs
+    nothing."""
     rows = sum(c.rows for c in capacities.values())
     a = sum(c.a_floats + c.rank for c in capacities.values())
     b = sum(c.rank * c.dim for c in capacities.values())
-    index_slots = 5 * rows + 4 * len(capacities)
+    index_slots = 5 * rows + 4 * BUCKET * len(capacities)
     return 16 * index_slots + 4 * (a + b) + 3 * 8 * len(capacities)
 
 
@@ -345,7 +346,7 @@ class SharedFactors:
             key_offsets = self._hi[offsets : offsets + n_tables].clone()
             copied = []
             for dtype, shape in (
-                (key_dtype, (1 << bits, 2)),
+                (key_dtype, (BUCKET << bits, 2)),
                 (torch.float32, (a_rows, rank)),
                 (torch.float32, (n_tables, rank, dim)),
             ):
@@ -355,7 +356,7 @@ class SharedFactors:
                 copied.append(arena[pos : pos + nbytes].view(dtype).clone().view(shape))
                 pos += _aligned(nbytes)
             slots, a, b = copied
-            multipliers = torch.tensor(fields[5:8], dtype=key_dtype).unsqueeze(1)
+            multipliers = torch.tensor(fields[5:7], dtype=key_dtype)
             groups.append(
                 RankGroup(
                     tuple(feature_positions),
