@@ -22,15 +22,17 @@ data pointers; nothing here allocates Python objects or trusts anything but thos
 #include <string.h>
 
 #define PREFETCH 16
-#define BUCKET 8 /* (key, row) pairs per bucket: one 64-byte line of int32 pairs */
+#define BUCKET 8 /* slots per bucket: 8 int32 keys and their rows fill one 64-byte line */
 #define MAX_KICKS 500
 #define MAX_RANK 1024
 #define LANES 8
 /* 8 floats: one AVX2 register (two SSE ones in the baseline clone); unaligned loads allowed */
 typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+/* 4 int32 keys or rows: a bucket's 8 int32 keys are compared in two vector ops */
+typedef int32_t quads __attribute__((vector_size(16), aligned(4), may_alias));
 
 typedef struct {
-    void *slots; /* (BUCKET << bits, 2) int32 or int64: (key, 1 + row), (-1, 0) when empty */
+    void *slots; /* (2**bits, 2, BUCKET) int32 or int64: keys, then 1 + rows; (-1, 0) if empty */
     int bits;    /* 2**bits buckets */
     int width;   /* 32 or 64: the keys' dtype */
     uint64_t mult[2];
@@ -66,14 +68,15 @@ INLINE int32_t find_in(const Index *ix, int width, int choice, int64_t key) {
     uint64_t first = bucket_of(ix, width, choice, (uint64_t)key) * BUCKET;
     int32_t row = 0;
     if (width == 32) {
-        const int32_t *s = (const int32_t *)ix->slots + 2 * first;
-        for (int j = 0; j < BUCKET; j++)
-            row |= s[2 * j + 1] & -(int32_t)(s[2 * j] == (int32_t)key);
-        return row;
+        const quads *keys = (const quads *)((const int32_t *)ix->slots + 2 * first);
+        const quads *rows = keys + BUCKET / 4;
+        quads want = (quads){0, 0, 0, 0} + (int32_t)key;
+        quads hit = ((keys[0] == want) & rows[0]) | ((keys[1] == want) & rows[1]);
+        return hit[0] | hit[1] | hit[2] | hit[3];
     }
-    const int64_t *s = (const int64_t *)ix->slots + 2 * first;
+    const int64_t *keys = (const int64_t *)ix->slots + 2 * first, *rows = keys + BUCKET;
     for (int j = 0; j < BUCKET; j++)
-        row |= (int32_t)s[2 * j + 1] & -(int32_t)(s[2 * j] == key);
+        row |= (int32_t)rows[j] & -(int32_t)(keys[j] == key);
     return row;
 }
 
@@ -115,17 +118,28 @@ static void resolve(const Index *ix, const int64_t *ids, Py_ssize_t n, int64_t s
         resolve_width(ix, 64, ids, n, shift, rows, pending, a, rank);
 }
 
+/* Where slot number `slot` (bucket * BUCKET + j) keeps its key: a bucket holds its BUCKET keys,
+   then their BUCKET rows, so a lookup compares keys that sit side by side. */
+static inline uint64_t key_at(uint64_t slot) { return slot + (slot & ~(uint64_t)(BUCKET - 1)); }
+
 static inline int64_t slot_key(const Index *ix, uint64_t slot) {
-    return ix->width == 32 ? ((int32_t *)ix->slots)[2 * slot] : ((int64_t *)ix->slots)[2 * slot];
+    uint64_t at = key_at(slot);
+    return ix->width == 32 ? ((int32_t *)ix->slots)[at] : ((int64_t *)ix->slots)[at];
+}
+
+static inline int64_t slot_row(const Index *ix, uint64_t slot) {
+    uint64_t at = key_at(slot) + BUCKET;
+    return ix->width == 32 ? ((int32_t *)ix->slots)[at] : ((int64_t *)ix->slots)[at];
 }
 
 static inline void set_slot(Index *ix, uint64_t slot, int64_t key, int64_t row) {
+    uint64_t at = key_at(slot);
     if (ix->width == 32) {
-        ((int32_t *)ix->slots)[2 * slot] = (int32_t)key;
-        ((int32_t *)ix->slots)[2 * slot + 1] = (int32_t)row;
+        ((int32_t *)ix->slots)[at] = (int32_t)key;
+        ((int32_t *)ix->slots)[at + BUCKET] = (int32_t)row;
     } else {
-        ((int64_t *)ix->slots)[2 * slot] = key;
-        ((int64_t *)ix->slots)[2 * slot + 1] = row;
+        ((int64_t *)ix->slots)[at] = key;
+        ((int64_t *)ix->slots)[at + BUCKET] = row;
     }
 }
 
@@ -175,8 +189,7 @@ static int place(Index *ix, const void *keys, Py_ssize_t n) {
             random ^= random << 13, random ^= random >> 7, random ^= random << 17;
             uint64_t victim = bucket * BUCKET + random % BUCKET;
             int64_t victim_key = slot_key(ix, victim);
-            int64_t victim_row = ix->width == 32 ? ((int32_t *)ix->slots)[2 * victim + 1]
-                                                 : ((int64_t *)ix->slots)[2 * victim + 1];
+            int64_t victim_row = slot_row(ix, victim);
             set_slot(ix, victim, key, row);
             key = victim_key, row = victim_row;
             uint64_t first = bucket_of(ix, ix->width, 0, (uint64_t)key);

@@ -1,11 +1,12 @@
 """An exact hash index from non-negative integer keys to their row numbers, for the serving path.
 
-Bucketed cuckoo hashing: 2**bits buckets of BUCKET (key, 1 + row) slots, one 64-byte cache line
-for int32 keys; every key sits in one of its two buckets. The build fills first buckets while
-they have room, so at load MAX_LOAD ~95% of keys sit in their first bucket: a lookup of an
-indexed key is one random cache line, of a key that is not indexed two. The three-choice table of
-single slots it replaces loaded three lines for every id, and a binary search over the sorted
-keys before that ~21 dependent ones. Build and lookups run in the serving kernel
+Bucketed cuckoo hashing: 2**bits buckets of BUCKET slots, each bucket its BUCKET keys then their
+(1 + row)s, one 64-byte cache line for int32 keys; every key sits in one of its two buckets. The
+build fills first buckets while they have room, so at load MAX_LOAD ~95% of keys sit in their
+first bucket: a lookup of an indexed key is one random cache line, of a key that is not indexed
+two, and the bucket's keys are compared in two vector ops. The three-choice table of single
+slots it replaces loaded three lines for every id, and a binary search over the sorted keys
+before that ~21 dependent ones. Build and lookups run in the serving kernel
 (dlrm_core/_serving_kernel.c); lookups prefetch the buckets of ids ahead, first buckets for all
 ids, then second buckets for the ids not found.
 
@@ -14,7 +15,7 @@ int32 keys), the least power of two that keeps the load <= MAX_LOAD, so 9.4 to 1
 Hashes are multiplicative (Knuth): bucket c of a key is the top ``bits`` of ``key * m_c`` modulo
 2**32 (int32 keys) or 2**64 (int64 keys).
 
-Shapes: n keys, M = BUCKET * 2**bits slots, q queries.
+Shapes: n keys, 2**bits buckets of BUCKET slots, q queries.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlrm_core import _serving_kernel
+from dlrm_core import _serving_kernel, hugepages
 
 BUCKET = 8  # slots per bucket, as _serving_kernel.c has it
 MAX_LOAD = 0.85  # two choices of 8-slot buckets stay placeable up to ~0.98
@@ -37,7 +38,9 @@ _MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 class CuckooIndex:
     bits: int  # 2**bits buckets
     multipliers: torch.Tensor  # (2,) odd constants, the keys' dtype
-    slots: torch.Tensor  # (M, 2) the keys' dtype: (key, 1 + its row), (-1, 0) when empty
+    # (2**bits, 2, BUCKET) the keys' dtype: each bucket's keys, then 1 + their rows; (-1, 0) in
+    # empty slots
+    slots: torch.Tensor
 
     @staticmethod
     def build(keys: torch.Tensor) -> CuckooIndex:
@@ -56,7 +59,7 @@ class CuckooIndex:
         )
         bits = max(1, math.ceil(math.log2(max(n, 1) / (BUCKET * MAX_LOAD))))
         while bits < width:
-            slots = torch.empty((BUCKET << bits, 2), dtype=keys.dtype)
+            slots = hugepages.empty((1 << bits, 2, BUCKET), keys.dtype)
             index = CuckooIndex(bits, multipliers, slots)
             if _serving_kernel.build(index.kernel_spec, keys.data_ptr(), n):
                 return index
@@ -70,9 +73,9 @@ class CuckooIndex:
             raise TypeError(f"slots and multipliers must be int32 or int64 alike, got {dtype}")
         if not 1 <= self.bits < dtype.itemsize * 8:
             raise ValueError(f"bits must be in [1, {dtype.itemsize * 8}), got {self.bits}")
-        if self.slots.shape != (BUCKET << self.bits, 2) or not self.slots.is_contiguous():
+        if self.slots.shape != (1 << self.bits, 2, BUCKET) or not self.slots.is_contiguous():
             raise ValueError(
-                f"slots must be contiguous (BUCKET * 2**bits, 2), got {list(self.slots.shape)}"
+                f"slots must be contiguous (2**bits, 2, BUCKET), got {list(self.slots.shape)}"
             )
         if self.multipliers.shape != (2,):
             raise ValueError("two multipliers, one per bucket choice")

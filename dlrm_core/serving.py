@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dlrm_core import _serving_kernel
+from dlrm_core import _serving_kernel, hugepages
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import FactorVersion
 from dlrm_core.hash_index import CuckooIndex
@@ -140,7 +140,10 @@ class ServingDelta:
                     tuple(feats),
                     key_offsets,
                     CuckooIndex.build(keys),
-                    torch.cat([facts[0].a.new_zeros(1, facts[0].rank)] + [f.a for f in facts]),
+                    torch.cat(
+                        [facts[0].a.new_zeros(1, facts[0].rank)] + [f.a for f in facts],
+                        out=hugepages.empty((1 + len(keys), facts[0].rank), torch.float32),
+                    ),
                     torch.stack([f.b * f.scale for f in facts]),
                 )
             )

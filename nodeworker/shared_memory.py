@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlrm_core import hugepages
 from dlrm_core.hash_index import BUCKET, CuckooIndex
 from dlrm_core.live_embedding import TableFactors, row_bytes
 from dlrm_core.model import DLRM
@@ -346,14 +347,18 @@ class SharedFactors:
             key_offsets = self._hi[offsets : offsets + n_tables].clone()
             copied = []
             for dtype, shape in (
-                (key_dtype, (BUCKET << bits, 2)),
+                (key_dtype, (1 << bits, 2, BUCKET)),
                 (torch.float32, (a_rows, rank)),
                 (torch.float32, (n_tables, rank, dim)),
             ):
                 nbytes = math.prod(shape) * dtype.itemsize
                 if pos + nbytes > self.serving_bytes:
                     raise ValueError("a serving group past the slot's end")
-                copied.append(arena[pos : pos + nbytes].view(dtype).clone().view(shape))
+                copied.append(
+                    hugepages.empty(shape, dtype).copy_(
+                        arena[pos : pos + nbytes].view(dtype).view(shape)
+                    )
+                )
                 pos += _aligned(nbytes)
             slots, a, b = copied
             multipliers = torch.tensor(fields[5:7], dtype=key_dtype)
