@@ -63,3 +63,37 @@ def test_inconsistent_batches_are_refused():
             batch.timestamps,
             batch.request_ids,
         )
+
+
+def with_offsets(batch: SparseBatch, offsets: tuple[torch.Tensor, ...]) -> SparseBatch:
+    return SparseBatch(
+        batch.keys,
+        batch.values,
+        offsets,
+        batch.dense,
+        batch.labels,
+        batch.timestamps,
+        batch.request_ids,
+    )
+
+
+def test_each_bad_offsets_names_its_feature():
+    batch = make_batch()  # genre offsets [0, 2, 2] over 3 values
+    user = batch.offsets[0]
+    for bad, problem in (
+        (torch.tensor([1, 2, 2]), "must start at 0 and never decrease"),
+        (torch.tensor([0, 2, 1]), "must start at 0 and never decrease"),
+        (torch.tensor([0, 2, 4]), "point past its values"),
+    ):
+        with pytest.raises(ValueError, match=f"offsets of 'genre' {problem}"):
+            with_offsets(batch, (user, bad))
+    assert with_offsets(batch, (user, torch.tensor([0, 3, 3]))).lengths(1).tolist() == [3, 0, 0]
+
+
+def test_from_ids_with_no_rows_or_no_features():
+    empty = SparseBatch.from_ids(["a", "b"], [[], []], torch.zeros(0, 1), torch.zeros(0))
+    assert empty.batch_size == 0 and [v.numel() for v in empty.values] == [0, 0]
+    none = SparseBatch.from_ids([], [], torch.zeros(2, 1), torch.zeros(2))
+    assert none.batch_size == 2 and none.values == ()
+    bags = SparseBatch.from_ids(["a"], [[[], [], [7, 8]]], torch.zeros(3, 0), torch.zeros(3))
+    assert bags.values[0].tolist() == [7, 8] and bags.offsets[0].tolist() == [0, 0, 0]
