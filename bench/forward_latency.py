@@ -5,7 +5,8 @@ top 512-256-1). Every table has 5% of its rows active at rank 8 with random fact
 variants share the same base tables. Variants:
   plain   the DLRM alone;
   served  plain DLRM + ServingDelta built from the LiveEmbeddings' factors (the inference path:
-          a cuckoo hash index finds the active rows, one EmbeddingBag and one bmm per rank);
+          one call per rank into the serving kernel, whose bucketed cuckoo index finds the
+          active rows, then each bag's sum of A rows @ B is added in place);
   live    every table wrapped in a LiveEmbedding module (the trainer's path, per-table ops).
 Ids: 80% drawn from the active rows (the popular ones), 20% uniform. Inference mode, one thread
 (an inference core). Time is the thread's CPU time (time.thread_time), which a busy shared
