@@ -17,3 +17,6 @@ def add_bags(
     dim: int,
     bags: tuple[Bag, ...],
 ) -> None: ...
+def pool_bags(
+    tables: tuple[tuple[int, int, int, int, int], ...], batch: int, dim: int, pooled: int
+) -> int: ...

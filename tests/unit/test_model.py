@@ -137,3 +137,43 @@ def _replace_dense(batch: SparseBatch) -> tuple:
     fields = list(_fields(batch))
     fields[3] = torch.zeros(3, 5)
     return tuple(fields)
+
+
+def multi_hot_batch(gen: torch.Generator, sizes, n: int) -> SparseBatch:
+    """Bags of 0-40 ids (past the kernel's prefetch distance), some empty."""
+    ids = [
+        [[int(i) for i in torch.randint(0, rows, (int(k),), generator=gen)] for k in lengths]
+        for rows, lengths in zip(
+            sizes, torch.randint(0, 40, (len(sizes), n), generator=gen), strict=True
+        )
+    ]
+    return SparseBatch.from_ids(
+        [f"f{i}" for i in range(len(sizes))], ids, torch.randn(n, 3), torch.zeros(n)
+    )
+
+
+def test_inference_pools_with_the_kernel_exactly_as_the_embedding_bags_do():
+    torch.manual_seed(0)
+    sizes = (50, 7, 300)
+    model = DLRM(DLRMConfig(tuple(f"f{i}" for i in range(3)), sizes, 3, 5, (4, 5), (6, 1)))
+    batch = multi_hot_batch(torch.Generator().manual_seed(1), sizes, 33)
+    tables = model.sparse_arch.tables
+    expected = torch.stack(
+        [t(v, o) for t, v, o in zip(tables, batch.values, batch.offsets, strict=True)], 1
+    )
+    with torch.no_grad():
+        pooled = model.sparse_arch(batch)  # the kernel's path
+        torch.testing.assert_close(pooled, expected.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(model(batch), DLRM.logits(model, batch, expected.detach()))
+    assert model.sparse_arch(batch).requires_grad  # with gradients: torch's EmbeddingBags
+
+
+def test_inference_refuses_ids_outside_a_table_naming_it():
+    model = DLRM(DLRMConfig(("a", "b"), (10, 4), 1, 2, (2,), (2, 1)))
+    batch = SparseBatch.from_ids(
+        ("a", "b"), [[[9], [0]], [[3], [4]]], torch.zeros(2, 1), torch.zeros(2)
+    )
+    with torch.no_grad(), pytest.raises(IndexError, match=r"ids of 'b' must be in \[0, 4\)"):
+        model(batch)
+    with pytest.raises(RuntimeError, match="index"):  # torch's own check, training path
+        model(batch)
