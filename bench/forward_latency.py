@@ -3,7 +3,8 @@
 Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, D=16, bottom 13-512-256-64-16,
 top 512-256-1). Every table has 5% of its rows active at rank 8 with random factors; all
 variants share the same base tables. Variants:
-  plain   the DLRM alone;
+  plain   the DLRM alone (in inference its base lookups are one serving-kernel call, as on a
+          node; torch's EmbeddingBag ops are the training path);
   served  plain DLRM + ServingDelta built from the LiveEmbeddings' factors (the inference path:
           one call per rank into the serving kernel, whose bucketed cuckoo index finds the
           active rows, then each bag's sum of A rows @ B is added in place);
