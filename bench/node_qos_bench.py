@@ -130,7 +130,7 @@ def run_variant(args: argparse.Namespace) -> dict:
             time.sleep(1.0)  # the last version published before the pause gets installed
         runtime.metrics.all_latencies.clear()
         runtime.metrics.all_service_ms.clear()
-        base_counts = runtime.cache.counts.as_dict()
+        base_counts = runtime.feed_counts()
         base_trained = runtime.metrics.trained_samples
         started = time.time()
         waited = run_queue_wait_s()
@@ -150,7 +150,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         latencies = list(runtime.metrics.all_latencies)
         service = list(runtime.metrics.all_service_ms)
         stalls = runtime.metrics.stalls(since=started)
-        counts = runtime.cache.counts.as_dict()
+        counts = runtime.feed_counts()
         labelled = (counts["joined"] + counts["expired"]) - (
             base_counts["joined"] + base_counts["expired"]
         )

@@ -1,10 +1,12 @@
 """NodeRuntime: the long-lived inference-node process.
 
-This process serves (HTTP threads -> ``predict``) on the inference cores, keeps served requests
-in the sample cache until their labels join, and feeds joined rows to the trainer process, which
-runs on the trainer cores under the QoS duty cycle and publishes factor versions into shared
-memory, each with its serving layout built there. An installer thread copies the newest complete
-version (never a torn one) out off the request path and swaps it in between two batches.
+This process serves (HTTP threads -> ``predict``) on the inference cores and appends each served
+request and each feedback label once to shared-memory rings (nodeworker.feed). The trainer
+process, on the trainer cores, joins them in its sample cache, learns from the joined rows under
+the QoS duty cycle and publishes factor versions into shared memory, each with its serving
+layout built there; a node without a trainer joins them in a thread, for the quality metrics.
+An installer thread copies the newest complete version (never a torn one) out off the request
+path and swaps it in between two batches.
 Telemetry, the control channel and periodic factor snapshots run as threads here, on the
 inference cpus too: moved to the trainer's cpu, threads that share the GIL with inference passed
 it back and forth across cores and the bench's node fell behind its load (1,182-1,342 of 1,800
@@ -20,7 +22,6 @@ to the whole interval behind a Python-busy thread (the pump, label delivery) eac
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import logging
@@ -31,12 +32,11 @@ import shutil
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dlrm_core.batch import SparseBatch
@@ -46,10 +46,11 @@ from dlrm_core.rank import min_budget_bytes
 from dlrm_core.schema import StreamSchema
 from dlrm_core.serving import ServingDelta
 from nodeworker import placement, protocol
+from nodeworker.feed import Feed, FeedConfig, FeedRings, FeedWriter
 from nodeworker.qos import QosConfig, QosController
 from nodeworker.runtime_control import RuntimeControl, _event
 from nodeworker.runtime_metrics import RuntimeMetrics
-from nodeworker.sample_cache import Feedback, SampleCache, SampleCacheConfig
+from nodeworker.sample_cache import Feedback
 from nodeworker.shared_memory import (
     SharedFactors,
     TableCapacity,
@@ -59,16 +60,12 @@ from nodeworker.shared_memory import (
     write_base_tables,
 )
 from nodeworker.telemetry import CpuSampler, NodeSnapshot
-from nodeworker.trainer_proc import TrainerSetup, pack, rank_policy, trainer_main
+from nodeworker.trainer_proc import TrainerSetup, rank_policy, trainer_main
 
 log = logging.getLogger(__name__)
 
 CAPACITY_PCT = 10.0  # shared factor slots hold any budget a policy may set (sparse files)
-PUMP_PERIOD_S = 0.05  # joined rows wait at most this long for a trainer batch to fill
-# joined batches queued for the trainer at most: with 2, the pump capped the trainer at 2 x 256
-# rows per period (10k rows/s) however idle it was; 8 allows 40k rows/s, and the rest wait in the
-# backlog, where the oldest are dropped first
-TRAINER_QUEUE_BATCHES = 8
+FEED_PERIOD_S = 0.05  # how often a node without trainer joins, for the quality metrics
 INSTALL_POLL_S = 0.01  # how often the installer looks for a newer factor version
 GIL_SWITCH_INTERVAL_S = 0.0005
 
@@ -87,7 +84,8 @@ class RuntimeConfig:
     label_window_s: float = 30.0
     cache_max_pending: int = 200_000
     trainer_batch_rows: int = 256
-    trainer_backlog_batches: int = 64  # joined batches waiting for the trainer; oldest dropped
+    # joined batches waiting for the trainer, oldest dropped (with 8 more queued, this was 72)
+    trainer_backlog_batches: int = 72
     publish_interval_s: float = 0.2
     snapshot_interval_s: float = 60.0
     qos_period_s: float = 0.25
@@ -154,12 +152,11 @@ class NodeRuntime(RuntimeControl):
         self._patches: deque[dict] = deque()
         self._patch_cond = threading.Condition()
         self._infer_lock = threading.Lock()
-        self._ids = itertools.count()
+        self._next_id = 0  # request ids, handed out under the inference lock
         self._inflight = 0
         self._inflight_lock = threading.Lock()
-        self.cache = SampleCache(
-            SampleCacheConfig(config.label_window_s, config.cache_max_pending, 100_000)
-        )
+        self.rings = FeedRings.open(self.shm_dir, create=True)
+        self.feed = FeedWriter(self.rings, config.label_window_s, config.cache_max_pending)
         self.qos = QosController(
             QosConfig(
                 sla_p99_ms=float(clean["sla_p99_ms"]),
@@ -170,8 +167,10 @@ class NodeRuntime(RuntimeControl):
         self.metrics = RuntimeMetrics()
         self.cpu = CpuSampler()
         self._reported = (0, 0)  # (dropped, skipped) already in telemetry
-        self._scores: OrderedDict[int, float] = OrderedDict()
-        self._backlog: deque[dict] = deque()
+        # the join's counts: of the current trainer (its last report), and of the ones before
+        self._feed_now: dict[str, int] = {}
+        self._feed_before: dict[str, int] = {}
+        self._trainer_gen = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._replies: dict[int, Any] = {}
@@ -209,7 +208,7 @@ class NodeRuntime(RuntimeControl):
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         for target in (
-            self._pump,
+            self._join_loop,
             self._install_loop,
             self._read_trainer,
             self._read_patches,
@@ -227,8 +226,17 @@ class NodeRuntime(RuntimeControl):
         )
         return self
 
+    def _feed_config(self) -> FeedConfig:
+        return FeedConfig(
+            label_window_s=self.config.label_window_s,
+            max_pending=self.config.cache_max_pending,
+            batch_rows=self.config.trainer_batch_rows,
+            backlog_batches=self.config.trainer_backlog_batches,
+            train=self.config.trainer,
+        )
+
     def _start_trainer(self, restore_dir: Path | None) -> None:
-        self.data_q = self._ctx.Queue()
+        self._retire_feed()
         self.cmd_q = self._ctx.Queue()
         self.out_q = self._ctx.Queue()
         # a pipe, not a queue: send() has written the patch when the trainer writes the version
@@ -243,10 +251,11 @@ class NodeRuntime(RuntimeControl):
             start_version=self.shared.version,
             restore_dir=str(restore_dir) if restore_dir else None,
             publish_interval_s=self.config.publish_interval_s,
+            feed=self._feed_config(),
         )
         self.trainer_proc = self._ctx.Process(
             target=trainer_main,
-            args=(setup, self.data_q, self.cmd_q, self.out_q, patch_send, self.duty),
+            args=(setup, self.cmd_q, self.out_q, patch_send, self.duty),
             name=f"trainer-{self.config.name}",
             daemon=True,
         )
@@ -292,25 +301,17 @@ class NodeRuntime(RuntimeControl):
             with self._infer_lock:
                 locked_at = time.perf_counter()
                 n = len(batch)
-                ids = torch.tensor([next(self._ids) for _ in range(n)], dtype=torch.int64)
-                batch = dataclasses.replace(
-                    batch,
-                    request_ids=ids,
-                    timestamps=torch.full((n,), time.time(), dtype=torch.float64),
-                    labels=torch.zeros(n),
-                )
+                first = self._next_id
+                self._next_id += n
+                ids = torch.arange(first, first + n, dtype=torch.int64)
                 with torch.no_grad():
                     scores = torch.sigmoid(self.model(batch, delta=self.delta))
                 version = self.installed
-                self.cache.put(batch)  # in id order
+                self.feed.serve(batch, scores, first, time.time())  # in id order
                 service_ms = (time.perf_counter() - locked_at) * 1000.0
         finally:
             with self._inflight_lock:
                 self._inflight -= 1
-        with self._inflight_lock:
-            self._scores.update(zip(ids.tolist(), scores.tolist(), strict=True))
-            while len(self._scores) > self.config.cache_max_pending + 100_000:
-                self._scores.popitem(last=False)
         latency_ms = (time.perf_counter() - start) * 1000.0
         now = time.time()
         self.qos.observe(latency_ms, now)
@@ -318,7 +319,38 @@ class NodeRuntime(RuntimeControl):
         return scores, ids, version
 
     def feedback(self, request_id: int, label: float) -> Feedback:
-        return self.cache.feedback(request_id, label)
+        return self.feed.feedback(request_id, label)
+
+    def feed_counts(self) -> dict[str, int]:
+        """The sample cache's counts over every trainer this node ran (the join runs there),
+        the feedback answers given here, and the rows lost: dropped by a full ring, or waiting
+        in a trainer that stopped or died."""
+        counts = dict(self._feed_before)
+        for key, value in self._feed_now.items():
+            counts[key] = counts.get(key, 0) + value
+        return {**counts, **self.feed.counts()}
+
+    def _retire_feed(self) -> None:
+        """A new trainer starts a new join: the old one's counts are kept, and the rows it held
+        (waiting for labels, joined, in its backlog) are counted as lost."""
+        self._trainer_gen += 1
+        now = self._feed_now
+        lost = now.pop("pending", 0) + now.pop("ready", 0) + now.pop("backlog_rows", 0)
+        now.pop("batches", None)
+        now["lost"] = now.get("lost", 0) + lost
+        for key, value in now.items():
+            self._feed_before[key] = self._feed_before.get(key, 0) + value
+        self._feed_now = {}
+
+    def _feed_report(self, report: dict[str, Any]) -> None:
+        self._feed_now = {
+            **report["counts"],
+            **report["sizes"],
+            "dropped_backlog": report["dropped_backlog"],
+            "to_trainer": report["to_trainer"],
+        }
+        labels, scores = report["quality"]
+        self.metrics.joined(labels, scores, time.time())
 
     @property
     def schema(self) -> StreamSchema:
@@ -361,8 +393,17 @@ class NodeRuntime(RuntimeControl):
             total_over += over
             total_base += base_b
         events = [self.events.popleft() for _ in range(len(self.events))]
-        counts = self.cache.counts
-        dropped = counts.dropped_pending + counts.dropped_ready + self.metrics.dropped
+        counts = self.feed_counts()
+        dropped = sum(
+            counts.get(key, 0)
+            for key in (
+                "dropped_pending",
+                "dropped_ready",
+                "dropped_backlog",
+                "ring_dropped_rows",
+                "lost",
+            )
+        )
         skipped = self.metrics.skipped
         last_dropped, last_skipped = self._reported
         self._reported = (dropped, skipped)
@@ -423,32 +464,15 @@ class NodeRuntime(RuntimeControl):
 
     # --- threads -----------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Joined rows -> metrics and the trainer backlog (bounded, oldest dropped). Rows are
-        gathered for up to PUMP_PERIOD_S so the trainer gets batches, not single rows."""
-        while not self._stop.wait(PUMP_PERIOD_S):
-            while True:
-                rows = self.cache.take(self.config.trainer_batch_rows)
-                if rows is None:
-                    break
-                ids = rows.batch.request_ids.tolist()
-                with self._inflight_lock:
-                    scores = [self._scores.pop(i, float("nan")) for i in ids]
-                self.metrics.joined(rows.batch.labels.numpy(), np.array(scores), time.time())
-                if self.trainer_proc is not None:
-                    self._backlog.append(pack(rows.batch, rows.label_times))
-                    while len(self._backlog) > self.config.trainer_backlog_batches:
-                        self.metrics.dropped += len(self._backlog.popleft()["labels"])
-                if len(ids) < self.config.trainer_batch_rows:
-                    break
-            while (
-                self._backlog
-                and self.trainer_proc is not None
-                and self.data_q.qsize() < TRAINER_QUEUE_BATCHES
-            ):
-                batch = self._backlog.popleft()
-                self.metrics.to_trainer += len(batch["labels"])
-                self.data_q.put(batch)
+    def _join_loop(self) -> None:
+        """A node without trainer joins here, for the quality metrics (with a trainer, the
+        trainer process joins)."""
+        if self.config.trainer:
+            return
+        feed = Feed(self.rings, self.schema_keys, self.model.config.n_dense, self._feed_config())
+        while not self._stop.wait(FEED_PERIOD_S):
+            feed.poll()
+            self._feed_report(feed.report())
 
     def _install_loop(self) -> None:
         while not self._stop.wait(INSTALL_POLL_S):
@@ -459,6 +483,7 @@ class NodeRuntime(RuntimeControl):
             if self.trainer_proc is None:
                 time.sleep(0.1)
                 continue
+            gen = self._trainer_gen
             try:
                 kind, payload = self.out_q.get(timeout=0.2)
             except (queue.Empty, OSError, EOFError):
@@ -469,6 +494,8 @@ class NodeRuntime(RuntimeControl):
                 self.trainer_stats = payload
                 self.events.extend(payload["events"])
                 self.metrics.trained(payload, time.time())
+                if gen == self._trainer_gen:  # not a late report of a replaced trainer
+                    self._feed_report(payload["feed"])
             elif kind == "reply":
                 cmd_id, ok, result = payload
                 with self._reply_cond:
@@ -532,6 +559,7 @@ class NodeRuntime(RuntimeControl):
         self._stop_trainer()
         for thread in self._threads:
             thread.join(timeout=2)
+        self.rings.close()
         shutil.rmtree(self.shm_dir, ignore_errors=True)
         gc.callbacks.remove(self.metrics.gc_callback)
         gc.unfreeze()
@@ -550,12 +578,6 @@ class NodeRuntime(RuntimeControl):
         if proc.is_alive():
             proc.kill()
             proc.join()
-        self._abandon_data_queue()
-
-    def _abandon_data_queue(self) -> None:
-        """Joined batches the gone trainer never read stay in the queue's pipe; without this,
-        the queue's feeder thread blocks on the full pipe and the process hangs at exit."""
-        self.data_q.cancel_join_thread()
 
 
 def _remove_stale_segments(root: Path, name: str) -> None:

@@ -145,7 +145,6 @@ class RuntimeControl:
             return False
         log.error("trainer process exited (%s); restarting from the latest snapshot", proc.exitcode)
         self.trainer_proc = None
-        self._abandon_data_queue()
         restore = self._restorable_snapshot()
         with self._infer_lock:
             write_base_tables(load_model(self.checkpoint), self.shm_dir)
@@ -263,5 +262,5 @@ class RuntimeControl:
             "policy": self.policy,
             "placement": self.plan.as_dict(),
             "partitions": self._partition_report(),
-            "cache": {**self.cache.counts.as_dict(), **self.cache.sizes()},
+            "cache": self.feed_counts(),
         }

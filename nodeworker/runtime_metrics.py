@@ -7,7 +7,6 @@ and factor-version installs (the inference lock is held while a version is swapp
 from __future__ import annotations
 
 import bisect
-import math
 import threading
 import time
 from collections import deque
@@ -30,15 +29,17 @@ class RuntimeMetrics:
         self.installs: deque[tuple[float, float, float]] = deque(maxlen=100_000)
         self._gc_started = 0.0
         self.quality_window_s = quality_window_s
-        self._quality: deque[tuple[float, float, float]] = deque(maxlen=max_rows)
+        self.max_rows = max_rows
+        # (time, labels, scores) as the join reports them, a few times a second: one append
+        # each, not one per row, on the inference process
+        self._quality: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+        self._quality_rows = 0
         self._installs: list[tuple[int, float]] = []  # (version, time), ascending
         self._fresh_pending: list[tuple[int, list[float]]] = []
         self._lags: deque[tuple[float, float]] = deque(maxlen=100_000)  # (time, lag s)
         self._samples = (0.0, 0)  # (time, trainer samples) of the last stats
         self.trainer_rate = 0.0
         self.skipped = 0
-        self.dropped = 0  # joined rows dropped before the trainer took them
-        self.to_trainer = 0  # joined rows handed to the trainer
         self.trained_samples = 0
         self._lock = threading.Lock()
 
@@ -56,10 +57,14 @@ class RuntimeMetrics:
             self.gc_pauses.append((time.time(), pause, info["generation"]))
 
     def joined(self, labels: np.ndarray, scores: np.ndarray, now: float) -> None:
+        keep = np.isfinite(scores)
+        if not keep.any():
+            return
         with self._lock:
-            for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
-                if math.isfinite(score):
-                    self._quality.append((now, label, score))
+            self._quality.append((now, labels[keep], scores[keep]))
+            self._quality_rows += int(keep.sum())
+            while self._quality_rows - len(self._quality[0][1]) >= self.max_rows:
+                self._quality_rows -= len(self._quality.popleft()[1])
 
     def installed(self, version: int, now: float, copy_s: float, locked_s: float) -> None:
         self.installs.append((now, copy_s, locked_s))
@@ -116,9 +121,10 @@ class RuntimeMetrics:
         p50, p95, p99 = self.latency.quantiles(now, (0.5, 0.95, 0.99))
         with self._lock:
             cutoff = now - self.quality_window_s
-            rows = [(y, p) for t, y, p in self._quality if t >= cutoff]
-        labels = np.array([y for y, _ in rows])
-        scores = np.array([p for _, p in rows])
+            chunks = [(y, p) for t, y, p in self._quality if t >= cutoff]
+        labels = np.concatenate([y for y, _ in chunks]) if chunks else np.zeros(0)
+        scores = np.concatenate([p for _, p in chunks]) if chunks else np.zeros(0)
+        rows = len(labels) > 0
         both_classes = rows and 0 < labels.sum() < len(labels)
         recent = self.lags(now - 5.0)
         return {

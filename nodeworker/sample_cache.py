@@ -91,8 +91,29 @@ class SampleCache:
 
     def put(self, batch: SparseBatch, now: float | None = None) -> None:
         """Keep a served batch; its request ids must be new and larger than any seen before."""
+        self.put_arrays(
+            batch.keys,
+            tuple(v.numpy().copy() for v in batch.values),
+            tuple(o.numpy() for o in batch.offsets),
+            batch.dense.numpy().copy(),
+            batch.timestamps.tolist(),
+            batch.request_ids.tolist(),
+            now,
+        )
+
+    def put_arrays(
+        self,
+        keys: tuple[str, ...],
+        values: tuple[np.ndarray, ...],
+        offsets: tuple[np.ndarray, ...],
+        dense: np.ndarray,
+        timestamps: list[float],
+        ids: list[int],
+        now: float | None = None,
+    ) -> None:
+        """``put`` of a batch as numpy arrays, kept as they are (the caller's must not change):
+        what the feed reads from its ring, without building a SparseBatch per request."""
         now = self.clock() if now is None else now
-        ids = batch.request_ids.tolist()
         with self._lock:
             if ids and (min(ids) <= self._max_id or len(set(ids)) != len(ids)):
                 raise ValueError("request ids must be unique and increase across batches")
@@ -101,15 +122,12 @@ class SampleCache:
             key = self._next_key
             self._next_key += 1
             self._batches[key] = (
-                batch.keys,
-                tuple(v.numpy().copy() for v in batch.values),
+                keys,
+                values,
                 # bag bounds as tuples: gathering a row's bag is two index lookups
-                tuple(
-                    (*o.tolist(), int(v.shape[0]))
-                    for v, o in zip(batch.values, batch.offsets, strict=True)
-                ),
-                batch.dense.numpy().copy(),
-                tuple(batch.timestamps.tolist()),
+                tuple((*o.tolist(), int(v.shape[0])) for v, o in zip(values, offsets, strict=True)),
+                dense,
+                tuple(timestamps),
                 tuple(ids),
             )
             self._refs[key] = len(ids)

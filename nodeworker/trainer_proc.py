@@ -1,5 +1,9 @@
-"""The trainer process: LoRA steps on joined samples, on its own cores, at the duty cycle the
-QoS controller allows; publishes factor versions into shared memory.
+"""The trainer process: joins served requests with their labels (nodeworker.feed: it reads what
+inference appended to the shared-memory rings), takes LoRA steps on the joined samples, on its
+own cores, at the duty cycle the QoS controller allows, and publishes factor versions into
+shared memory. The join runs whatever the duty (paused too): it is bookkeeping that keeps the
+rings drained and the label window's timeouts on time, and only the steps are throttled; its
+cpu time is reported in the stats (feed_cpu_s).
 
 It maps the base tables copy-on-write, so its folds (pruned rows) stay private until inference
 installs the version that carries them: before writing version v it sends the rows folded since
@@ -21,45 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import load_model, read_container, write_container
 from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.rank import RankPolicy
 from dlrm_core.serving import ServingDelta
 from nodeworker import placement
+from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import SharedFactors, TableCapacity, map_base_tables
 
 log = logging.getLogger(__name__)
 
 PATCH_KIND = "base-patch"
-
-
-def pack(batch: SparseBatch, label_times: torch.Tensor) -> dict[str, Any]:
-    """A SparseBatch as numpy arrays (pickled by value: no shared-memory handle per tensor)."""
-    return {
-        "keys": batch.keys,
-        "values": [v.numpy() for v in batch.values],
-        "offsets": [o.numpy() for o in batch.offsets],
-        "dense": batch.dense.numpy(),
-        "labels": batch.labels.numpy(),
-        "timestamps": batch.timestamps.numpy(),
-        "request_ids": batch.request_ids.numpy(),
-        "label_times": label_times.numpy(),
-    }
-
-
-def unpack(packed: dict[str, Any]) -> tuple[SparseBatch, np.ndarray]:
-    batch = SparseBatch(
-        tuple(packed["keys"]),
-        tuple(torch.from_numpy(v) for v in packed["values"]),
-        tuple(torch.from_numpy(o) for o in packed["offsets"]),
-        torch.from_numpy(packed["dense"]),
-        torch.from_numpy(packed["labels"]),
-        torch.from_numpy(packed["timestamps"]),
-        torch.from_numpy(packed["request_ids"]),
-    )
-    return batch, packed["label_times"]
+FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
 
 
 def rank_policy(policy: dict[str, Any], dim: int) -> RankPolicy:
@@ -88,6 +66,7 @@ class TrainerSetup:
     lr_b: float = 1e-3
     adapt_every: int = 50
     stats_interval_s: float = 0.25
+    feed: FeedConfig = FeedConfig()
 
 
 def snapshot_factors(trainer, folded: dict[str, set[int]], directory: Path) -> dict[str, str]:
@@ -110,11 +89,11 @@ def read_patch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TrainerLoop:
-    def __init__(self, setup: TrainerSetup, data_q, cmd_q, out_q, patch_conn, duty) -> None:
+    def __init__(self, setup: TrainerSetup, cmd_q, out_q, patch_conn, duty) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
         self.setup = setup
-        self.data_q, self.cmd_q, self.out_q, self.patch_conn = data_q, cmd_q, out_q, patch_conn
+        self.cmd_q, self.out_q, self.patch_conn = cmd_q, out_q, patch_conn
         self.duty = duty
         model = load_model(setup.checkpoint)
         map_base_tables(model, Path(setup.shm_dir), shared=False)
@@ -134,6 +113,13 @@ class TrainerLoop:
         )
         self.trainer = LiveTrainer(model, config)
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
+        self.feed = Feed(
+            FeedRings.open(Path(setup.shm_dir), create=False),
+            model.config.feature_names,
+            model.config.n_dense,
+            setup.feed,
+        )
+        self.feed_cpu_s = 0.0
         self.version = setup.start_version
         self.patches_sent = 0
         self.folded: dict[str, set[int]] = {name: set() for name in self.trainer.lives}
@@ -208,7 +194,7 @@ class TrainerLoop:
 
     def run(self) -> None:
         self.last_publish = time.time()
-        last_stats = 0.0
+        last_stats = last_feed = 0.0
         while True:
             try:
                 cmd = self.cmd_q.get_nowait()
@@ -224,6 +210,11 @@ class TrainerLoop:
                     log.exception("trainer command %s failed", cmd["op"])
                     self.out_q.put(("reply", (cmd["id"], False, f"{type(exc).__name__}: {exc}")))
             now = time.time()
+            if now - last_feed >= FEED_PERIOD_S:
+                started = time.thread_time()
+                self.feed.poll(now)
+                self.feed_cpu_s += time.thread_time() - started
+                last_feed = now
             if now - last_stats >= self.setup.stats_interval_s:
                 self.send_stats()
                 last_stats = now
@@ -239,11 +230,11 @@ class TrainerLoop:
             if wait > 0:
                 time.sleep(min(wait, 0.02))
                 continue
-            try:
-                packed = self.data_q.get(timeout=0.02)
-            except queue.Empty:
+            joined = self.feed.next_batch()
+            if joined is None:
+                time.sleep(max(0.0, min(0.02, last_feed + FEED_PERIOD_S - time.time())))
                 continue
-            batch, label_times = unpack(packed)
+            batch, label_times = joined
             start = time.perf_counter()
             result = self.trainer.train_step(batch, time.time())
             self.gate.spend(time.perf_counter() - start)
@@ -281,18 +272,20 @@ class TrainerLoop:
                     "memory": memory,
                     "events": events,
                     "fresh": self.fresh,
+                    "feed": self.feed.report(),
+                    "feed_cpu_s": self.feed_cpu_s,
                 },
             )
         )
         self.fresh = []
 
 
-def trainer_main(setup: TrainerSetup, data_q, cmd_q, out_q, patch_conn, duty) -> None:
+def trainer_main(setup: TrainerSetup, cmd_q, out_q, patch_conn, duty) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
-    loop = TrainerLoop(setup, data_q, cmd_q, out_q, patch_conn, duty)
+    loop = TrainerLoop(setup, cmd_q, out_q, patch_conn, duty)
     out_q.put(("ready", loop.version))
     loop.run()

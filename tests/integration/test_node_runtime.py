@@ -101,8 +101,8 @@ def test_inference_serves_versions_the_trainer_learnt(node):
     assert sample["tables"]["user_id"]["rank"] >= 1
     assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 5.0
     assert sample["qps"] > 0 and sample["p99_ms"] is not None and sample["auc"] is not None
-    counts = runtime.cache.counts
-    assert counts.joined >= runtime.metrics.trained_samples > 0
+    counts = runtime.feed_counts()  # the trainer process joins, and reports its counts
+    assert counts["joined"] >= runtime.metrics.trained_samples > 0
 
 
 def test_http_endpoint_on_the_runtime(node):
@@ -195,6 +195,18 @@ def test_control_ops(node, tmp_path):
         runtime.rebase({"location": str(tmp_path / "other.ckpt")})
 
 
+def test_a_node_without_trainer_joins_for_its_quality_metrics(tmp_path):
+    runtime, stream = start_node(tmp_path, name="t-solo", trainer=False)
+    try:
+        serve_and_label(runtime, requests_of(stream, 8), 50)
+        wait_until(lambda: runtime.feed_counts().get("joined") == 400, 10, "the join")
+        snapshot = runtime.telemetry_snapshot()
+        assert snapshot.auc is not None and snapshot.logloss is not None
+        assert runtime.feed_counts()["to_trainer"] == 0
+    finally:
+        runtime.stop()
+
+
 def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
     runtime, stream = start_node(tmp_path, name="t-crash")
     traffic = requests_of(stream, 8)
@@ -212,6 +224,12 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
         wait_until(lambda: runtime.shared.version > snap["version"], 30, "the restored version")
         restored = runtime.shared.read().tables["user_id"]
         assert torch.equal(restored.ids, saved.ids) and torch.allclose(restored.a, saved.A)
+        # the new trainer resumes the join where the dead one left the rings
+        joined = runtime.feed_counts()["joined"]
+        serve_and_label(runtime, traffic, 20)
+        wait_until(
+            lambda: runtime.feed_counts()["joined"] >= joined + 160, 30, "the new trainer's join"
+        )
     finally:
         runtime.stop()
     stale = tmp_path / "shm" / f"liveupdate-t-crash-{dead_pid}"  # as a kill -9 leaves it

@@ -1,0 +1,191 @@
+"""The feed: served requests and labels cross to the joining process through shared-memory rings,
+and the join there keeps the sample cache's semantics."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import struct
+
+import pytest
+import torch
+
+from dlrm_core.batch import SparseBatch
+from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedRings, FeedWriter
+from nodeworker.sample_cache import Feedback
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def served(first_id: int, n: int) -> SparseBatch:
+    """n requests: 'user' one-hot = request id, 'tags' multi-hot of (id % 3) ids."""
+    ids = list(range(first_id, first_id + n))
+    return SparseBatch.from_ids(
+        ["user", "tags"],
+        [[[i] for i in ids], [[i, i + 1000][: i % 3] for i in ids]],
+        dense=torch.tensor([[float(i)] for i in ids]),
+        labels=torch.zeros(n),
+    )
+
+
+def feed_pair(tmp_path, window=10.0, **config):
+    clock = Clock()
+    rings = FeedRings.open(tmp_path, create=True, served_bytes=1 << 16, label_bytes=1 << 12)
+    writer = FeedWriter(rings, window, capacity=1000, clock=clock)
+    reader_rings = FeedRings.open(tmp_path, create=False, served_bytes=1 << 16, label_bytes=1 << 12)
+    feed = Feed(
+        reader_rings,
+        ("user", "tags"),
+        1,
+        FeedConfig(label_window_s=window, batch_rows=4, **config),
+        clock=clock,
+    )
+    return clock, writer, feed
+
+
+def serve(writer: FeedWriter, first: int, n: int, at: float) -> None:
+    writer.serve(served(first, n), torch.arange(n, dtype=torch.float32) / 10, first, at)
+
+
+def test_labels_join_their_own_rows_across_the_rings(tmp_path):
+    clock, writer, feed = feed_pair(tmp_path)
+    serve(writer, 0, 5, at=0.0)
+    serve(writer, 5, 5, at=1.0)
+    clock.now = 2.0
+    assert writer.feedback(7, 1.0) is Feedback.JOINED
+    clock.now = 2.5
+    assert writer.feedback(2, 0.0) is Feedback.JOINED
+    clock.now = 3.0
+    assert writer.feedback(4, 1.0) is Feedback.JOINED
+    assert feed.poll(now=3.0) == 3
+    batch, label_times = feed.next_batch()
+    assert batch.request_ids.tolist() == [7, 2, 4]  # arrival order, across two requests
+    assert batch.labels.tolist() == [1.0, 0.0, 1.0]
+    assert batch.dense[:, 0].tolist() == [7.0, 2.0, 4.0]
+    assert batch.feature("user")[0].tolist() == [7, 2, 4]
+    values, offsets = batch.feature("tags")
+    assert values.tolist() == [7, 2, 1002, 4] and offsets.tolist() == [0, 1, 3]
+    assert label_times.tolist() == [2.0, 2.5, 3.0]
+    labels, scores = feed.report()["quality"]
+    assert labels.tolist() == [1.0, 0.0, 1.0]
+    assert scores.tolist() == pytest.approx([0.2, 0.2, 0.4])  # each row's own served score
+    assert feed.next_batch() is None and feed.to_trainer == 3
+
+
+def test_timeouts_become_negatives_and_feedback_is_answered_at_once(tmp_path):
+    clock, writer, feed = feed_pair(tmp_path, window=5.0)
+    serve(writer, 0, 3, at=0.0)
+    serve(writer, 3, 2, at=4.0)
+    clock.now = 1.0
+    assert writer.feedback(1, 1.0) is Feedback.JOINED
+    clock.now = 5.5
+    assert writer.feedback(0, 1.0) is Feedback.GONE  # too late
+    assert writer.feedback(1, 1.0) is Feedback.GONE  # already labelled
+    assert writer.feedback(99, 1.0) is Feedback.UNKNOWN
+    assert writer.feedback(-1, 1.0) is Feedback.UNKNOWN
+    feed.poll(now=5.5)
+    batch, label_times = feed.next_batch()
+    assert batch.request_ids.tolist() == [1, 0, 2] and batch.labels.tolist() == [1.0, 0.0, 0.0]
+    assert label_times.tolist() == [1.0, 5.0, 5.0]  # a negative is known at its timeout
+    clock.now = 8.0
+    assert writer.feedback(3, 1.0) is Feedback.JOINED  # delayed, inside its window
+    feed.poll(now=100.0)  # 4 joined, 3 timed out
+    assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[3, 4]]
+    assert [b.labels.tolist() for b, _ in feed.backlog] == [[1.0, 0.0]]
+    counts = feed.report()["counts"]
+    assert (counts["joined"], counts["expired"], counts["served"]) == (2, 3, 5)
+    assert writer.counts()["late_feedback"] == 2 and writer.counts()["unknown_feedback"] == 2
+
+
+def test_a_label_at_the_window_edge_is_joined_as_inference_answered(tmp_path):
+    """The reader replays both rings in time order: a request served later (its put expires
+    old rows) must not time out a row whose label came before it."""
+    clock, writer, feed = feed_pair(tmp_path, window=5.0)
+    serve(writer, 0, 1, at=0.0)
+    clock.now = 4.9
+    assert writer.feedback(0, 1.0) is Feedback.JOINED
+    serve(writer, 1, 1, at=5.2)
+    feed.poll(now=5.3)
+    batch, _ = feed.next_batch()
+    assert batch.request_ids.tolist() == [0] and batch.labels.tolist() == [1.0]
+
+
+def test_bounded_memory_drops_oldest_and_counts_them(tmp_path):
+    clock, writer, feed = feed_pair(tmp_path, window=60.0, max_pending=4, backlog_batches=1)
+    serve(writer, 0, 3, at=0.0)
+    serve(writer, 3, 3, at=1.0)  # 6 pending > 4: ids 0, 1 dropped
+    clock.now = 2.0
+    for rid in range(2, 6):
+        writer.feedback(rid, 1.0)
+    feed.poll(now=2.0)  # joined rows 2, 3, 4, 5 in one batch of 4
+    serve(writer, 6, 3, at=3.0)
+    clock.now = 3.0
+    for rid in range(6, 9):
+        writer.feedback(rid, 0.0)
+    feed.poll(now=3.0)  # a backlog of 1 batch: the older one goes
+    report = feed.report()
+    assert report["counts"]["dropped_pending"] == 2 and report["dropped_backlog"] == 4
+    assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[6, 7, 8]]
+    assert len(report["quality"][0]) == 7  # every joined row scored, the dropped ones too
+
+
+def test_a_full_ring_drops_and_counts_and_their_feedback_is_gone(tmp_path):
+    clock, writer, feed = feed_pair(tmp_path)
+    first = 0
+    while writer.counts()["ring_dropped_rows"] == 0:  # the reader is not reading
+        serve(writer, first, 8, at=0.0)
+        first += 8
+    assert writer.counts()["ring_dropped_rows"] == 8
+    assert writer.feedback(first - 1, 1.0) is Feedback.GONE
+    assert writer.feedback(first - 9, 1.0) is Feedback.JOINED
+    feed.poll(now=0.5)
+    assert feed.cache.counts.served == first - 8 and feed.cache.counts.joined == 1
+    serve(writer, first, 8, at=1.0)  # room again
+    assert writer.counts()["ring_dropped_rows"] == 8
+
+
+def test_records_wrap_around_the_ring_intact(tmp_path):
+    writer = ByteRing(tmp_path / "r", 64, create=True)
+    reader = ByteRing(tmp_path / "r", 64, create=False)
+    got = []
+    for k in range(40):  # sizes 1..13 bytes: records straddle the end of the ring
+        record = bytes([k]) * (1 + k % 13)
+        assert writer.write(record)
+        got += reader.read()
+        assert got[-1] == record
+    assert len(got) == 40
+    assert writer.write(b"x" * 48) and not writer.write(b"y")  # 8-byte length + 48 = full
+    assert reader.read() == [b"x" * 48]
+    with pytest.raises(ValueError):
+        ByteRing(tmp_path / "bad", 60, create=True)
+
+
+def _write_numbered(path: str, n: int) -> None:
+    ring = ByteRing(__import__("pathlib").Path(path), 4096, create=False)
+    k = 0
+    while k < n:
+        body = struct.pack("<q", k) * (1 + k % 37)  # every 8 bytes say which record
+        if ring.write(body):
+            k += 1
+
+
+def test_no_torn_records_from_a_writer_in_another_process(tmp_path):
+    path = tmp_path / "ring"
+    reader = ByteRing(path, 4096, create=True)
+    n = 20_000
+    proc = mp.get_context("spawn").Process(target=_write_numbered, args=(str(path), n))
+    proc.start()
+    seen = 0
+    while seen < n:
+        for record in reader.read():
+            numbers = struct.unpack(f"<{len(record) // 8}q", record)
+            assert len(numbers) == 1 + seen % 37 and set(numbers) == {seen}
+            seen += 1
+        assert proc.is_alive() or seen == n or reader.read() != []
+    proc.join(timeout=30)
+    assert proc.exitcode == 0
