@@ -77,6 +77,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """User + system cpu seconds of each live Python thread of this process, by thread name
+    (threads of one role summed: replay_serve-2, replay_serve-3 as replay_serve-N), Linux /proc."""
+    import re
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = re.sub(r"-\d+$", "-N", thread.name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def run_variant(args: argparse.Namespace) -> dict:
     """One variant in this process; returns its measurements."""
     import numpy as np
@@ -135,8 +154,10 @@ def run_variant(args: argparse.Namespace) -> dict:
         started = time.time()
         waited = run_queue_wait_s()
         process_cpu = time.process_time()
+        threads_cpu = thread_cpu_s()
         trainer_pid = runtime.trainer_proc.pid if runtime.trainer_proc is not None else None
         trainer_cpu = cpu_seconds(trainer_pid) if trainer_pid else None
+        join_cpu = runtime.trainer_stats.get("feed_cpu_s")
         duties, states = [], []
         while time.time() - started < args.duration:
             time.sleep(0.5)
@@ -146,7 +167,9 @@ def run_variant(args: argparse.Namespace) -> dict:
         elapsed = time.time() - started
         waited_after = run_queue_wait_s()
         process_cpu_after = time.process_time()
+        threads_cpu_after = thread_cpu_s()
         trainer_cpu_after = cpu_seconds(trainer_pid) if trainer_pid else None
+        join_cpu_after = runtime.trainer_stats.get("feed_cpu_s")
         latencies = list(runtime.metrics.all_latencies)
         service = list(runtime.metrics.all_service_ms)
         stalls = runtime.metrics.stalls(since=started)
@@ -179,11 +202,22 @@ def run_variant(args: argparse.Namespace) -> dict:
                 if trainer_cpu is not None and trainer_cpu_after is not None
                 else None
             ),
+            # the trainer process's thread cpu on the label join (the feed), per second
+            "trainer_join_cpu_share": (
+                round((join_cpu_after - join_cpu) / elapsed, 3)
+                if join_cpu is not None and join_cpu_after is not None
+                else None
+            ),
             "cpu_per_request_us": (
                 round(1e6 * (process_cpu_after - process_cpu) / len(latencies), 1)
                 if latencies
                 else None
             ),
+            # per thread (name), cpu ms per second of the pass: where "cpu/req" goes
+            "thread_cpu_ms_per_s": {
+                name: round(1000 * (cpu - threads_cpu.get(name, 0.0)) / elapsed, 1)
+                for name, cpu in threads_cpu_after.items()
+            },
             # waiting for a cpu while runnable, summed over the inference process's threads:
             # near 0 on a quiet machine; large values mean other jobs shared the inference cpu
             "run_queue_wait_ms_per_s": (

@@ -166,7 +166,8 @@ class Replayer:
     def start(self) -> Replayer:
         targets = [self._dispatch, self._deliver] + [self._serve] * self.config.workers
         for i, target in enumerate(targets):
-            thread = threading.Thread(target=target, name=f"replay-{i}", daemon=True)
+            name = f"replay{target.__name__}-{i}"  # replay_serve-2: its cpu shows per role
+            thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
