@@ -17,7 +17,7 @@ inference: everything alive after set-up (torch, the model, the modules) is move
 garbage collector's reach (gc.freeze), so a full collection no longer walks it while every thread
 waits (80-250 ms per collection measured on the bench's node); and the GIL switch interval is cut
 from 5 ms to GIL_SWITCH_INTERVAL_S: a request gives the GIL up in every torch op and then waited up
-to the whole interval behind a Python-busy thread (the pump, label delivery) each time.
+to the whole interval behind a Python-busy thread (label delivery, the replayer) each time.
 """
 
 from __future__ import annotations
