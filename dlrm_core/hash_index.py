@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlrm_core import _serving_kernel, hugepages
+from dlrm_core import hugepages
+from dlrm_core.kernel import serving_kernel
 
 BUCKET = 8  # slots per bucket, as _serving_kernel.c has it
 MAX_LOAD = 0.85  # two choices of 8-slot buckets stay placeable up to ~0.98
@@ -61,7 +62,7 @@ class CuckooIndex:
         while bits < width:
             slots = hugepages.empty((1 << bits, 2, BUCKET), keys.dtype)
             index = CuckooIndex(bits, multipliers, slots)
-            if _serving_kernel.build(index.kernel_spec, keys.data_ptr(), n):
+            if serving_kernel.build(index.kernel_spec, keys.data_ptr(), n):
                 return index
             bits += 1  # a cycle of evictions: twice the buckets
         raise RuntimeError(f"could not place {n} keys")  # unreachable for unique keys
@@ -105,7 +106,7 @@ class CuckooIndex:
         indexed."""
         queries = queries.to(torch.int64).contiguous()
         rows = torch.empty(queries.shape, dtype=torch.int32)
-        _serving_kernel.lookup(
+        serving_kernel.lookup(
             self.kernel_spec, queries.data_ptr(), queries.numel(), rows.data_ptr()
         )
         return rows

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import torch
 from torch import nn
 
-from dlrm_core import _serving_kernel
 from dlrm_core.batch import SparseBatch
+from dlrm_core.kernel import serving_kernel
 from dlrm_core.schema import StreamSchema
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class SparseArch(nn.Module):
             (t.weight.data_ptr(), t.weight.shape[0], v.data_ptr(), v.numel(), o.data_ptr())
             for t, v, o in zip(tables, batch.values, batch.offsets, strict=True)
         )
-        bad = _serving_kernel.pool_bags(specs, batch.batch_size, dim, out.data_ptr())
+        bad = serving_kernel.pool_bags(specs, batch.batch_size, dim, out.data_ptr())
         if bad >= 0:
             raise IndexError(
                 f"ids of {self.feature_names[bad]!r} must be in [0, {tables[bad].weight.shape[0]})"

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dlrm_core import _serving_kernel, hugepages
+from dlrm_core import hugepages
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import FactorVersion
 from dlrm_core.hash_index import CuckooIndex
+from dlrm_core.kernel import serving_kernel
 from dlrm_core.live_embedding import TableFactors
 from dlrm_core.model import DLRM
 
@@ -89,7 +90,7 @@ class RankGroup:
             )
             for f, key_offset in self._tables
         )
-        _serving_kernel.add_bags(
+        serving_kernel.add_bags(
             self.index.kernel_spec,
             self.a.data_ptr(),
             self.a.shape[1],
