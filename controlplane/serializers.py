@@ -337,20 +337,27 @@ class TelemetryQuerySerializer(serializers.Serializer):
         return names
 
 
-class TelemetryPointSerializer(serializers.Serializer):
-    t = serializers.IntegerField(help_text="Bucket start, Unix seconds.")
-    n = serializers.IntegerField(help_text="Samples in the bucket.")
-    avg = serializers.DictField(child=serializers.FloatField(allow_null=True))
-    max = serializers.DictField(child=serializers.FloatField(allow_null=True))
-
-
 class TelemetrySeriesSerializer(serializers.Serializer):
+    """A range as columns: entry i of ``t``, ``n`` and of every list in ``avg`` and ``max`` is
+    time bucket i."""
+
     node = serializers.CharField()
     start = serializers.FloatField()
     end = serializers.FloatField()
     bucket_s = serializers.IntegerField()
     metrics = serializers.ListField(child=serializers.CharField())
-    points = TelemetryPointSerializer(many=True)
+    t = serializers.ListField(
+        child=serializers.IntegerField(), help_text="Bucket starts, Unix seconds, ascending."
+    )
+    n = serializers.ListField(child=serializers.IntegerField(), help_text="Samples per bucket.")
+    avg = serializers.DictField(
+        child=serializers.ListField(child=serializers.FloatField(allow_null=True)),
+        help_text="Metric -> its mean per bucket (null: no sample in the bucket had it).",
+    )
+    max = serializers.DictField(
+        child=serializers.ListField(child=serializers.FloatField(allow_null=True)),
+        help_text="Metric -> its maximum per bucket.",
+    )
 
 
 class IngestResultSerializer(serializers.Serializer):

@@ -138,14 +138,37 @@ def test_range_query_buckets_server_side(clients):
         },
     )
     assert response.status_code == 200, response.data
-    points = response.data["points"]
+    series = response.json()
     first_bucket = int(T0 // 60) * 60
-    assert [p["t"] for p in points] == [first_bucket, first_bucket + 60, first_bucket + 120]
-    assert sum(p["n"] for p in points) == 120
+    assert series["t"] == [first_bucket, first_bucket + 60, first_bucket + 120]
+    assert sum(series["n"]) == 120
     head = int(first_bucket + 60 - T0)  # samples in the first, partial bucket
-    assert points[0]["max"]["p99_ms"] == head - 1
-    assert points[0]["avg"]["p99_ms"] == pytest.approx((head - 1) / 2)
-    assert points[1]["avg"]["qps"] == 100.0
+    assert series["n"] == [head, 60, 60 - head]
+    assert series["max"]["p99_ms"][0] == head - 1
+    assert series["avg"]["p99_ms"][0] == pytest.approx((head - 1) / 2)
+    assert series["avg"]["qps"] == [100.0, 100.0, 100.0]
+    assert set(series["avg"]) == set(series["max"]) == {"p99_ms", "qps"}
+
+
+def test_range_query_columns_hold_nulls_and_may_be_empty(clients):
+    node, _ = make_node("edge-1")
+    _ingest_series(node, 30)  # auc never reported
+    params = {
+        "node": "edge-1",
+        "start": datetime.fromtimestamp(T0, tz=UTC).isoformat(),
+        "end": datetime.fromtimestamp(T0 + 30, tz=UTC).isoformat(),
+        "bucket_s": 10,
+        "metrics": "auc,p99_ms",
+    }
+    series = clients("viewer").get("/api/telemetry/", params).json()
+    assert series["n"] == [10, 10, 10]  # T0 is a multiple of 10
+    assert series["avg"]["auc"] == series["max"]["auc"] == [None] * len(series["t"])
+    assert len(series["avg"]["p99_ms"]) == len(series["t"])
+    params["start"] = datetime.fromtimestamp(T0 - 3600, tz=UTC).isoformat()
+    params["end"] = datetime.fromtimestamp(T0 - 60, tz=UTC).isoformat()
+    empty = clients("viewer").get("/api/telemetry/", params).json()
+    assert empty["t"] == empty["n"] == []
+    assert empty["avg"] == empty["max"] == {"auc": [], "p99_ms": []}
 
 
 def test_range_query_errors_are_field_errors(clients):
@@ -176,7 +199,7 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     aligned = (T0 // 60) * 60
     _ingest_series(node, 180, start=aligned)  # three full minutes
     now = datetime.fromtimestamp(aligned + 3600 + 300, tz=UTC)
-    before = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)["points"]
+    before = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)
     assert telemetry.downsample(now) == 180
     rows = list(TelemetrySample.objects.order_by("ts"))
     assert [(r.resolution_s, r.n_samples, r.seq) for r in rows] == [
@@ -186,10 +209,8 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     ]
     assert [r.p99_ms for r in rows] == [29.5, 89.5, 149.5]
     assert rows[0].tables["user"]["rank"] == 59 % 8  # the bucket's newest sample
-    after = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)["points"]
-    assert [(p["t"], p["n"], p["avg"]) for p in after] == [
-        (p["t"], p["n"], p["avg"]) for p in before
-    ]
+    after = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)
+    assert [after[k] for k in ("t", "n", "avg")] == [before[k] for k in ("t", "n", "avg")]
     assert telemetry.downsample(now) == 0  # idempotent: nothing raw is old enough any more
     later = now + timedelta(days=7)
     assert telemetry.expire(later)["samples"] == 3 and not TelemetrySample.objects.exists()

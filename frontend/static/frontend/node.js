@@ -31,6 +31,13 @@
     series.duty.push(v.trainer_duty ?? null);
   }
 
+  // A range query's buckets (columns: series.t, and metric -> one value per bucket) as points.
+  function pushColumns(target, series, mid, columns) {
+    const names = Object.keys(columns);
+    series.t.forEach((t, i) => pushPoint(target, t + mid,
+      Object.fromEntries(names.map((m) => [m, columns[m] && columns[m][i]]))));
+  }
+
   // Rank events carry {table, from, to} (names vary between producers: accept the usual ones).
   function rankTo(detail) {
     for (const k of ["to", "to_value", "rank", "new_rank"]) if (isNum(detail[k])) return detail[k];
@@ -116,9 +123,9 @@
       state.rankMarks = { t: [], r: [], text: [], table: [], from: [] };
       state.throttle = { t: [], s: [] };
       const mid = series.bucket_s > 1 ? series.bucket_s / 2 : 0;
-      series.points.forEach((p) => pushPoint(state.main, p.t + mid, {
-        ...p.avg, p99_ms: p.max.p99_ms, memory_overhead_pct: p.max.memory_overhead_pct }));
-      if (base) base.points.forEach((p) => pushPoint(state.base, p.t + mid, p.avg));
+      pushColumns(state.main, series, mid, { ...series.avg,
+        p99_ms: series.max.p99_ms, memory_overhead_pct: series.max.memory_overhead_pct });
+      if (base) pushColumns(state.base, base, mid, base.avg);
       rankEvents.reverse().forEach((e) => addRankEvent(epoch(e.ts), e.detail));
       qosEvents.reverse().forEach((e) => {
         if (THROTTLE_OK(e.detail.state)) { state.throttle.t.push(epoch(e.ts)); state.throttle.s.push(e.detail.state); }
@@ -133,7 +140,7 @@
       sortRanks();
       holdRanks(state.main.t.length ? Math.max(start, state.main.t[0]) : start);
       state.lastSeq[NAME] = latest ? latest.seq : -1;
-      const n = series.points.length;
+      const n = series.t.length;
       info.textContent = `${fmt.time(start)} – ${state.range.live ? "now (live)" : fmt.time(end)} · ` +
         `${n} point${n === 1 ? "" : "s"} · bucket ${series.bucket_s} s (averaged on the server; ` +
         `P99 and memory show each bucket's maximum)`;
