@@ -1,12 +1,72 @@
-"""Per-node token authentication (``Authorization: Node <token>``) for telemetry ingest."""
+"""API authentication: DRF tokens for people and automation (verified tokens remembered for a
+few seconds), per-node tokens (``Authorization: Node <token>``) for telemetry ingest."""
 
 from __future__ import annotations
 
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
+from rest_framework.authtoken.models import Token
 
 from controlplane.models import Node, hash_token
 from nodeworker.protocol import NODE_AUTH_SCHEME
+
+# token key -> (monotonic expiry, user, token). Bounded: cleared whole when it is this full.
+_verified: dict[str, tuple[float, object, Token]] = {}
+VERIFIED_MAX = 1024
+
+
+class CachedTokenAuthentication(authentication.TokenAuthentication):
+    """DRF's ``Authorization: Token <key>``, each verified key remembered for
+    LIVEUPDATE_TOKEN_CACHE_S seconds by the server process.
+
+    The lookup (a query for the token and its user, and the user's role groups for a user who
+    is not a superuser) was the largest part of a small read's CPU. The price is a lag: a deleted
+    token, or a user deactivated or given another role, still works as before for up to that
+    many seconds in the other server processes that verified it (in the process that made the
+    change, at once: the signal handlers below). 0 looks every request up.
+    """
+
+    def authenticate_credentials(self, key):
+        ttl = settings.LIVEUPDATE_TOKEN_CACHE_S
+        now = time.monotonic()
+        hit = _verified.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+        user, token = super().authenticate_credentials(key)
+        if ttl > 0:
+            if len(_verified) >= VERIFIED_MAX:
+                _verified.clear()
+            _verified[key] = (now + ttl, user, token)
+        return user, token
+
+
+def forget_user(user_id) -> None:
+    for key, (_, user, _) in list(_verified.items()):
+        if user.pk == user_id:
+            _verified.pop(key, None)
+
+
+@receiver(post_delete, sender=Token)
+def _token_deleted(sender, instance, **kwargs) -> None:
+    _verified.pop(instance.key, None)
+
+
+@receiver(post_save, sender=settings.AUTH_USER_MODEL)
+def _user_saved(sender, instance, **kwargs) -> None:
+    forget_user(instance.pk)
+
+
+@receiver(m2m_changed, sender=get_user_model().groups.through)
+def _groups_changed(sender, instance, reverse, pk_set, **kwargs) -> None:
+    # user.groups.add(...) passes the user; group.user_set.add(...) the group and user ids
+    for user_id in (pk_set or ()) if reverse else (instance.pk,):
+        forget_user(user_id)
 
 
 class NodePrincipal:

@@ -172,7 +172,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an anonymous call gets 401 with "WWW-Authenticate: Token".
-        "rest_framework.authentication.TokenAuthentication",
+        "controlplane.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         "controlplane.authentication.NodeTokenAuthentication",
     ],
@@ -215,5 +215,8 @@ LIVEUPDATE_TELEMETRY_RAW_S = env_int("LIVEUPDATE_TELEMETRY_RAW_S", 86400, minimu
 LIVEUPDATE_TELEMETRY_BUCKET_S = env_int("LIVEUPDATE_TELEMETRY_BUCKET_S", 60, minimum=1)
 LIVEUPDATE_TELEMETRY_KEEP_S = env_int("LIVEUPDATE_TELEMETRY_KEEP_S", 30 * 86400, minimum=3600)
 LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
+# Seconds a server process trusts a verified API token without looking it up again (the lag of
+# a revocation or a role change in the other processes; controlplane.authentication). 0: none.
+LIVEUPDATE_TOKEN_CACHE_S = env_int("LIVEUPDATE_TOKEN_CACHE_S", 5, minimum=0)
 # When set, /metrics wants "Authorization: Bearer <token>"; unset, it is open like most exporters.
 LIVEUPDATE_METRICS_TOKEN = env_str("LIVEUPDATE_METRICS_TOKEN") or ""

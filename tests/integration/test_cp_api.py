@@ -496,3 +496,55 @@ def test_role_groups_exist_after_migrate():
     from django.contrib.auth.models import Group
 
     assert set(Group.objects.values_list("name", flat=True)) >= {"viewer", "operator", "admin"}
+
+
+class TestTokenCache:
+    """Verified API tokens are remembered LIVEUPDATE_TOKEN_CACHE_S seconds per server process;
+    changes made in the same process apply at once, others within that bound."""
+
+    def test_revocation_and_role_changes_in_this_process_apply_at_once(self, clients):
+        from django.contrib.auth.models import Group
+        from rest_framework.authtoken.models import Token
+
+        viewer = clients("viewer")
+        assert viewer.get("/api/me/").data["role"] == "viewer"
+        user = clients.users["viewer"]
+        user.groups.set([Group.objects.get(name="operator")])
+        assert viewer.get("/api/me/").data["role"] == "operator"
+        Group.objects.get(name="admin").user_set.add(user)
+        assert viewer.get("/api/me/").data["role"] == "admin"
+        user.is_active = False
+        user.save()
+        assert viewer.get("/api/me/").status_code == 401
+        user.is_active = True
+        user.save()
+        assert viewer.get("/api/me/").status_code == 200
+        Token.objects.filter(user=user).delete()
+        assert viewer.get("/api/me/").status_code == 401
+
+    def test_a_change_made_elsewhere_applies_within_the_bound(self, clients, monkeypatch):
+        from django.db import connection
+
+        from controlplane import authentication
+
+        now = [1000.0]
+        monkeypatch.setattr(authentication.time, "monotonic", lambda: now[0])
+        viewer = clients("viewer")
+        assert viewer.get("/api/me/").status_code == 200
+        with connection.cursor() as cursor:  # as another process would: no signal here
+            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
+        now[0] += 4.9
+        assert viewer.get("/api/me/").status_code == 200  # the lag this cache costs
+        now[0] += 0.2
+        assert viewer.get("/api/me/").status_code == 401
+
+    def test_zero_looks_every_request_up(self, clients, settings):
+        from django.db import connection
+
+        settings.LIVEUPDATE_TOKEN_CACHE_S = 0
+        viewer = clients("viewer")
+        assert viewer.get("/api/me/").status_code == 200
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
+        assert viewer.get("/api/me/").status_code == 401
+
