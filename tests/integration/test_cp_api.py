@@ -548,3 +548,25 @@ class TestTokenCache:
             cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
         assert viewer.get("/api/me/").status_code == 401
 
+
+def test_pagination_counts_without_a_count_query_when_the_first_page_is_the_list(
+    clients, django_assert_num_queries
+):
+    for i in range(5):
+        make_node(f"edge-{i}")  # with the clients' matrix-node: 6 nodes
+    admin = clients("admin")
+    admin.get("/api/nodes/")  # the token is verified (and remembered) before queries are counted
+    pages = {}
+    for offset in (0, 2, 4, 6, 8):
+        response = admin.get("/api/nodes/", {"limit": 2, "offset": offset})
+        pages[offset] = (response.data["count"], [n["name"] for n in response.data["results"]])
+    assert all(count == 6 for count, _ in pages.values())
+    assert sum((names for _, names in pages.values()), []) == sorted(
+        Node.objects.values_list("name", flat=True)
+    )
+    assert pages[6][1] == pages[8][1] == []
+    # a short first page: the page only (no node has a sample to fetch), no count
+    with django_assert_num_queries(1):
+        assert admin.get("/api/nodes/").data["count"] == 6
+    with django_assert_num_queries(2):  # a full page: the count too
+        assert admin.get("/api/nodes/", {"limit": 3}).data["count"] == 6
