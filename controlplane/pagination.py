@@ -11,6 +11,9 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     open alerts fit in one page, so those reads are one query fewer. Other pages as DRF (its
     count first also keeps an offset past the end out of the page query)."""
 
+    # A larger ?limit= is served as this many (PostgreSQL refuses a LIMIT past bigint: a 500).
+    max_limit = 1000
+
     def paginate_queryset(self, queryset, request, view=None):
         if self.get_offset(request) != 0:
             return super().paginate_queryset(queryset, request, view)
