@@ -573,3 +573,14 @@ def test_pagination_counts_without_a_count_query_when_the_first_page_is_the_list
     huge = admin.get("/api/nodes/", {"limit": 10**30})  # served as max_limit, not a 500
     assert huge.status_code == 200 and len(huge.data["results"]) == 6
 
+
+def test_filters_apply_when_given_and_refuse_bad_values(clients):
+    for i in range(3):
+        make_node(f"edge-{i}", host="rack-a" if i else "rack-b")
+    viewer = clients("viewer")
+    assert viewer.get("/api/nodes/").data["count"] == 4  # with the clients' matrix-node
+    for _ in range(2):  # the second filter set reuses the first one's form class
+        assert viewer.get("/api/nodes/", {"host": "rack-a"}).data["count"] == 2
+        assert viewer.get("/api/nodes/", {"name": "edge-0", "limit": 5}).data["count"] == 1
+    assert viewer.get("/api/nodes/", {"seen_after": "not a time"}).status_code == 400
+    assert viewer.get("/api/nodes/edge-0/", {"host": "rack-a"}).status_code == 404
