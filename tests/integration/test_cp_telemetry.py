@@ -169,6 +169,8 @@ def test_range_query_columns_hold_nulls_and_may_be_empty(clients):
     empty = clients("viewer").get("/api/telemetry/", params).json()
     assert empty["t"] == empty["n"] == []
     assert empty["avg"] == empty["max"] == {"auc": [], "p99_ms": []}
+    with pytest.raises(ValueError, match="not telemetry metrics"):  # the names go into the SQL
+        telemetry.series(node, datetime.fromtimestamp(T0, tz=UTC), datetime.now(UTC), ['auc"'])
 
 
 def test_range_query_errors_are_field_errors(clients):
