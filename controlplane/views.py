@@ -59,7 +59,9 @@ class RoleViewSetMixin:
 class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
     """Inference nodes. Create returns the node's token once; node actions need operator."""
 
-    queryset = Node.objects.select_related("policy").annotate(
+    # No select_related("policy"): the serializer shows the policy's id, a column of the node;
+    # the join and the policy's columns cost a read more CPU than the rest of its query.
+    queryset = Node.objects.annotate(
         latest_sample_id=Subquery(
             TelemetrySample.objects.filter(node=OuterRef("pk")).order_by("-ts").values("pk")[:1]
         )
