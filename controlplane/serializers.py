@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
@@ -23,6 +25,19 @@ from controlplane.models import (
 from controlplane.services.policies import actor_of, save_policy
 from controlplane.services.telemetry import MAX_POINTS
 from nodeworker import protocol
+
+
+# DRF's ModelSerializer with its fields worked out once per class (DRF works them out from the
+# model, a field and its validators per column, for every serializer, so every request). Each
+# serializer gets its own unbound copy, as it gets new fields from DRF. (No docstring: the API
+# schema would show it as every serializer's description.)
+class ModelSerializer(serializers.ModelSerializer):
+    def get_fields(self):
+        fields = type(self).__dict__.get("_fields_template")
+        if fields is None:
+            fields = super().get_fields()
+            type(self)._fields_template = fields
+        return copy.deepcopy(fields)
 
 
 class ModelCleanMixin:
@@ -48,7 +63,7 @@ class ModelCleanMixin:
         return {f.name for f in model._meta.concrete_fields}
 
 
-class PolicySerializer(ModelCleanMixin, serializers.ModelSerializer):
+class PolicySerializer(ModelCleanMixin, ModelSerializer):
     reason = serializers.CharField(
         write_only=True, required=False, allow_blank=True, help_text="Why: kept in the history."
     )
@@ -97,7 +112,7 @@ class PolicySerializer(ModelCleanMixin, serializers.ModelSerializer):
         return self._save(instance, validated_data)
 
 
-class PolicyVersionSerializer(serializers.ModelSerializer):
+class PolicyVersionSerializer(ModelSerializer):
     policy_name = serializers.CharField(source="policy.name", read_only=True)
 
     class Meta:
@@ -140,7 +155,7 @@ class NodeListSerializer(serializers.ListSerializer):
         return super().to_representation(nodes)
 
 
-class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
+class NodeSerializer(ModelCleanMixin, ModelSerializer):
     policy = serializers.PrimaryKeyRelatedField(
         queryset=Policy.objects.all(), allow_null=True, required=False
     )
@@ -188,7 +203,7 @@ class NodeSerializer(ModelCleanMixin, serializers.ModelSerializer):
         return node
 
 
-class NodeActionSerializer(serializers.ModelSerializer):
+class NodeActionSerializer(ModelSerializer):
     node = serializers.SlugRelatedField(slug_field="name", read_only=True)
     requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
@@ -225,7 +240,7 @@ class RebaseSerializer(serializers.Serializer):
     checkpoint = serializers.PrimaryKeyRelatedField(queryset=ModelCheckpoint.objects.all())
 
 
-class CheckpointSerializer(ModelCleanMixin, serializers.ModelSerializer):
+class CheckpointSerializer(ModelCleanMixin, ModelSerializer):
     class Meta:
         model = ModelCheckpoint
         fields = [
@@ -243,7 +258,7 @@ class CheckpointSerializer(ModelCleanMixin, serializers.ModelSerializer):
         read_only_fields = ["rollout", "rollout_requested_at", "rollout_completed_at", "created"]
 
 
-class ExperimentRunSerializer(ModelCleanMixin, serializers.ModelSerializer):
+class ExperimentRunSerializer(ModelCleanMixin, ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     dataset = serializers.CharField(source="dataset_name", read_only=True)
 
@@ -268,7 +283,7 @@ class ExperimentRunSerializer(ModelCleanMixin, serializers.ModelSerializer):
             )
 
 
-class AlertSerializer(serializers.ModelSerializer):
+class AlertSerializer(ModelSerializer):
     node = serializers.SlugRelatedField(slug_field="name", read_only=True)
     acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     open = serializers.BooleanField(source="is_open", read_only=True)
@@ -292,7 +307,7 @@ class AlertSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class NodeEventSerializer(serializers.ModelSerializer):
+class NodeEventSerializer(ModelSerializer):
     node = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
