@@ -9,9 +9,10 @@ layer an event raised in one process would never reach the sockets of another.
 import argparse
 import os
 
-from controlplane.env import env_int
+from controlplane.env import env_bool, env_int
 
 WORKERS_ENV = "LIVEUPDATE_WEB_WORKERS"
+ACCESS_LOG_ENV = "LIVEUPDATE_ACCESS_LOG"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"server processes (default: ${WORKERS_ENV}, else 1); more than 1 needs REDIS_URL",
     )
     parser.add_argument("--migrate", action="store_true", help="apply migrations before serving")
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"a log line per request (default: ${ACCESS_LOG_ENV}, else on)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,12 +51,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.migrate:
         call_command("migrate", interactive=False, verbosity=1)
+    access_log = args.access_log if args.access_log is not None else env_bool(ACCESS_LOG_ENV, True)
     uvicorn.run(
         "controlplane.asgi:application",
         host=args.host,
         port=args.port,
         workers=workers,
         lifespan="off",  # Channels' router has no lifespan protocol
+        # Off, a request costs ~0.1 ms less CPU (formatting and writing the line); errors are
+        # still logged by Django.
+        access_log=access_log,
         ws="websockets-sansio",
         # Events are small JSON: compressing each frame for each socket cost more CPU than the
         # whole event forwarding, for a few hundred bytes saved.

@@ -79,3 +79,16 @@ def test_several_workers_are_refused_without_a_shared_channel_layer(tmp_path):
     )
     assert result.returncode != 0
     assert "set REDIS_URL" in result.stderr
+
+
+def test_access_log_can_be_turned_off_and_errors_are_still_logged(
+    fresh_postgres_db, redis_url, tmp_path
+):
+    env = services.appliance_env(tmp_path, fresh_postgres_db, redis_url)
+    env["LIVEUPDATE_ACCESS_LOG"] = "false"
+    log = tmp_path / "server.log"
+    with services.Appliance(env, log) as app:
+        assert requests.get(f"{app.url}/api/health/", timeout=10).status_code == 200
+        assert requests.get(f"{app.url}/no-such-page/", timeout=10).status_code == 404
+        services.wait_until(lambda: "Not Found: /no-such-page/" in log.read_text(), 10, "the log")
+    assert '"GET /api/health/' not in log.read_text()
