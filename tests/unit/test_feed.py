@@ -9,9 +9,9 @@ import struct
 import pytest
 import torch
 
-from dlrm_core.batch import SparseBatch
 from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedRings, FeedWriter
 from nodeworker.sample_cache import Feedback
+from tests.unit.test_sample_cache import served
 
 
 class Clock:
@@ -20,17 +20,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def served(first_id: int, n: int) -> SparseBatch:
-    """n requests: 'user' one-hot = request id, 'tags' multi-hot of (id % 3) ids."""
-    ids = list(range(first_id, first_id + n))
-    return SparseBatch.from_ids(
-        ["user", "tags"],
-        [[[i] for i in ids], [[i, i + 1000][: i % 3] for i in ids]],
-        dense=torch.tensor([[float(i)] for i in ids]),
-        labels=torch.zeros(n),
-    )
 
 
 def feed_pair(tmp_path, window=10.0, **config):
