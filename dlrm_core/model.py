@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -195,44 +195,49 @@ class SparseArch(nn.Module):
                 f"batch keys {list(batch.keys)} differ from the model's {list(self.feature_names)}"
             )
         tables = [getattr(t, "base", t) if base_only else t for t in self.tables]
-        dim = getattr(tables[0], "embedding_dim", 0) if tables else 0
-        if not torch.is_grad_enabled() and dim:
-            bags = [t for t in tables if _poolable(t, dim)]
-            if len(bags) == len(tables):
-                return self._pool(bags, batch, dim)
-        pooled = [
-            table(values, offsets)
-            for table, values, offsets in zip(tables, batch.values, batch.offsets, strict=True)
-        ]
-        return torch.stack(pooled, dim=1)
-
-    def _pool(self, tables: list[nn.EmbeddingBag], batch: SparseBatch, dim: int) -> torch.Tensor:
-        """Inference: every table's bags summed by one call into the serving kernel, where 26
-        EmbeddingBag calls on a request of a few rows cost ~14 us each of bookkeeping."""
-        out = torch.empty(batch.batch_size, len(tables), dim)
-        specs = tuple(
-            (t.weight.data_ptr(), t.weight.shape[0], v.data_ptr(), v.numel(), o.data_ptr())
-            for t, v, o in zip(tables, batch.values, batch.offsets, strict=True)
+        if not torch.is_grad_enabled():
+            pooled = self._pool(tables, batch)
+            if pooled is not None:
+                return pooled
+        return torch.stack(
+            [t(v, o) for t, v, o in zip(tables, batch.values, batch.offsets, strict=True)], dim=1
         )
-        bad = serving_kernel.pool_bags(specs, batch.batch_size, dim, out.data_ptr())
-        if bad >= 0:
-            raise IndexError(
-                f"ids of {self.feature_names[bad]!r} must be in [0, {tables[bad].weight.shape[0]})"
+
+    def _pool(self, tables: list[nn.Module], batch: SparseBatch) -> torch.Tensor | None:
+        """Inference: every table's bags summed by one call into the serving kernel, where 26
+        EmbeddingBag calls on a request of a few rows cost ~14 us each of bookkeeping. None if
+        a table is not a plain sum EmbeddingBag of contiguous float32 rows, all of one width."""
+        specs, dim = [], 0
+        for table, values, offsets in zip(tables, batch.values, batch.offsets, strict=True):
+            if not (
+                type(table) is nn.EmbeddingBag
+                and table.mode == "sum"
+                and table.padding_idx is None
+                and table.max_norm is None
+            ):
+                return None
+            weight = table.weight
+            if weight.dtype != torch.float32 or not weight.is_contiguous():
+                return None
+            if dim and weight.shape[1] != dim:
+                return None
+            dim = weight.shape[1]
+            specs.append(
+                (
+                    weight.data_ptr(),
+                    weight.shape[0],
+                    values.data_ptr(),
+                    values.numel(),
+                    offsets.data_ptr(),
+                )
             )
+        if not dim:
+            return None
+        out = torch.empty(batch.batch_size, len(tables), dim)
+        bad = serving_kernel.pool_bags(tuple(specs), batch.batch_size, dim, out.data_ptr())
+        if bad >= 0:
+            raise IndexError(f"ids of {self.feature_names[bad]!r} must be in [0, {specs[bad][1]})")
         return out
-
-
-def _poolable(table: nn.Module, dim: int) -> TypeGuard[nn.EmbeddingBag]:
-    """A plain sum EmbeddingBag the serving kernel can read (contiguous float32 rows of dim)."""
-    return (
-        isinstance(table, nn.EmbeddingBag)
-        and table.mode == "sum"
-        and table.padding_idx is None
-        and table.max_norm is None
-        and table.weight.dtype == torch.float32
-        and table.weight.is_contiguous()
-        and table.weight.shape[1] == dim
-    )
 
 
 class InteractionArch(nn.Module):
