@@ -29,21 +29,32 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/liveupdate demo
 
-# Chromium for the browser tests, docker-compose to validate docker/compose.yaml (no engine).
+# Chromium for the browser tests, docker-compose to validate docker/compose.yaml (no engine),
+# Node.js and npm for the dashboard's lint and unit tests (Debian's packages, when missing).
 system-deps:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/docker-compose ]; then \
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/docker-compose ] || missing="$$missing docker-compose"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium docker-compose; \
-		else echo "Missing: run 'sudo apt-get install chromium docker-compose' for the browser and compose tests"; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q$$missing; \
+		else echo "Missing: run 'sudo apt-get install$$missing' for the browser, compose and JS tests"; fi; \
 	fi
 
 services:
 	bash .ci/services
 
+# The dashboard's JS: ESLint (pinned by frontend/package-lock.json) and node's test runner over
+# the pure helpers (tests/js/, no browser, no services).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	frontend/node_modules/.bin/eslint --config frontend/eslint.config.js frontend tests/js
+	node --test --test-reporter=spec tests/js/
 
 checks: install
 	$(BIN)/python manage.py check

@@ -1,142 +1,147 @@
 // Node page controls: trainer pause/resume, snapshot, rebase, policy assignment, each recorded
 // as a node action whose outcome is shown when the node confirms (websocket event or polling
-// GET /api/actions/<id>/, which refreshes the action from the result backend).
-(function () {
-  const { api, listAll, el, fmt, epoch, errorText, confirmAction } = window.LU;
-  const NAME = document.getElementById("node-page").dataset.node;
-  const actions = new Map(); // id -> NodeAction as the API shows it
-  const POLL_MS = 1500;
+// GET /api/actions/<id>/, which refreshes the action from the result backend); the policy box
+// and the node's recent events.
+import { api, listAll } from "./api.js";
+import { confirmAction, el } from "./dom.js";
+import { epoch, errorText, fmt } from "./format.js";
+import { onFleetEvent } from "./live.js";
 
-  function describe(a) {
-    if (a.state === "succeeded") return "confirmed by the node";
-    if (a.state === "failed") return `failed: ${a.error || "no detail"}`;
-    if (a.state === "sent") return "sent, waiting for the node…";
-    return a.state;
+const actions = new Map(); // id -> NodeAction as the API shows it
+const POLL_MS = 1500;
+let events = [];
+
+function describe(a) {
+  if (a.state === "succeeded") return "confirmed by the node";
+  if (a.state === "failed") return `failed: ${a.error || "no detail"}`;
+  if (a.state === "sent") return "sent, waiting for the node…";
+  return a.state;
+}
+
+function actionItem(a) {
+  return el("li", { class: `action ${a.state}`, dataset: { action: a.id, state: a.state } },
+    el("span", { class: `badge ${a.state}` }, a.state), " ",
+    el("strong", {}, a.action.replace("_", " ")), ` #${a.id} · ${describe(a)}`,
+    a.result && a.state === "succeeded"
+      ? el("code", { class: "sub" }, ` ${JSON.stringify(a.result).slice(0, 160)}`) : "",
+    el("span", { class: "sub" }, ` · ${a.actor || ""} ${a.created ? fmt.ago(epoch(a.created)) : ""}`));
+}
+
+function renderLog() {
+  const list = document.getElementById("action-log");
+  const items = [...actions.values()].sort((a, b) => b.id - a.id).slice(0, 12);
+  if (!items.length) { list.replaceChildren(el("li", { class: "empty" }, "None yet.")); return; }
+  list.replaceChildren(...items.map(actionItem));
+}
+
+function track(record) {
+  const known = actions.get(record.id) || {};
+  actions.set(record.id, { ...known, ...record });
+  renderLog();
+  if (record.state === "sent" && !known.polling) poll(record.id);
+}
+
+async function poll(id) {
+  actions.get(id).polling = true;
+  while (actions.get(id).state === "sent") {
+    await new Promise((r) => setTimeout(r, POLL_MS));
+    const res = await api(`/api/actions/${id}/`);
+    if (res.ok) { actions.set(id, { ...actions.get(id), ...res.data }); renderLog(); }
   }
+}
 
-  function renderLog() {
-    const list = document.getElementById("action-log");
-    const items = [...actions.values()].sort((a, b) => b.id - a.id).slice(0, 12);
-    if (!items.length) { list.replaceChildren(el("li", { class: "empty" }, "None yet.")); return; }
-    list.replaceChildren(...items.map((a) => el("li", { class: `action ${a.state}`, dataset: { action: a.id, state: a.state } },
-      el("span", { class: `badge ${a.state}` }, a.state), " ",
-      el("strong", {}, a.action.replace("_", " ")), ` #${a.id} · ${describe(a)}`,
-      a.result && a.state === "succeeded" ? el("code", { class: "sub" }, ` ${JSON.stringify(a.result).slice(0, 160)}`) : "",
-      el("span", { class: "sub" }, ` · ${a.actor || ""} ${a.created ? fmt.ago(epoch(a.created)) : ""}`))));
+function flash(text, kind = "error") {
+  document.getElementById("action-log").prepend(el("li", { class: kind }, text));
+}
+
+async function send(name, action, body) {
+  const res = await api(`/api/nodes/${name}/${action}/`, { method: "POST", body });
+  if (res.status === 202 || res.status === 503) {
+    track(res.data); // 503: recorded, but the broker could not take it (its error is shown)
+    return res.data;
   }
+  flash(`${action}: ${errorText(res)}`);
+  return null;
+}
 
-  function track(record) {
-    const known = actions.get(record.id) || {};
-    actions.set(record.id, { ...known, ...record });
-    renderLog();
-    if (record.state === "sent" && !known.polling) poll(record.id);
+function renderEvents() {
+  const box = document.getElementById("events");
+  if (!events.length) { box.replaceChildren(el("p", { class: "empty" }, "No events reported.")); return; }
+  box.replaceChildren(el("table", { class: "responsive compact" },
+    el("thead", {}, el("tr", {}, ["Time", "Event", "Detail"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, events.slice(0, 20).map((e) => el("tr", {},
+      el("td", { dataset: { label: "Time" } }, fmt.time(e.ts)),
+      el("td", { dataset: { label: "Event" } }, e.kind),
+      el("td", { dataset: { label: "Detail" } }, el("code", {}, JSON.stringify(e.detail))))))));
+}
+
+// The assigned policy's main values, and the choice of policy to assign.
+export function showPolicy(state) {
+  const p = state.policy;
+  const box = document.getElementById("policy-box");
+  if (!p) {
+    box.replaceChildren(el("p", { class: "empty" }, "No policy assigned: the node runs its defaults."));
+  } else {
+    const applied = state.node.applied_policy_version;
+    const rows = [
+      ["Policy", `${p.name} v${p.version}${applied === p.version ? " (applied)" : ` (applied: ${applied ? `v${applied}` : "never"})`}`],
+      ["Mode", p.mode], ["Rank budget", `${p.r_min}–${p.r_max}`], ["Memory budget", `${p.memory_budget_pct} %`],
+      ["tau", p.tau], ["SLA P99", `${p.sla_p99_ms} ms`], ["Max trainer duty", p.max_trainer_duty],
+    ];
+    box.replaceChildren(el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
   }
+  document.getElementById("assign-policy").replaceChildren(
+    ...(p ? [] : [el("option", { value: "" }, "choose a policy…")]),
+    ...[...state.policies.values()].map((q) =>
+      el("option", { value: q.id, selected: p && q.id === p.id }, `${q.name} v${q.version}`)));
+}
 
-  async function poll(id) {
-    actions.get(id).polling = true;
-    while (actions.get(id).state === "sent") {
-      await new Promise((r) => setTimeout(r, POLL_MS));
-      const res = await api(`/api/actions/${id}/`);
-      if (res.ok) { actions.set(id, { ...actions.get(id), ...res.data }); renderLog(); }
-    }
-  }
-
-  function flash(text, kind = "error") {
-    const list = document.getElementById("action-log");
-    list.prepend(el("li", { class: kind }, text));
-  }
-
-  async function send(action, body) {
-    const res = await api(`/api/nodes/${NAME}/${action}/`, { method: "POST", body });
-    if (res.status === 202 || res.status === 503) {
-      track(res.data); // 503: recorded, but the broker could not take it (its error is shown)
-      return res.data;
-    }
-    flash(`${action}: ${errorText(res)}`);
-    return null;
-  }
-
+function bindControls(name) {
   document.querySelectorAll("[data-action]").forEach((button) => button.addEventListener("click", async () => {
     const action = button.dataset.action;
-    if (action === "pause" && !(await confirmAction(`Pause the trainer of ${NAME}?`,
+    if (action === "pause" && !(await confirmAction(`Pause the trainer of ${name}?`,
       "Inference keeps serving; the LoRA correction stops learning until you resume."))) return;
     button.disabled = true;
-    try { await send(action); } finally { button.disabled = false; }
+    try { await send(name, action); } finally { button.disabled = false; }
   }));
-
   document.getElementById("rebase-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const select = document.getElementById("checkpoint");
     if (!select.value) return;
-    const name = select.selectedOptions[0].textContent;
-    if (!(await confirmAction(`Rebase ${NAME} onto ${name}?`,
+    if (!(await confirmAction(`Rebase ${name} onto ${select.selectedOptions[0].textContent}?`,
       "The node loads this base checkpoint; its current LoRA correction is dropped."))) return;
-    await send("rebase", { checkpoint: Number(select.value) });
+    await send(name, "rebase", { checkpoint: Number(select.value) });
   });
-
   document.getElementById("assign-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const select = document.getElementById("assign-policy");
     if (!select.value) return;
-    if (!(await confirmAction(`Apply policy ${select.selectedOptions[0].textContent} to ${NAME}?`,
+    if (!(await confirmAction(`Apply policy ${select.selectedOptions[0].textContent} to ${name}?`,
       "The node is assigned this policy and receives it now."))) return;
-    await send("apply_policy", { policy: Number(select.value) });
+    await send(name, "apply_policy", { policy: Number(select.value) });
   });
+}
 
-  function policyBox(state) {
-    const p = state.policy;
-    const box = document.getElementById("policy-box");
-    if (!p) { box.replaceChildren(el("p", { class: "empty" }, "No policy assigned: the node runs its defaults.")); }
-    else {
-      const applied = state.node.applied_policy_version;
-      const rows = [
-        ["Policy", `${p.name} v${p.version}${applied === p.version ? " (applied)" : ` (applied: ${applied ? "v" + applied : "never"})`}`],
-        ["Mode", p.mode], ["Rank budget", `${p.r_min}–${p.r_max}`], ["Memory budget", `${p.memory_budget_pct} %`],
-        ["tau", p.tau], ["SLA P99", `${p.sla_p99_ms} ms`], ["Max trainer duty", p.max_trainer_duty],
-      ];
-      box.replaceChildren(el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
-    }
-    const select = document.getElementById("assign-policy");
-    select.replaceChildren(...(p ? [] : [el("option", { value: "" }, "choose a policy…")]),
-      ...[...state.policies.values()].map((q) =>
-      el("option", { value: q.id, selected: p && q.id === p.id }, `${q.name} v${q.version}`)));
-  }
-
-  function renderEvents(items) {
-    const box = document.getElementById("events");
-    if (!items.length) { box.replaceChildren(el("p", { class: "empty" }, "No events reported.")); return; }
-    box.replaceChildren(el("table", { class: "responsive compact" },
-      el("thead", {}, el("tr", {}, ["Time", "Event", "Detail"].map((h) => el("th", {}, h)))),
-      el("tbody", {}, items.slice(0, 20).map((e) => el("tr", {},
-        el("td", { dataset: { label: "Time" } }, fmt.time(e.ts)),
-        el("td", { dataset: { label: "Event" } }, e.kind),
-        el("td", { dataset: { label: "Detail" } }, el("code", {}, JSON.stringify(e.detail))))))));
-  }
-  let events = [];
-
-  window.addEventListener("node-loaded", (e) => policyBox(e.detail));
-  window.onFleetEvent((event) => {
-    if (event.node !== NAME) return;
+// Binds the controls, follows the node's actions and events live, loads the recent ones.
+export async function startActions(name) {
+  bindControls(name);
+  onFleetEvent((event) => {
+    if (event.node !== name) return;
     if (event.kind === "node_action") track({ ...(actions.get(event.action.id) || {}), ...event.action });
     if (event.kind === "rank_event" || event.kind === "node_event") {
       events.unshift({ ts: event.ts, kind: event.event, detail: event.detail });
-      renderEvents(events);
+      renderEvents();
     }
   });
-
-  (async () => {
-    const [recent, checkpoints, evs] = await Promise.all([
-      api("/api/actions/", { params: { node: NAME, limit: 12 } }),
-      listAll("/api/checkpoints/").catch(() => []),
-      api("/api/events/", { params: { node: NAME, limit: 20 } }),
-    ]);
-    if (recent.ok) recent.data.results.forEach(track);
-    const select = document.getElementById("checkpoint");
-    select.replaceChildren(checkpoints.length
-      ? el("option", { value: "" }, "choose…")
-      : el("option", { value: "" }, "no checkpoints registered"),
+  const [recent, checkpoints, evs] = await Promise.all([
+    api("/api/actions/", { params: { node: name, limit: 12 } }),
+    listAll("/api/checkpoints/").catch(() => []),
+    api("/api/events/", { params: { node: name, limit: 20 } }),
+  ]);
+  if (recent.ok) recent.data.results.forEach(track);
+  document.getElementById("checkpoint").replaceChildren(
+    el("option", { value: "" }, checkpoints.length ? "choose…" : "no checkpoints registered"),
     ...checkpoints.map((c) => el("option", { value: c.id }, `${c.name} (${fmt.time(epoch(c.created))})`)));
-    events = evs.ok ? evs.data.results.map((e) => ({ ts: epoch(e.ts), kind: e.kind, detail: e.detail })) : [];
-    renderEvents(events);
-  })();
-})();
+  events = evs.ok ? evs.data.results.map((e) => ({ ts: epoch(e.ts), kind: e.kind, detail: e.detail })) : [];
+  renderEvents();
+}

@@ -1,145 +1,150 @@
 // The node page's Plotly charts, drawn from the page state kept by node.js (Plotly.react: the
-// chart divs keep their zoom and the test can read each div's .data).
-(function () {
-  const { layout, plotConfig, isNum } = window.LU;
-  const COLORS = { node: "#2458d6", baseline: "#8a5cf5", limit: "#b42318", trainer: "#e07b00",
-    inference: "#2458d6", other: "#9aa3b5" };
-  const THROTTLE = ["running", "throttled", "paused"];
-  const THROTTLE_COLORS = { running: "#1a7f37", throttled: "#e07b00", paused: "#b42318" };
-  const dates = (ts) => ts.map((t) => new Date(t * 1000));
-  const mode = (n) => (n < 80 ? "lines+markers" : "lines");
+// chart divs keep their zoom, and the browser tests read each div's .data).
+import { isNum } from "./format.js";
+import { layout, plotConfig } from "./plot.js";
+import { rangeBounds, THROTTLE_STATES } from "./series.js";
 
-  function xRange(state) {
-    const r = state.range;
-    const end = r.live ? Date.now() / 1000 : r.end;
-    const start = r.live ? end - r.seconds : r.start;
-    return [new Date(start * 1000), new Date(end * 1000)];
+const COLORS = { node: "#2458d6", baseline: "#8a5cf5", limit: "#b42318", trainer: "#e07b00",
+  inference: "#2458d6", other: "#9aa3b5" };
+const THROTTLE_COLORS = { running: "#1a7f37", throttled: "#e07b00", paused: "#b42318" };
+const RANK_PALETTE = ["#2458d6", "#1a7f37", "#e07b00", "#8a5cf5", "#c2185b", "#00838f"];
+const dates = (ts) => ts.map((t) => new Date(t * 1000));
+const mode = (n) => (n < 80 ? "lines+markers" : "lines");
+const xRange = (state) => dates(rangeBounds(state.range));
+
+function timeLayout(state, yTitle, extra = {}) {
+  const base = layout(yTitle, { showlegend: true, ...extra });
+  base.xaxis = { ...base.xaxis, range: xRange(state) };
+  if (!state.main.t.length) {
+    base.annotations = [{ text: `no samples from ${state.name} in this range`, xref: "paper",
+      yref: "paper", x: 0.5, y: 0.5, showarrow: false, font: { size: 13, color: "#5b6475" } }];
   }
+  return base;
+}
 
-  function timeLayout(state, yTitle, extra = {}) {
-    const base = layout(yTitle, { showlegend: true, ...extra });
-    base.xaxis = { ...base.xaxis, range: xRange(state) };
-    if (!state.main.t.length) {
-      base.annotations = [{ text: `no samples from ${state.name} in this range`, xref: "paper",
-        yref: "paper", x: 0.5, y: 0.5, showarrow: false, font: { size: 13, color: "#5b6475" } }];
-    }
-    return base;
+function line(name, ts, ys, color, extra = {}) {
+  return { name, x: dates(ts), y: ys, type: "scatter", mode: mode(ts.length),
+    line: { color, width: 2 }, marker: { size: 5 }, connectgaps: false, ...extra };
+}
+
+function limitLine(name, value, state) {
+  const [x0, x1] = xRange(state);
+  return { name, x: [x0, x1], y: [value, value], type: "scatter", mode: "lines",
+    line: { color: COLORS.limit, dash: "dash", width: 2 }, hoverinfo: "name+y" };
+}
+
+function react(id, traces, lay) {
+  Plotly.react(document.getElementById(id), traces, lay, plotConfig);
+}
+
+function auc(state) {
+  const m = state.main;
+  const traces = [line(`${state.name} AUC`, m.t, m.auc, COLORS.node)];
+  if (state.baseline) {
+    traces.push(line(`${state.baseline} AUC (baseline)`, state.base.t, state.base.auc,
+      COLORS.baseline, { line: { color: COLORS.baseline, width: 2, dash: "dot" } }));
   }
+  const lay = timeLayout(state, "AUC (windowed)");
+  lay.yaxis.rangemode = "normal";
+  lay.yaxis.tickformat = ".3f";
+  react("chart-auc", traces, lay);
+}
 
-  function line(name, ts, ys, color, extra = {}) {
-    return { name, x: dates(ts), y: ys, type: "scatter", mode: mode(ts.length),
-      line: { color, width: 2 }, marker: { size: 5 }, connectgaps: false, ...extra };
-  }
+const bucketMax = (state) => (state.bucket_s > 1 ? " (bucket max)" : "");
 
-  function limitLine(name, value, state) {
-    const [x0, x1] = xRange(state);
-    return { name, x: [x0, x1], y: [value, value], type: "scatter", mode: "lines",
-      line: { color: COLORS.limit, dash: "dash", width: 2 }, hoverinfo: "name+y" };
-  }
+function p99(state) {
+  const traces = [line(`${state.name} P99${bucketMax(state)}`, state.main.t, state.main.p99, COLORS.node)];
+  const sla = state.policy && state.policy.sla_p99_ms;
+  if (isNum(sla)) traces.push(limitLine(`SLA ${sla} ms`, sla, state));
+  react("chart-p99", traces, timeLayout(state, "P99 latency (ms)"));
+}
 
-  function react(id, traces, lay) {
-    Plotly.react(document.getElementById(id), traces, lay, plotConfig);
-  }
+function memory(state) {
+  const traces = [line(`${state.name} overhead${bucketMax(state)}`, state.main.t, state.main.mem, COLORS.node)];
+  const budget = state.policy && state.policy.memory_budget_pct;
+  if (isNum(budget)) traces.push(limitLine(`budget ${budget} %`, budget, state));
+  react("chart-memory", traces, timeLayout(state, "LoRA memory (% of tables)"));
+}
 
-  function auc(state) {
-    const m = state.main;
-    const traces = [line(`${state.name} AUC`, m.t, m.auc, COLORS.node)];
-    if (state.baseline) {
-      traces.push(line(`${state.baseline} AUC (baseline)`, state.base.t, state.base.auc,
-        COLORS.baseline, { line: { color: COLORS.baseline, width: 2, dash: "dot" } }));
-    }
-    const lay = timeLayout(state, "AUC (windowed)");
-    lay.yaxis.rangemode = "normal";
-    lay.yaxis.tickformat = ".3f";
-    react("chart-auc", traces, lay);
-  }
+function rank(state) {
+  const { tables, marks } = state.ranks;
+  const traces = Object.keys(tables).sort().map((table, i) => {
+    const color = RANK_PALETTE[i % RANK_PALETTE.length];
+    return line(table, tables[table].t, tables[table].r, color, { line: { shape: "hv", width: 2, color } });
+  });
+  traces.push({ name: "rank change", x: dates(marks.t), y: marks.r, text: marks.text,
+    type: "scatter", mode: "markers", hovertemplate: "%{text}<extra>rank change</extra>",
+    marker: { symbol: "diamond", size: 10, color: "#1d2330", line: { color: "#fff", width: 1 } } });
+  const lay = timeLayout(state, "rank r");
+  lay.yaxis.dtick = 2;
+  react("chart-rank", traces, lay);
+}
 
-  function p99(state) {
-    const m = state.main;
-    const traces = [line(`${state.name} P99${state.bucket_s > 1 ? " (bucket max)" : ""}`, m.t, m.p99, COLORS.node)];
-    const sla = state.policy && state.policy.sla_p99_ms;
-    if (isNum(sla)) traces.push(limitLine(`SLA ${sla} ms`, sla, state));
-    react("chart-p99", traces, timeLayout(state, "P99 latency (ms)"));
-  }
+// One marker trace per throttle state, on a category axis under the throughput.
+function throttleTraces(th) {
+  return THROTTLE_STATES.map((s) => {
+    const idx = th.s.map((v, i) => (v === s ? i : -1)).filter((i) => i >= 0);
+    return { name: s, x: idx.map((i) => new Date(th.t[i] * 1000)), y: idx.map(() => s),
+      type: "scatter", mode: "markers", yaxis: "y3", showlegend: false,
+      marker: { color: THROTTLE_COLORS[s], size: 8, symbol: "square" },
+      hovertemplate: `${s}<extra>throttle</extra>` };
+  });
+}
 
-  function memory(state) {
-    const m = state.main;
-    const traces = [line(`${state.name} overhead${state.bucket_s > 1 ? " (bucket max)" : ""}`, m.t, m.mem, COLORS.node)];
-    const budget = state.policy && state.policy.memory_budget_pct;
-    if (isNum(budget)) traces.push(limitLine(`budget ${budget} %`, budget, state));
-    react("chart-memory", traces, timeLayout(state, "LoRA memory (% of tables)"));
-  }
+function trainer(state) {
+  const m = state.main;
+  const traces = [
+    line("samples/s", m.t, m.sps, COLORS.trainer),
+    line("duty (%)", m.t, m.duty.map((d) => (isNum(d) ? d * 100 : null)), "#6b7280",
+      { yaxis: "y2", line: { color: "#6b7280", width: 1, dash: "dot" } }),
+    ...throttleTraces(state.throttle),
+  ];
+  const lay = timeLayout(state, "trainer samples/s", {
+    yaxis: { title: { text: "samples/s" }, domain: [0.34, 1], rangemode: "tozero", automargin: true },
+    yaxis2: { title: { text: "duty (%)" }, overlaying: "y", side: "right", range: [0, 105],
+      tickvals: [0, 25, 50, 75, 100], showgrid: false },
+    yaxis3: { title: { text: "throttle" }, domain: [0, 0.24], type: "category",
+      categoryorder: "array", categoryarray: THROTTLE_STATES, range: [-0.5, 2.5], automargin: true },
+  });
+  lay.xaxis.anchor = "y3"; // time ticks below the throttle strip, not across it
+  lay.margin.r = 56;
+  react("chart-trainer", traces, lay);
+}
 
-  function rank(state) {
-    const palette = ["#2458d6", "#1a7f37", "#e07b00", "#8a5cf5", "#c2185b", "#00838f"];
-    const traces = Object.keys(state.ranks).sort().map((table, i) => {
-      const s = state.ranks[table];
-      return line(`${table}`, s.t, s.r, palette[i % palette.length], { line: { shape: "hv", width: 2, color: palette[i % palette.length] } });
-    });
-    const marks = state.rankMarks;
-    traces.push({ name: "rank change", x: dates(marks.t), y: marks.r, text: marks.text,
-      type: "scatter", mode: "markers", hovertemplate: "%{text}<extra>rank change</extra>",
-      marker: { symbol: "diamond", size: 10, color: "#1d2330", line: { color: "#fff", width: 1 } } });
-    const lay = timeLayout(state, "rank r");
-    lay.yaxis.dtick = 2;
-    react("chart-rank", traces, lay);
-  }
+// Roles of the cores: the node's registered topology, else the placement its runtime reported
+// in its newest "policy" event.
+function coreRoles(state) {
+  const registered = (state.node && state.node.topology) || {};
+  const topo = registered.inference_cpus ? registered : state.placement || {};
+  const inf = new Set(topo.inference_cpus || []);
+  const trn = new Set(topo.trainer_cpus || []);
+  const role = (i) => (trn.has(i) && !inf.has(i) ? "trainer" : inf.has(i) ? "inference" : "other");
+  return { role, known: inf.size > 0 || trn.size > 0 };
+}
 
-  function trainer(state) {
-    const m = state.main;
-    const th = state.throttle;
-    const traces = [
-      line("samples/s", m.t, m.sps, COLORS.trainer),
-      line("duty (%)", m.t, m.duty.map((d) => (isNum(d) ? d * 100 : null)), "#6b7280",
-        { yaxis: "y2", line: { color: "#6b7280", width: 1, dash: "dot" } }),
-      ...THROTTLE.map((s) => {
-        const idx = th.s.map((v, i) => (v === s ? i : -1)).filter((i) => i >= 0);
-        return { name: s, x: idx.map((i) => new Date(th.t[i] * 1000)), y: idx.map(() => s),
-          type: "scatter", mode: "markers", yaxis: "y3", showlegend: false,
-          marker: { color: THROTTLE_COLORS[s], size: 8, symbol: "square" },
-          hovertemplate: `${s}<extra>throttle</extra>` };
-      }),
-    ];
-    const lay = timeLayout(state, "trainer samples/s", {
-      yaxis: { title: { text: "samples/s" }, domain: [0.34, 1], rangemode: "tozero", automargin: true },
-      yaxis2: { title: { text: "duty (%)" }, overlaying: "y", side: "right", range: [0, 105],
-        tickvals: [0, 25, 50, 75, 100], showgrid: false },
-      yaxis3: { title: { text: "throttle" }, domain: [0, 0.24], type: "category",
-        categoryorder: "array", categoryarray: THROTTLE, range: [-0.5, 2.5], automargin: true },
-    });
-    lay.xaxis.anchor = "y3"; // time ticks below the throttle strip, not across it
-    lay.margin.r = 56;
-    react("chart-trainer", traces, lay);
-  }
+function cpu(state) {
+  const values = state.cpu.values || [];
+  const { role, known } = coreRoles(state);
+  const groups = { inference: [], trainer: [], other: [] };
+  values.forEach((v, i) => groups[role(i)].push(i));
+  const names = { inference: "inference cores", trainer: "trainer cores",
+    other: known ? "other cores" : "cores (placement not reported)" };
+  const traces = Object.entries(groups).filter(([, idx]) => idx.length).map(([r, idx]) => ({
+    name: names[r], type: "bar", x: idx.map((i) => `cpu ${i}`), y: idx.map((i) => values[i]),
+    marker: { color: COLORS[r] }, hovertemplate: "%{x}: %{y:.0f} %<extra></extra>" }));
+  const when = isNum(state.cpu.ts)
+    ? `sample at ${new Date(state.cpu.ts * 1000).toLocaleTimeString()}` : "no sample yet";
+  react("chart-cpu", traces, layout("busy (%)", {
+    xaxis: { type: "category", title: { text: `core (${when})` },
+      categoryorder: "array", categoryarray: values.map((v, i) => `cpu ${i}`) },
+    yaxis: { title: { text: "busy (%)" }, range: [0, 100] },
+    hovermode: "closest", barmode: "group",
+  }));
+}
 
-  function cpu(state) {
-    const values = state.cpu.values || [];
-    // Roles of the cores: the node's registered topology, else the placement its runtime
-    // reported in its newest "policy" event.
-    const registered = (state.node && state.node.topology) || {};
-    const topo = registered.inference_cpus ? registered : state.placement || {};
-    const inf = new Set(topo.inference_cpus || []);
-    const trn = new Set(topo.trainer_cpus || []);
-    const role = (i) => (trn.has(i) && !inf.has(i) ? "trainer" : inf.has(i) ? "inference" : "other");
-    const groups = { inference: [], trainer: [], other: [] };
-    values.forEach((v, i) => groups[role(i)].push(i));
-    const names = { inference: "inference cores", trainer: "trainer cores",
-      other: inf.size || trn.size ? "other cores" : "cores (placement not reported)" };
-    const traces = Object.entries(groups).filter(([, idx]) => idx.length).map(([r, idx]) => ({
-      name: names[r], type: "bar", x: idx.map((i) => `cpu ${i}`), y: idx.map((i) => values[i]),
-      marker: { color: COLORS[r] }, hovertemplate: "%{x}: %{y:.0f} %<extra></extra>" }));
-    const when = isNum(state.cpu.ts) ? `sample at ${new Date(state.cpu.ts * 1000).toLocaleTimeString()}` : "no sample yet";
-    react("chart-cpu", traces, layout("busy (%)", {
-      xaxis: { type: "category", title: { text: `core (${when})` },
-        categoryorder: "array", categoryarray: values.map((v, i) => `cpu ${i}`) },
-      yaxis: { title: { text: "busy (%)" }, range: [0, 100] },
-      hovermode: "closest", barmode: "group",
-    }));
-  }
-
-  window.NodeCharts = {
-    steps: [auc, p99, memory, rank, trainer, cpu], // in page order
-    render(state) { this.steps.forEach((draw) => draw(state)); },
-    renderLimits(state) { p99(state); memory(state); },
-  };
-})();
+export const chartSteps = [auc, p99, memory, rank, trainer, cpu]; // in page order
+export const renderCharts = (state) => chartSteps.forEach((draw) => draw(state));
+export function renderLimits(state) {
+  p99(state);
+  memory(state);
+}
