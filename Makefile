@@ -54,7 +54,7 @@ lint: install
 	$(BIN)/mypy
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	frontend/node_modules/.bin/eslint --config frontend/eslint.config.js frontend tests/js
-	node --test --test-reporter=spec tests/js/
+	node --test --test-reporter=spec tests/js/*.test.mjs
 
 checks: install
 	$(BIN)/python manage.py check
