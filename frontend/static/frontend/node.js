@@ -157,7 +157,7 @@ async function loadNode() {
   state.nodes = nodes;
   state.policies = new Map(policies.map((p) => [p.id, p]));
   state.policy = state.policies.get(state.node.policy) || null;
-  if (!state.baselineChosen) state.baseline = defaultBaseline(nodes);
+  if (state.baseline === "" && !state.baselineChosen) state.baseline = defaultBaseline(nodes);
   fillBaselines();
   summary();
   showPolicy(state);
