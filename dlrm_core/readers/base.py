@@ -15,6 +15,7 @@ the bag ``[0]``. ``request_ids`` are the events' positions in the stream (0, 1, 
 from __future__ import annotations
 
 import gzip
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -100,10 +101,20 @@ class MalformedLineError(ValueError):
         self.path, self.line_no, self.reason = path, line_no, reason
 
 
+def check_file(path: Path) -> None:
+    """Raises FileNotFoundError / IsADirectoryError / PermissionError unless ``path`` is a
+    readable file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such data file: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a data file")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"cannot read {path}: permission denied")
+
+
 def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
     """Opens a text file (gzip when it ends in .gz); undecodable bytes become U+FFFD."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no such data file: {path}")
+    check_file(path)
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
     return open(path, encoding=encoding, errors="replace", newline="")
@@ -199,6 +210,10 @@ class LineReader(StreamReader):
     multi_hot: frozenset[str] = frozenset()  # features whose Row entries are tuples (bags)
     encoding: str = "utf-8"
     sort_by_time: bool = False
+
+    def __init__(self, path: str | Path, options: ReadOptions | None = None) -> None:
+        super().__init__(path, options)
+        check_file(self.path)  # a missing file is the caller's mistake, named now
 
     @abstractmethod
     def _parse(self, line: str, index: int) -> Row:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,18 +39,12 @@ def open_reader(
     max_rows: int | None = None,
     csv: CsvLayout | None = None,
 ) -> StreamReader:
-    """The reader of ``fmt`` over ``path``; ValueError / FileNotFoundError / PermissionError
-    name what is wrong (an unknown format, a missing or unreadable file, a folder given for a
-    one-file format, a csv without its layout) before any line is read."""
+    """The reader of ``fmt`` over ``path``. What is wrong is named before any line is read:
+    ValueError (an unknown format, a csv without its layout, a bad option), FileNotFoundError,
+    IsADirectoryError, PermissionError (the path; see base.check_file)."""
     if fmt not in READER_FORMATS:
         raise ValueError(f"format must be one of {', '.join(READER_FORMATS)}, got {fmt!r}")
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    if path.is_dir() and fmt != "movielens":
-        raise ValueError(f"{path} is a folder; format {fmt} reads one file")
-    if not os.access(path, os.R_OK):
-        raise PermissionError(f"cannot read {path}: permission denied")
     rows = max_rows or DEFAULT_MAX_ROWS[fmt]
     if fmt == "criteo":
         return CriteoReader(path, options, max_rows=rows)
