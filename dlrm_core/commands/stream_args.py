@@ -51,6 +51,12 @@ HINTS = {
 }
 
 
+CSV_FLAGS = (
+    "label", "categorical", "dense", "time", "time_format", "sort_by_time", "label_threshold",
+    "multi_hot", "dense_log1p", "delimiter", "columns",
+)  # fmt: skip
+
+
 class StreamError(ValueError):
     """A stream that cannot be used as given; the message is one line for the user."""
 
@@ -175,10 +181,8 @@ def open_stream(args: argparse.Namespace) -> StreamReader:
     """The reader the data flags describe (a file format of READER_FORMATS)."""
     if args.format not in READER_FORMATS:
         raise StreamError(f"format {args.format} is not a file format")
-    csv_only = ("time_format", "label_threshold", "delimiter", "columns")
     if args.format != "csv":
-        given = [f"--{k.replace('_', '-')}" for k in csv_only if getattr(args, k) is not None]
-        given += ["--multi-hot"] if args.multi_hot else []
+        given = [f"--{k.replace('_', '-')}" for k in CSV_FLAGS if _given(getattr(args, k))]
         if given:
             raise StreamError(f"{', '.join(given)}: only for --format csv")
     if args.data is None:
@@ -189,6 +193,10 @@ def open_stream(args: argparse.Namespace) -> StreamReader:
         return open_reader(args.format, args.data, options, args.max_rows, layout)
     except (ValueError, OSError) as exc:
         raise StreamError(one_line(exc)) from None
+
+
+def _given(value: object) -> bool:
+    return value is not None and value is not False and value != () and value != []
 
 
 def count_usable(reader: StreamReader, needed: int = 2) -> int:
