@@ -299,7 +299,7 @@ def parse_label(text: str) -> float:
         return 0.0
     if text == "1":
         return 1.0
-    raise ValueError(f"label must be 0 or 1, got {text[:20]!r}")
+    raise LineError("label must be 0 or 1", repr(text[:20]))
 
 
 def resolve_table_sizes(

@@ -145,7 +145,11 @@ class CsvReader(LineReader):
 
     def _split(self, text: str) -> list[str]:
         try:
-            fields = next(csv.reader([text], delimiter=self.field_delimiter, strict=True))
+            fields = next(
+                csv.reader(
+                    [text], delimiter=self.field_delimiter, skipinitialspace=True, strict=True
+                )
+            )
         except csv.Error as exc:
             if "unexpected end of data" in str(exc):
                 raise LineError(UNTERMINATED_QUOTE) from None
@@ -236,7 +240,7 @@ def sniff_delimiter(line: str) -> str:
 def _open_quote(text: str, delimiter: str) -> bool:
     """Whether ``text`` ends inside a quoted field (the record goes on on the next line)."""
     try:
-        next(csv.reader([text], delimiter=delimiter, strict=True))
+        next(csv.reader([text], delimiter=delimiter, skipinitialspace=True, strict=True))
     except csv.Error as exc:
         return "unexpected end of data" in str(exc)
     except StopIteration:

@@ -50,12 +50,13 @@ def test_criteo_malformed_lines_are_counted_reported_and_skipped(criteo_file):
     assert (st.lines, st.events, st.malformed) == (7, 3, 4)
     assert [b.line_no for b in st.examples] == [3, 4, 5, 6]
     assert st.by_reason == {
-        "expected 40 tab-separated fields, got 3": 1,
-        "label must be 0 or 1, got '2'": 1,
+        "expected 40 tab-separated fields": 1,
+        "label must be 0 or 1": 1,
         "I1..I13 must be integers or empty": 1,
         "empty line": 1,
     }
     assert st.examples[0].text == "0\t1\t2"
+    assert [b.detail for b in st.examples[:2]] == ["got 3", "'2'"]
     assert batch.labels.tolist() == [1.0, 0.0, 1.0]
     # Time is the line's position, so a skipped line leaves a gap.
     assert batch.timestamps.tolist() == [0.0, 0.1, 0.6]
