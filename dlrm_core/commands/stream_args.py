@@ -210,7 +210,9 @@ def count_usable(reader: StreamReader, needed: int = 2) -> int:
     if events < needed:
         raise StreamError(explain_unusable(reader.path, st, events, needed, _delimiter_of(reader)))
     if st.malformed:
-        print(f"{reader.path}: {st.summary()}", file=sys.stderr)
+        reason = max(st.by_reason.items(), key=lambda kv: kv[1])[0]
+        hint = _hint(reason, _delimiter_of(reader))
+        print(f"{reader.path}: {st.summary()}\n  hint: {hint}", file=sys.stderr)
     return events
 
 
@@ -227,8 +229,11 @@ def explain_unusable(
     example = st.first_example(reason)
     where = "" if example is None else f", first on line {example.line_no}"
     detail = f" {example.detail}" if example is not None and example.detail else ""
-    hint = HINTS.get(reason, "check --format and --data").format(delimiter=delimiter or ",")
-    return f"{head}: {count} malformed as '{reason}'{where}{detail}; {hint}"
+    return f"{head}: {count} malformed as '{reason}'{where}{detail}; {_hint(reason, delimiter)}"
+
+
+def _hint(reason: str, delimiter: str | None) -> str:
+    return HINTS.get(reason, "check --format and --data").format(delimiter=delimiter or ",")
 
 
 def _delimiter_of(reader: StreamReader) -> str | None:

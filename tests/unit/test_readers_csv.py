@@ -174,7 +174,7 @@ def flags(**kw) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_flags_build_the_layout_and_explain_an_unusable_file(tmp_path):
+def test_flags_build_the_layout_and_explain_an_unusable_file(tmp_path, capsys):
     path = talkingdata(tmp_path)
     args = flags(data=str(path), label="is_attributed", categorical="ip,app",
                  time="click_time", multi_hot="channel:;")  # fmt: skip
@@ -184,6 +184,9 @@ def test_flags_build_the_layout_and_explain_an_unusable_file(tmp_path):
     )
     reader = stream_args.open_stream(args)
     assert stream_args.count_usable(reader) == 4
+    summary = capsys.readouterr().err
+    assert "1 x timestamp earlier than the previous event" in summary
+    assert "e.g. line 5" in summary and "hint: add --sort-by-time" in summary
 
     args = flags(data=str(path), label="is_attributed", categorical="ip", time="click_time",
                  time_format="%d/%m/%Y %H:%M:%S")  # fmt: skip
