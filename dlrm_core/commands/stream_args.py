@@ -43,7 +43,7 @@ HINTS = {
     g.BAD_LABEL: "give --label-threshold T (label = value >= T) or another --label",
     g.LABEL_NOT_NUMBER: "give another --label (this column is not numeric)",
     g.DENSE_NOT_NUMBER: "move that column from --dense to --categorical",
-    g.FIELD_COUNT: "set --delimiter (lines were split on {delimiter!r})",
+    g.FIELD_COUNT: "--delimiter, if {delimiter!r} is not the file's delimiter",
     g.UNTERMINATED_QUOTE: "set --delimiter or fix the file's quoting",
     g.UNREADABLE: "set --delimiter or fix the file's quoting",
     ORDER_REASON: "add --sort-by-time",
