@@ -156,14 +156,14 @@ class CsvReader(LineReader):
             raise LineError(UNREADABLE, str(exc)) from None
         except StopIteration:
             raise LineError(UNREADABLE, "no fields") from None
-        return [f.strip() for f in fields]
+        return fields
 
     def _check_header(self, line: str) -> None:
         try:
             names = self._split(line)
         except LineError as exc:
             raise ValueError(f"{self.path}: unreadable header line: {exc}") from None
-        self._index_columns(names, "header")
+        self._index_columns([n.strip() for n in names], "header")
 
     def _index_columns(self, names: list[str], source: str) -> None:
         exact = {n: i for i, n in reversed(list(enumerate(names)))}
@@ -197,11 +197,13 @@ class CsvReader(LineReader):
         if len(f) != self._n_fields:
             raise LineError(FIELD_COUNT, f"expected {self._n_fields}, got {len(f)}")
         return (
-            self._label(f[self._label_i]),
-            index / self.qps if self._time_i < 0 else self.parse_time(f[self._time_i]),
-            [_dense(f[i]) for i in self._dense_i],
+            self._label(f[self._label_i].strip()),
+            index / self.qps if self._time_i < 0 else self.parse_time(f[self._time_i].strip()),
+            [_dense(f[i].strip()) for i in self._dense_i],
             [
-                f[i] if sep is None else tuple(v.strip() for v in f[i].split(sep) if v.strip())
+                f[i].strip()
+                if sep is None
+                else tuple(v.strip() for v in f[i].split(sep) if v.strip())
                 for i, sep in self._cat_i
             ],
         )

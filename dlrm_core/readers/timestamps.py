@@ -21,6 +21,7 @@ EPOCH_UNITS = {"epoch-s": 1.0, "epoch-ms": 1e-3, "epoch-us": 1e-6, "epoch-ns": 1
 # (smallest magnitude, seconds per unit), largest first: the auto format's reading of numbers
 AUTO_EPOCH_SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3), (0.0, 1.0))
 
+DATE_CACHE_SIZE = 1 << 16
 NOT_A_DATE = "time is neither a number nor an ISO 8601 date"
 NOT_A_NUMBER = "time is not a number"
 NO_MATCH = "time does not match the time format"
@@ -48,13 +49,23 @@ class TimeParser:
     def __init__(self, time_format: str | None = None) -> None:
         check_time_format(time_format)
         self.time_format = time_format
+        # Dates repeat in a log (every click of one second or hour): strptime once per text.
+        self._dates: dict[str, float] = {}
 
     def __call__(self, text: str) -> float:
         fmt = self.time_format
-        if fmt is None:
-            return self._auto(text)
         if fmt in EPOCH_UNITS:
             return _finite(text, NOT_A_NUMBER) * EPOCH_UNITS[fmt]
+        t = self._dates.get(text)
+        if t is None:
+            t = self._auto(text) if fmt is None else self._pattern(text, fmt)
+            if len(self._dates) >= DATE_CACHE_SIZE:
+                self._dates.clear()
+            self._dates[text] = t
+        return t
+
+    @staticmethod
+    def _pattern(text: str, fmt: str) -> float:
         try:
             return _seconds(datetime.strptime(text, fmt))
         except ValueError:
