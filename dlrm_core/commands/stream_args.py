@@ -57,6 +57,9 @@ CSV_FLAGS = (
 )  # fmt: skip
 
 
+NO_HEADER_HINT = "; the first line looks like data: name the columns with --columns"
+
+
 class StreamError(ValueError):
     """A stream that cannot be used as given; the message is one line for the user."""
 
@@ -205,7 +208,9 @@ def count_usable(reader: StreamReader, needed: int = 2) -> int:
     try:
         events = sum(len(b) for b in reader)
     except (ValueError, OSError, EOFError) as exc:  # a bad header, a broken gzip ...
-        raise StreamError(one_line(exc)) from None
+        no_header = isinstance(exc, g.MissingColumnsError) and exc.looks_like_data
+        hint = NO_HEADER_HINT if no_header else ""
+        raise StreamError(one_line(exc) + hint) from None
     st = reader.stats
     if events < needed:
         raise StreamError(explain_unusable(reader.path, st, events, needed, _delimiter_of(reader)))

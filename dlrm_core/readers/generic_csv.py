@@ -52,6 +52,15 @@ UNTERMINATED_QUOTE = "unterminated quote"
 UNREADABLE = "unreadable CSV line"
 
 
+class MissingColumnsError(ValueError):
+    """The header (or ``columns``) lacks a named column; ``looks_like_data``: the header line
+    has a number among its names, so the file probably has no header."""
+
+    def __init__(self, message: str, looks_like_data: bool) -> None:
+        super().__init__(message)
+        self.looks_like_data = looks_like_data
+
+
 class CsvReader(LineReader):
     def __init__(
         self,
@@ -181,9 +190,10 @@ class CsvReader(LineReader):
         missing = [c for c, i in found.items() if i is None]
         if missing:
             shown = names[:40] + (["..."] if len(names) > 40 else [])
-            raise ValueError(
+            raise MissingColumnsError(
                 f"{self.path}: the {source} lacks the columns {missing}; it has {shown} "
-                f"(delimiter {self.field_delimiter!r})"
+                f"(delimiter {self.field_delimiter!r})",
+                looks_like_data=source == "header" and any(map(_is_number, names)),
             )
         at = {c: i for c, i in found.items() if i is not None}
         self._n_fields = len(names)
@@ -248,6 +258,14 @@ def _open_quote(text: str, delimiter: str) -> bool:
     except StopIteration:
         pass
     return False
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _dense(text: str) -> float:

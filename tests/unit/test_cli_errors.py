@@ -64,6 +64,11 @@ def test_a_file_with_no_usable_line_names_the_reason_and_the_fix(td, capsys):
 def test_missing_columns_and_time_formats_are_one_line(td, capsys):
     line = one_line_error(capsys, experiment(td, "--time", "clicktime"))
     assert "lacks the columns ['clicktime']" in line and "'click_time'" in line
+    assert "--columns" not in line
+    headerless = td.with_name("headerless.csv")
+    headerless.write_text(TD.split("\n", 1)[1])
+    line = one_line_error(capsys, experiment(headerless))
+    assert line.endswith("the first line looks like data: name the columns with --columns")
     line = one_line_error(capsys, experiment(td, "--time", "click_time", "--time-format", "%Q"))
     assert "argument --time-format" in line and "bad directive" in line
     line = one_line_error(capsys, experiment(td, "--time-format", "%Y"))
