@@ -4,6 +4,7 @@ thresholds, multi-hot bags, sniffed delimiters, quoting, headerless files, malfo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -60,8 +61,8 @@ def test_talkingdata_datetime_column_is_read_without_a_format(tmp_path):
     assert reader.stats.by_reason == {"timestamp earlier than the previous event": 1}
     assert reader.stats.examples[0].line_no == 5
 
-    ordered = open_reader("csv", tmp_path / "train_sample.csv", csv=layout.__class__(
-        **{**layout.__dict__, "sort_by_time": True}))  # fmt: skip
+    sorted_layout = dataclasses.replace(layout, sort_by_time=True)
+    ordered = open_reader("csv", tmp_path / "train_sample.csv", csv=sorted_layout)
     assert read(ordered).timestamps[0].item() == utc(2017, 11, 7, 4, 58, 8)
     assert ordered.stats.malformed == 0
 
