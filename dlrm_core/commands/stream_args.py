@@ -189,7 +189,7 @@ def open_stream(args: argparse.Namespace) -> StreamReader:
         if given:
             raise StreamError(f"{', '.join(given)}: only for --format csv")
     if args.data is None:
-        raise StreamError(f"format {args.format} needs --data PATH")
+        raise StreamError(f"--data is required for format {args.format}")
     layout = csv_layout(args) if args.format == "csv" else None
     options = ReadOptions(batch_size=args.batch_size, max_events=args.max_events)
     try:
