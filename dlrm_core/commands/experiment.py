@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         if args.format == "synthetic":
+            stream_args.reject_csv_flags(args)
             synthetic = SyntheticConfig(
                 seed=args.seed, num_events=args.events, batch_size=args.batch_size,
                 events_per_second=args.qps, user_rows=args.user_rows,

@@ -184,10 +184,7 @@ def open_stream(args: argparse.Namespace) -> StreamReader:
     """The reader the data flags describe (a file format of READER_FORMATS)."""
     if args.format not in READER_FORMATS:
         raise StreamError(f"format {args.format} is not a file format")
-    if args.format != "csv":
-        given = [f"--{k.replace('_', '-')}" for k in CSV_FLAGS if _given(getattr(args, k))]
-        if given:
-            raise StreamError(f"{', '.join(given)}: only for --format csv")
+    reject_csv_flags(args)
     if args.data is None:
         raise StreamError(f"--data is required for format {args.format}")
     layout = csv_layout(args) if args.format == "csv" else None
@@ -196,6 +193,14 @@ def open_stream(args: argparse.Namespace) -> StreamReader:
         return open_reader(args.format, args.data, options, args.max_rows, layout)
     except (ValueError, OSError) as exc:
         raise StreamError(one_line(exc)) from None
+
+
+def reject_csv_flags(args: argparse.Namespace) -> None:
+    """StreamError when a csv-only flag is given with another --format (it would be ignored)."""
+    if args.format != "csv":
+        given = [f"--{k.replace('_', '-')}" for k in CSV_FLAGS if _given(getattr(args, k))]
+        if given:
+            raise StreamError(f"{', '.join(given)}: only for --format csv")
 
 
 def _given(value: object) -> bool:

@@ -112,6 +112,9 @@ def test_paths_that_cannot_be_read(tmp_path, capsys):
     line = one_line_error(capsys, ["experiment", "--format", "criteo", "--data", str(empty),
                                    "--out", "x", "--label", "y"])  # fmt: skip
     assert "--label: only for --format csv" in line
+    line = one_line_error(capsys, ["experiment", "--format", "synthetic", "--out", "x",
+                                   "--time", "t", "--sort-by-time"])  # fmt: skip
+    assert "--time, --sort-by-time: only for --format csv" in line
 
 
 def test_token_values_may_start_with_a_dash():
