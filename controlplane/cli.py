@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,8 +29,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (``prog: error: ...``, exit 2), not
+    the whole usage block; ``--help`` still prints it. Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Options whose value may start with '-' (a node token can): "--token -x" is read as "--token=-x".
+DASH_VALUE_OPTIONS = frozenset({"--token"})
+
+
+def join_dash_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in DASH_VALUE_OPTIONS:
+            value = next(args, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="liveupdate",
         description="LiveUpdate: fresh recommendation models without cross-cluster parameter sync.",
     )
@@ -44,12 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv)  # prints help or the "invalid choice" error and exits
         return 2
-    name, rest = argv[0], argv[1:]
+    name, rest = argv[0], join_dash_values(argv[1:])
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"liveupdate {name}", description=COMMANDS[name][1])
+    prog = f"liveupdate {name}"
+    parser = OneLineErrorParser(prog=prog, description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # a path the user gave that a command opened without checking it first
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ def _replay_spec(args: argparse.Namespace) -> str:
         raise SystemExit("liveupdate demo: --data needs --format (criteo, avazu, movielens)")
     if not args.data.exists():  # a file, or a folder for MovieLens
         raise SystemExit(f"liveupdate demo: no such file or folder: {args.data}")
+    if args.data.is_dir() and args.format != "movielens":
+        raise SystemExit(f"liveupdate demo: {args.data} is a folder; {args.format} reads a file")
     return f"{args.format}:{args.data.resolve()}"
 
 
@@ -133,6 +135,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit("liveupdate demo: --drift must be in [0, 10000]")
     if not 1 <= args.sync_period <= 86_400:
         raise SystemExit("liveupdate demo: --sync-period must be in [1, 86400] s")
+    if not 0 <= args.pretrain_events <= 10**8:
+        raise SystemExit("liveupdate demo: --pretrain-events must be in [0, 1e8]")
+    if not 0 <= args.seed < 2**32:
+        raise SystemExit("liveupdate demo: --seed must be in [0, 2**32)")
+    if not args.host.strip():
+        raise SystemExit("liveupdate demo: --host must not be empty")
 
 
 def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict) -> list:

@@ -33,7 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MAX_WORKERS = 64
+
+
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise SystemExit(f"liveupdate serve: --port must be in [0, 65535], got {args.port}")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise SystemExit(f"liveupdate serve: --workers must be in [1, {MAX_WORKERS}]")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     import django
     import uvicorn
@@ -42,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     django.setup()
     workers = args.workers if args.workers is not None else env_int(WORKERS_ENV, 1, minimum=1)
-    if workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {workers}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise SystemExit(f"liveupdate serve: {WORKERS_ENV} must be in [1, {MAX_WORKERS}]")
     if workers > 1 and not settings.REDIS_URL:
         raise SystemExit(
             f"{workers} workers need a shared channel layer: set REDIS_URL (the embedded "

@@ -1,8 +1,9 @@
 """``liveupdate analyze-gradients``: how low-rank is a training window's embedding update?
 
-Trains the DLRM on a stream (MovieLens or Criteo) for a warm-up, then over a window, and
-reports per table the share of the update's variance in its top principal components, for the
-summed gradient and the applied update, under SGD and Adagrad, for each embedding dim.
+Trains the DLRM on a stream (a file of any reader format: MovieLens, Criteo, Avazu, a csv log)
+for a warm-up, then over a window, and reports per table the share of the update's variance in
+its top principal components, for the summed gradient and the applied update, under SGD and
+Adagrad, for each embedding dim.
 Prints a table; writes ``gradient_analysis_<format>.json`` and ``.md`` to ``--out``.
 """
 
@@ -22,7 +23,9 @@ from typing import Any
 import torch
 
 from dlrm_core.analysis import CLAIM_SHARE, RunConfig, analyze, n_components
-from dlrm_core.readers import CriteoReader, MovieLensReader, ReadOptions, StreamReader
+from dlrm_core.commands import stream_args
+from dlrm_core.commands.stream_args import bounded
+from dlrm_core.readers import READER_FORMATS
 
 
 # Learning rates: the best window AUC of a small sweep (SGD 0.1/1/3, Adagrad 0.01/0.02/0.05)
@@ -40,6 +43,8 @@ DEFAULTS = {
     # The reference Criteo MLPs (13-512-256-64-D, 512-256-1).
     "criteo": FormatDefaults(0.1, 0.01, (512, 256, 64), (512, 256)),
 }
+# Other formats (Avazu, csv logs): Criteo's rates, not tuned for them, with MovieLens's MLPs.
+UNTUNED = FormatDefaults(0.1, 0.01, (64,), (64, 32))
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -54,26 +59,15 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="ml-100k dir or Criteo TSV")
-    parser.add_argument("--format", choices=sorted(DEFAULTS), required=True)
+    stream_args.add_stream_arguments(parser, READER_FORMATS, batch_size=256)
     parser.add_argument("--dims", type=_dims, default=(16, 64, 128), help="e.g. 16,64,128")
     parser.add_argument("--out", type=Path, default=Path("var/analysis"))
-    parser.add_argument("--max-events", type=int, default=None, help="read only the first N")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--warmup", type=float, default=0.5, help="share of batches before")
-    parser.add_argument("--window", type=float, default=0.3, help="share of batches in window")
-    parser.add_argument("--sgd-lr", type=float, default=None)
-    parser.add_argument("--adagrad-lr", type=float, default=None)
-    parser.add_argument("--max-rows", type=int, default=None, help="cap on hashed table sizes")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def _reader(args: argparse.Namespace) -> StreamReader:
-    options = ReadOptions(batch_size=args.batch_size, max_events=args.max_events)
-    extra = {} if args.max_rows is None else {"max_rows": args.max_rows}
-    if args.format == "movielens":
-        return MovieLensReader(args.data, options, **extra)
-    return CriteoReader(args.data, options, **extra)
+    share = bounded(float, 0.0, 1.0)
+    parser.add_argument("--warmup", type=share, default=0.5, help="share of batches before")
+    parser.add_argument("--window", type=share, default=0.3, help="share of batches in window")
+    parser.add_argument("--sgd-lr", type=bounded(float, 1e-9, 10.0), default=None)
+    parser.add_argument("--adagrad-lr", type=bounded(float, 1e-9, 10.0), default=None)
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
 
 
 def _markdown(records: list[dict], header: str) -> str:
@@ -147,7 +141,7 @@ def _finite(value: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: silences torch's warning
-    defaults = DEFAULTS[args.format]
+    defaults = DEFAULTS.get(args.format, UNTUNED)
     sgd_lr = defaults.sgd_lr if args.sgd_lr is None else args.sgd_lr
     adagrad_lr = defaults.adagrad_lr if args.adagrad_lr is None else args.adagrad_lr
     try:
@@ -160,13 +154,11 @@ def run(args: argparse.Namespace) -> int:
             top_hidden=defaults.top_hidden,
             seed=args.seed,
         )
-        reader = _reader(args)
+        reader = stream_args.open_stream(args)
+        stream_args.count_usable(reader, needed=2 * args.batch_size)  # two batches at least
         batches = list(reader)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"analyze-gradients: {exc}", file=sys.stderr)
-        return 2
-    if len(batches) < 2:
-        print("analyze-gradients: need at least 2 batches of data", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"liveupdate analyze-gradients: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
 

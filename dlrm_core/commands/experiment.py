@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dlrm_core.commands import stream_args
 from dlrm_core.experiment.config import (
     PRIORITIES,
     STRATEGY_NAMES,
@@ -21,6 +23,9 @@ from dlrm_core.experiment.config import (
 )
 from dlrm_core.experiment.data import FORMATS, open_source
 from dlrm_core.synthetic import SyntheticConfig
+
+if TYPE_CHECKING:
+    from dlrm_core.experiment.data import StreamSource
 
 
 def _csv_list(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
@@ -39,17 +44,8 @@ def _csv_list(kind: type, choices: tuple[str, ...] | None = None):  # type: igno
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d, live = ExperimentConfig(), LiveUpdateParams()
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", help="dataset file or directory (not needed for synthetic)")
-    g.add_argument("--format", required=True, choices=FORMATS)
-    g.add_argument("--out", required=True, type=Path, help="output directory")
-    g.add_argument("--max-events", type=int, help="replay only the first N events")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--max-rows", type=int, help="table size cap for hashed features")
-    g.add_argument("--label", help="csv: label column")
-    g.add_argument("--categorical", type=_csv_list(str), help="csv: categorical columns")
-    g.add_argument("--dense", type=_csv_list(str), default=(), help="csv: dense columns")
-    g.add_argument("--time", help="csv: timestamp column")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    stream_args.add_stream_arguments(parser, FORMATS, batch_size=128)
     s = parser.add_argument_group("synthetic stream")
     s.add_argument("--events", type=int, default=200_000, help="synthetic: number of events")
     s.add_argument("--user-rows", type=int, default=100_000)
@@ -141,19 +137,19 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
-        synthetic = None
         if args.format == "synthetic":
+            stream_args.reject_csv_flags(args)
             synthetic = SyntheticConfig(
                 seed=args.seed, num_events=args.events, batch_size=args.batch_size,
                 events_per_second=args.qps, user_rows=args.user_rows,
                 item_rows=args.item_rows, drift_per_hour=args.drift_per_hour,
             )  # fmt: skip
-        source = open_source(
-            args.format, args.data, args.batch_size, args.max_events, args.max_rows,
-            csv_columns=_csv_columns(args), synthetic=synthetic,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"liveupdate experiment: error: {exc}", file=sys.stderr)
+            source = open_source("synthetic", None, args.batch_size, args.max_events,
+                                 synthetic=synthetic)  # fmt: skip
+        else:
+            source = _file_source(args)
+    except (ValueError, OSError) as exc:
+        print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
     delays = [d for d in args.label_delays if d != config.label_delay_s]
     sweep_strategies = tuple(s for s in ("delta_sync", "liveupdate") if s in config.strategies)
@@ -193,15 +189,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv_columns(args: argparse.Namespace) -> dict[str, object] | None:
-    if args.format != "csv":
-        return None
-    cols: dict[str, object] = {"label": args.label, "categorical": args.categorical or ()}
-    if args.dense:
-        cols["dense"] = args.dense
-    if args.time:
-        cols["time"] = args.time
-    return cols
+def _file_source(args: argparse.Namespace) -> StreamSource:
+    """The data file's stream, counted by one read (malformed lines summarised on stderr)."""
+    from dlrm_core.experiment.data import StreamSource
+
+    reader = stream_args.open_stream(args)
+    events = stream_args.count_usable(reader)
+    info = {
+        "name": reader.path.name, "format": args.format, "path": str(reader.path),
+        "malformed_lines": reader.stats.malformed,
+        "malformed_by_reason": dict(reader.stats.by_reason),
+    }  # fmt: skip
+    return StreamSource(reader.schema, lambda: iter(reader), events, info)
 
 
 def _mapping(config: ExperimentConfig, events: int) -> str:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dlrm_core.readers.base import (
+    LineError,
     LineReader,
     ReadOptions,
     Row,
@@ -85,19 +86,20 @@ class AvazuReader(LineReader):
         t = self._hours.get(text)
         if t is None:
             if len(text) != 8 or not text.isdigit():
-                raise ValueError(f"hour must be YYMMDDHH, got {text[:20]!r}")
+                raise LineError("hour must be YYMMDDHH", repr(text[:20]))
             y, m, d, h = (int(text[i : i + 2]) for i in range(0, 8, 2))
             try:
                 t = datetime(2000 + y, m, d, h, tzinfo=UTC).timestamp()
             except ValueError:
-                raise ValueError(f"hour {text!r} is not a valid date and hour") from None
+                raise LineError("hour is not a valid date and hour", repr(text)) from None
             self._hours[text] = t
         return t
 
     def _parse(self, line: str, index: int) -> Row:
         fields = line.split(",")
         if len(fields) != self._n_fields:
-            raise ValueError(f"expected {self._n_fields} comma-separated fields, got {len(fields)}")
+            reason = f"expected {self._n_fields} comma-separated fields"
+            raise LineError(reason, f"got {len(fields)}")
         hour = fields[self._hour_col]
         sparse = [fields[i] for i in self._cat_cols]
         sparse.append(hour[6:8])

@@ -15,6 +15,7 @@ the bag ``[0]``. ``request_ids`` are the events' positions in the stream (0, 1, 
 from __future__ import annotations
 
 import gzip
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from dlrm_core.schema import StreamSchema
 
 MAX_BATCH_SIZE = 1 << 20
 EXAMPLE_CHARS = 200
+ORDER_REASON = "timestamp earlier than the previous event"
+MAX_KINDS_KEPT = 20  # the first line of each reason is kept too, for this many reasons
 
 # One parsed event: (label in {0,1}, timestamp s, raw dense values, one entry per sparse
 # feature: a string for a one-hot feature or a tuple of strings for a multi-hot one).
@@ -43,7 +46,7 @@ class ReadOptions:
     batch_size: int = 512
     max_events: int | None = None  # stop after this many events (the earliest ones)
     strict: bool = False  # raise on the first malformed line instead of skipping it
-    max_examples: int = 5  # malformed lines kept verbatim in ReadStats.examples
+    max_examples: int = 5  # malformed lines kept verbatim (and the first of each reason)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -57,8 +60,18 @@ class ReadOptions:
 @dataclass(frozen=True)
 class BadLine:
     line_no: int  # 1-based physical line in the file (the header is line 1 when present)
-    reason: str
+    reason: str  # the kind of problem (the key of ReadStats.by_reason)
     text: str  # the line, cut to EXAMPLE_CHARS characters
+    detail: str = ""  # what exactly was wrong on this line, e.g. the offending value
+
+
+class LineError(ValueError):
+    """A malformed line: ``reason`` is its kind (counted in ReadStats.by_reason), ``detail``
+    what this line had (kept only in the examples), so that a million bad labels are one reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -72,8 +85,14 @@ class ReadStats:
     def summary(self) -> str:
         parts = [f"{self.events} events from {self.lines} lines, {self.malformed} malformed"]
         parts += [f"  {n} x {reason}" for reason, n in sorted(self.by_reason.items())]
-        parts += [f"  e.g. line {b.line_no}: {b.reason}: {b.text!r}" for b in self.examples]
+        parts += [
+            f"  e.g. line {b.line_no}: {b.reason}{f' ({b.detail})' if b.detail else ''}: {b.text!r}"
+            for b in self.examples
+        ]
         return "\n".join(parts)
+
+    def first_example(self, reason: str) -> BadLine | None:
+        return next((b for b in self.examples if b.reason == reason), None)
 
 
 class MalformedLineError(ValueError):
@@ -82,10 +101,20 @@ class MalformedLineError(ValueError):
         self.path, self.line_no, self.reason = path, line_no, reason
 
 
+def check_file(path: Path) -> None:
+    """Raises FileNotFoundError / IsADirectoryError / PermissionError unless ``path`` is a
+    readable file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such data file: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a data file")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"cannot read {path}: permission denied")
+
+
 def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
     """Opens a text file (gzip when it ends in .gz); undecodable bytes become U+FFFD."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no such data file: {path}")
+    check_file(path)
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
     return open(path, encoding=encoding, errors="replace", newline="")
@@ -153,15 +182,20 @@ class StreamReader(ABC):
     @abstractmethod
     def _batches(self) -> Iterator[SparseBatch]: ...
 
-    def _bad(self, line_no: int, reason: str, text: str, path: Path | None = None) -> None:
+    def _bad(
+        self, line_no: int, reason: str, text: str, path: Path | None = None, detail: str = ""
+    ) -> None:
         """Records a malformed line of ``path`` (default: the stream file); raises if strict."""
         if self.options.strict:
-            raise MalformedLineError(path or self.path, line_no, reason)
+            full = f"{reason}: {detail}" if detail else reason
+            raise MalformedLineError(path or self.path, line_no, full)
         st = self.stats
         st.malformed += 1
         st.by_reason[reason] = st.by_reason.get(reason, 0) + 1
-        if len(st.examples) < self.options.max_examples:
-            st.examples.append(BadLine(line_no, reason, text[:EXAMPLE_CHARS]))
+        first_of_its_kind = st.by_reason[reason] == 1 and len(st.examples) < MAX_KINDS_KEPT
+        keep = len(st.examples) < self.options.max_examples or first_of_its_kind
+        if self.options.max_examples and keep:
+            st.examples.append(BadLine(line_no, reason, text[:EXAMPLE_CHARS], detail))
 
 
 class LineReader(StreamReader):
@@ -177,6 +211,10 @@ class LineReader(StreamReader):
     encoding: str = "utf-8"
     sort_by_time: bool = False
 
+    def __init__(self, path: str | Path, options: ReadOptions | None = None) -> None:
+        super().__init__(path, options)
+        check_file(self.path)  # a missing file is the caller's mistake, named now
+
     @abstractmethod
     def _parse(self, line: str, index: int) -> Row:
         """The event on a data line (index: 0-based data line); raises ValueError if malformed."""
@@ -188,30 +226,34 @@ class LineReader(StreamReader):
         """(B, n_dense) raw dense values -> model inputs."""
         return raw
 
+    def _records(self, fh: IO[str]) -> Iterator[tuple[int, str]]:
+        """(1-based line number, text without the newline) of each record: one line each."""
+        for line_no, raw in enumerate(fh, start=1):
+            yield line_no, raw.rstrip("\r\n")
+
     def _rows(self) -> Generator[Row, None, None]:
         last_t = -np.inf
         with open_text(self.path, self.encoding) as fh:
-            line_no = 0
+            records = self._records(fh)
             if self.has_header:
-                header = fh.readline()
-                line_no = 1
-                if not header:
+                header = next(records, None)
+                if header is None:
                     raise ValueError(f"{self.path}: empty file, expected a header line")
-                self._check_header(header.rstrip("\r\n"))
-            for index, raw in enumerate(fh):
-                line_no += 1
+                self._check_header(header[1])
+            for index, (line_no, line) in enumerate(records):
                 self.stats.lines += 1
-                line = raw.rstrip("\r\n")
                 try:
                     if not line.strip():
-                        raise ValueError("empty line")
+                        raise LineError("empty line")
                     row = self._parse(line, index)
                 except ValueError as exc:
-                    self._bad(line_no, str(exc), line)
+                    kind = exc if isinstance(exc, LineError) else LineError(str(exc))
+                    self._bad(line_no, kind.reason, line, detail=kind.detail)
                     continue
                 if not self.sort_by_time:
                     if row[1] < last_t:
-                        self._bad(line_no, "timestamp earlier than the previous event", line)
+                        detail = f"{row[1]:.0f} < {last_t:.0f}"
+                        self._bad(line_no, ORDER_REASON, line, detail=detail)
                         continue
                     last_t = row[1]
                 yield row
@@ -257,7 +299,7 @@ def parse_label(text: str) -> float:
         return 0.0
     if text == "1":
         return 1.0
-    raise ValueError(f"label must be 0 or 1, got {text[:20]!r}")
+    raise LineError("label must be 0 or 1", repr(text[:20]))
 
 
 def resolve_table_sizes(

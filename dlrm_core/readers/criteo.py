@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrm_core.readers.base import (
+    LineError,
     LineReader,
     ReadOptions,
     Row,
@@ -70,12 +71,12 @@ class CriteoReader(LineReader):
     def _parse(self, line: str, index: int) -> Row:
         fields = line.split("\t")
         if len(fields) != N_FIELDS:
-            raise ValueError(f"expected {N_FIELDS} tab-separated fields, got {len(fields)}")
+            raise LineError(f"expected {N_FIELDS} tab-separated fields", f"got {len(fields)}")
         label = parse_label(fields[0])
         try:
             dense = [int(x) if x else 0 for x in fields[1:14]]
         except ValueError:
-            raise ValueError("I1..I13 must be integers or empty") from None
+            raise LineError("I1..I13 must be integers or empty") from None
         return label, index / self.qps, dense, fields[14:]
 
     def _dense(self, raw: np.ndarray) -> np.ndarray:
