@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -138,7 +138,7 @@ def parse_feedback(body: Any) -> tuple[int, float]:
         errors["label"] = "Must be 0 or 1."
     if errors:
         raise RequestError(errors)
-    return rid, float(label)
+    return cast(int, rid), float(cast(int, label))  # both checked above
 
 
 def predict_response(scores: torch.Tensor, request_ids: torch.Tensor, version: int) -> dict:

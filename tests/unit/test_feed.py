@@ -60,7 +60,8 @@ def test_labels_join_their_own_rows_across_the_rings(tmp_path):
     values, offsets = batch.feature("tags")
     assert values.tolist() == [7, 2, 1002, 4] and offsets.tolist() == [0, 1, 3]
     assert label_times.tolist() == [2.0, 2.5, 3.0]
-    labels, scores = feed.report()["quality"]
+    report = feed.report()
+    labels, scores = report.labels, report.scores
     assert labels.tolist() == [1.0, 0.0, 1.0]
     assert scores.tolist() == pytest.approx([0.2, 0.2, 0.4])  # each row's own served score
     assert feed.next_batch() is None and feed.to_trainer == 3
@@ -86,7 +87,7 @@ def test_timeouts_become_negatives_and_feedback_is_answered_at_once(tmp_path):
     feed.poll(now=100.0)  # 4 joined, 3 timed out
     assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[3, 4]]
     assert [b.labels.tolist() for b, _ in feed.backlog] == [[1.0, 0.0]]
-    counts = feed.report()["counts"]
+    counts = feed.report().counts
     assert (counts["joined"], counts["expired"], counts["served"]) == (2, 3, 5)
     assert writer.counts()["late_feedback"] == 2 and writer.counts()["unknown_feedback"] == 2
 
@@ -118,9 +119,9 @@ def test_bounded_memory_drops_oldest_and_counts_them(tmp_path):
         writer.feedback(rid, 0.0)
     feed.poll(now=3.0)  # a backlog of 1 batch: the older one goes
     report = feed.report()
-    assert report["counts"]["dropped_pending"] == 2 and report["dropped_backlog"] == 4
+    assert report.counts["dropped_pending"] == 2 and report.dropped_backlog == 4
     assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[6, 7, 8]]
-    assert len(report["quality"][0]) == 7  # every joined row scored, the dropped ones too
+    assert len(report.labels) == 7  # every joined row scored, the dropped ones too
 
 
 def test_a_full_ring_drops_and_counts_and_their_feedback_is_gone(tmp_path):
