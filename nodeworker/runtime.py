@@ -104,12 +104,7 @@ class NodeRuntime:
             placement.configure_torch_threads(self.state.plan.inference_threads)
         model = _load_for_inference(config.checkpoint)
         self.schema = _schema_of(model)  # what requests must carry (a rebase keeps it)
-        # tmpfs when the host has it; a file in the data dir is shared through the page cache
-        shm_root = config.shm_root if config.shm_root.is_dir() else self.data_dir / "shm"
-        _remove_stale_segments(shm_root, config.name)
-        self.shm_dir = shm_root / f"liveupdate-{config.name}-{os.getpid()}"
-        write_base_tables(model, self.shm_dir)
-        map_base_tables(model, self.shm_dir, shared=True)
+        self.shm_dir = _share_base_tables(model, config, self.data_dir)
         self.snapshots = SnapshotDirectory(self.data_dir / "snapshots", self.events)
         tables = model.config.feature_names
         self.restore_dir = self.snapshots.restorable(config.checkpoint, tables)
@@ -250,6 +245,18 @@ def _load_for_inference(checkpoint: str) -> DLRM:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _share_base_tables(model: DLRM, config: RuntimeConfig, data_dir: Path) -> Path:
+    """Move the model's base tables into shared memory (the trainer maps them too); returns
+    this process's shared-memory directory."""
+    # tmpfs when the host has it; a file in the data dir is shared through the page cache
+    shm_root = config.shm_root if config.shm_root.is_dir() else data_dir / "shm"
+    _remove_stale_segments(shm_root, config.name)
+    shm_dir = shm_root / f"liveupdate-{config.name}-{os.getpid()}"
+    write_base_tables(model, shm_dir)
+    map_base_tables(model, shm_dir, shared=True)
+    return shm_dir
 
 
 def _schema_of(model: DLRM) -> StreamSchema:

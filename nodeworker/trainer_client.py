@@ -43,7 +43,7 @@ from nodeworker.trainer_messages import (
     TrainerReady,
     TrainerStats,
 )
-from nodeworker.trainer_proc import TrainerSetup, trainer_main
+from nodeworker.trainer_proc import TrainerEnds, TrainerSetup, trainer_main
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class ProcessTrainerClient(TrainerClient):
         self._duty = self._ctx.Value("d", duty, lock=False)
         self._proc = self._ctx.Process(
             target=trainer_main,
-            args=(setup, self._cmd_q, out_q, folded_send, self._duty),
+            args=(setup, TrainerEnds(self._cmd_q, out_q, folded_send, self._duty)),
             name=f"trainer-{self.name}",
             daemon=True,
         )

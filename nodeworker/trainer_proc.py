@@ -7,7 +7,7 @@ cpu time is reported in the stats (feed_cpu_s).
 
 It maps the base tables copy-on-write, so its folds (pruned rows) stay private until inference
 installs the version that carries them: before writing version v it sends the rows folded since
-the last version through ``patch_conn``, and v's ``aux`` says how many patch messages precede it.
+the last version through ``ends.folded``, and v's ``aux`` says how many patch messages precede it.
 It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
 inference side only copies it out of shared memory.
 """
@@ -88,26 +88,26 @@ class TrainerSetup:
     feed: FeedConfig = FeedConfig()
 
 
-# the ends the trainer process holds: commands in, outputs and folded rows out, the duty cycle
-CommandQueue = Queue  # of TrainerCommand
-OutputQueue = Queue  # of TrainerOutput
-DutyValue = Synchronized  # a shared double in [0, 1], set by the node's QoS loop
+@dataclass(frozen=True)
+class TrainerEnds:
+    """The trainer process's ends of its channels to the node."""
+
+    commands: Queue[TrainerCommand]
+    outputs: Queue[TrainerOutput]
+    folded: Connection  # FoldedRows out, before the version that needs them
+    duty: Synchronized[float]  # the share of cpu time it may use, set by the node's QoS loop
 
 
 class TrainerLoop:
     def __init__(
         self,
         setup: TrainerSetup,
-        cmd_q: CommandQueue,
-        out_q: OutputQueue,
-        patch_conn: Connection,
-        duty: DutyValue,
+        ends: TrainerEnds,
     ) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
         self.setup = setup
-        self.cmd_q, self.out_q, self.patch_conn = cmd_q, out_q, patch_conn
-        self.duty = duty
+        self.ends = ends
         model = load_model(setup.checkpoint)
         map_base_tables(model, Path(setup.shm_dir), shared=False)
         self.dim = model.config.embedding_dim
@@ -161,7 +161,7 @@ class TrainerLoop:
                 self.folded[name].update(ids.tolist())
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
         if patch:
-            self.patch_conn.send(FoldedRows(patch))  # before the version that needs it
+            self.ends.folded.send(FoldedRows(patch))  # before the version that needs it
             self.patches_sent += 1
         self.version += 1
         tables = {name: live.factors() for name, live in self.trainer.lives.items()}
@@ -227,7 +227,7 @@ class TrainerLoop:
                 start = time.perf_counter()
                 self.publish(now)
                 self.gate.spend(time.perf_counter() - start)
-            wait = self.gate.wait_time(self.duty.value)
+            wait = self.gate.wait_time(self.ends.duty.value)
             if wait > 0:
                 time.sleep(min(wait, 0.02))
             elif not self._train_one():
@@ -235,7 +235,7 @@ class TrainerLoop:
 
     def _next_command(self) -> TrainerCommand | None:
         try:
-            return self.cmd_q.get_nowait()
+            return self.ends.commands.get_nowait()
         except queue.Empty:
             return None
 
@@ -262,7 +262,7 @@ class TrainerLoop:
         return True
 
     def _put(self, output: TrainerOutput) -> None:
-        self.out_q.put(output)
+        self.ends.outputs.put(output)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
@@ -295,18 +295,12 @@ class TrainerLoop:
         self.fresh = []
 
 
-def trainer_main(
-    setup: TrainerSetup,
-    cmd_q: CommandQueue,
-    out_q: OutputQueue,
-    patch_conn: Connection,
-    duty: DutyValue,
-) -> None:
+def trainer_main(setup: TrainerSetup, ends: TrainerEnds) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
-    loop = TrainerLoop(setup, cmd_q, out_q, patch_conn, duty)
-    out_q.put(TrainerReady(loop.version))
+    loop = TrainerLoop(setup, ends)
+    ends.outputs.put(TrainerReady(loop.version))
     loop.run()
