@@ -48,6 +48,7 @@ from nodeworker.trainer_proc import TrainerEnds, TrainerSetup, trainer_main
 log = logging.getLogger(__name__)
 
 JOIN_PERIOD_S = 0.05  # how often a node without trainer joins, for the quality metrics
+COMMAND_TIMEOUT_S = 60.0  # a command the trainer has not answered by then fails
 POLL_S = 0.2  # how long a reader thread waits for a message before it checks it should stop
 FoldedSink = Callable[[FoldedRows, int], None]  # (rows, the installer epoch of the trainer)
 
@@ -216,14 +217,12 @@ class ProcessTrainerClient(TrainerClient):
         )
         self._proc.start()
         self._readers = [t for t in self._readers if t.is_alive()]
-        readers = (
-            ("trainer-outputs", self._read_outputs, out_q),
-            ("trainer-folded", self._read_folded, folded_recv),
-        )
-        for name, target, source in readers:
-            thread = threading.Thread(
-                target=target, name=name, args=(self._generation, source, epoch), daemon=True
-            )
+        generation = self._generation
+        for name, read in (
+            ("trainer-outputs", lambda: self._read_outputs(generation, out_q)),
+            ("trainer-folded", lambda: self._read_folded(generation, folded_recv, epoch)),
+        ):
+            thread = threading.Thread(target=read, name=name, daemon=True)
             thread.start()
             self._readers.append(thread)
 
@@ -233,7 +232,9 @@ class ProcessTrainerClient(TrainerClient):
             if not self._proc.is_alive():
                 raise RuntimeError(f"the trainer process exited ({self._proc.exitcode})")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the trainer process did not start within {timeout} s")
+                raise TimeoutError(
+                    f"the trainer process did not start within {COMMAND_TIMEOUT_S} s"
+                )
 
     def set_policy(self, policy: dict[str, Any]) -> dict[str, int] | None:
         if self._proc is None:
@@ -278,22 +279,21 @@ class ProcessTrainerClient(TrainerClient):
         self._generation += 1  # its reader threads stop
 
     def _call(self, command: Callable[[int], SetPolicy | PinCpus | TakeSnapshot]) -> CommandResult:
-        timeout = 60.0
         if self._cmd_q is None or not self.alive:
             raise RuntimeError("the trainer process is not running")
         cmd = command(next(self._cmd_ids))
         self._cmd_q.put(cmd)
         with self._reply_cond:
-            if not self._reply_cond.wait_for(lambda: cmd.id in self._replies, timeout):
+            if not self._reply_cond.wait_for(lambda: cmd.id in self._replies, COMMAND_TIMEOUT_S):
                 raise TimeoutError(
-                    f"trainer did not answer {type(cmd).__name__} within {timeout} s"
+                    f"trainer did not answer {type(cmd).__name__} within {COMMAND_TIMEOUT_S} s"
                 )
             reply = self._replies.pop(cmd.id)
         if reply.result is None:
             raise RuntimeError(reply.error)
         return reply.result
 
-    def _read_outputs(self, generation: int, out_q: mp.Queue[Any], _epoch: int) -> None:
+    def _read_outputs(self, generation: int, out_q: mp.Queue[Any]) -> None:
         while generation == self._generation:
             try:
                 output: TrainerOutput = out_q.get(timeout=POLL_S)
