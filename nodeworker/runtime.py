@@ -226,7 +226,7 @@ class NodeRuntime:
 
     def stop(self) -> None:
         self._stop.set()
-        self.trainer.stop()
+        self.trainer.close()
         for thread in self._threads:
             thread.join(timeout=2)
         self.rings.close()

@@ -107,7 +107,12 @@ class TrainerClient(ABC):
         """The exit code of a trainer that died (then forgotten: not running), else None."""
 
     @abstractmethod
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop the trainer (a rebase starts the next one)."""
+
+    def close(self) -> None:
+        """The node stops: everything this client runs stops."""
+        self.stop()
 
 
 class NoTrainer(TrainerClient):
@@ -146,6 +151,9 @@ class NoTrainer(TrainerClient):
         return None
 
     def stop(self) -> None:
+        pass  # no trainer; the join goes on
+
+    def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)

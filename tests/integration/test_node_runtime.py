@@ -202,11 +202,16 @@ def test_control_ops(node, tmp_path):
 def test_a_node_without_trainer_joins_for_its_quality_metrics(tmp_path):
     runtime, stream = start_node(tmp_path, name="t-solo", trainer=False)
     try:
-        serve_and_label(runtime, requests_of(stream, 8), 50)
+        traffic = requests_of(stream, 8)
+        serve_and_label(runtime, traffic, 50)
         wait_until(lambda: runtime.operations.feed_counts().get("joined") == 400, 10, "the join")
         snapshot = runtime.telemetry_snapshot()
         assert snapshot.auc is not None and snapshot.logloss is not None
         assert runtime.operations.feed_counts()["to_trainer"] == 0
+        assert runtime.operations.health()["trainer"] is None
+        runtime.operations.rebase({"location": str(tmp_path / "base.ckpt")})
+        serve_and_label(runtime, traffic, 10)  # the join goes on after a rebase
+        wait_until(lambda: runtime.operations.feed_counts().get("joined") == 480, 10, "the join")
     finally:
         runtime.stop()
 
