@@ -6,10 +6,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import struct
 
+import numpy as np
 import pytest
 import torch
 
-from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedRings, FeedWriter
+from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedReport, FeedRings, FeedWriter
+from nodeworker.join_counts import JoinCounts
 from nodeworker.sample_cache import Feedback
 from tests.unit.test_sample_cache import served
 
@@ -179,3 +181,26 @@ def test_no_torn_records_from_a_writer_in_another_process(tmp_path):
         assert proc.is_alive() or seen == n or reader.read() != []
     proc.join(timeout=30)
     assert proc.exitcode == 0
+
+
+def report(joined: int, pending: int, backlog: int) -> FeedReport:
+    return FeedReport(
+        counts={"joined": joined, "expired": 1},
+        sizes={"pending": pending, "ready": 2, "backlog_rows": backlog},
+        dropped_backlog=0,
+        to_trainer=joined,
+        labels=np.zeros(0, np.float32),
+        scores=np.zeros(0),
+    )
+
+
+def test_join_counts_add_up_over_trainers_and_count_what_a_stopped_one_held_as_lost():
+    counts = JoinCounts()
+    counts.update(report(joined=10, pending=3, backlog=4))
+    counts.update(report(joined=12, pending=5, backlog=0))  # a report replaces the last one
+    assert counts.totals()["joined"] == 12 and counts.totals()["pending"] == 5
+    counts.retire()  # that trainer stopped holding 5 pending, 2 ready rows
+    counts.update(report(joined=3, pending=1, backlog=0))
+    totals = counts.totals()
+    assert totals["joined"] == 15 and totals["expired"] == 2 and totals["to_trainer"] == 15
+    assert totals["lost"] == 7 and totals["pending"] == 1 and totals["ready"] == 2
