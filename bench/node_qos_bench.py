@@ -96,6 +96,12 @@ def thread_cpu_s() -> dict[str, float]:
     return out
 
 
+def join_cpu_s(runtime) -> float | None:
+    """The trainer process's cpu seconds on the label join so far (None without a trainer)."""
+    stats = runtime.trainer.last_stats
+    return None if stats is None else stats.feed_cpu_s
+
+
 def run_variant(args: argparse.Namespace) -> dict:
     """One variant in this process; returns its measurements."""
     import numpy as np
@@ -145,35 +151,35 @@ def run_variant(args: argparse.Namespace) -> dict:
         replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
         time.sleep(args.warmup)
         if variant == "d":
-            runtime.pause()
+            runtime.operations.pause()
             time.sleep(1.0)  # the last version published before the pause gets installed
         runtime.metrics.all_latencies.clear()
         runtime.metrics.all_service_ms.clear()
-        base_counts = runtime.feed_counts()
+        base_counts = runtime.operations.feed_counts()
         base_trained = runtime.metrics.trained_samples
         started = time.time()
         waited = run_queue_wait_s()
         process_cpu = time.process_time()
         threads_cpu = thread_cpu_s()
-        trainer_pid = runtime.trainer_proc.pid if runtime.trainer_proc is not None else None
+        trainer_pid = runtime.trainer.pid
         trainer_cpu = cpu_seconds(trainer_pid) if trainer_pid else None
-        join_cpu = runtime.trainer_stats.get("feed_cpu_s")
+        join_cpu = join_cpu_s(runtime)
         duties, states = [], []
         while time.time() - started < args.duration:
             time.sleep(0.5)
             if runtime.qos.last is not None:
                 states.append(runtime.qos.last.state)
-            duties.append(runtime.duty.value if runtime.trainer_proc is not None else 0.0)
+            duties.append(runtime.trainer.duty)
         elapsed = time.time() - started
         waited_after = run_queue_wait_s()
         process_cpu_after = time.process_time()
         threads_cpu_after = thread_cpu_s()
         trainer_cpu_after = cpu_seconds(trainer_pid) if trainer_pid else None
-        join_cpu_after = runtime.trainer_stats.get("feed_cpu_s")
+        join_cpu_after = join_cpu_s(runtime)
         latencies = list(runtime.metrics.all_latencies)
         service = list(runtime.metrics.all_service_ms)
         stalls = runtime.metrics.stalls(since=started)
-        counts = runtime.feed_counts()
+        counts = runtime.operations.feed_counts()
         labelled = (counts["joined"] + counts["expired"]) - (
             base_counts["joined"] + base_counts["expired"]
         )
@@ -226,7 +232,7 @@ def run_variant(args: argparse.Namespace) -> dict:
                 else None
             ),
             "paused_share": round(states.count("paused") / len(states), 3) if states else None,
-            "placement": runtime.plan.as_dict(),
+            "placement": runtime.state.plan.as_dict(),
             "sla_ms": args.sla_ms if variant == "c" else None,
             "load_avg_1m": os.getloadavg()[0],  # other work on the machine during the run
         }

@@ -72,13 +72,3 @@ class FactorStore:
 
     def latest(self) -> FactorVersion | None:
         return self._latest
-
-
-def install_version(lives: Mapping[str, LiveEmbedding], version: FactorVersion) -> None:
-    """Make inference-side LiveEmbeddings serve ``version``: patch base rows, load factors."""
-    for name, live in lives.items():
-        patch = version.base_patches.get(name)
-        if patch is not None and patch.ids.numel():
-            with torch.no_grad():
-                live.base.weight[patch.ids] = patch.rows
-        live.load_factors(version.tables[name])

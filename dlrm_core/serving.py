@@ -11,7 +11,8 @@ memory is A, B * scale and the index's slots of (key, row) pairs, all growing wi
 rows, never with the tables.
 
 Swapping versions is one reference assignment of a new ServingDelta; rows that pruning folded
-into the trainer's base copy reach the inference tables through apply_base_patches.
+into the trainer's base copy are written into the inference tables by the node's version
+installer (nodeworker.version_installer).
 
 Shapes: B batch, F features, T tables in a group, n_t active rows of table t, r rank, D dim.
 """
@@ -23,15 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from dlrm_core import hugepages
 from dlrm_core.batch import SparseBatch
-from dlrm_core.factor_store import FactorVersion
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.kernel import serving_kernel
 from dlrm_core.live_embedding import TableFactors
-from dlrm_core.model import DLRM
 
 
 @dataclass(frozen=True)
@@ -150,26 +148,7 @@ class ServingDelta:
             )
         return ServingDelta(version, tuple(groups))
 
-    @staticmethod
-    def from_version(version: FactorVersion, model: DLRM) -> ServingDelta:
-        cfg = model.config
-        return ServingDelta.from_factors(
-            version.version, cfg.feature_names, cfg.table_sizes, version.tables
-        )
-
     def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
         """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place."""
         for group in self.groups:
             group.add_to_(pooled, batch)
-
-
-def apply_base_patches(model: DLRM, version: FactorVersion) -> None:
-    """Write the folded base rows of ``version`` into ``model``'s plain tables (idempotent).
-    Call it from the thread that runs inference, between batches."""
-    for name, patch in version.base_patches.items():
-        table = model.sparse_arch.table(name)
-        if not isinstance(table, nn.EmbeddingBag):
-            raise TypeError(f"table {name!r} must be a plain EmbeddingBag on the inference side")
-        if patch.ids.numel():
-            with torch.no_grad():
-                table.weight[patch.ids] = patch.rows

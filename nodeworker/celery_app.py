@@ -71,13 +71,13 @@ _service = None  # the NodeService this worker started (NODE_RUNTIME=1)
 @worker_ready.connect
 def start_runtime_with_worker(**_) -> None:
     """With NODE_RUNTIME=1 the worker starts the node itself (settings from NODE_* variables,
-    see nodeworker.service.NodeSettings.from_env); `liveupdate node run` leaves it unset."""
+    see nodeworker.node_service.NodeSettings.from_env); `liveupdate node run` leaves it unset."""
     global _service
     if os.environ.get("NODE_RUNTIME", "").strip().lower() not in ("1", "true", "yes", "on"):
         return
     import threading
 
-    from nodeworker.service import NodeService, NodeSettings
+    from nodeworker.node_service import NodeService, NodeSettings
 
     _service = NodeService(NodeSettings.from_env()).start()
     threading.Thread(target=_service.supervise_forever, name="node-supervisor", daemon=True).start()

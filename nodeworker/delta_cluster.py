@@ -26,6 +26,7 @@ import torch
 from dlrm_core.batch import SparseBatch
 from dlrm_core.model import DLRM
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
+from nodeworker.shared_memory import base_weight
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class DeltaSyncCluster:
             if not parts:
                 continue
             ids = torch.unique(torch.cat(parts))
-            weight = self.model.sparse_arch.table(name).weight.detach()
+            weight = base_weight(self.model, name).detach()
             out[name] = {"rows": ids.tolist(), "values": weight[ids].tolist()}
         return out
 

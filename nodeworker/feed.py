@@ -32,7 +32,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -233,6 +232,16 @@ def _served_requests(n_features: int, n_dense: int, records: list[bytes]) -> Ite
 
 
 @dataclass(frozen=True)
+class FeedReport:
+    counts: dict[str, int]  # the sample cache's counts (CacheCounts)
+    sizes: dict[str, int]  # rows waiting: for a label ("pending"), joined ("ready"), backlog
+    dropped_backlog: int  # joined rows dropped before the trainer took them
+    to_trainer: int  # joined rows handed to the trainer
+    labels: np.ndarray  # (n,) of the rows joined since the last report
+    scores: np.ndarray  # (n,) what inference served them (nan when unknown)
+
+
+@dataclass(frozen=True)
 class FeedConfig:
     label_window_s: float = 30.0
     max_pending: int = 200_000
@@ -313,16 +322,17 @@ class Feed:
         self.to_trainer += len(batch[0])
         return batch
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> FeedReport:
         """Counts so far and the (labels, scores) joined since the last report."""
         quality = self._quality
         self._quality = []
         labels = np.concatenate([q[0] for q in quality]) if quality else np.zeros(0, np.float32)
         scores = np.concatenate([q[1] for q in quality]) if quality else np.zeros(0)
-        return {
-            "counts": self.cache.counts.as_dict(),
-            "sizes": {**self.cache.sizes(), "backlog_rows": sum(len(b) for b, _ in self.backlog)},
-            "dropped_backlog": self.dropped_backlog,
-            "to_trainer": self.to_trainer,
-            "quality": (labels, scores),
-        }
+        return FeedReport(
+            counts=self.cache.counts.as_dict(),
+            sizes={**self.cache.sizes(), "backlog_rows": sum(len(b) for b, _ in self.backlog)},
+            dropped_backlog=self.dropped_backlog,
+            to_trainer=self.to_trainer,
+            labels=labels,
+            scores=scores,
+        )

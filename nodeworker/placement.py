@@ -34,10 +34,6 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
     return tuple(sorted(cpus))
 
 
-def format_cpulist(cpus: tuple[int, ...] | list[int]) -> str:
-    return ",".join(str(c) for c in sorted(cpus))
-
-
 @dataclass(frozen=True)
 class NumaNode:
     id: int
@@ -104,10 +100,6 @@ class PlacementPlan:
     @property
     def inference_threads(self) -> int:
         return len(self.inference_cpus)
-
-    @property
-    def trainer_threads(self) -> int:
-        return len(self.trainer_cpus)
 
     def as_dict(self) -> dict:
         return {

@@ -164,8 +164,8 @@ class QosController:
             (p99,) = self.latencies.quantiles(now, (0.99,), since)
             depth = self.queue_depth
             judged = n >= c.min_samples and fresh >= c.min_samples and p99 is not None
-            over = judged and p99 > c.sla_p99_ms
-            near = judged and p99 >= c.near * c.sla_p99_ms
+            over = judged and p99 is not None and p99 > c.sla_p99_ms
+            near = judged and p99 is not None and p99 >= c.near * c.sla_p99_ms
             deep = depth > c.max_queue_depth
             last = self.last
             was_paused = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -79,27 +79,7 @@ def parse_predict(body: Any, schema: StreamSchema, limits: CodecLimits) -> Spars
             continue
         for extra in sorted(set(item) - {"sparse", "dense"}):
             errors[f"{where}.{extra}"] = "Unknown field."
-        sparse = item.get("sparse")
-        if not isinstance(sparse, dict):
-            errors[f"{where}.sparse"] = "Must be an object of feature -> value(s)."
-        else:
-            for name in sorted(set(sparse) - set(names)):
-                errors[f"{where}.sparse.{name}"] = "Unknown feature."
-            for f, name in enumerate(names):
-                path = f"{where}.sparse.{name}"
-                if name not in sparse:
-                    errors[path] = "This feature is required (null or [] when missing)."
-                    continue
-                raw = sparse[name]
-                values = raw if isinstance(raw, list) else [raw]
-                if len(values) > limits.max_bag:
-                    errors[path] = f"At most {limits.max_bag} values per feature."
-                    continue
-                problem = next((p for v in values if (p := _value_error(v, limits))), None)
-                if problem:
-                    errors[path] = problem
-                    continue
-                bags[f].append([_text(v) for v in values] or [""])  # "" hashes to row 0
+        _parse_sparse(item.get("sparse"), where, names, limits, bags, errors)
         raw_dense = item.get("dense", [] if schema.n_dense == 0 else None)
         if (
             not isinstance(raw_dense, list)
@@ -114,17 +94,51 @@ def parse_predict(body: Any, schema: StreamSchema, limits: CodecLimits) -> Spars
             dense[i] = raw_dense
     if errors:
         raise RequestError(errors)
-    ids = []
-    for f, spec in enumerate(schema.sparse):
-        flat = [t for bag in bags[f] for t in bag]
-        hashed = hash_ids(flat, spec.num_rows).tolist()
-        per_sample, k = [], 0
-        for bag in bags[f]:
-            per_sample.append(hashed[k : k + len(bag)])
-            k += len(bag)
-        ids.append(per_sample)
+    ids = [_hashed(bags[f], spec.num_rows) for f, spec in enumerate(schema.sparse)]
     n = len(requests)
     return SparseBatch.from_ids(names, ids, torch.from_numpy(dense), torch.zeros(n))
+
+
+def _parse_sparse(
+    sparse: Any,
+    where: str,
+    names: tuple[str, ...],
+    limits: CodecLimits,
+    bags: list[list[list[str]]],
+    errors: dict[str, str],
+) -> None:
+    """Append one request's values of each feature to ``bags``, or its errors to ``errors``."""
+    if not isinstance(sparse, dict):
+        errors[f"{where}.sparse"] = "Must be an object of feature -> value(s)."
+        return
+    for name in sorted(set(sparse) - set(names)):
+        errors[f"{where}.sparse.{name}"] = "Unknown feature."
+    for f, name in enumerate(names):
+        path = f"{where}.sparse.{name}"
+        if name not in sparse:
+            errors[path] = "This feature is required (null or [] when missing)."
+            continue
+        raw = sparse[name]
+        values = raw if isinstance(raw, list) else [raw]
+        if len(values) > limits.max_bag:
+            errors[path] = f"At most {limits.max_bag} values per feature."
+            continue
+        problem = next((p for v in values if (p := _value_error(v, limits))), None)
+        if problem:
+            errors[path] = problem
+            continue
+        bags[f].append([_text(v) for v in values] or [""])  # "" hashes to row 0
+
+
+def _hashed(bags: list[list[str]], num_rows: int) -> list[list[int]]:
+    """Each request's bag of one feature as row ids, hashed in one call."""
+    flat = [t for bag in bags for t in bag]
+    hashed = hash_ids(flat, num_rows).tolist()
+    per_sample, k = [], 0
+    for bag in bags:
+        per_sample.append(hashed[k : k + len(bag)])
+        k += len(bag)
+    return per_sample
 
 
 def parse_feedback(body: Any) -> tuple[int, float]:
@@ -138,7 +152,7 @@ def parse_feedback(body: Any) -> tuple[int, float]:
         errors["label"] = "Must be 0 or 1."
     if errors:
         raise RequestError(errors)
-    return rid, float(label)
+    return cast(int, rid), float(cast(int, label))  # both checked above
 
 
 def predict_response(scores: torch.Tensor, request_ids: torch.Tensor, version: int) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 
 from dlrm_core.metrics import auc, log_loss
 from nodeworker.qos import LatencyWindow
+from nodeworker.trainer_messages import TrainerStats
 
 
 class RuntimeMetrics:
@@ -73,15 +74,15 @@ class RuntimeMetrics:
             del self._installs[:-1000]
             self._resolve()
 
-    def trained(self, stats: dict[str, Any], now: float) -> None:
+    def trained(self, stats: TrainerStats, now: float) -> None:
         with self._lock:
             t0, s0 = self._samples
             if t0 and now > t0:
-                self.trainer_rate = max(0.0, (stats["samples"] - s0) / (now - t0))
-            self._samples = (now, stats["samples"])
-            self.trained_samples = stats["samples"]
-            self.skipped = stats["skipped"]
-            self._fresh_pending.extend(stats["fresh"])
+                self.trainer_rate = max(0.0, (stats.samples - s0) / (now - t0))
+            self._samples = (now, stats.samples)
+            self.trained_samples = stats.samples
+            self.skipped = stats.skipped
+            self._fresh_pending.extend(stats.fresh)
             self._resolve()
 
     def _resolve(self) -> None:

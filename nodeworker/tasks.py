@@ -9,7 +9,7 @@ from typing import Any
 
 from nodeworker import protocol
 from nodeworker.celery_app import app
-from nodeworker.control import ControlClient, ControlError
+from nodeworker.control_socket import ControlClient, ControlError
 
 
 def control_socket() -> Path:

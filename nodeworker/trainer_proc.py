@@ -7,7 +7,7 @@ cpu time is reported in the stats (feed_cpu_s).
 
 It maps the base tables copy-on-write, so its folds (pruned rows) stay private until inference
 installs the version that carries them: before writing version v it sends the rows folded since
-the last version through ``patch_conn``, and v's ``aux`` says how many patch messages precede it.
+the last version through ``ends.folded``, and v's ``aux`` says how many patch messages precede it.
 It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
 inference side only copies it out of shared memory.
 """
@@ -19,13 +19,15 @@ import os
 import queue
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from dlrm_core.checkpoint import load_model, read_container, write_container
+from dlrm_core.checkpoint import load_model
 from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.rank import RankPolicy
 from dlrm_core.serving import ServingDelta
@@ -33,10 +35,27 @@ from nodeworker import placement
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import SharedFactors, TableCapacity, map_base_tables
+from nodeworker.snapshots import read_patch, write_table_files
+from nodeworker.trainer_messages import (
+    CommandResult,
+    CpusPinned,
+    FoldedRows,
+    PinCpus,
+    PolicyApplied,
+    Reply,
+    SetPolicy,
+    SnapshotTaken,
+    StopTrainer,
+    TakeSnapshot,
+    TrainerCommand,
+    TrainerEvent,
+    TrainerOutput,
+    TrainerReady,
+    TrainerStats,
+)
 
 log = logging.getLogger(__name__)
 
-PATCH_KIND = "base-patch"
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
 
 
@@ -69,32 +88,26 @@ class TrainerSetup:
     feed: FeedConfig = FeedConfig()
 
 
-def snapshot_factors(trainer, folded: dict[str, set[int]], directory: Path) -> dict[str, str]:
-    """Factors (export_factors) and the rows folded into the base since the checkpoint."""
-    directory.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for name, live in trainer.lives.items():
-        digests[name] = live.export_factors(directory / f"{name}.factors", name)
-        ids = torch.tensor(sorted(folded.get(name, ())), dtype=torch.int64)
-        rows = live.base.weight.detach()[ids].clone()
-        write_container(
-            directory / f"{name}.patch", PATCH_KIND, 1, {"table": name}, {"ids": ids, "rows": rows}
-        )
-    return digests
+@dataclass(frozen=True)
+class TrainerEnds:
+    """The trainer process's ends of its channels to the node."""
 
-
-def read_patch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    _, tensors = read_container(path, PATCH_KIND, 1)
-    return tensors["ids"], tensors["rows"]
+    commands: Queue[TrainerCommand]
+    outputs: Queue[TrainerOutput]
+    folded: Connection  # FoldedRows out, before the version that needs them
+    duty: Synchronized[float]  # the share of cpu time it may use, set by the node's QoS loop
 
 
 class TrainerLoop:
-    def __init__(self, setup: TrainerSetup, cmd_q, out_q, patch_conn, duty) -> None:
+    def __init__(
+        self,
+        setup: TrainerSetup,
+        ends: TrainerEnds,
+    ) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
         self.setup = setup
-        self.cmd_q, self.out_q, self.patch_conn = cmd_q, out_q, patch_conn
-        self.duty = duty
+        self.ends = ends
         model = load_model(setup.checkpoint)
         map_base_tables(model, Path(setup.shm_dir), shared=False)
         self.dim = model.config.embedding_dim
@@ -127,7 +140,7 @@ class TrainerLoop:
         self.pending_label_times: list[np.ndarray] = []
         self.steps_since_publish = 0
         self.gate = DutyCycle()
-        self.events: list[dict] = []
+        self.last_publish = time.time()
         if setup.restore_dir:
             for name, live in self.trainer.lives.items():
                 path = Path(setup.restore_dir) / f"{name}.factors"
@@ -141,14 +154,14 @@ class TrainerLoop:
     # --- publishing ---
 
     def publish(self, now: float) -> None:
-        patch = {}
+        patch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, live in self.trainer.lives.items():
             ids = live.take_folded()
             if ids.numel():
                 self.folded[name].update(ids.tolist())
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
         if patch:
-            self.patch_conn.send(patch)  # before the version that needs it
+            self.ends.folded.send(FoldedRows(patch))  # before the version that needs it
             self.patches_sent += 1
         self.version += 1
         tables = {name: live.factors() for name, live in self.trainer.lives.items()}
@@ -165,26 +178,23 @@ class TrainerLoop:
 
     # --- commands from the runtime ---
 
-    def command(self, cmd: dict[str, Any]) -> Any:
-        op = cmd["op"]
+    def command(self, cmd: SetPolicy | TakeSnapshot | PinCpus) -> CommandResult:
         now = time.time()
-        if op == "policy":
-            policy = rank_policy(cmd["policy"], self.dim)
-            self.budget_pct = float(cmd["policy"]["memory_budget_pct"])
+        if isinstance(cmd, SetPolicy):
+            policy = rank_policy(cmd.policy, self.dim)
+            self.budget_pct = float(cmd.policy["memory_budget_pct"])
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 weight = self.trainer.lives[name].base.weight
                 budget = int(weight.numel() * weight.element_size() * self.budget_pct / 100)
                 ctl.set_budget(min(budget, self._cap_bytes(name)), now)
             self.publish(now)
-            return {"ranks": self.trainer.ranks()}
-        if op == "snapshot":
+            return PolicyApplied(self.trainer.ranks())
+        if isinstance(cmd, TakeSnapshot):
             self.publish(now)
-            digests = snapshot_factors(self.trainer, self.folded, Path(cmd["directory"]))
-            return {"version": self.version, "digests": digests}
-        if op == "pin":
-            return {"cpus": list(placement.pin_process(tuple(cmd["cpus"])))}
-        raise ValueError(f"unknown trainer command {op!r}")
+            digests = write_table_files(self.trainer.lives, self.folded, Path(cmd.directory))
+            return SnapshotTaken(self.version, digests)
+        return CpusPinned(placement.pin_process(cmd.cpus))
 
     def _cap_bytes(self, name: str) -> int:
         cap = self.setup.capacities[name]
@@ -193,22 +203,14 @@ class TrainerLoop:
     # --- the loop ---
 
     def run(self) -> None:
-        self.last_publish = time.time()
         last_stats = last_feed = 0.0
         while True:
-            try:
-                cmd = self.cmd_q.get_nowait()
-            except queue.Empty:
-                cmd = None
+            cmd = self._next_command()
+            if isinstance(cmd, StopTrainer):
+                self.send_stats()
+                return
             if cmd is not None:
-                if cmd["op"] == "stop":
-                    self.send_stats()
-                    return
-                try:
-                    self.out_q.put(("reply", (cmd["id"], True, self.command(cmd))))
-                except Exception as exc:  # the runtime reports it to the caller
-                    log.exception("trainer command %s failed", cmd["op"])
-                    self.out_q.put(("reply", (cmd["id"], False, f"{type(exc).__name__}: {exc}")))
+                self._answer(cmd)
             now = time.time()
             if now - last_feed >= FEED_PERIOD_S:
                 started = time.thread_time()
@@ -225,67 +227,80 @@ class TrainerLoop:
                 start = time.perf_counter()
                 self.publish(now)
                 self.gate.spend(time.perf_counter() - start)
-            duty = self.duty.value
-            wait = self.gate.wait_time(duty)
+            wait = self.gate.wait_time(self.ends.duty.value)
             if wait > 0:
                 time.sleep(min(wait, 0.02))
-                continue
-            joined = self.feed.next_batch()
-            if joined is None:
+            elif not self._train_one():
                 time.sleep(max(0.0, min(0.02, last_feed + FEED_PERIOD_S - time.time())))
-                continue
-            batch, label_times = joined
-            start = time.perf_counter()
-            result = self.trainer.train_step(batch, time.time())
-            self.gate.spend(time.perf_counter() - start)
-            if result.skipped is None:
-                self.pending_label_times.append(label_times)
-                self.steps_since_publish += 1
+
+    def _next_command(self) -> TrainerCommand | None:
+        try:
+            return self.ends.commands.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _answer(self, cmd: SetPolicy | TakeSnapshot | PinCpus) -> None:
+        try:
+            reply = Reply(cmd.id, result=self.command(cmd))
+        except Exception as exc:  # the node reports it to the caller
+            log.exception("trainer command %s failed", type(cmd).__name__)
+            reply = Reply(cmd.id, error=f"{type(exc).__name__}: {exc}")
+        self._put(reply)
+
+    def _train_one(self) -> bool:
+        """One step on the next joined batch; False when none is waiting."""
+        joined = self.feed.next_batch()
+        if joined is None:
+            return False
+        batch, label_times = joined
+        start = time.perf_counter()
+        result = self.trainer.train_step(batch, time.time())
+        self.gate.spend(time.perf_counter() - start)
+        if result.skipped is None:
+            self.pending_label_times.append(label_times)
+            self.steps_since_publish += 1
+        return True
+
+    def _put(self, output: TrainerOutput) -> None:
+        self.ends.outputs.put(output)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
-        memory = {}
-        for name, report in self.trainer.memory().items():
-            memory[name] = (report.overhead_bytes, report.base_bytes)
-        events = [
-            {
-                "kind": "rank_change" if e.kind == "rank" else "prune",
-                "ts": e.timestamp,
-                "detail": {
-                    "table": e.table,
-                    "from": e.from_value,
-                    "to": e.to_value,
-                    "reason": e.reason,
-                },
-            }
+        memory = {
+            name: (report.overhead_bytes, report.base_bytes)
+            for name, report in self.trainer.memory().items()
+        }
+        events = tuple(
+            TrainerEvent(
+                "rank_change" if e.kind == "rank" else "prune",
+                e.timestamp,
+                {"table": e.table, "from": e.from_value, "to": e.to_value, "reason": e.reason},
+            )
             for e in self.trainer.drain_events()
-        ]
-        self.out_q.put(
-            (
-                "stats",
-                {
-                    "steps": stats.steps,
-                    "samples": stats.samples,
-                    "skipped": stats.skipped,
-                    "version": self.version,
-                    "ranks": self.trainer.ranks(),
-                    "memory": memory,
-                    "events": events,
-                    "fresh": self.fresh,
-                    "feed": self.feed.report(),
-                    "feed_cpu_s": self.feed_cpu_s,
-                },
+        )
+        self._put(
+            TrainerStats(
+                steps=stats.steps,
+                samples=stats.samples,
+                skipped=stats.skipped,
+                version=self.version,
+                ranks=self.trainer.ranks(),
+                memory=memory,
+                events=events,
+                fresh=tuple(self.fresh),
+                feed=self.feed.report(),
+                feed_cpu_s=self.feed_cpu_s,
             )
         )
         self.fresh = []
 
 
-def trainer_main(setup: TrainerSetup, cmd_q, out_q, patch_conn, duty) -> None:
+def trainer_main(setup: TrainerSetup, ends: TrainerEnds) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
-    loop = TrainerLoop(setup, cmd_q, out_q, patch_conn, duty)
-    out_q.put(("ready", loop.version))
+    loop = TrainerLoop(setup, ends)
+    ends.outputs.put(TrainerReady(loop.version))
     loop.run()

@@ -56,7 +56,7 @@ def _init(args: argparse.Namespace, source, schema) -> int:
 
 def _run(args: argparse.Namespace, source) -> int:
     from dlrm_core.checkpoint import load_model
-    from nodeworker.control import ControlClient
+    from nodeworker.control_socket import ControlClient
     from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster
 
     try:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    from nodeworker.service import open_source
+    from nodeworker.node_service import open_source
 
     try:
         skip = args.skip_events if args.action == "run" else 0

@@ -1,5 +1,5 @@
-"""``liveupdate node run``: one inference node (nodeworker.service.NodeService: the runtime with
-its trainer process, the HTTP endpoint, the control channel, telemetry, an optional replayer)
+"""``liveupdate node run``: one inference node (nodeworker.node_service.NodeService: the runtime
+with its trainer process, the HTTP endpoint, the control channel, telemetry, an optional replayer)
 plus the node's Celery worker on ``node.<name>`` as a supervised child process; a dead trainer
 or worker is restarted."""
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    from nodeworker.service import NodeService, NodeSettings
+    from nodeworker.node_service import NodeService, NodeSettings
 
     try:
         settings = NodeSettings(
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"liveupdate node run: {exc}") from None
     worker = None if args.no_worker else _worker(args.name, settings.control_socket)
-    print(f"node {args.name}: serving on {service.http.url}", flush=True)
+    print(f"node {args.name}: serving on {service.http.url if service.http else '?'}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             if deadline and time.monotonic() > deadline:
                 break
-            service.runtime.supervise()
+            service.supervise()
             if worker is not None and worker.poll() is not None:
                 log.error("celery worker exited (%s); restarting it", worker.returncode)
                 worker = _worker(args.name, settings.control_socket)

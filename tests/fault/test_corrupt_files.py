@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlrm_core.live_embedding import LiveEmbedding
-from nodeworker.control import InvalidRequest
+from nodeworker.control_socket import InvalidRequest
 from nodeworker.replayer import requests_of
 from tests.integration.test_node_runtime import STREAM, start_node, train_until
 from tests.services import wait_until
@@ -30,14 +30,14 @@ def test_a_corrupt_snapshot_is_refused_and_the_previous_one_restored(tmp_path):
     traffic = requests_of(stream, 8)
     try:
         train_until(runtime, traffic, 200)
-        good = runtime.snapshot()
+        good = runtime.operations.snapshot()
         train_until(runtime, traffic, 400)
-        bad = runtime.snapshot()
+        bad = runtime.operations.snapshot()
     finally:
         runtime.stop()
-    good_dir = runtime.snapshots_dir / good["snapshot"]
+    good_dir = runtime.snapshots.root / good["snapshot"]
     saved = user_factors(good_dir / "user_id.factors")
-    corrupt(runtime.snapshots_dir / bad["snapshot"] / "user_id.factors")
+    corrupt(runtime.snapshots.root / bad["snapshot"] / "user_id.factors")
 
     again, _ = start_node(tmp_path, name="t-corrupt")
     try:
@@ -66,9 +66,9 @@ def test_a_corrupt_checkpoint_is_refused_and_the_old_version_keeps_serving(tmp_p
         bad.write_bytes((tmp_path / "base.ckpt").read_bytes())
         corrupt(bad)
         with pytest.raises(InvalidRequest) as refused:
-            runtime.rebase({"location": str(bad)})
+            runtime.operations.rebase({"location": str(bad)})
         assert "checksum mismatch" in refused.value.fields["checkpoint"]
-        assert runtime.trainer_proc is not None and runtime.trainer_proc.is_alive()
+        assert runtime.trainer.alive
         after, _, still = runtime.predict(request)
         assert still >= version and bool(torch.isfinite(after).all())
         assert not any(e["kind"] == "rebase" for e in runtime.events)

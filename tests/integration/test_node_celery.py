@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from nodeworker import protocol
-from nodeworker.control import ControlClient, ControlError, ControlServer, InvalidRequest
+from nodeworker.control_socket import ControlClient, ControlError, ControlServer, InvalidRequest
 from tests import services
 
 

@@ -16,7 +16,7 @@ from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from nodeworker import protocol
-from nodeworker.control import InvalidRequest
+from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
 from nodeworker.replayer import requests_of
 from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
@@ -65,11 +65,10 @@ def serve_and_label(runtime: NodeRuntime, traffic, n: int) -> None:
 
 def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 150.0) -> None:
     def enough():
-        proc = runtime.trainer_proc
-        if proc is not None and not proc.is_alive():
-            raise RuntimeError(f"the trainer process died (exit code {proc.exitcode})")
+        if runtime.trainer.running and not runtime.trainer.alive:
+            raise RuntimeError("the trainer process died")
         serve_and_label(runtime, traffic, 5)
-        return runtime.metrics.trained_samples >= samples and runtime.installed > 0
+        return runtime.metrics.trained_samples >= samples and runtime.inference.version > 0
 
     wait_until(enough, timeout, f"{samples} trained samples", interval=0.05)
 
@@ -78,7 +77,7 @@ def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 15
 def node(tmp_path):
     before = os.sched_getaffinity(0)
     runtime, stream = start_node(tmp_path)
-    assert os.sched_getaffinity(0) == set(runtime.plan.inference_cpus)
+    assert os.sched_getaffinity(0) == set(runtime.state.plan.inference_cpus)
     yield runtime, requests_of(stream, 8)
     runtime.stop()
     assert os.sched_getaffinity(0) == before  # the pinning does not leak into other tests
@@ -86,13 +85,13 @@ def node(tmp_path):
 
 def test_inference_serves_versions_the_trainer_learnt(node):
     runtime, traffic = node
-    assert runtime.trainer_proc.pid != os.getpid()
+    assert runtime.trainer.pid != os.getpid()
     train_until(runtime, traffic, 600)
-    first = runtime.installed
+    first = runtime.inference.version
     train_until(runtime, traffic, runtime.metrics.trained_samples + 200)
-    assert runtime.installed > first  # new versions keep arriving
-    with runtime._infer_lock:  # the installer thread swaps versions under it
-        assert runtime.delta is not None and runtime.delta.version == runtime.installed
+    assert runtime.inference.version > first  # new versions keep arriving
+    delta, version = runtime.inference.served()  # read together, as the installer swaps them
+    assert delta is not None and delta.version == version
     lags = runtime.metrics.lags()
     assert lags and sorted(lags)[len(lags) // 2] < 30.0
     snapshot = runtime.telemetry_snapshot()
@@ -101,7 +100,7 @@ def test_inference_serves_versions_the_trainer_learnt(node):
     assert sample["tables"]["user_id"]["rank"] >= 1
     assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 5.0
     assert sample["qps"] > 0 and sample["p99_ms"] is not None and sample["auc"] is not None
-    counts = runtime.feed_counts()  # the trainer process joins, and reports its counts
+    counts = runtime.operations.feed_counts()  # the trainer process joins, and reports its counts
     assert counts["joined"] >= runtime.metrics.trained_samples > 0
 
 
@@ -128,8 +127,8 @@ def test_http_endpoint_on_the_runtime(node):
 def test_control_ops(node, tmp_path):
     runtime, traffic = node
     train_until(runtime, traffic, 300)
-    runtime.pause()
-    wait_until(lambda: runtime.duty.value == 0.0, 10, "the trainer duty to drop to 0")
+    runtime.operations.pause()
+    wait_until(lambda: runtime.trainer.duty == 0.0, 10, "the trainer duty to drop to 0")
 
     def settled():  # a step already running finishes and its stats arrive
         seen = runtime.metrics.trained_samples
@@ -142,25 +141,27 @@ def test_control_ops(node, tmp_path):
     time.sleep(1.5)
     assert runtime.metrics.trained_samples == before
     assert runtime.telemetry_snapshot().throttle == "paused"
-    runtime.resume()
+    runtime.operations.resume()
     train_until(runtime, traffic, before + 100)
 
-    result = runtime.apply_policy({"r_max": 2, "r_min": 1, "sla_p99_ms": 4000.0}, "small", 2)
+    result = runtime.operations.apply_policy(
+        {"r_max": 2, "r_min": 1, "sla_p99_ms": 4000.0}, "small", 2
+    )
     assert max(result["ranks"].values()) <= 2 and runtime.qos.config.sla_p99_ms == 4000.0
     with pytest.raises(InvalidRequest) as bad:
-        runtime.apply_policy({"r_max": 0})
+        runtime.operations.apply_policy({"r_max": 0})
     assert "policy.r_max" in bad.value.fields
 
-    snap = runtime.snapshot()
-    directory = runtime.snapshots_dir / snap["snapshot"]
+    snap = runtime.operations.snapshot()
+    directory = runtime.snapshots.root / snap["snapshot"]
     assert (directory / "user_id.factors").exists() and (directory / "snapshot.json").exists()
-    assert (runtime.snapshots_dir / "LATEST").read_text() == snap["snapshot"]
+    assert (runtime.snapshots.root / "LATEST").read_text() == snap["snapshot"]
 
     rows = torch.tensor([3, 9])
-    runtime.apply_delta({"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}})
-    assert bool((base_weight(runtime.model, "item_id")[rows] == 0.5).all())
+    runtime.operations.apply_delta({"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}})
+    assert bool((base_weight(runtime.inference.model, "item_id")[rows] == 0.5).all())
     with pytest.raises(InvalidRequest) as bad:
-        runtime.apply_delta(
+        runtime.operations.apply_delta(
             {
                 "nope": {"rows": [1], "values": [[0.0] * 16]},
                 "item_id": {"rows": [10**9], "values": [[0.0] * 16]},
@@ -169,7 +170,7 @@ def test_control_ops(node, tmp_path):
     assert set(bad.value.fields) == {"deltas.nope", "deltas.item_id.rows"}
 
     torch.manual_seed(123)
-    newer = DLRM(runtime.model.config)
+    newer = DLRM(runtime.inference.model.config)
     digest = save_model(tmp_path / "newer.ckpt", newer)
     wire = {
         "name": "newer",
@@ -177,32 +178,40 @@ def test_control_ops(node, tmp_path):
         "checksum": "sha256:" + "0" * 64,
     }
     with pytest.raises(InvalidRequest) as bad:
-        runtime.rebase(wire)
+        runtime.operations.rebase(wire)
     assert bad.value.fields == {"checkpoint.checksum": "Does not match the file."}
-    runtime.rebase({**wire, "checksum": f"sha256:{digest}"})
-    assert runtime.delta is None and runtime.checkpoint == str(tmp_path / "newer.ckpt")
-    assert torch.equal(
-        base_weight(runtime.model, "user_id"), newer.sparse_arch.table("user_id").weight.detach()
+    runtime.operations.rebase({**wire, "checksum": f"sha256:{digest}"})
+    assert runtime.inference.delta is None and runtime.state.checkpoint == str(
+        tmp_path / "newer.ckpt"
     )
-    stale = runtime.installed
+    assert torch.equal(
+        base_weight(runtime.inference.model, "user_id"),
+        newer.sparse_arch.table("user_id").weight.detach(),
+    )
+    stale = runtime.inference.version
     train_until(runtime, traffic, runtime.metrics.trained_samples + 100)
-    assert runtime.installed > stale  # the new trainer publishes on the new base
+    assert runtime.inference.version > stale  # the new trainer publishes on the new base
     with pytest.raises(InvalidRequest):
-        runtime.rebase({"location": str(tmp_path / "missing.ckpt")})
+        runtime.operations.rebase({"location": str(tmp_path / "missing.ckpt")})
     other = DLRM(DLRMConfig(("x",), (10,), 1, 16, (16,), (1,)))
     save_model(tmp_path / "other.ckpt", other)
     with pytest.raises(InvalidRequest):
-        runtime.rebase({"location": str(tmp_path / "other.ckpt")})
+        runtime.operations.rebase({"location": str(tmp_path / "other.ckpt")})
 
 
 def test_a_node_without_trainer_joins_for_its_quality_metrics(tmp_path):
     runtime, stream = start_node(tmp_path, name="t-solo", trainer=False)
     try:
-        serve_and_label(runtime, requests_of(stream, 8), 50)
-        wait_until(lambda: runtime.feed_counts().get("joined") == 400, 10, "the join")
+        traffic = requests_of(stream, 8)
+        serve_and_label(runtime, traffic, 50)
+        wait_until(lambda: runtime.operations.feed_counts().get("joined") == 400, 10, "the join")
         snapshot = runtime.telemetry_snapshot()
         assert snapshot.auc is not None and snapshot.logloss is not None
-        assert runtime.feed_counts()["to_trainer"] == 0
+        assert runtime.operations.feed_counts()["to_trainer"] == 0
+        assert runtime.operations.health()["trainer"] is None
+        runtime.operations.rebase({"location": str(tmp_path / "base.ckpt")})
+        serve_and_label(runtime, traffic, 10)  # the join goes on after a rebase
+        wait_until(lambda: runtime.operations.feed_counts().get("joined") == 480, 10, "the join")
     finally:
         runtime.stop()
 
@@ -212,23 +221,25 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
     traffic = requests_of(stream, 8)
     try:
         train_until(runtime, traffic, 300)
-        snap = runtime.snapshot()
-        directory = runtime.snapshots_dir / snap["snapshot"]
+        snap = runtime.operations.snapshot()
+        directory = runtime.snapshots.root / snap["snapshot"]
         saved = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))
         saved.import_factors(directory / "user_id.factors", "user_id")
-        dead_pid = runtime.trainer_proc.pid
+        dead_pid = runtime.trainer.pid
         os.kill(dead_pid, signal.SIGKILL)
-        wait_until(lambda: not runtime.trainer_proc.is_alive(), 10, "the trainer to die")
-        assert runtime.supervise() is True
+        wait_until(lambda: not runtime.trainer.alive, 10, "the trainer to die")
+        assert runtime.operations.supervise() is True
         runtime.wait_ready()
         wait_until(lambda: runtime.shared.version > snap["version"], 30, "the restored version")
         restored = runtime.shared.read().tables["user_id"]
         assert torch.equal(restored.ids, saved.ids) and torch.allclose(restored.a, saved.A)
         # the new trainer resumes the join where the dead one left the rings
-        joined = runtime.feed_counts()["joined"]
+        joined = runtime.operations.feed_counts()["joined"]
         serve_and_label(runtime, traffic, 20)
         wait_until(
-            lambda: runtime.feed_counts()["joined"] >= joined + 160, 30, "the new trainer's join"
+            lambda: runtime.operations.feed_counts()["joined"] >= joined + 160,
+            30,
+            "the new trainer's join",
         )
     finally:
         runtime.stop()

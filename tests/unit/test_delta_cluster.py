@@ -14,7 +14,7 @@ from controlplane.commands import demo
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster
-from nodeworker.service import open_source, synthetic_config
+from nodeworker.node_service import open_source, synthetic_config
 
 
 def small_stream(**kw) -> SyntheticStream:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import struct
 
+import numpy as np
 import pytest
 import torch
 
-from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedRings, FeedWriter
+from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedReport, FeedRings, FeedWriter
+from nodeworker.join_counts import JoinCounts
 from nodeworker.sample_cache import Feedback
 from tests.unit.test_sample_cache import served
 
@@ -60,7 +62,8 @@ def test_labels_join_their_own_rows_across_the_rings(tmp_path):
     values, offsets = batch.feature("tags")
     assert values.tolist() == [7, 2, 1002, 4] and offsets.tolist() == [0, 1, 3]
     assert label_times.tolist() == [2.0, 2.5, 3.0]
-    labels, scores = feed.report()["quality"]
+    report = feed.report()
+    labels, scores = report.labels, report.scores
     assert labels.tolist() == [1.0, 0.0, 1.0]
     assert scores.tolist() == pytest.approx([0.2, 0.2, 0.4])  # each row's own served score
     assert feed.next_batch() is None and feed.to_trainer == 3
@@ -86,7 +89,7 @@ def test_timeouts_become_negatives_and_feedback_is_answered_at_once(tmp_path):
     feed.poll(now=100.0)  # 4 joined, 3 timed out
     assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[3, 4]]
     assert [b.labels.tolist() for b, _ in feed.backlog] == [[1.0, 0.0]]
-    counts = feed.report()["counts"]
+    counts = feed.report().counts
     assert (counts["joined"], counts["expired"], counts["served"]) == (2, 3, 5)
     assert writer.counts()["late_feedback"] == 2 and writer.counts()["unknown_feedback"] == 2
 
@@ -118,9 +121,9 @@ def test_bounded_memory_drops_oldest_and_counts_them(tmp_path):
         writer.feedback(rid, 0.0)
     feed.poll(now=3.0)  # a backlog of 1 batch: the older one goes
     report = feed.report()
-    assert report["counts"]["dropped_pending"] == 2 and report["dropped_backlog"] == 4
+    assert report.counts["dropped_pending"] == 2 and report.dropped_backlog == 4
     assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[6, 7, 8]]
-    assert len(report["quality"][0]) == 7  # every joined row scored, the dropped ones too
+    assert len(report.labels) == 7  # every joined row scored, the dropped ones too
 
 
 def test_a_full_ring_drops_and_counts_and_their_feedback_is_gone(tmp_path):
@@ -178,3 +181,26 @@ def test_no_torn_records_from_a_writer_in_another_process(tmp_path):
         assert proc.is_alive() or seen == n or reader.read() != []
     proc.join(timeout=30)
     assert proc.exitcode == 0
+
+
+def report(joined: int, pending: int, backlog: int) -> FeedReport:
+    return FeedReport(
+        counts={"joined": joined, "expired": 1},
+        sizes={"pending": pending, "ready": 2, "backlog_rows": backlog},
+        dropped_backlog=0,
+        to_trainer=joined,
+        labels=np.zeros(0, np.float32),
+        scores=np.zeros(0),
+    )
+
+
+def test_join_counts_add_up_over_trainers_and_count_what_a_stopped_one_held_as_lost():
+    counts = JoinCounts()
+    counts.update(report(joined=10, pending=3, backlog=4))
+    counts.update(report(joined=12, pending=5, backlog=0))  # a report replaces the last one
+    assert counts.totals()["joined"] == 12 and counts.totals()["pending"] == 5
+    counts.retire()  # that trainer stopped holding 5 pending, 2 ready rows
+    counts.update(report(joined=3, pending=1, backlog=0))
+    totals = counts.totals()
+    assert totals["joined"] == 15 and totals["expired"] == 2 and totals["to_trainer"] == 15
+    assert totals["lost"] == 7 and totals["pending"] == 1 and totals["ready"] == 2

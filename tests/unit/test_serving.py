@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.factor_store import BasePatch, FactorStore
+from dlrm_core.factor_store import BasePatch
 from dlrm_core.live_embedding import LiveEmbeddingConfig, TableFactors, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
-from dlrm_core.serving import RankGroup, ServingDelta, apply_base_patches
+from dlrm_core.serving import RankGroup, ServingDelta
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,7 +68,7 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
         assert not torch.allclose(plain(probe), live_model(probe))
 
 
-def test_version_swap_and_base_patches_reach_the_inference_model():
+def test_a_version_and_its_folded_rows_reproduce_the_trainer_model():
     torch.manual_seed(0)
     trainer_model = DLRM(CFG)
     inference = copy.deepcopy(trainer_model)
@@ -78,13 +78,11 @@ def test_version_swap_and_base_patches_reach_the_inference_model():
     live.set_factors(torch.randn(10, 2), live.B)
     live.evict(torch.tensor([3, 4]), fold=True)
 
-    store = FactorStore()
-    version = store.publish(
-        {"a": live.factors()}, {"a": BasePatch.empty(6).extended(live, live.take_folded())}, 1.0
-    )
-    apply_base_patches(inference, version)
-    apply_base_patches(inference, version)  # idempotent
-    delta = ServingDelta.from_version(store.latest(), inference)
+    patch = BasePatch.empty(6).extended(live, live.take_folded())
+    assert patch.ids.tolist() == [3, 4]
+    with torch.no_grad():  # as the node's version installer writes folded rows
+        inference.sparse_arch.table("a").weight[patch.ids] = patch.rows
+    delta = ServingDelta.from_factors(1, CFG.feature_names, CFG.table_sizes, {"a": live.factors()})
     probe = batch(torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(inference(probe, delta), trainer_model(probe))

@@ -11,8 +11,16 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nodeworker import protocol
+
+if TYPE_CHECKING:  # imported when started: the Celery app imports this module without torch
+    from nodeworker.control_socket import ControlServer
+    from nodeworker.http import NodeHTTPServer
+    from nodeworker.replayer import Replayer
+    from nodeworker.runtime import NodeRuntime
+    from nodeworker.telemetry import TelemetryReporter
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +149,15 @@ def open_source(spec: str, seed: int, skip: int = 0):
 class NodeService:
     def __init__(self, settings: NodeSettings):
         self.settings = settings
-        self.runtime = self.http = self.control = self.reporter = self.replayer = None
+        self.runtime: NodeRuntime | None = None
+        self.http: NodeHTTPServer | None = None
+        self.control: ControlServer | None = None
+        self.reporter: TelemetryReporter | None = None
+        self.replayer: Replayer | None = None
         self._stop = threading.Event()
 
     def start(self) -> NodeService:
-        from nodeworker.control import ControlServer
+        from nodeworker.control_socket import ControlServer
         from nodeworker.http import NodeHTTPServer
         from nodeworker.replayer import ReplayConfig, Replayer
         from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
@@ -156,13 +168,14 @@ class NodeService:
         source = schema = None
         if s.replay:
             source, schema = open_source(s.replay, s.seed, s.skip_events)
-        checkpoint = s.checkpoint or build_fresh_checkpoint(
-            schema, s.data_dir / "fresh-base.ckpt", s.seed
-        )
+        checkpoint = s.checkpoint
+        if checkpoint is None:  # NodeSettings: a stream is replayed, its schema sizes the model
+            assert schema is not None
+            checkpoint = build_fresh_checkpoint(schema, s.data_dir / "fresh-base.ckpt", s.seed)
         policy = dict(protocol.POLICY_DEFAULTS)
         if s.sla_ms is not None:
             policy["sla_p99_ms"] = s.sla_ms
-        self.runtime = NodeRuntime(
+        runtime = NodeRuntime(
             RuntimeConfig(
                 name=s.name,
                 data_dir=s.data_dir,
@@ -174,16 +187,17 @@ class NodeService:
                 label_window_s=s.label_window_s,
             )
         ).start()
-        self.runtime.wait_ready()
-        self.http = NodeHTTPServer(self.runtime, s.http_host, s.http_port).start()
-        self.control = ControlServer(s.control_socket, self.runtime).start()
+        self.runtime = runtime
+        runtime.wait_ready()
+        self.http = NodeHTTPServer(runtime, s.http_host, s.http_port).start()
+        self.control = ControlServer(s.control_socket, runtime.operations).start()
         if s.control_plane:
             self.reporter = TelemetryReporter(
                 s.name,
                 s.control_plane,
                 s.token or "",
                 s.data_dir / "telemetry",
-                self.runtime.telemetry_snapshot,
+                runtime.telemetry_snapshot,
             ).start()
         if source is not None:
             config = ReplayConfig(
@@ -192,24 +206,27 @@ class NodeService:
                 rows_per_request=s.rows_per_request,
                 seed=s.seed,
             )
-            self.replayer = Replayer(
-                self.runtime.predict, self.runtime.feedback, source, config
-            ).start()
+            self.replayer = Replayer(runtime.predict, runtime.feedback, source, config).start()
         log.info(
             "node %s: serving on %s (POST /v1/predict, /v1/feedback), placement %s",
             s.name,
             self.http.url,
-            self.runtime.plan.as_dict(),
+            runtime.state.plan.as_dict(),
         )
         return self
 
+    def supervise(self) -> None:
+        """Restart a dead trainer (from the latest snapshot); a failure is logged."""
+        try:
+            if self.runtime is not None:
+                self.runtime.operations.supervise()
+        except Exception:
+            log.exception("supervising the runtime failed")
+
     def supervise_forever(self) -> None:
-        """Restart a dead trainer (from the latest snapshot) until stop()."""
+        """supervise() every second until stop()."""
         while not self._stop.wait(1.0):
-            try:
-                self.runtime.supervise()
-            except Exception:
-                log.exception("supervising the runtime failed")
+            self.supervise()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,267 @@
+"""The node's control operations, composed from its parts: what the Celery tasks call over the
+control socket (apply_policy, pause, resume, snapshot, rebase, apply_delta, status; see
+nodeworker.control_socket.CONTROL_OPS), and the trainer's lifecycle the node itself runs
+(start_trainer, supervise). Bad arguments raise InvalidRequest with field-level messages; each
+operation returns a JSON object saying what it did.
+
+Where the base changes: ``rebase`` and ``supervise`` rewrite the base tables and then
+``installer.forget_versions`` (the version installer's epoch), both under the inference lock;
+``apply_delta`` writes rows into the base under it. Where a policy takes effect:
+``NodeState.adopt_policy`` (called by apply_policy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlrm_core.checkpoint import CheckpointError, load_model
+from nodeworker import placement, protocol
+from nodeworker.control_socket import InvalidRequest
+from nodeworker.inference import InferencePath
+from nodeworker.node_events import NodeEvents
+from nodeworker.node_state import NodeState
+from nodeworker.qos import QosController
+from nodeworker.runtime_config import RuntimeConfig
+from nodeworker.shared_memory import SharedFactors, TableCapacity, base_weight, write_base_tables
+from nodeworker.snapshots import SnapshotDirectory, SnapshotMeta, apply_patch_files
+from nodeworker.trainer_client import TrainerClient
+from nodeworker.trainer_proc import TrainerSetup
+from nodeworker.version_installer import VersionInstaller
+
+log = logging.getLogger(__name__)
+
+
+class NodeOperations:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        state: NodeState,
+        inference: InferencePath,
+        installer: VersionInstaller,
+        trainer: TrainerClient,
+        qos: QosController,
+        snapshots: SnapshotDirectory,
+        events: NodeEvents,
+        shared: SharedFactors,
+        capacities: dict[str, TableCapacity],
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.inference = inference
+        self.installer = installer
+        self.trainer = trainer
+        self.qos = qos
+        self.snapshots = snapshots
+        self.events = events
+        self.shared = shared
+        self.capacities = capacities
+        self.tables = inference.model.config.feature_names
+
+    # --- the trainer's lifecycle -------------------------------------------------------------
+
+    def start_trainer(self, restore_dir: Path | None) -> None:
+        """Start the trainer (none running) on the current base, policy and placement."""
+        setup = TrainerSetup(
+            checkpoint=self.state.checkpoint,
+            shm_dir=str(self.shared.dir),
+            capacities=self.capacities,
+            policy=self.state.policy,
+            cpus=self.state.plan.trainer_cpus if self.config.pin else (),
+            start_version=self.shared.version,
+            restore_dir=str(restore_dir) if restore_dir else None,
+            publish_interval_s=self.config.publish_interval_s,
+            feed=self.config.feed_config(),
+        )
+        duty = 0.0 if self.state.mode_paused else self.qos.duty
+        self.trainer.start(setup, duty, self.installer.epoch)
+
+    def partition(self) -> None:
+        """Split the cache and memory bandwidth between inference and the trainer process."""
+        pid = self.trainer.pid
+        self.state.partitions = (
+            []
+            if pid is None
+            else placement.partition(
+                self.config.sysfs_root,
+                [os.getpid()],
+                [pid],
+                cache_pct=int(self.state.policy["cache_partition_pct"]),
+                bandwidth_pct=int(self.state.policy["bandwidth_partition_pct"]),
+                trainer_share=float(self.state.policy["trainer_share"]),
+                trainer_cpus=len(self.state.plan.trainer_cpus),
+            )
+        )
+
+    def supervise(self) -> bool:
+        """Restart a dead trainer from the latest snapshot (called periodically by the node
+        service). The base goes back to the checkpoint plus the snapshot's folded rows and the
+        node serves the bare base until the restored version arrives, so base and factors
+        always match. Returns True when it restarted the trainer."""
+        exitcode = self.trainer.reap()
+        if exitcode is None:
+            return False
+        log.error("trainer process exited (%s); restarting from the latest snapshot", exitcode)
+        restore = self.snapshots.restorable(self.state.checkpoint, self.tables)
+        with self.inference.exclusive:
+            write_base_tables(load_model(self.state.checkpoint), self.shared.dir)
+            if restore:
+                apply_patch_files(self.inference.model, restore, self.tables)
+            self.installer.forget_versions()
+        self.start_trainer(restore)
+        self.events.add(
+            "snapshot", {"trainer_restarted": True, "restored": restore.name if restore else None}
+        )
+        return True
+
+    # --- the control operations --------------------------------------------------------------
+
+    def apply_policy(
+        self, policy: dict[str, Any], policy_name: str | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        clean, errors = protocol.validate_policy(policy)
+        if errors:
+            raise InvalidRequest({f"policy.{k}": v for k, v in errors.items()})
+        self.state.adopt_policy(clean)
+        self.qos.set_policy(float(clean["sla_p99_ms"]), float(clean["max_trainer_duty"]))
+        plan = self.state.plan
+        result: dict[str, Any] = {"mode": clean["mode"], "placement": plan.as_dict()}
+        if self.config.pin:
+            placement.pin_process(plan.inference_cpus)
+            self.trainer.pin(plan.trainer_cpus)
+        ranks = self.trainer.set_policy(clean)
+        if ranks is not None:
+            result["ranks"] = ranks
+            self.partition()
+            result["partitions"] = self.state.partition_report()
+        detail = {"name": policy_name, "version": version, **result}
+        self.events.add("policy", detail)
+        return detail
+
+    def pause(self) -> dict[str, Any]:
+        self.qos.set_operator_pause(True)
+        return {"throttle": "paused"}
+
+    def resume(self) -> dict[str, Any]:
+        self.qos.set_operator_pause(False)
+        return {
+            "throttle": "paused" if self.state.mode_paused else "running",
+            "mode": self.state.policy["mode"],
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Persist the factors (and the rows folded into the base) under data_dir/snapshots."""
+        directory = self.snapshots.new()
+        taken = self.trainer.snapshot(str(directory))
+        meta = SnapshotMeta(self.state.checkpoint, taken.version, time.time())
+        self.snapshots.commit(directory, meta)
+        detail = {"snapshot": directory.name, **meta.as_dict(), "digests": taken.digests}
+        self.events.add("snapshot", detail)
+        return detail
+
+    def rebase(self, checkpoint: dict[str, Any], keep_factors: bool = False) -> dict[str, Any]:
+        location = _checked_location(checkpoint)
+        try:
+            new = load_model(location, expected=self.inference.model.config)
+        except (CheckpointError, ValueError) as exc:
+            raise InvalidRequest({"checkpoint": str(exc)}) from exc
+        kept = None
+        if keep_factors and self.trainer.running:
+            kept = self.snapshots.new("rebase")
+            self.trainer.snapshot(str(kept))
+            for patch in kept.glob("*.patch"):  # the new base supersedes the old folds
+                patch.unlink()
+        had_trainer = self.trainer.running
+        self.trainer.stop()
+        model = self.inference.model
+        with self.inference.exclusive:
+            write_base_tables(new, self.shared.dir)  # in place: the mapped tables see it
+            model.dense_arch.load_state_dict(new.dense_arch.state_dict())
+            model.over_arch.load_state_dict(new.over_arch.state_dict())
+            self.installer.forget_versions()
+        self.state.checkpoint = location
+        if had_trainer:
+            self.start_trainer(kept)
+            self.trainer.wait_ready()
+        detail = {"checkpoint": checkpoint, "keep_factors": bool(keep_factors)}
+        self.events.add("rebase", detail)
+        return detail
+
+    def apply_delta(self, deltas: dict[str, Any]) -> dict[str, Any]:
+        """Delta-sync baseline: rows from the training cluster replace the base rows."""
+        parsed = self._parse_deltas(deltas)
+        with self.inference.exclusive, torch.no_grad():
+            for table, (rows, values) in parsed.items():
+                base_weight(self.inference.model, table)[rows] = values
+        return {"tables": {t: int(r.numel()) for t, (r, _) in parsed.items()}}
+
+    def _parse_deltas(self, deltas: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        errors: dict[str, str] = {}
+        parsed = {}
+        dim = self.inference.model.config.embedding_dim
+        for table, delta in deltas.items():
+            if table not in self.tables:
+                errors[f"deltas.{table}"] = "Unknown table."
+                continue
+            try:
+                rows = torch.as_tensor(delta["rows"], dtype=torch.int64)
+                values = torch.as_tensor(delta["values"], dtype=torch.float32)
+            except (KeyError, TypeError, ValueError):
+                errors[f"deltas.{table}"] = 'Must be {"rows": [N ids], "values": [N x D]}.'
+                continue
+            n_rows = base_weight(self.inference.model, table).shape[0]
+            if rows.dim() != 1 or values.shape != (rows.shape[0], dim):
+                errors[f"deltas.{table}"] = f"Need N row ids and N x {dim} values."
+            elif rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
+                errors[f"deltas.{table}.rows"] = f"Row ids must be in [0, {n_rows})."
+            elif not bool(torch.isfinite(values).all()):
+                errors[f"deltas.{table}.values"] = "Values must be finite."
+            else:
+                parsed[table] = (rows, values)
+        if errors:
+            raise InvalidRequest(errors)
+        return parsed
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node": self.config.name,
+            "status": "ok",
+            "model_version": self.inference.version,
+            "trainer": self.trainer.alive if self.trainer.running else None,
+            "throttle": self.qos.last.state if self.qos.last else "running",
+        }
+
+    def feed_counts(self) -> dict[str, int]:
+        """The join's counts over every trainer this node ran (the join runs there), the
+        feedback answers given here, and the rows lost: dropped by a full ring, or waiting
+        in a trainer that stopped or died."""
+        return {**self.trainer.join.totals(), **self.inference.feed.counts()}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.health(),
+            "policy": self.state.policy,
+            "placement": self.state.plan.as_dict(),
+            "partitions": self.state.partition_report(),
+            "cache": self.feed_counts(),
+        }
+
+
+def _checked_location(checkpoint: Any) -> str:
+    """The checkpoint file a rebase names, checked to exist and match its checksum."""
+    location = checkpoint.get("location") if isinstance(checkpoint, dict) else None
+    if not isinstance(location, str) or not Path(location).is_file():
+        raise InvalidRequest({"checkpoint.location": "No such checkpoint file on this node."})
+    want = str(checkpoint.get("checksum") or "").removeprefix("sha256:")
+    if want:
+        data = Path(location).read_bytes()
+        # the control plane's sha256: of the whole file, or the digest save_model returned
+        if want not in (hashlib.sha256(data).hexdigest(), data[-32:].hex()):
+            raise InvalidRequest({"checkpoint.checksum": "Does not match the file."})
+    return location

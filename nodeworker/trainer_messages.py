@@ -1,0 +1,114 @@
+"""The messages between the node (nodeworker.trainer_client) and its trainer process
+(nodeworker.trainer_proc), as frozen dataclasses: they cross the process boundary pickled,
+through a command queue (node -> trainer), an output queue (trainer -> node) and a pipe of
+folded base rows (trainer -> node, see FoldedRows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nodeworker.feed import FeedReport
+
+# --- node -> trainer: commands, each answered by one Reply with the same id (Stop is not) ---
+
+
+@dataclass(frozen=True)
+class SetPolicy:
+    id: int
+    policy: dict[str, Any]  # a validated node policy (protocol.validate_policy)
+
+
+@dataclass(frozen=True)
+class TakeSnapshot:
+    id: int
+    directory: str  # where the trainer writes its factor and patch files
+
+
+@dataclass(frozen=True)
+class PinCpus:
+    id: int
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StopTrainer:
+    """Send the last stats and exit; not answered."""
+
+
+TrainerCommand = SetPolicy | TakeSnapshot | PinCpus | StopTrainer
+
+
+# --- trainer -> node: the results of commands ---
+
+
+@dataclass(frozen=True)
+class PolicyApplied:
+    ranks: dict[str, int]  # each trained table's rank under the new policy
+
+
+@dataclass(frozen=True)
+class SnapshotTaken:
+    version: int  # the factor version the snapshot holds (published just before it)
+    digests: dict[str, str]  # table -> the sha256 of its factor file
+
+
+@dataclass(frozen=True)
+class CpusPinned:
+    cpus: tuple[int, ...]
+
+
+CommandResult = PolicyApplied | SnapshotTaken | CpusPinned
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: int
+    result: CommandResult | None = None
+    error: str | None = None  # the command failed: "ExceptionType: message"
+
+
+# --- trainer -> node: unprompted ---
+
+
+@dataclass(frozen=True)
+class TrainerReady:
+    version: int  # the factor version the trainer starts from
+
+
+@dataclass(frozen=True)
+class TrainerEvent:
+    kind: str  # "rank_change" or "prune"
+    ts: float
+    detail: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ts": self.ts, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class TrainerStats:
+    steps: int
+    samples: int  # trained on so far (replays included)
+    skipped: int  # batches skipped for non-finite inputs, loss or gradients
+    version: int  # the newest factor version published
+    ranks: dict[str, int]
+    memory: dict[str, tuple[int, int]]  # table -> (overhead bytes, base bytes)
+    events: tuple[TrainerEvent, ...]
+    # (version, the label times of the rows it is the first to have learnt from), for the lag
+    fresh: tuple[tuple[int, list[float]], ...]
+    feed: FeedReport  # the join's counts and the quality rows since the last stats
+    feed_cpu_s: float  # cpu time the join took so far
+
+
+TrainerOutput = Reply | TrainerReady | TrainerStats
+
+
+@dataclass(frozen=True)
+class FoldedRows:
+    """The base rows the trainer folded since its last version, sent down the patch pipe before
+    the version that needs them: table -> (ids (m,) int64, rows (m, D) float32)."""
+
+    tables: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
