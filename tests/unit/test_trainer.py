@@ -196,13 +196,18 @@ def test_published_version_serves_the_same_model_on_the_inference_side():
     inference = copy.deepcopy(model)
     # tiny budget for users so pruning folds rows into the trainer's base copy
     trainer = LiveTrainer(
-        model, trainer_config(publish_every=7), budgets={"user": 2000, "item": 4000}
+        model,
+        trainer_config(publish_every=7, keep_published=True),
+        budgets={"user": 2000, "item": 4000},
     )
     for _ in range(40):
         trainer.process(stream.batch())
     assert any(e.kind == "prune" for e in trainer.drain_events())
     version = trainer.publish()
+    # nobody took a version yet: this one carries every fold since the start
     assert version.base_patches["user"].ids.numel() > 0
+    account = trainer.memory_account()
+    assert account.tables["user"].published == trainer.store.nbytes("user") > 0
     lives = attach_live_embeddings(
         inference.sparse_arch, ["user", "item"], LiveEmbeddingConfig(rank=2)
     )
@@ -258,7 +263,7 @@ def test_readers_never_see_a_torn_version():
 
 
 def test_tiny_tables_are_left_unwrapped():
-    model = DLRM(DLRMConfig(("user", "flag"), (500, 2), 1, 8, (8,), (4, 1)))
+    model = DLRM(DLRMConfig(("user", "flag"), (2000, 2), 1, 8, (8,), (4, 1)))
     trainer = LiveTrainer(model, trainer_config(budget_fraction=0.02))
     assert trainer.skipped_tables == ["flag"] and list(trainer.lives) == ["user"]
     with pytest.raises(ValueError, match="budget_fraction"):
