@@ -43,9 +43,13 @@ from dlrm_core.live_embedding import (
 )
 
 HOUR_S = 3600.0
+SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the budget holds
 # the fold log may hold FOLD_LOG_MIN + capacity // FOLD_LOG_SHARE ids (8 bytes each) between
 # two publishes
 FOLD_LOG_MIN, FOLD_LOG_SHARE = 16, 4
+# a re-factoring folds a row's lost part into the base only where it moves the row by more
+# than this (a growth re-factors exactly up to float rounding: nothing to fold, or publish)
+FOLD_TOLERANCE = 1e-7
 
 
 @dataclass(frozen=True)
@@ -118,22 +122,29 @@ def min_budget_bytes(policy: RankPolicy, dim: int) -> int:
 
 
 def capacity_plan(
-    free_bytes: int, rank: int, dim: int, published_copy: bool = False
+    free_bytes: int, rank: int, dim: int, published_copy: bool = False, limit: int = 2**31 - 2
 ) -> tuple[int, int]:
     """(rows, index bits): the most active rows whose state, index of 2**bits buckets and fold
-    log allowance (and, with ``published_copy``, a published copy of ids, A and B) fit in
-    ``free_bytes`` at ``rank`` (rows 0 and bits 1 when none fit)."""
+    log allowance fit in ``free_bytes`` at ``rank`` (rows 0 and bits 1 when none fit). With
+    ``published_copy`` also a published copy of ids, A and B, and a base patch of up to every
+    active row (a shrink folds them all; a reader that takes every version within a publish
+    interval keeps the store's patch to one interval's folds)."""
+    per_row = row_bytes(rank) + 8 / FOLD_LOG_SHARE
     free = free_bytes - shared_bytes(rank, dim) - 8 * FOLD_LOG_MIN
-    free -= 4 * rank * dim if published_copy else 0
-    per_row = row_bytes(rank) + 8 / FOLD_LOG_SHARE + ((4 * rank + 8) if published_copy else 0)
+    if published_copy:
+        patch_row = 8 + 4 * dim
+        per_row += 4 * rank + 8 + patch_row
+        free -= 4 * rank * dim + patch_row * FOLD_LOG_MIN
     best = (0, 1)
     for bits in range(1, 31):
         left = free - index_bytes(bits)
         if left < 0:
             break
-        rows = min(index_capacity(bits), int(left // per_row))
+        rows = min(index_capacity(bits), int(left // per_row), limit)
         if rows > best[0]:
             best = (rows, bits)
+        if rows == limit:  # more buckets would not hold more rows
+            break
     return best
 
 
@@ -172,7 +183,9 @@ class RankController:
         """(rows, index bits) that fit in the budget at ``rank`` (default: the current one)."""
         r = self.live.rank if rank is None else rank
         sketch = self.sketch.nbytes if self.sketch is not None else 0
-        return capacity_plan(self.budget_bytes - sketch, r, self.live.dim, self.published_copy)
+        return capacity_plan(
+            self.budget_bytes - sketch, r, self.live.dim, self.published_copy, self.live.num_rows
+        )
 
     def fits(self, rank: int) -> bool:
         """B, its optimizer state and the smallest index fit in the budget at ``rank``."""
@@ -226,9 +239,16 @@ class RankController:
         self.live.fit(self.max_rows())
 
     def _size_sketch(self) -> None:
+        """sketch_share of the budget, and at most SKETCH_PER_ROW counters a row for the rows
+        the rest of the budget holds (a huge budget needs no huge sketch)."""
         bits = 0
         if self.policy.admit_after > 1:
-            bits = SightingSketch.bits_for(int(self.budget_bytes * self.policy.sketch_share))
+            rows = capacity_plan(
+                self.budget_bytes, self.live.rank, self.live.dim, limit=self.live.num_rows
+            )[0]
+            widest = max(rows * SKETCH_PER_ROW, 2).bit_length()
+            share = int(self.budget_bytes * self.policy.sketch_share)
+            bits = min(SightingSketch.bits_for(share), widest)
         if bits == 0:
             self.sketch = None
         elif self.sketch is None or self.sketch.width_bits != bits:
@@ -444,14 +464,15 @@ class RankController:
 
     def _set_folding(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """set_factors(a, b), first folding what A B * scale loses into the base rows (so no
-        served row changes)."""
+        served row changes by more than FOLD_TOLERANCE)."""
         live = self.live
-        if live.num_active:
+        if live.num_active and self.policy.fold_evicted:
             lost = (live.A.detach() @ live.B.detach() - a @ b) * live.scale
-            if self.policy.fold_evicted:
+            rows = torch.nonzero(lost.abs().amax(1) > FOLD_TOLERANCE).squeeze(1)
+            if rows.numel():
                 with torch.no_grad():
-                    live.base.weight.index_add_(0, live.ids, lost)
-                live.note_folded(live.ids)
+                    live.base.weight.index_add_(0, live.ids[rows], lost[rows])
+                live.note_folded(live.ids[rows])
         live.set_factors(a, b)
 
     def _refactor(self, k: int, now: float, reason: str) -> None:

@@ -268,3 +268,25 @@ def test_tiny_tables_are_left_unwrapped():
     assert trainer.skipped_tables == ["flag"] and list(trainer.lives) == ["user"]
     with pytest.raises(ValueError, match="budget_fraction"):
         TrainerConfig(budget_fraction=0.0)
+
+
+def test_every_table_stays_within_its_budget_by_the_measured_account():
+    model, stream = pretrained(steps=20)
+    budgets = {"user": 2500, "item": 4000}
+    trainer = LiveTrainer(
+        model,
+        trainer_config(publish_every=3, keep_published=True, adapt_every=4, room_every=1),
+        budgets=budgets,
+    )
+    full = 0
+    for _ in range(60):
+        trainer.process(stream.batch())
+        trainer.store.latest()  # a reader that takes every version
+        account = trainer.memory_account()
+        for name, table in account.tables.items():
+            assert table.budget == budgets[name]
+            assert table.total <= table.budget, (name, table)
+        full += sum(e.reason == "lru" for e in trainer.drain_events())
+        assert account.pending > 0  # the replay window
+    assert full > 0  # the budgets were reached: evictions, folds and patches were accounted
+    assert account.tables["user"].published > 0 and account.tables["user"].sketch > 0
