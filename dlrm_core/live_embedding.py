@@ -28,8 +28,22 @@ from torch import nn
 
 from dlrm_core.checkpoint import CheckpointError, read_container, write_container
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_
-from dlrm_core.hash_index import BUCKET, CuckooIndex
+from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.model import SparseArch
+from dlrm_core.row_budget import index_bits, overhead_bytes, row_bytes, shared_bytes
+
+__all__ = [  # the sizes are re-exported: callers plan with them next to the module
+    "FACTORS_FORMAT_VERSION",
+    "FACTORS_KIND",
+    "LiveEmbedding",
+    "LiveEmbeddingConfig",
+    "MemoryReport",
+    "TableFactors",
+    "attach_live_embeddings",
+    "overhead_bytes",
+    "row_bytes",
+    "shared_bytes",
+]
 
 FACTORS_KIND = "live-factors"
 FACTORS_FORMAT_VERSION = 1
@@ -90,41 +104,6 @@ class MemoryReport:
     @property
     def overhead_pct(self) -> float:
         return 100.0 * self.overhead_bytes / self.base_bytes
-
-
-_F32, _I64 = 4, 8
-INDEX_LOAD = 0.9  # the most keys per index slot a table plans for (cuckoo, 8-slot buckets)
-_INDEX_BUCKET_BYTES = 2 * BUCKET * 4  # int32 ids and rows
-
-
-def row_bytes(rank: int) -> int:
-    """Bytes per active row: A's row, its id, last-use time, Adagrad accumulator."""
-    return _F32 * rank + _I64 + _F32 + _F32
-
-
-def shared_bytes(rank: int, dim: int) -> int:
-    """Bytes that do not depend on the active rows: B and its two Adam moments."""
-    return 3 * _F32 * rank * dim
-
-
-def overhead_bytes(num_active: int, rank: int, dim: int) -> int:
-    """A, B, ids, times and optimizer state of a LiveEmbedding with these sizes (without its
-    index: see index_bytes)."""
-    return num_active * row_bytes(rank) + shared_bytes(rank, dim)
-
-
-def index_bits(capacity: int) -> int:
-    """The fewest bits (2**bits buckets) whose index holds ``capacity`` ids at INDEX_LOAD."""
-    return max(1, math.ceil(math.log2(max(capacity, 1) / (BUCKET * INDEX_LOAD))))
-
-
-def index_bytes(bits: int) -> int:
-    return _INDEX_BUCKET_BYTES << bits
-
-
-def index_capacity(bits: int) -> int:
-    """The most ids an index of 2**bits buckets is planned to hold."""
-    return int(BUCKET * INDEX_LOAD * (1 << bits))
 
 
 class LiveEmbedding(nn.Module):
@@ -496,12 +475,14 @@ class LiveEmbedding(nn.Module):
             "scale": self.scale,
             "time_origin": self.time_origin,
         }
-        # copies: the tensors may be views of a LiveGroup's buffers, which torch.save writes whole
+        # copies (rows sorted by id): the tensors may be views of a LiveGroup's buffers, which
+        # torch.save writes whole
+        ids, order = torch.sort(self.ids)
         tensors = {
-            "ids": self.ids.clone(),
-            "a": self.A.detach().clone(),
+            "ids": ids,
+            "a": self.A.detach().index_select(0, order),
             "b": self.B.detach().clone(),
-            "last_used": self.last_used.clone(),
+            "last_used": self.last_used.index_select(0, order),
         }
         return write_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION, meta, tensors)
 

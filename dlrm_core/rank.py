@@ -34,19 +34,17 @@ from dataclasses import dataclass
 import torch
 
 from dlrm_core.admission import SightingSketch
-from dlrm_core.live_embedding import (
-    LiveEmbedding,
+from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.row_budget import (
+    FOLD_LOG_MIN,
+    FOLD_LOG_SHARE,
+    capacity_plan,
     index_bytes,
-    index_capacity,
-    row_bytes,
     shared_bytes,
 )
 
 HOUR_S = 3600.0
 SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the budget holds
-# the fold log may hold FOLD_LOG_MIN + capacity // FOLD_LOG_SHARE ids (8 bytes each) between
-# two publishes
-FOLD_LOG_MIN, FOLD_LOG_SHARE = 16, 4
 # a re-factoring folds a row's lost part into the base only where it moves the row by more
 # than this (a growth re-factors exactly up to float rounding: nothing to fold, or publish)
 FOLD_TOLERANCE = 1e-7
@@ -119,33 +117,6 @@ def min_budget_bytes(policy: RankPolicy, dim: int) -> int:
     """The smallest budget a table can hold: B and its optimizer state at r_min, the smallest
     index and fold log, no rows."""
     return shared_bytes(policy.r_min, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN
-
-
-def capacity_plan(
-    free_bytes: int, rank: int, dim: int, published_copy: bool = False, limit: int = 2**31 - 2
-) -> tuple[int, int]:
-    """(rows, index bits): the most active rows whose state, index of 2**bits buckets and fold
-    log allowance fit in ``free_bytes`` at ``rank`` (rows 0 and bits 1 when none fit). With
-    ``published_copy`` also a published copy of ids, A and B, and a base patch of up to every
-    active row (a shrink folds them all; a reader that takes every version within a publish
-    interval keeps the store's patch to one interval's folds)."""
-    per_row = row_bytes(rank) + 8 / FOLD_LOG_SHARE
-    free = free_bytes - shared_bytes(rank, dim) - 8 * FOLD_LOG_MIN
-    if published_copy:
-        patch_row = 8 + 4 * dim
-        per_row += 4 * rank + 8 + patch_row
-        free -= 4 * rank * dim + patch_row * FOLD_LOG_MIN
-    best = (0, 1)
-    for bits in range(1, 31):
-        left = free - index_bytes(bits)
-        if left < 0:
-            break
-        rows = min(index_capacity(bits), int(left // per_row), limit)
-        if rows > best[0]:
-            best = (rows, bits)
-        if rows == limit:  # more buckets would not hold more rows
-            break
-    return best
 
 
 class RankController:
