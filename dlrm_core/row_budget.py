@@ -9,6 +9,7 @@ table: B and its Adam moments (3 r D floats), the index's whole buckets, the fol
 
 from __future__ import annotations
 
+import functools
 import math
 
 from dlrm_core.hash_index import BUCKET
@@ -53,6 +54,7 @@ def index_capacity(bits: int) -> int:
 FOLD_LOG_MIN, FOLD_LOG_SHARE = 16, 4
 
 
+@functools.lru_cache(maxsize=4096)  # pure; asked on every admission with the same sizes
 def capacity_plan(
     free_bytes: int, rank: int, dim: int, published_copy: bool = False, limit: int = 2**31 - 2
 ) -> tuple[int, int]:
