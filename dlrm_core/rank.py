@@ -431,14 +431,16 @@ class RankController:
         self._warm = True
         basis = torch.linalg.eigh(self._grad_gram).eigenvectors.flip(1)[:, : self.live.rank]
         delta = self.live.A.detach() @ self.live.B.detach()  # (n, D)
-        self._set_folding(delta @ basis, basis.T)  # basis (D, r)
+        a = delta @ basis  # basis (D, r)
+        self._set_folding(a, basis.T, delta - a @ basis.T)
 
-    def _set_folding(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """set_factors(a, b), first folding what A B * scale loses into the base rows (so no
-        served row changes by more than FOLD_TOLERANCE)."""
+    def _set_folding(self, a: torch.Tensor, b: torch.Tensor, lost: torch.Tensor | None) -> None:
+        """set_factors(a, b), first folding ``lost`` (n, D), what A B loses by it, times scale
+        into the base rows (so no served row changes by more than FOLD_TOLERANCE); None: it
+        loses nothing."""
         live = self.live
-        if live.num_active and self.policy.fold_evicted:
-            lost = (live.A.detach() @ live.B.detach() - a @ b) * live.scale
+        if lost is not None and live.num_active and self.policy.fold_evicted:
+            lost = lost * live.scale
             rows = torch.nonzero(lost.abs().amax(1) > FOLD_TOLERANCE).squeeze(1)
             if rows.numel():
                 with torch.no_grad():
@@ -452,18 +454,21 @@ class RankController:
         folded into the base."""
         live = self.live
         r, n, d = live.rank, live.num_active, live.dim
+        lost = None
         if n:
             qa, u, s, dirs = self._svd()
             m = min(k, s.numel())
             a = (qa @ u[:, :m]) * s[:m]  # (n, m)
             basis = dirs[:, :m]  # (D, m)
+            if m < s.numel():  # the truncated components, (n, D)
+                lost = ((qa @ u[:, m:]) * s[m:]) @ dirs[:, m:].T
         else:
             a, basis = torch.zeros(0, 0), torch.zeros(d, 0)
             m = 0
         if k > m:
             basis = self._extend_basis(basis, k - m)
             a = torch.cat([a.reshape(n, m), torch.zeros(n, k - m)], dim=1)
-        self._set_folding(a, basis.T)
+        self._set_folding(a, basis.T, lost)
         if k != r:
             self._changes.append(float(now))
             self._event(now, "rank", r, k, reason)
