@@ -151,10 +151,43 @@ static inline int64_t free_slot(const Index *ix, uint64_t bucket) {
     return -1;
 }
 
+/* The slot of key in either of its buckets, or -1. */
+static int64_t find_slot(const Index *ix, int64_t key) {
+    for (int choice = 0; choice < 2; choice++) {
+        uint64_t bucket = bucket_of(ix, ix->width, choice, (uint64_t)key);
+        for (int j = 0; j < BUCKET; j++)
+            if (slot_key(ix, bucket * BUCKET + (uint64_t)j) == key)
+                return (int64_t)(bucket * BUCKET + (uint64_t)j);
+    }
+    return -1;
+}
+
+/* Put a key that is not indexed into its second bucket, evicting a random occupant to its
+   other bucket when full (cuckoo), at most MAX_KICKS moves. 0 when the last occupant moved out
+   found no room: that key is no longer indexed, and the caller rebuilds the whole index. */
+static int kick_in(Index *ix, int64_t key, int64_t row, uint64_t *random) {
+    uint64_t bucket = bucket_of(ix, ix->width, 1, (uint64_t)key);
+    for (int kick = 0; kick < MAX_KICKS; kick++) {
+        int64_t slot = free_slot(ix, bucket);
+        if (slot >= 0) {
+            set_slot(ix, (uint64_t)slot, key, row);
+            return 1;
+        }
+        *random ^= *random << 13, *random ^= *random >> 7, *random ^= *random << 17;
+        uint64_t victim = bucket * BUCKET + *random % BUCKET;
+        int64_t victim_key = slot_key(ix, victim);
+        int64_t victim_row = slot_row(ix, victim);
+        set_slot(ix, victim, key, row);
+        key = victim_key, row = victim_row;
+        uint64_t first = bucket_of(ix, ix->width, 0, (uint64_t)key);
+        bucket = first == bucket ? bucket_of(ix, ix->width, 1, (uint64_t)key) : first;
+    }
+    return 0;
+}
+
 /* Place n unique keys >= 0 (row i + 1 for keys[i]). First pass: every key into its first
-   bucket while it has room. Second: the rest into their second bucket, evicting a random
-   occupant to its other bucket when full (cuckoo), at most MAX_KICKS moves per key. 0 when a
-   key could not be placed: the caller retries with twice the buckets. */
+   bucket while it has room. Second: the rest through kick_in. 0 when a key could not be
+   placed: the caller retries with twice the buckets. */
 static int place(Index *ix, const void *keys, Py_ssize_t n) {
     uint64_t slots = (uint64_t)BUCKET << ix->bits;
     for (uint64_t slot = 0; slot < slots; slot++)
@@ -176,28 +209,40 @@ static int place(Index *ix, const void *keys, Py_ssize_t n) {
     for (Py_ssize_t w = 0; w < waiting && placed; w++) {
         Py_ssize_t i = later[w];
         int64_t key = ix->width == 32 ? ((const int32_t *)keys)[i] : ((const int64_t *)keys)[i];
-        int64_t row = i + 1;
-        uint64_t bucket = bucket_of(ix, ix->width, 1, (uint64_t)key);
-        placed = 0;
-        for (int kick = 0; kick < MAX_KICKS; kick++) {
-            int64_t slot = free_slot(ix, bucket);
-            if (slot >= 0) {
-                set_slot(ix, (uint64_t)slot, key, row);
-                placed = 1;
-                break;
-            }
-            random ^= random << 13, random ^= random >> 7, random ^= random << 17;
-            uint64_t victim = bucket * BUCKET + random % BUCKET;
-            int64_t victim_key = slot_key(ix, victim);
-            int64_t victim_row = slot_row(ix, victim);
-            set_slot(ix, victim, key, row);
-            key = victim_key, row = victim_row;
-            uint64_t first = bucket_of(ix, ix->width, 0, (uint64_t)key);
-            bucket = first == bucket ? bucket_of(ix, ix->width, 1, (uint64_t)key) : first;
-        }
+        placed = kick_in(ix, key, i + 1, &random);
     }
     free(later);
     return placed;
+}
+
+/* keys[i] -> rows[i] + 1 for n keys (int64, unique, in the index's key range): a key already
+   indexed gets its new row, a new one its first bucket's free slot, else kick_in. Returns how
+   many keys were done before one could not be placed (n when all were). */
+static Py_ssize_t assign(Index *ix, const int64_t *keys, const int64_t *rows, Py_ssize_t n) {
+    uint64_t random = 0x9E3779B97F4A7C15u;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t slot = find_slot(ix, keys[i]);
+        if (slot < 0)
+            slot = free_slot(ix, bucket_of(ix, ix->width, 0, (uint64_t)keys[i]));
+        if (slot >= 0)
+            set_slot(ix, (uint64_t)slot, keys[i], rows[i] + 1);
+        else if (!kick_in(ix, keys[i], rows[i] + 1, &random))
+            return i;
+    }
+    return n;
+}
+
+/* Empty the slots of n keys (int64); keys not indexed are skipped. Returns how many were. */
+static Py_ssize_t unassign(Index *ix, const int64_t *keys, Py_ssize_t n) {
+    Py_ssize_t removed = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t slot = find_slot(ix, keys[i]);
+        if (slot >= 0) {
+            set_slot(ix, (uint64_t)slot, -1, 0);
+            removed++;
+        }
+    }
+    return removed;
 }
 
 /* One table's bags: out[s * stride + d] += sum over rows of bag s of (A[row] @ b_t)[d]. Cloned
@@ -358,6 +403,52 @@ static PyObject *lookup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(assign_doc,
+             "assign(index, keys_ptr, rows_ptr, n) -> int\n\n"
+             "Index keys[i] (int64, unique, >= 0, of the index's width) at row rows[i] (int64), a\n"
+             "key already indexed moving to its new row. Returns how many keys were placed before\n"
+             "one found no room (n when all did; else the index lost a key: rebuild it).");
+
+static PyObject *assign_keys(PyObject *self, PyObject *args) {
+    PyObject *spec, *keys_obj, *rows_obj;
+    Py_ssize_t n, done;
+    Index ix;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OOn", &PyTuple_Type, &spec, &keys_obj, &rows_obj, &n))
+        return NULL;
+    if (parse_index(spec, &ix) < 0)
+        return NULL;
+    const int64_t *keys = PyLong_AsVoidPtr(keys_obj), *rows = PyLong_AsVoidPtr(rows_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    done = assign(&ix, keys, rows, n);
+    Py_END_ALLOW_THREADS;
+    return PyLong_FromSsize_t(done);
+}
+
+PyDoc_STRVAR(unassign_doc,
+             "unassign(index, keys_ptr, n) -> int\n\n"
+             "Remove keys[i] (int64) from the index; returns how many were indexed.");
+
+static PyObject *unassign_keys(PyObject *self, PyObject *args) {
+    PyObject *spec, *keys_obj;
+    Py_ssize_t n, removed;
+    Index ix;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!On", &PyTuple_Type, &spec, &keys_obj, &n))
+        return NULL;
+    if (parse_index(spec, &ix) < 0)
+        return NULL;
+    const int64_t *keys = PyLong_AsVoidPtr(keys_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    removed = unassign(&ix, keys, n);
+    Py_END_ALLOW_THREADS;
+    return PyLong_FromSsize_t(removed);
+}
+
 PyDoc_STRVAR(add_bags_doc,
              "add_bags(index, a_ptr, rank, b_ptr, pooled_ptr, batch, num_features, dim, bags)\n\n"
              "For each (values_ptr, nnz, offsets_ptr, feature, key_offset) in bags (a tuple, table t\n"
@@ -507,6 +598,8 @@ static PyObject *pool_bags(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS, build_doc},
     {"lookup", lookup, METH_VARARGS, lookup_doc},
+    {"assign", assign_keys, METH_VARARGS, assign_doc},
+    {"unassign", unassign_keys, METH_VARARGS, unassign_doc},
     {"add_bags", add_bags, METH_VARARGS, add_bags_doc},
     {"pool_bags", pool_bags, METH_VARARGS, pool_bags_doc},
     {NULL, NULL, 0, NULL},

@@ -66,6 +66,19 @@ class SparseBatch:
     def batch_size(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its tensors."""
+        tensors = (
+            *self.values,
+            *self.offsets,
+            self.dense,
+            self.labels,
+            self.timestamps,
+            self.request_ids,
+        )
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def __len__(self) -> int:
         return self.batch_size
 

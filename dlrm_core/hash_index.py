@@ -55,9 +55,7 @@ class CuckooIndex:
             raise ValueError("keys must be >= 0")
         keys = keys.contiguous()
         width = keys.element_size() * 8
-        multipliers = torch.tensor(
-            [_signed(c >> (64 - width) | 1, width) for c in _MULTIPLIERS], dtype=keys.dtype
-        )
+        multipliers = _multipliers(keys.dtype)
         bits = max(1, math.ceil(math.log2(max(n, 1) / (BUCKET * MAX_LOAD))))
         while bits < width:
             slots = hugepages.empty((1 << bits, 2, BUCKET), keys.dtype)
@@ -66,6 +64,14 @@ class CuckooIndex:
                 return index
             bits += 1  # a cycle of evictions: twice the buckets
         raise RuntimeError(f"could not place {n} keys")  # unreachable for unique keys
+
+    @staticmethod
+    def empty(bits: int, dtype: torch.dtype = torch.int32) -> CuckooIndex:
+        """An index of 2**bits buckets holding no key, for ``assign`` to fill (on ordinary
+        pages: an index that grows by assignment is small, and huge pages would round it up)."""
+        slots = torch.zeros((1 << bits, 2, BUCKET), dtype=dtype)
+        slots[:, 0] = -1  # empty slots: key -1, row 0
+        return CuckooIndex(bits, _multipliers(dtype), slots)
 
     def __post_init__(self) -> None:
         # the kernel reads slots through a raw pointer: their layout must be exactly this
@@ -110,6 +116,26 @@ class CuckooIndex:
             self.kernel_spec, queries.data_ptr(), queries.numel(), rows.data_ptr()
         )
         return rows
+
+    def assign(self, keys: torch.Tensor, rows: torch.Tensor) -> bool:
+        """Index ``keys`` (k,) unique, >= 0, at ``rows`` (k,) (a key already indexed moves to its
+        new row). False when one found no room: the index then misses some key, rebuild it."""
+        keys, rows = keys.to(torch.int64).contiguous(), rows.to(torch.int64).contiguous()
+        if keys.shape != rows.shape:
+            raise ValueError(f"keys {list(keys.shape)} and rows {list(rows.shape)} differ")
+        k = keys.numel()
+        done = serving_kernel.assign(self.kernel_spec, keys.data_ptr(), rows.data_ptr(), k)
+        return bool(done == k)
+
+    def unassign(self, keys: torch.Tensor) -> int:
+        """Remove ``keys`` (k,); returns how many were indexed."""
+        keys = keys.to(torch.int64).contiguous()
+        return int(serving_kernel.unassign(self.kernel_spec, keys.data_ptr(), keys.numel()))
+
+
+def _multipliers(dtype: torch.dtype) -> torch.Tensor:
+    width = dtype.itemsize * 8
+    return torch.tensor([_signed(c >> (64 - width) | 1, width) for c in _MULTIPLIERS], dtype=dtype)
 
 
 def _signed(value: int, width: int) -> int:

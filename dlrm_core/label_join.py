@@ -10,6 +10,7 @@ oldest served batches are dropped, and counted, beyond that.
 from __future__ import annotations
 
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -53,6 +54,15 @@ class LabelJoin:
     @property
     def pending_rows(self) -> int:
         return self._pending_rows
+
+    def nbytes(self) -> int:
+        """Bytes of the pending batches, their label state and the request-id maps."""
+        total = sys.getsizeof(self._where) + sys.getsizeof(self._entries)
+        for entry in self._entries.values():
+            state = (entry.labels, entry.ready_at, entry.emitted)
+            total += entry.batch.nbytes + sum(t.numel() * t.element_size() for t in state)
+            total += sys.getsizeof(entry.rows)
+        return total
 
     def add_served(self, batch: SparseBatch, now: float) -> None:
         """Hold a served batch; its finite labels count as logged, NaN labels as unknown."""

@@ -3,11 +3,14 @@
 Served row i = base[i] + (A[slot(i)] @ B) * scale when i is active, else base[i].
 Shapes: N base rows, D dim, n active rows, r rank; A (n, r), B (r, D).
 
-Everything but B grows with the active rows n, never with N: the slot map is the sorted key
-array ``keys`` (n,) looked up with searchsorted, and A's row k belongs to ``keys[k]``. A key is
-the row id plus ``key_offset`` (0 on its own; the trainer's fused LiveGroup gives each table a
-disjoint key range and binds the module's tensors to views of its buffers, see live_group.py).
-Per active row the module keeps A's row, its key, its last-use time and a row-wise Adagrad
+Everything but B grows with the active rows n, never with N: A's row k belongs to id
+``keys[k]``, and the slot map is a cuckoo hash index (dlrm_core/hash_index.py) from each active
+id to 1 + its row. The rows live in storage of ``capacity`` rows, the n active ones first, so
+admitting k ids appends k rows and evicting k moves at most k rows from the end into the holes
+(the free slots are the storage's tail): both cost O(k) with the index updated in place, never
+O(n). On its own the module grows its storage by doubling; the trainer's fused LiveGroups bind it
+to a region of their buffers sized by the budget (see live_group.py).
+Per active row the module keeps A's row, its id, its last-use time and a row-wise Adagrad
 accumulator; B has Adam moments. Like PEFT's LoRA layers it wraps its base layer and can merge
 the delta into it and unmerge it again.
 """
@@ -25,7 +28,22 @@ from torch import nn
 
 from dlrm_core.checkpoint import CheckpointError, read_container, write_container
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_
+from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.model import SparseArch
+from dlrm_core.row_budget import index_bits, overhead_bytes, row_bytes, shared_bytes
+
+__all__ = [  # the sizes are re-exported: callers plan with them next to the module
+    "FACTORS_FORMAT_VERSION",
+    "FACTORS_KIND",
+    "LiveEmbedding",
+    "LiveEmbeddingConfig",
+    "MemoryReport",
+    "TableFactors",
+    "attach_live_embeddings",
+    "overhead_bytes",
+    "row_bytes",
+    "shared_bytes",
+]
 
 FACTORS_KIND = "live-factors"
 FACTORS_FORMAT_VERSION = 1
@@ -68,69 +86,24 @@ class MemoryReport:
 
     a_bytes: int
     b_bytes: int
-    slot_map_bytes: int  # sorted ids + last-use times
+    slot_map_bytes: int  # ids, last-use times, the index
     optimizer_bytes: int  # row-wise Adagrad for A, Adam moments for B
     base_bytes: int
+    fold_log_bytes: int = 0  # ids folded since the last take_folded
 
     @property
     def overhead_bytes(self) -> int:
-        return self.a_bytes + self.b_bytes + self.slot_map_bytes + self.optimizer_bytes
+        return (
+            self.a_bytes
+            + self.b_bytes
+            + self.slot_map_bytes
+            + self.optimizer_bytes
+            + self.fold_log_bytes
+        )
 
     @property
     def overhead_pct(self) -> float:
         return 100.0 * self.overhead_bytes / self.base_bytes
-
-
-_F32, _I64 = 4, 8
-
-
-def row_bytes(rank: int) -> int:
-    """Bytes per active row: A's row, its id, last-use time, Adagrad accumulator."""
-    return _F32 * rank + _I64 + _F32 + _F32
-
-
-def shared_bytes(rank: int, dim: int) -> int:
-    """Bytes that do not depend on the active rows: B and its two Adam moments."""
-    return 3 * _F32 * rank * dim
-
-
-def overhead_bytes(num_active: int, rank: int, dim: int) -> int:
-    """What a LiveEmbedding with these sizes reports as overhead_bytes."""
-    return num_active * row_bytes(rank) + shared_bytes(rank, dim)
-
-
-def lookup(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pos, hit), both like ``values``: the row of each value in the sorted ``keys`` where
-    hit, a clamped position elsewhere."""
-    pos = torch.searchsorted(keys, values)
-    if keys.numel() == 0:
-        return pos, torch.zeros_like(values, dtype=torch.bool)
-    pos.clamp_(max=keys.numel() - 1)
-    return pos, keys.index_select(0, pos) == values
-
-
-def merge_sorted(
-    keys: torch.Tensor,
-    new: torch.Tensor,
-    rows: list[tuple[torch.Tensor, float]],
-    out: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Insert the sorted ``new`` keys (none in ``keys``) into the sorted ``keys`` (n,); each
-    (tensor (n, ...), fill) in ``rows`` gets a row of ``fill`` at each new key. One gather per
-    tensor (O(n + k log n), no sort of the whole set); ``out`` receives the results in place
-    (it must not overlap the inputs)."""
-    n, k = keys.numel(), new.numel()
-    is_new = torch.zeros(n + k, dtype=torch.bool)
-    is_new[torch.searchsorted(keys, new) + torch.arange(k)] = True
-    seen = torch.cumsum(is_new, 0)  # new keys at or before each merged position
-    src = torch.where(is_new, seen + (n - 1), torch.arange(n + k) - seen)  # in cat(old, new)
-    out_keys, out_rows = out if out is not None else (None, [None] * len(rows))
-    merged_keys = torch.index_select(torch.cat([keys, new]), 0, src, out=out_keys)
-    merged = []
-    for (t, fill), o in zip(rows, out_rows, strict=True):
-        grown = torch.cat([t, t.new_full((k, *t.shape[1:]), fill)])
-        merged.append(torch.index_select(grown, 0, src, out=o))
-    return merged_keys, merged
 
 
 class LiveEmbedding(nn.Module):
@@ -152,6 +125,8 @@ class LiveEmbedding(nn.Module):
         n, d = base.weight.shape
         if self.config.rank > d:
             raise ValueError(f"rank {self.config.rank} exceeds the embedding dim {d}")
+        if n >= 2**31 - 1:
+            raise ValueError(f"at most 2**31 - 2 rows (int32 index keys), got {n}")
         self.num_rows, self.dim = int(n), int(d)  # of the base table, fixed
         self.scale = self.config.scale
         self.merged = False
@@ -161,8 +136,13 @@ class LiveEmbedding(nn.Module):
         self._folded: list[torch.Tensor] = []  # base rows changed by folds, see take_folded
         self.time_origin: float | None = None  # last_used holds seconds since this (float32)
         self.b_steps = 0
-        self.key_offset = 0  # keys = ids + key_offset
-        self.version = 0  # bumped whenever the state tensors are replaced (not updated in place)
+        # bumped whenever the state is replaced rather than updated in place (a LiveGroup then
+        # copies it back into its buffers)
+        self.version = 0
+        self.index = CuckooIndex.empty(1)  # active id -> 1 + its row
+        self._n = 0
+        # (keys (C,), A (C, r), last_used (C,), a_accum (C,)): the active rows, then free ones
+        self._store = _empty_store(0, self.config.rank)
         gen = torch.Generator().manual_seed(self.config.seed)
         q, _ = torch.linalg.qr(torch.randn(d, self.config.rank, generator=gen))
         self.A = nn.Parameter(torch.zeros(0, self.config.rank))
@@ -180,29 +160,35 @@ class LiveEmbedding(nn.Module):
 
     @property
     def num_active(self) -> int:
-        return int(self.keys.shape[0])
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        return int(self._store[0].shape[0])
 
     @property
     def ids(self) -> torch.Tensor:
-        """(n,) sorted ids of the active rows."""
-        return self.keys - self.key_offset if self.key_offset else self.keys
+        """(n,) ids of the active rows, in A's row order."""
+        return self.keys
 
     def memory(self) -> MemoryReport:
-        def nbytes(*ts: torch.Tensor) -> int:
-            return sum(t.numel() * t.element_size() for t in ts)
-
+        """Bytes of the state, as held: the storage's free rows and the index count too."""
+        keys, a, last_used, a_accum = self._store
         return MemoryReport(
-            a_bytes=nbytes(self.A),
-            b_bytes=nbytes(self.B),
-            slot_map_bytes=nbytes(self.keys, self.last_used),
-            optimizer_bytes=nbytes(self.a_accum, self.b_m, self.b_v),
-            base_bytes=nbytes(self.base.weight),
+            a_bytes=_nbytes(a),
+            b_bytes=_nbytes(self.B),
+            slot_map_bytes=_nbytes(keys, last_used) + self.index.nbytes,
+            optimizer_bytes=_nbytes(a_accum, self.b_m, self.b_v),
+            base_bytes=_nbytes(self.base.weight),
+            fold_log_bytes=_nbytes(*self._folded),
         )
 
     # ---- serving -----------------------------------------------------------------------
     def slots(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pos, hit), both (nnz,): A's row of each id where hit, pos is clamped elsewhere."""
-        return lookup(self.keys, values + self.key_offset if self.key_offset else values)
+        """(pos, hit), both (nnz,): A's row of each id where hit, 0 elsewhere."""
+        rows = self.index.rows(values).to(torch.int64)
+        hit = rows > 0
+        return (rows - 1).clamp_(min=0), hit
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         out = self.base(values, offsets)
@@ -227,9 +213,11 @@ class LiveEmbedding(nn.Module):
         return out
 
     def factors(self) -> TableFactors:
-        """An immutable snapshot (cloned tensors) of the correction."""
-        ids = self.keys - self.key_offset if self.key_offset else self.keys.clone()
-        return TableFactors(ids, self.A.detach().clone(), self.B.detach().clone(), self.scale)
+        """An immutable snapshot (cloned tensors, rows sorted by id) of the correction."""
+        ids, order = torch.sort(self.keys)
+        return TableFactors(
+            ids, self.A.detach().index_select(0, order), self.B.detach().clone(), self.scale
+        )
 
     def load_factors(self, factors: TableFactors) -> None:
         """Serve a copy of ``factors`` (e.g. a published version), so training this module
@@ -237,40 +225,81 @@ class LiveEmbedding(nn.Module):
         self._check_mutable()
         _validate_factors(factors, self.num_rows, self.dim, "factors")
         n, r = factors.num_active, factors.rank
-        self.keys = factors.ids + self.key_offset
-        self.A = nn.Parameter(factors.a.clone())
         self.B = nn.Parameter(factors.b.clone())
         self.scale = factors.scale
-        self.last_used = torch.zeros(n)
-        self.a_accum = torch.zeros(n)
         self._reset_b_state(r)
-        self.version += 1
+        self._replace(factors.ids, factors.a, torch.zeros(n), torch.zeros(n))
 
     def bind(
         self,
-        rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        store: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
         b_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        key_offset: int,
+        bits: int,
     ) -> None:
-        """Use the given tensors (views into a LiveGroup's buffers, same values as the current
-        state up to the key offset) as the state, without copying: (keys, A, last_used,
-        a_accum) and (B, b_m, b_v). The group updates them in place; A and B do not require
-        grad here, the group trains its buffers."""
+        """Use the given tensors (views into a LiveGroup's buffers whose first n rows hold the
+        current state) as the storage, without copying: (keys, A, last_used, a_accum) of the
+        region's capacity rows and (B, b_m, b_v); the index gets 2**bits buckets. The group
+        updates them in place; A and B do not require grad here, the group trains its buffers."""
+        self._store = store
+        b, b_m, b_v = b_state
+        self._buffers.update(b_m=b_m, b_v=b_v)
+        self._parameters["B"] = nn.Parameter(b, requires_grad=False)
+        if bits != self.index.bits:
+            self._reindex(bits)
+        self._expose(self._n, requires_grad=False)
+
+    def _expose(self, n: int, requires_grad: bool | None = None) -> None:
+        """Make keys, A, last_used and a_accum the first n rows of the storage."""
+        keys, a, last_used, a_accum = self._store
+        grad = self.A.requires_grad if requires_grad is None else requires_grad
+        self._n = n
         # straight into the registries: Module.__setattr__'s checks cost more than the rest of
         # an admission step
-        keys, a, last_used, a_accum = rows
-        b, b_m, b_v = b_state
-        self._buffers.update(keys=keys, last_used=last_used, a_accum=a_accum, b_m=b_m, b_v=b_v)
-        self._parameters.update(
-            A=nn.Parameter(a, requires_grad=False), B=nn.Parameter(b, requires_grad=False)
+        self._buffers.update(keys=keys[:n], last_used=last_used[:n], a_accum=a_accum[:n])
+        self._parameters["A"] = nn.Parameter(a[:n], requires_grad=grad)
+
+    def _replace(
+        self, ids: torch.Tensor, a: torch.Tensor, last_used: torch.Tensor, a_accum: torch.Tensor
+    ) -> None:
+        """New state of its own (not a group's views): storage of exactly n rows, new index."""
+        n = int(ids.shape[0])
+        self._store = (
+            ids.clone(),
+            a.detach().clone().contiguous(),
+            last_used.clone(),
+            a_accum.clone(),
         )
-        self.key_offset = key_offset
+        self._n = n
+        self._reindex(index_bits(n))
+        self._expose(n, requires_grad=True)
+        self.version += 1
+
+    def _reindex(self, bits: int) -> None:
+        """A new index of 2**bits buckets (more when needed) over the active rows."""
+        keys = self._store[0][: self._n]
+        while True:
+            index = CuckooIndex.empty(bits)
+            if index.assign(keys, torch.arange(self._n)):
+                self.index = index
+                return
+            bits += 1
+
+    def _index_rows(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        if not self.index.assign(ids, rows):  # a cuckoo cycle: rebuild (rare)
+            self._reindex(self.index.bits)
 
     # ---- active set --------------------------------------------------------------------
-    def activate(self, values: torch.Tensor, now: float, max_active: int) -> tuple[int, int]:
-        """Mark ``values`` as used at ``now`` and admit the new ones, most frequent in
-        ``values`` first, while the active set stays <= max_active.
-        Returns (admitted, refused) counts of distinct new ids."""
+    def activate(
+        self,
+        values: torch.Tensor,
+        now: float,
+        max_active: int,
+        gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[int, int]:
+        """Mark ``values`` as used at ``now`` and admit the new ones that pass ``gate`` (given
+        the distinct new ids and their counts in ``values``, which may enter), most frequent
+        first, while the active set stays <= max_active.
+        Returns (admitted, refused for lack of room) counts of distinct new ids."""
         self._check_mutable()
         if self.time_origin is None:
             self.time_origin = float(now)
@@ -280,43 +309,88 @@ class LiveEmbedding(nn.Module):
         self.last_used[pos[hit]] = stamp
         room = max(max_active - self.num_active, 0)
         new, new_counts = uniq[~hit], counts[~hit]
+        if gate is not None and new.numel():
+            passed = gate(new, new_counts)
+            new, new_counts = new[passed], new_counts[passed]
         if room == 0 or new.numel() == 0:
             return 0, int(new.numel())
-        if int(new[-1]) >= self.num_rows or int(new[0]) < 0:
-            raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
         refused = max(int(new.numel()) - room, 0)
         new = new[torch.argsort(new_counts, descending=True, stable=True)[:room]].sort().values
-        self.keys, (a, self.last_used, self.a_accum) = merge_sorted(
-            self.keys,
-            new + self.key_offset,
-            [(self.A.detach(), 0.0), (self.last_used, stamp), (self.a_accum, 0.0)],
-        )
-        self.A = nn.Parameter(a)
-        self.version += 1
+        if self.num_active + new.numel() > self.capacity:  # on its own: grow by doubling
+            self._resize(min(max(2 * self.capacity, self.num_active + new.numel()), max_active))
+        self.append(new, stamp)
         return int(new.numel()), refused
+
+    def append(self, new: torch.Tensor, stamp: float) -> None:
+        """Admit ``new`` (k,) ids that are not active into the free rows (k <= capacity - n),
+        with A = 0 and last use ``stamp``: O(k)."""
+        n, k = self._n, int(new.numel())
+        if k and (int(new.min()) < 0 or int(new.max()) >= self.num_rows):
+            raise IndexError(f"ids must be in [0, {self.num_rows}), got {new.min()}..{new.max()}")
+        if n + k > self.capacity:
+            raise RuntimeError(f"{k} new rows do not fit: {n} of {self.capacity} are active")
+        keys, a, last_used, a_accum = self._store
+        keys[n : n + k] = new
+        a[n : n + k] = 0.0
+        last_used[n : n + k] = stamp
+        a_accum[n : n + k] = 0.0
+        self._index_rows(new, torch.arange(n, n + k))
+        self._expose(n + k)
+
+    def fit(self, capacity: int) -> None:
+        """Hold storage for at most ``capacity`` rows (>= the active ones) and an index sized
+        for them: what a smaller budget leaves room for. A no-op when it already does."""
+        if capacity < self._n:
+            raise ValueError(f"{self._n} rows are active, more than a capacity of {capacity}")
+        if self.capacity > capacity or self.index.bits > index_bits(capacity):
+            self._resize(capacity)
+
+    def _resize(self, capacity: int) -> None:
+        n = self._n
+        old = self._store
+        self._store = _empty_store(capacity, self.rank)
+        for new, cur in zip(self._store, old, strict=True):
+            new[:n] = cur[:n]
+        self._reindex(index_bits(capacity))
+        self._expose(n)
+        self.version += 1
 
     def evict(self, rows: torch.Tensor, fold: bool = True) -> int:
         """Remove ``rows`` from the active set, first folding their delta into the base copy
-        (unless fold=False, which discards it). Returns the number of rows removed."""
+        (unless fold=False, which discards it). Returns the number of rows removed. O(k): the
+        last active rows move into the holes."""
         self._check_mutable()
-        pos, hit = self.slots(torch.unique(torch.as_tensor(rows, dtype=torch.int64)))
-        pos = pos[hit]
-        if pos.numel() == 0:
+        ids = torch.unique(torch.as_tensor(rows, dtype=torch.int64))
+        pos, hit = self.slots(ids)
+        pos, ids = pos[hit], ids[hit]
+        k = int(pos.numel())
+        if k == 0:
             return 0
         if fold:
-            folded = self.keys[pos] - self.key_offset
+            delta = (self.A.detach()[pos] @ self.B.detach()) * self.scale
             with torch.no_grad():
-                self.base.weight[folded] += (self.A[pos] @ self.B) * self.scale
-            self._folded.append(folded)
-        gone = torch.zeros(self.num_active, dtype=torch.bool)
-        gone[pos] = True
-        keep = torch.nonzero(~gone).squeeze(1)  # index_select beats boolean masks on rows
-        self.keys = self.keys.index_select(0, keep)
-        self.A = nn.Parameter(self.A.detach().index_select(0, keep))
-        self.last_used = self.last_used.index_select(0, keep)
-        self.a_accum = self.a_accum.index_select(0, keep)
-        self.version += 1
-        return int(pos.numel())
+                self.base.weight.index_add_(0, ids, delta)
+            self.note_folded(ids)
+        n = self._n
+        in_tail = torch.zeros(k, dtype=torch.bool)  # which of the last k rows leave
+        in_tail[pos[pos >= n - k] - (n - k)] = True
+        movers, holes = torch.arange(n - k, n)[~in_tail], pos[pos < n - k]
+        self.index.unassign(ids)
+        if holes.numel():
+            for t in self._store:
+                t[holes] = t[movers]
+            self._index_rows(self._store[0][holes], holes)
+        self._expose(n - k)
+        return k
+
+    def note_folded(self, ids: torch.Tensor) -> None:
+        """Log base rows ``ids`` that a fold changed (see take_folded)."""
+        self._folded.append(ids.clone())
+
+    @property
+    def folded_pending(self) -> int:
+        """Ids in the fold log (a row folded twice counts twice)."""
+        return sum(int(t.numel()) for t in self._folded)
 
     def take_folded(self) -> torch.Tensor:
         """Sorted unique base rows changed by folds since the last call."""
@@ -339,10 +413,11 @@ class LiveEmbedding(nn.Module):
                 f"set_factors needs A ({self.num_active}, k) and B (k, {self.dim}), "
                 f"got {tuple(a.shape)} and {tuple(b.shape)}"
             )
-        self.A = nn.Parameter(a.detach().contiguous().clone())
         self.B = nn.Parameter(b.detach().contiguous().clone())
         self._reset_b_state(int(b.shape[0]))
-        self.version += 1
+        keys, _, last_used, a_accum = self._store
+        n = self._n
+        self._replace(keys[:n], a, last_used[:n], a_accum[:n])
 
     def step(self, lr_a: float, lr_b: float) -> None:
         """Apply A.grad (row-wise Adagrad) and B.grad (Adam), then clear both grads."""
@@ -400,12 +475,14 @@ class LiveEmbedding(nn.Module):
             "scale": self.scale,
             "time_origin": self.time_origin,
         }
-        # copies: the tensors may be views of a LiveGroup's buffers, which torch.save writes whole
+        # copies (rows sorted by id): the tensors may be views of a LiveGroup's buffers, which
+        # torch.save writes whole
+        ids, order = torch.sort(self.ids)
         tensors = {
-            "ids": self.ids.clone(),
-            "a": self.A.detach().clone(),
+            "ids": ids,
+            "a": self.A.detach().index_select(0, order),
             "b": self.B.detach().clone(),
-            "last_used": self.last_used.clone(),
+            "last_used": self.last_used.index_select(0, order),
         }
         return write_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION, meta, tensors)
 
@@ -424,8 +501,23 @@ class LiveEmbedding(nn.Module):
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: invalid factors ({exc})") from exc
         self.load_factors(factors)
-        self.last_used = t["last_used"].to(torch.float32)
+        self.last_used.copy_(t["last_used"].to(torch.float32))
         self.time_origin = meta.get("time_origin")
+
+
+def _nbytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _empty_store(
+    capacity: int, rank: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.zeros(capacity, dtype=torch.int64),
+        torch.zeros(capacity, rank),
+        torch.zeros(capacity),
+        torch.zeros(capacity),
+    )
 
 
 def _validate_factors(f: TableFactors, num_rows: int, dim: int, where: str) -> None:

@@ -6,22 +6,22 @@ the batch's keys, one searchsorted and one admission pass; per group one Embeddi
 rows and one bmm with its stacked B (forward), one row-wise Adagrad and one Adam step
 (optimizer), one bmm for the rank controllers' gradient statistics.
 
-Layout: every table gets a disjoint key range (key = id + key_offset_t, width N_t + 1) and the
-region [start_t, start_t + capacity_t) of the row buffers, capacity_t being the most rows its
-budget holds at its rank (so the buffers stay within the budgets and an admission rewrites one
-region only). Tables are ordered by group, so each group's rows and keys are contiguous. Keys,
-last-use times and Adagrad accumulators live in LiveGroups' buffers, A (rank wide) and the
-stacked B, b_m, b_v (T, r, D) in the group's. A region holds the table's n_t active rows sorted
-by key and then padding keys key_offset_t + N_t that no id matches, so the whole key buffer stays
-sorted and one searchsorted serves every table.
+Layout: every table gets the region [start_t, start_t + capacity_t) of the row buffers,
+capacity_t being the most rows its budget holds at its rank (RankController.capacity), so the
+buffers stay within the budgets. Tables are ordered by group, so each group's rows are
+contiguous. Ids, last-use times and Adagrad accumulators live in LiveGroups' buffers, A (rank
+wide) and the stacked B, b_m, b_v (T, r, D) in the group's. A region holds the table's n_t active
+rows first, then free rows. A batch's ids are made distinct for all tables at once in a key space
+where table t's ids start at key_offset_t (width N_t + 1).
 
-Each table's LiveEmbedding remains the per-table module the rest of the code uses: its tensors are
-views of its region (LiveEmbedding.bind), so memory reports, factor snapshots, export and the
-rank controllers' evictions and re-factorings act on it directly. Those replace the module's
-tensors and bump LiveEmbedding.version; ``LiveGroups.sync`` then copies the table back into its
-region, or rebuilds the layout when a table's rank, scale or budget changed. The math (slot
-lookup, merge of new rows, row-wise Adagrad, Adam) is the per-table module's, shared through
-live_embedding.lookup / merge_sorted and factor_optim.
+Each table's LiveEmbedding remains the per-table module the rest of the code uses: its storage is
+its region (LiveEmbedding.bind) and its cuckoo index maps its ids to rows of it, so admission
+(LiveEmbedding.append) and eviction (LiveEmbedding.evict) update the region and the index in
+place in O(ids touched), and memory reports, factor snapshots, export and the rank controllers'
+re-factorings act on it directly. A re-factoring replaces the module's tensors and bumps
+LiveEmbedding.version; ``LiveGroups.sync`` then copies the table back into its region, or
+rebuilds the layout when a table's rank, scale, budget or capacity changed. The math (row-wise
+Adagrad, Adam) is the per-table module's, shared through factor_optim.
 
 Shapes: B batch, M tables, T tables in a group, U distinct keys in a batch, r rank, D dim.
 """
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_
-from dlrm_core.live_embedding import LiveEmbedding, lookup, merge_sorted
+from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.rank import RankController, observe_grams
 
 
@@ -49,6 +49,7 @@ class _Member:
     slot: int  # its place in the group (row of the stacked B)
     start: int  # first row of its region
     capacity: int
+    bits: int  # its index has 2**bits buckets
     key_offset: int
     version: int = -1  # live.version when its tensors were last bound to the region
 
@@ -66,6 +67,7 @@ class _Batch:
     batch_size: int
     value_bounds: list[int]  # (G + 1) first value of each group
     key_bounds: list[int]  # (G + 1) first key of each group
+    member_bounds: list[int]  # (M + 1) first key of each table
     # (pos, hit) of ``keys`` in the row buffers, as admit left them (else looked up)
     located: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -196,10 +198,10 @@ class LiveGroups:
 
     # ---- layout ------------------------------------------------------------------------
     def sync(self) -> None:
-        """Rebuild the layout when a table's rank, scale or budget changed; else copy back the
-        tables whose tensors were replaced (evictions, rank re-factoring, imports)."""
-        signature = tuple(  # max_rows follows from rank and budget
-            (name, live.rank, live.scale, self.controllers[name].budget_bytes)
+        """Rebuild the layout when a table's rank, scale or capacity changed; else copy back
+        the tables whose tensors were replaced (rank re-factoring, imports)."""
+        signature = tuple(
+            (name, live.rank, live.scale, self.controllers[name].capacity())
             for name, live in self.lives.items()
         )
         if signature != self._signature:
@@ -219,20 +221,30 @@ class LiveGroups:
         key_offset = start = 0
         for _, names in sorted(by_kind.items()):
             names.sort(key=self.feature_names.index)
-            caps = [self.controllers[n].max_rows() for n in names]
+            plans = [self.controllers[n].capacity() for n in names]
             group = LiveGroup(
                 [self.lives[n] for n in names],
                 [self.feature_names.index(n) for n in names],
                 start,
-                sum(caps),
+                sum(rows for rows, _ in plans),
             )
             group.controllers = [self.controllers[n] for n in names]
-            for slot, (name, cap) in enumerate(zip(names, caps, strict=True)):
+            for slot, (name, (cap, bits)) in enumerate(zip(names, plans, strict=True)):
                 live = self.lives[name]
                 self.members.append(
-                    _Member(name, live, self.controllers[name], group, slot, start, cap, key_offset)
+                    _Member(
+                        name,
+                        live,
+                        self.controllers[name],
+                        group,
+                        slot,
+                        start,
+                        cap,
+                        bits,
+                        key_offset,
+                    )
                 )
-                key_offset += live.num_rows + 1  # + 1: the padding key
+                key_offset += live.num_rows + 1  # + 1: the key no id has, see _inputs
                 start += cap
             self.groups.append(group)
         self.features = [self.feature_names.index(m.name) for m in self.members]
@@ -241,41 +253,36 @@ class LiveGroups:
         for group in self.groups:
             self.group_members.append(self.group_members[-1] + group.size)
         self.group_key_starts = self.key_offsets[self.group_members[:-1]]
-        self.keys = torch.empty(start, dtype=torch.int64)
+        self.keys = torch.zeros(start, dtype=torch.int64)
         self.last_used = torch.zeros(start)
         self.a_accum = torch.zeros(start)
         for m in self.members:
             self._adopt(m)
 
     def _adopt(self, m: _Member) -> None:
-        """Copy a table's current tensors into its region and bind them to views of it."""
+        """Copy a table's current state into its region and make the region its storage."""
         live, s, n = m.live, m.start, m.live.num_active
         if n > m.capacity:  # the rank controller keeps n <= max_rows
             raise RuntimeError(f"table {m.name!r} has {n} active rows, room for {m.capacity}")
-        keys = live.keys if live.key_offset == m.key_offset else live.ids + m.key_offset
-        self.keys[s : s + n] = keys
-        self.keys[s + n : s + m.capacity] = m.key_offset + live.num_rows  # padding
-        self.last_used[s : s + n] = live.last_used
-        self.a_accum[s : s + n] = live.a_accum
         g, t, r = m.group, m.slot, s - m.group.row0
-        g.a[r : r + n] = live.A.detach()
+        # clones: the source may overlap the region (a table adopted again in place)
+        self.keys[s : s + n] = live.keys.clone()
+        self.last_used[s : s + n] = live.last_used.clone()
+        self.a_accum[s : s + n] = live.a_accum.clone()
+        g.a[r : r + n] = live.A.detach().clone()
         g.b[t] = live.B.detach()
         g.b_m[t] = live.b_m
         g.b_v[t] = live.b_v
-        self._bind(m, n)
-
-    def _bind(self, m: _Member, n: int) -> None:
-        g, t, s = m.group, m.slot, m.start
-        r = s - g.row0
+        c = m.capacity
         m.live.bind(
             (
-                self.keys[s : s + n],
-                g.a[r : r + n],
-                self.last_used[s : s + n],
-                self.a_accum[s : s + n],
+                self.keys[s : s + c],
+                g.a[r : r + c],
+                self.last_used[s : s + c],
+                self.a_accum[s : s + c],
             ),
             (g.b[t], g.b_m[t], g.b_v[t]),
-            m.key_offset,
+            m.bits,
         )
         m.version = m.live.version
 
@@ -287,84 +294,73 @@ class LiveGroups:
         lengths = torch.diff(offsets, append=torch.tensor([keys.numel()]))
         bags = torch.repeat_interleave(torch.arange(offsets.numel()), lengths)
         value_bounds = [sum(sizes[:f]) for f in self.group_members]
-        key_bounds = torch.searchsorted(uniq, self.group_key_starts).tolist() + [uniq.numel()]
+        member_bounds = torch.searchsorted(uniq, self.key_offsets).tolist() + [uniq.numel()]
+        key_bounds = [member_bounds[f] for f in self.group_members]
         return _Batch(
-            uniq, uniq_counts, index, offsets, bags, batch.batch_size, value_bounds, key_bounds
+            uniq,
+            uniq_counts,
+            index,
+            offsets,
+            bags,
+            batch.batch_size,
+            value_bounds,
+            key_bounds,
+            member_bounds,
         )
 
+    def _locate(self, inputs: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pos, hit), both (U,): each distinct key's row in the buffers where hit (its
+        table's first row elsewhere), through each table's index."""
+        pos = torch.zeros(inputs.keys.shape, dtype=torch.int64)
+        hit = torch.zeros(inputs.keys.shape, dtype=torch.bool)
+        bounds = inputs.member_bounds
+        for t, m in enumerate(self.members):
+            k0, k1 = bounds[t], bounds[t + 1]
+            if k1 > k0:
+                rows = m.live.index.rows(inputs.keys[k0:k1] - m.key_offset).to(torch.int64)
+                hit[k0:k1] = rows > 0
+                pos[k0:k1] = (rows - 1).clamp_(min=0) + m.start
+        return pos, hit
+
     def admit(self, batch: SparseBatch, now: float) -> list[tuple[LiveEmbedding, torch.Tensor]]:
-        """RankController.admit for every table at once: touch the batch's active rows, admit
-        new ids (most frequent first) into each table's free room, count the refused ones.
-        Returns (table, admitted ids) of the tables that admitted rows. The batch's keys and
-        rows are kept for the forward that follows."""
+        """RankController.admit for every table: touch the batch's active rows, admit new ids
+        that passed the table's gate (most frequent first) into its free room, count the
+        refused ones. Returns (table, admitted ids) of the tables that admitted rows. The
+        batch's keys and rows are kept for the forward that follows."""
         if not self.members:
             return []
         inputs = self._inputs(batch)
         self._prepared = (batch, inputs)
-        for m in self.members:
-            if m.live.time_origin is None:
-                m.live.time_origin = float(now)
-        stamps = [float(now) - float(m.live.time_origin or 0.0) for m in self.members]
-        uniq, counts = inputs.keys, inputs.counts
-        table = torch.searchsorted(self.key_offsets, uniq, right=True) - 1
-        last = self.keys.numel() - 1
-        pos = torch.searchsorted(self.keys, uniq)  # a miss: where it would go in its region
-        hit = self.keys.index_select(0, pos.clamp(max=last)) == uniq
-        self.last_used[pos[hit]] = torch.tensor(stamps).index_select(0, table[hit])
-        miss = ~hit
-        new, new_counts, new_table = uniq[miss], counts[miss], table[miss]
-        if new.numel() == 0:
-            inputs.located = (pos.clamp_(max=last), hit)
-            return []
-        rooms = [m.capacity - m.live.num_active for m in self.members]  # capacity = max_rows
-        # per table, most frequent first (ties by id, as LiveEmbedding.activate)
-        by_count = torch.argsort(new_counts, descending=True, stable=True)
-        order = by_count[torch.argsort(new_table[by_count], stable=True)]
-        sorted_table = new_table[order]
-        wanted = torch.bincount(new_table, minlength=len(self.members))
-        first = torch.cumsum(wanted, 0) - wanted
-        place = torch.arange(new.numel()) - first[sorted_table]
-        take = place < torch.tensor(rooms)[sorted_table]
-        chosen = new[order[take]].sort().values  # sorted keys are sorted by table too
-        admitted = torch.bincount(sorted_table[take], minlength=len(self.members))
         out = []
-        chunks = torch.split(chosen, admitted.tolist())
-        per_table = zip(
-            self.members, chunks, admitted.tolist(), wanted.tolist(), stamps, strict=True
-        )
-        for m, new_keys, k, w, stamp in per_table:
-            if w > k:
-                m.controller.note_refused(w - k)
-            if k:
-                self._insert(m, new_keys, stamp)
-                out.append((m.live, new_keys - m.key_offset))
-        # each key moved up by the keys admitted below it in its own region (no second search
-        # of the whole buffer)
-        below = torch.searchsorted(chosen, uniq)
-        below -= torch.searchsorted(chosen, self.key_offsets).index_select(0, table)
-        pos = (pos + below).clamp_(max=last)
-        inputs.located = (pos, self.keys.index_select(0, pos) == uniq)
+        bounds = inputs.member_bounds
+        for t, m in enumerate(self.members):
+            live = m.live
+            if live.time_origin is None:  # as LiveEmbedding.activate: the first admission
+                live.time_origin = float(now)
+            k0, k1 = bounds[t], bounds[t + 1]
+            if k1 == k0:
+                continue
+            stamp = float(now) - live.time_origin
+            ids = inputs.keys[k0:k1] - m.key_offset
+            rows = live.index.rows(ids)
+            hit = rows > 0
+            live.last_used[rows[hit].to(torch.int64) - 1] = stamp
+            new = ids[~hit]
+            if new.numel() == 0:
+                continue
+            counts = inputs.counts[k0:k1][~hit]
+            passed = m.controller.passes(new, counts)
+            new, counts = new[passed], counts[passed]
+            room = m.capacity - live.num_active
+            if new.numel() > room:
+                m.controller.note_refused(int(new.numel()) - room)
+                new = new[torch.argsort(counts, descending=True, stable=True)[:room]]
+            if new.numel():
+                new = new.sort().values
+                live.append(new, stamp)
+                out.append((live, new))
+        inputs.located = self._locate(inputs)
         return out
-
-    def _insert(self, m: _Member, new_keys: torch.Tensor, stamp: float) -> None:
-        s, n, k = m.start, m.live.num_active, new_keys.numel()
-        r = s - m.group.row0
-        a = m.group.a
-        merge_sorted(
-            self.keys[s : s + n],
-            new_keys,
-            [
-                (a[r : r + n], 0.0),
-                (self.last_used[s : s + n], stamp),
-                (self.a_accum[s : s + n], 0.0),
-            ],
-            out=(
-                self.keys[s : s + n + k],
-                [a[r : r + n + k], self.last_used[s : s + n + k], self.a_accum[s : s + n + k]],
-            ),
-        )
-        m.live.version += 1  # its tensors change shape: rebind, nothing to copy
-        self._bind(m, n + k)
 
     # ---- forward / step ----------------------------------------------------------------
     def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
@@ -376,7 +372,7 @@ class LiveGroups:
             inputs = prepared[1]
         else:
             inputs = self._inputs(batch)
-        pos, hit = inputs.located or lookup(self.keys, inputs.keys)
+        pos, hit = inputs.located or self._locate(inputs)
         n = batch.batch_size
         for g, group in enumerate(self.groups):
             k0, k1 = inputs.key_bounds[g], inputs.key_bounds[g + 1]

@@ -2,15 +2,28 @@
 
 Rank: factor A B through QR of A (n, r) and of B^T (D, r) and the SVD of the small r x r core
 (never forming the n x D delta), keep the smallest k whose singular values carry >= tau of the
-energy, clamp to [r_min, r_max] and to the budget, and re-factor A, B onto those k directions
-(B gets orthonormal rows). Grow by one direction when the newest component still carries much
-energy or when fresh gradients have much energy outside span(B).
+energy, clamp to [r_min, r_max], and re-factor A, B onto those k directions (B gets orthonormal
+rows); the dropped components are folded into the base copy, so a shrink never changes a served
+row. Grow by one direction when the newest component still carries much energy or when fresh
+gradients have much energy outside span(B). B starts from the top eigenvectors of the gradient
+Gram observed until the first adaptation, not from a random basis.
+
+Rank and rows trade under one budget: a growth that the table's rows leave no room for evicts
+the coldest rows (folded) when the energy the new direction would capture (the residual Gram's
+top eigenvalue) exceeds the gradient energy of those rows (their share of the rows touched since
+the last adaptation); otherwise it is refused. At most max_rank_changes_per_hour changes in any
+hour (hysteresis). Refused growths are RankEvents (kind "rank", from == to, reason
+"refused:<why>", repeats within refusal_report_s coalesced into one event with their count).
 
 Pruning: rows idle longer than max_age, or the least recently used rows when the budget is full,
 leave the active set; their delta is folded into the node's base copy unless fold_evicted=False.
 
-The budget is a hard limit: every operation here plans with live_embedding.overhead_bytes, so
-the LiveEmbedding's reported overhead never exceeds it (see the hypothesis test).
+Admission: with admit_after > 1 an id gets a row on its admit_after-th recent sighting, counted
+by a count-min sketch (dlrm_core/admission.py) that takes sketch_share of the budget.
+
+The budget is a hard limit on the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured
+from its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log
+allowance within it (see the hypothesis tests).
 """
 
 from __future__ import annotations
@@ -20,7 +33,21 @@ from dataclasses import dataclass
 
 import torch
 
-from dlrm_core.live_embedding import LiveEmbedding, overhead_bytes, row_bytes, shared_bytes
+from dlrm_core.admission import SightingSketch
+from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.row_budget import (
+    FOLD_LOG_MIN,
+    FOLD_LOG_SHARE,
+    capacity_plan,
+    index_bytes,
+    shared_bytes,
+)
+
+HOUR_S = 3600.0
+SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the budget holds
+# a re-factoring folds a row's lost part into the base only where it moves the row by more
+# than this (a growth re-factors exactly up to float rounding: nothing to fold, or publish)
+FOLD_TOLERANCE = 1e-7
 
 
 @dataclass(frozen=True)
@@ -34,6 +61,10 @@ class RankPolicy:
     lru_min_age: float = 0.0  # rows used more recently than this are never evicted for room
     evict_batch: float = 1 / 64  # a full table evicts at least this share of its rows at once
     fold_evicted: bool = True  # fold evicted rows into the base copy (else discard)
+    admit_after: int = 2  # sightings before an id gets a row (1: every id, no sketch)
+    sketch_share: float = 1 / 16  # of the budget, for the sightings sketch
+    max_rank_changes_per_hour: int = 6
+    refusal_report_s: float = 60.0  # refused growths within this are one event with a count
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tau <= 1.0:
@@ -49,12 +80,23 @@ class RankPolicy:
             raise ValueError(f"evict_batch must be in [0, 0.5], got {self.evict_batch}")
         if not (self.lru_min_age >= 0 and math.isfinite(self.lru_min_age)):
             raise ValueError(f"lru_min_age must be >= 0 seconds, got {self.lru_min_age}")
+        if not 1 <= self.admit_after <= 15:
+            raise ValueError(f"admit_after must be in [1, 15], got {self.admit_after}")
+        if not 0.0 < self.sketch_share <= 0.5:
+            raise ValueError(f"sketch_share must be in (0, 0.5], got {self.sketch_share}")
+        if not 1 <= self.max_rank_changes_per_hour <= 3600:
+            raise ValueError(
+                f"max_rank_changes_per_hour must be in [1, 3600], got "
+                f"{self.max_rank_changes_per_hour}"
+            )
+        if not (0 <= self.refusal_report_s <= 86400):
+            raise ValueError(f"refusal_report_s must be in [0, 86400], got {self.refusal_report_s}")
 
 
 @dataclass(frozen=True)
 class RankEvent:
-    """A rank change (kind "rank": from/to are ranks) or a prune (kind "prune": from/to are
-    active row counts)."""
+    """A rank change (kind "rank": from/to are ranks; from == to for a refused growth, reason
+    "refused:<why>") or a prune (kind "prune": from/to are active row counts)."""
 
     timestamp: float
     table: str
@@ -72,15 +114,21 @@ def observe_grams(controllers: list[RankController], grams: torch.Tensor) -> Non
 
 
 def min_budget_bytes(policy: RankPolicy, dim: int) -> int:
-    """The smallest budget a table can hold: B and its optimizer state at r_min, no rows."""
-    return shared_bytes(policy.r_min, dim)
+    """The smallest budget a table can hold: B and its optimizer state at r_min, the smallest
+    index and fold log, no rows."""
+    return shared_bytes(policy.r_min, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN
 
 
 class RankController:
     """Owns the rank and the active set of one LiveEmbedding under ``budget_bytes``."""
 
     def __init__(
-        self, live: LiveEmbedding, table: str, policy: RankPolicy, budget_bytes: int
+        self,
+        live: LiveEmbedding,
+        table: str,
+        policy: RankPolicy,
+        budget_bytes: int,
+        published_copy: bool = False,
     ) -> None:
         if policy.r_max > live.dim:
             raise ValueError(f"r_max {policy.r_max} exceeds the embedding dim {live.dim}")
@@ -88,22 +136,59 @@ class RankController:
         self.table = table
         self.policy = policy
         self.events: list[RankEvent] = []
+        self.sketch: SightingSketch | None = None
+        self.published_copy = published_copy  # plan room for a published copy of the factors
         self._gen = torch.Generator().manual_seed(live.config.seed + 1)
         self._reset_gradient_stats()
         self._refused = 0
+        self._warm = False  # B has been set from the observed gradients
+        self._last_adapt = -math.inf
+        self._changes: list[float] = []  # times of the rank changes of the last hour
+        self._refusal: tuple[float, str, int] | None = None  # first time, reason, count
         live.grad_observer = self.observe_gradient
         self.budget_bytes = 0
         self.set_budget(budget_bytes, now=0.0)
 
     # ---- budget ------------------------------------------------------------------------
+    def capacity(self, rank: int | None = None) -> tuple[int, int]:
+        """(rows, index bits) that fit in the budget at ``rank`` (default: the current one)."""
+        r = self.live.rank if rank is None else rank
+        sketch = self.sketch.nbytes if self.sketch is not None else 0
+        return capacity_plan(
+            self.budget_bytes - sketch, r, self.live.dim, self.published_copy, self.live.num_rows
+        )
+
+    def fits(self, rank: int) -> bool:
+        """B, its optimizer state and the smallest index fit in the budget at ``rank``."""
+        sketch = self.sketch.nbytes if self.sketch is not None else 0
+        need = shared_bytes(rank, self.live.dim) + index_bytes(1) + sketch + 8 * FOLD_LOG_MIN
+        return need <= self.budget_bytes
+
     def max_rows(self, rank: int | None = None) -> int:
         """Active rows that fit in the budget at ``rank`` (default: the current rank)."""
-        r = self.live.rank if rank is None else rank
-        free = self.budget_bytes - shared_bytes(r, self.live.dim)
-        return max(free // row_bytes(r), 0)
+        return self.capacity(rank)[0]
+
+    def fold_log_room(self) -> int:
+        """Folded ids the fold log may still take before its allowance is spent."""
+        return max(self.fold_log_allowance() - self.live.folded_pending, 0)
+
+    def fold_log_allowance(self) -> int:
+        return FOLD_LOG_MIN + self.max_rows() // FOLD_LOG_SHARE
+
+    def fold_log_over(self) -> bool:
+        """The fold log holds more than its share of the budget: publish to drain it."""
+        return self.live.folded_pending > self.fold_log_allowance()
+
+    def accounted_bytes(self) -> int:
+        """Every byte this table holds that its budget caps: the LiveEmbedding's state, index
+        and fold log (measured from the tensors) and the sketch. (A trainer that keeps its
+        published versions adds their copies, see LiveTrainer.memory_account.)"""
+        sketch = self.sketch.nbytes if self.sketch is not None else 0
+        return self.live.memory().overhead_bytes + sketch
 
     def set_budget(self, budget_bytes: int, now: float) -> None:
-        """Change the budget; when it shrinks, evict LRU rows, then lower the rank, to fit."""
+        """Change the budget; when it shrinks, evict LRU rows, then lower the rank, to fit.
+        Evictions here may overfill the fold log: the publisher drains it next."""
         floor = min_budget_bytes(self.policy, self.live.dim)
         if budget_bytes < floor:
             raise ValueError(
@@ -111,28 +196,54 @@ class RankController:
                 f"{floor} bytes that B and its optimizer state need at r_min={self.policy.r_min}"
             )
         self.budget_bytes = int(budget_bytes)
+        self._size_sketch()
         r = self.live.rank
         target = min(max(r, self.policy.r_min), self.policy.r_max)
         reason = "clamp"
-        while target > self.policy.r_min and shared_bytes(target, self.live.dim) > budget_bytes:
+        while target > self.policy.r_min and not self.fits(target):
             target, reason = target - 1, "budget"
+        excess = self.live.num_active - self.max_rows(target)
+        if excess > 0:
+            self._evict(self._lru(excess, protect=None, now=now), now, "budget", capped=False)
         if target != r:
             self._refactor(target, now, reason)
-        excess = self.live.num_active - self.max_rows()
-        if excess > 0:
-            self._evict(self._lru(excess, protect=None, now=now), now, "budget")
+        self.live.fit(self.max_rows())
+
+    def _size_sketch(self) -> None:
+        """sketch_share of the budget, and at most SKETCH_PER_ROW counters a row for the rows
+        the rest of the budget holds (a huge budget needs no huge sketch)."""
+        bits = 0
+        if self.policy.admit_after > 1:
+            rows = capacity_plan(
+                self.budget_bytes, self.live.rank, self.live.dim, limit=self.live.num_rows
+            )[0]
+            widest = max(rows * SKETCH_PER_ROW, 2).bit_length()
+            share = int(self.budget_bytes * self.policy.sketch_share)
+            bits = min(SightingSketch.bits_for(share), widest)
+        if bits == 0:
+            self.sketch = None
+        elif self.sketch is None or self.sketch.width_bits != bits:
+            self.sketch = SightingSketch(bits)
 
     @property
     def overhead_bytes(self) -> int:
-        return self.live.memory().overhead_bytes
+        return self.accounted_bytes()
 
     # ---- active set --------------------------------------------------------------------
     def admit(self, values: torch.Tensor, now: float) -> int:
-        """Touch ``values`` and admit new ones into the free room. Returns the number admitted.
-        Ids refused for lack of room are counted (up to max_rows) for make_room."""
-        admitted, refused = self.live.activate(values, now, self.max_rows())
+        """Touch ``values`` and admit new ones that passed the gate into the free room.
+        Returns the number admitted. Ids refused for lack of room are counted (up to
+        max_rows) for make_room."""
+        admitted, refused = self.live.activate(values, now, self.max_rows(), self.passes)
         self.note_refused(refused)
         return admitted
+
+    def passes(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """(k,) bool: which of the distinct inactive ``ids`` (k,), seen ``counts`` times in
+        this batch, have been sighted admit_after times (the sighting is counted)."""
+        if self.sketch is None:
+            return torch.ones(ids.shape, dtype=torch.bool)
+        return self.sketch.sight(ids, counts) >= self.policy.admit_after
 
     def note_refused(self, refused: int) -> None:
         """Count ids refused for lack of room (by admit, or by the trainer's fused admission)."""
@@ -167,9 +278,14 @@ class RankController:
         oldest = torch.topk(ages, min(count, ages.numel())).indices  # O(n), no full sort
         return self.live.ids[oldest[torch.isfinite(ages[oldest])]]
 
-    def _evict(self, rows: torch.Tensor, now: float, reason: str) -> int:
+    def _evict(self, rows: torch.Tensor, now: float, reason: str, capped: bool = True) -> int:
+        """Evict ``rows``; when folding and ``capped``, only as many as the fold log has room
+        for (the rest wait for the next publish to drain it)."""
+        fold = self.policy.fold_evicted
+        if fold and capped:
+            rows = rows[: self.fold_log_room()]
         before = self.live.num_active
-        removed = self.live.evict(rows, fold=self.policy.fold_evicted)
+        removed = self.live.evict(rows, fold=fold)
         if removed:
             self._event(now, "prune", before, self.live.num_active, reason)
         return removed
@@ -219,51 +335,142 @@ class RankController:
 
     def adapt(self, now: float) -> int:
         """Choose the rank from the spectrum and the gradient residual and re-factor A, B
-        when it changes. Returns the new rank."""
+        when it changes (a growth evicting cold rows when the table is full and that pays).
+        Returns the new rank."""
+        if not self._warm and float(torch.trace(self._grad_gram)) > 0:
+            self._warm_start()
+        r = self.live.rank
+        target, reason = self._wanted_rank()
+        target = min(max(target, self.policy.r_min), self.policy.r_max)
+        if target > r:
+            refusal = self._growth_refusal(target, now)
+            if refusal is not None:
+                self._refused_growth(now, r, refusal)
+                target = r
+        elif target < r and not self._may_change(now):
+            target = r
+        if target != r:
+            self._refactor(target, now, reason)
+        self._reset_gradient_stats()
+        self._last_adapt = float(now)
+        return target
+
+    def _wanted_rank(self) -> tuple[int, str]:
         r = self.live.rank
         energy = (self._svd()[2] if self.live.num_active else torch.zeros(0)).pow(2)
         total = float(energy.sum())
-        reason = "energy"
         if total > 0:
             share = torch.cumsum(energy, 0) / total
             keep = int(torch.searchsorted(share, torch.tensor([self.policy.tau - 1e-7]))) + 1
             newest = float(energy[-1]) / total if energy.numel() == r else 0.0
         else:
             keep, newest = r, 0.0
-        target = min(keep, r)
+        target, reason = min(keep, r), "energy"
         if keep >= r and newest >= self.policy.grow_newest:
             target, reason = r + 1, "grow:newest"
         if self.residual_share() >= self.policy.grow_residual:
             target, reason = max(target, r + 1), "grow:residual"
-        target = min(max(target, self.policy.r_min), self.policy.r_max)
-        # a bigger rank must fit with the rows already active; otherwise keep r
-        if target > r and overhead_bytes(self.live.num_active, target, self.live.dim) > (
-            self.budget_bytes
+        return target, reason
+
+    def _may_change(self, now: float) -> bool:
+        """Hysteresis: fewer than max_rank_changes_per_hour changes in the last hour."""
+        self._changes = [t for t in self._changes if t > now - HOUR_S]
+        return len(self._changes) < self.policy.max_rank_changes_per_hour
+
+    def _growth_refusal(self, target: int, now: float) -> str | None:
+        """None when the growth to ``target`` may happen (after evicting the coldest rows it
+        needs), else why not."""
+        if not self._may_change(now):
+            return "hysteresis"
+        if not self.fits(target):
+            return "budget"
+        excess = self.live.num_active - self.max_rows(target)
+        if excess <= 0:
+            return None
+        cold = self._lru(excess, protect=None, now=now)
+        if cold.numel() < excess:
+            return "budget:rows too fresh"
+        if self.policy.fold_evicted and excess > self.fold_log_room():
+            return "budget:fold log full"
+        gain = float(torch.linalg.eigvalsh(self._residual_gram())[-1])  # the new direction's
+        if gain <= self._rows_energy(cold, now):
+            return "budget:rows capture more"
+        self._evict(cold, now, "grow")
+        return None
+
+    def _rows_energy(self, ids: torch.Tensor, now: float) -> float:
+        """Observed gradient energy attributed to ``ids``: their share of the rows touched
+        since the last adaptation, times the energy observed since then."""
+        touched = self.live.ages(now) <= (float(now) - self._last_adapt)
+        total = int(touched.sum())
+        if total == 0:
+            return 0.0
+        pos, hit = self.live.slots(ids)
+        mine = int(touched[pos[hit]].sum())
+        return float(torch.trace(self._grad_gram)) * mine / total
+
+    def _refused_growth(self, now: float, rank: int, why: str) -> None:
+        """A RankEvent for a refused growth; repeats of the same reason within
+        refusal_report_s are counted into the next one."""
+        pending = self._refusal
+        if (
+            pending is not None
+            and pending[1] == why
+            and now - pending[0] < (self.policy.refusal_report_s)
         ):
-            target, reason = r, "budget"
-        if target != r:
-            self._refactor(target, now, reason)
-        self._reset_gradient_stats()
-        return target
+            self._refusal = (pending[0], why, pending[2] + 1)
+            return
+        if pending is not None and pending[2] > 1:
+            self._event(pending[0], "rank", rank, rank, f"refused:{pending[1]} x{pending[2]}")
+        self._refusal = (float(now), why, 1)
+        self._event(now, "rank", rank, rank, f"refused:{why}")
+
+    def _warm_start(self) -> None:
+        """Put B onto the top eigenvectors of the gradient Gram observed so far (the deltas
+        of the active rows, projected onto it, stay; the rest is folded into the base)."""
+        self._warm = True
+        basis = torch.linalg.eigh(self._grad_gram).eigenvectors.flip(1)[:, : self.live.rank]
+        delta = self.live.A.detach() @ self.live.B.detach()  # (n, D)
+        a = delta @ basis  # basis (D, r)
+        self._set_folding(a, basis.T, delta - a @ basis.T)
+
+    def _set_folding(self, a: torch.Tensor, b: torch.Tensor, lost: torch.Tensor | None) -> None:
+        """set_factors(a, b), first folding ``lost`` (n, D), what A B loses by it, times scale
+        into the base rows (so no served row changes by more than FOLD_TOLERANCE); None: it
+        loses nothing."""
+        live = self.live
+        if lost is not None and live.num_active and self.policy.fold_evicted:
+            lost = lost * live.scale
+            rows = torch.nonzero(lost.abs().amax(1) > FOLD_TOLERANCE).squeeze(1)
+            if rows.numel():
+                with torch.no_grad():
+                    live.base.weight.index_add_(0, live.ids[rows], lost[rows])
+                live.note_folded(live.ids[rows])
+        live.set_factors(a, b)
 
     def _refactor(self, k: int, now: float, reason: str) -> None:
         """Put A B onto its top-k directions (padding with new ones: the residual's top
-        eigenvector first, then random), B with orthonormal rows; delta kept up to truncation."""
+        eigenvector first, then random), B with orthonormal rows; what a shrink truncates is
+        folded into the base."""
         live = self.live
         r, n, d = live.rank, live.num_active, live.dim
+        lost = None
         if n:
             qa, u, s, dirs = self._svd()
             m = min(k, s.numel())
             a = (qa @ u[:, :m]) * s[:m]  # (n, m)
             basis = dirs[:, :m]  # (D, m)
+            if m < s.numel():  # the truncated components, (n, D)
+                lost = ((qa @ u[:, m:]) * s[m:]) @ dirs[:, m:].T
         else:
             a, basis = torch.zeros(0, 0), torch.zeros(d, 0)
             m = 0
         if k > m:
             basis = self._extend_basis(basis, k - m)
             a = torch.cat([a.reshape(n, m), torch.zeros(n, k - m)], dim=1)
-        live.set_factors(a, basis.T)
+        self._set_folding(a, basis.T, lost)
         if k != r:
+            self._changes.append(float(now))
             self._event(now, "rank", r, k, reason)
 
     def _extend_basis(self, basis: torch.Tensor, extra: int) -> torch.Tensor:

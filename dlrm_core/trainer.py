@@ -33,6 +33,7 @@ from dlrm_core.live_embedding import (
     attach_live_embeddings,
 )
 from dlrm_core.live_group import LiveGroups
+from dlrm_core.memory_account import MemoryAccount, TableAccount
 from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController, RankEvent, RankPolicy, min_budget_bytes
 
@@ -53,6 +54,9 @@ class TrainerConfig:
     adapt_every: int = 50  # steps between rank adaptation + pruning
     room_every: int = 10  # steps between LRU evictions that make room for refused ids
     publish_every: int = 10  # steps between published factor versions
+    # keep the newest published version in the trainer's store (for an in-process reader);
+    # its copies then take their share of each table's budget
+    keep_published: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.budget_fraction <= 1:
@@ -117,7 +121,9 @@ class LiveTrainer:
                 budget_of[name] = budget
         self.lives = attach_live_embeddings(model.sparse_arch, list(budget_of), config.live)
         self.controllers = {
-            name: RankController(live, name, config.policy, budget_of[name])
+            name: RankController(
+                live, name, config.policy, budget_of[name], published_copy=config.keep_published
+            )
             for name, live in self.lives.items()
         }
         self.groups = LiveGroups(model.config.feature_names, self.lives, self.controllers)
@@ -125,7 +131,6 @@ class LiveTrainer:
         self.store = store or FactorStore()
         self.stats = TrainerStats()
         self._replay: deque[list] = deque(maxlen=config.replay_window)  # [batch, uses]
-        self._patches = {n: BasePatch.empty(live.dim) for n, live in self.lives.items()}
         self._events_seen = {name: 0 for name in self.lives}
         self._now = 0.0  # newest stream time trained on
 
@@ -199,8 +204,9 @@ class LiveTrainer:
                 ctl.make_room(batch.feature(name)[0], now)
         if self.stats.steps % self.config.adapt_every == 0:
             self.adapt(now)
-        if self.stats.steps % self.config.publish_every == 0:
-            self.publish()
+        due = self.stats.steps % self.config.publish_every == 0
+        if due or any(ctl.fold_log_over() for ctl in self.controllers.values()):
+            self.publish()  # early when a fold log outgrew its share of the budget
         return StepResult(value, len(batch), replay=replay)
 
     def _rollback(
@@ -229,20 +235,43 @@ class LiveTrainer:
             ctl.adapt(now)
 
     def set_budget(self, table: str, budget_bytes: int, now: float) -> None:
-        self.controllers[table].set_budget(budget_bytes, now)
+        ctl = self.controllers[table]
+        ctl.set_budget(budget_bytes, now)
+        if ctl.fold_log_over():  # a shrink's evictions: publish them, so the log drains
+            self.publish()
 
     # ---- publishing --------------------------------------------------------------------
     def publish(self) -> FactorVersion:
-        """Publish an immutable copy of every table's factors (and folded base rows)."""
-        for name, live in self.lives.items():
-            self._patches[name] = self._patches[name].extended(live, live.take_folded())
+        """Publish an immutable copy of every table's factors and the base rows folded since
+        the previous publish."""
+        patches = {name: BasePatch.of(lv, lv.take_folded()) for name, lv in self.lives.items()}
         tables = {name: live.factors() for name, live in self.lives.items()}
         self.stats.published += 1
-        return self.store.publish(tables, self._patches, created_at=self._now)
+        if self.config.keep_published:
+            return self.store.publish(tables, patches, created_at=self._now)
+        return FactorVersion(self.stats.published, self._now, tables, patches)
 
     # ---- telemetry ---------------------------------------------------------------------
     def memory(self) -> dict[str, MemoryReport]:
         return {name: live.memory() for name, live in self.lives.items()}
+
+    def memory_account(self) -> MemoryAccount:
+        """Every byte this trainer holds that grows with active rows, folds or time."""
+        tables = {}
+        for name, ctl in self.controllers.items():
+            report = ctl.live.memory()
+            tables[name] = TableAccount(
+                factors=report.a_bytes + report.b_bytes,
+                optimizer=report.optimizer_bytes,
+                slot_map=report.slot_map_bytes,
+                sketch=ctl.sketch.nbytes if ctl.sketch is not None else 0,
+                fold_log=report.fold_log_bytes,
+                published=self.store.nbytes(name),
+                budget=ctl.budget_bytes,
+                base=report.base_bytes,
+            )
+        pending = self.join.nbytes() + sum(item[0].nbytes for item in self._replay)
+        return MemoryAccount(tables, pending)
 
     def ranks(self) -> dict[str, int]:
         return {name: live.rank for name, live in self.lives.items()}

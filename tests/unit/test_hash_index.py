@@ -133,3 +133,18 @@ def test_queries_outside_the_key_dtype_are_not_found_instead_of_wrapping():
     index = CuckooIndex.build(torch.tensor([5, 0, 17], dtype=torch.int32))
     queries = torch.tensor([5 + 2**32, -(2**32) + 17, -1, 17])
     assert index.rows(queries).tolist() == [0, 0, 0, 3]
+
+
+def test_assign_and_unassign_update_the_index_in_place():
+    index = CuckooIndex.empty(2)  # 4 buckets: 32 slots for 27 keys forces cuckoo moves
+    keys = torch.randperm(10_000, generator=torch.Generator().manual_seed(3))[:27]
+    assert index.assign(keys, torch.arange(27))
+    assert torch.equal(index.rows(keys), torch.arange(1, 28, dtype=torch.int32))
+    assert index.unassign(torch.cat([keys[:10], torch.tensor([10_001])])) == 10
+    assert index.assign(keys[10:15], torch.arange(100, 105))  # moved rows
+    rows = index.rows(keys)
+    assert rows[:10].tolist() == [0] * 10
+    assert rows[10:15].tolist() == list(range(101, 106))
+    assert rows[15:].tolist() == list(range(16, 28))
+    full = CuckooIndex.empty(1)  # 16 slots cannot take 40 keys: reported, not hidden
+    assert not full.assign(torch.arange(40), torch.arange(40))

@@ -82,14 +82,21 @@ def test_inactive_rows_serve_the_base_and_delta_weight_is_zero_there():
     torch.testing.assert_close(out[0], live.base.weight[4])
 
 
-def test_activation_respects_capacity_and_keeps_slot_map_sorted():
+def test_activation_respects_capacity_and_appends_rows():
     live = make_live()
     assert live.activate(torch.tensor([9, 2, 30, 2, 30, 30]), now=5.0, max_active=2) == (2, 1)
     assert live.ids.tolist() == [2, 30]  # the most frequent first
     assert live.activate(torch.tensor([1, 2, 9]), now=6.0, max_active=4) == (2, 0)
-    assert live.ids.tolist() == [1, 2, 9, 30]
+    assert live.ids.tolist() == [2, 30, 1, 9]  # new rows after the active ones
     assert live.A.shape == (4, R) and live.A.abs().sum() == 0  # new rows start at delta 0
-    assert live.ages(8.0).tolist() == [2.0, 2.0, 2.0, 3.0]
+    assert live.ages(8.0).tolist() == [2.0, 3.0, 2.0, 2.0]
+    assert live.slots(torch.tensor([9, 30, 4]))[0][:2].tolist() == [3, 1]
+    assert live.slots(torch.tensor([9, 30, 4]))[1].tolist() == [True, True, False]
+    assert live.activate(torch.tensor([5, 6]), now=9.0, max_active=6, gate=lambda i, c: i > 5) == (
+        1,
+        0,
+    )
+    assert live.ids.tolist() == [2, 30, 1, 9, 6]
     with pytest.raises(IndexError, match=r"ids must be in \[0, 50\)"):
         live.activate(torch.tensor([50]), now=7.0, max_active=10)
 
@@ -99,8 +106,10 @@ def test_evict_folds_delta_into_base_or_discards_it():
     values, offsets = bags()
     before = live(values, offsets).detach()
     assert live.evict(torch.tensor([7, 41, 12]), fold=True) == 2
-    assert live.ids.tolist() == [3, 8, 20]
+    assert live.ids.tolist() == [3, 20, 8]  # 20 (the last row that stays) moved into 7's hole
+    assert live.slots(torch.tensor([3, 20, 8, 7, 41]))[1].tolist() == [True] * 3 + [False] * 2
     torch.testing.assert_close(live(values, offsets).detach(), before)
+    assert live.take_folded().tolist() == [7, 41]
 
     base_3 = live.base.weight[3].clone()
     assert live.evict(torch.tensor([3]), fold=False) == 1
@@ -140,9 +149,10 @@ def test_memory_grows_with_active_rows_not_with_table_size():
         live.activate(torch.arange(0, 40, 2), now=0.0, max_active=1000)
     assert small.memory().overhead_bytes == big.memory().overhead_bytes
     report = big.memory()
-    assert report.overhead_bytes == overhead_bytes(20, R, D)
+    # 20 ids in 4 buckets of 8 (int32 id, int32 row) slots
+    assert report.overhead_bytes == overhead_bytes(20, R, D) + 4 * 8 * 8
     assert report.a_bytes == 20 * R * 4 and report.b_bytes == R * D * 4
-    assert report.slot_map_bytes == 20 * (8 + 4)
+    assert report.slot_map_bytes == 20 * (8 + 4) + 4 * 8 * 8
     assert report.optimizer_bytes == 20 * 4 + 2 * R * D * 4
     assert report.base_bytes == 100_000 * D * 4
     assert report.overhead_pct == pytest.approx(100 * report.overhead_bytes / (100_000 * D * 4))
@@ -208,3 +218,15 @@ def test_attach_to_a_dlrm_serves_the_base_until_trained():
         save_model("/nonexistent", model)
     with pytest.raises(ValueError, match="already a LiveEmbedding"):
         attach_live_embeddings(model.sparse_arch, ["u"], LiveEmbeddingConfig(rank=2))
+
+
+def test_export_after_evictions_writes_rows_sorted_by_id(tmp_path):
+    live = trained_live()
+    live.evict(torch.tensor([3]), fold=True)  # the last row moves into the hole: unsorted
+    assert live.ids.tolist() != sorted(live.ids.tolist())
+    live.export_factors(tmp_path / "t.factors", table="user")
+    other = make_live(seed=1)
+    other.import_factors(tmp_path / "t.factors", table="user")
+    other.base.weight.data.copy_(live.base.weight.data)
+    values, offsets = bags()
+    torch.testing.assert_close(other(values, offsets), live(values, offsets))

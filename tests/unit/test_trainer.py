@@ -196,13 +196,18 @@ def test_published_version_serves_the_same_model_on_the_inference_side():
     inference = copy.deepcopy(model)
     # tiny budget for users so pruning folds rows into the trainer's base copy
     trainer = LiveTrainer(
-        model, trainer_config(publish_every=7), budgets={"user": 2000, "item": 4000}
+        model,
+        trainer_config(publish_every=7, keep_published=True),
+        budgets={"user": 2000, "item": 4000},
     )
     for _ in range(40):
         trainer.process(stream.batch())
     assert any(e.kind == "prune" for e in trainer.drain_events())
     version = trainer.publish()
+    # nobody took a version yet: this one carries every fold since the start
     assert version.base_patches["user"].ids.numel() > 0
+    account = trainer.memory_account()
+    assert account.tables["user"].published == trainer.store.nbytes("user") > 0
     lives = attach_live_embeddings(
         inference.sparse_arch, ["user", "item"], LiveEmbeddingConfig(rank=2)
     )
@@ -264,8 +269,30 @@ def test_readers_never_see_a_torn_version():
 
 
 def test_tiny_tables_are_left_unwrapped():
-    model = DLRM(DLRMConfig(("user", "flag"), (500, 2), 1, 8, (8,), (4, 1)))
+    model = DLRM(DLRMConfig(("user", "flag"), (2000, 2), 1, 8, (8,), (4, 1)))
     trainer = LiveTrainer(model, trainer_config(budget_fraction=0.02))
     assert trainer.skipped_tables == ["flag"] and list(trainer.lives) == ["user"]
     with pytest.raises(ValueError, match="budget_fraction"):
         TrainerConfig(budget_fraction=0.0)
+
+
+def test_every_table_stays_within_its_budget_by_the_measured_account():
+    model, stream = pretrained(steps=20)
+    budgets = {"user": 2500, "item": 4000}
+    trainer = LiveTrainer(
+        model,
+        trainer_config(publish_every=3, keep_published=True, adapt_every=4, room_every=1),
+        budgets=budgets,
+    )
+    full = 0
+    for _ in range(60):
+        trainer.process(stream.batch())
+        trainer.store.latest()  # a reader that takes every version
+        account = trainer.memory_account()
+        for name, table in account.tables.items():
+            assert table.budget == budgets[name]
+            assert table.total <= table.budget, (name, table)
+        full += sum(e.reason == "lru" for e in trainer.drain_events())
+        assert account.pending > 0  # the replay window
+    assert full > 0  # the budgets were reached: evictions, folds and patches were accounted
+    assert account.tables["user"].published > 0 and account.tables["user"].sketch > 0

@@ -1,0 +1,64 @@
+"""The trainer's proportional memory account: every byte it holds that grows with active rows,
+folds or time, measured from the tensors themselves (nbytes), against the policy's budget.
+
+Per table: the factors and their storage's free rows (A, B), optimizer state, the slot map (ids,
+last-use times, cuckoo index), the sightings sketch, the fold log not yet published, and the
+newest published version the trainer's store keeps (its copies of ids, A, B and the base rows
+folded since a reader last took a version). Besides the tables: the label join's pending served
+batches and the replay window. The budget caps the tables' parts (RankController plans within it
+and evicts or refuses before exceeding it); ``within_budget`` checks the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TableAccount:
+    factors: int  # A (all storage rows) and B
+    optimizer: int  # row-wise Adagrad accumulators, B's Adam moments
+    slot_map: int  # ids, last-use times, the cuckoo index
+    sketch: int  # the second-sighting gate
+    fold_log: int  # ids folded since the last publish
+    published: int  # the newest published version's copies and base patch
+    budget: int
+    base: int  # bytes of the base table, for the percentage
+
+    @property
+    def total(self) -> int:
+        return (
+            self.factors
+            + self.optimizer
+            + self.slot_map
+            + self.sketch
+            + self.fold_log
+            + self.published
+        )
+
+
+@dataclass(frozen=True)
+class MemoryAccount:
+    tables: Mapping[str, TableAccount]
+    pending: int  # served batches waiting for labels, and the replay window
+
+    @property
+    def total(self) -> int:
+        return sum(t.total for t in self.tables.values()) + self.pending
+
+    @property
+    def budget(self) -> int:
+        return sum(t.budget for t in self.tables.values())
+
+    @property
+    def base(self) -> int:
+        return sum(t.base for t in self.tables.values())
+
+    @property
+    def within_budget(self) -> bool:
+        return self.total <= self.budget
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100.0 * self.total / self.base if self.base else 0.0
