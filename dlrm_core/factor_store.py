@@ -114,4 +114,3 @@ class FactorStore:
         f, patch = latest.tables.get(table), latest.base_patches.get(table)
         copies = sum(t.numel() * t.element_size() for t in (f.ids, f.a, f.b)) if f else 0
         return copies + (patch.nbytes if patch is not None else 0)
-
