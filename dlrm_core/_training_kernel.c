@@ -31,6 +31,7 @@ trusts anything but those pointers.
 #include <string.h>
 
 #define MAX_RANK 1024
+#define PREFETCH 16
 #define LANES 8
 /* 8 floats: one AVX2 register (two SSE ones in the baseline clone); unaligned loads allowed */
 typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
@@ -78,6 +79,13 @@ static inline Py_ssize_t bag_end(const Bags *g, Py_ssize_t s) {
     return s + 1 < (Py_ssize_t)g->tables * g->batch ? g->offsets[s + 1] : g->nnz;
 }
 
+/* The A row of value v, if any: fetched PREFETCH values ahead, the random rows' cache misses
+   overlap instead of waiting one by one. */
+static inline void prefetch_row(const Bags *g, Py_ssize_t v, const float *a) {
+    if (v < g->nnz && g->hit[g->index[v]])
+        __builtin_prefetch(a + (size_t)g->pos[g->index[v]] * g->rank);
+}
+
 CLONED
 static void forward(const Bags *g, const float *restrict a, const float *restrict b,
                     float *restrict delta, float *restrict sums) {
@@ -89,6 +97,7 @@ static void forward(const Bags *g, const float *restrict a, const float *restric
         memset(sum, 0, sizeof(float) * (size_t)r);
         int any = 0;
         for (Py_ssize_t v = g->offsets[s]; v < bag_end(g, s); v++) {
+            prefetch_row(g, v + PREFETCH, a);
             int64_t u = g->index[v];
             if (!g->hit[u])
                 continue;
@@ -156,6 +165,11 @@ static void rowwise_adagrad(const Bags *g, float *restrict a, float *restrict ac
                             const float *restrict row_grad, float lr, float eps) {
     int r = g->rank;
     for (Py_ssize_t u = 0; u < g->keys; u++) {
+        Py_ssize_t ahead = u + PREFETCH;
+        if (ahead < g->keys && g->hit[ahead]) {
+            __builtin_prefetch(a + (size_t)g->pos[ahead] * r, 1);
+            __builtin_prefetch(accum + g->pos[ahead], 1);
+        }
         if (!g->hit[u])
             continue;
         const float *grad = row_grad + (size_t)u * r;
