@@ -7,7 +7,9 @@ Part 1: the Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, 
                 prune every 50 steps, publish a factor version every 10 steps; one admission
                 pass for all tables, and the tables of one rank run as one fused LiveGroup
                 (one EmbeddingBag, bmm and optimizer step per rank, not per table);
-  full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter);
+  full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter; the
+                embedding rows through the training kernel, one call per step);
+  full_sgd_torch  the same before the kernel (torch.optim on EmbeddingBag's sparse gradients);
   model_floor   the least any embedding trainer must compute: forward of the DLRM and the
                 backward down to the pooled embeddings (MLPs frozen), no optimizer at all.
 Ids: 80% from a hot set (5% of each table), 20% uniform. Steady state: every wrapped table
@@ -23,6 +25,7 @@ re-factor onto k directions), at D=16 and D=64. Goal: <= 50 ms.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -42,14 +45,52 @@ from bench.workloads import (  # noqa: E402
     print_table,
     write_json,
 )
+from dlrm_core.batch import SparseBatch  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
 from dlrm_core.rank import RankController, RankPolicy  # noqa: E402
 from dlrm_core.trainer import (  # noqa: E402
     FullSparseTrainer,
+    FullStepResult,
+    FullTrainConfig,
     LiveTrainer,
     TrainerConfig,
 )
+
+
+class TorchOptimTrainer:
+    """The reference column: FullSparseTrainer's step before its embedding rows went through the
+    training kernel (EmbeddingBag's sparse gradients, torch.optim over every parameter)."""
+
+    def __init__(self, model: DLRM, config: FullTrainConfig) -> None:
+        self.model = model
+        opt = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adagrad
+        self.dense_opt = opt(model.dense_parameters(), lr=config.lr_dense)
+        self.sparse_opt = opt(model.embedding_parameters(), lr=config.lr_sparse)
+        self.skipped = 0
+
+    def step(self, batch: SparseBatch) -> FullStepResult:
+        self.dense_opt.zero_grad(set_to_none=True)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        values = [g.coalesce().values() if g.is_sparse else g for g in grads]
+        if not math.isfinite(value) or not all(bool(torch.isfinite(v).all()) for v in values):
+            self.skipped += 1
+            return FullStepResult(value, True, {})
+        touched = {}
+        for name, param in zip(
+            self.model.config.feature_names, self.model.embedding_parameters(), strict=True
+        ):
+            if param.grad is not None:
+                grad = param.grad.coalesce()
+                touched[name] = (grad.indices()[0].clone(), grad.values().norm(dim=1))
+        self.dense_opt.step()
+        self.sparse_opt.step()
+        return FullStepResult(value, False, touched)
 
 
 def throughput(args: argparse.Namespace) -> dict[str, object]:
@@ -67,6 +108,7 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         TrainerConfig(live=LiveEmbeddingConfig(rank=4), budget_fraction=0.02, reuse=0),
     )
     full = FullSparseTrainer(DLRM(config))
+    full_torch = TorchOptimTrainer(DLRM(config), FullTrainConfig())
     floor_model = DLRM(config).requires_grad_(False)
     state = {"i": 0, "t": 0.0}
 
@@ -94,6 +136,7 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         {
             "live_trainer": live_step,
             "full_sgd": lambda: full.step(next_batch()),
+            "full_sgd_torch": lambda: full_torch.step(next_batch()),
             "model_floor": floor_step,
         },
         rounds=args.rounds,
