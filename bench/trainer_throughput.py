@@ -11,7 +11,9 @@ Part 1: the Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, 
                 embedding rows through the training kernel, one call per step);
   full_sgd_torch  the same before the kernel (torch.optim on EmbeddingBag's sparse gradients);
   model_floor   the least any embedding trainer must compute: forward of the DLRM and the
-                backward down to the pooled embeddings (MLPs frozen), no optimizer at all.
+                backward down to the pooled embeddings (MLPs frozen), no optimizer at all;
+  model_weight_grads  the same with the MLPs' weight gradients as well (what LiveTrainer skips
+                by freezing the base model: input gradients only through the frozen layers).
 Ids: 80% from a hot set (5% of each table), 20% uniform. Steady state: every wrapped table
 starts with its budget full of hot rows, then warms up; so admissions come with LRU evictions.
 Goal: >= 20,000 samples/s for the live trainer.
@@ -110,6 +112,8 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
     full = FullSparseTrainer(DLRM(config))
     full_torch = TorchOptimTrainer(DLRM(config), FullTrainConfig())
     floor_model = DLRM(config).requires_grad_(False)
+    grads_model = DLRM(config)
+    grads_model.sparse_arch.requires_grad_(False)
     state = {"i": 0, "t": 0.0}
 
     def next_batch():
@@ -120,12 +124,12 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         state["t"] += 1.0
         live.train_step(next_batch(), now=state["t"])
 
-    def floor_step() -> None:
+    def floor_step(model: DLRM = floor_model) -> None:
         batch = next_batch()
-        pooled = floor_model.sparse_arch(batch).detach().requires_grad_(True)
-        dense = floor_model.dense_arch(batch.dense)
-        logits = floor_model.over_arch(floor_model.inter_arch(dense, pooled))
+        pooled = model.sparse_arch(batch).detach().requires_grad_(True)
+        logits = model.over_arch(model.inter_arch(model.dense_arch(batch.dense), pooled))
         F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+        model.zero_grad(set_to_none=True)
 
     # steady state: every wrapped table starts full (hot rows admitted up to its budget)
     for name, ctl in live.controllers.items():
@@ -138,6 +142,7 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
             "full_sgd": lambda: full.step(next_batch()),
             "full_sgd_torch": lambda: full_torch.step(next_batch()),
             "model_floor": floor_step,
+            "model_weight_grads": lambda: floor_step(grads_model),
         },
         rounds=args.rounds,
         reps=args.reps,
