@@ -4,7 +4,7 @@ LiveTrainer is progressive: ``serve`` scores a batch with the current factors be
 can ever be learnt from; the batch then waits in a LabelJoin until its label is due. Only the
 LiveEmbedding factors A, B train (base tables and MLPs are frozen): A with row-wise Adagrad on
 the rows in the batch, B with Adam. One admission pass serves all tables and the tables of one
-rank train as one fused LiveGroup (one EmbeddingBag, bmm and optimizer step per rank, see
+rank train as one fused LiveGroup (three calls into the training kernel per rank, see
 live_group.py); each table stays a LiveEmbedding whose tensors are views of shared buffers.
 Each joined batch may be replayed ``reuse`` more times from a small window. A batch whose
 inputs, loss or gradients are not finite is skipped and counted, and the factors stay
