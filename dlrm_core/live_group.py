@@ -112,26 +112,23 @@ class LiveGroup:
         the bags' starts ``offsets`` (T * B,); with grad enabled, the next ``step`` trains the
         A rows looked up and every B."""
         inputs = _KernelBags(self, pos, hit, index, offsets, batch_size)
-        delta = torch.empty(self.size, batch_size, self.dim)
         if not torch.is_grad_enabled():
-            training_kernel.lora_forward(
-                inputs.spec, self.a.data_ptr(), self.b.data_ptr(), delta.data_ptr(), 0
-            )
-            return delta
+            return self._forward(inputs, keep_sums=False)
         self._trained = inputs
-        return _Correction.apply(self.b.detach().requires_grad_(True), self, delta)
+        return _Correction.apply(self.b.detach().requires_grad_(True), self)
 
-    def _forward(self, delta: torch.Tensor) -> None:
-        """The kernel's forward into ``delta``, keeping each bag's sum of A rows for B."""
-        inputs = self._trained
-        assert inputs is not None
+    def _forward(self, inputs: _KernelBags, keep_sums: bool) -> torch.Tensor:
+        """The kernel's forward: the (T, B, D) deltas, and with ``keep_sums`` each bag's sum
+        of A rows (for B's gradient) in ``inputs.sums``."""
+        delta = torch.empty(self.size, inputs.batch_size, self.dim)
         training_kernel.lora_forward(
             inputs.spec,
             self.a.data_ptr(),
             self.b.data_ptr(),
             delta.data_ptr(),
-            inputs.sums.data_ptr(),
+            inputs.sums.data_ptr() if keep_sums else 0,
         )
+        return delta
 
     def _backward(self, grad: torch.Tensor) -> torch.Tensor:
         """From the deltas' gradient (T, B, D): A's gradient per key, the rank controllers'
@@ -232,7 +229,7 @@ class _KernelBags:
             index.to(torch.int64).contiguous(),
             offsets.to(torch.int64).contiguous(),
         )
-        self.keys = pos.numel()
+        self.keys, self.batch_size = pos.numel(), batch_size
         self.sums = torch.empty(offsets.numel(), group.rank)
         self.spec: BagsSpec = (
             pos.data_ptr(),
@@ -255,14 +252,14 @@ class _Correction(torch.autograd.Function):
     B, whose gradient the backward returns; A's gradient stays with the group (see step)."""
 
     @staticmethod
-    def forward(ctx, b: torch.Tensor, group: LiveGroup, delta: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        group._forward(delta)
+    def forward(ctx, b: torch.Tensor, group: LiveGroup) -> torch.Tensor:  # type: ignore[override]
+        assert group._trained is not None
         ctx.group = group
-        return delta
+        return group._forward(group._trained, keep_sums=True)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        return ctx.group._backward(grad), None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return ctx.group._backward(grad), None
 
 
 class LiveGroups:
