@@ -21,6 +21,10 @@ Goal: >= 20,000 samples/s for the live trainer.
 Part 2: RankController.adapt for 10^5 active rows (QR of A and B^T, SVD of the r x r core,
 re-factor onto k directions), at D=16 and D=64. Goal: <= 50 ms.
 
+Part 3: one rank group's correction per step, the torch ops LiveGroup used before
+(EmbeddingBag, bmm, a hook's bmm, index_put_, row-wise Adagrad and Adam ops) against the
+training kernel's three calls.
+
     python bench/trainer_throughput.py [--batch 512] [--rounds 5] [--adapt-rows 100000]
 """
 
@@ -48,9 +52,11 @@ from bench.workloads import (  # noqa: E402
     write_json,
 )
 from dlrm_core.batch import SparseBatch  # noqa: E402
+from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
+from dlrm_core.live_group import LiveGroup  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
-from dlrm_core.rank import RankController, RankPolicy  # noqa: E402
+from dlrm_core.rank import RankController, RankPolicy, observe_grams  # noqa: E402
 from dlrm_core.trainer import (  # noqa: E402
     FullSparseTrainer,
     FullStepResult,
@@ -218,6 +224,70 @@ def adapt_time(args: argparse.Namespace) -> list[dict[str, object]]:
     return out
 
 
+def correction_time(args: argparse.Namespace) -> dict[str, object]:
+    """One rank group's correction per step (forward, backward, optimizer, gradient
+    statistics): the torch ops LiveGroup used before against the training kernel."""
+    gen = torch.Generator().manual_seed(2)
+    tables, rank, dim, rows, batch = 9, 4, 16, 500_000, args.batch
+    lives = [
+        LiveEmbedding(nn.EmbeddingBag(10, dim, mode="sum"), LiveEmbeddingConfig(rank=rank))
+        for _ in range(tables)
+    ]
+    group = LiveGroup(lives, list(range(tables)), 0, rows)
+    group.a.copy_(torch.randn(rows, rank, generator=gen) * 0.01)
+    group.controllers = [RankController(lv, "t", RankPolicy(r_max=dim), 10**12) for lv in lives]
+    accum = torch.zeros(rows)
+    # one id per bag, 80% active; distinct keys sorted as LiveGroups hands them over
+    keys = torch.randint(0, 4 * rows, (tables * batch,), generator=gen).unique()
+    index = torch.randint(0, keys.numel(), (tables * batch,), generator=gen)
+    hit = torch.rand(keys.numel(), generator=gen) < 0.8
+    pos = torch.randperm(rows, generator=gen)[: keys.numel()]
+    offsets, bags = torch.arange(tables * batch), torch.arange(tables * batch)
+    out_grad = torch.randn(batch, tables, dim, generator=gen).transpose(0, 1) * 1e-3
+
+    def kernel_step() -> None:
+        group.pooled(pos, hit, index, offsets, batch).backward(out_grad)
+        group.step(accum, 0.05, 1e-3)
+
+    b_m, b_v = torch.zeros_like(group.b), torch.zeros_like(group.b)
+
+    def torch_step() -> None:  # live_group.py before the kernel (462a29c)
+        weights = hit.float().index_select(0, index)
+        pooled_a = F.embedding_bag(
+            pos.index_select(0, index), group.a, offsets, mode="sum", per_sample_weights=weights
+        ).requires_grad_(True)
+        b = group.b.detach().requires_grad_(True)
+        delta = torch.bmm(pooled_a.view(tables, batch, -1), b)
+        grams = []
+        delta.register_hook(lambda g: grams.append(torch.bmm(g.transpose(1, 2), g)))
+        delta.backward(out_grad)
+        assert pooled_a.grad is not None and b.grad is not None
+        ok = torch.isfinite(pooled_a.grad).all() & torch.isfinite(b.grad).all()
+        with torch.no_grad():
+            per_value = pooled_a.grad.index_select(0, bags) * weights.unsqueeze(1)
+            a_grad = torch.zeros(pos.numel(), rank).index_put_((index,), per_value, True)
+            rowwise_adagrad_rows_(group.a, accum, pos, a_grad, 0.05)
+            steps = torch.tensor([float(i + 1) for i in range(tables)]).view(-1, 1, 1)
+            adam_(group.b, b.grad, b_m, b_v, steps, 1e-3)
+        observe_grams(group.controllers, grams[0])
+        bool(ok)
+
+    times = interleaved(
+        {"torch_ops": torch_step, "training_kernel": kernel_step},
+        rounds=args.rounds,
+        reps=args.reps,
+    )
+    out = {name: median(ts) * 1e3 for name, ts in times.items()}
+    print_table(
+        f"One rank group's correction per step ({tables} tables, rank {rank}, D {dim}, batch "
+        f"{batch}, {rows:,} active rows): forward, backward, optimizer, gradient statistics; "
+        f"CPU ms, median of {args.rounds} interleaved rounds",
+        ["variant", "ms"],
+        [[n, ms] for n, ms in out.items()],
+    )
+    return {"step_ms": out, "speedup": out["torch_ops"] / out["training_kernel"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -234,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "args": vars(args),
         "trainer": throughput(args),
         "rank_adapt": adapt_time(args),
+        "correction": correction_time(args),
     }
     write_json("trainer_throughput", payload)
     return payload
