@@ -7,9 +7,13 @@ Part 1: the Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, 
                 prune every 50 steps, publish a factor version every 10 steps; one admission
                 pass for all tables, and the tables of one rank run as one fused LiveGroup
                 (one EmbeddingBag, bmm and optimizer step per rank, not per table);
-  full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter);
+  full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter; the
+                embedding rows through the training kernel, one call per step);
+  full_sgd_torch  the same before the kernel (torch.optim on EmbeddingBag's sparse gradients);
   model_floor   the least any embedding trainer must compute: forward of the DLRM and the
-                backward down to the pooled embeddings (MLPs frozen), no optimizer at all.
+                backward down to the pooled embeddings (MLPs frozen), no optimizer at all;
+  model_weight_grads  the same with the MLPs' weight gradients as well (what LiveTrainer skips
+                by freezing the base model: input gradients only through the frozen layers).
 Ids: 80% from a hot set (5% of each table), 20% uniform. Steady state: every wrapped table
 starts with its budget full of hot rows, then warms up; so admissions come with LRU evictions.
 Goal: >= 20,000 samples/s for the live trainer.
@@ -17,12 +21,17 @@ Goal: >= 20,000 samples/s for the live trainer.
 Part 2: RankController.adapt for 10^5 active rows (QR of A and B^T, SVD of the r x r core,
 re-factor onto k directions), at D=16 and D=64. Goal: <= 50 ms.
 
+Part 3: one rank group's correction per step, the torch ops LiveGroup used before
+(EmbeddingBag, bmm, a hook's bmm, index_put_, row-wise Adagrad and Adam ops) against the
+training kernel's three calls.
+
     python bench/trainer_throughput.py [--batch 512] [--rounds 5] [--adapt-rows 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -42,14 +51,54 @@ from bench.workloads import (  # noqa: E402
     print_table,
     write_json,
 )
+from dlrm_core.batch import SparseBatch  # noqa: E402
+from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
+from dlrm_core.live_group import LiveGroup  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
-from dlrm_core.rank import RankController, RankPolicy  # noqa: E402
+from dlrm_core.rank import RankController, RankPolicy, observe_grams  # noqa: E402
 from dlrm_core.trainer import (  # noqa: E402
     FullSparseTrainer,
+    FullStepResult,
+    FullTrainConfig,
     LiveTrainer,
     TrainerConfig,
 )
+
+
+class TorchOptimTrainer:
+    """The reference column: FullSparseTrainer's step before its embedding rows went through the
+    training kernel (EmbeddingBag's sparse gradients, torch.optim over every parameter)."""
+
+    def __init__(self, model: DLRM, config: FullTrainConfig) -> None:
+        self.model = model
+        opt = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adagrad
+        self.dense_opt = opt(model.dense_parameters(), lr=config.lr_dense)
+        self.sparse_opt = opt(model.embedding_parameters(), lr=config.lr_sparse)
+        self.skipped = 0
+
+    def step(self, batch: SparseBatch) -> FullStepResult:
+        self.dense_opt.zero_grad(set_to_none=True)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        values = [g.coalesce().values() if g.is_sparse else g for g in grads]
+        if not math.isfinite(value) or not all(bool(torch.isfinite(v).all()) for v in values):
+            self.skipped += 1
+            return FullStepResult(value, True, {})
+        touched = {}
+        for name, param in zip(
+            self.model.config.feature_names, self.model.embedding_parameters(), strict=True
+        ):
+            if param.grad is not None:
+                grad = param.grad.coalesce()
+                touched[name] = (grad.indices()[0].clone(), grad.values().norm(dim=1))
+        self.dense_opt.step()
+        self.sparse_opt.step()
+        return FullStepResult(value, False, touched)
 
 
 def throughput(args: argparse.Namespace) -> dict[str, object]:
@@ -67,7 +116,12 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         TrainerConfig(live=LiveEmbeddingConfig(rank=4), budget_fraction=0.02, reuse=0),
     )
     full = FullSparseTrainer(DLRM(config))
+    full_torch = TorchOptimTrainer(DLRM(config), FullTrainConfig())
     floor_model = DLRM(config).requires_grad_(False)
+    # the MLPs of the reference shape, pooling from the floor's (frozen) tables: a fifth copy of
+    # the 2 GB tables would not fit next to the other sessions on this machine
+    grads_model = DLRM(DLRMConfig.criteo_reference([4] * len(rows)))
+    grads_model.sparse_arch = floor_model.sparse_arch
     state = {"i": 0, "t": 0.0}
 
     def next_batch():
@@ -78,12 +132,12 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         state["t"] += 1.0
         live.train_step(next_batch(), now=state["t"])
 
-    def floor_step() -> None:
+    def floor_step(model: DLRM = floor_model) -> None:
         batch = next_batch()
-        pooled = floor_model.sparse_arch(batch).detach().requires_grad_(True)
-        dense = floor_model.dense_arch(batch.dense)
-        logits = floor_model.over_arch(floor_model.inter_arch(dense, pooled))
+        pooled = model.sparse_arch(batch).detach().requires_grad_(True)
+        logits = model.over_arch(model.inter_arch(model.dense_arch(batch.dense), pooled))
         F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+        model.zero_grad(set_to_none=True)
 
     # steady state: every wrapped table starts full (hot rows admitted up to its budget; twice,
     # so they pass the second-sighting gate)
@@ -96,7 +150,9 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         {
             "live_trainer": live_step,
             "full_sgd": lambda: full.step(next_batch()),
+            "full_sgd_torch": lambda: full_torch.step(next_batch()),
             "model_floor": floor_step,
+            "model_weight_grads": lambda: floor_step(grads_model),
         },
         rounds=args.rounds,
         reps=args.reps,
@@ -172,6 +228,70 @@ def adapt_time(args: argparse.Namespace) -> list[dict[str, object]]:
     return out
 
 
+def correction_time(args: argparse.Namespace) -> dict[str, object]:
+    """One rank group's correction per step (forward, backward, optimizer, gradient
+    statistics): the torch ops LiveGroup used before against the training kernel."""
+    gen = torch.Generator().manual_seed(2)
+    tables, rank, dim, rows, batch = 9, 4, 16, 500_000, args.batch
+    lives = [
+        LiveEmbedding(nn.EmbeddingBag(10, dim, mode="sum"), LiveEmbeddingConfig(rank=rank))
+        for _ in range(tables)
+    ]
+    group = LiveGroup(lives, list(range(tables)), 0, rows)
+    group.a.copy_(torch.randn(rows, rank, generator=gen) * 0.01)
+    group.controllers = [RankController(lv, "t", RankPolicy(r_max=dim), 10**12) for lv in lives]
+    accum = torch.zeros(rows)
+    # one id per bag, 80% active; distinct keys sorted as LiveGroups hands them over
+    keys = torch.randint(0, 4 * rows, (tables * batch,), generator=gen).unique()
+    index = torch.randint(0, keys.numel(), (tables * batch,), generator=gen)
+    hit = torch.rand(keys.numel(), generator=gen) < 0.8
+    pos = torch.randperm(rows, generator=gen)[: keys.numel()]
+    offsets, bags = torch.arange(tables * batch), torch.arange(tables * batch)
+    out_grad = torch.randn(batch, tables, dim, generator=gen).transpose(0, 1) * 1e-3
+
+    def kernel_step() -> None:
+        group.pooled(pos, hit, index, offsets, batch).backward(out_grad)
+        group.step(accum, 0.05, 1e-3)
+
+    b_m, b_v = torch.zeros_like(group.b), torch.zeros_like(group.b)
+
+    def torch_step() -> None:  # live_group.py before the kernel (462a29c)
+        weights = hit.float().index_select(0, index)
+        pooled_a = F.embedding_bag(
+            pos.index_select(0, index), group.a, offsets, mode="sum", per_sample_weights=weights
+        ).requires_grad_(True)
+        b = group.b.detach().requires_grad_(True)
+        delta = torch.bmm(pooled_a.view(tables, batch, -1), b)
+        grams = []
+        delta.register_hook(lambda g: grams.append(torch.bmm(g.transpose(1, 2), g)))
+        delta.backward(out_grad)
+        assert pooled_a.grad is not None and b.grad is not None
+        ok = torch.isfinite(pooled_a.grad).all() & torch.isfinite(b.grad).all()
+        with torch.no_grad():
+            per_value = pooled_a.grad.index_select(0, bags) * weights.unsqueeze(1)
+            a_grad = torch.zeros(pos.numel(), rank).index_put_((index,), per_value, True)
+            rowwise_adagrad_rows_(group.a, accum, pos, a_grad, 0.05)
+            steps = torch.tensor([float(i + 1) for i in range(tables)]).view(-1, 1, 1)
+            adam_(group.b, b.grad, b_m, b_v, steps, 1e-3)
+        observe_grams(group.controllers, grams[0])
+        bool(ok)
+
+    times = interleaved(
+        {"torch_ops": torch_step, "training_kernel": kernel_step},
+        rounds=args.rounds,
+        reps=args.reps,
+    )
+    out = {name: median(ts) * 1e3 for name, ts in times.items()}
+    print_table(
+        f"One rank group's correction per step ({tables} tables, rank {rank}, D {dim}, batch "
+        f"{batch}, {rows:,} active rows): forward, backward, optimizer, gradient statistics; "
+        f"CPU ms, median of {args.rounds} interleaved rounds",
+        ["variant", "ms"],
+        [[n, ms] for n, ms in out.items()],
+    )
+    return {"step_ms": out, "speedup": out["torch_ops"] / out["training_kernel"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -188,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "args": vars(args),
         "trainer": throughput(args),
         "rank_adapt": adapt_time(args),
+        "correction": correction_time(args),
     }
     write_json("trainer_throughput", payload)
     return payload

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import torch
 
+ADAGRAD_EPS = 1e-8
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
 
 def rowwise_adagrad_(
-    param: torch.Tensor, accum: torch.Tensor, grad: torch.Tensor, lr: float, eps: float = 1e-8
+    param: torch.Tensor,
+    accum: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    eps: float = ADAGRAD_EPS,
 ) -> None:
     """param (n, r), accum (n,), grad sparse COO (n, r) or dense (n, r)."""
     if grad.is_sparse:
@@ -29,7 +37,7 @@ def rowwise_adagrad_rows_(
     rows: torch.Tensor,
     grad_rows: torch.Tensor,
     lr: float,
-    eps: float = 1e-8,
+    eps: float = ADAGRAD_EPS,
 ) -> None:
     """Row-wise Adagrad on the rows ``rows`` (m,) of param (n, r) with their gradients (m, r).
     A row may repeat when all but one of its copies have a zero gradient."""
@@ -47,8 +55,8 @@ def adam_(
     v: torch.Tensor,
     step: int | torch.Tensor,
     lr: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    betas: tuple[float, float] = ADAM_BETAS,
+    eps: float = ADAM_EPS,
 ) -> None:
     """Dense Adam on param (r, D), or on T stacked ones (T, r, D) with ``step`` (T, 1, 1);
     ``step`` counts from 1."""

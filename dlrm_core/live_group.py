@@ -2,9 +2,10 @@
 
 The trainer trains all tables of one (rank, scale) as one LiveGroup, so a step costs a fixed
 number of torch ops instead of ~50 small ops per table: for all tables at once one unique over
-the batch's keys, one searchsorted and one admission pass; per group one EmbeddingBag over its A
-rows and one bmm with its stacked B (forward), one row-wise Adagrad and one Adam step
-(optimizer), one bmm for the rank controllers' gradient statistics.
+the batch's keys, then one admission pass through each table's index; per group three calls into the
+training kernel (dlrm_core/_training_kernel.c): the forward (each bag's A rows summed, @ B), the
+backward (A's gradient per key, B's, the rank controllers' gradient statistics, all in one pass
+over the bags) and the step (row-wise Adagrad on A's rows, Adam on B).
 
 Layout: every table gets the region [start_t, start_t + capacity_t) of the row buffers,
 capacity_t being the most rows its budget holds at its rank (RankController.capacity), so the
@@ -30,14 +31,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_
+from dlrm_core.factor_optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS
+from dlrm_core.kernel import training_kernel
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.rank import RankController, observe_grams
+
+if TYPE_CHECKING:
+    from dlrm_core._training_kernel import BagsSpec
 
 
 @dataclass
@@ -57,13 +62,12 @@ class _Member:
 @dataclass
 class _Batch:
     """A batch's ids of all trained tables as distinct keys, with EmbeddingBag indices into
-    them; values, bags and keys come group by group."""
+    them; values and keys come group by group."""
 
     keys: torch.Tensor  # (U,) int64, sorted, distinct
     counts: torch.Tensor  # (U,) occurrences of each key in the batch
     index: torch.Tensor  # (nnz,) position of each value's key in ``keys``
     offsets: torch.Tensor  # (M * B,) bag starts, table-major
-    bags: torch.Tensor  # (nnz,) bag of each value
     batch_size: int
     value_bounds: list[int]  # (G + 1) first value of each group
     key_bounds: list[int]  # (G + 1) first key of each group
@@ -88,10 +92,13 @@ class LiveGroup:
         self.controllers: list[RankController] = []  # set by LiveGroups, one per table
         # this step's rows (U_g,), value indices, bags and weights; the (T * B, r) pooled A
         # rows and an alias of b, the leaves autograd fills
-        self._trained: tuple[torch.Tensor, ...] | None = None
-        self._pooled_a: torch.Tensor | None = None
-        self._b_leaf: torch.Tensor | None = None
-        self._grams: torch.Tensor | None = None  # (T, D, D) of this step's output gradients
+        # this step's kernel inputs; from the backward: A's gradient per key (U_g, r), B's
+        # (T, r, D), the output gradients' Gram matrices (T, D, D) and whether all are finite
+        self._trained: _KernelBags | None = None
+        self._row_grad: torch.Tensor | None = None
+        self._b_grad: torch.Tensor | None = None
+        self._grams: torch.Tensor | None = None
+        self._finite: bool | None = None
 
     def pooled(
         self,
@@ -99,75 +106,161 @@ class LiveGroup:
         hit: torch.Tensor,
         index: torch.Tensor,
         offsets: torch.Tensor,
-        bags: torch.Tensor,
         batch_size: int,
     ) -> torch.Tensor:
         """(T, B, D) summed deltas of each bag of the group's tables, given the group's rows
-        ``pos`` (U_g,) of its keys and ``hit`` (U_g,), and each value's key ``index`` (nnz_g,);
-        with grad enabled, the next ``step`` trains the A rows looked up and every B."""
-        weights = hit.to(self.a.dtype).index_select(0, index)  # inactive ids weigh 0
-        pooled_a = F.embedding_bag(  # (T * B, r), no autograd: step derives A's gradient
-            pos.index_select(0, index), self.a, offsets, mode="sum", per_sample_weights=weights
+        ``pos`` (U_g,) of its keys and ``hit`` (U_g,), each value's key ``index`` (nnz_g,) and
+        the bags' starts ``offsets`` (T * B,); with grad enabled, the next ``step`` trains the
+        A rows looked up and every B."""
+        inputs = _KernelBags(self, pos, hit, index, offsets, batch_size)
+        if not torch.is_grad_enabled():
+            return self._forward(inputs, keep_sums=False)
+        self._trained = inputs
+        return _Correction.apply(self.b.detach().requires_grad_(True), self)
+
+    def _forward(self, inputs: _KernelBags, keep_sums: bool) -> torch.Tensor:
+        """The kernel's forward: the (T, B, D) deltas, and with ``keep_sums`` each bag's sum
+        of A rows (for B's gradient) in ``inputs.sums``."""
+        delta = torch.empty(self.size, inputs.batch_size, self.dim)
+        training_kernel.lora_forward(
+            inputs.spec,
+            self.a.data_ptr(),
+            self.b.data_ptr(),
+            delta.data_ptr(),
+            inputs.sums.data_ptr() if keep_sums else 0,
         )
-        b = self.b
-        if torch.is_grad_enabled():
-            self._trained = (pos, index, bags, weights)
-            pooled_a = self._pooled_a = pooled_a.requires_grad_(True)
-            b = self._b_leaf = self.b.detach().requires_grad_(True)
-        delta = torch.bmm(pooled_a.view(self.size, batch_size, -1), b)
-        if self.scale != 1.0:
-            delta = delta * self.scale
-        if delta.requires_grad:
-            delta.register_hook(self._observe)
         return delta
 
-    def _observe(self, grad: torch.Tensor) -> None:
-        self._grams = torch.bmm(grad.transpose(1, 2), grad)  # (T, D, D)
+    def _backward(self, grad: torch.Tensor) -> torch.Tensor:
+        """From the deltas' gradient (T, B, D): A's gradient per key, the rank controllers'
+        Gram matrices (T, D, D) and whether it is all finite, kept for ``step``; returns B's
+        gradient (T, r, D)."""
+        inputs = self._trained
+        assert inputs is not None
+        if grad.stride(2) != 1:
+            grad = grad.contiguous()
+        self._row_grad = torch.empty(inputs.keys, self.rank)
+        self._b_grad = b_grad = torch.empty(self.size, self.rank, self.dim)
+        self._grams = torch.empty(self.size, self.dim, self.dim)
+        self._finite = training_kernel.lora_backward(
+            inputs.spec,
+            self.b.data_ptr(),
+            grad.data_ptr(),
+            grad.stride(0),
+            grad.stride(1),
+            inputs.sums.data_ptr(),
+            self._row_grad.data_ptr(),
+            b_grad.data_ptr(),
+            self._grams.data_ptr(),
+        )
+        return b_grad
 
-    def grads_finite(self) -> torch.Tensor:
-        """() bool: this step's gradients are finite."""
-        ok = torch.ones((), dtype=torch.bool)
-        for leaf in (self._pooled_a, self._b_leaf):
-            if leaf is not None and leaf.grad is not None:
-                ok = ok & torch.isfinite(leaf.grad).all()
-        return ok
+    def grads_finite(self) -> bool:
+        """This step's gradients are finite (True when there are none)."""
+        return self._finite is not False
 
     def step(self, a_accum: torch.Tensor, lr_a: float, lr_b: float) -> None:
         """LiveEmbedding.step of every table with active rows (``a_accum``: the group's rows
-        of the accumulators), then feed the gradient statistics to their rank controllers.
-        Tables without active rows are not in the graph of the per-table forward, so they
-        neither step B nor observe gradients here."""
-        pooled_grad = self._pooled_a.grad if self._pooled_a is not None else None
-        b_grad = self._b_leaf.grad if self._b_leaf is not None else None
+        of the accumulators), then feed the gradient statistics to their rank controllers, in
+        one kernel call. Tables without active rows are not in the graph of the per-table
+        forward, so they neither step B nor observe gradients here."""
+        inputs, grams = self._trained, self._grams
+        if inputs is None or grams is None or self._row_grad is None or self._b_grad is None:
+            self.drop_grads()
+            return
+        if (
+            a_accum.dtype != torch.float32
+            or not a_accum.is_contiguous()
+            or len(a_accum) != self.rows
+        ):
+            raise TypeError(f"a_accum must be {self.rows} contiguous float32 accumulators")
         active = [t for t, live in enumerate(self.lives) if live.num_active]
-        with torch.no_grad():
-            if pooled_grad is not None and self._trained is not None:
-                # what EmbeddingBag's backward computes: each key's rows summed over its bags
-                pos, index, bags, weights = self._trained
-                per_value = pooled_grad.index_select(0, bags) * weights.unsqueeze(1)
-                a_grad = torch.zeros(pos.numel(), self.rank).index_put_(
-                    (index,), per_value, accumulate=True
-                )
-                rowwise_adagrad_rows_(self.a, a_accum, pos, a_grad, lr_a)
-            if b_grad is not None and active:
-                for t in active:
-                    self.lives[t].b_steps += 1
-                steps = torch.tensor([float(self.lives[t].b_steps) for t in active])
-                if len(active) == self.size:
-                    adam_(self.b, b_grad, self.b_m, self.b_v, steps.view(-1, 1, 1), lr_b)
-                else:
-                    idx = torch.tensor(active)
-                    b, m, v = (x.index_select(0, idx) for x in (self.b, self.b_m, self.b_v))
-                    adam_(b, b_grad.index_select(0, idx), m, v, steps.view(-1, 1, 1), lr_b)
-                    for full, part in ((self.b, b), (self.b_m, m), (self.b_v, v)):
-                        full.index_copy_(0, idx, part)
-        if self._grams is not None:
-            grams = self._grams if len(active) == self.size else self._grams[active]
-            observe_grams([self.controllers[t] for t in active], grams)
+        for t in active:
+            self.lives[t].b_steps += 1
+        steps = tuple(
+            self.lives[t].b_steps if self.lives[t].num_active else 0 for t in range(self.size)
+        )
+        training_kernel.lora_step(
+            inputs.spec,
+            self.a.data_ptr(),
+            a_accum.data_ptr(),
+            self._row_grad.data_ptr(),
+            lr_a,
+            ADAGRAD_EPS,
+            self.b.data_ptr(),
+            self._b_grad.data_ptr(),
+            self.b_m.data_ptr(),
+            self.b_v.data_ptr(),
+            steps,
+            lr_b,
+            *ADAM_BETAS,
+            ADAM_EPS,
+        )
+        observe_grams(
+            [self.controllers[t] for t in active],
+            grams if len(active) == self.size else grams[active],
+        )
         self.drop_grads()
 
     def drop_grads(self) -> None:
-        self._pooled_a = self._b_leaf = self._grams = self._trained = None
+        self._trained = self._row_grad = self._b_grad = self._grams = self._finite = None
+
+
+class _KernelBags:
+    """A group's step inputs as the training kernel takes them (the tensors kept alive while
+    the kernel holds their pointers), and the (T * B, r) sums of A rows per bag."""
+
+    def __init__(
+        self,
+        group: LiveGroup,
+        pos: torch.Tensor,
+        hit: torch.Tensor,
+        index: torch.Tensor,
+        offsets: torch.Tensor,
+        batch_size: int,
+    ) -> None:
+        for buffer in (group.a, group.b, group.b_m, group.b_v):
+            if buffer.dtype != torch.float32 or not buffer.is_contiguous():
+                raise TypeError("the training kernel takes contiguous float32 factors")
+        if offsets.numel() != group.size * batch_size:
+            raise ValueError(f"offsets: {offsets.numel()} bags, expected {group.size * batch_size}")
+        self.tensors = pos, hit, index, offsets = (
+            pos.to(torch.int64).contiguous(),
+            hit.to(torch.bool).contiguous(),
+            index.to(torch.int64).contiguous(),
+            offsets.to(torch.int64).contiguous(),
+        )
+        self.keys, self.batch_size = pos.numel(), batch_size
+        self.sums = torch.empty(offsets.numel(), group.rank)
+        self.spec: BagsSpec = (
+            pos.data_ptr(),
+            hit.data_ptr(),
+            index.data_ptr(),
+            offsets.data_ptr(),
+            index.numel(),
+            self.keys,
+            group.rows,
+            group.size,
+            batch_size,
+            group.rank,
+            group.dim,
+            float(group.scale),
+        )
+
+
+class _Correction(torch.autograd.Function):
+    """A group's deltas through the training kernel. Its input is a leaf alias of the stacked
+    B, whose gradient the backward returns; A's gradient stays with the group (see step)."""
+
+    @staticmethod
+    def forward(ctx, b: torch.Tensor, group: LiveGroup) -> torch.Tensor:  # type: ignore[override]
+        assert group._trained is not None
+        ctx.group = group
+        return group._forward(group._trained, keep_sums=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return ctx.group._backward(grad), None
 
 
 class LiveGroups:
@@ -291,8 +384,6 @@ class LiveGroups:
         keys, offsets = batch.fused_bags(self.features, self.key_offsets)
         sizes = [batch.values[f].numel() for f in self.features]
         uniq, index, uniq_counts = torch.unique(keys, return_inverse=True, return_counts=True)
-        lengths = torch.diff(offsets, append=torch.tensor([keys.numel()]))
-        bags = torch.repeat_interleave(torch.arange(offsets.numel()), lengths)
         value_bounds = [sum(sizes[:f]) for f in self.group_members]
         member_bounds = torch.searchsorted(uniq, self.key_offsets).tolist() + [uniq.numel()]
         key_bounds = [member_bounds[f] for f in self.group_members]
@@ -301,7 +392,6 @@ class LiveGroups:
             uniq_counts,
             index,
             offsets,
-            bags,
             batch.batch_size,
             value_bounds,
             key_bounds,
@@ -383,7 +473,6 @@ class LiveGroups:
                 hit[k0:k1],
                 inputs.index[v0:v1] - k0,
                 inputs.offsets[b0:b1] - v0,
-                inputs.bags[v0:v1] - b0,
                 n,
             )
             # not serving's in-place add per run of features: under autograd its strided views
@@ -391,8 +480,7 @@ class LiveGroups:
             pooled.index_add_(1, group.feature_index, delta.transpose(0, 1))
 
     def grads_finite(self) -> bool:
-        checks = [group.grads_finite() for group in self.groups]
-        return bool(torch.stack(checks).all()) if checks else True
+        return all(group.grads_finite() for group in self.groups)
 
     def step(self, lr_a: float, lr_b: float) -> None:
         for group in self.groups:

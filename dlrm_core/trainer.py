@@ -4,7 +4,7 @@ LiveTrainer is progressive: ``serve`` scores a batch with the current factors be
 can ever be learnt from; the batch then waits in a LabelJoin until its label is due. Only the
 LiveEmbedding factors A, B train (base tables and MLPs are frozen): A with row-wise Adagrad on
 the rows in the batch, B with Adam. One admission pass serves all tables and the tables of one
-rank train as one fused LiveGroup (one EmbeddingBag, bmm and optimizer step per rank, see
+rank train as one fused LiveGroup (three calls into the training kernel per rank, see
 live_group.py); each table stays a LiveEmbedding whose tensors are views of shared buffers.
 Each joined batch may be replayed ``reuse`` more times from a small window. A batch whose
 inputs, loss or gradients are not finite is skipped and counted, and the factors stay
@@ -36,6 +36,7 @@ from dlrm_core.live_group import LiveGroups
 from dlrm_core.memory_account import MemoryAccount, TableAccount
 from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController, RankEvent, RankPolicy, min_budget_bytes
+from dlrm_core.sparse_optim import SparseRowOptimizer
 
 
 @dataclass(frozen=True)
@@ -316,36 +317,41 @@ class FullStepResult:
 
 class FullSparseTrainer:
     """Full training of a plain DLRM with sparse embedding gradients (SGD or Adagrad):
-    pretraining, and the simulated training cluster."""
+    pretraining, and the simulated training cluster. The MLPs step with torch.optim; the
+    embedding rows with the same optimizer fused into one kernel call from the pooled
+    embeddings' gradient (sparse_optim.SparseRowOptimizer: torch.optim's math, one pass over
+    the batch's distinct rows), so the cluster is optimised as hard as the node's trainer."""
 
     def __init__(self, model: DLRM, config: FullTrainConfig | None = None) -> None:
         self.model = model
         self.config = config = config or FullTrainConfig()
         opt = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adagrad
         self.dense_opt = opt(model.dense_parameters(), lr=config.lr_dense)
-        self.sparse_opt = opt(model.embedding_parameters(), lr=config.lr_sparse)
+        self.sparse_opt = SparseRowOptimizer(
+            [p.detach() for p in model.embedding_parameters()], config.optimizer, config.lr_sparse
+        )
         self.skipped = 0
 
     def step(self, batch: SparseBatch) -> FullStepResult:
+        """One step on every parameter, or none (skipped) if the loss or a gradient is not
+        finite."""
         self.dense_opt.zero_grad(set_to_none=True)
-        self.sparse_opt.zero_grad(set_to_none=True)
-        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        with torch.no_grad():  # the rows' gradients come from the pooled one, in the kernel
+            pooled = self.model.sparse_arch(batch)
+        pooled.requires_grad_(True)
+        loss = F.binary_cross_entropy_with_logits(self.model.logits(batch, pooled), batch.labels)
         value = float(loss.detach())
         if math.isfinite(value):
             loss.backward()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        values = [g.coalesce().values() if g.is_sparse else g for g in grads]
-        if not math.isfinite(value) or not all(bool(torch.isfinite(v).all()) for v in values):
+        dense = [p.grad for p in self.model.dense_parameters() if p.grad is not None]
+        touched = None
+        if math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in dense):
+            assert pooled.grad is not None
+            touched = self.sparse_opt.step(batch, pooled.grad)  # None: not finite, no change
+        if touched is None:
             self.skipped += 1
             return FullStepResult(value, True, {})
-        touched = {}
-        for name, param in zip(
-            self.model.config.feature_names, self.model.embedding_parameters(), strict=True
-        ):
-            if param.grad is None:
-                continue
-            grad = param.grad.coalesce()
-            touched[name] = (grad.indices()[0].clone(), grad.values().norm(dim=1))
         self.dense_opt.step()
-        self.sparse_opt.step()
-        return FullStepResult(value, False, touched)
+        return FullStepResult(
+            value, False, dict(zip(self.model.config.feature_names, touched, strict=True))
+        )

@@ -1,0 +1,253 @@
+"""Update cost: CPU per labelled event of LiveUpdate's update path against the cluster's.
+
+For each model, on the same batches, interleaved round by round in one process (thread CPU time):
+  liveupdate     the node's whole update path: the label join (LabelJoin.add_served, pop_ready),
+                 LiveTrainer steps (admission, forward, backward, row-wise Adagrad + Adam, one
+                 replay step per batch), rank control (make_room, prune + adapt every 50 steps),
+                 publish every 10 steps, and for every new version the inference side's build
+                 (ServingDelta.from_version) and install (apply_base_patches);
+  cluster        the experiment's delta_sync: SimulatedCluster.train (FullSparseTrainer:
+                 torch.optim Adagrad on the MLPs, the fused training kernel on the embedding
+                 rows), the dirty-row tracking of every step, and every --sync-every steps a
+                 snapshot of the changed rows and the MLPs and one node's apply of it
+                 (DeltaSync.advance);
+  cluster_torch  the same with the cluster's old embedding step (EmbeddingBag's sparse gradients
+                 and torch.optim.Adagrad over every table): the reference column.
+LiveUpdate's settings are the experiment's defaults (LiveUpdateParams: 2% budget, even split here,
+rank 4 in [1, 8], reuse 1); the cluster's are ExperimentConfig's (Adagrad, lr 0.05).
+Models: MovieLens-100k (/work/shared/data/movielens_100k, the experiment's model shape), the
+Criteo-Kaggle reference DLRM (tables scaled by --criteo-scale: memory; skewed synthetic ids) and
+the synthetic stream with 10^6 rows (500k users, 500k items). Goal: liveupdate <= 0.5x cluster.
+
+    python bench/update_cost.py [--rounds 5] [--reps 12] [--criteo-scale 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.trainer_throughput import TorchOptimTrainer  # noqa: E402
+from bench.workloads import (  # noqa: E402
+    CRITEO_KAGGLE_ROWS,
+    active_rows,
+    criteo_batch,
+    interleaved,
+    median,
+    print_table,
+    write_json,
+)
+from dlrm_core.batch import SparseBatch  # noqa: E402
+from dlrm_core.experiment.cluster import Link, SimulatedCluster  # noqa: E402
+from dlrm_core.experiment.config import ExperimentConfig, LinkConfig  # noqa: E402
+from dlrm_core.experiment.data import open_source  # noqa: E402
+from dlrm_core.experiment.strategies import DeltaSync  # noqa: E402
+from dlrm_core.live_embedding import LiveEmbeddingConfig  # noqa: E402
+from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
+from dlrm_core.rank import RankPolicy  # noqa: E402
+from dlrm_core.schema import StreamSchema  # noqa: E402
+from dlrm_core.serving import ServingDelta, apply_base_patches  # noqa: E402
+from dlrm_core.synthetic import SyntheticConfig  # noqa: E402
+from dlrm_core.trainer import FullTrainConfig, LiveTrainer, TrainerConfig  # noqa: E402
+
+DATA = Path("/work/shared/data")
+EXPERIMENT = ExperimentConfig()
+
+
+def movielens(args: argparse.Namespace) -> tuple[DLRMConfig, list[SparseBatch]]:
+    source = open_source("movielens", DATA / "movielens_100k", args.batch)
+    return _experiment_shape(source.schema), list(itertools.islice(source.open(), args.batches))
+
+
+def synthetic(args: argparse.Namespace) -> tuple[DLRMConfig, list[SparseBatch]]:
+    cfg = SyntheticConfig(
+        num_events=args.batches * args.batch,
+        batch_size=args.batch,
+        user_rows=500_000,
+        item_rows=500_000,
+    )
+    source = open_source("synthetic", None, args.batch, synthetic=cfg)
+    return _experiment_shape(source.schema), list(source.open())
+
+
+def criteo(args: argparse.Namespace) -> tuple[DLRMConfig, list[SparseBatch]]:
+    gen = torch.Generator().manual_seed(0)
+    rows = [max(4, int(n * args.criteo_scale)) for n in CRITEO_KAGGLE_ROWS]
+    config = DLRMConfig.criteo_reference(rows)
+    hot = [active_rows(n, 0.05, gen) for n in rows]
+    batches = [
+        criteo_batch(config.feature_names, rows, hot, args.batch, gen, t=float(i))
+        for i in range(args.batches)
+    ]
+    return config, batches
+
+
+def _experiment_shape(schema: StreamSchema) -> DLRMConfig:
+    return DLRMConfig.from_schema(
+        schema, EXPERIMENT.embedding_dim, EXPERIMENT.bottom_hidden, EXPERIMENT.top_hidden
+    )
+
+
+class LiveUpdatePath:
+    """The node: a LiveTrainer on its model, and the inference side's model that installs
+    every version it publishes."""
+
+    def __init__(self, model: DLRM) -> None:
+        params = EXPERIMENT.live
+        config = TrainerConfig(
+            live=LiveEmbeddingConfig(rank=params.initial_rank),
+            policy=RankPolicy(tau=params.tau, r_min=params.r_min, r_max=params.r_max),
+            budget_fraction=params.budget_pct / 100,
+            lr_a=params.lr_a,
+            lr_b=params.lr_b,
+            reuse=params.reuse,
+            adapt_every=params.adapt_every,
+            publish_every=params.publish_every,
+        )
+        self.inference = copy.deepcopy(model)
+        self.trainer = LiveTrainer(model, config)
+        self.installed = -1
+        self.delta: ServingDelta | None = None
+
+    def update(self, batch: SparseBatch, now: float) -> None:
+        self.trainer.join.add_served(batch, now)
+        self.trainer.train_ready(now)
+        version = self.trainer.store.latest()
+        if version is not None and version.version != self.installed:
+            self.delta = ServingDelta.from_version(version, self.inference)
+            apply_base_patches(self.inference, version)
+            self.installed = version.version
+
+
+class ClusterPath:
+    """The experiment's delta_sync: the cluster trains, one node receives its changed rows."""
+
+    def __init__(self, model: DLRM, sync_period_s: float, torch_step: bool) -> None:
+        config = FullTrainConfig(EXPERIMENT.optimizer, EXPERIMENT.lr_dense, EXPERIMENT.lr_sparse)
+        self.cluster = SimulatedCluster(copy.deepcopy(model), config, 0.0, -1)
+        if torch_step:
+            self.cluster.trainer = TorchOptimTrainer(self.cluster.model, config)  # type: ignore[assignment]
+        # instant transfers: the bench counts CPU, not time on the wire
+        link = Link(LinkConfig(bandwidth_gbps=1e6, target_table_bytes=None), scale=1.0)
+        self.sync = DeltaSync(copy.deepcopy(model), self.cluster, link, sync_period_s, 0.0)
+
+    def update(self, batch: SparseBatch, now: float) -> None:
+        self.cluster.train(batch, now)
+        self.sync.advance(now)
+
+
+def measure(
+    name: str, config: DLRMConfig, batches: list[SparseBatch], args: argparse.Namespace
+) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = DLRM(config)
+    step_s = args.batch / EXPERIMENT.qps if EXPERIMENT.qps else 1.0  # the replay clock
+    lu = LiveUpdatePath(copy.deepcopy(model))
+    paths: dict[str, LiveUpdatePath | ClusterPath] = {
+        "liveupdate": lu,
+        "cluster": ClusterPath(model, args.sync_every * step_s, torch_step=False),
+        "cluster_torch": ClusterPath(model, args.sync_every * step_s, torch_step=True),
+    }
+
+    def runner(path_name: str) -> Callable[[], None]:
+        stream: Iterator[int] = itertools.cycle(range(len(batches)))
+        clock = itertools.count(1)
+
+        def run() -> None:
+            batch = batches[next(stream)]
+            paths[path_name].update(batch, next(clock) * step_s)
+
+        return run
+
+    runs = {n: runner(n) for n in paths}
+    for _ in range(args.warmup):  # LiveUpdate's tables fill, the cluster's state grows
+        for run in runs.values():
+            run()
+    times = interleaved(runs, rounds=args.rounds, reps=args.reps, warmup=0)
+    # each round of --reps batches holds one sync when --reps equals --sync-every
+    per_event = {n: 1e6 * median(ts) / args.batch for n, ts in times.items()}
+    live = lu.trainer
+    return {
+        "config": name,
+        "liveupdate_us_per_event": per_event["liveupdate"],
+        "cluster_us_per_event": per_event["cluster"],
+        "cluster_torch_us_per_event": per_event["cluster_torch"],
+        "ratio": per_event["liveupdate"] / per_event["cluster"],
+        "ratio_vs_torch_cluster": per_event["liveupdate"] / per_event["cluster_torch"],
+        "tables": len(config.feature_names),
+        "table_rows": sum(config.table_sizes),
+        "live_tables": len(live.lives),
+        "live_active_rows": sum(lv.num_active for lv in live.lives.values()),
+        "live_skipped_steps": live.stats.skipped,
+        "rounds_us_per_event": {n: [1e6 * t / args.batch for t in ts] for n, ts in times.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--batches", type=int, default=48, help="distinct batches, cycled")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--sync-every", type=int, default=12, help="cluster steps per sync")
+    parser.add_argument("--criteo-scale", type=float, default=0.05)
+    parser.add_argument("--configs", default="movielens100k,criteo_reference,synthetic_1e6_rows")
+    args = parser.parse_args(argv)
+    for name in ("batch", "batches", "rounds", "reps", "sync_every"):
+        if not 1 <= getattr(args, name) <= 100_000:
+            parser.error(f"--{name.replace('_', '-')} must be in [1, 100000]")
+    if not 0 < args.criteo_scale <= 1:
+        parser.error("--criteo-scale must be in (0, 1]")
+    torch.set_num_threads(1)
+    builders = {
+        "movielens100k": movielens,
+        "criteo_reference": criteo,
+        "synthetic_1e6_rows": synthetic,
+    }
+    wanted = args.configs.split(",")
+    if unknown := [c for c in wanted if c not in builders]:
+        parser.error(f"unknown configs {unknown}; choose from {list(builders)}")
+    results = []
+    for name in wanted:
+        config, batches = builders[name](args)
+        results.append(measure(name, config, batches, args))
+    load = os.getloadavg()
+    print_table(
+        f"Update cost, CPU us per labelled event (thread time), batch {args.batch}, "
+        f"{args.rounds} interleaved rounds of {args.reps} batches; load average "
+        f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
+        ["config", "liveupdate", "cluster (fused)", "cluster (torch)", "ratio", "vs torch"],
+        [
+            [
+                r["config"],
+                r["liveupdate_us_per_event"],
+                r["cluster_us_per_event"],
+                r["cluster_torch_us_per_event"],
+                r["ratio"],
+                r["ratio_vs_torch_cluster"],
+            ]
+            for r in results
+        ],
+    )
+    payload = {
+        "benchmark": "update_cost",
+        "args": vars(args),
+        "load_average": load,
+        "configs": results,
+    }
+    write_json("update_cost", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
