@@ -331,7 +331,9 @@ class RankController:
         qa, ra = torch.linalg.qr(a)  # (n, m), (m, r), m = min(n, r)
         qb, rb = torch.linalg.qr(b.T)  # (D, r), (r, r)
         u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)  # core (m, r)
-        return qa, u, s, (qb @ vh.T)  # last: (D, m') directions in embedding space
+        dirs = qb @ vh.T  # (D, m') directions in embedding space
+        flip = _sign_flips(dirs)  # both factors' columns, so the product stays
+        return qa, u * flip, s, dirs * flip
 
     def adapt(self, now: float) -> int:
         """Choose the rank from the spectrum and the gradient residual and re-factor A, B
@@ -429,7 +431,9 @@ class RankController:
         """Put B onto the top eigenvectors of the gradient Gram observed so far (the deltas
         of the active rows, projected onto it, stay; the rest is folded into the base)."""
         self._warm = True
-        basis = torch.linalg.eigh(self._grad_gram).eigenvectors.flip(1)[:, : self.live.rank]
+        basis = _signed(
+            torch.linalg.eigh(self._grad_gram).eigenvectors.flip(1)[:, : self.live.rank]
+        )
         delta = self.live.A.detach() @ self.live.B.detach()  # (n, D)
         a = delta @ basis  # basis (D, r)
         self._set_folding(a, basis.T, delta - a @ basis.T)
@@ -476,7 +480,7 @@ class RankController:
     def _extend_basis(self, basis: torch.Tensor, extra: int) -> torch.Tensor:
         """(D, m) orthonormal -> (D, m + extra) orthonormal, residual gradient direction first."""
         d, want = basis.shape[0], basis.shape[1] + extra
-        candidate = torch.linalg.eigh(self._residual_gram()).eigenvectors[:, -1]
+        candidate = _signed(torch.linalg.eigh(self._residual_gram()).eigenvectors[:, -1:])[:, 0]
         out = basis
         for _ in range(want + 100):  # random vectors leave the span almost surely
             if out.shape[1] == want:
@@ -489,3 +493,16 @@ class RankController:
 
     def _event(self, now: float, kind: str, before: int, after: int, reason: str) -> None:
         self.events.append(RankEvent(float(now), self.table, kind, before, after, reason))
+
+
+def _sign_flips(vectors: torch.Tensor) -> torch.Tensor:
+    """(k,) +-1 that make each column of the (D, k) ``vectors`` have its largest-magnitude entry
+    positive. eigh's and svd's signs are arbitrary: canonical ones make two runs on nearly equal
+    inputs (the fused trainer's sums and the per-table ones) agree on B, not just on A B."""
+    pivot = vectors.gather(0, vectors.abs().argmax(0, keepdim=True)).squeeze(0)
+    return torch.where(pivot < 0, -1.0, 1.0)
+
+
+def _signed(vectors: torch.Tensor) -> torch.Tensor:
+    """``vectors`` with the signs of _sign_flips."""
+    return vectors * _sign_flips(vectors)

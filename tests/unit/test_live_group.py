@@ -58,8 +58,9 @@ def batches(count, size=48, seed=3):
 
 # The fused path runs in the training kernel (float32) and sums in another order than the
 # per-table modules; Adagrad and Adam normalise their steps, which amplifies those rounding
-# differences: the factors agree to 1e-5 after 12 steps.
-TOL = {"atol": 1e-5, "rtol": 1e-5}
+# differences over 12 steps (each single step agrees to 1e-5: test_training_kernel.py), up to
+# ~1.4e-5 on factors of ~0.3 here.
+TOL = {"atol": 5e-5, "rtol": 1e-4}
 
 
 def test_fused_steps_match_the_per_table_math():
