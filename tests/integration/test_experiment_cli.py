@@ -23,7 +23,7 @@ def _external_refs(page: str) -> list[str]:
     return refs
 
 
-NAMES = {"stale", "full_sync", "delta_sync", "prioritized_delta", "liveupdate"}
+NAMES = {"stale", "oracle", "delta_sync", "liveupdate", "hybrid"}
 
 
 def test_experiment_cli_on_a_movielens_slice(shared_data, tmp_path, capsys) -> None:
@@ -32,6 +32,8 @@ def test_experiment_cli_on_a_movielens_slice(shared_data, tmp_path, capsys) -> N
         "experiment", "--data", str(shared_data / "movielens_100k"), "--format", "movielens",
         "--max-events", "6000", "--qps", "5", "--window", "300", "--sync-period", "120",
         "--label-delay", "30", "--label-delays", "30,120", "--audit", "--out", str(out),
+        "--strategies", ",".join(sorted(NAMES)), "--seeds", "2", "--nodes", "2",
+        "--sync-periods", "60", "--fine-window", "60",
     ])  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -50,13 +52,20 @@ def test_experiment_cli_on_a_movielens_slice(shared_data, tmp_path, capsys) -> N
     assert results["strategies"]["liveupdate"]["cpu_seconds"] > 0
     assert [c["id"] for c in results["claims"]] == ["memory", "update_cost", "accuracy"]
     assert all(c["held"] in (True, False, None) for c in results["claims"])
+    assert results["claims"][2]["interval"]["n"] == 2  # over the two seeds
     assert [r["label_delay_s"] for r in results["label_delay_sweep"]] == [30.0, 120.0]
-    assert results["audit"]["checks"] > 0 and results["audit"]["violations"] == 0
+    assert [r["sync_period_s"] for r in results["frontier"]] == [60.0, 120.0]
+    assert results["seeds"] == [0, 1] and results["fleet"]["nodes"] == 2
+    live = results["strategies"]["liveupdate"]
+    assert live["fleet"]["nodes"] == 2 and live["ci95"]["mean_auc"]["n"] == 2
+    assert len(live["auc_per_fine_window"]) >= 10
+    assert results["audit"]["passed"] is True and len(results["audit"]["runs"]) == 2
     page = (out / "report.html").read_text()
     assert _external_refs(page) == []  # offline: no <script src>, <link href>, <img src>
     assert "Plotly.newPlot" in page and "plotly.js v" in page  # the bundle is inlined
-    for title in ("AUC per window", "gain over delta_sync", "Bytes moved", "CPU-seconds",
-                  "Memory overhead", "rank per table", "Paper claims"):  # fmt: skip
+    for title in ("What this run says", "AUC per window", "gain over delta_sync",
+                  "frontier: AUC vs bytes", "frontier: AUC vs fleet CPU", "Memory overhead",
+                  "rank per table", "Paper claims"):  # fmt: skip
         assert title in page
     assert "wrote" in capsys.readouterr().out
 
