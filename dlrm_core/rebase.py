@@ -23,14 +23,13 @@ def rebase_rows(table: nn.Module, ids: torch.Tensor, rows: torch.Tensor) -> int:
     """Overwrite base rows ``ids`` (m,) of ``table`` with ``rows`` (m, D); a LiveEmbedding also
     drops those rows' correction (not folded). Returns the number of corrections dropped."""
     ids = torch.as_tensor(ids, dtype=torch.int64)
-    if rows.shape != (ids.numel(), rows.shape[-1]) or rows.dim() != 2:
+    if rows.dim() != 2 or rows.shape[0] != ids.numel():
         raise ValueError(f"rows must be (m, D) with m = {ids.numel()}, got {tuple(rows.shape)}")
     dropped = 0
     if isinstance(table, LiveEmbedding):
         dropped = table.evict(ids, fold=False) if table.num_active else 0
-        weight = table.base.weight
-    else:
-        weight = table.weight
+        table = table.base
+    weight = table.weight
     assert isinstance(weight, torch.Tensor)
     with torch.no_grad():
         weight[ids] = rows.to(weight.dtype)
