@@ -88,6 +88,8 @@ class LocalFleet(Strategy):
         self.accounting = Accounting(table_bytes=first.accounting.table_bytes)
 
     def score(self, batch: SparseBatch) -> torch.Tensor:
+        if len(self.nodes) == 1:
+            return self.nodes[0].score(batch)
         out = torch.empty(len(batch))
         for node, pos in self.router.split(batch):
             out[pos] = self.nodes[node].score(batch.select(pos))
@@ -99,8 +101,11 @@ class LocalFleet(Strategy):
         self._sum()
 
     def on_ready(self, batch: SparseBatch, now: float) -> None:
-        for node, pos in self.router.split(batch):
-            self.nodes[node].on_ready(batch.select(pos), now)
+        if len(self.nodes) == 1:
+            self.nodes[0].on_ready(batch, now)
+        else:
+            for node, pos in self.router.split(batch):
+                self.nodes[node].on_ready(batch.select(pos), now)
         self._sum()
 
     def ranks(self) -> dict[str, int]:
