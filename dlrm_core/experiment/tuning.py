@@ -22,7 +22,7 @@ import numpy as np
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import table_bytes
-from dlrm_core.experiment.config import ExperimentConfig
+from dlrm_core.experiment.config import ExperimentConfig, LiveUpdateParams
 from dlrm_core.experiment.harness import build_model, replay_batches, split_at
 from dlrm_core.experiment.liveupdate import (
     LiveUpdate,
@@ -93,17 +93,13 @@ def tune(
         base = copy.deepcopy(model)
         ys, ps, energy = [], [], dict.fromkeys(schema.keys, 0.0)
         queue: deque[tuple[float, SparseBatch]] = deque()
-        for batch in [*tail, None]:
-            now = float(batch.timestamps[0]) if batch is not None else float("inf")
-            while queue and queue[0][0] <= now:  # the run's label delay, as every strategy
-                for name, e in gradient_energy(trainer.step(queue.popleft()[1]).touched).items():
-                    energy[name] += e
-            if batch is None:
-                break
+        for batch in tail:
+            _learn_due(trainer, queue, energy, float(batch.timestamps[0]))
             model.eval()
             ys.append(batch.labels.numpy())
             ps.append(model(batch).detach().numpy())
             queue.append((float(batch.timestamps[-1]) + config.label_delay_s, batch))
+        _learn_due(trainer, queue, energy, float("inf"))
         score = auc(np.concatenate(ys), np.concatenate(ps))
         log["lr"][str(lr)] = score
         if score > best_auc:
@@ -114,18 +110,32 @@ def tune(
     if local:
         # one knob at a time, each from the best so far: lr_a, then lr_b
         for knob, grid in (("lr_a", lr_a_grid), ("lr_b", lr_b_grid)):
-            best, best_auc = getattr(live, knob), -1.0
-            for value in grid:
-                candidate = dataclasses.replace(live, **{knob: value})
-                score = _live_tail_auc(best_model, tail, config, candidate, benefit)
-                log.setdefault(knob, {})[str(value)] = score
-                if score > best_auc:
-                    best, best_auc = value, score
-            live = dataclasses.replace(live, **{knob: best})
+            candidates = [_with(live, knob, value) for value in grid]
+            scores = [_live_tail_auc(best_model, tail, config, c, benefit) for c in candidates]
+            log[knob] = {str(v): a for v, a in zip(grid, scores, strict=True)}
+            live = candidates[int(np.argmax(scores))]
     tuned = dataclasses.replace(config, lr_dense=best_lr, lr_sparse=best_lr, live=live)
     log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": live.lr_a,
                      "lr_b": live.lr_b}  # fmt: skip
     return tuned, log
+
+
+def _learn_due(
+    trainer: FullSparseTrainer,
+    queue: deque[tuple[float, SparseBatch]],
+    energy: dict[str, float],
+    upto: float,
+) -> None:
+    """Train on the queued batches whose labels are due by ``upto`` (the run's label delay)."""
+    while queue and queue[0][0] <= upto:
+        for name, e in gradient_energy(trainer.step(queue.popleft()[1]).touched).items():
+            energy[name] += e
+
+
+def _with(live: LiveUpdateParams, knob: str, value: float) -> LiveUpdateParams:
+    if knob == "lr_a":
+        return dataclasses.replace(live, lr_a=value)
+    return dataclasses.replace(live, lr_b=value)
 
 
 def _live_tail_auc(
