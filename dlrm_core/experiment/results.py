@@ -20,6 +20,8 @@ schema-1 field keeps its name and meaning (now the mean over seeds; costs are fl
   ``liveupdate_budget``, ``lowrank``, ``tuning``, ``label_delay_sweep``,
   ``frontier`` [{sync_period_s, strategies: {name: {mean_auc, bytes_per_hour,
   cpu_seconds_per_hour}}}] (cpu: fleet update CPU + the cluster's training, per hour),
+  ``frontier_reading`` [{sync_period_s, delta_sync_auc, liveupdate|liveupdate_dense|hybrid:
+  {bytes_ratio, cpu_ratio} | null}] (the cost to reach delta_sync's AUC at that period),
 - ``claims`` [{id, claim, verdict, held, measured, why, interval}], ``audit`` (audit.py),
   ``process`` {rss, peak_rss, pss} (/proc of the experiment process), ``runtime``,
   ``summary`` (the "what this run says" paragraph).
@@ -236,6 +238,37 @@ def _sweep_row(runs: list[RunResult], key: str) -> dict[str, Any]:
     }
 
 
+def frontier_reading(frontier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each sync period: the cheapest frontier point at which each local learner reaches
+    delta_sync's AUC at that period, as bytes/h and CPU/h ratios to delta_sync's (None: it
+    never does at any period run)."""
+    out = []
+    for row in frontier:
+        target = row["mean_auc"].get("delta_sync")
+        if target is None:
+            continue
+        entry: dict[str, Any] = {"sync_period_s": row["sync_period_s"], "delta_sync_auc": target}
+        for name in ("liveupdate", "liveupdate_dense", "hybrid"):
+            if name not in row["mean_auc"]:
+                continue
+            reach = [r for r in frontier if (r["mean_auc"].get(name) or -1.0) >= target]
+            if not reach:
+                entry[name] = None
+                continue
+            bytes_h = min(r["bytes_per_hour"][name] for r in reach)
+            cpu_h = min(r["cpu_seconds_per_hour"][name] for r in reach)
+            ref_b, ref_c = (
+                row["bytes_per_hour"]["delta_sync"],
+                row["cpu_seconds_per_hour"]["delta_sync"],
+            )
+            entry[name] = {
+                "bytes_ratio": bytes_h / ref_b if ref_b else None,
+                "cpu_ratio": cpu_h / ref_c if ref_c else None,
+            }
+        out.append(entry)
+    return out
+
+
 def build_results(
     runs: list[RunResult],
     dataset: dict[str, Any],
@@ -260,6 +293,10 @@ def build_results(
         "positive_rate": positives / max(run.eval_events, 1),
     }
     audits = [r.audit for r in runs if r.audit is not None]
+    frontier = sorted(
+        [_sweep_row(g, "sync_period_s") for g in [runs, *(period_sweep or [])]],
+        key=lambda r: r["sync_period_s"],
+    )
     results = {
         "schema_version": SCHEMA_VERSION,
         "dataset": ds,
@@ -285,10 +322,7 @@ def build_results(
             [_sweep_row(g, "label_delay_s") for g in [runs, *(delay_sweep or [])]],
             key=lambda r: r["label_delay_s"],
         ),
-        "frontier": sorted(
-            [_sweep_row(g, "sync_period_s") for g in [runs, *(period_sweep or [])]],
-            key=lambda r: r["sync_period_s"],
-        ),
+        "frontier": frontier,
         "claims": claim_verdicts(runs, per_seed),
         "audit": {
             "enabled": run.config.audit,
@@ -298,6 +332,7 @@ def build_results(
         "process": run.process.as_dict(),
         "runtime": {"wall_seconds": sum(r.wall_seconds for r in runs)},
     }
+    results["frontier_reading"] = frontier_reading(frontier)
     results["summary"] = summarise(results)
     return results
 

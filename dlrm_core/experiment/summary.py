@@ -49,6 +49,15 @@ def summarise(results: dict[str, Any]) -> str:
                 f"{results['cluster']['cpu_seconds'] / max(ds['eval_hours'], 1e-9):.0f} CPU-s "
                 f"training) and {delta['bytes_per_hour'] / 1e6:.2f} MB."
             )
+    if len(results["frontier"]) > 1:
+        for row in results["frontier_reading"]:
+            h = row.get("hybrid")
+            if h and h["bytes_ratio"] is not None and h["cpu_ratio"] is not None:
+                parts.append(
+                    f"To reach delta_sync's AUC at a {row['sync_period_s'] / 60:g}-min period "
+                    f"the hybrid needs {h['bytes_ratio']:.2f}x its bytes/h and "
+                    f"{h['cpu_ratio']:.2f}x its CPU/h."
+                )
     verdicts = [f"{c['id']}: {c['verdict']}" for c in results["claims"]]
     parts.append("Claims: " + "; ".join(verdicts) + ".")
     audit = results["audit"]

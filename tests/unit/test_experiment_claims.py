@@ -80,3 +80,26 @@ def test_claims_on_a_run_built_to_fail_them() -> None:
     assert cost["verdict"] == c.NOT_HELD and cost["interval"]["n"] == 1
     assert accuracy["verdict"] in (c.WITHIN, c.ABOVE, c.BELOW, c.NOT_SIGNIFICANT)
     assert "windows of one seed" in accuracy["measured"]
+
+
+def test_frontier_reading_finds_the_cheapest_point_that_reaches_delta_sync() -> None:
+    from dlrm_core.experiment.results import frontier_reading
+
+    def row(period: float, auc: dict, bytes_h: dict, cpu_h: dict) -> dict:  # type: ignore[type-arg]
+        return {"sync_period_s": period, "mean_auc": auc, "bytes_per_hour": bytes_h,
+                "cpu_seconds_per_hour": cpu_h}  # fmt: skip
+
+    frontier = [
+        row(120, {"delta_sync": 0.70, "hybrid": 0.71}, {"delta_sync": 100, "hybrid": 80},
+            {"delta_sync": 10, "hybrid": 30}),
+        row(600, {"delta_sync": 0.68, "hybrid": 0.695}, {"delta_sync": 40, "hybrid": 20},
+            {"delta_sync": 8, "hybrid": 25}),
+    ]  # fmt: skip
+    fast, slow = frontier_reading(frontier)
+    # at 2 min only the hybrid's 2-min point reaches 0.70: 80/100 bytes, 30/10 CPU
+    assert fast["hybrid"] == {"bytes_ratio": 0.8, "cpu_ratio": 3.0}
+    # at 10 min both hybrid points reach 0.68: the cheapest are 20 bytes/h and 25 CPU-s/h
+    assert slow["hybrid"] == {"bytes_ratio": 0.5, "cpu_ratio": 25 / 8}
+    frontier[0]["mean_auc"]["hybrid"] = 0.60
+    frontier[1]["mean_auc"]["hybrid"] = 0.60
+    assert frontier_reading(frontier)[0]["hybrid"] is None
