@@ -9,6 +9,8 @@
    model it serves at that moment, and it is queued; it becomes training data (for the cluster
    and for LiveUpdate) once the clock passes its last event + ``label_delay_s``.
 4. AUC / log loss per clock window, staleness, memory and rank are recorded per strategy.
+5. With ``config.audit`` the evaluated part is replayed again from the same base, every
+   not-yet-due label shown permuted; every score must be identical (audit.py).
 
 All strategies see the same events in the same order, with the same label delay; given a seed
 the run is deterministic (torch seeded, one torch thread by default).
@@ -161,6 +163,7 @@ def run_experiment(
         start_s = float(first.timestamps[0])
         factory = make or make_strategies
         cluster = _cluster(pre)
+        torch.manual_seed(config.seed)  # both replays start from the same RNG state
         strategies = factory(pre.model, cluster, config, scale, pre.benefit, start_s, schema)
         lowrank = LowRankProbe(cluster, config.sync_period_s, start_s)
         eval_stream = _eval_batches(open_stream, config.qps, pre.events)
@@ -170,6 +173,7 @@ def run_experiment(
         if config.audit:
             view = PermutedLabels(config.seed)
             cluster2 = _cluster(pre)
+            torch.manual_seed(config.seed)
             again = factory(pre.model, cluster2, config, scale, pre.benefit, start_s, schema)
             audited = replay(_eval_batches(open_stream, config.qps, pre.events), again,
                              cluster2, config, start_s, view)  # fmt: skip
