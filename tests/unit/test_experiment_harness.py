@@ -77,12 +77,12 @@ def test_the_leak_audit_fails_a_strategy_built_to_peek() -> None:
 
 def test_same_seed_same_results() -> None:
     names = ("delta_sync", "liveupdate")
-    a = build_results([small_run(names, events=6_000)], {"name": "synthetic"})
-    b = build_results([small_run(names, events=6_000)], {"name": "synthetic"})
+    a = build_results([small_run(names, events=3_000)], {"name": "synthetic"})
+    b = build_results([small_run(names, events=3_000)], {"name": "synthetic"})
     for name in names:
         for key in ("auc_per_window", "bytes_moved", "peak_memory_overhead_pct"):
             assert a["strategies"][name][key] == b["strategies"][name][key]
-    c = build_results([small_run(names, events=6_000, seed=1)], {"name": "synthetic"})
+    c = build_results([small_run(names, events=3_000, seed=1)], {"name": "synthetic"})
     assert (
         c["strategies"]["liveupdate"]["auc_per_window"]
         != (a["strategies"]["liveupdate"]["auc_per_window"])
