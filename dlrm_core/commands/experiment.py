@@ -22,6 +22,7 @@ from dlrm_core.experiment.config import (
     LiveUpdateParams,
 )
 from dlrm_core.experiment.data import FORMATS, open_source
+from dlrm_core.experiment.fleet_config import ROUTINGS, FleetConfig
 from dlrm_core.synthetic import SyntheticConfig
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--qps", type=float, default=d.qps, help="events per clock second")
     c.add_argument("--raw-timestamps", action="store_true", help="use the data's timestamps")
     c.add_argument("--window", type=float, default=d.window_s, help="metric window (s)")
+    c.add_argument(
+        "--fine-window", type=float, default=d.fine_window_s, help="short metric window (s)"
+    )
     c.add_argument("--label-delay", type=float, default=d.label_delay_s)
     c.add_argument(
         "--label-delays",
@@ -64,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra label delays (s): liveupdate and delta_sync rerun at each",
     )
     c.add_argument("--sync-period", type=float, default=d.sync_period_s)
+    c.add_argument(
+        "--sync-periods",
+        type=_csv_list(float),
+        default=(),
+        help="extra sync periods (s) for the cost-accuracy frontier: every strategy reruns",
+    )
     c.add_argument("--pretrain-fraction", type=float, default=d.pretrain_fraction)
     c.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
     c.add_argument(
@@ -75,8 +85,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--lr-dense", type=float, default=d.lr_dense)
     c.add_argument("--lr-sparse", type=float, default=d.lr_sparse)
     c.add_argument("--seed", type=int, default=d.seed)
+    c.add_argument(
+        "--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1 (95%% intervals)"
+    )
     c.add_argument("--threads", type=int, default=d.torch_threads)
-    c.add_argument("--audit", action="store_true", help="check progressive validation")
+    c.add_argument(
+        "--audit",
+        action="store_true",
+        help="leak audit: replay again with every not-yet-due label permuted; scores must match",
+    )
+    f = parser.add_argument_group("fleet")
+    f.add_argument("--nodes", type=int, default=1, help="inference nodes (each learns its share)")
+    f.add_argument("--routing", choices=ROUTINGS, default="sticky-user")
+    f.add_argument("--route-feature", help="sticky-user: the user feature (default: *user*)")
+    f.add_argument("--multicast", action="store_true", help="a sync is one transfer in all")
     c.add_argument(
         "--tune",
         action="store_true",
@@ -122,20 +144,22 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         top_p_pct=args.top_p,
         priority=args.priority, strategies=tuple(args.strategies),
         link=LinkConfig(bandwidth_gbps=args.bandwidth_gbps, target_table_bytes=target),
-        live=live, torch_threads=args.threads, audit=args.audit,
+        live=live, torch_threads=args.threads, audit=args.audit, fine_window_s=args.fine_window,
+        fleet=FleetConfig(nodes=args.nodes, routing=args.routing, multicast=args.multicast,
+                          route_feature=args.route_feature),
     )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from tqdm import tqdm
 
-    from dlrm_core.experiment.harness import run_experiment
-    from dlrm_core.experiment.report import build_results, write_report, write_results
+    from dlrm_core.experiment.report import write_report
+    from dlrm_core.experiment.results import build_results, write_results
     from dlrm_core.experiment.tuning import tune
 
     try:
+        if not 1 <= args.seeds <= 100:
+            raise ValueError(f"--seeds must be in [1, 100], got {args.seeds}")
         config = build_config(args)
         if args.format == "synthetic":
             stream_args.reject_csv_flags(args)
@@ -151,42 +175,83 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
-    delays = [d for d in args.label_delays if d != config.label_delay_s]
-    sweep_strategies = tuple(s for s in ("delta_sync", "liveupdate") if s in config.strategies)
-    total = source.num_events * (1 + (len(delays) if len(sweep_strategies) == 2 else 0))
     print(_mapping(config, source.num_events), file=sys.stderr)
     tuning = None
     if args.tune:
         config, tuning = tune(source.schema, source.open, source.num_events, config)
         print(f"tuned on the head: {tuning}", file=sys.stderr)
+    plan = _plan(config, args)
+    total = source.num_events * sum(len(group) for group in plan.values())
+    total *= 2 if config.audit else 1
     bar = tqdm(total=total, unit="ev", desc="replay", file=sys.stderr, mininterval=5.0)
-    with bar:
-        main = run_experiment(source.schema, source.open, source.num_events, config, bar.update)
-        sweep = []
-        if len(sweep_strategies) == 2:
-            for delay in delays:
-                cfg = dataclasses.replace(config, label_delay_s=delay, strategies=sweep_strategies)
-                sweep.append(
-                    run_experiment(source.schema, source.open, source.num_events, cfg, bar.update)
-                )
-    results = build_results(main, source.info, sweep, tuning)
+    try:
+        with bar:
+            done = {key: [_run_one(source, cfg, bar.update) for cfg in group]
+                    for key, group in plan.items()}  # fmt: skip
+    except ValueError as exc:
+        print(f"liveupdate experiment: error: {exc}", file=sys.stderr)
+        return 2
+    main = done.pop(("main", 0.0))
+    delays = [g for (kind, _), g in done.items() if kind == "delay"]
+    periods = [g for (kind, _), g in done.items() if kind == "period"]
+    results = build_results(main, source.info, delays, tuning, periods)
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(results, args.out / "results.json")
     write_report(results, args.out / "report.html")
+    _print_results(results)
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
+    return 0 if results["audit"]["passed"] is not False else 1
+
+
+def _plan(config: ExperimentConfig, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """(kind, value) -> the configs to run, one per seed: the main run, the label-delay sweep
+    (delta_sync and LiveUpdate) and the sync-period sweep (every strategy)."""
+    import dataclasses
+
+    def seeds(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+        return [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(args.seeds)]
+
+    plan = {("main", 0.0): seeds(config)}
+    pair = tuple(s for s in ("delta_sync", "liveupdate") if s in config.strategies)
+    if len(pair) == 2:
+        for delay in args.label_delays:
+            if delay != config.label_delay_s:
+                cfg = dataclasses.replace(config, label_delay_s=delay, strategies=pair)
+                plan[("delay", delay)] = seeds(cfg)
+    for period in args.sync_periods:
+        if period != config.sync_period_s:
+            plan[("period", period)] = seeds(dataclasses.replace(config, sync_period_s=period))
+    return plan
+
+
+def _run_one(source, config, progress):  # type: ignore[no-untyped-def]
+    from dlrm_core.experiment.harness import run_experiment
+
+    return run_experiment(source.schema, source.open, source.num_events, config, progress)
+
+
+def _print_results(results: dict) -> None:  # type: ignore[type-arg]
     for name, s in results["strategies"].items():
-        gain = s["mean_gain_vs_delta_sync_pct"]
+        gain = s["ci95"]["mean_gain_vs_delta_sync_pct"]
+        g = (
+            "n/a"
+            if gain is None
+            else f"{gain['mean']:+.3f}% [{gain['lo']:+.3f}, {gain['hi']:+.3f}]"
+        )
         print(
-            f"{name:18s} mean AUC {s['mean_auc']:.4f}  gain vs delta_sync "
-            f"{'n/a' if gain is None else f'{gain:+.3f}%'}  bytes/h {s['bytes_per_hour']:.3g}  "
-            f"CPU-s/h {s['cpu_seconds_per_hour']:.3g}  "
-            f"peak mem {s['peak_memory_overhead_pct']:.3f}%  "
-            f"staleness {s['mean_staleness_s']:.0f} s"
+            f"{name:18s} mean AUC {s['mean_auc']:.4f}  gain vs delta_sync {g}  fleet MB/h "
+            f"{s['bytes_per_hour'] / 1e6:.3g}  fleet CPU-s/h {s['cpu_seconds_per_hour']:.3g}  "
+            f"peak mem/node {s['peak_measured_memory_pct']:.3f}% (budgeted "
+            f"{s['peak_memory_overhead_pct']:.3f}%)  staleness {s['mean_staleness_s']:.0f} s"
         )
     for claim in results["claims"]:
-        verdict = {True: "HELD", False: "NOT HELD", None: "n/a"}[claim["held"]]
-        print(f"claim: {claim['claim']}: {verdict}. {claim['measured']} {claim['why']}")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
-    return 0
+        print(f"claim: {claim['claim']}: {claim['verdict'].upper()}. {claim['measured']} "
+              f"{claim['why']}")  # fmt: skip
+    audit = results["audit"]
+    if audit["enabled"]:
+        leaking = sorted({n for r in audit["runs"] for n in r["leaking"]})
+        print(f"leak audit: {'passed' if audit['passed'] else 'FAILED ' + str(leaking)}")
+    print(f"what this run says: {results['summary']}")
 
 
 def _file_source(args: argparse.Namespace) -> StreamSource:

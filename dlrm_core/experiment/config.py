@@ -11,7 +11,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-STRATEGY_NAMES = ("stale", "full_sync", "delta_sync", "prioritized_delta", "liveupdate")
+from dlrm_core.experiment.fleet_config import FleetConfig
+
+STRATEGY_NAMES = (
+    "stale",
+    "oracle",
+    "full_sync",
+    "delta_sync",
+    "prioritized_delta",
+    "liveupdate",
+    "liveupdate_dense",
+    "hybrid",
+)
 PRIORITIES = ("magnitude", "freshness_magnitude")
 TB = 1e12
 
@@ -55,7 +66,7 @@ class LiveUpdateParams:
     rebase_period_s: float | None = None  # full base sync from the cluster (None: never)
     lr_a: float = 0.05
     lr_b: float = 1e-3
-    reuse: int = 1
+    reuse: int = 0  # extra optimizer passes per batch; 0 = one pass, as the cluster takes
     adapt_every: int = 50
     publish_every: int = 10
     allocation: str = "benefit"  # "benefit" (measured gradient energy) or "even"
@@ -83,6 +94,7 @@ class ExperimentConfig:
     seed: int = 0
     qps: float | None = 10.0  # events per second of the replay clock; None: raw timestamps
     window_s: float = 3600.0  # metric windows
+    fine_window_s: float = 600.0  # the same metrics on shorter windows, for the curves
     label_delay_s: float = 60.0  # the same for every strategy (and the cluster)
     sync_period_s: float = 600.0  # full_sync, delta_sync, prioritized_delta
     pretrain_fraction: float = 0.3  # head of the stream the base model is trained on
@@ -101,13 +113,15 @@ class ExperimentConfig:
     strategies: tuple[str, ...] = STRATEGY_NAMES
     link: LinkConfig = field(default_factory=LinkConfig)
     live: LiveUpdateParams = field(default_factory=LiveUpdateParams)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     torch_threads: int = 1
-    audit: bool = False  # check every scored event against what its model has learnt
+    audit: bool = False  # replay again with every not-yet-due label permuted (audit.py)
 
     def __post_init__(self) -> None:
         if self.qps is not None:
             _check_range("qps", self.qps, 1e-6, 1e9)
         _check_range("window_s", self.window_s, 1e-3, 1e9)
+        _check_range("fine_window_s", self.fine_window_s, 1e-3, 1e9)
         _check_range("label_delay_s", self.label_delay_s, 0.0, 1e8)
         _check_range("sync_period_s", self.sync_period_s, 1e-3, 1e9)
         _check_range("pretrain_fraction", self.pretrain_fraction, 0.0, 0.95)

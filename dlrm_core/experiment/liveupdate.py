@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster
 from dlrm_core.experiment.config import LiveUpdateParams
+from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
 from dlrm_core.experiment.strategies import Strategy
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, overhead_bytes
 from dlrm_core.model import DLRM
 from dlrm_core.rank import RankPolicy, min_budget_bytes
-from dlrm_core.trainer import LiveTrainer, TrainerConfig
+from dlrm_core.rebase import delta_rebase
+from dlrm_core.trainer import FullStepResult, LiveTrainer, TrainerConfig
 
 
 def allocate_budget(
@@ -67,9 +70,11 @@ def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
 
 
 class LiveUpdate(Strategy):
-    """Local LoRA training of the served model's tables; optional periodic rebase."""
+    """Local LoRA training of the served model's tables (MLPs frozen); optionally a full
+    rebase every ``rebase_period_s`` (the whole model, after which the factors restart)."""
 
     name = "liveupdate"
+    MEASURE_EVERY = 8  # on_ready calls between two walks of the held tensors
 
     def __init__(
         self,
@@ -82,9 +87,11 @@ class LiveUpdate(Strategy):
         start_s: float,
         cluster: SimulatedCluster | None = None,
         link: Link | None = None,
+        feed_period_s: float | None = None,
     ) -> None:
         super().__init__(model, newest_event_s, learnt_until_id)
         self.params = params
+        self._served = model_storages(model)  # the tables and MLPs any node serves from
         policy = RankPolicy(
             tau=params.tau, r_min=params.r_min, r_max=params.r_max, max_age=params.prune_age_s
         )
@@ -102,21 +109,34 @@ class LiveUpdate(Strategy):
         self.budgets = dict(budgets)
         self.trainer = LiveTrainer(model, config, budgets=self.budgets)
         self.cluster, self.link = cluster, link
-        if params.rebase_period_s is not None and (cluster is None or link is None):
-            raise ValueError("a rebase period needs the cluster and a link")
-        period = params.rebase_period_s
-        self.next_rebase_s = start_s + period if period is not None else float("inf")
+        period = feed_period_s if feed_period_s is not None else params.rebase_period_s
+        if period is not None and (cluster is None or link is None):
+            raise ValueError("a rebase or refresh period needs the cluster and a link")
+        self.feed_period_s = period
+        self.next_feed_s = start_s + period if period is not None else float("inf")
         self.in_flight: list[tuple[float, Payload]] = []
         self.rebases = 0
+        self._ready_calls = 0
 
     def on_ready(self, batch: SparseBatch, now: float) -> None:
         start = time.process_time()
         self.trainer.join.add_served(batch, now)
         self.trainer.train_ready(now)
-        self.accounting.cpu_seconds += time.process_time() - start
+        self.accounting.node_cpu_seconds += time.process_time() - start
         self.newest_event_s = max(self.newest_event_s, float(batch.timestamps.max()))
         self.learnt_until_id = max(self.learnt_until_id, int(batch.request_ids.max()))
         self.accounting.set_memory(self.overhead_bytes())
+        self._ready_calls += 1
+        if self._ready_calls % self.MEASURE_EVERY == 1:
+            self.measure()
+
+    def measure(self, staging: Payload | None = None) -> int:
+        """Walk the tensors this node holds for updating (the factors, their optimizer state,
+        the label join's pending batches, the replay window, published versions, a payload
+        being applied) and record their bytes."""
+        held = held_tensor_bytes((self.trainer, staging), self._served)
+        self.accounting.set_measured(held)
+        return held
 
     def overhead_bytes(self) -> int:
         return sum(m.overhead_bytes for m in self.trainer.memory().values())
@@ -127,19 +147,23 @@ class LiveUpdate(Strategy):
     def active_rows(self) -> dict[str, int]:
         return {name: live.num_active for name, live in self.trainer.lives.items()}
 
-    # ---- optional rebase: a full base sync, after which the factors restart from zero ----
+    # ---- the cluster's periodic payloads (rebase, MLP refresh) ----------------------------
+    def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
+        """Rows of each table a payload carries (None: the whole model)."""
+        return None
+
     def advance(self, now: float) -> None:
         if self.cluster is None or self.link is None:
             return
-        while self.next_rebase_s <= now:
-            due = self.next_rebase_s
-            self.next_rebase_s += float(self.params.rebase_period_s or 0.0)
+        while self.next_feed_s <= now:
+            due = self.next_feed_s
+            self.next_feed_s += float(self.feed_period_s or 0.0)
             if self.link.busy(due):
                 self.accounting.syncs_skipped_link_busy += 1
                 continue
             start = time.process_time()
-            payload = self.cluster.snapshot(due)
-            self.accounting.cpu_seconds += time.process_time() - start
+            payload = self.cluster.snapshot(due, self.select(due))
+            self.accounting.cluster_cpu_seconds += time.process_time() - start
             self.in_flight.append((self.link.send(payload, due), payload))
             acc = self.accounting
             acc.bytes_moved += payload.bytes
@@ -149,20 +173,73 @@ class LiveUpdate(Strategy):
         while self.in_flight and self.in_flight[0][0] <= now:
             _, payload = self.in_flight.pop(0)
             start = time.process_time()
-            self._rebase(payload)
-            self.accounting.cpu_seconds += time.process_time() - start
+            self.apply(payload)
+            self.accounting.node_cpu_seconds += time.process_time() - start
+            self.accounting.set_memory(self.overhead_bytes() + payload.table_bytes)
+            self.measure(staging=payload)
+            self.accounting.syncs_landed += 1
+            self.rebases += 1
 
-    def _rebase(self, payload: Payload) -> None:
+    def apply(self, payload: Payload) -> None:
+        """A full rebase: the cluster's whole model, the factors restart from zero."""
         payload.apply_to(self.model)  # writes the LiveEmbeddings' bases and the MLPs
         for live in self.trainer.lives.values():
             assert isinstance(live, LiveEmbedding)
             live.evict(live.ids, fold=False)  # the new base already holds what they learnt
-        self.accounting.set_memory(self.overhead_bytes() + payload.table_bytes)
-        self.accounting.syncs_landed += 1
-        self.rebases += 1
         # what the node learnt locally after the snapshot is dropped with the factors
         self.newest_event_s = payload.newest_event_s
         self.learnt_until_id = payload.learnt_until_id
+
+
+class LiveUpdateDense(LiveUpdate):
+    """LiveUpdate whose dense part stays fresh: the cluster's MLPs every sync period."""
+
+    name = "liveupdate_dense"
+
+    def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
+        return {}  # no table rows: the payload carries the MLPs only
+
+    def apply(self, payload: Payload) -> None:
+        delta_rebase(self.model, {}, payload.dense)
+
+
+class Hybrid(LiveUpdate):
+    """LiveUpdate between delta rebases (dlrm_core.rebase): every period the rows the cluster
+    changed since the last rebase and its MLPs; those rows' corrections are dropped, every
+    other row keeps its own."""
+
+    name = "hybrid"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.cluster is not None
+        cfg = self.cluster.model.config
+        self.dirty = {
+            name: torch.zeros(n, dtype=torch.bool)
+            for name, n in zip(cfg.feature_names, cfg.table_sizes, strict=True)
+        }
+        self.cluster.listeners.append(self._observe)
+
+    def _observe(self, result: FullStepResult, now: float) -> None:
+        start = time.process_time()
+        for name, (ids, _) in result.touched.items():
+            self.dirty[name][ids] = True
+        self.accounting.cluster_cpu_seconds += time.process_time() - start
+
+    def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
+        out: dict[str, torch.Tensor | None] = {}
+        for name, mask in self.dirty.items():
+            out[name] = torch.nonzero(mask).squeeze(1)
+            mask.zero_()
+        return out
+
+    def apply(self, payload: Payload) -> None:
+        tables = {
+            name: (ids, rows) for name, (ids, rows) in payload.tables.items() if ids is not None
+        }
+        delta_rebase(self.model, tables, payload.dense)
+        self.newest_event_s = max(self.newest_event_s, payload.newest_event_s)
+        self.learnt_until_id = max(self.learnt_until_id, payload.learnt_until_id)
 
 
 def min_table_budget(params: LiveUpdateParams, dim: int) -> int:

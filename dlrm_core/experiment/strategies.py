@@ -8,11 +8,13 @@ use it). Sync strategies also listen to every cluster step (to track changed row
 Accounting, per strategy:
 - ``bytes_moved``: bytes that crossed the cluster -> node link (experiment scale; the projected
   bytes use the link scale);
-- ``cpu_seconds``: process time spent in the strategy's own update work (tracking changed rows,
-  snapshotting, applying; for LiveUpdate, local training). The cluster's training time is
-  accounted once, on the cluster, and shared by the sync strategies;
-- memory overhead: extra bytes the node holds for updating, against the bytes of its tables
-  (a sync needs a staging buffer as large as the payload; LiveUpdate its factors and state);
+- ``cpu_seconds``: process time spent in the strategy's own update work: on the cluster's side
+  (``cluster_cpu_seconds``: tracking changed rows, snapshotting) and on the node
+  (``node_cpu_seconds``: applying; for LiveUpdate, local training). The cluster's training time
+  is accounted once, on the cluster, and shared by the sync strategies;
+- memory overhead: extra bytes the node holds for updating, against the bytes of its tables,
+  twice: as the strategy's own formula says (``memory_overhead_bytes``, what a budget caps) and
+  as measured (``measured_bytes``: the distinct tensor storages it holds, see memory.py);
 - staleness: the serving time minus the time of the newest event the served model learnt from.
 """
 
@@ -27,6 +29,7 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster, table_bytes
+from dlrm_core.experiment.memory import held_tensor_bytes
 from dlrm_core.model import DLRM
 from dlrm_core.trainer import FullStepResult
 
@@ -36,7 +39,8 @@ class Accounting:
     table_bytes: int  # bytes of the node's embedding tables (the memory baseline)
     bytes_moved: int = 0
     bytes_projected: float = 0.0
-    cpu_seconds: float = 0.0
+    cluster_cpu_seconds: float = 0.0
+    node_cpu_seconds: float = 0.0
     memory_overhead_bytes: int = 0  # now
     peak_memory_overhead_bytes: int = 0
     window_peak_bytes: int = 0  # peak since the harness last took it (per-window series)
@@ -44,6 +48,16 @@ class Accounting:
     syncs_landed: int = 0
     syncs_skipped_link_busy: int = 0
     transfer_seconds: list[float] = field(default_factory=list)
+    measured_bytes: int = 0  # now
+    peak_measured_bytes: int = 0
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cluster_cpu_seconds + self.node_cpu_seconds
+
+    def set_measured(self, held: int) -> None:
+        self.measured_bytes = held
+        self.peak_measured_bytes = max(self.peak_measured_bytes, held)
 
     def set_memory(self, overhead: int) -> None:
         self.memory_overhead_bytes = overhead
@@ -99,6 +113,25 @@ class Stale(Strategy):
     name = "stale"
 
 
+class Oracle(Strategy):
+    """Serves the cluster's own live model (same label delay, no transfer): the freshness
+    ceiling of every strategy fed by the cluster. Its node holds nothing extra."""
+
+    name = "oracle"
+
+    def __init__(self, cluster: SimulatedCluster) -> None:
+        super().__init__(cluster.model, cluster.newest_event_s, cluster.learnt_until_id)
+        self.cluster = cluster
+
+    @torch.no_grad()
+    def score(self, batch: SparseBatch) -> torch.Tensor:
+        return torch.sigmoid(self.cluster.model(batch))
+
+    def advance(self, now: float) -> None:
+        self.newest_event_s = self.cluster.newest_event_s
+        self.learnt_until_id = self.cluster.learnt_until_id
+
+
 class SyncStrategy(Strategy):
     """Every ``period`` s, snapshot part of the cluster and send it; serve it when it lands."""
 
@@ -121,7 +154,7 @@ class SyncStrategy(Strategy):
     def _timed_observe(self, result: FullStepResult, now: float) -> None:
         start = time.process_time()
         self.observe(result, now)
-        self.accounting.cpu_seconds += time.process_time() - start
+        self.accounting.cluster_cpu_seconds += time.process_time() - start
 
     def observe(self, result: FullStepResult, now: float) -> None:
         """Track the rows a cluster step changed (nothing to track by default)."""
@@ -141,7 +174,7 @@ class SyncStrategy(Strategy):
                 continue
             start = time.process_time()
             payload = self.cluster.snapshot(due, self.select(due))
-            self.accounting.cpu_seconds += time.process_time() - start
+            self.accounting.cluster_cpu_seconds += time.process_time() - start
             lands = self.link.send(payload, due)
             acc = self.accounting
             acc.bytes_moved += payload.bytes
@@ -156,10 +189,12 @@ class SyncStrategy(Strategy):
             _, payload = self.in_flight.popleft()
             start = time.process_time()
             payload.apply_to(self.model)
-            self.accounting.cpu_seconds += time.process_time() - start
+            self.accounting.node_cpu_seconds += time.process_time() - start
             # the node stages a whole payload before swapping it in
             self.accounting.set_memory(payload.table_bytes)
             self.accounting.set_memory(0)
+            self.accounting.set_measured(held_tensor_bytes(payload, set()))
+            self.accounting.set_measured(0)
             self.accounting.syncs_landed += 1
             self.newest_event_s = max(self.newest_event_s, payload.newest_event_s)
             self.learnt_until_id = max(self.learnt_until_id, payload.learnt_until_id)

@@ -2,10 +2,11 @@
 
 The head (the pretraining part) is split 80/20. For each candidate learning rate of the
 cluster's optimizer (pretraining's too, dense and sparse alike) a fresh model trains on the
-first 80%, then is scored progressively on the last 20% (each batch scored, then trained
-on). The best rate by AUC there wins. Then, from the model pretrained with it, LiveUpdate's
+first 80%, then is scored progressively on the last 20% (each batch scored, then trained on
+once its labels are due: the run's label delay, as for LiveUpdate below). The best rate by
+AUC there wins. Then, from the model pretrained with it, LiveUpdate's
 A learning rate is chosen the same way: LiveUpdate alone replays the last 20% with the
-experiment's label delay.
+experiment's label delay; then its B learning rate likewise. tau and r_max are not tuned.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import table_bytes
-from dlrm_core.experiment.config import ExperimentConfig
+from dlrm_core.experiment.config import ExperimentConfig, LiveUpdateParams
 from dlrm_core.experiment.harness import build_model, replay_batches, split_at
 from dlrm_core.experiment.liveupdate import (
     LiveUpdate,
@@ -36,6 +37,7 @@ from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 
 LR_GRID = {"adagrad": (0.01, 0.03, 0.1, 0.3), "sgd": (0.1, 0.5, 1.0, 2.0)}
 LR_A_GRID = (0.01, 0.05, 0.2)
+LR_B_GRID = (1e-4, 1e-3, 1e-2)
 
 
 def _head(stream: Iterator[SparseBatch], n: int) -> list[SparseBatch]:
@@ -56,8 +58,10 @@ def tune(
     config: ExperimentConfig,
     lr_grid: tuple[float, ...] | None = None,
     lr_a_grid: tuple[float, ...] = LR_A_GRID,
+    lr_b_grid: tuple[float, ...] = LR_B_GRID,
 ) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """The config with the tuned lr_dense = lr_sparse and live.lr_a, and a tuning log."""
+    """The config with the tuned lr_dense = lr_sparse, live.lr_a and live.lr_b (shared by every
+    local learner), and a tuning log."""
     lr_grid = lr_grid or LR_GRID[config.optimizer]
     n_head = int(num_events * config.pretrain_fraction)
     head = _head(replay_batches(open_stream(), config.qps), n_head)
@@ -88,34 +92,50 @@ def tune(
                 trainer.step(batch)
         base = copy.deepcopy(model)
         ys, ps, energy = [], [], dict.fromkeys(schema.keys, 0.0)
+        queue: deque[tuple[float, SparseBatch]] = deque()
         for batch in tail:
+            _learn_due(trainer, queue, energy, float(batch.timestamps[0]))
             model.eval()
             ys.append(batch.labels.numpy())
             ps.append(model(batch).detach().numpy())
-            for name, e in gradient_energy(trainer.step(batch).touched).items():
-                energy[name] += e
+            queue.append((float(batch.timestamps[-1]) + config.label_delay_s, batch))
+        _learn_due(trainer, queue, energy, float("inf"))
         score = auc(np.concatenate(ys), np.concatenate(ps))
         log["lr"][str(lr)] = score
         if score > best_auc:
             best_lr, best_auc, best_model, benefit = lr, score, base, energy
     assert best_model is not None
-    best_a = config.live.lr_a
-    if "liveupdate" in config.strategies:
-        best_a_auc = -1.0
-        for lr_a in lr_a_grid:
-            live = dataclasses.replace(config.live, lr_a=lr_a)
-            score = _live_tail_auc(best_model, tail, config, live, benefit)
-            log["lr_a"][str(lr_a)] = score
-            if score > best_a_auc:
-                best_a, best_a_auc = lr_a, score
-    tuned = dataclasses.replace(
-        config,
-        lr_dense=best_lr,
-        lr_sparse=best_lr,
-        live=dataclasses.replace(config.live, lr_a=best_a),
-    )
-    log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": best_a}
+    live = config.live
+    local = {"liveupdate", "liveupdate_dense", "hybrid"} & set(config.strategies)
+    if local:
+        # one knob at a time, each from the best so far: lr_a, then lr_b
+        for knob, grid in (("lr_a", lr_a_grid), ("lr_b", lr_b_grid)):
+            candidates = [_with(live, knob, value) for value in grid]
+            scores = [_live_tail_auc(best_model, tail, config, c, benefit) for c in candidates]
+            log[knob] = {str(v): a for v, a in zip(grid, scores, strict=True)}
+            live = candidates[int(np.argmax(scores))]
+    tuned = dataclasses.replace(config, lr_dense=best_lr, lr_sparse=best_lr, live=live)
+    log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": live.lr_a,
+                     "lr_b": live.lr_b}  # fmt: skip
     return tuned, log
+
+
+def _learn_due(
+    trainer: FullSparseTrainer,
+    queue: deque[tuple[float, SparseBatch]],
+    energy: dict[str, float],
+    upto: float,
+) -> None:
+    """Train on the queued batches whose labels are due by ``upto`` (the run's label delay)."""
+    while queue and queue[0][0] <= upto:
+        for name, e in gradient_energy(trainer.step(queue.popleft()[1]).touched).items():
+            energy[name] += e
+
+
+def _with(live: LiveUpdateParams, knob: str, value: float) -> LiveUpdateParams:
+    if knob == "lr_a":
+        return dataclasses.replace(live, lr_a=value)
+    return dataclasses.replace(live, lr_b=value)
 
 
 def _live_tail_auc(

@@ -1,0 +1,47 @@
+"""The delta rebase: the cluster's rows replace the base and drop their correction; every other
+row keeps its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.rebase import rebase_rows
+
+
+def live_table() -> LiveEmbedding:
+    torch.manual_seed(0)
+    live = LiveEmbedding(nn.EmbeddingBag(20, 4, mode="sum"), LiveEmbeddingConfig(rank=2))
+    live.activate(torch.tensor([1, 2, 3, 5]), now=0.0, max_active=10)
+    with torch.no_grad():
+        live.A.copy_(torch.randn(4, 2))
+    return live
+
+
+def served(live: LiveEmbedding, ids: list[int]) -> torch.Tensor:
+    values = torch.tensor(ids)
+    return live(values, torch.arange(len(ids))).detach()
+
+
+def test_rebased_rows_serve_the_cluster_row_others_keep_their_correction() -> None:
+    live = live_table()
+    before = served(live, [1, 2, 3, 5, 7])
+    assert not torch.equal(before[0], live.base.weight[1])  # row 1 has a correction
+    new_rows = torch.full((3, 4), 0.25)
+    dropped = rebase_rows(live, torch.tensor([2, 5, 7]), new_rows)
+    assert dropped == 2  # 2 and 5 were active; 7 was not
+    after = served(live, [1, 2, 3, 5, 7])
+    for k in (1, 3, 4):  # rows 2, 5, 7: exactly the cluster's row, no correction left
+        assert torch.equal(after[k], new_rows[0])
+    assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])  # 1 and 3 kept
+    assert live.ids.tolist() == [1, 3]
+
+
+def test_a_plain_table_is_overwritten_and_bad_rows_are_refused() -> None:
+    bag = nn.EmbeddingBag(10, 4, mode="sum")
+    assert rebase_rows(bag, torch.tensor([3]), torch.ones(1, 4)) == 0
+    assert torch.equal(bag.weight[3].detach(), torch.ones(4))
+    with pytest.raises(ValueError, match="rows must be"):
+        rebase_rows(bag, torch.tensor([3, 4]), torch.ones(1, 4))
