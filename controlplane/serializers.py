@@ -193,7 +193,11 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
         if hasattr(obj, "latest_sample"):
             sample = obj.latest_sample
         else:
-            sample = obj.samples.order_by("-ts").first() if obj.pk else None
+            sample = (
+                obj.samples.filter(resolution_s=0).order_by("-received_at", "-id").first()
+                if obj.pk
+                else None
+            )
         return None if sample is None else sample_payload(sample)
 
     def create(self, validated_data):

@@ -20,6 +20,7 @@ from controlplane.env import (
     persistent_secret_key,
     redis_url,
 )
+from nodeworker import protocol
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("LIVEUPDATE_DATA_DIR") or BASE_DIR / "var").resolve()
@@ -61,6 +62,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.middleware.ApiJsonErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -177,6 +179,11 @@ REST_FRAMEWORK = {
         "controlplane.authentication.NodeTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [
+        "controlplane.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_RENDERER_CLASSES": [
         "controlplane.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -218,6 +225,17 @@ LIVEUPDATE_NODE_DOWN_S = env_int("LIVEUPDATE_NODE_DOWN_S", 30, minimum=1)
 LIVEUPDATE_TELEMETRY_RAW_S = env_int("LIVEUPDATE_TELEMETRY_RAW_S", 86400, minimum=60)
 LIVEUPDATE_TELEMETRY_BUCKET_S = env_int("LIVEUPDATE_TELEMETRY_BUCKET_S", 60, minimum=1)
 LIVEUPDATE_TELEMETRY_KEEP_S = env_int("LIVEUPDATE_TELEMETRY_KEEP_S", 30 * 86400, minimum=3600)
+# How far ahead of this server's clock a sample's time may be (a node's clock skew); a sample
+# further ahead is refused (400), older than LIVEUPDATE_TELEMETRY_KEEP_S likewise.
+LIVEUPDATE_TELEMETRY_MAX_SKEW_S = env_int(
+    "LIVEUPDATE_TELEMETRY_MAX_SKEW_S", 300, minimum=1, maximum=86400
+)
+# A JSON body of the API (telemetry batches: nodeworker.protocol.MAX_BATCH_BYTES).
+LIVEUPDATE_API_MAX_BODY_BYTES = env_int(
+    "LIVEUPDATE_API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+)
+# Django's own cap on a body it reads whole: above every limit of the API's parsers.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(LIVEUPDATE_API_MAX_BODY_BYTES, protocol.MAX_BATCH_BYTES) + 1024
 LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
 # Seconds a server process trusts a verified API token without looking it up again (the lag of
 # a revocation or a role change in the other processes; controlplane.authentication). 0: none.

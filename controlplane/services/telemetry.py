@@ -100,9 +100,15 @@ def series(
         "metrics": metrics,
         "t": [b * bucket_s for b in buckets],
         "n": list(n),
-        "avg": {m: list(v) for m, v in zip(metrics, values[0::2], strict=True)},
-        "max": {m: list(v) for m, v in zip(metrics, values[1::2], strict=True)},
+        "avg": {m: finite_or_none(v) for m, v in zip(metrics, values[0::2], strict=True)},
+        "max": {m: finite_or_none(v) for m, v in zip(metrics, values[1::2], strict=True)},
     }
+
+
+def finite_or_none(values) -> list[float | None]:
+    """Rows stored before the protocol bounded every metric may aggregate to inf or NaN: those
+    become null (JSON has neither)."""
+    return [v if v is None or math.isfinite(v) else None for v in values]
 
 
 def downsample(now: datetime) -> int:
@@ -175,8 +181,13 @@ def expire(now: datetime) -> dict[str, int]:
 
 
 def latest_samples() -> dict[int, TelemetrySample]:
-    """node id -> its newest sample (one indexed lookup per node)."""
-    newest = TelemetrySample.objects.filter(node=OuterRef("pk")).order_by("-ts").values("pk")[:1]
+    """node id -> its newest sample by receipt, not by the node's clock (one indexed lookup per
+    node)."""
+    newest = (
+        TelemetrySample.objects.filter(node=OuterRef("pk"), resolution_s=0)
+        .order_by("-received_at", "-id")
+        .values("pk")[:1]
+    )
     ids = Node.objects.annotate(latest=Subquery(newest)).values_list("latest", flat=True)
     samples = TelemetrySample.objects.filter(pk__in=[i for i in ids if i is not None])
     return {s.node_id: s for s in samples}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +22,9 @@ from tests.integration.cp_support import (
 )
 
 pytestmark = pytest.mark.django_db
-T0 = 1_780_000_000.0  # a fixed Unix time, so buckets are predictable
+# Just after midnight (UTC) two days ago: buckets are predictable, and the samples are within
+# the telemetry kept (ingest refuses older ones).
+T0 = (time.time() // 86400 - 2) * 86400.0 + 40  # 40 s into a minute, like 1_780_000_000
 
 
 def node_client(token: str) -> APIClient:
@@ -73,7 +76,7 @@ def test_malformed_and_non_finite_values_are_field_errors_and_nothing_is_stored(
     assert code == 400
     assert errors == {
         "samples[1].p99_ms": ["Must be a finite number."],
-        "samples[1].qps": ["Must be >= 0.0."],
+        "samples[1].qps": ["Must be >= 0.0 and <= 1000000000.0."],
         "samples[1].auc": ["Must be a finite number."],
         "samples[1].throttle": ["Must be one of running, throttled, paused."],
     }
