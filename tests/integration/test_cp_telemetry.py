@@ -205,7 +205,7 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     _ingest_series(node, 180, start=aligned)  # three full minutes
     now = datetime.fromtimestamp(aligned + 3600 + 300, tz=UTC)
     before = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)
-    assert telemetry.downsample(now) == 180
+    assert telemetry.downsample(now) == {"folded": 180, "failed": 0}
     rows = list(TelemetrySample.objects.order_by("ts"))
     assert [(r.resolution_s, r.n_samples, r.seq) for r in rows] == [
         (60, 60, 0),
@@ -216,7 +216,7 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     assert rows[0].tables["user"]["rank"] == 59 % 8  # the bucket's newest sample
     after = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)
     assert [after[k] for k in ("t", "n", "avg")] == [before[k] for k in ("t", "n", "avg")]
-    assert telemetry.downsample(now) == 0  # idempotent: nothing raw is old enough any more
+    assert telemetry.downsample(now)["folded"] == 0  # idempotent: nothing raw is old enough
     later = now + timedelta(days=7)
     assert telemetry.expire(later)["samples"] == 3 and not TelemetrySample.objects.exists()
 
