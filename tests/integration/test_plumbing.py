@@ -74,7 +74,8 @@ def test_websocket_round_trip_on_redis_layer(redis_appliance, redis_url):
     from channels_redis.core import RedisChannelLayer
 
     health = requests.get(f"{redis_appliance.url}/api/health/", timeout=5).json()
-    assert health["channel_layer"] == "RedisChannelLayer"
+    assert health["channel_layer_backend"] == "RedisChannelLayer"
+    assert health["ok"] and health["channel_layer"] == health["broker"] == "ok"
     assert health["database_engine"] == "postgresql"
     with _open_socket(redis_appliance, redis_appliance.login()) as ws:
         _ping_round_trip(ws)
@@ -93,8 +94,10 @@ def test_websocket_round_trip_embedded(embedded_appliance):
         "ok": True,
         "database": "ok",
         "database_engine": "sqlite",
-        "channel_layer": "InMemoryChannelLayer",
-        "broker": "filesystem",
+        "channel_layer": "ok",
+        "channel_layer_backend": "InMemoryChannelLayer",
+        "broker": "ok",
+        "broker_transport": "filesystem",
     }
     with _open_socket(embedded_appliance, embedded_appliance.login()) as ws:
         _ping_round_trip(ws)
