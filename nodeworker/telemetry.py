@@ -6,6 +6,7 @@ that was collected is lost, even across kill -9."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -148,11 +149,16 @@ class TelemetryReporter:
         return sample
 
     def _post(self, batch: list[dict[str, Any]]) -> requests.Response | None:
+        body = {"node": self.node, "epoch": self.spool.epoch, "samples": batch}
         try:
             return self._session.post(
                 self.url,
-                json={"node": self.node, "epoch": self.spool.epoch, "samples": batch},
-                headers={"Authorization": f"Node {self.token}"},
+                # compact, as the spool measures the byte cap
+                data=json.dumps(body, separators=(",", ":"), allow_nan=False).encode(),
+                headers={
+                    "Authorization": f"Node {self.token}",
+                    "Content-Type": "application/json",
+                },
                 timeout=self.timeout_s,
             )
         except requests.RequestException as exc:
