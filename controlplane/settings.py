@@ -5,6 +5,7 @@ Celery broker on the local filesystem, so one command runs the whole appliance w
 Production: DATABASE_URL=postgres://..., REDIS_URL=redis://... (Celery broker and Channels layer).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import plotly
@@ -50,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "controlplane",
     "frontend",
 ]
@@ -63,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "controlplane.middleware.ApiJsonErrorsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -94,6 +97,22 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 MIGRATION_MODULES = {"controlplane": "migrations"}
+
+# Login throttling (django-axes): after LIVEUPDATE_LOGIN_FAILURE_LIMIT failed logins from one
+# address, that address may not log in (dashboard or admin) for LIVEUPDATE_LOGIN_COOLOFF_S
+# (429). Per address, not per user name: a name anyone can lock would lock its owner out too.
+# Behind a reverse proxy every client shares the proxy's address: run it with the real one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LIVEUPDATE_LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = timedelta(
+    seconds=env_int("LIVEUPDATE_LOGIN_COOLOFF_S", 900, minimum=1, maximum=30 * 86400)
+)
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -464,11 +464,8 @@ def test_me_reports_the_role(role, clients):
 def test_session_auth_needs_csrf_for_writes(clients):
     from rest_framework.test import APIClient
 
-    admin = clients.users["admin"]
-    admin.set_password("pw-admin")
-    admin.save()
     browser = APIClient(enforce_csrf_checks=True)
-    assert browser.login(username="u-admin", password="pw-admin")
+    browser.force_login(clients.users["admin"])
     assert browser.get("/api/nodes/").status_code == 200
     refused = browser.post("/api/nodes/", {"name": "edge-5"}, format="json")
     assert refused.status_code == 403 and "CSRF" in str(refused.data)
