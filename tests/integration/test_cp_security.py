@@ -4,10 +4,16 @@ paths that leave the static root, websockets closed when their user's access end
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client, override_settings
 
+from controlplane.consumers import FleetConsumer
 from controlplane.http_handler import StaticFilesHandler, SyncStackASGIHandler
+from controlplane.roles import ensure_groups
 from tests.integration.test_cp_http_handler import get
 
 pytestmark = pytest.mark.django_db
@@ -37,3 +43,66 @@ def test_a_static_path_leaving_the_static_root_is_a_404():
     app = StaticFilesHandler(SyncStackASGIHandler())
     assert get(app, "/static/../controlplane/settings.py")["status"] == 404
     assert get(app, "/static/%2e%2e/controlplane/settings.py")["status"] == 404
+
+
+IN_MEMORY = override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+)
+
+
+def _viewer(name: str):
+    ensure_groups()
+    user = get_user_model().objects.create_user(name, password=None)
+    user.groups.add(Group.objects.get(name="viewer"))
+    return user
+
+
+def _closed_by(user, session_key: str | None, revoke) -> dict:
+    """Open a dashboard socket as ``user`` (in the session), run ``revoke`` (sync), and return
+    what the server sent next."""
+
+    async def script() -> dict:
+        communicator = WebsocketCommunicator(FleetConsumer.as_asgi(), "/ws/fleet/")
+        communicator.scope["user"] = user
+        if session_key:
+            communicator.scope["session"] = SessionStore(session_key)
+        connected, _ = await communicator.connect()
+        assert connected
+        await sync_to_async(revoke)()
+        try:
+            return await communicator.receive_output(timeout=5)
+        finally:
+            await communicator.disconnect()
+
+    return async_to_sync(script)()
+
+
+@IN_MEMORY
+@pytest.mark.django_db(transaction=True)
+def test_logging_out_closes_that_sessions_websockets():
+    user = _viewer("ws-logout")
+    browser = Client()
+    browser.force_login(user)
+    key = browser.session.session_key
+    closed = _closed_by(user, key, lambda: browser.post("/accounts/logout/"))
+    assert closed == {"type": "websocket.close", "code": 4401}
+
+
+@IN_MEMORY
+@pytest.mark.django_db(transaction=True)
+def test_deactivating_a_user_closes_their_websockets():
+    user = _viewer("ws-deactivated")
+
+    def deactivate():
+        user.is_active = False
+        user.save()
+
+    assert _closed_by(user, None, deactivate) == {"type": "websocket.close", "code": 4401}
+
+
+@IN_MEMORY
+@pytest.mark.django_db(transaction=True)
+def test_a_role_change_closes_the_users_websockets():
+    user = _viewer("ws-demoted")
+    demote = lambda: user.groups.remove(Group.objects.get(name="viewer"))  # noqa: E731
+    assert _closed_by(user, None, demote) == {"type": "websocket.close", "code": 4403}
