@@ -260,7 +260,7 @@ def json_value_error(
 ) -> str | None:
     """Why a parsed JSON value cannot be stored and re-served as it is (None: it can): nesting
     deeper than ``max_depth``, a string with NUL or a lone surrogate (keys included) and, with
-    ``numbers``, a non-finite number or an integer beyond +-MAX_WIRE_INT."""
+    ``numbers``, a non-finite number or one beyond +-MAX_WIRE_INT."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -277,11 +277,11 @@ def json_value_error(
                 return message
         elif isinstance(item, bool) or item is None or not numbers:
             continue
-        elif isinstance(item, int):
-            if not -MAX_WIRE_INT <= item <= MAX_WIRE_INT:
-                return f"Integers must be within +-{MAX_WIRE_INT}."
         elif isinstance(item, float) and not math.isfinite(item):
             return "Numbers must be finite."
+        # PostgreSQL's jsonb gives 1e300 back as a 301-digit integer: floats are bounded too
+        elif isinstance(item, int | float) and not -MAX_WIRE_INT <= item <= MAX_WIRE_INT:
+            return f"Numbers must be within +-{MAX_WIRE_INT}."
     return None
 
 
