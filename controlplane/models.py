@@ -142,6 +142,10 @@ class Node(models.Model):
         Policy, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes"
     )
     applied_policy_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # What the node reports it runs (protocol.RunningState); services.desired re-sends the rest.
+    running_policy_version = models.BigIntegerField(null=True, blank=True, editable=False)
+    running_checkpoint = models.CharField(max_length=71, blank=True, editable=False)
+    running_reported_at = models.DateTimeField(null=True, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -177,11 +177,22 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
             "last_seen",
             "policy",
             "applied_policy_version",
+            "running_policy_version",
+            "running_checkpoint",
+            "running_reported_at",
             "created",
             "token",
             "latest",
         ]
-        read_only_fields = ["status", "last_seen", "applied_policy_version", "created"]
+        read_only_fields = [
+            "status",
+            "last_seen",
+            "applied_policy_version",
+            "running_policy_version",
+            "running_checkpoint",
+            "running_reported_at",
+            "created",
+        ]
         list_serializer_class = NodeListSerializer
 
     def get_token(self, obj: Node) -> str | None:

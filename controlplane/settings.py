@@ -255,6 +255,9 @@ LIVEUPDATE_API_MAX_BODY_BYTES = env_int(
 )
 # Django's own cap on a body it reads whole: above every limit of the API's parsers.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(LIVEUPDATE_API_MAX_BODY_BYTES, protocol.MAX_BATCH_BYTES) + 1024
+# A node whose reported policy version or checkpoint differs from the desired one is sent the
+# action again (controlplane.services.desired), at most once per this many seconds per action.
+LIVEUPDATE_RECONCILE_RESEND_S = env_int("LIVEUPDATE_RECONCILE_RESEND_S", 60, minimum=1)
 LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
 # Seconds a server process trusts a verified API token without looking it up again (the lag of
 # a revocation or a role change in the other processes; controlplane.authentication). 0: none.

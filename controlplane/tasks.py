@@ -39,3 +39,10 @@ def rollout() -> dict:
     from controlplane.services.rollout import rollout_checkpoints
 
     return rollout_checkpoints()
+
+
+@shared_task(name="controlplane.reconcile")
+def reconcile() -> list[str]:
+    from controlplane.services.desired import reconcile as service
+
+    return service()

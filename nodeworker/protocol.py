@@ -225,6 +225,41 @@ class TimeWindow:
 
 
 @dataclass(frozen=True)
+class RunningState:
+    """What a node runs, reported in a batch (``"running"``, optional): the version of the policy
+    it applied last (``apply_policy``'s ``version``) and the checksum of its base checkpoint
+    (``rebase``'s ``checkpoint.checksum``); None where it runs what it started with. The plane
+    re-sends what differs from what it wants the node to run."""
+
+    policy_version: int | None
+    checkpoint: str | None
+
+
+RUNNING_ERROR = (
+    'Must be {"policy_version": integer >= 0 or null, "checkpoint": "sha256:<64 hex>" or null}.'
+)
+CHECKSUM_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def running_state(value: Any) -> RunningState | None:
+    """The batch's ``running`` field; raises TelemetryError."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"policy_version", "checkpoint"}:
+        raise TelemetryError({"running": RUNNING_ERROR})
+    version, checkpoint = value.get("policy_version"), value.get("checkpoint")
+    bad_version = version is not None and (
+        not isinstance(version, int) or _number_error(version, EPOCH_BOUND)
+    )
+    bad_checkpoint = checkpoint is not None and (
+        not isinstance(checkpoint, str) or not CHECKSUM_RE.match(checkpoint)
+    )
+    if bad_version or bad_checkpoint:
+        raise TelemetryError({"running": RUNNING_ERROR})
+    return RunningState(version, checkpoint)
+
+
+@dataclass(frozen=True)
 class TelemetryBatch:
     """A validated batch: only the known fields of each sample (nothing else is stored or
     broadcast). ``epoch`` is the node's incarnation: a node whose spool starts afresh (new disk,
@@ -233,6 +268,7 @@ class TelemetryBatch:
     node: str
     epoch: int
     samples: list[dict[str, Any]]
+    running: RunningState | None = None
 
 
 class TelemetryError(ValueError):
@@ -400,9 +436,9 @@ def clean_sample(sample: dict[str, Any]) -> dict[str, Any]:
 def validate_batch(
     payload: Any, now: float | None = None, window: TimeWindow = TimeWindow()
 ) -> TelemetryBatch:
-    """A telemetry batch ``{"node": name, "epoch": int, "samples": [...]}`` (an absent epoch is
-    0); raises TelemetryError with every field error at once. A batch is accepted whole or not
-    at all."""
+    """A telemetry batch ``{"node": name, "epoch": int, "samples": [...], "running": {...}}`` (an
+    absent epoch is 0, ``running`` is optional: RunningState); raises TelemetryError with every
+    field error at once. A batch is accepted whole or not at all."""
     if not isinstance(payload, dict):
         raise TelemetryError({"non_field_errors": "Must be a JSON object."})
     now = time.time() if now is None else now
@@ -425,6 +461,10 @@ def validate_batch(
         seqs = [s["seq"] for s in samples if isinstance(s, dict) and isinstance(s.get("seq"), int)]
         if len(seqs) != len(set(seqs)):
             errors["samples"] = "Sequence numbers must be unique within a batch."
+    try:
+        running = running_state(payload.get("running"))
+    except TelemetryError as exc:
+        errors.update(exc.errors)
     if errors:
         raise TelemetryError(errors)
-    return TelemetryBatch(node, epoch, [clean_sample(s) for s in samples])
+    return TelemetryBatch(node, epoch, [clean_sample(s) for s in samples], running)

@@ -116,7 +116,13 @@ def ingest_batch(node: Node, payload) -> IngestResult:
         NodeEvent.objects.bulk_create(node_events)
         came_back = locked.status != Node.Status.ONLINE
         locked.last_seen, locked.status = now, Node.Status.ONLINE
-        locked.save(update_fields=["last_seen", "status"])
+        fields = ["last_seen", "status"]
+        if batch.running is not None:  # compared with what it should run by services.desired
+            locked.running_policy_version = batch.running.policy_version
+            locked.running_checkpoint = batch.running.checkpoint or ""
+            locked.running_reported_at = now
+            fields += ["running_policy_version", "running_checkpoint", "running_reported_at"]
+        locked.save(update_fields=fields)
         if came_back:
             resolve_alerts(locked, Alert.Kind.NODE_DOWN, now, "the node reported again")
             transaction.on_commit(
