@@ -181,3 +181,27 @@ def test_an_empty_spool_is_a_new_epoch_and_an_old_spool_keeps_epoch_0(tmp_path):
     (legacy / "acked").write_text("41")
     spool = telemetry_spool.Spool(legacy)
     assert spool.epoch == 0 and spool.next_seq == 42
+
+
+def test_a_full_disk_during_a_plane_outage_loses_nothing_the_process_holds(
+    make_plane, tmp_path, monkeypatch
+):
+    plane = make_plane(lambda b: (503, {"detail": "down"}))
+    rep = reporter(plane, tmp_path)
+    rep.record()
+    real_path, real_replace = rep.spool.path, telemetry_spool._replace
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(telemetry_spool, "_replace", full)
+    rep.spool.path = tmp_path / "full-disk" / "spool.jsonl"  # every append fails too
+    for _ in range(10):
+        rep.record()  # spooled in memory only; the error is logged, not raised
+    assert rep.flush_once() is False and rep.spool.disk_errors >= 10
+    monkeypatch.setattr(telemetry_spool, "_replace", real_replace)
+    rep.spool.path = real_path
+    plane.rule = None  # the plane is back, the disk has room again
+    drain(rep)
+    assert plane.seqs() == list(range(11)) and rejected(tmp_path) == []
+    assert rep.spool.path.read_text() == ""  # rewritten whole once the disk worked
