@@ -27,6 +27,12 @@ def new_token() -> str:
             return raw
 
 
+def hash_api_token(raw: str) -> str:
+    """What is stored of an API token (DRF's Token.key, 40 characters): its SHA-256, so the
+    database and the admin never hold one that works."""
+    return hashlib.sha256(b"api-token:" + raw.encode()).hexdigest()[:40]
+
+
 def hash_token(raw: str) -> str:
     """Node tokens are 256 random bits, so one SHA-256 is enough (no password stretching)."""
     return hashlib.sha256(raw.encode()).hexdigest()

@@ -15,6 +15,7 @@ from controlplane.models import (
     NodeEvent,
     Policy,
     PolicyVersion,
+    hash_api_token,
 )
 from controlplane.services.policies import save_policy
 from tests.integration.cp_support import (
@@ -529,7 +530,8 @@ class TestTokenCache:
         viewer = clients("viewer")
         assert viewer.get("/api/me/").status_code == 200
         with connection.cursor() as cursor:  # as another process would: no signal here
-            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
+            key = hash_api_token(clients.tokens["viewer"])
+            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [key])
         now[0] += 4.9
         assert viewer.get("/api/me/").status_code == 200  # the lag this cache costs
         now[0] += 0.2
@@ -542,7 +544,8 @@ class TestTokenCache:
         viewer = clients("viewer")
         assert viewer.get("/api/me/").status_code == 200
         with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
+            key = hash_api_token(clients.tokens["viewer"])
+            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [key])
         assert viewer.get("/api/me/").status_code == 401
 
 

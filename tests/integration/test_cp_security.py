@@ -106,3 +106,38 @@ def test_a_role_change_closes_the_users_websockets():
     user = _viewer("ws-demoted")
     demote = lambda: user.groups.remove(Group.objects.get(name="viewer"))  # noqa: E731
     assert _closed_by(user, None, demote) == {"type": "websocket.close", "code": 4403}
+
+
+def test_api_tokens_are_stored_hashed_and_shown_once():
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from controlplane.models import hash_api_token
+
+    ensure_groups()
+    user = _viewer("token-owner")
+    raw = Token.objects.create(user=user).key  # the creator sees the raw key this once
+    stored = Token.objects.get(user=user).key
+    assert stored == hash_api_token(raw) and stored != raw
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    assert client.get("/api/me/").status_code == 200
+    client.credentials(HTTP_AUTHORIZATION=f"Token {stored}")  # a copy of the table is useless
+    assert client.get("/api/me/").status_code == 401
+
+
+def test_the_migration_hashes_existing_tokens():
+    import importlib
+
+    from django.apps import apps as django_apps
+    from rest_framework.authtoken.models import Token
+
+    from controlplane.models import hash_api_token
+
+    migration = importlib.import_module("migrations.0004_hash_api_tokens")
+    user = _viewer("legacy-owner")
+    Token.objects.bulk_create([Token(key="0123456789abcdef0123456789abcdef01234567", user=user)])
+    migration.hash_tokens(django_apps, None)  # bulk_create sent no signal: stored as it was
+    assert Token.objects.get(user=user).key == hash_api_token(
+        "0123456789abcdef0123456789abcdef01234567"
+    )
