@@ -72,6 +72,7 @@ def embedded_appliance(tmp_path):
 def test_websocket_round_trip_on_redis_layer(redis_appliance, redis_url):
     from asgiref.sync import async_to_sync
     from channels_redis.core import RedisChannelLayer
+    from django.conf import settings
 
     health = requests.get(f"{redis_appliance.url}/api/health/", timeout=5).json()
     assert health["channel_layer_backend"] == "RedisChannelLayer"
@@ -80,7 +81,8 @@ def test_websocket_round_trip_on_redis_layer(redis_appliance, redis_url):
     with _open_socket(redis_appliance, redis_appliance.login()) as ws:
         _ping_round_trip(ws)
         # A message published by another process through Redis reaches the browser's socket.
-        layer = RedisChannelLayer(hosts=[redis_url])
+        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]  # the server's, too
+        layer = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
         event = {"kind": "telemetry", "node": "n1", "p99_ms": 12.5}
         async_to_sync(layer.group_send)(
             "fleet", {"type": "fleet.event", "texts": [json.dumps(event)]}
