@@ -13,7 +13,9 @@ class HealthSerializer(serializers.Serializer):
     database = serializers.CharField()
     database_engine = serializers.CharField()
     channel_layer = serializers.CharField()
+    channel_layer_backend = serializers.CharField()
     broker = serializers.CharField()
+    broker_transport = serializers.CharField()
 
 
 class HealthViewSet(viewsets.ViewSet):

@@ -15,3 +15,4 @@ class ControlPlaneConfig(AppConfig):
     def ready(self) -> None:
         # The role groups (viewer, operator, admin) exist as soon as the database is migrated.
         post_migrate.connect(_create_role_groups, sender=self)
+        from controlplane import access, authentication  # noqa: F401  (signal receivers)

@@ -9,7 +9,7 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 django.setup(set_prefix=False)
 
-from controlplane.http_handler import SyncStackASGIHandler  # noqa: E402
+from controlplane.http_handler import StaticFilesHandler, SyncStackASGIHandler  # noqa: E402
 
 django_asgi_app = SyncStackASGIHandler()
 
@@ -17,7 +17,6 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app regi
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from controlplane import status  # noqa: E402
@@ -28,7 +27,7 @@ if settings.REDIS_URL:  # the in-memory layer is not thread-safe: no batching th
 
 application = ProtocolTypeRouter(
     {
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": StaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -1,5 +1,6 @@
-"""API authentication: DRF tokens for people and automation (verified tokens remembered for a
-few seconds), per-node tokens (``Authorization: Node <token>``) for telemetry ingest."""
+"""API authentication: DRF tokens for people and automation (stored hashed, shown once;
+verified tokens remembered for a few seconds), per-node tokens (``Authorization: Node <token>``)
+for telemetry ingest."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
-from controlplane.models import Node, hash_token
+from controlplane.models import Node, hash_api_token, hash_token
 from nodeworker.protocol import NODE_AUTH_SCHEME
 
-# token key -> (monotonic expiry, user, token). Bounded: cleared whole when it is this full.
+# stored (hashed) key -> (monotonic expiry, user, token). Bounded: cleared whole when full.
 _verified: dict[str, tuple[float, object, Token]] = {}
 VERIFIED_MAX = 1024
 
@@ -33,6 +34,7 @@ class CachedTokenAuthentication(authentication.TokenAuthentication):
     """
 
     def authenticate_credentials(self, key):
+        key = hash_api_token(key)  # what is stored
         ttl = settings.LIVEUPDATE_TOKEN_CACHE_S
         now = time.monotonic()
         hit = _verified.get(key)
@@ -50,6 +52,21 @@ def forget_user(user_id) -> None:
     for key, (_, user, _) in list(_verified.items()):
         if user.pk == user_id:
             _verified.pop(key, None)
+
+
+@receiver(pre_save, sender=Token)
+def _hash_new_token(sender, instance, raw=False, **kwargs) -> None:
+    """However a token is created (the admin, ``Token.objects.create``, a shell), only its hash
+    is stored; the object keeps the raw key in memory, so its creator sees it this once."""
+    if instance._state.adding and not raw:
+        instance.shown_once = instance.key or instance.generate_key()
+        instance.key = hash_api_token(instance.shown_once)
+
+
+@receiver(post_save, sender=Token)
+def _show_new_token_once(sender, instance, created, **kwargs) -> None:
+    if created and hasattr(instance, "shown_once"):
+        instance.key = instance.shown_once
 
 
 @receiver(post_delete, sender=Token)

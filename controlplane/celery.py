@@ -24,6 +24,7 @@ _PERIODIC = {
     "refresh-node-actions": ("controlplane.refresh_actions", 5),
     "checkpoint-rollout": ("controlplane.rollout", 15),
     "telemetry-retention": ("controlplane.retention", 300),
+    "desired-state": ("controlplane.reconcile", env_int("LIVEUPDATE_RECONCILE_S", 15, minimum=1)),
 }
 app.conf.beat_schedule = {
     name: {"task": task, "schedule": float(every), "options": {"expires": float(every)}}

@@ -15,6 +15,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from controlplane.access import MESSAGE_TYPE, session_group, user_group
 from controlplane.roles import role_level
 from controlplane.status import FLEET_GROUP, encode, node_group
 from nodeworker.protocol import NODE_NAME_RE
@@ -33,12 +34,22 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             return
         self.groups_joined = [FLEET_GROUP]
         self.last_seen: dict[tuple[str, str], int] = {}  # (group, stream) -> events counted
-        await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
+        # controlplane.access closes the socket through these when the user's access ends
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        self.access_groups = [user_group(user.pk)]
+        if session_key:
+            self.access_groups.append(session_group(session_key))
+        for group in [FLEET_GROUP, *self.access_groups]:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        for group in getattr(self, "groups_joined", []):
+        groups = getattr(self, "groups_joined", []) + getattr(self, "access_groups", [])
+        for group in groups:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def access_revoked(self, message: dict) -> None:
+        await self.close(code=message["code"])
 
     async def _subscribe(self, groups: list[str]) -> None:
         for group in set(self.groups_joined) - set(groups):
@@ -84,6 +95,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         # server's CPU. Connect and client messages keep it (they may query the roles).
         if message["type"] == "fleet.event":
             await self.fleet_event(message)
+        elif message["type"] == MESSAGE_TYPE:
+            await self.access_revoked(message)
         else:
             await super().dispatch(message)
 

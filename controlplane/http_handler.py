@@ -3,10 +3,11 @@
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import RequestAborted, SuspiciousOperation
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import FileResponse
+from django.http import FileResponse, Http404
 from django.urls import set_script_prefix
 
 # Requests one server process works on at once. The GIL runs one at a time anyway: more than one
@@ -69,3 +70,14 @@ class SyncStackASGIHandler(ASGIHandler):
     def close_response(response, body_file) -> None:
         response.close()
         body_file.close()
+
+
+class StaticFilesHandler(ASGIStaticFilesHandler):
+    """Django's static files for the ASGI server; a path that leaves the static root
+    (``/static/%2e%2e/...``) is a 404 like any missing file, not a SuspiciousFileOperation 500."""
+
+    def serve(self, request):
+        try:
+            return super().serve(request)
+        except SuspiciousOperation:
+            raise Http404("No such static file.") from None

@@ -18,6 +18,21 @@ from controlplane.experiments import validate_results
 from nodeworker import protocol
 
 
+def new_token() -> str:
+    """256 random bits, URL-safe, never starting with "-" (a command line would read such a
+    token as an option)."""
+    while True:
+        raw = secrets.token_urlsafe(32)
+        if not raw.startswith("-"):
+            return raw
+
+
+def hash_api_token(raw: str) -> str:
+    """What is stored of an API token (DRF's Token.key, 40 characters): its SHA-256, so the
+    database and the admin never hold one that works."""
+    return hashlib.sha256(b"api-token:" + raw.encode()).hexdigest()[:40]
+
+
 def hash_token(raw: str) -> str:
     """Node tokens are 256 random bits, so one SHA-256 is enough (no password stretching)."""
     return hashlib.sha256(raw.encode()).hexdigest()
@@ -133,6 +148,10 @@ class Node(models.Model):
         Policy, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes"
     )
     applied_policy_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # What the node reports it runs (protocol.RunningState); services.desired re-sends the rest.
+    running_policy_version = models.BigIntegerField(null=True, blank=True, editable=False)
+    running_checkpoint = models.CharField(max_length=71, blank=True, editable=False)
+    running_reported_at = models.DateTimeField(null=True, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -149,10 +168,13 @@ class Node(models.Model):
     def clean(self) -> None:
         if not isinstance(self.topology, dict):
             raise ValidationError({"topology": "Must be a JSON object."})
+        problem = protocol.json_value_error(self.topology)
+        if problem:
+            raise ValidationError({"topology": problem})
 
     def rotate_token(self) -> str:
         """A new token: the raw value is returned once and only its hash is kept."""
-        raw = secrets.token_urlsafe(32)
+        raw = new_token()
         self.token_hash = hash_token(raw)
         return raw
 
@@ -230,6 +252,7 @@ class TelemetrySample(models.Model):
     """One second of a node (resolution_s == 0), or the mean of a downsampled time bucket."""
 
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples")
+    epoch = models.BigIntegerField(default=0, help_text="the node's incarnation (protocol)")
     seq = models.BigIntegerField()
     ts = models.DateTimeField()
     # The metrics of protocol.SAMPLE_METRICS (a unit test keeps the two in step).
@@ -252,16 +275,23 @@ class TelemetrySample(models.Model):
     resolution_s = models.PositiveIntegerField(default=0, help_text="0: raw; else bucket width")
     n_samples = models.PositiveIntegerField(default=1)
     received_at = models.DateTimeField(auto_now_add=True)
+    # Of the sample as posted (ingest.content_hash); null for downsampled rows. A resent sample
+    # with the same (node, epoch, seq) and another hash is a conflict, never a silent duplicate.
+    content_hash = models.BigIntegerField(null=True, editable=False)
 
     METRICS = tuple(protocol.SAMPLE_METRICS)
 
     class Meta:
         ordering = ["node", "ts"]
         constraints = [
-            models.UniqueConstraint(fields=["node", "seq"], name="telemetry_node_seq_unique")
+            models.UniqueConstraint(
+                fields=["node", "epoch", "seq"], name="telemetry_node_epoch_seq_unique"
+            )
         ]
         indexes = [
             models.Index(fields=["node", "ts"], name="telemetry_node_ts"),
+            # "latest" is the newest received, not the newest by the node's clock
+            models.Index(fields=["node", "received_at"], name="telemetry_node_received"),
             models.Index(fields=["resolution_s", "ts"], name="telemetry_resolution_ts"),
         ]
 
@@ -273,6 +303,7 @@ class NodeEvent(models.Model):
     """An event a node reported inside a telemetry sample (rank change, prune, QoS decision...)."""
 
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="events")
+    epoch = models.BigIntegerField(default=0, help_text="epoch of the sample that carried it")
     seq = models.BigIntegerField(help_text="seq of the sample that carried it")
     index = models.PositiveIntegerField(help_text="position in that sample's events")
     kind = models.CharField(max_length=20, choices=[(k, k) for k in protocol.EVENT_KINDS])
@@ -282,7 +313,9 @@ class NodeEvent(models.Model):
     class Meta:
         ordering = ["-ts"]
         constraints = [
-            models.UniqueConstraint(fields=["node", "seq", "index"], name="node_event_unique")
+            models.UniqueConstraint(
+                fields=["node", "epoch", "seq", "index"], name="node_event_epoch_unique"
+            )
         ]
         indexes = [models.Index(fields=["kind", "node", "ts"], name="node_event_kind_ts")]
 
@@ -370,6 +403,12 @@ class ExperimentRun(models.Model):
         errors: dict[str, list[str]] = {}
         if not isinstance(self.parameters, dict):
             errors["parameters"] = ["Must be a JSON object."]
+        for name in ("parameters", "results"):
+            problem = protocol.json_value_error(getattr(self, name))
+            if problem:
+                errors[name] = [problem]
+        if errors:
+            raise ValidationError(errors)
         problems = validate_results(self.results)
         if problems:
             errors["results"] = [

@@ -27,7 +27,10 @@ class JSONRenderer(renderers.JSONRenderer):
         options = OPTIONS
         if self.get_indent(accepted_media_type, renderer_context or {}) is not None:
             options |= orjson.OPT_INDENT_2
-        content = orjson.dumps(data, default=_drf_default, option=options)
+        try:
+            content = orjson.dumps(data, default=_drf_default, option=options)
+        except TypeError:  # an integer beyond 64 bits (stored before the API bounded them)
+            return super().render(data, accepted_media_type, renderer_context)
         # as DRF: U+2028/U+2029 escaped, so the output is also a JavaScript literal
         if b"\xe2\x80\xa8" in content or b"\xe2\x80\xa9" in content:
             content = content.replace(b"\xe2\x80\xa8", b"\\u2028").replace(

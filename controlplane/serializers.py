@@ -177,11 +177,22 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
             "last_seen",
             "policy",
             "applied_policy_version",
+            "running_policy_version",
+            "running_checkpoint",
+            "running_reported_at",
             "created",
             "token",
             "latest",
         ]
-        read_only_fields = ["status", "last_seen", "applied_policy_version", "created"]
+        read_only_fields = [
+            "status",
+            "last_seen",
+            "applied_policy_version",
+            "running_policy_version",
+            "running_checkpoint",
+            "running_reported_at",
+            "created",
+        ]
         list_serializer_class = NodeListSerializer
 
     def get_token(self, obj: Node) -> str | None:
@@ -193,7 +204,11 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
         if hasattr(obj, "latest_sample"):
             sample = obj.latest_sample
         else:
-            sample = obj.samples.order_by("-ts").first() if obj.pk else None
+            sample = (
+                obj.samples.filter(resolution_s=0).order_by("-received_at", "-id").first()
+                if obj.pk
+                else None
+            )
         return None if sample is None else sample_payload(sample)
 
     def create(self, validated_data):

@@ -5,6 +5,7 @@ Celery broker on the local filesystem, so one command runs the whole appliance w
 Production: DATABASE_URL=postgres://..., REDIS_URL=redis://... (Celery broker and Channels layer).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import plotly
@@ -20,6 +21,7 @@ from controlplane.env import (
     persistent_secret_key,
     redis_url,
 )
+from nodeworker import protocol
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("LIVEUPDATE_DATA_DIR") or BASE_DIR / "var").resolve()
@@ -49,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "controlplane",
     "frontend",
 ]
@@ -61,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.middleware.ApiJsonErrorsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -92,6 +97,22 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 MIGRATION_MODULES = {"controlplane": "migrations"}
+
+# Login throttling (django-axes): after LIVEUPDATE_LOGIN_FAILURE_LIMIT failed logins from one
+# address, that address may not log in (dashboard or admin) for LIVEUPDATE_LOGIN_COOLOFF_S
+# (429). Per address, not per user name: a name anyone can lock would lock its owner out too.
+# Behind a reverse proxy every client shares the proxy's address: run it with the real one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LIVEUPDATE_LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = timedelta(
+    seconds=env_int("LIVEUPDATE_LOGIN_COOLOFF_S", 900, minimum=1, maximum=30 * 86400)
+)
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -177,6 +198,11 @@ REST_FRAMEWORK = {
         "controlplane.authentication.NodeTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [
+        "controlplane.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_RENDERER_CLASSES": [
         "controlplane.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -218,6 +244,20 @@ LIVEUPDATE_NODE_DOWN_S = env_int("LIVEUPDATE_NODE_DOWN_S", 30, minimum=1)
 LIVEUPDATE_TELEMETRY_RAW_S = env_int("LIVEUPDATE_TELEMETRY_RAW_S", 86400, minimum=60)
 LIVEUPDATE_TELEMETRY_BUCKET_S = env_int("LIVEUPDATE_TELEMETRY_BUCKET_S", 60, minimum=1)
 LIVEUPDATE_TELEMETRY_KEEP_S = env_int("LIVEUPDATE_TELEMETRY_KEEP_S", 30 * 86400, minimum=3600)
+# How far ahead of this server's clock a sample's time may be (a node's clock skew); a sample
+# further ahead is refused (400), older than LIVEUPDATE_TELEMETRY_KEEP_S likewise.
+LIVEUPDATE_TELEMETRY_MAX_SKEW_S = env_int(
+    "LIVEUPDATE_TELEMETRY_MAX_SKEW_S", 300, minimum=1, maximum=86400
+)
+# A JSON body of the API (telemetry batches: nodeworker.protocol.MAX_BATCH_BYTES).
+LIVEUPDATE_API_MAX_BODY_BYTES = env_int(
+    "LIVEUPDATE_API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+)
+# Django's own cap on a body it reads whole: above every limit of the API's parsers.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(LIVEUPDATE_API_MAX_BODY_BYTES, protocol.MAX_BATCH_BYTES) + 1024
+# A node whose reported policy version or checkpoint differs from the desired one is sent the
+# action again (controlplane.services.desired), at most once per this many seconds per action.
+LIVEUPDATE_RECONCILE_RESEND_S = env_int("LIVEUPDATE_RECONCILE_RESEND_S", 60, minimum=1)
 LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
 # Seconds a server process trusts a verified API token without looking it up again (the lag of
 # a revocation or a role change in the other processes; controlplane.authentication). 0: none.

@@ -30,7 +30,7 @@ def refresh_actions() -> int:
 def retention() -> dict:
     from controlplane.services import telemetry
 
-    now = timezone.now()
+    now = timezone.now()  # each step works node by node: one node's failure stops nothing else
     return {"downsampled": telemetry.downsample(now), "expired": telemetry.expire(now)}
 
 
@@ -39,3 +39,10 @@ def rollout() -> dict:
     from controlplane.services.rollout import rollout_checkpoints
 
     return rollout_checkpoints()
+
+
+@shared_task(name="controlplane.reconcile")
+def reconcile() -> list[str]:
+    from controlplane.services.desired import reconcile as service
+
+    return service()

@@ -15,7 +15,6 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
@@ -43,6 +42,7 @@ from controlplane.models import (
     RankEvent,
     TelemetrySample,
 )
+from controlplane.parsers import TelemetryJSONParser
 from controlplane.permissions import IsNode, RolePermission
 from controlplane.services import actions, ingest, rollout
 from controlplane.services import metrics as prometheus
@@ -63,7 +63,9 @@ class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
     # the join and the policy's columns cost a read more CPU than the rest of its query.
     queryset = Node.objects.annotate(
         latest_sample_id=Subquery(
-            TelemetrySample.objects.filter(node=OuterRef("pk")).order_by("-ts").values("pk")[:1]
+            TelemetrySample.objects.filter(node=OuterRef("pk"), resolution_s=0)
+            .order_by("-received_at", "-id")
+            .values("pk")[:1]
         )
     )
     serializer_class = serializers.NodeSerializer
@@ -217,12 +219,6 @@ class NodeActionViewSet(RoleViewSetMixin, viewsets.ReadOnlyModelViewSet):
         return actions.refresh_action(super().get_object())
 
 
-class LenientJSONParser(JSONParser):
-    """Accepts NaN/Infinity literals so that they get a field error instead of a parse error."""
-
-    strict = False
-
-
 class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
     queryset = Node.objects.none()
     serializer_class = serializers.TelemetrySeriesSerializer
@@ -255,6 +251,8 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
             200: serializers.IngestResultSerializer,
             400: OpenApiResponse(description="Field errors keyed by path, e.g. samples[1].qps"),
             403: OpenApiResponse(description="The batch names another node than the token's"),
+            409: OpenApiResponse(description="Samples stored under the same key, other content"),
+            413: OpenApiResponse(description="A body over nodeworker.protocol.MAX_BATCH_BYTES"),
         },
     )
     @action(
@@ -262,10 +260,11 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
         methods=["post"],
         authentication_classes=[NodeTokenAuthentication],
         permission_classes=[IsNode],
-        parser_classes=[LenientJSONParser],
+        parser_classes=[TelemetryJSONParser],
     )
     def ingest(self, request):
-        """A node's telemetry batch (``Authorization: Node <token>``); idempotent on seq."""
+        """A node's telemetry batch (``Authorization: Node <token>``); idempotent on
+        (epoch, seq)."""
         try:
             result = ingest.ingest_batch(request.auth, request.data)
         except protocol.TelemetryError as exc:
@@ -273,6 +272,9 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
             return Response(errors, status=status.HTTP_400_BAD_REQUEST)
         except ingest.WrongNode as exc:
             raise PermissionDenied(str(exc)) from None
+        except ingest.Conflict as exc:
+            body = {"detail": str(exc), "epoch": exc.epoch, "conflicts": exc.seqs}
+            return Response(body, status=status.HTTP_409_CONFLICT)
         return Response(dataclasses.asdict(result))
 
 

@@ -1,14 +1,27 @@
 """The node-local request path: ``POST /v1/predict`` and ``POST /v1/feedback`` (JSON, see
-request_codec), ``GET /v1/health``. Errors are JSON ``{"errors": {field: message}}`` with a 4xx
-status: 400 bad input, 404 unknown request id or path, 405 wrong method, 409 a request that is
-no longer waiting for its label, 411/413 missing or too large body."""
+request_codec), ``GET /v1/health``. Every answer is JSON (no NaN). Errors are
+``{"errors": {field: message}}`` with a 4xx status: 400 bad input (a score that would not be
+finite included), 401 feedback without the node's feedback secret, 403 feedback on a server
+reachable from other hosts that has no secret, 404 unknown request id or path, 405 wrong method,
+408 a body not sent within the read timeout, 409 a request that is no longer waiting for its
+label, 411/413 missing or too large body; 503 when every worker is busy.
+
+Connections are served by a fixed pool of worker threads behind a bounded queue (a connection
+beyond both is answered 503 and closed), and every read has a timeout, so stalled clients hold a
+bounded number of threads for a bounded time. Feedback (the labels the node trains on) needs
+``Authorization: Bearer <feedback secret>`` when a secret is set; without one it is taken only
+on a loopback address."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
+import queue
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Protocol
 
 import torch
@@ -27,6 +40,7 @@ from nodeworker.sample_cache import Feedback
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+BUSY = json.dumps({"errors": {"server": "Every worker is busy; retry later."}}).encode()
 
 
 class PredictService(Protocol):
@@ -53,6 +67,63 @@ FEEDBACK_ERRORS = {
 }
 
 
+class _PooledHTTPServer(HTTPServer):
+    """HTTPServer whose connections are handled by ``workers`` threads fed by a queue of at most
+    ``backlog`` connections; one more is answered 503 at once."""
+
+    def __init__(self, address, handler, workers: int, backlog: int):
+        super().__init__(address, handler)
+        self._connections: queue.Queue = queue.Queue(maxsize=backlog)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"node-http-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def process_request(self, request, client_address) -> None:
+        try:
+            self._connections.put_nowait((request, client_address))
+        except queue.Full:
+            try:
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(BUSY)}\r\nConnection: close\r\n\r\n".encode()
+                    + BUSY
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while True:
+            item = self._connections.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            try:
+                self._connections.put_nowait(None)
+            except queue.Full:
+                break  # daemon threads: they end with the process
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
 class NodeHTTPServer:
     def __init__(
         self,
@@ -60,11 +131,20 @@ class NodeHTTPServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: CodecLimits | None = None,
+        *,
+        feedback_secret: str | None = None,
+        workers: int = 32,
+        backlog: int = 64,
+        read_timeout_s: float = 10.0,
     ):
+        if not 1 <= workers <= 1024 or not 0 <= backlog <= 65536 or not 0 < read_timeout_s:
+            raise ValueError("workers 1..1024, backlog 0..65536 and a positive read timeout")
         self.service = service
         self.limits = limits or CodecLimits()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
+        self.feedback_secret = feedback_secret or None
+        self.read_timeout_s = read_timeout_s
+        self.loopback = _is_loopback(host)
+        self._httpd = _PooledHTTPServer((host, port), self._handler(), workers, max(1, backlog))
         self._thread: threading.Thread | None = None
 
     @property
@@ -72,17 +152,29 @@ class NodeHTTPServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    def feedback_refusal(self, authorization: str | None) -> tuple[int, str] | None:
+        """(status, message) when a feedback request may not label anything, else None."""
+        if self.feedback_secret is None:
+            if self.loopback:
+                return None
+            return 403, "Feedback needs the node's feedback secret, and none is set."
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), self.feedback_secret.encode()):
+            return 401, "Send 'Authorization: Bearer <the node's feedback secret>'."
+        return None
+
     def _handler(self):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: load generators reuse connections
+            timeout = server.read_timeout_s  # every read of the socket, idle keep-alive included
 
             def log_message(self, fmt, *args):
                 log.debug("%s " + fmt, self.address_string(), *args)
 
             def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
+                data = json.dumps(body, allow_nan=False).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -91,16 +183,23 @@ class NodeHTTPServer:
 
             def _body(self) -> Any:
                 length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
+                if length is None or not (length.isascii() and length.isdigit()):
+                    self.close_connection = True
                     raise RequestError({"body": "A Content-Length header is required."}, 411)
                 if int(length) > MAX_BODY_BYTES:
                     self.close_connection = True  # the unread body must not become a request
                     raise RequestError(
                         {"body": f"At most {MAX_BODY_BYTES} bytes per request."}, 413
                     )
-                raw = self.rfile.read(int(length))
+                try:
+                    raw = self.rfile.read(int(length))
+                except TimeoutError:
+                    self.close_connection = True
+                    raise RequestError({"body": "The body did not arrive in time."}, 408) from None
                 try:
                     return json.loads(raw)
+                except RecursionError:
+                    raise RequestError({"body": "Invalid JSON: nested too deeply."}) from None
                 except ValueError as exc:
                     raise RequestError({"body": f"Invalid JSON: {exc}"}) from None
 
@@ -109,24 +208,39 @@ class NodeHTTPServer:
                     return self._reply(200, server.service.health())
                 self._reply(404, {"errors": {"path": f"No such endpoint: GET {self.path}."}})
 
+            def _predict(self) -> None:
+                batch = parse_predict(self._body(), server.service.schema, server.limits)
+                scores, ids, version = server.service.predict(batch)
+                if not bool(torch.isfinite(scores).all()):
+                    raise RequestError(
+                        {"requests": "These inputs give no finite score (dense values too large?)."}
+                    )
+                self._reply(200, predict_response(scores, ids, version))
+
+            def _feedback(self) -> None:
+                refusal = server.feedback_refusal(self.headers.get("Authorization"))
+                if refusal is not None:
+                    self.close_connection = True  # its body is not read
+                    raise RequestError({"authorization": refusal[1]}, refusal[0])
+                rid, label = parse_feedback(self._body())
+                outcome = server.service.feedback(rid, label)
+                if outcome in FEEDBACK_ERRORS:
+                    status, message = FEEDBACK_ERRORS[outcome]
+                    raise RequestError({"request_id": message}, status)
+                self._reply(200, {"request_id": rid, "status": outcome.value})
+
             def do_POST(self):
                 try:
                     if self.path == "/v1/predict":
-                        batch = parse_predict(self._body(), server.service.schema, server.limits)
-                        scores, ids, version = server.service.predict(batch)
-                        return self._reply(200, predict_response(scores, ids, version))
+                        return self._predict()
                     if self.path == "/v1/feedback":
-                        rid, label = parse_feedback(self._body())
-                        outcome = server.service.feedback(rid, label)
-                        if outcome in FEEDBACK_ERRORS:
-                            status, message = FEEDBACK_ERRORS[outcome]
-                            return self._reply(status, {"errors": {"request_id": message}})
-                        return self._reply(200, {"request_id": rid, "status": outcome.value})
+                        return self._feedback()
                     self._reply(404, {"errors": {"path": f"No such endpoint: POST {self.path}."}})
                 except RequestError as exc:
                     self._reply(exc.status, {"errors": exc.errors})
                 except Exception:
                     log.exception("request %s failed", self.path)
+                    self.close_connection = True
                     self._reply(500, {"errors": {"server": "Internal error; see the node log."}})
 
             def _not_allowed(self):

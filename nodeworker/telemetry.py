@@ -1,18 +1,14 @@
-"""Telemetry from the node to the control plane: about one sample a second, sequence-numbered,
-spooled to local disk before it is sent, sent in batches, and resent after an outage or a
-restart. Ingest is idempotent on (node, seq), so resending what may have arrived is safe; the
-spool makes sure nothing that was collected is lost, even across kill -9.
-
-Spool layout (one directory per node): ``spool.jsonl`` (append-only, one sample per line,
-fsynced), ``acked`` (the highest seq the plane accepted, replaced atomically) and
-``rejected.jsonl`` (batches the plane refused as invalid, kept for the operator).
-"""
+"""Telemetry from the node to the control plane: about one sample a second, sequence-numbered
+within the spool's epoch, spooled to local disk before it is sent (nodeworker.telemetry_spool),
+sent in batches, and resent after an outage or a restart. Ingest is idempotent on
+(node, epoch, seq), so resending what may have arrived is safe; the spool makes sure nothing
+that was collected is lost, even across kill -9."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +19,7 @@ from typing import Any
 import requests
 
 from nodeworker import protocol
+from nodeworker.telemetry_spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -88,105 +85,16 @@ class CpuSampler:
         return pcts
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-class Spool:
-    """Samples not yet accepted by the control plane, on disk first. Thread-safe."""
-
-    def __init__(self, directory: str | Path, max_pending: int = 7 * 86400):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "spool.jsonl"
-        self.acked_path = self.dir / "acked"
-        self.max_pending = max_pending
-        self.lost_to_cap = 0
-        self._lock = threading.Lock()
-        self.acked = int(self.acked_path.read_text()) if self.acked_path.exists() else -1
-        self._pending: list[dict[str, Any]] = []
-        last = self.acked
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    sample = json.loads(line)
-                except json.JSONDecodeError:  # torn last line of a kill -9: it was never sent
-                    continue
-                last = max(last, sample["seq"])
-                if sample["seq"] > self.acked:
-                    self._pending.append(sample)
-        self.next_seq = last + 1
-        self._compact()  # also drops a torn tail so new appends start on a fresh line
-
-    def append(self, make: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
-        """Spool the sample ``make(seq)`` under the next sequence number (durable on return)."""
-        with self._lock:
-            sample = make(self.next_seq)
-            line = json.dumps(sample, separators=(",", ":"), allow_nan=False)
-            with self.path.open("a") as f:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            self.next_seq += 1
-            self._pending.append(sample)
-            if len(self._pending) > self.max_pending:  # days of outage: keep the newest
-                drop = len(self._pending) - self.max_pending
-                self.lost_to_cap += drop
-                log.warning("telemetry spool full: dropping the %d oldest samples", drop)
-                self._ack(self._pending[drop - 1]["seq"])
-            return sample
-
-    def pending(self, limit: int) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._pending[:limit])
-
-    def ack(self, seq: int) -> None:
-        """The plane has every sample up to ``seq``."""
-        with self._lock:
-            self._ack(seq)
-
-    def reject(self, samples: list[dict[str, Any]], errors: Any) -> None:
-        """Keep a batch the plane refused as invalid next to the spool, then move past it."""
-        with self._lock:
-            with (self.dir / "rejected.jsonl").open("a") as f:
-                f.write(json.dumps({"errors": errors, "samples": samples}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            self._ack(samples[-1]["seq"])
-
-    def _ack(self, seq: int) -> None:
-        if seq <= self.acked:
-            return
-        _replace(self.acked_path, str(seq))
-        self.acked = seq
-        self._pending = [s for s in self._pending if s["seq"] > seq]
-        if not self._pending or self.next_seq - seq > 10_000:
-            self._compact()
-
-    def _compact(self) -> None:
-        _replace(
-            self.path,
-            "".join(json.dumps(s, separators=(",", ":")) + "\n" for s in self._pending),
-        )
-
-
 class TelemetryReporter:
     """Collects a sample every ``interval_s`` (``collect()`` -> NodeSnapshot) into the spool;
-    a sender thread posts pending samples in order, backing off while the plane is away."""
+    a sender thread posts pending samples in order, backing off while the plane is away.
+
+    It never gives up on good data: batches stay under ``batch_max_bytes`` (below the plane's
+    limit) and are split on 413; samples the plane refuses (400 field errors, 409 conflicts) are
+    set aside with the plane's reason and the rest is resent; a batch answered 5xx
+    ``bisect_after`` times in a row is halved until one sample is left, and that sample is set
+    aside only when the next sample is then accepted (the plane works, that sample breaks it).
+    Both threads are supervised: an error (a full disk) is logged and the loop goes on."""
 
     def __init__(
         self,
@@ -199,6 +107,8 @@ class TelemetryReporter:
         batch_max: int = 200,
         timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        batch_max_bytes: int = protocol.MAX_BATCH_BYTES // 2,
+        bisect_after: int = 3,
     ):
         protocol.node_queue(node)  # validates the name
         self.node = node
@@ -207,12 +117,17 @@ class TelemetryReporter:
         self.spool = Spool(spool_dir)
         self.collect = collect
         self.interval_s = interval_s
-        self.batch_max = min(batch_max, protocol.MAX_SAMPLES_PER_BATCH)
+        self.batch_max = max(1, min(batch_max, protocol.MAX_SAMPLES_PER_BATCH))
+        self.batch_max_bytes = min(batch_max_bytes, protocol.MAX_BATCH_BYTES - 1024)
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
+        self.bisect_after = bisect_after
         self.sent = 0  # samples accepted by the plane (this process)
         self.failures = 0
+        self.set_aside = 0  # samples moved to rejected.jsonl (this process)
         self.last_error: str | None = None
+        self._window = self.batch_max  # samples per batch now (halved by 413 and bisection)
+        self._strikes = 0  # 5xx answers in a row to the batch at the head of the spool
         self._session = requests.Session()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -233,37 +148,100 @@ class TelemetryReporter:
         self._wake.set()
         return sample
 
-    def flush_once(self) -> bool:
-        """Post the oldest pending batch. True when the spool is now empty."""
-        batch = self.spool.pending(self.batch_max)
-        if not batch:
-            return True
+    def _post(self, batch: list[dict[str, Any]]) -> requests.Response | None:
+        body = {"node": self.node, "epoch": self.spool.epoch, "samples": batch}
         try:
-            response = self._session.post(
+            return self._session.post(
                 self.url,
-                json={"node": self.node, "samples": batch},
-                headers={"Authorization": f"Node {self.token}"},
+                # compact, as the spool measures the byte cap
+                data=json.dumps(body, separators=(",", ":"), allow_nan=False).encode(),
+                headers={
+                    "Authorization": f"Node {self.token}",
+                    "Content-Type": "application/json",
+                },
                 timeout=self.timeout_s,
             )
         except requests.RequestException as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
+            return None
+
+    def flush_once(self) -> bool:
+        """Post the oldest pending batch. True when the spool is now empty."""
+        batch = self.spool.pending(self._window, self.batch_max_bytes)
+        if not batch:
+            return True
+        response = self._post(batch)
+        if response is None:
             return False
-        if response.status_code == 400:
-            log.error(
-                "control plane rejected telemetry seq %s..%s: %s",
-                batch[0]["seq"],
-                batch[-1]["seq"],
-                response.text[:500],
-            )
-            self.spool.reject(batch, _json_or_text(response))
-            return not self.spool.pending(1)
-        if not response.ok:
-            self._failed(f"HTTP {response.status_code}: {response.text[:200]}")
+        code = response.status_code
+        if response.ok:
+            self._accepted(batch)
+        elif code in (400, 409):
+            self._refused(batch, _json_or_text(response))
+        elif code == 413:
+            self._too_large(batch, response)
+        elif code >= 500:
+            self._server_error(batch, response)
+        else:  # 401/403/404...: a setting to fix (a rotated token), never a reason to drop data
+            self._failed(f"HTTP {code}: {response.text[:200]}")
             return False
-        self.spool.ack(batch[-1]["seq"])
+        return not self.spool.pending(1)
+
+    def _accepted(self, batch: list[dict[str, Any]]) -> None:
+        self.spool.ack([s["seq"] for s in batch])
         self.sent += len(batch)
         self.last_error = None
-        return not self.spool.pending(1)
+        self._strikes = 0
+        self._window = min(self.batch_max, self._window * 2)
+
+    def _set_aside(self, samples: list[dict[str, Any]], reason: Any) -> None:
+        log.error(
+            "telemetry: setting aside %d sample(s) (seq %s..%s): %s",
+            len(samples),
+            samples[0]["seq"],
+            samples[-1]["seq"],
+            str(reason)[:500],
+        )
+        self.spool.reject(samples, reason)
+        self.set_aside += len(samples)
+        self._strikes = 0
+
+    def _refused(self, batch: list[dict[str, Any]], body: Any) -> None:
+        """400 field errors (``samples[i].field``) or 409 conflicts (``conflicts``: seqs): set
+        aside the samples named, resend the rest. Nothing named: bisect down to one sample."""
+        named = _named_samples(batch, body)
+        if named:
+            self._set_aside(named, body)
+        elif len(batch) > 1:
+            self._window = max(1, len(batch) // 2)
+        else:
+            self._set_aside(batch, body)
+        self.last_error = None
+
+    def _too_large(self, batch: list[dict[str, Any]], response: requests.Response) -> None:
+        if len(batch) > 1:
+            self._window = max(1, len(batch) // 2)
+        else:
+            self._set_aside(batch, {"status": 413, "body": _json_or_text(response)})
+
+    def _server_error(self, batch: list[dict[str, Any]], response: requests.Response) -> None:
+        error = f"HTTP {response.status_code}: {response.text[:200]}"
+        self._strikes += 1
+        if self._strikes < self.bisect_after:
+            self._failed(error)
+            return
+        if len(batch) > 1:
+            self._window, self._strikes = max(1, len(batch) // 2), 0
+            self._failed(error)
+            return
+        probe = self.spool.pending(2)[1:]  # the next sample: does the plane take anything?
+        answer = self._post(probe) if probe else None
+        if answer is not None and answer.ok:
+            self._accepted(probe)
+            self._set_aside(batch, {"status": response.status_code, "body": error})
+        else:  # the plane fails for everything: wait, keep the sample
+            self._strikes = 0
+            self._failed(error)
 
     def _failed(self, error: str) -> None:
         self.failures += 1
@@ -284,15 +262,23 @@ class TelemetryReporter:
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def _send_loop(self) -> None:
+        """Send until stopped; an error of any kind (a disk failing while an ack is recorded) is
+        logged and retried with back-off, never the end of the thread."""
         backoff = 0.5
         while not self._stop.is_set():
             self._wake.wait(self.interval_s)
             self._wake.clear()
             while not self._stop.is_set():
-                if self.flush_once():
-                    backoff = 0.5
-                    break
-                if self.last_error is not None:
+                try:
+                    if self.flush_once():
+                        backoff = 0.5
+                        break
+                    failed = self.last_error is not None
+                except Exception as exc:
+                    log.exception("telemetry sender failed; retrying")
+                    self._failed(f"{type(exc).__name__}: {exc}")
+                    failed = True
+                if failed:
                     self._stop.wait(backoff)
                     backoff = min(self.max_backoff_s, backoff * 2)
 
@@ -314,6 +300,21 @@ class TelemetryReporter:
         deadline = time.monotonic() + flush_timeout_s
         while time.monotonic() < deadline and not self.flush_once() and self.last_error is None:
             pass
+
+
+SAMPLE_PATH = re.compile(r"^samples\[(\d+)\]")
+
+
+def _named_samples(batch: list[dict[str, Any]], body: Any) -> list[dict[str, Any]]:
+    """The samples a 400 (field errors keyed ``samples[i]...``) or a 409 (``conflicts``: seqs)
+    names."""
+    if not isinstance(body, dict):
+        return []
+    if isinstance(body.get("conflicts"), list):
+        seqs = set(body["conflicts"])
+        return [s for s in batch if s["seq"] in seqs]
+    indexes = {int(m.group(1)) for key in body if (m := SAMPLE_PATH.match(str(key)))}
+    return [s for i, s in enumerate(batch) if i in indexes]
 
 
 def _json_or_text(response: requests.Response) -> Any:

@@ -5,7 +5,9 @@ so a month of per-second samples comes back as a few hundred points."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -13,6 +15,8 @@ from django.db import NotSupportedError, connection, transaction
 from django.db.models import Avg, BigIntegerField, Func, Max, Min, OuterRef, Q, Subquery, Sum
 
 from controlplane.models import Alert, Node, NodeAction, NodeEvent, TelemetrySample
+
+log = logging.getLogger(__name__)
 
 MAX_POINTS = 2000
 
@@ -100,83 +104,127 @@ def series(
         "metrics": metrics,
         "t": [b * bucket_s for b in buckets],
         "n": list(n),
-        "avg": {m: list(v) for m, v in zip(metrics, values[0::2], strict=True)},
-        "max": {m: list(v) for m, v in zip(metrics, values[1::2], strict=True)},
+        "avg": {m: finite_or_none(v) for m, v in zip(metrics, values[0::2], strict=True)},
+        "max": {m: finite_or_none(v) for m, v in zip(metrics, values[1::2], strict=True)},
     }
 
 
-def downsample(now: datetime) -> int:
-    """Replace raw samples older than LIVEUPDATE_TELEMETRY_RAW_S by one row per node and
-    LIVEUPDATE_TELEMETRY_BUCKET_S bucket (metric means, the newest sample's tables and CPU).
-    Returns the number of raw rows folded. The downsampled row keeps the bucket's lowest seq;
-    the others' seqs are gone, so a node must not resend telemetry older than the raw window."""
+def finite_or_none(values) -> list[float | None]:
+    """Rows stored before the protocol bounded every metric may aggregate to inf or NaN: those
+    become null (JSON has neither)."""
+    return [v if v is None or math.isfinite(v) else None for v in values]
+
+
+def _isolated(what: str, node_id: int, step: Callable[[], int]) -> int | None:
+    """One node's retention step in its own transaction (None: it failed, and was logged)."""
+    try:
+        with transaction.atomic():
+            return step()
+    except Exception:
+        log.exception("retention: %s of node %s failed", what, node_id)
+        return None
+
+
+def downsample(now: datetime) -> dict[str, int]:
+    """Replace raw samples older than LIVEUPDATE_TELEMETRY_RAW_S by one row per node, epoch and
+    LIVEUPDATE_TELEMETRY_BUCKET_S bucket (metric means, the newest sample's tables and CPU),
+    node by node, each in a transaction of its own: one node's data failing (logged) never stops
+    another's. Returns {"folded": raw rows folded, "failed": nodes that failed}. The downsampled
+    row keeps the bucket's lowest seq; the others' seqs are gone, so a node must not resend
+    telemetry older than the raw window."""
     width = settings.LIVEUPDATE_TELEMETRY_BUCKET_S
     cutoff_s = (now.timestamp() - settings.LIVEUPDATE_TELEMETRY_RAW_S) // width * width
     cutoff = datetime.fromtimestamp(cutoff_s, tz=UTC)
-    with transaction.atomic():
-        raw = TelemetrySample.objects.filter(resolution_s=0, ts__lt=cutoff)
-        # Rows ingested while this runs (id above the snapshot) wait for the next run.
-        last_id = raw.aggregate(m=Max("id"))["m"]
-        if last_id is None:
-            return 0
-        raw = raw.filter(id__lte=last_id)
-        groups = list(
-            raw.annotate(bucket=EpochBucket("ts", width))
-            .values("node_id", "bucket")
-            .annotate(
-                first_seq=Min("seq"),
-                last_seq=Max("seq"),
-                n=Sum("n_samples"),
-                **{m: Avg(m) for m in TelemetrySample.METRICS},
-            )
-            .order_by()
+    old = TelemetrySample.objects.filter(resolution_s=0, ts__lt=cutoff)
+    folded = failed = 0
+    for node_id in old.values_list("node_id", flat=True).distinct().order_by("node_id"):
+        n = _isolated("downsampling", node_id, lambda n=node_id: _downsample_node(n, cutoff))
+        folded, failed = folded + (n or 0), failed + (n is None)
+    return {"folded": folded, "failed": failed}
+
+
+def _downsample_node(node_id: int, cutoff: datetime) -> int:
+    width = settings.LIVEUPDATE_TELEMETRY_BUCKET_S
+    raw = TelemetrySample.objects.filter(node_id=node_id, resolution_s=0, ts__lt=cutoff)
+    # Rows ingested while this runs (id above the snapshot) wait for the next run.
+    last_id = raw.aggregate(m=Max("id"))["m"]
+    if last_id is None:
+        return 0
+    raw = raw.filter(id__lte=last_id)
+    groups = list(
+        raw.annotate(bucket=EpochBucket("ts", width))
+        .values("epoch", "bucket")
+        .annotate(
+            first_seq=Min("seq"),
+            last_seq=Max("seq"),
+            n=Sum("n_samples"),
+            **{m: Avg(m) for m in TelemetrySample.METRICS},
         )
-        newest = Q()
-        for g in groups:
-            newest |= Q(node_id=g["node_id"], seq=g["last_seq"])
-        detail = {
-            (node_id, seq): (throttle, tables, cpu)
-            for node_id, seq, throttle, tables, cpu in raw.filter(newest).values_list(
-                "node_id", "seq", "throttle", "tables", "cpu_per_core"
+        .order_by()
+    )
+    newest = Q()
+    for g in groups:
+        newest |= Q(epoch=g["epoch"], seq=g["last_seq"])
+    detail = {
+        (epoch, seq): (throttle, tables, cpu)
+        for epoch, seq, throttle, tables, cpu in raw.filter(newest).values_list(
+            "epoch", "seq", "throttle", "tables", "cpu_per_core"
+        )
+    }
+    folded = raw.count()
+    raw.delete()
+    rows = []
+    for g in groups:
+        throttle, tables, cpu = detail[(g["epoch"], g["last_seq"])]
+        rows.append(
+            TelemetrySample(
+                node_id=node_id,
+                epoch=g["epoch"],
+                seq=g["first_seq"],
+                ts=datetime.fromtimestamp(g["bucket"] * width, tz=UTC),
+                throttle=throttle,
+                tables=tables,
+                cpu_per_core=cpu,
+                resolution_s=width,
+                n_samples=g["n"],
+                **{m: g[m] for m in TelemetrySample.METRICS},
             )
-        }
-        folded = raw.count()
-        raw.delete()
-        rows = []
-        for g in groups:
-            throttle, tables, cpu = detail[(g["node_id"], g["last_seq"])]
-            rows.append(
-                TelemetrySample(
-                    node_id=g["node_id"],
-                    seq=g["first_seq"],
-                    ts=datetime.fromtimestamp(g["bucket"] * width, tz=UTC),
-                    throttle=throttle,
-                    tables=tables,
-                    cpu_per_core=cpu,
-                    resolution_s=width,
-                    n_samples=g["n"],
-                    **{m: g[m] for m in TelemetrySample.METRICS},
-                )
-            )
-        TelemetrySample.objects.bulk_create(rows, batch_size=500)
+        )
+    TelemetrySample.objects.bulk_create(rows, batch_size=500)
     return folded
 
 
 def expire(now: datetime) -> dict[str, int]:
     """Delete telemetry, events, resolved alerts and finished actions older than
-    LIVEUPDATE_TELEMETRY_KEEP_S."""
+    LIVEUPDATE_TELEMETRY_KEEP_S, node by node in transactions of their own."""
     cutoff = now - timedelta(seconds=settings.LIVEUPDATE_TELEMETRY_KEEP_S)
-    return {
-        "samples": TelemetrySample.objects.filter(ts__lt=cutoff).delete()[0],
-        "events": NodeEvent.objects.filter(ts__lt=cutoff).delete()[0],
-        "alerts": Alert.objects.filter(resolved_at__lt=cutoff).delete()[0],
-        "actions": NodeAction.objects.filter(finished_at__lt=cutoff).delete()[0],
+    counts = {"samples": 0, "events": 0, "alerts": 0, "actions": 0, "failed": 0}
+    tables = {
+        "samples": TelemetrySample.objects.filter(ts__lt=cutoff),
+        "events": NodeEvent.objects.filter(ts__lt=cutoff),
+        "alerts": Alert.objects.filter(resolved_at__lt=cutoff),
+        "actions": NodeAction.objects.filter(finished_at__lt=cutoff),
     }
+    for node_id in Node.objects.order_by("pk").values_list("pk", flat=True):
+        for name, rows in tables.items():
+            n = _isolated(f"expiry of {name}", node_id, lambda r=rows, n=node_id: _delete(r, n))
+            counts[name] += n or 0
+            counts["failed"] += n is None
+    return counts
+
+
+def _delete(rows, node_id: int) -> int:
+    return rows.filter(node_id=node_id).delete()[0]
 
 
 def latest_samples() -> dict[int, TelemetrySample]:
-    """node id -> its newest sample (one indexed lookup per node)."""
-    newest = TelemetrySample.objects.filter(node=OuterRef("pk")).order_by("-ts").values("pk")[:1]
+    """node id -> its newest sample by receipt, not by the node's clock (one indexed lookup per
+    node)."""
+    newest = (
+        TelemetrySample.objects.filter(node=OuterRef("pk"), resolution_s=0)
+        .order_by("-received_at", "-id")
+        .values("pk")[:1]
+    )
     ids = Node.objects.annotate(latest=Subquery(newest)).values_list("latest", flat=True)
     samples = TelemetrySample.objects.filter(pk__in=[i for i in ids if i is not None])
     return {s.node_id: s for s in samples}

@@ -10,15 +10,21 @@
 - AUC under the policy's auc_floor in each of the last N intervals: an auc_drop alert.
 - A node silent for longer than LIVEUPDATE_NODE_DOWN_S: status down and a node_down alert
   (resolved by the ingest path when the node reports again).
-The verdicts are computed from stored telemetry, so the watchdog keeps no state of its own."""
+The verdicts are computed from stored telemetry, so the watchdog keeps no state of its own.
+Each node is checked in a transaction of its own: an error with one node's data is logged and
+reported, and every other node is still checked."""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from controlplane import events, status
@@ -28,6 +34,8 @@ from controlplane.services.alerts import raise_alert, resolve_alerts
 from controlplane.services.policies import WATCHDOG, relax_trainer_qos, tighten_trainer_qos
 from nodeworker import protocol
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class WatchdogReport:
@@ -35,6 +43,7 @@ class WatchdogReport:
     resolved: list[str] = field(default_factory=list)
     tightened: list[str] = field(default_factory=list)  # "<node>:<policy> v<version>"
     relaxed: list[str] = field(default_factory=list)  # "<node>:<policy> v<version>"
+    failed: list[str] = field(default_factory=list)  # nodes whose check raised (logged)
 
 
 def interval_means(
@@ -46,7 +55,7 @@ def interval_means(
     start = now - timedelta(seconds=width_s * count)
     for ts, value in samples:
         i = int((ts - start).total_seconds() // width_s)
-        if 0 <= i < count:
+        if 0 <= i < count and math.isfinite(value):  # rows from before the protocol's bounds
             sums[i] += value
             ns[i] += 1
     return [s / n if n else None for s, n in zip(sums, ns, strict=True)]
@@ -136,32 +145,47 @@ def _check_auc(node: Node, means: list[float | None], now: datetime, report: Wat
             report.resolved.append(f"{node.name}:{Alert.Kind.AUC_DROP}")
 
 
-def _check_silent(now: datetime, report: WatchdogReport) -> None:
-    limit = now - timedelta(seconds=settings.LIVEUPDATE_NODE_DOWN_S)
-    for node in Node.objects.filter(status=Node.Status.ONLINE, last_seen__lt=limit):
-        node.status = Node.Status.DOWN
-        node.save(update_fields=["status"])
-        status.broadcast(events.node_status(node), node_name=node.name)
-        silent = (now - node.last_seen).total_seconds()
-        _, created = raise_alert(
-            node,
-            Alert.Kind.NODE_DOWN,
-            Alert.Severity.CRITICAL,
-            f"No telemetry for {silent:.0f} s",
-            {"last_seen": node.last_seen.timestamp()},
-            now,
-        )
-        if created:
-            report.raised.append(f"{node.name}:{Alert.Kind.NODE_DOWN}")
+def _mark_down(node: Node, now: datetime, report: WatchdogReport) -> None:
+    node.status = Node.Status.DOWN
+    node.save(update_fields=["status"])
+    transaction.on_commit(lambda: status.broadcast(events.node_status(node), node_name=node.name))
+    silent = (now - node.last_seen).total_seconds()
+    _, created = raise_alert(
+        node,
+        Alert.Kind.NODE_DOWN,
+        Alert.Severity.CRITICAL,
+        f"No telemetry for {silent:.0f} s",
+        {"last_seen": node.last_seen.timestamp()},
+        now,
+    )
+    if created:
+        report.raised.append(f"{node.name}:{Alert.Kind.NODE_DOWN}")
+
+
+def _isolated(node: Node, report: WatchdogReport, check: Callable[[], None]) -> None:
+    """Run one node's check in its own transaction; its failure is that node's alone."""
+    try:
+        with transaction.atomic():
+            check()
+    except Exception:
+        log.exception("watchdog: checking node %s failed", node.name)
+        report.failed.append(node.name)
 
 
 def run(now: datetime | None = None) -> WatchdogReport:
     now = now or timezone.now()
     report = WatchdogReport()
-    _check_silent(now, report)
+    limit = now - timedelta(seconds=settings.LIVEUPDATE_NODE_DOWN_S)
+    for node in Node.objects.filter(status=Node.Status.ONLINE, last_seen__lt=limit):
+        _isolated(node, report, lambda n=node: _mark_down(n, now, report))
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     recent = _recent(now, width, count)
     for node in Node.objects.filter(pk__in=list(recent)).select_related("policy"):
-        _check_sla(node, interval_means(recent[node.pk]["p99_ms"], now, width, count), now, report)
-        _check_auc(node, interval_means(recent[node.pk]["auc"], now, width, count), now, report)
+
+        def check(node: Node = node) -> None:
+            series = recent[node.pk]
+            _check_sla(node, interval_means(series["p99_ms"], now, width, count), now, report)
+            _check_auc(node, interval_means(series["auc"], now, width, count), now, report)
+
+        _isolated(node, report, check)
     return report

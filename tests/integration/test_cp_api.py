@@ -15,6 +15,7 @@ from controlplane.models import (
     NodeEvent,
     Policy,
     PolicyVersion,
+    hash_api_token,
 )
 from controlplane.services.policies import save_policy
 from tests.integration.cp_support import (
@@ -464,11 +465,8 @@ def test_me_reports_the_role(role, clients):
 def test_session_auth_needs_csrf_for_writes(clients):
     from rest_framework.test import APIClient
 
-    admin = clients.users["admin"]
-    admin.set_password("pw-admin")
-    admin.save()
     browser = APIClient(enforce_csrf_checks=True)
-    assert browser.login(username="u-admin", password="pw-admin")
+    browser.force_login(clients.users["admin"])
     assert browser.get("/api/nodes/").status_code == 200
     refused = browser.post("/api/nodes/", {"name": "edge-5"}, format="json")
     assert refused.status_code == 403 and "CSRF" in str(refused.data)
@@ -532,7 +530,8 @@ class TestTokenCache:
         viewer = clients("viewer")
         assert viewer.get("/api/me/").status_code == 200
         with connection.cursor() as cursor:  # as another process would: no signal here
-            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
+            key = hash_api_token(clients.tokens["viewer"])
+            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [key])
         now[0] += 4.9
         assert viewer.get("/api/me/").status_code == 200  # the lag this cache costs
         now[0] += 0.2
@@ -545,7 +544,8 @@ class TestTokenCache:
         viewer = clients("viewer")
         assert viewer.get("/api/me/").status_code == 200
         with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [clients.tokens["viewer"]])
+            key = hash_api_token(clients.tokens["viewer"])
+            cursor.execute("DELETE FROM authtoken_token WHERE key = %s", [key])
         assert viewer.get("/api/me/").status_code == 401
 
 

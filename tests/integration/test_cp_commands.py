@@ -81,6 +81,7 @@ def test_beat_schedule_names_registered_tasks():
         "controlplane.refresh_actions",
         "controlplane.rollout",
         "controlplane.retention",
+        "controlplane.reconcile",
     }
     assert scheduled <= set(app.tasks)
 
@@ -88,9 +89,16 @@ def test_beat_schedule_names_registered_tasks():
 def test_periodic_tasks_run_their_functions():
     from controlplane import tasks
 
-    assert tasks.watchdog.run() == {"raised": [], "resolved": [], "tightened": [], "relaxed": []}
+    assert tasks.watchdog.run() == {
+        "raised": [],
+        "resolved": [],
+        "tightened": [],
+        "relaxed": [],
+        "failed": [],
+    }
     assert tasks.retention.run() == {
-        "downsampled": 0,
-        "expired": {"samples": 0, "events": 0, "alerts": 0, "actions": 0},
+        "downsampled": {"folded": 0, "failed": 0},
+        "expired": {"samples": 0, "events": 0, "alerts": 0, "actions": 0, "failed": 0},
     }
     assert tasks.rollout.run() == {} and tasks.refresh_actions.run() == 0
+    assert tasks.reconcile.run() == []

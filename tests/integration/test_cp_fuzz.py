@@ -41,7 +41,7 @@ def bad_samples(draw) -> tuple[dict, str]:
     if field == "seq":
         value = draw(st.one_of(NOT_A_NUMBER, st.integers(max_value=-1), st.floats(0.5, 9.5)))
     elif field == "ts":
-        value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=0.0)))
+        value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=0.0), st.floats(min_value=4e9)))
     elif field == "throttle":
         value = draw(st.text(max_size=8).filter(lambda t: t not in protocol.THROTTLE_STATES))
     elif field == "tables":
@@ -55,8 +55,15 @@ def bad_samples(draw) -> tuple[dict, str]:
             )
         )
     else:
-        low = protocol.SAMPLE_METRICS[field][2]
-        value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=low, exclude_max=True)))
+        bound = protocol.SAMPLE_METRICS[field][1]
+        value = draw(
+            st.one_of(
+                NOT_A_NUMBER,
+                st.floats(max_value=bound.low, exclude_max=True),
+                st.floats(min_value=bound.high, exclude_min=True),
+                st.integers(min_value=int(bound.high) + 1),
+            )
+        )
     return {**sample(1), field: value}, field
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +22,9 @@ from tests.integration.cp_support import (
 )
 
 pytestmark = pytest.mark.django_db
-T0 = 1_780_000_000.0  # a fixed Unix time, so buckets are predictable
+# Just after midnight (UTC) two days ago: buckets are predictable, and the samples are within
+# the telemetry kept (ingest refuses older ones).
+T0 = (time.time() // 86400 - 2) * 86400.0 + 40  # 40 s into a minute, like 1_780_000_000
 
 
 def node_client(token: str) -> APIClient:
@@ -73,7 +76,7 @@ def test_malformed_and_non_finite_values_are_field_errors_and_nothing_is_stored(
     assert code == 400
     assert errors == {
         "samples[1].p99_ms": ["Must be a finite number."],
-        "samples[1].qps": ["Must be >= 0.0."],
+        "samples[1].qps": ["Must be >= 0.0 and <= 1000000000.0."],
         "samples[1].auc": ["Must be a finite number."],
         "samples[1].throttle": ["Must be one of running, throttled, paused."],
     }
@@ -202,7 +205,7 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     _ingest_series(node, 180, start=aligned)  # three full minutes
     now = datetime.fromtimestamp(aligned + 3600 + 300, tz=UTC)
     before = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)
-    assert telemetry.downsample(now) == 180
+    assert telemetry.downsample(now) == {"folded": 180, "failed": 0}
     rows = list(TelemetrySample.objects.order_by("ts"))
     assert [(r.resolution_s, r.n_samples, r.seq) for r in rows] == [
         (60, 60, 0),
@@ -213,7 +216,7 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     assert rows[0].tables["user"]["rank"] == 59 % 8  # the bucket's newest sample
     after = telemetry.series(node, now - timedelta(days=1), now, ["p99_ms"], 60)
     assert [after[k] for k in ("t", "n", "avg")] == [before[k] for k in ("t", "n", "avg")]
-    assert telemetry.downsample(now) == 0  # idempotent: nothing raw is old enough any more
+    assert telemetry.downsample(now)["folded"] == 0  # idempotent: nothing raw is old enough
     later = now + timedelta(days=7)
     assert telemetry.expire(later)["samples"] == 3 and not TelemetrySample.objects.exists()
 

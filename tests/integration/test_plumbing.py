@@ -72,14 +72,17 @@ def embedded_appliance(tmp_path):
 def test_websocket_round_trip_on_redis_layer(redis_appliance, redis_url):
     from asgiref.sync import async_to_sync
     from channels_redis.core import RedisChannelLayer
+    from django.conf import settings
 
     health = requests.get(f"{redis_appliance.url}/api/health/", timeout=5).json()
-    assert health["channel_layer"] == "RedisChannelLayer"
+    assert health["channel_layer_backend"] == "RedisChannelLayer"
+    assert health["ok"] and health["channel_layer"] == health["broker"] == "ok"
     assert health["database_engine"] == "postgresql"
     with _open_socket(redis_appliance, redis_appliance.login()) as ws:
         _ping_round_trip(ws)
         # A message published by another process through Redis reaches the browser's socket.
-        layer = RedisChannelLayer(hosts=[redis_url])
+        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]  # the server's, too
+        layer = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
         event = {"kind": "telemetry", "node": "n1", "p99_ms": 12.5}
         async_to_sync(layer.group_send)(
             "fleet", {"type": "fleet.event", "texts": [json.dumps(event)]}
@@ -93,8 +96,10 @@ def test_websocket_round_trip_embedded(embedded_appliance):
         "ok": True,
         "database": "ok",
         "database_engine": "sqlite",
-        "channel_layer": "InMemoryChannelLayer",
-        "broker": "filesystem",
+        "channel_layer": "ok",
+        "channel_layer_backend": "InMemoryChannelLayer",
+        "broker": "ok",
+        "broker_transport": "filesystem",
     }
     with _open_socket(embedded_appliance, embedded_appliance.login()) as ws:
         _ping_round_trip(ws)

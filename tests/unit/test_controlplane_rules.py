@@ -46,8 +46,8 @@ def test_prometheus_lines_escape_labels():
 def test_every_wire_metric_and_policy_field_has_a_column():
     columns = {f.name for f in TelemetrySample._meta.concrete_fields}
     assert set(protocol.SAMPLE_METRICS) <= columns
-    for name, (required, nullable, _) in protocol.SAMPLE_METRICS.items():
-        if required and not nullable:
+    for name, (required, bound) in protocol.SAMPLE_METRICS.items():
+        if required and not bound.nullable:
             assert not TelemetrySample._meta.get_field(name).null, name
     assert set(Policy.WIRE_FIELDS) == set(protocol.POLICY_DEFAULTS)
     assert {f.name for f in Policy._meta.concrete_fields} >= set(protocol.POLICY_DEFAULTS)

@@ -5,10 +5,16 @@ import pytest
 from nodeworker import protocol
 from tests.factories import telemetry_sample
 
+NOW = 1_700_000_000.0
+
 
 def good_sample(seq=0, **overrides):
-    events = [{"kind": "rank_change", "ts": 1_700_000_000.5, "detail": {"from": 4, "to": 6}}]
-    return telemetry_sample(seq, 1_700_000_000.0 + seq, **{"events": events, **overrides})
+    events = [{"kind": "rank_change", "ts": NOW + 0.5, "detail": {"from": 4, "to": 6}}]
+    return telemetry_sample(seq, NOW + seq, **{"events": events, **overrides})
+
+
+def validate(samples, **batch):
+    return protocol.validate_batch({"node": "n1", "samples": samples, **batch}, now=NOW)
 
 
 def test_queue_names():
@@ -47,8 +53,9 @@ def test_policy_rejects_booleans_and_fractions_for_integers():
 
 
 def test_valid_batch_passes():
-    samples = protocol.validate_batch({"node": "n1", "samples": [good_sample(0), good_sample(1)]})
-    assert [s["seq"] for s in samples] == [0, 1]
+    batch = validate([good_sample(0), good_sample(1)], epoch=7)
+    assert [s["seq"] for s in batch.samples] == [0, 1] and batch.epoch == 7
+    assert validate([good_sample(0)]).epoch == 0  # a node from before epochs
 
 
 def test_malformed_batch_reports_every_field():
@@ -56,21 +63,21 @@ def test_malformed_batch_reports_every_field():
     bad["tables"]["user"]["rank"] = -2
     del bad["memory_overhead_pct"]
     with pytest.raises(protocol.TelemetryError) as excinfo:
-        protocol.validate_batch({"node": "n1", "samples": [good_sample(0), bad]})
+        validate([good_sample(0), bad])
     assert excinfo.value.errors == {
         "samples[1].p99_ms": "Must be a finite number.",
-        "samples[1].qps": "Must be >= 0.0.",
+        "samples[1].qps": "Must be >= 0.0 and <= 1000000000.0.",
         "samples[1].memory_overhead_pct": "This field is required.",
         "samples[1].throttle": "Must be one of running, throttled, paused.",
-        "samples[1].tables.user.rank": "Must be an integer >= 0.",
-        "samples[1].cpu_per_core": "Must be a list of percentages between 0 and 100.",
+        "samples[1].tables.user.rank": "Must be >= 0 and <= 4096.",
+        "samples[1].cpu_per_core": "Must be a list of at most 4096 percentages between 0 and 100.",
     }
 
 
 def test_duplicate_seq_and_empty_batches_are_rejected():
     with pytest.raises(protocol.TelemetryError, match="unique"):
-        protocol.validate_batch({"node": "n1", "samples": [good_sample(1), good_sample(1)]})
+        validate([good_sample(1), good_sample(1)])
     with pytest.raises(protocol.TelemetryError, match="non-empty"):
-        protocol.validate_batch({"node": "n1", "samples": []})
+        validate([])
     with pytest.raises(protocol.TelemetryError, match="JSON object"):
         protocol.validate_batch([1, 2])

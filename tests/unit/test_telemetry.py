@@ -19,13 +19,13 @@ TOKEN = "node-token-123"
 
 
 class Plane:
-    """A tiny control plane: ingest like the real one (validate, dedupe by (node, seq)), and a
-    switch to be down (connection refused), failing (500) or up."""
+    """A tiny control plane: ingest like the real one (validate, dedupe by (node, epoch, seq)),
+    and a switch to be down (connection refused), failing (500) or up."""
 
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.samples: dict[tuple[str, int], dict] = {}
+        self.samples: dict[tuple[str, int, int], dict] = {}
         self.posts = 0
         self.duplicates = 0
         self.mode = "up"
@@ -48,17 +48,17 @@ class Plane:
                     return self._reply(401, {"detail": "bad token"})
                 payload = json.loads(body)
                 try:
-                    samples = protocol.validate_batch(payload)
+                    batch = protocol.validate_batch(payload)
                 except protocol.TelemetryError as exc:
                     return self._reply(400, exc.errors)
                 plane.posts += 1
-                for s in samples:
-                    key = (payload["node"], s["seq"])
+                for s in batch.samples:
+                    key = (batch.node, batch.epoch, s["seq"])
                     if key in plane.samples:
                         plane.duplicates += 1
                     else:
                         plane.samples[key] = s
-                self._reply(201, {"accepted": len(samples)})
+                self._reply(201, {"accepted": len(batch.samples)})
 
             def _reply(self, status, body):
                 data = json.dumps(body).encode()
@@ -80,7 +80,7 @@ class Plane:
             self.server = None
 
     def seqs(self, node="edge-1"):
-        return sorted(seq for n, seq in self.samples if n == node)
+        return sorted(seq for n, _, seq in self.samples if n == node)
 
 
 @pytest.fixture
@@ -138,7 +138,9 @@ def test_outage_then_recovery_loses_and_duplicates_nothing(plane, tmp_path):
     while not rep.flush_once():
         pass
     assert plane.seqs() == list(range(13)) and plane.duplicates == 0
-    assert [plane.samples[("edge-1", s)]["qps"] for s in range(13)] == [float(s) for s in range(13)]
+    epoch = rep.spool.epoch
+    qps = [plane.samples[("edge-1", epoch, s)]["qps"] for s in range(13)]
+    assert qps == [float(s) for s in range(13)]
     assert rep.spool.path.read_text() == ""  # compacted once everything is acked
 
 
@@ -166,7 +168,7 @@ def test_invalid_batch_is_kept_aside_not_retried_forever(plane, tmp_path):
     rep = reporter(plane, tmp_path)
     assert rep.flush_once() is True
     rejected = json.loads((tmp_path / "rejected.jsonl").read_text())
-    assert "samples[0].qps" in rejected["errors"] and rejected["samples"][0]["seq"] == 0
+    assert "samples[0].qps" in rejected["reason"] and rejected["samples"][0]["seq"] == 0
     rep.record()
     assert rep.flush_once() and plane.seqs() == [1]
 
