@@ -4,7 +4,7 @@
 // and the node's recent events.
 import { api, listAll } from "./api.js";
 import { confirmAction, el } from "./dom.js";
-import { epoch, errorText, fmt } from "./format.js";
+import { epoch, errorText, fmt, trainsLocally } from "./format.js";
 import { onFleetEvent } from "./live.js";
 
 const actions = new Map(); // id -> NodeAction as the API shows it
@@ -83,10 +83,12 @@ export function showPolicy(state) {
     box.replaceChildren(el("p", { class: "empty" }, "No policy assigned: the node runs its defaults."));
   } else {
     const applied = state.node.applied_policy_version;
+    const trainer = trainsLocally(p) ? [["Rank budget", `${p.r_min}–${p.r_max}`],
+      ["Memory budget", `${p.memory_budget_pct} %`], ["tau", p.tau], ["Max trainer duty", p.max_trainer_duty]] : [];
     const rows = [
       ["Policy", `${p.name} v${p.version}${applied === p.version ? " (applied)" : ` (applied: ${applied ? `v${applied}` : "never"})`}`],
-      ["Mode", p.mode], ["Rank budget", `${p.r_min}–${p.r_max}`], ["Memory budget", `${p.memory_budget_pct} %`],
-      ["tau", p.tau], ["SLA P99", `${p.sla_p99_ms} ms`], ["Max trainer duty", p.max_trainer_duty],
+      ["Mode", p.mode], ...trainer, ["SLA P99", `${p.sla_p99_ms} ms`],
+      ["AUC floor", p.auc_floor ?? "none"],
     ];
     box.replaceChildren(el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
   }
