@@ -46,7 +46,7 @@ function row(node) {
   const cells = [
     ["Node", el("a", { href: `/nodes/${node.name}/` }, node.name)],
     ["Status", el("span", { class: `badge ${node.status}` }, node.status),
-      el("div", { class: "sub" }, fmt.ago(epoch(node.last_seen)))],
+      el("div", { class: "sub", dataset: { ago: epoch(node.last_seen) ?? "" } }, fmt.ago(epoch(node.last_seen)))],
     ["Freshness lag", trains || isNum(s.freshness_lag_s) ? fmt.secs(s.freshness_lag_s)
       : el("span", { class: "sub", title: "A delta-sync node reports no sync times in its telemetry." },
         "not reported")],
@@ -86,7 +86,7 @@ function alertItem(a) {
     el("span", { class: `badge ${a.severity}` }, a.severity),
     el("a", { href: `/nodes/${a.node}/` }, a.node), " ",
     el("strong", {}, a.kind.replace("_", " ")), " — ", a.message,
-    el("span", { class: "sub" }, ` raised ${fmt.ago(a.raised_at)}`),
+    el("span", { class: "sub" }, " raised ", el("span", { dataset: { ago: a.raised_at ?? "" } }, fmt.ago(a.raised_at))),
     a.acknowledged_by ? el("span", { class: "sub" }, ` · acknowledged by ${a.acknowledged_by}`)
       : el("button", { type: "button", class: "secondary small", "data-needs": "operator",
         onclick: () => acknowledge(a.id) }, "Acknowledge"));
