@@ -20,7 +20,10 @@ function fillSelect(id, names, chosen) {
 
 async function refresh() {
   const box = document.getElementById("ab-card");
-  const live = ab.nodes.filter((n) => trainsLocally(ab.policies.get(n.policy))).map((n) => n.name);
+  // LiveUpdate candidates: online nodes first, then those with a policy (not just defaults).
+  const rankOf = (n) => (n.status === "online" ? 0 : 2) + (n.policy ? 0 : 1);
+  const live = ab.nodes.filter((n) => trainsLocally(ab.policies.get(n.policy)))
+    .sort((a, b) => rankOf(a) - rankOf(b) || a.name.localeCompare(b.name)).map((n) => n.name);
   const bases = ab.nodes.filter((n) => !trainsLocally(ab.policies.get(n.policy))).map((n) => n.name);
   box.hidden = !live.length || !bases.length;
   if (box.hidden) return;
