@@ -250,7 +250,9 @@ def test_ingested_sample_reaches_the_node_charts_within_two_seconds(live, live_p
     assert time.monotonic() - sent < 2.0
     assert chart_values(page, "chart-auc")[-1] == 0.7777
     assert chart_values(page, "chart-memory")[-1] == 1.93
-    sla = chart_values(page, "chart-p99", 1)
+    p99_names = page.evaluate("() => document.getElementById('chart-p99').data.map(t => t.name)")
+    assert p99_names[1:] == ["P95", "P50", "SLA 20 ms"]  # P99 first, then P95, P50 and the SLA
+    sla = chart_values(page, "chart-p99", 3)
     assert sla == [20.0, 20.0]
     budget = chart_values(page, "chart-memory", 1)
     assert budget == [2.0, 2.0]
@@ -469,13 +471,14 @@ def test_fleet_page_shows_the_lead_over_the_baseline_with_its_interval(
     assert page.locator("#ab-live").input_value() == names["live"]
     assert page.locator("#ab-base").input_value() == names["base"]
     number = card.locator(".ab-number")
-    expect(number).to_contain_text("AUC")
+    expect(number).to_contain_text("AUC", timeout=10_000)  # the "within 10 seconds"
     lead = float(number.get_attribute("data-lead"))
     assert abs(lead - expected) < 0.002, (lead, expected)
     expect(number).to_contain_text(f"+{lead:.4f} AUC")
     expect(card).to_contain_text("95 % interval")
     expect(card).to_contain_text(f"{names['live']}: freshness lag 1.5 s")
     expect(card).to_contain_text(f"{names['base']}: freshness not reported")
+    page.wait_for_function("() => document.getElementById('ab-gap').data", timeout=10_000)
     gap = chart_values(page, "ab-gap")
     assert len(gap) >= 250 and abs(sum(gap) / len(gap) - lead) < 1e-9
     fresh = page.evaluate("() => document.getElementById('ab-fresh').data.map(t => t.name)")
@@ -496,16 +499,11 @@ def test_delta_sync_node_is_shown_without_trainer_controls(live, live_page, arti
     page.goto(f"{live['app'].url}/nodes/{names['base']}/")
     settle(page)
     expect(page.locator("#mode-note")).to_contain_text("delta sync")
-    for hidden in (
-        "button[data-action=pause]",
-        "button[data-action=resume]",
-        "#chart-rank",
-        "#chart-memory",
-        "#chart-trainer",
-        "#node-ab-card",
-    ):
+    for hidden in ("pause", "resume", "snapshot"):
+        expect(page.locator(f"button[data-action={hidden}]")).to_be_hidden()
+    for hidden in ("#chart-rank", "#chart-memory", "#chart-trainer", "#node-ab-card"):
         expect(page.locator(hidden)).to_be_hidden()
-    expect(page.locator("button[data-action=snapshot]")).to_be_visible()
+    expect(page.locator("#rebase-form")).to_be_visible()
     summary = page.locator("#node-summary")
     expect(summary).to_contain_text("delta sync")
     expect(summary).not_to_contain_text("trainer")
@@ -556,7 +554,10 @@ def test_embedded_mode_node_chart_is_live(live, tmp_path, artifacts_dir):
         seed.history("demo-1", 120, placement={"inference_cpus": [1], "trainer_cpus": [0]})
         page = logged_in({"browser": live["browser"], "app": app}, NARROW)
         try:
-            expect(page.locator("td[data-label=Rank]")).to_contain_text("user: 6")
+            # The first load of a fresh server on a loaded machine may take more than 5 s; the
+            # live path's 2 s is checked below.
+            rank = page.locator("td[data-label=Rank]")
+            expect(rank).to_contain_text("user: 6", timeout=15_000)
             page.goto(app.url + "/nodes/demo-1/")
             settle(page)
             expect(page.locator("#range-info")).to_contain_text("120 points")

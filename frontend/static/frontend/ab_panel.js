@@ -85,7 +85,9 @@ export function drawAb(prefix, ab) {
   const pairs = pairByTime({ t: ab.live.t, y: ab.live.auc }, { t: ab.base.t, y: ab.base.auc }, ab.tolerance);
   const ci = batchMeanInterval(pairs.gap);
   readout(document.getElementById(`${prefix}-readout`), ab, pairs, ci);
-  gapChart(`${prefix}-gap`, ab, pairs, ci);
-  freshChart(`${prefix}-fresh`, ab);
+  if (globalThis.Plotly) { // the fleet page loads it after its first readout
+    gapChart(`${prefix}-gap`, ab, pairs, ci);
+    freshChart(`${prefix}-fresh`, ab);
+  }
   return ci;
 }

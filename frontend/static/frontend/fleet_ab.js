@@ -3,6 +3,7 @@
 import { drawAb, loadAbSeries } from "./ab_panel.js";
 import { el } from "./dom.js";
 import { trainsLocally } from "./format.js";
+import { loadPlotly } from "./plot.js";
 
 const REFRESH_MS = 10000;
 const ab = { nodes: [], policies: new Map(), live: "", base: "", seconds: 900, token: 0 };
@@ -37,8 +38,10 @@ async function refresh() {
   try {
     const [l, b] = await Promise.all([loadAbSeries(ab.live, start, end), loadAbSeries(ab.base, start, end)]);
     if (token !== ab.token) return;
-    drawAb("ab", { liveName: ab.live, baseName: ab.base, baseTrains: false, live: l, base: b,
-      tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
+    const draw = () => drawAb("ab", { liveName: ab.live, baseName: ab.base, baseTrains: false, live: l,
+      base: b, tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
+    draw(); // the number first; the charts once Plotly is there
+    if (!globalThis.Plotly) await loadPlotly().then(() => token === ab.token && draw());
   } catch (err) {
     document.getElementById("ab-readout").replaceChildren(el("p", { class: "error" }, err.message));
   }

@@ -145,7 +145,7 @@ function showMode() {
   const note = document.getElementById("mode-note");
   note.hidden = trains;
   note.textContent = trains ? "" : `Mode ${MODE_TEXT[modeOf(state.policy)] || modeOf(state.policy)}: ` +
-    "there is no trainer to pause, and no ranks or LoRA memory to show.";
+    "there is no trainer to pause, no LoRA factors to snapshot, and no ranks or LoRA memory to show.";
 }
 
 function fillBaselines() {
