@@ -523,6 +523,22 @@ def test_delta_sync_node_is_shown_without_trainer_controls(live, live_page, arti
     assert_clean(page)
 
 
+def test_stale_banner_while_the_plane_does_not_answer(live, live_page):
+    """The A/B card re-reads the telemetry every 10 s: while the API's requests fail at the
+    network the page says its data may be stale, and stops saying so once they succeed."""
+    page = live_page()
+    settle(page)
+    banner = page.locator("#stale-banner")
+    expect(banner).to_be_hidden()
+    page.route("**/api/telemetry/**", lambda route: route.abort())
+    expect(banner).to_be_visible(timeout=15_000)
+    expect(banner).to_contain_text("the control plane did not answer")
+    page.unroute("**/api/telemetry/**")
+    expect(banner).to_be_hidden(timeout=15_000)
+    failed = [p for p in page.js_errors if "/api/telemetry/" not in p]
+    assert failed == []  # only the requests the test aborted failed
+
+
 def test_policy_editor_shows_mode_fields_and_every_error_at_once(live, live_page):
     page = open_policies(live_page, live["app"].url)
     page.click("#new-policy")
