@@ -519,7 +519,8 @@ def test_delta_sync_node_is_shown_without_trainer_controls(live, live_page, arti
     page.goto(f"{live['app'].url}/nodes/{names['live']}/")
     settle(page)
     expect(page.locator("button[data-action=pause]")).to_be_visible()
-    expect(page.locator("#node-ab-card .ab-number")).to_contain_text("AUC")
+    # after the page's first range query (up to 10 s on a loaded machine, as above)
+    expect(page.locator("#node-ab-card .ab-number")).to_contain_text("AUC", timeout=10_000)
     assert_clean(page)
 
 
