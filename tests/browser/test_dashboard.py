@@ -540,6 +540,35 @@ def test_stale_banner_while_the_plane_does_not_answer(live, live_page):
     assert failed == []  # only the requests the test aborted failed
 
 
+def test_a_viewer_sees_the_policy_form_read_only(live):
+    name = f"viewer-{uuid.uuid4().hex[:6]}"
+    create = (
+        "from django.contrib.auth import get_user_model; "
+        "from django.contrib.auth.models import Group; "
+        "from controlplane.roles import ensure_groups; ensure_groups(); "
+        f"u = get_user_model().objects.create_user(username={name!r}, "
+        f"password={services.TEST_PASSWORD!r}); u.groups.add(Group.objects.get(name='viewer'))"
+    )
+    services.manage(live["env"], "shell", "-c", create)
+    context = live["browser"].new_context(viewport=WIDE)
+    try:
+        page = context.new_page()
+        page.js_errors = watch_problems(page)
+        page.goto(live["app"].url + "/accounts/login/?next=/policies/")
+        page.fill("#id_username", name)
+        page.fill("#id_password", services.TEST_PASSWORD)
+        page.click("main button[type=submit]")
+        expect(page.locator("#policy-list button").first).to_be_visible()
+        page.locator("#policy-list button").first.click()
+        expect(page.locator("#read-only-note")).to_be_visible()
+        for field in ("#f-name", "#f-tau", "#f-mode", "#f-sla_p99_ms", "#save-policy"):
+            expect(page.locator(field)).to_be_disabled()
+        expect(page.locator("#apply-policy")).to_be_disabled()
+        assert_clean(page)
+    finally:
+        context.close()
+
+
 def test_policy_editor_shows_mode_fields_and_every_error_at_once(live, live_page):
     page = open_policies(live_page, live["app"].url)
     page.click("#new-policy")
