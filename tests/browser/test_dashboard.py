@@ -464,6 +464,10 @@ def test_fleet_page_shows_the_lead_over_the_baseline_with_its_interval(
     0.74 + 0.01 sin(i / 9) for sample i, its delta-sync baseline's 0.731, second by second."""
     names = live["names"]
     expected = sum(0.009 + 0.01 * math.sin(i / 9.0) for i in range(300)) / 300
+    # A baseline sample now (no LiveUpdate point near it to pair with), so its "last seen" is
+    # in seconds and visibly counts below.
+    seed = live["seed"]
+    seed.ingest(names["base"], [seed.sample(names["base"], time.time(), **DELTA_SYNC_SAMPLE)])
     page = live_page()
     settle(page)
     card = page.locator("#ab-card")
@@ -483,6 +487,11 @@ def test_fleet_page_shows_the_lead_over_the_baseline_with_its_interval(
     assert len(gap) >= 250 and abs(sum(gap) / len(gap) - lead) < 1e-9
     fresh = page.evaluate("() => document.getElementById('ab-fresh').data.map(t => t.name)")
     assert fresh == [names["live"], f"{names['base']} (not reported)"]
+    # "N s ago" keeps counting without new data (the baseline sends none during this test).
+    ago = page.locator(f"tr[data-node={names['base']}] td[data-label=Status] [data-ago]")
+    before = ago.inner_text()
+    page.wait_for_timeout(2500)
+    assert ago.inner_text() != before, before
     page.screenshot(path=str(artifacts_dir / "fleet-ab.png"), full_page=True)
     assert_clean(page)
 

@@ -173,5 +173,4 @@ onFleetEvent((event) => {
   }
 });
 onFleetReconnect(load);
-setInterval(() => { if (state.loaded) renderNodes(); }, 5000); // refresh "… s ago"
 load();
