@@ -25,6 +25,11 @@ class Field:
         return bound.describe() + (", or empty" if bound.nullable else "")
 
     @property
+    def bound(self) -> protocol.Bound | None:
+        """The API's bound of this number field (the page checks it before saving, too)."""
+        return protocol.POLICY_BOUNDS.get(self.name)
+
+    @property
     def integer(self) -> bool:
         bound = protocol.POLICY_BOUNDS.get(self.name)
         return bound is not None and bound.kind is int
@@ -34,8 +39,20 @@ class Field:
         return protocol.POLICY_DEFAULTS.get(self.name, "")
 
 
-GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
-    (
+@dataclass(frozen=True)
+class Group:
+    """A fieldset of the editor; ``modes`` are the policy modes it applies to (all when empty:
+    a delta-sync or frozen node has no trainer, ranks or LoRA memory to configure)."""
+
+    title: str
+    fields: tuple[Field, ...]
+    modes: tuple[str, ...] = ()
+
+
+TRAINER_MODES = ("liveupdate",)
+
+GROUPS: tuple[Group, ...] = (
+    Group(
         "Mode",
         (
             Field(
@@ -46,15 +63,16 @@ GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
             ),
         ),
     ),
-    (
+    Group(
         "Rank budget",
         (
             Field("r_min", "Minimum rank", "r"),
             Field("r_max", "Maximum rank", "r"),
             Field("tau", "Energy kept (tau)", "", "Share of singular-value energy the rank keeps."),
         ),
+        TRAINER_MODES,
     ),
-    (
+    Group(
         "Memory budget",
         (
             Field("memory_budget_pct", "Memory budget", "% of tables"),
@@ -66,8 +84,9 @@ GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
                 choices=protocol.PRUNE_ACTIONS,
             ),
         ),
+        TRAINER_MODES,
     ),
-    (
+    Group(
         "QoS",
         (
             Field("trainer_cores", "Trainer cores", "cores", "0: the node picks idle cores."),
@@ -76,8 +95,9 @@ GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
             Field("cache_partition_pct", "Cache partition (CAT)", "%", "0: none."),
             Field("bandwidth_partition_pct", "Bandwidth partition (MBA)", "%", "0: none."),
         ),
+        TRAINER_MODES,
     ),
-    (
+    Group(
         "SLA",
         (
             Field("sla_p99_ms", "Inference P99 SLA", "ms"),

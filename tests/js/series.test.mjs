@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, trimSeries,
+  clippedTop, emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, trimSeries,
 } from "../../frontend/static/frontend/series.js";
 
 test("a live range ends now, a fixed one where it was set", () => {
@@ -13,8 +13,9 @@ test("a live range ends now, a fixed one where it was set", () => {
 
 test("a sample becomes one point of every metric, missing metrics as null", () => {
   const s = emptySeries();
-  pushPoint(s, 100, { auc: 0.74, p99_ms: 11, trainer_duty: 0 });
-  assert.deepEqual(s, { t: [100], auc: [0.74], p99: [11], mem: [null], sps: [null], duty: [0] });
+  pushPoint(s, 100, { auc: 0.74, p99_ms: 11, trainer_duty: 0, dropped_samples: 3 });
+  assert.deepEqual(s, { t: [100], auc: [0.74], p99: [11], p95: [null], p50: [null], qps: [null],
+    logloss: [null], mem: [null], sps: [null], duty: [0], fresh: [null], skipped: [null], dropped: [3] });
 });
 
 test("server buckets are drawn at their middle, with the columns asked for", () => {
@@ -73,4 +74,12 @@ test("a first change with an unknown 'from' is not extended backwards", () => {
   h.sort();
   h.holdFrom(100);
   assert.deepEqual(h.tables.user, { t: [200], r: [5] });
+});
+
+test("a start-up spike does not set the chart's scale, the SLA line stays in view", () => {
+  const p99 = [1300, 900, ...Array.from({ length: 98 }, (_, i) => 10 + (i % 5))];
+  const top = clippedTop(p99, { floor: 20 });
+  assert.ok(top >= 22 && top < 30, `top ${top}`); // 14 ms * 1.25 = 17.5, raised to 1.1 * SLA
+  assert.equal(clippedTop([10, 11, 12]), null); // nothing to clip: Plotly's own range
+  assert.equal(clippedTop([null, undefined]), null);
 });

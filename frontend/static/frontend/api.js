@@ -1,4 +1,5 @@
 // The REST client of the dashboard pages: the session cookie and the page's CSRF token.
+import { fetchDone } from "./stale.js";
 
 const csrfToken = () => document.querySelector("meta[name=csrf-token]").content;
 
@@ -18,8 +19,10 @@ export async function api(path, { method = "GET", body, params } = {}) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
+    fetchDone(0, `network error: ${err.message}`);
     return { ok: false, status: 0, data: { detail: `network error: ${err.message}` } };
   }
+  fetchDone(response.status, `HTTP ${response.status}`);
   let data = null;
   const text = await response.text();
   if (text) {

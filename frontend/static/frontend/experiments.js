@@ -119,6 +119,7 @@ async function loadRuns(selectId) {
   const select = document.getElementById("run-select");
   select.replaceChildren(el("option", { value: "" }, list.length ? "choose a run…" : "no runs imported yet"),
     ...list.map((r) => el("option", { value: r.id }, `${r.name}${r.dataset ? ` (${r.dataset})` : ""}`)));
+  document.getElementById("no-runs").hidden = list.length > 0;
   const id = selectId ?? (list[0] && list[0].id);
   if (id) { select.value = id; showRun(id); }
 }

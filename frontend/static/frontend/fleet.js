@@ -1,7 +1,10 @@
 // Fleet overview: every node's newest sample against its policy, and the open alerts, live.
 import { api, listAll } from "./api.js";
 import { applyRole, el } from "./dom.js";
-import { epoch, errorText, fmt, isNum, limitLevel, limitShare } from "./format.js";
+import {
+  epoch, errorText, fmt, isNum, limitLevel, limitShare, modeOf, trainsLocally,
+} from "./format.js";
+import { updateAb } from "./fleet_ab.js";
 import { onFleetEvent, onFleetReconnect } from "./live.js";
 
 const state = { nodes: new Map(), policies: new Map(), alerts: new Map(), loaded: false };
@@ -15,7 +18,11 @@ function gauge(value, limit, format, label) {
       el("span", { style: `width:${(limitShare(value, limit) * 100).toFixed(0)}%` })));
 }
 
-function trainerCell(s) {
+function trainerCell(s, policy) {
+  if (!trainsLocally(policy)) {
+    return [el("span", { class: "badge mode" }, modeOf(policy).replace("_", " ")),
+      el("div", { class: "sub" }, "no local trainer")];
+  }
   return [
     s.throttle ? el("span", { class: `badge ${s.throttle}` }, s.throttle) : "–",
     el("div", { class: "sub" }, isNum(s.trainer_samples_per_s)
@@ -34,17 +41,21 @@ function policyCell(node, policy) {
 function row(node) {
   const s = node.latest || {};
   const policy = state.policies.get(node.policy);
+  const trains = trainsLocally(policy);
+  const notHere = el("span", { class: "sub" }, "n/a (no LoRA)");
   const cells = [
     ["Node", el("a", { href: `/nodes/${node.name}/` }, node.name)],
     ["Status", el("span", { class: `badge ${node.status}` }, node.status),
-      el("div", { class: "sub" }, fmt.ago(epoch(node.last_seen)))],
-    ["Freshness lag", fmt.secs(s.freshness_lag_s)],
+      el("div", { class: "sub", dataset: { ago: epoch(node.last_seen) ?? "" } }, fmt.ago(epoch(node.last_seen)))],
+    ["Freshness lag", trains || isNum(s.freshness_lag_s) ? fmt.secs(s.freshness_lag_s)
+      : el("span", { class: "sub", title: "A delta-sync node reports no sync times in its telemetry." },
+        "not reported")],
     ["AUC (window)", fmt.auc(s.auc)],
     ["P99 vs SLA", gauge(s.p99_ms, policy?.sla_p99_ms, fmt.ms, "inference P99 / SLA")],
-    ["Memory vs budget", gauge(s.memory_overhead_pct, policy?.memory_budget_pct, fmt.pct,
-      "LoRA memory % of tables / budget")],
-    ["Rank", fmt.ranks(s.tables)],
-    ["Trainer", ...trainerCell(s)],
+    ["Memory vs budget", trains ? gauge(s.memory_overhead_pct, policy?.memory_budget_pct, fmt.pct,
+      "LoRA memory % of tables / budget") : notHere],
+    ["Rank", trains ? fmt.ranks(s.tables) : notHere.cloneNode(true)],
+    ["Trainer", ...trainerCell(s, policy)],
     ["Policy", ...policyCell(node, policy)],
   ];
   return el("tr", { dataset: { node: node.name } },
@@ -75,7 +86,7 @@ function alertItem(a) {
     el("span", { class: `badge ${a.severity}` }, a.severity),
     el("a", { href: `/nodes/${a.node}/` }, a.node), " ",
     el("strong", {}, a.kind.replace("_", " ")), " — ", a.message,
-    el("span", { class: "sub" }, ` raised ${fmt.ago(a.raised_at)}`),
+    el("span", { class: "sub" }, " raised ", el("span", { dataset: { ago: a.raised_at ?? "" } }, fmt.ago(a.raised_at))),
     a.acknowledged_by ? el("span", { class: "sub" }, ` · acknowledged by ${a.acknowledged_by}`)
       : el("button", { type: "button", class: "secondary small", "data-needs": "operator",
         onclick: () => acknowledge(a.id) }, "Acknowledge"));
@@ -118,6 +129,7 @@ async function fetchAll() {
     state.loaded = true;
     renderNodes();
     renderAlerts();
+    updateAb(nodes, state.policies);
   } catch (err) {
     document.getElementById("fleet").replaceChildren(
       el("p", { class: "error" }, `Could not load the fleet: ${err.message}`));
@@ -161,5 +173,4 @@ onFleetEvent((event) => {
   }
 });
 onFleetReconnect(load);
-setInterval(() => { if (state.loaded) renderNodes(); }, 5000); // refresh "… s ago"
 load();

@@ -54,14 +54,45 @@ export function limitLevel(value, limit) {
 export const limitShare = (value, limit) =>
   (isNum(value) && isNum(limit) && limit > 0 ? Math.min(1, Math.max(0, value / limit)) : 0);
 
+// The API's generic messages in the words of a form (a person typed text, not "null").
+const PLAIN = {
+  "This field may not be null.": "Required: enter a number.",
+  "This field may not be blank.": "Required.",
+  "A valid number is required.": "Enter a number.",
+  "A valid integer is required.": "Enter a whole number.",
+};
+export const plainMessage = (m) => PLAIN[m] || m;
+
 // Field errors from a DRF 400 reply: {field: [messages]} -> {field: "message message"}.
 export function fieldErrors(data) {
   const out = {};
   if (!data || typeof data !== "object") return { non_field_errors: String(data) };
   Object.entries(data).forEach(([k, v]) => {
-    out[k] = Array.isArray(v) ? v.join(" ") : typeof v === "object" ? JSON.stringify(v) : v;
+    out[k] = Array.isArray(v) ? v.map(plainMessage).join(" ")
+      : typeof v === "object" ? JSON.stringify(v) : plainMessage(v);
   });
   return out;
+}
+
+// A number field checked as the API will check it, so every field's error shows at once:
+// spec is the input's dataset {number: "int"|"float", low, high, lowOpen, nullable} (bounds as
+// the server wrote them, so the wording matches the API's). Returns "" when the value is fine.
+export function numberFieldError(raw, badInput, spec) {
+  const text = raw.trim();
+  if (badInput) return "Enter a number.";
+  if (text === "") return spec.nullable !== undefined ? "" : "Required: enter a number.";
+  const v = Number(text);
+  if (!Number.isFinite(v)) return "Enter a number.";
+  if (spec.number === "int" && !Number.isInteger(v)) return "Enter a whole number.";
+  const low = spec.low === undefined ? null : Number(spec.low);
+  const high = spec.high === undefined ? null : Number(spec.high);
+  const open = spec.lowOpen !== undefined;
+  const tooLow = low !== null && (open ? v <= low : v < low);
+  if (tooLow || (high !== null && v > high)) {
+    const parts = [low === null ? "" : `${open ? ">" : ">="} ${spec.low}`, high === null ? "" : `<= ${spec.high}`];
+    return `Must be ${parts.filter(Boolean).join(" and ")}.`;
+  }
+  return "";
 }
 
 // One line for an API reply that failed: its field errors, or its HTTP status.
@@ -77,3 +108,14 @@ export function numberFieldValue(raw, badInput = false) {
   if (text === "") return badInput ? "not a number" : null;
   return Number.isFinite(Number(text)) ? Number(text) : text;
 }
+
+// Only a liveupdate node trains locally: the others (delta_sync, frozen) have no trainer, ranks or
+// LoRA memory to show. A node without a policy runs the default mode, liveupdate.
+export const TRAINING_MODE = "liveupdate";
+export const modeOf = (policy) => (policy && policy.mode) || TRAINING_MODE;
+export const trainsLocally = (policy) => modeOf(policy) === TRAINING_MODE;
+export const MODE_TEXT = {
+  liveupdate: "LiveUpdate (local LoRA training)",
+  delta_sync: "delta sync (rows from the training cluster, no local trainer)",
+  frozen: "frozen (no updates)",
+};

@@ -3,6 +3,7 @@
 // those nodes' events only (re-sent on reconnect); onFleetReconnect(fn) lets a page reload what
 // it may have missed while the socket was down, or when the server says events were dropped on
 // the way ({"kind": "resync"}).
+import { socketDown, socketUp } from "./stale.js";
 
 const listeners = [];
 const reconnectListeners = [];
@@ -29,6 +30,7 @@ function connect() {
   ws.onopen = () => {
     openedAt = Date.now();
     setState("open", "live");
+    socketUp();
     sendWatch();
     if (everOpen) reconnectListeners.forEach((fn) => fn());
     everOpen = true;
@@ -40,6 +42,7 @@ function connect() {
   };
   ws.onclose = () => {
     setState("closed", "reconnecting…");
+    socketDown();
     // Back off unless the socket had stayed up for a while (a server that accepts and then
     // drops every socket must not be hammered, nor the API reloaded in a loop).
     if (openedAt && Date.now() - openedAt > 10000) delay = 500;

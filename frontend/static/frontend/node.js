@@ -3,16 +3,17 @@
 // actions and the policy box by node_actions.js.
 import { api, listAll } from "./api.js";
 import { el } from "./dom.js";
-import { epoch, errorText, fmt, isNum } from "./format.js";
+import { epoch, errorText, fmt, isNum, MODE_TEXT, modeOf, trainsLocally } from "./format.js";
 import { onFleetEvent, onFleetReconnect, watchNodes } from "./live.js";
 import { chartSteps, renderCharts, renderLimits } from "./node_charts.js";
 import { showPolicy, startActions } from "./node_actions.js";
 import {
-  emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, THROTTLE_STATES, trimSeries,
+  emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, SERIES_METRICS, THROTTLE_STATES,
+  trimSeries,
 } from "./series.js";
 
 const NAME = document.getElementById("node-page").dataset.node;
-const METRICS = ["auc", "p99_ms", "memory_overhead_pct", "trainer_samples_per_s", "trainer_duty"];
+const METRICS = SERIES_METRICS;
 
 const state = {
   name: NAME, node: null, policy: null, nodes: [], policies: new Map(),
@@ -82,6 +83,15 @@ function applyRange(start, end, [series, base, rankEvents, qosEvents]) {
   state.lastSeq[NAME] = latest ? latest.seq : -1;
 }
 
+// The range, its point count (live points included) and how the server bucketed it.
+function showRangeInfo() {
+  const [start, end] = rangeBounds(state.range);
+  document.getElementById("range-info").textContent =
+    `${fmt.time(start)} – ${state.range.live ? "now (live)" : fmt.time(end)} · ` +
+    `${fmt.plural(state.main.t.length, "point")} · bucket ${state.bucket_s} s (averaged on the server; ` +
+    "P99 and memory show each bucket's maximum)";
+}
+
 // Reload everything for the current range (history from the server, downsampled there).
 async function loadRange() {
   const token = ++state.loading;
@@ -95,10 +105,8 @@ async function loadRange() {
     if (newest && newest.detail.placement) state.placement = newest.detail.placement;
     if (token !== state.loading) return; // a newer range was picked meanwhile
     applyRange(start, end, got);
-    const n = got[0].t.length;
-    info.textContent = `${fmt.time(start)} – ${state.range.live ? "now (live)" : fmt.time(end)} · ` +
-      `${fmt.plural(n, "point")} · bucket ${state.bucket_s} s (averaged on the server; ` +
-      "P99 and memory show each bucket's maximum)";
+    state.shown = token;
+    showRangeInfo();
     renderCharts(state);
   } catch (err) {
     if (token === state.loading) info.textContent = `Could not load the range: ${err.message}`;
@@ -117,14 +125,27 @@ function summary() {
   if (!n) return;
   const s = n.latest || {};
   const p = state.policy;
+  const trains = trainsLocally(p);
   document.getElementById("node-summary").replaceChildren(
     el("span", { class: `badge ${n.status}` }, n.status), " ",
-    `last seen ${fmt.ago(epoch(n.last_seen))}`,
+    el("span", { class: "badge mode", dataset: { mode: modeOf(p) } }, modeOf(p).replace("_", " ")), " ",
+    "last seen ", el("span", { dataset: { ago: epoch(n.last_seen) ?? "" } }, fmt.ago(epoch(n.last_seen))),
     n.host ? ` · host ${n.host}` : "",
-    ` · freshness lag ${fmt.secs(s.freshness_lag_s)} · AUC ${fmt.auc(s.auc)} · P99 ${fmt.ms(s.p99_ms)}`,
-    p ? ` (SLA ${p.sla_p99_ms} ms)` : "",
-    ` · memory ${fmt.pct(s.memory_overhead_pct)}`, p ? ` (budget ${p.memory_budget_pct} %)` : "",
-    s.throttle ? ` · trainer ${s.throttle}` : "");
+    trains || isNum(s.freshness_lag_s) ? ` · freshness lag ${fmt.secs(s.freshness_lag_s)}` : "",
+    ` · AUC ${fmt.auc(s.auc)} · P99 ${fmt.ms(s.p99_ms)}`, p ? ` (SLA ${p.sla_p99_ms} ms)` : "",
+    trains ? ` · memory ${fmt.pct(s.memory_overhead_pct)}` : "",
+    trains && p ? ` (budget ${p.memory_budget_pct} %)` : "",
+    trains && s.throttle ? ` · trainer ${s.throttle}` : "");
+}
+
+// A delta-sync or frozen node has no trainer: no pause/resume, rank, LoRA memory or trainer chart.
+function showMode() {
+  const trains = trainsLocally(state.policy);
+  document.querySelectorAll("[data-trainer-only]").forEach((node) => { node.hidden = !trains; });
+  const note = document.getElementById("mode-note");
+  note.hidden = trains;
+  note.textContent = trains ? "" : `Mode ${MODE_TEXT[modeOf(state.policy)] || modeOf(state.policy)}: ` +
+    "there is no trainer to pause, no LoRA factors to snapshot, and no ranks or LoRA memory to show.";
 }
 
 function fillBaselines() {
@@ -160,6 +181,7 @@ async function loadNode() {
   if (state.baseline === "" && !state.baselineChosen) state.baseline = defaultBaseline(nodes);
   fillBaselines();
   summary();
+  showMode();
   showPolicy(state);
   return true;
 }
@@ -205,6 +227,7 @@ function onTelemetry(event) {
     return;
   }
   trim();
+  if (state.loading === state.shown) showRangeInfo();
   scheduleRender();
 }
 

@@ -4,12 +4,16 @@
 // and the node's recent events.
 import { api, listAll } from "./api.js";
 import { confirmAction, el } from "./dom.js";
-import { epoch, errorText, fmt } from "./format.js";
+import { epoch, errorText, fmt, trainsLocally } from "./format.js";
+import { describeResult, EVENT_KINDS, eventRows, KIND_LABELS } from "./events.js";
 import { onFleetEvent } from "./live.js";
 
 const actions = new Map(); // id -> NodeAction as the API shows it
 const POLL_MS = 1500;
+const MAX_EVENTS = 2000; // kept in the page for the folds and filters
+const FOLD_S = 60;
 let events = [];
+const shownKinds = new Set(EVENT_KINDS);
 
 function describe(a) {
   if (a.state === "succeeded") return "confirmed by the node";
@@ -23,8 +27,9 @@ function actionItem(a) {
     el("span", { class: `badge ${a.state}` }, a.state), " ",
     el("strong", {}, a.action.replace("_", " ")), ` #${a.id} · ${describe(a)}`,
     a.result && a.state === "succeeded"
-      ? el("code", { class: "sub" }, ` ${JSON.stringify(a.result).slice(0, 160)}`) : "",
-    el("span", { class: "sub" }, ` · ${a.actor || ""} ${a.created ? fmt.ago(epoch(a.created)) : ""}`));
+      ? el("div", { class: "sub result" }, describeResult(a.action, a.result)) : "",
+    el("span", { class: "sub" }, ` · ${a.actor || ""} `,
+      a.created ? el("span", { dataset: { ago: epoch(a.created) } }, fmt.ago(epoch(a.created))) : ""));
 }
 
 function renderLog() {
@@ -64,15 +69,31 @@ async function send(name, action, body) {
   return null;
 }
 
+// The event filters: one checkbox per kind.
+function renderFilters() {
+  document.getElementById("event-filters").replaceChildren(...EVENT_KINDS.map((kind) =>
+    el("label", { class: "chip" }, el("input", { type: "checkbox", value: kind, checked: shownKinds.has(kind),
+      onchange: (e) => {
+        if (e.target.checked) shownKinds.add(kind); else shownKinds.delete(kind);
+        renderEvents();
+      } }), ` ${KIND_LABELS[kind]}`)));
+}
+
 function renderEvents() {
   const box = document.getElementById("events");
-  if (!events.length) { box.replaceChildren(el("p", { class: "empty" }, "No events reported.")); return; }
-  box.replaceChildren(el("table", { class: "responsive compact" },
+  const rows = eventRows(events, { interval: FOLD_S, kinds: shownKinds }).slice(0, 30);
+  if (!rows.length) {
+    box.replaceChildren(el("p", { class: "empty" }, events.length ? "No events of the checked kinds."
+      : "No events reported."));
+    return;
+  }
+  box.replaceChildren(el("table", { class: "responsive compact", id: "events-table" },
     el("thead", {}, el("tr", {}, ["Time", "Event", "Detail"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, events.slice(0, 20).map((e) => el("tr", {},
-      el("td", { dataset: { label: "Time" } }, fmt.time(e.ts)),
-      el("td", { dataset: { label: "Event" } }, e.kind),
-      el("td", { dataset: { label: "Detail" } }, el("code", {}, JSON.stringify(e.detail))))))));
+    el("tbody", {}, rows.map((r) => el("tr", { dataset: { kind: r.kind, count: r.count } },
+      el("td", { dataset: { label: "Time" } }, fmt.time(r.ts)),
+      el("td", { dataset: { label: "Event" } }, KIND_LABELS[r.kind] || r.kind,
+        r.count > 1 ? el("span", { class: "sub" }, ` ×${r.count} in ${FOLD_S} s`) : ""),
+      el("td", { dataset: { label: "Detail" } }, r.text))))));
 }
 
 // The assigned policy's main values, and the choice of policy to assign.
@@ -83,10 +104,12 @@ export function showPolicy(state) {
     box.replaceChildren(el("p", { class: "empty" }, "No policy assigned: the node runs its defaults."));
   } else {
     const applied = state.node.applied_policy_version;
+    const trainer = trainsLocally(p) ? [["Rank budget", `${p.r_min}–${p.r_max}`],
+      ["Memory budget", `${p.memory_budget_pct} %`], ["tau", p.tau], ["Max trainer duty", p.max_trainer_duty]] : [];
     const rows = [
       ["Policy", `${p.name} v${p.version}${applied === p.version ? " (applied)" : ` (applied: ${applied ? `v${applied}` : "never"})`}`],
-      ["Mode", p.mode], ["Rank budget", `${p.r_min}–${p.r_max}`], ["Memory budget", `${p.memory_budget_pct} %`],
-      ["tau", p.tau], ["SLA P99", `${p.sla_p99_ms} ms`], ["Max trainer duty", p.max_trainer_duty],
+      ["Mode", p.mode], ...trainer, ["SLA P99", `${p.sla_p99_ms} ms`],
+      ["AUC floor", p.auc_floor ?? "none"],
     ];
     box.replaceChildren(el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
   }
@@ -130,18 +153,20 @@ export async function startActions(name) {
     if (event.kind === "node_action") track({ ...(actions.get(event.action.id) || {}), ...event.action });
     if (event.kind === "rank_event" || event.kind === "node_event") {
       events.unshift({ ts: event.ts, kind: event.event, detail: event.detail });
+      events.length = Math.min(events.length, MAX_EVENTS);
       renderEvents();
     }
   });
   const [recent, checkpoints, evs] = await Promise.all([
     api("/api/actions/", { params: { node: name, limit: 12 } }),
     listAll("/api/checkpoints/").catch(() => []),
-    api("/api/events/", { params: { node: name, limit: 20 } }),
+    api("/api/events/", { params: { node: name, limit: 200 } }),
   ]);
   if (recent.ok) recent.data.results.forEach(track);
   document.getElementById("checkpoint").replaceChildren(
     el("option", { value: "" }, checkpoints.length ? "choose…" : "no checkpoints registered"),
     ...checkpoints.map((c) => el("option", { value: c.id }, `${c.name} (${fmt.time(epoch(c.created))})`)));
   events = evs.ok ? evs.data.results.map((e) => ({ ts: epoch(e.ts), kind: e.kind, detail: e.detail })) : [];
+  renderFilters();
   renderEvents();
 }

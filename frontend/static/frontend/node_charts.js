@@ -1,8 +1,9 @@
 // The node page's Plotly charts, drawn from the page state kept by node.js (Plotly.react: the
 // chart divs keep their zoom, and the browser tests read each div's .data).
-import { isNum } from "./format.js";
+import { drawAb } from "./ab_panel.js";
+import { isNum, trainsLocally } from "./format.js";
 import { layout, plotConfig } from "./plot.js";
-import { rangeBounds, THROTTLE_STATES } from "./series.js";
+import { clippedTop, rangeBounds, THROTTLE_STATES } from "./series.js";
 
 const COLORS = { node: "#2458d6", baseline: "#8a5cf5", limit: "#b42318", trainer: "#e07b00",
   inference: "#2458d6", other: "#9aa3b5" };
@@ -33,8 +34,21 @@ function limitLine(name, value, state) {
     line: { color: COLORS.limit, dash: "dash", width: 2 }, hoverinfo: "name+y" };
 }
 
+// Charts in a hidden card (a delta-sync node's trainer charts) are not drawn.
 function react(id, traces, lay) {
-  Plotly.react(document.getElementById(id), traces, lay, plotConfig);
+  const div = document.getElementById(id);
+  if (div.closest("[hidden]")) return;
+  Plotly.react(div, traces, lay, plotConfig);
+}
+
+// A y axis whose top ignores start-up spikes (the clipped points are still in the hover).
+function clipTop(lay, values, floor = 0) {
+  const top = clippedTop(values, { floor });
+  if (top !== null) {
+    lay.yaxis.range = [0, top];
+    lay.yaxis.title.text += " (spikes clipped)";
+  }
+  return lay;
 }
 
 function auc(state) {
@@ -53,10 +67,50 @@ function auc(state) {
 const bucketMax = (state) => (state.bucket_s > 1 ? " (bucket max)" : "");
 
 function p99(state) {
-  const traces = [line(`${state.name} P99${bucketMax(state)}`, state.main.t, state.main.p99, COLORS.node)];
+  const m = state.main;
+  const traces = [line(`${state.name} P99${bucketMax(state)}`, m.t, m.p99, COLORS.node),
+    line("P95", m.t, m.p95, "#5b8def", { line: { color: "#5b8def", width: 1 } }),
+    line("P50", m.t, m.p50, "#9aa3b5", { line: { color: "#9aa3b5", width: 1 } })];
   const sla = state.policy && state.policy.sla_p99_ms;
   if (isNum(sla)) traces.push(limitLine(`SLA ${sla} ms`, sla, state));
-  react("chart-p99", traces, timeLayout(state, "P99 latency (ms)"));
+  react("chart-p99", traces, clipTop(timeLayout(state, "latency (ms)"), m.p99, isNum(sla) ? sla : 0));
+}
+
+function qps(state) {
+  react("chart-qps", [line(`${state.name} requests/s`, state.main.t, state.main.qps, COLORS.node)],
+    clipTop(timeLayout(state, "requests/s"), state.main.qps));
+}
+
+function logloss(state) {
+  const traces = [line(`${state.name} log loss`, state.main.t, state.main.logloss, COLORS.node)];
+  if (state.baseline) {
+    traces.push(line(`${state.baseline} log loss (baseline)`, state.base.t, state.base.logloss,
+      COLORS.baseline, { line: { color: COLORS.baseline, width: 2, dash: "dot" } }));
+  }
+  const lay = timeLayout(state, "log loss (windowed)");
+  lay.yaxis.rangemode = "normal";
+  react("chart-logloss", traces, lay);
+}
+
+function losses(state) {
+  const m = state.main;
+  const bar = (name, ys, color) => ({ name, x: dates(m.t), y: ys, type: "bar", marker: { color } });
+  react("chart-losses", [bar("skipped batches", m.skipped, COLORS.trainer),
+    bar("dropped samples", m.dropped, COLORS.limit)],
+  timeLayout(state, "count per sample", { barmode: "group" }));
+}
+
+// The A/B readout against the chosen baseline, for a node that trains locally.
+function abReadout(state) {
+  const card = document.getElementById("node-ab-card");
+  const show = Boolean(state.baseline) && trainsLocally(state.policy);
+  card.hidden = !show;
+  if (!show) return;
+  const basePolicy = state.policies.get((state.nodes.find((n) => n.name === state.baseline) || {}).policy);
+  const [start, end] = rangeBounds(state.range);
+  drawAb("node-ab", { liveName: state.name, baseName: state.baseline, baseTrains: trainsLocally(basePolicy),
+    live: state.main, base: state.base, tolerance: Math.max(1, state.bucket_s), range: [start, end],
+    rangeText: state.range.live ? `the last ${Math.round(state.range.seconds / 60)} min` : "the chosen range" });
 }
 
 function memory(state) {
@@ -142,7 +196,7 @@ function cpu(state) {
   }));
 }
 
-export const chartSteps = [auc, p99, memory, rank, trainer, cpu]; // in page order
+export const chartSteps = [abReadout, auc, p99, qps, logloss, memory, rank, trainer, losses, cpu]; // in page order
 export const renderCharts = (state) => chartSteps.forEach((draw) => draw(state));
 export function renderLimits(state) {
   p99(state);

@@ -18,3 +18,18 @@ export function layout(yTitle, extra = {}) {
 export const plotConfig = {
   responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"],
 };
+
+// Plotly for a page that needs it only sometimes (the fleet page's A/B card): the script named by
+// the page's <meta name="plotly-src">, loaded on first use, so the fleet table never waits for it.
+let plotlyLoading = null;
+export function loadPlotly() {
+  if (globalThis.Plotly) return Promise.resolve();
+  plotlyLoading = plotlyLoading || new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = document.querySelector("meta[name=plotly-src]").content;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error("could not load the charting library"));
+    document.head.append(script);
+  });
+  return plotlyLoading;
+}

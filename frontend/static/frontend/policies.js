@@ -2,7 +2,9 @@
 // apply the saved version to one node or a group after confirmation, and show the history.
 import { api, listAll, me } from "./api.js";
 import { confirmAction, el } from "./dom.js";
-import { epoch, errorText, fieldErrors, fmt, numberFieldValue } from "./format.js";
+import {
+  epoch, errorText, fieldErrors, fmt, numberFieldError, numberFieldValue, TRAINING_MODE,
+} from "./format.js";
 import { onFleetEvent } from "./live.js";
 
 const form = document.getElementById("policy-form");
@@ -37,6 +39,28 @@ function showErrors(data) {
   if (first) first.focus();
 }
 
+// Every field's error at once, before a request: the number fields against their bounds, and
+// the rank budget's order (the API says the same; this spares a round trip per mistake).
+function clientErrors() {
+  const errors = {};
+  inputs().filter((i) => i.dataset.number).forEach((input) => {
+    const message = numberFieldError(input.value, input.validity.badInput, input.dataset);
+    if (message) errors[input.name] = message;
+  });
+  const [rMin, rMax] = ["r_min", "r_max"].map((n) => Number(form.elements[n].value));
+  if (!errors.r_min && !errors.r_max && rMin > rMax) errors.r_max = "Must be >= r_min.";
+  if (!form.elements.name.value.trim()) errors.name = "Required.";
+  return errors;
+}
+
+// Fieldsets marked data-modes (the trainer's) show only for those modes.
+function showModeFields() {
+  const mode = form.elements.mode.value || TRAINING_MODE;
+  form.querySelectorAll("fieldset[data-modes]").forEach((f) => {
+    f.hidden = !f.dataset.modes.split(" ").includes(mode);
+  });
+}
+
 // The form as the API wants it: numbers as numbers, an empty optional number as null, and
 // anything the browser could not parse passed through so the API names the field.
 function values() {
@@ -63,6 +87,7 @@ function fill(policy) {
   document.getElementById("save-status").textContent = "";
   state.dirty = false;
   clearErrors();
+  showModeFields();
   renderList();
   renderApply();
   loadHistory();
@@ -127,6 +152,7 @@ async function loadHistory() {
 async function load(selectId) {
   const [policies, nodes, user] = await Promise.all([listAll("/api/policies/"), listAll("/api/nodes/"), me()]);
   state.canApply = ["operator", "admin"].includes(user.role);
+  document.getElementById("read-only-note").hidden = user.role === "admin";
   state.policies = policies;
   state.nodes = nodes;
   const id = selectId ?? (state.current && state.current.id);
@@ -134,10 +160,17 @@ async function load(selectId) {
 }
 
 form.addEventListener("input", () => { state.dirty = true; renderApply(); });
+form.elements.mode.addEventListener("change", showModeFields);
 form.addEventListener("submit", async (e) => {
   e.preventDefault();
   clearErrors();
   const status = document.getElementById("save-status");
+  const mistakes = clientErrors();
+  if (Object.keys(mistakes).length) {
+    status.textContent = `Not saved: fix the ${fmt.plural(Object.keys(mistakes).length, "field")} marked in red.`;
+    showErrors(mistakes);
+    return;
+  }
   status.textContent = "Saving…";
   const p = state.current;
   const res = await api(p ? `/api/policies/${p.id}/` : "/api/policies/", { method: p ? "PUT" : "POST", body: values() });

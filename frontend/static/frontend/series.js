@@ -13,16 +13,30 @@ export function rangeBounds(range, now = Date.now() / 1000) {
   return [range.start, range.end];
 }
 
-export const emptySeries = () => ({ t: [], auc: [], p99: [], mem: [], sps: [], duty: [] });
+// Column of the page's series -> the API's metric name.
+export const COLUMNS = {
+  auc: "auc", p99: "p99_ms", p95: "p95_ms", p50: "p50_ms", qps: "qps", logloss: "logloss",
+  mem: "memory_overhead_pct", sps: "trainer_samples_per_s", duty: "trainer_duty",
+  fresh: "freshness_lag_s", skipped: "skipped_batches", dropped: "dropped_samples",
+};
+export const SERIES_METRICS = Object.values(COLUMNS);
+
+export const emptySeries = () => ({ t: [], ...Object.fromEntries(Object.keys(COLUMNS).map((c) => [c, []])) });
 
 // One point from a sample (or a bucket's values), keyed by the API's metric names.
 export function pushPoint(series, t, v) {
   series.t.push(t);
-  series.auc.push(v.auc ?? null);
-  series.p99.push(v.p99_ms ?? null);
-  series.mem.push(v.memory_overhead_pct ?? null);
-  series.sps.push(v.trainer_samples_per_s ?? null);
-  series.duty.push(v.trainer_duty ?? null);
+  Object.entries(COLUMNS).forEach(([column, metric]) => series[column].push(v[metric] ?? null));
+}
+
+// The top of a chart's y axis that keeps a start-up spike from setting the scale: the
+// `q` quantile of the values times `headroom`, never below `floor` (e.g. the SLA line, so it
+// stays in view), and null (let Plotly choose) when nothing is clipped.
+export function clippedTop(values, { q = 0.98, headroom = 1.25, floor = 0 } = {}) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return null;
+  const top = Math.max(floor * 1.1, v[Math.min(v.length - 1, Math.floor(q * (v.length - 1)))] * headroom);
+  return v[v.length - 1] > top ? top : null;
 }
 
 // The buckets of a range query as points: `times` are the buckets' starts, each point is drawn
