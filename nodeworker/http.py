@@ -150,6 +150,8 @@ class NodeHTTPServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        if isinstance(host, bytes):  # the socket module types AF_UNIX addresses as bytes
+            host = host.decode()
         return f"http://{host}:{port}"
 
     def feedback_refusal(self, authorization: str | None) -> tuple[int, str] | None:

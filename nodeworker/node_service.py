@@ -36,6 +36,8 @@ class NodeSettings:
     token: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    # bearer secret for POST /v1/feedback; None: only loopback clients may send labels
+    feedback_secret: str | None = None
     replay: str | None = None  # "synthetic" or FORMAT:PATH
     skip_events: int = 0  # replay from this event on (the base was pretrained on the head)
     qps: float = 100.0
@@ -68,7 +70,7 @@ class NodeSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> NodeSettings:
         """NODE_NAME, NODE_CHECKPOINT, NODE_CONTROL_PLANE, NODE_TOKEN, NODE_HTTP_HOST,
-        NODE_HTTP_PORT, NODE_REPLAY, NODE_SKIP_EVENTS, NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS
+        NODE_HTTP_PORT, NODE_FEEDBACK_SECRET, NODE_REPLAY, NODE_SKIP_EVENTS, NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS
         (a bad value raises ValueError naming the variable)."""
 
         def num(var: str, kind, default):
@@ -87,6 +89,7 @@ class NodeSettings:
             token=environ.get("NODE_TOKEN") or None,
             http_host=environ.get("NODE_HTTP_HOST", "127.0.0.1"),
             http_port=num("NODE_HTTP_PORT", int, 0),
+            feedback_secret=environ.get("NODE_FEEDBACK_SECRET") or None,
             replay=environ.get("NODE_REPLAY") or None,
             skip_events=num("NODE_SKIP_EVENTS", int, 0),
             qps=num("NODE_QPS", float, 100.0),
@@ -189,7 +192,9 @@ class NodeService:
         ).start()
         self.runtime = runtime
         runtime.wait_ready()
-        self.http = NodeHTTPServer(runtime, s.http_host, s.http_port).start()
+        self.http = NodeHTTPServer(
+            runtime, s.http_host, s.http_port, feedback_secret=s.feedback_secret
+        ).start()
         self.control = ControlServer(s.control_socket, runtime.operations).start()
         if s.control_plane:
             self.reporter = TelemetryReporter(

@@ -465,6 +465,6 @@ def validate_batch(
         running = running_state(payload.get("running"))
     except TelemetryError as exc:
         errors.update(exc.errors)
-    if errors:
+    if errors or not isinstance(node, str) or not isinstance(samples, list):  # narrows types
         raise TelemetryError(errors)
     return TelemetryBatch(node, epoch, [clean_sample(s) for s in samples], running)

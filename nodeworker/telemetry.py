@@ -60,7 +60,7 @@ class CpuSampler:
 
     def _read(self) -> dict[int, tuple[int, int]]:
         """cpu -> (busy jiffies, total jiffies)."""
-        out = {}
+        out: dict[int, tuple[int, int]] = {}
         try:
             lines = self.path.read_text().splitlines()
         except OSError:

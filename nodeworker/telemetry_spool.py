@@ -121,7 +121,8 @@ class Spool:
         """The oldest pending samples: at most ``limit``, and at most ``max_bytes`` encoded
         (the first one always)."""
         with self._lock:
-            out, size = [], 0
+            out: list[dict[str, Any]] = []
+            size = 0
             for sample in self._pending[:limit]:
                 size += len(_line(sample))
                 if out and max_bytes is not None and size > max_bytes:

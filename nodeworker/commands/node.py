@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             token=args.token,
             http_host=args.http_host,
             http_port=args.http_port,
+            feedback_secret=os.environ.get("NODE_FEEDBACK_SECRET") or None,
             replay=args.replay,
             skip_events=args.skip_events,
             qps=args.qps,
