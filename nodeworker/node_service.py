@@ -70,8 +70,8 @@ class NodeSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> NodeSettings:
         """NODE_NAME, NODE_CHECKPOINT, NODE_CONTROL_PLANE, NODE_TOKEN, NODE_HTTP_HOST,
-        NODE_HTTP_PORT, NODE_FEEDBACK_SECRET, NODE_REPLAY, NODE_SKIP_EVENTS, NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS
-        (a bad value raises ValueError naming the variable)."""
+        NODE_HTTP_PORT, NODE_FEEDBACK_SECRET, NODE_REPLAY, NODE_SKIP_EVENTS, NODE_QPS,
+        NODE_LABEL_DELAY, NODE_SLA_MS (a bad value raises ValueError naming the variable)."""
 
         def num(var: str, kind, default):
             raw = environ.get(var)
