@@ -56,7 +56,8 @@ from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
 from dlrm_core.live_group import LiveGroup  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
-from dlrm_core.rank import RankController, RankPolicy, observe_grams  # noqa: E402
+from dlrm_core.rank import RankController, observe_grams  # noqa: E402
+from dlrm_core.rank_policy import RankPolicy  # noqa: E402
 from dlrm_core.trainer import (  # noqa: E402
     FullSparseTrainer,
     FullStepResult,

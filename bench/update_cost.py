@@ -53,7 +53,7 @@ from dlrm_core.experiment.data import open_source  # noqa: E402
 from dlrm_core.experiment.strategies import DeltaSync  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbeddingConfig  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
-from dlrm_core.rank import RankPolicy  # noqa: E402
+from dlrm_core.rank_policy import RankPolicy  # noqa: E402
 from dlrm_core.schema import StreamSchema  # noqa: E402
 from dlrm_core.serving import ServingDelta, apply_base_patches  # noqa: E402
 from dlrm_core.synthetic import SyntheticConfig  # noqa: E402

@@ -21,7 +21,8 @@ from types import MappingProxyType
 
 import torch
 
-from dlrm_core.live_embedding import LiveEmbedding, TableFactors
+from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.table_factors import TableFactors
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,12 @@ admitting k ids appends k rows and evicting k moves at most k rows from the end 
 O(n). On its own the module grows its storage by doubling; the trainer's fused LiveGroups bind it
 to a region of their buffers sized by the budget (see live_group.py).
 Per active row the module keeps A's row, its id, its last-use time and a row-wise Adagrad
-accumulator; B has Adam moments. Like PEFT's LoRA layers it wraps its base layer and can merge
-the delta into it and unmerge it again.
+accumulator; B has Adam moments. Snapshots and the factors file: table_factors.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,27 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlrm_core.checkpoint import CheckpointError, read_container, write_container
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_
 from dlrm_core.hash_index import CuckooIndex
+from dlrm_core.memory_account import MemoryReport
 from dlrm_core.model import SparseArch
-from dlrm_core.row_budget import index_bits, overhead_bytes, row_bytes, shared_bytes
-
-__all__ = [  # the sizes are re-exported: callers plan with them next to the module
-    "FACTORS_FORMAT_VERSION",
-    "FACTORS_KIND",
-    "LiveEmbedding",
-    "LiveEmbeddingConfig",
-    "MemoryReport",
-    "TableFactors",
-    "attach_live_embeddings",
-    "overhead_bytes",
-    "row_bytes",
-    "shared_bytes",
-]
-
-FACTORS_KIND = "live-factors"
-FACTORS_FORMAT_VERSION = 1
+from dlrm_core.row_budget import index_bits
+from dlrm_core.table_factors import TableFactors
 
 
 @dataclass(frozen=True)
@@ -60,50 +43,6 @@ class LiveEmbeddingConfig:
             raise ValueError(f"rank must be in [1, 1024], got {self.rank}")
         if not (math.isfinite(self.scale) and 0 < self.scale <= 1e3):
             raise ValueError(f"scale must be in (0, 1000], got {self.scale}")
-
-
-@dataclass(frozen=True)
-class TableFactors:
-    """An immutable copy of one table's correction (what a trainer publishes)."""
-
-    ids: torch.Tensor  # (n,) int64, sorted, unique
-    a: torch.Tensor  # (n, r)
-    b: torch.Tensor  # (r, D)
-    scale: float
-
-    @property
-    def rank(self) -> int:
-        return int(self.b.shape[0])
-
-    @property
-    def num_active(self) -> int:
-        return int(self.ids.shape[0])
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    """Bytes of a LiveEmbedding's state against its base table."""
-
-    a_bytes: int
-    b_bytes: int
-    slot_map_bytes: int  # ids, last-use times, the index
-    optimizer_bytes: int  # row-wise Adagrad for A, Adam moments for B
-    base_bytes: int
-    fold_log_bytes: int = 0  # ids folded since the last take_folded
-
-    @property
-    def overhead_bytes(self) -> int:
-        return (
-            self.a_bytes
-            + self.b_bytes
-            + self.slot_map_bytes
-            + self.optimizer_bytes
-            + self.fold_log_bytes
-        )
-
-    @property
-    def overhead_pct(self) -> float:
-        return 100.0 * self.overhead_bytes / self.base_bytes
 
 
 class LiveEmbedding(nn.Module):
@@ -129,7 +68,6 @@ class LiveEmbedding(nn.Module):
             raise ValueError(f"at most 2**31 - 2 rows (int32 index keys), got {n}")
         self.num_rows, self.dim = int(n), int(d)  # of the base table, fixed
         self.scale = self.config.scale
-        self.merged = False
         # called with the (B, D) gradient of each forward's output (the rank controller
         # measures how much of it lies outside span(B))
         self.grad_observer: Callable[[torch.Tensor], None] | None = None
@@ -192,7 +130,7 @@ class LiveEmbedding(nn.Module):
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         out = self.base(values, offsets)
-        if self.merged or self.num_active == 0:
+        if self.num_active == 0:
             return out
         pos, hit = self.slots(values)
         pooled_a = F.embedding_bag(  # (B, r); inactive ids weigh 0
@@ -222,8 +160,7 @@ class LiveEmbedding(nn.Module):
     def load_factors(self, factors: TableFactors) -> None:
         """Serve a copy of ``factors`` (e.g. a published version), so training this module
         never changes them; optimizer state restarts from zero."""
-        self._check_mutable()
-        _validate_factors(factors, self.num_rows, self.dim, "factors")
+        factors.validate(self.num_rows, self.dim, "factors")
         n, r = factors.num_active, factors.rank
         self.B = nn.Parameter(factors.b.clone())
         self.scale = factors.scale
@@ -300,7 +237,6 @@ class LiveEmbedding(nn.Module):
         the distinct new ids and their counts in ``values``, which may enter), most frequent
         first, while the active set stays <= max_active.
         Returns (admitted, refused for lack of room) counts of distinct new ids."""
-        self._check_mutable()
         if self.time_origin is None:
             self.time_origin = float(now)
         stamp = float(now) - self.time_origin
@@ -359,7 +295,6 @@ class LiveEmbedding(nn.Module):
         """Remove ``rows`` from the active set, first folding their delta into the base copy
         (unless fold=False, which discards it). Returns the number of rows removed. O(k): the
         last active rows move into the holes."""
-        self._check_mutable()
         ids = torch.unique(torch.as_tensor(rows, dtype=torch.int64))
         pos, hit = self.slots(ids)
         pos, ids = pos[hit], ids[hit]
@@ -407,7 +342,6 @@ class LiveEmbedding(nn.Module):
     def set_factors(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Replace A (n, k) and B (k, D) for the same active rows (a rank change). Row-wise
         Adagrad state is per row and kept; B's Adam moments restart at the new shape."""
-        self._check_mutable()
         if a.shape[0] != self.num_active or a.shape[1] != b.shape[0] or b.shape[1] != self.dim:
             raise ValueError(
                 f"set_factors needs A ({self.num_active}, k) and B (k, {self.dim}), "
@@ -421,7 +355,6 @@ class LiveEmbedding(nn.Module):
 
     def step(self, lr_a: float, lr_b: float) -> None:
         """Apply A.grad (row-wise Adagrad) and B.grad (Adam), then clear both grads."""
-        self._check_mutable()
         with torch.no_grad():
             if self.A.grad is not None:
                 rowwise_adagrad_(self.A.data, self.a_accum, self.A.grad, lr_a)
@@ -435,74 +368,6 @@ class LiveEmbedding(nn.Module):
         self.b_m = torch.zeros(rank, self.dim)
         self.b_v = torch.zeros(rank, self.dim)
         self.b_steps = 0
-
-    # ---- merge (PEFT-style) ------------------------------------------------------------
-    def merge(self) -> None:
-        """Fold the delta into the base weights; forward then serves the base alone."""
-        if self.merged:
-            raise RuntimeError("LiveEmbedding is already merged")
-        with torch.no_grad():
-            self.base.weight[self.ids] += self.get_delta_weight(self.ids)
-        self.merged = True
-
-    def unmerge(self) -> None:
-        """Take the delta back out of the base weights."""
-        if not self.merged:
-            raise RuntimeError("LiveEmbedding is not merged")
-        with torch.no_grad():
-            self.base.weight[self.ids] -= self.get_delta_weight(self.ids)
-        self.merged = False
-
-    def merged_copy(self) -> nn.EmbeddingBag:
-        """A plain EmbeddingBag holding base + delta (the base itself is untouched)."""
-        weight = self.base.weight.detach().clone()
-        if not self.merged:
-            weight[self.ids] += self.get_delta_weight(self.ids)
-        return nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode="sum", sparse=True)
-
-    def _check_mutable(self) -> None:
-        if self.merged:
-            raise RuntimeError("unmerge the LiveEmbedding before changing its factors")
-
-    # ---- export / import ---------------------------------------------------------------
-    def export_factors(self, path: str | os.PathLike[str], table: str) -> str:
-        """Write ids, A, B and last-use times with a version and sha256; returns the digest."""
-        meta = {
-            "table": table,
-            "num_rows": self.num_rows,
-            "dim": self.dim,
-            "rank": self.rank,
-            "scale": self.scale,
-            "time_origin": self.time_origin,
-        }
-        # copies (rows sorted by id): the tensors may be views of a LiveGroup's buffers, which
-        # torch.save writes whole
-        ids, order = torch.sort(self.ids)
-        tensors = {
-            "ids": ids,
-            "a": self.A.detach().index_select(0, order),
-            "b": self.B.detach().clone(),
-            "last_used": self.last_used.index_select(0, order),
-        }
-        return write_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION, meta, tensors)
-
-    def import_factors(self, path: str | os.PathLike[str], table: str) -> None:
-        """Load factors written by export_factors for the same table shape, or refuse them."""
-        meta, t = read_container(path, FACTORS_KIND, FACTORS_FORMAT_VERSION)
-        want = {"table": table, "num_rows": self.num_rows, "dim": self.dim}
-        for key, value in want.items():
-            if meta.get(key) != value:
-                raise CheckpointError(f"{path}: {key} is {meta.get(key)!r}, expected {value!r}")
-        try:
-            factors = TableFactors(t["ids"], t["a"], t["b"], float(meta["scale"]))
-            _validate_factors(factors, self.num_rows, self.dim, str(path))
-            if t["last_used"].shape != factors.ids.shape:
-                raise ValueError("last_used must be (n,)")
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: invalid factors ({exc})") from exc
-        self.load_factors(factors)
-        self.last_used.copy_(t["last_used"].to(torch.float32))
-        self.time_origin = meta.get("time_origin")
 
 
 def _nbytes(*ts: torch.Tensor) -> int:
@@ -518,21 +383,6 @@ def _empty_store(
         torch.zeros(capacity),
         torch.zeros(capacity),
     )
-
-
-def _validate_factors(f: TableFactors, num_rows: int, dim: int, where: str) -> None:
-    n = f.num_active
-    if f.ids.dtype != torch.int64 or f.ids.dim() != 1:
-        raise ValueError(f"{where}: ids must be an int64 vector")
-    if n and (int(f.ids[0]) < 0 or int(f.ids[-1]) >= num_rows or bool((f.ids.diff() <= 0).any())):
-        raise ValueError(f"{where}: ids must be sorted, unique and in [0, {num_rows})")
-    if f.b.dim() != 2 or f.b.shape[1] != dim or f.a.shape != (n, f.b.shape[0]):
-        raise ValueError(
-            f"{where}: need A (n={n}, r) and B (r, D={dim}), got {tuple(f.a.shape)} and "
-            f"{tuple(f.b.shape)}"
-        )
-    if not (bool(torch.isfinite(f.a).all()) and bool(torch.isfinite(f.b).all())):
-        raise ValueError(f"{where}: factors hold non-finite values")
 
 
 def attach_live_embeddings(

@@ -6,13 +6,40 @@ last-use times, cuckoo index), the sightings sketch, the fold log not yet publis
 newest published version the trainer's store keeps (its copies of ids, A, B and the base rows
 folded since a reader last took a version). Besides the tables: the label join's pending served
 batches and the replay window. The budget caps the tables' parts (RankController plans within it
-and evicts or refuses before exceeding it); ``within_budget`` checks the whole.
+and evicts or refuses before exceeding it); ``within_budget`` checks the whole. MemoryReport is
+one LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes of a LiveEmbedding's state against its base table."""
+
+    a_bytes: int
+    b_bytes: int
+    slot_map_bytes: int  # ids, last-use times, the index
+    optimizer_bytes: int  # row-wise Adagrad for A, Adam moments for B
+    base_bytes: int
+    fold_log_bytes: int = 0  # ids folded since the last take_folded
+
+    @property
+    def overhead_bytes(self) -> int:
+        return (
+            self.a_bytes
+            + self.b_bytes
+            + self.slot_map_bytes
+            + self.optimizer_bytes
+            + self.fold_log_bytes
+        )
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100.0 * self.overhead_bytes / self.base_bytes
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
-"""Rank controller and pruning for one LiveEmbedding, under a hard memory budget.
+"""Rank controller and pruning for one LiveEmbedding, under a hard memory budget (its settings
+and events: rank_policy.py; the SVD and basis math: factor_spectrum.py).
 
-Rank: factor A B through QR of A (n, r) and of B^T (D, r) and the SVD of the small r x r core
-(never forming the n x D delta), keep the smallest k whose singular values carry >= tau of the
-energy, clamp to [r_min, r_max], and re-factor A, B onto those k directions (B gets orthonormal
-rows); the dropped components are folded into the base copy, so a shrink never changes a served
-row. Grow by one direction when the newest component still carries much energy or when fresh
-gradients have much energy outside span(B). B starts from the top eigenvectors of the gradient
-Gram observed until the first adaptation, not from a random basis.
+Rank: keep the smallest k of A B's singular directions that carry >= tau of the energy, clamp to
+[r_min, r_max], and re-factor A, B onto them (B gets orthonormal rows); the dropped components
+are folded into the base copy, so a shrink never changes a served row. Grow by one direction when
+the newest component still carries much energy or when fresh gradients have much energy outside
+span(B). B starts from the top eigenvectors of the gradient Gram observed until the first
+adaptation, not from a random basis.
 
 Rank and rows trade under one budget: a growth that the table's rows leave no room for evicts
 the coldest rows (folded) when the energy the new direction would capture (the residual Gram's
@@ -16,32 +16,32 @@ hour (hysteresis). Refused growths are RankEvents (kind "rank", from == to, reas
 "refused:<why>", repeats within refusal_report_s coalesced into one event with their count).
 
 Pruning: rows idle longer than max_age, or the least recently used rows when the budget is full,
-leave the active set; their delta is folded into the node's base copy unless fold_evicted=False.
-
-Admission: with admit_after > 1 an id gets a row on its admit_after-th recent sighting, counted
-by a count-min sketch (dlrm_core/admission.py) that takes sketch_share of the budget.
+leave the active set, folded into the node's base copy unless fold_evicted=False. Admission: with
+admit_after > 1 an id gets a row on its admit_after-th recent sighting, counted by a count-min
+sketch (admission.py) that takes sketch_share of the budget.
 
 The budget is a hard limit on the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured
 from its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log
-allowance within it (see the hypothesis tests).
+allowance within it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from dlrm_core.admission import SightingSketch
-from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.row_budget import (
-    FOLD_LOG_MIN,
-    FOLD_LOG_SHARE,
-    capacity_plan,
-    index_bytes,
-    shared_bytes,
+from dlrm_core.factor_spectrum import (
+    extend_basis,
+    factor_svd,
+    residual_gram,
+    top_eigenvectors,
+    truncate,
 )
+from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.rank_policy import RankEvent, RankPolicy, min_budget_bytes
+from dlrm_core.row_budget import FOLD_LOG_MIN, FOLD_LOG_SHARE, capacity_plan, floor_bytes
 
 HOUR_S = 3600.0
 SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the budget holds
@@ -50,73 +50,11 @@ SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the 
 FOLD_TOLERANCE = 1e-7
 
 
-@dataclass(frozen=True)
-class RankPolicy:
-    tau: float = 0.95  # energy share the kept components must carry
-    r_min: int = 1
-    r_max: int = 16
-    grow_newest: float = 0.15  # grow when the last component carries >= this energy share
-    grow_residual: float = 0.5  # grow when >= this share of gradient energy is outside span(B)
-    max_age: float | None = None  # seconds idle before a row is evicted (None: never by age)
-    lru_min_age: float = 0.0  # rows used more recently than this are never evicted for room
-    evict_batch: float = 1 / 64  # a full table evicts at least this share of its rows at once
-    fold_evicted: bool = True  # fold evicted rows into the base copy (else discard)
-    admit_after: int = 2  # sightings before an id gets a row (1: every id, no sketch)
-    sketch_share: float = 1 / 16  # of the budget, for the sightings sketch
-    max_rank_changes_per_hour: int = 6
-    refusal_report_s: float = 60.0  # refused growths within this are one event with a count
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if not 1 <= self.r_min <= self.r_max <= 1024:
-            raise ValueError(f"need 1 <= r_min <= r_max <= 1024, got {self.r_min}, {self.r_max}")
-        for name in ("grow_newest", "grow_residual"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.max_age is not None and not (self.max_age > 0 and math.isfinite(self.max_age)):
-            raise ValueError(f"max_age must be a positive number of seconds, got {self.max_age}")
-        if not 0.0 <= self.evict_batch <= 0.5:
-            raise ValueError(f"evict_batch must be in [0, 0.5], got {self.evict_batch}")
-        if not (self.lru_min_age >= 0 and math.isfinite(self.lru_min_age)):
-            raise ValueError(f"lru_min_age must be >= 0 seconds, got {self.lru_min_age}")
-        if not 1 <= self.admit_after <= 15:
-            raise ValueError(f"admit_after must be in [1, 15], got {self.admit_after}")
-        if not 0.0 < self.sketch_share <= 0.5:
-            raise ValueError(f"sketch_share must be in (0, 0.5], got {self.sketch_share}")
-        if not 1 <= self.max_rank_changes_per_hour <= 3600:
-            raise ValueError(
-                f"max_rank_changes_per_hour must be in [1, 3600], got "
-                f"{self.max_rank_changes_per_hour}"
-            )
-        if not (0 <= self.refusal_report_s <= 86400):
-            raise ValueError(f"refusal_report_s must be in [0, 86400], got {self.refusal_report_s}")
-
-
-@dataclass(frozen=True)
-class RankEvent:
-    """A rank change (kind "rank": from/to are ranks; from == to for a refused growth, reason
-    "refused:<why>") or a prune (kind "prune": from/to are active row counts)."""
-
-    timestamp: float
-    table: str
-    kind: str
-    from_value: int
-    to_value: int
-    reason: str
-
-
 def observe_grams(controllers: list[RankController], grams: torch.Tensor) -> None:
     """RankController.observe_gram of each controller with its row of grams (T, D, D), in one
     op (the fused trainer path observes all tables of a group at once)."""
     if controllers:
         torch._foreach_add_([c._grad_gram for c in controllers], list(grams.unbind(0)))
-
-
-def min_budget_bytes(policy: RankPolicy, dim: int) -> int:
-    """The smallest budget a table can hold: B and its optimizer state at r_min, the smallest
-    index and fold log, no rows."""
-    return shared_bytes(policy.r_min, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN
 
 
 class RankController:
@@ -161,8 +99,7 @@ class RankController:
     def fits(self, rank: int) -> bool:
         """B, its optimizer state and the smallest index fit in the budget at ``rank``."""
         sketch = self.sketch.nbytes if self.sketch is not None else 0
-        need = shared_bytes(rank, self.live.dim) + index_bytes(1) + sketch + 8 * FOLD_LOG_MIN
-        return need <= self.budget_bytes
+        return floor_bytes(rank, self.live.dim) + sketch <= self.budget_bytes
 
     def max_rows(self, rank: int | None = None) -> int:
         """Active rows that fit in the budget at ``rank`` (default: the current rank)."""
@@ -224,10 +161,6 @@ class RankController:
             self.sketch = None
         elif self.sketch is None or self.sketch.width_bits != bits:
             self.sketch = SightingSketch(bits)
-
-    @property
-    def overhead_bytes(self) -> int:
-        return self.accounted_bytes()
 
     # ---- active set --------------------------------------------------------------------
     def admit(self, values: torch.Tensor, now: float) -> int:
@@ -309,9 +242,7 @@ class RankController:
 
     def _residual_gram(self) -> torch.Tensor:
         """(D, D) Gram matrix of the observed gradients projected outside span(B)."""
-        q, _ = torch.linalg.qr(self.live.B.detach().T)  # (D, r) orthonormal basis of span(B)
-        perp = torch.eye(self.live.dim) - q @ q.T
-        return perp @ self._grad_gram @ perp
+        return residual_gram(self.live.B.detach(), self._grad_gram)
 
     def residual_share(self) -> float:
         """Share of the observed gradient energy outside span(B) since the last adapt."""
@@ -320,20 +251,10 @@ class RankController:
 
     def spectrum(self) -> torch.Tensor:
         """(r,) singular values of A B * scale, through QR of A and B^T and the r x r core."""
-        _, _, s, _ = self._svd()
+        s = factor_svd(self.live.A.detach(), self.live.B.detach())[2]
         full = torch.zeros(self.live.rank)
         full[: s.numel()] = s * self.live.scale
         return full
-
-    def _svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A B = (qa u) diag(s) (qb v)^T; qa (n, m), u (m, m'), s (m',), v (r, m')."""
-        a, b = self.live.A.detach(), self.live.B.detach()
-        qa, ra = torch.linalg.qr(a)  # (n, m), (m, r), m = min(n, r)
-        qb, rb = torch.linalg.qr(b.T)  # (D, r), (r, r)
-        u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)  # core (m, r)
-        dirs = qb @ vh.T  # (D, m') directions in embedding space
-        flip = _sign_flips(dirs)  # both factors' columns, so the product stays
-        return qa, u * flip, s, dirs * flip
 
     def adapt(self, now: float) -> int:
         """Choose the rank from the spectrum and the gradient residual and re-factor A, B
@@ -359,7 +280,9 @@ class RankController:
 
     def _wanted_rank(self) -> tuple[int, str]:
         r = self.live.rank
-        energy = (self._svd()[2] if self.live.num_active else torch.zeros(0)).pow(2)
+        live = self.live
+        s = factor_svd(live.A.detach(), live.B.detach())[2] if live.num_active else torch.zeros(0)
+        energy = s.pow(2)
         total = float(energy.sum())
         if total > 0:
             share = torch.cumsum(energy, 0) / total
@@ -418,7 +341,7 @@ class RankController:
         if (
             pending is not None
             and pending[1] == why
-            and now - pending[0] < (self.policy.refusal_report_s)
+            and now - pending[0] < self.policy.refusal_report_s
         ):
             self._refusal = (pending[0], why, pending[2] + 1)
             return
@@ -431,9 +354,7 @@ class RankController:
         """Put B onto the top eigenvectors of the gradient Gram observed so far (the deltas
         of the active rows, projected onto it, stay; the rest is folded into the base)."""
         self._warm = True
-        basis = _signed(
-            torch.linalg.eigh(self._grad_gram).eigenvectors.flip(1)[:, : self.live.rank]
-        )
+        basis = top_eigenvectors(self._grad_gram, self.live.rank)
         delta = self.live.A.detach() @ self.live.B.detach()  # (n, D)
         a = delta @ basis  # basis (D, r)
         self._set_folding(a, basis.T, delta - a @ basis.T)
@@ -460,49 +381,18 @@ class RankController:
         r, n, d = live.rank, live.num_active, live.dim
         lost = None
         if n:
-            qa, u, s, dirs = self._svd()
-            m = min(k, s.numel())
-            a = (qa @ u[:, :m]) * s[:m]  # (n, m)
-            basis = dirs[:, :m]  # (D, m)
-            if m < s.numel():  # the truncated components, (n, D)
-                lost = ((qa @ u[:, m:]) * s[m:]) @ dirs[:, m:].T
+            a, basis, lost = truncate(live.A.detach(), live.B.detach(), k)  # (n, m), (D, m)
         else:
             a, basis = torch.zeros(0, 0), torch.zeros(d, 0)
-            m = 0
+        m = basis.shape[1]
         if k > m:
-            basis = self._extend_basis(basis, k - m)
+            first = top_eigenvectors(self._residual_gram(), 1)[:, 0]
+            basis = extend_basis(basis, k - m, first, self._gen)
             a = torch.cat([a.reshape(n, m), torch.zeros(n, k - m)], dim=1)
         self._set_folding(a, basis.T, lost)
         if k != r:
             self._changes.append(float(now))
             self._event(now, "rank", r, k, reason)
 
-    def _extend_basis(self, basis: torch.Tensor, extra: int) -> torch.Tensor:
-        """(D, m) orthonormal -> (D, m + extra) orthonormal, residual gradient direction first."""
-        d, want = basis.shape[0], basis.shape[1] + extra
-        candidate = _signed(torch.linalg.eigh(self._residual_gram()).eigenvectors[:, -1:])[:, 0]
-        out = basis
-        for _ in range(want + 100):  # random vectors leave the span almost surely
-            if out.shape[1] == want:
-                return out
-            v = candidate - out @ (out.T @ candidate)
-            if float(v.norm()) > 1e-4:
-                out = torch.cat([out, (v / v.norm()).unsqueeze(1)], dim=1)
-            candidate = torch.randn(d, generator=self._gen)
-        raise RuntimeError(f"could not extend a ({d}, {basis.shape[1]}) basis by {extra}")
-
     def _event(self, now: float, kind: str, before: int, after: int, reason: str) -> None:
         self.events.append(RankEvent(float(now), self.table, kind, before, after, reason))
-
-
-def _sign_flips(vectors: torch.Tensor) -> torch.Tensor:
-    """(k,) +-1 that make each column of the (D, k) ``vectors`` have its largest-magnitude entry
-    positive. eigh's and svd's signs are arbitrary: canonical ones make two runs on nearly equal
-    inputs (the fused trainer's sums and the per-table ones) agree on B, not just on A B."""
-    pivot = vectors.gather(0, vectors.abs().argmax(0, keepdim=True)).squeeze(0)
-    return torch.where(pivot < 0, -1.0, 1.0)
-
-
-def _signed(vectors: torch.Tensor) -> torch.Tensor:
-    """``vectors`` with the signs of _sign_flips."""
-    return vectors * _sign_flips(vectors)

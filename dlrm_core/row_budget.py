@@ -54,6 +54,12 @@ def index_capacity(bits: int) -> int:
 FOLD_LOG_MIN, FOLD_LOG_SHARE = 16, 4
 
 
+def floor_bytes(rank: int, dim: int) -> int:
+    """The least a table holds at ``rank`` with no rows: B and its Adam moments, the smallest
+    index and the fold log's floor."""
+    return shared_bytes(rank, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN
+
+
 @functools.lru_cache(maxsize=4096)  # pure; asked on every admission with the same sizes
 def capacity_plan(
     free_bytes: int, rank: int, dim: int, published_copy: bool = False, limit: int = 2**31 - 2

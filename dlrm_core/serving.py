@@ -29,7 +29,7 @@ from dlrm_core import hugepages
 from dlrm_core.batch import SparseBatch
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.kernel import serving_kernel
-from dlrm_core.live_embedding import TableFactors
+from dlrm_core.table_factors import TableFactors
 
 
 @dataclass(frozen=True)

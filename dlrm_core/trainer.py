@@ -26,16 +26,12 @@ import torch.nn.functional as F
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore, FactorVersion
 from dlrm_core.label_join import LabelJoin
-from dlrm_core.live_embedding import (
-    LiveEmbedding,
-    LiveEmbeddingConfig,
-    MemoryReport,
-    attach_live_embeddings,
-)
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.live_group import LiveGroups
-from dlrm_core.memory_account import MemoryAccount, TableAccount
+from dlrm_core.memory_account import MemoryAccount, MemoryReport, TableAccount
 from dlrm_core.model import DLRM
-from dlrm_core.rank import RankController, RankEvent, RankPolicy, min_budget_bytes
+from dlrm_core.rank import RankController
+from dlrm_core.rank_policy import RankEvent, RankPolicy, min_budget_bytes
 from dlrm_core.sparse_optim import SparseRowOptimizer
 
 

@@ -45,7 +45,7 @@ import torch
 from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import load_model, save_model
 from dlrm_core.model import DLRM, DLRMConfig
-from dlrm_core.rank import min_budget_bytes
+from dlrm_core.rank_policy import min_budget_bytes
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
 from nodeworker import placement, protocol
 from nodeworker.feed import Feed, FeedRings, FeedWriter

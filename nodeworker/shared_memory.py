@@ -32,9 +32,10 @@ from torch import nn
 
 from dlrm_core import hugepages
 from dlrm_core.hash_index import BUCKET, CuckooIndex
-from dlrm_core.live_embedding import TableFactors, row_bytes
 from dlrm_core.model import DLRM
+from dlrm_core.row_budget import row_bytes
 from dlrm_core.serving import RankGroup, ServingDelta
+from dlrm_core.table_factors import TableFactors
 
 
 def _map(path: Path, nbytes: int, shared: bool) -> torch.Tensor:

@@ -2,7 +2,7 @@
 its factors resume from.
 
 A snapshot is a directory ``snap-<ns>`` under ``data_dir/snapshots`` holding, per trained table,
-its factors (``<table>.factors``, LiveEmbedding.export_factors) and the base rows the trainer
+its factors (``<table>.factors``, table_factors.export_factors) and the base rows the trainer
 folded since the checkpoint (``<table>.patch``), plus ``snapshot.json`` (the base checkpoint it
 belongs to, its factor version). ``LATEST`` names the newest complete one: it is replaced only
 after the snapshot's files are written, so a crash while writing leaves the previous one latest.
@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, read_container, write_container
-from dlrm_core.live_embedding import FACTORS_FORMAT_VERSION, FACTORS_KIND, LiveEmbedding
+from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM
+from dlrm_core.table_factors import FACTORS_FORMAT_VERSION, FACTORS_KIND, export_factors
 from nodeworker.node_events import NodeEvents
 from nodeworker.shared_memory import base_weight
 
@@ -43,7 +44,7 @@ def write_table_files(
     directory.mkdir(parents=True, exist_ok=True)
     digests = {}
     for name, live in lives.items():
-        digests[name] = live.export_factors(directory / f"{name}.factors", name)
+        digests[name] = export_factors(live, directory / f"{name}.factors", name)
         ids = torch.tensor(sorted(folded.get(name, ())), dtype=torch.int64)
         rows = live.base.weight.detach()[ids].clone()
         write_container(

@@ -29,8 +29,9 @@ import numpy as np
 
 from dlrm_core.checkpoint import load_model
 from dlrm_core.live_embedding import LiveEmbeddingConfig
-from dlrm_core.rank import RankPolicy
+from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
+from dlrm_core.table_factors import import_factors
 from nodeworker import placement
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
@@ -145,7 +146,7 @@ class TrainerLoop:
             for name, live in self.trainer.lives.items():
                 path = Path(setup.restore_dir) / f"{name}.factors"
                 if path.exists():
-                    live.import_factors(path, name)
+                    import_factors(live, path, name)
                     self.folded[name] = set(
                         read_patch(Path(setup.restore_dir) / f"{name}.patch")[0].tolist()
                     )

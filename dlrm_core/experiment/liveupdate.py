@@ -22,10 +22,11 @@ from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster
 from dlrm_core.experiment.config import LiveUpdateParams
 from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
 from dlrm_core.experiment.strategies import Strategy
-from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, overhead_bytes
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.model import DLRM
-from dlrm_core.rank import RankPolicy, min_budget_bytes
+from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.rebase import delta_rebase
+from dlrm_core.row_budget import overhead_bytes
 from dlrm_core.trainer import FullStepResult, LiveTrainer, TrainerConfig
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.table_factors import import_factors
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.replayer import requests_of
 from tests.integration.test_node_runtime import STREAM, start_node, train_until
@@ -21,7 +22,7 @@ def corrupt(path) -> None:
 
 def user_factors(path) -> LiveEmbedding:
     live = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))
-    live.import_factors(path, "user_id")
+    import_factors(live, path, "user_id")
     return live
 
 

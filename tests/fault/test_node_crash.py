@@ -11,7 +11,7 @@ import torch
 from celery import Celery
 
 from dlrm_core.checkpoint import read_container
-from dlrm_core.live_embedding import FACTORS_FORMAT_VERSION, FACTORS_KIND
+from dlrm_core.table_factors import FACTORS_FORMAT_VERSION, FACTORS_KIND
 from tests.fault.support import NodeProcess, Plane, assert_exactly_once, wait_for
 
 

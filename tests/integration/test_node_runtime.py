@@ -15,6 +15,7 @@ from dlrm_core.checkpoint import save_model
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+from dlrm_core.table_factors import import_factors
 from nodeworker import protocol
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
@@ -224,7 +225,7 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
         snap = runtime.operations.snapshot()
         directory = runtime.snapshots.root / snap["snapshot"]
         saved = LiveEmbedding(torch.nn.EmbeddingBag(STREAM.user_rows, 16, mode="sum"))
-        saved.import_factors(directory / "user_id.factors", "user_id")
+        import_factors(saved, directory / "user_id.factors", "user_id")
         dead_pid = runtime.trainer.pid
         os.kill(dead_pid, signal.SIGKILL)
         wait_until(lambda: not runtime.trainer.alive, 10, "the trainer to die")

@@ -11,7 +11,8 @@ from torch import nn
 
 from dlrm_core.admission import SightingSketch
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
-from dlrm_core.rank import RankController, RankPolicy, min_budget_bytes
+from dlrm_core.rank import RankController
+from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,14 +4,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlrm_core.checkpoint import CheckpointError, save_model
-from dlrm_core.live_embedding import (
-    LiveEmbedding,
-    LiveEmbeddingConfig,
-    TableFactors,
-    attach_live_embeddings,
-    overhead_bytes,
-)
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.row_budget import overhead_bytes
+from dlrm_core.table_factors import TableFactors, export_factors, import_factors
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -116,22 +112,6 @@ def test_evict_folds_delta_into_base_or_discards_it():
     torch.testing.assert_close(live(torch.tensor([3]), torch.tensor([0]))[0], base_3)
 
 
-def test_merge_and_unmerge_round_trip():
-    live = trained_live()
-    values, offsets = bags()
-    base_before = live.base.weight.detach().clone()
-    served = live(values, offsets).detach()
-    live.merge()
-    torch.testing.assert_close(live(values, offsets).detach(), served)
-    with pytest.raises(RuntimeError, match="unmerge"):
-        live.activate(torch.tensor([1]), now=1.0, max_active=10)
-    copy = live.merged_copy()
-    torch.testing.assert_close(F.embedding_bag(values, copy.weight, offsets, mode="sum"), served)
-    live.unmerge()
-    torch.testing.assert_close(live.base.weight.detach(), base_before)
-    torch.testing.assert_close(live(values, offsets).detach(), served)
-
-
 def test_rowwise_adagrad_touches_only_rows_in_the_batch():
     live = trained_live()
     a_before = live.A.detach().clone()
@@ -161,9 +141,9 @@ def test_memory_grows_with_active_rows_not_with_table_size():
 def test_factors_export_import_round_trip(tmp_path):
     live = trained_live()
     path = tmp_path / "t.factors"
-    assert len(live.export_factors(path, table="user")) == 64
+    assert len(export_factors(live, path, table="user")) == 64
     other = make_live(seed=1)
-    other.import_factors(path, table="user")
+    import_factors(other, path, table="user")
     values, offsets = bags()
     other.base.weight.data.copy_(live.base.weight.data)
     torch.testing.assert_close(other(values, offsets), live(values, offsets))
@@ -173,20 +153,20 @@ def test_factors_export_import_round_trip(tmp_path):
 def test_corrupt_or_mismatched_factor_files_are_refused(tmp_path):
     live = trained_live()
     path = tmp_path / "t.factors"
-    live.export_factors(path, table="user")
+    export_factors(live, path, table="user")
     with pytest.raises(CheckpointError, match="table is 'user', expected 'item'"):
-        make_live().import_factors(path, table="item")
+        import_factors(make_live(), path, table="item")
     with pytest.raises(CheckpointError, match="num_rows is 50, expected 60"):
-        make_live(n=60).import_factors(path, table="user")
+        import_factors(make_live(n=60), path, table="user")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum mismatch"):
-        make_live().import_factors(path, table="user")
+        import_factors(make_live(), path, table="user")
     model_file = tmp_path / "m.ckpt"
     save_model(model_file, DLRM(DLRMConfig(("a",), (5,), 1, 2, (2,), (1,))))
     with pytest.raises(CheckpointError, match="holds a 'dlrm-model', expected 'live-factors'"):
-        make_live().import_factors(model_file, table="user")
+        import_factors(make_live(), model_file, table="user")
 
 
 def test_load_factors_validates_and_copies():
@@ -224,9 +204,9 @@ def test_export_after_evictions_writes_rows_sorted_by_id(tmp_path):
     live = trained_live()
     live.evict(torch.tensor([3]), fold=True)  # the last row moves into the hole: unsorted
     assert live.ids.tolist() != sorted(live.ids.tolist())
-    live.export_factors(tmp_path / "t.factors", table="user")
+    export_factors(live, tmp_path / "t.factors", table="user")
     other = make_live(seed=1)
-    other.import_factors(tmp_path / "t.factors", table="user")
+    import_factors(other, tmp_path / "t.factors", table="user")
     other.base.weight.data.copy_(live.base.weight.data)
     values, offsets = bags()
     torch.testing.assert_close(other(values, offsets), live(values, offsets))

@@ -8,14 +8,11 @@ import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import read_container
-from dlrm_core.live_embedding import (
-    FACTORS_FORMAT_VERSION,
-    FACTORS_KIND,
-    LiveEmbeddingConfig,
-    attach_live_embeddings,
-)
+from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
-from dlrm_core.rank import RankController, RankPolicy
+from dlrm_core.rank import RankController
+from dlrm_core.rank_policy import RankPolicy
+from dlrm_core.table_factors import FACTORS_FORMAT_VERSION, FACTORS_KIND, export_factors
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -138,7 +135,7 @@ def test_exported_factors_of_a_grouped_table_hold_only_that_table(tmp_path):
     ]
     assert any(shares)  # A is a view of its group's buffer
     for name, live in trainer.lives.items():
-        live.export_factors(tmp_path / name, name)
+        export_factors(live, tmp_path / name, name)
         _, tensors = read_container(tmp_path / name, FACTORS_KIND, FACTORS_FORMAT_VERSION)
         for key, t in tensors.items():
             assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), (name, key)

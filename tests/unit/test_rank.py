@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
-from dlrm_core.rank import RankController, RankPolicy, min_budget_bytes
+from dlrm_core.rank import RankController
+from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.row_budget import FOLD_LOG_MIN, index_bytes, row_bytes, shared_bytes
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.

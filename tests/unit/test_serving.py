@@ -5,9 +5,10 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import BasePatch
-from dlrm_core.live_embedding import LiveEmbeddingConfig, TableFactors, attach_live_embeddings
+from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.serving import RankGroup, ServingDelta
+from dlrm_core.table_factors import TableFactors
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

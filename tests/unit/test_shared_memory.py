@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.live_embedding import TableFactors
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.serving import ServingDelta
+from dlrm_core.table_factors import TableFactors
 from nodeworker.shared_memory import (
     SharedFactors,
     TableCapacity,

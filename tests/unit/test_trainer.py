@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import FactorStore
-from dlrm_core.live_embedding import LiveEmbeddingConfig, TableFactors, attach_live_embeddings
+from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
-from dlrm_core.rank import RankPolicy
+from dlrm_core.rank_policy import RankPolicy
+from dlrm_core.table_factors import TableFactors
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig, LiveTrainer, TrainerConfig
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.live_group import LiveGroup
-from dlrm_core.rank import RankController, RankPolicy
+from dlrm_core.rank import RankController
+from dlrm_core.rank_policy import RankPolicy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
