@@ -9,7 +9,7 @@ id to 1 + its row. The rows live in storage of ``capacity`` rows, the n active o
 admitting k ids appends k rows and evicting k moves at most k rows from the end into the holes
 (the free slots are the storage's tail): both cost O(k) with the index updated in place, never
 O(n). On its own the module grows its storage by doubling; the trainer's fused LiveGroups bind it
-to a region of their buffers sized by the budget (see live_group.py).
+to a region of their buffers sized by the budget (see group_layout.py).
 Per active row the module keeps A's row, its id, its last-use time and a row-wise Adagrad
 accumulator; B has Adam moments. Snapshots and the factors file: table_factors.py.
 """

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     class PooledDelta(Protocol):
         """A low-rank correction of the pooled embeddings (serving.ServingDelta, or the
-        trainer's live_group.LiveGroups)."""
+        trainer's group_layout.LiveGroups)."""
 
         def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None: ...
 

@@ -5,10 +5,10 @@ can ever be learnt from; the batch then waits in a LabelJoin until its label is 
 LiveEmbedding factors A, B train (base tables and MLPs are frozen): A with row-wise Adagrad on
 the rows in the batch, B with Adam. One admission pass serves all tables and the tables of one
 rank train as one fused LiveGroup (three calls into the training kernel per rank, see
-live_group.py); each table stays a LiveEmbedding whose tensors are views of shared buffers.
-Each joined batch may be replayed ``reuse`` more times from a small window. A batch whose
-inputs, loss or gradients are not finite is skipped and counted, and the factors stay
-unchanged. Every ``room_every`` steps full tables evict LRU rows for the ids they had to
+group_layout.py and live_group.py); each table stays a LiveEmbedding whose tensors are views of
+shared buffers. Each joined batch may be replayed ``reuse`` more times from a small window. A
+batch whose inputs, loss or gradients are not finite is skipped and counted, and the factors
+stay unchanged. Every ``room_every`` steps full tables evict LRU rows for the ids they had to
 refuse; every ``adapt_every`` steps the rank controllers prune and adapt; every
 ``publish_every`` steps a new immutable FactorVersion goes to the FactorStore.
 """
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore, FactorVersion
+from dlrm_core.group_layout import LiveGroups
 from dlrm_core.label_join import LabelJoin
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
-from dlrm_core.live_group import LiveGroups
 from dlrm_core.memory_account import MemoryAccount, MemoryReport, TableAccount
 from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController

@@ -1,0 +1,296 @@
+"""LiveGroups: the LiveTrainer's fused hot path over all its LiveEmbeddings: the layout of
+their rows, the batch's admission, and each LiveGroup's (live_group.py) delta added to the
+forward.
+
+For all tables at once a step makes one unique over the batch's keys, then one admission pass
+through each table's index; then each group runs its kernel forward.
+
+Layout: every table gets the region [start_t, start_t + capacity_t) of the row buffers,
+capacity_t being the most rows its budget holds at its rank (RankController.capacity), so the
+buffers stay within the budgets. Tables are ordered by group, so each group's rows are
+contiguous. Ids, last-use times and Adagrad accumulators live in LiveGroups' buffers, A (rank
+wide) and the stacked B, b_m, b_v (T, r, D) in the group's. A region holds the table's n_t active
+rows first, then free rows. A batch's ids are made distinct for all tables at once in a key space
+where table t's ids start at key_offset_t (width N_t + 1).
+
+Each table's LiveEmbedding remains the per-table module the rest of the code uses: its storage is
+its region (LiveEmbedding.bind) and its cuckoo index maps its ids to rows of it, so admission
+(LiveEmbedding.append) and eviction (LiveEmbedding.evict) update the region and the index in
+place in O(ids touched), and memory reports, factor snapshots, export and the rank controllers'
+re-factorings act on it directly. A re-factoring replaces the module's tensors and bumps
+LiveEmbedding.version; ``LiveGroups.sync`` then copies the table back into its region, or
+rebuilds the layout when a table's rank, scale, budget or capacity changed.
+
+Shapes: B batch, M tables, T tables in a group, U distinct keys in a batch, r rank, D dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from dlrm_core.batch import SparseBatch
+from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.live_group import LiveGroup
+from dlrm_core.rank import RankController
+
+
+@dataclass
+class _Member:
+    name: str
+    live: LiveEmbedding
+    controller: RankController
+    group: LiveGroup
+    slot: int  # its place in the group (row of the stacked B)
+    start: int  # first row of its region
+    capacity: int
+    bits: int  # its index has 2**bits buckets
+    key_offset: int
+    version: int = -1  # live.version when its tensors were last bound to the region
+
+
+@dataclass
+class _Batch:
+    """A batch's ids of all trained tables as distinct keys, with EmbeddingBag indices into
+    them; values and keys come group by group."""
+
+    keys: torch.Tensor  # (U,) int64, sorted, distinct
+    counts: torch.Tensor  # (U,) occurrences of each key in the batch
+    index: torch.Tensor  # (nnz,) position of each value's key in ``keys``
+    offsets: torch.Tensor  # (M * B,) bag starts, table-major
+    batch_size: int
+    value_bounds: list[int]  # (G + 1) first value of each group
+    key_bounds: list[int]  # (G + 1) first key of each group
+    member_bounds: list[int]  # (M + 1) first key of each table
+    # (pos, hit) of ``keys`` in the row buffers, as admit left them (else looked up)
+    located: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class LiveGroups:
+    """The LiveGroups of a trainer's tables and their shared key / row buffers, kept in step
+    with per-table changes. Also the ``delta`` DLRM.forward takes: the base tables plus every
+    group's correction."""
+
+    def __init__(
+        self,
+        feature_names: tuple[str, ...],
+        lives: Mapping[str, LiveEmbedding],
+        controllers: Mapping[str, RankController],
+    ) -> None:
+        self.feature_names = feature_names
+        self.lives = lives
+        self.controllers = controllers
+        self.groups: list[LiveGroup] = []
+        self.members: list[_Member] = []  # group by group
+        self.features: list[int] = []  # feature position of each member
+        self.key_offsets = torch.zeros(0, dtype=torch.int64)  # (M,)
+        self.group_members = [0]  # (G + 1) first member of each group
+        self.group_key_starts = torch.zeros(0, dtype=torch.int64)  # (G,)
+        self.keys = torch.zeros(0, dtype=torch.int64)  # row buffers, see the module docstring
+        self.last_used = torch.zeros(0)
+        self.a_accum = torch.zeros(0)
+        self._signature: tuple | None = None
+        self._prepared: tuple[SparseBatch, _Batch] | None = None
+
+    # ---- layout ------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Rebuild the layout when a table's rank, scale or capacity changed; else copy back
+        the tables whose tensors were replaced (rank re-factoring, imports)."""
+        signature = tuple(
+            (name, live.rank, live.scale, self.controllers[name].capacity())
+            for name, live in self.lives.items()
+        )
+        if signature != self._signature:
+            self._rebuild()
+            self._signature = signature
+            return
+        for m in self.members:
+            if m.live.version != m.version:
+                self._adopt(m)
+
+    def _rebuild(self) -> None:
+        by_kind: dict[tuple[int, float], list[str]] = {}
+        for name, live in self.lives.items():
+            if self.controllers[name].max_rows() > 0:  # else no delta, nothing to train
+                by_kind.setdefault((live.rank, live.scale), []).append(name)
+        self.groups, self.members = [], []
+        key_offset = start = 0
+        for _, names in sorted(by_kind.items()):
+            names.sort(key=self.feature_names.index)
+            plans = [self.controllers[n].capacity() for n in names]
+            group = LiveGroup(
+                [self.lives[n] for n in names],
+                [self.feature_names.index(n) for n in names],
+                start,
+                sum(rows for rows, _ in plans),
+            )
+            group.controllers = [self.controllers[n] for n in names]
+            for slot, (name, (cap, bits)) in enumerate(zip(names, plans, strict=True)):
+                live = self.lives[name]
+                self.members.append(
+                    _Member(
+                        name,
+                        live,
+                        self.controllers[name],
+                        group,
+                        slot,
+                        start,
+                        cap,
+                        bits,
+                        key_offset,
+                    )
+                )
+                key_offset += live.num_rows + 1  # + 1: the key no id has, see _inputs
+                start += cap
+            self.groups.append(group)
+        self.features = [self.feature_names.index(m.name) for m in self.members]
+        self.key_offsets = torch.tensor([m.key_offset for m in self.members], dtype=torch.int64)
+        self.group_members = [0]
+        for group in self.groups:
+            self.group_members.append(self.group_members[-1] + group.size)
+        self.group_key_starts = self.key_offsets[self.group_members[:-1]]
+        self.keys = torch.zeros(start, dtype=torch.int64)
+        self.last_used = torch.zeros(start)
+        self.a_accum = torch.zeros(start)
+        for m in self.members:
+            self._adopt(m)
+
+    def _adopt(self, m: _Member) -> None:
+        """Copy a table's current state into its region and make the region its storage."""
+        live, s, n = m.live, m.start, m.live.num_active
+        if n > m.capacity:  # the rank controller keeps n <= max_rows
+            raise RuntimeError(f"table {m.name!r} has {n} active rows, room for {m.capacity}")
+        g, t, r = m.group, m.slot, s - m.group.row0
+        # clones: the source may overlap the region (a table adopted again in place)
+        self.keys[s : s + n] = live.keys.clone()
+        self.last_used[s : s + n] = live.last_used.clone()
+        self.a_accum[s : s + n] = live.a_accum.clone()
+        g.a[r : r + n] = live.A.detach().clone()
+        g.b[t] = live.B.detach()
+        g.b_m[t] = live.b_m
+        g.b_v[t] = live.b_v
+        c = m.capacity
+        m.live.bind(
+            (
+                self.keys[s : s + c],
+                g.a[r : r + c],
+                self.last_used[s : s + c],
+                self.a_accum[s : s + c],
+            ),
+            (g.b[t], g.b_m[t], g.b_v[t]),
+            m.bits,
+        )
+        m.version = m.live.version
+
+    # ---- admission ---------------------------------------------------------------------
+    def _inputs(self, batch: SparseBatch) -> _Batch:
+        keys, offsets = batch.fused_bags(self.features, self.key_offsets)
+        sizes = [batch.values[f].numel() for f in self.features]
+        uniq, index, uniq_counts = torch.unique(keys, return_inverse=True, return_counts=True)
+        value_bounds = [sum(sizes[:f]) for f in self.group_members]
+        member_bounds = torch.searchsorted(uniq, self.key_offsets).tolist() + [uniq.numel()]
+        key_bounds = [member_bounds[f] for f in self.group_members]
+        return _Batch(
+            uniq,
+            uniq_counts,
+            index,
+            offsets,
+            batch.batch_size,
+            value_bounds,
+            key_bounds,
+            member_bounds,
+        )
+
+    def _locate(self, inputs: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pos, hit), both (U,): each distinct key's row in the buffers where hit (its
+        table's first row elsewhere), through each table's index."""
+        pos = torch.zeros(inputs.keys.shape, dtype=torch.int64)
+        hit = torch.zeros(inputs.keys.shape, dtype=torch.bool)
+        bounds = inputs.member_bounds
+        for t, m in enumerate(self.members):
+            k0, k1 = bounds[t], bounds[t + 1]
+            if k1 > k0:
+                rows = m.live.index.rows(inputs.keys[k0:k1] - m.key_offset).to(torch.int64)
+                hit[k0:k1] = rows > 0
+                pos[k0:k1] = (rows - 1).clamp_(min=0) + m.start
+        return pos, hit
+
+    def admit(self, batch: SparseBatch, now: float) -> list[tuple[LiveEmbedding, torch.Tensor]]:
+        """RankController.admit for every table: touch the batch's active rows, admit new ids
+        that passed the table's gate (most frequent first) into its free room, count the
+        refused ones. Returns (table, admitted ids) of the tables that admitted rows. The
+        batch's keys and rows are kept for the forward that follows."""
+        if not self.members:
+            return []
+        inputs = self._inputs(batch)
+        self._prepared = (batch, inputs)
+        out = []
+        bounds = inputs.member_bounds
+        for t, m in enumerate(self.members):
+            live = m.live
+            if live.time_origin is None:  # as LiveEmbedding.activate: the first admission
+                live.time_origin = float(now)
+            k0, k1 = bounds[t], bounds[t + 1]
+            if k1 == k0:
+                continue
+            stamp = float(now) - live.time_origin
+            ids = inputs.keys[k0:k1] - m.key_offset
+            rows = live.index.rows(ids)
+            hit = rows > 0
+            live.last_used[rows[hit].to(torch.int64) - 1] = stamp
+            new = ids[~hit]
+            if new.numel() == 0:
+                continue
+            counts = inputs.counts[k0:k1][~hit]
+            passed = m.controller.passes(new, counts)
+            new, counts = new[passed], counts[passed]
+            room = m.capacity - live.num_active
+            if new.numel() > room:
+                m.controller.note_refused(int(new.numel()) - room)
+                new = new[torch.argsort(counts, descending=True, stable=True)[:room]]
+            if new.numel():
+                new = new.sort().values
+                live.append(new, stamp)
+                out.append((live, new))
+        inputs.located = self._locate(inputs)
+        return out
+
+    # ---- forward / step ----------------------------------------------------------------
+    def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
+        """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place."""
+        if not self.members:
+            return
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] is batch:
+            inputs = prepared[1]
+        else:
+            inputs = self._inputs(batch)
+        pos, hit = inputs.located or self._locate(inputs)
+        n = batch.batch_size
+        for g, group in enumerate(self.groups):
+            k0, k1 = inputs.key_bounds[g], inputs.key_bounds[g + 1]
+            v0, v1 = inputs.value_bounds[g], inputs.value_bounds[g + 1]
+            b0, b1 = self.group_members[g] * n, self.group_members[g + 1] * n
+            delta = group.pooled(
+                (pos[k0:k1] - group.row0).clamp_(0, group.rows - 1),  # misses: any row
+                hit[k0:k1],
+                inputs.index[v0:v1] - k0,
+                inputs.offsets[b0:b1] - v0,
+                n,
+            )
+            # not serving's in-place add per run of features: under autograd its strided views
+            # cost a step 7-10% more (trainer_throughput.py, 2026-11-26)
+            pooled.index_add_(1, group.feature_index, delta.transpose(0, 1))
+
+    def grads_finite(self) -> bool:
+        return all(group.grads_finite() for group in self.groups)
+
+    def step(self, lr_a: float, lr_b: float) -> None:
+        for group in self.groups:
+            group.step(self.a_accum[group.row0 : group.row0 + group.rows], lr_a, lr_b)
+
+    def drop_grads(self) -> None:
+        for group in self.groups:
+            group.drop_grads()
