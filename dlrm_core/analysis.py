@@ -174,28 +174,30 @@ def train_and_collect(
         opt.step()
         for t, (w, r) in enumerate(zip(tables, touched, strict=True)):
             deltas[t].append(w.detach()[r] - before[t])
-    rows_out, grad_out, update_out = [], [], []
-    for t, w in enumerate(tables):
-        dim = w.shape[1]
-        if not idx[t]:
-            empty = torch.zeros(0, dim)
-            rows_out.append(torch.zeros(0, dtype=torch.int64))
-            grad_out.append(empty)
-            update_out.append(empty)
-            continue
-        rows, where = torch.unique(torch.cat(idx[t]), return_inverse=True)  # sorted rows
-        grad_out.append(torch.zeros(len(rows), dim).index_add_(0, where, torch.cat(grads[t])))
-        update_out.append(torch.zeros(len(rows), dim).index_add_(0, where, torch.cat(deltas[t])))
-        rows_out.append(rows)
+    summed = [_sum_by_row(idx[t], grads[t], deltas[t], w.shape[1]) for t, w in enumerate(tables)]
     window_auc = auc(torch.cat(labels), torch.cat(scores)) if scores else math.nan
     return WindowUpdates(
         names=model.config.feature_names,
-        rows=tuple(rows_out),
-        grad=tuple(grad_out),
-        update=tuple(update_out),
+        rows=tuple(rows for rows, _, _ in summed),
+        grad=tuple(grad for _, grad, _ in summed),
+        update=tuple(update for _, _, update in summed),
         window_auc=window_auc,
         skipped=skipped,
     )
+
+
+def _sum_by_row(
+    rows: list[torch.Tensor], grads: list[torch.Tensor], deltas: list[torch.Tensor], dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One table's window: its distinct rows (U,), sorted, with their gradients (U, D) and
+    updates (U, D) summed over the steps (each step's rows (k,), gradients and updates (k, D))."""
+    if not rows:
+        empty = torch.zeros(0, dim)
+        return torch.zeros(0, dtype=torch.int64), empty, empty
+    uniq, where = torch.unique(torch.cat(rows), return_inverse=True)
+    grad = torch.zeros(len(uniq), dim).index_add_(0, where, torch.cat(grads))
+    update = torch.zeros(len(uniq), dim).index_add_(0, where, torch.cat(deltas))
+    return uniq, grad, update
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--item-rows", type=int, default=100_000)
     s.add_argument("--drift-per-hour", type=float, default=1.0)
     c = parser.add_argument_group("clock and protocol")
+    _add_protocol_arguments(c, d)
+    f = parser.add_argument_group("fleet")
+    f.add_argument("--nodes", type=int, default=1, help="inference nodes (each learns its share)")
+    f.add_argument("--routing", choices=ROUTINGS, default="sticky-user")
+    f.add_argument("--route-feature", help="sticky-user: the user feature (default: *user*)")
+    f.add_argument("--multicast", action="store_true", help="a sync is one transfer in all")
+    c.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the cluster lr and LiveUpdate's lr_a on the pretraining head only",
+    )
+    n = parser.add_argument_group("link and syncs")
+    n.add_argument("--bandwidth-gbps", type=float, default=100.0)
+    n.add_argument(
+        "--target-table-tb",
+        type=float,
+        default=200.0,
+        help="project the tables to this size (0: no projection)",
+    )
+    n.add_argument("--top-p", type=float, default=d.top_p_pct, help="prioritized_delta %%")
+    n.add_argument("--priority", choices=PRIORITIES, default=d.priority)
+    u = parser.add_argument_group("liveupdate")
+    u.add_argument("--tau", type=float, default=live.tau)
+    u.add_argument("--r-min", type=int, default=live.r_min)
+    u.add_argument("--r-max", type=int, default=live.r_max)
+    u.add_argument("--rank", type=int, default=live.initial_rank)
+    u.add_argument("--budget-pct", type=float, default=live.budget_pct)
+    u.add_argument("--prune-age", type=float, default=live.prune_age_s)
+    u.add_argument("--rebase-period", type=float, default=None)
+    u.add_argument("--lr-a", type=float, default=live.lr_a)
+    u.add_argument("--lr-b", type=float, default=live.lr_b)
+    u.add_argument("--reuse", type=int, default=live.reuse)
+    u.add_argument("--allocation", choices=("benefit", "even"), default=live.allocation)
+
+
+def _add_protocol_arguments(c: argparse._ArgumentGroup, d: ExperimentConfig) -> None:
     c.add_argument("--strategies", type=_csv_list(str, STRATEGY_NAMES), default=STRATEGY_NAMES)
     c.add_argument("--qps", type=float, default=d.qps, help="events per clock second")
     c.add_argument("--raw-timestamps", action="store_true", help="use the data's timestamps")
@@ -94,38 +130,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leak audit: replay again with every not-yet-due label permuted; scores must match",
     )
-    f = parser.add_argument_group("fleet")
-    f.add_argument("--nodes", type=int, default=1, help="inference nodes (each learns its share)")
-    f.add_argument("--routing", choices=ROUTINGS, default="sticky-user")
-    f.add_argument("--route-feature", help="sticky-user: the user feature (default: *user*)")
-    f.add_argument("--multicast", action="store_true", help="a sync is one transfer in all")
-    c.add_argument(
-        "--tune",
-        action="store_true",
-        help="choose the cluster lr and LiveUpdate's lr_a on the pretraining head only",
-    )
-    n = parser.add_argument_group("link and syncs")
-    n.add_argument("--bandwidth-gbps", type=float, default=100.0)
-    n.add_argument(
-        "--target-table-tb",
-        type=float,
-        default=200.0,
-        help="project the tables to this size (0: no projection)",
-    )
-    n.add_argument("--top-p", type=float, default=d.top_p_pct, help="prioritized_delta %%")
-    n.add_argument("--priority", choices=PRIORITIES, default=d.priority)
-    u = parser.add_argument_group("liveupdate")
-    u.add_argument("--tau", type=float, default=live.tau)
-    u.add_argument("--r-min", type=int, default=live.r_min)
-    u.add_argument("--r-max", type=int, default=live.r_max)
-    u.add_argument("--rank", type=int, default=live.initial_rank)
-    u.add_argument("--budget-pct", type=float, default=live.budget_pct)
-    u.add_argument("--prune-age", type=float, default=live.prune_age_s)
-    u.add_argument("--rebase-period", type=float, default=None)
-    u.add_argument("--lr-a", type=float, default=live.lr_a)
-    u.add_argument("--lr-b", type=float, default=live.lr_b)
-    u.add_argument("--reuse", type=int, default=live.reuse)
-    u.add_argument("--allocation", choices=("benefit", "even"), default=live.allocation)
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
