@@ -8,6 +8,7 @@ against fleet CPU/h across sync periods; the "what this run says" paragraph is r
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,25 +73,7 @@ def _figures(results: dict[str, Any]) -> list[Any]:
         minus = [None if c is None else c["mean"] - c["lo"] for c in cis]
         f.add_scatter(x=fine, y=mean, mode="lines+markers", name=n, line_color=color(n),
                       error_y={"type": "data", "array": plus, "arrayminus": minus})  # fmt: skip
-    frontier = results["frontier"]
-    for key, title, unit in (("bytes_per_hour", "bytes per hour (fleet)", "MB / h"),
-                             ("cpu_seconds_per_hour", "fleet CPU per hour (with the cluster)",
-                              "CPU-s / h")):  # fmt: skip
-        f = fig(f"Cost-accuracy frontier: AUC vs {title}, one point per sync period",
-                "mean window AUC", unit)  # fmt: skip
-        scale = 1e-6 if key == "bytes_per_hour" else 1.0
-        for n in names:
-            pts = [(r[key].get(n), r["mean_auc"].get(n), r["sync_period_s"]) for r in frontier]
-            pts = [p for p in pts if p[0] is not None and p[1] is not None]
-            f.add_scatter(
-                x=[p[0] * scale for p in pts],
-                y=[p[1] for p in pts],
-                name=n,
-                mode="lines+markers+text",
-                line_color=color(n),
-                text=[f"{p[2] / 60:g} min" for p in pts],
-                textposition="top center",
-            )
+    _frontier_figures(results["frontier"], names, fig, color)
     f = fig("Memory overhead per window, per node (peak)", "% of the node's table bytes")
     for n in names:
         f.add_scatter(x=hours, y=strat[n]["measured_memory_pct_per_window"], name=f"{n} measured",
@@ -113,6 +96,33 @@ def _figures(results: dict[str, Any]) -> list[Any]:
                               y=[r["gain_vs_delta_sync_pct"].get(n) for r in sweep],
                               name=n, mode="lines+markers", line_color=color(n))  # fmt: skip
     return figs
+
+
+def _frontier_figures(
+    frontier: list[dict[str, Any]],
+    names: list[str],
+    fig: Callable[[str, str, str], Any],
+    color: Callable[[str], str],
+) -> None:
+    """The cost-accuracy frontiers (AUC vs bytes/h and vs CPU/h), through _figures' ``fig``."""
+    for key, title, unit in (("bytes_per_hour", "bytes per hour (fleet)", "MB / h"),
+                             ("cpu_seconds_per_hour", "fleet CPU per hour (with the cluster)",
+                              "CPU-s / h")):  # fmt: skip
+        f = fig(f"Cost-accuracy frontier: AUC vs {title}, one point per sync period",
+                "mean window AUC", unit)  # fmt: skip
+        scale = 1e-6 if key == "bytes_per_hour" else 1.0
+        for n in names:
+            pts = [(r[key].get(n), r["mean_auc"].get(n), r["sync_period_s"]) for r in frontier]
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            f.add_scatter(
+                x=[p[0] * scale for p in pts],
+                y=[p[1] for p in pts],
+                name=n,
+                mode="lines+markers+text",
+                line_color=color(n),
+                text=[f"{p[2] / 60:g} min" for p in pts],
+                textposition="top center",
+            )
 
 
 def _fmt(v: Any) -> str:

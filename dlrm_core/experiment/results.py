@@ -281,17 +281,6 @@ def build_results(
     per_seed = [run_strategies(r) for r in runs]
     strategies = combine(runs)
     windows = _windows(next(iter(run.traces.values())).metrics)
-    positives = sum(w["positives"] for w in windows)
-    ds = {
-        **dataset,
-        "events": run.pretrain_events + run.eval_events,
-        "pretrain_events": run.pretrain_events,
-        "eval_events": run.eval_events,
-        "eval_hours": (run.eval_end_s - run.eval_start_s) / 3600.0,
-        "features": [{"name": f.name, "rows": f.num_rows} for f in run.schema.sparse],
-        "table_bytes": next(iter(run.strategies.values())).accounting.table_bytes,
-        "positive_rate": positives / max(run.eval_events, 1),
-    }
     audits = [r.audit for r in runs if r.audit is not None]
     frontier = sorted(
         [_sweep_row(g, "sync_period_s") for g in [runs, *(period_sweep or [])]],
@@ -299,7 +288,7 @@ def build_results(
     )
     results = {
         "schema_version": SCHEMA_VERSION,
-        "dataset": ds,
+        "dataset": _dataset_summary(run, dataset, windows),
         "config": dataclasses.asdict(run.config),
         "seeds": [r.config.seed for r in runs],
         "fleet": dataclasses.asdict(run.config.fleet),
@@ -335,6 +324,23 @@ def build_results(
     results["frontier_reading"] = frontier_reading(frontier)
     results["summary"] = summarise(results)
     return results
+
+
+def _dataset_summary(
+    run: RunResult, dataset: dict[str, Any], windows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """results.json's "dataset": ``dataset`` with the run's event counts, tables and rates."""
+    positives = sum(w["positives"] for w in windows)
+    return {
+        **dataset,
+        "events": run.pretrain_events + run.eval_events,
+        "pretrain_events": run.pretrain_events,
+        "eval_events": run.eval_events,
+        "eval_hours": (run.eval_end_s - run.eval_start_s) / 3600.0,
+        "features": [{"name": f.name, "rows": f.num_rows} for f in run.schema.sparse],
+        "table_bytes": next(iter(run.strategies.values())).accounting.table_bytes,
+        "positive_rate": positives / max(run.eval_events, 1),
+    }
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

@@ -66,19 +66,7 @@ def tune(
     n_head = int(num_events * config.pretrain_fraction)
     head = _head(replay_batches(open_stream(), config.qps), n_head)
     cut = int(0.8 * sum(len(b) for b in head))
-    fit: list[SparseBatch] = []
-    tail: list[SparseBatch] = []
-    seen = 0
-    for batch in head:
-        if seen + len(batch) <= cut:
-            fit.append(batch)
-        elif seen >= cut:
-            tail.append(batch)
-        else:
-            a, b = split_at(batch, cut - seen)
-            fit.append(a)
-            tail.append(b)
-        seen += len(batch)
+    fit, tail = _split_events(head, cut)
     if not fit or not tail:
         raise ValueError("the pretraining head is too short to tune on; raise pretrain_fraction")
     log: dict[str, Any] = {"head_events": n_head, "fit_events": cut, "lr": {}, "lr_a": {}}
@@ -118,6 +106,26 @@ def tune(
     log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": live.lr_a,
                      "lr_b": live.lr_b}  # fmt: skip
     return tuned, log
+
+
+def _split_events(
+    batches: list[SparseBatch], cut: int
+) -> tuple[list[SparseBatch], list[SparseBatch]]:
+    """(the first ``cut`` events, the rest) of ``batches``, splitting the batch ``cut`` falls in."""
+    fit: list[SparseBatch] = []
+    tail: list[SparseBatch] = []
+    seen = 0
+    for batch in batches:
+        if seen + len(batch) <= cut:
+            fit.append(batch)
+        elif seen >= cut:
+            tail.append(batch)
+        else:
+            a, b = split_at(batch, cut - seen)
+            fit.append(a)
+            tail.append(b)
+        seen += len(batch)
+    return fit, tail
 
 
 def _learn_due(

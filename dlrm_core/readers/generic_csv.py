@@ -61,6 +61,27 @@ class MissingColumnsError(ValueError):
         self.looks_like_data = looks_like_data
 
 
+def _check_options(
+    delimiter: str | None,
+    time: str | None,
+    time_format: str | None,
+    qps: float,
+    label_threshold: float | None,
+    num_rows: int,
+) -> None:
+    """CsvReader's scalar options, each in bounds, or a ValueError naming it."""
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        raise ValueError(f"delimiter must be one character (not a quote), got {delimiter!r}")
+    if time_format is not None and time is None:
+        raise ValueError("time_format needs a time column")
+    if not 0 < qps <= 1e9:
+        raise ValueError(f"qps must be in (0, 1e9], got {qps}")
+    if label_threshold is not None and not math.isfinite(label_threshold):
+        raise ValueError("label_threshold must be finite")
+    if not 2 <= num_rows <= 2**40:
+        raise ValueError(f"num_rows must be in [2, 2**40], got {num_rows}")
+
+
 class CsvReader(LineReader):
     def __init__(
         self,
@@ -98,16 +119,7 @@ class CsvReader(LineReader):
         if any(not sep for sep in self.multi_hot_sep.values()):
             raise ValueError("multi_hot: separators must be non-empty")
         self.multi_hot = frozenset(self.multi_hot_sep)
-        if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
-            raise ValueError(f"delimiter must be one character (not a quote), got {delimiter!r}")
-        if time_format is not None and time is None:
-            raise ValueError("time_format needs a time column")
-        if not 0 < qps <= 1e9:
-            raise ValueError(f"qps must be in (0, 1e9], got {qps}")
-        if label_threshold is not None and not math.isfinite(label_threshold):
-            raise ValueError("label_threshold must be finite")
-        if not 2 <= num_rows <= 2**40:
-            raise ValueError(f"num_rows must be in [2, 2**40], got {num_rows}")
+        _check_options(delimiter, time, time_format, qps, label_threshold, num_rows)
         self.parse_time = TimeParser(time_format)
         self.delimiter, self.time_format, self.qps = delimiter, time_format, float(qps)
         self.label_threshold, self.dense_log1p = label_threshold, dense_log1p
