@@ -5,7 +5,7 @@ For each model, on the same batches, interleaved round by round in one process (
                  LiveTrainer steps (admission, forward, backward, row-wise Adagrad + Adam, one
                  replay step per batch), rank control (make_room, prune + adapt every 50 steps),
                  publish every 10 steps, and for every new version the inference side's build
-                 (ServingDelta.from_version) and install (apply_base_patches);
+                 (ServingDelta.from_factors) and the write of its folded rows into the base;
   cluster        the experiment's delta_sync: SimulatedCluster.train (FullSparseTrainer:
                  torch.optim Adagrad on the MLPs, the fused training kernel on the embedding
                  rows), the dirty-row tracking of every step, and every --sync-every steps a
@@ -14,7 +14,7 @@ For each model, on the same batches, interleaved round by round in one process (
   cluster_torch  the same with the cluster's old embedding step (EmbeddingBag's sparse gradients
                  and torch.optim.Adagrad over every table): the reference column.
 LiveUpdate's settings are the experiment's defaults (LiveUpdateParams: 2% budget, even split here,
-rank 4 in [1, 8], reuse 1); the cluster's are ExperimentConfig's (Adagrad, lr 0.05).
+rank 4 in [1, 8], reuse 0); the cluster's are ExperimentConfig's (Adagrad, lr 0.05).
 Models: MovieLens-100k (/work/shared/data/movielens_100k, the experiment's model shape), the
 Criteo-Kaggle reference DLRM (tables scaled by --criteo-scale: memory; skewed synthetic ids) and
 the synthetic stream with 10^6 rows (500k users, 500k items). Goal: liveupdate <= 0.5x cluster.
@@ -55,7 +55,7 @@ from dlrm_core.live_embedding import LiveEmbeddingConfig  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
 from dlrm_core.rank_policy import RankPolicy  # noqa: E402
 from dlrm_core.schema import StreamSchema  # noqa: E402
-from dlrm_core.serving import ServingDelta, apply_base_patches  # noqa: E402
+from dlrm_core.serving import ServingDelta  # noqa: E402
 from dlrm_core.synthetic import SyntheticConfig  # noqa: E402
 from dlrm_core.trainer import FullTrainConfig, LiveTrainer, TrainerConfig  # noqa: E402
 
@@ -112,6 +112,7 @@ class LiveUpdatePath:
             reuse=params.reuse,
             adapt_every=params.adapt_every,
             publish_every=params.publish_every,
+            keep_published=True,  # the bench installs every version from the store
         )
         self.inference = copy.deepcopy(model)
         self.trainer = LiveTrainer(model, config)
@@ -123,8 +124,13 @@ class LiveUpdatePath:
         self.trainer.train_ready(now)
         version = self.trainer.store.latest()
         if version is not None and version.version != self.installed:
-            self.delta = ServingDelta.from_version(version, self.inference)
-            apply_base_patches(self.inference, version)
+            cfg = self.inference.config
+            self.delta = ServingDelta.from_factors(
+                version.version, cfg.feature_names, cfg.table_sizes, version.tables
+            )
+            with torch.no_grad():  # the node's installer writes the folded rows the same way
+                for name, patch in version.base_patches.items():
+                    self.inference.sparse_arch.table(name).weight[patch.ids] = patch.rows
             self.installed = version.version
 
 

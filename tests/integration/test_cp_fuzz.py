@@ -23,11 +23,14 @@ FUZZ = settings(
 )
 
 # Values no numeric field may take (JSON has no NaN/Infinity, but Python's json writes them).
+# NUL and lone surrogates refuse the whole request before any field is read (the JSON parser;
+# test_cp_reliability covers them): here, text that a field validator sees.
+FIELD_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 NOT_A_NUMBER = st.one_of(
-    st.text(max_size=5),
+    st.text(FIELD_CHARS, max_size=5),
     st.booleans(),
     st.lists(st.integers(), max_size=2),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.dictionaries(st.text(FIELD_CHARS, max_size=3), st.integers(), max_size=2),
     st.sampled_from([math.nan, math.inf, -math.inf]),
 )
 
@@ -43,13 +46,16 @@ def bad_samples(draw) -> tuple[dict, str]:
     elif field == "ts":
         value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=0.0), st.floats(min_value=4e9)))
     elif field == "throttle":
-        value = draw(st.text(max_size=8).filter(lambda t: t not in protocol.THROTTLE_STATES))
+        states = protocol.THROTTLE_STATES
+        value = draw(st.text(FIELD_CHARS, max_size=8).filter(lambda t: t not in states))
     elif field == "tables":
-        value = draw(st.one_of(st.text(max_size=3), st.lists(st.integers(), min_size=1)))
+        value = draw(
+            st.one_of(st.text(FIELD_CHARS, max_size=3), st.lists(st.integers(), min_size=1))
+        )
     elif field == "events":
         value = draw(
             st.one_of(
-                st.text(max_size=3),
+                st.text(FIELD_CHARS, max_size=3),
                 st.just([{"kind": "not-a-kind", "ts": 1.0, "detail": {}}]),
                 st.just([{"kind": "qos", "ts": "then", "detail": {}}]),
             )
@@ -98,7 +104,9 @@ def bad_policies(draw) -> tuple[dict, str]:
     if field in ("mode", "prune_action"):
         allowed = protocol.MODES if field == "mode" else protocol.PRUNE_ACTIONS
         value = draw(
-            st.one_of(st.integers(), st.text(max_size=8).filter(lambda t: t not in allowed))
+            st.one_of(
+                st.integers(), st.text(FIELD_CHARS, max_size=8).filter(lambda t: t not in allowed)
+            )
         )
     else:
         bound = protocol.POLICY_BOUNDS[field]
@@ -110,7 +118,7 @@ def bad_policies(draw) -> tuple[dict, str]:
         # Policies come from forms too (the admin, the browsable API), so a number in a string
         # ("5") is a number there, as DRF parses it; only text that is no number is bad.
         bad_number = st.one_of(
-            st.text(max_size=5).filter(lambda t: not is_number(t)),
+            st.text(FIELD_CHARS, max_size=5).filter(lambda t: not is_number(t)),
             st.booleans(),
             st.lists(st.integers(), max_size=2),
         )

@@ -113,8 +113,16 @@ async function acknowledge(id) {
 }
 
 let inFlight = null;
-function load() { // coalesces bursts (several unknown nodes reporting at once)
-  inFlight = inFlight || fetchAll().finally(() => { inFlight = null; });
+let loadAgain = false;
+// Coalesces bursts (several unknown nodes reporting at once) into one trailing reload: a request
+// made while a load is in flight runs once more after it, since that load may predate what the
+// caller knows changed (a resync, a new node).
+function load() {
+  if (inFlight) { loadAgain = true; return inFlight; }
+  inFlight = fetchAll().finally(() => {
+    inFlight = null;
+    if (loadAgain) { loadAgain = false; load(); }
+  });
   return inFlight;
 }
 
