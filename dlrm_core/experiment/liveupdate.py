@@ -21,7 +21,7 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster
 from dlrm_core.experiment.config import LiveUpdateParams
 from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
-from dlrm_core.experiment.strategies import Strategy
+from dlrm_core.experiment.strategies import ChangedRows, Strategy
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
@@ -214,25 +214,16 @@ class Hybrid(LiveUpdate):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert self.cluster is not None
-        cfg = self.cluster.model.config
-        self.dirty = {
-            name: torch.zeros(n, dtype=torch.bool)
-            for name, n in zip(cfg.feature_names, cfg.table_sizes, strict=True)
-        }
+        self.changed = ChangedRows(self.cluster.model.config)
         self.cluster.listeners.append(self._observe)
 
     def _observe(self, result: FullStepResult, now: float) -> None:
         start = time.process_time()
-        for name, (ids, _) in result.touched.items():
-            self.dirty[name][ids] = True
+        self.changed.mark(result)
         self.accounting.cluster_cpu_seconds += time.process_time() - start
 
     def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
-        out: dict[str, torch.Tensor | None] = {}
-        for name, mask in self.dirty.items():
-            out[name] = torch.nonzero(mask).squeeze(1)
-            mask.zero_()
-        return out
+        return self.changed.take()
 
     def apply(self, payload: Payload) -> None:
         tables = {

@@ -30,7 +30,7 @@ import torch
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster, table_bytes
 from dlrm_core.experiment.memory import held_tensor_bytes
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.trainer import FullStepResult
 
 
@@ -206,6 +206,28 @@ class FullSync(SyncStrategy):
     name = "full_sync"
 
 
+class ChangedRows:
+    """The rows of each table the cluster changed since they were last taken (a delta sync's or
+    a delta rebase's payload): one bool per row, so it costs the tables' row counts in bits."""
+
+    def __init__(self, config: DLRMConfig) -> None:
+        self.dirty = {
+            name: torch.zeros(n, dtype=torch.bool)
+            for name, n in zip(config.feature_names, config.table_sizes, strict=True)
+        }
+
+    def mark(self, result: FullStepResult) -> None:
+        for name, (ids, _) in result.touched.items():
+            self.dirty[name][ids] = True
+
+    def take(self) -> dict[str, torch.Tensor | None]:
+        out: dict[str, torch.Tensor | None] = {}
+        for name, mask in self.dirty.items():
+            out[name] = torch.nonzero(mask).squeeze(1)
+            mask.zero_()
+        return out
+
+
 class DeltaSync(SyncStrategy):
     """Every period, the rows the cluster changed since the last sync (and the MLPs)."""
 
@@ -213,22 +235,13 @@ class DeltaSync(SyncStrategy):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        cfg = self.cluster.model.config
-        self.dirty = {
-            name: torch.zeros(n, dtype=torch.bool)
-            for name, n in zip(cfg.feature_names, cfg.table_sizes, strict=True)
-        }
+        self.changed = ChangedRows(self.cluster.model.config)
 
     def observe(self, result: FullStepResult, now: float) -> None:
-        for name, (ids, _) in result.touched.items():
-            self.dirty[name][ids] = True
+        self.changed.mark(result)
 
     def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
-        out: dict[str, torch.Tensor | None] = {}
-        for name, mask in self.dirty.items():
-            out[name] = torch.nonzero(mask).squeeze(1)
-            mask.zero_()
-        return out
+        return self.changed.take()
 
 
 class PrioritizedDelta(SyncStrategy):
