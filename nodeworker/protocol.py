@@ -163,7 +163,7 @@ def validate_policy(policy: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
 # lone surrogate (PostgreSQL refuses both); nested objects are shallow and small.
 
 THROTTLE_STATES = ("running", "throttled", "paused")
-EVENT_KINDS = ("rank_change", "prune", "qos", "rebase", "snapshot", "policy")
+EVENT_KINDS = ("rank_change", "prune", "qos", "rebase", "snapshot", "policy", "sync")
 MAX_SAMPLES_PER_BATCH = 1000
 # A batch's JSON body: the plane answers 413 above this, the node's batches stay below it.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
@@ -241,6 +241,15 @@ RUNNING_ERROR = (
 CHECKSUM_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+def policy_version_error(value: Any) -> str | None:
+    """Why ``value`` is not a policy version (null, or an integer within EPOCH_BOUND)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return "Must be a whole number."
+    return _number_error(value, EPOCH_BOUND)
+
+
 def running_state(value: Any) -> RunningState | None:
     """The batch's ``running`` field; raises TelemetryError."""
     if value is None:
@@ -248,9 +257,7 @@ def running_state(value: Any) -> RunningState | None:
     if not isinstance(value, dict) or set(value) - {"policy_version", "checkpoint"}:
         raise TelemetryError({"running": RUNNING_ERROR})
     version, checkpoint = value.get("policy_version"), value.get("checkpoint")
-    bad_version = version is not None and (
-        not isinstance(version, int) or _number_error(version, EPOCH_BOUND)
-    )
+    bad_version = policy_version_error(version) is not None
     bad_checkpoint = checkpoint is not None and (
         not isinstance(checkpoint, str) or not CHECKSUM_RE.match(checkpoint)
     )

@@ -158,8 +158,22 @@ def test_control_ops(node, tmp_path):
     assert (runtime.snapshots.root / "LATEST").read_text() == snap["snapshot"]
 
     rows = torch.tensor([3, 9])
-    runtime.operations.apply_delta({"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}})
+    learnt = time.time() - 30.0
+    synced = runtime.operations.apply_delta(
+        {"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}},
+        created_at=learnt + 1.0,
+        trained_until=learnt,
+    )
     assert bool((base_weight(runtime.inference.model, "item_id")[rows] == 0.5).all())
+    sync = [e for e in runtime.events if e["kind"] == "sync"][-1]
+    assert sync["detail"] == synced
+    assert synced["tables"] == {"item_id": 2} and synced["bytes"] == 2 * 8 + 2 * 16 * 4
+    assert synced["trained_until"] == learnt and synced["created_at"] == learnt + 1.0
+    with pytest.raises(InvalidRequest) as bad:
+        runtime.operations.apply_delta(
+            {"item_id": {"rows": [1], "values": [[0.0] * 16]}}, trained_until=time.time() + 1e6
+        )
+    assert set(bad.value.fields) == {"trained_until"}
     with pytest.raises(InvalidRequest) as bad:
         runtime.operations.apply_delta(
             {

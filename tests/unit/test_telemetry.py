@@ -28,6 +28,7 @@ class Plane:
         self.samples: dict[tuple[str, int, int], dict] = {}
         self.posts = 0
         self.duplicates = 0
+        self.running: list[protocol.RunningState | None] = []  # each accepted batch's
         self.mode = "up"
         self.server: ThreadingHTTPServer | None = None
 
@@ -52,6 +53,7 @@ class Plane:
                 except protocol.TelemetryError as exc:
                     return self._reply(400, exc.errors)
                 plane.posts += 1
+                plane.running.append(batch.running)
                 for s in batch.samples:
                     key = (batch.node, batch.epoch, s["seq"])
                     if key in plane.samples:
@@ -160,6 +162,20 @@ def test_restart_continues_the_sequence_and_resends_the_spool(plane, tmp_path):
     assert plane.seqs() == list(range(6)) and plane.duplicates == 0
     third = reporter(plane, tmp_path)
     assert third.spool.next_seq == 6 and third.spool.pending(10) == []
+
+
+def test_every_batch_says_what_the_node_runs_now(plane, tmp_path):
+    running = [protocol.RunningState(None, None)]
+    rep = reporter(plane, tmp_path / "spool", running=lambda: running[0])
+    rep.record()
+    assert rep.flush_once()
+    running[0] = protocol.RunningState(7, "sha256:" + "ab" * 32)  # a policy and a rebase later
+    rep.record()
+    assert rep.flush_once()
+    assert plane.running == [protocol.RunningState(None, None), running[0]]
+    plain = reporter(plane, tmp_path / "spool2")  # a reporter told nothing sends no "running"
+    plain.record()
+    assert plain.flush_once() and plane.running[-1] is None
 
 
 def test_invalid_batch_is_kept_aside_not_retried_forever(plane, tmp_path):
