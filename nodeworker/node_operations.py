@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
-from nodeworker import placement, protocol
+from nodeworker import placement, protocol, protocol_telemetry
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
@@ -128,7 +128,7 @@ class NodeOperations:
     ) -> dict[str, Any]:
         clean, errors = protocol.validate_policy(policy)
         errors = {f"policy.{k}": v for k, v in errors.items()}
-        version_error = protocol.policy_version_error(version)
+        version_error = protocol_telemetry.policy_version_error(version)
         if version_error:
             errors["version"] = version_error
         if errors:
@@ -279,12 +279,13 @@ class NodeOperations:
 
 
 def _sync_stamps(created_at: Any, trained_until: Any) -> dict[str, float]:
-    """apply_delta's optional stamps, checked against this node's clock (protocol.TimeWindow)."""
+    """apply_delta's optional stamps, checked against this node's clock
+    (protocol_telemetry.TimeWindow)."""
     stamps, errors = {}, {}
     for name, value in (("created_at", created_at), ("trained_until", trained_until)):
         if value is None:
             continue
-        error = protocol.TimeWindow().error(value, time.time())
+        error = protocol_telemetry.TimeWindow().error(value, time.time())
         if error:
             errors[name] = error
         else:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nodeworker import placement, protocol
+from nodeworker import placement, protocol, protocol_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class AppliedState:
     policy: dict[str, Any] | None = None  # validated (protocol.validate_policy)
     policy_version: int | None = None
     checkpoint: str | None = None  # the rebased checkpoint's location
-    checkpoint_checksum: str | None = None  # "sha256:<64 hex>" (protocol.CHECKSUM_RE)
+    checkpoint_checksum: str | None = None  # "sha256:<64 hex>" (protocol_telemetry.CHECKSUM_RE)
 
     @classmethod
     def load(cls, path: Path) -> AppliedState:
@@ -53,7 +53,7 @@ class AppliedState:
         state = self
         if state.policy is not None:
             clean, errors = protocol.validate_policy(state.policy)
-            if errors or protocol.policy_version_error(state.policy_version):
+            if errors or protocol_telemetry.policy_version_error(state.policy_version):
                 log.warning("%s: the saved policy is invalid (%s); not restored", path, errors)
                 state = replace(state, policy=None, policy_version=None)
             else:
@@ -62,7 +62,7 @@ class AppliedState:
         if state.checkpoint is not None and (
             not isinstance(state.checkpoint, str)
             or not Path(state.checkpoint).is_file()
-            or (checksum is not None and not protocol.CHECKSUM_RE.match(str(checksum)))
+            or (checksum is not None and not protocol_telemetry.CHECKSUM_RE.match(str(checksum)))
         ):
             log.warning("%s: the saved checkpoint %r is gone; not restored", path, state.checkpoint)
             state = replace(state, checkpoint=None, checkpoint_checksum=None)
@@ -74,8 +74,8 @@ class AppliedState:
         tmp.write_text(json.dumps(asdict(self)))
         os.replace(tmp, path)
 
-    def running(self) -> protocol.RunningState:
-        return protocol.RunningState(self.policy_version, self.checkpoint_checksum)
+    def running(self) -> protocol_telemetry.RunningState:
+        return protocol_telemetry.RunningState(self.policy_version, self.checkpoint_checksum)
 
 
 @dataclass

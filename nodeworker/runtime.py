@@ -48,7 +48,7 @@ from dlrm_core.checkpoint import CheckpointError, load_model, save_model
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.rank import min_budget_bytes
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
-from nodeworker import placement, protocol
+from nodeworker import placement, protocol, protocol_telemetry
 from nodeworker.feed import Feed, FeedRings, FeedWriter
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
@@ -195,7 +195,7 @@ class NodeRuntime:
     def health(self) -> dict[str, Any]:
         return self.operations.health()
 
-    def running_state(self) -> protocol.RunningState:
+    def running_state(self) -> protocol_telemetry.RunningState:
         """What the node runs, for every telemetry batch (the plane reconciles on it)."""
         return self.state.applied.running()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from nodeworker.telemetry_spool import Spool
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,9 @@ class TelemetryReporter:
         batch_max: int = 200,
         timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
-        batch_max_bytes: int = protocol.MAX_BATCH_BYTES // 2,
+        batch_max_bytes: int = protocol_telemetry.MAX_BATCH_BYTES // 2,
         bisect_after: int = 3,
-        running: Callable[[], protocol.RunningState] | None = None,
+        running: Callable[[], protocol_telemetry.RunningState] | None = None,
     ):
         protocol.node_queue(node)  # validates the name
         self.node = node
@@ -121,8 +121,8 @@ class TelemetryReporter:
         self.collect = collect
         self.running = running  # what the node runs, echoed in every batch (desired state)
         self.interval_s = interval_s
-        self.batch_max = max(1, min(batch_max, protocol.MAX_SAMPLES_PER_BATCH))
-        self.batch_max_bytes = min(batch_max_bytes, protocol.MAX_BATCH_BYTES - 1024)
+        self.batch_max = max(1, min(batch_max, protocol_telemetry.MAX_SAMPLES_PER_BATCH))
+        self.batch_max_bytes = min(batch_max_bytes, protocol_telemetry.MAX_BATCH_BYTES - 1024)
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
         self.bisect_after = bisect_after
@@ -143,9 +143,9 @@ class TelemetryReporter:
 
         def make(seq: int) -> dict[str, Any]:
             sample = snapshot.to_sample(seq, time.time())
-            errors = protocol.validate_sample(sample, "sample")
+            errors = protocol_telemetry.validate_sample(sample, "sample")
             if errors:
-                raise protocol.TelemetryError(errors)
+                raise protocol_telemetry.TelemetryError(errors)
             return sample
 
         sample = self.spool.append(make)

@@ -15,7 +15,7 @@ from dlrm_core.checkpoint import save_model
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
 from nodeworker.replayer import requests_of
@@ -96,7 +96,7 @@ def test_inference_serves_versions_the_trainer_learnt(node):
     assert lags and sorted(lags)[len(lags) // 2] < 30.0
     snapshot = runtime.telemetry_snapshot()
     sample = snapshot.to_sample(0, time.time())
-    assert protocol.validate_sample(sample, "sample") == {}
+    assert protocol_telemetry.validate_sample(sample, "sample") == {}
     assert sample["tables"]["user_id"]["rank"] >= 1
     assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 5.0
     assert sample["qps"] > 0 and sample["p99_ms"] is not None and sample["auc"] is not None
