@@ -36,8 +36,9 @@ async function refresh() {
   const end = Date.now() / 1000;
   const start = end - ab.seconds;
   try {
-    const [l, b, synced] = await Promise.all([loadAbSeries(ab.live, start, end),
-      loadAbSeries(ab.base, start, end), loadLastSync(ab.base)]);
+    const [l, b] = await Promise.all([loadAbSeries(ab.live, start, end), loadAbSeries(ab.base, start, end)]);
+    // only once the telemetry answered: an answer here must not hide the stale banner its failure raised
+    const synced = await loadLastSync(ab.base);
     if (token !== ab.token) return;
     const draw = () => drawAb("ab", { liveName: ab.live, baseName: ab.base, baseTrains: false,
       baseSyncedAt: synced, live: l, base: b, tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
