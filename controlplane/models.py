@@ -15,7 +15,7 @@ from django.db import models
 from django.db.models import Q
 
 from controlplane.experiments import validate_results
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 
 
 def new_token() -> str:
@@ -148,7 +148,8 @@ class Node(models.Model):
         Policy, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes"
     )
     applied_policy_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
-    # What the node reports it runs (protocol.RunningState); services.desired re-sends the rest.
+    # What the node reports it runs (protocol_telemetry.RunningState); services.desired
+    # re-sends the rest.
     running_policy_version = models.BigIntegerField(null=True, blank=True, editable=False)
     running_checkpoint = models.CharField(max_length=71, blank=True, editable=False)
     running_reported_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -168,7 +169,7 @@ class Node(models.Model):
     def clean(self) -> None:
         if not isinstance(self.topology, dict):
             raise ValidationError({"topology": "Must be a JSON object."})
-        problem = protocol.json_value_error(self.topology)
+        problem = protocol_telemetry.json_value_error(self.topology)
         if problem:
             raise ValidationError({"topology": problem})
 
@@ -255,7 +256,7 @@ class TelemetrySample(models.Model):
     epoch = models.BigIntegerField(default=0, help_text="the node's incarnation (protocol)")
     seq = models.BigIntegerField()
     ts = models.DateTimeField()
-    # The metrics of protocol.SAMPLE_METRICS (a unit test keeps the two in step).
+    # The metrics of protocol_telemetry.SAMPLE_METRICS (a unit test keeps the two in step).
     qps = models.FloatField()
     p50_ms = models.FloatField(null=True)
     p95_ms = models.FloatField(null=True)
@@ -269,7 +270,9 @@ class TelemetrySample(models.Model):
     trainer_duty = models.FloatField()
     skipped_batches = models.FloatField(null=True)
     dropped_samples = models.FloatField(null=True)
-    throttle = models.CharField(max_length=10, choices=[(t, t) for t in protocol.THROTTLE_STATES])
+    throttle = models.CharField(
+        max_length=10, choices=[(t, t) for t in protocol_telemetry.THROTTLE_STATES]
+    )
     tables = models.JSONField(default=dict)
     cpu_per_core = models.JSONField(default=list)
     resolution_s = models.PositiveIntegerField(default=0, help_text="0: raw; else bucket width")
@@ -279,7 +282,7 @@ class TelemetrySample(models.Model):
     # with the same (node, epoch, seq) and another hash is a conflict, never a silent duplicate.
     content_hash = models.BigIntegerField(null=True, editable=False)
 
-    METRICS = tuple(protocol.SAMPLE_METRICS)
+    METRICS = tuple(protocol_telemetry.SAMPLE_METRICS)
 
     class Meta:
         ordering = ["node", "ts"]
@@ -306,7 +309,7 @@ class NodeEvent(models.Model):
     epoch = models.BigIntegerField(default=0, help_text="epoch of the sample that carried it")
     seq = models.BigIntegerField(help_text="seq of the sample that carried it")
     index = models.PositiveIntegerField(help_text="position in that sample's events")
-    kind = models.CharField(max_length=20, choices=[(k, k) for k in protocol.EVENT_KINDS])
+    kind = models.CharField(max_length=20, choices=[(k, k) for k in protocol_telemetry.EVENT_KINDS])
     ts = models.DateTimeField()
     detail = models.JSONField(default=dict)
 
@@ -404,7 +407,7 @@ class ExperimentRun(models.Model):
         if not isinstance(self.parameters, dict):
             errors["parameters"] = ["Must be a JSON object."]
         for name in ("parameters", "results"):
-            problem = protocol.json_value_error(getattr(self, name))
+            problem = protocol_telemetry.json_value_error(getattr(self, name))
             if problem:
                 errors[name] = [problem]
         if errors:

@@ -12,7 +12,7 @@ from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
-from nodeworker import protocol
+from nodeworker import protocol_telemetry
 
 
 class BodyTooLarge(APIException):
@@ -45,7 +45,9 @@ class BoundedJSONParser(JSONParser):
             raise ParseError("JSON parse error - nested too deeply.") from None
         except ValueError as exc:  # UnicodeDecodeError included
             raise ParseError(f"JSON parse error - {exc}") from None
-        message = protocol.json_value_error(data, protocol.MAX_JSON_DEPTH, numbers=False)
+        message = protocol_telemetry.json_value_error(
+            data, protocol_telemetry.MAX_JSON_DEPTH, numbers=False
+        )
         if message:
             raise ParseError(f"JSON value refused - {message}")
         return data
@@ -58,4 +60,4 @@ class TelemetryJSONParser(BoundedJSONParser):
     allow_constants = True
 
     def max_bytes(self) -> int:
-        return protocol.MAX_BATCH_BYTES
+        return protocol_telemetry.MAX_BATCH_BYTES

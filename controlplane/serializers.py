@@ -24,7 +24,7 @@ from controlplane.models import (
 )
 from controlplane.services.policies import actor_of, save_policy
 from controlplane.services.telemetry import MAX_POINTS
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 
 
 # DRF's ModelSerializer with its fields worked out once per class (DRF works them out from the
@@ -358,11 +358,11 @@ class TelemetryQuerySerializer(serializers.Serializer):
 
     def validate_metrics(self, value: str) -> list[str]:
         names = [m.strip() for m in value.split(",") if m.strip()]
-        unknown = [m for m in names if m not in protocol.SAMPLE_METRICS]
+        unknown = [m for m in names if m not in protocol_telemetry.SAMPLE_METRICS]
         if unknown or not names:
             raise serializers.ValidationError(
                 f"Unknown metric(s) {', '.join(unknown) or '(none)'}; "
-                f"choose from {', '.join(protocol.SAMPLE_METRICS)}."
+                f"choose from {', '.join(protocol_telemetry.SAMPLE_METRICS)}."
             )
         return names
 

@@ -47,7 +47,7 @@ from controlplane.permissions import IsNode, RolePermission
 from controlplane.services import actions, ingest, rollout
 from controlplane.services import metrics as prometheus
 from controlplane.services import telemetry as telemetry_service
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 
 OPERATOR_ACTIONS = {name: roles.OPERATOR for name in protocol.NODE_ACTIONS}
 
@@ -238,7 +238,7 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
                 q["node"],
                 q["start"],
                 q["end"],
-                q.get("metrics") or list(protocol.SAMPLE_METRICS),
+                q.get("metrics") or list(protocol_telemetry.SAMPLE_METRICS),
                 q.get("bucket_s"),
             )
         except telemetry_service.RangeError as exc:
@@ -252,7 +252,7 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
             400: OpenApiResponse(description="Field errors keyed by path, e.g. samples[1].qps"),
             403: OpenApiResponse(description="The batch names another node than the token's"),
             409: OpenApiResponse(description="Samples stored under the same key, other content"),
-            413: OpenApiResponse(description="A body over nodeworker.protocol.MAX_BATCH_BYTES"),
+            413: OpenApiResponse(description="A body over protocol_telemetry.MAX_BATCH_BYTES"),
         },
     )
     @action(
@@ -267,7 +267,7 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
         (epoch, seq)."""
         try:
             result = ingest.ingest_batch(request.auth, request.data)
-        except protocol.TelemetryError as exc:
+        except protocol_telemetry.TelemetryError as exc:
             errors = {path: [message] for path, message in exc.errors.items()}
             return Response(errors, status=status.HTTP_400_BAD_REQUEST)
         except ingest.WrongNode as exc:

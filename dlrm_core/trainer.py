@@ -54,6 +54,9 @@ class TrainerConfig:
     # keep the newest published version in the trainer's store (for an in-process reader);
     # its copies then take their share of each table's budget
     keep_published: bool = False
+    # False: no LabelJoin (serve / feedback / train_ready) and no FactorStore; the caller
+    # joins labels itself, calls train_step and takes publish()'s versions (a node's trainer)
+    in_process_join: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.budget_fraction <= 1:
@@ -68,6 +71,8 @@ class TrainerConfig:
         for name in ("adapt_every", "room_every", "publish_every"):
             if not 1 <= getattr(self, name) <= 10**9:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_published and not self.in_process_join:
+            raise ValueError("keep_published needs the in-process FactorStore (in_process_join)")
 
 
 @dataclass(frozen=True)
@@ -124,12 +129,29 @@ class LiveTrainer:
             for name, live in self.lives.items()
         }
         self.groups = LiveGroups(model.config.feature_names, self.lives, self.controllers)
-        self.join = LabelJoin(config.label_delay, config.label_timeout, config.max_pending)
-        self.store = store or FactorStore()
+        self._join: LabelJoin | None = None
+        self._store: FactorStore | None = None
+        if config.in_process_join:
+            self._join = LabelJoin(config.label_delay, config.label_timeout, config.max_pending)
+            self._store = store or FactorStore()
         self.stats = TrainerStats()
         self._replay: deque[list] = deque(maxlen=config.replay_window)  # [batch, uses]
         self._events_seen = {name: 0 for name in self.lives}
         self._now = 0.0  # newest stream time trained on
+
+    @property
+    def join(self) -> LabelJoin:
+        """The in-process label join (serve, feedback, train_ready)."""
+        if self._join is None:
+            raise RuntimeError("this trainer has no label join (TrainerConfig.in_process_join)")
+        return self._join
+
+    @property
+    def store(self) -> FactorStore:
+        """The in-process FactorStore (publish_every, keep_published)."""
+        if self._store is None:
+            raise RuntimeError("this trainer has no factor store (TrainerConfig.in_process_join)")
+        return self._store
 
     # ---- serving side ------------------------------------------------------------------
     @torch.no_grad()
@@ -263,11 +285,12 @@ class LiveTrainer:
                 slot_map=report.slot_map_bytes,
                 sketch=ctl.sketch.nbytes if ctl.sketch is not None else 0,
                 fold_log=report.fold_log_bytes,
-                published=self.store.nbytes(name),
+                published=self._store.nbytes(name) if self._store else 0,
                 budget=ctl.budget_bytes,
                 base=report.base_bytes,
             )
-        pending = self.join.nbytes() + sum(item[0].nbytes for item in self._replay)
+        joining = self._join.nbytes() if self._join else 0
+        pending = joining + sum(item[0].nbytes for item in self._replay)
         return MemoryAccount(tables, pending)
 
     def ranks(self) -> dict[str, int]:

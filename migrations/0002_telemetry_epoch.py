@@ -3,14 +3,14 @@
 from django.db import migrations, models
 from django.db.models import Q
 
-from nodeworker import protocol
+from nodeworker import protocol_telemetry
 
 
 def clamp_metrics(apps, schema_editor):
     """Rows stored before every metric had an upper bound (1e308 p99s) made the database's AVG
     overflow: out-of-bound values become null (the bound, where a column takes no null)."""
     Sample = apps.get_model("controlplane", "TelemetrySample")
-    for name, (_, bound) in protocol.SAMPLE_METRICS.items():
+    for name, (_, bound) in protocol_telemetry.SAMPLE_METRICS.items():
         column = Sample._meta.get_field(name)
         outside = Q(**{f"{name}__gt": bound.high}) | Q(**{f"{name}__lt": bound.low})
         Sample.objects.filter(outside).update(**{name: None if column.null else bound.high})

@@ -4,7 +4,9 @@ The cluster trains a full copy of the node's base model (dlrm_core's FullSparseT
 row gradients) on the same stream the node replays, at the node's pace: batch k is learnt once
 the node has served its last event and that event's label has arrived (event count / QPS +
 label delay). Every ``sync_period_s`` it sends the embedding rows changed since the last sync to
-the node's ``apply_delta`` control op, the way a production cluster ships deltas to inference.
+the node's ``apply_delta`` control op, the way a production cluster ships deltas to inference,
+stamped (SyncStamp) with when the delta was made and when the newest label it learnt arrived, so
+the node can report how fresh the model it serves is.
 Only rows travel (apply_delta replaces base rows), so the cluster keeps the MLPs frozen
 (lr_dense 0): the rows it ships always match the MLPs the node serves with.
 
@@ -29,6 +31,15 @@ from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 from nodeworker.shared_memory import base_weight
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncStamp:
+    """When a delta was made and when the newest label learnt into it arrived (Unix times;
+    None before the cluster learnt anything). apply_delta's ``created_at`` / ``trained_until``."""
+
+    created_at: float
+    trained_until: float | None
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,12 @@ class DeltaSyncCluster:
     def __init__(
         self,
         model: DLRM,
-        send: Callable[[dict[str, Any]], Any],
+        send: Callable[[dict[str, Any], SyncStamp], Any],
         config: ClusterConfig,
     ) -> None:
         self.model = model
-        self.send = send  # deltas -> the node (raises OSError / ControlError when it cannot)
+        # (deltas, stamp) -> the node (raises OSError / ControlError when it cannot)
+        self.send = send
         self.config = config
         self.trainer = FullSparseTrainer(
             model, FullTrainConfig(config.optimizer, 0.0, config.lr_sparse)
@@ -80,12 +92,14 @@ class DeltaSyncCluster:
         self.syncs = 0
         self.rows_sent = 0
         self.failed_syncs = 0
+        self.trained_until: float | None = None  # when the newest learnt label arrived
 
     def learn(self, batch: SparseBatch) -> float:
         result = self.trainer.step(batch)
         for name, (ids, _) in result.touched.items():
             self._dirty[name].append(ids)
         self.events += len(batch)
+        self.trained_until = time.time()  # run() learns a batch once its labels exist
         return result.loss
 
     def deltas(self) -> dict[str, dict[str, list]]:
@@ -106,7 +120,7 @@ class DeltaSyncCluster:
         if not deltas:
             return 0
         try:
-            self.send(deltas)
+            self.send(deltas, SyncStamp(time.time(), self.trained_until))
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the rows dirty
             self.failed_syncs += 1
             log.warning("delta sync failed (%s); the rows stay dirty for the next sync", exc)

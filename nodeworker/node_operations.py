@@ -7,7 +7,8 @@ operation returns a JSON object saying what it did.
 Where the base changes: ``rebase`` and ``supervise`` rewrite the base tables and then
 ``installer.forget_versions`` (the version installer's epoch), both under the inference lock;
 ``apply_delta`` writes rows into the base under it. Where a policy takes effect:
-``NodeState.adopt_policy`` (called by apply_policy).
+``NodeState.adopt_policy`` (called by apply_policy), which persists it with the version, as
+``NodeState.adopt_checkpoint`` (called by rebase) does the base.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
-from nodeworker import placement, protocol
+from nodeworker import placement, protocol, protocol_telemetry
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
@@ -126,9 +127,13 @@ class NodeOperations:
         self, policy: dict[str, Any], policy_name: str | None = None, version: int | None = None
     ) -> dict[str, Any]:
         clean, errors = protocol.validate_policy(policy)
+        errors = {f"policy.{k}": v for k, v in errors.items()}
+        version_error = protocol_telemetry.policy_version_error(version)
+        if version_error:
+            errors["version"] = version_error
         if errors:
-            raise InvalidRequest({f"policy.{k}": v for k, v in errors.items()})
-        self.state.adopt_policy(clean)
+            raise InvalidRequest(errors)
+        self.state.adopt_policy(clean, version)
         self.qos.set_policy(float(clean["sla_p99_ms"]), float(clean["max_trainer_duty"]))
         plan = self.state.plan
         result: dict[str, Any] = {"mode": clean["mode"], "placement": plan.as_dict()}
@@ -166,7 +171,7 @@ class NodeOperations:
         return detail
 
     def rebase(self, checkpoint: dict[str, Any], keep_factors: bool = False) -> dict[str, Any]:
-        location = _checked_location(checkpoint)
+        location, checksum = _checked_location(checkpoint)
         try:
             new = load_model(location, expected=self.inference.model.config)
         except (CheckpointError, ValueError) as exc:
@@ -185,7 +190,7 @@ class NodeOperations:
             model.dense_arch.load_state_dict(new.dense_arch.state_dict())
             model.over_arch.load_state_dict(new.over_arch.state_dict())
             self.installer.forget_versions()
-        self.state.checkpoint = location
+        self.state.adopt_checkpoint(location, checksum)
         if had_trainer:
             self.start_trainer(kept)
             self.trainer.wait_ready()
@@ -193,13 +198,33 @@ class NodeOperations:
         self.events.add("rebase", detail)
         return detail
 
-    def apply_delta(self, deltas: dict[str, Any]) -> dict[str, Any]:
-        """Delta-sync baseline: rows from the training cluster replace the base rows."""
+    def apply_delta(
+        self,
+        deltas: dict[str, Any],
+        created_at: float | None = None,
+        trained_until: float | None = None,
+    ) -> dict[str, Any]:
+        """Delta-sync baseline: rows from the training cluster replace the base rows. A
+        ``sync`` event says what landed (rows per table, bytes) and, when the cluster stamps
+        them (delta_cluster.SyncStamp), when the delta was made and when the newest label it
+        learnt arrived: the node's freshness from then on (RuntimeMetrics.synced)."""
+        stamps = _sync_stamps(created_at, trained_until)
         parsed = self._parse_deltas(deltas)
         with self.inference.exclusive, torch.no_grad():
             for table, (rows, values) in parsed.items():
                 base_weight(self.inference.model, table)[rows] = values
-        return {"tables": {t: int(r.numel()) for t, (r, _) in parsed.items()}}
+        landed = time.time()
+        self.inference.metrics.synced(landed, trained_until if trained_until else created_at)
+        size = sum(
+            r.numel() * r.element_size() + v.numel() * v.element_size() for r, v in parsed.values()
+        )
+        detail = {
+            "tables": {t: int(r.numel()) for t, (r, _) in parsed.items()},
+            "bytes": int(size),
+            **stamps,
+        }
+        self.events.add("sync", detail)
+        return detail
 
     def _parse_deltas(self, deltas: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         errors: dict[str, str] = {}
@@ -253,8 +278,26 @@ class NodeOperations:
         }
 
 
-def _checked_location(checkpoint: Any) -> str:
-    """The checkpoint file a rebase names, checked to exist and match its checksum."""
+def _sync_stamps(created_at: Any, trained_until: Any) -> dict[str, float]:
+    """apply_delta's optional stamps, checked against this node's clock
+    (protocol_telemetry.TimeWindow)."""
+    stamps, errors = {}, {}
+    for name, value in (("created_at", created_at), ("trained_until", trained_until)):
+        if value is None:
+            continue
+        error = protocol_telemetry.TimeWindow().error(value, time.time())
+        if error:
+            errors[name] = error
+        else:
+            stamps[name] = float(value)
+    if errors:
+        raise InvalidRequest(errors)
+    return stamps
+
+
+def _checked_location(checkpoint: Any) -> tuple[str, str | None]:
+    """The checkpoint file a rebase names, checked to exist and match its checksum, and that
+    checksum as ``sha256:<hex>`` (what the node then reports running; None when none came)."""
     location = checkpoint.get("location") if isinstance(checkpoint, dict) else None
     if not isinstance(location, str) or not Path(location).is_file():
         raise InvalidRequest({"checkpoint.location": "No such checkpoint file on this node."})
@@ -264,4 +307,4 @@ def _checked_location(checkpoint: Any) -> str:
         # the control plane's sha256: of the whole file, or the digest save_model returned
         if want not in (hashlib.sha256(data).hexdigest(), data[-32:].hex()):
             raise InvalidRequest({"checkpoint.checksum": "Does not match the file."})
-    return location
+    return location, f"sha256:{want}" if want else None

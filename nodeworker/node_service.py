@@ -203,6 +203,7 @@ class NodeService:
                 s.token or "",
                 s.data_dir / "telemetry",
                 runtime.telemetry_snapshot,
+                running=runtime.running_state,
             ).start()
         if source is not None:
             config = ReplayConfig(

@@ -102,7 +102,7 @@ class Decision:
     action: str  # increase | decrease | pause | hold | operator_pause
     duty: float  # the AIMD duty (kept while paused, so resuming starts from it)
     effective_duty: float  # what the trainer may use now: 0 while paused
-    state: str  # running | throttled | paused (protocol.THROTTLE_STATES)
+    state: str  # running | throttled | paused (protocol_telemetry.THROTTLE_STATES)
     p99_ms: float | None
     queue_depth: int
     reason: str

@@ -37,22 +37,23 @@ import os
 import shutil
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.checkpoint import load_model, save_model
+from dlrm_core.checkpoint import CheckpointError, load_model, save_model
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.rank_policy import min_budget_bytes
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
-from nodeworker import placement, protocol
+from nodeworker import placement, protocol, protocol_telemetry
 from nodeworker.feed import Feed, FeedRings, FeedWriter
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
 from nodeworker.node_operations import NodeOperations
-from nodeworker.node_state import NodeState
+from nodeworker.node_state import APPLIED_FILE, AppliedState, NodeState
 from nodeworker.qos import QosConfig, QosController
 from nodeworker.runtime_config import RuntimeConfig
 from nodeworker.runtime_metrics import RuntimeMetrics
@@ -90,24 +91,23 @@ def build_fresh_checkpoint(schema: StreamSchema, path: Path, seed: int = 0) -> s
 class NodeRuntime:
     def __init__(self, config: RuntimeConfig):
         self.config = config
-        clean, _ = protocol.validate_policy(config.policy)
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.events = NodeEvents()
-        topology = placement.read_topology(config.sysfs_root)
-        self.state = NodeState(clean, topology, config.checkpoint)
+        self.state = _restored_state(config, self.data_dir)
+        clean = self.state.policy
         # stop() gives the calling thread its cpus, torch threads and GIL interval back
         self._unpinned = (tuple(os.sched_getaffinity(0)), torch.get_num_threads())
         self._switch_interval = sys.getswitchinterval()
         if config.pin:  # before the tables exist: first touch puts them on this node
             placement.pin_process(self.state.plan.inference_cpus)
             placement.configure_torch_threads(self.state.plan.inference_threads)
-        model = _load_for_inference(config.checkpoint)
+        model = _load_base(self.state, config)
         self.schema = _schema_of(model)  # what requests must carry (a rebase keeps it)
         self.shm_dir = _share_base_tables(model, config, self.data_dir)
         self.snapshots = SnapshotDirectory(self.data_dir / "snapshots", self.events)
         tables = model.config.feature_names
-        self.restore_dir = self.snapshots.restorable(config.checkpoint, tables)
+        self.restore_dir = self.snapshots.restorable(self.state.checkpoint, tables)
         if self.restore_dir:
             apply_patch_files(model, self.restore_dir, tables)
         capacities = _capacities(model, clean)
@@ -195,6 +195,10 @@ class NodeRuntime:
     def health(self) -> dict[str, Any]:
         return self.operations.health()
 
+    def running_state(self) -> protocol_telemetry.RunningState:
+        """What the node runs, for every telemetry batch (the plane reconciles on it)."""
+        return self.state.applied.running()
+
     def telemetry_snapshot(self) -> NodeSnapshot:
         """The last second, for the telemetry reporter."""
         return self.telemetry.take()
@@ -238,6 +242,29 @@ class NodeRuntime:
             cpus, threads = self._unpinned
             placement.pin_process(cpus)
             torch.set_num_threads(threads)
+
+
+def _restored_state(config: RuntimeConfig, data_dir: Path) -> NodeState:
+    """The node's state: what the control plane applied last (persisted in the data dir) over
+    the start-up policy and checkpoint, so a restart does not undo a policy or a rebase."""
+    applied = AppliedState.load(data_dir / APPLIED_FILE)
+    policy = applied.policy or protocol.validate_policy(config.policy)[0]
+    checkpoint = applied.checkpoint or config.checkpoint
+    topology = placement.read_topology(config.sysfs_root)
+    return NodeState(policy, topology, checkpoint, data_dir / APPLIED_FILE, applied)
+
+
+def _load_base(state: NodeState, config: RuntimeConfig) -> DLRM:
+    """The base model to serve: the rebased checkpoint the node restarted into, else (it no
+    longer loads) the start-up checkpoint, which the control plane then rebases again."""
+    if state.checkpoint != config.checkpoint:
+        try:
+            return _load_for_inference(state.checkpoint)
+        except (CheckpointError, ValueError, OSError) as exc:
+            log.warning("rebased checkpoint %s not restored: %s", state.checkpoint, exc)
+            state.checkpoint = config.checkpoint
+            state.applied = replace(state.applied, checkpoint=None, checkpoint_checksum=None)
+    return _load_for_inference(config.checkpoint)
 
 
 def _load_for_inference(checkpoint: str) -> DLRM:

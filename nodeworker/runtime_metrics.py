@@ -1,6 +1,7 @@
 """What the runtime measures for telemetry and benchmarks: request latency and QPS, windowed
 AUC / log loss of served scores against joined labels, trainer throughput, the freshness lag
-(label arrival until inference serves a factor version trained on it), and what stalls the
+(label arrival until inference serves a factor version trained on it; on a delta-sync node,
+the age of the newest label its last sync learnt), and what stalls the
 inference process besides its own work: garbage-collector pauses (every thread waits for them)
 and factor-version installs (the inference lock is held while a version is swapped in)."""
 
@@ -38,6 +39,7 @@ class RuntimeMetrics:
         self._installs: list[tuple[int, float]] = []  # (version, time), ascending
         self._fresh_pending: list[tuple[int, list[float]]] = []
         self._lags: deque[tuple[float, float]] = deque(maxlen=100_000)  # (time, lag s)
+        self._synced_label_at: float | None = None  # a delta-sync node's newest label learnt
         self._samples = (0.0, 0)  # (time, trainer samples) of the last stats
         self.trainer_rate = 0.0
         self.skipped = 0
@@ -73,6 +75,12 @@ class RuntimeMetrics:
             self._installs.append((version, now))
             del self._installs[:-1000]
             self._resolve()
+
+    def synced(self, landed_at: float, label_at: float | None) -> None:
+        """A delta landed (apply_delta): its model knows labels up to ``label_at`` (the
+        cluster's stamp; the landing itself when the cluster sent none)."""
+        with self._lock:
+            self._synced_label_at = min(landed_at, label_at) if label_at else landed_at
 
     def trained(self, stats: TrainerStats, now: float) -> None:
         with self._lock:
@@ -128,6 +136,12 @@ class RuntimeMetrics:
         rows = len(labels) > 0
         both_classes = rows and 0 < labels.sum() < len(labels)
         recent = self.lags(now - 5.0)
+        with self._lock:
+            synced = self._synced_label_at
+        if recent:
+            fresh: float | None = float(np.median(recent))
+        else:  # a delta-sync node: its served model grows older until the next sync lands
+            fresh = max(0.0, now - synced) if synced is not None else None
         return {
             "qps": float(qps),
             "p50_ms": p50,
@@ -135,6 +149,6 @@ class RuntimeMetrics:
             "p99_ms": p99,
             "auc": float(auc(labels, scores)) if both_classes else None,
             "logloss": float(log_loss(labels, scores)) if rows else None,
-            "freshness_lag_s": float(np.median(recent)) if recent else None,
+            "freshness_lag_s": fresh,
             "trainer_samples_per_s": self.trainer_rate,
         }

@@ -62,9 +62,14 @@ def snapshot(self):
 
 
 @app.task(name=protocol.TASK_APPLY_DELTA, bind=True, throws=(ControlError,))
-def apply_delta(self, deltas: dict):
+def apply_delta(
+    self, deltas: dict, created_at: float | None = None, trained_until: float | None = None
+):
     """``deltas``: table -> {"rows": [N ids], "values": [N x D floats]} from a training cluster
-    (the delta-sync baseline mode): the rows replace the node's base rows."""
+    (the delta-sync baseline mode): the rows replace the node's base rows. ``created_at`` and
+    ``trained_until``: delta_cluster.SyncStamp (Unix times, optional; the node checks them)."""
     if not isinstance(deltas, dict) or not deltas:
         raise ControlError("invalid deltas", {"deltas": "Must be a non-empty object of tables."})
-    return _call(self, "apply_delta", deltas=deltas)
+    return _call(
+        self, "apply_delta", deltas=deltas, created_at=created_at, trained_until=trained_until
+    )

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from nodeworker.telemetry_spool import Spool
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ class TelemetryReporter:
     set aside with the plane's reason and the rest is resent; a batch answered 5xx
     ``bisect_after`` times in a row is halved until one sample is left, and that sample is set
     aside only when the next sample is then accepted (the plane works, that sample breaks it).
-    Both threads are supervised: an error (a full disk) is logged and the loop goes on."""
+    Both threads are supervised: an error (a full disk) is logged and the loop goes on.
+    ``running`` (optional) says what the node runs now; each batch carries it, so the plane
+    re-sends a policy or a rebase the node lacks (controlplane.services.desired)."""
 
     def __init__(
         self,
@@ -107,8 +109,9 @@ class TelemetryReporter:
         batch_max: int = 200,
         timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
-        batch_max_bytes: int = protocol.MAX_BATCH_BYTES // 2,
+        batch_max_bytes: int = protocol_telemetry.MAX_BATCH_BYTES // 2,
         bisect_after: int = 3,
+        running: Callable[[], protocol_telemetry.RunningState] | None = None,
     ):
         protocol.node_queue(node)  # validates the name
         self.node = node
@@ -116,9 +119,10 @@ class TelemetryReporter:
         self.token = token
         self.spool = Spool(spool_dir)
         self.collect = collect
+        self.running = running  # what the node runs, echoed in every batch (desired state)
         self.interval_s = interval_s
-        self.batch_max = max(1, min(batch_max, protocol.MAX_SAMPLES_PER_BATCH))
-        self.batch_max_bytes = min(batch_max_bytes, protocol.MAX_BATCH_BYTES - 1024)
+        self.batch_max = max(1, min(batch_max, protocol_telemetry.MAX_SAMPLES_PER_BATCH))
+        self.batch_max_bytes = min(batch_max_bytes, protocol_telemetry.MAX_BATCH_BYTES - 1024)
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
         self.bisect_after = bisect_after
@@ -139,9 +143,9 @@ class TelemetryReporter:
 
         def make(seq: int) -> dict[str, Any]:
             sample = snapshot.to_sample(seq, time.time())
-            errors = protocol.validate_sample(sample, "sample")
+            errors = protocol_telemetry.validate_sample(sample, "sample")
             if errors:
-                raise protocol.TelemetryError(errors)
+                raise protocol_telemetry.TelemetryError(errors)
             return sample
 
         sample = self.spool.append(make)
@@ -149,7 +153,13 @@ class TelemetryReporter:
         return sample
 
     def _post(self, batch: list[dict[str, Any]]) -> requests.Response | None:
-        body = {"node": self.node, "epoch": self.spool.epoch, "samples": batch}
+        body: dict[str, Any] = {"node": self.node, "epoch": self.spool.epoch, "samples": batch}
+        if self.running is not None:
+            running = self.running()
+            body["running"] = {
+                "policy_version": running.policy_version,
+                "checkpoint": running.checkpoint,
+            }
         try:
             return self._session.post(
                 self.url,

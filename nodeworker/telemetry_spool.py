@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeworker import protocol
+from nodeworker import protocol_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,11 @@ class Spool:
         if path.exists():
             return int(path.read_text())
         # A spool from before epochs existed was posted as epoch 0: keep its numbering.
-        epoch = 0 if self.acked_path.exists() else secrets.randbelow(protocol.MAX_WIRE_INT + 1)
+        epoch = (
+            0
+            if self.acked_path.exists()
+            else secrets.randbelow(protocol_telemetry.MAX_WIRE_INT + 1)
+        )
         try:
             _replace(path, str(epoch))
         except OSError as exc:  # a new epoch at the next start: its samples are still stored

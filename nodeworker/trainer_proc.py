@@ -124,6 +124,7 @@ class TrainerLoop:
             lr_b=setup.lr_b,
             adapt_every=setup.adapt_every,
             publish_every=10**9,  # this loop publishes on time, see publish()
+            in_process_join=False,  # the sample cache joins; versions go to shared memory
         )
         self.trainer = LiveTrainer(model, config)
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)

@@ -2,7 +2,7 @@
 
 The plane owns what each node should run: its policy's current version and the checkpoint of
 its newest rebase that was sent. A node reports what it runs in its telemetry batches
-(protocol.RunningState, stored on the node by ingest). For every online node whose report
+(protocol_telemetry.RunningState, stored on the node by ingest). For every online node whose report
 differs, the missing action (apply_policy, rebase) is sent again, at most once per
 LIVEUPDATE_RECONCILE_RESEND_S per action, so a node that restarted into its defaults gets its
 policy and base back; each node in a transaction of its own."""

@@ -16,7 +16,7 @@ from django.utils import timezone
 from controlplane import events, status
 from controlplane.models import Alert, Node, NodeEvent, TelemetrySample
 from controlplane.services.alerts import resolve_alerts
-from nodeworker import protocol
+from nodeworker import protocol_telemetry
 
 
 class WrongNode(Exception):
@@ -41,8 +41,8 @@ class IngestResult:
     events: int
 
 
-def time_window() -> protocol.TimeWindow:
-    return protocol.TimeWindow(
+def time_window() -> protocol_telemetry.TimeWindow:
+    return protocol_telemetry.TimeWindow(
         max_age_s=float(settings.LIVEUPDATE_TELEMETRY_KEEP_S),
         max_skew_s=float(settings.LIVEUPDATE_TELEMETRY_MAX_SKEW_S),
     )
@@ -72,7 +72,7 @@ def _row(node: Node, epoch: int, sample: dict, digest: int) -> TelemetrySample:
     )
 
 
-def _new_samples(node: Node, batch: protocol.TelemetryBatch) -> list[tuple[dict, int]]:
+def _new_samples(node: Node, batch: protocol_telemetry.TelemetryBatch) -> list[tuple[dict, int]]:
     """(sample, hash) of the samples not stored yet; raises Conflict."""
     hashes = {s["seq"]: content_hash(s) for s in batch.samples}
     stored = dict(
@@ -88,13 +88,14 @@ def _new_samples(node: Node, batch: protocol.TelemetryBatch) -> list[tuple[dict,
 
 
 def ingest_batch(node: Node, payload) -> IngestResult:
-    """Store the new samples of a batch and their events. Raises protocol.TelemetryError (field
-    errors; nothing stored), WrongNode or Conflict. Samples already stored count as duplicates."""
+    """Store the new samples of a batch and their events. Raises
+    protocol_telemetry.TelemetryError (field errors; nothing stored), WrongNode or Conflict.
+    Samples already stored count as duplicates."""
     named = payload.get("node") if isinstance(payload, dict) else None
     if isinstance(named, str) and named != node.name:
         raise WrongNode(f"This token belongs to node {node.name!r}, not {named!r}.")
     now = timezone.now()
-    batch = protocol.validate_batch(payload, now.timestamp(), time_window())
+    batch = protocol_telemetry.validate_batch(payload, now.timestamp(), time_window())
     with transaction.atomic():
         # One writer per node at a time, so "already stored" is exact, not a race.
         locked = Node.objects.select_for_update().get(pk=node.pk)

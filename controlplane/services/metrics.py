@@ -7,7 +7,7 @@ from django.db.models import Count
 
 from controlplane.models import Alert, Node
 from controlplane.services.telemetry import latest_samples
-from nodeworker import protocol
+from nodeworker import protocol_telemetry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,7 +39,7 @@ def exposition() -> str:
     seen = _Family("node_last_seen_timestamp_seconds", "Unix time of the node's last telemetry.")
     metrics = {
         m: _Family(f"node_{m}", f"The newest telemetry sample's {m}.")
-        for m in protocol.SAMPLE_METRICS
+        for m in protocol_telemetry.SAMPLE_METRICS
     }
     throttle = _Family("node_trainer_throttle", "1 for the trainer's current throttle state.")
     rank = _Family("node_table_rank", "LoRA rank per embedding table.")
@@ -55,7 +55,7 @@ def exposition() -> str:
             value = getattr(sample, name)
             if value is not None:
                 family.add(value, node=node.name)
-        for state in protocol.THROTTLE_STATES:
+        for state in protocol_telemetry.THROTTLE_STATES:
             throttle.add(sample.throttle == state, node=node.name, state=state)
         for table, info in sorted(sample.tables.items()):
             rank.add(info["rank"], node=node.name, table=table)

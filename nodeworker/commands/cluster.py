@@ -66,7 +66,12 @@ def _run(args: argparse.Namespace, source) -> int:
     client = ControlClient(args.node_socket)
     cluster = DeltaSyncCluster(
         load_model(args.checkpoint),
-        lambda deltas: client.call("apply_delta", deltas=deltas),
+        lambda deltas, stamp: client.call(
+            "apply_delta",
+            deltas=deltas,
+            created_at=stamp.created_at,
+            trained_until=stamp.trained_until,
+        ),
         config,
     )
     stop = threading.Event()

@@ -466,8 +466,21 @@ def test_fleet_page_shows_the_lead_over_the_baseline_with_its_interval(
     expected = sum(0.009 + 0.01 * math.sin(i / 9.0) for i in range(300)) / 300
     # A baseline sample now (no LiveUpdate point near it to pair with), so its "last seen" is
     # in seconds and visibly counts below.
+    # It carries a delta sync that landed a second ago, its model's labels 4 s old.
     seed = live["seed"]
-    seed.ingest(names["base"], [seed.sample(names["base"], time.time(), **DELTA_SYNC_SAMPLE)])
+    now = time.time()
+    synced = {
+        **DELTA_SYNC_SAMPLE,
+        "freshness_lag_s": 4.0,
+        "events": [
+            {
+                "kind": "sync",
+                "ts": now - 1,
+                "detail": {"tables": {"user": 120}, "bytes": 4800, "trained_until": now - 5},
+            }
+        ],
+    }
+    seed.ingest(names["base"], [seed.sample(names["base"], now, **synced)])
     page = live_page()
     settle(page)
     card = page.locator("#ab-card")
@@ -481,17 +494,21 @@ def test_fleet_page_shows_the_lead_over_the_baseline_with_its_interval(
     expect(number).to_contain_text(f"+{lead:.4f} AUC")
     expect(card).to_contain_text("95 % interval")
     expect(card).to_contain_text(f"{names['live']}: freshness lag 1.5 s")
-    expect(card).to_contain_text(f"{names['base']}: freshness not reported")
+    expect(card).to_contain_text(f"{names['base']}: synced ")
+    expect(card).to_contain_text("freshness lag 4.0 s (age of the newest label it learnt")
     page.wait_for_function("() => document.getElementById('ab-gap').data", timeout=10_000)
     gap = chart_values(page, "ab-gap")
     assert len(gap) >= 250 and abs(sum(gap) / len(gap) - lead) < 1e-9
     fresh = page.evaluate("() => document.getElementById('ab-fresh').data.map(t => t.name)")
-    assert fresh == [names["live"], f"{names['base']} (not reported)"]
+    assert fresh == [names["live"], names["base"]]  # the delta-sync node's lag is charted
+    assert 4.0 in page.evaluate("() => document.getElementById('ab-fresh').data[1].y")
     # "N s ago" keeps counting without new data (the baseline sends none during this test).
     ago = page.locator(f"tr[data-node={names['base']}] td[data-label=Status] [data-ago]")
-    before = ago.inner_text()
+    synced_ago = card.locator(f"[data-fresh={names['base']}] .synced-ago")
+    before, synced_before = ago.inner_text(), synced_ago.inner_text()
     page.wait_for_timeout(2500)
     assert ago.inner_text() != before, before
+    assert synced_ago.inner_text() != synced_before, synced_before
     page.screenshot(path=str(artifacts_dir / "fleet-ab.png"), full_page=True)
     assert_clean(page)
 
@@ -505,8 +522,14 @@ def test_delta_sync_node_is_shown_without_trainer_controls(live, live_page, arti
     expect(row.locator("td[data-label=Trainer] .badge.paused")).to_have_count(0)
     expect(row.locator("td[data-label=Rank]")).to_contain_text("n/a")
     expect(row.locator("td[data-label='Memory vs budget']")).to_contain_text("n/a")
+    seed, now = live["seed"], time.time()
+    sync = {"kind": "sync", "ts": now, "detail": {"tables": {"item": 7}, "bytes": 280}}
+    seed.ingest(
+        names["base"], [seed.sample(names["base"], now, **DELTA_SYNC_SAMPLE, events=[sync])]
+    )
     page.goto(f"{live['app'].url}/nodes/{names['base']}/")
     settle(page)
+    expect(page.locator("#node-summary .synced-ago")).to_contain_text("s ago")
     expect(page.locator("#mode-note")).to_contain_text("delta sync")
     for hidden in ("pause", "resume", "snapshot"):
         expect(page.locator(f"button[data-action={hidden}]")).to_be_hidden()

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from controlplane.models import Node, Policy, TelemetrySample
 from controlplane.services import ingest
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from nodeworker.http import NodeHTTPServer
 from tests.integration.cp_support import INGEST, sample
 from tests.unit.test_node_http_limits import RawScores
@@ -59,9 +59,11 @@ def drawn(bound: protocol.Bound) -> st.SearchStrategy[tuple[object, bool]]:
 def fuzzed_samples(draw, seq: int) -> tuple[dict, bool]:
     """A sample with every metric, one table and the CPUs drawn (inside: all inside)."""
     now = time.time()
-    values = {name: draw(drawn(bound)) for name, (_, bound) in protocol.SAMPLE_METRICS.items()}
-    table = {name: draw(drawn(bound)) for name, bound in protocol.TABLE_BOUNDS.items()}
-    cpu = draw(drawn(protocol.CPU_BOUND))
+    values = {
+        name: draw(drawn(bound)) for name, (_, bound) in protocol_telemetry.SAMPLE_METRICS.items()
+    }
+    table = {name: draw(drawn(bound)) for name, bound in protocol_telemetry.TABLE_BOUNDS.items()}
+    cpu = draw(drawn(protocol_telemetry.CPU_BOUND))
     ts = draw(
         st.sampled_from(
             [(now, True), (now + 290, True), (now - 86400 * 29, True), (now + 3600, False)]
@@ -99,7 +101,7 @@ def test_ingest_at_and_beyond_every_bound(clients, monkeypatch, data):
         (event,) = [e for e, _ in sent if e["kind"] == "telemetry"]
         row = stored[-1]
         for field, value in event["sample"].items():  # every broadcast field was stored
-            assert field in protocol.SAMPLE_FIELDS
+            assert field in protocol_telemetry.SAMPLE_FIELDS
             assert getattr(row, field) == value or field == "ts", field
     else:
         assert response.status_code == 400 and stored == [] and sent == []

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from controlplane.api import router
 from controlplane.models import Policy, TelemetrySample
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from tests.integration.cp_support import INGEST, ROLES, expected_status, sample
 
 FUZZ = settings(
@@ -39,14 +39,16 @@ NOT_A_NUMBER = st.one_of(
 def bad_samples(draw) -> tuple[dict, str]:
     """(a sample with one malformed field, that field)."""
     field = draw(
-        st.sampled_from(["seq", "ts", "throttle", "tables", "events", *protocol.SAMPLE_METRICS])
+        st.sampled_from(
+            ["seq", "ts", "throttle", "tables", "events", *protocol_telemetry.SAMPLE_METRICS]
+        )
     )
     if field == "seq":
         value = draw(st.one_of(NOT_A_NUMBER, st.integers(max_value=-1), st.floats(0.5, 9.5)))
     elif field == "ts":
         value = draw(st.one_of(NOT_A_NUMBER, st.floats(max_value=0.0), st.floats(min_value=4e9)))
     elif field == "throttle":
-        states = protocol.THROTTLE_STATES
+        states = protocol_telemetry.THROTTLE_STATES
         value = draw(st.text(FIELD_CHARS, max_size=8).filter(lambda t: t not in states))
     elif field == "tables":
         value = draw(
@@ -61,7 +63,7 @@ def bad_samples(draw) -> tuple[dict, str]:
             )
         )
     else:
-        bound = protocol.SAMPLE_METRICS[field][1]
+        bound = protocol_telemetry.SAMPLE_METRICS[field][1]
         value = draw(
             st.one_of(
                 NOT_A_NUMBER,

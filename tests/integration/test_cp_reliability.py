@@ -16,7 +16,7 @@ from controlplane.events import telemetry as telemetry_event
 from controlplane.models import Alert, Node, TelemetrySample
 from controlplane.services import ingest, watchdog
 from controlplane.services import telemetry as telemetry_service
-from nodeworker import protocol
+from nodeworker import protocol_telemetry
 from tests.integration.cp_support import INGEST, make_node, sample
 
 pytestmark = pytest.mark.django_db
@@ -105,7 +105,7 @@ def test_6_event_times_and_strings_are_bounded(clients):
 def test_7_a_batch_over_the_byte_limit_is_a_json_413(clients):
     samples = [sample(s, cpu_per_core=[50.0] * 4096) for s in range(100)]
     text = json.dumps({"node": clients.node.name, "samples": samples})
-    assert len(text) > protocol.MAX_BATCH_BYTES
+    assert len(text) > protocol_telemetry.MAX_BATCH_BYTES
     response = post_raw(clients, text)
     assert response.status_code == 413 and response["Content-Type"] == "application/json"
     assert not TelemetrySample.objects.exists()
@@ -138,10 +138,12 @@ def test_18_unknown_fields_are_neither_stored_nor_broadcast(clients, monkeypatch
         assert post(clients, [junky]).status_code == 200
     event = next(event for event, _ in sent if event["kind"] == "telemetry")
     assert set(event["sample"]) == set(junky) - {"junk", "events"}
-    assert set(event["sample"]["tables"]["user"]) == set(protocol.TABLE_BOUNDS)
+    assert set(event["sample"]["tables"]["user"]) == set(protocol_telemetry.TABLE_BOUNDS)
     stored = clients("viewer").get("/api/nodes/").json()["results"][0]["latest"]
     assert "junk" not in stored and "extra" not in stored["tables"]["user"]
-    assert telemetry_event("n", protocol.clean_sample(junky), 1)["sample"] == event["sample"]
+    assert (
+        telemetry_event("n", protocol_telemetry.clean_sample(junky), 1)["sample"] == event["sample"]
+    )
 
 
 def _rows(node: Node, p99: float, at: datetime, count: int, seq0: int = 0) -> None:
@@ -257,14 +259,24 @@ def test_20_generated_tokens_never_start_with_a_dash(monkeypatch):
 def test_a_sample_at_every_bound_is_stored(clients):
     """The edges of the table are inside: never a lost valid sample."""
     now = time.time()
-    low = {name: bound.low for name, (_, bound) in protocol.SAMPLE_METRICS.items()}
-    high = {name: bound.high for name, (_, bound) in protocol.SAMPLE_METRICS.items()}
-    table = {"rank": 4096, "memory_bytes": protocol.BYTES_HIGH, "memory_pct": protocol.PCT_HIGH}
+    low = {name: bound.low for name, (_, bound) in protocol_telemetry.SAMPLE_METRICS.items()}
+    high = {name: bound.high for name, (_, bound) in protocol_telemetry.SAMPLE_METRICS.items()}
+    table = {
+        "rank": 4096,
+        "memory_bytes": protocol_telemetry.BYTES_HIGH,
+        "memory_pct": protocol_telemetry.PCT_HIGH,
+    }
     edges = [
-        sample(protocol.MAX_WIRE_INT, now + 299, **high, tables={"t": table}, cpu_per_core=[100.0]),
-        sample(0, now - 30 * 86400 + 60, **low, cpu_per_core=[0.0] * protocol.MAX_CPUS),
+        sample(
+            protocol_telemetry.MAX_WIRE_INT,
+            now + 299,
+            **high,
+            tables={"t": table},
+            cpu_per_core=[100.0],
+        ),
+        sample(0, now - 30 * 86400 + 60, **low, cpu_per_core=[0.0] * protocol_telemetry.MAX_CPUS),
     ]
-    response = post(clients, edges, epoch=protocol.MAX_WIRE_INT)
+    response = post(clients, edges, epoch=protocol_telemetry.MAX_WIRE_INT)
     assert response.status_code == 200, response.content[:500]
     assert response.json()["accepted"] == 2
     assert clients("viewer").get("/api/nodes/").status_code == 200

@@ -43,8 +43,10 @@ class Recorder:
             raise InvalidRequest({"checkpoint.location": "No such file."})
         return self._record("rebase", checkpoint=checkpoint, keep_factors=keep_factors)
 
-    def apply_delta(self, deltas):
-        return self._record("apply_delta", deltas=deltas)
+    def apply_delta(self, deltas, created_at=None, trained_until=None):
+        return self._record(
+            "apply_delta", deltas=deltas, created_at=created_at, trained_until=trained_until
+        )
 
     def status(self):
         return {"calls": len(self.calls)}

@@ -16,7 +16,7 @@ from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.table_factors import import_factors
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
 from nodeworker.replayer import requests_of
@@ -97,7 +97,7 @@ def test_inference_serves_versions_the_trainer_learnt(node):
     assert lags and sorted(lags)[len(lags) // 2] < 30.0
     snapshot = runtime.telemetry_snapshot()
     sample = snapshot.to_sample(0, time.time())
-    assert protocol.validate_sample(sample, "sample") == {}
+    assert protocol_telemetry.validate_sample(sample, "sample") == {}
     assert sample["tables"]["user_id"]["rank"] >= 1
     assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 5.0
     assert sample["qps"] > 0 and sample["p99_ms"] is not None and sample["auc"] is not None
@@ -159,8 +159,22 @@ def test_control_ops(node, tmp_path):
     assert (runtime.snapshots.root / "LATEST").read_text() == snap["snapshot"]
 
     rows = torch.tensor([3, 9])
-    runtime.operations.apply_delta({"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}})
+    learnt = time.time() - 30.0
+    synced = runtime.operations.apply_delta(
+        {"item_id": {"rows": rows.tolist(), "values": [[0.5] * 16] * 2}},
+        created_at=learnt + 1.0,
+        trained_until=learnt,
+    )
     assert bool((base_weight(runtime.inference.model, "item_id")[rows] == 0.5).all())
+    sync = [e for e in runtime.events if e["kind"] == "sync"][-1]
+    assert sync["detail"] == synced
+    assert synced["tables"] == {"item_id": 2} and synced["bytes"] == 2 * 8 + 2 * 16 * 4
+    assert synced["trained_until"] == learnt and synced["created_at"] == learnt + 1.0
+    with pytest.raises(InvalidRequest) as bad:
+        runtime.operations.apply_delta(
+            {"item_id": {"rows": [1], "values": [[0.0] * 16]}}, trained_until=time.time() + 1e6
+        )
+    assert set(bad.value.fields) == {"trained_until"}
     with pytest.raises(InvalidRequest) as bad:
         runtime.operations.apply_delta(
             {

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  describeEvent, describeResult, eventRows, plainPairs,
+  describeEvent, describeResult, eventRows, newestSync, plainPairs,
 } from "../../frontend/static/frontend/events.js";
 
 test("each kind of event reads as a sentence, not JSON", () => {
@@ -49,4 +49,16 @@ test("action results read as text", () => {
     "policy applied · mode delta_sync");
   assert.equal(describeResult("status", { ok: true, qps: 140.123456 }), "ok: true, qps: 140.1");
   assert.equal(describeResult("pause", null), "");
+});
+
+test("a delta sync reads as what landed, and the newest sync is found among any events", () => {
+  const detail = { tables: { user: 1200, item: 300 }, bytes: 3 * 1024 * 1024, created_at: 1000.5,
+    trained_until: 990 };
+  assert.equal(describeEvent("sync", detail),
+    "1500 rows landed (user 1200, item 300) · 3.0 MiB · newest label learnt 10.5 s before it was made");
+  assert.equal(describeEvent("sync", { tables: {}, bytes: 0 }), "0 rows landed · 0 B");
+  assert.equal(describeResult("apply_delta", { tables: { user: 2 }, bytes: 80 }), "2 rows landed (user 2) · 80 B");
+  assert.equal(newestSync([{ kind: "sync", ts: 5 }, { kind: "qos", ts: 9 }, { kind: "sync", ts: 7 }]), 7);
+  assert.equal(newestSync([{ kind: "qos", ts: 9 }]), null);
+  assert.equal(newestSync(undefined), null);
 });

@@ -9,7 +9,7 @@ from controlplane.experiments import validate_results
 from controlplane.models import Policy, TelemetrySample
 from controlplane.roles import role_level
 from controlplane.services.metrics import _Family
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 
 
 def test_results_schema_reports_paths():
@@ -45,8 +45,8 @@ def test_prometheus_lines_escape_labels():
 
 def test_every_wire_metric_and_policy_field_has_a_column():
     columns = {f.name for f in TelemetrySample._meta.concrete_fields}
-    assert set(protocol.SAMPLE_METRICS) <= columns
-    for name, (required, bound) in protocol.SAMPLE_METRICS.items():
+    assert set(protocol_telemetry.SAMPLE_METRICS) <= columns
+    for name, (required, bound) in protocol_telemetry.SAMPLE_METRICS.items():
         if required and not bound.nullable:
             assert not TelemetrySample._meta.get_field(name).null, name
     assert set(Policy.WIRE_FIELDS) == set(protocol.POLICY_DEFAULTS)

@@ -13,7 +13,7 @@ import torch
 from controlplane.commands import demo
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
-from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster
+from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster, SyncStamp
 from nodeworker.node_service import open_source, synthetic_config
 
 
@@ -28,12 +28,14 @@ def test_sync_ships_the_changed_rows_and_keeps_them_when_the_node_is_down():
     model = DLRM(DLRMConfig.from_schema(stream.schema))
     before = {n: model.sparse_arch.table(n).weight.detach().clone() for n in stream.schema.keys}
     sent: list[dict] = []
+    stamps: list[SyncStamp] = []
     down = True
 
-    def send(deltas):
+    def send(deltas, stamp):
         if down:
             raise ConnectionRefusedError("node restarting")
         sent.append(deltas)
+        stamps.append(stamp)
 
     cluster = DeltaSyncCluster(model, send, ClusterConfig(sync_period_s=1.0))
     batches = iter(stream)
@@ -41,8 +43,11 @@ def test_sync_ships_the_changed_rows_and_keeps_them_when_the_node_is_down():
     assert cluster.sync() == 0 and cluster.failed_syncs == 1  # nothing lost: still dirty
     cluster.learn(next(batches))
     down = False
+    learnt_at = cluster.trained_until
     shipped = cluster.sync()
     assert shipped > 0 and cluster.syncs == 1 and len(sent) == 1
+    assert learnt_at is not None and stamps[0].trained_until == learnt_at
+    assert stamps[0].created_at >= learnt_at
     for name, delta in sent[0].items():
         weight = model.sparse_arch.table(name).weight.detach()
         rows = torch.tensor(delta["rows"])
@@ -56,7 +61,11 @@ def test_run_paces_to_the_nodes_clock_and_ships_the_rest_at_the_end():
     stream = small_stream(num_events=256)
     model = DLRM(DLRMConfig.from_schema(stream.schema))
     sent: list[dict] = []
-    cluster = DeltaSyncCluster(model, sent.append, ClusterConfig(60.0, qps=1000.0, label_delay_s=0))
+    cluster = DeltaSyncCluster(
+        model,
+        lambda deltas, _: sent.append(deltas),
+        ClusterConfig(60.0, qps=1000.0, label_delay_s=0),
+    )
     cluster.run(iter(stream), threading.Event())
     assert cluster.events == 256 and len(sent) == 1  # the period never came: the final sync
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from tests.factories import telemetry_sample
 
 NOW = 1_700_000_000.0
@@ -14,7 +14,7 @@ def good_sample(seq=0, **overrides):
 
 
 def validate(samples, **batch):
-    return protocol.validate_batch({"node": "n1", "samples": samples, **batch}, now=NOW)
+    return protocol_telemetry.validate_batch({"node": "n1", "samples": samples, **batch}, now=NOW)
 
 
 def test_queue_names():
@@ -62,7 +62,7 @@ def test_malformed_batch_reports_every_field():
     bad = good_sample(3, p99_ms=float("inf"), qps=-1, throttle="sleepy", cpu_per_core=[120])
     bad["tables"]["user"]["rank"] = -2
     del bad["memory_overhead_pct"]
-    with pytest.raises(protocol.TelemetryError) as excinfo:
+    with pytest.raises(protocol_telemetry.TelemetryError) as excinfo:
         validate([good_sample(0), bad])
     assert excinfo.value.errors == {
         "samples[1].p99_ms": "Must be a finite number.",
@@ -75,9 +75,9 @@ def test_malformed_batch_reports_every_field():
 
 
 def test_duplicate_seq_and_empty_batches_are_rejected():
-    with pytest.raises(protocol.TelemetryError, match="unique"):
+    with pytest.raises(protocol_telemetry.TelemetryError, match="unique"):
         validate([good_sample(1), good_sample(1)])
-    with pytest.raises(protocol.TelemetryError, match="non-empty"):
+    with pytest.raises(protocol_telemetry.TelemetryError, match="non-empty"):
         validate([])
-    with pytest.raises(protocol.TelemetryError, match="JSON object"):
-        protocol.validate_batch([1, 2])
+    with pytest.raises(protocol_telemetry.TelemetryError, match="JSON object"):
+        protocol_telemetry.validate_batch([1, 2])

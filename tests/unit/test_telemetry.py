@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeworker import protocol
+from nodeworker import protocol, protocol_telemetry
 from nodeworker.telemetry import CpuSampler, NodeSnapshot, Spool, TelemetryReporter
 from tests.services import free_port, wait_until
 
@@ -28,6 +28,7 @@ class Plane:
         self.samples: dict[tuple[str, int, int], dict] = {}
         self.posts = 0
         self.duplicates = 0
+        self.running: list[protocol_telemetry.RunningState | None] = []  # each accepted batch's
         self.mode = "up"
         self.server: ThreadingHTTPServer | None = None
 
@@ -48,10 +49,11 @@ class Plane:
                     return self._reply(401, {"detail": "bad token"})
                 payload = json.loads(body)
                 try:
-                    batch = protocol.validate_batch(payload)
-                except protocol.TelemetryError as exc:
+                    batch = protocol_telemetry.validate_batch(payload)
+                except protocol_telemetry.TelemetryError as exc:
                     return self._reply(400, exc.errors)
                 plane.posts += 1
+                plane.running.append(batch.running)
                 for s in batch.samples:
                     key = (batch.node, batch.epoch, s["seq"])
                     if key in plane.samples:
@@ -160,6 +162,22 @@ def test_restart_continues_the_sequence_and_resends_the_spool(plane, tmp_path):
     assert plane.seqs() == list(range(6)) and plane.duplicates == 0
     third = reporter(plane, tmp_path)
     assert third.spool.next_seq == 6 and third.spool.pending(10) == []
+
+
+def test_every_batch_says_what_the_node_runs_now(plane, tmp_path):
+    running = [protocol_telemetry.RunningState(None, None)]
+    rep = reporter(plane, tmp_path / "spool", running=lambda: running[0])
+    rep.record()
+    assert rep.flush_once()
+    running[0] = protocol_telemetry.RunningState(
+        7, "sha256:" + "ab" * 32
+    )  # a policy and a rebase later
+    rep.record()
+    assert rep.flush_once()
+    assert plane.running == [protocol_telemetry.RunningState(None, None), running[0]]
+    plain = reporter(plane, tmp_path / "spool2")  # a reporter told nothing sends no "running"
+    plain.record()
+    assert plain.flush_once() and plane.running[-1] is None
 
 
 def test_invalid_batch_is_kept_aside_not_retried_forever(plane, tmp_path):

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nodeworker import protocol, telemetry_spool
+from nodeworker import protocol_telemetry, telemetry_spool
 from nodeworker.telemetry import TelemetryReporter
 from tests.services import free_port, wait_until
 from tests.unit.test_telemetry import TOKEN, counter_snapshot
@@ -34,7 +34,7 @@ class Plane:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 plane.bodies.append(len(raw))
-                batch = protocol.validate_batch(json.loads(raw))
+                batch = protocol_telemetry.validate_batch(json.loads(raw))
                 answer = plane.rule(batch) if plane.rule else None
                 if answer is None:
                     for s in batch.samples:

@@ -297,3 +297,21 @@ def test_every_table_stays_within_its_budget_by_the_measured_account():
         assert account.pending > 0  # the replay window
     assert full > 0  # the budgets were reached: evictions, folds and patches were accounted
     assert account.tables["user"].published > 0 and account.tables["user"].sketch > 0
+
+
+def test_a_trainer_whose_caller_joins_holds_no_join_and_no_store():
+    """A node's trainer (nodeworker.trainer_proc) joins in its sample cache and publishes into
+    shared memory: its LiveTrainer builds neither a LabelJoin nor a FactorStore."""
+    model, stream = pretrained(steps=5)
+    trainer = LiveTrainer(model, trainer_config(publish_every=2, in_process_join=False))
+    for _ in range(6):
+        assert trainer.train_step(stream.batch(), time.time()).skipped is None
+    assert trainer.stats.steps == 6 and trainer.publish().tables  # versions still come out
+    account = trainer.memory_account()
+    assert all(t.published == 0 for t in account.tables.values()) and account.pending == 0
+    with pytest.raises(RuntimeError, match="no label join"):
+        trainer.serve(stream.batch())
+    with pytest.raises(RuntimeError, match="no factor store"):
+        trainer.store.latest()
+    with pytest.raises(ValueError, match="keep_published"):
+        trainer_config(keep_published=True, in_process_join=False)

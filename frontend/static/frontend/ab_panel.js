@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { batchMeanInterval, leadText, newest, pairByTime } from "./ab.js";
 import { el } from "./dom.js";
-import { errorText, fmt, isNum } from "./format.js";
+import { epoch, errorText, fmt, isNum } from "./format.js";
 import { layout, plotConfig } from "./plot.js";
 
 const COLORS = { gap: "#2458d6", live: "#2458d6", base: "#8a5cf5", zero: "#1d2330" };
@@ -22,14 +22,27 @@ export async function loadAbSeries(node, start, end) {
     fresh: res.data.avg.freshness_lag_s, bucket_s: res.data.bucket_s };
 }
 
-// How fresh a node's model is, in words: its newest freshness lag, or why there is none.
-function freshnessText(name, series, trains) {
+// When a node's newest delta sync landed (Unix s), or null: its newest "sync" event.
+export async function loadLastSync(node) {
+  const res = await api("/api/events/", { params: { node, kind: "sync", limit: 1 } });
+  if (!res.ok) throw new Error(`sync events of ${node}: ${errorText(res)}`);
+  const last = res.data.results[0];
+  return last ? epoch(last.ts) : null;
+}
+
+// How fresh a node's model is, in words: its newest freshness lag (a delta-sync node's: the age
+// of the newest label its last sync learnt) and when that sync landed, or why there is none.
+function freshnessText(name, series, trains, syncedAt) {
   const last = newest(series.t, series.fresh || []);
-  if (last) return `${name}: freshness lag ${fmt.secs(last.value)} (median, newest sample)`;
   if (!trains) {
-    return `${name}: freshness not reported (a delta-sync or frozen node's telemetry carries no ` +
-      "sync times, so when its last sync landed is unknown here)";
+    if (!isNum(syncedAt)) {
+      return last ? `${name}: freshness lag ${fmt.secs(last.value)} (newest sample); no delta sync in its events`
+        : `${name}: no delta sync has landed (a frozen node never syncs)`;
+    }
+    return [`${name}: synced `, el("span", { class: "synced-ago", dataset: { ago: syncedAt } }, fmt.ago(syncedAt)),
+      last ? ` · freshness lag ${fmt.secs(last.value)} (age of the newest label it learnt, newest sample)` : ""];
   }
+  if (last) return `${name}: freshness lag ${fmt.secs(last.value)} (median, newest sample)`;
   return `${name}: no freshness lag in this range (the trainer installed no version)`;
 }
 
@@ -46,7 +59,7 @@ function readout(box, ab, pairs, ci) {
       `in ${ci.batches} stretches over ${ab.rangeText}` : `over ${ab.rangeText}`),
     el("ul", { class: "ab-fresh" },
       el("li", {}, freshnessText(ab.liveName, ab.live, true)),
-      el("li", {}, freshnessText(ab.baseName, ab.base, ab.baseTrains))));
+      el("li", { dataset: { fresh: ab.baseName } }, freshnessText(ab.baseName, ab.base, ab.baseTrains, ab.baseSyncedAt))));
 }
 
 function gapChart(id, ab, pairs, ci) {
@@ -79,8 +92,8 @@ function freshChart(id, ab) {
 }
 
 // Draws the readout into #<prefix>-readout, #<prefix>-gap and #<prefix>-fresh. ab: {liveName,
-// baseName, baseTrains, live: {t, auc, fresh}, base: {...}, tolerance (s), range: [start, end],
-// rangeText}.
+// baseName, baseTrains, baseSyncedAt (Unix s of its newest delta sync, or null), live: {t, auc,
+// fresh}, base: {...}, tolerance (s), range: [start, end], rangeText}.
 export function drawAb(prefix, ab) {
   const pairs = pairByTime({ t: ab.live.t, y: ab.live.auc }, { t: ab.base.t, y: ab.base.auc }, ab.tolerance);
   const ci = batchMeanInterval(pairs.gap);

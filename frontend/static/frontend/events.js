@@ -1,11 +1,11 @@
 // Node events and action results in words: one line per event kind instead of raw JSON, and
 // the frequent kinds (rank changes, prunes: several a second) folded into one row per interval.
 // Pure functions (no DOM, no network), unit-tested in tests/js/.
-import { isNum } from "./format.js";
+import { fmt, isNum } from "./format.js";
 
-export const EVENT_KINDS = ["rank_change", "prune", "qos", "policy", "snapshot", "rebase"];
+export const EVENT_KINDS = ["rank_change", "prune", "qos", "policy", "snapshot", "rebase", "sync"];
 export const KIND_LABELS = { rank_change: "rank change", prune: "prune", qos: "QoS", policy: "policy",
-  snapshot: "snapshot", rebase: "rebase" };
+  snapshot: "snapshot", rebase: "rebase", sync: "delta sync" };
 export const FREQUENT = ["rank_change", "prune"];
 
 const num = (v) => (isNum(v) ? String(+v.toPrecision(4)) : String(v));
@@ -38,6 +38,15 @@ const FORMATS = {
   rebase: (d) => `onto ${d.checkpoint && typeof d.checkpoint === "object"
     ? d.checkpoint.name || shortName(d.checkpoint.location) : shortName(d.checkpoint)}` +
     `${d.keep_factors ? ", LoRA factors kept" : ""}`,
+  sync: (d) => {
+    const tables = Object.entries(d.tables || {});
+    const rows = tables.reduce((sum, [, n]) => sum + (isNum(n) ? n : 0), 0);
+    return [`${rows} rows landed${tables.length ? ` (${tables.map(([t, n]) => `${t} ${n}`).join(", ")})` : ""}`,
+      isNum(d.bytes) ? fmt.bytes(d.bytes) : "",
+      isNum(d.trained_until) && isNum(d.created_at)
+        ? `newest label learnt ${fmt.secs(Math.max(0, d.created_at - d.trained_until))} before it was made` : ""]
+      .filter(Boolean).join(" · ");
+  },
 };
 
 // One event's detail as a line of text.
@@ -95,6 +104,12 @@ function foldText(row) {
   return `${row.count} ${KIND_LABELS[row.kind]}s · ${parts.join(" · ")}`;
 }
 
+// When the newest delta sync among `events` ({ts, kind}, any order) landed (Unix s), or null.
+export function newestSync(events) {
+  return (events || []).reduce((t, e) => (e && e.kind === "sync" && isNum(e.ts) && (t === null || e.ts > t)
+    ? e.ts : t), null);
+}
+
 // A node action's result in words (the API's JSON of what the node returned).
 export function describeResult(action, result) {
   if (result === null || result === undefined) return "";
@@ -102,6 +117,7 @@ export function describeResult(action, result) {
   if (action === "apply_policy") return describeEvent("policy", result);
   if (action === "snapshot") return describeEvent("snapshot", result);
   if (action === "rebase") return describeEvent("rebase", result);
+  if (action === "apply_delta") return describeEvent("sync", result);
   if (action === "pause" || action === "resume") {
     return [result.throttle ? `trainer ${result.throttle}` : "", result.mode ? `mode ${result.mode}` : ""]
       .filter(Boolean).join(" · ") || plainPairs(result);

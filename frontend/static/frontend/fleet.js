@@ -48,8 +48,8 @@ function row(node) {
     ["Status", el("span", { class: `badge ${node.status}` }, node.status),
       el("div", { class: "sub", dataset: { ago: epoch(node.last_seen) ?? "" } }, fmt.ago(epoch(node.last_seen)))],
     ["Freshness lag", trains || isNum(s.freshness_lag_s) ? fmt.secs(s.freshness_lag_s)
-      : el("span", { class: "sub", title: "A delta-sync node reports no sync times in its telemetry." },
-        "not reported")],
+      : el("span", { class: "sub", title: "No delta sync has landed on this node (a frozen node never syncs)." },
+        "no sync yet")],
     ["AUC (window)", fmt.auc(s.auc)],
     ["P99 vs SLA", gauge(s.p99_ms, policy?.sla_p99_ms, fmt.ms, "inference P99 / SLA")],
     ["Memory vs budget", trains ? gauge(s.memory_overhead_pct, policy?.memory_budget_pct, fmt.pct,

@@ -1,6 +1,6 @@
 // The fleet page's A/B card: a LiveUpdate node against a baseline node (delta sync or frozen)
 // over a chosen range, refreshed every few seconds from the telemetry API.
-import { drawAb, loadAbSeries } from "./ab_panel.js";
+import { drawAb, loadAbSeries, loadLastSync } from "./ab_panel.js";
 import { el } from "./dom.js";
 import { trainsLocally } from "./format.js";
 import { loadPlotly } from "./plot.js";
@@ -37,9 +37,11 @@ async function refresh() {
   const start = end - ab.seconds;
   try {
     const [l, b] = await Promise.all([loadAbSeries(ab.live, start, end), loadAbSeries(ab.base, start, end)]);
+    // only once the telemetry answered: an answer here must not hide the stale banner its failure raised
+    const synced = await loadLastSync(ab.base);
     if (token !== ab.token) return;
-    const draw = () => drawAb("ab", { liveName: ab.live, baseName: ab.base, baseTrains: false, live: l,
-      base: b, tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
+    const draw = () => drawAb("ab", { liveName: ab.live, baseName: ab.base, baseTrains: false,
+      baseSyncedAt: synced, live: l, base: b, tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
     draw(); // the number first; the charts once Plotly is there
     if (!globalThis.Plotly) await loadPlotly().then(() => token === ab.token && draw());
   } catch (err) {

@@ -1,10 +1,12 @@
 // Node page: a server-downsampled range query for history, the websocket for live samples, rank
 // and QoS events for the rank and throttle history. Charts are drawn by node_charts.js, the
 // actions and the policy box by node_actions.js.
+import { loadLastSync } from "./ab_panel.js";
 import { api, listAll } from "./api.js";
 import { el } from "./dom.js";
 import { epoch, errorText, fmt, isNum, MODE_TEXT, modeOf, trainsLocally } from "./format.js";
 import { onFleetEvent, onFleetReconnect, watchNodes } from "./live.js";
+import { newestSync } from "./events.js";
 import { chartSteps, renderCharts, renderLimits } from "./node_charts.js";
 import { showPolicy, startActions } from "./node_actions.js";
 import {
@@ -21,6 +23,7 @@ const state = {
   range: { live: true, seconds: 900 }, bucket_s: 1, main: emptySeries(), base: emptySeries(),
   throttle: { t: [], s: [] }, ranks: new RankHistory(),
   cpu: { values: [], ts: null }, placement: null, lastSeq: {}, loading: 0,
+  syncedAt: {}, // node -> Unix s of its newest delta sync (a "sync" event)
 };
 
 const iso = (s) => new Date(s * 1000).toISOString();
@@ -47,8 +50,8 @@ async function loadSeries(node, start, end) {
   return res.data;
 }
 
-// The range's series (and the baseline's), its rank changes and QoS events, and the newest
-// "policy" event (the runtime's placement).
+// The range's series (and the baseline's), its rank changes and QoS events, the newest
+// "policy" event (the runtime's placement) and both nodes' newest delta syncs.
 function fetchRange(start, end) {
   const within = { node: NAME, since: iso(start), until: iso(end), limit: 500 };
   return Promise.all([
@@ -57,6 +60,7 @@ function fetchRange(start, end) {
     listAll("/api/rank-events/", within),
     listAll("/api/events/", { ...within, kind: "qos" }),
     api("/api/events/", { params: { node: NAME, kind: "policy", limit: 1 } }),
+    Promise.all([NAME, state.baseline].filter(Boolean).map(async (n) => [n, await loadLastSync(n)])),
   ]);
 }
 
@@ -104,6 +108,7 @@ async function loadRange() {
     const newest = placed.ok && placed.data.results[0];
     if (newest && newest.detail.placement) state.placement = newest.detail.placement;
     if (token !== state.loading) return; // a newer range was picked meanwhile
+    got[5].forEach(([n, t]) => { if (t !== null) noteSync(n, t); });
     applyRange(start, end, got);
     state.shown = token;
     showRangeInfo();
@@ -120,6 +125,11 @@ function trim() {
   trimSeries(state.base, start);
 }
 
+function noteSync(node, t) {
+  if (!isNum(state.syncedAt[node]) || t > state.syncedAt[node]) state.syncedAt[node] = t;
+  if (node === NAME) summary();
+}
+
 function summary() {
   const n = state.node;
   if (!n) return;
@@ -131,6 +141,8 @@ function summary() {
     el("span", { class: "badge mode", dataset: { mode: modeOf(p) } }, modeOf(p).replace("_", " ")), " ",
     "last seen ", el("span", { dataset: { ago: epoch(n.last_seen) ?? "" } }, fmt.ago(epoch(n.last_seen))),
     n.host ? ` · host ${n.host}` : "",
+    isNum(state.syncedAt[NAME]) ? el("span", {}, " · synced ", el("span", { class: "synced-ago",
+      dataset: { ago: state.syncedAt[NAME] } }, fmt.ago(state.syncedAt[NAME]))) : "",
     trains || isNum(s.freshness_lag_s) ? ` · freshness lag ${fmt.secs(s.freshness_lag_s)}` : "",
     ` · AUC ${fmt.auc(s.auc)} · P99 ${fmt.ms(s.p99_ms)}`, p ? ` (SLA ${p.sla_p99_ms} ms)` : "",
     trains ? ` · memory ${fmt.pct(s.memory_overhead_pct)}` : "",
@@ -210,6 +222,8 @@ function onTelemetry(event) {
   if (!state.node) return; // the page's first load will show it
   if (sample.seq <= (state.lastSeq[event.node] ?? -1)) return; // already shown
   state.lastSeq[event.node] = sample.seq;
+  const synced = newestSync(sample.events);
+  if (synced !== null) noteSync(event.node, synced);
   const [start, end] = rangeBounds(state.range);
   const inRange = state.range.live || (sample.ts >= start && sample.ts < end);
   if (event.node === NAME) {

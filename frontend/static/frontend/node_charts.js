@@ -109,6 +109,7 @@ function abReadout(state) {
   const basePolicy = state.policies.get((state.nodes.find((n) => n.name === state.baseline) || {}).policy);
   const [start, end] = rangeBounds(state.range);
   drawAb("node-ab", { liveName: state.name, baseName: state.baseline, baseTrains: trainsLocally(basePolicy),
+    baseSyncedAt: state.syncedAt[state.baseline] ?? null,
     live: state.main, base: state.base, tolerance: Math.max(1, state.bucket_s), range: [start, end],
     rangeText: state.range.live ? `the last ${Math.round(state.range.seconds / 60)} min` : "the chosen range" });
 }

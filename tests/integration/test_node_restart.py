@@ -1,0 +1,78 @@
+"""Desired state on the node (issue 17, failure 2): a node restarted after apply_policy and a
+rebase comes back into both, resumes the factors it learnt on the new base, and says so in
+``running``; a saved state that no longer fits is ignored, never fatal."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from dlrm_core.checkpoint import save_model
+from dlrm_core.model import DLRM
+from nodeworker import protocol_telemetry
+from nodeworker.node_state import APPLIED_FILE
+from nodeworker.replayer import requests_of
+from tests.integration.test_node_runtime import start_node, train_until
+
+
+def test_a_restarted_node_comes_back_into_its_policy_and_rebase(tmp_path):
+    runtime, stream = start_node(tmp_path, name="t-restart")
+    try:
+        assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
+        runtime.operations.apply_policy({"r_max": 3, "sla_p99_ms": 4500.0}, "tight", 7)
+        torch.manual_seed(5)
+        newer = DLRM(runtime.inference.model.config)
+        digest = save_model(tmp_path / "newer.ckpt", newer)
+        wire = {"name": "newer", "location": str(tmp_path / "newer.ckpt"), "checksum": digest}
+        runtime.operations.rebase(wire)
+        assert runtime.running_state() == protocol_telemetry.RunningState(7, f"sha256:{digest}")
+        train_until(runtime, requests_of(stream, 8), 300)
+        snap = runtime.operations.snapshot()  # taken on the new base
+        policy = runtime.state.policy
+    finally:
+        runtime.stop()
+
+    again, _ = start_node(tmp_path, name="t-restart")
+    try:
+        assert again.running_state() == protocol_telemetry.RunningState(7, f"sha256:{digest}")
+        assert again.state.policy == policy and policy["r_max"] == 3
+        assert again.qos.config.sla_p99_ms == 4500.0
+        assert again.state.checkpoint == str(tmp_path / "newer.ckpt")
+        assert again.restore_dir is not None and again.restore_dir.name == snap["snapshot"]
+        # the dense layers are the new base's (the tables carry the snapshot's folded rows)
+        served = again.inference.model.over_arch.state_dict()
+        for key, value in newer.over_arch.state_dict().items():
+            assert torch.equal(served[key], value), key
+    finally:
+        again.stop()
+
+
+def test_a_saved_state_that_no_longer_fits_is_ignored(tmp_path):
+    (tmp_path / "node").mkdir()
+    applied = tmp_path / "node" / APPLIED_FILE
+    applied.write_text(
+        json.dumps(
+            {
+                "policy": {"r_max": -4},  # a bound it breaks
+                "policy_version": 3,
+                "checkpoint": str(tmp_path / "gone.ckpt"),  # deleted since
+                "checkpoint_checksum": "sha256:" + "0" * 64,
+            }
+        )
+    )
+    runtime, _ = start_node(tmp_path, name="t-stale", trainer=False)
+    try:
+        assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
+        assert runtime.state.checkpoint == str(tmp_path / "base.ckpt")
+        assert runtime.state.policy["sla_p99_ms"] == 5000.0  # the start-up policy
+    finally:
+        runtime.stop()
+    applied.write_text("{not json")  # a torn or foreign file
+    runtime, _ = start_node(tmp_path, name="t-stale", trainer=False)
+    try:
+        assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
+        runtime.operations.apply_policy({"r_max": 2}, "p", 4)  # and the next apply rewrites it
+        assert json.loads(applied.read_text())["policy_version"] == 4
+    finally:
+        runtime.stop()
