@@ -15,7 +15,8 @@ from django.db import models
 from django.db.models import Q
 
 from controlplane.experiments import validate_results
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 def new_token() -> str:

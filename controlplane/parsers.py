@@ -12,7 +12,7 @@ from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 class BodyTooLarge(APIException):

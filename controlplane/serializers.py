@@ -24,7 +24,8 @@ from controlplane.models import (
 )
 from controlplane.services.policies import actor_of, save_policy
 from controlplane.services.telemetry import MAX_POINTS
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 # DRF's ModelSerializer with its fields worked out once per class (DRF works them out from the

@@ -21,7 +21,7 @@ from controlplane.env import (
     persistent_secret_key,
     redis_url,
 )
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("LIVEUPDATE_DATA_DIR") or BASE_DIR / "var").resolve()
@@ -249,7 +249,7 @@ LIVEUPDATE_TELEMETRY_KEEP_S = env_int("LIVEUPDATE_TELEMETRY_KEEP_S", 30 * 86400,
 LIVEUPDATE_TELEMETRY_MAX_SKEW_S = env_int(
     "LIVEUPDATE_TELEMETRY_MAX_SKEW_S", 300, minimum=1, maximum=86400
 )
-# A JSON body of the API (telemetry batches: nodeworker.protocol_telemetry.MAX_BATCH_BYTES).
+# A JSON body of the API (telemetry batches: nodeworker.protocol.telemetry.MAX_BATCH_BYTES).
 LIVEUPDATE_API_MAX_BODY_BYTES = env_int(
     "LIVEUPDATE_API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
 )

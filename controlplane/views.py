@@ -47,7 +47,8 @@ from controlplane.permissions import IsNode, RolePermission
 from controlplane.services import actions, ingest, rollout
 from controlplane.services import metrics as prometheus
 from controlplane.services import telemetry as telemetry_service
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 OPERATOR_ACTIONS = {name: roles.OPERATOR for name in protocol.NODE_ACTIONS}
 

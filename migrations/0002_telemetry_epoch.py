@@ -3,7 +3,7 @@
 from django.db import migrations, models
 from django.db.models import Q
 
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 def clamp_metrics(apps, schema_editor):

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
-from nodeworker import placement, protocol, protocol_telemetry
+from nodeworker import placement, protocol
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
 from nodeworker.node_state import NodeState
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.qos import QosController
 from nodeworker.runtime_config import RuntimeConfig
 from nodeworker.shared_memory import SharedFactors, TableCapacity, base_weight, write_base_tables

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nodeworker import placement, protocol, protocol_telemetry
+from nodeworker import placement, protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 log = logging.getLogger(__name__)
 

@@ -48,12 +48,13 @@ from dlrm_core.checkpoint import CheckpointError, load_model, save_model
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.rank_policy import min_budget_bytes
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
-from nodeworker import placement, protocol, protocol_telemetry
+from nodeworker import placement, protocol
 from nodeworker.feed import Feed, FeedRings, FeedWriter
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
 from nodeworker.node_operations import NodeOperations
 from nodeworker.node_state import APPLIED_FILE, AppliedState, NodeState
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.qos import QosConfig, QosController
 from nodeworker.runtime_config import RuntimeConfig
 from nodeworker.runtime_metrics import RuntimeMetrics

@@ -18,7 +18,8 @@ from typing import Any
 
 import requests
 
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.telemetry_spool import Spool
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 log = logging.getLogger(__name__)
 

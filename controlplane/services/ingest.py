@@ -16,7 +16,7 @@ from django.utils import timezone
 from controlplane import events, status
 from controlplane.models import Alert, Node, NodeEvent, TelemetrySample
 from controlplane.services.alerts import resolve_alerts
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 class WrongNode(Exception):

@@ -7,7 +7,7 @@ from django.db.models import Count
 
 from controlplane.models import Alert, Node
 from controlplane.services.telemetry import latest_samples
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from controlplane.models import Node, Policy, TelemetrySample
 from controlplane.services import ingest
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
 from nodeworker.http import NodeHTTPServer
+from nodeworker.protocol import telemetry as protocol_telemetry
 from tests.integration.cp_support import INGEST, sample
 from tests.unit.test_node_http_limits import RawScores
 

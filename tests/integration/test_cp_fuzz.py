@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from controlplane.api import router
 from controlplane.models import Policy, TelemetrySample
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 from tests.integration.cp_support import INGEST, ROLES, expected_status, sample
 
 FUZZ = settings(

@@ -16,7 +16,7 @@ from controlplane.events import telemetry as telemetry_event
 from controlplane.models import Alert, Node, TelemetrySample
 from controlplane.services import ingest, watchdog
 from controlplane.services import telemetry as telemetry_service
-from nodeworker import protocol_telemetry
+from nodeworker.protocol import telemetry as protocol_telemetry
 from tests.integration.cp_support import INGEST, make_node, sample
 
 pytestmark = pytest.mark.django_db

@@ -10,8 +10,8 @@ import torch
 
 from dlrm_core.checkpoint import save_model
 from dlrm_core.model import DLRM
-from nodeworker import protocol_telemetry
 from nodeworker.node_state import APPLIED_FILE
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.replayer import requests_of
 from tests.integration.test_node_runtime import start_node, train_until
 

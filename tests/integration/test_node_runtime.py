@@ -16,9 +16,10 @@ from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.table_factors import import_factors
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.replayer import requests_of
 from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
 from nodeworker.shared_memory import base_weight

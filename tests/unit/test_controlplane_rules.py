@@ -9,7 +9,8 @@ from controlplane.experiments import validate_results
 from controlplane.models import Policy, TelemetrySample
 from controlplane.roles import role_level
 from controlplane.services.metrics import _Family
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 def test_results_schema_reports_paths():

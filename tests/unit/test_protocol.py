@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 from tests.factories import telemetry_sample
 
 NOW = 1_700_000_000.0

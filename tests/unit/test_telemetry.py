@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeworker import protocol, protocol_telemetry
+from nodeworker import protocol
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.telemetry import CpuSampler, NodeSnapshot, Spool, TelemetryReporter
 from tests.services import free_port, wait_until
 

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nodeworker import protocol_telemetry, telemetry_spool
+from nodeworker import telemetry_spool
+from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.telemetry import TelemetryReporter
 from tests.services import free_port, wait_until
 from tests.unit.test_telemetry import TOKEN, counter_snapshot

@@ -4,10 +4,10 @@ control plane may import it without torch.
 - Celery: node tasks are sent by name to the queue ``node.<name>``.
 - Policies: the fields, their bounds and one validator used by the API, the admin and the node.
 - Bounds: ``Bound`` and ``check_number``, which the policy table here and the telemetry tables
-  (nodeworker.protocol_telemetry) are written in.
+  (nodeworker.protocol.telemetry) are written in.
 
 Telemetry (the batch a node posts, its bounds and validators) lives in
-nodeworker.protocol_telemetry.
+nodeworker.protocol.telemetry.
 """
 
 from __future__ import annotations
