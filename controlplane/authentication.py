@@ -14,7 +14,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
-from controlplane.models import Node, hash_api_token, hash_token
+from controlplane.models import Node
+from controlplane.tokens import hash_api_token, hash_token
 from nodeworker.protocol import NODE_AUTH_SCHEME
 
 # stored (hashed) key -> (monotonic expiry, user, token). Bounded: cleared whole when full.

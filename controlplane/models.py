@@ -4,10 +4,6 @@ nodeworker.protocol, the one definition shared with the nodes."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
@@ -15,28 +11,9 @@ from django.db import models
 from django.db.models import Q
 
 from controlplane.experiments import validate_results
+from controlplane.tokens import hash_token, new_token
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
-
-
-def new_token() -> str:
-    """256 random bits, URL-safe, never starting with "-" (a command line would read such a
-    token as an option)."""
-    while True:
-        raw = secrets.token_urlsafe(32)
-        if not raw.startswith("-"):
-            return raw
-
-
-def hash_api_token(raw: str) -> str:
-    """What is stored of an API token (DRF's Token.key, 40 characters): its SHA-256, so the
-    database and the admin never hold one that works."""
-    return hashlib.sha256(b"api-token:" + raw.encode()).hexdigest()[:40]
-
-
-def hash_token(raw: str) -> str:
-    """Node tokens are 256 random bits, so one SHA-256 is enough (no password stretching)."""
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 class Policy(models.Model):
@@ -216,9 +193,6 @@ class NodeAction(models.Model):
         return f"{self.action} on {self.node} ({self.state})"
 
 
-CHECKSUM_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
 class ModelCheckpoint(models.Model):
     """A base model from the training cluster that nodes may rebase onto."""
 
@@ -231,7 +205,11 @@ class ModelCheckpoint(models.Model):
     location = models.CharField(max_length=1024, help_text="Path or URL the nodes load it from.")
     checksum = models.CharField(
         max_length=71,
-        validators=[RegexValidator(CHECKSUM_RE, "Must look like sha256:<64 lowercase hex>.")],
+        validators=[
+            RegexValidator(
+                protocol_telemetry.CHECKSUM_RE, "Must look like sha256:<64 lowercase hex>."
+            )
+        ],
     )
     size_bytes = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
     notes = models.TextField(blank=True)

@@ -1,4 +1,4 @@
-"""API tokens are stored hashed (controlplane.models.hash_api_token): the existing ones too, so
+"""API tokens are stored hashed (controlplane.tokens.hash_api_token): the existing ones too, so
 a copy of the database or a look at the admin gives no working token. Their owners keep using
 the tokens they have."""
 
@@ -7,7 +7,7 @@ import hashlib
 from django.db import migrations
 
 
-def _hash(raw: str) -> str:  # controlplane.models.hash_api_token as of this migration
+def _hash(raw: str) -> str:  # controlplane.tokens.hash_api_token as of this migration
     return hashlib.sha256(b"api-token:" + raw.encode()).hexdigest()[:40]
 
 

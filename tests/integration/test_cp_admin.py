@@ -56,7 +56,7 @@ def test_admin_node_add_shows_the_token_once(admin_client):
     )
     messages = [str(m) for m in response.context["messages"]]
     token = next(m for m in messages if "Token of edge-1" in m).rsplit(": ", 1)[1]
-    from controlplane.models import hash_token
+    from controlplane.tokens import hash_token
 
     assert Node.objects.get(name="edge-1").token_hash == hash_token(token)
     bad = admin_client.post(

@@ -15,9 +15,9 @@ from controlplane.models import (
     NodeEvent,
     Policy,
     PolicyVersion,
-    hash_api_token,
 )
 from controlplane.services.policies import save_policy
+from controlplane.tokens import hash_api_token
 from tests.integration.cp_support import (
     ROLES,
     expected_status,

@@ -9,7 +9,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from controlplane.models import ExperimentRun, Node, hash_token
+from controlplane.models import ExperimentRun, Node
+from controlplane.tokens import hash_token
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from controlplane import models
+from controlplane import tokens
 from controlplane.events import telemetry as telemetry_event
 from controlplane.models import Alert, Node, TelemetrySample
 from controlplane.services import ingest, watchdog
@@ -252,8 +252,8 @@ def test_19_api_errors_are_json_even_with_debug_on(clients, monkeypatch):
 
 def test_20_generated_tokens_never_start_with_a_dash(monkeypatch):
     drawn = iter(["-starts-with-a-dash", "fine-token"])
-    monkeypatch.setattr(models.secrets, "token_urlsafe", lambda n: next(drawn))
-    assert models.new_token() == "fine-token"
+    monkeypatch.setattr(tokens.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert tokens.new_token() == "fine-token"
 
 
 def test_a_sample_at_every_bound_is_stored(clients):

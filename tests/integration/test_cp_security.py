@@ -112,7 +112,7 @@ def test_api_tokens_are_stored_hashed_and_shown_once():
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
-    from controlplane.models import hash_api_token
+    from controlplane.tokens import hash_api_token
 
     ensure_groups()
     user = _viewer("token-owner")
@@ -132,7 +132,7 @@ def test_the_migration_hashes_existing_tokens():
     from django.apps import apps as django_apps
     from rest_framework.authtoken.models import Token
 
-    from controlplane.models import hash_api_token
+    from controlplane.tokens import hash_api_token
 
     migration = importlib.import_module("migrations.0004_hash_api_tokens")
     user = _viewer("legacy-owner")

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from django.core.management import CommandError, call_command
 
-from controlplane.models import Node, hash_token
+from controlplane.models import Node
+from controlplane.tokens import hash_token
 from tests.conftest import require
 from tests.services import ROOT
 

@@ -4,7 +4,8 @@ import re
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.models import Node, Policy, hash_token
+from controlplane.models import Node, Policy
+from controlplane.tokens import hash_token
 
 # A token given by the operator (declarative provisioning) is as strong as a generated one.
 TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.~]{32,256}")
