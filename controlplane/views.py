@@ -1,5 +1,6 @@
 """API viewsets: declarative (queryset, serializer_class, filterset_class); logic lives in
-controlplane.services. Roles: reads viewer, writes admin, node actions operator."""
+controlplane.services. Roles: reads viewer, writes admin, node actions the role their
+declaration gives (nodeworker.protocol.operations; their endpoints are made from it)."""
 
 from __future__ import annotations
 
@@ -48,9 +49,8 @@ from controlplane.services import actions, ingest, rollout
 from controlplane.services import metrics as prometheus
 from controlplane.services import telemetry as telemetry_service
 from nodeworker import protocol
+from nodeworker.protocol import operations
 from nodeworker.protocol import telemetry as protocol_telemetry
-
-OPERATOR_ACTIONS = {name: roles.OPERATOR for name in protocol.NODE_ACTIONS}
 
 
 class RoleViewSetMixin:
@@ -73,15 +73,7 @@ class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
     filterset_class = NodeFilter
     lookup_field = "name"
     lookup_value_regex = protocol.NODE_NAME_RE.pattern.strip("^$")
-    action_roles = OPERATOR_ACTIONS
-
-    def _dispatch(self, request, name: str, **kwargs) -> Response:
-        try:
-            record = actions.request_action(self.get_object(), name, user=request.user, **kwargs)
-        except ValueError as exc:
-            raise ValidationError({"non_field_errors": [str(exc)]}) from None
-        code = status.HTTP_202_ACCEPTED if record.task_id else status.HTTP_503_SERVICE_UNAVAILABLE
-        return Response(serializers.NodeActionSerializer(record).data, status=code)
+    action_roles = {name: spec.role for name, spec in operations.PLANE_ACTIONS.items()}
 
     @extend_schema(request=None, responses=serializers.NodeSerializer)
     @action(detail=True, methods=["post"])
@@ -91,45 +83,59 @@ class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
         node.save(update_fields=["token_hash"])
         return Response(self.get_serializer(node).data)
 
-    @extend_schema(
-        request=serializers.ApplyPolicySerializer,
-        responses={202: serializers.NodeActionSerializer, 503: serializers.NodeActionSerializer},
-    )
-    @action(detail=True, methods=["post"])
-    def apply_policy(self, request, name=None):
-        body = serializers.ApplyPolicySerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._dispatch(request, "apply_policy", policy=body.validated_data.get("policy"))
+    def request_operation(self, request, spec: operations.NodeOperationSpec) -> Response:
+        """Record and send a declared operation; its body: the caller's arguments, or for an
+        operation the plane fills in, the policy or checkpoint by id (REFERENCE_BODIES)."""
+        if not isinstance(request.data, dict):
+            raise ValidationError({"non_field_errors": ["Expected an object of arguments."]})
+        errors: dict = {}
+        references: dict = {}
+        body_class = REFERENCE_BODIES.get(spec.name)
+        body = body_class(data=request.data) if body_class is not None else None
+        if body is not None:
+            if body.is_valid():
+                references = dict(body.validated_data)
+            else:
+                errors.update(body.errors)
+        fields = body.fields if body is not None else {}
+        arguments = {k: v for k, v in request.data.items() if k not in fields}
+        _, problems = spec.validate(arguments, given_by="caller")
+        errors.update({k: [v] for k, v in problems.items()})
+        if errors:
+            raise ValidationError(errors)
+        try:
+            record = actions.request_action(
+                self.get_object(), spec.name, user=request.user, arguments=arguments, **references
+            )
+        except ValueError as exc:
+            raise ValidationError({"non_field_errors": [str(exc)]}) from None
+        code = status.HTTP_202_ACCEPTED if record.task_id else status.HTTP_503_SERVICE_UNAVAILABLE
+        return Response(serializers.NodeActionSerializer(record).data, status=code)
 
-    @extend_schema(
-        request=serializers.RebaseSerializer,
-        responses={202: serializers.NodeActionSerializer, 503: serializers.NodeActionSerializer},
-    )
-    @action(detail=True, methods=["post"])
-    def rebase(self, request, name=None):
-        body = serializers.RebaseSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._dispatch(request, "rebase", checkpoint=body.validated_data["checkpoint"])
 
-    _simple = extend_schema(
-        request=None,
-        responses={202: serializers.NodeActionSerializer, 503: serializers.NodeActionSerializer},
-    )
+# The operations whose policy or checkpoint the caller names by id (the plane fills them in).
+REFERENCE_BODIES = {
+    "apply_policy": serializers.ApplyPolicySerializer,
+    "rebase": serializers.RebaseSerializer,
+}
 
-    @_simple
-    @action(detail=True, methods=["post"])
-    def pause(self, request, name=None):
-        return self._dispatch(request, "pause")
 
-    @_simple
-    @action(detail=True, methods=["post"])
-    def resume(self, request, name=None):
-        return self._dispatch(request, "resume")
+def _operation_endpoint(spec: operations.NodeOperationSpec):
+    """``POST /api/nodes/<name>/<op>/`` for a declared plane action."""
 
-    @_simple
-    @action(detail=True, methods=["post"])
-    def snapshot(self, request, name=None):
-        return self._dispatch(request, "snapshot")
+    def endpoint(self, request, name=None):
+        return self.request_operation(request, spec)
+
+    endpoint.__name__ = spec.name
+    endpoint.__doc__ = spec.summary
+    body = REFERENCE_BODIES.get(spec.name) or (OpenApiTypes.OBJECT if spec.arguments else None)
+    responses = {202: serializers.NodeActionSerializer, 503: serializers.NodeActionSerializer}
+    documented = extend_schema(request=body, responses=responses)(endpoint)
+    return action(detail=True, methods=["post"])(documented)
+
+
+for _spec in operations.PLANE_ACTIONS.values():
+    setattr(NodeViewSet, _spec.name, _operation_endpoint(_spec))
 
 
 class PolicyViewSet(RoleViewSetMixin, viewsets.ModelViewSet):

@@ -6,6 +6,7 @@ from django.shortcuts import render
 
 from frontend.policy_form import GROUPS
 from nodeworker.protocol import NODE_NAME_RE
+from nodeworker.protocol.operations import PLANE_ACTIONS
 
 NODE_NAME_PATTERN = NODE_NAME_RE.pattern.strip("^$")
 
@@ -17,7 +18,9 @@ def dashboard(request):
 
 @login_required
 def node_detail(request, name: str):
-    return render(request, "frontend/node.html", {"page": "fleet", "node_name": name})
+    operations = [spec.as_page_dict() for spec in PLANE_ACTIONS.values()]
+    context = {"page": "fleet", "node_name": name, "operations": operations}
+    return render(request, "frontend/node.html", context)
 
 
 @login_required

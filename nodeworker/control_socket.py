@@ -2,7 +2,9 @@
 request per connection over a Unix socket (file permissions are the access control).
 
 Request ``{"op": name, "kwargs": {...}}``; reply ``{"ok": true, "result": {...}}`` or
-``{"ok": false, "error": "...", "fields": {...}}``. Only the ops in ``CONTROL_OPS`` are callable.
+``{"ok": false, "error": "...", "fields": {...}}``. Only the declared operations
+(nodeworker.protocol.operations.OPERATIONS) are callable, and their arguments are checked against
+the declaration here, before the runtime sees them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nodeworker.protocol.operations import OPERATIONS
+
 log = logging.getLogger(__name__)
 
-CONTROL_OPS = ("apply_policy", "pause", "resume", "rebase", "snapshot", "apply_delta", "status")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # apply_delta carries rows
 
 
@@ -48,7 +51,7 @@ def _read_line(sock_file) -> bytes:
 
 
 class ControlServer:
-    """Serves ``target.<op>(**kwargs)`` for op in CONTROL_OPS on a Unix socket, in threads."""
+    """Serves ``target.<op>(**kwargs)`` for each declared op on a Unix socket, in threads."""
 
     def __init__(self, path: str | Path, target: Any):
         self.path = Path(path)
@@ -60,14 +63,17 @@ class ControlServer:
         if not isinstance(request, dict) or not isinstance(request.get("kwargs", {}), dict):
             return {"ok": False, "error": 'expected {"op": name, "kwargs": {...}}'}
         op = request.get("op")
-        if op not in CONTROL_OPS:
-            return {"ok": False, "error": f"unknown op {op!r}; known: {', '.join(CONTROL_OPS)}"}
+        spec = OPERATIONS.get(op) if isinstance(op, str) else None
+        if spec is None:
+            return {"ok": False, "error": f"unknown op {op!r}; known: {', '.join(OPERATIONS)}"}
+        kwargs, errors = spec.validate(request.get("kwargs", {}))
+        if errors:
+            detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
+            return {"ok": False, "error": f"bad arguments for {op}: {detail}", "fields": errors}
         try:
-            result = getattr(self.target, op)(**request.get("kwargs", {}))
+            result = getattr(self.target, spec.name)(**kwargs)
         except InvalidRequest as exc:
             return {"ok": False, "error": str(exc), "fields": exc.fields}
-        except TypeError as exc:  # wrong keyword arguments
-            return {"ok": False, "error": f"bad arguments for {op}: {exc}"}
         except Exception as exc:  # the runtime's failure is the caller's answer
             log.exception("control op %s failed", op)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

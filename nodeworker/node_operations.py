@@ -1,6 +1,6 @@
 """The node's control operations, composed from its parts: what the Celery tasks call over the
-control socket (apply_policy, pause, resume, snapshot, rebase, apply_delta, status; see
-nodeworker.control_socket.CONTROL_OPS), and the trainer's lifecycle the node itself runs
+control socket (one method per operation declared in nodeworker.protocol.operations, with the
+declared arguments as keywords), and the trainer's lifecycle the node itself runs
 (start_trainer, supervise). Bad arguments raise InvalidRequest with field-level messages; each
 operation returns a JSON object saying what it did.
 

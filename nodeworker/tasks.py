@@ -1,5 +1,6 @@
-"""The node's control tasks: thin, they validate their arguments and hand them to the running
-NodeRuntime over the control channel. The runtime itself is never a task."""
+"""The node's control tasks, one per declared operation (nodeworker.protocol.operations): thin,
+each forwards its keyword arguments to the running NodeRuntime over the control channel, where
+they are checked against the declaration. The runtime itself is never a task."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nodeworker import protocol
+from celery import Task
+
 from nodeworker.celery_app import app
 from nodeworker.control_socket import ControlClient, ControlError
+from nodeworker.protocol.operations import NODE_OPERATIONS, NodeOperationSpec
 
 
 def control_socket() -> Path:
@@ -21,7 +24,7 @@ def control_socket() -> Path:
     return data / f"node-{os.environ.get('NODE_NAME', '')}" / "control.sock"
 
 
-def _call(task, op: str, **kwargs: Any) -> Any:
+def _call(task: Task, op: str, **kwargs: Any) -> Any:
     try:
         return ControlClient(control_socket()).call(op, **kwargs)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -29,47 +32,12 @@ def _call(task, op: str, **kwargs: Any) -> Any:
         raise task.retry(exc=exc, countdown=2, max_retries=5) from exc
 
 
-@app.task(name=protocol.TASK_APPLY_POLICY, bind=True, throws=(ControlError,))
-def apply_policy(self, policy: dict, policy_name: str | None = None, version: int | None = None):
-    clean, errors = protocol.validate_policy(policy)
-    if errors:
-        raise ControlError("invalid policy", errors)
-    return _call(self, "apply_policy", policy=clean, policy_name=policy_name, version=version)
+def _register(spec: NodeOperationSpec) -> Task:
+    def forward(self: Task, **kwargs: Any) -> Any:
+        return _call(self, spec.name, **kwargs)
+
+    forward.__doc__ = spec.summary
+    return app.task(name=spec.task, bind=True, throws=(ControlError,))(forward)
 
 
-@app.task(name=protocol.TASK_PAUSE, bind=True, throws=(ControlError,))
-def pause(self):
-    return _call(self, "pause")
-
-
-@app.task(name=protocol.TASK_RESUME, bind=True, throws=(ControlError,))
-def resume(self):
-    return _call(self, "resume")
-
-
-@app.task(name=protocol.TASK_REBASE, bind=True, throws=(ControlError,))
-def rebase(self, checkpoint: dict, keep_factors: bool = False):
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("location"), str):
-        raise ControlError(
-            "invalid checkpoint", {"checkpoint": "Must be {name, location, checksum}."}
-        )
-    return _call(self, "rebase", checkpoint=checkpoint, keep_factors=bool(keep_factors))
-
-
-@app.task(name=protocol.TASK_SNAPSHOT, bind=True, throws=(ControlError,))
-def snapshot(self):
-    return _call(self, "snapshot")
-
-
-@app.task(name=protocol.TASK_APPLY_DELTA, bind=True, throws=(ControlError,))
-def apply_delta(
-    self, deltas: dict, created_at: float | None = None, trained_until: float | None = None
-):
-    """``deltas``: table -> {"rows": [N ids], "values": [N x D floats]} from a training cluster
-    (the delta-sync baseline mode): the rows replace the node's base rows. ``created_at`` and
-    ``trained_until``: delta_cluster.SyncStamp (Unix times, optional; the node checks them)."""
-    if not isinstance(deltas, dict) or not deltas:
-        raise ControlError("invalid deltas", {"deltas": "Must be a non-empty object of tables."})
-    return _call(
-        self, "apply_delta", deltas=deltas, created_at=created_at, trained_until=trained_until
-    )
+TASKS: dict[str, Task] = {spec.name: _register(spec) for spec in NODE_OPERATIONS}

@@ -1,4 +1,5 @@
-"""Node actions: sent by name to the node's Celery queue, recorded with their outcome."""
+"""Node actions: the declared operations with a role (nodeworker.protocol.operations), sent by
+task name to the node's Celery queue, recorded with their outcome."""
 
 from __future__ import annotations
 
@@ -12,22 +13,36 @@ from controlplane import events, status
 from controlplane.models import ModelCheckpoint, Node, NodeAction, Policy
 from controlplane.services.policies import actor_of
 from nodeworker import protocol
+from nodeworker.protocol.operations import PLANE_ACTIONS, NodeOperationSpec
 
 log = logging.getLogger(__name__)
 
 
-def _kwargs(action: str, node: Node, checkpoint: ModelCheckpoint | None) -> dict:
-    if action == "apply_policy":
+class OperationArgumentsError(ValueError):
+    """The caller's arguments do not fit the operation's declaration; ``fields``: why."""
+
+    def __init__(self, fields: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = fields
+
+
+def _kwargs(
+    spec: NodeOperationSpec, node: Node, checkpoint: ModelCheckpoint | None, given: dict
+) -> dict:
+    """The task's keyword arguments: the caller's (already checked against the declaration)
+    and the ones the plane fills in (the node's policy, the chosen checkpoint)."""
+    kwargs = dict(given)
+    if "policy" in spec.argument_names:
         policy = node.policy
         if policy is None:
             raise ValueError("The node has no policy to apply.")
         clean, _ = protocol.validate_policy(policy.values())
-        return {"policy": clean, "policy_name": policy.name, "version": policy.version}
-    if action == "rebase":
+        kwargs.update(policy=clean, policy_name=policy.name, version=policy.version)
+    if "checkpoint" in spec.argument_names:
         if checkpoint is None:
-            raise ValueError("rebase needs a checkpoint.")
-        return {"checkpoint": checkpoint.wire()}
-    return {}
+            raise ValueError(f"{spec.name} needs a checkpoint.")
+        kwargs["checkpoint"] = checkpoint.wire()
+    return kwargs
 
 
 def request_action(
@@ -38,27 +53,34 @@ def request_action(
     actor: str | None = None,
     policy: Policy | None = None,
     checkpoint: ModelCheckpoint | None = None,
+    arguments: dict | None = None,
 ) -> NodeAction:
     """Record the action, send its task to ``node.<name>`` and record that it was sent (or why
-    it could not be). ``policy`` first assigns that policy to the node (apply_policy)."""
+    it could not be). ``policy`` first assigns that policy to the node (apply_policy);
+    ``arguments``: the ones a caller gives (``OperationArgumentsError`` when they do not fit
+    the declaration)."""
     from controlplane.celery import app as celery_app
 
-    if action not in protocol.NODE_ACTIONS:
+    spec = PLANE_ACTIONS.get(action)
+    if spec is None:
         raise ValueError(f"unknown node action {action!r}")
+    given, errors = spec.validate(arguments or {}, given_by="caller")
+    if errors:
+        raise OperationArgumentsError(errors)
     if policy is not None:
         node.policy = policy
         node.save(update_fields=["policy"])
     record = NodeAction.objects.create(
         node=node,
         action=action,
-        kwargs=_kwargs(action, node, checkpoint),
+        kwargs=_kwargs(spec, node, checkpoint, given),
         actor=actor or actor_of(user),
         requested_by=user,
         checkpoint=checkpoint,
     )
     try:
         result = celery_app.send_task(
-            protocol.NODE_ACTIONS[action],
+            spec.task,
             kwargs=record.kwargs,
             queue=protocol.node_queue(node.name),
         )
@@ -71,7 +93,7 @@ def request_action(
         record.state, record.task_id = NodeAction.State.SENT, result.id
         record.sent_at = timezone.now()
         record.save(update_fields=["state", "task_id", "sent_at"])
-        if action == "apply_policy":
+        if "policy" in spec.argument_names:
             node.applied_policy_version = record.kwargs["version"]
             node.save(update_fields=["applied_policy_version"])
     status.broadcast(events.node_action(record), node_name=node.name)

@@ -1,7 +1,8 @@
 """The wire between the control plane and the nodes. Imports nothing heavy (stdlib only), so the
 control plane may import it without torch.
 
-- Celery: node tasks are sent by name to the queue ``node.<name>``.
+- Celery: node tasks are sent by name to the queue ``node.<name>``; the operations, their task
+  names and arguments are declared in nodeworker.protocol.operations.
 - Policies: the fields, their bounds and one validator used by the API, the admin and the node.
 - Bounds: ``Bound`` and ``check_number``, which the policy table here and the telemetry tables
   (nodeworker.protocol.telemetry) are written in.
@@ -19,38 +20,9 @@ from typing import Any
 
 NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-# Celery task names of the node worker.
-TASK_APPLY_POLICY = "nodeworker.apply_policy"
-TASK_PAUSE = "nodeworker.pause"
-TASK_RESUME = "nodeworker.resume"
-TASK_REBASE = "nodeworker.rebase"
-TASK_SNAPSHOT = "nodeworker.snapshot"
-TASK_APPLY_DELTA = "nodeworker.apply_delta"
-NODE_TASKS = (
-    TASK_APPLY_POLICY,
-    TASK_PAUSE,
-    TASK_RESUME,
-    TASK_REBASE,
-    TASK_SNAPSHOT,
-    TASK_APPLY_DELTA,
-)
-
 TELEMETRY_PATH = "/api/telemetry/ingest/"
 # Header a node authenticates its telemetry with: ``Authorization: Node <token>``.
 NODE_AUTH_SCHEME = "Node"
-
-# Operator-facing node actions -> the task each one sends. Keyword arguments, exactly:
-#   apply_policy: {"policy": <validate_policy() output>, "policy_name": str, "version": int}
-#   pause, resume, snapshot: {}
-#   rebase: {"checkpoint": {"name": str, "location": str, "checksum": str}}
-# A task returns a JSON object describing what it did; the control plane records it.
-NODE_ACTIONS = {
-    "apply_policy": TASK_APPLY_POLICY,
-    "pause": TASK_PAUSE,
-    "resume": TASK_RESUME,
-    "rebase": TASK_REBASE,
-    "snapshot": TASK_SNAPSHOT,
-}
 
 
 def node_queue(node_name: str) -> str:

@@ -11,6 +11,7 @@ import redis
 from celery import Celery
 
 from nodeworker import protocol
+from nodeworker.protocol.operations import NODE_TASKS
 
 REDIS_URL = os.environ["REDIS_URL"]
 NODE_NAME = os.environ["NODE_NAME"]
@@ -30,5 +31,5 @@ def _register(task_name: str) -> None:
     app.task(name=task_name)(run)
 
 
-for _name in protocol.NODE_TASKS:
+for _name in NODE_TASKS:
     _register(_name)

@@ -15,6 +15,7 @@ from controlplane.api import router
 from controlplane.models import Policy, TelemetrySample
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
+from nodeworker.protocol.operations import PLANE_ACTIONS
 from tests.integration.cp_support import INGEST, ROLES, expected_status, sample
 
 FUZZ = settings(
@@ -160,9 +161,11 @@ def test_policy_numbers_in_strings_parse_and_non_finite_strings_are_field_errors
 PUBLIC = {("/api/health/", "get")}
 NODE_ONLY = {(INGEST, "post")}
 ANY_AUTHENTICATED = {("/api/me/", "get")}
-OPERATOR = {(f"/api/nodes/{{name}}/{action}/", "post") for action in protocol.NODE_ACTIONS} | {
-    ("/api/alerts/{id}/acknowledge/", "post")
+# Node actions need the role their declaration gives (nodeworker.protocol.operations).
+ACTION_ROLES = {
+    (f"/api/nodes/{{name}}/{name}/", "post"): spec.role for name, spec in PLANE_ACTIONS.items()
 }
+OPERATOR = {("/api/alerts/{id}/acknowledge/", "post")}
 
 
 def operations(client) -> list[tuple[str, str]]:
@@ -184,7 +187,9 @@ def expected(path: str, method: str, role: str) -> int | None:
         return None if role == "node" else 401  # user credentials are not even read there
     if op in ANY_AUTHENTICATED:
         return 401 if role == "anonymous" else None
-    needed = "operator" if op in OPERATOR else ("viewer" if method == "get" else "admin")
+    needed = ACTION_ROLES.get(op) or (
+        "operator" if op in OPERATOR else ("viewer" if method == "get" else "admin")
+    )
     status = expected_status(role, needed, 0)
     return None if status == 0 else status
 
@@ -196,7 +201,7 @@ def test_every_schema_operation_holds_the_role_matrix(clients, sent_tasks):
     assert prefixes <= {p for p, _ in ops if p.count("/") == 3}, (
         "an endpoint missing from the schema"
     )
-    assert OPERATOR | NODE_ONLY | PUBLIC | ANY_AUTHENTICATED <= set(ops)
+    assert set(ACTION_ROLES) | OPERATOR | NODE_ONLY | PUBLIC | ANY_AUTHENTICATED <= set(ops)
     failures = []
     for path, method in ops:
         url = concrete(path)

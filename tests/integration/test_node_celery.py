@@ -11,6 +11,7 @@ import pytest
 
 from nodeworker import protocol
 from nodeworker.control_socket import ControlClient, ControlError, ControlServer, InvalidRequest
+from nodeworker.protocol.operations import task_name
 from tests import services
 
 
@@ -96,7 +97,7 @@ def test_control_task_delivered_to_the_node_queue_by_a_real_worker(redis_url, tm
             # Sent exactly as the control plane sends it (controlplane/services/actions.py).
             policy, _ = protocol.validate_policy({"r_max": 8, "sla_p99_ms": 20.0})
             result = client.send_task(
-                protocol.TASK_APPLY_POLICY,
+                task_name("apply_policy"),
                 kwargs={"policy": policy, "policy_name": "tight", "version": 3},
                 queue=protocol.node_queue(name),
             )
@@ -106,7 +107,7 @@ def test_control_task_delivered_to_the_node_queue_by_a_real_worker(redis_url, tm
             assert kwargs["policy"]["r_max"] == 8 and kwargs["policy"]["sla_p99_ms"] == 20.0
 
             bad = client.send_task(
-                protocol.TASK_APPLY_POLICY,
+                task_name("apply_policy"),
                 kwargs={"policy": {"r_min": 9, "r_max": 4, "bogus": 1}},
                 queue=protocol.node_queue(name),
             )
@@ -115,8 +116,8 @@ def test_control_task_delivered_to_the_node_queue_by_a_real_worker(redis_url, tm
             assert "bogus: Unknown policy field" in str(info.value)
             assert len(target.calls) == 1  # refused before it reached the runtime
 
-            stray = client.send_task(protocol.TASK_PAUSE, queue=other)
-            for task in (protocol.TASK_PAUSE, protocol.TASK_SNAPSHOT, protocol.TASK_RESUME):
+            stray = client.send_task(task_name("pause"), queue=other)
+            for task in (task_name("pause"), task_name("snapshot"), task_name("resume")):
                 client.send_task(task, queue=protocol.node_queue(name)).get(timeout=30)
             assert [c[0] for c in target.calls] == ["apply_policy", "pause", "snapshot", "resume"]
             assert redis.Redis.from_url(redis_url).llen(other) == 1  # not this node's queue

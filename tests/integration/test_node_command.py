@@ -11,6 +11,7 @@ import sys
 import uuid
 
 from nodeworker import protocol
+from nodeworker.protocol.operations import task_name
 from tests import services
 from tests.unit.test_telemetry import TOKEN, Plane
 
@@ -68,7 +69,7 @@ def test_node_run_reports_telemetry_and_obeys_a_control_task(redis_url, tmp_path
         client = Celery("test-plane", broker=redis_url, backend=redis_url)
         policy, _ = protocol.validate_policy({"r_max": 4, "sla_p99_ms": 4000.0})
         result = client.send_task(
-            protocol.TASK_APPLY_POLICY,
+            task_name("apply_policy"),
             kwargs={"policy": policy, "policy_name": "cli", "version": 7},
             queue=protocol.node_queue(name),
         ).get(timeout=90)
@@ -127,7 +128,7 @@ def test_the_node_worker_starts_the_runtime_itself(redis_url, tmp_path):
                 "telemetry from the worker's node",
                 0.5,
             )
-            paused = client.send_task(protocol.TASK_PAUSE, queue=protocol.node_queue(name))
+            paused = client.send_task(task_name("pause"), queue=protocol.node_queue(name))
             assert paused.get(timeout=60) == {"throttle": "paused"}
             services.wait_until(
                 lambda: any(

@@ -154,6 +154,9 @@ function summary() {
 function showMode() {
   const trains = trainsLocally(state.policy);
   document.querySelectorAll("[data-trainer-only]").forEach((node) => { node.hidden = !trains; });
+  document.querySelectorAll("[data-modes]").forEach((node) => {
+    node.hidden = !node.dataset.modes.split(" ").includes(modeOf(state.policy));
+  });
   const note = document.getElementById("mode-note");
   note.hidden = trains;
   note.textContent = trains ? "" : `Mode ${MODE_TEXT[modeOf(state.policy)] || modeOf(state.policy)}: ` +

@@ -3,7 +3,7 @@
 // GET /api/actions/<id>/, which refreshes the action from the result backend); the policy box
 // and the node's recent events.
 import { api, listAll } from "./api.js";
-import { confirmAction, el } from "./dom.js";
+import { applyRole, confirmAction, el } from "./dom.js";
 import { epoch, errorText, fmt, trainsLocally } from "./format.js";
 import { describeResult, EVENT_KINDS, eventRows, KIND_LABELS } from "./events.js";
 import { onFleetEvent } from "./live.js";
@@ -119,14 +119,28 @@ export function showPolicy(state) {
       el("option", { value: q.id, selected: p && q.id === p.id }, `${q.name} v${q.version}`)));
 }
 
+// The declared node operations (nodeworker.protocol.operations, passed by the page as JSON).
+export const OPERATIONS = JSON.parse(document.getElementById("node-operations").textContent);
+
+// One button per operation declared with button=true, shown for the modes that offer it
+// (node.js hides the others), enabled for the role it needs.
+function renderButtons(name) {
+  const box = document.getElementById("operation-buttons");
+  box.replaceChildren(...OPERATIONS.filter((op) => op.button).map((op) => el("button", {
+    type: "button", dataset: { action: op.name, needs: op.role, modes: op.modes.join(" ") },
+    onclick: async (e) => {
+      const button = e.currentTarget;
+      if (op.confirm && !(await confirmAction(op.confirm.replace("{node}", name),
+        op.confirm_detail))) return;
+      button.disabled = true;
+      try { await send(name, op.name); } finally { button.disabled = false; }
+    },
+  }, op.label)));
+  applyRole(box);
+}
+
 function bindControls(name) {
-  document.querySelectorAll("[data-action]").forEach((button) => button.addEventListener("click", async () => {
-    const action = button.dataset.action;
-    if (action === "pause" && !(await confirmAction(`Pause the trainer of ${name}?`,
-      "Inference keeps serving; the LoRA correction stops learning until you resume."))) return;
-    button.disabled = true;
-    try { await send(name, action); } finally { button.disabled = false; }
-  }));
+  renderButtons(name);
   document.getElementById("rebase-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const select = document.getElementById("checkpoint");
