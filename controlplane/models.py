@@ -59,6 +59,11 @@ class Policy(models.Model):
     max_trainer_duty = models.FloatField(default=protocol.POLICY_DEFAULTS["max_trainer_duty"])
     sla_p99_ms = models.FloatField(default=protocol.POLICY_DEFAULTS["sla_p99_ms"])
     auc_floor = models.FloatField(null=True, blank=True, default=None)
+    rollback_after_intervals = models.IntegerField(
+        default=protocol.POLICY_DEFAULTS["rollback_after_intervals"],
+        help_text="AUC under the floor or the baseline for this many watchdog intervals: the "
+        "node's last good snapshot is restored. 0: off.",
+    )
     version = models.PositiveIntegerField(default=0, editable=False)
     updated = models.DateTimeField(auto_now=True)
 
@@ -327,6 +332,7 @@ class Alert(models.Model):
         SLA_VIOLATION = "sla_violation"
         NODE_DOWN = "node_down"
         AUC_DROP = "auc_drop"
+        ROLLBACK = "rollback"  # the watchdog restored a node's last good snapshot
 
     class Severity(models.TextChoices):
         WARNING = "warning"

@@ -214,6 +214,10 @@ class ApplyPolicySerializer(serializers.Serializer):
     )
 
 
+class RevertPolicySerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+
+
 class RebaseSerializer(serializers.Serializer):
     checkpoint = serializers.PrimaryKeyRelatedField(queryset=ModelCheckpoint.objects.all())
 

@@ -14,9 +14,13 @@ def ping(payload: str) -> str:
 
 @shared_task(name="controlplane.watchdog")
 def watchdog() -> dict:
+    from controlplane.services import rollback
     from controlplane.services import watchdog as service
 
-    return dataclasses.asdict(service.run())
+    now = timezone.now()
+    report = dataclasses.asdict(service.run(now))
+    report["rolled_back"] = rollback.run(now)  # the automatic rollback policy option
+    return report
 
 
 @shared_task(name="controlplane.refresh_actions")

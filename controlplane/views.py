@@ -8,6 +8,7 @@ import dataclasses
 import hmac
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import OuterRef, ProtectedError, Subquery
 from django.http import HttpResponse
 from django.utils import timezone
@@ -45,9 +46,10 @@ from controlplane.models import (
 )
 from controlplane.parsers import TelemetryJSONParser
 from controlplane.permissions import IsNode, RolePermission
-from controlplane.services import actions, ingest, rollout
+from controlplane.services import actions, ingest, policies, rollout
 from controlplane.services import metrics as prometheus
 from controlplane.services import telemetry as telemetry_service
+from controlplane.services.policies import actor_of
 from nodeworker import protocol
 from nodeworker.protocol import operations
 from nodeworker.protocol import telemetry as protocol_telemetry
@@ -144,6 +146,29 @@ class PolicyViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
     queryset = Policy.objects.prefetch_related("nodes")
     serializer_class = serializers.PolicySerializer
     filterset_class = PolicyFilter
+
+    @extend_schema(
+        request=serializers.RevertPolicySerializer, responses=serializers.PolicySerializer
+    )
+    @action(detail=True, methods=["post"])
+    def revert(self, request, pk=None):
+        """A new version equal to version ``version`` (audited like any change); apply it to
+        the nodes with their apply_policy action."""
+        policy = self.get_object()
+        body = serializers.RevertPolicySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            policies.revert_policy(
+                policy,
+                body.validated_data["version"],
+                actor=actor_of(request.user),
+                user=request.user,
+            )
+        except PolicyVersion.DoesNotExist:
+            raise ValidationError({"version": ["This policy has no such version."]}) from None
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
+        return Response(self.get_serializer(policy).data)
 
     @extend_schema(responses={204: None, 409: OpenApiTypes.OBJECT})
     def destroy(self, request, *args, **kwargs):

@@ -102,6 +102,13 @@ GROUPS: tuple[Group, ...] = (
         (
             Field("sla_p99_ms", "Inference P99 SLA", "ms"),
             Field("auc_floor", "AUC floor", "", "Alert when the windowed AUC falls below."),
+            Field(
+                "rollback_after_intervals",
+                "Automatic rollback after",
+                "intervals",
+                "AUC under the floor or the baseline node's for this many watchdog intervals: "
+                "the last good snapshot is restored. 0: off.",
+            ),
         ),
     ),
 )

@@ -32,7 +32,13 @@ from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.qos import QosController
 from nodeworker.runtime_config import RuntimeConfig
 from nodeworker.shared_memory import SharedFactors, TableCapacity, base_weight, write_base_tables
-from nodeworker.snapshots import SnapshotDirectory, SnapshotMeta, apply_patch_files
+from nodeworker.snapshots import (
+    SnapshotDirectory,
+    SnapshotMeta,
+    apply_patch_files,
+    folded_rows,
+    table_files_error,
+)
 from nodeworker.trainer_client import TrainerClient
 from nodeworker.trainer_proc import TrainerSetup
 from nodeworker.version_installer import VersionInstaller
@@ -162,14 +168,76 @@ class NodeOperations:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """Persist the factors (and the rows folded into the base) under data_dir/snapshots."""
+        """Persist the factors (and the rows folded into the base) under data_dir/snapshots,
+        with the node's AUC and each table's rank and folded rows at the time."""
         directory = self.snapshots.new()
         taken = self.trainer.snapshot(str(directory))
-        meta = SnapshotMeta(self.state.checkpoint, taken.version, time.time())
+        now = time.time()
+        stats = self.trainer.last_stats
+        ranks = stats.ranks if stats else {}
+        rows = folded_rows(directory, self.tables)
+        tables = {t: {"rank": int(ranks[t]), "rows": rows[t]} for t in self.tables if t in ranks}
+        auc = self.inference.metrics.window(now)["auc"]
+        meta = SnapshotMeta(self.state.checkpoint, taken.version, now, auc, tables)
         self.snapshots.commit(directory, meta)
         detail = {"snapshot": directory.name, **meta.as_dict(), "digests": taken.digests}
         self.events.add("snapshot", detail)
         return detail
+
+    def list_snapshots(self) -> dict[str, Any]:
+        """The snapshots kept on disk, newest first; ``restorable``: taken on the base
+        checkpoint in force (a snapshot of another base cannot be restored onto this one)."""
+        return {
+            "checkpoint": self.state.checkpoint,
+            "snapshots": [
+                {
+                    "name": name,
+                    **meta.as_dict(),
+                    "restorable": meta.checkpoint == self.state.checkpoint,
+                }
+                for name, meta in self.snapshots.listing()
+            ],
+        }
+
+    def restore_snapshot(
+        self, name: str, min_auc: float | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Serve a snapshot's factors again: the trainer restarts from it on the checkpoint's
+        base plus the snapshot's folded rows, as a crash restart does (supervise). ``base``: the
+        bare base, no factors; ``last_good``: the newest snapshot taken with AUC >= min_auc,
+        else the bare base (the watchdog's automatic rollback)."""
+        if not self.config.trainer:
+            raise InvalidRequest({"name": "This node runs no trainer: no factors to restore."})
+        chosen = (
+            self.snapshots.last_good(self.state.checkpoint, min_auc)
+            if name == "last_good"
+            else name
+        )
+        restore = None if chosen in (None, "base") else self._restorable(str(chosen))
+        self.trainer.stop()
+        with self.inference.exclusive:
+            write_base_tables(load_model(self.state.checkpoint), self.shared.dir)
+            if restore is not None:
+                apply_patch_files(self.inference.model, restore, self.tables)
+            self.installer.forget_versions()
+        self.start_trainer(restore)
+        self.trainer.wait_ready()
+        detail = {"restored": restore.name if restore else "base", "asked": name, "reason": reason}
+        self.events.add("snapshot", detail)
+        return detail
+
+    def _restorable(self, name: str) -> Path:
+        directory = self.snapshots.root / name
+        try:
+            meta = SnapshotMeta.read(directory)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InvalidRequest({"name": "No such snapshot on this node."}) from None
+        if meta.checkpoint != self.state.checkpoint:
+            raise InvalidRequest({"name": "Taken on another base checkpoint than the node runs."})
+        error = table_files_error(directory, self.tables)
+        if error:
+            raise InvalidRequest({"name": f"Its files are damaged: {error}"})
+        return directory
 
     def rebase(self, checkpoint: dict[str, Any], keep_factors: bool = False) -> dict[str, Any]:
         location, checksum = _checked_location(checkpoint)

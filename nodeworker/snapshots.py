@@ -18,8 +18,9 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,9 +94,41 @@ class SnapshotMeta:
     checkpoint: str  # the base checkpoint the factors were learnt on
     version: int
     ts: float
+    auc: float | None = None  # the node's AUC when it was taken (None: not enough labels)
+    # table -> {"rank": its rank, "rows": the base rows folded since the checkpoint}
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"checkpoint": self.checkpoint, "version": self.version, "ts": self.ts}
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "version": self.version,
+            "ts": self.ts,
+            "auc": self.auc,
+            "tables": self.tables,
+        }
+
+    @classmethod
+    def read(cls, directory: Path) -> SnapshotMeta:
+        """A snapshot's ``snapshot.json`` (one written before auc and tables were recorded
+        lacks them); OSError or ValueError when it cannot be read."""
+        meta = json.loads((directory / "snapshot.json").read_text())
+        auc = meta.get("auc")
+        return cls(
+            checkpoint=str(meta["checkpoint"]),
+            version=int(meta["version"]),
+            ts=float(meta["ts"]),
+            auc=float(auc) if isinstance(auc, int | float) else None,
+            tables=meta.get("tables") if isinstance(meta.get("tables"), dict) else {},
+        )
+
+
+def folded_rows(directory: Path, tables: Iterable[str]) -> dict[str, int]:
+    """How many base rows each table's ``.patch`` in ``directory`` holds."""
+    counts = {}
+    for name in tables:
+        path = directory / f"{name}.patch"
+        counts[name] = int(read_patch(path)[0].numel()) if path.exists() else 0
+    return counts
 
 
 class SnapshotDirectory:
@@ -118,6 +151,26 @@ class SnapshotDirectory:
         os.replace(tmp, pointer)  # the new snapshot is complete before it becomes the latest
         for old in sorted(self.root.glob("snap-*"))[:-KEEP_SNAPSHOTS]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def listing(self) -> list[tuple[str, SnapshotMeta]]:
+        """Every complete snapshot (its snapshot.json written), newest first."""
+        found = []
+        for directory in sorted(self.root.glob("snap-*"), reverse=True):
+            try:
+                found.append((directory.name, SnapshotMeta.read(directory)))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being written, or unreadable: not offered
+        return found
+
+    def last_good(self, checkpoint: str, min_auc: float | None) -> str | None:
+        """The newest snapshot on ``checkpoint`` taken with AUC >= ``min_auc`` (any AUC when
+        None), or None."""
+        for name, meta in self.listing():
+            if meta.checkpoint != checkpoint:
+                continue
+            if min_auc is None or (meta.auc is not None and meta.auc >= min_auc):
+                return name
+        return None
 
     def restorable(self, checkpoint: str, tables: tuple[str, ...]) -> Path | None:
         """The latest intact snapshot taken on this base checkpoint (a crash restart resumes

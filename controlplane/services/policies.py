@@ -45,6 +45,17 @@ def save_policy(policy: Policy, *, actor: str, user=None, reason: str = "") -> P
         )
 
 
+def revert_policy(policy: Policy, version: int, *, actor: str, user=None) -> PolicyVersion:
+    """A new version of ``policy`` equal to its version ``version``'s values, recorded like any
+    change (who, when, "reverted to vN"); applying it to nodes is a separate, audited action.
+    PolicyVersion.DoesNotExist when the policy has no such version."""
+    target = PolicyVersion.objects.get(policy=policy, version=version)
+    for name in Policy.WIRE_FIELDS:
+        if name in target.values:  # a version saved before a field existed keeps its value
+            setattr(policy, name, target.values[name])
+    return save_policy(policy, actor=actor, user=user, reason=f"reverted to v{version}")
+
+
 def _unique_policy_name(base: str) -> str:
     name, n = base[:100], 2
     while Policy.objects.filter(name=name).exists():

@@ -64,6 +64,7 @@ POLICY_BOUNDS: dict[str, Bound] = {
     "max_trainer_duty": Bound(float, 0.0, 1.0, low_open=True),
     "sla_p99_ms": Bound(float, 0.0, 60000.0, low_open=True),
     "auc_floor": Bound(float, 0.5, 1.0, nullable=True),
+    "rollback_after_intervals": Bound(int, 0, 360),
 }
 POLICY_DEFAULTS: dict[str, Any] = {
     "mode": "liveupdate",
@@ -80,6 +81,7 @@ POLICY_DEFAULTS: dict[str, Any] = {
     "max_trainer_duty": 1.0,
     "sla_p99_ms": 50.0,
     "auc_floor": None,
+    "rollback_after_intervals": 0,  # 0: no automatic rollback (controlplane watchdog)
 }
 
 

@@ -190,6 +190,26 @@ NODE_OPERATIONS: tuple[NodeOperationSpec, ...] = (
         role="operator",
     ),
     NodeOperationSpec(
+        "list_snapshots",
+        "The node's snapshots: time, base checkpoint, rank and rows per table, AUC then.",
+        role="viewer",
+        modes=TRAINING_MODES,
+    ),
+    NodeOperationSpec(
+        "restore_snapshot",
+        "Serve a snapshot's factors again ('base': the bare base; 'last_good': the newest "
+        "snapshot taken with AUC >= min_auc, else the bare base).",
+        (
+            Argument("name", "str", required=True, pattern=SNAPSHOT_NAME_RE),
+            Argument("min_auc", "float", bound=Bound(float, 0.0, 1.0, nullable=True)),
+            Argument("reason", "str", max_length=300),
+        ),
+        role="operator",
+        confirm="Restore a snapshot on {node}?",
+        confirm_detail="The node drops its current LoRA correction and serves the snapshot's.",
+        modes=TRAINING_MODES,
+    ),
+    NodeOperationSpec(
         "apply_delta",
         "Delta-sync baseline: rows from the training cluster replace the base rows.",
         (

@@ -96,6 +96,7 @@ def test_periodic_tasks_run_their_functions():
         "tightened": [],
         "relaxed": [],
         "failed": [],
+        "rolled_back": [],  # controlplane.services.rollback
     }
     assert tasks.retention.run() == {
         "downsampled": {"folded": 0, "failed": 0},

@@ -9,7 +9,7 @@ export const KIND_LABELS = { rank_change: "rank change", prune: "prune", qos: "Q
 export const FREQUENT = ["rank_change", "prune"];
 
 const num = (v) => (isNum(v) ? String(+v.toPrecision(4)) : String(v));
-const shortName = (path) => String(path || "").split("/").pop();
+export const shortName = (path) => String(path || "").split("/").pop();
 
 // "key: value, key: value" for what no formatter knows (nested objects as their key count).
 export function plainPairs(detail) {
@@ -33,7 +33,9 @@ const FORMATS = {
       `, trainer on cpu ${(d.placement.trainer_cpus || []).join(",") || "–"}` : ""].filter(Boolean).join(" · "),
   snapshot: (d) => (d.trainer_restarted ? `trainer restarted from ${d.restored || "the bare base"}`
     : d.refused ? `restore of ${d.refused} refused: ${d.error}`
-    : d.restored ? `restored ${d.restored}` : `saved ${d.snapshot}${isNum(d.version) ? ` (factor version ${d.version})` : ""}` +
+    : d.restored ? `restored ${d.restored}${d.reason ? ` (${d.reason})` : ""}`
+    : `saved ${d.snapshot}${isNum(d.version) ? ` (factor version ${d.version})` : ""}` +
+      `${isNum(d.auc) ? `, AUC ${d.auc.toFixed(4)}` : ""}` +
       `${d.checkpoint ? ` on ${shortName(d.checkpoint)}` : ""}`),
   rebase: (d) => `onto ${d.checkpoint && typeof d.checkpoint === "object"
     ? d.checkpoint.name || shortName(d.checkpoint.location) : shortName(d.checkpoint)}` +
@@ -115,7 +117,10 @@ export function describeResult(action, result) {
   if (result === null || result === undefined) return "";
   if (typeof result !== "object") return String(result);
   if (action === "apply_policy") return describeEvent("policy", result);
-  if (action === "snapshot") return describeEvent("snapshot", result);
+  if (action === "snapshot" || action === "restore_snapshot") return describeEvent("snapshot", result);
+  if (action === "list_snapshots" && Array.isArray(result.snapshots)) {
+    return `${result.snapshots.length} snapshot${result.snapshots.length === 1 ? "" : "s"} kept`;
+  }
   if (action === "rebase") return describeEvent("rebase", result);
   if (action === "apply_delta") return describeEvent("sync", result);
   if (action === "pause" || action === "resume") {

@@ -9,6 +9,7 @@ import { onFleetEvent, onFleetReconnect, watchNodes } from "./live.js";
 import { newestSync } from "./events.js";
 import { chartSteps, renderCharts, renderLimits } from "./node_charts.js";
 import { showPolicy, startActions } from "./node_actions.js";
+import { startSnapshots } from "./node_snapshots.js";
 import {
   emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, SERIES_METRICS, THROTTLE_STATES,
   trimSeries,
@@ -312,6 +313,7 @@ document.getElementById("range-start").value = localInput(now - 3600);
 document.getElementById("range-end").value = localInput(now);
 startActions(NAME);
 if (await loadNode()) {
+  if (trainsLocally(state.policy)) startSnapshots(NAME);
   watchNodes([NAME, state.baseline].filter(Boolean));
   pickRange(900);
 }

@@ -59,7 +59,15 @@ function flash(text, kind = "error") {
   document.getElementById("action-log").prepend(el("li", { class: kind }, text));
 }
 
-async function send(name, action, body) {
+// Resolves with the action once the node answered it (succeeded or failed).
+export async function outcome(id) {
+  while (!actions.has(id) || actions.get(id).state === "sent") {
+    await new Promise((r) => setTimeout(r, POLL_MS / 3));
+  }
+  return actions.get(id);
+}
+
+export async function send(name, action, body) {
   const res = await api(`/api/nodes/${name}/${action}/`, { method: "POST", body });
   if (res.status === 202 || res.status === 503) {
     track(res.data); // 503: recorded, but the broker could not take it (its error is shown)
@@ -110,6 +118,7 @@ export function showPolicy(state) {
       ["Policy", `${p.name} v${p.version}${applied === p.version ? " (applied)" : ` (applied: ${applied ? `v${applied}` : "never"})`}`],
       ["Mode", p.mode], ...trainer, ["SLA P99", `${p.sla_p99_ms} ms`],
       ["AUC floor", p.auc_floor ?? "none"],
+      ["Automatic rollback", p.rollback_after_intervals ? `after ${p.rollback_after_intervals} intervals under the AUC floor or the baseline` : "off"],
     ];
     box.replaceChildren(el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])));
   }

@@ -1,7 +1,7 @@
 // Policy editor: create or edit a policy through the API (its field errors shown at the fields),
 // apply the saved version to one node or a group after confirmation, and show the history.
 import { api, listAll, me } from "./api.js";
-import { confirmAction, el } from "./dom.js";
+import { applyRole, confirmAction, el } from "./dom.js";
 import {
   epoch, errorText, fieldErrors, fmt, numberFieldError, numberFieldValue, TRAINING_MODE,
 } from "./format.js";
@@ -139,14 +139,31 @@ async function loadHistory() {
   const versions = res.data.results;
   if (!versions.length) { box.replaceChildren(el("p", { class: "empty" }, "No versions.")); return; }
   box.replaceChildren(el("table", { class: "responsive compact", id: "history-table" },
-    el("thead", {}, el("tr", {}, ["Version", "When", "Who", "Why", "Changes"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Version", "When", "Who", "Why", "Changes", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, versions.map((v) => el("tr", { dataset: { version: v.version } },
       el("td", { dataset: { label: "Version" } }, `v${v.version}`),
       el("td", { dataset: { label: "When" } }, fmt.time(epoch(v.created))),
       el("td", { dataset: { label: "Who" } }, v.actor),
       el("td", { dataset: { label: "Why" } }, v.reason || "–"),
       el("td", { dataset: { label: "Changes" } }, el("div", {}, v.version === 1 ? "created" :
-        Object.entries(v.changes).map(([k, [a, b]]) => el("div", {}, el("code", {}, k), `: ${a} → ${b}`)))))))));
+        Object.entries(v.changes).map(([k, [a, b]]) => el("div", {}, el("code", {}, k), `: ${a} → ${b}`)))),
+      el("td", {}, v.version === state.current.version ? "current"
+        : el("button", { type: "button", class: "secondary", dataset: { revert: v.version, needs: "admin" },
+          onclick: () => revert(v.version) }, `Revert to v${v.version}`)))))));
+  applyRole(box);
+}
+
+// "Revert policy to vN": a new version with vN's values, recorded in the history like any
+// change; applying it to the nodes is the apply step below, as for any change.
+async function revert(version) {
+  const p = state.current;
+  if (!(await confirmAction(`Revert ${p.name} to v${version}?`,
+    `A new version of ${p.name} with the values of v${version} is saved; apply it to its nodes below.`))) return;
+  const status = document.getElementById("save-status");
+  const res = await api(`/api/policies/${p.id}/revert/`, { method: "POST", body: { version } });
+  if (!res.ok) { status.textContent = `Not reverted: ${errorText(res)}`; return; }
+  await load(p.id);
+  status.textContent = `Saved ${res.data.name} as version ${res.data.version} (the values of v${version}).`;
 }
 
 async function load(selectId) {
