@@ -220,6 +220,7 @@ class NodeOperations:
             if restore is not None:
                 apply_patch_files(self.inference.model, restore, self.tables)
             self.installer.forget_versions()
+        self.snapshots.make_latest(restore.name if restore else None)  # a crash resumes it
         self.start_trainer(restore)
         self.trainer.wait_ready()
         detail = {"restored": restore.name if restore else "base", "asked": name, "reason": reason}

@@ -145,12 +145,20 @@ class SnapshotDirectory:
     def commit(self, directory: Path, meta: SnapshotMeta) -> None:
         """Make ``directory`` (its table files written) the latest; keep the newest few."""
         (directory / "snapshot.json").write_text(json.dumps(meta.as_dict()))
-        pointer = self.root / "LATEST"
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(directory.name)
-        os.replace(tmp, pointer)  # the new snapshot is complete before it becomes the latest
+        self.make_latest(directory.name)  # complete before it becomes the latest
         for old in sorted(self.root.glob("snap-*"))[:-KEEP_SNAPSHOTS]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def make_latest(self, name: str | None) -> None:
+        """What a crash restart resumes until the next snapshot: ``name``, or the bare base
+        (None; a restore of the base)."""
+        pointer = self.root / "LATEST"
+        if name is None:
+            pointer.unlink(missing_ok=True)
+            return
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(name)
+        os.replace(tmp, pointer)
 
     def listing(self) -> list[tuple[str, SnapshotMeta]]:
         """Every complete snapshot (its snapshot.json written), newest first."""

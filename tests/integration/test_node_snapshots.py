@@ -66,9 +66,13 @@ def test_snapshots_are_listed_and_restored(tmp_path):
         want = {"restored": first["snapshot"], "asked": first["snapshot"], "reason": "test"}
         assert event == want
         serve_and_label(runtime, traffic, 20)  # and it serves on
+        tables = runtime.inference.model.config.feature_names
+        resumed = runtime.snapshots.restorable(runtime.state.checkpoint, tables)
+        assert resumed is not None and resumed.name == first["snapshot"]  # what a crash resumes
 
         assert runtime.operations.restore_snapshot("base")["restored"] == "base"
         assert base_is_checkpoint_plus_patch(runtime, None)
+        assert runtime.snapshots.restorable(runtime.state.checkpoint, tables) is None
         newest = max(first["auc"], second["auc"])
         above = runtime.operations.restore_snapshot("last_good", min_auc=min(1.0, newest + 1e-6))
         assert above["restored"] == "base"  # no snapshot that good: the bare base
