@@ -73,3 +73,69 @@ def test_an_alert_raised_by_the_worker_reaches_an_open_fleet_page_within_two_sec
         page.context.close()
     log = (embedded["tmp"] / "celery.log").read_text()
     assert "controlplane.watchdog" in log and "relaying" not in log  # no failed relay
+
+
+TIME_CHARTS = ("auc", "p99", "qps", "logloss", "memory", "rank", "trainer", "losses")
+
+
+def chart_marks(page, chart: str) -> list[list]:
+    """[time (s), line colour, marker glyph, hover text] of each annotation of a chart."""
+    return page.evaluate(
+        "(id) => { const l = document.getElementById(id).layout || {};"
+        " const notes = (l.annotations || []).filter(a => a.hovertext);"
+        " return (l.shapes || []).map((s, i) => [new Date(s.x0).getTime() / 1000, s.line.color,"
+        " notes[i] && notes[i].text, notes[i] && notes[i].hovertext]); }",
+        f"chart-{chart}",
+    )
+
+
+def test_every_node_chart_is_annotated_and_new_events_add_a_mark(embedded, artifacts_dir):
+    seed = embedded["seed"]
+    seed.node("marked-1", seed.policy("marked", sla_p99_ms=40.0)["id"], {})
+    now = time.time()
+    samples = [seed.sample("marked-1", now - 120 + i) for i in range(120)]
+    samples[10]["events"] = [
+        {"kind": "policy", "ts": samples[10]["ts"], "detail": {"name": "marked", "version": 1}}
+    ]
+    samples[40]["events"] = [
+        {"kind": "snapshot", "ts": samples[40]["ts"], "detail": {"snapshot": "s-0001"}}
+    ]
+    override = {"name": "marked", "version": 1, "overrides": {"max_trainer_duty": 0.05}}
+    samples[70]["events"] = [{"kind": "policy", "ts": samples[70]["ts"], "detail": override}]
+    seed.ingest("marked-1", samples)
+    page = logged_in(embedded, WIDE)
+    try:
+        page.goto(embedded["app"].url + "/nodes/marked-1/")
+        settle(page)
+        expect(page.locator("#range-info")).to_contain_text("120 points", timeout=15_000)
+        expected = [samples[i]["ts"] for i in (10, 40, 70)]
+        for chart in TIME_CHARTS:
+            # the node's events (its alerts are marked too: the worker marks it down meanwhile)
+            marks = [m for m in chart_marks(page, chart) if m[2] != "!"]
+            assert [m[2] for m in marks] == ["P", "◆", "W"], (chart, marks)
+            assert [m[0] for m in marks] == pytest.approx(expected, abs=0.002), chart
+        hover = [m[3] for m in chart_marks(page, "p99") if m[2] != "!"]
+        assert "policy applied" in hover[0] and "marked v1 applied" in hover[0]
+        assert "watchdog override" in hover[2] and "max_trainer_duty 0.05" in hover[2]
+        # A rebase reported now, and an alert raised now, reach every chart live.
+        rebase = seed.sample("marked-1", time.time())
+        rebase["events"] = [
+            {"kind": "rebase", "ts": rebase["ts"], "detail": {"checkpoint": "/data/base.ckpt"}}
+        ]
+        seed.ingest("marked-1", [rebase])
+        page.wait_for_function(
+            "() => (document.getElementById('chart-auc').layout.annotations || [])"
+            ".some(a => a.text === 'R' && a.hovertext.includes('onto base.ckpt'))",
+            timeout=2_000,
+        )
+        # The node's silence since its history: the worker's node_down alert is marked as well.
+        page.wait_for_function(
+            "() => (document.getElementById('chart-p99').layout.annotations || [])"
+            ".some(a => a.text === '!' && a.hovertext.includes('node down'))",
+            timeout=15_000,
+        )
+        page.locator("#chart-p99").scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts_dir / "node-annotations.png"), full_page=True)
+        assert_clean(page)
+    finally:
+        page.context.close()
