@@ -139,3 +139,28 @@ def test_every_node_chart_is_annotated_and_new_events_add_a_mark(embedded, artif
         assert_clean(page)
     finally:
         page.context.close()
+
+
+def test_the_fleet_ab_charts_mark_the_baselines_syncs(embedded):
+    seed = embedded["seed"]
+    seed.node("synced-1", seed.policy("synced", mode="delta_sync")["id"], {})
+    now = time.time()
+    samples = [seed.sample("synced-1", now - 60 + i, freshness_lag_s=None) for i in range(60)]
+    sync = {"tables": {"user": 12, "item": 3}}
+    samples[30]["events"] = [{"kind": "sync", "ts": samples[30]["ts"], "detail": sync}]
+    seed.ingest("synced-1", samples)
+    page = logged_in(embedded, WIDE)
+    try:
+        settle(page)
+        page.select_option("#ab-base", "synced-1")
+        for chart in ("ab-gap", "ab-fresh"):
+            page.wait_for_function(
+                "(id) => ((document.getElementById(id).layout || {}).annotations || [])"
+                ".some(a => a.text === 'S' && a.hovertext.includes('delta sync landed on synced-1')"
+                " && a.hovertext.includes('15 rows landed'))",
+                arg=chart,
+                timeout=15_000,
+            )
+        assert_clean(page)
+    finally:
+        page.context.close()

@@ -116,6 +116,7 @@ function abReadout(state) {
   drawAb("node-ab", { liveName: state.name, baseName: state.baseline, baseTrains: trainsLocally(basePolicy),
     baseSyncedAt: state.syncedAt[state.baseline] ?? null,
     live: state.main, base: state.base, tolerance: Math.max(1, state.bucket_s), range: [start, end],
+    marks: state.marks,
     rangeText: state.range.live ? `the last ${Math.round(state.range.seconds / 60)} min` : "the chosen range" });
 }
 
