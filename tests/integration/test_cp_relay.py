@@ -105,3 +105,17 @@ def test_after_a_malformed_message_the_relay_still_delivers(receiver):
     closed, message = asyncio.run(scenario())
     assert closed == b""
     assert message == {"type": "fleet.event", **good}
+
+
+def test_a_data_folder_too_deep_for_a_unix_socket_gets_a_private_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with override_settings(DATA_DIR=deep):
+        path = status.relay_socket_path()
+        assert path == status.relay_socket_path()  # every process of this data folder agrees
+    assert len(str(path)) <= status.MAX_SOCKET_PATH and deep not in path.parents
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with override_settings(DATA_DIR=tmp_path / "other" / ("d" * 60) / ("e" * 60)):
+        other = status.relay_socket_path()
+    for folder in {path.parent, other.parent}:
+        folder.rmdir()  # in the shared temporary directory: left clean
+    assert other != path  # another data folder, another socket
