@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -32,13 +32,21 @@ def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamil
     return GaugeMetricFamily(PREFIX + name, documentation, labels=labels)
 
 
+# The kinds of liveupdate_node_last_event_timestamp_seconds: each node event kind, and restores
+# (a "snapshot" event of a snapshot restored, the watchdog's rollbacks among them).
+EVENT_FILTERS = {
+    **{kind: Q(kind=kind) for kind in protocol_telemetry.EVENT_KINDS},
+    "restore": Q(kind="snapshot", detail__has_key="restored"),
+}
+
+
 def _last_events(nodes: list[Node]) -> dict[tuple[str, str], float]:
     """(node name, event kind) -> Unix time of the node's newest event of that kind (one
     indexed query per kind)."""
     names = {node.pk: node.name for node in nodes}
     last: dict[tuple[str, str], float] = {}
-    for kind in protocol_telemetry.EVENT_KINDS:
-        newest = NodeEvent.objects.filter(node=OuterRef("pk"), kind=kind).order_by("-ts")
+    for kind, matches in EVENT_FILTERS.items():
+        newest = NodeEvent.objects.filter(matches, node=OuterRef("pk")).order_by("-ts")
         rows = Node.objects.filter(pk__in=names).annotate(ts=Subquery(newest.values("ts")[:1]))
         for pk, ts in rows.values_list("pk", "ts"):
             if ts is not None:
@@ -71,7 +79,8 @@ def _node_families(nodes: list[Node]) -> list[Metric]:
                 family.add_metric([node.name], value)
     events = _gauge(
         "node_last_event_timestamp_seconds",
-        "Unix time of the node's newest event of each kind (policy applied, sync landed, ...).",
+        "Unix time of the node's newest event of each kind (policy applied, sync landed, a "
+        "snapshot restored, ...).",
         ["node", "kind"],
     )
     for (name, kind), ts in sorted(_last_events(nodes).items()):

@@ -46,8 +46,11 @@ def fleet() -> dict[str, dict]:
     _, base_token = make_node("edge-baseline", policy=base_policy)
     make_node("edge-new")
     now = time.time()
-    live_events = [event("policy", now - 3, version=1), event("snapshot", now - 2, path="s1")]
-    live_events.append(event("rebase", now - 1, checkpoint="base"))
+    live_events = [event("policy", now - 3, version=1), event("snapshot", now - 2, restored="s0")]
+    live_events += [
+        event("rebase", now - 1, checkpoint="base"),
+        event("snapshot", now, snapshot="s1"),
+    ]
     ingest("edge-live", live_token, [sample(0, now, p99_ms=12.5, events=live_events)])
     base = sample(0, now, freshness_lag_s=None, events=[event("sync", now - 4, rows=10)])
     ingest("edge-baseline", base_token, [base])
@@ -84,10 +87,14 @@ def test_the_exposition_reads_the_fleet_from_the_database(fleet):
         "edge-live"
     }
     last = {
-        (dict(k)["node"], dict(k)["kind"])
-        for k in values(fleet, "liveupdate_node_last_event_timestamp_seconds")
+        (dict(k)["node"], dict(k)["kind"]): ts
+        for k, ts in values(fleet, "liveupdate_node_last_event_timestamp_seconds").items()
     }
-    assert last == {("edge-live", k) for k in ("policy", "snapshot", "rebase")} | {
+    # a restore is a snapshot event too: the newest snapshot saved is newer than the restore
+    assert last[("edge-live", "snapshot")] - last[("edge-live", "restore")] == pytest.approx(
+        2, abs=0.01
+    )
+    assert set(last) == {("edge-live", k) for k in ("policy", "snapshot", "rebase", "restore")} | {
         ("edge-baseline", "sync")
     }
     assert (
