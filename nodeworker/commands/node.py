@@ -19,6 +19,8 @@ from nodeworker import protocol
 
 log = logging.getLogger("nodeworker.node")
 
+PARENT_PID_VAR = "NODE_PARENT_PID"  # set for the worker: it dies with this process (celery_app)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -49,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _worker(name: str, socket_path: Path) -> subprocess.Popen:
     env = {**os.environ, "NODE_NAME": name, "NODE_CONTROL_SOCKET": str(socket_path)}
+    env[PARENT_PID_VAR] = str(os.getpid())
     env.pop("NODE_RUNTIME", None)  # this process runs the runtime; the worker only forwards
     command = [sys.executable, "-m", "celery", "-A", "nodeworker.celery_app", "worker"]
     command += ["--pool", "solo", "-Q", protocol.node_queue(name), "-n", f"{name}@%h"]
