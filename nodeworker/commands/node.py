@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--control-plane", help="control plane URL for telemetry (http://host:port)")
     run.add_argument("--token", default=os.environ.get("NODE_TOKEN"), help="or NODE_TOKEN")
     run.add_argument("--checkpoint", help="base checkpoint; default: a fresh model for --replay")
+    run.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=os.environ.get("NODE_CHECKPOINT_DIR") or None,
+        help="rebases read checkpoints only under it (or NODE_CHECKPOINT_DIR); "
+        "default: the folder of --checkpoint",
+    )
     run.add_argument("--data-dir", type=Path, help="default: $LIVEUPDATE_DATA_DIR/node-NAME")
     run.add_argument("--http-host", default="127.0.0.1")
     run.add_argument("--http-port", type=int, default=0, help="0: any free port (printed)")
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             name=args.name,
             data_dir=args.data_dir or NodeSettings.default_data_dir(args.name),
             checkpoint=args.checkpoint,
+            checkpoint_dir=args.checkpoint_dir,
             control_plane=args.control_plane,
             token=args.token,
             http_host=args.http_host,
