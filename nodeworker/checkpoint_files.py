@@ -39,10 +39,8 @@ REFUSED = {
 def checkpoint_bytes_bound(model: DLRM) -> int:
     """The most bytes a checkpoint of ``model``'s configuration can take: its tables' and dense
     layers' tensors, an eighth more, and a fixed allowance for the container."""
-    tables = sum(
-        base_weight(model, name).numel() * base_weight(model, name).element_size()
-        for name in model.config.feature_names
-    )
+    weights = [base_weight(model, name) for name in model.config.feature_names]
+    tables = sum(w.numel() * w.element_size() for w in weights)
     dense = sum(
         p.numel() * p.element_size()
         for arch in (model.dense_arch, model.over_arch)

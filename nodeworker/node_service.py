@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from nodeworker import protocol
 
 if TYPE_CHECKING:  # imported when started: the Celery app imports this module without torch
+    from dlrm_core.schema import StreamSchema
     from nodeworker.control_socket import ControlServer
     from nodeworker.http import NodeHTTPServer
     from nodeworker.replayer import Replayer
@@ -190,7 +191,7 @@ class NodeService:
         )
         return self
 
-    def _start_runtime(self, schema) -> NodeRuntime:
+    def _start_runtime(self, schema: StreamSchema | None) -> NodeRuntime:
         """The runtime on the given checkpoint (or a fresh one sized by the replayed stream's
         ``schema``), started and ready."""
         from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
