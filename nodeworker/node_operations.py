@@ -13,7 +13,6 @@ Where the base changes: ``rebase`` and ``supervise`` rewrite the base tables and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
 from nodeworker import placement, protocol
+from nodeworker.checkpoint_files import CheckpointFiles
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
@@ -172,7 +172,8 @@ class NodeOperations:
         return detail
 
     def rebase(self, checkpoint: dict[str, Any], keep_factors: bool = False) -> dict[str, Any]:
-        location, checksum = _checked_location(checkpoint)
+        files = CheckpointFiles.for_node(self.config, self.inference.model)
+        location, checksum = files.checked(checkpoint)  # stat'ed, streamed, under its directory
         try:
             new = load_model(location, expected=self.inference.model.config)
         except (CheckpointError, ValueError) as exc:
@@ -294,18 +295,3 @@ def _sync_stamps(created_at: Any, trained_until: Any) -> dict[str, float]:
     if errors:
         raise InvalidRequest(errors)
     return stamps
-
-
-def _checked_location(checkpoint: Any) -> tuple[str, str | None]:
-    """The checkpoint file a rebase names, checked to exist and match its checksum, and that
-    checksum as ``sha256:<hex>`` (what the node then reports running; None when none came)."""
-    location = checkpoint.get("location") if isinstance(checkpoint, dict) else None
-    if not isinstance(location, str) or not Path(location).is_file():
-        raise InvalidRequest({"checkpoint.location": "No such checkpoint file on this node."})
-    want = str(checkpoint.get("checksum") or "").removeprefix("sha256:")
-    if want:
-        data = Path(location).read_bytes()
-        # the control plane's sha256: of the whole file, or the digest save_model returned
-        if want not in (hashlib.sha256(data).hexdigest(), data[-32:].hex()):
-            raise InvalidRequest({"checkpoint.checksum": "Does not match the file."})
-    return location, f"sha256:{want}" if want else None

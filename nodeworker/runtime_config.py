@@ -15,6 +15,7 @@ class RuntimeConfig:
     name: str
     data_dir: Path
     checkpoint: str  # the base model (dlrm_core.checkpoint)
+    checkpoint_dir: Path | None = None  # rebase reads only here; None: the checkpoint's folder
     policy: dict[str, Any] = field(default_factory=lambda: dict(protocol.POLICY_DEFAULTS))
     shm_root: Path = Path("/dev/shm")
     sysfs_root: str = "/"

@@ -17,6 +17,7 @@ from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.table_factors import import_factors
 from nodeworker import protocol
+from nodeworker.checkpoint_files import REFUSED
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
 from nodeworker.protocol import telemetry as protocol_telemetry
@@ -195,7 +196,7 @@ def test_control_ops(node, tmp_path):
     }
     with pytest.raises(InvalidRequest) as bad:
         runtime.operations.rebase(wire)
-    assert bad.value.fields == {"checkpoint.checksum": "Does not match the file."}
+    assert bad.value.fields == REFUSED
     runtime.operations.rebase({**wire, "checksum": f"sha256:{digest}"})
     assert runtime.inference.delta is None and runtime.state.checkpoint == str(
         tmp_path / "newer.ckpt"
