@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.utils import timezone
 
 from controlplane import events, status
@@ -104,7 +105,8 @@ def request_action(
         record.save(update_fields=["state", "task_id", "sent_at"])
         if action == "apply_policy":
             _record_applied(node, record, now or record.sent_at)
-    status.broadcast(events.node_action(record), node_name=node.name)
+    # after the commit: a page reloading the node on this event must find what the action set
+    transaction.on_commit(lambda: status.broadcast(events.node_action(record), node_name=node.name))
     return record
 
 
