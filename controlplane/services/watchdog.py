@@ -207,11 +207,8 @@ def _check_node(node: Node, series: dict[str, list], now: datetime, report: Watc
 
 
 def _expire_overrides(node: Node, now: datetime, report: WatchdogReport) -> None:
-    changes = drop_expired_overrides(node, now)
-    if node.applied_policy is not None:
-        _send_changes(node, list(changes), now, report.relaxed)
-    else:
-        report.relaxed += [str(c) for c in changes]
+    """Overrides are only made for a node with an applied policy, so there is one to send."""
+    _send_changes(node, list(drop_expired_overrides(node, now)), now, report.relaxed)
 
 
 def run(now: datetime | None = None) -> WatchdogReport:
