@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -216,11 +217,11 @@ def run(now: datetime | None = None) -> WatchdogReport:
     report = WatchdogReport()
     limit = now - timedelta(seconds=settings.LIVEUPDATE_NODE_DOWN_S)
     for node in Node.objects.filter(status=Node.Status.ONLINE, last_seen__lt=limit):
-        _isolated(node, report, lambda n=node: _mark_down(n, now, report))
+        _isolated(node, report, partial(_mark_down, node, now, report))
     for node in Node.objects.filter(overrides__expires_at__lte=now).distinct():
-        _isolated(node, report, lambda n=node: _expire_overrides(n, now, report))
+        _isolated(node, report, partial(_expire_overrides, node, now, report))
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     recent = _recent(now, width, count)
     for node in Node.objects.filter(pk__in=list(recent)):
-        _isolated(node, report, lambda n=node: _check_node(n, recent[n.pk], now, report))
+        _isolated(node, report, partial(_check_node, node, recent[node.pk], now, report))
     return report
