@@ -8,6 +8,7 @@ import { epoch, errorText, fmt, isNum, MODE_TEXT, modeOf, trainsLocally } from "
 import { onFleetEvent, onFleetReconnect, watchNodes } from "./live.js";
 import { newestSync } from "./events.js";
 import { chartSteps, renderCharts, renderLimits } from "./node_charts.js";
+import { addLiveMark, loadMarks } from "./node_marks.js";
 import { showPolicy, startActions } from "./node_actions.js";
 import { overrideDetail, overrideTexts } from "./overrides.js";
 import {
@@ -25,6 +26,7 @@ const state = {
   throttle: { t: [], s: [] }, ranks: new RankHistory(),
   cpu: { values: [], ts: null }, placement: null, lastSeq: {}, loading: 0,
   syncedAt: {}, // node -> Unix s of its newest delta sync (a "sync" event)
+  marks: [], // the charts' annotations (node_marks.js)
 };
 
 const iso = (s) => new Date(s * 1000).toISOString();
@@ -62,6 +64,7 @@ function fetchRange(start, end) {
     listAll("/api/events/", { ...within, kind: "qos" }),
     api("/api/events/", { params: { node: NAME, kind: "policy", limit: 1 } }),
     Promise.all([NAME, state.baseline].filter(Boolean).map(async (n) => [n, await loadLastSync(n)])),
+    loadMarks(NAME, state.baseline, start, end),
   ]);
 }
 
@@ -111,6 +114,7 @@ async function loadRange() {
     if (token !== state.loading) return; // a newer range was picked meanwhile
     got[5].forEach(([n, t]) => { if (t !== null) noteSync(n, t); });
     applyRange(start, end, got);
+    state.marks = got[6];
     state.shown = token;
     showRangeInfo();
     renderCharts(state);
@@ -274,6 +278,7 @@ onFleetEvent((event) => {
     loadNode().then(() => renderLimits(state));
   }
 });
+onFleetEvent((event) => { if (addLiveMark(state.marks, event, NAME, state.baseline)) scheduleRender(); });
 onFleetReconnect(() => loadNode().then(loadRange));
 
 function pickRange(seconds) {
