@@ -94,9 +94,9 @@ class NodeOperations:
                 self.config.sysfs_root,
                 [os.getpid()],
                 [pid],
-                cache_pct=int(self.state.policy["cache_partition_pct"]),
-                bandwidth_pct=int(self.state.policy["bandwidth_partition_pct"]),
-                trainer_share=float(self.state.policy["trainer_share"]),
+                cache_pct=self.state.policy.cache_partition_pct,
+                bandwidth_pct=self.state.policy.bandwidth_partition_pct,
+                trainer_share=self.state.policy.trainer_share,
                 trainer_cpus=len(self.state.plan.trainer_cpus),
             )
         )
@@ -125,23 +125,36 @@ class NodeOperations:
     # --- the control operations --------------------------------------------------------------
 
     def apply_policy(
-        self, policy: dict[str, Any], policy_name: str | None = None, version: int | None = None
+        self,
+        policy: dict[str, Any],
+        policy_name: str | None = None,
+        version: int | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """``policy`` as people set it, ``overrides`` the plane's automatic tightenings of it
+        (protocol.validate_overrides): the node runs the stricter of the two."""
         clean, errors = protocol.validate_policy(policy)
+        kept, override_errors = protocol.validate_overrides(overrides or {})
         errors = {f"policy.{k}": v for k, v in errors.items()}
+        errors |= {f"overrides.{k}": v for k, v in override_errors.items()}
         version_error = protocol_telemetry.policy_version_error(version)
         if version_error:
             errors["version"] = version_error
-        if errors:
+        if clean is None or kept is None or errors:
             raise InvalidRequest(errors)
-        self.state.adopt_policy(clean, version)
-        self.qos.set_policy(float(clean["sla_p99_ms"]), float(clean["max_trainer_duty"]))
+        self.state.adopt_policy(clean, version, kept)
+        in_force = self.state.policy
+        self.qos.set_policy(in_force.sla_p99_ms, in_force.max_trainer_duty)
         plan = self.state.plan
-        result: dict[str, Any] = {"mode": clean["mode"], "placement": plan.as_dict()}
+        result: dict[str, Any] = {
+            "mode": in_force.mode,
+            "overrides": kept,
+            "placement": plan.as_dict(),
+        }
         if self.config.pin:
             placement.pin_process(plan.inference_cpus)
             self.trainer.pin(plan.trainer_cpus)
-        ranks = self.trainer.set_policy(clean)
+        ranks = self.trainer.set_policy(in_force)
         if ranks is not None:
             result["ranks"] = ranks
             self.partition()
@@ -158,7 +171,7 @@ class NodeOperations:
         self.qos.set_operator_pause(False)
         return {
             "throttle": "paused" if self.state.mode_paused else "running",
-            "mode": self.state.policy["mode"],
+            "mode": self.state.policy.mode,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -273,7 +286,8 @@ class NodeOperations:
     def status(self) -> dict[str, Any]:
         return {
             **self.health(),
-            "policy": self.state.policy,
+            "policy": self.state.policy.wire(),
+            "overrides": self.state.applied.overrides,
             "placement": self.state.plan.as_dict(),
             "partitions": self.state.partition_report(),
             "cache": self.feed_counts(),

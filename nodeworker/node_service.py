@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -201,9 +201,9 @@ class NodeService:
         if checkpoint is None:  # NodeSettings: a stream is replayed, its schema sizes the model
             assert schema is not None
             checkpoint = build_fresh_checkpoint(schema, s.data_dir / "fresh-base.ckpt", s.seed)
-        policy = dict(protocol.POLICY_DEFAULTS)
+        policy = protocol.DEFAULT_POLICY
         if s.sla_ms is not None:
-            policy["sla_p99_ms"] = s.sla_ms
+            policy = replace(policy, sla_p99_ms=s.sla_ms)
         runtime = NodeRuntime(
             RuntimeConfig(
                 name=s.name,

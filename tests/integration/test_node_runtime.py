@@ -42,6 +42,7 @@ def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, Synth
         build_fresh_checkpoint(stream.schema, checkpoint)
     # A generous SLA: this test is about learning and control, not about a loaded CI box.
     policy, _ = protocol.validate_policy({"sla_p99_ms": 5000.0, "memory_budget_pct": 5.0})
+    assert policy is not None
     (tmp_path / "shm").mkdir(exist_ok=True)
     config = RuntimeConfig(
         name=name,

@@ -10,6 +10,7 @@ import { newestSync } from "./events.js";
 import { chartSteps, renderCharts, renderLimits } from "./node_charts.js";
 import { addLiveMark, loadMarks } from "./node_marks.js";
 import { showPolicy, startActions } from "./node_actions.js";
+import { overrideDetail, overrideTexts } from "./overrides.js";
 import {
   emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, SERIES_METRICS, THROTTLE_STATES,
   trimSeries,
@@ -199,7 +200,17 @@ async function loadNode() {
   summary();
   showMode();
   showPolicy(state);
+  showOverrides(state.node);
   return true;
+}
+
+// What the watchdog overrides of the applied policy (the node runs the stricter value).
+function showOverrides(node) {
+  const list = document.getElementById("node-overrides");
+  const texts = overrideTexts(node);
+  list.hidden = !texts.length;
+  list.replaceChildren(...texts.map((text, i) =>
+    el("li", { class: "warn", title: overrideDetail(node.overrides[i]) }, text)));
 }
 
 // Live redraws: one chart per task (the page stays responsive and each chart shows up as soon
