@@ -22,7 +22,7 @@ from django.db import transaction
 from controlplane.models import Alert, Node, NodeAction, TelemetrySample
 from controlplane.services.actions import request_action
 from controlplane.services.alerts import raise_alert, resolve_alerts
-from controlplane.services.policies import WATCHDOG
+from controlplane.services.policies import WATCHDOG, applied_policy
 from controlplane.services.watchdog import interval_means
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,11 @@ def _auc_samples(node_ids: list[int], start: datetime, now: datetime) -> dict[in
 
 
 def _baseline_means(now: datetime, width: int, count: int) -> list[float | None]:
-    """Per interval, the mean AUC over every baseline node's samples in it."""
+    """Per interval, the mean AUC over the samples of every node whose applied policy is a
+    baseline mode."""
     start = now - timedelta(seconds=width * count)
-    ids = list(Node.objects.filter(policy__mode__in=BASELINE_MODES).values_list("pk", flat=True))
+    baselines = Node.objects.filter(applied_policy__policy__mode__in=BASELINE_MODES)
+    ids = list(baselines.values_list("pk", flat=True))
     pooled = [s for samples in _auc_samples(ids, start, now).values() for s in samples]
     return interval_means(pooled, now, width, count)
 
@@ -69,8 +71,11 @@ def _last_rollback(node: Node) -> NodeAction | None:
 
 
 def check_node(node: Node, now: datetime) -> bool:
-    """Judge one node; True when a rollback was requested."""
-    policy = node.policy
+    """Judge one node on the intervals since its policy was applied; True when a rollback
+    was requested."""
+    policy = applied_policy(node)
+    if policy is None or policy.mode != "liveupdate" or policy.rollback_after_intervals <= 0:
+        return False
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, policy.rollback_after_intervals
     start = now - timedelta(seconds=width * count)
     means = interval_means(_auc_samples([node.pk], start, now)[node.pk], now, width, count)
@@ -78,7 +83,11 @@ def check_node(node: Node, now: datetime) -> bool:
     if means[-1] is not None and limits[-1] is not None and means[-1] >= limits[-1]:
         resolve_alerts(node, Alert.Kind.ROLLBACK, now, "AUC back at its threshold")
     last = _last_rollback(node)
-    if not below(means, limits) or (last is not None and last.created > start):
+    if (node.applied_at is not None and node.applied_at > start) or (
+        last is not None and last.created > start
+    ):
+        return False  # judged only on intervals after the policy and the last rollback
+    if not below(means, limits):
         return False
     threshold = round(float(limits[-1]), 6)  # type: ignore[arg-type]  # below(): not None
     reason = f"AUC {means[-1]:.4f} under {threshold:.4f} for {count} intervals of {width} s"
@@ -100,14 +109,10 @@ def check_node(node: Node, now: datetime) -> bool:
 
 
 def run(now: datetime) -> list[str]:
-    """Check every LiveUpdate node with automatic rollback on; returns the nodes rolled back.
+    """Check every node that reports, by its applied policy; returns the nodes rolled back.
     Each node in a transaction of its own: one node's error is logged, the rest are checked."""
     rolled_back = []
-    nodes = Node.objects.filter(
-        status=Node.Status.ONLINE,
-        policy__mode="liveupdate",
-        policy__rollback_after_intervals__gt=0,
-    ).select_related("policy")
+    nodes = Node.objects.filter(status=Node.Status.ONLINE, applied_policy__isnull=False)
     for node in nodes:
         try:
             with transaction.atomic():

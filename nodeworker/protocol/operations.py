@@ -25,7 +25,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeworker.protocol import MODES, Bound, check_number, validate_policy
+from nodeworker.protocol import (
+    MODES,
+    Bound,
+    check_number,
+    validate_overrides,
+    validate_policy,
+)
 from nodeworker.protocol.telemetry import EPOCH_BOUND
 
 TASK_PREFIX = "nodeworker."
@@ -33,7 +39,7 @@ SNAPSHOT_NAME_RE = re.compile(r"^(base|last_good|snap-[0-9]{1,20})$")
 TRAINING_MODES = ("liveupdate",)  # the modes with a trainer (pause, snapshots, restore)
 
 # What an argument's ``kind`` admits on the wire, besides None for an optional one.
-KINDS = ("int", "float", "bool", "str", "object", "policy", "checkpoint")
+KINDS = ("int", "float", "bool", "str", "object", "policy", "overrides", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -73,16 +79,21 @@ class Argument:
             return "Must be {name, location, checksum}."
         if self.kind == "object" and not value:
             return "Must be a non-empty object."
-        return None  # an object's content is the runtime's to check (policy: validate_policy)
+        # an object's content is the runtime's to check (policy, overrides: the protocol's)
+        return None
 
     def clean(self, value: Any) -> tuple[Any, dict[str, str]]:
         """(the value as the runtime takes it, field errors keyed by this argument's path)."""
         problem = self.error(value)
         if problem:
             return value, {self.name: problem}
-        if self.kind == "policy" and value is not None:
-            clean, errors = validate_policy(value)
-            return clean, {f"{self.name}.{k}": v for k, v in errors.items()}
+        if self.kind == "policy" and value is not None:  # on the wire: Policy.wire()
+            policy, errors = validate_policy(value)
+            wire = policy.wire() if policy is not None else value
+            return wire, {f"{self.name}.{k}": v for k, v in errors.items()}
+        if self.kind == "overrides" and value is not None:
+            kept, errors = validate_overrides(value)
+            return kept, {f"{self.name}.{k}": v for k, v in errors.items()}
         if self.kind in ("int", "float") and value is not None:
             return (int if self.kind == "int" else float)(value), {}
         return value, {}
@@ -145,11 +156,13 @@ _NULLABLE_TIME = Bound(float, 0.0, 1e11, nullable=True)
 NODE_OPERATIONS: tuple[NodeOperationSpec, ...] = (
     NodeOperationSpec(
         "apply_policy",
-        "Adopt the policy (the node's assigned one, or the one named in the body).",
+        "Adopt the policy (the node's assigned one, or the one named in the body) with the "
+        "watchdog's overrides of it.",
         (
             Argument("policy", "policy", required=True, by_plane=True),
             Argument("policy_name", "str", by_plane=True),
             Argument("version", "int", bound=EPOCH_BOUND, by_plane=True),
+            Argument("overrides", "overrides", by_plane=True),
         ),
         role="operator",
     ),

@@ -109,6 +109,7 @@ def test_automatic_rollback_after_an_induced_auc_drop(plane, redis_url, tmp_path
             200,
             json={"auc_floor": floor, "rollback_after_intervals": 2},
         )
+        plane["seed"].call("POST", f"/api/nodes/{name}/apply_policy/", 202, json={})
         page = logged_in(plane, WIDE)
         try:
             page.goto(f"{plane['app'].url}/nodes/{name}/")

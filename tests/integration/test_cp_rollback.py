@@ -10,7 +10,7 @@ import pytest
 from django.test import override_settings
 
 from controlplane.models import Alert, Node, NodeAction, Policy, PolicyVersion, TelemetrySample
-from controlplane.services import rollback
+from controlplane.services import actions, rollback
 from controlplane.services.policies import save_policy
 from tests.integration.cp_support import make_node
 
@@ -45,9 +45,16 @@ def feed_auc(node: Node, aucs: list[float], end: datetime) -> None:
 
 
 def node_with(name: str, **policy_fields) -> Node:
+    """A node whose policy was applied an hour before NOW (the rollback judges applied ones)."""
     policy = Policy(name=f"p-{name}", **policy_fields)
     save_policy(policy, actor="user:ops", reason="initial")
-    return make_node(name, policy=policy)[0]
+    node = make_node(name, policy=policy)[0]
+    actions.request_action(node, "apply_policy", actor="user:ops", now=NOW - timedelta(hours=1))
+    return node
+
+
+def restores(sent_tasks) -> list[dict]:
+    return [t for t in sent_tasks if t["name"] == "nodeworker.restore_snapshot"]
 
 
 # --- the snapshot actions ----------------------------------------------------------------------
@@ -120,7 +127,7 @@ def test_auc_under_the_floor_for_n_intervals_restores_the_last_good_snapshot(sen
     feed_auc(node, [0.75] * 10 + [0.62] * 30, NOW)
     assert rollback.run(NOW - timedelta(seconds=10)) == []  # 2 of 3 intervals under: not yet
     assert rollback.run(NOW) == ["edge-1"]
-    (task,) = sent_tasks
+    (task,) = restores(sent_tasks)
     assert task["name"] == "nodeworker.restore_snapshot" and task["queue"] == "node.edge-1"
     assert task["kwargs"]["name"] == "last_good" and task["kwargs"]["min_auc"] == 0.7
     assert "0.6200 under 0.7000 for 3 intervals" in task["kwargs"]["reason"]
@@ -135,12 +142,12 @@ def test_auc_under_the_floor_for_n_intervals_restores_the_last_good_snapshot(sen
     assert rollback.run(NOW + timedelta(seconds=20)) == []
     feed_auc(node, [0.62] * 15, NOW + timedelta(seconds=35))
     assert rollback.run(NOW + timedelta(seconds=35)) == ["edge-1"]
-    assert len(sent_tasks) == 2
+    assert len(restores(sent_tasks)) == 2
     feed_auc(node, [0.74] * 30, NOW + timedelta(seconds=65))
     assert rollback.run(NOW + timedelta(seconds=65)) == []
     alert.refresh_from_db()
     assert alert.resolved_at is not None  # AUC back at its threshold
-    assert len(sent_tasks) == 2
+    assert len(restores(sent_tasks)) == 2
 
 
 @INTERVALS
@@ -152,8 +159,9 @@ def test_auc_under_the_baseline_node_triggers_it_too_and_off_means_off(sent_task
         feed_auc(node, [0.66] * 20, NOW)
     feed_auc(base, [0.70] * 20, NOW)
     assert rollback.run(NOW) == ["live-1"]
-    assert sent_tasks[0]["kwargs"]["min_auc"] == 0.7  # the baseline's AUC is the threshold
-    assert [t["queue"] for t in sent_tasks] == ["node.live-1"]
+    (task,) = restores(sent_tasks)
+    assert task["kwargs"]["min_auc"] == 0.7  # the baseline's AUC is the threshold
+    assert task["queue"] == "node.live-1"
 
 
 @INTERVALS
@@ -167,4 +175,4 @@ def test_nothing_is_judged_without_a_floor_or_a_baseline_or_with_missing_data(se
     assert rollback.thresholds(None, [None]) == [None]
     assert not rollback.below([0.6, None], [0.7, 0.7])
     assert rollback.below([0.6, 0.69], [0.7, 0.7])
-    assert sent_tasks == []
+    assert restores(sent_tasks) == []

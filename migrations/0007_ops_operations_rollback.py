@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("controlplane", "0005_nodeevent_sync_kind"),
+        ("controlplane", "0006_policy_overrides"),
     ]
 
     operations = [
