@@ -16,7 +16,10 @@ Everything else is derived from NODE_OPERATIONS:
 
 Adding an operation therefore touches three files: this declaration, its method on
 nodeworker.node_operations.NodeOperations (same name, the declared arguments as keywords), and
-its test. Imports nothing heavy (stdlib only).
+its test. (An argument the plane fills in from a record named by id, like apply_policy's policy
+or rebase's checkpoint, also needs that id's serializer in controlplane.views.REFERENCE_BODIES
+and its filling in controlplane.services.actions; plain arguments need neither.) Imports
+nothing heavy (stdlib only).
 """
 
 from __future__ import annotations
