@@ -14,6 +14,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from controlplane.access import MESSAGE_TYPE, session_group, user_group
 from controlplane.roles import role_level
@@ -93,7 +94,9 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         # Channels runs close_old_connections (a thread hop) before every handler; forwarding a
         # live event touches no database, and with 50 sockets that hop was a third of the
         # server's CPU. Connect and client messages keep it (they may query the roles).
-        if message["type"] == "fleet.event":
+        if "consumer" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
+            await super().dispatch(message)
+        elif message["type"] == "fleet.event":
             await self.fleet_event(message)
         elif message["type"] == MESSAGE_TYPE:
             await self.access_revoked(message)

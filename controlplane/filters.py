@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC
 
 import django_filters as filters
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 from django_filters.rest_framework import DjangoFilterBackend
@@ -40,6 +41,8 @@ class FilterSet(filters.FilterSet):
     field per filter, for every request."""
 
     def get_form_class(self):
+        if "filters" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
+            return super().get_form_class()
         form_class = type(self).__dict__.get("_form_class")
         if form_class is None:
             form_class = super().get_form_class()

@@ -1,5 +1,6 @@
 """The API's pagination: DRF's limit/offset, no count query when the first page is all."""
 
+from django.conf import settings
 from rest_framework import pagination
 
 
@@ -15,7 +16,8 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     max_limit = 1000
 
     def paginate_queryset(self, queryset, request, view=None):
-        if self.get_offset(request) != 0:
+        plain = "pagination" in settings.LIVEUPDATE_PLAIN_FRAMEWORK
+        if plain or self.get_offset(request) != 0:
             return super().paginate_queryset(queryset, request, view)
         self.request = request
         self.limit = self.get_limit(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
@@ -15,6 +16,8 @@ from rest_framework import serializers
 # schema would show it as every serializer's description.)
 class ModelSerializer(serializers.ModelSerializer):
     def get_fields(self):
+        if "serializer_fields" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
+            return super().get_fields()
         fields = type(self).__dict__.get("_fields_template")
         if fields is None:
             fields = super().get_fields()

@@ -190,6 +190,18 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 2.0,
 }
 
+# The control plane's shortcuts past framework internals, each named here, run their plain
+# framework path instead when listed (comma-separated) in LIVEUPDATE_PLAIN_FRAMEWORK: what each one
+# buys is measured by bench/framework_patches.py (issue 19).
+FRAMEWORK_SHORTCUTS = frozenset(
+    {"handler", "gc_freeze", "renderer", "serializer_fields", "filters", "pagination", "consumer"}
+)
+LIVEUPDATE_PLAIN_FRAMEWORK = frozenset(env_list("LIVEUPDATE_PLAIN_FRAMEWORK", []))
+if unknown := LIVEUPDATE_PLAIN_FRAMEWORK - FRAMEWORK_SHORTCUTS:
+    raise ImproperlyConfigured(
+        f"LIVEUPDATE_PLAIN_FRAMEWORK: {sorted(unknown)} not among {sorted(FRAMEWORK_SHORTCUTS)}"
+    )
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an anonymous call gets 401 with "WWW-Authenticate: Token".
@@ -204,11 +216,17 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_RENDERER_CLASSES": [
-        "controlplane.renderers.JSONRenderer",
+        "rest_framework.renderers.JSONRenderer"
+        if "renderer" in LIVEUPDATE_PLAIN_FRAMEWORK
+        else "controlplane.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_FILTER_BACKENDS": ["controlplane.filters.FilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend"
+        if "filters" in LIVEUPDATE_PLAIN_FRAMEWORK
+        else "controlplane.filters.FilterBackend"
+    ],
     "DEFAULT_PAGINATION_CLASS": "controlplane.pagination.LimitOffsetPagination",
     "PAGE_SIZE": env_int("LIVEUPDATE_API_PAGE_SIZE", 50, minimum=1),
 }
