@@ -8,6 +8,7 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -19,7 +20,7 @@ from controlplane.tokens import hash_api_token, hash_token
 from nodeworker.protocol import NODE_AUTH_SCHEME
 
 # stored (hashed) key -> (monotonic expiry, user, token). Bounded: cleared whole when full.
-_verified: dict[str, tuple[float, object, Token]] = {}
+_verified: dict[str, tuple[float, AbstractBaseUser, Token]] = {}
 VERIFIED_MAX = 1024
 
 

@@ -4,6 +4,8 @@ nodeworker.protocol, the one definition shared with the nodes."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
@@ -313,7 +315,7 @@ class RankEventManager(models.Manager):
 class RankEvent(NodeEvent):
     """The rank changes of the dynamic-rank controller (NodeEvent rows of kind rank_change)."""
 
-    objects = RankEventManager()
+    objects: ClassVar[RankEventManager] = RankEventManager()
 
     class Meta:
         proxy = True

@@ -7,6 +7,7 @@ Production: DATABASE_URL=postgres://..., REDIS_URL=redis://... (Celery broker an
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import plotly
 import redis.exceptions
@@ -132,6 +133,7 @@ STATIC_ROOT = DATA_DIR / "static"
 STATICFILES_DIRS = [("plotly", Path(plotly.__file__).resolve().parent / "package_data")]
 
 REDIS_URL = redis_url("REDIS_URL")
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

@@ -17,6 +17,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from controlplane import roles, serializers
 from controlplane.authentication import NodeTokenAuthentication
@@ -53,7 +54,7 @@ from nodeworker.protocol import telemetry as protocol_telemetry
 OPERATOR_ACTIONS = {name: roles.OPERATOR for name in protocol.NODE_ACTIONS}
 
 
-class RoleViewSetMixin:
+class RoleViewSetMixin(APIView):
     permission_classes = [RolePermission]
 
 

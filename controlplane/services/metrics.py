@@ -22,7 +22,8 @@ def _labels(**labels: str) -> str:
 
 class _Family:
     def __init__(self, name: str, help_text: str):
-        self.name, self.help_text, self.lines = f"liveupdate_{name}", help_text, []
+        self.name, self.help_text = f"liveupdate_{name}", help_text
+        self.lines: list[str] = []
 
     def add(self, value: float, **labels: str) -> None:
         self.lines.append(f"{self.name}{_labels(**labels)} {float(value)!r}")

@@ -16,6 +16,7 @@ reported, and every other node is still checked."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import defaultdict
@@ -97,14 +98,14 @@ def _check_sla(node: Node, means: list[float | None], now: datetime, report: Wat
         if resolve_alerts(node, Alert.Kind.SLA_VIOLATION, now, "P99 back within the SLA"):
             report.resolved.append(f"{node.name}:{Alert.Kind.SLA_VIOLATION}")
     if all(m is not None and m <= sla for m in means):
-        alert = (
+        latest = (
             Alert.objects.filter(node=node, kind=Alert.Kind.SLA_VIOLATION)
             .order_by("-raised_at")
             .first()
         )
-        if alert is not None and _qos_change_due(alert, now):
+        if latest is not None and _qos_change_due(latest, now):
             reason = f"P99 within the {sla:g} ms SLA for {count} intervals"
-            _apply_qos_change(node, alert, relax_trainer_qos(node, reason), now, report.relaxed)
+            _apply_qos_change(node, latest, relax_trainer_qos(node, reason), now, report.relaxed)
 
 
 def _qos_change_due(alert: Alert, now: datetime) -> bool:
@@ -149,6 +150,7 @@ def _mark_down(node: Node, now: datetime, report: WatchdogReport) -> None:
     node.status = Node.Status.DOWN
     node.save(update_fields=["status"])
     transaction.on_commit(lambda: status.broadcast(events.node_status(node), node_name=node.name))
+    assert node.last_seen is not None  # run() picks nodes by last_seen__lt
     silent = (now - node.last_seen).total_seconds()
     _, created = raise_alert(
         node,
@@ -177,7 +179,7 @@ def run(now: datetime | None = None) -> WatchdogReport:
     report = WatchdogReport()
     limit = now - timedelta(seconds=settings.LIVEUPDATE_NODE_DOWN_S)
     for node in Node.objects.filter(status=Node.Status.ONLINE, last_seen__lt=limit):
-        _isolated(node, report, lambda n=node: _mark_down(n, now, report))
+        _isolated(node, report, functools.partial(_mark_down, node, now, report))
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     recent = _recent(now, width, count)
     for node in Node.objects.filter(pk__in=list(recent)).select_related("policy"):
