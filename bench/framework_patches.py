@@ -21,7 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from controlplane_bench import Node, api_token, bench_reads, bench_services, seed_history
+from controlplane_bench import (
+    Node,
+    ServerCPU,
+    api_token,
+    bench_reads,
+    bench_services,
+    seed_history,
+    with_cpu,
+)
 from fleet_bench import phase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +66,12 @@ def read_phase(workers: int, rate: float, duration: float) -> dict:
             token = services.manage(env, "create_node", "bench-read").strip().splitlines()[-1]
             node = Node("bench-read", token)
             seed_history(app.url + "/api/telemetry/ingest/", node, 3600)
-            reads = bench_reads(app.url, api_token(env, app.username), node.name, rate, duration)
+            key = api_token(env, app.username)
+            reads = with_cpu(
+                ServerCPU(app.process.pid),
+                lambda: bench_reads(app.url, key, node.name, rate, duration),
+                "requests",
+            )
         finally:
             app.stop()
     return reads
@@ -88,6 +101,8 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
         "server_cpu_ms_per_sample": fleet["ingest"]["server_cpu_ms_per_sample"],
         "read_p99_ms": reads["overall"]["p99_ms"],
         "read_errors": reads["error_count"],
+        "read_cpu_ms_per_request": reads["server_cpu_ms_per_requests"],
+        "client_lag_p99_ms": fleet["ingest"]["client_start_lag"]["p99_ms"],
     }
 
 
@@ -125,17 +140,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict], variants: list[str]) -> None:
     print("\nplain path for ... (goals: ingest p99 < 100 ms, none lost, read p99 < 50 ms)")
-    print(
-        f"  {'variant':<28} {'ingest p99 ms (each round)':<28} {'lost':>6}"
-        f" {'read p99 ms (each round)':<26} {'load avg':<10}"
-    )
+    print("  each column: the rounds' values in order; CPU: the server's, from /proc")
+    columns = {
+        "ingest p99 ms": "ingest_p99_ms",
+        "CPU ms/sample": "server_cpu_ms_per_sample",
+        "lost": "events_lost",
+        "read p99 ms": "read_p99_ms",
+        "CPU ms/read": "read_cpu_ms_per_request",
+        "load": "loadavg_before",
+    }
+    print(f"  {'variant':<24}" + "".join(f" {title:<20}" for title in columns))
     for variant in variants:
         runs = [row for row in rows if row["variant"] == variant]
-        ingest = " ".join(f"{row['ingest_p99_ms']:.0f}" for row in runs)
-        reads = " ".join(f"{row['read_p99_ms']:.0f}" for row in runs)
-        lost = sum(row["events_lost"] for row in runs)
-        loads = " ".join(f"{row['loadavg_before'][0]:.1f}" for row in runs)
-        print(f"  {variant:<28} {ingest:<28} {lost:>6} {reads:<26} {loads:<10}")
+        cells = []
+        for key in columns.values():
+            values = [row[key][0] if key == "loadavg_before" else row[key] for row in runs]
+            cells.append(" ".join(f"{v:.3g}" for v in values))
+        print(f"  {variant:<24}" + "".join(f" {cell:<20}" for cell in cells))
 
 
 if __name__ == "__main__":
