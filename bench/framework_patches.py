@@ -21,21 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from controlplane_bench import (
-    Node,
-    ServerCPU,
-    api_token,
-    bench_reads,
-    bench_services,
-    seed_history,
-    with_cpu,
-)
+from controlplane_bench import bench_reads, seed_history
+from cp_harness import ROOT, Node, ServerCPU, api_token, bench_services, services, with_cpu
 from fleet_bench import phase
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import services  # noqa: E402
 
 TOKEN_CACHE = "token_cache"
 # controlplane.settings.FRAMEWORK_SHORTCUTS (not imported: the settings need a deployment's env)
