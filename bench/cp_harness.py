@@ -1,4 +1,4 @@
-"""What the control-plane benchmarks (controlplane_bench, fleet_bench, framework_patches) share:
+"""What the control-plane benchmarks (controlplane_bench, fleet_bench, controlplane_read_cpu) share:
 a fresh database and channel-layer keys per run, the server's CPU from /proc, a benchmark node
 posting telemetry, the superuser's API token and latency summaries. Not a benchmark itself."""
 
