@@ -51,7 +51,7 @@ services:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(TEST_ENV) $(BIN)/mypy
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	frontend/node_modules/.bin/eslint --config frontend/eslint.config.js frontend tests/js
 	node --test --test-reporter=spec tests/js/*.test.mjs

@@ -29,7 +29,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.controlplane_bench import Node, ServerCPU, api_token, seed_history  # noqa: E402
+from bench.controlplane_bench import seed_history  # noqa: E402
+from bench.cp_harness import Node, ServerCPU, api_token  # noqa: E402
 from tests import services  # noqa: E402
 
 

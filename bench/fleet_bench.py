@@ -27,13 +27,8 @@ from pathlib import Path
 
 import psycopg
 import requests
-from controlplane_bench import Node, ServerCPU, api_token, bench_services, summary_ms
+from cp_harness import ROOT, Node, ServerCPU, api_token, bench_services, services, summary_ms
 from websockets.sync.client import connect
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import services  # noqa: E402
 
 
 def run_node(node: Node, url: str, t0: float, duration: float, out: dict) -> None:
@@ -148,72 +143,93 @@ def phase(n_nodes: int, n_viewers: int, duration: float, workers: int) -> dict:
         "loadavg_before": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory() as tmp, bench_services(Path(tmp)) as env:
-        db = env["DATABASE_URL"]
         app = services.Appliance(env, Path(tmp) / "server.log", workers=workers).start()
         try:
-            token = api_token(env, app.username)
-            admin = {"Authorization": f"Token {token}"}
-            nodes = []
-            for i in range(n_nodes):
-                r = requests.post(
-                    f"{app.url}/api/nodes/", json={"name": f"fleet-{i}"}, headers=admin, timeout=30
-                )
-                r.raise_for_status()
-                nodes.append(Node(f"fleet-{i}", r.json()["token"]))
-            session = app.login()
-            cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
-            headers = {"Cookie": cookie, "Origin": app.url}
-            ws_url = app.url.replace("http://", "ws://") + "/ws/fleet/"
-            control, child_end = mp.Pipe()
-            watcher = mp.get_context("spawn").Process(
-                target=watch, args=(n_viewers, ws_url, headers, child_end)
-            )
-            watcher.start()
-            assert control.recv() == "connected"
-            cpu = ServerCPU(app.process.pid)
-            cpu0 = cpu.seconds()
-            url = f"{app.url}/api/telemetry/ingest/"
-            t0 = time.monotonic() + 1.0
-            control.send((time.time() + 1.0, [n.name for n in nodes], int(duration)))
-            results: dict = {}
-            node_threads = [
-                threading.Thread(
-                    target=run_node,
-                    args=(node, url, t0 + i / n_nodes, duration, results),
-                )
-                for i, node in enumerate(nodes)
-            ]
-            for t in node_threads:
-                t.start()
-            for t in node_threads:
-                t.join()
-            server_cpu = cpu.seconds() - cpu0
-            control.send("drain")
-            seen = control.recv()
-            watcher.join(timeout=30)
-            with psycopg.connect(db) as conn:
+            nodes = register_nodes(app, n_nodes)
+            results, seen, server_cpu = run_load(app, nodes, n_viewers, duration)
+            with psycopg.connect(env["DATABASE_URL"]) as conn:
                 stored, distinct = conn.execute(
                     "SELECT count(*), count(DISTINCT (node_id, seq)) "
                     "FROM controlplane_telemetrysample"
                 ).fetchone()
         finally:
             app.stop()
+    report["ingest"] = ingest_report(results, duration, server_cpu) | {
+        "stored": stored,
+        "stored_distinct": distinct,
+    }
+    report["delivery"] = delivery_report(report["ingest"]["posted"], seen)
+    report["loadavg_after"] = os.getloadavg()
+    return report
+
+
+def register_nodes(app: services.Appliance, n_nodes: int) -> list[Node]:
+    admin = {"Authorization": f"Token {api_token(app.env, app.username)}"}
+    nodes = []
+    for i in range(n_nodes):
+        r = requests.post(
+            f"{app.url}/api/nodes/", json={"name": f"fleet-{i}"}, headers=admin, timeout=30
+        )
+        r.raise_for_status()
+        nodes.append(Node(f"fleet-{i}", r.json()["token"]))
+    return nodes
+
+
+def run_load(
+    app: services.Appliance, nodes: list[Node], n_viewers: int, duration: float
+) -> tuple[dict, list, float]:
+    """The viewers connect, then every node posts at 1 Hz for ``duration`` s, spread over the
+    second. Returns each node's (latencies, lags, errors), each viewer's (events, delays,
+    announced missing) and the server's CPU seconds during the load."""
+    session = app.login()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    headers = {"Cookie": cookie, "Origin": app.url}
+    ws_url = app.url.replace("http://", "ws://") + "/ws/fleet/"
+    control, child_end = mp.Pipe()
+    watcher = mp.get_context("spawn").Process(
+        target=watch, args=(n_viewers, ws_url, headers, child_end)
+    )
+    watcher.start()
+    assert control.recv() == "connected"
+    cpu = ServerCPU(app.process.pid)
+    cpu0 = cpu.seconds()
+    url = f"{app.url}/api/telemetry/ingest/"
+    t0 = time.monotonic() + 1.0
+    control.send((time.time() + 1.0, [n.name for n in nodes], int(duration)))
+    results: dict = {}
+    node_threads = [
+        threading.Thread(target=run_node, args=(node, url, t0 + i / len(nodes), duration, results))
+        for i, node in enumerate(nodes)
+    ]
+    for t in node_threads:
+        t.start()
+    for t in node_threads:
+        t.join()
+    server_cpu = cpu.seconds() - cpu0
+    control.send("drain")
+    seen = control.recv()
+    watcher.join(timeout=30)
+    return results, seen, server_cpu
+
+
+def ingest_report(results: dict, duration: float, server_cpu: float) -> dict:
     latencies = [x for lat, _, _ in results.values() for x in lat]
     posted = len(latencies)
-    report["ingest"] = {
+    return {
         **summary_ms(latencies),
         "posted": posted,
         "errors": sum(e for _, _, e in results.values()),
         "client_start_lag": summary_ms([x for _, lags, _ in results.values() for x in lags]),
-        "stored": stored,
-        "stored_distinct": distinct,
         "samples_per_s": round(posted / duration, 1),
         "server_cpu_s": round(server_cpu, 1),
         "server_cpu_ms_per_sample": round(server_cpu * 1000 / max(1, posted), 2),
     }
+
+
+def delivery_report(posted: int, seen: list) -> dict:
     counts = [count for count, _, _ in seen]
     delays = [d for _, viewer_delays, _ in seen for d in viewer_delays]
-    report["delivery"] = {
+    return {
         "expected_events_each": posted,
         "received_min": min(counts, default=0),
         "received_max": max(counts, default=0),
@@ -221,8 +237,6 @@ def phase(n_nodes: int, n_viewers: int, duration: float, workers: int) -> dict:
         "announced_missing_total": sum(missing for _, _, missing in seen),
         "delay": summary_ms(delays) if delays else None,
     }
-    report["loadavg_after"] = os.getloadavg()
-    return report
 
 
 def print_table(report: dict) -> None:

@@ -42,7 +42,11 @@ from bench.workloads import (  # noqa: E402
     write_json,
 )
 from dlrm_core.batch import SparseBatch  # noqa: E402
-from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings  # noqa: E402
+from dlrm_core.live_embedding import (  # noqa: E402
+    LiveEmbedding,
+    LiveEmbeddingConfig,
+    attach_live_embeddings,
+)
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
 from dlrm_core.serving import ServingDelta  # noqa: E402
 
@@ -62,20 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     rows = [max(4, int(n * args.table_scale)) for n in CRITEO_KAGGLE_ROWS]
     config = DLRMConfig.criteo_reference(rows)
-    plain = DLRM(config).eval()
-    # a copy with the same weights that shares the base tables (deepcopy memo), then wrapped
-    live_model = copy.deepcopy(plain, {id(t): t for t in plain.sparse_arch.tables})
-    lives = attach_live_embeddings(
-        live_model.sparse_arch, list(config.feature_names), LiveEmbeddingConfig(rank=args.rank)
-    )
-    hot = []
-    active_total = 0
-    for live, n in zip(lives.values(), rows, strict=True):
-        ids = active_rows(n, args.active, gen)
-        hot.append(ids)
-        live.activate(ids, now=0.0, max_active=ids.numel())
-        live.set_factors(torch.randn(ids.numel(), args.rank, generator=gen) * 0.01, live.B)
-        active_total += ids.numel()
+    plain, live_model, lives, hot = build_models(config, rows, args.rank, args.active, gen)
+    active_total = sum(ids.numel() for ids in hot)
     factors = {name: lv.factors() for name, lv in lives.items()}
     build_times = []
     for _ in range(5):  # a node builds one per published version: the median of a few
@@ -86,68 +78,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     overhead = sum(lv.memory().overhead_bytes for lv in lives.values())
     base = sum(lv.memory().base_bytes for lv in lives.values())
 
-    results = []
-    for size in args.batches:
-        batches = [criteo_batch(config.feature_names, rows, hot, size, gen) for _ in range(8)]
-        state = {"i": 0}
+    def batches_of(size: int) -> list[SparseBatch]:
+        return [criteo_batch(config.feature_names, rows, hot, size, gen) for _ in range(8)]
 
-        def run(model: DLRM, served=None, batches=batches, state=state) -> None:
-            model(batches[state["i"] % len(batches)], served)
-            state["i"] += 1
-
-        reps = max(2, 4096 // size)
-        with torch.inference_mode():
-            times = interleaved(
-                {
-                    "plain": lambda: run(plain),
-                    "served": lambda: run(plain, delta),
-                    "live": lambda: run(live_model),
-                },
-                rounds=args.rounds,
-                reps=reps,
-            )
-        row: dict[str, object] = {"batch": size}
-        p = median(times["plain"])
-        for name, ts in times.items():
-            row[f"{name}_ms"] = median(ts) * 1e3
-            row[f"{name}_ms_rounds"] = [t * 1e3 for t in ts]
-            if name != "plain":
-                row[f"{name}_overhead_pct"] = 100 * (median(ts) / p - 1)
-        results.append(row)
-    print_table(
-        f"DLRM forward, Criteo-Kaggle tables, {args.active:.0%} rows active, r={args.rank}, "
-        f"{args.threads} thread(s); CPU ms per batch, median of {args.rounds} interleaved rounds",
-        ["batch", "plain ms", "served ms", "served +%", "live ms", "live +%"],
-        [
-            [
-                r["batch"],
-                r["plain_ms"],
-                r["served_ms"],
-                r["served_overhead_pct"],
-                r["live_ms"],
-                r["live_overhead_pct"],
-            ]
-            for r in results
-        ],
-    )
-    split_size = 512 if 512 in args.batches else args.batches[0]
-    split_batches = [
-        criteo_batch(config.feature_names, rows, hot, split_size, gen) for _ in range(8)
+    results = [
+        time_forwards(plain, live_model, delta, size, batches_of(size), args.rounds)
+        for size in args.batches
     ]
+    print_forwards(args, results)
+    split_size = 512 if 512 in args.batches else args.batches[0]
     with torch.inference_mode():
-        split = where_the_overhead_goes(plain, delta, split_batches, args.rounds)
-    print_table(
-        f"Where the served overhead goes, batch {split_size}: CPU us per batch, median of "
-        f"{args.rounds} rounds. 'in forward': inside whole forwards as the bench runs them; "
-        "'back to back': the correction alone, repeated on one batch (warm caches)",
-        ["part", "plain forward", "served forward"],
-        [
-            ["sparse lookups (base tables)", split["sparse_plain_us"], split["sparse_served_us"]],
-            ["MLPs + interaction", split["mlp_plain_us"], split["mlp_served_us"]],
-            ["correction in forward", "", split["correction_us"]],
-            ["correction back to back", "", split["correction_hot_us"]],
-        ],
-    )
+        split = where_the_overhead_goes(plain, delta, batches_of(split_size), args.rounds)
+    print_split(split, split_size, args.rounds)
     print(
         f"active rows {active_total:,}; trainer-side LiveEmbedding state "
         f"{overhead / 2**20:.1f} MiB = {100 * overhead / base:.2f}% of {base / 2**30:.2f} GiB of "
@@ -167,6 +109,95 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     write_json("forward_latency", payload)
     return payload
+
+
+def build_models(
+    config: DLRMConfig, rows: list[int], rank: int, active: float, gen: torch.Generator
+) -> tuple[DLRM, DLRM, dict[str, LiveEmbedding], list[torch.Tensor]]:
+    """The plain DLRM and a copy wrapped in LiveEmbeddings with random factors on ``active`` of
+    each table's rows; returns both, the LiveEmbeddings and each table's active ids."""
+    plain = DLRM(config).eval()
+    # a copy with the same weights that shares the base tables (deepcopy memo), then wrapped
+    live_model = copy.deepcopy(plain, {id(t): t for t in plain.sparse_arch.tables})
+    lives = attach_live_embeddings(
+        live_model.sparse_arch, list(config.feature_names), LiveEmbeddingConfig(rank=rank)
+    )
+    hot = []
+    for live, n in zip(lives.values(), rows, strict=True):
+        ids = active_rows(n, active, gen)
+        hot.append(ids)
+        live.activate(ids, now=0.0, max_active=ids.numel())
+        live.set_factors(torch.randn(ids.numel(), rank, generator=gen) * 0.01, live.B)
+    return plain, live_model, lives, hot
+
+
+def time_forwards(
+    plain: DLRM,
+    live_model: DLRM,
+    delta: ServingDelta,
+    size: int,
+    batches: list[SparseBatch],
+    rounds: int,
+) -> dict[str, object]:
+    """CPU time per batch of the three variants on these batches, interleaved."""
+    state = {"i": 0}
+
+    def run(model: DLRM, served=None) -> None:
+        model(batches[state["i"] % len(batches)], served)
+        state["i"] += 1
+
+    with torch.inference_mode():
+        times = interleaved(
+            {
+                "plain": lambda: run(plain),
+                "served": lambda: run(plain, delta),
+                "live": lambda: run(live_model),
+            },
+            rounds=rounds,
+            reps=max(2, 4096 // size),
+        )
+    row: dict[str, object] = {"batch": size}
+    p = median(times["plain"])
+    for name, ts in times.items():
+        row[f"{name}_ms"] = median(ts) * 1e3
+        row[f"{name}_ms_rounds"] = [t * 1e3 for t in ts]
+        if name != "plain":
+            row[f"{name}_overhead_pct"] = 100 * (median(ts) / p - 1)
+    return row
+
+
+def print_forwards(args: argparse.Namespace, results: list[dict]) -> None:
+    print_table(
+        f"DLRM forward, Criteo-Kaggle tables, {args.active:.0%} rows active, r={args.rank}, "
+        f"{args.threads} thread(s); CPU ms per batch, median of {args.rounds} interleaved rounds",
+        ["batch", "plain ms", "served ms", "served +%", "live ms", "live +%"],
+        [
+            [
+                r["batch"],
+                r["plain_ms"],
+                r["served_ms"],
+                r["served_overhead_pct"],
+                r["live_ms"],
+                r["live_overhead_pct"],
+            ]
+            for r in results
+        ],
+    )
+
+
+def print_split(split: dict[str, float], size: int, rounds: int) -> None:
+    print_table(
+        f"Where the served overhead goes, batch {size}: CPU us per batch, median of "
+        f"{rounds} rounds. 'in forward': inside whole forwards as the bench runs them; "
+        "'back to back': the correction alone, repeated on one batch (warm caches)",
+        ["part", "plain forward", "served forward"],
+        [
+            ["sparse lookups (base tables)", split["sparse_plain_us"], split["sparse_served_us"]],
+            ["MLPs + interaction", split["mlp_plain_us"], split["mlp_served_us"]],
+            ["correction in forward", "", split["correction_us"]],
+            ["correction back to back", "", split["correction_hot_us"]],
+        ],
+    )
 
 
 def where_the_overhead_goes(

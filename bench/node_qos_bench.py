@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,13 +103,11 @@ def join_cpu_s(runtime) -> float | None:
     return None if stats is None else stats.feed_cpu_s
 
 
-def run_variant(args: argparse.Namespace) -> dict:
-    """One variant in this process; returns its measurements."""
-    import numpy as np
-
+def start_runtime(args: argparse.Namespace):
+    """The variant's node (trainer, pinning and QoS as the variant says), ready, and its
+    stream."""
     from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
     from nodeworker import protocol
-    from nodeworker.replayer import ReplayConfig, Replayer
     from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
 
     stream = SyntheticStream(SyntheticConfig(seed=args.seed, **STREAM))
@@ -133,6 +132,14 @@ def run_variant(args: argparse.Namespace) -> dict:
         )
     ).start()
     runtime.wait_ready()
+    return runtime, stream
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    """One variant in this process; returns its measurements."""
+    from nodeworker.replayer import ReplayConfig, Replayer
+
+    runtime, stream = start_runtime(args)
     try:
         config = ReplayConfig(
             qps=1e6 if args.measure_max else args.qps,
@@ -140,104 +147,127 @@ def run_variant(args: argparse.Namespace) -> dict:
             rows_per_request=args.rows,
             seed=args.seed,
         )
+        replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
+        time.sleep(args.warmup)
         if args.measure_max:  # saturated: the most the replayer's threads get served per second
-            replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
-            time.sleep(args.warmup)
             served, start = replayer.stats.served, time.perf_counter()
             time.sleep(5.0)
             max_qps = (replayer.stats.served - served) / (time.perf_counter() - start)
             replayer.stop()
             return {"max_qps": max_qps}
-        replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
-        time.sleep(args.warmup)
-        if variant == "d":
+        if args.variant == "d":
             runtime.operations.pause()
             time.sleep(1.0)  # the last version published before the pause gets installed
-        runtime.metrics.all_latencies.clear()
-        runtime.metrics.all_service_ms.clear()
-        base_counts = runtime.operations.feed_counts()
-        base_trained = runtime.metrics.trained_samples
-        started = time.time()
-        waited = run_queue_wait_s()
-        process_cpu = time.process_time()
-        threads_cpu = thread_cpu_s()
-        trainer_pid = runtime.trainer.pid
-        trainer_cpu = cpu_seconds(trainer_pid) if trainer_pid else None
-        join_cpu = join_cpu_s(runtime)
-        duties, states = [], []
-        while time.time() - started < args.duration:
-            time.sleep(0.5)
-            if runtime.qos.last is not None:
-                states.append(runtime.qos.last.state)
-            duties.append(runtime.trainer.duty)
-        elapsed = time.time() - started
-        waited_after = run_queue_wait_s()
-        process_cpu_after = time.process_time()
-        threads_cpu_after = thread_cpu_s()
-        trainer_cpu_after = cpu_seconds(trainer_pid) if trainer_pid else None
-        join_cpu_after = join_cpu_s(runtime)
-        latencies = list(runtime.metrics.all_latencies)
-        service = list(runtime.metrics.all_service_ms)
-        stalls = runtime.metrics.stalls(since=started)
-        counts = runtime.operations.feed_counts()
-        labelled = (counts["joined"] + counts["expired"]) - (
-            base_counts["joined"] + base_counts["expired"]
-        )
-        trained = runtime.metrics.trained_samples - base_trained
-        lags = runtime.metrics.lags(since=started)
+        result = measure_pass(args, runtime)
         replayer.stop()
-        return {
-            "variant": variant,
-            "target_qps": args.qps,
-            "achieved_qps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 50), 3),
-            "p95_ms": round(percentile(latencies, 95), 3),
-            "p99_ms": round(percentile(latencies, 99), 3),
-            # under the inference lock: the model itself, without queueing behind other work
-            "service_p50_ms": round(percentile(service, 50), 3),
-            "service_p99_ms": round(percentile(service, 99), 3),
-            **stalls,
-            "requests": len(latencies),
-            "labelled_rows": labelled,
-            "trained_rows": trained,
-            "trained_share": round(trained / labelled, 3) if labelled else None,
-            "median_freshness_lag_s": round(float(np.median(lags)), 3) if lags else None,
-            "mean_trainer_duty": round(sum(duties) / len(duties), 3) if duties else 0.0,
-            "trainer_cpu_share": (
-                round((trainer_cpu_after - trainer_cpu) / elapsed, 3)
-                if trainer_cpu is not None and trainer_cpu_after is not None
-                else None
-            ),
-            # the trainer process's thread cpu on the label join (the feed), per second
-            "trainer_join_cpu_share": (
-                round((join_cpu_after - join_cpu) / elapsed, 3)
-                if join_cpu is not None and join_cpu_after is not None
-                else None
-            ),
-            "cpu_per_request_us": (
-                round(1e6 * (process_cpu_after - process_cpu) / len(latencies), 1)
-                if latencies
-                else None
-            ),
-            # per thread (name), cpu ms per second of the pass: where "cpu/req" goes
-            "thread_cpu_ms_per_s": {
-                name: round(1000 * (cpu - threads_cpu.get(name, 0.0)) / elapsed, 1)
-                for name, cpu in threads_cpu_after.items()
-            },
-            # waiting for a cpu while runnable, summed over the inference process's threads:
-            # near 0 on a quiet machine; large values mean other jobs shared the inference cpu
-            "run_queue_wait_ms_per_s": (
-                round(1000 * (waited_after - waited) / elapsed, 1)
-                if waited is not None and waited_after is not None
-                else None
-            ),
-            "paused_share": round(states.count("paused") / len(states), 3) if states else None,
-            "placement": runtime.state.plan.as_dict(),
-            "sla_ms": args.sla_ms if variant == "c" else None,
-            "load_avg_1m": os.getloadavg()[0],  # other work on the machine during the run
-        }
+        return result
     finally:
         runtime.stop()
+
+
+@dataclass
+class Counters:
+    """The cpu and scheduler counters a pass is measured between."""
+
+    queue_wait_s: float | None
+    process_cpu_s: float
+    threads_cpu_s: dict[str, float]
+    trainer_cpu_s: float | None
+    join_cpu_s: float | None
+
+    @classmethod
+    def read(cls, runtime, trainer_pid: int | None) -> Counters:
+        return cls(
+            queue_wait_s=run_queue_wait_s(),
+            process_cpu_s=time.process_time(),
+            threads_cpu_s=thread_cpu_s(),
+            trainer_cpu_s=cpu_seconds(trainer_pid) if trainer_pid else None,
+            join_cpu_s=join_cpu_s(runtime),
+        )
+
+
+def per_second(
+    before: float | None, after: float | None, elapsed: float, scale: float = 1.0, digits: int = 3
+) -> float | None:
+    """(after - before) * scale per second of the pass; None when a counter is missing."""
+    if before is None or after is None:
+        return None
+    return round(scale * (after - before) / elapsed, digits)
+
+
+def measure_pass(args: argparse.Namespace, runtime) -> dict:
+    """args.duration seconds of the replay already running: latencies, training and cpu."""
+    import numpy as np
+
+    runtime.metrics.all_latencies.clear()
+    runtime.metrics.all_service_ms.clear()
+    base_counts = runtime.operations.feed_counts()
+    base_trained = runtime.metrics.trained_samples
+    started = time.time()
+    trainer_pid = runtime.trainer.pid
+    before = Counters.read(runtime, trainer_pid)
+    duties, states = [], []
+    while time.time() - started < args.duration:
+        time.sleep(0.5)
+        if runtime.qos.last is not None:
+            states.append(runtime.qos.last.state)
+        duties.append(runtime.trainer.duty)
+    elapsed = time.time() - started
+    after = Counters.read(runtime, trainer_pid)
+    latencies = list(runtime.metrics.all_latencies)
+    service = list(runtime.metrics.all_service_ms)
+    counts = runtime.operations.feed_counts()
+    labelled = (counts["joined"] + counts["expired"]) - (
+        base_counts["joined"] + base_counts["expired"]
+    )
+    trained = runtime.metrics.trained_samples - base_trained
+    lags = runtime.metrics.lags(since=started)
+    return {
+        "variant": args.variant,
+        "target_qps": args.qps,
+        "achieved_qps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p95_ms": round(percentile(latencies, 95), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+        # under the inference lock: the model itself, without queueing behind other work
+        "service_p50_ms": round(percentile(service, 50), 3),
+        "service_p99_ms": round(percentile(service, 99), 3),
+        **runtime.metrics.stalls(since=started),
+        "requests": len(latencies),
+        "labelled_rows": labelled,
+        "trained_rows": trained,
+        "trained_share": round(trained / labelled, 3) if labelled else None,
+        "median_freshness_lag_s": round(float(np.median(lags)), 3) if lags else None,
+        "mean_trainer_duty": round(sum(duties) / len(duties), 3) if duties else 0.0,
+        "paused_share": round(states.count("paused") / len(states), 3) if states else None,
+        **cpu_fields(before, after, elapsed, len(latencies)),
+        "placement": runtime.state.plan.as_dict(),
+        "sla_ms": args.sla_ms if args.variant == "c" else None,
+        "load_avg_1m": os.getloadavg()[0],  # other work on the machine during the run
+    }
+
+
+def cpu_fields(before: Counters, after: Counters, elapsed: float, requests: int) -> dict:
+    return {
+        "trainer_cpu_share": per_second(before.trainer_cpu_s, after.trainer_cpu_s, elapsed),
+        # the trainer process's thread cpu on the label join (the feed), per second
+        "trainer_join_cpu_share": per_second(before.join_cpu_s, after.join_cpu_s, elapsed),
+        "cpu_per_request_us": (
+            round(1e6 * (after.process_cpu_s - before.process_cpu_s) / requests, 1)
+            if requests
+            else None
+        ),
+        # per thread (name), cpu ms per second of the pass: where "cpu/req" goes
+        "thread_cpu_ms_per_s": {
+            name: round(1000 * (cpu - before.threads_cpu_s.get(name, 0.0)) / elapsed, 1)
+            for name, cpu in after.threads_cpu_s.items()
+        },
+        # waiting for a cpu while runnable, summed over the inference process's threads:
+        # near 0 on a quiet machine; large values mean other jobs shared the inference cpu
+        "run_queue_wait_ms_per_s": per_second(
+            before.queue_wait_s, after.queue_wait_s, elapsed, scale=1000.0, digits=1
+        ),
+    }
 
 
 def spawn(args: argparse.Namespace, variant: str, **extra) -> dict:
@@ -248,6 +278,36 @@ def spawn(args: argparse.Namespace, variant: str, **extra) -> dict:
         command += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+NAMES = {
+    "a": "(a) no trainer",
+    "b": "(b) trainer, no pin/QoS",
+    "c": "(c) pinned + QoS",
+    "d": "(d) pinned, trainer paused",
+}
+
+
+def print_header() -> None:
+    print(
+        f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99/p99a':>9} {'svc p99':>8} {'trained':>8} {'lag s':>6} {'duty':>5} "
+        f"{'trn cpu':>7} {'gc max':>7} {'installs':>8} {'inst ms':>7} {'cpu/req':>7} "
+        f"{'rq ms/s':>7} {'load':>5}"
+    )
+
+
+def print_row(k: int, r: dict, p99_a: float) -> None:
+    print(
+        f"{k:>4} {NAMES[r['variant']]:26} {r['achieved_qps']:>7} {r['p50_ms']:>8} "
+        f"{r['p99_ms']:>8} {r['p99_ms'] / p99_a:>9.2f} "
+        f"{r['service_p99_ms']:>8} "
+        f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
+        f"{r['mean_trainer_duty']:>5} {str(r['trainer_cpu_share']):>7} "
+        f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_copy_mean_ms']:>7} "
+        f"{str(r['cpu_per_request_us']):>7} {str(r['run_queue_wait_ms_per_s']):>7} "
+        f"{r['load_avg_1m']:>5}"
+    )
 
 
 def main() -> int:
@@ -269,40 +329,20 @@ def main() -> int:
     if args.variant:  # a child: one variant, JSON on the last line
         print(json.dumps(run_variant(args)))
         return 0
-    names = {
-        "a": "(a) no trainer",
-        "b": "(b) trainer, no pin/QoS",
-        "c": "(c) pinned + QoS",
-        "d": "(d) pinned, trainer paused",
-    }
     passes = []
     with tempfile.TemporaryDirectory(prefix="node-qos-") as tmp:
         args.workdir = tmp
         max_qps = spawn(args, "a", measure_max=True)["max_qps"]
         qps = round(args.load * max_qps, 1)
         print(f"max {max_qps:.0f} req/s ({args.rows} rows each) saturated; replay {qps} req/s")
-        print(
-            f"{'pass':>4} {'variant':26} {'qps':>7} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99/p99a':>9} {'svc p99':>8} {'trained':>8} {'lag s':>6} {'duty':>5} "
-            f"{'trn cpu':>7} {'gc max':>7} {'installs':>8} {'inst ms':>7} {'cpu/req':>7} "
-            f"{'rq ms/s':>7} {'load':>5}"
-        )
+        print_header()
         for k in range(args.repeat):
             a = spawn(args, "a", qps=qps)
             sla = round(args.sla_factor * a["p99_ms"], 3)
             rows = [a] + [spawn(args, v, qps=qps, sla_ms=sla) for v in ("b", "c", "d")]
             for r in rows:
                 r["load_avg_1m"] = round(r.pop("load_avg_1m"), 2)
-                print(
-                    f"{k:>4} {names[r['variant']]:26} {r['achieved_qps']:>7} {r['p50_ms']:>8} "
-                    f"{r['p99_ms']:>8} {r['p99_ms'] / a['p99_ms']:>9.2f} "
-                    f"{r['service_p99_ms']:>8} "
-                    f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
-                    f"{r['mean_trainer_duty']:>5} {str(r['trainer_cpu_share']):>7} "
-                    f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_copy_mean_ms']:>7} "
-                    f"{str(r['cpu_per_request_us']):>7} {str(r['run_queue_wait_ms_per_s']):>7} "
-                    f"{r['load_avg_1m']:>5}"
-                )
+                print_row(k, r, a["p99_ms"])
             passes.append(
                 {
                     "sla_ms_c": sla,

@@ -63,6 +63,56 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     hot = active_rows(args.rows, args.active, gen)
+    times, sizes = time_steps(args, hot, gen)
+    sparse_error = sparse_base_error(args.dim, args.rank)
+    results = {
+        name: {
+            "step_ms": median(ts) * 1e3,
+            "step_ms_rounds": [t * 1e3 for t in ts],
+            "adapter_bytes": sizes[name][0],
+            "optimizer_bytes": sizes[name][1],
+        }
+        for name, ts in times.items()
+    }
+    print_table(
+        f"{args.rows:,} x {args.dim} table, r={args.rank}, {hot.numel():,} active rows "
+        f"({args.active:.0%}), batch {args.batch}, {args.threads} thread(s); CPU ms per train "
+        f"step, median of {args.rounds} interleaved rounds; peft {peft.__version__}",
+        ["variant", "step ms", "adapter MiB", "optimizer MiB", "total MiB"],
+        [
+            [name, r["step_ms"], r["adapter_bytes"] / 2**20, r["optimizer_bytes"] / 2**20,
+             (r["adapter_bytes"] + r["optimizer_bytes"]) / 2**20]
+            for name, r in results.items()
+        ],
+    )  # fmt: skip
+    ratios = {
+        "adapter_bytes_live_over_peft": sizes["live"][0] / sizes["peft_adam"][0],
+        "total_bytes_live_over_peft_adam": sum(sizes["live"]) / sum(sizes["peft_adam"]),
+        "step_time_live_over_peft_adam": results["live"]["step_ms"]
+        / results["peft_adam"]["step_ms"],
+        "step_time_live_over_peft_sgd": results["live"]["step_ms"] / results["peft_sgd"]["step_ms"],
+    }
+    for key, value in ratios.items():
+        print(f"{key}: {value:.4f}")
+    print(f"peft with a sparse=True base: {sparse_error or 'works'}")
+    payload = {
+        "benchmark": "peft_compare",
+        "args": vars(args),
+        "peft_version": peft.__version__,
+        "active_rows": int(hot.numel()),
+        "results": results,
+        "ratios": ratios,
+        "peft_sparse_base_error": sparse_error,
+    }
+    write_json("peft_compare", payload)
+    return payload
+
+
+def time_steps(
+    args: argparse.Namespace, hot: torch.Tensor, gen: torch.Generator
+) -> tuple[dict[str, list[float]], dict[str, tuple[int, int]]]:
+    """Train-step CPU times of the three variants, interleaved, and each one's (adapter bytes,
+    optimizer bytes)."""
     batches = [
         (hot[torch.randint(0, hot.numel(), (args.batch,), generator=gen)],
          torch.randn(args.batch, args.dim, generator=gen))
@@ -105,7 +155,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         rounds=args.rounds,
         reps=10,
     )
-
     report = live.memory()
     peft_params = [p for p in peft_adam.parameters() if p.requires_grad]
     adam_state = [t for s in adam.state.values() for t in s.values() if torch.is_tensor(t)]
@@ -114,56 +163,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "peft_adam": (nbytes(peft_params), nbytes(adam_state)),
         "peft_sgd": (nbytes(peft_params), 0),
     }
-    try:
-        sparse = peft_model(1000, args.dim, args.rank, sparse=True)
-        sparse(torch.arange(8)).sum().backward()
-        sparse_error = None
-    except RuntimeError as exc:
-        sparse_error = str(exc).splitlines()[0]
+    return times, sizes
 
-    rows = []
-    results = {}
-    for name, ts in times.items():
-        params, opt_bytes = sizes[name]
-        results[name] = {
-            "step_ms": median(ts) * 1e3,
-            "step_ms_rounds": [t * 1e3 for t in ts],
-            "adapter_bytes": params,
-            "optimizer_bytes": opt_bytes,
-        }
-        rows.append(
-            [name, median(ts) * 1e3, params / 2**20, opt_bytes / 2**20,
-             (params + opt_bytes) / 2**20]
-        )  # fmt: skip
-    print_table(
-        f"{args.rows:,} x {args.dim} table, r={args.rank}, {hot.numel():,} active rows "
-        f"({args.active:.0%}), batch {args.batch}, {args.threads} thread(s); CPU ms per train "
-        f"step, median of {args.rounds} interleaved rounds; peft {peft.__version__}",
-        ["variant", "step ms", "adapter MiB", "optimizer MiB", "total MiB"],
-        rows,
-    )
-    live_total = sum(sizes["live"])
-    ratios = {
-        "adapter_bytes_live_over_peft": sizes["live"][0] / sizes["peft_adam"][0],
-        "total_bytes_live_over_peft_adam": live_total / sum(sizes["peft_adam"]),
-        "step_time_live_over_peft_adam": results["live"]["step_ms"]
-        / results["peft_adam"]["step_ms"],
-        "step_time_live_over_peft_sgd": results["live"]["step_ms"] / results["peft_sgd"]["step_ms"],
-    }
-    for key, value in ratios.items():
-        print(f"{key}: {value:.4f}")
-    print(f"peft with a sparse=True base: {sparse_error or 'works'}")
-    payload = {
-        "benchmark": "peft_compare",
-        "args": vars(args),
-        "peft_version": peft.__version__,
-        "active_rows": int(hot.numel()),
-        "results": results,
-        "ratios": ratios,
-        "peft_sparse_base_error": sparse_error,
-    }
-    write_json("peft_compare", payload)
-    return payload
+
+def sparse_base_error(dim: int, rank: int) -> str | None:
+    """PEFT's LoRA Embedding on a sparse=True base: the first line of its backward's error."""
+    try:
+        sparse = peft_model(1000, dim, rank, sparse=True)
+        sparse(torch.arange(8)).sum().backward()
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 if __name__ == "__main__":

@@ -158,6 +158,13 @@ def throughput(args: argparse.Namespace) -> dict[str, object]:
         rounds=args.rounds,
         reps=args.reps,
     )
+    return report_throughput(args, times, live)
+
+
+def report_throughput(
+    args: argparse.Namespace, times: dict[str, list[float]], live: LiveTrainer
+) -> dict[str, object]:
+    """The trainers' step times (printed) and the live trainer's state."""
     results = {}
     for name, ts in times.items():
         results[name] = {
@@ -229,6 +236,18 @@ def adapt_time(args: argparse.Namespace) -> list[dict[str, object]]:
     return out
 
 
+def group_ids(
+    gen: torch.Generator, rows: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n ids, one per bag, 80% active, as a LiveGroup gets them: each id's position among the
+    distinct keys (sorted), whether each key is active and the active keys' rows."""
+    keys = torch.randint(0, 4 * rows, (n,), generator=gen).unique()
+    index = torch.randint(0, keys.numel(), (n,), generator=gen)
+    hit = torch.rand(keys.numel(), generator=gen) < 0.8
+    pos = torch.randperm(rows, generator=gen)[: keys.numel()]
+    return index, hit, pos
+
+
 def correction_time(args: argparse.Namespace) -> dict[str, object]:
     """One rank group's correction per step (forward, backward, optimizer, gradient
     statistics): the torch ops LiveGroup used before against the training kernel."""
@@ -242,11 +261,7 @@ def correction_time(args: argparse.Namespace) -> dict[str, object]:
     group.a.copy_(torch.randn(rows, rank, generator=gen) * 0.01)
     group.controllers = [RankController(lv, "t", RankPolicy(r_max=dim), 10**12) for lv in lives]
     accum = torch.zeros(rows)
-    # one id per bag, 80% active; distinct keys sorted as LiveGroups hands them over
-    keys = torch.randint(0, 4 * rows, (tables * batch,), generator=gen).unique()
-    index = torch.randint(0, keys.numel(), (tables * batch,), generator=gen)
-    hit = torch.rand(keys.numel(), generator=gen) < 0.8
-    pos = torch.randperm(rows, generator=gen)[: keys.numel()]
+    index, hit, pos = group_ids(gen, rows, tables * batch)
     offsets, bags = torch.arange(tables * batch), torch.arange(tables * batch)
     out_grad = torch.randn(batch, tables, dim, generator=gen).transpose(0, 1) * 1e-3
 

@@ -42,8 +42,7 @@ class PolicyAdminForm(forms.ModelForm):
 
 class PolicyVersionInline(admin.TabularInline):
     model = PolicyVersion
-    fields = ["version", "actor", "reason", "changes", "created"]
-    readonly_fields = fields
+    fields = readonly_fields = ("version", "actor", "reason", "changes", "created")
     extra = 0
     can_delete = False
 

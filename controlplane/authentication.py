@@ -1,5 +1,5 @@
-"""API authentication: DRF tokens for people and automation (stored hashed, shown once;
-verified tokens remembered for a few seconds), per-node tokens (``Authorization: Node <token>``)
+"""API authentication: DRF tokens for people and automation (stored hashed, shown once; verified
+tokens optionally remembered for a few seconds), per-node tokens (``Authorization: Node <token>``)
 for telemetry ingest."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -19,19 +20,20 @@ from controlplane.tokens import hash_api_token, hash_token
 from nodeworker.protocol import NODE_AUTH_SCHEME
 
 # stored (hashed) key -> (monotonic expiry, user, token). Bounded: cleared whole when full.
-_verified: dict[str, tuple[float, object, Token]] = {}
+_verified: dict[str, tuple[float, AbstractBaseUser, Token]] = {}
 VERIFIED_MAX = 1024
 
 
 class CachedTokenAuthentication(authentication.TokenAuthentication):
-    """DRF's ``Authorization: Token <key>``, each verified key remembered for
-    LIVEUPDATE_TOKEN_CACHE_S seconds by the server process.
+    """DRF's ``Authorization: Token <key>`` (the key is looked up by its hash), each verified key
+    remembered for LIVEUPDATE_TOKEN_CACHE_S seconds by the server process (0, the default: none).
 
     The lookup (a query for the token and its user, and the user's role groups for a user who
-    is not a superuser) was the largest part of a small read's CPU. The price is a lag: a deleted
-    token, or a user deactivated or given another role, still works as before for up to that
-    many seconds in the other server processes that verified it (in the process that made the
-    change, at once: the signal handlers below). 0 looks every request up.
+    is not a superuser) is the largest part of a small read's CPU; the benchmarks meet their
+    goals without the cache. Its price is a lag: a deleted token, or a user deactivated or given
+    another role, still works as before for up to that many seconds in the other server
+    processes that verified it (in the process that made the change, at once: the signal
+    handlers below).
     """
 
     def authenticate_credentials(self, key):

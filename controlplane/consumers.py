@@ -15,7 +15,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from controlplane.access import MESSAGE_TYPE, session_group, user_group
+from controlplane.access import session_group, user_group
 from controlplane.roles import role_level
 from controlplane.status import FLEET_GROUP, encode, listen_for_relayed_events, node_group
 from nodeworker.protocol import NODE_NAME_RE
@@ -89,17 +89,6 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             )
         else:
             await self.send_json({"type": "error", "detail": f"unknown action {action!r}"})
-
-    async def dispatch(self, message: dict) -> None:
-        # Channels runs close_old_connections (a thread hop) before every handler; forwarding a
-        # live event touches no database, and with 50 sockets that hop was a third of the
-        # server's CPU. Connect and client messages keep it (they may query the roles).
-        if message["type"] == "fleet.event":
-            await self.fleet_event(message)
-        elif message["type"] == MESSAGE_TYPE:
-            await self.access_revoked(message)
-        else:
-            await super().dispatch(message)
 
     async def fleet_event(self, message: dict) -> None:
         if "stream" in message:  # see controlplane.status: n counts the sender's events

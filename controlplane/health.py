@@ -37,8 +37,9 @@ def _redis(url: str) -> str:
 
 
 def _filesystem_broker() -> str:
-    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in", "")
-    return "ok" if folder and os.access(folder, os.W_OK) else "error: broker folder not writable"
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in")
+    writable = isinstance(folder, str) and folder and os.access(folder, os.W_OK)
+    return "ok" if writable else "error: broker folder not writable"
 
 
 def check() -> dict:
@@ -48,12 +49,13 @@ def check() -> dict:
         channel_layer = broker = _redis(settings.REDIS_URL)
     else:
         channel_layer, broker = "ok", _filesystem_broker()  # the layer is in this process
+    backend: str = settings.CHANNEL_LAYERS["default"]["BACKEND"]
     return {
         "ok": database == channel_layer == broker == "ok",
         "database": database,
         "database_engine": connection.vendor,
         "channel_layer": channel_layer,
-        "channel_layer_backend": settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1],
+        "channel_layer_backend": backend.rsplit(".", 1)[-1],
         "broker": broker,
         "broker_transport": "redis" if settings.REDIS_URL else "filesystem",
     }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.serializers import ModelSerializer
 
 from controlplane import roles
 from controlplane.models import (
@@ -19,18 +21,28 @@ from controlplane.models import (
     PolicyVersion,
     TelemetrySample,
 )
-from controlplane.serializer_base import ModelCleanMixin, ModelSerializer
+from controlplane.serializer_base import ModelCleanMixin
 from controlplane.services.policies import actor_of, save_policy
 from controlplane.services.telemetry import MAX_POINTS
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
 
 
+def node_by_name() -> serializers.SlugRelatedField[Node]:
+    """A node shown by its name (read-only)."""
+    return serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+
+def user_by_name() -> serializers.SlugRelatedField[AbstractBaseUser]:
+    """A user shown by their user name (read-only)."""
+    return serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+
 class PolicySerializer(ModelCleanMixin, ModelSerializer):
     reason = serializers.CharField(
         write_only=True, required=False, allow_blank=True, help_text="Why: kept in the history."
     )
-    nodes = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    nodes = serializers.ManyRelatedField(child_relation=node_by_name(), read_only=True)
 
     class Meta:
         model = Policy
@@ -194,8 +206,8 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
 
 
 class NodeActionSerializer(ModelSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    node = node_by_name()
+    requested_by = user_by_name()
 
     class Meta:
         model = NodeAction
@@ -253,7 +265,7 @@ class CheckpointSerializer(ModelCleanMixin, ModelSerializer):
 
 
 class ExperimentRunSerializer(ModelCleanMixin, ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = user_by_name()
     dataset = serializers.CharField(source="dataset_name", read_only=True)
 
     class Meta:
@@ -278,8 +290,8 @@ class ExperimentRunSerializer(ModelCleanMixin, ModelSerializer):
 
 
 class AlertSerializer(ModelSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    node = node_by_name()
+    acknowledged_by = user_by_name()
     open = serializers.BooleanField(source="is_open", read_only=True)
 
     class Meta:
@@ -301,7 +313,7 @@ class AlertSerializer(ModelSerializer):
 
 
 class NodeEventSerializer(ModelSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node = node_by_name()
 
     class Meta:
         model = NodeEvent

@@ -63,7 +63,7 @@ class Child:
             return ""
 
     def terminate(self) -> None:
-        if self.alive():
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
 
     def reap(self, deadline: float) -> None:

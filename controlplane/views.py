@@ -19,6 +19,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from controlplane import roles, serializers
 from controlplane.authentication import NodeTokenAuthentication
@@ -55,7 +56,7 @@ from nodeworker.protocol import operations
 from nodeworker.protocol import telemetry as protocol_telemetry
 
 
-class RoleViewSetMixin:
+class RoleViewSetMixin(APIView):
     permission_classes = [RolePermission]
 
 

@@ -139,7 +139,9 @@ def ingest_batch(node: Node, payload) -> IngestResult:
 
 def _broadcast(node_name: str, new: list[dict]) -> None:
     newest = new[-1]  # the last received: "latest" is by receipt, not by the node's clock
-    items = [(events.telemetry(node_name, newest, len(new)), node_name)]
+    items: list[tuple[dict, str | None]] = [
+        (events.telemetry(node_name, newest, len(new)), node_name)
+    ]
     for sample in new:
         for event in sample["events"]:
             items.append((events.node_event(node_name, sample["seq"], event), node_name))

@@ -5,10 +5,12 @@ so a month of per-second samples comes back as a few hundred points."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import NotSupportedError, connection, transaction
@@ -138,7 +140,7 @@ def downsample(now: datetime) -> dict[str, int]:
     old = TelemetrySample.objects.filter(resolution_s=0, ts__lt=cutoff)
     folded = failed = 0
     for node_id in old.values_list("node_id", flat=True).distinct().order_by("node_id"):
-        n = _isolated("downsampling", node_id, lambda n=node_id: _downsample_node(n, cutoff))
+        n = _isolated("downsampling", node_id, functools.partial(_downsample_node, node_id, cutoff))
         folded, failed = folded + (n or 0), failed + (n is None)
     return {"folded": folded, "failed": failed}
 
@@ -151,7 +153,8 @@ def _downsample_node(node_id: int, cutoff: datetime) -> int:
     if last_id is None:
         return 0
     raw = raw.filter(id__lte=last_id)
-    groups = list(
+    # dicts: the metric means' keys come from TelemetrySample.METRICS
+    groups: list[Mapping[str, Any]] = list(
         raw.annotate(bucket=EpochBucket("ts", width))
         .values("epoch", "bucket")
         .annotate(
@@ -207,7 +210,7 @@ def expire(now: datetime) -> dict[str, int]:
     }
     for node_id in Node.objects.order_by("pk").values_list("pk", flat=True):
         for name, rows in tables.items():
-            n = _isolated(f"expiry of {name}", node_id, lambda r=rows, n=node_id: _delete(r, n))
+            n = _isolated(f"expiry of {name}", node_id, functools.partial(_delete, rows, node_id))
             counts[name] += n or 0
             counts["failed"] += n is None
     return counts

@@ -174,6 +174,7 @@ def _mark_down(node: Node, now: datetime, report: WatchdogReport) -> None:
     node.status = Node.Status.DOWN
     node.save(update_fields=["status"])
     transaction.on_commit(lambda: status.broadcast(events.node_status(node), node_name=node.name))
+    assert node.last_seen is not None  # run() picks nodes by last_seen__lt
     silent = (now - node.last_seen).total_seconds()
     _, created = raise_alert(
         node,
