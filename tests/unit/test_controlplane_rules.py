@@ -8,7 +8,6 @@ import math
 from controlplane.experiments import validate_results
 from controlplane.models import Policy, TelemetrySample
 from controlplane.roles import role_level
-from controlplane.services.metrics import _Family
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
 
@@ -32,16 +31,6 @@ def test_results_schema_reports_paths():
         "Must be a list of finite numbers or nulls."
     )
     assert errors["strategies.stale.cpu_seconds"] == "This field is required."
-
-
-def test_prometheus_lines_escape_labels():
-    family = _Family("node_qps", "Requests per second.")
-    family.add(3, node='we"ird\\name\n')
-    assert family.render() == (
-        "# HELP liveupdate_node_qps Requests per second.\n"
-        "# TYPE liveupdate_node_qps gauge\n"
-        'liveupdate_node_qps{node="we\\"ird\\\\name\\n"} 3.0\n'
-    )
 
 
 def test_every_wire_metric_and_policy_field_has_a_column():
