@@ -18,7 +18,7 @@ import logging
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
@@ -26,16 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dlrm_core.checkpoint import load_model
+from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbeddingConfig
+from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
-from nodeworker.shared_memory import SharedFactors, TableCapacity, map_base_tables
+from nodeworker.shared_memory import SharedFactors, TableCapacity, base_weight, map_base_tables
 from nodeworker.snapshots import read_patch, write_table_files
 from nodeworker.trainer_messages import (
     CommandResult,
@@ -70,6 +73,13 @@ def rank_policy(policy: dict[str, Any], dim: int) -> RankPolicy:
         max_age=float(policy["prune_age_s"]),
         fold_evicted=policy["prune_action"] == "fold",
     )
+
+
+def table_budget(weight: torch.Tensor, pct: float) -> int:
+    """A table's budget: ``pct`` of its bytes, less its FoldBitmap (the node's record of folded
+    rows is LoRA memory too)."""
+    nbytes = weight.numel() * weight.element_size()
+    return int(nbytes * pct / 100) - FoldBitmap.nbytes_for(int(weight.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,10 @@ class TrainerLoop:
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
         )
-        self.trainer = LiveTrainer(model, config)
+        budgets = {
+            n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
+        }
+        self.trainer = LiveTrainer(model, config, budgets)
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
         self.feed = Feed(
             FeedRings.open(Path(setup.shm_dir), create=False),
@@ -137,7 +150,8 @@ class TrainerLoop:
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
         self.patches_sent = 0
-        self.folded: dict[str, set[int]] = {name: set() for name in self.trainer.lives}
+        # the base rows folded since the checkpoint, for snapshots: a bit per row, fixed bytes
+        self.folded = {name: FoldBitmap(lv.num_rows) for name, lv in self.trainer.lives.items()}
         self.fresh: list[tuple[int, list[float]]] = []
         self.pending_label_times: list[np.ndarray] = []
         self.steps_since_publish = 0
@@ -148,9 +162,7 @@ class TrainerLoop:
                 path = Path(setup.restore_dir) / f"{name}.factors"
                 if path.exists():
                     import_factors(live, path, name)
-                    self.folded[name] = set(
-                        read_patch(Path(setup.restore_dir) / f"{name}.patch")[0].tolist()
-                    )
+                    self.folded[name].add(read_patch(Path(setup.restore_dir) / f"{name}.patch")[0])
             self.publish(time.time())
 
     # --- publishing ---
@@ -160,7 +172,7 @@ class TrainerLoop:
         for name, live in self.trainer.lives.items():
             ids = live.take_folded()
             if ids.numel():
-                self.folded[name].update(ids.tolist())
+                self.folded[name].add(ids)
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
         if patch:
             self.ends.folded.send(FoldedRows(patch))  # before the version that needs it
@@ -187,14 +199,14 @@ class TrainerLoop:
             self.budget_pct = float(cmd.policy["memory_budget_pct"])
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
-                weight = self.trainer.lives[name].base.weight
-                budget = int(weight.numel() * weight.element_size() * self.budget_pct / 100)
+                budget = table_budget(self.trainer.lives[name].base.weight, self.budget_pct)
                 ctl.set_budget(min(budget, self._cap_bytes(name)), now)
             self.publish(now)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):
             self.publish(now)
-            digests = write_table_files(self.trainer.lives, self.folded, Path(cmd.directory))
+            folded = {name: bits.ids() for name, bits in self.folded.items()}
+            digests = write_table_files(self.trainer.lives, folded, Path(cmd.directory))
             return SnapshotTaken(self.version, digests)
         return CpusPinned(placement.pin_process(cmd.cpus))
 
@@ -266,12 +278,19 @@ class TrainerLoop:
     def _put(self, output: TrainerOutput) -> None:
         self.ends.outputs.put(output)
 
+    def memory_account(self) -> MemoryAccount:
+        """The trainer's account (LiveTrainer.memory_account) with the fold records."""
+        account = self.trainer.memory_account()
+        tables = {
+            name: replace(table, fold_record=self.folded[name].nbytes)
+            for name, table in account.tables.items()
+        }
+        return replace(account, tables=tables)
+
     def send_stats(self) -> None:
         stats = self.trainer.stats
-        memory = {
-            name: (report.overhead_bytes, report.base_bytes)
-            for name, report in self.trainer.memory().items()
-        }
+        account = self.memory_account()
+        memory = {name: (t.total, t.base) for name, t in account.tables.items()}
         events = tuple(
             TrainerEvent(
                 "rank_change" if e.kind == "rank" else "prune",
