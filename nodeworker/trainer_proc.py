@@ -269,10 +269,12 @@ class TrainerLoop:
         batch, label_times = joined
         start = time.perf_counter()
         result = self.trainer.train_step(batch, time.time())
-        self.gate.spend(time.perf_counter() - start)
         if result.skipped is None:
             self.pending_label_times.append(label_times)
             self.steps_since_publish += 1
+        if self.trainer.fold_log_over():  # its folds go to inference now, before the next step
+            self.publish(time.time())
+        self.gate.spend(time.perf_counter() - start)
         return True
 
     def _put(self, output: TrainerOutput) -> None:
