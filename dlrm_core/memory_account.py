@@ -5,10 +5,12 @@ Per table: the factors and their storage's free rows (A, B), optimizer state, th
 last-use times, cuckoo index), the sightings sketch, the fold log not yet published, the newest
 published version the trainer's store keeps (its copies of ids, A, B and the base rows folded
 since a reader last took a version), and on a node the record of folded rows its snapshots need
-(fold_bitmap.py, taken out of the table's budget). Besides the tables: the label join's pending
-served batches and the replay window. The budget caps the tables' parts (RankController plans
-within it and evicts or refuses before exceeding it); ``within_budget`` checks the whole.
-MemoryReport is one LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
+(fold_bitmap.py, taken out of the table's budget) and the base pages its folds made private that
+inference has not caught up with (nodeworker/base_pages.py). Besides the tables: the label
+join's pending served batches and the replay window. The budget caps the tables' parts
+(RankController plans within it and evicts or refuses before exceeding it); ``within_budget``
+checks the whole. MemoryReport is one LiveEmbedding's part of it, as LiveEmbedding.memory
+measures it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TableAccount:
     budget: int
     base: int  # bytes of the base table, for the percentage
     fold_record: int = 0  # a node's bitmap of the rows folded since its checkpoint (snapshots)
+    private_base: int = 0  # a node trainer's base pages its folds copied, not yet given back
 
     @property
     def total(self) -> int:
@@ -65,6 +68,7 @@ class TableAccount:
             + self.fold_log
             + self.published
             + self.fold_record
+            + self.private_base
         )
 
 

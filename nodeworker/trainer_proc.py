@@ -30,15 +30,22 @@ import torch
 
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
-from dlrm_core.live_embedding import LiveEmbeddingConfig
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement
+from nodeworker.base_pages import PrivateBasePages
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
-from nodeworker.shared_memory import SharedFactors, TableCapacity, base_weight, map_base_tables
+from nodeworker.shared_memory import (
+    SharedFactors,
+    TableCapacity,
+    base_weight,
+    map_base_tables,
+    table_path,
+)
 from nodeworker.snapshots import read_patch, write_table_files
 from nodeworker.trainer_messages import (
     CommandResult,
@@ -80,6 +87,13 @@ def table_budget(weight: torch.Tensor, pct: float) -> int:
     rows is LoRA memory too)."""
     nbytes = weight.numel() * weight.element_size()
     return int(nbytes * pct / 100) - FoldBitmap.nbytes_for(int(weight.shape[0]))
+
+
+def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
+    """(N, D) the table's shared-memory file mapped shared (read here, never written)."""
+    n, d = live.num_rows, live.dim
+    path = str(table_path(directory, name))
+    return torch.from_file(path, shared=True, size=n * d, dtype=torch.float32).view(n, d)
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,10 @@ class TrainerLoop:
         self.patches_sent = 0
         # the base rows folded since the checkpoint, for snapshots: a bit per row, fixed bytes
         self.folded = {name: FoldBitmap(lv.num_rows) for name, lv in self.trainer.lives.items()}
+        self.private_pages = {
+            name: PrivateBasePages(lv.base.weight, _shared_table(Path(setup.shm_dir), name, lv))
+            for name, lv in self.trainer.lives.items()
+        }
         self.fresh: list[tuple[int, list[float]]] = []
         self.pending_label_times: list[np.ndarray] = []
         self.steps_since_publish = 0
@@ -170,9 +188,12 @@ class TrainerLoop:
     def publish(self, now: float) -> None:
         patch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, live in self.trainer.lives.items():
+            pages = self.private_pages[name]
+            pages.release()  # the pages whose folds inference has applied since
             ids = live.take_folded()
             if ids.numel():
                 self.folded[name].add(ids)
+                pages.folded(ids)
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
         if patch:
             self.ends.folded.send(FoldedRows(patch))  # before the version that needs it
@@ -284,7 +305,11 @@ class TrainerLoop:
         """The trainer's account (LiveTrainer.memory_account) with the fold records."""
         account = self.trainer.memory_account()
         tables = {
-            name: replace(table, fold_record=self.folded[name].nbytes)
+            name: replace(
+                table,
+                fold_record=self.folded[name].nbytes,
+                private_base=self.private_pages[name].private_bytes,
+            )
             for name, table in account.tables.items()
         }
         return replace(account, tables=tables)
