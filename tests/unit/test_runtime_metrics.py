@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from nodeworker.feed import FeedReport
-from nodeworker.runtime_metrics import MeasuredMemory, RuntimeMetrics, smaps_rollup
+from nodeworker.runtime_metrics import LagRing, MeasuredMemory, RuntimeMetrics, smaps_rollup
 from nodeworker.trainer_messages import TrainerStats
 
 
@@ -60,3 +60,15 @@ def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_
     assert memory.measure(gone, 5000) == (1 << 20) + 1000
     rollup = smaps_rollup(me)
     assert rollup is not None and rollup["Pss"] > 0 and rollup["Pss_Anon"] >= 48 << 20
+
+
+def test_the_lag_ring_keeps_the_newest_lags_and_wraps():
+    ring = LagRing(5)
+    assert ring.since(0.0) == []
+    ring.extend(10.0, [9.0, 8.5, 11.0])  # a label newer than the install lags 0
+    assert sorted(ring.since(0.0)) == [0.0, 1.0, 1.5]
+    ring.extend(20.0, [19.0, 18.0, 17.0])  # wraps: the oldest (10.0's first) is gone
+    assert sorted(ring.since(0.0)) == [0.0, 1.0, 1.5, 2.0, 3.0]
+    assert sorted(ring.since(15.0)) == [1.0, 2.0, 3.0]
+    ring.extend(30.0, [float(t) for t in range(20, 28)])  # more than it holds: the newest 5
+    assert sorted(ring.since(0.0)) == [3.0, 4.0, 5.0, 6.0, 7.0]
