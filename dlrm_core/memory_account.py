@@ -55,7 +55,7 @@ class TableAccount:
     published: int  # the newest published version's copies and base patch
     budget: int
     base: int  # bytes of the base table, for the percentage
-    fold_record: int = 0  # a node's bitmap of the rows folded since its checkpoint (snapshots)
+    fold_record: int = 0  # a node's records of folds: rows since its checkpoint, a flag a page
     private_base: int = 0  # a node trainer's base pages its folds copied, not yet given back
 
     @property

@@ -36,7 +36,7 @@ from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement
-from nodeworker.base_pages import PrivateBasePages
+from nodeworker.base_pages import PAGE, PrivateBasePages
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import (
@@ -83,10 +83,11 @@ def rank_policy(policy: dict[str, Any], dim: int) -> RankPolicy:
 
 
 def table_budget(weight: torch.Tensor, pct: float) -> int:
-    """A table's budget: ``pct`` of its bytes, less its FoldBitmap (the node's record of folded
-    rows is LoRA memory too)."""
+    """A table's budget: ``pct`` of its bytes, less its FoldBitmap and its PrivateBasePages'
+    flag per page (the node's records of folds are LoRA memory too)."""
     nbytes = weight.numel() * weight.element_size()
-    return int(nbytes * pct / 100) - FoldBitmap.nbytes_for(int(weight.shape[0]))
+    records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
+    return int(nbytes * pct / 100) - records
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -307,7 +308,7 @@ class TrainerLoop:
         tables = {
             name: replace(
                 table,
-                fold_record=self.folded[name].nbytes,
+                fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
                 private_base=self.private_pages[name].private_bytes,
             )
             for name, table in account.tables.items()
