@@ -66,6 +66,8 @@ class LiveUpdateParams:
     rebase_period_s: float | None = None  # full base sync from the cluster (None: never)
     lr_a: float = 0.05
     lr_b: float = 1e-3
+    lr_top: float = 0.0  # Adagrad on the top MLP's last layer(s) (0: the MLPs stay frozen)
+    top_layers: int = 1  # how many of its last linear layers
     reuse: int = 0  # extra optimizer passes per batch; 0 = one pass, as the cluster takes
     adapt_every: int = 50
     publish_every: int = 10
@@ -85,6 +87,8 @@ class LiveUpdateParams:
                 _check_range(name, value, 1e-3, 1e9)
         _check_range("lr_a", self.lr_a, 1e-9, 10.0)
         _check_range("lr_b", self.lr_b, 1e-9, 10.0)
+        _check_range("lr_top", self.lr_top, 0.0, 10.0)
+        _check_range("top_layers", self.top_layers, 1, 16)
         if self.allocation not in ("benefit", "even"):
             raise ValueError(f"allocation must be 'benefit' or 'even', got {self.allocation!r}")
 
