@@ -18,7 +18,7 @@ Ids: 80% from a hot set (5% of each table), 20% uniform. Steady state: every wra
 starts with its budget full of hot rows, then warms up; so admissions come with LRU evictions.
 Goal: >= 20,000 samples/s for the live trainer.
 
-Part 2: RankController.adapt for 10^5 active rows (QR of A and B^T, SVD of the r x r core,
+Part 2: RankController.adapt for 10^5 active rows (QR of B^T, eigh of the r x r Gram of A,
 re-factor onto k directions), at D=16 and D=64. Goal: <= 50 ms.
 
 Part 3: one rank group's correction per step, the torch ops LiveGroup used before
@@ -26,6 +26,7 @@ Part 3: one rank group's correction per step, the torch ops LiveGroup used befor
 training kernel's three calls.
 
     python bench/trainer_throughput.py [--batch 512] [--rounds 5] [--adapt-rows 100000]
+        [--part adapt ...]  (only these parts: trainer, adapt, correction; default all)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -308,6 +310,13 @@ def correction_time(args: argparse.Namespace) -> dict[str, object]:
     return {"step_ms": out, "speedup": out["torch_ops"] / out["training_kernel"]}
 
 
+PARTS: dict[str, tuple[str, Callable[[argparse.Namespace], object]]] = {
+    "trainer": ("trainer", throughput),
+    "adapt": ("rank_adapt", adapt_time),
+    "correction": ("correction", correction_time),
+}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -317,15 +326,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--adapt-rows", type=int, default=100_000)
     parser.add_argument("--adapt-reps", type=int, default=11)
     parser.add_argument("--table-scale", type=float, default=1.0, help="shrink tables (tests)")
+    parser.add_argument(
+        "--part", action="append", choices=sorted(PARTS), help="run only this part (repeatable)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    payload = {
-        "benchmark": "trainer_throughput",
-        "args": vars(args),
-        "trainer": throughput(args),
-        "rank_adapt": adapt_time(args),
-        "correction": correction_time(args),
-    }
+    payload: dict[str, object] = {"benchmark": "trainer_throughput", "args": vars(args)}
+    for part in args.part or PARTS:
+        key, run = PARTS[part]
+        payload[key] = run(args)
     write_json("trainer_throughput", payload)
     return payload
 

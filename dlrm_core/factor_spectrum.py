@@ -1,43 +1,73 @@
 """The spectral math of a low-rank correction A B, for the rank controller (rank.py).
 
-The SVD of A B comes from QR of A (n, r) and of B^T (D, r) and the SVD of the small core, never
-forming the (n, D) product; truncating it to its top-k directions gives the re-factored A, B (B
-with orthonormal rows) and what the truncation loses. Bases are extended by the residual
+The SVD of A B comes from QR of B^T (D, r) and the eigenvectors of the r x r Gram matrix of A's
+rows in that basis (accumulated in float64: one pass over A, no QR of the tall A), never forming
+the (n, D) product; truncating it to its top-k directions gives the re-factored A, B (B with
+orthonormal rows) and what the truncation loses, factored. Bases are extended by the residual
 gradient direction, then random ones. eigh's and svd's signs are arbitrary: canonical ones
 (sign_flips) make two runs on nearly equal inputs (the fused trainer's sums and the per-table
 ones) agree on B, not just on A B.
 
-Shapes: n active rows, r rank, D dim, k kept directions, m = min(n, r).
+Shapes: n active rows, r rank, D dim, k kept directions.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+Svd = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+ADD_CHUNK = 16384  # rows per product in FactoredRows.add_to: a (chunk, D) block stays in cache
 
-def factor_svd(
-    a: torch.Tensor, b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A B = (qa u) diag(s) dirs^T for A (n, r), B (r, D); qa (n, m), u (m, m'), s (m',),
-    dirs (D, m') orthonormal directions in embedding space, with canonical signs."""
-    qa, ra = torch.linalg.qr(a)  # (n, m), (m, r)
+
+@dataclass(frozen=True)
+class FactoredRows:
+    """(n, D) rows kept factored as coeffs (n, j) @ dirs (j, D), never formed whole: what a
+    re-factoring takes out of A B (j << D, so a row's norm costs O(j^2), not O(D))."""
+
+    coeffs: torch.Tensor  # (n, j)
+    dirs: torch.Tensor  # (j, D)
+
+    def row_norms(self) -> torch.Tensor:
+        """(n,) L2 norm of each row, from the (j, j) Gram of dirs."""
+        gram = self.dirs @ self.dirs.T
+        return ((self.coeffs @ gram) * self.coeffs).sum(1).clamp_(min=0).sqrt_()
+
+    def add_to(
+        self, weight: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, scale: float
+    ) -> None:
+        """weight[targets] += scale * these ``rows`` (k,), a cache-sized block at a time."""
+        for start in range(0, rows.numel(), ADD_CHUNK):
+            block = self.coeffs[rows[start : start + ADD_CHUNK]] @ self.dirs
+            weight.index_add_(0, targets[start : start + ADD_CHUNK], block.mul_(scale))
+
+
+def factor_svd(a: torch.Tensor, b: torch.Tensor) -> Svd:
+    """A B = coords dirs^T for A (n, r), B (r, D): (coords (n, r), s (r,), dirs (D, r)), the
+    singular values s descending, dirs orthonormal directions in embedding space with canonical
+    signs and coords each row's coordinates along them (column j has norm s[j])."""
     qb, rb = torch.linalg.qr(b.T)  # (D, r), (r, r)
-    u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)  # core (m, r)
-    dirs = qb @ vh.T  # (D, m')
+    c = a @ rb.T  # (n, r): A B = c qb^T, qb orthonormal
+    c64 = c.double()
+    evals, v = torch.linalg.eigh(c64.T @ c64)  # ascending; exact sums of float32 products
+    v = v.flip(1)
+    s = evals.flip(0).clamp(min=0).sqrt().to(a.dtype)
+    dirs = qb @ v.to(a.dtype)  # (D, r)
     flip = sign_flips(dirs)  # both factors' columns, so the product stays
-    return qa, u * flip, s, dirs * flip
+    return c @ (v.to(a.dtype) * flip), s, dirs * flip
 
 
 def truncate(
-    a: torch.Tensor, b: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(A' (n, m), basis (D, m), lost) with m = min(k, rank of the SVD): A B's top-m
-    components as A' basis^T, and the (n, D) truncated rest (None when nothing is cut)."""
-    qa, u, s, dirs = factor_svd(a, b)
+    a: torch.Tensor, b: torch.Tensor, k: int, svd: Svd | None = None
+) -> tuple[torch.Tensor, torch.Tensor, FactoredRows | None]:
+    """(A' (n, m), basis (D, m), lost) with m = min(k, r): A B's top-m components as
+    A' basis^T, and the truncated rest, factored (None when nothing is cut). ``svd``:
+    factor_svd(a, b) when the caller has it already."""
+    coords, s, dirs = factor_svd(a, b) if svd is None else svd
     m = min(k, s.numel())
-    kept = (qa @ u[:, :m]) * s[:m]
-    lost = ((qa @ u[:, m:]) * s[m:]) @ dirs[:, m:].T if m < s.numel() else None
-    return kept, dirs[:, :m], lost
+    lost = FactoredRows(coords[:, m:], dirs[:, m:].T) if m < s.numel() else None
+    return coords[:, :m].contiguous(), dirs[:, :m], lost
 
 
 def residual_gram(b: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,15 @@
 folds or time, measured from the tensors themselves (nbytes), against the policy's budget.
 
 Per table: the factors and their storage's free rows (A, B), optimizer state, the slot map (ids,
-last-use times, cuckoo index), the sightings sketch, the fold log not yet published, and the
-newest published version the trainer's store keeps (its copies of ids, A, B and the base rows
-folded since a reader last took a version). Besides the tables: the label join's pending served
-batches and the replay window. The budget caps the tables' parts (RankController plans within it
-and evicts or refuses before exceeding it); ``within_budget`` checks the whole. MemoryReport is
-one LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
+last-use times, cuckoo index), the sightings sketch, the fold log not yet published, the newest
+published version the trainer's store keeps (its copies of ids, A, B and the base rows folded
+since a reader last took a version), and on a node the record of folded rows its snapshots need
+(fold_bitmap.py, taken out of the table's budget) and the base pages its folds made private that
+inference has not caught up with (nodeworker/base_pages.py). Besides the tables: the label
+join's pending served batches and the replay window. The budget caps the tables' parts
+(RankController plans within it and evicts or refuses before exceeding it); ``within_budget``
+checks the whole. MemoryReport is one LiveEmbedding's part of it, as LiveEmbedding.memory
+measures it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class TableAccount:
     published: int  # the newest published version's copies and base patch
     budget: int
     base: int  # bytes of the base table, for the percentage
+    fold_record: int = 0  # a node's records of folds: rows since its checkpoint, a flag a page
+    private_base: int = 0  # a node trainer's base pages its folds copied, not yet given back
 
     @property
     def total(self) -> int:
@@ -62,6 +67,8 @@ class TableAccount:
             + self.sketch
             + self.fold_log
             + self.published
+            + self.fold_record
+            + self.private_base
         )
 
 

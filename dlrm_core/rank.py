@@ -33,6 +33,8 @@ import torch
 
 from dlrm_core.admission import SightingSketch
 from dlrm_core.factor_spectrum import (
+    FactoredRows,
+    Svd,
     extend_basis,
     factor_svd,
     residual_gram,
@@ -45,9 +47,10 @@ from dlrm_core.row_budget import FOLD_LOG_MIN, FOLD_LOG_SHARE, capacity_plan, fl
 
 HOUR_S = 3600.0
 SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the budget holds
-# a re-factoring folds a row's lost part into the base only where it moves the row by more
-# than this (a growth re-factors exactly up to float rounding: nothing to fold, or publish)
-FOLD_TOLERANCE = 1e-7
+# a re-factoring folds a row's lost part into the base only where its L2 norm (times scale)
+# passes this (served rows are guaranteed to 1e-5): rows that carry almost nothing cost no base
+# write and no publish; a growth re-factors exactly up to float rounding, nothing to fold
+FOLD_TOLERANCE = 1e-6
 
 
 def observe_grams(controllers: list[RankController], grams: torch.Tensor) -> None:
@@ -250,11 +253,8 @@ class RankController:
         return float(torch.trace(self._residual_gram())) / total if total > 0 else 0.0
 
     def spectrum(self) -> torch.Tensor:
-        """(r,) singular values of A B * scale, through QR of A and B^T and the r x r core."""
-        s = factor_svd(self.live.A.detach(), self.live.B.detach())[2]
-        full = torch.zeros(self.live.rank)
-        full[: s.numel()] = s * self.live.scale
-        return full
+        """(r,) singular values of A B * scale (factor_svd: QR of B^T, an r x r eigenproblem)."""
+        return factor_svd(self.live.A.detach(), self.live.B.detach())[1] * self.live.scale
 
     def adapt(self, now: float) -> int:
         """Choose the rank from the spectrum and the gradient residual and re-factor A, B
@@ -263,7 +263,7 @@ class RankController:
         if not self._warm and float(torch.trace(self._grad_gram)) > 0:
             self._warm_start()
         r = self.live.rank
-        target, reason = self._wanted_rank()
+        target, reason, svd = self._wanted_rank()
         target = min(max(target, self.policy.r_min), self.policy.r_max)
         if target > r:
             refusal = self._growth_refusal(target, now)
@@ -272,16 +272,18 @@ class RankController:
                 target = r
         elif target < r and not self._may_change(now):
             target = r
-        if target != r:
-            self._refactor(target, now, reason)
+        if target != r:  # a growth may have evicted rows since svd was taken
+            self._refactor(target, now, reason, svd if target < r else None)
         self._reset_gradient_stats()
         self._last_adapt = float(now)
         return target
 
-    def _wanted_rank(self) -> tuple[int, str]:
+    def _wanted_rank(self) -> tuple[int, str, Svd | None]:
+        """(rank, why, the SVD of A B it was read from: None without active rows)."""
         r = self.live.rank
         live = self.live
-        s = factor_svd(live.A.detach(), live.B.detach())[2] if live.num_active else torch.zeros(0)
+        svd = factor_svd(live.A.detach(), live.B.detach()) if live.num_active else None
+        s = svd[1] if svd is not None else torch.zeros(0)
         energy = s.pow(2)
         total = float(energy.sum())
         if total > 0:
@@ -295,7 +297,7 @@ class RankController:
             target, reason = r + 1, "grow:newest"
         if self.residual_share() >= self.policy.grow_residual:
             target, reason = max(target, r + 1), "grow:residual"
-        return target, reason
+        return target, reason, svd
 
     def _may_change(self, now: float) -> bool:
         """Hysteresis: fewer than max_rank_changes_per_hour changes in the last hour."""
@@ -354,34 +356,35 @@ class RankController:
         """Put B onto the top eigenvectors of the gradient Gram observed so far (the deltas
         of the active rows, projected onto it, stay; the rest is folded into the base)."""
         self._warm = True
-        basis = top_eigenvectors(self._grad_gram, self.live.rank)
-        delta = self.live.A.detach() @ self.live.B.detach()  # (n, D)
-        a = delta @ basis  # basis (D, r)
-        self._set_folding(a, basis.T, delta - a @ basis.T)
+        basis = top_eigenvectors(self._grad_gram, self.live.rank)  # (D, r)
+        a_old, b_old = self.live.A.detach(), self.live.B.detach()
+        b_basis = b_old @ basis  # (r, r): A B basis = A b_basis
+        lost = FactoredRows(a_old, b_old - b_basis @ basis.T)  # A B outside span(basis)
+        self._set_folding(a_old @ b_basis, basis.T, lost)
 
-    def _set_folding(self, a: torch.Tensor, b: torch.Tensor, lost: torch.Tensor | None) -> None:
+    def _set_folding(self, a: torch.Tensor, b: torch.Tensor, lost: FactoredRows | None) -> None:
         """set_factors(a, b), first folding ``lost`` (n, D), what A B loses by it, times scale
-        into the base rows (so no served row changes by more than FOLD_TOLERANCE); None: it
-        loses nothing."""
+        into the base rows whose part passes FOLD_TOLERANCE (so no served row changes by more
+        than that); None: it loses nothing. O(n j^2) to find the rows, O(rows folded x D) to
+        fold them, never an (n, D) product."""
         live = self.live
         if lost is not None and live.num_active and self.policy.fold_evicted:
-            lost = lost * live.scale
-            rows = torch.nonzero(lost.abs().amax(1) > FOLD_TOLERANCE).squeeze(1)
+            rows = torch.nonzero(lost.row_norms() * live.scale > FOLD_TOLERANCE).squeeze(1)
             if rows.numel():
                 with torch.no_grad():
-                    live.base.weight.index_add_(0, live.ids[rows], lost[rows])
+                    lost.add_to(live.base.weight, rows, live.ids[rows], live.scale)
                 live.note_folded(live.ids[rows])
         live.set_factors(a, b)
 
-    def _refactor(self, k: int, now: float, reason: str) -> None:
+    def _refactor(self, k: int, now: float, reason: str, svd: Svd | None = None) -> None:
         """Put A B onto its top-k directions (padding with new ones: the residual's top
         eigenvector first, then random), B with orthonormal rows; what a shrink truncates is
-        folded into the base."""
+        folded into the base. ``svd``: factor_svd of the current A, B when the caller has it."""
         live = self.live
         r, n, d = live.rank, live.num_active, live.dim
         lost = None
         if n:
-            a, basis, lost = truncate(live.A.detach(), live.B.detach(), k)  # (n, m), (D, m)
+            a, basis, lost = truncate(live.A.detach(), live.B.detach(), k, svd)  # (n, m), (D, m)
         else:
             a, basis = torch.zeros(0, 0), torch.zeros(d, 0)
         m = basis.shape[1]

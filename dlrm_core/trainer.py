@@ -237,9 +237,15 @@ class LiveTrainer:
         if self.stats.steps % self.config.adapt_every == 0:
             self.adapt(now)
         due = self.stats.steps % self.config.publish_every == 0
-        if due or any(ctl.fold_log_over() for ctl in self.controllers.values()):
-            self.publish()  # early when a fold log outgrew its share of the budget
+        # early when a fold log outgrew its share of the budget; a caller that publishes the
+        # versions itself (no in-process join) checks fold_log_over, or its readers lose folds
+        if due or (self.config.in_process_join and self.fold_log_over()):
+            self.publish()
         return StepResult(value, len(batch), replay=replay)
+
+    def fold_log_over(self) -> bool:
+        """A table's fold log holds more than its share of the budget: publish to drain it."""
+        return any(ctl.fold_log_over() for ctl in self.controllers.values())
 
     def _rollback(
         self,

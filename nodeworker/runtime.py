@@ -57,7 +57,7 @@ from nodeworker.node_state import APPLIED_FILE, AppliedState, NodeState
 from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.qos import QosConfig, QosController
 from nodeworker.runtime_config import RuntimeConfig
-from nodeworker.runtime_metrics import RuntimeMetrics
+from nodeworker.runtime_metrics import MeasuredMemory, RuntimeMetrics
 from nodeworker.sample_cache import Feedback
 from nodeworker.shared_memory import (
     SharedFactors,
@@ -146,6 +146,7 @@ class NodeRuntime:
             self.qos,
             self.state,
             self.operations.feed_counts,
+            MeasuredMemory(self.shm_dir, self._installed_bytes),
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -205,6 +206,10 @@ class NodeRuntime:
         return self.telemetry.take()
 
     # --- the node's loops --------------------------------------------------------------------
+
+    def _installed_bytes(self) -> int:
+        delta = self.inference.delta  # one reference read: no need for the inference lock
+        return delta.nbytes if delta is not None else 0
 
     def _install_loop(self) -> None:
         self.installer.run(self._stop)

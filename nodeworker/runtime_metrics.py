@@ -3,7 +3,8 @@ AUC / log loss of served scores against joined labels, trainer throughput, the f
 (label arrival until inference serves a factor version trained on it; on a delta-sync node,
 the age of the newest label its last sync learnt), and what stalls the
 inference process besides its own work: garbage-collector pauses (every thread waits for them)
-and factor-version installs (the inference lock is held while a version is swapped in)."""
+and factor-version installs (the inference lock is held while a version is swapped in); and the
+node's LoRA memory as the OS measures it (MeasuredMemory)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import bisect
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,37 @@ import numpy as np
 from dlrm_core.metrics import auc, log_loss
 from nodeworker.qos import LatencyWindow
 from nodeworker.trainer_messages import TrainerStats
+
+
+class LagRing:
+    """The newest ``capacity`` freshness lags and the time each version was served at, in two
+    numpy arrays: 12 bytes a lag (a deque of (time, lag) tuples held about 100, 10 MiB on the
+    inference process at its 100k cap, which it reached in a minute of training)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._times = np.zeros(capacity)
+        self._lags = np.zeros(capacity, dtype=np.float32)
+        self._count = 0  # lags ever added
+
+    def extend(self, served_at: float, label_times: list[float]) -> None:
+        """The lags of labels that arrived at ``label_times``, served from ``served_at``."""
+        lags = np.maximum(0.0, served_at - np.asarray(label_times, dtype=np.float64))
+        lags = lags[-self.capacity :]
+        start = self._count % self.capacity
+        first = min(len(lags), self.capacity - start)
+        self._lags[start : start + first] = lags[:first]
+        self._times[start : start + first] = served_at
+        rest = len(lags) - first
+        self._lags[:rest] = lags[first:]
+        self._times[:rest] = served_at
+        self._count += len(lags)
+
+    def since(self, since: float) -> list[float]:
+        """The lags of versions served at or after ``since`` (in no particular order)."""
+        held = min(self._count, self.capacity)
+        keep = self._times[:held] >= since
+        return self._lags[:held][keep].astype(np.float64).tolist()
 
 
 class RuntimeMetrics:
@@ -38,7 +72,7 @@ class RuntimeMetrics:
         self._quality_rows = 0
         self._installs: list[tuple[int, float]] = []  # (version, time), ascending
         self._fresh_pending: list[tuple[int, list[float]]] = []
-        self._lags: deque[tuple[float, float]] = deque(maxlen=100_000)  # (time, lag s)
+        self._lags = LagRing(100_000)
         self._synced_label_at: float | None = None  # a delta-sync node's newest label learnt
         self._samples = (0.0, 0)  # (time, trainer samples) of the last stats
         self.trainer_rate = 0.0
@@ -102,12 +136,12 @@ class RuntimeMetrics:
                 waiting.append((version, times))
                 continue
             served_at = self._installs[i][1]
-            self._lags.extend((served_at, max(0.0, served_at - t)) for t in times)
+            self._lags.extend(served_at, times)
         self._fresh_pending = waiting[-1000:]
 
     def lags(self, since: float = 0.0) -> list[float]:
         with self._lock:
-            return [lag for t, lag in self._lags if t >= since]
+            return self._lags.since(since)
 
     def stalls(self, since: float = 0.0) -> dict[str, Any]:
         """GC pauses and version installs since ``since`` (time.time()), summed up."""
@@ -152,3 +186,62 @@ class RuntimeMetrics:
             "freshness_lag_s": fresh,
             "trainer_samples_per_s": self.trainer_rate,
         }
+
+
+ROLLUP_FIELDS = (
+    "Rss",
+    "Pss",
+    "Pss_Anon",
+    "Pss_File",
+    "Pss_Shmem",
+    "Private_Dirty",
+    "Shared_Clean",
+    "Shared_Dirty",
+)
+
+
+def smaps_rollup(pid: int) -> dict[str, int] | None:
+    """Bytes of ROLLUP_FIELDS of a process (/proc/<pid>/smaps_rollup) and Shared (clean +
+    dirty); None when it is gone or unreadable."""
+    out = dict.fromkeys(ROLLUP_FIELDS, 0)
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in out:
+                    out[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    out["Shared"] = out["Shared_Clean"] + out["Shared_Dirty"]
+    return out
+
+
+class MeasuredMemory:
+    """The node's proportional LoRA memory as the OS measures it, for telemetry: the trainer's
+    state (its account when first seen, plus the growth of its anonymous pages since, Pss_Anon:
+    its tensors, malloc's heap and the base pages its folds made private), the factor slots'
+    allocated shared-memory blocks (factors-*.bin in ``shm_dir``) and inference's installed
+    version (``installed_bytes``). The trainer's runtime (interpreter, torch) is not in it: it
+    is in the Pss when the trainer is first seen, which the growth starts from."""
+
+    def __init__(self, shm_dir: Path, installed_bytes: Callable[[], int]) -> None:
+        self.shm_dir = shm_dir
+        self.installed_bytes = installed_bytes
+        self._baseline: tuple[int, int, int] | None = None  # (pid, Pss_Anon, account bytes)
+
+    def measure(self, trainer_pid: int | None, account_bytes: int) -> int:
+        """Bytes now, given the trainer's pid (None: none runs) and its account's bytes."""
+        trainer = 0
+        rollup = smaps_rollup(trainer_pid) if trainer_pid else None
+        if trainer_pid and rollup is not None:
+            if self._baseline is None or self._baseline[0] != trainer_pid:
+                self._baseline = (trainer_pid, rollup["Pss_Anon"], account_bytes)
+            _, anon0, account0 = self._baseline
+            trainer = max(0, account0 + rollup["Pss_Anon"] - anon0)
+        return trainer + self._slot_bytes() + int(self.installed_bytes())
+
+    def _slot_bytes(self) -> int:
+        try:
+            return sum(p.stat().st_blocks * 512 for p in self.shm_dir.glob("factors-*.bin"))
+        except OSError:  # the node is stopping
+            return 0

@@ -38,15 +38,15 @@ KEEP_SNAPSHOTS = 3
 
 
 def write_table_files(
-    lives: Mapping[str, LiveEmbedding], folded: Mapping[str, set[int]], directory: Path
+    lives: Mapping[str, LiveEmbedding], folded: Mapping[str, torch.Tensor], directory: Path
 ) -> dict[str, str]:
     """Each table's factors (export_factors) and the rows folded into its base since the
-    checkpoint; returns table -> the factor file's digest."""
+    checkpoint (``folded``: sorted ids per table); returns table -> the factor file's digest."""
     directory.mkdir(parents=True, exist_ok=True)
     digests = {}
     for name, live in lives.items():
         digests[name] = export_factors(live, directory / f"{name}.factors", name)
-        ids = torch.tensor(sorted(folded.get(name, ())), dtype=torch.int64)
+        ids = folded.get(name, torch.zeros(0, dtype=torch.int64))
         rows = live.base.weight.detach()[ids].clone()
         write_container(
             directory / f"{name}.patch", PATCH_KIND, 1, {"table": name}, {"ids": ids, "rows": rows}

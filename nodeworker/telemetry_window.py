@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dlrm_core.model import DLRM
 from nodeworker.node_events import NodeEvents
 from nodeworker.node_state import NodeState
+from nodeworker.protocol.telemetry import BYTES_HIGH, PCT_HIGH
 from nodeworker.qos import QosController
-from nodeworker.runtime_metrics import RuntimeMetrics
+from nodeworker.runtime_metrics import MeasuredMemory, RuntimeMetrics
 from nodeworker.shared_memory import base_weight
 from nodeworker.telemetry import CpuSampler, NodeSnapshot
 from nodeworker.trainer_client import TrainerClient
@@ -30,6 +31,7 @@ class TelemetryWindow:
         qos: QosController,
         state: NodeState,
         feed_counts: Callable[[], dict[str, int]],
+        memory: MeasuredMemory,
     ) -> None:
         self.model = model
         self.metrics = metrics
@@ -38,6 +40,7 @@ class TelemetryWindow:
         self.qos = qos
         self.state = state
         self.feed_counts = feed_counts
+        self.memory = memory  # the node's memory fields: measured (tables: their account)
         self.cpu = CpuSampler()
         self._reported = (0, 0)  # (dropped, skipped) already in telemetry
 
@@ -52,10 +55,12 @@ class TelemetryWindow:
         state = self.qos.last.state if self.qos.last else "running"
         if self.state.mode_paused or not self.trainer.running:
             state = "paused"
+        pid = self.trainer.pid if self.trainer.running else None
+        measured = min(float(self.memory.measure(pid, total_over)), BYTES_HIGH)
         return NodeSnapshot(
             **self.metrics.window(now),
-            memory_overhead_bytes=float(total_over),
-            memory_overhead_pct=100.0 * total_over / total_base,
+            memory_overhead_bytes=measured,
+            memory_overhead_pct=min(100.0 * measured / total_base, PCT_HIGH),
             trainer_duty=self.trainer.duty,
             throttle=state,
             skipped_batches=skipped - last_skipped,

@@ -18,23 +18,33 @@ import logging
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dlrm_core.checkpoint import load_model
-from dlrm_core.live_embedding import LiveEmbeddingConfig
+from dlrm_core.fold_bitmap import FoldBitmap
+from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
+from nodeworker.base_pages import PAGE, PrivateBasePages
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
-from nodeworker.shared_memory import SharedFactors, TableCapacity, map_base_tables
+from nodeworker.shared_memory import (
+    SharedFactors,
+    TableCapacity,
+    base_weight,
+    map_base_tables,
+    table_path,
+)
 from nodeworker.snapshots import read_patch, write_table_files
 from nodeworker.trainer_messages import (
     CommandResult,
@@ -69,6 +79,21 @@ def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
         max_age=policy.prune_age_s,
         fold_evicted=policy.prune_action == "fold",
     )
+
+
+def table_budget(weight: torch.Tensor, pct: float) -> int:
+    """A table's budget: ``pct`` of its bytes, less its FoldBitmap and its PrivateBasePages'
+    flag per page (the node's records of folds are LoRA memory too)."""
+    nbytes = weight.numel() * weight.element_size()
+    records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
+    return int(nbytes * pct / 100) - records
+
+
+def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
+    """(N, D) the table's shared-memory file mapped shared (read here, never written)."""
+    n, d = live.num_rows, live.dim
+    path = str(table_path(directory, name))
+    return torch.from_file(path, shared=True, size=n * d, dtype=torch.float32).view(n, d)
 
 
 @dataclass(frozen=True)
@@ -125,7 +150,10 @@ class TrainerLoop:
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
         )
-        self.trainer = LiveTrainer(model, config)
+        budgets = {
+            n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
+        }
+        self.trainer = LiveTrainer(model, config, budgets)
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
         self.feed = Feed(
             FeedRings.open(Path(setup.shm_dir), create=False),
@@ -136,7 +164,12 @@ class TrainerLoop:
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
         self.patches_sent = 0
-        self.folded: dict[str, set[int]] = {name: set() for name in self.trainer.lives}
+        # the base rows folded since the checkpoint, for snapshots: a bit per row, fixed bytes
+        self.folded = {name: FoldBitmap(lv.num_rows) for name, lv in self.trainer.lives.items()}
+        self.private_pages = {
+            name: PrivateBasePages(lv.base.weight, _shared_table(Path(setup.shm_dir), name, lv))
+            for name, lv in self.trainer.lives.items()
+        }
         self.fresh: list[tuple[int, list[float]]] = []
         self.pending_label_times: list[np.ndarray] = []
         self.steps_since_publish = 0
@@ -147,9 +180,7 @@ class TrainerLoop:
                 path = Path(setup.restore_dir) / f"{name}.factors"
                 if path.exists():
                     import_factors(live, path, name)
-                    self.folded[name] = set(
-                        read_patch(Path(setup.restore_dir) / f"{name}.patch")[0].tolist()
-                    )
+                    self.folded[name].add(read_patch(Path(setup.restore_dir) / f"{name}.patch")[0])
             self.publish(time.time())
 
     # --- publishing ---
@@ -157,9 +188,12 @@ class TrainerLoop:
     def publish(self, now: float) -> None:
         patch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, live in self.trainer.lives.items():
+            pages = self.private_pages[name]
+            pages.release()  # the pages whose folds inference has applied since
             ids = live.take_folded()
             if ids.numel():
-                self.folded[name].update(ids.tolist())
+                self.folded[name].add(ids)
+                pages.folded(ids)
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
         if patch:
             self.ends.folded.send(FoldedRows(patch))  # before the version that needs it
@@ -186,14 +220,14 @@ class TrainerLoop:
             self.budget_pct = cmd.policy.memory_budget_pct
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
-                weight = self.trainer.lives[name].base.weight
-                budget = int(weight.numel() * weight.element_size() * self.budget_pct / 100)
+                budget = table_budget(self.trainer.lives[name].base.weight, self.budget_pct)
                 ctl.set_budget(min(budget, self._cap_bytes(name)), now)
             self.publish(now)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):
             self.publish(now)
-            digests = write_table_files(self.trainer.lives, self.folded, Path(cmd.directory))
+            folded = {name: bits.ids() for name, bits in self.folded.items()}
+            digests = write_table_files(self.trainer.lives, folded, Path(cmd.directory))
             return SnapshotTaken(self.version, digests)
         return CpusPinned(placement.pin_process(cmd.cpus))
 
@@ -256,21 +290,34 @@ class TrainerLoop:
         batch, label_times = joined
         start = time.perf_counter()
         result = self.trainer.train_step(batch, time.time())
-        self.gate.spend(time.perf_counter() - start)
         if result.skipped is None:
             self.pending_label_times.append(label_times)
             self.steps_since_publish += 1
+        if self.trainer.fold_log_over():  # its folds go to inference now, before the next step
+            self.publish(time.time())
+        self.gate.spend(time.perf_counter() - start)
         return True
 
     def _put(self, output: TrainerOutput) -> None:
         self.ends.outputs.put(output)
 
+    def memory_account(self) -> MemoryAccount:
+        """The trainer's account (LiveTrainer.memory_account) with the fold records."""
+        account = self.trainer.memory_account()
+        tables = {
+            name: replace(
+                table,
+                fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
+                private_base=self.private_pages[name].private_bytes,
+            )
+            for name, table in account.tables.items()
+        }
+        return replace(account, tables=tables)
+
     def send_stats(self) -> None:
         stats = self.trainer.stats
-        memory = {
-            name: (report.overhead_bytes, report.base_bytes)
-            for name, report in self.trainer.memory().items()
-        }
+        account = self.memory_account()
+        memory = {name: (t.total, t.base) for name, t in account.tables.items()}
         events = tuple(
             TrainerEvent(
                 "rank_change" if e.kind == "rank" else "prune",

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
-from dlrm_core.rank import RankController
+from dlrm_core.rank import FOLD_TOLERANCE, RankController
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.row_budget import FOLD_LOG_MIN, index_bytes, row_bytes, shared_bytes
 
@@ -70,6 +70,31 @@ def test_truncation_error_is_the_dropped_energy():
     assert k == 1  # 16 / 26.26 >= 0.6
     err = torch.linalg.matrix_norm(delta(ctl) - before)
     assert float(err) == pytest.approx(float(s[k:].pow(2).sum().sqrt()), rel=1e-4)
+
+
+def test_a_shrink_folds_only_the_rows_whose_truncated_part_passes_the_tolerance():
+    """Rows 0-9 live in the kept directions but for a part far below FOLD_TOLERANCE: neither
+    their base rows nor the fold log change. Rows 10-19 (all in the dropped directions) and
+    rows 20-29 (dropped part 10x the tolerance) are folded, so no served row moves."""
+    ctl = make(rank=4, tau=0.95, grow_newest=1.0)
+    a = torch.zeros(30, 4)
+    a[:10, :2] = torch.tensor([[1.0, 0.5], [-0.5, 1.0]]).repeat(5, 1)
+    a[:10, 2:] = 1e-3 * FOLD_TOLERANCE
+    a[10:20, 2:] = torch.tensor([[0.1, -0.05]])
+    a[20:, 2] = 10 * FOLD_TOLERANCE
+    with_factors(ctl, a, torch.eye(D)[:4])
+    ids = ctl.live.ids.clone()
+    base_before = ctl.live.base.weight.detach()[ids].clone()
+    served_before = base_before + delta(ctl)
+    assert ctl.adapt(now=1.0) == 2
+    base_after = ctl.live.base.weight.detach()[ids]
+    assert torch.equal(base_after[:10], base_before[:10])  # not folded
+    assert not torch.equal(base_after[10:20], base_before[10:20])
+    assert not torch.equal(base_after[20:], base_before[20:])
+    assert ctl.live.take_folded().tolist() == ids[10:].tolist()
+    moved = (base_after + delta(ctl) - served_before).norm(dim=1)
+    assert float(moved[:10].max()) <= FOLD_TOLERANCE
+    assert float(moved[10:].max()) <= 1e-5  # folded: float rounding only
 
 
 def test_grow_when_the_newest_component_is_strong():

@@ -1,11 +1,14 @@
-"""RuntimeMetrics' freshness lag: a trainer's install lags, else the age of a sync's labels."""
+"""RuntimeMetrics' freshness lag (a trainer's install lags, else the age of a sync's labels) and the
+node's measured LoRA memory against /proc."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from nodeworker.feed import FeedReport
-from nodeworker.runtime_metrics import RuntimeMetrics
+from nodeworker.runtime_metrics import LagRing, MeasuredMemory, RuntimeMetrics, smaps_rollup
 from nodeworker.trainer_messages import TrainerStats
 
 
@@ -32,3 +35,40 @@ def test_install_lags_win_over_a_sync():
 def _stats(samples: int, fresh: list[tuple[int, list[float]]]) -> TrainerStats:
     feed = FeedReport({}, {}, 0, 0, np.zeros(0), np.zeros(0))
     return TrainerStats(1, samples, 0, 3, {}, {}, (), tuple(fresh), feed, 0.0)
+
+
+def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_path):
+    """MeasuredMemory against /proc: this process stands in for the trainer; 48 MiB it touches
+    after the first measurement show up in the measured bytes, as do the factor slots' written
+    blocks and the installed version's bytes."""
+    slots = tmp_path / "factors-user.bin"
+    with slots.open("wb") as f:
+        f.truncate(8 << 20)  # sparse: nothing allocated yet
+    (tmp_path / "base-user.f32").write_bytes(b"\0" * (1 << 20))  # not a slot: not counted
+    memory = MeasuredMemory(tmp_path, lambda: 1000)
+    me = os.getpid()
+    first = memory.measure(me, account_bytes=5000)
+    assert first == 5000 + 1000  # the account when first seen, and the installed version
+    held = np.ones(48 << 20, dtype=np.uint8)  # touched: 48 MiB of anonymous pages
+    with slots.open("r+b") as f:
+        f.write(b"\1" * (1 << 20))
+    grown = memory.measure(me, account_bytes=999_999)  # the account moves; the OS decides
+    assert 47 << 20 <= grown - first - (1 << 20) <= 52 << 20
+    assert held.sum() == 48 << 20
+    assert memory.measure(None, 5000) == (1 << 20) + 1000  # no trainer: the slots and version
+    gone = 2**22 + 12345  # above the default pid_max: no such process
+    assert memory.measure(gone, 5000) == (1 << 20) + 1000
+    rollup = smaps_rollup(me)
+    assert rollup is not None and rollup["Pss"] > 0 and rollup["Pss_Anon"] >= 48 << 20
+
+
+def test_the_lag_ring_keeps_the_newest_lags_and_wraps():
+    ring = LagRing(5)
+    assert ring.since(0.0) == []
+    ring.extend(10.0, [9.0, 8.5, 11.0])  # a label newer than the install lags 0
+    assert sorted(ring.since(0.0)) == [0.0, 1.0, 1.5]
+    ring.extend(20.0, [19.0, 18.0, 17.0])  # wraps: the oldest (10.0's first) is gone
+    assert sorted(ring.since(0.0)) == [0.0, 1.0, 1.5, 2.0, 3.0]
+    assert sorted(ring.since(15.0)) == [1.0, 2.0, 3.0]
+    ring.extend(30.0, [float(t) for t in range(20, 28)])  # more than it holds: the newest 5
+    assert sorted(ring.since(0.0)) == [3.0, 4.0, 5.0, 6.0, 7.0]

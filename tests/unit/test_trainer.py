@@ -317,6 +317,34 @@ def test_a_trainer_whose_caller_joins_holds_no_join_and_no_store():
         trainer_config(keep_published=True, in_process_join=False)
 
 
+def test_a_trainer_whose_caller_publishes_keeps_every_fold_for_it():
+    """The node's trainer (in_process_join=False) publishes itself: train_step never drains a
+    full fold log into a version nobody reads; the caller publishes when fold_log_over says so,
+    and every base row a fold changed reaches it."""
+    model, stream = pretrained(steps=20)
+    tables = model.sparse_arch
+    original = {name: tables.table(name).weight.detach().clone() for name in CFG.feature_names}
+    budgets = {"user": 1200, "item": 1500}  # a few rows each: LRU folds all the time
+    trainer = LiveTrainer(
+        model,
+        trainer_config(publish_every=10**9, in_process_join=False, room_every=1, adapt_every=4),
+        budgets=budgets,
+    )
+    sent: dict[str, set[int]] = {name: set() for name in trainer.lives}
+    overflows = 0
+    for i in range(80):
+        trainer.train_step(stream.batch(), float(i))
+        if trainer.fold_log_over():  # what the node's loop does: publish, sending the folds
+            overflows += 1
+            for name, live in trainer.lives.items():
+                sent[name].update(live.take_folded().tolist())
+    for name, live in trainer.lives.items():
+        sent[name].update(live.take_folded().tolist())
+        changed = (live.base.weight.detach() != original[name]).any(1).nonzero().squeeze(1)
+        assert changed.numel() > 0 and set(changed.tolist()) <= sent[name], name
+    assert overflows > 0
+
+
 def test_top_layer_tuning_trains_only_the_last_layer_and_is_accounted():
     model, stream = pretrained(steps=20)
     last = model.over_arch.mlp[-1]

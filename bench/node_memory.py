@@ -1,0 +1,322 @@
+"""A node's LoRA memory as the OS measures it, against its memory account (issue 14, item 1).
+
+The same node (two 10^6-row tables of D=16 on the synthetic stream: 128 MB of tables) runs twice,
+each in a fresh process: with its trainer and with --no-trainer. Each replays --qps requests of
+--rows rows per second for --duration s, labels arriving --label-delay s after serving. Before and
+after the replay it reads, from /proc:
+  - /proc/<pid>/smaps_rollup of the inference process (this one) and of the trainer: Pss, Rss,
+    Private_Dirty, Shared (clean + dirty), Pss_Shmem;
+  - /proc/<trainer>/smaps: the anonymous pages inside its copy-on-write mappings of the base
+    tables, i.e. the base pages its folds made private;
+  - the node's /dev/shm files, by allocated blocks (they are sparse): base tables, factor slots
+    (factors-*.bin: two versions' ids, A, B and serving layouts), the rest (the feed rings).
+A node's total counts every shared-memory page once: the sum over its processes of
+Pss - Pss_Shmem, plus the allocated bytes of its /dev/shm files.
+LoRA-attributable (measured) = total with trainer - total without, after the replay.
+
+The account beside it: the trainer's memory_account (per table, incl. its fold record and the
+base pages its folds hold private, as the trainer's stats report it), the factor slots as two
+copies of the installed version (its ids, A, B and its serving layout) and inference's
+installed ServingDelta. Also shown: the rows folded since the checkpoint (a snapshot's fold
+patch) and the 4 KiB pages holding them, which the trainer would hold private if it never gave
+them back (nodeworker/base_pages.py), beside the private base pages measured.
+Fixed = the trainer process's Pss - Pss_Shmem when ready, less its account then (interpreter,
+torch, the model's MLPs); its state's growth is measured as the growth of its anonymous pages
+(Pss_Anon, which holds the private base pages too; its Pss of the libraries it shares with
+inference moves with what each process touches).
+Prints a table and writes bench/out/node_memory.json.
+
+    python bench/node_memory.py [--duration 60] [--qps 200] [--rows 8] [--rows-per-table 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.workloads import print_table, write_json  # noqa: E402
+from nodeworker.runtime_metrics import smaps_rollup  # noqa: E402
+
+PAGE = 4096
+ROLLUP_COLUMNS = ("Pss", "Rss", "Private_Dirty", "Shared", "Pss_Anon", "Pss_File", "Pss_Shmem")
+
+
+def private_by_mapping(pid: int) -> dict[str, int]:
+    """Private bytes (Private_Clean + Private_Dirty) of a process by kind of mapping, from
+    /proc/<pid>/smaps: "base cow" (the anonymous pages in its copy-on-write mappings of the base
+    tables: the pages its folds made private), "heap" (malloc's brk heap), "anon" (anonymous
+    mmaps: malloc arenas, torch's large tensors), "shm" (other /dev/shm files), "files"
+    (libraries and the rest)."""
+    out = {"base cow": 0, "heap": 0, "anon": 0, "shm": 0, "files": 0}
+    kind = "files"
+    header = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            match = header.match(line)
+            if match:
+                path = match.group(1).strip()
+                if re.search(r"/base-[^/]*\.f32", path):
+                    kind = "base cow"
+                elif path == "[heap]":
+                    kind = "heap"
+                elif not path or path.startswith("[anon"):
+                    kind = "anon"
+                else:
+                    kind = "shm" if path.startswith("/dev/shm") else "files"
+            elif kind == "base cow":  # its pages of the shared file are mapped, not its own
+                if line.startswith("Anonymous:"):
+                    out[kind] += int(line.split()[1]) * 1024
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                out[kind] += int(line.split()[1]) * 1024
+    return out
+
+
+def shm_bytes(directory: Path) -> dict[str, int]:
+    """Allocated bytes of a node's shared-memory files: base tables, factor slots, the rest."""
+    out = {"base": 0, "factors": 0, "other": 0}
+    for path in directory.iterdir():
+        used = path.stat().st_blocks * 512
+        kind = "base" if path.name.startswith("base-") else "other"
+        out["factors" if path.name.startswith("factors-") else kind] += used
+    return out
+
+
+def rollup(pid: int) -> dict[str, int]:
+    found = smaps_rollup(pid)
+    if found is None:
+        raise RuntimeError(f"/proc/{pid}/smaps_rollup is unreadable")
+    return found
+
+
+def measure(runtime) -> dict[str, object]:
+    """What the OS says about the node now, and what its account says."""
+    inference = rollup(os.getpid())
+    out: dict[str, object] = {"inference": inference, "shm": shm_bytes(runtime.shm_dir)}
+    nonshm = inference["Pss"] - inference["Pss_Shmem"]
+    pid = runtime.trainer.pid if runtime.trainer.running else None
+    if pid:
+        trainer = rollup(pid)
+        out["trainer"] = trainer
+        out["trainer_private"] = private = private_by_mapping(pid)
+        out["trainer_cow_private"] = private["base cow"]
+        nonshm += trainer["Pss"] - trainer["Pss_Shmem"]
+        stats = runtime.trainer.last_stats
+        out["account_trainer"] = sum(t for t, _ in stats.memory.values()) if stats else 0
+    out["node_total"] = nonshm + sum(out["shm"].values())  # type: ignore[union-attr]
+    out["telemetry_memory_bytes"] = runtime.telemetry_snapshot().memory_overhead_bytes
+    delta, _ = runtime.inference.served()
+    out["account_serving_delta"] = delta.nbytes if delta is not None else 0
+    return out
+
+
+def account_slots(runtime) -> int:
+    """Two versions' (the double buffer's) ids, A, B and serving layout, as installed now."""
+    snapshot = runtime.shared.read()
+    delta, _ = runtime.inference.served()
+    if snapshot is None or delta is None:
+        return 0
+    factors = sum(
+        t.numel() * t.element_size() for f in snapshot.tables.values() for t in (f.ids, f.a, f.b)
+    )
+    return 2 * (factors + delta.nbytes)
+
+
+def folded_pages(runtime, dim: int) -> tuple[int, int]:
+    """(rows folded since the checkpoint, 4 KiB pages holding them) from a snapshot's patches."""
+    import torch
+
+    from nodeworker.snapshots import read_patch
+
+    taken = runtime.operations.snapshot()
+    directory = runtime.snapshots.root / taken["snapshot"]
+    rows = pages = 0
+    for path in directory.glob("*.patch"):
+        ids = read_patch(path)[0]
+        first = ids * (4 * dim) // PAGE
+        last = (ids * (4 * dim) + 4 * dim - 1) // PAGE
+        rows += int(ids.numel())
+        pages += int(torch.unique(torch.cat([first, last])).numel())
+    return rows, pages
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, object]:
+    from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+    from nodeworker import protocol
+    from nodeworker.replayer import ReplayConfig, Replayer
+    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+
+    stream = SyntheticStream(
+        SyntheticConfig(
+            seed=args.seed,
+            num_events=10**8,
+            user_rows=args.rows_per_table,
+            item_rows=args.rows_per_table,
+            context_rows=(1000, 50),
+            n_dense=4,
+        )
+    )
+    work = Path(args.workdir)
+    checkpoint = work / "base.ckpt"
+    if not checkpoint.exists():
+        build_fresh_checkpoint(stream.schema, checkpoint, args.seed)
+    policy, errors = protocol.validate_policy({"memory_budget_pct": args.budget_pct})
+    assert not errors, errors
+    with_trainer = args.variant == "with"
+    runtime = NodeRuntime(
+        RuntimeConfig(
+            name=f"mem-{args.variant}",
+            data_dir=work / f"node-{args.variant}",
+            checkpoint=str(checkpoint),
+            policy=policy,
+            trainer=with_trainer,
+            qos=False,  # the trainer learns at full duty: the most folds a replay can make
+            snapshot_interval_s=3600,
+        )
+    ).start()
+    runtime.wait_ready()
+    model_config = runtime.inference.model.config
+    dim = model_config.embedding_dim
+    try:
+        time.sleep(2.0)  # the trainer's first stats (its account when ready)
+        ready = measure(runtime)
+        config = ReplayConfig(
+            qps=args.qps, label_delay_s=args.label_delay, rows_per_request=args.rows, seed=args.seed
+        )
+        replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
+        time.sleep(args.duration)
+        replayer.stop()
+        time.sleep(2.0)  # the last version published gets installed, the stats arrive
+        out: dict[str, object] = {"variant": args.variant, "ready": ready}
+        if with_trainer:
+            out["folded_rows"], out["folded_pages"] = folded_pages(runtime, dim)
+            out["account_slots"] = account_slots(runtime)
+            out["trained_samples"] = runtime.metrics.trained_samples
+            out["ranks"] = runtime.trainer.last_stats.ranks if runtime.trainer.last_stats else {}
+        out["after"] = measure(runtime)
+        out["served_requests"] = replayer.stats.served
+        out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        return out
+    finally:
+        runtime.stop()
+
+
+def spawn(args: argparse.Namespace, variant: str) -> dict[str, object]:
+    command = [sys.executable, __file__, "--variant", variant, "--workdir", args.workdir]
+    for key in ("duration", "qps", "rows", "label_delay", "seed", "rows_per_table", "budget_pct"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summary(without: dict, with_: dict) -> dict[str, object]:
+    """The with-minus-without measurements beside the account's components (bytes)."""
+    before, after, base = with_["ready"], with_["after"], without["after"]
+    # the trainer's own memory grows in anonymous pages (its tensors, malloc, the private base
+    # pages); its Pss of the libraries it shares with inference moves with what each touches
+    anon_growth = after["trainer"]["Pss_Anon"] - before["trainer"]["Pss_Anon"]
+    fixed = before["trainer"]["Pss"] - before["trainer"]["Pss_Shmem"] - before["account_trainer"]
+    inference_delta = (after["inference"]["Pss"] - after["inference"]["Pss_Shmem"]) - (
+        base["inference"]["Pss"] - base["inference"]["Pss_Shmem"]
+    )
+    slots = after["shm"]["factors"] - base["shm"]["factors"]
+    components = {
+        # name: (measured, accounted)
+        "trainer: fixed runtime (when ready)": (fixed, fixed),
+        # its account includes the base pages its folds hold private (base_pages.py)
+        "trainer: state (anon growth + account when ready)": (
+            anon_growth + before["account_trainer"],
+            after["account_trainer"],
+        ),
+        "shm factor slots (with - without)": (slots, with_["account_slots"]),
+        "inference: installed version (with - without)": (
+            inference_delta,
+            after["account_serving_delta"],
+        ),
+    }
+    measured_total = after["node_total"] - base["node_total"]
+    accounted_total = sum(a for _, a in components.values())
+    proportional = measured_total - fixed
+    table = with_["table_bytes"]
+    return {
+        "components": {k: {"measured": m, "account": a} for k, (m, a) in components.items()},
+        "lora_measured_bytes": measured_total,
+        "lora_accounted_bytes": accounted_total,
+        "accounted_over_measured": round(accounted_total / measured_total, 4),
+        "proportional_measured_bytes": proportional,
+        "proportional_measured_pct_of_tables": round(100 * proportional / table, 3),
+        "proportional_accounted_pct_of_tables": round(100 * (accounted_total - fixed) / table, 3),
+        "telemetry_memory_bytes": after["telemetry_memory_bytes"],
+        "telemetry_memory_pct_of_tables": round(100 * after["telemetry_memory_bytes"] / table, 3),
+        "table_bytes": table,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--qps", type=float, default=200.0)
+    parser.add_argument("--rows", type=int, default=8, help="candidates per request")
+    parser.add_argument("--label-delay", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows-per-table", type=int, default=1_000_000)
+    parser.add_argument("--budget-pct", type=float, default=2.0)
+    parser.add_argument("--variant", choices=("with", "without"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:  # a child: one node, JSON on the last line
+        print(json.dumps(run_variant(args)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="node-memory-") as tmp:
+        args.workdir = tmp
+        without = spawn(args, "without")
+        with_ = spawn(args, "with")
+    result = summary(without, with_)
+    mib = 2**20
+    print_table(
+        f"Node memory, two {args.rows_per_table:,}-row tables ({result['table_bytes'] / mib:.0f} "
+        f"MiB of tables), {args.duration:.0f} s at {args.qps:.0f} req/s x {args.rows} rows; MiB",
+        ["component", "measured", "account"],
+        [[k, v["measured"] / mib, v["account"] / mib] for k, v in result["components"].items()]
+        + [
+            [
+                "LoRA-attributable (node with - without)",
+                result["lora_measured_bytes"] / mib,
+                result["lora_accounted_bytes"] / mib,
+            ]
+        ],
+    )
+    procs = [("inference, no trainer", without["after"]["inference"])]
+    procs += [("inference", with_["after"]["inference"]), ("trainer", with_["after"]["trainer"])]
+    print_table(
+        "smaps_rollup after the replay; MiB",
+        ["process", *ROLLUP_COLUMNS],
+        [[n, *(r[k] / mib for k in ROLLUP_COLUMNS)] for n, r in procs],
+    )
+    print(
+        f"\nproportional (measured LoRA - fixed): {result['proportional_measured_pct_of_tables']}%"
+        f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
+        f"{args.budget_pct}%; telemetry (measured proportional) "
+        f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
+        f"{result['accounted_over_measured']}; "
+        f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
+        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
+        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
+        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}"
+    )
+    write_json("node_memory", {"args": vars(args), "without": without, "with": with_, **result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
