@@ -1,7 +1,8 @@
 """The fleet for Prometheus (GET /metrics), through the prometheus-client library: a collector
 that reads the database at scrape time, so every server process answers the same numbers (no
 process-local counters). Per node: liveness, the newest telemetry sample, its policy's limits
-and mode, the time of its newest event of each kind and its open alerts.
+and mode, the time of its newest event of each kind, its open alerts and the watchdog's
+overrides.
 
 docker/grafana/dashboards/liveupdate-fleet.json queries these names; the test suite checks that
 every name it uses is exported here."""
@@ -15,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from controlplane.models import Alert, Node, NodeEvent
+from controlplane.models import Alert, Node, NodeEvent, PolicyOverride
 from controlplane.services.telemetry import latest_samples
 from nodeworker.protocol import telemetry as protocol_telemetry
 
@@ -129,6 +130,26 @@ def _alert_families() -> list[Metric]:
     return [by_kind, by_node]
 
 
+def _override_families() -> list[Metric]:
+    value = _gauge(
+        "node_override",
+        "The watchdog's override of a policy field on the node (the node runs the stricter of "
+        "this and its policy).",
+        ["node", "field"],
+    )
+    since = _gauge(
+        "node_override_since_timestamp_seconds",
+        "Unix time the watchdog first set the override.",
+        ["node", "field"],
+    )
+    rows = PolicyOverride.objects.select_related("node").order_by("node__name", "field")
+    for override in rows:
+        labels = [override.node.name, override.field]
+        value.add_metric(labels, override.value)
+        since.add_metric(labels, override.since.timestamp())
+    return [value, since]
+
+
 class FleetCollector(Collector):
     """Reads the fleet from the database on every scrape."""
 
@@ -137,6 +158,7 @@ class FleetCollector(Collector):
         yield from _node_families(nodes)
         yield from _sample_families(nodes)
         yield from _alert_families()
+        yield from _override_families()
 
 
 _registry = CollectorRegistry(auto_describe=False)  # this collector only: no process metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import timedelta
 
 import pytest
 from django.test import override_settings
@@ -14,7 +15,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from controlplane.models import Alert, Policy
+from controlplane.models import Alert, Policy, PolicyOverride
 from tests.integration.cp_support import INGEST, make_node, sample
 from tests.services import ROOT
 
@@ -61,6 +62,21 @@ def fleet() -> dict[str, dict]:
         message="P99 over",
         raised_at=timezone.now(),
     )
+    Alert.objects.create(
+        node=live,
+        kind="rollback",
+        severity="critical",
+        message="AUC under the baseline",
+        raised_at=timezone.now(),
+    )
+    PolicyOverride.objects.create(
+        node=live,
+        field="max_trainer_duty",
+        value=0.25,
+        reason="P99 over the SLA",
+        since=timezone.now(),
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
     response = APIClient().get("/metrics")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -106,7 +122,14 @@ def test_the_exposition_reads_the_fleet_from_the_database(fleet):
     assert values(fleet, "liveupdate_open_alerts")[(("kind", "sla_violation"),)] == 1.0
     assert values(fleet, "liveupdate_open_alerts")[(("kind", "node_down"),)] == 0.0
     alerts = values(fleet, "liveupdate_node_open_alerts")
-    assert alerts == {(("kind", "sla_violation"), ("node", "edge-live")): 1.0}
+    assert alerts == {
+        (("kind", "rollback"), ("node", "edge-live")): 1.0,
+        (("kind", "sla_violation"), ("node", "edge-live")): 1.0,
+    }
+    key = (("field", "max_trainer_duty"), ("node", "edge-live"))
+    assert values(fleet, "liveupdate_node_override") == {key: 0.25}
+    since = values(fleet, "liveupdate_node_override_since_timestamp_seconds")[key]
+    assert abs(since - time.time()) < 60
 
 
 def test_the_metrics_token_is_required_when_set(fleet):
