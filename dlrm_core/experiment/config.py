@@ -44,9 +44,11 @@ class LinkConfig:
 
     bandwidth_gbps: float = 100.0
     target_table_bytes: float | None = 200 * TB  # None: no projection (scale 1)
+    scale_factor: float = 1.0  # the --link-scales sweep: the projection's scale times this
 
     def __post_init__(self) -> None:
         _check_range("bandwidth_gbps", self.bandwidth_gbps, 1e-6, 1e6)
+        _check_range("scale_factor", self.scale_factor, 1e-6, 1e6)
         if self.target_table_bytes is not None:
             _check_range("target_table_bytes", self.target_table_bytes, 1.0, 1e18)
 

@@ -8,6 +8,7 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.config import ExperimentConfig, LinkConfig, LiveUpdateParams
 from dlrm_core.experiment.harness import make_strategies, run_experiment
 from dlrm_core.experiment.results import build_results
+from dlrm_core.experiment.run_summary import summarise_run
 from dlrm_core.experiment.strategies import Stale
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
@@ -77,12 +78,14 @@ def test_the_leak_audit_fails_a_strategy_built_to_peek() -> None:
 
 def test_same_seed_same_results() -> None:
     names = ("delta_sync", "liveupdate")
-    a = build_results([small_run(names, events=3_000)], {"name": "synthetic"})
-    b = build_results([small_run(names, events=3_000)], {"name": "synthetic"})
+    a = build_results([summarise_run(small_run(names, events=3_000))], {"name": "synthetic"})
+    b = build_results([summarise_run(small_run(names, events=3_000))], {"name": "synthetic"})
     for name in names:
         for key in ("auc_per_window", "bytes_moved", "peak_memory_overhead_pct"):
             assert a["strategies"][name][key] == b["strategies"][name][key]
-    c = build_results([small_run(names, events=3_000, seed=1)], {"name": "synthetic"})
+    c = build_results(
+        [summarise_run(small_run(names, events=3_000, seed=1))], {"name": "synthetic"}
+    )
     assert (
         c["strategies"]["liveupdate"]["auc_per_window"]
         != (a["strategies"]["liveupdate"]["auc_per_window"])
@@ -90,7 +93,9 @@ def test_same_seed_same_results() -> None:
 
 
 def test_liveupdate_beats_stale_on_a_drifting_stream() -> None:
-    run = build_results([small_run(("stale", "liveupdate"), events=24_000)], {"name": "s"})
+    run = build_results(
+        [summarise_run(small_run(("stale", "liveupdate"), events=24_000))], {"name": "s"}
+    )
     live, stale = run["strategies"]["liveupdate"], run["strategies"]["stale"]
     assert live["mean_auc"] > stale["mean_auc"] + 0.02
     assert live["pooled_auc"] > stale["pooled_auc"]
