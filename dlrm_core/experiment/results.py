@@ -1,5 +1,8 @@
 """results.json: one run per seed combined into means with 95% intervals, fleet totals, claims.
 
+The fields the dashboard reads, with their types, are defined once in results_schema.py
+(dataclasses); write_results checks every file against them.
+
 results.json, schema_version 2 (times in replay-clock seconds, NaN written as null). Every
 schema-1 field keeps its name and meaning (now the mean over seeds; costs are fleet totals):
 - ``dataset``, ``config``, ``clock``, ``windows`` [{index, start_s, end_s, events, positives}],
@@ -40,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from dlrm_core.experiment import claims as claim_checks
+from dlrm_core.experiment.results_schema import validate_results
 from dlrm_core.experiment.run_summary import LIVE, RunSummary, mean, num
 from dlrm_core.experiment.stats import t_interval
 from dlrm_core.experiment.summary import summarise
@@ -263,4 +267,8 @@ def _dataset_summary(run: RunSummary, dataset: dict[str, Any]) -> dict[str, Any]
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:
+    """results.json, checked against its contract (results_schema) before it is written."""
+    errors = validate_results(results)
+    if errors:
+        raise AssertionError(f"results.json breaks its contract: {errors}")
     path.write_text(json.dumps(results, indent=1, allow_nan=False))
