@@ -23,6 +23,7 @@ from dlrm_core.commands.jobs import (
     synthetic_source,
 )
 from dlrm_core.experiment.config import (
+    MAX_REUSE,
     PRIORITIES,
     STRATEGY_NAMES,
     TB,
@@ -108,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--rebase-period", type=float, default=None)
     u.add_argument("--lr-a", type=float, default=live.lr_a)
     u.add_argument("--lr-b", type=float, default=live.lr_b)
-    u.add_argument("--reuse", type=int, default=live.reuse)
+    u.add_argument("--reuse", type=stream_args.bounded(int, 0, MAX_REUSE), default=live.reuse,
+                   help="extra optimizer passes per batch (0: one, as the cluster)")  # fmt: skip
     u.add_argument("--allocation", choices=("benefit", "even"), default=live.allocation)
 
 
@@ -152,7 +154,7 @@ def _add_protocol_arguments(c: argparse._ArgumentGroup, d: ExperimentConfig) -> 
     )
     c.add_argument("--lr-dense", type=float, default=d.lr_dense)
     c.add_argument("--lr-sparse", type=float, default=d.lr_sparse)
-    c.add_argument("--seed", type=int, default=d.seed)
+    c.add_argument("--seed", type=stream_args.bounded(int, 0, 2**31 - 101), default=d.seed)
     c.add_argument(
         "--seeds", type=stream_args.bounded(int, 1, 100), default=1,
         help="runs with seeds seed..seed+K-1 (95%% intervals)",
@@ -262,8 +264,9 @@ def run_plan(
         finished[0] += 1
         k, n = finished[0], len(tasks)
         tqdm.write(f"[{k}/{n}] {label(key, summary.config)}, seed {summary.config.seed}: "
-                   f"{summary.wall_seconds:.0f} s; elapsed {elapsed:.0f} s, about "
-                   f"{elapsed / k * (n - k):.0f} s left", file=sys.stderr)  # fmt: skip
+                   f"{summary.wall_seconds:.0f} s ({summary.process_cpu_seconds:.0f} CPU-s); "
+                   f"elapsed {elapsed:.0f} s, about {elapsed / k * (n - k):.0f} s left",
+                   file=sys.stderr)  # fmt: skip
 
     with bar:
         return run_all(spec, source, tasks, jobs, on_done, bar.update)
@@ -307,6 +310,15 @@ def _print_results(results: dict) -> None:  # type: ignore[type-arg]
     for claim in results["claims"]:
         print(f"claim: {claim['claim']}: {claim['verdict'].upper()}. {claim['measured']} "
               f"{claim['why']}")  # fmt: skip
+    for entry in results["frontier_by_link_scale"]:
+        if len(results["frontier_by_link_scale"]) > 1 or len(entry["frontier"]) > 1:
+            points = "; ".join(
+                f"{r['sync_period_s'] / 60:g} min: " + ", ".join(
+                    f"{n} {v:.4f}" for n, v in r["mean_auc"].items() if v is not None)
+                for r in entry["frontier"]
+            )  # fmt: skip
+            print(f"frontier at link x{entry['link_scale_factor']:g} (scale "
+                  f"{entry['link_scale']:.3g}): {points}")  # fmt: skip
     audit = results["audit"]
     if audit["enabled"]:
         leaking = sorted({n for r in audit["runs"] for n in r["leaking"]})

@@ -13,6 +13,7 @@ threads = cores // jobs (at least 1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -82,8 +83,9 @@ def run_config(
 ) -> RunSummary:
     from dlrm_core.experiment.harness import run_experiment
 
+    cpu = time.process_time()
     run = run_experiment(source.schema, source.open, source.num_events, config, progress)
-    return summarise_run(run)
+    return dataclasses.replace(summarise_run(run), process_cpu_seconds=time.process_time() - cpu)
 
 
 _WORKER_SOURCE: list[StreamSource] = []  # the stream a worker process opened once

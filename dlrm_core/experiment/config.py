@@ -24,6 +24,7 @@ STRATEGY_NAMES = (
     "hybrid",
 )
 PRIORITIES = ("magnitude", "freshness_magnitude")
+MAX_REUSE = 16
 TB = 1e12
 
 
@@ -87,6 +88,8 @@ class LiveUpdateParams:
                 _check_range(name, value, 1e-3, 1e9)
         _check_range("lr_a", self.lr_a, 1e-9, 10.0)
         _check_range("lr_b", self.lr_b, 1e-9, 10.0)
+        if not 0 <= self.reuse <= MAX_REUSE:
+            raise ValueError(f"reuse must be in [0, {MAX_REUSE}], got {self.reuse}")
         if self.allocation not in ("benefit", "even"):
             raise ValueError(f"allocation must be 'benefit' or 'even', got {self.allocation!r}")
 

@@ -245,7 +245,10 @@ def build_results(
             "runs": [a.as_dict() for a in audits],
         },
         "process": run.process.as_dict(),
-        "runtime": {"wall_seconds": sum(r.wall_seconds for r in runs)},
+        "runtime": {
+            "wall_seconds": sum(r.wall_seconds for r in runs),
+            "cpu_seconds": sum(r.process_cpu_seconds for r in runs),
+        },
     }
     results["summary"] = summarise(results)
     return results

@@ -45,6 +45,7 @@ class RunSummary:
     features: list[dict[str, Any]]  # [{name, rows}]
     table_bytes: int
     live_memory: list[MemoryAccount]  # one per LiveUpdate node (the memory claim)
+    process_cpu_seconds: float = 0.0  # CPU time of the whole run in its process (all threads)
 
     @property
     def eval_hours(self) -> float:
