@@ -254,7 +254,9 @@ def run_plan(
     event bar when serial, one line per finished run."""
     from tqdm import tqdm
 
-    tasks = [(key, cfg) for key, cfgs in plan.items() for cfg in cfgs]
+    # by seed: a worker then meets one seed's runs in a row and pretrains its base once
+    tasks = sorted(((key, cfg) for key, cfgs in plan.items() for cfg in cfgs),
+                   key=lambda task: task[1].seed)  # fmt: skip
     total = source.num_events * len(tasks) * (2 if audit else 1)
     bar = tqdm(total=total, unit="ev", desc="replay", file=sys.stderr, mininterval=5.0,
                disable=jobs > 1 and len(tasks) > 1)  # fmt: skip

@@ -25,7 +25,7 @@ def rows(protocol: dict[str, Any]) -> list[dict[str, str]]:
                 "mean AUC": _interval(auc, "{:.4f}"),
                 "gain vs delta_sync": _interval(gain, "{:+.2f}%"),
                 "fleet MB/h": f"{s['bytes_per_hour'] / 1e6:.2f}",
-                "fleet CPU-s/h": f"{s['cpu_seconds_per_hour']:.1f}",
+                "fleet update CPU-s/h": f"{s['cpu_seconds_per_hour']:.1f}",
                 "reach delta_sync (bytes, CPU)": _reach(res, name),
                 "claims": ", ".join(f"{k}: {v}" for k, v in verdicts.items())
                 if name == "liveupdate" else "",

@@ -16,9 +16,11 @@ from dlrm_core.experiment.audit import LeakAudit
 from dlrm_core.experiment.claims import MemoryAccount
 from dlrm_core.experiment.config import ExperimentConfig
 from dlrm_core.experiment.fleet import LocalFleet, fleet_totals
-from dlrm_core.experiment.harness import RunResult, pooled_metrics
+from dlrm_core.experiment.harness import RunResult
 from dlrm_core.experiment.liveupdate import LiveUpdate
 from dlrm_core.experiment.memory import ProcessMemory
+from dlrm_core.experiment.replay import StrategyTrace
+from dlrm_core.metrics import auc, log_loss
 
 LIVE = "liveupdate"
 
@@ -59,6 +61,13 @@ def num(x: float | None) -> float | None:
 def mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None]
     return float(np.mean(finite)) if finite else None
+
+
+def pooled_metrics(trace: StrategyTrace) -> tuple[float, float]:
+    """(AUC, log loss) over every scored event."""
+    y = np.concatenate(trace.labels)
+    s = np.concatenate(trace.scores)
+    return auc(y, s), log_loss(y, s)
 
 
 def _windows(metrics: Any) -> list[dict[str, Any]]:

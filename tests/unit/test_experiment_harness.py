@@ -100,3 +100,30 @@ def test_liveupdate_beats_stale_on_a_drifting_stream() -> None:
     assert live["mean_auc"] > stale["mean_auc"] + 0.02
     assert live["pooled_auc"] > stale["pooled_auc"]
     assert live["mean_staleness_s"] < stale["mean_staleness_s"]
+
+
+def test_a_memoised_base_gives_the_numbers_of_a_fresh_one() -> None:
+    from dlrm_core.experiment.harness import PRETRAINED
+
+    stream = SyntheticStream(
+        SyntheticConfig(seed=0, num_events=3_000, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
+    )  # fmt: skip
+
+    def open_stream():  # noqa: ANN202
+        return iter(stream)
+
+    config = small_config(("delta_sync", "liveupdate"))
+    first = summarise_run(run_experiment(stream.schema, open_stream, 3_000, config))
+    hits = PRETRAINED.hits
+    again = summarise_run(run_experiment(stream.schema, open_stream, 3_000, config))
+    assert PRETRAINED.hits == hits + 1  # the same stream, seed and head: trained once
+    fresh = summarise_run(run_experiment(stream.schema, lambda: iter(stream), 3_000, config))
+    assert PRETRAINED.hits == hits + 1  # another stream object: trained again
+    for name in ("delta_sync", "liveupdate"):
+        for key in ("auc_per_window", "bytes_moved", "pooled_auc"):
+            assert (
+                first.strategies[name][key]
+                == again.strategies[name][key]
+                == (fresh.strategies[name][key])
+            ), (name, key)

@@ -95,3 +95,23 @@ def test_link_scale_factor_multiplies_the_projection() -> None:
     assert projection_scale(LinkConfig(target_table_bytes=None, scale_factor=3.0), 1000) == 3.0
     with pytest.raises(ValueError, match="scale_factor"):
         LinkConfig(scale_factor=0.0)
+
+
+def test_the_memo_keeps_the_most_recently_used_entries() -> None:
+    from dlrm_core.experiment.memo import Memo
+
+    memo: Memo[int] = Memo(2)
+    calls: list[str] = []
+
+    def make(key: str) -> int:
+        calls.append(key)
+        return len(calls)
+
+    assert memo.get("a", lambda: make("a")) == 1
+    assert memo.get("b", lambda: make("b")) == 2
+    assert memo.get("a", lambda: make("a")) == 1 and memo.hits == 1
+    memo.get("c", lambda: make("c"))  # evicts b, the least recently used
+    assert memo.get("a", lambda: make("a")) == 1
+    assert memo.get("b", lambda: make("b")) == 4 and calls == ["a", "b", "c", "b"]
+    with pytest.raises(ValueError, match="capacity"):
+        Memo(0)
