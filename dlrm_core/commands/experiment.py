@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -220,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenProcessPool as exc:
+        print(f"liveupdate experiment: error: a worker process died ({exc})", file=sys.stderr)
+        return 1
     results = results_of(plan, done, source.info, tuning)
     write_outputs(results, args.out)
     _print_results(results)

@@ -6,6 +6,9 @@ the numbers are the same as a serial run's given the same torch thread count per
 (tests/integration/test_experiment_jobs.py checks it). Workers are spawned, not forked (a
 forked torch with a used OpenMP pool can hang), and each re-opens the stream from its flags.
 
+A worker that dies (killed, out of memory) fails the whole command with
+concurrent.futures.process.BrokenProcessPool instead of hanging.
+
 Threads: ``jobs`` x ``threads`` <= the usable cores; by default jobs = the usable cores and
 threads = cores // jobs (at least 1).
 """
@@ -18,6 +21,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -119,11 +123,15 @@ def run_all(
     else:
         context = multiprocessing.get_context("spawn")
         workers = min(jobs, len(tasks))
-        with context.Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
-            items = [(i, config) for i, (_, config) in enumerate(tasks)]
-            for i, summary in pool.imap_unordered(_run_in_worker, items):
+        pool = ProcessPoolExecutor(workers, context, _init_worker, (spec,))
+        try:
+            futures = [pool.submit(_run_in_worker, (i, c)) for i, (_, c) in enumerate(tasks)]
+            for future in as_completed(futures):
+                i, summary = future.result()  # a worker's error is raised here
                 out[i] = summary
                 on_done(tasks[i][0], summary, time.perf_counter() - start)
+        finally:  # on an error or ^C: drop the queued runs, do not wait for them
+            pool.shutdown(wait=True, cancel_futures=True)
     grouped: dict[K, list[RunSummary]] = {}
     for (key, _), done in zip(tasks, out, strict=True):
         assert done is not None

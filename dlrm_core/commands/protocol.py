@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from dlrm_core.commands import experiment, stream_args
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"liveupdate protocol: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenProcessPool as exc:
+        print(f"liveupdate protocol: error: a worker process died ({exc})", file=sys.stderr)
+        return 1
     out: dict[str, Any] = {
         "schema": SCHEMA, "dataset": source.info,
         "grid": {"shapes": [dataclasses.asdict(s) for s in grid], "seeds": args.seeds,

@@ -89,3 +89,12 @@ def test_protocol_rejects_a_bad_grid(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["protocol", *TINY, "--grid-nodes", "0", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "--grid-nodes: must be in" in capsys.readouterr().err
+
+
+def test_an_error_in_a_worker_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    small_budget = [*TINY[:-2], "--budget-pct", "1", "--seeds", "2", "--jobs", "2"]
+    code = main(["experiment", *small_budget, "--strategies", "liveupdate", "--out",
+                 str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot hold a single table's factors" in err
+    assert "Traceback" not in err and not (tmp_path / "results.json").exists()
