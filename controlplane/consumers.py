@@ -17,7 +17,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from controlplane.access import MESSAGE_TYPE, session_group, user_group
 from controlplane.roles import role_level
-from controlplane.status import FLEET_GROUP, encode, node_group
+from controlplane.status import FLEET_GROUP, encode, listen_for_relayed_events, node_group
 from nodeworker.protocol import NODE_NAME_RE
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             self.access_groups.append(session_group(session_key))
         for group in [FLEET_GROUP, *self.access_groups]:
             await self.channel_layer.group_add(group, self.channel_name)
+        await listen_for_relayed_events()  # the embedded web server, from its first page on
         await self.accept()
 
     async def disconnect(self, code: int) -> None:

@@ -72,22 +72,28 @@ class Policy(models.Model):
         return self.name
 
     def values(self) -> dict:
+        """The wire fields as saved (PolicyVersion.values)."""
         return {name: getattr(self, name) for name in self.WIRE_FIELDS}
 
-    def clean(self) -> None:
-        _, errors = protocol.validate_policy(self.values())
-        if errors:
+    def node_policy(self) -> protocol.Policy:
+        """The policy a node is sent; ValidationError (per field) when it is not valid."""
+        policy, errors = protocol.validate_policy(self.values())
+        if policy is None:
             raise ValidationError(errors)
+        return policy
+
+    def clean(self) -> None:
+        self.node_policy()
 
 
 class PolicyVersion(models.Model):
-    """One saved state of a policy: who (a person or the watchdog) changed what, when and why."""
+    """One saved state of a policy: who changed what, when and why."""
 
     policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()
     values = models.JSONField()
     changes = models.JSONField(default=dict, help_text="field -> [old, new]")
-    actor = models.CharField(max_length=150, help_text="user:<name> or watchdog")
+    actor = models.CharField(max_length=150, help_text="user:<name> or system")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -126,6 +132,12 @@ class Node(models.Model):
         Policy, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes"
     )
     applied_policy_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # What people applied last, as sent (apply_policy's policy, policy_name and version; no
+    # overrides): the watchdog judges it and re-sends it, never a saved but unapplied edit.
+    applied_policy = models.JSONField(null=True, blank=True, editable=False)
+    # When the policy or an override last changed on the node: the watchdog judges only the
+    # telemetry of later intervals.
+    applied_at = models.DateTimeField(null=True, blank=True, editable=False)
     # What the node reports it runs (protocol_telemetry.RunningState); services.desired
     # re-sends the rest.
     running_policy_version = models.BigIntegerField(null=True, blank=True, editable=False)
@@ -336,7 +348,6 @@ class Alert(models.Model):
     message = models.TextField()
     details = models.JSONField(default=dict)
     raised_at = models.DateTimeField()
-    last_escalated_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -403,3 +414,7 @@ class ExperimentRun(models.Model):
     def dataset_name(self) -> str:
         dataset = self.results.get("dataset", {}) if isinstance(self.results, dict) else {}
         return str(dataset.get("name", "")) if isinstance(dataset, dict) else ""
+
+
+# The watchdog's automatic overrides of a node's policy: a model of its own module.
+from controlplane.overrides import PolicyOverride  # noqa: E402, F401

@@ -128,6 +128,9 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
     latest = serializers.SerializerMethodField(
         help_text="The newest telemetry sample (the websocket's telemetry sample shape), or null."
     )
+    overrides = serializers.SerializerMethodField(
+        help_text="The watchdog's overrides of the applied policy (the node runs the stricter)."
+    )
 
     class Meta:
         model = Node
@@ -140,6 +143,9 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
             "last_seen",
             "policy",
             "applied_policy_version",
+            "applied_policy",
+            "applied_at",
+            "overrides",
             "running_policy_version",
             "running_checkpoint",
             "running_reported_at",
@@ -151,12 +157,18 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
             "status",
             "last_seen",
             "applied_policy_version",
+            "applied_policy",
+            "applied_at",
             "running_policy_version",
             "running_checkpoint",
             "running_reported_at",
             "created",
         ]
         list_serializer_class = NodeListSerializer
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_overrides(self, obj: Node) -> list[dict]:
+        return [o.as_dict() for o in obj.overrides.all()] if obj.pk else []
 
     def get_token(self, obj: Node) -> str | None:
         return getattr(obj, "raw_token", None)
@@ -277,7 +289,6 @@ class AlertSerializer(ModelSerializer):
             "details",
             "open",
             "raised_at",
-            "last_escalated_at",
             "resolved_at",
             "acknowledged_by",
             "acknowledged_at",

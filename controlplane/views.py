@@ -68,7 +68,7 @@ class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
             .order_by("-received_at", "-id")
             .values("pk")[:1]
         )
-    )
+    ).prefetch_related("overrides")
     serializer_class = serializers.NodeSerializer
     filterset_class = NodeFilter
     lookup_field = "name"

@@ -69,10 +69,11 @@ class TableAccount:
 class MemoryAccount:
     tables: Mapping[str, TableAccount]
     pending: int  # served batches waiting for labels, and the replay window
+    dense: int = 0  # top-layer tuning's gradients and accumulators (dlrm_core.top_tune)
 
     @property
     def total(self) -> int:
-        return sum(t.total for t in self.tables.values()) + self.pending
+        return sum(t.total for t in self.tables.values()) + self.pending + self.dense
 
     @property
     def budget(self) -> int:

@@ -33,6 +33,7 @@ from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController
 from dlrm_core.rank_policy import RankEvent, RankPolicy, min_budget_bytes
 from dlrm_core.sparse_optim import SparseRowOptimizer
+from dlrm_core.top_tune import TopLayerTuner
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class TrainerConfig:
     budget_fraction: float = 0.02  # per-table budget, share of its base bytes
     lr_a: float = 0.05  # row-wise Adagrad on A
     lr_b: float = 1e-3  # Adam on B
+    # Adagrad on the top MLP's last top_layers linear layers (0: frozen; see top_tune)
+    lr_top: float = 0.0
+    top_layers: int = 1
     label_delay: float = 0.0  # seconds from serving until a logged label is usable
     label_timeout: float = 600.0  # seconds until a missing label counts as a negative
     max_pending: int = 1_000_000  # served rows waiting for labels
@@ -65,6 +69,10 @@ class TrainerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 < value <= 10):
                 raise ValueError(f"{name} must be in (0, 10], got {value}")
+        if not (math.isfinite(self.lr_top) and 0 <= self.lr_top <= 10):
+            raise ValueError(f"lr_top must be in [0, 10], got {self.lr_top}")
+        if not 1 <= self.top_layers <= 16:
+            raise ValueError(f"top_layers must be in [1, 16], got {self.top_layers}")
         for name in ("reuse", "replay_window"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ValueError(f"{name} must be in [0, 100], got {getattr(self, name)}")
@@ -129,6 +137,9 @@ class LiveTrainer:
             for name, live in self.lives.items()
         }
         self.groups = LiveGroups(model.config.feature_names, self.lives, self.controllers)
+        self.top: TopLayerTuner | None = None
+        if config.lr_top > 0:
+            self.top = TopLayerTuner(model, config.top_layers, config.lr_top)
         self._join: LabelJoin | None = None
         self._store: FactorStore | None = None
         if config.in_process_join:
@@ -212,9 +223,11 @@ class LiveTrainer:
         if not math.isfinite(value):
             return self._rollback("non-finite loss", value, batch, admitted)
         loss.backward()
-        if not self.groups.grads_finite():
+        if not self.groups.grads_finite() or (self.top and not self.top.grads_finite()):
             return self._rollback("non-finite gradient", value, batch, admitted)
         self.groups.step(self.config.lr_a, self.config.lr_b)
+        if self.top is not None:
+            self.top.step()
         self.stats.steps += 1
         self.stats.samples += len(batch)
         self.stats.replay_steps += int(replay)
@@ -238,6 +251,8 @@ class LiveTrainer:
         """Drop the grads and the rows admitted by this step (their A rows are still zero):
         the factors are as before the step (admit never evicts; make_room runs on success)."""
         self.groups.drop_grads()
+        if self.top is not None:
+            self.top.drop_grads()
         for live, ids in admitted:
             live.evict(ids, fold=False)
         return self._skip(reason, loss, batch)
@@ -291,7 +306,7 @@ class LiveTrainer:
             )
         joining = self._join.nbytes() if self._join else 0
         pending = joining + sum(item[0].nbytes for item in self._replay)
-        return MemoryAccount(tables, pending)
+        return MemoryAccount(tables, pending, dense=self.top.nbytes if self.top else 0)
 
     def ranks(self) -> dict[str, int]:
         return {name: live.rank for name, live in self.lives.items()}

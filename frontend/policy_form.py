@@ -35,6 +35,11 @@ class Field:
         return bound is not None and bound.kind is int
 
     @property
+    def overridable(self) -> bool:
+        """The watchdog may override it on a node (the editor lists those overrides)."""
+        return self.name in protocol.STRICTER
+
+    @property
     def default(self):
         return protocol.POLICY_DEFAULTS.get(self.name, "")
 

@@ -13,7 +13,6 @@ Where the base changes: ``rebase`` and ``supervise`` rewrite the base tables and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
 from nodeworker import placement, protocol
+from nodeworker.checkpoint_files import CheckpointFiles
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
@@ -94,9 +94,9 @@ class NodeOperations:
                 self.config.sysfs_root,
                 [os.getpid()],
                 [pid],
-                cache_pct=int(self.state.policy["cache_partition_pct"]),
-                bandwidth_pct=int(self.state.policy["bandwidth_partition_pct"]),
-                trainer_share=float(self.state.policy["trainer_share"]),
+                cache_pct=self.state.policy.cache_partition_pct,
+                bandwidth_pct=self.state.policy.bandwidth_partition_pct,
+                trainer_share=self.state.policy.trainer_share,
                 trainer_cpus=len(self.state.plan.trainer_cpus),
             )
         )
@@ -125,23 +125,36 @@ class NodeOperations:
     # --- the control operations --------------------------------------------------------------
 
     def apply_policy(
-        self, policy: dict[str, Any], policy_name: str | None = None, version: int | None = None
+        self,
+        policy: dict[str, Any],
+        policy_name: str | None = None,
+        version: int | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """``policy`` as people set it, ``overrides`` the plane's automatic tightenings of it
+        (protocol.validate_overrides): the node runs the stricter of the two."""
         clean, errors = protocol.validate_policy(policy)
+        kept, override_errors = protocol.validate_overrides(overrides or {})
         errors = {f"policy.{k}": v for k, v in errors.items()}
+        errors |= {f"overrides.{k}": v for k, v in override_errors.items()}
         version_error = protocol_telemetry.policy_version_error(version)
         if version_error:
             errors["version"] = version_error
-        if errors:
+        if clean is None or kept is None or errors:
             raise InvalidRequest(errors)
-        self.state.adopt_policy(clean, version)
-        self.qos.set_policy(float(clean["sla_p99_ms"]), float(clean["max_trainer_duty"]))
+        self.state.adopt_policy(clean, version, kept)
+        in_force = self.state.policy
+        self.qos.set_policy(in_force.sla_p99_ms, in_force.max_trainer_duty)
         plan = self.state.plan
-        result: dict[str, Any] = {"mode": clean["mode"], "placement": plan.as_dict()}
+        result: dict[str, Any] = {
+            "mode": in_force.mode,
+            "overrides": kept,
+            "placement": plan.as_dict(),
+        }
         if self.config.pin:
             placement.pin_process(plan.inference_cpus)
             self.trainer.pin(plan.trainer_cpus)
-        ranks = self.trainer.set_policy(clean)
+        ranks = self.trainer.set_policy(in_force)
         if ranks is not None:
             result["ranks"] = ranks
             self.partition()
@@ -158,7 +171,7 @@ class NodeOperations:
         self.qos.set_operator_pause(False)
         return {
             "throttle": "paused" if self.state.mode_paused else "running",
-            "mode": self.state.policy["mode"],
+            "mode": self.state.policy.mode,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -172,7 +185,8 @@ class NodeOperations:
         return detail
 
     def rebase(self, checkpoint: dict[str, Any], keep_factors: bool = False) -> dict[str, Any]:
-        location, checksum = _checked_location(checkpoint)
+        files = CheckpointFiles.for_node(self.config, self.inference.model)
+        location, checksum = files.checked(checkpoint)  # stat'ed, streamed, under its directory
         try:
             new = load_model(location, expected=self.inference.model.config)
         except (CheckpointError, ValueError) as exc:
@@ -272,7 +286,8 @@ class NodeOperations:
     def status(self) -> dict[str, Any]:
         return {
             **self.health(),
-            "policy": self.state.policy,
+            "policy": self.state.policy.wire(),
+            "overrides": self.state.applied.overrides,
             "placement": self.state.plan.as_dict(),
             "partitions": self.state.partition_report(),
             "cache": self.feed_counts(),
@@ -294,18 +309,3 @@ def _sync_stamps(created_at: Any, trained_until: Any) -> dict[str, float]:
     if errors:
         raise InvalidRequest(errors)
     return stamps
-
-
-def _checked_location(checkpoint: Any) -> tuple[str, str | None]:
-    """The checkpoint file a rebase names, checked to exist and match its checksum, and that
-    checksum as ``sha256:<hex>`` (what the node then reports running; None when none came)."""
-    location = checkpoint.get("location") if isinstance(checkpoint, dict) else None
-    if not isinstance(location, str) or not Path(location).is_file():
-        raise InvalidRequest({"checkpoint.location": "No such checkpoint file on this node."})
-    want = str(checkpoint.get("checksum") or "").removeprefix("sha256:")
-    if want:
-        data = Path(location).read_bytes()
-        # the control plane's sha256: of the whole file, or the digest save_model returned
-        if want not in (hashlib.sha256(data).hexdigest(), data[-32:].hex()):
-            raise InvalidRequest({"checkpoint.checksum": "Does not match the file."})
-    return location, f"sha256:{want}" if want else None

@@ -9,13 +9,14 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodeworker import protocol
 
 if TYPE_CHECKING:  # imported when started: the Celery app imports this module without torch
+    from dlrm_core.schema import StreamSchema
     from nodeworker.control_socket import ControlServer
     from nodeworker.http import NodeHTTPServer
     from nodeworker.replayer import Replayer
@@ -32,6 +33,7 @@ class NodeSettings:
     name: str
     data_dir: Path
     checkpoint: str | None = None  # None: a fresh model for the replayed stream
+    checkpoint_dir: Path | None = None  # rebases read only here; None: the checkpoint's folder
     control_plane: str | None = None
     token: str | None = None
     http_host: str = "127.0.0.1"
@@ -69,9 +71,10 @@ class NodeSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> NodeSettings:
-        """NODE_NAME, NODE_CHECKPOINT, NODE_CONTROL_PLANE, NODE_TOKEN, NODE_HTTP_HOST,
-        NODE_HTTP_PORT, NODE_FEEDBACK_SECRET, NODE_REPLAY, NODE_SKIP_EVENTS, NODE_QPS,
-        NODE_LABEL_DELAY, NODE_SLA_MS (a bad value raises ValueError naming the variable)."""
+        """NODE_NAME, NODE_CHECKPOINT, NODE_CHECKPOINT_DIR, NODE_CONTROL_PLANE, NODE_TOKEN,
+        NODE_HTTP_HOST, NODE_HTTP_PORT, NODE_FEEDBACK_SECRET, NODE_REPLAY, NODE_SKIP_EVENTS,
+        NODE_QPS, NODE_LABEL_DELAY, NODE_SLA_MS (a bad value raises ValueError naming the
+        variable)."""
 
         def num(var: str, kind, default):
             raw = environ.get(var)
@@ -85,6 +88,9 @@ class NodeSettings:
             name=name,
             data_dir=cls.default_data_dir(name, environ),
             checkpoint=environ.get("NODE_CHECKPOINT") or None,
+            checkpoint_dir=Path(environ["NODE_CHECKPOINT_DIR"])
+            if environ.get("NODE_CHECKPOINT_DIR")
+            else None,
             control_plane=environ.get("NODE_CONTROL_PLANE") or None,
             token=environ.get("NODE_TOKEN") or None,
             http_host=environ.get("NODE_HTTP_HOST", "127.0.0.1"),
@@ -160,29 +166,50 @@ class NodeService:
         self._stop = threading.Event()
 
     def start(self) -> NodeService:
-        from nodeworker.control_socket import ControlServer
-        from nodeworker.http import NodeHTTPServer
-        from nodeworker.replayer import ReplayConfig, Replayer
-        from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
-        from nodeworker.telemetry import TelemetryReporter
-
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         source = schema = None
         if s.replay:
             source, schema = open_source(s.replay, s.seed, s.skip_events)
+        runtime = self.runtime = self._start_runtime(schema)
+        self._start_endpoints(runtime)
+        if source is not None:
+            from nodeworker.replayer import ReplayConfig, Replayer
+
+            config = ReplayConfig(
+                qps=s.qps,
+                label_delay_s=s.label_delay_s,
+                rows_per_request=s.rows_per_request,
+                seed=s.seed,
+            )
+            self.replayer = Replayer(runtime.predict, runtime.feedback, source, config).start()
+        log.info(
+            "node %s: serving on %s (POST /v1/predict, /v1/feedback), placement %s",
+            s.name,
+            self.http.url if self.http else "?",
+            runtime.state.plan.as_dict(),
+        )
+        return self
+
+    def _start_runtime(self, schema: StreamSchema | None) -> NodeRuntime:
+        """The runtime on the given checkpoint (or a fresh one sized by the replayed stream's
+        ``schema``), started and ready."""
+        from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+
+        s = self.settings
         checkpoint = s.checkpoint
         if checkpoint is None:  # NodeSettings: a stream is replayed, its schema sizes the model
             assert schema is not None
             checkpoint = build_fresh_checkpoint(schema, s.data_dir / "fresh-base.ckpt", s.seed)
-        policy = dict(protocol.POLICY_DEFAULTS)
+        policy = protocol.DEFAULT_POLICY
         if s.sla_ms is not None:
-            policy["sla_p99_ms"] = s.sla_ms
+            policy = replace(policy, sla_p99_ms=s.sla_ms)
         runtime = NodeRuntime(
             RuntimeConfig(
                 name=s.name,
                 data_dir=s.data_dir,
                 checkpoint=checkpoint,
+                checkpoint_dir=s.checkpoint_dir,
                 policy=policy,
                 trainer=s.trainer,
                 pin=s.pin,
@@ -190,8 +217,18 @@ class NodeService:
                 label_window_s=s.label_window_s,
             )
         ).start()
-        self.runtime = runtime
+        self.runtime = runtime  # stop() stops it should the rest fail
         runtime.wait_ready()
+        return runtime
+
+    def _start_endpoints(self, runtime: NodeRuntime) -> None:
+        """The HTTP endpoint, the control socket and (with a control plane) the telemetry
+        reporter."""
+        from nodeworker.control_socket import ControlServer
+        from nodeworker.http import NodeHTTPServer
+        from nodeworker.telemetry import TelemetryReporter
+
+        s = self.settings
         self.http = NodeHTTPServer(
             runtime, s.http_host, s.http_port, feedback_secret=s.feedback_secret
         ).start()
@@ -205,21 +242,6 @@ class NodeService:
                 runtime.telemetry_snapshot,
                 running=runtime.running_state,
             ).start()
-        if source is not None:
-            config = ReplayConfig(
-                qps=s.qps,
-                label_delay_s=s.label_delay_s,
-                rows_per_request=s.rows_per_request,
-                seed=s.seed,
-            )
-            self.replayer = Replayer(runtime.predict, runtime.feedback, source, config).start()
-        log.info(
-            "node %s: serving on %s (POST /v1/predict, /v1/feedback), placement %s",
-            s.name,
-            self.http.url,
-            runtime.state.plan.as_dict(),
-        )
-        return self
 
     def supervise(self) -> None:
         """Restart a dead trainer (from the latest snapshot); a failure is logged."""

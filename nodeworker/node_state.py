@@ -2,10 +2,11 @@
 placement it implies, and the base checkpoint being served. One instance per node; a policy
 or a rebase replaces its fields as a whole (``adopt_policy``, ``adopt_checkpoint``).
 
-What the control plane applied (the policy and its version, the rebased checkpoint and its
-checksum) is persisted in the data dir (``applied.json``, AppliedState) the moment it takes
-effect, so a restarted node comes back into it instead of its start-up defaults, and is echoed
-in every telemetry batch (``running``), so the plane can see what the node runs."""
+What the control plane applied (the policy and its version, the plane's automatic overrides
+of it, the rebased checkpoint and its checksum) is persisted in the data dir (``applied.json``,
+AppliedState) the moment it takes effect, so a restarted node comes back into it instead of its
+start-up defaults, and is echoed in every telemetry batch (``running``), so the plane can see
+what the node runs."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ APPLIED_FILE = "applied.json"
 class AppliedState:
     """What the control plane applied last; None where the node runs its start-up value."""
 
-    policy: dict[str, Any] | None = None  # validated (protocol.validate_policy)
+    policy: protocol.Policy | None = None  # what people set (protocol.validate_policy)
     policy_version: int | None = None
+    # field -> value set by the control plane's watchdog (protocol.validate_overrides)
+    overrides: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None  # the rebased checkpoint's location
     checkpoint_checksum: str | None = None  # "sha256:<64 hex>" (protocol_telemetry.CHECKSUM_RE)
 
@@ -41,24 +44,32 @@ class AppliedState:
             return cls()
         try:
             raw = json.loads(path.read_text())
-            state = cls(**raw)
+            state = cls(**{**raw, "policy": None, "overrides": {}})
         except (OSError, ValueError, TypeError) as exc:
             log.warning(
                 "%s is unreadable (%s); starting from the start-up policy and base", path, exc
             )
             return cls()
-        return state._checked(path)
+        return state._checked(path, raw.get("policy"), raw.get("overrides") or {})
 
-    def _checked(self, path: Path) -> AppliedState:
-        """Each half kept only when it is still valid (a policy bound may have tightened)."""
+    def _checked(self, path: Path, policy: Any, overrides: Any) -> AppliedState:
+        """Each half kept only when it is still valid (a policy bound may have tightened):
+        ``policy`` and ``overrides`` as saved (their wire form)."""
         state = self
-        if state.policy is not None:
-            clean, errors = protocol.validate_policy(state.policy)
-            if errors or protocol_telemetry.policy_version_error(state.policy_version):
-                log.warning("%s: the saved policy is invalid (%s); not restored", path, errors)
-                state = replace(state, policy=None, policy_version=None)
+        if policy is not None:
+            clean, errors = (
+                protocol.validate_policy(policy)
+                if isinstance(policy, dict)
+                else (None, {"policy": "Must be an object."})
+            )
+            kept, override_errors = protocol.validate_overrides(overrides)
+            version_error = protocol_telemetry.policy_version_error(state.policy_version)
+            if clean is None or kept is None or version_error:
+                why = {**errors, **override_errors, "version": version_error}
+                log.warning("%s: the saved policy is invalid (%s); not restored", path, why)
+                state = replace(state, policy_version=None)
             else:
-                state = replace(state, policy=clean)
+                state = replace(state, policy=clean, overrides=kept)
         checksum = state.checkpoint_checksum
         if state.checkpoint is not None and (
             not isinstance(state.checkpoint, str)
@@ -75,13 +86,17 @@ class AppliedState:
         tmp.write_text(json.dumps(asdict(self)))
         os.replace(tmp, path)
 
+    def policy_in_force(self) -> protocol.Policy | None:
+        """The applied policy with its overrides (None: nothing applied)."""
+        return None if self.policy is None else self.policy.with_overrides(self.overrides)
+
     def running(self) -> protocol_telemetry.RunningState:
         return protocol_telemetry.RunningState(self.policy_version, self.checkpoint_checksum)
 
 
 @dataclass
 class NodeState:
-    policy: dict[str, Any]  # validated (protocol.validate_policy)
+    policy: protocol.Policy  # in force: the applied policy with its overrides, or the start-up one
     topology: placement.Topology
     checkpoint: str  # the base model (dlrm_core.checkpoint)
     applied_path: Path  # where AppliedState is persisted
@@ -92,12 +107,21 @@ class NodeState:
     def __post_init__(self) -> None:
         self.plan = self._plan()
 
-    def adopt_policy(self, policy: dict[str, Any], version: int | None = None) -> None:
-        """The policy (validated) the node follows from now on, and its placement. The one
-        place a policy takes effect on the node, persisted with its version."""
-        self.policy = policy
+    def adopt_policy(
+        self,
+        policy: protocol.Policy,
+        version: int | None = None,
+        overrides: dict[str, float] | None = None,
+    ) -> None:
+        """The policy (with the plane's overrides of it) the node follows from now on, and its
+        placement. The one place a policy takes effect on the node, persisted with its version
+        and overrides."""
+        applied = replace(
+            self.applied, policy=policy, policy_version=version, overrides=dict(overrides or {})
+        )
+        self.policy = policy.with_overrides(applied.overrides)
         self.plan = self._plan()
-        self._persist(replace(self.applied, policy=policy, policy_version=version))
+        self._persist(applied)
 
     def adopt_checkpoint(self, location: str, checksum: str | None) -> None:
         """The base checkpoint served from now on (rebase), persisted with its checksum."""
@@ -114,13 +138,13 @@ class NodeState:
     @property
     def mode_paused(self) -> bool:
         """The policy's mode leaves the trainer idle (inference only)."""
-        return bool(self.policy["mode"] != "liveupdate")
+        return self.policy.mode != "liveupdate"
 
     def _plan(self) -> placement.PlacementPlan:
         return placement.plan_placement(
             self.topology,
-            trainer_cores=int(self.policy["trainer_cores"]),
-            trainer_share=float(self.policy["trainer_share"]),
+            trainer_cores=self.policy.trainer_cores,
+            trainer_share=self.policy.trainer_share,
         )
 
     def partition_report(self) -> list[dict[str, Any]]:

@@ -116,9 +116,9 @@ class NodeRuntime:
         self.rings = FeedRings.open(self.shm_dir, create=True)
         self.qos = QosController(
             QosConfig(
-                sla_p99_ms=float(clean["sla_p99_ms"]),
+                sla_p99_ms=clean.sla_p99_ms,
                 window_s=config.qos_window_s,
-                max_duty=float(clean["max_trainer_duty"]),
+                max_duty=clean.max_trainer_duty,
             )
         )
         self.metrics = RuntimeMetrics()
@@ -249,7 +249,7 @@ def _restored_state(config: RuntimeConfig, data_dir: Path) -> NodeState:
     """The node's state: what the control plane applied last (persisted in the data dir) over
     the start-up policy and checkpoint, so a restart does not undo a policy or a rebase."""
     applied = AppliedState.load(data_dir / APPLIED_FILE)
-    policy = applied.policy or protocol.validate_policy(config.policy)[0]
+    policy = applied.policy_in_force() or config.policy
     checkpoint = applied.checkpoint or config.checkpoint
     topology = placement.read_topology(config.sysfs_root)
     return NodeState(policy, topology, checkpoint, data_dir / APPLIED_FILE, applied)
@@ -297,11 +297,11 @@ def _schema_of(model: DLRM) -> StreamSchema:
     )
 
 
-def _capacities(model: DLRM, policy: dict[str, Any]) -> dict[str, TableCapacity]:
+def _capacities(model: DLRM, policy: protocol.Policy) -> dict[str, TableCapacity]:
     """The shared factor slots of the tables the policy's budget lets the trainer train."""
     dim = model.config.embedding_dim
     floor = min_budget_bytes(rank_policy(policy, dim), dim)
-    pct = float(policy["memory_budget_pct"])
+    pct = policy.memory_budget_pct
     return {
         name: TableCapacity.for_budget(
             budget_bytes(base_weight(model, name), CAPACITY_PCT), dim, dim

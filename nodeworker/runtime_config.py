@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nodeworker import protocol
 from nodeworker.feed import FeedConfig
@@ -15,7 +14,8 @@ class RuntimeConfig:
     name: str
     data_dir: Path
     checkpoint: str  # the base model (dlrm_core.checkpoint)
-    policy: dict[str, Any] = field(default_factory=lambda: dict(protocol.POLICY_DEFAULTS))
+    checkpoint_dir: Path | None = None  # rebase reads only here; None: the checkpoint's folder
+    policy: protocol.Policy = protocol.DEFAULT_POLICY
     shm_root: Path = Path("/dev/shm")
     sysfs_root: str = "/"
     trainer: bool = True  # False: inference only (a baseline)
@@ -33,9 +33,6 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         protocol.node_queue(self.name)
-        _, errors = protocol.validate_policy(self.policy)
-        if errors:
-            raise ValueError(f"invalid policy: {errors}")
 
     def feed_config(self) -> FeedConfig:
         return FeedConfig(

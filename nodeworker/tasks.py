@@ -30,11 +30,25 @@ def _call(task, op: str, **kwargs: Any) -> Any:
 
 
 @app.task(name=protocol.TASK_APPLY_POLICY, bind=True, throws=(ControlError,))
-def apply_policy(self, policy: dict, policy_name: str | None = None, version: int | None = None):
+def apply_policy(
+    self,
+    policy: dict,
+    policy_name: str | None = None,
+    version: int | None = None,
+    overrides: dict | None = None,
+):
     clean, errors = protocol.validate_policy(policy)
-    if errors:
-        raise ControlError("invalid policy", errors)
-    return _call(self, "apply_policy", policy=clean, policy_name=policy_name, version=version)
+    kept, override_errors = protocol.validate_overrides(overrides or {})
+    if clean is None or kept is None:
+        raise ControlError("invalid policy", {**errors, **override_errors})
+    return _call(
+        self,
+        "apply_policy",
+        policy=clean.wire(),
+        policy_name=policy_name,
+        version=version,
+        overrides=kept,
+    )
 
 
 @app.task(name=protocol.TASK_PAUSE, bind=True, throws=(ControlError,))

@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+from nodeworker import protocol
 from nodeworker.feed import Feed, FeedReport
 from nodeworker.join_counts import JoinCounts
 from nodeworker.node_events import NodeEvents
@@ -93,7 +94,7 @@ class TrainerClient(ABC):
     def wait_ready(self, timeout: float = 120.0) -> None: ...
 
     @abstractmethod
-    def set_policy(self, policy: dict[str, Any]) -> dict[str, int] | None:
+    def set_policy(self, policy: protocol.Policy) -> dict[str, int] | None:
         """Each trained table's rank under the policy; None without a trainer."""
 
     @abstractmethod
@@ -138,7 +139,7 @@ class NoTrainer(TrainerClient):
     def wait_ready(self, timeout: float = 120.0) -> None:
         pass
 
-    def set_policy(self, policy: dict[str, Any]) -> None:
+    def set_policy(self, policy: protocol.Policy) -> None:
         return None
 
     def pin(self, cpus: tuple[int, ...]) -> None:
@@ -244,7 +245,7 @@ class ProcessTrainerClient(TrainerClient):
                     f"the trainer process did not start within {COMMAND_TIMEOUT_S} s"
                 )
 
-    def set_policy(self, policy: dict[str, Any]) -> dict[str, int] | None:
+    def set_policy(self, policy: protocol.Policy) -> dict[str, int] | None:
         if self._proc is None:
             return None  # between a stop and the next start: the next starts on the policy
         result = self._call(lambda i: SetPolicy(i, policy))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nodeworker import protocol
 from nodeworker.feed import FeedReport
 
 # --- node -> trainer: commands, each answered by one Reply with the same id (Stop is not) ---
@@ -18,7 +19,7 @@ from nodeworker.feed import FeedReport
 @dataclass(frozen=True)
 class SetPolicy:
     id: int
-    policy: dict[str, Any]  # a validated node policy (protocol.validate_policy)
+    policy: protocol.Policy
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
-from nodeworker import placement
+from nodeworker import placement, protocol
 from nodeworker.feed import Feed, FeedConfig, FeedRings
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import SharedFactors, TableCapacity, map_base_tables
@@ -60,15 +59,15 @@ log = logging.getLogger(__name__)
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
 
 
-def rank_policy(policy: dict[str, Any], dim: int) -> RankPolicy:
-    """The RankPolicy of a validated node policy (protocol.validate_policy)."""
-    r_max = min(int(policy["r_max"]), dim)
+def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
+    """The RankPolicy of a node policy."""
+    r_max = min(policy.r_max, dim)
     return RankPolicy(
-        tau=float(policy["tau"]),
-        r_min=min(int(policy["r_min"]), r_max),
+        tau=policy.tau,
+        r_min=min(policy.r_min, r_max),
         r_max=r_max,
-        max_age=float(policy["prune_age_s"]),
-        fold_evicted=policy["prune_action"] == "fold",
+        max_age=policy.prune_age_s,
+        fold_evicted=policy.prune_action == "fold",
     )
 
 
@@ -77,7 +76,7 @@ class TrainerSetup:
     checkpoint: str  # base model (MLPs; tables come from shm_dir)
     shm_dir: str
     capacities: dict[str, TableCapacity]
-    policy: dict[str, Any]  # validated node policy
+    policy: protocol.Policy
     cpus: tuple[int, ...]
     start_version: int  # versions published continue after this
     restore_dir: str | None = None  # factors to import at start (a snapshot)
@@ -114,7 +113,7 @@ class TrainerLoop:
         self.dim = model.config.embedding_dim
         self.model_config = model.config
         policy = rank_policy(setup.policy, self.dim)
-        self.budget_pct = float(setup.policy["memory_budget_pct"])
+        self.budget_pct = setup.policy.memory_budget_pct
         config = TrainerConfig(
             tables=tuple(setup.capacities),
             live=LiveEmbeddingConfig(rank=min(max(4, policy.r_min), policy.r_max)),
@@ -184,7 +183,7 @@ class TrainerLoop:
         now = time.time()
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
-            self.budget_pct = float(cmd.policy["memory_budget_pct"])
+            self.budget_pct = cmd.policy.memory_budget_pct
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 weight = self.trainer.lives[name].base.weight

@@ -4,30 +4,57 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.utils import timezone
 
 from controlplane import events, status
 from controlplane.models import ModelCheckpoint, Node, NodeAction, Policy
-from controlplane.services.policies import actor_of
+from controlplane.services.policies import actor_of, node_overrides
 from nodeworker import protocol
 
 log = logging.getLogger(__name__)
 
 
-def _kwargs(action: str, node: Node, checkpoint: ModelCheckpoint | None) -> dict:
+def _kwargs(
+    action: str, node: Node, checkpoint: ModelCheckpoint | None, reapply: bool
+) -> dict[str, Any]:
     if action == "apply_policy":
-        policy = node.policy
-        if policy is None:
-            raise ValueError("The node has no policy to apply.")
-        clean, _ = protocol.validate_policy(policy.values())
-        return {"policy": clean, "policy_name": policy.name, "version": policy.version}
+        return {**_policy_to_apply(node, reapply), "overrides": node_overrides(node)}
     if action == "rebase":
         if checkpoint is None:
             raise ValueError("rebase needs a checkpoint.")
         return {"checkpoint": checkpoint.wire()}
     return {}
+
+
+def _policy_to_apply(node: Node, reapply: bool) -> dict[str, Any]:
+    """apply_policy's policy, policy_name and version: the node's policy as saved, or with
+    ``reapply`` what was applied last (Node.applied_policy)."""
+    if reapply:
+        if node.applied_policy is None:
+            raise ValueError("No policy was applied to the node yet.")
+        return dict(node.applied_policy)
+    policy = node.policy
+    if policy is None:
+        raise ValueError("The node has no policy to apply.")
+    try:
+        wire = policy.node_policy().wire()
+    except ValidationError as exc:
+        raise ValueError(f"The policy is not valid: {exc.messages}") from None
+    return {"policy": wire, "policy_name": policy.name, "version": policy.version}
+
+
+def _record_applied(node: Node, record: NodeAction, now: datetime) -> None:
+    """The policy a sent apply_policy carried is the node's applied policy from now on."""
+    kwargs = record.kwargs
+    node.applied_policy = {k: kwargs[k] for k in ("policy", "policy_name", "version")}
+    node.applied_policy_version = kwargs["version"]
+    node.applied_at = now
+    node.save(update_fields=["applied_policy", "applied_policy_version", "applied_at"])
 
 
 def request_action(
@@ -38,9 +65,14 @@ def request_action(
     actor: str | None = None,
     policy: Policy | None = None,
     checkpoint: ModelCheckpoint | None = None,
+    reapply: bool = False,
+    now: datetime | None = None,
 ) -> NodeAction:
     """Record the action, send its task to ``node.<name>`` and record that it was sent (or why
-    it could not be). ``policy`` first assigns that policy to the node (apply_policy)."""
+    it could not be). apply_policy sends the node's policy with its overrides: ``policy`` first
+    assigns that policy to the node; ``reapply`` sends what was applied last instead (the
+    watchdog and reconciliation: never an edit saved but not applied). ``now``: when a sent
+    apply_policy takes effect for the watchdog (its own clock for its own changes)."""
     from controlplane.celery import app as celery_app
 
     if action not in protocol.NODE_ACTIONS:
@@ -51,7 +83,7 @@ def request_action(
     record = NodeAction.objects.create(
         node=node,
         action=action,
-        kwargs=_kwargs(action, node, checkpoint),
+        kwargs=_kwargs(action, node, checkpoint, reapply),
         actor=actor or actor_of(user),
         requested_by=user,
         checkpoint=checkpoint,
@@ -72,9 +104,9 @@ def request_action(
         record.sent_at = timezone.now()
         record.save(update_fields=["state", "task_id", "sent_at"])
         if action == "apply_policy":
-            node.applied_policy_version = record.kwargs["version"]
-            node.save(update_fields=["applied_policy_version"])
-    status.broadcast(events.node_action(record), node_name=node.name)
+            _record_applied(node, record, now or record.sent_at)
+    # after the commit: a page reloading the node on this event must find what the action set
+    transaction.on_commit(lambda: status.broadcast(events.node_action(record), node_name=node.name))
     return record
 
 

@@ -1,6 +1,7 @@
 """Desired state, reconciled (run by Celery beat every LIVEUPDATE_RECONCILE_S seconds).
 
-The plane owns what each node should run: its policy's current version and the checkpoint of
+The plane owns what each node should run: the policy version people applied to it last (with
+the watchdog's overrides; a policy saved but not applied is not desired) and the checkpoint of
 its newest rebase that was sent. A node reports what it runs in its telemetry batches
 (protocol_telemetry.RunningState, stored on the node by ingest). For every online node whose report
 differs, the missing action (apply_policy, rebase) is sent again, at most once per
@@ -47,14 +48,14 @@ def _recently_requested(node: Node, action: str, now: datetime) -> bool:
 
 def _reconcile_node(node: Node, now: datetime) -> list[str]:
     sent = []
-    policy = node.policy
+    applied = node.applied_policy
     if (
-        policy is not None
-        and node.running_policy_version != policy.version
+        applied is not None
+        and node.running_policy_version != applied["version"]
         and not _recently_requested(node, "apply_policy", now)
     ):
-        request_action(node, "apply_policy", actor=ACTOR)
-        sent.append(f"{node.name}:apply_policy v{policy.version}")
+        request_action(node, "apply_policy", actor=ACTOR, reapply=True)
+        sent.append(f"{node.name}:apply_policy v{applied['version']}")
     checkpoint = desired_checkpoint(node)
     if (
         checkpoint is not None
@@ -70,9 +71,7 @@ def reconcile(now: datetime | None = None) -> list[str]:
     """Re-send what each reporting node lacks; returns "<node>:<what>" for each action sent."""
     now = now or timezone.now()
     sent: list[str] = []
-    reporting = Node.objects.filter(
-        status=Node.Status.ONLINE, running_reported_at__isnull=False
-    ).select_related("policy")
+    reporting = Node.objects.filter(status=Node.Status.ONLINE, running_reported_at__isnull=False)
     for node in reporting:
         try:
             with transaction.atomic():

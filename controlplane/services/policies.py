@@ -1,16 +1,21 @@
-"""Saving policies with their history, and the watchdog's automatic QoS tightening and
-relaxing."""
+"""Saving policies with their history; the policy applied to a node; the watchdog's automatic
+overrides of it (controlplane.overrides), which never change the policy people set."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db import transaction
 
 from controlplane.models import Node, Policy, PolicyVersion
+from controlplane.overrides import PolicyOverride
 from nodeworker import protocol
 
 # The watchdog halves max_trainer_duty on each SLA escalation, never below this floor.
 MIN_TRAINER_DUTY = 0.05
-WATCHDOG = "watchdog"  # the actor of the watchdog's policy versions
+WATCHDOG = "watchdog"  # the actor of the watchdog's overrides and node actions
 
 
 def actor_of(user) -> str:
@@ -45,62 +50,77 @@ def save_policy(policy: Policy, *, actor: str, user=None, reason: str = "") -> P
         )
 
 
-def _unique_policy_name(base: str) -> str:
-    name, n = base[:100], 2
-    while Policy.objects.filter(name=name).exists():
-        suffix = f"-{n}"
-        name, n = base[: 100 - len(suffix)] + suffix, n + 1
-    return name
-
-
-def own_policy(node: Node, *, actor: str, reason: str) -> Policy:
-    """The node's policy if no other node shares it; else a copy assigned to this node only, so
-    a change made for one node (by the watchdog) does not silently reach the rest of the fleet."""
-    current = node.policy
-    if current is not None and not current.nodes.exclude(pk=node.pk).exists():
-        return current
-    values = current.values() if current is not None else dict(protocol.POLICY_DEFAULTS)
-    origin = current.name if current is not None else "the defaults"
-    fork = Policy(
-        name=_unique_policy_name(f"{current.name if current else 'default'}-{node.name}"),
-        description=f"Copy of {origin} for node {node.name}.",
-        **values,
-    )
-    save_policy(fork, actor=actor, reason=f"copied from {origin} for {node.name}: {reason}")
-    node.policy = fork
-    node.save(update_fields=["policy"])
-    return fork
-
-
-def tighten_trainer_qos(node: Node, reason: str) -> PolicyVersion | None:
-    """Halve the node's max_trainer_duty (bounded by MIN_TRAINER_DUTY) as a watchdog change.
-    None when it is already at the floor."""
-    policy = own_policy(node, actor=WATCHDOG, reason=reason)
-    new_duty = max(MIN_TRAINER_DUTY, round(policy.max_trainer_duty / 2, 4))
-    if new_duty >= policy.max_trainer_duty:
+def applied_policy(node: Node) -> protocol.Policy | None:
+    """The policy people applied to the node last (None: nothing yet); a policy saved since
+    but not applied is not it."""
+    if node.applied_policy is None:
         return None
-    policy.max_trainer_duty = new_duty
-    return save_policy(policy, actor=WATCHDOG, reason=reason)
+    policy, _ = protocol.validate_policy(node.applied_policy["policy"])
+    return policy
 
 
-def operator_trainer_duty(policy: Policy) -> float:
-    """max_trainer_duty as a person last set it: the watchdog's own versions are skipped, and a
-    policy the watchdog copied for one node starts from the copied values."""
-    versions = list(policy.versions.order_by("-version").values_list("actor", "values"))
-    for actor, values in versions:
-        if actor != WATCHDOG:
-            return float(values["max_trainer_duty"])
-    return float(versions[-1][1]["max_trainer_duty"]) if versions else policy.max_trainer_duty
+def node_overrides(node: Node) -> dict[str, float]:
+    """The node's automatic overrides as apply_policy sends them (protocol.validate_overrides)."""
+    return {o.field: o.value for o in PolicyOverride.objects.filter(node=node)}
 
 
-def relax_trainer_qos(node: Node, reason: str) -> PolicyVersion | None:
-    """Double the node's max_trainer_duty back towards what a person set (the watchdog's
-    halvings undone one step at a time). None when nothing is left to give back."""
-    policy = node.policy
-    if policy is None:
+@dataclass(frozen=True)
+class OverrideChange:
+    """One step of the watchdog's override of a node's field; ``new`` None: lifted."""
+
+    node: str
+    field: str
+    old: float | None  # None: there was no override
+    new: float | None
+
+    def __str__(self) -> str:
+        old = "policy" if self.old is None else f"{self.old:g}"
+        new = "policy" if self.new is None else f"{self.new:g}"
+        return f"{self.node}:{self.field} {old} -> {new}"
+
+
+def tighten_trainer_qos(
+    node: Node, applied: protocol.Policy, reason: str, now: datetime
+) -> OverrideChange | None:
+    """Halve the duty in force (never below MIN_TRAINER_DUTY) as the watchdog's override,
+    good until LIVEUPDATE_OVERRIDE_TTL_S from now. None when it is already at the floor."""
+    field = "max_trainer_duty"
+    override = PolicyOverride.objects.filter(node=node, field=field).first()
+    in_force = applied.with_overrides(node_overrides(node)).max_trainer_duty
+    duty = max(MIN_TRAINER_DUTY, round(in_force / 2, 4))
+    if duty >= in_force:
         return None
-    target = operator_trainer_duty(policy)
-    if policy.max_trainer_duty >= target:
+    expires = now + timedelta(seconds=settings.LIVEUPDATE_OVERRIDE_TTL_S)
+    if override is None:
+        PolicyOverride.objects.create(
+            node=node, field=field, value=duty, reason=reason, since=now, expires_at=expires
+        )
+        return OverrideChange(node.name, field, None, duty)
+    old = override.value
+    override.value, override.reason, override.expires_at = duty, reason, expires
+    override.save(update_fields=["value", "reason", "expires_at"])
+    return OverrideChange(node.name, field, old, duty)
+
+
+def relax_trainer_qos(node: Node, applied: protocol.Policy, reason: str) -> OverrideChange | None:
+    """Double the watchdog's duty override back; lifted once it reaches the applied policy's
+    value. None when there is no override."""
+    field = "max_trainer_duty"
+    override = PolicyOverride.objects.filter(node=node, field=field).first()
+    if override is None:
         return None
-    policy.max_trainer_duty = min(target, round(policy.max_trainer_duty * 2, 4))
-    return save_policy(policy, actor=WATCHDOG, reason=reason)
+    duty = round(override.value * 2, 4)
+    if duty >= applied.max_trainer_duty:
+        override.delete()
+        return OverrideChange(node.name, field, override.value, None)
+    old = override.value
+    override.value, override.reason = duty, reason
+    override.save(update_fields=["value", "reason"])
+    return OverrideChange(node.name, field, old, duty)
+
+
+def drop_expired_overrides(node: Node, now: datetime) -> list[OverrideChange]:
+    expired = list(PolicyOverride.objects.filter(node=node, expires_at__lte=now))
+    for override in expired:
+        override.delete()
+    return [OverrideChange(node.name, o.field, o.value, None) for o in expired]

@@ -1,18 +1,26 @@
 """The SLA watchdog, run by Celery beat every LIVEUPDATE_SLA_INTERVAL_S seconds.
 
+A node is judged against the policy people applied to it (Node.applied_policy; never a saved
+but unapplied edit; a node nothing was applied to against the protocol's defaults, with alerts
+but no override, which could only be sent with an applied policy), on the
+intervals that began after that policy or the watchdog's last change took effect (Node.applied_at),
+so a new threshold is never judged on the past.
+
 - P99 over the node's SLA in each of the last N intervals (N = LIVEUPDATE_SLA_INTERVALS, each
   interval's P99 = the mean of its samples' p99_ms): an sla_violation alert, and the node's
-  max_trainer_duty is halved (recorded as a policy version by "watchdog") and applied. While the
-  breach lasts it is halved again every N intervals, down to MIN_TRAINER_DUTY. Resolved when the
-  newest interval is within the SLA again. Once P99 has been within the SLA in each of the last
-  N intervals, the duty is doubled back every N intervals until it reaches what a person last
-  set (recorded and applied the same way), so a passing spike does not starve the trainer.
-- AUC under the policy's auc_floor in each of the last N intervals: an auc_drop alert.
+  max_trainer_duty is halved by an override (controlplane.overrides; the policy stays as people
+  set it), sent to the node with its applied policy. While the breach lasts it is halved again
+  every N intervals, down to MIN_TRAINER_DUTY. Resolved when the newest interval is within the
+  SLA again. Once P99 has been within the SLA in each of the last N intervals, the override is
+  doubled back every N intervals and lifted when it reaches the policy's value, so a passing
+  spike does not starve the trainer. An override is dropped at its expiry whatever happens.
+- AUC under the policy's auc_floor in each of the last N intervals: an auc_drop alert,
+  resolved when the newest interval is over the floor again or the floor is removed.
 - A node silent for longer than LIVEUPDATE_NODE_DOWN_S: status down and a node_down alert
   (resolved by the ingest path when the node reports again).
-The verdicts are computed from stored telemetry, so the watchdog keeps no state of its own.
-Each node is checked in a transaction of its own: an error with one node's data is logged and
-reported, and every other node is still checked."""
+The verdicts are computed from stored telemetry and the node's overrides, so the watchdog keeps
+no state of its own. Each node is checked in a transaction of its own: an error with one node's
+data is logged and reported, and every other node is still checked."""
 
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -31,7 +40,14 @@ from controlplane import events, status
 from controlplane.models import Alert, Node, TelemetrySample
 from controlplane.services.actions import request_action
 from controlplane.services.alerts import raise_alert, resolve_alerts
-from controlplane.services.policies import WATCHDOG, relax_trainer_qos, tighten_trainer_qos
+from controlplane.services.policies import (
+    WATCHDOG,
+    OverrideChange,
+    applied_policy,
+    drop_expired_overrides,
+    relax_trainer_qos,
+    tighten_trainer_qos,
+)
 from nodeworker import protocol
 
 log = logging.getLogger(__name__)
@@ -41,16 +57,20 @@ log = logging.getLogger(__name__)
 class WatchdogReport:
     raised: list[str] = field(default_factory=list)  # "<node>:<kind>"
     resolved: list[str] = field(default_factory=list)
-    tightened: list[str] = field(default_factory=list)  # "<node>:<policy> v<version>"
-    relaxed: list[str] = field(default_factory=list)  # "<node>:<policy> v<version>"
+    tightened: list[str] = field(default_factory=list)  # "<node>:<field> <old> -> <new>"
+    relaxed: list[str] = field(default_factory=list)  # the same; "policy": no override
     failed: list[str] = field(default_factory=list)  # nodes whose check raised (logged)
 
 
 def interval_means(
-    samples: list[tuple[datetime, float]], now: datetime, width_s: int, count: int
+    samples: list[tuple[datetime, float]],
+    now: datetime,
+    width_s: int,
+    count: int,
+    since: datetime | None = None,
 ) -> list[float | None]:
     """Mean value in each of the ``count`` intervals ending at ``now``, oldest first (None: no
-    sample in that interval)."""
+    sample in that interval, or it began before ``since``: no evidence about what runs now)."""
     sums, ns = [0.0] * count, [0] * count
     start = now - timedelta(seconds=width_s * count)
     for ts, value in samples:
@@ -58,7 +78,10 @@ def interval_means(
         if 0 <= i < count and math.isfinite(value):  # rows from before the protocol's bounds
             sums[i] += value
             ns[i] += 1
-    return [s / n if n else None for s, n in zip(sums, ns, strict=True)]
+    return [
+        s / n if n and (since is None or start + timedelta(seconds=width_s * i) >= since) else None
+        for i, (s, n) in enumerate(zip(sums, ns, strict=True))
+    ]
 
 
 def _recent(now: datetime, width_s: int, count: int) -> dict[int, dict[str, list]]:
@@ -75,9 +98,15 @@ def _recent(now: datetime, width_s: int, count: int) -> dict[int, dict[str, list
     return recent
 
 
-def _check_sla(node: Node, means: list[float | None], now: datetime, report: WatchdogReport):
+def _check_sla(
+    node: Node,
+    applied: protocol.Policy,
+    means: list[float | None],
+    now: datetime,
+    report: WatchdogReport,
+) -> None:
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
-    sla = node.policy.sla_p99_ms if node.policy else protocol.POLICY_DEFAULTS["sla_p99_ms"]
+    sla = applied.sla_p99_ms
     if all(m is not None and m > sla for m in means):
         alert, created = raise_alert(
             node,
@@ -89,45 +118,41 @@ def _check_sla(node: Node, means: list[float | None], now: datetime, report: Wat
         )
         if created:
             report.raised.append(f"{node.name}:{alert.kind}")
-        if _qos_change_due(alert, now):
+        if node.applied_policy is not None:
             reason = f"P99 {means[-1]:.1f} ms over the {sla:g} ms SLA for {count} intervals"
-            _apply_qos_change(node, alert, tighten_trainer_qos(node, reason), now, report.tightened)
+            change = tighten_trainer_qos(node, applied, reason, now)
+            _send_changes(node, [change], now, report.tightened)
         return
     if means[-1] is not None and means[-1] <= sla:
         if resolve_alerts(node, Alert.Kind.SLA_VIOLATION, now, "P99 back within the SLA"):
             report.resolved.append(f"{node.name}:{Alert.Kind.SLA_VIOLATION}")
     if all(m is not None and m <= sla for m in means):
-        alert = (
-            Alert.objects.filter(node=node, kind=Alert.Kind.SLA_VIOLATION)
-            .order_by("-raised_at")
-            .first()
-        )
-        if alert is not None and _qos_change_due(alert, now):
-            reason = f"P99 within the {sla:g} ms SLA for {count} intervals"
-            _apply_qos_change(node, alert, relax_trainer_qos(node, reason), now, report.relaxed)
+        reason = f"P99 within the {sla:g} ms SLA for {count} intervals"
+        _send_changes(node, [relax_trainer_qos(node, applied, reason)], now, report.relaxed)
 
 
-def _qos_change_due(alert: Alert, now: datetime) -> bool:
-    """The watchdog changes a node's QoS at most once per N intervals, so that every change
-    has a full window of telemetry to show its effect before the next."""
-    width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
-    last = alert.last_escalated_at
-    return last is None or now - last >= timedelta(seconds=width * count)
+def _send_changes(
+    node: Node, changes: list[OverrideChange | None], now: datetime, done: list[str]
+) -> None:
+    """Send the applied policy with the changed overrides to the node (None: no change). The
+    intervals before ``now`` are no evidence about what the node runs from then on."""
+    made = [str(c) for c in changes if c is not None]
+    if made:
+        request_action(node, "apply_policy", actor=WATCHDOG, reapply=True, now=now)
+        done += made
 
 
-def _apply_qos_change(node, alert, version, now: datetime, changes: list[str]) -> None:
-    """Record a change (None: the duty was already at its floor or back at its target)."""
-    if version is None:
-        return
-    alert.last_escalated_at = now  # the last QoS change made for this alert
-    alert.save(update_fields=["last_escalated_at"])
-    changes.append(f"{node.name}:{version.policy.name} v{version.version}")
-    request_action(node, "apply_policy", actor=WATCHDOG)
-
-
-def _check_auc(node: Node, means: list[float | None], now: datetime, report: WatchdogReport):
-    floor = node.policy.auc_floor if node.policy else None
+def _check_auc(
+    node: Node,
+    applied: protocol.Policy,
+    means: list[float | None],
+    now: datetime,
+    report: WatchdogReport,
+) -> None:
+    floor = applied.auc_floor
     if floor is None:
+        if resolve_alerts(node, Alert.Kind.AUC_DROP, now, "AUC floor removed"):
+            report.resolved.append(f"{node.name}:{Alert.Kind.AUC_DROP}")
         return
     if all(m is not None and m < floor for m in means):
         _, created = raise_alert(
@@ -172,20 +197,31 @@ def _isolated(node: Node, report: WatchdogReport, check: Callable[[], None]) -> 
         report.failed.append(node.name)
 
 
+def _check_node(node: Node, series: dict[str, list], now: datetime, report: WatchdogReport):
+    applied = applied_policy(node) or protocol.DEFAULT_POLICY
+    width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
+    since = node.applied_at
+    _check_sla(
+        node, applied, interval_means(series["p99_ms"], now, width, count, since), now, report
+    )
+    _check_auc(node, applied, interval_means(series["auc"], now, width, count, since), now, report)
+
+
+def _expire_overrides(node: Node, now: datetime, report: WatchdogReport) -> None:
+    """Overrides are only made for a node with an applied policy, so there is one to send."""
+    _send_changes(node, list(drop_expired_overrides(node, now)), now, report.relaxed)
+
+
 def run(now: datetime | None = None) -> WatchdogReport:
     now = now or timezone.now()
     report = WatchdogReport()
     limit = now - timedelta(seconds=settings.LIVEUPDATE_NODE_DOWN_S)
     for node in Node.objects.filter(status=Node.Status.ONLINE, last_seen__lt=limit):
-        _isolated(node, report, lambda n=node: _mark_down(n, now, report))
+        _isolated(node, report, partial(_mark_down, node, now, report))
+    for node in Node.objects.filter(overrides__expires_at__lte=now).distinct():
+        _isolated(node, report, partial(_expire_overrides, node, now, report))
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     recent = _recent(now, width, count)
-    for node in Node.objects.filter(pk__in=list(recent)).select_related("policy"):
-
-        def check(node: Node = node) -> None:
-            series = recent[node.pk]
-            _check_sla(node, interval_means(series["p99_ms"], now, width, count), now, report)
-            _check_auc(node, interval_means(series["auc"], now, width, count), now, report)
-
-        _isolated(node, report, check)
+    for node in Node.objects.filter(pk__in=list(recent)):
+        _isolated(node, report, partial(_check_node, node, recent[node.pk], now, report))
     return report

@@ -110,6 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--rebase-period", type=float, default=None)
     u.add_argument("--lr-a", type=float, default=live.lr_a)
     u.add_argument("--lr-b", type=float, default=live.lr_b)
+    u.add_argument(
+        "--lr-top", type=float, default=live.lr_top, help="tune the top MLP's last layer (0: off)"
+    )
+    u.add_argument(
+        "--top-layers",
+        type=int,
+        default=live.top_layers,
+        help="how many last layers --lr-top tunes",
+    )
     u.add_argument("--reuse", type=stream_args.bounded(int, 0, MAX_REUSE), default=live.reuse,
                    help="extra optimizer passes per batch (0: one, as the cluster)")  # fmt: skip
     u.add_argument("--allocation", choices=("benefit", "even"), default=live.allocation)
@@ -181,7 +190,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         tau=args.tau, r_min=args.r_min, r_max=args.r_max, initial_rank=args.rank,
         budget_pct=args.budget_pct, prune_age_s=args.prune_age,
         rebase_period_s=args.rebase_period, lr_a=args.lr_a, lr_b=args.lr_b, reuse=args.reuse,
-        allocation=args.allocation,
+        lr_top=args.lr_top, top_layers=args.top_layers, allocation=args.allocation,
     )  # fmt: skip
     target = args.target_table_tb * TB if args.target_table_tb else None
     return ExperimentConfig(

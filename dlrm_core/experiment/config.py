@@ -69,6 +69,8 @@ class LiveUpdateParams:
     rebase_period_s: float | None = None  # full base sync from the cluster (None: never)
     lr_a: float = 0.05
     lr_b: float = 1e-3
+    lr_top: float = 0.0  # Adagrad on the top MLP's last layer(s) (0: the MLPs stay frozen)
+    top_layers: int = 1  # how many of its last linear layers
     reuse: int = 0  # extra optimizer passes per batch; 0 = one pass, as the cluster takes
     adapt_every: int = 50
     publish_every: int = 10
@@ -88,6 +90,8 @@ class LiveUpdateParams:
                 _check_range(name, value, 1e-3, 1e9)
         _check_range("lr_a", self.lr_a, 1e-9, 10.0)
         _check_range("lr_b", self.lr_b, 1e-9, 10.0)
+        _check_range("lr_top", self.lr_top, 0.0, 10.0)
+        _check_range("top_layers", self.top_layers, 1, 16)
         if not 0 <= self.reuse <= MAX_REUSE:
             raise ValueError(f"reuse must be in [0, {MAX_REUSE}], got {self.reuse}")
         if self.allocation not in ("benefit", "even"):

@@ -102,6 +102,8 @@ class LiveUpdate(Strategy):
             policy=policy,
             lr_a=params.lr_a,
             lr_b=params.lr_b,
+            lr_top=params.lr_top,
+            top_layers=params.top_layers,
             label_delay=0.0,  # the harness already held the batch for the label delay
             reuse=params.reuse,
             adapt_every=params.adapt_every,

@@ -19,6 +19,8 @@ from nodeworker import protocol
 
 log = logging.getLogger("nodeworker.node")
 
+PARENT_PID_VAR = "NODE_PARENT_PID"  # set for the worker: it dies with this process (celery_app)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -27,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--control-plane", help="control plane URL for telemetry (http://host:port)")
     run.add_argument("--token", default=os.environ.get("NODE_TOKEN"), help="or NODE_TOKEN")
     run.add_argument("--checkpoint", help="base checkpoint; default: a fresh model for --replay")
+    run.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=os.environ.get("NODE_CHECKPOINT_DIR") or None,
+        help="rebases read checkpoints only under it (or NODE_CHECKPOINT_DIR); "
+        "default: the folder of --checkpoint",
+    )
     run.add_argument("--data-dir", type=Path, help="default: $LIVEUPDATE_DATA_DIR/node-NAME")
     run.add_argument("--http-host", default="127.0.0.1")
     run.add_argument("--http-port", type=int, default=0, help="0: any free port (printed)")
@@ -49,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _worker(name: str, socket_path: Path) -> subprocess.Popen:
     env = {**os.environ, "NODE_NAME": name, "NODE_CONTROL_SOCKET": str(socket_path)}
+    env[PARENT_PID_VAR] = str(os.getpid())
     env.pop("NODE_RUNTIME", None)  # this process runs the runtime; the worker only forwards
     command = [sys.executable, "-m", "celery", "-A", "nodeworker.celery_app", "worker"]
     command += ["--pool", "solo", "-Q", protocol.node_queue(name), "-n", f"{name}@%h"]
@@ -68,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             name=args.name,
             data_dir=args.data_dir or NodeSettings.default_data_dir(args.name),
             checkpoint=args.checkpoint,
+            checkpoint_dir=args.checkpoint_dir,
             control_plane=args.control_plane,
             token=args.token,
             http_host=args.http_host,

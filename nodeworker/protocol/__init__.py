@@ -2,7 +2,8 @@
 control plane may import it without torch.
 
 - Celery: node tasks are sent by name to the queue ``node.<name>``.
-- Policies: the fields, their bounds and one validator used by the API, the admin and the node.
+- Policies: the fields, their bounds and one validator (to a frozen ``Policy``) used by the API,
+  the admin and the node; the fields an automatic override may tighten (``STRICTER``).
 - Bounds: ``Bound`` and ``check_number``, which the policy table here and the telemetry tables
   (nodeworker.protocol.telemetry) are written in.
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -40,7 +42,8 @@ TELEMETRY_PATH = "/api/telemetry/ingest/"
 NODE_AUTH_SCHEME = "Node"
 
 # Operator-facing node actions -> the task each one sends. Keyword arguments, exactly:
-#   apply_policy: {"policy": <validate_policy() output>, "policy_name": str, "version": int}
+#   apply_policy: {"policy": asdict(<validate_policy() output>), "policy_name": str,
+#                  "version": int, "overrides": {field: value} (validate_overrides)}
 #   pause, resume, snapshot: {}
 #   rebase: {"checkpoint": {"name": str, "location": str, "checksum": str}}
 # A task returns a JSON object describing what it did; the control plane records it.
@@ -132,8 +135,46 @@ def check_number(value: Any, bound: Bound) -> str | None:
     return None
 
 
-def validate_policy(policy: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(complete policy with defaults, field errors). Errors is empty when the policy is valid."""
+@dataclass(frozen=True)
+class Policy:
+    """A validated node policy (validate_policy): what people set. On the wire it is
+    ``asdict(policy)``; its fields are POLICY_DEFAULTS' keys, their bounds POLICY_BOUNDS."""
+
+    mode: str  # one of MODES
+    r_min: int
+    r_max: int
+    memory_budget_pct: float
+    tau: float
+    prune_age_s: float
+    prune_action: str  # one of PRUNE_ACTIONS
+    trainer_cores: int
+    trainer_share: float
+    cache_partition_pct: int
+    bandwidth_partition_pct: int
+    max_trainer_duty: float
+    sla_p99_ms: float
+    auc_floor: float | None
+
+    def wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, float]) -> Policy:
+        """The policy in force on a node: each overridden field at the stricter of the policy's
+        value and the override's (validate_overrides)."""
+        stricter: dict[str, Any] = {
+            name: STRICTER[name](getattr(self, name), v) for name, v in overrides.items()
+        }
+        return replace(self, **stricter)
+
+
+# The fields an automatic override (the control plane's watchdog) may set, and which of two
+# values is the stricter one.
+STRICTER: dict[str, Callable[[float, float], float]] = {"max_trainer_duty": min}
+
+
+def validate_policy(policy: Mapping[str, Any]) -> tuple[Policy | None, dict[str, str]]:
+    """(the policy, its defaults filled in; field errors). The policy is None when there are
+    errors."""
     errors: dict[str, str] = {}
     unknown = set(policy) - set(POLICY_DEFAULTS)
     for name in sorted(unknown):
@@ -151,4 +192,24 @@ def validate_policy(policy: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
             clean[name] = bound.kind(clean[name])
     if "r_min" not in errors and "r_max" not in errors and clean["r_min"] > clean["r_max"]:
         errors["r_max"] = "Must be >= r_min."
-    return clean, errors
+    return (None if errors else Policy(**clean)), errors
+
+
+def validate_overrides(overrides: Any) -> tuple[dict[str, float] | None, dict[str, str]]:
+    """(the overrides as floats; errors keyed by field). Only STRICTER's fields, each within
+    the policy field's bounds."""
+    if not isinstance(overrides, Mapping):
+        return None, {"overrides": "Must be an object of field -> value."}
+    errors: dict[str, str] = {}
+    for name, value in overrides.items():
+        if name not in STRICTER:
+            errors[str(name)] = f"Not overridable (only {', '.join(STRICTER)})."
+        elif message := check_number(value, POLICY_BOUNDS[name]):
+            errors[name] = message
+    if errors:
+        return None, errors
+    return {name: float(value) for name, value in overrides.items()}, {}
+
+
+# The defaults as a Policy; building it at import checks Policy's fields against the table.
+DEFAULT_POLICY = Policy(**POLICY_DEFAULTS)

@@ -100,9 +100,18 @@ def assert_exactly_once(seqs: list[int]) -> None:
 class NodeProcess:
     """``liveupdate node run`` as a subprocess (its own Celery worker included)."""
 
-    def __init__(self, name: str, plane_url: str, token: str, data_dir: Path, redis_url: str):
+    def __init__(
+        self,
+        name: str,
+        plane_url: str,
+        token: str,
+        data_dir: Path,
+        redis_url: str,
+        wrapper: tuple[str, ...] = (),
+    ):
         self.name, self.plane_url, self.token = name, plane_url, token
         self.data_dir = data_dir
+        self.wrapper = wrapper  # a command that execs the node's (e.g. in its own mounts)
         self.env = {
             **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
             "REDIS_URL": redis_url,
@@ -119,7 +128,8 @@ class NodeProcess:
 
     def start(self, qps: float = 40, label_delay: float = 0.2, label_window: float = 30) -> None:
         self.runs += 1
-        command = [sys.executable, "-m", "controlplane.cli", "node", "run", "--name", self.name]
+        command = [*self.wrapper, sys.executable, "-m", "controlplane.cli", "node", "run"]
+        command += ["--name", self.name]
         command += ["--control-plane", self.plane_url, "--token", self.token]
         command += ["--data-dir", str(self.data_dir), "--replay", "synthetic"]
         command += ["--qps", str(qps), "--label-delay", str(label_delay)]

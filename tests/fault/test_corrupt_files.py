@@ -3,11 +3,14 @@ on serving the version it had (the runtime for real, with its spawned trainer pr
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.table_factors import import_factors
+from nodeworker.checkpoint_files import REFUSED
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.replayer import requests_of
 from tests.integration.test_node_runtime import STREAM, start_node, train_until
@@ -69,6 +72,17 @@ def test_a_corrupt_checkpoint_is_refused_and_the_old_version_keeps_serving(tmp_p
         with pytest.raises(InvalidRequest) as refused:
             runtime.operations.rebase({"location": str(bad)})
         assert "checksum mismatch" in refused.value.fields["checkpoint"]
+        # a sound checkpoint outside the checkpoint directory (the start-up checkpoint's folder)
+        # is refused like a missing one, whatever its checksum
+        elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+        elsewhere.mkdir()
+        outside = elsewhere / "base-copy.ckpt"
+        outside.write_bytes((tmp_path / "base.ckpt").read_bytes())
+        digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+        for location in (str(outside), f"node/../../{elsewhere.name}/base-copy.ckpt"):
+            with pytest.raises(InvalidRequest) as refused:
+                runtime.operations.rebase({"location": location, "checksum": f"sha256:{digest}"})
+            assert refused.value.fields == REFUSED
         assert runtime.trainer.alive
         after, _, still = runtime.predict(request)
         assert still >= version and bool(torch.isfinite(after).all())

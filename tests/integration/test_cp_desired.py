@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from controlplane.models import ModelCheckpoint, NodeAction, Policy
+from controlplane.models import ModelCheckpoint, NodeAction, Policy, PolicyOverride
 from controlplane.services import actions, desired
 from tests.integration.cp_support import INGEST, sample
 
@@ -27,9 +27,18 @@ def report(clients, running, seq: int = 0) -> int:
 
 def test_a_node_that_lost_its_policy_and_base_is_sent_both_again(clients, sent_tasks):
     node = clients.node
-    policy = Policy.objects.create(name="p", version=3)
-    node.policy = policy
-    node.save()
+    policy = Policy.objects.create(name="p", version=3, max_trainer_duty=0.8)
+    actions.request_action(node, "apply_policy", actor="user:ops", policy=policy)
+    # an edit saved since but not applied: the node is never sent it
+    Policy.objects.filter(pk=policy.pk).update(version=4, max_trainer_duty=0.1)
+    PolicyOverride.objects.create(  # the watchdog's cut goes back with the policy
+        node=node,
+        field="max_trainer_duty",
+        value=0.2,
+        reason="P99 over the SLA",
+        since=timezone.now(),
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
     checkpoint = ModelCheckpoint.objects.create(name="base-2", location="/x", checksum=CHECKSUM)
     actions.request_action(node, "rebase", actor="user:ops", checkpoint=checkpoint)
     NodeAction.objects.update(created=timezone.now() - timedelta(minutes=5))  # not "recent"
@@ -42,6 +51,8 @@ def test_a_node_that_lost_its_policy_and_base_is_sent_both_again(clients, sent_t
     assert desired.reconcile(now) == ["matrix-node:apply_policy v3", "matrix-node:rebase base-2"]
     assert [t["name"] for t in sent_tasks] == ["nodeworker.apply_policy", "nodeworker.rebase"]
     assert sent_tasks[0]["kwargs"]["version"] == 3
+    assert sent_tasks[0]["kwargs"]["policy"]["max_trainer_duty"] == 0.8
+    assert sent_tasks[0]["kwargs"]["overrides"] == {"max_trainer_duty": 0.2}
     assert sent_tasks[1]["kwargs"]["checkpoint"]["checksum"] == CHECKSUM
     assert desired.reconcile(now) == []  # sent within the resend interval: not again
 

@@ -1,5 +1,5 @@
 """Telemetry on the test database: ingest (node tokens, idempotency, field errors), bucketed
-range queries, retention and downsampling, and the Prometheus exposition."""
+range queries, retention and downsampling (the Prometheus exposition: test_cp_metrics.py)."""
 
 from __future__ import annotations
 
@@ -219,25 +219,3 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     assert telemetry.downsample(now)["folded"] == 0  # idempotent: nothing raw is old enough
     later = now + timedelta(days=7)
     assert telemetry.expire(later)["samples"] == 3 and not TelemetrySample.objects.exists()
-
-
-def test_prometheus_exposition(clients):
-    node, token = make_node("edge-1")
-    make_node("edge-2")
-    post(node_client(token), {"node": "edge-1", "samples": [sample(0, p99_ms=12.5)]})
-    response = APIClient().get("/metrics")
-    assert response.status_code == 200
-    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = response.content.decode()
-    assert 'liveupdate_node_up{node="edge-1"} 1.0' in text
-    assert 'liveupdate_node_up{node="edge-2"} 0.0' in text
-    assert 'liveupdate_node_p99_ms{node="edge-1"} 12.5' in text
-    assert 'liveupdate_node_table_rank{node="edge-1",table="user"} 4.0' in text
-    assert 'liveupdate_node_trainer_throttle{node="edge-1",state="running"} 1.0' in text
-    assert 'liveupdate_open_alerts{kind="node_down"} 0.0' in text
-    assert "# TYPE liveupdate_node_qps gauge" in text
-    assert 'node="edge-2"' not in text.split("liveupdate_node_qps", 1)[1].split("# HELP")[0]
-    with override_settings(LIVEUPDATE_METRICS_TOKEN="s3cret"):
-        assert APIClient().get("/metrics").status_code == 401
-        ok = APIClient().get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
-        assert ok.status_code == 200

@@ -1,9 +1,12 @@
 """`liveupdate demo` end to end: the embedded appliance starts with no servers, both demo nodes
 report telemetry a logged-in user sees through the API, the cluster syncs rows to the baseline,
-and SIGINT stops every process it started (none left, whoever its parent is by then)."""
+the base checkpoint is registered for rebases, a short experiment run lands on the experiments
+page in the background, and SIGINT stops every process it started (none left, whoever its
+parent is by then)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -55,6 +58,13 @@ def login(base: str, username: str, password: str) -> requests.Session:
     return session
 
 
+def listed(session: requests.Session, url: str) -> list[dict]:
+    reply = session.get(url, timeout=10)
+    reply.raise_for_status()
+    body = reply.json()
+    return body["results"] if isinstance(body, dict) else body
+
+
 def read_line(proc: subprocess.Popen, pattern: str, deadline: float) -> re.Match:
     seen = []
     while time.monotonic() < deadline:
@@ -67,7 +77,7 @@ def read_line(proc: subprocess.Popen, pattern: str, deadline: float) -> re.Match
     pytest.fail(f"no line matching {pattern!r}; the demo printed:\n{''.join(seen)}")
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(600)
 def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
     data_dir = (tmp_path / "var").resolve()
     port = free_port()
@@ -110,6 +120,23 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
         assert "delta sync 1:" in cluster_log.read_text(), cluster_log.read_text()[-2000:]
         children = processes_with(data_dir)
         assert len(children) >= 7, children  # web, celery (+beat), 2 nodes (+workers), cluster
+        base_file = data_dir / "demo-base.ckpt"
+        checkpoints = listed(session, f"{base}api/checkpoints/")
+        assert [(c["name"], c["location"], c["checksum"]) for c in checkpoints] == [
+            (
+                "demo-base",
+                str(base_file),
+                "sha256:" + hashlib.sha256(base_file.read_bytes()).hexdigest(),
+            )
+        ]
+        deadline = time.monotonic() + 300  # a minute of one core, at the lowest priority
+        while (
+            not (runs := listed(session, f"{base}api/experiments/")) and time.monotonic() < deadline
+        ):
+            time.sleep(3)
+        assert [r["name"] for r in runs] == ["demo: synthetic drifting stream, 60k events"], (
+            data_dir / "logs" / "experiment.log"
+        ).read_text()[-2000:]
     finally:
         proc.send_signal(signal.SIGINT)
         try:

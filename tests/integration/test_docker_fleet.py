@@ -1,11 +1,14 @@
-"""docker/compose.yaml validated by the Compose CLI (no engine needed), and the declarative node
-provisioning it relies on (create_node --token-from-env)."""
+"""docker/compose.yaml validated by the Compose CLI (no engine needed), its Prometheus and
+Grafana provisioning, and the declarative node provisioning it relies on (create_node
+--token-from-env)."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +21,13 @@ from tests.services import ROOT
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 TOKEN_1, TOKEN_2 = "a" * 40, "b-" * 20
+SECRETS = {
+    "SECRET_KEY": "k" * 60,
+    "NODE_1_TOKEN": TOKEN_1,
+    "NODE_2_TOKEN": TOKEN_2,
+    "METRICS_TOKEN": "m" * 40,
+    "GRAFANA_ADMIN_PASSWORD": "g" * 20,
+}
 
 
 def compose_command() -> list[str] | None:
@@ -46,12 +56,10 @@ def compose_config(environ: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_compose_file_is_valid_with_every_service_health_checked():
-    result = compose_config(
-        {"SECRET_KEY": "k" * 60, "NODE_1_TOKEN": TOKEN_1, "NODE_2_TOKEN": TOKEN_2}
-    )
+    result = compose_config(SECRETS)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    fleet = {"postgres", "redis", "web", "worker", "beat", "provision"}
+    fleet = {"postgres", "redis", "web", "worker", "beat", "provision", "prometheus", "grafana"}
     nodes = {name for name in services if name.startswith("node-")}
     assert fleet <= set(services) and len(nodes) >= 2
     for name in fleet - {"provision"} | nodes:  # provision runs once and exits
@@ -74,9 +82,42 @@ def test_compose_file_is_valid_with_every_service_health_checked():
     assert "--constraint constraints.txt" in dockerfile
 
 
-def test_compose_refuses_to_start_without_its_secrets():
-    result = compose_config({"NODE_1_TOKEN": TOKEN_1, "NODE_2_TOKEN": TOKEN_2})
-    assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_its_secrets(secret):
+    result = compose_config({k: v for k, v in SECRETS.items() if k != secret})
+    assert result.returncode != 0 and secret in result.stderr
+
+
+def test_prometheus_scrapes_the_plane_and_grafana_provisions_the_fleet_dashboard():
+    result = compose_config(SECRETS)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    mounts = {
+        name: dict(v.split(":")[:2] for v in services[name]["volumes"] if v.startswith("/"))
+        for name in ("prometheus", "grafana")
+    }
+    for name, mounted in mounts.items():  # every file a container reads is in the repository
+        assert mounted and all(Path(source).exists() for source in mounted), (name, mounted)
+    config = yaml.safe_load((ROOT / "docker" / "prometheus" / "prometheus.yml").read_text())
+    job = config["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["web:8000"]
+    token_file = job["authorization"]["credentials_file"]
+    assert token_file in " ".join(services["prometheus"]["command"])
+    assert services["web"]["environment"]["LIVEUPDATE_METRICS_TOKEN"] == SECRETS["METRICS_TOKEN"]
+    provisioning = ROOT / "docker" / "grafana" / "provisioning"
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())
+    datasource = source["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090" and datasource["type"] == "prometheus"
+    provider = yaml.safe_load((provisioning / "dashboards" / "liveupdate.yaml").read_text())
+    folder = provider["providers"][0]["options"]["path"]
+    host_folder = next(h for h, c in mounts["grafana"].items() if c == folder)
+    dashboards = [json.loads(p.read_text()) for p in Path(host_folder).glob("*.json")]
+    assert [d["uid"] for d in dashboards] == ["liveupdate-fleet"]
+    used = {p["datasource"]["uid"] for p in dashboards[0]["panels"]}
+    used |= {a["datasource"]["uid"] for a in dashboards[0]["annotations"]["list"] if "expr" in a}
+    assert used == {datasource["uid"]}
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(folder + "/") and (Path(host_folder) / Path(home).name).exists()
 
 
 def run(*args) -> str:

@@ -26,8 +26,14 @@ class Recorder:
         self.event.set()
         return {"op": op, "done": True}
 
-    def apply_policy(self, policy, policy_name=None, version=None):
-        return self._record("apply_policy", policy=policy, policy_name=policy_name, version=version)
+    def apply_policy(self, policy, policy_name=None, version=None, overrides=None):
+        return self._record(
+            "apply_policy",
+            policy=policy,
+            policy_name=policy_name,
+            version=version,
+            overrides=overrides,
+        )
 
     def pause(self):
         return self._record("pause")
@@ -95,15 +101,22 @@ def test_control_task_delivered_to_the_node_queue_by_a_real_worker(redis_url, tm
         ):
             # Sent exactly as the control plane sends it (controlplane/services/actions.py).
             policy, _ = protocol.validate_policy({"r_max": 8, "sla_p99_ms": 20.0})
+            assert policy is not None
             result = client.send_task(
                 protocol.TASK_APPLY_POLICY,
-                kwargs={"policy": policy, "policy_name": "tight", "version": 3},
+                kwargs={
+                    "policy": policy.wire(),
+                    "policy_name": "tight",
+                    "version": 3,
+                    "overrides": {"max_trainer_duty": 0.25},
+                },
                 queue=protocol.node_queue(name),
             )
             assert result.get(timeout=60) == {"op": "apply_policy", "done": True}
             op, kwargs = target.calls[-1]
             assert op == "apply_policy" and kwargs["version"] == 3
             assert kwargs["policy"]["r_max"] == 8 and kwargs["policy"]["sla_p99_ms"] == 20.0
+            assert kwargs["overrides"] == {"max_trainer_duty": 0.25}
 
             bad = client.send_task(
                 protocol.TASK_APPLY_POLICY,

@@ -67,9 +67,10 @@ def test_node_run_reports_telemetry_and_obeys_a_control_task(redis_url, tmp_path
         services.wait_until(trained, 120, "telemetry showing the trainer at work", 0.5)
         client = Celery("test-plane", broker=redis_url, backend=redis_url)
         policy, _ = protocol.validate_policy({"r_max": 4, "sla_p99_ms": 4000.0})
+        assert policy is not None
         result = client.send_task(
             protocol.TASK_APPLY_POLICY,
-            kwargs={"policy": policy, "policy_name": "cli", "version": 7},
+            kwargs={"policy": policy.wire(), "policy_name": "cli", "version": 7},
             queue=protocol.node_queue(name),
         ).get(timeout=90)
         assert result["version"] == 7 and max(result["ranks"].values()) <= 4

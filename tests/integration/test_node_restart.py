@@ -1,6 +1,7 @@
-"""Desired state on the node (issue 17, failure 2): a node restarted after apply_policy and a
-rebase comes back into both, resumes the factors it learnt on the new base, and says so in
-``running``; a saved state that no longer fits is ignored, never fatal."""
+"""Desired state on the node (issue 17, failure 2): a node restarted after apply_policy (with
+the watchdog's override of it) and a rebase comes back into all three, resumes the factors it
+learnt on the new base, and says so in ``running``; a saved state that no longer fits is
+ignored, never fatal."""
 
 from __future__ import annotations
 
@@ -16,11 +17,18 @@ from nodeworker.replayer import requests_of
 from tests.integration.test_node_runtime import start_node, train_until
 
 
-def test_a_restarted_node_comes_back_into_its_policy_and_rebase(tmp_path):
+def test_a_restarted_node_comes_back_into_its_policy_override_and_rebase(tmp_path):
     runtime, stream = start_node(tmp_path, name="t-restart")
     try:
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
-        runtime.operations.apply_policy({"r_max": 3, "sla_p99_ms": 4500.0}, "tight", 7)
+        result = runtime.operations.apply_policy(
+            {"r_max": 3, "sla_p99_ms": 4500.0, "max_trainer_duty": 0.8},
+            "tight",
+            7,
+            overrides={"max_trainer_duty": 0.2},  # the watchdog's cut (stricter than 0.8)
+        )
+        assert result["overrides"] == {"max_trainer_duty": 0.2}
+        assert runtime.qos.config.max_duty == 0.2
         torch.manual_seed(5)
         newer = DLRM(runtime.inference.model.config)
         digest = save_model(tmp_path / "newer.ckpt", newer)
@@ -36,8 +44,14 @@ def test_a_restarted_node_comes_back_into_its_policy_and_rebase(tmp_path):
     again, _ = start_node(tmp_path, name="t-restart")
     try:
         assert again.running_state() == protocol_telemetry.RunningState(7, f"sha256:{digest}")
-        assert again.state.policy == policy and policy["r_max"] == 3
-        assert again.qos.config.sla_p99_ms == 4500.0
+        assert again.state.policy == policy and policy.r_max == 3
+        assert policy.max_trainer_duty == 0.2  # in force: the stricter of policy and override
+        assert again.qos.config.sla_p99_ms == 4500.0 and again.qos.config.max_duty == 0.2
+        # what people set and the override stay apart (the plane lifts the override later)
+        assert again.state.applied.policy is not None
+        assert again.state.applied.policy.max_trainer_duty == 0.8
+        assert again.state.applied.overrides == {"max_trainer_duty": 0.2}
+        assert again.operations.status()["overrides"] == {"max_trainer_duty": 0.2}
         assert again.state.checkpoint == str(tmp_path / "newer.ckpt")
         assert again.restore_dir is not None and again.restore_dir.name == snap["snapshot"]
         # the dense layers are the new base's (the tables carry the snapshot's folded rows)
@@ -65,7 +79,7 @@ def test_a_saved_state_that_no_longer_fits_is_ignored(tmp_path):
     try:
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
         assert runtime.state.checkpoint == str(tmp_path / "base.ckpt")
-        assert runtime.state.policy["sla_p99_ms"] == 5000.0  # the start-up policy
+        assert runtime.state.policy.sla_p99_ms == 5000.0  # the start-up policy
     finally:
         runtime.stop()
     applied.write_text("{not json")  # a torn or foreign file

@@ -17,6 +17,7 @@ from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.table_factors import import_factors
 from nodeworker import protocol
+from nodeworker.checkpoint_files import REFUSED
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.http import NodeHTTPServer
 from nodeworker.protocol import telemetry as protocol_telemetry
@@ -41,6 +42,7 @@ def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, Synth
         build_fresh_checkpoint(stream.schema, checkpoint)
     # A generous SLA: this test is about learning and control, not about a loaded CI box.
     policy, _ = protocol.validate_policy({"sla_p99_ms": 5000.0, "memory_budget_pct": 5.0})
+    assert policy is not None
     (tmp_path / "shm").mkdir(exist_ok=True)
     config = RuntimeConfig(
         name=name,
@@ -195,7 +197,7 @@ def test_control_ops(node, tmp_path):
     }
     with pytest.raises(InvalidRequest) as bad:
         runtime.operations.rebase(wire)
-    assert bad.value.fields == {"checkpoint.checksum": "Does not match the file."}
+    assert bad.value.fields == REFUSED
     runtime.operations.rebase({**wire, "checksum": f"sha256:{digest}"})
     assert runtime.inference.delta is None and runtime.state.checkpoint == str(
         tmp_path / "newer.ckpt"

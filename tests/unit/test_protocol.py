@@ -1,4 +1,5 @@
 import math
+from dataclasses import FrozenInstanceError
 
 import pytest
 
@@ -26,7 +27,8 @@ def test_queue_names():
 
 def test_policy_defaults_are_valid_and_bounds_reported_per_field():
     clean, errors = protocol.validate_policy({})
-    assert errors == {} and clean == protocol.POLICY_DEFAULTS
+    assert errors == {} and clean == protocol.DEFAULT_POLICY
+    assert clean.wire() == protocol.POLICY_DEFAULTS  # the wire shape: one key per field
     _, errors = protocol.validate_policy(
         {
             "tau": 1.5,
@@ -49,8 +51,42 @@ def test_policy_defaults_are_valid_and_bounds_reported_per_field():
 
 
 def test_policy_rejects_booleans_and_fractions_for_integers():
-    _, errors = protocol.validate_policy({"r_min": True, "r_max": 2.5})
+    policy, errors = protocol.validate_policy({"r_min": True, "r_max": 2.5})
     assert errors == {"r_min": "Must be a whole number.", "r_max": "Must be a whole number."}
+    assert policy is None
+
+
+def test_a_valid_policy_is_frozen_and_typed():
+    policy, _ = protocol.validate_policy({"r_max": 8.0, "tau": 1, "auc_floor": None})
+    assert policy is not None
+    assert policy.r_max == 8 and type(policy.r_max) is int and type(policy.tau) is float
+    with pytest.raises(FrozenInstanceError):
+        policy.r_max = 4  # type: ignore[misc]
+
+
+def test_an_override_takes_the_stricter_value():
+    policy, _ = protocol.validate_policy({"max_trainer_duty": 0.5})
+    assert policy is not None
+    assert policy.with_overrides({"max_trainer_duty": 0.1}).max_trainer_duty == 0.1
+    assert policy.with_overrides({"max_trainer_duty": 0.9}).max_trainer_duty == 0.5
+    assert policy.with_overrides({}) == policy
+
+
+def test_overrides_are_bounded_and_limited_to_overridable_fields():
+    assert protocol.validate_overrides({"max_trainer_duty": 1}) == (
+        {"max_trainer_duty": 1.0},
+        {},
+    )
+    assert protocol.validate_overrides({"max_trainer_duty": 0.0, "r_max": 2}) == (
+        None,
+        {
+            "max_trainer_duty": "Must be > 0.0 and <= 1.0.",
+            "r_max": "Not overridable (only max_trainer_duty).",
+        },
+    )
+    assert protocol.validate_overrides([0.5])[1] == {
+        "overrides": "Must be an object of field -> value."
+    }
 
 
 def test_valid_batch_passes():

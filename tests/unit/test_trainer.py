@@ -315,3 +315,42 @@ def test_a_trainer_whose_caller_joins_holds_no_join_and_no_store():
         trainer.store.latest()
     with pytest.raises(ValueError, match="keep_published"):
         trainer_config(keep_published=True, in_process_join=False)
+
+
+def test_top_layer_tuning_trains_only_the_last_layer_and_is_accounted():
+    model, stream = pretrained(steps=20)
+    last = model.over_arch.mlp[-1]
+    frozen = [p.detach().clone() for p in model.dense_arch.parameters()]
+    first_top = model.over_arch.mlp[0].weight.detach().clone()
+    before = last.weight.detach().clone()
+    trainer = LiveTrainer(model, trainer_config(lr_top=0.01))
+    for _ in range(5):
+        trainer.process(stream.batch())
+    assert not torch.equal(last.weight, before)
+    assert torch.equal(model.over_arch.mlp[0].weight, first_top)
+    bottom = model.dense_arch.parameters()
+    assert all(torch.equal(p, q) for p, q in zip(bottom, frozen, strict=True))
+    # weight (1, 16) and bias (1,): their gradients and Adagrad's sums (2 x 17 floats) and
+    # Adagrad's two step counters (float32 scalars)
+    account = trainer.memory_account()
+    assert account.dense == 2 * 17 * 4 + 2 * 4
+    assert account.total == sum(t.total for t in account.tables.values()) + account.pending + 144
+
+    def poison_gradient(module, inputs, out):
+        out.register_hook(lambda g: torch.full_like(g, math.nan))
+
+    tuned = last.weight.detach().clone()
+    handle = model.inter_arch.register_forward_hook(poison_gradient)
+    assert trainer.train_step(stream.batch(), now=100.0).skipped == "non-finite gradient"
+    handle.remove()
+    assert torch.equal(last.weight, tuned)  # a rolled-back step leaves the layer alone
+
+
+def test_top_layer_tuning_is_bounded():
+    with pytest.raises(ValueError, match="lr_top"):
+        trainer_config(lr_top=-0.1)
+    with pytest.raises(ValueError, match="top_layers"):
+        trainer_config(lr_top=0.1, top_layers=0)
+    model, _ = pretrained(steps=1)
+    with pytest.raises(ValueError, match="layers must be in"):
+        LiveTrainer(model, trainer_config(lr_top=0.1, top_layers=3))  # the top MLP has 2

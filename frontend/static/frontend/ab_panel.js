@@ -1,6 +1,7 @@
 // The A/B readout's DOM and charts, shared by the fleet page and the node page: the lead of a
 // LiveUpdate node over its baseline node with its 95 % interval (ab.js), the AUC gap over time,
 // and both nodes' freshness lag over time.
+import { annotationLayout } from "./annotations.js";
 import { api } from "./api.js";
 import { batchMeanInterval, leadText, newest, pairByTime } from "./ab.js";
 import { el } from "./dom.js";
@@ -10,6 +11,14 @@ import { layout, plotConfig } from "./plot.js";
 const COLORS = { gap: "#2458d6", live: "#2458d6", base: "#8a5cf5", zero: "#1d2330" };
 const dates = (ts) => ts.map((t) => new Date(t * 1000));
 const iso = (s) => new Date(s * 1000).toISOString();
+
+// The pair's annotations (ab.marks: the live node's events and alerts, the baseline's syncs).
+function annotate(lay, ab) {
+  const marks = annotationLayout(ab.marks || [], ab.range, ab.liveName);
+  lay.shapes = [...(lay.shapes || []), ...marks.shapes];
+  lay.annotations = marks.annotations;
+  return lay;
+}
 
 // One node's AUC and freshness lag over [start, end), bucketed by the server: {t, auc, fresh}.
 export async function loadAbSeries(node, start, end) {
@@ -79,7 +88,7 @@ function gapChart(id, ab, pairs, ci) {
     traces.push({ name: `mean ${leadText(ci).lead} (band: 95 % interval)`, x: dates(ab.range),
       y: [ci.mean, ci.mean], type: "scatter", mode: "lines", line: { color: COLORS.gap, dash: "dash", width: 1 } });
   }
-  Plotly.react(document.getElementById(id), traces, lay, plotConfig);
+  Plotly.react(document.getElementById(id), traces, annotate(lay, ab), plotConfig);
 }
 
 function freshChart(id, ab) {
@@ -88,12 +97,12 @@ function freshChart(id, ab) {
   const traces = [[ab.liveName, ab.live, COLORS.live], [ab.baseName, ab.base, COLORS.base]].map(([name, s, color]) => ({
     name: (s.fresh || []).some(isNum) ? name : `${name} (not reported)`, x: dates(s.t), y: s.fresh || [],
     type: "scatter", mode: "lines", line: { color, width: 2 }, connectgaps: false }));
-  Plotly.react(document.getElementById(id), traces, lay, plotConfig);
+  Plotly.react(document.getElementById(id), traces, annotate(lay, ab), plotConfig);
 }
 
 // Draws the readout into #<prefix>-readout, #<prefix>-gap and #<prefix>-fresh. ab: {liveName,
 // baseName, baseTrains, baseSyncedAt (Unix s of its newest delta sync, or null), live: {t, auc,
-// fresh}, base: {...}, tolerance (s), range: [start, end], rangeText}.
+// fresh}, base: {...}, tolerance (s), range: [start, end], rangeText, marks (annotations.js)}.
 export function drawAb(prefix, ab) {
   const pairs = pairByTime({ t: ab.live.t, y: ab.live.auc }, { t: ab.base.t, y: ab.base.auc }, ab.tolerance);
   const ci = batchMeanInterval(pairs.gap);

@@ -3,6 +3,7 @@
 import { drawAb, loadAbSeries, loadLastSync } from "./ab_panel.js";
 import { el } from "./dom.js";
 import { trainsLocally } from "./format.js";
+import { loadMarks } from "./node_marks.js";
 import { loadPlotly } from "./plot.js";
 
 const REFRESH_MS = 10000;
@@ -38,10 +39,10 @@ async function refresh() {
   try {
     const [l, b] = await Promise.all([loadAbSeries(ab.live, start, end), loadAbSeries(ab.base, start, end)]);
     // only once the telemetry answered: an answer here must not hide the stale banner its failure raised
-    const synced = await loadLastSync(ab.base);
+    const [synced, marks] = await Promise.all([loadLastSync(ab.base), loadMarks(ab.live, ab.base, start, end)]);
     if (token !== ab.token) return;
     const draw = () => drawAb("ab", { liveName: ab.live, baseName: ab.base, baseTrains: false,
-      baseSyncedAt: synced, live: l, base: b, tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
+      baseSyncedAt: synced, live: l, base: b, marks, tolerance: Math.max(1, l.bucket_s), range: [start, end], rangeText: rangeText(ab.seconds) });
     draw(); // the number first; the charts once Plotly is there
     if (!globalThis.Plotly) await loadPlotly().then(() => token === ab.token && draw());
   } catch (err) {

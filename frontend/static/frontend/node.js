@@ -8,7 +8,9 @@ import { epoch, errorText, fmt, isNum, MODE_TEXT, modeOf, trainsLocally } from "
 import { onFleetEvent, onFleetReconnect, watchNodes } from "./live.js";
 import { newestSync } from "./events.js";
 import { chartSteps, renderCharts, renderLimits } from "./node_charts.js";
+import { addLiveMark, loadMarks } from "./node_marks.js";
 import { showPolicy, startActions } from "./node_actions.js";
+import { overrideDetail, overrideTexts } from "./overrides.js";
 import {
   emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, SERIES_METRICS, THROTTLE_STATES,
   trimSeries,
@@ -24,6 +26,7 @@ const state = {
   throttle: { t: [], s: [] }, ranks: new RankHistory(),
   cpu: { values: [], ts: null }, placement: null, lastSeq: {}, loading: 0,
   syncedAt: {}, // node -> Unix s of its newest delta sync (a "sync" event)
+  marks: [], // the charts' annotations (node_marks.js)
 };
 
 const iso = (s) => new Date(s * 1000).toISOString();
@@ -61,6 +64,7 @@ function fetchRange(start, end) {
     listAll("/api/events/", { ...within, kind: "qos" }),
     api("/api/events/", { params: { node: NAME, kind: "policy", limit: 1 } }),
     Promise.all([NAME, state.baseline].filter(Boolean).map(async (n) => [n, await loadLastSync(n)])),
+    loadMarks(NAME, state.baseline, start, end),
   ]);
 }
 
@@ -110,6 +114,7 @@ async function loadRange() {
     if (token !== state.loading) return; // a newer range was picked meanwhile
     got[5].forEach(([n, t]) => { if (t !== null) noteSync(n, t); });
     applyRange(start, end, got);
+    state.marks = got[6];
     state.shown = token;
     showRangeInfo();
     renderCharts(state);
@@ -195,7 +200,17 @@ async function loadNode() {
   summary();
   showMode();
   showPolicy(state);
+  showOverrides(state.node);
   return true;
+}
+
+// What the watchdog overrides of the applied policy (the node runs the stricter value).
+function showOverrides(node) {
+  const list = document.getElementById("node-overrides");
+  const texts = overrideTexts(node);
+  list.hidden = !texts.length;
+  list.replaceChildren(...texts.map((text, i) =>
+    el("li", { class: "warn", title: overrideDetail(node.overrides[i]) }, text)));
 }
 
 // Live redraws: one chart per task (the page stays responsive and each chart shows up as soon
@@ -263,6 +278,7 @@ onFleetEvent((event) => {
     loadNode().then(() => renderLimits(state));
   }
 });
+onFleetEvent((event) => { if (addLiveMark(state.marks, event, NAME, state.baseline)) scheduleRender(); });
 onFleetReconnect(() => loadNode().then(loadRange));
 
 function pickRange(seconds) {

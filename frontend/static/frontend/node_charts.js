@@ -1,6 +1,8 @@
 // The node page's Plotly charts, drawn from the page state kept by node.js (Plotly.react: the
-// chart divs keep their zoom, and the browser tests read each div's .data).
+// chart divs keep their zoom, and the browser tests read each div's .data). Every time chart
+// carries the node's annotations (state.marks: policy applies, overrides, syncs, ...).
 import { drawAb } from "./ab_panel.js";
+import { annotationLayout } from "./annotations.js";
 import { isNum, trainsLocally } from "./format.js";
 import { layout, plotConfig } from "./plot.js";
 import { clippedTop, rangeBounds, THROTTLE_STATES } from "./series.js";
@@ -16,9 +18,12 @@ const xRange = (state) => dates(rangeBounds(state.range));
 function timeLayout(state, yTitle, extra = {}) {
   const base = layout(yTitle, { showlegend: true, ...extra });
   base.xaxis = { ...base.xaxis, range: xRange(state) };
+  const marks = annotationLayout(state.marks, rangeBounds(state.range), state.name);
+  base.shapes = marks.shapes;
+  base.annotations = marks.annotations;
   if (!state.main.t.length) {
-    base.annotations = [{ text: `no samples from ${state.name} in this range`, xref: "paper",
-      yref: "paper", x: 0.5, y: 0.5, showarrow: false, font: { size: 13, color: "#5b6475" } }];
+    base.annotations.push({ text: `no samples from ${state.name} in this range`, xref: "paper",
+      yref: "paper", x: 0.5, y: 0.5, showarrow: false, font: { size: 13, color: "#5b6475" } });
   }
   return base;
 }
@@ -111,6 +116,7 @@ function abReadout(state) {
   drawAb("node-ab", { liveName: state.name, baseName: state.baseline, baseTrains: trainsLocally(basePolicy),
     baseSyncedAt: state.syncedAt[state.baseline] ?? null,
     live: state.main, base: state.base, tolerance: Math.max(1, state.bucket_s), range: [start, end],
+    marks: state.marks,
     rangeText: state.range.live ? `the last ${Math.round(state.range.seconds / 60)} min` : "the chosen range" });
 }
 

@@ -6,6 +6,7 @@ import {
   epoch, errorText, fieldErrors, fmt, numberFieldError, numberFieldValue, TRAINING_MODE,
 } from "./format.js";
 import { onFleetEvent } from "./live.js";
+import { appliedValue, overrideDetail, overrideText, overrideTexts } from "./overrides.js";
 
 const form = document.getElementById("policy-form");
 const state = {
@@ -90,7 +91,22 @@ function fill(policy) {
   showModeFields();
   renderList();
   renderApply();
+  showOverrides();
   loadHistory();
+}
+
+// Under each overridable field: the watchdog's overrides of it on this policy's nodes (the
+// policy keeps what people set; each node runs the stricter of the two).
+function showOverrides() {
+  const p = state.current;
+  form.querySelectorAll("ul[id^=overrides-]").forEach((list) => {
+    const field = list.id.slice("overrides-".length);
+    const items = !p ? [] : state.nodes.filter((n) => n.policy === p.id).flatMap((n) =>
+      n.overrides.filter((o) => o.field === field).map((o) => el("li", { class: "warn", title: overrideDetail(o) },
+        el("strong", {}, n.name), `: ${overrideText(o, appliedValue(n, field))}`)));
+    list.hidden = !items.length;
+    list.replaceChildren(...items);
+  });
 }
 
 function renderList() {
@@ -114,7 +130,8 @@ function renderApply() {
     const on = state.policies.find((q) => q.id === n.policy);
     return el("li", {}, el("label", {},
       el("input", { type: "checkbox", value: n.name, checked: checked.has(n.name), onchange: renderApplyButton }),
-      ` ${n.name} `, el("span", { class: "sub" }, on ? `${on.name} v${on.version}${n.applied_policy_version === on.version ? "" : " (not applied)"}` : "no policy")));
+      ` ${n.name} `, el("span", { class: "sub" }, on ? `${on.name} v${on.version}${n.applied_policy_version === on.version ? "" : " (not applied)"}` : "no policy"),
+      ...overrideTexts(n).map((text) => el("span", { class: "sub warn" }, ` · ${text}`))));
   }));
   renderApplyButton();
 }
@@ -240,9 +257,19 @@ document.getElementById("apply-policy").addEventListener("click", async () => {
   state.policies = policies;
   renderList();
   renderApply();
+  showOverrides();
 });
 
+// The watchdog's applies change nodes' overrides: show them as they happen.
+async function reloadNodes() {
+  state.nodes = await listAll("/api/nodes/");
+  renderApply();
+  showOverrides();
+}
+
 onFleetEvent((event) => {
+  if (event.kind === "node_action" && event.action.action === "apply_policy" &&
+    !state.pending.has(event.action.id) && event.action.state === "sent") reloadNodes();
   if (event.kind !== "node_action" || !state.pending.has(event.action.id)) return;
   if (event.action.state === "sent") return;
   state.pending.delete(event.action.id);
