@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dlrm_core.commands.experiment",
         "replay a stream through every update strategy; write results.json + report.html",
     ),
+    "protocol": (
+        "dlrm_core.commands.protocol",
+        "the whole evaluation grid (fleet sizes x routings x sync periods x seeds) in parallel",
+    ),
 }
 
 

@@ -8,12 +8,23 @@ Example (MovieLens-100k on a 5-events-per-second clock, gain at three label dela
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
 from dlrm_core.commands import stream_args
+from dlrm_core.commands.jobs import (
+    MAX_JOBS,
+    StreamSpec,
+    resolve_jobs,
+    run_all,
+    synthetic_source,
+)
 from dlrm_core.experiment.config import (
+    MAX_REUSE,
     PRIORITIES,
     STRATEGY_NAMES,
     TB,
@@ -21,19 +32,29 @@ from dlrm_core.experiment.config import (
     LinkConfig,
     LiveUpdateParams,
 )
-from dlrm_core.experiment.data import FORMATS, open_source
+from dlrm_core.experiment.data import FORMATS, StreamSource
 from dlrm_core.experiment.fleet_config import ROUTINGS, FleetConfig
-from dlrm_core.synthetic import SyntheticConfig
+from dlrm_core.experiment.plan import Group, assemble, build_plan
+from dlrm_core.experiment.run_summary import RunSummary
+from dlrm_core.experiment.tuning import R_MAX_GRID, TAU_GRID
 
-if TYPE_CHECKING:
-    from dlrm_core.experiment.data import StreamSource
+K = TypeVar("K")
 
 
-def _csv_list(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+MAX_LIST_ITEMS = 32
+
+
+def csv_list(  # type: ignore[no-untyped-def]
+    kind: type, choices: tuple[str, ...] | None = None, lo: float = 0.0, hi: float = 1e9
+):
+    """An argparse type: a comma-separated list of 1..MAX_LIST_ITEMS values (numbers in
+    [lo, hi], names from ``choices``)."""
+    number = stream_args.bounded(kind, lo, hi) if kind is not str else str
+
     def parse(text: str) -> tuple:  # type: ignore[type-arg]
-        items = tuple(kind(t.strip()) for t in text.split(",") if t.strip())
-        if not items:
-            raise argparse.ArgumentTypeError("give at least one value")
+        items = tuple(number(t.strip()) for t in text.split(",") if t.strip())
+        if not items or len(items) > MAX_LIST_ITEMS:
+            raise argparse.ArgumentTypeError(f"give 1 to {MAX_LIST_ITEMS} values")
         if choices is not None:
             bad = [t for t in items if t not in choices]
             if bad:
@@ -62,8 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--tune",
         action="store_true",
-        help="choose the cluster lr and LiveUpdate's lr_a on the pretraining head only",
+        help="choose the cluster lr, then LiveUpdate's lr_a, lr_b, tau and r_max, on a "
+        "validation split of the pretraining head only (never the scored windows)",
     )
+    c.add_argument("--tau-grid", type=csv_list(float, lo=1e-6, hi=1.0), default=TAU_GRID,
+                   help="--tune: tau candidates")  # fmt: skip
+    c.add_argument("--r-max-grid", type=csv_list(int, lo=1, hi=64), default=R_MAX_GRID,
+                   help="--tune: r_max candidates")  # fmt: skip
     n = parser.add_argument_group("link and syncs")
     n.add_argument("--bandwidth-gbps", type=float, default=100.0)
     n.add_argument(
@@ -93,12 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=live.top_layers,
         help="how many last layers --lr-top tunes",
     )
-    u.add_argument("--reuse", type=int, default=live.reuse)
+    u.add_argument("--reuse", type=stream_args.bounded(int, 0, MAX_REUSE), default=live.reuse,
+                   help="extra optimizer passes per batch (0: one, as the cluster)")  # fmt: skip
     u.add_argument("--allocation", choices=("benefit", "even"), default=live.allocation)
 
 
 def _add_protocol_arguments(c: argparse._ArgumentGroup, d: ExperimentConfig) -> None:
-    c.add_argument("--strategies", type=_csv_list(str, STRATEGY_NAMES), default=STRATEGY_NAMES)
+    c.add_argument("--strategies", type=csv_list(str, STRATEGY_NAMES), default=STRATEGY_NAMES)
     c.add_argument("--qps", type=float, default=d.qps, help="events per clock second")
     c.add_argument("--raw-timestamps", action="store_true", help="use the data's timestamps")
     c.add_argument("--window", type=float, default=d.window_s, help="metric window (s)")
@@ -108,16 +135,24 @@ def _add_protocol_arguments(c: argparse._ArgumentGroup, d: ExperimentConfig) -> 
     c.add_argument("--label-delay", type=float, default=d.label_delay_s)
     c.add_argument(
         "--label-delays",
-        type=_csv_list(float),
+        type=csv_list(float, lo=0.0, hi=1e8),
         default=(),
         help="extra label delays (s): liveupdate and delta_sync rerun at each",
     )
     c.add_argument("--sync-period", type=float, default=d.sync_period_s)
     c.add_argument(
         "--sync-periods",
-        type=_csv_list(float),
+        type=csv_list(float, lo=1e-3, hi=1e9),
         default=(),
-        help="extra sync periods (s) for the cost-accuracy frontier: every strategy reruns",
+        help="extra sync periods (s) for the cost-accuracy frontier (the strategies that "
+        "sync rerun; stale, oracle and liveupdate without rebases do not depend on it)",
+    )
+    c.add_argument(
+        "--link-scales",
+        type=csv_list(float, lo=1e-6, hi=1e6),
+        default=(),
+        help="extra link scale factors (x the projection of --target-table-tb): a frontier "
+        "per factor",
     )
     c.add_argument("--pretrain-fraction", type=float, default=d.pretrain_fraction)
     c.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
@@ -129,11 +164,20 @@ def _add_protocol_arguments(c: argparse._ArgumentGroup, d: ExperimentConfig) -> 
     )
     c.add_argument("--lr-dense", type=float, default=d.lr_dense)
     c.add_argument("--lr-sparse", type=float, default=d.lr_sparse)
-    c.add_argument("--seed", type=int, default=d.seed)
+    c.add_argument("--seed", type=stream_args.bounded(int, 0, 2**31 - 101), default=d.seed)
     c.add_argument(
-        "--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1 (95%% intervals)"
-    )
-    c.add_argument("--threads", type=int, default=d.torch_threads)
+        "--seeds", type=stream_args.bounded(int, 1, 100), default=1,
+        help="runs with seeds seed..seed+K-1 (95%% intervals)",
+    )  # fmt: skip
+    c.add_argument(
+        "--jobs", type=stream_args.bounded(int, 1, MAX_JOBS),
+        help="worker processes running seeds and sweep points in parallel (default: the "
+        "usable cores); the numbers equal a serial run's at the same --threads",
+    )  # fmt: skip
+    c.add_argument(
+        "--threads", type=stream_args.bounded(int, 1, 256),
+        help="torch threads per run (default: usable cores // --jobs)",
+    )  # fmt: skip
     c.add_argument(
         "--audit",
         action="store_true",
@@ -157,90 +201,111 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         top_p_pct=args.top_p,
         priority=args.priority, strategies=tuple(args.strategies),
         link=LinkConfig(bandwidth_gbps=args.bandwidth_gbps, target_table_bytes=target),
-        live=live, torch_threads=args.threads, audit=args.audit, fine_window_s=args.fine_window,
+        live=live, audit=args.audit, fine_window_s=args.fine_window,
         fleet=FleetConfig(nodes=args.nodes, routing=args.routing, multicast=args.multicast,
                           route_feature=args.route_feature),
     )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dlrm_core.experiment.report import write_report
-    from dlrm_core.experiment.results import build_results, write_results
     from dlrm_core.experiment.tuning import tune
 
     try:
-        if not 1 <= args.seeds <= 100:
-            raise ValueError(f"--seeds must be in [1, 100], got {args.seeds}")
-        config = build_config(args)
-        if args.format == "synthetic":
-            stream_args.reject_csv_flags(args)
-            synthetic = SyntheticConfig(
-                seed=args.seed, num_events=args.events, batch_size=args.batch_size,
-                events_per_second=args.qps, user_rows=args.user_rows,
-                item_rows=args.item_rows, drift_per_hour=args.drift_per_hour,
-            )  # fmt: skip
-            source = open_source("synthetic", None, args.batch_size, args.max_events,
-                                 synthetic=synthetic)  # fmt: skip
-        else:
-            source = _file_source(args)
+        jobs, threads = resolve_jobs(args.jobs, args.threads)
+        config = dataclasses.replace(build_config(args), torch_threads=threads)
+        spec, source = open_spec(args)
     except (ValueError, OSError) as exc:
         print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
     print(_mapping(config, source.num_events), file=sys.stderr)
     tuning = None
     if args.tune:
-        config, tuning = tune(source.schema, source.open, source.num_events, config)
-        print(f"tuned on the head: {tuning}", file=sys.stderr)
-    plan = _plan(config, args)
-    total = source.num_events * sum(len(group) for group in plan.values())
-    total *= 2 if config.audit else 1
-    bar = tqdm(total=total, unit="ev", desc="replay", file=sys.stderr, mininterval=5.0)
+        config, tuning = tune(source.schema, source.open, source.num_events, config,
+                              tau_grid=args.tau_grid, r_max_grid=args.r_max_grid)  # fmt: skip
+        print(f"tuned on the head: {tuning['chosen']}", file=sys.stderr)
     try:
-        with bar:
-            done = {key: [_run_one(source, cfg, bar.update) for cfg in group]
-                    for key, group in plan.items()}  # fmt: skip
+        plan = build_plan(config, args.seeds, args.label_delays, args.sync_periods,
+                          args.link_scales)  # fmt: skip
+        done = run_plan(spec, source, plan, jobs, config.audit, group_label)
     except ValueError as exc:
-        print(f"liveupdate experiment: error: {exc}", file=sys.stderr)
+        print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
         return 2
-    main = done.pop(("main", 0.0))
-    delays = [g for (kind, _), g in done.items() if kind == "delay"]
-    periods = [g for (kind, _), g in done.items() if kind == "period"]
-    results = build_results(main, source.info, delays, tuning, periods)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_results(results, args.out / "results.json")
-    write_report(results, args.out / "report.html")
+    except BrokenProcessPool as exc:
+        print(f"liveupdate experiment: error: a worker process died ({exc})", file=sys.stderr)
+        return 1
+    results = results_of(plan, done, source.info, tuning)
+    write_outputs(results, args.out)
     _print_results(results)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0 if results["audit"]["passed"] is not False else 1
 
 
-def _plan(config: ExperimentConfig, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
-    """(kind, value) -> the configs to run, one per seed: the main run, the label-delay sweep
-    (delta_sync and LiveUpdate) and the sync-period sweep (every strategy)."""
-    import dataclasses
-
-    def seeds(cfg: ExperimentConfig) -> list[ExperimentConfig]:
-        return [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(args.seeds)]
-
-    plan = {("main", 0.0): seeds(config)}
-    pair = tuple(s for s in ("delta_sync", "liveupdate") if s in config.strategies)
-    if len(pair) == 2:
-        for delay in args.label_delays:
-            if delay != config.label_delay_s:
-                cfg = dataclasses.replace(config, label_delay_s=delay, strategies=pair)
-                plan[("delay", delay)] = seeds(cfg)
-    for period in args.sync_periods:
-        if period != config.sync_period_s:
-            plan[("period", period)] = seeds(dataclasses.replace(config, sync_period_s=period))
-    return plan
+def open_spec(args: argparse.Namespace) -> tuple[StreamSpec, StreamSource]:
+    """The stream the flags name (a file is counted by one read), and how workers reopen it."""
+    if args.format == "synthetic":
+        stream_args.reject_csv_flags(args)
+        source = synthetic_source(args)
+    else:
+        source = _file_source(args)
+    return StreamSpec(args, source.num_events, source.info), source
 
 
-def _run_one(source, config, progress):  # type: ignore[no-untyped-def]
-    from dlrm_core.experiment.harness import run_experiment
+def group_label(group: Group, config: ExperimentConfig) -> str:
+    fleet = config.fleet
+    where = f"{fleet.nodes} node(s) {fleet.routing}"
+    if group.kind == "delay":
+        return f"{where}, label delay {group.value:g} s"
+    link = "" if group.link_scale_factor == 1.0 else f", link x{group.link_scale_factor:g}"
+    return f"{where}, sync period {config.sync_period_s:g} s{link}"
 
-    return run_experiment(source.schema, source.open, source.num_events, config, progress)
+
+def run_plan(
+    spec: StreamSpec, source: StreamSource, plan: dict[K, list[ExperimentConfig]],
+    jobs: int, audit: bool, label: Callable[[K, ExperimentConfig], str],
+) -> dict[K, list[RunSummary]]:  # fmt: skip
+    """Every configuration of ``plan`` on ``jobs`` processes, with progress on stderr: an
+    event bar when serial, one line per finished run."""
+    from tqdm import tqdm
+
+    # by seed: a worker then meets one seed's runs in a row and pretrains its base once
+    tasks = sorted(((key, cfg) for key, cfgs in plan.items() for cfg in cfgs),
+                   key=lambda task: task[1].seed)  # fmt: skip
+    total = source.num_events * len(tasks) * (2 if audit else 1)
+    bar = tqdm(total=total, unit="ev", desc="replay", file=sys.stderr, mininterval=5.0,
+               disable=jobs > 1 and len(tasks) > 1)  # fmt: skip
+    finished = [0]
+
+    def on_done(key: K, summary: RunSummary, elapsed: float) -> None:
+        finished[0] += 1
+        k, n = finished[0], len(tasks)
+        tqdm.write(f"[{k}/{n}] {label(key, summary.config)}, seed {summary.config.seed}: "
+                   f"{summary.wall_seconds:.0f} s ({summary.process_cpu_seconds:.0f} CPU-s); "
+                   f"elapsed {elapsed:.0f} s, about {elapsed / k * (n - k):.0f} s left",
+                   file=sys.stderr)  # fmt: skip
+
+    with bar:
+        return run_all(spec, source, tasks, jobs, on_done, bar.update)
+
+
+def results_of(
+    plan: dict[Group, list[ExperimentConfig]],
+    done: dict[Group, list[RunSummary]],
+    dataset: dict[str, Any],
+    tuning: dict[str, Any] | None,
+) -> dict[str, Any]:
+    from dlrm_core.experiment.results import build_results
+
+    parts = assemble(plan, done)
+    return build_results(parts.main, dataset, parts.delays, tuning, parts.periods, parts.links)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    from dlrm_core.experiment.report import write_report
+    from dlrm_core.experiment.results import write_results
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(results, out / "results.json")
+    write_report(results, out / "report.html")
 
 
 def _print_results(results: dict) -> None:  # type: ignore[type-arg]
@@ -260,6 +325,15 @@ def _print_results(results: dict) -> None:  # type: ignore[type-arg]
     for claim in results["claims"]:
         print(f"claim: {claim['claim']}: {claim['verdict'].upper()}. {claim['measured']} "
               f"{claim['why']}")  # fmt: skip
+    for entry in results["frontier_by_link_scale"]:
+        if len(results["frontier_by_link_scale"]) > 1 or len(entry["frontier"]) > 1:
+            points = "; ".join(
+                f"{r['sync_period_s'] / 60:g} min: " + ", ".join(
+                    f"{n} {v:.4f}" for n, v in r["mean_auc"].items() if v is not None)
+                for r in entry["frontier"]
+            )  # fmt: skip
+            print(f"frontier at link x{entry['link_scale_factor']:g} (scale "
+                  f"{entry['link_scale']:.3g}): {points}")  # fmt: skip
     audit = results["audit"]
     if audit["enabled"]:
         leaking = sorted({n for r in audit["runs"] for n in r["leaking"]})
@@ -269,8 +343,6 @@ def _print_results(results: dict) -> None:  # type: ignore[type-arg]
 
 def _file_source(args: argparse.Namespace) -> StreamSource:
     """The data file's stream, counted by one read (malformed lines summarised on stderr)."""
-    from dlrm_core.experiment.data import StreamSource
-
     reader = stream_args.open_stream(args)
     events = stream_args.count_usable(reader)
     info = {

@@ -115,10 +115,11 @@ class Link:
 
 
 def projection_scale(config: LinkConfig, experiment_table_bytes: int) -> float:
-    """Link scale projecting the experiment's tables to ``target_table_bytes``."""
+    """Link scale projecting the experiment's tables to ``target_table_bytes``, times the
+    sweep's ``scale_factor``."""
     if config.target_table_bytes is None:
-        return 1.0
-    return config.target_table_bytes / experiment_table_bytes
+        return config.scale_factor
+    return config.scale_factor * config.target_table_bytes / experiment_table_bytes
 
 
 class SimulatedCluster:

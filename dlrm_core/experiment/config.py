@@ -24,6 +24,7 @@ STRATEGY_NAMES = (
     "hybrid",
 )
 PRIORITIES = ("magnitude", "freshness_magnitude")
+MAX_REUSE = 16
 TB = 1e12
 
 
@@ -44,9 +45,11 @@ class LinkConfig:
 
     bandwidth_gbps: float = 100.0
     target_table_bytes: float | None = 200 * TB  # None: no projection (scale 1)
+    scale_factor: float = 1.0  # the --link-scales sweep: the projection's scale times this
 
     def __post_init__(self) -> None:
         _check_range("bandwidth_gbps", self.bandwidth_gbps, 1e-6, 1e6)
+        _check_range("scale_factor", self.scale_factor, 1e-6, 1e6)
         if self.target_table_bytes is not None:
             _check_range("target_table_bytes", self.target_table_bytes, 1.0, 1e18)
 
@@ -89,6 +92,8 @@ class LiveUpdateParams:
         _check_range("lr_b", self.lr_b, 1e-9, 10.0)
         _check_range("lr_top", self.lr_top, 0.0, 10.0)
         _check_range("top_layers", self.top_layers, 1, 16)
+        if not 0 <= self.reuse <= MAX_REUSE:
+            raise ValueError(f"reuse must be in [0, {MAX_REUSE}], got {self.reuse}")
         if self.allocation not in ("benefit", "even"):
             raise ValueError(f"allocation must be 'benefit' or 'even', got {self.allocation!r}")
 

@@ -12,6 +12,9 @@
 5. With ``config.audit`` the evaluated part is replayed again from the same base, every
    not-yet-due label shown permuted; every score must be identical (audit.py).
 
+The pretrained base is memoised per process (memo.py): runs of one plan that share the stream,
+the seed and the head's training settings train it once.
+
 All strategies see the same events in the same order, with the same label delay; given a seed
 the run is deterministic (torch seeded, one torch thread by default).
 """
@@ -26,7 +29,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from dlrm_core.batch import SparseBatch
@@ -49,6 +51,7 @@ from dlrm_core.experiment.liveupdate import (
     table_caps,
 )
 from dlrm_core.experiment.lowrank import LowRankProbe
+from dlrm_core.experiment.memo import Memo
 from dlrm_core.experiment.memory import ProcessMemory, process_memory
 from dlrm_core.experiment.replay import LabelView, PermutedLabels, StrategyTrace, replay
 from dlrm_core.experiment.strategies import (
@@ -59,12 +62,12 @@ from dlrm_core.experiment.strategies import (
     Stale,
     Strategy,
 )
-from dlrm_core.metrics import auc, log_loss
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.schema import StreamSchema
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 
 TUNE_SHARE = 0.2  # last share of the pretraining head on which the budget split is measured
+PRETRAINED: Memo[Pretrained] = Memo(2)  # the bases of the last few (stream, seed, head) keys
 
 
 @dataclass
@@ -157,7 +160,14 @@ def run_experiment(
     try:
         if num_events < 2:
             raise ValueError(f"the stream needs at least 2 events, got {num_events}")
-        pre = pretrain(schema, open_stream, num_events, config, progress)
+        key = (open_stream, num_events, config.seed, config.qps, config.pretrain_fraction,
+               config.pretrain_epochs, config.optimizer, config.lr_dense, config.lr_sparse,
+               config.embedding_dim, config.bottom_hidden, config.top_hidden)  # fmt: skip
+        hits = PRETRAINED.hits
+        pre = PRETRAINED.get(key, lambda: pretrain(schema, open_stream, num_events, config,
+                                                   progress))  # fmt: skip
+        if progress and PRETRAINED.hits > hits:
+            progress(pre.events)
         scale = projection_scale(config.link, table_bytes(pre.model))
         first = _first_eval_batch(open_stream, config.qps, pre.events)
         start_s = float(first.timestamps[0])
@@ -386,10 +396,3 @@ def _make_liveupdate(
         link=link if fed else None,
         feed_period_s=feed_period,
     )
-
-
-def pooled_metrics(trace: StrategyTrace) -> tuple[float, float]:
-    """(AUC, log loss) over every scored event."""
-    y = np.concatenate(trace.labels)
-    s = np.concatenate(trace.scores)
-    return auc(y, s), log_loss(y, s)

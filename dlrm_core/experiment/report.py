@@ -74,6 +74,20 @@ def _figures(results: dict[str, Any]) -> list[Any]:
         f.add_scatter(x=fine, y=mean, mode="lines+markers", name=n, line_color=color(n),
                       error_y={"type": "data", "array": plus, "arrayminus": minus})  # fmt: skip
     _frontier_figures(results["frontier"], names, fig, color)
+    scales = results.get("frontier_by_link_scale", [])
+    if len(scales) > 1:
+        f = fig("AUC vs sync period per link scale (staleness = bytes x scale / bandwidth)",
+                "mean window AUC", "sync period (min)")  # fmt: skip
+        dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+        for k, entry in enumerate(scales):
+            dash = dashes[k % len(dashes)]
+            for n in ("delta_sync", "full_sync", "prioritized_delta", "hybrid"):
+                if n in names:
+                    f.add_scatter(x=[r["sync_period_s"] / 60 for r in entry["frontier"]],
+                                  y=[r["mean_auc"].get(n) for r in entry["frontier"]],
+                                  name=f"{n} link x{entry['link_scale_factor']:g}",
+                                  mode="lines+markers",
+                                  line={"color": color(n), "dash": dash})  # fmt: skip
     f = fig("Memory overhead per window, per node (peak)", "% of the node's table bytes")
     for n in names:
         f.add_scatter(x=hours, y=strat[n]["measured_memory_pct_per_window"], name=f"{n} measured",

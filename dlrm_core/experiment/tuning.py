@@ -6,7 +6,9 @@ first 80%, then is scored progressively on the last 20% (each batch scored, then
 once its labels are due: the run's label delay, as for LiveUpdate below). The best rate by
 AUC there wins. Then, from the model pretrained with it, LiveUpdate's
 A learning rate is chosen the same way: LiveUpdate alone replays the last 20% with the
-experiment's label delay; then its B learning rate likewise. tau and r_max are not tuned.
+experiment's label delay; then its B learning rate, its rank energy share tau and its rank cap
+r_max likewise, one knob at a time, each from the best so far. The log (results.json's
+``tuning``) keeps every candidate's validation AUC and the chosen values.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 LR_GRID = {"adagrad": (0.01, 0.03, 0.1, 0.3), "sgd": (0.1, 0.5, 1.0, 2.0)}
 LR_A_GRID = (0.01, 0.05, 0.2)
 LR_B_GRID = (1e-4, 1e-3, 1e-2)
+TAU_GRID = (0.8, 0.9, 0.95, 0.99)
+R_MAX_GRID = (4, 8, 16)
 
 
 def _head(stream: Iterator[SparseBatch], n: int) -> list[SparseBatch]:
@@ -59,9 +63,11 @@ def tune(
     lr_grid: tuple[float, ...] | None = None,
     lr_a_grid: tuple[float, ...] = LR_A_GRID,
     lr_b_grid: tuple[float, ...] = LR_B_GRID,
+    tau_grid: tuple[float, ...] = TAU_GRID,
+    r_max_grid: tuple[int, ...] = R_MAX_GRID,
 ) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """The config with the tuned lr_dense = lr_sparse, live.lr_a and live.lr_b (shared by every
-    local learner), and a tuning log."""
+    """The config with the tuned lr_dense = lr_sparse and live.lr_a, lr_b, tau, r_max (shared
+    by every local learner), and a tuning log."""
     lr_grid = lr_grid or LR_GRID[config.optimizer]
     n_head = int(num_events * config.pretrain_fraction)
     head = _head(replay_batches(open_stream(), config.qps), n_head)
@@ -69,7 +75,10 @@ def tune(
     fit, tail = _split_events(head, cut)
     if not fit or not tail:
         raise ValueError("the pretraining head is too short to tune on; raise pretrain_fraction")
-    log: dict[str, Any] = {"head_events": n_head, "fit_events": cut, "lr": {}, "lr_a": {}}
+    log: dict[str, Any] = {
+        "split": "the pretraining head: fit on its first 80%, validate on the rest",
+        "head_events": n_head, "fit_events": cut, "lr": {}, "lr_a": {},
+    }  # fmt: skip
     best_lr, best_auc, best_model, benefit = lr_grid[0], -1.0, None, {}
     for lr in lr_grid:
         model = build_model(schema, config)
@@ -96,15 +105,17 @@ def tune(
     live = config.live
     local = {"liveupdate", "liveupdate_dense", "hybrid"} & set(config.strategies)
     if local:
-        # one knob at a time, each from the best so far: lr_a, then lr_b
-        for knob, grid in (("lr_a", lr_a_grid), ("lr_b", lr_b_grid)):
+        # one knob at a time, each from the best so far
+        knobs = (("lr_a", lr_a_grid), ("lr_b", lr_b_grid), ("tau", tau_grid),
+                 ("r_max", r_max_grid))  # fmt: skip
+        for knob, grid in knobs:
             candidates = [_with(live, knob, value) for value in grid]
             scores = [_live_tail_auc(best_model, tail, config, c, benefit) for c in candidates]
             log[knob] = {str(v): a for v, a in zip(grid, scores, strict=True)}
             live = candidates[int(np.argmax(scores))]
     tuned = dataclasses.replace(config, lr_dense=best_lr, lr_sparse=best_lr, live=live)
     log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": live.lr_a,
-                     "lr_b": live.lr_b}  # fmt: skip
+                     "lr_b": live.lr_b, "tau": live.tau, "r_max": live.r_max}  # fmt: skip
     return tuned, log
 
 
@@ -141,6 +152,14 @@ def _learn_due(
 
 
 def _with(live: LiveUpdateParams, knob: str, value: float) -> LiveUpdateParams:
+    """``live`` with one knob changed; a smaller r_max lowers the initial and minimum rank
+    with it (r_min <= initial_rank <= r_max)."""
+    if knob == "r_max":
+        r_max = int(value)
+        return dataclasses.replace(live, r_max=r_max, initial_rank=min(live.initial_rank, r_max),
+                                   r_min=min(live.r_min, r_max))  # fmt: skip
+    if knob == "tau":
+        return dataclasses.replace(live, tau=value)
     if knob == "lr_a":
         return dataclasses.replace(live, lr_a=value)
     return dataclasses.replace(live, lr_b=value)

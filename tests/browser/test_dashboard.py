@@ -425,16 +425,30 @@ def test_experiments_page_shows_a_run_and_rejects_a_bad_upload(
     page.select_option("#run-select", str(run["id"]))
     expect(page.locator("#report-title")).to_have_text(run["name"])
     names = page.evaluate("() => document.getElementById('chart-exp-auc').data.map(t => t.name)")
-    assert names == ["Stale", "FullSync", "DeltaSync", "PrioritizedDelta", "LiveUpdate"]
+    assert names == ["Stale", "Oracle", "DeltaSync", "LiveUpdate", "Hybrid"]
+    fine = page.evaluate("() => document.getElementById('chart-exp-auc').data[0].y.length")
+    assert fine == 16  # the short windows' curve
     gain = page.evaluate(
-        "() => document.getElementById('chart-exp-gain').data.find(t => t.name === 'LiveUpdate').y"
+        "() => document.getElementById('chart-exp-gain').data.find(t => t.name === 'LiveUpdate')"
     )
-    assert gain[0] == pytest.approx((0.7452 - 0.744) * 100)
-    moved = [0, 4.1e9, 6.2e8, 2.1e8, 0]  # plotted in GiB, the unit of the largest value
-    assert chart_values(page, "chart-exp-bytes") == pytest.approx([b / 2**30 for b in moved])
-    expect(page.locator("#chart-exp-bytes")).to_contain_text("bytes moved (GiB)")
-    expect(page.locator("#claims tbody tr")).to_have_count(2)
-    expect(page.locator("#claims tbody tr.refuted")).to_contain_text("2x lower")
+    assert gain["y"][0] == pytest.approx(100 * (0.7452 - 0.744) / 0.744, abs=1e-3)  # relative %
+    assert gain["error_y"]["array"][0] == pytest.approx(0.1)  # the 95% interval's half width
+    per_hour = [0, 0, 3.1e8, 0, 1.05e8]  # fleet bytes per hour, plotted in MiB
+    assert chart_values(page, "chart-exp-bytes") == pytest.approx([b / 2**20 for b in per_hour])
+    expect(page.locator("#chart-exp-bytes")).to_contain_text("fleet bytes per hour (MiB)")
+    live_row = page.locator("#strategies tr[data-strategy=liveupdate]")
+    expect(live_row).to_contain_text("[0.")  # the mean AUC's interval over the seeds
+    expect(live_row).to_contain_text("2.380 %")  # measured memory per node
+    expect(page.locator("#claims tbody tr")).to_have_count(3)
+    expect(page.locator("#claims tr.refuted[data-claim=accuracy]")).to_contain_text(
+        "above the claimed range"
+    )
+    expect(page.locator("#claims tr.holds[data-claim=update_cost]")).to_contain_text("2.1 .. 2.5")
+    expect(page.locator("#audit")).to_have_attribute("data-state", "passed")
+    expect(page.locator("#process-memory")).to_contain_text("peak RSS 516.0 MiB")
+    expect(page.locator("#seeds tbody tr")).to_have_count(3)
+    expect(page.locator("#report-meta")).to_contain_text("4 nodes, sticky-user routing")
+    expect(page.locator("#report-summary")).to_have_text("A made-up run for the page test.")
     page.screenshot(path=str(artifacts_dir / "experiments.png"), full_page=True)
 
     bad = results_json()

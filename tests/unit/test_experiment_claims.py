@@ -9,6 +9,7 @@ import pytest
 
 from dlrm_core.experiment import claims as c
 from dlrm_core.experiment.results import build_results
+from dlrm_core.experiment.run_summary import summarise_run
 from dlrm_core.experiment.stats import t975, t_interval
 
 from .test_experiment_harness import small_run
@@ -72,7 +73,7 @@ def test_claims_on_a_run_built_to_fail_them() -> None:
     """Tiny tables: LiveUpdate's budget formula stays under 2%, but the node's pending
     batches and buffers do not; its local training is not 2x cheaper than the cluster's."""
     run = small_run(("delta_sync", "liveupdate"), events=4_000)
-    results = build_results([run], {"name": "synthetic"})
+    results = build_results([summarise_run(run)], {"name": "synthetic"})
     memory, cost, accuracy = results["claims"]
     live = results["strategies"]["liveupdate"]
     assert live["peak_memory_overhead_pct"] < 2.0 <= live["peak_measured_memory_pct"]

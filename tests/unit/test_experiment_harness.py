@@ -8,6 +8,7 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.config import ExperimentConfig, LinkConfig, LiveUpdateParams
 from dlrm_core.experiment.harness import make_strategies, run_experiment
 from dlrm_core.experiment.results import build_results
+from dlrm_core.experiment.run_summary import summarise_run
 from dlrm_core.experiment.strategies import Stale
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
@@ -77,12 +78,14 @@ def test_the_leak_audit_fails_a_strategy_built_to_peek() -> None:
 
 def test_same_seed_same_results() -> None:
     names = ("delta_sync", "liveupdate")
-    a = build_results([small_run(names, events=3_000)], {"name": "synthetic"})
-    b = build_results([small_run(names, events=3_000)], {"name": "synthetic"})
+    a = build_results([summarise_run(small_run(names, events=3_000))], {"name": "synthetic"})
+    b = build_results([summarise_run(small_run(names, events=3_000))], {"name": "synthetic"})
     for name in names:
         for key in ("auc_per_window", "bytes_moved", "peak_memory_overhead_pct"):
             assert a["strategies"][name][key] == b["strategies"][name][key]
-    c = build_results([small_run(names, events=3_000, seed=1)], {"name": "synthetic"})
+    c = build_results(
+        [summarise_run(small_run(names, events=3_000, seed=1))], {"name": "synthetic"}
+    )
     assert (
         c["strategies"]["liveupdate"]["auc_per_window"]
         != (a["strategies"]["liveupdate"]["auc_per_window"])
@@ -90,8 +93,37 @@ def test_same_seed_same_results() -> None:
 
 
 def test_liveupdate_beats_stale_on_a_drifting_stream() -> None:
-    run = build_results([small_run(("stale", "liveupdate"), events=24_000)], {"name": "s"})
+    run = build_results(
+        [summarise_run(small_run(("stale", "liveupdate"), events=24_000))], {"name": "s"}
+    )
     live, stale = run["strategies"]["liveupdate"], run["strategies"]["stale"]
     assert live["mean_auc"] > stale["mean_auc"] + 0.02
     assert live["pooled_auc"] > stale["pooled_auc"]
     assert live["mean_staleness_s"] < stale["mean_staleness_s"]
+
+
+def test_a_memoised_base_gives_the_numbers_of_a_fresh_one() -> None:
+    from dlrm_core.experiment.harness import PRETRAINED
+
+    stream = SyntheticStream(
+        SyntheticConfig(seed=0, num_events=3_000, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
+    )  # fmt: skip
+
+    def open_stream():  # noqa: ANN202
+        return iter(stream)
+
+    config = small_config(("delta_sync", "liveupdate"))
+    first = summarise_run(run_experiment(stream.schema, open_stream, 3_000, config))
+    hits = PRETRAINED.hits
+    again = summarise_run(run_experiment(stream.schema, open_stream, 3_000, config))
+    assert PRETRAINED.hits == hits + 1  # the same stream, seed and head: trained once
+    fresh = summarise_run(run_experiment(stream.schema, lambda: iter(stream), 3_000, config))
+    assert PRETRAINED.hits == hits + 1  # another stream object: trained again
+    for name in ("delta_sync", "liveupdate"):
+        for key in ("auc_per_window", "bytes_moved", "pooled_auc"):
+            assert (
+                first.strategies[name][key]
+                == again.strategies[name][key]
+                == (fresh.strategies[name][key])
+            ), (name, key)

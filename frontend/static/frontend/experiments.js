@@ -1,35 +1,33 @@
 // Experiment report: pick a stored run or import a results.json (validated by the API), then
-// chart AUC per window, the gain over DeltaSync, bytes and CPU per strategy, and the claims.
+// draw what report.js derives from it: AUC per window, the relative gain over DeltaSync with its
+// 95% interval, fleet bytes and CPU per hour, the strategies, the claim verdicts, the leak
+// audit, the process memory and the per-seed AUCs.
 import { api, listAll } from "./api.js";
 import { el } from "./dom.js";
 import { byteUnit, epoch, fieldErrors, fmt, isNum } from "./format.js";
 import { layout, plotConfig } from "./plot.js";
 import {
-  claimCell, claimColumns, claimVerdict, gainPerWindow, meanGainText, REFERENCE, strategyLabel,
-  strategyNames, windowLabels,
+  aucSeries, auditSummary, CLAIM_COLUMNS, claimRows, fleetText, gainSeries, perSeedTable,
+  processMemoryText, REFERENCE, STRATEGY_COLUMNS, strategyLabel, strategyNames, strategyRows,
+  windowLabels,
 } from "./report.js";
 
-const COLORS = { stale: "#9aa3b5", full_sync: "#1a7f37", delta_sync: "#e07b00",
-  prioritized_delta: "#8a5cf5", liveupdate: "#2458d6" };
+const COLORS = { stale: "#9aa3b5", oracle: "#1d2330", full_sync: "#1a7f37", delta_sync: "#e07b00",
+  prioritized_delta: "#8a5cf5", liveupdate: "#2458d6", liveupdate_dense: "#0f8b8d", hybrid: "#b5446e" };
 const runs = new Map();
 const byWindow = (yTitle) => {
   const lay = layout(yTitle, { xaxis: { type: "category", title: { text: "time window (#)" } }, hovermode: "closest" });
   lay.yaxis.rangemode = "normal";
   return lay;
 };
-const cpuText = (v) => (isNum(v) ? `${v.toFixed(1)} s` : "–");
 
 function aucChart(results, names) {
-  const n = Math.max(0, ...names.map((s) => (results.strategies[s].auc_per_window || []).length));
-  const x = windowLabels(results, n);
-  const hover = x.map((_, i) => {
-    const w = (results.windows || [])[i];
-    return w === undefined ? "" : JSON.stringify(w).slice(0, 200);
-  });
-  const traces = names.map((s) => ({
-    name: strategyLabel(s), x, y: results.strategies[s].auc_per_window, type: "scatter",
-    mode: "lines+markers", line: { color: COLORS[s], width: 2 }, marker: { size: 5 },
-    text: hover, hovertemplate: `${strategyLabel(s)}: %{y:.4f}<extra>%{text}</extra>`,
+  const series = names.map((s) => aucSeries(results, s));
+  const n = Math.max(0, ...series.map((v) => v.y.length));
+  const traces = names.map((s, i) => ({
+    name: strategyLabel(s), x: windowLabels(results, n, series[i].key), y: series[i].y, type: "scatter",
+    mode: "lines+markers", line: { color: COLORS[s], width: 2 }, marker: { size: 4 },
+    hovertemplate: `${strategyLabel(s)}: %{y:.4f}<extra></extra>`,
   }));
   const lay = byWindow("AUC");
   lay.yaxis.tickformat = ".3f";
@@ -44,11 +42,13 @@ function gainChart(results, names) {
     return;
   }
   const x = windowLabels(results, (results.strategies[REFERENCE].auc_per_window || []).length);
-  const traces = names.filter((s) => s !== REFERENCE).map((s) => ({
-    name: strategyLabel(s), x, y: gainPerWindow(results, s), type: "scatter", mode: "lines+markers",
-    line: { color: COLORS[s], width: 2 }, hovertemplate: `${strategyLabel(s)}: %{y:+.3f} pts<extra></extra>`,
-  }));
-  const lay = byWindow("AUC gain (percentage points)");
+  const traces = names.filter((s) => s !== REFERENCE).map((s) => {
+    const g = gainSeries(results, s);
+    return { name: strategyLabel(s), x, y: g.y, type: "scatter", mode: "lines+markers",
+      error_y: { type: "data", array: g.plus, arrayminus: g.minus, visible: g.plus.some(isNum) },
+      line: { color: COLORS[s], width: 2 }, hovertemplate: `${strategyLabel(s)}: %{y:+.2f} %<extra></extra>` };
+  });
+  const lay = byWindow("relative AUC gain (%)");
   lay.shapes = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 0, y1: 0, line: { color: "#1d2330", width: 1 } }];
   lay.yaxis.zeroline = true;
   Plotly.react(box, traces, lay, plotConfig);
@@ -64,30 +64,12 @@ function barChart(id, results, names, key, yTitle, format, scale = 1) {
   Plotly.react(id, traces, lay, plotConfig);
 }
 
-const TABLE_HEAD = ["Strategy", "Mean AUC", "Gain vs DeltaSync", "Mean log loss", "Bytes moved", "CPU time",
-  "Peak memory overhead", "Mean staleness"];
-
-function strategyTable(results, names) {
-  const rows = names.map((s) => {
-    const r = results.strategies[s];
-    const cells = [strategyLabel(s), fmt.auc(r.mean_auc), meanGainText(results, s), fmt.num(r.mean_logloss, 4),
-      fmt.bytes(r.bytes_moved), cpuText(r.cpu_seconds), fmt.pct(r.peak_memory_overhead_pct), fmt.secs(r.mean_staleness_s)];
-    return el("tr", { dataset: { strategy: s } }, cells.map((c, i) => el("td", { dataset: { label: TABLE_HEAD[i] } }, c)));
-  });
-  document.getElementById("strategy-table").replaceChildren(el("table", { class: "responsive compact" },
-    el("thead", {}, el("tr", {}, TABLE_HEAD.map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
-}
-
-function claimsTable(results) {
-  const claims = results.claims || [];
-  const box = document.getElementById("claims-table");
-  if (!claims.length) { box.replaceChildren(el("p", { class: "empty" }, "This run lists no claims.")); return; }
-  const keys = claimColumns(claims);
-  const title = (k) => k.replace(/_/g, " ");
-  box.replaceChildren(el("table", { class: "responsive compact", id: "claims" },
-    el("thead", {}, el("tr", {}, keys.map((k) => el("th", {}, title(k))))),
-    el("tbody", {}, claims.map((c) => el("tr", { class: claimVerdict(c) },
-      keys.map((k) => el("td", { dataset: { label: title(k) } }, claimCell(c, k))))))));
+function table(boxId, tableId, head, rows, emptyText) {
+  const box = document.getElementById(boxId);
+  if (!rows.length) { box.replaceChildren(el("p", { class: "empty" }, emptyText)); return; }
+  box.replaceChildren(el("table", { class: "responsive compact", id: tableId },
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((r) => el("tr", r.attrs, r.cells.map((c, i) => el("td", { dataset: { label: head[i] } }, c)))))));
 }
 
 function render(title, results, meta) {
@@ -95,16 +77,29 @@ function render(title, results, meta) {
   document.getElementById("no-report").hidden = true;
   document.getElementById("report-title").textContent = title;
   const ds = results.dataset || {};
-  document.getElementById("report-meta").textContent =
-    [ds.name ? `dataset ${ds.name}` : "", `${(results.windows || []).length} windows`, meta].filter(Boolean).join(" · ");
+  document.getElementById("report-meta").textContent = [ds.name ? `dataset ${ds.name}` : "",
+    `${(results.windows || []).length} windows`, fleetText(results), meta].filter(Boolean).join(" · ");
+  document.getElementById("report-summary").textContent = results.summary || "";
   const names = strategyNames(results);
   aucChart(results, names);
   gainChart(results, names);
-  const [unit, size] = byteUnit(names.map((s) => results.strategies[s].bytes_moved));
-  barChart("chart-exp-bytes", results, names, "bytes_moved", `bytes moved (${unit})`, fmt.bytes, size);
-  barChart("chart-exp-cpu", results, names, "cpu_seconds", "CPU time (s)", cpuText);
-  strategyTable(results, names);
-  claimsTable(results);
+  const [unit, size] = byteUnit(names.map((s) => results.strategies[s].bytes_per_hour));
+  barChart("chart-exp-bytes", results, names, "bytes_per_hour", `fleet bytes per hour (${unit})`, fmt.bytes, size);
+  barChart("chart-exp-cpu", results, names, "cpu_seconds_per_hour", "fleet update CPU-s per hour",
+    (v) => (isNum(v) ? `${v.toFixed(1)} s` : "–"));
+  table("strategy-table", "strategies", STRATEGY_COLUMNS,
+    strategyRows(results).map((r) => ({ attrs: { dataset: { strategy: r.strategy } }, cells: r.cells })), "No strategies.");
+  table("claims-table", "claims", CLAIM_COLUMNS,
+    claimRows(results).map((r) => ({ attrs: { class: r.verdictClass, dataset: { claim: r.id } }, cells: r.cells })),
+    "This run lists no claim verdicts.");
+  const seeds = perSeedTable(results);
+  table("seed-table", "seeds", seeds.head, seeds.rows.map((cells) => ({ attrs: {}, cells })),
+    "This run has no per-seed results.");
+  const audit = auditSummary(results);
+  const auditBox = document.getElementById("audit");
+  auditBox.textContent = audit.text;
+  auditBox.dataset.state = audit.state;
+  document.getElementById("process-memory").textContent = processMemoryText(results);
 }
 
 function showRun(id) {
