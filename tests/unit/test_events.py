@@ -29,19 +29,13 @@ DETAILS = {
 }
 
 
+QUIET_SECOND = dict.fromkeys(
+    ("qps", "p50_ms", "p95_ms", "p99_ms", "memory_overhead_bytes", "memory_overhead_pct"), 1.0
+) | {"trainer_samples_per_s": 0.0, "trainer_duty": 0.0, "throttle": "running"}
+
+
 def _snapshot(node_events: list[NodeEvent]) -> NodeSnapshot:
-    return NodeSnapshot(
-        qps=1.0,
-        p50_ms=1.0,
-        p95_ms=2.0,
-        p99_ms=3.0,
-        memory_overhead_bytes=0.0,
-        memory_overhead_pct=0.0,
-        trainer_samples_per_s=0.0,
-        trainer_duty=0.0,
-        throttle="running",
-        events=node_events,
-    )
+    return NodeSnapshot(**QUIET_SECOND, events=node_events)
 
 
 def test_every_kind_has_a_detail_here():
