@@ -52,6 +52,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(TEST_ENV) $(BIN)/mypy
+	$(BIN)/python .ci/sizes.py
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	frontend/node_modules/.bin/eslint --config frontend/eslint.config.js frontend tests/js
 	node --test --test-reporter=spec tests/js/*.test.mjs

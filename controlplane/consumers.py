@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from controlplane.access import session_group, user_group
+from controlplane.events import Pong, Resync
 from controlplane.roles import role_level
 from controlplane.status import FLEET_GROUP, encode, listen_for_relayed_events, node_group
 from nodeworker.protocol import NODE_NAME_RE
@@ -84,7 +85,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
                 self.channel_name,
                 {
                     "type": "fleet.event",
-                    "texts": [encode({"kind": "pong", "id": content.get("id")})],
+                    "texts": [encode(Pong(content.get("id")).to_json())],
                 },
             )
         else:
@@ -98,6 +99,6 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             missed = message["n"] - len(message["texts"]) - (previous or 0)
             if previous is not None and missed > 0:
                 log.warning("%s: %d events to %s were dropped", self.channel_name, missed, key[0])
-                await self.send_json({"kind": "resync", "missed": missed})
+                await self.send_json(Resync(missed).to_json())
         for text in message["texts"]:
             await self.send(text_data=text)

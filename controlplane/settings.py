@@ -22,6 +22,7 @@ from controlplane.env import (
     persistent_secret_key,
     redis_url,
 )
+from nodeworker.protocol import broker as filesystem_broker
 from nodeworker.protocol import telemetry as protocol_telemetry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -165,21 +166,10 @@ if REDIS_URL:
     CELERY_RESULT_BACKEND = REDIS_URL
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CELERY_BROKER_URL = "filesystem://"
-    CELERY_RESULT_BACKEND = f"file://{DATA_DIR / 'celery-results'}"
-    for folder in ("broker", "broker-processed", "broker-control", "celery-results"):
-        (DATA_DIR / folder).mkdir(parents=True, exist_ok=True)
-CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {}
-    if REDIS_URL
-    else {
-        "data_folder_in": str(DATA_DIR / "broker"),
-        "data_folder_out": str(DATA_DIR / "broker"),
-        "processed_folder": str(DATA_DIR / "broker-processed"),
-        "control_folder": str(DATA_DIR / "broker-control"),  # default: ./control in the cwd
-        "store_processed": False,
-    }
-)
+    CELERY_BROKER_URL = filesystem_broker.URL
+    CELERY_RESULT_BACKEND = filesystem_broker.result_backend(DATA_DIR)
+    filesystem_broker.make_folders(DATA_DIR)
+CELERY_BROKER_TRANSPORT_OPTIONS = {} if REDIS_URL else filesystem_broker.transport_options(DATA_DIR)
 CELERY_TASK_DEFAULT_QUEUE = "controlplane"
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -40,6 +40,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from controlplane.events import LiveMessage
 from nodeworker.protocol import NODE_NAME_RE
 
 FLEET_GROUP = "fleet"
@@ -145,15 +146,15 @@ def batch_fleet_events() -> None:
     _sender.batching = True
 
 
-def broadcast(event: dict, *, node_name: str | None = None) -> None:
-    """Send ``event`` to every dashboard watching the fleet (and the node's page, if named)."""
-    broadcast_many([(event, node_name)])
+def broadcast(message: LiveMessage, *, node_name: str | None = None) -> None:
+    """Send ``message`` to every dashboard watching the fleet (and the node's page, if named)."""
+    broadcast_many([(message, node_name)])
 
 
-def broadcast_many(items: list[tuple[dict, str | None]]) -> None:
-    """Send several (event, node name) pairs: at once to the nodes' groups, to the fleet group
+def broadcast_many(items: list[tuple[LiveMessage, str | None]]) -> None:
+    """Send several (message, node name) pairs: at once to the nodes' groups, to the fleet group
     at once or in the next batch."""
-    texts = [(encode(event), node_name) for event, node_name in items]
+    texts = [(encode(message.to_json()), node_name) for message, node_name in items]
     groups: dict[str, list[str]] = {}
     for text, node_name in texts:
         if node_name is not None:

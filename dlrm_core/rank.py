@@ -20,9 +20,8 @@ leave the active set, folded into the node's base copy unless fold_evicted=False
 admit_after > 1 an id gets a row on its admit_after-th recent sighting, counted by a count-min
 sketch (admission.py) that takes sketch_share of the budget.
 
-The budget is a hard limit on the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured
-from its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log
-allowance within it.
+The budget hard-limits the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured from
+its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log within it.
 """
 
 from __future__ import annotations

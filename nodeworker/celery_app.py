@@ -30,6 +30,7 @@ from kombu import Queue
 
 from nodeworker import protocol
 from nodeworker.commands.node import PARENT_PID_VAR
+from nodeworker.protocol import broker as filesystem_broker
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,10 @@ def celery_config(environ: dict[str, str] | None = None) -> dict:
         config["result_backend"] = env.get("NODE_RESULT_BACKEND") or broker
         return config
     data = Path(env.get("LIVEUPDATE_DATA_DIR") or "var").resolve()
-    for folder in ("broker", "broker-processed", "broker-control", "celery-results"):
-        (data / folder).mkdir(parents=True, exist_ok=True)
-    config["broker_url"] = "filesystem://"
-    config["result_backend"] = f"file://{data / 'celery-results'}"
-    config["broker_transport_options"] = {
-        "data_folder_in": str(data / "broker"),
-        "data_folder_out": str(data / "broker"),
-        "processed_folder": str(data / "broker-processed"),
-        "control_folder": str(data / "broker-control"),  # default: ./control in the cwd
-        "store_processed": False,
-    }
+    filesystem_broker.make_folders(data)
+    config["broker_url"] = filesystem_broker.URL
+    config["result_backend"] = filesystem_broker.result_backend(data)
+    config["broker_transport_options"] = filesystem_broker.transport_options(data)
     return config
 
 

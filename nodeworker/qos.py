@@ -28,6 +28,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 
+from nodeworker.protocol.events import NodeEvent
+
 
 class LatencyWindow:
     """Latencies of the last ``window_s`` seconds (at most ``max_count`` of them), with exact
@@ -107,19 +109,16 @@ class Decision:
     queue_depth: int
     reason: str
 
-    def event(self) -> dict:
-        return {
-            "kind": "qos",
-            "ts": self.ts,
-            "detail": {
-                "action": self.action,
-                "duty": round(self.duty, 4),
-                "state": self.state,
-                "p99_ms": None if self.p99_ms is None else round(self.p99_ms, 3),
-                "queue_depth": self.queue_depth,
-                "reason": self.reason,
-            },
+    def event(self) -> NodeEvent:
+        detail = {
+            "action": self.action,
+            "duty": round(self.duty, 4),
+            "state": self.state,
+            "p99_ms": None if self.p99_ms is None else round(self.p99_ms, 3),
+            "queue_depth": self.queue_depth,
+            "reason": self.reason,
         }
+        return NodeEvent("qos", self.ts, detail)
 
 
 class QosController:
@@ -131,7 +130,7 @@ class QosController:
         self.operator_paused = False
         self.decreased_at = -math.inf  # when the duty was last cut (pause or decrease)
         self.last: Decision | None = None
-        self._events: list[dict] = []
+        self._events: list[NodeEvent] = []
         self._lock = threading.Lock()
 
     def observe(self, latency_ms: float, now: float | None = None) -> None:
@@ -213,7 +212,7 @@ class QosController:
             self.last = decision
             return decision
 
-    def drain_events(self) -> list[dict]:
+    def drain_events(self) -> list[NodeEvent]:
         with self._lock:
             events, self._events = self._events, []
             return events

@@ -20,6 +20,7 @@ import requests
 
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
+from nodeworker.protocol.events import NodeEvent
 from nodeworker.telemetry_spool import Spool
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,12 @@ class NodeSnapshot:
     dropped_samples: int = 0
     tables: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_per_core: list[float] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[NodeEvent] = field(default_factory=list)
 
     def to_sample(self, seq: int, ts: float) -> dict[str, Any]:
         sample = {"seq": seq, "ts": ts, **self.__dict__}
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sample.items()}
+        sample = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sample.items()}
+        return sample | {"events": [event.to_wire() for event in self.events]}
 
 
 class CpuSampler:

@@ -319,7 +319,7 @@ class ProcessTrainerClient(TrainerClient):
 
     def _take_stats(self, stats: TrainerStats, current: bool) -> None:
         self.last_stats = stats
-        self.events.extend(event.as_dict() for event in stats.events)
+        self.events.extend(stats.events)
         self.metrics.trained(stats, time.time())
         if current:  # not a late report of a replaced trainer
             self.joined(stats.feed)

@@ -6,12 +6,12 @@ folded base rows (trainer -> node, see FoldedRows)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from nodeworker import protocol
 from nodeworker.feed import FeedReport
+from nodeworker.protocol.events import NodeEvent
 
 # --- node -> trainer: commands, each answered by one Reply with the same id (Stop is not) ---
 
@@ -79,14 +79,8 @@ class TrainerReady:
     version: int  # the factor version the trainer starts from
 
 
-@dataclass(frozen=True)
-class TrainerEvent:
-    kind: str  # "rank_change" or "prune"
-    ts: float
-    detail: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ts": self.ts, "detail": self.detail}
+# The trainer's events ("rank_change", "prune") are node events as they are.
+TrainerEvent = NodeEvent
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from django.utils import timezone
 from controlplane import events, status
 from controlplane.models import Alert, Node, NodeEvent, TelemetrySample
 from controlplane.services.alerts import resolve_alerts
+from nodeworker.protocol import events as protocol_events
 from nodeworker.protocol import telemetry as protocol_telemetry
 
 
@@ -107,12 +108,12 @@ def ingest_batch(node: Node, payload) -> IngestResult:
                 epoch=batch.epoch,
                 seq=s["seq"],
                 index=i,
-                kind=e["kind"],
-                ts=_ts(e["ts"]),
-                detail=e["detail"],
+                kind=e.kind,
+                ts=_ts(e.ts),
+                detail=e.detail,
             )
             for s, _ in new
-            for i, e in enumerate(s["events"])
+            for i, e in enumerate(map(protocol_events.NodeEvent.from_wire, s["events"]))
         ]
         NodeEvent.objects.bulk_create(node_events)
         came_back = locked.status != Node.Status.ONLINE
@@ -139,10 +140,10 @@ def ingest_batch(node: Node, payload) -> IngestResult:
 
 def _broadcast(node_name: str, new: list[dict]) -> None:
     newest = new[-1]  # the last received: "latest" is by receipt, not by the node's clock
-    items: list[tuple[dict, str | None]] = [
+    items: list[tuple[events.LiveMessage, str | None]] = [
         (events.telemetry(node_name, newest, len(new)), node_name)
     ]
     for sample in new:
-        for event in sample["events"]:
+        for event in map(protocol_events.NodeEvent.from_wire, sample["events"]):
             items.append((events.node_event(node_name, sample["seq"], event), node_name))
     status.broadcast_many(items)

@@ -45,10 +45,8 @@ from dlrm_core.experiment.liveupdate import (
     Hybrid,
     LiveUpdate,
     LiveUpdateDense,
-    allocate_budget,
     gradient_energy,
-    min_table_budget,
-    table_caps,
+    table_budgets,
 )
 from dlrm_core.experiment.lowrank import LowRankProbe
 from dlrm_core.experiment.memo import Memo
@@ -368,16 +366,7 @@ def _make_liveupdate(
     start_s: float,
 ) -> LiveUpdate:
     params = config.live
-    total = int(table_bytes(model) * params.budget_pct / 100.0)
-    measured = benefit if params.allocation == "benefit" and sum(benefit.values()) > 0 else None
-    weights = measured or dict.fromkeys(benefit, 1.0)
-    floor = min_table_budget(params, model.config.embedding_dim)
-    budgets = allocate_budget(total, weights, table_caps(model, params.r_max), floor)
-    if not budgets:
-        raise ValueError(
-            f"a {params.budget_pct}% budget ({total} bytes) cannot hold a single table's "
-            f"factors (each needs >= {floor} bytes); raise budget_pct"
-        )
+    budgets = table_budgets(model, params, benefit)
     fed = kind is not LiveUpdate or params.rebase_period_s is not None
     feed_period = None
     if kind is LiveUpdateDense:

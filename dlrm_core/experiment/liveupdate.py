@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster
+from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster, table_bytes
 from dlrm_core.experiment.config import LiveUpdateParams
 from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
 from dlrm_core.experiment.strategies import ChangedRows, Strategy
@@ -240,6 +240,26 @@ def min_table_budget(params: LiveUpdateParams, dim: int) -> int:
     """The smallest useful budget for a table: B at r_min plus room for 64 active rows."""
     policy = RankPolicy(tau=params.tau, r_min=params.r_min, r_max=params.r_max)
     return min_budget_bytes(policy, dim) + overhead_bytes(64, params.initial_rank, 0)
+
+
+def table_budgets(
+    model: DLRM, params: LiveUpdateParams, benefit: Mapping[str, float]
+) -> dict[str, int]:
+    """Each table's bytes of ``params.budget_pct`` % of the model's table bytes: in proportion to
+    the measured ``benefit`` with allocation "benefit" (equal shares while none was measured),
+    under each table's cap (allocate_budget). Raises ValueError when no table can hold its
+    factors (min_table_budget)."""
+    total = int(table_bytes(model) * params.budget_pct / 100.0)
+    measured = benefit if params.allocation == "benefit" and sum(benefit.values()) > 0 else None
+    weights = measured or dict.fromkeys(benefit, 1.0)
+    floor = min_table_budget(params, model.config.embedding_dim)
+    budgets = allocate_budget(total, weights, table_caps(model, params.r_max), floor)
+    if not budgets:
+        raise ValueError(
+            f"a {params.budget_pct}% budget ({total} bytes) cannot hold a single table's "
+            f"factors (each needs >= {floor} bytes); raise budget_pct"
+        )
+    return budgets
 
 
 def gradient_energy(touched: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:

@@ -23,15 +23,12 @@ from typing import Any
 import numpy as np
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.experiment.cluster import table_bytes
 from dlrm_core.experiment.config import ExperimentConfig, LiveUpdateParams
 from dlrm_core.experiment.harness import build_model, replay_batches, split_at
 from dlrm_core.experiment.liveupdate import (
     LiveUpdate,
-    allocate_budget,
     gradient_energy,
-    min_table_budget,
-    table_caps,
+    table_budgets,
 )
 from dlrm_core.metrics import auc
 from dlrm_core.schema import StreamSchema
@@ -173,10 +170,7 @@ def _live_tail_auc(
     benefit: dict[str, float],
 ) -> float:
     model = copy.deepcopy(base)
-    total = int(table_bytes(model) * params.budget_pct / 100.0)
-    weights = benefit if params.allocation == "benefit" else dict.fromkeys(benefit, 1.0)
-    floor = min_table_budget(params, model.config.embedding_dim)
-    budgets = allocate_budget(total, weights, table_caps(model, params.r_max), floor)
+    budgets = table_budgets(model, params, benefit)
     start = float(tail[0].timestamps[0])
     live = LiveUpdate(model, params, budgets, start, -1, seed=config.seed, start_s=start)
     queue: deque[tuple[float, SparseBatch]] = deque()

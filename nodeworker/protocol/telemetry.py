@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodeworker.protocol import NODE_NAME_RE, Bound, check_number
+from nodeworker.protocol.events import (
+    EVENT_KINDS,
+    MAX_DETAIL_BYTES,
+    MAX_DETAIL_DEPTH,
+    MAX_EVENTS_PER_SAMPLE,
+    NodeEvent,
+)
 
 # --- telemetry --------------------------------------------------------------------------------
 #
@@ -24,18 +31,14 @@ from nodeworker.protocol import NODE_NAME_RE, Bound, check_number
 # lone surrogate (PostgreSQL refuses both); nested objects are shallow and small.
 
 THROTTLE_STATES = ("running", "throttled", "paused")
-EVENT_KINDS = ("rank_change", "prune", "qos", "rebase", "snapshot", "policy", "sync")
 MAX_SAMPLES_PER_BATCH = 1000
 # A batch's JSON body: the plane answers 413 above this, the node's batches stay below it.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
 MAX_WIRE_INT = 2**53 - 1  # seq, epoch, counters: exact in JSON readers that use doubles
 MAX_JSON_DEPTH = 32  # any request body, nested objects and lists
-MAX_DETAIL_DEPTH = 4  # an event's detail
-MAX_DETAIL_BYTES = 4096  # an event's detail, encoded
 MAX_STRING_CHARS = 256  # a string inside a sample (table names, detail values)
 MAX_TABLES = 1024
 MAX_CPUS = 4096
-MAX_EVENTS_PER_SAMPLE = 100
 BYTES_HIGH = float(MAX_WIRE_INT)
 PCT_HIGH = 1e4  # memory overheads are % of the base model; far above 100 is still reportable
 
@@ -294,10 +297,7 @@ def clean_sample(sample: dict[str, Any]) -> dict[str, Any]:
         for table, info in clean.get("tables", {}).items()
     }
     clean["cpu_per_core"] = [float(c) for c in clean.get("cpu_per_core", [])]
-    clean["events"] = [
-        {"kind": e["kind"], "ts": float(e["ts"]), "detail": e.get("detail", {})}
-        for e in clean.get("events", [])
-    ]
+    clean["events"] = [NodeEvent.from_wire(e).to_wire() for e in clean.get("events", [])]
     return clean
 
 

@@ -12,6 +12,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 from tests import services
@@ -366,6 +367,57 @@ def test_valid_policy_round_trips_and_applies_to_a_group(live, live_page, artifa
     node = seed.call("GET", f"/api/nodes/{names['live']}/", 200)
     assert node["policy"] == stored[0]["id"] and node["applied_policy_version"] == 2
     page.screenshot(path=str(artifacts_dir / "policies.png"), full_page=True)
+    assert_clean(page)
+
+
+def test_fleet_and_node_pages_show_what_the_node_runs_against_what_was_applied(live, live_page):
+    """Desired vs running (issue 17): the node reports policy v1 while v2 was applied to it."""
+    seed, suffix = live["seed"], uuid.uuid4().hex[:6]
+    policy = seed.policy(f"runs-{suffix}")
+    edited = {"name": f"runs-{suffix}", "sla_p99_ms": 40.0, "reason": "more headroom"}
+    assert seed.call("PUT", f"/api/policies/{policy['id']}/", 200, json=edited)["version"] == 2
+    name = f"lag-{suffix}"
+    seed.node(name, policy["id"], TOPOLOGY)
+    services.manage(
+        live["env"],
+        "shell",
+        "-c",
+        "from controlplane.models import Node; "
+        f"Node.objects.filter(name={name!r}).update(applied_policy_version=2)",
+    )
+    checksum = "sha256:" + "ab12cd34ef56" + "0" * 52
+
+    def report(version: int) -> None:
+        body = {
+            "node": name,
+            "samples": [seed.sample(name, time.time())],
+            "running": {"policy_version": version, "checkpoint": checksum},
+        }
+        headers = {"Authorization": f"Node {seed.tokens[name]}"}
+        url = f"{live['app'].url}/api/telemetry/ingest/"
+        assert requests.post(url, json=body, headers=headers, timeout=15).status_code == 200
+
+    report(1)
+    page = live_page()
+    settle(page)
+    cell = page.locator(f"tr[data-node={name}] td[data-label=Policy]")
+    expect(cell).to_contain_text(f"runs-{suffix} v2")  # saved and applied: v2
+    expect(cell).not_to_contain_text("applied:")
+    expect(cell.locator(".running-policy")).to_have_text("node runs v1")
+    page.goto(f"{live['app'].url}/nodes/{name}/")
+    settle(page)
+    running = page.locator("#node-summary .running-state")
+    expect(running).to_contain_text("checkpoint ab12cd34ef56")
+    expect(running).to_contain_text("node runs v1")
+    expect(running).to_have_attribute("title", checksum)
+    report(2)  # the node caught up: nothing to say about its policy any more
+    page.reload()
+    settle(page)
+    expect(running).to_have_text(" · checkpoint ab12cd34ef56")
+    page.goto(live["app"].url + "/")
+    settle(page)
+    expect(cell).to_contain_text(f"runs-{suffix} v2")
+    expect(cell.locator(".running-policy")).to_have_count(0)
     assert_clean(page)
 
 

@@ -45,10 +45,10 @@ def test_a_corrupt_snapshot_is_refused_and_the_previous_one_restored(tmp_path):
 
     again, _ = start_node(tmp_path, name="t-corrupt")
     try:
-        refused = [e["detail"] for e in again.events if "refused" in e["detail"]]
+        refused = [e.detail for e in again.events if "refused" in e.detail]
         assert refused and refused[0]["refused"] == bad["snapshot"]
         assert "checksum mismatch" in refused[0]["error"]
-        restored = [e["detail"] for e in again.events if "restored" in e["detail"]]
+        restored = [e.detail for e in again.events if "restored" in e.detail]
         assert restored and restored[0]["restored"] == good["snapshot"]
         wait_until(lambda: again.shared.version > 0, 30, "the restored version")
         served = again.shared.read().tables["user_id"]
@@ -86,6 +86,6 @@ def test_a_corrupt_checkpoint_is_refused_and_the_old_version_keeps_serving(tmp_p
         assert runtime.trainer.alive
         after, _, still = runtime.predict(request)
         assert still >= version and bool(torch.isfinite(after).all())
-        assert not any(e["kind"] == "rebase" for e in runtime.events)
+        assert not any(e.kind == "rebase" for e in runtime.events)
     finally:
         runtime.stop()

@@ -99,7 +99,7 @@ def test_ingest_at_and_beyond_every_bound(clients, monkeypatch, data):
     if all(inside for _, inside in batch):
         assert response.status_code == 200, response.content[:500]
         assert [row.seq for row in stored] == [s["seq"] for s, _ in batch]  # none lost
-        (event,) = [e for e, _ in sent if e["kind"] == "telemetry"]
+        (event,) = [e.to_json() for e, _ in sent if e.KIND == "telemetry"]
         row = stored[-1]
         for field, value in event["sample"].items():  # every broadcast field was stored
             assert field in protocol_telemetry.SAMPLE_FIELDS

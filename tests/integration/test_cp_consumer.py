@@ -17,6 +17,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from controlplane.consumers import FleetConsumer
+from controlplane.events import NodeStatusMessage, Pong
 from controlplane.models import TelemetrySample
 from controlplane.roles import ensure_groups
 from controlplane.status import broadcast
@@ -104,7 +105,7 @@ def test_ingest_stores_even_when_the_channel_layer_is_down(
     assert response.status_code == 200 and response.json()["accepted"] == 1
     assert TelemetrySample.objects.count() == 1
     assert "redis is down" in caplog.text
-    broadcast({"kind": "pong"})  # never raises
+    broadcast(Pong(1))  # never raises
 
 
 class RecordingLayer(InMemoryChannelLayer):
@@ -123,9 +124,10 @@ def test_broadcast_sends_to_node_groups_at_once_and_batches_the_fleet(monkeypatc
     monkeypatch.setattr("controlplane.status.get_channel_layer", lambda: layer)
     monkeypatch.setattr("controlplane.status._sender.batching", True)
     marker = uuid.uuid4().hex
-    sent = [{"kind": "alert", "node": f"edge-{i % 2}", "mark": marker, "i": i} for i in range(6)]
-    for event in sent:
-        broadcast(event, node_name=event["node"])
+    messages = [NodeStatusMessage(f"edge-{i % 2}", marker, float(i)) for i in range(6)]
+    for message in messages:
+        broadcast(message, node_name=message.node)
+    sent = [message.to_json() for message in messages]
     node_messages = [(g, m) for g, m in layer.sent if g.startswith("node.")]
     assert [json.loads(t) for _, m in node_messages for t in m["texts"]] == sent
     assert [
@@ -134,7 +136,7 @@ def test_broadcast_sends_to_node_groups_at_once_and_batches_the_fleet(monkeypatc
 
     def fleet_events() -> list[dict]:
         texts = [t for g, m in layer.sent if g == "fleet" for t in m["texts"]]
-        return [e for e in map(json.loads, texts) if e.get("mark") == marker]
+        return [e for e in map(json.loads, texts) if e.get("status") == marker]
 
     deadline = time.monotonic() + 5
     while len(fleet_events()) < len(sent) and time.monotonic() < deadline:

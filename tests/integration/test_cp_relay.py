@@ -20,9 +20,10 @@ SENDER = """
 import django, sys
 django.setup()
 from controlplane import status
+from controlplane.events import NodeStatusMessage
 assert status.relays(), "the sender does not see the web server's relay socket"
-status.broadcast({"kind": "alert", "node": "edge-1", "n": 1}, node_name="edge-1")
-status.broadcast({"kind": "alert", "node": "edge-1", "n": 2}, node_name="edge-1")
+status.broadcast(NodeStatusMessage("edge-1", "online", 1.0), node_name="edge-1")
+status.broadcast(NodeStatusMessage("edge-1", "online", 2.0), node_name="edge-1")
 """
 
 
@@ -60,7 +61,7 @@ def test_a_broadcast_of_another_process_reaches_this_layer_in_order(receiver):
         return [await get(node_channel), await get(node_channel), await get(fleet_channel)]
 
     first, second, fleet = asyncio.run(scenario())
-    assert [json.loads(m["texts"][0])["n"] for m in (first, second)] == [1, 2]
+    assert [json.loads(m["texts"][0])["last_seen"] for m in (first, second)] == [1.0, 2.0]
     assert (first["group"], first["n"], second["n"]) == ("node.edge-1", 1, 2)
     assert first["stream"] == second["stream"] == fleet["stream"]
     assert fleet["group"] == status.FLEET_GROUP

@@ -136,14 +136,12 @@ def test_18_unknown_fields_are_neither_stored_nor_broadcast(clients, monkeypatch
             ingest.transaction, "on_commit", lambda fn, *a, **k: fn()
         )  # the test's transaction never commits
         assert post(clients, [junky]).status_code == 200
-    event = next(event for event, _ in sent if event["kind"] == "telemetry")
+    event = next(message.to_json() for message, _ in sent if message.KIND == "telemetry")
     assert set(event["sample"]) == set(junky) - {"junk", "events"}
     assert set(event["sample"]["tables"]["user"]) == set(protocol_telemetry.TABLE_BOUNDS)
     stored = clients("viewer").get("/api/nodes/").json()["results"][0]["latest"]
     assert "junk" not in stored and "extra" not in stored["tables"]["user"]
-    assert (
-        telemetry_event("n", protocol_telemetry.clean_sample(junky), 1)["sample"] == event["sample"]
-    )
+    assert telemetry_event("n", protocol_telemetry.clean_sample(junky), 1).sample == event["sample"]
 
 
 def _rows(node: Node, p99: float, at: datetime, count: int, seq0: int = 0) -> None:

@@ -169,8 +169,8 @@ def test_control_ops(node, tmp_path):
         trained_until=learnt,
     )
     assert bool((base_weight(runtime.inference.model, "item_id")[rows] == 0.5).all())
-    sync = [e for e in runtime.events if e["kind"] == "sync"][-1]
-    assert sync["detail"] == synced
+    sync = [e for e in runtime.events if e.kind == "sync"][-1]
+    assert sync.detail == synced
     assert synced["tables"] == {"item_id": 2} and synced["bytes"] == 2 * 8 + 2 * 16 * 4
     assert synced["trained_until"] == learnt and synced["created_at"] == learnt + 1.0
     with pytest.raises(InvalidRequest) as bad:
@@ -268,6 +268,6 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
     try:
         wait_until(lambda: again.shared.version > 0, 30, "the restored version after restart")
         assert torch.equal(again.shared.read().tables["user_id"].ids, saved.ids)
-        assert any(e["kind"] == "snapshot" and "restored" in e["detail"] for e in again.events)
+        assert any(e.kind == "snapshot" and "restored" in e.detail for e in again.events)
     finally:
         again.stop()

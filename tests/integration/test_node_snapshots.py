@@ -62,7 +62,7 @@ def test_snapshots_are_listed_and_restored(tmp_path):
         assert restored["restored"] == first["snapshot"]
         assert base_is_checkpoint_plus_patch(runtime, first["snapshot"])
         assert runtime.trainer.alive
-        event = [e for e in runtime.events if e["kind"] == "snapshot"][-1]["detail"]
+        event = [e for e in runtime.events if e.kind == "snapshot"][-1].detail
         want = {"restored": first["snapshot"], "asked": first["snapshot"], "reason": "test"}
         assert event == want
         serve_and_label(runtime, traffic, 20)  # and it serves on

@@ -4,6 +4,7 @@ top-p selection, LiveUpdate's memory under its budget, the benefit-weighted budg
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -18,7 +19,13 @@ from dlrm_core.experiment.cluster import (
     table_bytes,
 )
 from dlrm_core.experiment.config import LinkConfig, LiveUpdateParams
-from dlrm_core.experiment.liveupdate import LiveUpdate, allocate_budget
+from dlrm_core.experiment.liveupdate import (
+    LiveUpdate,
+    allocate_budget,
+    min_table_budget,
+    table_budgets,
+    table_caps,
+)
 from dlrm_core.experiment.strategies import DeltaSync, FullSync, PrioritizedDelta
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.trainer import FullStepResult, FullTrainConfig
@@ -167,3 +174,18 @@ def test_budget_split_follows_benefit_under_caps_and_floor() -> None:
     alloc = allocate_budget(1000, {"x": 19.0, "y": 1.0}, {"x": 10**6, "y": 10**6}, floor=60)
     assert alloc == {"x": 1000}
     assert allocate_budget(10, {"x": 1.0}, {"x": 10**6}, floor=60) == {}
+
+
+def test_table_budgets_split_the_budget_by_measured_benefit_else_evenly() -> None:
+    model = tiny_model()
+    params = LiveUpdateParams(budget_pct=100.0, r_max=4, initial_rank=2, prune_age_s=None)
+    total = int(table_bytes(model) * params.budget_pct / 100.0)
+    caps, floor = table_caps(model, params.r_max), min_table_budget(params, D)
+    even = table_budgets(model, dataclasses.replace(params, allocation="even"), {"a": 3.0, "b": 1})
+    assert even == allocate_budget(total, {"a": 1.0, "b": 1.0}, caps, floor) and len(even) == 2
+    # Nothing measured yet: even shares, not no table at all.
+    assert table_budgets(model, params, {"a": 0.0, "b": 0.0}) == even
+    by_benefit = table_budgets(model, params, {"a": 3.0, "b": 1.0})
+    assert by_benefit == allocate_budget(total, {"a": 3.0, "b": 1.0}, caps, floor) != even
+    with pytest.raises(ValueError, match="cannot hold a single table's factors"):
+        table_budgets(model, dataclasses.replace(params, budget_pct=0.01), {"a": 1.0, "b": 1.0})

@@ -35,8 +35,8 @@ def test_low_latency_increases_additively_to_max():
     assert [d.action for d in decisions][-1] == "hold"
     assert decisions[-1].state == "running" and decisions[0].state == "throttled"
     events = ctl.drain_events()
-    assert [e["detail"]["action"] for e in events] == ["increase"] * 5
-    assert all(e["kind"] == "qos" for e in events) and ctl.drain_events() == []
+    assert [e.detail["action"] for e in events] == ["increase"] * 5
+    assert all(e.kind == "qos" for e in events) and ctl.drain_events() == []
 
 
 def test_spike_over_sla_pauses_then_recovers():
@@ -51,7 +51,7 @@ def test_spike_over_sla_pauses_then_recovers():
     # Back under the SLA: additive increase from where the decrease left it.
     assert states[5] == "throttled" and decisions[5].effective_duty == pytest.approx(0.225)
     assert decisions[-1].duty > decisions[5].duty
-    actions = [e["detail"]["action"] for e in ctl.drain_events()]
+    actions = [e.detail["action"] for e in ctl.drain_events()]
     assert actions.count("pause") == 3 and "increase" in actions
 
 

@@ -65,3 +65,26 @@ def test_production_without_secret_key_fails_loudly(tmp_path):
 def test_bad_debug_value_is_named(tmp_path):
     result = load_settings(tmp_path, DEBUG="sometimes")
     assert "DEBUG must be a boolean" in result.stderr and "'sometimes'" in result.stderr
+
+
+def test_embedded_plane_and_node_share_one_broker_layout(tmp_path):
+    """A task the plane writes lands in the folder the node's worker reads, and results back."""
+    printed = (
+        "repr((s.CELERY_BROKER_URL, s.CELERY_RESULT_BACKEND, s.CELERY_BROKER_TRANSPORT_OPTIONS))"
+    )
+    result = load_settings(tmp_path, printed)
+    assert result.returncode == 0, result.stderr
+    plane = eval(result.stdout)  # noqa: S307 - the repr of three plain values, printed above
+    node_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "NODE_NAME": "edge-1"}
+    code = (
+        "from nodeworker.celery_app import app; c = app.conf; "
+        "print(repr((c.broker_url, c.result_backend, c.broker_transport_options)))"
+    )
+    env = {**node_env, "LIVEUPDATE_DATA_DIR": str(tmp_path)}
+    node = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert node.returncode == 0, node.stderr
+    assert plane == eval(node.stdout)  # noqa: S307 - as above
+    assert plane[2]["data_folder_in"] == str(tmp_path.resolve() / "broker")
+    assert (tmp_path / "broker-control").is_dir()

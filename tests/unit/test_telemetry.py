@@ -12,6 +12,7 @@ import pytest
 
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
+from nodeworker.protocol.events import NodeEvent
 from nodeworker.telemetry import CpuSampler, NodeSnapshot, Spool, TelemetryReporter
 from tests.services import free_port, wait_until
 
@@ -110,7 +111,7 @@ def counter_snapshot():
             trainer_duty=0.5,
             throttle="throttled",
             tables={"user": {"rank": 4, "memory_bytes": 100.0, "memory_pct": 0.5}},
-            events=[{"kind": "qos", "ts": time.time(), "detail": {"action": "increase"}}],
+            events=[NodeEvent("qos", time.time(), {"action": "increase"})],
         )
 
     return collect

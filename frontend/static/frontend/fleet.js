@@ -6,6 +6,7 @@ import {
 } from "./format.js";
 import { updateAb } from "./fleet_ab.js";
 import { onFleetEvent, onFleetReconnect } from "./live.js";
+import { runningPolicyNote } from "./running.js";
 
 const state = { nodes: new Map(), policies: new Map(), alerts: new Map(), loaded: false };
 
@@ -31,11 +32,14 @@ function trainerCell(s, policy) {
   ];
 }
 
+// The saved version, then what differs: the applied one, and what the node reports it runs.
 function policyCell(node, policy) {
   if (!policy) return ["none"];
   const applied = node.applied_policy_version;
+  const running = runningPolicyNote(node);
   return [`${policy.name} v${policy.version}`, applied === policy.version ? ""
-    : el("div", { class: "sub warn" }, `applied: ${applied ? `v${applied}` : "never"}`)];
+    : el("div", { class: "sub warn" }, `applied: ${applied ? `v${applied}` : "never"}`),
+  running ? el("div", { class: "sub warn running-policy" }, running) : ""];
 }
 
 function row(node) {

@@ -12,6 +12,7 @@ import { addLiveMark, loadMarks } from "./node_marks.js";
 import { showPolicy, startActions } from "./node_actions.js";
 import { startSnapshots } from "./node_snapshots.js";
 import { overrideDetail, overrideTexts } from "./overrides.js";
+import { runningCheckpointText, runningPolicyNote } from "./running.js";
 import {
   emptySeries, pushBuckets, pushPoint, rangeBounds, RankHistory, SERIES_METRICS, THROTTLE_STATES,
   trimSeries,
@@ -153,7 +154,17 @@ function summary() {
     ` · AUC ${fmt.auc(s.auc)} · P99 ${fmt.ms(s.p99_ms)}`, p ? ` (SLA ${p.sla_p99_ms} ms)` : "",
     trains ? ` · memory ${fmt.pct(s.memory_overhead_pct)}` : "",
     trains && p ? ` (budget ${p.memory_budget_pct} %)` : "",
-    trains && s.throttle ? ` · trainer ${s.throttle}` : "");
+    trains && s.throttle ? ` · trainer ${s.throttle}` : "",
+    runningState(n));
+}
+
+// What the node reports it runs: its base checkpoint, and its policy where not the applied one.
+function runningState(n) {
+  const checkpoint = runningCheckpointText(n);
+  if (!checkpoint) return "";
+  const policy = runningPolicyNote(n);
+  return el("span", { class: "running-state", title: n.running_checkpoint || "" }, ` · ${checkpoint}`,
+    policy ? el("span", { class: "warn" }, ` · ${policy}`) : "");
 }
 
 // A delta-sync or frozen node has no trainer: no pause/resume, rank, LoRA memory or trainer chart.
