@@ -158,14 +158,7 @@ def run_experiment(
     try:
         if num_events < 2:
             raise ValueError(f"the stream needs at least 2 events, got {num_events}")
-        key = (open_stream, num_events, config.seed, config.qps, config.pretrain_fraction,
-               config.pretrain_epochs, config.optimizer, config.lr_dense, config.lr_sparse,
-               config.embedding_dim, config.bottom_hidden, config.top_hidden)  # fmt: skip
-        hits = PRETRAINED.hits
-        pre = PRETRAINED.get(key, lambda: pretrain(schema, open_stream, num_events, config,
-                                                   progress))  # fmt: skip
-        if progress and PRETRAINED.hits > hits:
-            progress(pre.events)
+        pre = _pretrained(schema, open_stream, num_events, config, progress)
         scale = projection_scale(config.link, table_bytes(pre.model))
         first = _first_eval_batch(open_stream, config.qps, pre.events)
         start_s = float(first.timestamps[0])
@@ -206,6 +199,25 @@ def run_experiment(
         )
     finally:
         torch.set_num_threads(threads)
+
+
+def _pretrained(
+    schema: StreamSchema,
+    open_stream: Callable[[], Iterable[SparseBatch]],
+    num_events: int,
+    config: ExperimentConfig,
+    progress: Callable[[int], None] | None,
+) -> Pretrained:
+    """The pretrained base for this stream and config, trained once per process (memoised)."""
+    key = (open_stream, num_events, config.seed, config.qps, config.pretrain_fraction,
+           config.pretrain_epochs, config.optimizer, config.lr_dense, config.lr_sparse,
+           config.embedding_dim, config.bottom_hidden, config.top_hidden)  # fmt: skip
+    hits = PRETRAINED.hits
+    pre = PRETRAINED.get(key, lambda: pretrain(schema, open_stream, num_events, config,
+                                               progress))  # fmt: skip
+    if progress and PRETRAINED.hits > hits:
+        progress(pre.events)
+    return pre
 
 
 def pretrain(

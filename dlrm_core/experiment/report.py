@@ -74,20 +74,7 @@ def _figures(results: dict[str, Any]) -> list[Any]:
         f.add_scatter(x=fine, y=mean, mode="lines+markers", name=n, line_color=color(n),
                       error_y={"type": "data", "array": plus, "arrayminus": minus})  # fmt: skip
     _frontier_figures(results["frontier"], names, fig, color)
-    scales = results.get("frontier_by_link_scale", [])
-    if len(scales) > 1:
-        f = fig("AUC vs sync period per link scale (staleness = bytes x scale / bandwidth)",
-                "mean window AUC", "sync period (min)")  # fmt: skip
-        dashes = ("solid", "dash", "dot", "dashdot", "longdash")
-        for k, entry in enumerate(scales):
-            dash = dashes[k % len(dashes)]
-            for n in ("delta_sync", "full_sync", "prioritized_delta", "hybrid"):
-                if n in names:
-                    f.add_scatter(x=[r["sync_period_s"] / 60 for r in entry["frontier"]],
-                                  y=[r["mean_auc"].get(n) for r in entry["frontier"]],
-                                  name=f"{n} link x{entry['link_scale_factor']:g}",
-                                  mode="lines+markers",
-                                  line={"color": color(n), "dash": dash})  # fmt: skip
+    _link_scale_figure(results.get("frontier_by_link_scale", []), names, fig, color)
     f = fig("Memory overhead per window, per node (peak)", "% of the node's table bytes")
     for n in names:
         f.add_scatter(x=hours, y=strat[n]["measured_memory_pct_per_window"], name=f"{n} measured",
@@ -110,6 +97,25 @@ def _figures(results: dict[str, Any]) -> list[Any]:
                               y=[r["gain_vs_delta_sync_pct"].get(n) for r in sweep],
                               name=n, mode="lines+markers", line_color=color(n))  # fmt: skip
     return figs
+
+
+def _link_scale_figure(
+    scales: list[dict[str, Any]], names: list[str], fig: Any, color: Any
+) -> None:
+    """The cost-accuracy frontier of each link scale (a sweep of --link-scales)."""
+    if len(scales) > 1:
+        f = fig("AUC vs sync period per link scale (staleness = bytes x scale / bandwidth)",
+                "mean window AUC", "sync period (min)")  # fmt: skip
+        dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+        for k, entry in enumerate(scales):
+            dash = dashes[k % len(dashes)]
+            for n in ("delta_sync", "full_sync", "prioritized_delta", "hybrid"):
+                if n in names:
+                    f.add_scatter(x=[r["sync_period_s"] / 60 for r in entry["frontier"]],
+                                  y=[r["mean_auc"].get(n) for r in entry["frontier"]],
+                                  name=f"{n} link x{entry['link_scale_factor']:g}",
+                                  mode="lines+markers",
+                                  line={"color": color(n), "dash": dash})  # fmt: skip
 
 
 def _frontier_figures(

@@ -189,6 +189,22 @@ def _frontier(groups: list[list[RunSummary]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["sync_period_s"])
 
 
+def _frontier_by_link_scale(
+    run: RunSummary,
+    frontier: list[dict[str, Any]],
+    link_sweep: dict[float, list[list[RunSummary]]],
+) -> list[dict[str, Any]]:
+    """The frontier at the main link scale and at each swept one, by scale factor."""
+    by_scale = [{"link_scale_factor": run.config.link.scale_factor,
+                 "link_scale": run.clock["link_scale"], "frontier": frontier}]  # fmt: skip
+    for factor, groups in sorted(link_sweep.items()):
+        by_scale.append({"link_scale_factor": factor, "link_scale": groups[0][0].clock[
+            "link_scale"], "frontier": _frontier(groups)})  # fmt: skip
+    for entry in by_scale:
+        entry["frontier_reading"] = frontier_reading(entry["frontier"])
+    return sorted(by_scale, key=lambda e: e["link_scale_factor"])
+
+
 def build_results(
     runs: list[RunSummary],
     dataset: dict[str, Any],
@@ -203,13 +219,7 @@ def build_results(
     run = runs[0]
     audits = [r.audit for r in runs if r.audit is not None]
     frontier = _frontier([runs, *(period_sweep or [])])
-    by_scale = [{"link_scale_factor": run.config.link.scale_factor,
-                 "link_scale": run.clock["link_scale"], "frontier": frontier}]  # fmt: skip
-    for factor, groups in sorted((link_sweep or {}).items()):
-        by_scale.append({"link_scale_factor": factor, "link_scale": groups[0][0].clock[
-            "link_scale"], "frontier": _frontier(groups)})  # fmt: skip
-    for entry in by_scale:
-        entry["frontier_reading"] = frontier_reading(entry["frontier"])
+    by_scale = _frontier_by_link_scale(run, frontier, link_sweep or {})
     results = {
         "schema_version": SCHEMA_VERSION,
         "dataset": _dataset_summary(run, dataset),
@@ -236,8 +246,8 @@ def build_results(
             key=lambda r: r["label_delay_s"],
         ),
         "frontier": frontier,
-        "frontier_reading": by_scale[0]["frontier_reading"],
-        "frontier_by_link_scale": sorted(by_scale, key=lambda e: e["link_scale_factor"]),
+        "frontier_reading": frontier_reading(frontier),
+        "frontier_by_link_scale": by_scale,
         "claims": claim_verdicts(runs),
         "audit": {
             "enabled": run.config.audit,

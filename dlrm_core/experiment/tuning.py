@@ -31,6 +31,7 @@ from dlrm_core.experiment.liveupdate import (
     table_budgets,
 )
 from dlrm_core.metrics import auc
+from dlrm_core.model import DLRM
 from dlrm_core.schema import StreamSchema
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 
@@ -78,23 +79,7 @@ def tune(
     }  # fmt: skip
     best_lr, best_auc, best_model, benefit = lr_grid[0], -1.0, None, {}
     for lr in lr_grid:
-        model = build_model(schema, config)
-        full = FullTrainConfig(optimizer=config.optimizer, lr_dense=lr, lr_sparse=lr)
-        trainer = FullSparseTrainer(model, full)
-        for _ in range(config.pretrain_epochs):
-            for batch in fit:
-                trainer.step(batch)
-        base = copy.deepcopy(model)
-        ys, ps, energy = [], [], dict.fromkeys(schema.keys, 0.0)
-        queue: deque[tuple[float, SparseBatch]] = deque()
-        for batch in tail:
-            _learn_due(trainer, queue, energy, float(batch.timestamps[0]))
-            model.eval()
-            ys.append(batch.labels.numpy())
-            ps.append(model(batch).detach().numpy())
-            queue.append((float(batch.timestamps[-1]) + config.label_delay_s, batch))
-        _learn_due(trainer, queue, energy, float("inf"))
-        score = auc(np.concatenate(ys), np.concatenate(ps))
+        score, base, energy = _cluster_lr_score(schema, config, fit, tail, lr)
         log["lr"][str(lr)] = score
         if score > best_auc:
             best_lr, best_auc, best_model, benefit = lr, score, base, energy
@@ -114,6 +99,34 @@ def tune(
     log["chosen"] = {"lr_dense": best_lr, "lr_sparse": best_lr, "lr_a": live.lr_a,
                      "lr_b": live.lr_b, "tau": live.tau, "r_max": live.r_max}  # fmt: skip
     return tuned, log
+
+
+def _cluster_lr_score(
+    schema: StreamSchema,
+    config: ExperimentConfig,
+    fit: list[SparseBatch],
+    tail: list[SparseBatch],
+    lr: float,
+) -> tuple[float, DLRM, dict[str, float]]:
+    """Pretrain on ``fit`` at ``lr``, then score ``tail`` progressively (learning each batch once
+    its label is due): (AUC, the pretrained base, each table's gradient energy on the tail)."""
+    model = build_model(schema, config)
+    full = FullTrainConfig(optimizer=config.optimizer, lr_dense=lr, lr_sparse=lr)
+    trainer = FullSparseTrainer(model, full)
+    for _ in range(config.pretrain_epochs):
+        for batch in fit:
+            trainer.step(batch)
+    base = copy.deepcopy(model)
+    ys, ps, energy = [], [], dict.fromkeys(schema.keys, 0.0)
+    queue: deque[tuple[float, SparseBatch]] = deque()
+    for batch in tail:
+        _learn_due(trainer, queue, energy, float(batch.timestamps[0]))
+        model.eval()
+        ys.append(batch.labels.numpy())
+        ps.append(model(batch).detach().numpy())
+        queue.append((float(batch.timestamps[-1]) + config.label_delay_s, batch))
+    _learn_due(trainer, queue, energy, float("inf"))
+    return auc(np.concatenate(ys), np.concatenate(ps)), base, energy
 
 
 def _split_events(
