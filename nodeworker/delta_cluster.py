@@ -14,7 +14,9 @@ fresh the model it serves is, in one of two ways, by the policy the node has app
   since the last rebase plus the MLPs, which the cluster then trains too; the node drops those
   rows' corrections and keeps every other row's (dlrm_core.rebase).
 
-It reads the node's policy every ``sync_period_s``, so a policy change takes effect within one.
+It reads the node's policy every ``sync_period_s``, so a policy change takes effect within one,
+and sends nothing while the node runs its start-up policy (none applied yet): that one does not
+say how the node is to be fed.
 A send that fails (the node is restarting) keeps its rows dirty for the next one: none is lost.
 """
 
@@ -91,11 +93,12 @@ class DeltaSyncCluster:
         model: DLRM,
         send: Send,
         config: ClusterConfig,
-        rebase_period: Callable[[], float] = lambda: 0.0,
+        rebase_period: Callable[[], float | None] = lambda: 0.0,
     ) -> None:
         self.model = model
         self.send = send
-        # the node's applied policy's rebase_period_s (0: delta sync); raises when it is down
+        # the node's applied policy's rebase_period_s (0: delta sync; None: no policy applied
+        # yet); raises when the node is down
         self.rebase_period = rebase_period
         self.config = config
         self.trainer = FullSparseTrainer(
@@ -110,6 +113,7 @@ class DeltaSyncCluster:
         self.failed_syncs = 0
         self.trained_until: float | None = None  # when the newest learnt label arrived
         self.rebase_period_s = 0.0
+        self.policy_read = False  # until then nothing is sent
         self.set_rebase_period(0.0)
 
     def set_rebase_period(self, period_s: float) -> None:
@@ -119,12 +123,18 @@ class DeltaSyncCluster:
             group["lr"] = self.config.lr_dense if period_s > 0 else 0.0
 
     def poll_policy(self) -> bool:
-        """Read the node's rebase period; False when the node did not answer."""
+        """Read the node's rebase period; False when the node did not answer or has no policy
+        applied yet (then nothing is sent)."""
         try:
-            period = float(self.rebase_period())
+            answer = self.rebase_period()
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the last one known
             log.warning("could not read the node's policy (%s)", exc)
             return False
+        if answer is None:
+            log.info("the node runs its start-up policy: waiting for its policy")
+            return False
+        period = float(answer)
+        self.policy_read = True
         if period != self.rebase_period_s:
             log.info("node's rebase period: %s s (0: delta sync)", period)
             self.set_rebase_period(period)
@@ -212,4 +222,5 @@ class DeltaSyncCluster:
                 if stop.wait(min(ready, next_check) - now):
                     return
             self.learn(batch)
-        self.sync()  # a finite stream (a file) ended: ship the last rows
+        if self.policy_read or self.poll_policy():  # a finite stream (a file) ended
+            self.sync()  # ship the last rows

@@ -372,6 +372,7 @@ class NodeOperations:
         return {
             **self.health(),
             "policy": self.state.policy.wire(),
+            "policy_applied": self.state.applied.policy is not None,  # else the start-up one
             "overrides": self.state.applied.overrides,
             "placement": self.state.plan.as_dict(),
             "partitions": self.state.partition_report(),

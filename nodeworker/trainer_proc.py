@@ -240,9 +240,10 @@ class TrainerLoop:
         """A delta rebase on the trainer's model (dlrm_core.rebase), then a version without the
         dropped corrections. The rows land in this process's private pages; they are given
         back (PrivateBasePages) once inference has written the same rows into the shared base."""
-        tables = {
+        tables = {  # an untrained table's pages stay shared: they see inference's write
             name: (torch.from_numpy(ids), torch.from_numpy(rows))
             for name, (ids, rows) in cmd.tables.items()
+            if name in self.private_pages
         }
         dense = {name: torch.from_numpy(value) for name, value in cmd.dense.items()}
         dropped = delta_rebase(self.trainer.model, tables, dense)

@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, source) -> int:
             dense=dense,
         ),
         config,
-        lambda: client.call("status")["policy"]["rebase_period_s"],
+        lambda: _rebase_period(client.call("status")),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,6 +94,11 @@ def _run(args: argparse.Namespace, source) -> int:
     cluster.run(source, stop)
     stop.wait()
     return 0
+
+
+def _rebase_period(status: dict) -> float | None:
+    """The node's rebase period from its status; None while it runs its start-up policy."""
+    return status["policy"]["rebase_period_s"] if status["policy_applied"] else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from tests.integration.test_node_runtime import start_node, train_until
 from tests.services import wait_until
 
 TABLE = "item_id"
+UNTRAINED = "ctx_1"  # a small table the trainer does not correct
 
 
 @pytest.fixture
@@ -87,20 +88,26 @@ def test_a_delta_rebase_refreshes_its_rows_and_keeps_the_others_corrections(node
     values = torch.randn(ids.numel(), model.config.embedding_dim)
     learnt = time.time() - 5.0
 
+    ctx_ids, ctx_values = torch.tensor([0, 3]), torch.randn(2, model.config.embedding_dim)
     result = runtime.operations.apply_delta(
-        {TABLE: {"rows": ids.tolist(), "values": values.tolist()}},
+        {
+            TABLE: {"rows": ids.tolist(), "values": values.tolist()},
+            UNTRAINED: {"rows": ctx_ids.tolist(), "values": ctx_values.tolist()},
+        },
         created_at=learnt + 1.0,
         trained_until=learnt,
         dense={name: value.tolist() for name, value in mlps.items()},
     )
 
     assert torch.equal(served_rows(runtime, TABLE, ids), values)  # the cluster's rows, exactly
+    assert torch.equal(served_rows(runtime, UNTRAINED, ctx_ids), ctx_values)
     torch.testing.assert_close(served_rows(runtime, TABLE, kept), kept_before, rtol=0, atol=1e-6)
     assert all(torch.equal(v, mlps[n]) for n, v in dense_state(model).items())
-    assert result["rebase"] is True and result["corrections_dropped"] == {TABLE: refreshed.numel()}
+    assert result["rebase"] is True and result["corrections_dropped"][TABLE] == refreshed.numel()
     mlp_bytes = sum(4 * v.numel() for v in mlps.values())
     assert result["mlp_bytes"] == mlp_bytes
-    assert result["bytes"] == ids.numel() * (8 + 4 * model.config.embedding_dim) + mlp_bytes
+    rows = ids.numel() + ctx_ids.numel()
+    assert result["bytes"] == rows * (8 + 4 * model.config.embedding_dim) + mlp_bytes
     event = [e for e in runtime.events if e["kind"] == "sync"][-1]
     assert event["detail"] == result and result["trained_until"] == learnt
 

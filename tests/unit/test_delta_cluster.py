@@ -80,10 +80,10 @@ def test_a_rebase_node_gets_rows_and_mlps_and_only_then_do_the_mlps_learn():
     model = DLRM(DLRMConfig.from_schema(stream.schema))
     frozen = dense_state(model)
     sent: list[tuple[dict, dict | None]] = []
-    period = {"s": 0.0}
+    period: dict[str, float | None] = {"s": None}  # the node's start-up policy
 
     def node_period():
-        if period["s"] < 0:
+        if period["s"] is not None and period["s"] < 0:
             raise ConnectionRefusedError("node restarting")
         return period["s"]
 
@@ -91,6 +91,8 @@ def test_a_rebase_node_gets_rows_and_mlps_and_only_then_do_the_mlps_learn():
         model, lambda deltas, _, dense: sent.append((deltas, dense)), ClusterConfig(), node_period
     )
     batches = iter(stream)
+    assert not cluster.poll_policy() and not cluster.policy_read  # not told how: it waits
+    period["s"] = 0.0
     assert cluster.poll_policy() and cluster.period_s == ClusterConfig().sync_period_s
     cluster.learn(next(batches))
     assert all(torch.equal(v, frozen[n]) for n, v in dense_state(model).items())  # rows only
