@@ -121,11 +121,7 @@ class NodeOperations:
             return False
         log.error("trainer process exited (%s); restarting from the latest snapshot", exitcode)
         restore = self.snapshots.restorable(self.state.checkpoint, self.tables)
-        with self.inference.exclusive:
-            write_base_tables(load_model(self.state.checkpoint), self.shared.dir)
-            if restore:
-                apply_patch_files(self.inference.model, restore, self.tables)
-            self.installer.forget_versions()
+        self._back_to_checkpoint(restore)
         self.start_trainer(restore)
         self.events.add(
             "snapshot", {"trainer_restarted": True, "restored": restore.name if restore else None}
@@ -232,17 +228,27 @@ class NodeOperations:
         )
         restore = None if chosen in (None, "base") else self._restorable(str(chosen))
         self.trainer.stop()
-        with self.inference.exclusive:
-            write_base_tables(load_model(self.state.checkpoint), self.shared.dir)
-            if restore is not None:
-                apply_patch_files(self.inference.model, restore, self.tables)
-            self.installer.forget_versions()
+        self._back_to_checkpoint(restore)
         self.snapshots.make_latest(restore.name if restore else None)  # a crash resumes it
         self.start_trainer(restore)
         self.trainer.wait_ready()
         detail = {"restored": restore.name if restore else "base", "asked": name, "reason": reason}
         self.events.add("snapshot", detail)
         return detail
+
+    def _back_to_checkpoint(self, restore: Path | None) -> None:
+        """Inference back to the checkpoint, MLPs too (a delta rebase's are gone with its rows:
+        the next trainer starts on the checkpoint's), plus ``restore``'s folded rows; it serves
+        the bare base until that trainer publishes."""
+        checkpoint = load_model(self.state.checkpoint)
+        model = self.inference.model
+        with self.inference.exclusive:
+            write_base_tables(checkpoint, self.shared.dir)
+            if restore is not None:
+                apply_patch_files(model, restore, self.tables)
+            model.dense_arch.load_state_dict(checkpoint.dense_arch.state_dict())
+            model.over_arch.load_state_dict(checkpoint.over_arch.state_dict())
+            self.installer.forget_versions()
 
     def _restorable(self, name: str) -> Path:
         directory = self.snapshots.root / name

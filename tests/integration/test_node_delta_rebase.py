@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.checkpoint import load_model
 from dlrm_core.experiment.cluster import dense_state
 from dlrm_core.model import DLRM
 from nodeworker.control_socket import InvalidRequest
@@ -114,6 +115,11 @@ def test_a_delta_rebase_refreshes_its_rows_and_keeps_the_others_corrections(node
     runtime.operations.resume()  # the trainer learns on, with the rebased rows and MLPs
     train_until(runtime, traffic, runtime.metrics.trained_samples + 200)
     assert runtime.trainer.alive
+
+    # back to the bare base: the checkpoint's MLPs again, as the restarted trainer's
+    runtime.operations.restore_snapshot("base")
+    checkpoint = dense_state(load_model(runtime.state.checkpoint))
+    assert all(torch.equal(v, checkpoint[n]) for n, v in dense_state(model).items())
 
 
 def test_a_rebase_with_bad_mlps_changes_nothing(node):
