@@ -66,6 +66,11 @@ class Policy(models.Model):
         help_text="AUC under the floor or the baseline for this many watchdog intervals: the "
         "node's last good snapshot is restored. 0: off.",
     )
+    rebase_period_s = models.FloatField(
+        default=protocol.POLICY_DEFAULTS["rebase_period_s"],
+        help_text="Every this many seconds the training cluster sends the rows it changed and "
+        "its MLPs; the node keeps its other rows' corrections. 0: off.",
+    )
     version = models.PositiveIntegerField(default=0, editable=False)
     updated = models.DateTimeField(auto_now=True)
 

@@ -92,6 +92,19 @@ GROUPS: tuple[Group, ...] = (
         TRAINER_MODES,
     ),
     Group(
+        "Training cluster",
+        (
+            Field(
+                "rebase_period_s",
+                "Delta rebase every",
+                "s",
+                "The cluster's changed rows and MLPs replace the node's; the other rows keep "
+                "their corrections. 0: off.",
+            ),
+        ),
+        TRAINER_MODES,
+    ),
+    Group(
         "QoS",
         (
             Field("trainer_cores", "Trainer cores", "cores", "0: the node picks idle cores."),

@@ -1,16 +1,23 @@
-"""A simulated training cluster feeding a delta-sync baseline node (the demo's comparison).
+"""A simulated training cluster feeding a node (the demo's comparison and its hybrid node).
 
 The cluster trains a full copy of the node's base model (dlrm_core's FullSparseTrainer, sparse
 row gradients) on the same stream the node replays, at the node's pace: batch k is learnt once
 the node has served its last event and that event's label has arrived (event count / QPS +
-label delay). Every ``sync_period_s`` it sends the embedding rows changed since the last sync to
-the node's ``apply_delta`` control op, the way a production cluster ships deltas to inference,
-stamped (SyncStamp) with when the delta was made and when the newest label it learnt arrived, so
-the node can report how fresh the model it serves is.
-Only rows travel (apply_delta replaces base rows), so the cluster keeps the MLPs frozen
-(lr_dense 0): the rows it ships always match the MLPs the node serves with.
+label delay). It ships to the node's ``apply_delta`` control op, stamped (SyncStamp) with when
+the delta was made and when the newest label it learnt arrived, so the node can report how
+fresh the model it serves is, in one of two ways, by the policy the node has applied:
 
-A sync that fails (the node is restarting) keeps its rows dirty for the next one: none is lost.
+- delta sync (rebase_period_s 0): every ``sync_period_s`` the embedding rows changed since the
+  last sync. Only rows travel (apply_delta replaces base rows), so the MLPs stay frozen (their
+  rate 0): the rows it ships always match the MLPs the node serves with.
+- delta rebase (rebase_period_s > 0, a LiveUpdate node): every rebase_period_s the rows changed
+  since the last rebase plus the MLPs, which the cluster then trains too; the node drops those
+  rows' corrections and keeps every other row's (dlrm_core.rebase).
+
+It reads the node's policy every ``sync_period_s``, so a policy change takes effect within one,
+and sends nothing while the node runs its start-up policy (none applied yet): that one does not
+say how the node is to be fed.
+A send that fails (the node is restarting) keeps its rows dirty for the next one: none is lost.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import torch
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.cluster import dense_state
 from dlrm_core.model import DLRM
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
 from nodeworker.shared_memory import base_weight
@@ -49,6 +57,7 @@ class ClusterConfig:
     label_delay_s: float = 1.0
     optimizer: str = "adagrad"
     lr_sparse: float = 0.05
+    lr_dense: float = 0.05  # on the MLPs, only while the node takes delta rebases
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sync_period_s) and 0.1 <= self.sync_period_s <= 86400):
@@ -57,7 +66,7 @@ class ClusterConfig:
             raise ValueError(f"qps must be in (0, 1e6], got {self.qps}")
         if not (math.isfinite(self.label_delay_s) and 0 <= self.label_delay_s <= 3600):
             raise ValueError(f"label_delay_s must be in [0, 3600], got {self.label_delay_s}")
-        FullTrainConfig(self.optimizer, 0.0, self.lr_sparse)  # validates both
+        FullTrainConfig(self.optimizer, self.lr_dense, self.lr_sparse)  # validates them
 
 
 def pretrain(model: DLRM, batches: Iterable[SparseBatch], events: int, lr: float = 0.05) -> int:
@@ -73,26 +82,67 @@ def pretrain(model: DLRM, batches: Iterable[SparseBatch], events: int, lr: float
     return seen
 
 
+# (deltas, stamp, the MLPs of a rebase or None) -> the node; raises OSError / ControlError
+# when it cannot
+Send = Callable[[dict[str, Any], SyncStamp, dict[str, list] | None], Any]
+
+
 class DeltaSyncCluster:
     def __init__(
         self,
         model: DLRM,
-        send: Callable[[dict[str, Any], SyncStamp], Any],
+        send: Send,
         config: ClusterConfig,
+        rebase_period: Callable[[], float | None] = lambda: 0.0,
     ) -> None:
         self.model = model
-        # (deltas, stamp) -> the node (raises OSError / ControlError when it cannot)
         self.send = send
+        # the node's applied policy's rebase_period_s (0: delta sync; None: no policy applied
+        # yet); raises when the node is down
+        self.rebase_period = rebase_period
         self.config = config
         self.trainer = FullSparseTrainer(
-            model, FullTrainConfig(config.optimizer, 0.0, config.lr_sparse)
+            model, FullTrainConfig(config.optimizer, config.lr_dense, config.lr_sparse)
         )
         self._dirty: dict[str, list[torch.Tensor]] = {n: [] for n in model.config.feature_names}
         self.events = 0
         self.syncs = 0
+        self.rebases = 0
         self.rows_sent = 0
+        self.bytes_sent = 0
         self.failed_syncs = 0
         self.trained_until: float | None = None  # when the newest learnt label arrived
+        self.rebase_period_s = 0.0
+        self.policy_read = False  # until then nothing is sent
+        self.set_rebase_period(0.0)
+
+    def set_rebase_period(self, period_s: float) -> None:
+        """Delta rebases every ``period_s`` (0: delta syncs); the MLPs learn only in rebases."""
+        self.rebase_period_s = period_s
+        for group in self.trainer.dense_opt.param_groups:
+            group["lr"] = self.config.lr_dense if period_s > 0 else 0.0
+
+    def poll_policy(self) -> bool:
+        """Read the node's rebase period; False when the node did not answer or has no policy
+        applied yet (then nothing is sent)."""
+        try:
+            answer = self.rebase_period()
+        except Exception as exc:  # noqa: BLE001 - the node is down: keep the last one known
+            log.warning("could not read the node's policy (%s)", exc)
+            return False
+        if answer is None:
+            log.info("the node runs its start-up policy: waiting for its policy")
+            return False
+        period = float(answer)
+        self.policy_read = True
+        if period != self.rebase_period_s:
+            log.info("node's rebase period: %s s (0: delta sync)", period)
+            self.set_rebase_period(period)
+        return True
+
+    @property
+    def period_s(self) -> float:
+        return self.rebase_period_s if self.rebase_period_s > 0 else self.config.sync_period_s
 
     def learn(self, batch: SparseBatch) -> float:
         result = self.trainer.step(batch)
@@ -104,7 +154,7 @@ class DeltaSyncCluster:
 
     def deltas(self) -> dict[str, dict[str, list]]:
         """table -> {"rows": [N ids], "values": [N x D]} of every row changed since the last
-        successful sync (apply_delta's wire format)."""
+        successful sync or rebase (apply_delta's wire format)."""
         out = {}
         for name, parts in self._dirty.items():
             if not parts:
@@ -115,39 +165,62 @@ class DeltaSyncCluster:
         return out
 
     def sync(self) -> int:
-        """Send the changed rows; returns how many rows were sent (0 when the send failed)."""
+        """Send the changed rows (and in a rebase the MLPs); returns how many rows were sent
+        (0 when the send failed)."""
         deltas = self.deltas()
         if not deltas:
             return 0
+        mlps = dense_state(self.model) if self.rebase_period_s > 0 else {}
+        dense = {name: value.tolist() for name, value in mlps.items()} or None
         try:
-            self.send(deltas, SyncStamp(time.time(), self.trained_until))
+            self.send(deltas, SyncStamp(time.time(), self.trained_until), dense)
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the rows dirty
             self.failed_syncs += 1
-            log.warning("delta sync failed (%s); the rows stay dirty for the next sync", exc)
+            log.warning("delta sync failed (%s); the rows stay dirty for the next one", exc)
             return 0
         sent = sum(len(d["rows"]) for d in deltas.values())
+        dim = self.model.config.embedding_dim
+        size = sent * (8 + 4 * dim) + sum(4 * v.numel() for v in mlps.values())
         for parts in self._dirty.values():
             parts.clear()
-        self.syncs += 1
         self.rows_sent += sent
-        log.info("delta sync %d: %d rows after %d events", self.syncs, sent, self.events)
+        self.bytes_sent += size
+        if dense is None:
+            self.syncs += 1
+            log.info("delta sync %d: %d rows after %d events", self.syncs, sent, self.events)
+        else:
+            self.rebases += 1
+            log.info(
+                "delta rebase %d: %d rows + MLPs, %d bytes, after %d events",
+                self.rebases,
+                sent,
+                size,
+                self.events,
+            )
         return sent
 
     def run(self, batches: Iterable[SparseBatch], stop: threading.Event) -> None:
-        """Learn each batch when its labels exist on the node's clock, sync every period."""
+        """Learn each batch when its labels exist on the node's clock; every sync period read
+        the node's policy and sync, or rebase when a rebase period has passed."""
         cfg = self.config
         start = time.monotonic()
-        next_sync = start + cfg.sync_period_s
+        self.poll_policy()
+        next_check, last_sent = start + cfg.sync_period_s, start
         for batch in batches:
             ready = start + (self.events + len(batch)) / cfg.qps + cfg.label_delay_s
             while True:
                 now = time.monotonic()
-                if now >= next_sync:
-                    self.sync()
-                    next_sync = now + cfg.sync_period_s
+                if now >= next_check:
+                    if self.poll_policy() and now - last_sent >= self.period_s - 1e-3:
+                        failed = self.failed_syncs
+                        self.sync()
+                        if self.failed_syncs == failed:  # else retried at the next check
+                            last_sent = now
+                    next_check = now + cfg.sync_period_s
                 if now >= ready:
                     break
-                if stop.wait(min(ready, next_sync) - now):
+                if stop.wait(min(ready, next_check) - now):
                     return
             self.learn(batch)
-        self.sync()  # a finite stream (a file) ended: ship the last rows
+        if self.policy_read or self.poll_policy():  # a finite stream (a file) ended
+            self.sync()  # ship the last rows

@@ -6,7 +6,8 @@ operation returns a JSON object saying what it did.
 
 Where the base changes: ``rebase`` and ``supervise`` rewrite the base tables and then
 ``installer.forget_versions`` (the version installer's epoch), both under the inference lock;
-``apply_delta`` writes rows into the base under it. Where a policy takes effect:
+``apply_delta`` writes rows into the base under it (a delta rebase also the MLPs, after the
+trainer dropped those rows' corrections). Where a policy takes effect:
 ``NodeState.adopt_policy`` (called by apply_policy), which persists it with the version, as
 ``NodeState.adopt_checkpoint`` (called by rebase) does the base.
 """
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
-from nodeworker import placement, protocol
+from dlrm_core.rebase import delta_rebase
+from nodeworker import cluster_deltas, placement, protocol
 from nodeworker.checkpoint_files import CheckpointFiles
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
@@ -44,6 +46,8 @@ from nodeworker.trainer_proc import TrainerSetup
 from nodeworker.version_installer import VersionInstaller
 
 log = logging.getLogger(__name__)
+
+INSTALL_WAIT_S = 5.0  # a delta rebase waits this long for the version without the dropped rows
 
 
 class NodeOperations:
@@ -117,11 +121,7 @@ class NodeOperations:
             return False
         log.error("trainer process exited (%s); restarting from the latest snapshot", exitcode)
         restore = self.snapshots.restorable(self.state.checkpoint, self.tables)
-        with self.inference.exclusive:
-            write_base_tables(load_model(self.state.checkpoint), self.shared.dir)
-            if restore:
-                apply_patch_files(self.inference.model, restore, self.tables)
-            self.installer.forget_versions()
+        self._back_to_checkpoint(restore)
         self.start_trainer(restore)
         self.events.add(
             "snapshot", {"trainer_restarted": True, "restored": restore.name if restore else None}
@@ -228,17 +228,27 @@ class NodeOperations:
         )
         restore = None if chosen in (None, "base") else self._restorable(str(chosen))
         self.trainer.stop()
-        with self.inference.exclusive:
-            write_base_tables(load_model(self.state.checkpoint), self.shared.dir)
-            if restore is not None:
-                apply_patch_files(self.inference.model, restore, self.tables)
-            self.installer.forget_versions()
+        self._back_to_checkpoint(restore)
         self.snapshots.make_latest(restore.name if restore else None)  # a crash resumes it
         self.start_trainer(restore)
         self.trainer.wait_ready()
         detail = {"restored": restore.name if restore else "base", "asked": name, "reason": reason}
         self.events.add("snapshot", detail)
         return detail
+
+    def _back_to_checkpoint(self, restore: Path | None) -> None:
+        """Inference back to the checkpoint, MLPs too (a delta rebase's are gone with its rows:
+        the next trainer starts on the checkpoint's), plus ``restore``'s folded rows; it serves
+        the bare base until that trainer publishes."""
+        checkpoint = load_model(self.state.checkpoint)
+        model = self.inference.model
+        with self.inference.exclusive:
+            write_base_tables(checkpoint, self.shared.dir)
+            if restore is not None:
+                apply_patch_files(model, restore, self.tables)
+            model.dense_arch.load_state_dict(checkpoint.dense_arch.state_dict())
+            model.over_arch.load_state_dict(checkpoint.over_arch.state_dict())
+            self.installer.forget_versions()
 
     def _restorable(self, name: str) -> Path:
         directory = self.snapshots.root / name
@@ -287,55 +297,67 @@ class NodeOperations:
         deltas: dict[str, Any],
         created_at: float | None = None,
         trained_until: float | None = None,
+        dense: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Delta-sync baseline: rows from the training cluster replace the base rows. A
-        ``sync`` event says what landed (rows per table, bytes) and, when the cluster stamps
-        them (delta_cluster.SyncStamp), when the delta was made and when the newest label it
-        learnt arrived: the node's freshness from then on (RuntimeMetrics.synced)."""
-        stamps = _sync_stamps(created_at, trained_until)
-        parsed = self._parse_deltas(deltas)
-        with self.inference.exclusive, torch.no_grad():
-            for table, (rows, values) in parsed.items():
-                base_weight(self.inference.model, table)[rows] = values
-        landed = time.time()
-        self.inference.metrics.synced(landed, trained_until if trained_until else created_at)
-        size = sum(
-            r.numel() * r.element_size() + v.numel() * v.element_size() for r, v in parsed.values()
-        )
-        detail = {
+        """Rows from the training cluster replace the base rows. Without ``dense`` it is the
+        delta-sync baseline; with it (the cluster's MLPs) a delta rebase (_rebase). A ``sync``
+        event says what landed (rows per table, bytes) and, when the cluster stamps them
+        (delta_cluster.SyncStamp), when the delta was made and when the newest label it learnt
+        arrived: the node's freshness from then on (RuntimeMetrics.synced)."""
+        stamps = cluster_deltas.sync_stamps(created_at, trained_until)
+        parsed = cluster_deltas.parse_deltas(self.inference.model, deltas)
+        mlps = None if dense is None else cluster_deltas.parse_dense(self.inference.model, dense)
+        detail: dict[str, Any] = {
             "tables": {t: int(r.numel()) for t, (r, _) in parsed.items()},
-            "bytes": int(size),
+            "bytes": cluster_deltas.nbytes(t for pair in parsed.values() for t in pair),
             **stamps,
         }
+        if mlps is None:
+            with self.inference.exclusive, torch.no_grad():
+                for table, (rows, values) in parsed.items():
+                    base_weight(self.inference.model, table)[rows] = values
+        else:
+            detail |= self._rebase(parsed, mlps)
+            detail["bytes"] += detail["mlp_bytes"]
+        landed = time.time()
+        self.inference.metrics.synced(landed, trained_until if trained_until else created_at)
         self.events.add("sync", detail)
         return detail
 
-    def _parse_deltas(self, deltas: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        errors: dict[str, str] = {}
-        parsed = {}
-        dim = self.inference.model.config.embedding_dim
-        for table, delta in deltas.items():
-            if table not in self.tables:
-                errors[f"deltas.{table}"] = "Unknown table."
-                continue
-            try:
-                rows = torch.as_tensor(delta["rows"], dtype=torch.int64)
-                values = torch.as_tensor(delta["values"], dtype=torch.float32)
-            except (KeyError, TypeError, ValueError):
-                errors[f"deltas.{table}"] = 'Must be {"rows": [N ids], "values": [N x D]}.'
-                continue
-            n_rows = base_weight(self.inference.model, table).shape[0]
-            if rows.dim() != 1 or values.shape != (rows.shape[0], dim):
-                errors[f"deltas.{table}"] = f"Need N row ids and N x {dim} values."
-            elif rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
-                errors[f"deltas.{table}.rows"] = f"Row ids must be in [0, {n_rows})."
-            elif not bool(torch.isfinite(values).all()):
-                errors[f"deltas.{table}.values"] = "Values must be finite."
-            else:
-                parsed[table] = (rows, values)
-        if errors:
-            raise InvalidRequest(errors)
-        return parsed
+    def _rebase(
+        self,
+        parsed: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        mlps: dict[str, torch.Tensor],
+    ) -> dict[str, Any]:
+        """A delta rebase (dlrm_core.rebase): those base rows and the MLPs become the cluster's,
+        those rows' corrections are dropped (not folded), every other row keeps its own. The
+        trainer goes first and publishes a version without them; once it serves (with the
+        rows the trainer folded before it), inference writes the rows and MLPs, so no older
+        fold lands on a rebased row and from the answer on a rebased row serves the cluster's."""
+        rebased = self.trainer.rebase_rows(
+            {t: (r.numpy(), v.numpy()) for t, (r, v) in parsed.items()},
+            {name: value.numpy() for name, value in mlps.items()},
+        )
+        if rebased is not None:
+            self._serve_version(rebased.version)
+        with self.inference.exclusive:
+            delta_rebase(self.inference.model, parsed, mlps)
+        return {
+            "rebase": True,
+            "mlp_bytes": cluster_deltas.nbytes(mlps.values()),
+            "corrections_dropped": rebased.dropped if rebased else {},
+        }
+
+    def _serve_version(self, version: int) -> None:
+        """Install factor versions until ``version`` serves (the installer's thread may get
+        there first); after INSTALL_WAIT_S it is left to that thread."""
+        deadline = time.monotonic() + INSTALL_WAIT_S
+        while self.inference.version < version:
+            if time.monotonic() > deadline:
+                log.warning("factor version %d not installed in %s s", version, INSTALL_WAIT_S)
+                return
+            self.installer.install_newest()
+            time.sleep(0.005)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -356,25 +378,9 @@ class NodeOperations:
         return {
             **self.health(),
             "policy": self.state.policy.wire(),
+            "policy_applied": self.state.applied.policy is not None,  # else the start-up one
             "overrides": self.state.applied.overrides,
             "placement": self.state.plan.as_dict(),
             "partitions": self.state.partition_report(),
             "cache": self.feed_counts(),
         }
-
-
-def _sync_stamps(created_at: Any, trained_until: Any) -> dict[str, float]:
-    """apply_delta's optional stamps, checked against this node's clock
-    (protocol_telemetry.TimeWindow)."""
-    stamps, errors = {}, {}
-    for name, value in (("created_at", created_at), ("trained_until", trained_until)):
-        if value is None:
-            continue
-        error = protocol_telemetry.TimeWindow().error(value, time.time())
-        if error:
-            errors[name] = error
-        else:
-            stamps[name] = float(value)
-    if errors:
-        raise InvalidRequest(errors)
-    return stamps

@@ -25,6 +25,8 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+import numpy as np
+
 from nodeworker import protocol
 from nodeworker.feed import Feed, FeedReport
 from nodeworker.join_counts import JoinCounts
@@ -35,7 +37,9 @@ from nodeworker.trainer_messages import (
     FoldedRows,
     PinCpus,
     PolicyApplied,
+    RebaseRows,
     Reply,
+    RowsRebased,
     SetPolicy,
     SnapshotTaken,
     StopTrainer,
@@ -102,6 +106,15 @@ class TrainerClient(ABC):
 
     @abstractmethod
     def snapshot(self, directory: str) -> SnapshotTaken: ...
+
+    def rebase_rows(
+        self,
+        tables: dict[str, tuple[np.ndarray, np.ndarray]],
+        dense: dict[str, np.ndarray],
+    ) -> RowsRebased | None:
+        """Drop the corrections of the rebased rows and load the MLPs in the trainer
+        (RebaseRows); None when no trainer runs."""
+        return None
 
     @abstractmethod
     def reap(self) -> int | None:
@@ -262,6 +275,17 @@ class ProcessTrainerClient(TrainerClient):
         assert isinstance(result, SnapshotTaken)
         return result
 
+    def rebase_rows(
+        self,
+        tables: dict[str, tuple[np.ndarray, np.ndarray]],
+        dense: dict[str, np.ndarray],
+    ) -> RowsRebased | None:
+        if self._proc is None:
+            return None  # between a stop and the next start: the next starts on the new base
+        result = self._call(lambda i: RebaseRows(i, tables, dense))
+        assert isinstance(result, RowsRebased)
+        return result
+
     def reap(self) -> int | None:
         proc = self._proc
         if proc is None or proc.is_alive():
@@ -287,7 +311,9 @@ class ProcessTrainerClient(TrainerClient):
         self._duty = None
         self._generation += 1  # its reader threads stop
 
-    def _call(self, command: Callable[[int], SetPolicy | PinCpus | TakeSnapshot]) -> CommandResult:
+    def _call(
+        self, command: Callable[[int], SetPolicy | PinCpus | TakeSnapshot | RebaseRows]
+    ) -> CommandResult:
         if self._cmd_q is None or not self.alive:
             raise RuntimeError("the trainer process is not running")
         cmd = command(next(self._cmd_ids))

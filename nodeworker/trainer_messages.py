@@ -35,11 +35,21 @@ class PinCpus:
 
 
 @dataclass(frozen=True)
+class RebaseRows:
+    """A delta rebase (dlrm_core.rebase): these base rows are overwritten and their corrections
+    dropped, not folded; the MLPs are loaded. table -> (ids (m,) int64, rows (m, D) float32)."""
+
+    id: int
+    tables: dict[str, tuple[np.ndarray, np.ndarray]]
+    dense: dict[str, np.ndarray]  # the MLPs' parameters by name
+
+
+@dataclass(frozen=True)
 class StopTrainer:
     """Send the last stats and exit; not answered."""
 
 
-TrainerCommand = SetPolicy | TakeSnapshot | PinCpus | StopTrainer
+TrainerCommand = SetPolicy | TakeSnapshot | PinCpus | RebaseRows | StopTrainer
 
 
 # --- trainer -> node: the results of commands ---
@@ -61,7 +71,13 @@ class CpusPinned:
     cpus: tuple[int, ...]
 
 
-CommandResult = PolicyApplied | SnapshotTaken | CpusPinned
+@dataclass(frozen=True)
+class RowsRebased:
+    version: int  # the first factor version without the dropped corrections
+    dropped: dict[str, int]  # table -> corrections dropped
+
+
+CommandResult = PolicyApplied | SnapshotTaken | CpusPinned | RowsRebased
 
 
 @dataclass(frozen=True)

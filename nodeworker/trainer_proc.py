@@ -32,6 +32,7 @@ from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.rank_policy import RankPolicy
+from dlrm_core.rebase import delta_rebase
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
@@ -52,7 +53,9 @@ from nodeworker.trainer_messages import (
     FoldedRows,
     PinCpus,
     PolicyApplied,
+    RebaseRows,
     Reply,
+    RowsRebased,
     SetPolicy,
     SnapshotTaken,
     StopTrainer,
@@ -213,8 +216,10 @@ class TrainerLoop:
 
     # --- commands from the runtime ---
 
-    def command(self, cmd: SetPolicy | TakeSnapshot | PinCpus) -> CommandResult:
+    def command(self, cmd: SetPolicy | TakeSnapshot | PinCpus | RebaseRows) -> CommandResult:
         now = time.time()
+        if isinstance(cmd, RebaseRows):
+            return self.rebase_rows(cmd, now)
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
@@ -230,6 +235,22 @@ class TrainerLoop:
             digests = write_table_files(self.trainer.lives, folded, Path(cmd.directory))
             return SnapshotTaken(self.version, digests)
         return CpusPinned(placement.pin_process(cmd.cpus))
+
+    def rebase_rows(self, cmd: RebaseRows, now: float) -> RowsRebased:
+        """A delta rebase on the trainer's model (dlrm_core.rebase), then a version without the
+        dropped corrections. The rows land in this process's private pages; they are given
+        back (PrivateBasePages) once inference has written the same rows into the shared base."""
+        tables = {  # an untrained table's pages stay shared: they see inference's write
+            name: (torch.from_numpy(ids), torch.from_numpy(rows))
+            for name, (ids, rows) in cmd.tables.items()
+            if name in self.private_pages
+        }
+        dense = {name: torch.from_numpy(value) for name, value in cmd.dense.items()}
+        dropped = delta_rebase(self.trainer.model, tables, dense)
+        for name, (ids, _) in tables.items():
+            self.private_pages[name].folded(ids)
+        self.publish(now)
+        return RowsRebased(self.version, dropped)
 
     def _cap_bytes(self, name: str) -> int:
         cap = self.setup.capacities[name]
@@ -274,7 +295,7 @@ class TrainerLoop:
         except queue.Empty:
             return None
 
-    def _answer(self, cmd: SetPolicy | TakeSnapshot | PinCpus) -> None:
+    def _answer(self, cmd: SetPolicy | TakeSnapshot | PinCpus | RebaseRows) -> None:
         try:
             reply = Reply(cmd.id, result=self.command(cmd))
         except Exception as exc:  # the node reports it to the caller

@@ -8,10 +8,14 @@ with fresh tokens), then supervises (controlplane.supervisor) these processes, l
   the dashboards, so the in-memory channel layer is enough: producer and consumers share it;
 - ``celery``: one control-plane Celery worker with beat embedded (``-B``: watchdog, action
   refresh, roll-out, retention) on the filesystem broker; node actions are sent through it;
-- ``edge-live``: a node with the LiveUpdate policy (local low-rank training);
+- ``edge-live``: a node with the LiveUpdate policy (local low-rank training), its policy's
+  ``rebase_period_s`` ``--rebase-period`` (30 min), so that it is fed by
+- ``cluster-live``: a simulated training cluster (``liveupdate cluster run``) learning a full
+  copy of the model on the same stream and sending, every rebase period, the rows it changed
+  and its MLPs (a delta rebase: the node keeps its other rows' corrections);
 - ``edge-baseline``: a node with the delta-sync policy (no local training), fed by
-- ``cluster``: the simulated training cluster (``liveupdate cluster run``) learning a full copy
-  of the model on the same stream and shipping the rows it changed every ``--sync-period``.
+- ``cluster``: the same simulated cluster, shipping the rows it changed every ``--sync-period``
+  (3 min).
 
 Both nodes and the cluster start from one base checkpoint (``liveupdate cluster init``,
 pretrained on the stream's first ``--pretrain-events``, registered as the ModelCheckpoint
@@ -36,6 +40,7 @@ import time
 from pathlib import Path
 
 NODES = {"edge-live": "liveupdate", "edge-baseline": "delta-sync"}  # node -> policy
+CLUSTERS = {"cluster-live": "edge-live", "cluster": "edge-baseline"}  # cluster -> the node fed
 POLICY_MODES = {"liveupdate": "liveupdate", "delta-sync": "delta_sync"}
 FORMATS = ("criteo", "avazu", "movielens")
 DEMO_SLA_MS = 150.0
@@ -56,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sync-period", type=float, default=180.0, help="seconds between the cluster's syncs"
+    )
+    parser.add_argument(
+        "--rebase-period",
+        type=float,
+        default=1800.0,
+        help="seconds between delta rebases of edge-live (its new policy's rebase_period_s)",
     )
     parser.add_argument(
         "--pretrain-events", type=int, default=50_000, help="the base learns these, then replay"
@@ -84,9 +95,10 @@ def ensure_demo_admin(data_dir) -> tuple[str, str]:
     return "admin", password
 
 
-def ensure_demo_nodes() -> dict[str, str]:
+def ensure_demo_nodes(rebase_period_s: float) -> dict[str, str]:
     """The two policies and nodes (node -> a fresh token), each node's policy sent to its queue
-    (its worker picks the action up when it starts)."""
+    (its worker picks the action up when it starts). A new LiveUpdate policy takes delta rebases
+    every ``rebase_period_s``."""
     from controlplane.models import Node, Policy
     from controlplane.services.actions import request_action
     from controlplane.services.policies import save_policy
@@ -97,9 +109,10 @@ def ensure_demo_nodes() -> dict[str, str]:
         if policy is None:
             # Every demo process shares this machine's cores: an SLA a laptop can keep, so the
             # QoS throttle does not pause the LiveUpdate trainer for the neighbours' noise.
-            policy = Policy(
-                name=policy_name, mode=POLICY_MODES[policy_name], sla_p99_ms=DEMO_SLA_MS
-            )
+            mode = POLICY_MODES[policy_name]
+            policy = Policy(name=policy_name, mode=mode, sla_p99_ms=DEMO_SLA_MS)
+            if mode == "liveupdate":
+                policy.rebase_period_s = rebase_period_s
             policy.description = "created by the demo"
             save_policy(policy, actor="demo", reason="the demo's nodes")
         node = Node.objects.filter(name=name).first() or Node(name=name, host="localhost")
@@ -227,6 +240,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit("liveupdate demo: --drift must be in [0, 10000]")
     if not 1 <= args.sync_period <= 86_400:
         raise SystemExit("liveupdate demo: --sync-period must be in [1, 86400] s")
+    if not 1 <= args.rebase_period <= 86_400:
+        raise SystemExit("liveupdate demo: --rebase-period must be in [1, 86400] s")
     if not 0 <= args.pretrain_events <= 10**8:
         raise SystemExit("liveupdate demo: --pretrain-events must be in [0, 1e8]")
     if not 0 <= args.seed < 2**32:
@@ -250,7 +265,8 @@ def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict
     worker = [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-B"]
     worker += ["--pool", "solo", "-Q", "controlplane", "-n", "controlplane@%h", "--loglevel"]
     worker += ["INFO", "-s", str(data_dir / "celerybeat-schedule")]
-    socket = data_dir / "node-edge-baseline" / "control.sock"
+    cluster = [*cli, "cluster", "run", *replay, "--qps", str(args.qps)]
+    cluster += ["--sync-period", str(args.sync_period)]  # and how often it reads the policy
     specs = {
         "web": [*cli, "serve", "--host", args.host, "--port", str(args.port)],
         "celery": worker,
@@ -258,8 +274,10 @@ def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict
             name: [*cli, "node", "run", "--name", name, "--token", tokens[name], *node]
             for name in NODES
         },
-        "cluster": [*cli, "cluster", "run", *replay, "--node-socket", str(socket)]
-        + ["--qps", str(args.qps), "--sync-period", str(args.sync_period)],
+        **{
+            name: [*cluster, "--node-socket", str(data_dir / f"node-{node}" / "control.sock")]
+            for name, node in CLUSTERS.items()
+        },
     }
     return [Child(name, argv, env, logs / f"{name}.log") for name, argv in specs.items()]
 
@@ -316,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = settings.DATA_DIR
     call_command("migrate", interactive=False, verbosity=0)
     username, password = ensure_demo_admin(data_dir)
-    tokens = ensure_demo_nodes()
+    tokens = ensure_demo_nodes(args.rebase_period)
     env = {**os.environ, "LIVEUPDATE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
 
     stop = threading.Event()

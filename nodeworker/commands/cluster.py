@@ -3,7 +3,8 @@
 ``cluster init`` writes a base checkpoint for a stream (a fresh DLRM, optionally pretrained on
 the stream's first events), the one every demo node and the cluster start from; ``cluster run``
 trains a full copy on the stream at the node's pace and ships changed rows to the node's
-control channel every period (nodeworker.delta_cluster)."""
+control channel every period, or rows and MLPs every rebase period when the node's policy sets
+one (nodeworker.delta_cluster)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--node-socket", type=Path, required=True, help="the node's control.sock")
     run.add_argument("--qps", type=float, default=100.0, help="the node's replay rate")
     run.add_argument("--label-delay", type=float, default=1.0)
-    run.add_argument("--sync-period", type=float, default=30.0, help="seconds between syncs")
-    run.add_argument("--lr", type=float, default=0.05, help="Adagrad rate on the rows")
+    run.add_argument(
+        "--sync-period",
+        type=float,
+        default=30.0,
+        help="seconds between delta syncs, and between reads of the node's policy",
+    )
+    run.add_argument("--lr", type=float, default=0.05, help="Adagrad rate (the MLPs': rebases)")
 
 
 def _init(args: argparse.Namespace, source, schema) -> int:
@@ -60,27 +66,39 @@ def _run(args: argparse.Namespace, source) -> int:
     from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster
 
     try:
-        config = ClusterConfig(args.sync_period, args.qps, args.label_delay, lr_sparse=args.lr)
+        config = ClusterConfig(
+            args.sync_period, args.qps, args.label_delay, lr_sparse=args.lr, lr_dense=args.lr
+        )
     except ValueError as exc:
         raise SystemExit(f"liveupdate cluster run: {exc}") from None
     client = ControlClient(args.node_socket)
     cluster = DeltaSyncCluster(
         load_model(args.checkpoint),
-        lambda deltas, stamp: client.call(
+        lambda deltas, stamp, dense: client.call(
             "apply_delta",
             deltas=deltas,
             created_at=stamp.created_at,
             trained_until=stamp.trained_until,
+            dense=dense,
         ),
         config,
+        lambda: _rebase_period(client.call("status")),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"cluster: syncing changed rows to {args.node_socket} every {config.sync_period_s} s")
+    print(
+        f"cluster: syncing changed rows to {args.node_socket} every {config.sync_period_s} s, "
+        "or rows and MLPs every rebase_period_s of the node's policy"
+    )
     cluster.run(source, stop)
     stop.wait()
     return 0
+
+
+def _rebase_period(status: dict) -> float | None:
+    """The node's rebase period from its status; None while it runs its start-up policy."""
+    return status["policy"]["rebase_period_s"] if status["policy_applied"] else None
 
 
 def run(args: argparse.Namespace) -> int:

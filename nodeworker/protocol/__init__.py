@@ -67,6 +67,7 @@ POLICY_BOUNDS: dict[str, Bound] = {
     "sla_p99_ms": Bound(float, 0.0, 60000.0, low_open=True),
     "auc_floor": Bound(float, 0.5, 1.0, nullable=True),
     "rollback_after_intervals": Bound(int, 0, 360),
+    "rebase_period_s": Bound(float, 0.0, 7 * 86400.0),
 }
 POLICY_DEFAULTS: dict[str, Any] = {
     "mode": "liveupdate",
@@ -84,6 +85,7 @@ POLICY_DEFAULTS: dict[str, Any] = {
     "sla_p99_ms": 50.0,
     "auc_floor": None,
     "rollback_after_intervals": 0,  # 0: no automatic rollback (controlplane watchdog)
+    "rebase_period_s": 0.0,  # 0: no delta rebase (the training cluster's delta sync instead)
 }
 
 
@@ -128,6 +130,7 @@ class Policy:
     sla_p99_ms: float
     auc_floor: float | None
     rollback_after_intervals: int  # the plane's automatic rollback; the node ignores it
+    rebase_period_s: float  # the training cluster's delta rebase period (delta_cluster); 0: off
 
     def wire(self) -> dict[str, Any]:
         return asdict(self)

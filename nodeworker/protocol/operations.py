@@ -227,11 +227,14 @@ NODE_OPERATIONS: tuple[NodeOperationSpec, ...] = (
     ),
     NodeOperationSpec(
         "apply_delta",
-        "Delta-sync baseline: rows from the training cluster replace the base rows.",
+        "Rows from the training cluster replace the base rows (the delta-sync baseline); with "
+        "the cluster's MLPs (dense) a delta rebase: those rows' corrections are dropped, every "
+        "other row keeps its own.",
         (
             Argument("deltas", "object", required=True),
             Argument("created_at", "float", bound=_NULLABLE_TIME),
             Argument("trained_until", "float", bound=_NULLABLE_TIME),
+            Argument("dense", "object"),
         ),
     ),
     NodeOperationSpec("status", "The node's health, policy, placement and feed counts."),

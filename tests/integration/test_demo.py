@@ -1,8 +1,8 @@
 """`liveupdate demo` end to end: the embedded appliance starts with no servers, both demo nodes
-report telemetry a logged-in user sees through the API, the cluster syncs rows to the baseline,
-the base checkpoint is registered for rebases, a short experiment run lands on the experiments
-page in the background, and SIGINT stops every process it started (none left, whoever its
-parent is by then)."""
+report telemetry a logged-in user sees through the API, a cluster syncs rows to the baseline and
+another rebases the LiveUpdate node (rows and MLPs), the base checkpoint is registered for
+rebases, a short experiment run lands on the experiments page in the background, and SIGINT
+stops every process it started (none left, whoever its parent is by then)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,7 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
     env["LIVEUPDATE_DATA_DIR"] = str(data_dir)
     command = [sys.executable, "-m", "controlplane.cli", "demo", "--port", str(port)]
     command += ["--qps", "20", "--pretrain-events", "1000", "--sync-period", "10"]
+    command += ["--rebase-period", "20"]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -113,13 +114,14 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
         for name, sample in latest.items():
             assert 0 <= sample["auc"] <= 1 and sample["qps"] > 0, (name, sample)
             assert sample["p99_ms"] is not None and sample["memory_overhead_pct"] >= 0, sample
-        cluster_log = data_dir / "logs" / "cluster.log"
         deadline = time.monotonic() + 60
-        while "delta sync 1:" not in cluster_log.read_text() and time.monotonic() < deadline:
-            time.sleep(2)
-        assert "delta sync 1:" in cluster_log.read_text(), cluster_log.read_text()[-2000:]
+        for cluster, line in (("cluster", "delta sync 1:"), ("cluster-live", "delta rebase 1:")):
+            cluster_log = data_dir / "logs" / f"{cluster}.log"
+            while line not in cluster_log.read_text() and time.monotonic() < deadline:
+                time.sleep(2)
+            assert line in cluster_log.read_text(), cluster_log.read_text()[-2000:]
         children = processes_with(data_dir)
-        assert len(children) >= 7, children  # web, celery (+beat), 2 nodes (+workers), cluster
+        assert len(children) >= 8, children  # web, celery (+beat), 2 nodes (+workers), 2 clusters
         base_file = data_dir / "demo-base.ckpt"
         checkpoints = listed(session, f"{base}api/checkpoints/")
         assert [(c["name"], c["location"], c["checksum"]) for c in checkpoints] == [

@@ -1,16 +1,19 @@
 """The demo's simulated training cluster: it ships exactly the rows it changed (the node gets
-the cluster's values), and a failed sync loses nothing; the demo's replay options parse, and
+the cluster's values), plus its MLPs to a node that takes delta rebases (whose MLPs only then
+learn), and a failed sync loses nothing; the demo's replay options parse, and
 its nodes and cluster replay from where the base's pretraining stopped."""
 
 from __future__ import annotations
 
 import argparse
 import threading
+import time
 
 import pytest
 import torch
 
 from controlplane.commands import demo
+from dlrm_core.experiment.cluster import dense_state
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster, SyncStamp
@@ -31,9 +34,10 @@ def test_sync_ships_the_changed_rows_and_keeps_them_when_the_node_is_down():
     stamps: list[SyncStamp] = []
     down = True
 
-    def send(deltas, stamp):
+    def send(deltas, stamp, dense):
         if down:
             raise ConnectionRefusedError("node restarting")
+        assert dense is None  # a delta sync: rows only
         sent.append(deltas)
         stamps.append(stamp)
 
@@ -63,11 +67,79 @@ def test_run_paces_to_the_nodes_clock_and_ships_the_rest_at_the_end():
     sent: list[dict] = []
     cluster = DeltaSyncCluster(
         model,
-        lambda deltas, _: sent.append(deltas),
+        lambda deltas, _, dense: sent.append(deltas),
         ClusterConfig(60.0, qps=1000.0, label_delay_s=0),
     )
     cluster.run(iter(stream), threading.Event())
     assert cluster.events == 256 and len(sent) == 1  # the period never came: the final sync
+
+
+def test_a_rebase_node_gets_rows_and_mlps_and_only_then_do_the_mlps_learn():
+    stream = small_stream()
+    torch.manual_seed(0)
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    frozen = dense_state(model)
+    sent: list[tuple[dict, dict | None]] = []
+    period: dict[str, float | None] = {"s": None}  # the node's start-up policy
+
+    def node_period():
+        if period["s"] is not None and period["s"] < 0:
+            raise ConnectionRefusedError("node restarting")
+        return period["s"]
+
+    cluster = DeltaSyncCluster(
+        model, lambda deltas, _, dense: sent.append((deltas, dense)), ClusterConfig(), node_period
+    )
+    batches = iter(stream)
+    assert not cluster.poll_policy() and not cluster.policy_read  # not told how: it waits
+    period["s"] = 0.0
+    assert cluster.poll_policy() and cluster.period_s == ClusterConfig().sync_period_s
+    cluster.learn(next(batches))
+    assert all(torch.equal(v, frozen[n]) for n, v in dense_state(model).items())  # rows only
+    cluster.sync()
+    assert sent[-1][1] is None and cluster.syncs == 1
+    period["s"] = 1800.0
+    assert cluster.poll_policy() and cluster.period_s == 1800.0
+    cluster.learn(next(batches))
+    learnt = dense_state(model)
+    assert any(not torch.equal(v, frozen[n]) for n, v in learnt.items())  # the MLPs learn now
+    rows = cluster.sync()
+    deltas, dense = sent[-1]
+    assert dense is not None and cluster.rebases == 1 and rows > 0
+    assert set(dense) == set(learnt)
+    assert all(torch.equal(torch.tensor(dense[n]), v) for n, v in learnt.items())
+    dim = model.config.embedding_dim
+    mlp_bytes = sum(4 * v.numel() for v in learnt.values())
+    assert cluster.bytes_sent - cluster.rows_sent * (8 + 4 * dim) == mlp_bytes
+    period["s"] = -1.0  # the node does not answer: the last period known stays
+    assert not cluster.poll_policy() and cluster.period_s == 1800.0
+
+
+def test_run_rebases_every_rebase_period_and_reads_the_policy_every_sync_period():
+    stream = small_stream(num_events=4096)
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    log: list[tuple[str, float, dict | None]] = []  # ("poll" | "send", when, the MLPs sent)
+
+    def node_period():
+        log.append(("poll", time.monotonic(), None))
+        return 0.4
+
+    cluster = DeltaSyncCluster(
+        model,
+        lambda deltas, _, dense: log.append(("send", time.monotonic(), dense)),
+        ClusterConfig(0.1, qps=4096 / 1.5, label_delay_s=0),
+        node_period,
+    )
+    cluster.run(iter(stream), threading.Event())
+    sends = [i for i, (kind, _, _) in enumerate(log) if kind == "send"]
+    assert cluster.rebases == len(sends) >= 3 and cluster.syncs == 0  # >= 1.5 s, the last one
+    assert all(log[i][2] is not None for i in sends)  # rows and MLPs, every time
+    # each rebase but the end of the stream's follows the policy read that decided it, and
+    # those reads are a rebase period apart (a margin for the callback's own delay)
+    decided = [log[i - 1][1] for i in sends[:-1]]
+    assert all(log[i - 1][0] == "poll" for i in sends[:-1])
+    assert all(b - a >= 0.4 - 0.05 for a, b in zip(decided, decided[1:], strict=False))
+    assert len(log) - len(sends) > len(sends)  # the policy is read more often than it rebases
 
 
 def test_synthetic_replay_options():
@@ -123,11 +195,15 @@ def test_replay_skips_the_pretraining_events(shared_data):
 
 def test_demo_nodes_and_cluster_replay_after_the_pretraining(tmp_path):
     args = argparse.Namespace(host="127.0.0.1", port=8000, qps=50.0, sync_period=180.0, seed=0,
-                              pretrain_events=5000)  # fmt: skip
+                              pretrain_events=5000, rebase_period=1800.0)  # fmt: skip
     tokens = {name: "t" for name in demo.NODES}
     children = demo._children(args, "synthetic", tokens, tmp_path, {})
-    replaying = [c for c in children if c.name in (*demo.NODES, "cluster")]
-    assert len(replaying) == 3
+    replaying = [c for c in children if c.name in (*demo.NODES, *demo.CLUSTERS)]
+    assert len(replaying) == 4
+    for cluster, node in demo.CLUSTERS.items():
+        argv = next(c.argv for c in children if c.name == cluster)
+        socket = tmp_path / f"node-{node}" / "control.sock"
+        assert argv[argv.index("--node-socket") + 1] == str(socket)
     for child in replaying:
         i = child.argv.index("--skip-events")
         assert child.argv[i + 1] == "5000"
