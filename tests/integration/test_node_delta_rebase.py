@@ -109,8 +109,8 @@ def test_a_delta_rebase_refreshes_its_rows_and_keeps_the_others_corrections(node
     assert result["mlp_bytes"] == mlp_bytes
     rows = ids.numel() + ctx_ids.numel()
     assert result["bytes"] == rows * (8 + 4 * model.config.embedding_dim) + mlp_bytes
-    event = [e for e in runtime.events if e["kind"] == "sync"][-1]
-    assert event["detail"] == result and result["trained_until"] == learnt
+    event = [e for e in runtime.events if e.kind == "sync"][-1]
+    assert event.detail == result and result["trained_until"] == learnt
 
     runtime.operations.resume()  # the trainer learns on, with the rebased rows and MLPs
     train_until(runtime, traffic, runtime.metrics.trained_samples + 200)
