@@ -30,6 +30,7 @@ import torch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.serving import ServingDelta
@@ -87,6 +88,12 @@ def table_budget(weight: torch.Tensor, pct: float) -> int:
     nbytes = weight.numel() * weight.element_size()
     records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
     return int(nbytes * pct / 100) - records
+
+
+def serving_key_bytes(table_rows: tuple[int, ...] | list[int]) -> int:
+    """Bytes of a serving index's keys (ServingDelta.from_factors): int32 while all tables'
+    rows fit in one int32 key space, the most a group can span."""
+    return 4 if sum(table_rows) <= 2**31 - 1 else 8
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -149,6 +156,7 @@ class TrainerLoop:
             adapt_every=setup.adapt_every,
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
+            node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
         budgets = {
             n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
@@ -304,11 +312,13 @@ class TrainerLoop:
     def memory_account(self) -> MemoryAccount:
         """The trainer's account (LiveTrainer.memory_account) with the fold records."""
         account = self.trainer.memory_account()
+        held = self.shared.held_bytes()
         tables = {
             name: replace(
                 table,
                 fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
                 private_base=self.private_pages[name].private_bytes,
+                node_copies=held[name],
             )
             for name, table in account.tables.items()
         }
@@ -346,6 +356,7 @@ class TrainerLoop:
 def trainer_main(setup: TrainerSetup, ends: TrainerEnds) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
+    bound_native_heap()
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
