@@ -210,16 +210,13 @@ def _replay_spec(args: argparse.Namespace) -> str:
             raise SystemExit("liveupdate demo: --format needs --data")
         # Small tables and a short stream (ids are born at a visible rate, each id gets traffic
         # often) with fresh ids drawing a share of the traffic: what staleness costs shows in
-        # minutes. The stream lasts num_events / qps (about 5.5 hours at 50 QPS). The tables are
-        # still big enough for a 2% budget to hold the node's fixed per-table copies (~45 KB of
-        # shared-memory pages, dlrm_core.row_budget.node_copy_floor): at 20k / 10k rows it did
-        # not, and the node trained no table at all.
+        # minutes. The stream lasts num_events / qps (about 5.5 hours at 50 QPS).
         options = {
             "drift_per_hour": args.drift,
             "batch_size": 128,
             "num_events": 1_000_000,
-            "user_rows": 200_000,
-            "item_rows": 100_000,
+            "user_rows": 20_000,
+            "item_rows": 10_000,
             "new_id_share": 0.5,
             "fresh_event_share": 0.3,
             "fresh_window_events": 2_000,

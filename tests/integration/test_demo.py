@@ -104,8 +104,7 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
             body = reply.json()
             rows = body["results"] if isinstance(body, dict) else body
             latest = {n["name"]: n["latest"] for n in rows if n["name"] in NODES}
-            reported = all(s and s.get("auc") is not None for s in latest.values())
-            if len(latest) == 2 and reported and latest["edge-live"].get("tables"):
+            if len(latest) == 2 and all(s and s.get("auc") is not None for s in latest.values()):
                 break
             time.sleep(2)
         waited = time.monotonic() - ready
@@ -115,9 +114,6 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
         for name, sample in latest.items():
             assert 0 <= sample["auc"] <= 1 and sample["qps"] > 0, (name, sample)
             assert sample["p99_ms"] is not None and sample["memory_overhead_pct"] >= 0, sample
-        # the LiveUpdate node trains its big tables: their 2% holds the node's per-table copies
-        tables = latest["edge-live"]["tables"]
-        assert {t for t, v in tables.items() if v["rank"] > 0} == {"user_id", "item_id"}, tables
         deadline = time.monotonic() + 60
         for cluster, line in (("cluster", "delta sync 1:"), ("cluster-live", "delta rebase 1:")):
             cluster_log = data_dir / "logs" / f"{cluster}.log"
