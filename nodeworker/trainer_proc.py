@@ -30,7 +30,6 @@ import torch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
-from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.rebase import delta_rebase
@@ -71,10 +70,6 @@ from nodeworker.trainer_messages import (
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
-# the share of a node's budget that joined rows waiting for the trainer (the feed's backlog)
-# may hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
-# node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
-BACKLOG_SHARE = 0.15
 
 
 def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
@@ -90,23 +85,11 @@ def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
 
 
 def table_budget(weight: torch.Tensor, pct: float) -> int:
-    """A table's budget: ``pct`` of its bytes less the feed backlog's share (BACKLOG_SHARE),
-    its FoldBitmap and its PrivateBasePages' flag per page (the node's records of folds are
-    LoRA memory too)."""
+    """A table's budget: ``pct`` of its bytes, less its FoldBitmap and its PrivateBasePages'
+    flag per page (the node's records of folds are LoRA memory too)."""
     nbytes = weight.numel() * weight.element_size()
     records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
-    return int(nbytes * pct / 100 * (1 - BACKLOG_SHARE)) - records
-
-
-def backlog_bytes(weights: list[torch.Tensor], pct: float) -> int:
-    """The feed backlog's share of the budget of the tables ``weights``."""
-    return int(sum(w.numel() * w.element_size() for w in weights) * pct / 100 * BACKLOG_SHARE)
-
-
-def serving_key_bytes(table_rows: tuple[int, ...] | list[int]) -> int:
-    """Bytes of a serving index's keys (ServingDelta.from_factors): int32 while all tables'
-    rows fit in one int32 key space, the most a group can span."""
-    return 4 if sum(table_rows) <= 2**31 - 1 else 8
+    return int(nbytes * pct / 100) - records
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -169,19 +152,17 @@ class TrainerLoop:
             adapt_every=setup.adapt_every,
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
-            node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
         budgets = {
             n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
         }
         self.trainer = LiveTrainer(model, config, budgets)
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
-        weights = [lv.base.weight for lv in self.trainer.lives.values()]
         self.feed = Feed(
             FeedRings.open(Path(setup.shm_dir), create=False),
             model.config.feature_names,
             model.config.n_dense,
-            replace(setup.feed, backlog_bytes=backlog_bytes(weights, self.budget_pct)),
+            setup.feed,
         )
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
@@ -242,10 +223,6 @@ class TrainerLoop:
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
-            weights = [lv.base.weight for lv in self.trainer.lives.values()]
-            self.feed.config = replace(
-                self.feed.config, backlog_bytes=backlog_bytes(weights, self.budget_pct)
-            )
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 budget = table_budget(self.trainer.lives[name].base.weight, self.budget_pct)
@@ -346,33 +323,22 @@ class TrainerLoop:
         self.ends.outputs.put(output)
 
     def memory_account(self) -> MemoryAccount:
-        """The trainer's account (LiveTrainer.memory_account) with the fold records, the node's
-        copies outside the trainer and the feed's backlog."""
+        """The trainer's account (LiveTrainer.memory_account) with the fold records."""
         account = self.trainer.memory_account()
-        held = self.shared.held_bytes()
         tables = {
             name: replace(
                 table,
                 fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
                 private_base=self.private_pages[name].private_bytes,
-                node_copies=held[name],
             )
             for name, table in account.tables.items()
         }
-        pending = account.pending + self.feed.backlog_nbytes()
-        return replace(account, tables=tables, pending=pending)
+        return replace(account, tables=tables)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
         account = self.memory_account()
-        # the stats carry memory by table: the parts besides the tables (the feed's backlog,
-        # top-layer tuning) go to each table by its share of the budget
-        rest = account.total - sum(t.total for t in account.tables.values())
-        budget = max(1, account.budget)
-        memory = {
-            name: (t.total + rest * t.budget // budget, t.base)
-            for name, t in account.tables.items()
-        }
+        memory = {name: (t.total, t.base) for name, t in account.tables.items()}
         events = tuple(
             TrainerEvent(
                 "rank_change" if e.kind == "rank" else "prune",
@@ -401,7 +367,6 @@ class TrainerLoop:
 def trainer_main(setup: TrainerSetup, ends: TrainerEnds) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
-    bound_native_heap()
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
