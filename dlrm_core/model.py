@@ -311,3 +311,18 @@ class DLRM(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters of the embedding tables (sparse gradients)."""
         return list(self.sparse_arch.parameters())
+
+
+def base_bag(model: DLRM, name: str) -> nn.EmbeddingBag:
+    """The base EmbeddingBag of table ``name``, whether or not a correction wraps it (a
+    LiveEmbedding keeps its frozen base as ``.base``)."""
+    table = model.sparse_arch.table(name)
+    bag = getattr(table, "base", table)
+    if not isinstance(bag, nn.EmbeddingBag):
+        raise TypeError(f"table {name!r} is a {type(table).__name__}")
+    return bag
+
+
+def base_weight(model: DLRM, name: str) -> torch.Tensor:
+    """(N, D) the base rows of table ``name``, whether or not it is wrapped."""
+    return base_bag(model, name).weight

@@ -222,6 +222,8 @@ class LiveTrainer:
         value = float(loss.detach())
         if not math.isfinite(value):
             return self._rollback("non-finite loss", value, batch, admitted)
+        if not loss.requires_grad:  # every table too small for its budget, and no MLP tuning
+            return self._skip("nothing to train", value, batch)
         loss.backward()
         if not self.groups.grads_finite() or (self.top and not self.top.grads_finite()):
             return self._rollback("non-finite gradient", value, batch, admitted)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.runtime_config import RuntimeConfig
-from nodeworker.shared_memory import base_weight
 
 CHUNK_BYTES = 1 << 20
 MAX_LOCATION_CHARS = 1024  # the control plane's ModelCheckpoint.location

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 
 from dlrm_core.experiment.cluster import dense_state
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.protocol import telemetry as protocol_telemetry
-from nodeworker.shared_memory import base_weight
 
 
 def parse_dense(model: DLRM, dense: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -34,9 +34,8 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import dense_state
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
-from nodeworker.shared_memory import base_weight
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, load_model
+from dlrm_core.model import base_weight
 from dlrm_core.rebase import delta_rebase
 from nodeworker import cluster_deltas, placement, protocol
 from nodeworker.checkpoint_files import CheckpointFiles
@@ -33,7 +34,7 @@ from nodeworker.node_state import NodeState
 from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.qos import QosController
 from nodeworker.runtime_config import RuntimeConfig
-from nodeworker.shared_memory import SharedFactors, TableCapacity, base_weight, write_base_tables
+from nodeworker.shared_memory import SharedFactors, TableCapacity, write_base_tables
 from nodeworker.snapshots import (
     SnapshotDirectory,
     SnapshotMeta,

@@ -45,7 +45,7 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import CheckpointError, load_model, save_model
-from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.model import DLRM, DLRMConfig, base_weight
 from dlrm_core.rank_policy import min_budget_bytes
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
 from nodeworker import placement, protocol
@@ -62,7 +62,6 @@ from nodeworker.sample_cache import Feedback
 from nodeworker.shared_memory import (
     SharedFactors,
     TableCapacity,
-    base_weight,
     budget_bytes,
     map_base_tables,
     write_base_tables,

@@ -32,7 +32,7 @@ from torch import nn
 
 from dlrm_core import hugepages
 from dlrm_core.hash_index import BUCKET, CuckooIndex
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_bag
 from dlrm_core.row_budget import row_bytes
 from dlrm_core.serving import RankGroup, ServingDelta
 from dlrm_core.table_factors import TableFactors
@@ -58,7 +58,7 @@ def write_base_tables(model: DLRM, directory: Path) -> None:
     """Copy the model's table weights into the shared files (creating them)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in model.config.feature_names:
-        weight = _base_bag(model, name).weight.detach()
+        weight = base_bag(model, name).weight.detach()
         path = table_path(directory, name)
         _create(path, weight.numel() * 4)
         mapped = _map(path, weight.numel() * 4, shared=True).view(torch.float32)
@@ -69,23 +69,10 @@ def map_base_tables(model: DLRM, directory: Path, shared: bool) -> None:
     """Make the model's tables use the shared files: shared=True for the process that serves
     (and writes patches), False (copy-on-write) for the trainer."""
     for name in model.config.feature_names:
-        bag = _base_bag(model, name)
+        bag = base_bag(model, name)
         n, d = bag.weight.shape
         mapped = _map(table_path(directory, name), n * d * 4, shared).view(torch.float32)
         bag.weight = nn.Parameter(mapped.view(n, d), requires_grad=False)
-
-
-def _base_bag(model: DLRM, name: str) -> nn.EmbeddingBag:
-    table = model.sparse_arch.table(name)
-    bag = getattr(table, "base", table)  # a LiveEmbedding wraps its base EmbeddingBag
-    if not isinstance(bag, nn.EmbeddingBag):
-        raise TypeError(f"table {name!r} is a {type(table).__name__}")
-    return bag
-
-
-def base_weight(model: DLRM, name: str) -> torch.Tensor:
-    """(N, D) the base rows of a table, whether or not it is wrapped."""
-    return _base_bag(model, name).weight
 
 
 # --- factor versions -----------------------------------------------------------------------

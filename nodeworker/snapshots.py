@@ -26,10 +26,9 @@ import torch
 
 from dlrm_core.checkpoint import CheckpointError, read_container, write_container
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from dlrm_core.table_factors import FACTORS_FORMAT_VERSION, FACTORS_KIND, export_factors
 from nodeworker.node_events import NodeEvents
-from nodeworker.shared_memory import base_weight
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from nodeworker.node_events import NodeEvents
 from nodeworker.node_state import NodeState
 from nodeworker.protocol.telemetry import BYTES_HIGH, PCT_HIGH
 from nodeworker.qos import QosController
 from nodeworker.runtime_metrics import MeasuredMemory, RuntimeMetrics
-from nodeworker.shared_memory import base_weight
 from nodeworker.telemetry import CpuSampler, NodeSnapshot
 from nodeworker.trainer_client import TrainerClient
 

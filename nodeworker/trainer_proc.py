@@ -31,6 +31,7 @@ from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.memory_account import MemoryAccount
+from dlrm_core.model import base_weight
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.rebase import delta_rebase
 from dlrm_core.serving import ServingDelta
@@ -42,7 +43,6 @@ from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import (
     SharedFactors,
     TableCapacity,
-    base_weight,
     map_base_tables,
     table_path,
 )

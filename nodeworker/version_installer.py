@@ -22,9 +22,10 @@ from collections import deque
 
 import torch
 
+from dlrm_core.model import base_weight
 from nodeworker.inference import InferencePath
 from nodeworker.runtime_metrics import RuntimeMetrics
-from nodeworker.shared_memory import SharedFactors, base_weight
+from nodeworker.shared_memory import SharedFactors
 from nodeworker.trainer_messages import FoldedRows
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.config import LinkConfig
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from dlrm_core.trainer import FullSparseTrainer, FullStepResult, FullTrainConfig
 
 F32, I64 = 4, 8
@@ -71,7 +71,7 @@ class Payload:
         """Write the payload's rows and MLP parameters into ``model``."""
         with torch.no_grad():
             for name, (ids, rows) in self.tables.items():
-                weight = _weight(model, name)
+                weight = base_weight(model, name)
                 if ids is None:
                     weight.copy_(rows)
                 else:
@@ -79,14 +79,6 @@ class Payload:
             params = dict(model.named_parameters())
             for name, value in self.dense.items():
                 params[name].copy_(value)
-
-
-def _weight(model: DLRM, name: str) -> torch.Tensor:
-    table = model.sparse_arch.table(name)
-    base = getattr(table, "base", table)  # a LiveEmbedding's frozen base, or the bag itself
-    weight = base.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight
 
 
 class Link:
@@ -159,7 +151,7 @@ class SimulatedCluster:
         tables: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
         nbytes = 0
         for name, ids in wanted.items():
-            weight = _weight(self.model, name).detach()
+            weight = base_weight(self.model, name).detach()
             if ids is None:
                 tables[name] = (None, weight.clone())
                 nbytes += F32 * weight.numel()

@@ -12,11 +12,10 @@ import torch
 from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.experiment.cluster import dense_state
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, base_weight
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.replayer import requests_of
 from nodeworker.runtime import NodeRuntime
-from nodeworker.shared_memory import base_weight
 from tests.integration.test_node_runtime import start_node, train_until
 from tests.services import wait_until
 

@@ -13,7 +13,7 @@ import torch
 
 from dlrm_core.checkpoint import save_model
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.model import DLRM, DLRMConfig, base_weight
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.table_factors import import_factors
 from nodeworker import protocol
@@ -23,7 +23,6 @@ from nodeworker.http import NodeHTTPServer
 from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.replayer import requests_of
 from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
-from nodeworker.shared_memory import base_weight
 from tests.services import wait_until
 
 STREAM = SyntheticConfig(

@@ -16,8 +16,8 @@ from controlplane.models import Alert, Node, NodeAction, NodeEvent, Policy
 from controlplane.services import actions, ingest, rollback
 from controlplane.services.policies import save_policy
 from dlrm_core.checkpoint import load_model
+from dlrm_core.model import base_weight
 from nodeworker.control_socket import InvalidRequest
-from nodeworker.shared_memory import base_weight
 from nodeworker.snapshots import read_patch
 from tests.integration.cp_support import make_node
 from tests.integration.node_support import corrupt_base, real_node, trained_snapshot

@@ -382,3 +382,11 @@ def test_top_layer_tuning_is_bounded():
     model, _ = pretrained(steps=1)
     with pytest.raises(ValueError, match="layers must be in"):
         LiveTrainer(model, trainer_config(lr_top=0.1, top_layers=3))  # the top MLP has 2
+
+
+def test_a_trainer_with_no_table_to_train_skips_instead_of_failing():
+    model, stream = pretrained(steps=1)
+    trainer = LiveTrainer(model, trainer_config(budget_fraction=1e-6))  # no table affords B
+    assert trainer.skipped_tables == ["user", "item"] and not trainer.lives
+    result = trainer.train_step(stream.batch(), now=1.0)
+    assert result.skipped == "nothing to train" and math.isfinite(result.loss)

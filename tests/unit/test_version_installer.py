@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.model import DLRM, DLRMConfig, base_weight
 from nodeworker.feed import FeedRings, FeedWriter
 from nodeworker.inference import InferencePath
 from nodeworker.qos import QosController
 from nodeworker.runtime_metrics import RuntimeMetrics
-from nodeworker.shared_memory import SharedFactors, base_weight
+from nodeworker.shared_memory import SharedFactors
 from nodeworker.trainer_messages import FoldedRows
 from nodeworker.version_installer import VersionInstaller
 from tests.unit.test_shared_memory import CAPS, FEATURES, TABLE_ROWS, factors_of, serving_of
