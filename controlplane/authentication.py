@@ -1,5 +1,5 @@
-"""API authentication: DRF tokens for people and automation (stored hashed, shown once; verified
-tokens optionally remembered for a few seconds), per-node tokens (``Authorization: Node <token>``)
+"""API authentication: DRF tokens for people and automation (stored hashed, shown once;
+verified tokens remembered for a few seconds), per-node tokens (``Authorization: Node <token>``)
 for telemetry ingest."""
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ VERIFIED_MAX = 1024
 
 
 class CachedTokenAuthentication(authentication.TokenAuthentication):
-    """DRF's ``Authorization: Token <key>`` (the key is looked up by its hash), each verified key
-    remembered for LIVEUPDATE_TOKEN_CACHE_S seconds by the server process (0, the default: none).
+    """DRF's ``Authorization: Token <key>``, each verified key remembered for
+    LIVEUPDATE_TOKEN_CACHE_S seconds by the server process.
 
     The lookup (a query for the token and its user, and the user's role groups for a user who
-    is not a superuser) is the largest part of a small read's CPU; the benchmarks meet their
-    goals without the cache. Its price is a lag: a deleted token, or a user deactivated or given
-    another role, still works as before for up to that many seconds in the other server
-    processes that verified it (in the process that made the change, at once: the signal
-    handlers below).
+    is not a superuser) was the largest part of a small read's CPU. The price is a lag: a deleted
+    token, or a user deactivated or given another role, still works as before for up to that
+    many seconds in the other server processes that verified it (in the process that made the
+    change, at once: the signal handlers below). 0 looks every request up.
     """
 
     def authenticate_credentials(self, key):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC
 
 import django_filters as filters
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
+from django_filters.rest_framework import DjangoFilterBackend
 
 from controlplane.models import (
     Alert,
@@ -18,6 +20,34 @@ from controlplane.models import (
     Policy,
     PolicyVersion,
 )
+
+
+class FilterBackend(DjangoFilterBackend):
+    """django-filter's backend, skipped when the request has none of the filter set's parameters
+    (most list reads, every detail read): its filter set would copy every filter and build and
+    validate a form to filter nothing."""
+
+    def filter_queryset(self, request, queryset, view):
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is None or filterset_class.base_filters.keys().isdisjoint(
+            request.query_params
+        ):
+            return queryset
+        return super().filter_queryset(request, queryset, view)
+
+
+class FilterSet(filters.FilterSet):
+    """A FilterSet whose form class is built once: django-filter builds a new one, with a form
+    field per filter, for every request."""
+
+    def get_form_class(self):
+        if "filters" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
+            return super().get_form_class()
+        form_class = type(self).__dict__.get("_form_class")
+        if form_class is None:
+            form_class = super().get_form_class()
+            type(self)._form_class = form_class
+        return form_class
 
 
 class _UTCIsoDateTimeField(IsoDateTimeField):
@@ -38,7 +68,7 @@ class UTCDateTimeFilter(filters.IsoDateTimeFilter):
     field_class = _UTCIsoDateTimeField
 
 
-class NodeFilter(filters.FilterSet):
+class NodeFilter(FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
     host = filters.CharFilter(lookup_expr="icontains")
     seen_after = UTCDateTimeFilter(field_name="last_seen", lookup_expr="gte")
@@ -48,7 +78,7 @@ class NodeFilter(filters.FilterSet):
         fields = ["name", "host", "status", "policy"]
 
 
-class PolicyFilter(filters.FilterSet):
+class PolicyFilter(FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -56,13 +86,13 @@ class PolicyFilter(filters.FilterSet):
         fields = ["name", "mode"]
 
 
-class PolicyVersionFilter(filters.FilterSet):
+class PolicyVersionFilter(FilterSet):
     class Meta:
         model = PolicyVersion
         fields = ["policy", "actor"]
 
 
-class CheckpointFilter(filters.FilterSet):
+class CheckpointFilter(FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -70,7 +100,7 @@ class CheckpointFilter(filters.FilterSet):
         fields = ["name", "rollout"]
 
 
-class ExperimentRunFilter(filters.FilterSet):
+class ExperimentRunFilter(FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
     created_after = UTCDateTimeFilter(field_name="created", lookup_expr="gte")
     created_before = UTCDateTimeFilter(field_name="created", lookup_expr="lt")
@@ -80,7 +110,7 @@ class ExperimentRunFilter(filters.FilterSet):
         fields = ["name"]
 
 
-class _NodeScoped(filters.FilterSet):
+class _NodeScoped(FilterSet):
     node = filters.CharFilter(field_name="node__name", help_text="Node name.")
 
 

@@ -1,10 +1,28 @@
-"""The API's serializer mixin that runs a model's clean(), so the API and the admin report the
-same errors."""
+"""The API's serializer base classes: DRF's ModelSerializer with its fields worked out once per
+class, and the mixin that runs a model's clean() so the API and the admin report the same errors."""
 
 from __future__ import annotations
 
+import copy
+
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
+
+
+# DRF's ModelSerializer with its fields worked out once per class (DRF works them out from the
+# model, a field and its validators per column, for every serializer, so every request). Each
+# serializer gets its own unbound copy, as it gets new fields from DRF. (No docstring: the API
+# schema would show it as every serializer's description.)
+class ModelSerializer(serializers.ModelSerializer):
+    def get_fields(self):
+        if "serializer_fields" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
+            return super().get_fields()
+        fields = type(self).__dict__.get("_fields_template")
+        if fields is None:
+            fields = super().get_fields()
+            type(self)._fields_template = fields
+        return copy.deepcopy(fields)
 
 
 class ModelCleanMixin:

@@ -7,7 +7,6 @@ from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-from rest_framework.serializers import ModelSerializer
 
 from controlplane import roles
 from controlplane.models import (
@@ -21,7 +20,7 @@ from controlplane.models import (
     PolicyVersion,
     TelemetrySample,
 )
-from controlplane.serializer_base import ModelCleanMixin
+from controlplane.serializer_base import ModelCleanMixin, ModelSerializer
 from controlplane.services.policies import actor_of, save_policy
 from controlplane.services.telemetry import MAX_POINTS
 from nodeworker import protocol

@@ -182,6 +182,18 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 2.0,
 }
 
+# The control plane's shortcuts past framework internals, each named here, run their plain
+# framework path instead when listed (comma-separated) in LIVEUPDATE_PLAIN_FRAMEWORK: what each one
+# buys is measured by bench/framework_patches.py (issue 19).
+FRAMEWORK_SHORTCUTS = frozenset(
+    {"handler", "gc_freeze", "renderer", "serializer_fields", "filters", "pagination"}
+)
+LIVEUPDATE_PLAIN_FRAMEWORK = frozenset(env_list("LIVEUPDATE_PLAIN_FRAMEWORK", []))
+if unknown := LIVEUPDATE_PLAIN_FRAMEWORK - FRAMEWORK_SHORTCUTS:
+    raise ImproperlyConfigured(
+        f"LIVEUPDATE_PLAIN_FRAMEWORK: {sorted(unknown)} not among {sorted(FRAMEWORK_SHORTCUTS)}"
+    )
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an anonymous call gets 401 with "WWW-Authenticate: Token".
@@ -196,11 +208,17 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.JSONRenderer"
+        if "renderer" in LIVEUPDATE_PLAIN_FRAMEWORK
+        else "controlplane.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend"
+        if "filters" in LIVEUPDATE_PLAIN_FRAMEWORK
+        else "controlplane.filters.FilterBackend"
+    ],
     "DEFAULT_PAGINATION_CLASS": "controlplane.pagination.LimitOffsetPagination",
     "PAGE_SIZE": env_int("LIVEUPDATE_API_PAGE_SIZE", 50, minimum=1),
 }
@@ -257,9 +275,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = (
 # action again (controlplane.services.desired), at most once per this many seconds per action.
 LIVEUPDATE_RECONCILE_RESEND_S = env_int("LIVEUPDATE_RECONCILE_RESEND_S", 60, minimum=1)
 LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
-# Seconds a server process may trust a verified API token without looking it up again (the lag
-# of a revocation or a role change in the other processes; controlplane.authentication). Off (0,
-# every request looks its token up) by default: the benchmarks meet their goals without it.
-LIVEUPDATE_TOKEN_CACHE_S = env_int("LIVEUPDATE_TOKEN_CACHE_S", 0, minimum=0, maximum=3600)
+# Seconds a server process trusts a verified API token without looking it up again (the lag of
+# a revocation or a role change in the other processes; controlplane.authentication). 0: none.
+LIVEUPDATE_TOKEN_CACHE_S = env_int("LIVEUPDATE_TOKEN_CACHE_S", 5, minimum=0)
 # When set, /metrics wants "Authorization: Bearer <token>"; unset, it is open like most exporters.
 LIVEUPDATE_METRICS_TOKEN = env_str("LIVEUPDATE_METRICS_TOKEN") or ""
