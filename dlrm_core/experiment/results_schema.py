@@ -17,20 +17,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from dlrm_core.experiment.stats import Interval
+
 MAX_TEXT = 20_000  # characters of any string field
 ACCURACY_VERDICTS = ("within the claimed range", "above the claimed range",
                      "below the claimed range", "not significant")  # fmt: skip
 VERDICTS = (*ACCURACY_VERDICTS, "held", "not held", "not measured")
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean over n replicates and its two-sided 95% t-interval (stats.t_interval)."""
-
-    mean: float
-    lo: float
-    hi: float
-    n: int
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import override_settings
 
-from controlplane.models import Alert, Node, NodeAction, Policy, PolicyVersion, TelemetrySample
+from controlplane.models import Alert, Node, NodeAction, Policy, PolicyVersion
 from controlplane.services import actions, rollback
 from controlplane.services.policies import save_policy
 from tests.integration.cp_support import make_node
+from tests.integration.test_cp_watchdog import feed
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -21,27 +22,7 @@ INTERVALS = override_settings(LIVEUPDATE_SLA_INTERVAL_S=10)
 
 def feed_auc(node: Node, aucs: list[float], end: datetime) -> None:
     """One sample per second ending at ``end`` with the given AUC values (oldest first)."""
-    last = TelemetrySample.objects.filter(node=node).order_by("-seq").first()
-    seq0 = last.seq + 1 if last else 0
-    start = end - timedelta(seconds=len(aucs) - 1)
-    TelemetrySample.objects.bulk_create(
-        TelemetrySample(
-            node=node,
-            seq=seq0 + i,
-            ts=start + timedelta(seconds=i),
-            qps=100.0,
-            p99_ms=5.0,
-            auc=value,
-            memory_overhead_bytes=1.0,
-            memory_overhead_pct=1.0,
-            trainer_samples_per_s=10.0,
-            trainer_duty=0.5,
-            throttle="running",
-        )
-        for i, value in enumerate(aucs)
-    )
-    node.status, node.last_seen = Node.Status.ONLINE, end
-    node.save()
+    feed(node, [5.0] * len(aucs), end, auc=aucs)
 
 
 def node_with(name: str, **policy_fields) -> Node:

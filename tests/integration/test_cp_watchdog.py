@@ -23,8 +23,12 @@ SLA = override_settings(
 )
 
 
-def feed(node: Node, p99: list[float], end: datetime, auc: float | None = 0.75) -> None:
-    """One sample per second ending at ``end`` with the given P99 values (oldest first)."""
+def feed(
+    node: Node, p99: list[float], end: datetime, auc: float | list[float] | None = 0.75
+) -> None:
+    """One sample per second ending at ``end`` with the given P99 values (oldest first); ``auc``
+    one value for all, or one per sample."""
+    aucs = auc if isinstance(auc, list) else [auc] * len(p99)
     last = TelemetrySample.objects.filter(node=node).order_by("-seq").first()
     seq0 = last.seq + 1 if last else 0
     start = end - timedelta(seconds=len(p99) - 1)
@@ -35,7 +39,7 @@ def feed(node: Node, p99: list[float], end: datetime, auc: float | None = 0.75) 
             ts=start + timedelta(seconds=i),
             qps=100.0,
             p99_ms=value,
-            auc=auc,
+            auc=aucs[i],
             memory_overhead_bytes=1.0,
             memory_overhead_pct=1.0,
             trainer_samples_per_s=10.0,
