@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from nodeworker.protocol.experiment_results import Interval
 
 # df -> t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -24,23 +25,6 @@ def t975(df: int) -> float:
         raise ValueError(f"df must be >= 1, got {df}")
     below = [k for k in _T975 if k <= df]
     return _T975[max(below)] if df <= 120 else _Z975
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Mean of ``n`` replicates and its two-sided 95% t-interval (lo = hi = mean when n < 2)."""
-
-    mean: float
-    lo: float
-    hi: float
-    n: int
-
-    @property
-    def half_width(self) -> float:
-        return (self.hi - self.lo) / 2.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
 
 
 def t_interval(values: Sequence[float | None]) -> Interval | None:

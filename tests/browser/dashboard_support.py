@@ -113,8 +113,9 @@ class Seeder:
 
 
 def results_json(windows: int = 8) -> dict:
-    """A small results.json of schema 2 (results_schema.py; values made up for the page test
-    only): three seeds on a fleet of 4, claim verdicts, a passed leak audit, /proc memory."""
+    """A small results.json of schema 2 (nodeworker/protocol/experiment_results.py; values made
+    up for the page test only): three seeds on a fleet of 4, claim verdicts, a passed leak audit,
+    /proc memory."""
 
     def ci(mean: float, half: float) -> dict:
         return {"mean": mean, "lo": round(mean - half, 4), "hi": round(mean + half, 4), "n": 3}

@@ -1,5 +1,5 @@
-"""results.json's contract (results_schema.py), shared by the experiment that writes it and the
-control plane that imports it."""
+"""results.json's contract (nodeworker/protocol/experiment_results.py), shared by the experiment
+that writes it and the control plane that imports it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from dlrm_core.experiment.results import write_results
-from dlrm_core.experiment.results_schema import validate_results
+from nodeworker.protocol.experiment_results import validate_results
 from tests.browser.dashboard_support import results_json
 
 

@@ -2,7 +2,8 @@
 reads, with its type. results.py checks what it writes against them (write_results) and the
 control plane checks an import with the same ``validate_results`` (controlplane.experiments).
 
-Pure Python (no torch): the control plane imports this module. A field without a default is
+Pure Python (no torch), in the wire package: the experiment (dlrm_core) writes the file and the
+control plane, which imports nothing of dlrm_core, reads it. A field without a default is
 required; a field defaulting to None is optional, so schema-1 files (before seeds, fleets and
 intervals) stay readable; when present it must have its type. results.py writes more fields
 than these (see its docstring); extra keys are kept as they are.
@@ -17,12 +18,27 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from dlrm_core.experiment.stats import Interval
-
 MAX_TEXT = 20_000  # characters of any string field
 ACCURACY_VERDICTS = ("within the claimed range", "above the claimed range",
                      "below the claimed range", "not significant")  # fmt: skip
 VERDICTS = (*ACCURACY_VERDICTS, "held", "not held", "not measured")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` replicates and its two-sided 95% t-interval (lo = hi = mean when n < 2)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
 
 
 @dataclass(frozen=True)
