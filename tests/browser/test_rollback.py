@@ -78,6 +78,8 @@ def test_one_click_restore_of_a_snapshot(plane, redis_url, tmp_path, artifacts_d
         try:
             page.goto(f"{plane['app'].url}/nodes/{name}/")
             settle(page)
+            expect(page.locator("#snapshots-table")).to_have_count(0)  # not asked on page load
+            page.click("#snapshots-refresh")
             rows = page.locator("#snapshots-table tbody tr")
             expect(rows).to_have_count(2, timeout=60_000)
             expect(rows.first).to_have_attribute("data-snapshot", newer["snapshot"])

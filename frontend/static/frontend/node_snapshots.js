@@ -57,7 +57,13 @@ export async function loadSnapshots(node) {
   render(node, answer.result);
 }
 
+// Not on page load: every listing is a recorded action, and opening a node page should not add
+// one to the node's history each time.
 export function startSnapshots(node) {
-  document.getElementById("snapshots-refresh").addEventListener("click", () => loadSnapshots(node));
-  loadSnapshots(node);
+  const ask = document.getElementById("snapshots-refresh");
+  ask.addEventListener("click", async () => {
+    await loadSnapshots(node);
+    ask.textContent = "Ask the node again";
+  });
+  ask.disabled = false; // enabled once it works (a click before this would be lost)
 }
