@@ -9,11 +9,28 @@ into their table's row range.
 from __future__ import annotations
 
 import array
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class ServedParts:
+    """What serving a batch computed that training on it can reuse: kept with the batch until
+    its labels arrive instead of being recomputed (LiveTrainer.score_and_keep attaches it).
+    The pooled base embeddings are not kept: 26x the bytes for ~4% of a step, and a fold
+    between serving and training would make them stale (bench/trainer_throughput.py)."""
+
+    bottom: torch.Tensor  # (B, D) float32: the bottom MLP's output of the batch's dense features
+    # the bottom MLP's weights it came from; a trainer recomputes when its own differ
+    token: object
+
+    @property
+    def nbytes(self) -> int:
+        return self.bottom.numel() * self.bottom.element_size()
 
 
 @dataclass(frozen=True)
@@ -25,9 +42,14 @@ class SparseBatch:
     labels: torch.Tensor  # (B,) float32 in {0, 1}
     timestamps: torch.Tensor  # (B,) float64 event time, seconds
     request_ids: torch.Tensor  # (B,) int64, unique per served request
+    served: ServedParts | None = None  # what serving computed for it, if kept
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
+        if self.served is not None:
+            bottom = self.served.bottom
+            if bottom.dim() != 2 or bottom.shape[0] != n or bottom.dtype != torch.float32:
+                raise ValueError(f"served.bottom must be (B={n}, D) float32")
         if not (len(self.keys) == len(self.values) == len(self.offsets)):
             raise ValueError("keys, values and offsets must have one entry per feature")
         if self.dense.dim() != 2 or self.dense.shape[0] != n:
@@ -77,7 +99,8 @@ class SparseBatch:
             self.timestamps,
             self.request_ids,
         )
-        return sum(t.numel() * t.element_size() for t in tensors)
+        kept = self.served.nbytes if self.served is not None else 0
+        return kept + sum(t.numel() * t.element_size() for t in tensors)
 
     def __len__(self) -> int:
         return self.batch_size
@@ -115,7 +138,11 @@ class SparseBatch:
             labels.to(torch.float32),
             self.timestamps,
             self.request_ids,
+            self.served,
         )
+
+    def with_served(self, served: ServedParts | None) -> SparseBatch:
+        return dataclasses.replace(self, served=served)
 
     def select(self, index: torch.Tensor | Sequence[int]) -> SparseBatch:
         """The samples at ``index`` (in that order), as a new batch."""
@@ -138,6 +165,9 @@ class SparseBatch:
             self.labels[idx],
             self.timestamps[idx],
             self.request_ids[idx],
+            None
+            if self.served is None
+            else ServedParts(self.served.bottom[idx], self.served.token),
         )
 
     @staticmethod
@@ -160,6 +190,7 @@ class SparseBatch:
             torch.cat([b.labels for b in batches]),
             torch.cat([b.timestamps for b in batches]),
             torch.cat([b.request_ids for b in batches]),
+            _concat_served(batches),
         )
 
     @staticmethod
@@ -194,6 +225,15 @@ class SparseBatch:
             if request_ids is None
             else request_ids.to(torch.int64),
         )
+
+
+def _concat_served(batches: Sequence[SparseBatch]) -> ServedParts | None:
+    """The batches' served parts as one, if all kept theirs from the same weights."""
+    parts = [b.served for b in batches]
+    first = parts[0]
+    if first is None or any(p is None or p.token is not first.token for p in parts):
+        return None
+    return ServedParts(torch.cat([p.bottom for p in parts if p is not None]), first.token)
 
 
 def _offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
