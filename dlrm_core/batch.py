@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import copy
-import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,10 +46,7 @@ class SparseBatch:
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
-        if self.served is not None:
-            bottom = self.served.bottom
-            if bottom.dim() != 2 or bottom.shape[0] != n or bottom.dtype != torch.float32:
-                raise ValueError(f"served.bottom must be (B={n}, D) float32")
+        self._check_served()
         if not (len(self.keys) == len(self.values) == len(self.offsets)):
             raise ValueError("keys, values and offsets must have one entry per feature")
         if self.dense.dim() != 2 or self.dense.shape[0] != n:
@@ -68,6 +64,13 @@ class SparseBatch:
                 raise ValueError(f"values and offsets of {key!r} must be contiguous")
         if n and self.keys:
             self._check_offsets(n)
+
+    def _check_served(self) -> None:
+        n = self.labels.shape[0]
+        if self.served is not None:
+            bottom = self.served.bottom
+            if bottom.dim() != 2 or bottom.shape[0] != n or bottom.dtype != torch.float32:
+                raise ValueError(f"served.bottom must be (B={n}, D) float32")
 
     def _check_offsets(self, n: int) -> None:
         """Every feature's offsets start at 0, never decrease and stay within its values: a
@@ -141,7 +144,11 @@ class SparseBatch:
         return out
 
     def with_served(self, served: ServedParts | None) -> SparseBatch:
-        return dataclasses.replace(self, served=served)
+        """This batch carrying ``served`` (checked alone, as with_labels checks the labels)."""
+        out = copy.copy(self)
+        object.__setattr__(out, "served", served)
+        out._check_served()
+        return out
 
     def select(self, index: torch.Tensor | Sequence[int]) -> SparseBatch:
         """The samples at ``index`` (in that order), as a new batch."""

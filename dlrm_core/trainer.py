@@ -201,7 +201,7 @@ class LiveTrainer:
         replaced or changed in place (a rebase's load_state_dict bumps its version), so a
         bottom output kept from other weights is recomputed. The parameters are held, so no
         new one can take an old one's identity."""
-        params = list(self.model.dense_arch.parameters())
+        params = self.model.dense_arch.layer_parameters()
         versions = tuple(p._version for p in params)
         held = self._bottom_params
         if len(params) != len(held) or any(a is not b for a, b in zip(params, held, strict=False)):
