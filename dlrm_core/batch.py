@@ -21,8 +21,9 @@ import torch
 class ServedParts:
     """What serving a batch computed that training on it can reuse: kept with the batch until
     its labels arrive instead of being recomputed (LiveTrainer.score_and_keep attaches it).
-    The pooled base embeddings are not kept: 26x the bytes for ~4% of a step, and a fold
-    between serving and training would make them stale (bench/trainer_throughput.py)."""
+    The pooled base embeddings are not kept: on Criteo's shape 26x the bytes (1,664 against
+    64 per request) for 0.55 ms of a 14.4 ms step (measured against recomputing them,
+    2026-12-07), and a fold between serving and training would make them stale."""
 
     bottom: torch.Tensor  # (B, D) float32: the bottom MLP's output of the batch's dense features
     # the bottom MLP's weights it came from; a trainer recomputes when its own differ
