@@ -32,15 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workloads import (  # noqa: E402
-    CRITEO_KAGGLE_ROWS,
-    active_rows,
-    criteo_batch,
-    interleaved,
-    median,
-    print_table,
-    write_json,
-)
+from bench.workloads import criteo_workload, interleaved, median, print_table, write_json  # noqa: E402
 from dlrm_core.batch import SparseBatch  # noqa: E402
 from dlrm_core.live_embedding import (  # noqa: E402
     LiveEmbedding,
@@ -64,10 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
 
-    rows = [max(4, int(n * args.table_scale)) for n in CRITEO_KAGGLE_ROWS]
-    config = DLRMConfig.criteo_reference(rows)
-    plain, live_model, lives, hot = build_models(config, rows, args.rank, args.active, gen)
-    active_total = sum(ids.numel() for ids in hot)
+    workload = criteo_workload(args.table_scale, args.active, gen)
+    config, rows = workload.config, workload.rows
+    plain, live_model, lives = build_models(config, workload.hot, args.rank, gen)
+    active_total = sum(ids.numel() for ids in workload.hot)
     factors = {name: lv.factors() for name, lv in lives.items()}
     build_times = []
     for _ in range(5):  # a node builds one per published version: the median of a few
@@ -79,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     base = sum(lv.memory().base_bytes for lv in lives.values())
 
     def batches_of(size: int) -> list[SparseBatch]:
-        return [criteo_batch(config.feature_names, rows, hot, size, gen) for _ in range(8)]
+        return workload.batches(8, size, gen, timed=False)
 
     results = [
         time_forwards(plain, live_model, delta, size, batches_of(size), args.rounds)
@@ -112,23 +104,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def build_models(
-    config: DLRMConfig, rows: list[int], rank: int, active: float, gen: torch.Generator
-) -> tuple[DLRM, DLRM, dict[str, LiveEmbedding], list[torch.Tensor]]:
-    """The plain DLRM and a copy wrapped in LiveEmbeddings with random factors on ``active`` of
-    each table's rows; returns both, the LiveEmbeddings and each table's active ids."""
+    config: DLRMConfig, hot: list[torch.Tensor], rank: int, gen: torch.Generator
+) -> tuple[DLRM, DLRM, dict[str, LiveEmbedding]]:
+    """The plain DLRM and a copy wrapped in LiveEmbeddings with random factors on each table's
+    ``hot`` rows; returns both and the LiveEmbeddings."""
     plain = DLRM(config).eval()
     # a copy with the same weights that shares the base tables (deepcopy memo), then wrapped
     live_model = copy.deepcopy(plain, {id(t): t for t in plain.sparse_arch.tables})
     lives = attach_live_embeddings(
         live_model.sparse_arch, list(config.feature_names), LiveEmbeddingConfig(rank=rank)
     )
-    hot = []
-    for live, n in zip(lives.values(), rows, strict=True):
-        ids = active_rows(n, active, gen)
-        hot.append(ids)
+    for live, ids in zip(lives.values(), hot, strict=True):
         live.activate(ids, now=0.0, max_active=ids.numel())
         live.set_factors(torch.randn(ids.numel(), rank, generator=gen) * 0.01, live.B)
-    return plain, live_model, lives, hot
+    return plain, live_model, lives
 
 
 def time_forwards(

@@ -5,7 +5,9 @@ For each model, on the same batches, interleaved round by round in one process (
                  LiveTrainer steps (admission, forward, backward, row-wise Adagrad + Adam, one
                  replay step per batch), rank control (make_room, prune + adapt every 50 steps),
                  publish every 10 steps, and for every new version the inference side's build
-                 (ServingDelta.from_factors) and the write of its folded rows into the base;
+                 (ServingDelta.from_factors) and the write of its folded rows into the base; the
+                 batches come as serving left them, the bottom MLP's output kept (ServedParts);
+  liveupdate_recompute  the same on the bare batches (the bottom MLP recomputed per step);
   cluster        the experiment's delta_sync: SimulatedCluster.train (FullSparseTrainer:
                  torch.optim Adagrad on the MLPs, the fused training kernel on the embedding
                  rows), the dirty-row tracking of every step, and every --sync-every steps a
@@ -37,15 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.trainer_throughput import TorchOptimTrainer  # noqa: E402
-from bench.workloads import (  # noqa: E402
-    CRITEO_KAGGLE_ROWS,
-    active_rows,
-    criteo_batch,
-    interleaved,
-    median,
-    print_table,
-    write_json,
-)
+from bench.workloads import criteo_workload, interleaved, median, print_table, write_json  # noqa: E402
 from dlrm_core.batch import SparseBatch  # noqa: E402
 from dlrm_core.experiment.cluster import Link, SimulatedCluster  # noqa: E402
 from dlrm_core.experiment.config import ExperimentConfig, LinkConfig  # noqa: E402
@@ -81,14 +75,8 @@ def synthetic(args: argparse.Namespace) -> tuple[DLRMConfig, list[SparseBatch]]:
 
 def criteo(args: argparse.Namespace) -> tuple[DLRMConfig, list[SparseBatch]]:
     gen = torch.Generator().manual_seed(0)
-    rows = [max(4, int(n * args.criteo_scale)) for n in CRITEO_KAGGLE_ROWS]
-    config = DLRMConfig.criteo_reference(rows)
-    hot = [active_rows(n, 0.05, gen) for n in rows]
-    batches = [
-        criteo_batch(config.feature_names, rows, hot, args.batch, gen, t=float(i))
-        for i in range(args.batches)
-    ]
-    return config, batches
+    workload = criteo_workload(args.criteo_scale, 0.05, gen)
+    return workload.config, workload.batches(args.batches, args.batch, gen)
 
 
 def _experiment_shape(schema: StreamSchema) -> DLRMConfig:
@@ -101,7 +89,7 @@ class LiveUpdatePath:
     """The node: a LiveTrainer on its model, and the inference side's model that installs
     every version it publishes."""
 
-    def __init__(self, model: DLRM) -> None:
+    def __init__(self, model: DLRM, keep_served: bool) -> None:
         params = EXPERIMENT.live
         config = TrainerConfig(
             live=LiveEmbeddingConfig(rank=params.initial_rank),
@@ -118,9 +106,17 @@ class LiveUpdatePath:
         self.trainer = LiveTrainer(model, config)
         self.installed = -1
         self.delta: ServingDelta | None = None
+        self.keep_served = keep_served
+        self._served: dict[int, SparseBatch] = {}
+
+    def serve(self, batches: list[SparseBatch]) -> None:
+        """With ``keep_served``, each batch as serving leaves it: the bottom MLP's output kept
+        with it until its label comes. Not timed: serving computes that output anyway."""
+        if self.keep_served:
+            self._served = {id(b): self.trainer.score_and_keep(b)[1] for b in batches}
 
     def update(self, batch: SparseBatch, now: float) -> None:
-        self.trainer.join.add_served(batch, now)
+        self.trainer.join.add_served(self._served.get(id(batch), batch), now)
         self.trainer.train_ready(now)
         version = self.trainer.store.latest()
         if version is not None and version.version != self.installed:
@@ -157,9 +153,11 @@ def measure(
     torch.manual_seed(0)
     model = DLRM(config)
     step_s = args.batch / EXPERIMENT.qps if EXPERIMENT.qps else 1.0  # the replay clock
-    lu = LiveUpdatePath(copy.deepcopy(model))
+    lu = LiveUpdatePath(copy.deepcopy(model), keep_served=True)
+    recompute = LiveUpdatePath(copy.deepcopy(model), keep_served=False)
     paths: dict[str, LiveUpdatePath | ClusterPath] = {
         "liveupdate": lu,
+        "liveupdate_recompute": recompute,
         "cluster": ClusterPath(model, args.sync_every * step_s, torch_step=False),
         "cluster_torch": ClusterPath(model, args.sync_every * step_s, torch_step=True),
     }
@@ -174,6 +172,7 @@ def measure(
 
         return run
 
+    lu.serve(batches)
     runs = {n: runner(n) for n in paths}
     for _ in range(args.warmup):  # LiveUpdate's tables fill, the cluster's state grows
         for run in runs.values():
@@ -185,6 +184,7 @@ def measure(
     return {
         "config": name,
         "liveupdate_us_per_event": per_event["liveupdate"],
+        "liveupdate_recompute_us_per_event": per_event["liveupdate_recompute"],
         "cluster_us_per_event": per_event["cluster"],
         "cluster_torch_us_per_event": per_event["cluster_torch"],
         "ratio": per_event["liveupdate"] / per_event["cluster"],
@@ -223,36 +223,44 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     wanted = args.configs.split(",")
     if unknown := [c for c in wanted if c not in builders]:
         parser.error(f"unknown configs {unknown}; choose from {list(builders)}")
+    load_before = os.getloadavg()
     results = []
     for name in wanted:
         config, batches = builders[name](args)
         results.append(measure(name, config, batches, args))
-    load = os.getloadavg()
-    print_table(
-        f"Update cost, CPU us per labelled event (thread time), batch {args.batch}, "
-        f"{args.rounds} interleaved rounds of {args.reps} batches; load average "
-        f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
-        ["config", "liveupdate", "cluster (fused)", "cluster (torch)", "ratio", "vs torch"],
-        [
-            [
-                r["config"],
-                r["liveupdate_us_per_event"],
-                r["cluster_us_per_event"],
-                r["cluster_torch_us_per_event"],
-                r["ratio"],
-                r["ratio_vs_torch_cluster"],
-            ]
-            for r in results
-        ],
-    )
+    loads = [load_before, os.getloadavg()]
+    print_results(args, results, loads)
     payload = {
         "benchmark": "update_cost",
         "args": vars(args),
-        "load_average": load,
+        "load_average": loads,  # 1, 5 and 15 min, before and after the runs
         "configs": results,
     }
     write_json("update_cost", payload)
     return payload
+
+
+COLUMNS = {
+    "config": "config",
+    "liveupdate_us_per_event": "liveupdate",
+    "liveupdate_recompute_us_per_event": "recomputing",
+    "cluster_us_per_event": "cluster (fused)",
+    "cluster_torch_us_per_event": "cluster (torch)",
+    "ratio": "ratio",
+    "ratio_vs_torch_cluster": "vs torch",
+}
+
+
+def print_results(
+    args: argparse.Namespace, results: list[dict[str, object]], loads: list[tuple[float, ...]]
+) -> None:
+    print_table(
+        f"Update cost, CPU us per labelled event (thread time), batch {args.batch}, "
+        f"{args.rounds} interleaved rounds of {args.reps} batches; load average before / after "
+        + " / ".join(" ".join(f"{x:.1f}" for x in load) for load in loads),
+        list(COLUMNS.values()),
+        [[r[key] for key in COLUMNS] for r in results],
+    )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.model import DLRMConfig
 
 # Rows of the 26 categorical tables of Criteo Kaggle (facebookresearch/dlrm's preprocessing).
 CRITEO_KAGGLE_ROWS = (
@@ -64,6 +66,34 @@ def criteo_batch(
         torch.full((size,), t, dtype=torch.float64),
         torch.arange(size) + int(t) * size,
     )
+
+
+@dataclass(frozen=True)
+class CriteoWorkload:
+    """The Criteo-Kaggle reference DLRM over its tables scaled by a factor, each table's hot
+    rows (the popular, hence active, ids) and skewed batches over them."""
+
+    config: DLRMConfig
+    rows: list[int]  # rows of each table
+    hot: list[torch.Tensor]  # each table's hot ids, sorted
+
+    def batches(
+        self, count: int, size: int, gen: torch.Generator, timed: bool = True
+    ) -> list[SparseBatch]:
+        """``count`` batches of ``size``; ``timed``: batch i at stream time i (else 0)."""
+        names = self.config.feature_names
+        return [
+            criteo_batch(names, self.rows, self.hot, size, gen, t=float(i) if timed else 0.0)
+            for i in range(count)
+        ]
+
+
+def criteo_workload(scale: float, hot_share: float, gen: torch.Generator) -> CriteoWorkload:
+    """The reference DLRM's shape over the Criteo-Kaggle tables x ``scale`` (at least 4 rows
+    each), ``hot_share`` of each table's rows hot."""
+    rows = [max(4, int(n * scale)) for n in CRITEO_KAGGLE_ROWS]
+    hot = [active_rows(n, hot_share, gen) for n in rows]
+    return CriteoWorkload(DLRMConfig.criteo_reference(rows), rows, hot)
 
 
 def interleaved(

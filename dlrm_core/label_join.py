@@ -2,9 +2,11 @@
 
 A served row becomes training data ``delay`` seconds after it was served, with its label, once
 the label is known: either logged with the request (a replayed stream, finite labels) or sent
-later through ``add_feedback``. A row whose label never comes is a negative after ``timeout``
-seconds (CTR logging: no click is a no). The buffer holds at most ``max_pending`` rows; the
-oldest served batches are dropped, and counted, beyond that.
+later through ``add_feedback``; a logged label is final (feedback for its request counts as
+unknown), so only the rows served without one are indexed by request id. A row whose label
+never comes is a negative after ``timeout`` seconds (CTR logging: no click is a no). The
+buffer holds at most ``max_pending`` rows; the oldest served batches are dropped, and counted,
+beyond that.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class _Pending:
     labels: torch.Tensor  # (B,) float32, NaN = not known yet
     ready_at: torch.Tensor  # (B,) float64, inf = not known yet
     emitted: torch.Tensor  # (B,) bool
-    rows: dict[int, int] = field(default_factory=dict)  # request id -> row
+    rows: dict[int, int] = field(default_factory=dict)  # request id -> row, unlabelled rows
 
 
 class LabelJoin:
@@ -75,9 +77,12 @@ class LabelJoin:
         )
         key = self._next
         self._next += 1
-        for row, rid in enumerate(batch.request_ids.tolist()):
-            entry.rows[rid] = row
-            self._where[rid] = key
+        if not bool(known.all()):  # a logged stream's batches have every label: no Python loop
+            unknown = torch.nonzero(~known)[:, 0]
+            rids = batch.request_ids[unknown].tolist()
+            for row, rid in zip(unknown.tolist(), rids, strict=True):
+                entry.rows[rid] = row
+                self._where[rid] = key
         self._entries[key] = entry
         self._pending_rows += len(batch)
         self.counts.served += len(batch)

@@ -164,6 +164,11 @@ class DenseArch(nn.Module):
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         return self.mlp(dense)
 
+    def layer_parameters(self) -> list[nn.Parameter]:
+        """``parameters()`` as a flat walk of its layers: ~5x cheaper (4 against 22 us), and a
+        trainer checks them on every step (LiveTrainer._bottom_token)."""
+        return [p for layer in self.mlp for p in layer._parameters.values() if p is not None]
+
 
 class SparseArch(nn.Module):
     """One EmbeddingBag (mode sum, sparse gradients) per feature: ids -> (B, F, D).
@@ -295,14 +300,23 @@ class DLRM(nn.Module):
             delta.add_to_(sparse, batch)
         return self.logits(batch, sparse)
 
-    def logits(self, batch: SparseBatch, sparse: torch.Tensor) -> torch.Tensor:
-        """(B,) logits of the batch's dense features and its pooled embeddings (B, F, D)."""
+    def logits(
+        self, batch: SparseBatch, sparse: torch.Tensor, bottom: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) logits of the batch's dense features and its pooled embeddings (B, F, D);
+        ``bottom`` (B, D), when given, is the bottom MLP's output of them, computed before."""
+        if bottom is None:
+            bottom = self.bottom(batch)
+        return self.over_arch(self.inter_arch(bottom, sparse))
+
+    def bottom(self, batch: SparseBatch) -> torch.Tensor:
+        """(B, D) the bottom MLP's output of the batch's dense features."""
         if batch.dense.shape[1] != self.config.n_dense:
             raise ValueError(
                 f"batch has {batch.dense.shape[1]} dense features, model expects "
                 f"{self.config.n_dense}"
             )
-        return self.over_arch(self.inter_arch(self.dense_arch(batch.dense), sparse))
+        return self.dense_arch(batch.dense)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Parameters of the MLPs (dense gradients)."""

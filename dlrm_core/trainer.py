@@ -1,4 +1,5 @@
-"""Trainers: the node's LoRA trainer (LiveTrainer) and full sparse SGD for the base model.
+"""Trainers: the node's LoRA trainer (LiveTrainer); full sparse training of the base model (the
+cluster's) is full_trainer.py's, re-exported here.
 
 LiveTrainer is progressive: ``serve`` scores a batch with the current factors before the batch
 can ever be learnt from; the batch then waits in a LabelJoin until its label is due. Only the
@@ -10,7 +11,9 @@ shared buffers. Each joined batch may be replayed ``reuse`` more times from a sm
 batch whose inputs, loss or gradients are not finite is skipped and counted, and the factors
 stay unchanged. Every ``room_every`` steps full tables evict LRU rows for the ids they had to
 refuse; every ``adapt_every`` steps the rank controllers prune and adapt; every
-``publish_every`` steps a new immutable FactorVersion goes to the FactorStore.
+``publish_every`` steps a new immutable FactorVersion goes to the FactorStore. A batch served
+through ``serve`` / ``score_and_keep`` carries the bottom MLP's output it was scored with
+(batch.ServedParts), and training reuses it instead of recomputing it: the MLP is frozen.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from dlrm_core.batch import SparseBatch
+from dlrm_core.batch import ServedParts, SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore, FactorVersion
+from dlrm_core.full_trainer import FullSparseTrainer as FullSparseTrainer  # the cluster's
+from dlrm_core.full_trainer import FullStepResult as FullStepResult
+from dlrm_core.full_trainer import FullTrainConfig as FullTrainConfig
 from dlrm_core.group_layout import LiveGroups
 from dlrm_core.label_join import LabelJoin
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
@@ -32,7 +38,6 @@ from dlrm_core.memory_account import MemoryAccount, MemoryReport, TableAccount
 from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController
 from dlrm_core.rank_policy import RankEvent, RankPolicy, min_budget_bytes
-from dlrm_core.sparse_optim import SparseRowOptimizer
 from dlrm_core.top_tune import TopLayerTuner
 
 
@@ -149,6 +154,9 @@ class LiveTrainer:
         self._replay: deque[list] = deque(maxlen=config.replay_window)  # [batch, uses]
         self._events_seen = {name: 0 for name in self.lives}
         self._now = 0.0  # newest stream time trained on
+        self._bottom_params: list[torch.nn.Parameter] = []  # see _bottom_token
+        self._bottom_versions: tuple[int, ...] = ()
+        self._bottom_tok = object()
 
     @property
     def join(self) -> LabelJoin:
@@ -171,11 +179,41 @@ class LiveTrainer:
         self.groups.sync()
         return torch.sigmoid(self.model(batch, delta=self.groups))
 
+    @torch.no_grad()
+    def score_and_keep(self, batch: SparseBatch) -> tuple[torch.Tensor, SparseBatch]:
+        """``score``, and the batch carrying the bottom MLP's output it computed: a train_step
+        on it (or on its labelled copy) reuses that output instead of recomputing it."""
+        self.groups.sync()
+        bottom = self.model.bottom(batch)
+        pooled = self.model.sparse_arch(batch, base_only=True)
+        self.groups.add_to_(pooled, batch)
+        probs = torch.sigmoid(self.model.logits(batch, pooled, bottom))
+        return probs, batch.with_served(ServedParts(bottom, self._bottom_token()))
+
     def serve(self, batch: SparseBatch, now: float | None = None) -> torch.Tensor:
         """Score ``batch`` first, then hold it until its labels are due (progressive)."""
-        probs = self.score(batch)
-        self.join.add_served(batch, _now(batch, now))
+        probs, kept = self.score_and_keep(batch)
+        self.join.add_served(kept, _now(batch, now))
         return probs
+
+    def _bottom_token(self) -> object:
+        """Stands for the bottom MLP's current weights: a new token when a parameter was
+        replaced or changed in place (a rebase's load_state_dict bumps its version), so a
+        bottom output kept from other weights is recomputed. The parameters are held, so no
+        new one can take an old one's identity."""
+        params = self.model.dense_arch.layer_parameters()
+        versions = tuple(p._version for p in params)
+        held = self._bottom_params
+        if len(params) != len(held) or any(a is not b for a, b in zip(params, held, strict=False)):
+            self._bottom_params, self._bottom_versions = params, (-1,)
+        if versions != self._bottom_versions:
+            self._bottom_versions, self._bottom_tok = versions, object()
+        return self._bottom_tok
+
+    def _kept_bottom(self, batch: SparseBatch) -> torch.Tensor | None:
+        """The batch's bottom MLP output kept from serving, if its weights are still ours."""
+        served = batch.served
+        return served.bottom if served and served.token is self._bottom_token() else None
 
     def feedback(self, request_ids: torch.Tensor, labels: torch.Tensor, now: float) -> int:
         return self.join.add_feedback(request_ids, labels, now)
@@ -217,7 +255,7 @@ class LiveTrainer:
         pooled = self.model.sparse_arch(batch, base_only=True)  # checks ids before admission
         admitted = self.groups.admit(batch, now)
         self.groups.add_to_(pooled, batch)
-        logits = self.model.logits(batch, pooled)
+        logits = self.model.logits(batch, pooled, self._kept_bottom(batch))
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -332,68 +370,3 @@ def _now(batch: SparseBatch, now: float | None) -> float:
     if now is not None:
         return float(now)
     return float(batch.timestamps.max()) if len(batch) else 0.0
-
-
-@dataclass(frozen=True)
-class FullTrainConfig:
-    optimizer: str = "sgd"  # "sgd" or "adagrad", for the MLPs and the embedding rows alike
-    lr_dense: float = 0.1
-    lr_sparse: float = 0.1  # on the embedding rows in the batch (sparse gradients)
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adagrad"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adagrad', got {self.optimizer!r}")
-        for name in ("lr_dense", "lr_sparse"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 <= value <= 100):
-                raise ValueError(f"{name} must be in [0, 100], got {value}")
-
-
-@dataclass(frozen=True)
-class FullStepResult:
-    loss: float
-    skipped: bool
-    # per table: (ids (m,), gradient L2 norm of each row (m,)) of the rows this step changed
-    touched: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-class FullSparseTrainer:
-    """Full training of a plain DLRM with sparse embedding gradients (SGD or Adagrad):
-    pretraining, and the simulated training cluster. The MLPs step with torch.optim; the
-    embedding rows with the same optimizer fused into one kernel call from the pooled
-    embeddings' gradient (sparse_optim.SparseRowOptimizer: torch.optim's math, one pass over
-    the batch's distinct rows), so the cluster is optimised as hard as the node's trainer."""
-
-    def __init__(self, model: DLRM, config: FullTrainConfig | None = None) -> None:
-        self.model = model
-        self.config = config = config or FullTrainConfig()
-        opt = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adagrad
-        self.dense_opt = opt(model.dense_parameters(), lr=config.lr_dense)
-        self.sparse_opt = SparseRowOptimizer(
-            [p.detach() for p in model.embedding_parameters()], config.optimizer, config.lr_sparse
-        )
-        self.skipped = 0
-
-    def step(self, batch: SparseBatch) -> FullStepResult:
-        """One step on every parameter, or none (skipped) if the loss or a gradient is not
-        finite."""
-        self.dense_opt.zero_grad(set_to_none=True)
-        with torch.no_grad():  # the rows' gradients come from the pooled one, in the kernel
-            pooled = self.model.sparse_arch(batch)
-        pooled.requires_grad_(True)
-        loss = F.binary_cross_entropy_with_logits(self.model.logits(batch, pooled), batch.labels)
-        value = float(loss.detach())
-        if math.isfinite(value):
-            loss.backward()
-        dense = [p.grad for p in self.model.dense_parameters() if p.grad is not None]
-        touched = None
-        if math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in dense):
-            assert pooled.grad is not None
-            touched = self.sparse_opt.step(batch, pooled.grad)  # None: not finite, no change
-        if touched is None:
-            self.skipped += 1
-            return FullStepResult(value, True, {})
-        self.dense_opt.step()
-        return FullStepResult(
-            value, False, dict(zip(self.model.config.feature_names, touched, strict=True))
-        )

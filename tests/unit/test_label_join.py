@@ -60,3 +60,21 @@ def test_bad_settings_are_refused():
         LabelJoin(delay=10.0, timeout=5.0, max_pending=10)
     with pytest.raises(ValueError, match="max_pending"):
         LabelJoin(delay=0.0, timeout=5.0, max_pending=0)
+
+
+def test_a_logged_label_is_final_and_only_unlabelled_rows_take_feedback():
+    join = LabelJoin(delay=5.0, timeout=30.0, max_pending=100)
+    join.add_served(batch([1, 2, 3], [1.0, math.nan, 0.0]), now=0.0)
+    assert join.add_feedback(torch.tensor([1, 2, 3]), torch.tensor([0.0, 1.0, 1.0]), 1.0) == 1
+    assert join.counts.unknown_feedback == 2  # 1 and 3 came logged
+    (ready,) = join.pop_ready(5.0)
+    assert ready.request_ids.tolist() == [1, 2, 3] and ready.labels.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_relabelling_checks_the_labels_shape():
+    served = batch([1, 2], [1.0, 0.0])
+    relabelled = served.with_labels(torch.tensor([0, 1]))
+    assert relabelled.labels.dtype == torch.float32 and relabelled.labels.tolist() == [0.0, 1.0]
+    assert relabelled.values == served.values and served.labels.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="labels must be"):
+        served.with_labels(torch.zeros(3))

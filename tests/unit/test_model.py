@@ -177,3 +177,8 @@ def test_inference_refuses_ids_outside_a_table_naming_it():
         model(batch)
     with pytest.raises(RuntimeError, match="index"):  # torch's own check, training path
         model(batch)
+
+
+def test_the_bottom_mlps_layer_parameters_are_its_parameters():
+    arch = DLRM(SMALL).dense_arch
+    assert [id(p) for p in arch.layer_parameters()] == [id(p) for p in arch.parameters()]
