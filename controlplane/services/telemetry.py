@@ -31,9 +31,11 @@ class RangeError(ValueError):
 
 
 # The index of a timestamp's time bucket, floor(unix seconds / width), per database: {0} is the
-# timestamp's SQL, the width the one parameter.
+# timestamp's SQL, the width the one parameter. PostgreSQL: date_part's double precision, not
+# extract's numeric, which took the database twice the time over an hour of samples (exact to
+# well under a microsecond at today's Unix times).
 BUCKET_SQL = {
-    "postgresql": "floor(extract(epoch from {0}) / %s)::bigint",
+    "postgresql": "floor(date_part('epoch', {0}) / %s)::bigint",
     "sqlite": "(CAST(strftime('%%s', {0}) AS INTEGER) / %s)",
 }
 

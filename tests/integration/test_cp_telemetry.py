@@ -295,3 +295,10 @@ def test_a_range_query_is_two_queries(clients, django_assert_num_queries):
     viewer.get("/api/me/")  # the token is verified (and remembered) before queries are counted
     with django_assert_num_queries(2):  # the node by name, the buckets
         assert _range(clients, max_points=30).status_code == 200
+
+
+def test_a_sample_a_microsecond_before_a_bucket_boundary_stays_in_the_earlier_bucket(clients):
+    node, _ = make_node("edge-1")
+    _ingest_series(node, 2, start=T0 + 9.999999)  # T0 is a multiple of 10
+    series = _range(clients, bucket_s=10).json()
+    assert series["t"] == [T0, T0 + 10] and series["n"] == [1, 1]
