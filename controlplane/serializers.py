@@ -322,15 +322,15 @@ class TelemetryQuerySerializer(serializers.Serializer):
         required=False,
         min_value=1,
         max_value=86400,
-        help_text="Bucket width in seconds (a 400 if it gives more than max_points buckets); "
-        "default: the smallest giving at most max_points.",
+        help_text="Bucket width in seconds (a 400 if the range would touch more than max_points "
+        "buckets); default: about the range / max_points, so that at most max_points come back.",
     )
     max_points = serializers.IntegerField(
         required=False,
         min_value=2,
         max_value=telemetry_service.MAX_POINTS,
         default=telemetry_service.MAX_POINTS,
-        help_text="The most buckets to return (a chart asks for about its width in pixels).",
+        help_text="The most buckets to return, e.g. a chart's width in pixels.",
     )
     metrics = serializers.CharField(
         required=False,
