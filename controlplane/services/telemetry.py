@@ -33,10 +33,11 @@ class RangeError(ValueError):
 # The index of a timestamp's time bucket, floor(unix seconds / width), per database: {0} is the
 # timestamp's SQL, the width the one parameter. PostgreSQL: date_part's double precision, not
 # extract's numeric, which took the database twice the time over an hour of samples (exact to
-# well under a microsecond at today's Unix times).
+# well under a microsecond at today's Unix times). SQLite: the whole seconds of the stored text
+# ("YYYY-MM-DD HH:MM:SS.ffffff"), as its strftime('%s') rounds 49.999999 s up to 50.
 BUCKET_SQL = {
     "postgresql": "floor(date_part('epoch', {0}) / %s)::bigint",
-    "sqlite": "(CAST(strftime('%%s', {0}) AS INTEGER) / %s)",
+    "sqlite": "(CAST(strftime('%%s', substr({0}, 1, 19)) AS INTEGER) / %s)",
 }
 
 
@@ -144,7 +145,8 @@ def series(
     with connection.cursor() as cursor:
         cursor.execute(sql, [bucket_s, bucket_s, node.pk, adapt(start), adapt(end)])
         rows = cursor.fetchall()
-    t, n, *values = map(list, zip(*rows, strict=True)) if rows else [[]] * (2 + 2 * len(metrics))
+    columns = zip(*rows, strict=True) if rows else [() for _ in range(2 + 2 * len(metrics))]
+    t, n, *values = map(list, columns)
     return {
         "node": node.name,
         "start": start.timestamp(),

@@ -302,3 +302,26 @@ def test_a_sample_a_microsecond_before_a_bucket_boundary_stays_in_the_earlier_bu
     _ingest_series(node, 2, start=T0 + 9.999999)  # T0 is a multiple of 10
     series = _range(clients, bucket_s=10).json()
     assert series["t"] == [T0, T0 + 10] and series["n"] == [1, 1]
+
+
+def test_sqlite_buckets_and_nulls_match_postgresqls():
+    """The embedded mode's SQL (SQLite, as Django stores datetimes there) on the cases above."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE s (ts TEXT, v REAL)")
+    rows = [("2026-05-28 20:26:49.999999", 1.0), ("2026-05-28 20:26:50", math.inf)]
+    db.executemany("INSERT INTO s VALUES (?, ?)", rows + [("2026-05-28 20:26:51", -math.inf)])
+    sql = (
+        f"SELECT {telemetry.bucket_sql('sqlite', 'ts')} * ?, COUNT(*),"
+        f" {telemetry.finite_sql('sqlite', 'MAX(v)')}, {telemetry.finite_sql('sqlite', 'MIN(v)')}"
+        " FROM s GROUP BY 1 ORDER BY 1"
+    )
+    # Django's format-style parameters to sqlite3's qmark style, as its SQLite backend does
+    sql = sql.replace("%%", "\0").replace("%s", "?").replace("\0", "%")
+    first = int(datetime(2026, 5, 28, 20, 26, 49, tzinfo=UTC).timestamp())
+    assert db.execute(sql, [1, 1]).fetchall() == [
+        (first, 1, 1.0, 1.0),  # 49.999999 s stays in second 49
+        (first + 1, 1, None, None),
+        (first + 2, 1, None, None),
+    ]
