@@ -44,6 +44,11 @@ def endpoints(node: str) -> dict[str, tuple[str, dict]]:
         "node detail": (f"/api/nodes/{node}/", {}),
         "open alerts": ("/api/alerts/", {"open": "true"}),
         "telemetry 1 h": ("/api/telemetry/", {"node": node, "metrics": "p99_ms,auc", **window}),
+        # what a chart 600 pixels wide needs (max_points; a checkout without it sends 1,801)
+        "telemetry 1 h, 600": (
+            "/api/telemetry/",
+            {"node": node, "metrics": "p99_ms,auc", "max_points": "600", **window},
+        ),
     }
 
 

@@ -18,11 +18,10 @@ from controlplane.models import (
     NodeEvent,
     Policy,
     PolicyVersion,
-    TelemetrySample,
 )
 from controlplane.serializer_base import ModelCleanMixin, ModelSerializer
+from controlplane.services import telemetry as telemetry_service
 from controlplane.services.policies import actor_of, save_policy
-from controlplane.services.telemetry import MAX_POINTS
 from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
 
@@ -105,27 +104,11 @@ class PolicyVersionSerializer(ModelSerializer):
         read_only_fields = fields
 
 
-def sample_payload(sample: TelemetrySample) -> dict:
-    """A stored sample in the websocket's telemetry sample shape."""
-    return {
-        "seq": sample.seq,
-        "ts": sample.ts.timestamp(),
-        **{m: getattr(sample, m) for m in TelemetrySample.METRICS},
-        "throttle": sample.throttle,
-        "tables": sample.tables,
-        "cpu_per_core": sample.cpu_per_core,
-    }
-
-
 class NodeListSerializer(serializers.ListSerializer):
     def to_representation(self, data):
-        # One query for the newest samples of the whole page instead of one per node; the
-        # viewset annotates latest_sample_id (an index lookup per node).
+        # One query for the newest samples of the whole page instead of one per node.
         nodes = list(data.all() if hasattr(data, "all") else data)
-        ids = [getattr(n, "latest_sample_id", None) for n in nodes]
-        samples = TelemetrySample.objects.in_bulk([i for i in ids if i is not None])
-        for node, sample_id in zip(nodes, ids, strict=True):
-            node.latest_sample = samples.get(sample_id)
+        telemetry_service.attach_latest_samples(nodes)
         return super().to_representation(nodes)
 
 
@@ -187,15 +170,16 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_latest(self, obj: Node) -> dict | None:
         """What the dashboard shows before the first live event (rank, throttle, CPU included)."""
+        if not hasattr(obj, "latest_sample") and hasattr(obj, "latest_sample_id"):
+            telemetry_service.attach_latest_samples([obj])  # read by the viewset (annotated)
         if hasattr(obj, "latest_sample"):
-            sample = obj.latest_sample
-        else:
-            sample = (
-                obj.samples.filter(resolution_s=0).order_by("-received_at", "-id").first()
-                if obj.pk
-                else None
-            )
-        return None if sample is None else sample_payload(sample)
+            return obj.latest_sample
+        if not obj.pk:
+            return None
+        # a node just created or saved
+        newest = obj.samples.filter(resolution_s=0).order_by("-received_at", "-id")
+        row = newest.values(*telemetry_service.SAMPLE_PAYLOAD_FIELDS).first()
+        return None if row is None else telemetry_service.sample_payload(row)
 
     def create(self, validated_data):
         node = Node(**validated_data)
@@ -338,7 +322,15 @@ class TelemetryQuerySerializer(serializers.Serializer):
         required=False,
         min_value=1,
         max_value=86400,
-        help_text=f"Bucket width; default: the smallest giving at most {MAX_POINTS} points.",
+        help_text="Bucket width in seconds (a 400 if the range would touch more than max_points "
+        "buckets); default: about the range / max_points, so that at most max_points come back.",
+    )
+    max_points = serializers.IntegerField(
+        required=False,
+        min_value=2,
+        max_value=telemetry_service.MAX_POINTS,
+        default=telemetry_service.MAX_POINTS,
+        help_text="The most buckets to return, e.g. a chart's width in pixels.",
     )
     metrics = serializers.CharField(
         required=False,

@@ -273,6 +273,7 @@ class TelemetryViewSet(RoleViewSetMixin, viewsets.GenericViewSet):
                 q["end"],
                 q.get("metrics") or list(protocol_telemetry.SAMPLE_METRICS),
                 q.get("bucket_s"),
+                q["max_points"],
             )
         except telemetry_service.RangeError as exc:
             raise ValidationError({exc.field: [exc.message]}) from None

@@ -20,6 +20,7 @@ from controlplane.models import Alert, Node, NodeAction, NodeEvent, TelemetrySam
 
 log = logging.getLogger(__name__)
 
+# The most time buckets a range query returns, and so the most a client may ask for (max_points).
 MAX_POINTS = 2000
 
 
@@ -30,17 +31,37 @@ class RangeError(ValueError):
 
 
 # The index of a timestamp's time bucket, floor(unix seconds / width), per database: {0} is the
-# timestamp's SQL, the width the one parameter.
+# timestamp's SQL, the width the one parameter. PostgreSQL: date_part's double precision, not
+# extract's numeric, which took the database twice the time over an hour of samples (exact to
+# well under a microsecond at today's Unix times). SQLite: the whole seconds of the stored text
+# ("YYYY-MM-DD HH:MM:SS.ffffff"), as its strftime('%s') rounds 49.999999 s up to 50.
 BUCKET_SQL = {
-    "postgresql": "floor(extract(epoch from {0}) / %s)::bigint",
-    "sqlite": "(CAST(strftime('%%s', {0}) AS INTEGER) / %s)",
+    "postgresql": "floor(date_part('epoch', {0}) / %s)::bigint",
+    "sqlite": "(CAST(strftime('%%s', substr({0}, 1, 19)) AS INTEGER) / %s)",
 }
 
 
+# A float, or null where it is infinite or NaN (JSON has neither): rows stored before the protocol
+# bounded every metric may aggregate to those. (PostgreSQL's NaN equals itself; SQLite stores NaN
+# as null already, and 9e999 is its infinity.)
+FINITE_SQL = {
+    "postgresql": "NULLIF(NULLIF(NULLIF({0}, 'Infinity'), '-Infinity'), 'NaN')",
+    "sqlite": "NULLIF(NULLIF({0}, 9e999), -9e999)",
+}
+
+
+def _vendor_sql(templates: dict[str, str], vendor: str, sql: str) -> str:
+    if vendor not in templates:
+        raise NotSupportedError(f"telemetry range queries are not implemented for {vendor}")
+    return templates[vendor].format(sql)
+
+
 def bucket_sql(vendor: str, timestamp_sql: str) -> str:
-    if vendor not in BUCKET_SQL:
-        raise NotSupportedError(f"time buckets are not implemented for {vendor}")
-    return BUCKET_SQL[vendor].format(timestamp_sql)
+    return _vendor_sql(BUCKET_SQL, vendor, timestamp_sql)
+
+
+def finite_sql(vendor: str, float_sql: str) -> str:
+    return _vendor_sql(FINITE_SQL, vendor, float_sql)
 
 
 class EpochBucket(Func):
@@ -57,64 +78,86 @@ class EpochBucket(Func):
         return bucket_sql(connection.vendor, sql), [*params, self.width]
 
 
+def bucket_count(start_s: float, end_s: float, width: int) -> int:
+    """How many ``width``-second buckets (aligned to the Unix epoch) [start_s, end_s) touches."""
+    return math.ceil(end_s / width) - math.floor(start_s / width)
+
+
+def bucket_width(start: datetime, end: datetime, bucket_s: int | None, max_points: int) -> int:
+    """The bucket width of a range query: ``bucket_s`` if it gives at most ``max_points`` buckets,
+    else RangeError. Without it: span / max_points rounded up, or, when the range touches one
+    bucket more (buckets are aligned to the epoch, so the first and last may be partial), the
+    width of max_points - 1 buckets, which always fits."""
+    start_s, end_s = start.timestamp(), end.timestamp()
+    span = end_s - start_s
+    if span <= 0:
+        raise RangeError("end", "Must be after start.")
+    if not 2 <= max_points <= MAX_POINTS:  # below 2, no width could always fit (see above)
+        raise RangeError("max_points", f"Must be in [2, {MAX_POINTS}].")
+    if bucket_s is not None:
+        if bucket_count(start_s, end_s, bucket_s) > max_points:
+            least = bucket_width(start, end, None, max_points)
+            raise RangeError("bucket_s", f"Over {max_points} points: bucket_s={least} fits.")
+        return bucket_s
+    width = max(1, math.ceil(span / max_points))
+    if bucket_count(start_s, end_s, width) > max_points:
+        # a range touches at most ceil(span / width) + 1 buckets
+        width = math.ceil(span / (max_points - 1))
+    return width
+
+
 def series(
     node: Node,
     start: datetime,
     end: datetime,
     metrics: list[str],
     bucket_s: int | None = None,
+    max_points: int = MAX_POINTS,
 ) -> dict:
     """Average and maximum of each metric per time bucket in [start, end), as columns: ``t``
     (bucket starts, Unix seconds), ``n`` (samples per bucket), ``avg`` and ``max`` (metric ->
     one value per bucket, null where no sample had the metric).
 
-    Without ``bucket_s`` the width is the smallest that yields at most MAX_POINTS buckets.
-    Raises RangeError (with the field it concerns) for a bad range or too many points."""
-    span = (end - start).total_seconds()
-    if span <= 0:
-        raise RangeError("end", "Must be after start.")
-    if bucket_s is None:
-        bucket_s = max(1, math.ceil(span / MAX_POINTS))
-    elif span / bucket_s > MAX_POINTS:
-        least = math.ceil(span / MAX_POINTS)
-        raise RangeError("bucket_s", f"Too many points: use bucket_s >= {least}.")
+    At most ``max_points`` buckets (bucket_width). Raises RangeError (with the field it concerns)
+    for a bad range or too many points."""
+    bucket_s = bucket_width(start, end, bucket_s, max_points)
     unknown = set(metrics).difference(TelemetrySample.METRICS)
     if unknown:  # the names go into the SQL
         raise ValueError(f"not telemetry metrics: {sorted(unknown)}")
     # Columns, not a dict per bucket: a chart's range is up to MAX_POINTS rows, and building,
     # then JSON-encoding, dicts per row cost several times the query. The SQL is written here,
-    # not built by the ORM (which cost more CPU than running it), and every column comes back
-    # as a plain int or float, so the rows are used as the cursor returns them.
+    # not built by the ORM (which cost more CPU than running it), and the database returns every
+    # column ready to send (bucket starts in seconds, infinities and NaN as null), so the
+    # columns are the cursor's rows transposed, with no Python work per value.
     q = connection.ops.quote_name
+    vendor = connection.vendor
+    aggregates = ", ".join(
+        f"{finite_sql(vendor, f'AVG({q(m)})')}, {finite_sql(vendor, f'MAX({q(m)})')}"
+        for m in metrics
+    )
     sql = (
-        f"SELECT {bucket_sql(connection.vendor, q('ts'))}, SUM({q('n_samples')}), "
-        + ", ".join(f"AVG({q(m)}), MAX({q(m)})" for m in metrics)
-        + f" FROM {q(TelemetrySample._meta.db_table)}"
+        f"SELECT {bucket_sql(vendor, q('ts'))} * %s, SUM({q('n_samples')}), {aggregates}"
+        f" FROM {q(TelemetrySample._meta.db_table)}"
         f" WHERE {q('node_id')} = %s AND {q('ts')} >= %s AND {q('ts')} < %s"
         " GROUP BY 1 ORDER BY 1"
     )
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bucket_s, node.pk, adapt(start), adapt(end)])
+        cursor.execute(sql, [bucket_s, bucket_s, node.pk, adapt(start), adapt(end)])
         rows = cursor.fetchall()
-    buckets, n, *values = zip(*rows, strict=True) if rows else [()] * (2 + 2 * len(metrics))
+    columns = zip(*rows, strict=True) if rows else [() for _ in range(2 + 2 * len(metrics))]
+    t, n, *values = map(list, columns)
     return {
         "node": node.name,
         "start": start.timestamp(),
         "end": end.timestamp(),
         "bucket_s": bucket_s,
         "metrics": metrics,
-        "t": [b * bucket_s for b in buckets],
-        "n": list(n),
-        "avg": {m: finite_or_none(v) for m, v in zip(metrics, values[0::2], strict=True)},
-        "max": {m: finite_or_none(v) for m, v in zip(metrics, values[1::2], strict=True)},
+        "t": t,
+        "n": n,
+        "avg": dict(zip(metrics, values[0::2], strict=True)),
+        "max": dict(zip(metrics, values[1::2], strict=True)),
     }
-
-
-def finite_or_none(values) -> list[float | None]:
-    """Rows stored before the protocol bounded every metric may aggregate to inf or NaN: those
-    become null (JSON has neither)."""
-    return [v if v is None or math.isfinite(v) else None for v in values]
 
 
 def _isolated(what: str, node_id: int, step: Callable[[], int]) -> int | None:
@@ -218,6 +261,34 @@ def expire(now: datetime) -> dict[str, int]:
 
 def _delete(rows, node_id: int) -> int:
     return rows.filter(node_id=node_id).delete()[0]
+
+
+# A stored sample in the websocket's telemetry sample shape ("ts" in Unix seconds).
+SAMPLE_PAYLOAD_FIELDS = (
+    "seq",
+    "ts",
+    *TelemetrySample.METRICS,
+    "throttle",
+    "tables",
+    "cpu_per_core",
+)
+
+
+def sample_payload(row: dict) -> dict:
+    """A sample's SAMPLE_PAYLOAD_FIELDS (from ``values()``: no model instance to build) in the
+    websocket's telemetry sample shape."""
+    return {**row, "ts": row["ts"].timestamp()}
+
+
+def attach_latest_samples(nodes: list) -> None:
+    """Set each node's ``latest_sample`` (a sample_payload, or None) from its ``latest_sample_id``,
+    which the node API's queryset annotates (an index lookup per node): one query for all of
+    them, none when no node has a sample."""
+    ids = [n.latest_sample_id for n in nodes if n.latest_sample_id is not None]
+    rows = TelemetrySample.objects.filter(pk__in=ids).values("pk", *SAMPLE_PAYLOAD_FIELDS)
+    payloads = {row.pop("pk"): sample_payload(row) for row in rows} if ids else {}
+    for node in nodes:
+        node.latest_sample = payloads.get(node.latest_sample_id)
 
 
 def latest_samples() -> dict[int, TelemetrySample]:

@@ -4,6 +4,8 @@ shared test mixins in the spirit of NetBox's APIViewTestCases."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from controlplane.models import (
@@ -235,6 +237,35 @@ class TestNodes(CrudCases):
                 f"n-{i}": 10 * count + 1 for i in range(count)
             }
         assert admin.get(f"{self.url}n-0/").data["latest"]["qps"] == 61.0
+
+    def test_detail_reads_the_newest_sample_by_the_annotated_id(
+        self, clients, django_assert_num_queries
+    ):
+        from controlplane.models import TelemetrySample
+        from tests.integration.cp_support import INGEST, sample
+
+        node, token = make_node("edge-1")
+        admin = clients("admin")
+        admin.get("/api/me/")  # the token is verified (and remembered) before queries are counted
+        with django_assert_num_queries(2):  # the node (newest sample id annotated), its overrides
+            assert admin.get(f"{self.url}edge-1/").data["latest"] is None
+        ts = float(int(time.time()) - 10)
+        table = {"user": {"rank": 3, "memory_bytes": 64, "memory_pct": 0.5}}
+        batch = [sample(1, ts - 1, qps=5.0), sample(2, ts, qps=7.0)]
+        batch[1].update(throttle="paused", tables=table, cpu_per_core=[12.5])
+        posted = clients("anonymous")
+        posted.credentials(HTTP_AUTHORIZATION=f"Node {token}")
+        body = {"node": "edge-1", "samples": batch}
+        assert posted.post(INGEST, body, format="json").status_code == 200
+        with django_assert_num_queries(3):  # and the sample by its id
+            latest = admin.get(f"{self.url}edge-1/").data["latest"]
+        payload = ("seq", "ts", *TelemetrySample.METRICS, "throttle", "tables", "cpu_per_core")
+        assert list(latest) == list(payload)  # the websocket's telemetry sample shape
+        assert (latest["seq"], latest["ts"], latest["qps"]) == (2, ts, 7.0)
+        assert latest["throttle"] == "paused" and latest["tables"] == table
+        assert latest["cpu_per_core"] == [12.5]
+        created = admin.post(self.url, self.create_data(), format="json").data
+        assert created["latest"] is None and created["token"]
 
     def test_bad_names_are_field_errors(self, clients):
         response = clients("admin").post(self.url, {"name": "Bad Name"}, format="json")

@@ -189,7 +189,8 @@ def test_range_query_errors_are_field_errors(clients):
     assert "metrics" in viewer.get("/api/telemetry/", params).data
     del params["metrics"], params["bucket_s"]
     auto = viewer.get("/api/telemetry/", params).data
-    assert auto["bucket_s"] == math.ceil(30 * 86400 / telemetry.MAX_POINTS)
+    # 2,000 buckets of 1,296 s from T0 (not a multiple of 1,296 s) would touch 2,001
+    assert auto["bucket_s"] == math.ceil(30 * 86400 / (telemetry.MAX_POINTS - 1))
     params["node"] = "nope"
     assert "node" in viewer.get("/api/telemetry/", params).data
 
@@ -219,3 +220,108 @@ def test_retention_downsamples_old_raw_samples_and_expires_the_oldest():
     assert telemetry.downsample(now)["folded"] == 0  # idempotent: nothing raw is old enough
     later = now + timedelta(days=7)
     assert telemetry.expire(later)["samples"] == 3 and not TelemetrySample.objects.exists()
+
+
+def _range(clients, **params):
+    start = datetime.fromtimestamp(T0, tz=UTC)
+    query = {"node": "edge-1", "start": start.isoformat(), "metrics": "p99_ms"} | params
+    query.setdefault("end", (start + timedelta(seconds=120)).isoformat())
+    return clients("viewer").get("/api/telemetry/", query)
+
+
+def test_max_points_downsamples_to_known_buckets(clients):
+    node, _ = make_node("edge-1")
+    _ingest_series(node, 120)  # p99_ms = 0, 1, ..., 119 one a second from T0
+    # T0 is 40 s past a multiple of 60 and of 40 (86,400 = 40 * 2,160): 30 s buckets would
+    # touch 5 (a partial first and last), so the width is that of 3 buckets.
+    series = _range(clients, max_points=4).json()
+    assert series["bucket_s"] == 40
+    assert series["t"] == [T0, T0 + 40, T0 + 80]
+    assert series["n"] == [40, 40, 40]
+    assert series["avg"]["p99_ms"] == [19.5, 59.5, 99.5]
+    assert series["max"]["p99_ms"] == [39.0, 79.0, 119.0]
+    # 60 buckets of 2 s fit 60 points exactly (T0 is even)
+    assert len(_range(clients, max_points=60).json()["t"]) == 60
+    assert len(_range(clients, max_points=59).json()["t"]) <= 59
+    full = _range(clients).json()  # the default: at most MAX_POINTS, here every second
+    assert full["bucket_s"] == 1 and full["max"]["p99_ms"] == [float(i) for i in range(120)]
+
+
+@pytest.mark.parametrize("seconds", [1, 59, 60, 61, 3599, 3600, 86400, 30 * 86400])
+@pytest.mark.parametrize("max_points", [2, 3, 7, 600, telemetry.MAX_POINTS])
+@pytest.mark.parametrize("offset", [0.0, 0.25, 40.0, 59.5])
+def test_a_range_never_has_more_than_max_points(seconds, max_points, offset):
+    start = datetime.fromtimestamp(T0 + offset, tz=UTC)
+    end = start + timedelta(seconds=seconds)
+    width = telemetry.bucket_width(start, end, None, max_points)
+    assert telemetry.bucket_count(start.timestamp(), end.timestamp(), width) <= max_points
+    # the finest width that can fit, or (a partial bucket too many) that of max_points - 1
+    assert width in {math.ceil(seconds / max_points), math.ceil(seconds / (max_points - 1))}
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "2001", "-3", "2.5", "many", "10" * 30])
+def test_max_points_out_of_bounds_is_a_400(clients, bad):
+    make_node("edge-1")
+    response = _range(clients, max_points=bad)
+    assert response.status_code == 400 and set(response.json()) == {"max_points"}
+
+
+def test_a_bucket_giving_more_than_max_points_is_a_400(clients):
+    make_node("edge-1")
+    response = _range(clients, max_points=10, bucket_s=6)  # 120 s: 20 buckets
+    assert response.status_code == 400
+    # 12 s buckets would touch 11 (T0 is 4 s past a multiple of 12); 14 s ones touch 10
+    assert response.json() == {"bucket_s": ["Over 10 points: bucket_s=14 fits."]}
+    assert _range(clients, max_points=10, bucket_s=14).status_code == 200
+
+
+def test_infinite_and_nan_values_stored_before_the_bounds_read_as_null(clients):
+    node, _ = make_node("edge-1")
+    _ingest_series(node, 20)
+    TelemetrySample.objects.filter(seq__lt=10).update(p99_ms=math.inf)
+    TelemetrySample.objects.filter(seq=15).update(p99_ms=math.nan)
+    series = _range(clients, bucket_s=10).json()  # T0 is a multiple of 10
+    assert series["avg"]["p99_ms"] == [None, None]
+    assert series["max"]["p99_ms"] == [None, None]  # NaN is the largest float to PostgreSQL
+    TelemetrySample.objects.filter(seq=15).update(p99_ms=-math.inf)
+    series = _range(clients, bucket_s=10).json()
+    assert series["max"]["p99_ms"] == [None, 19.0]
+
+
+def test_a_range_query_is_two_queries(clients, django_assert_num_queries):
+    node, _ = make_node("edge-1")
+    _ingest_series(node, 120)
+    viewer = clients("viewer")
+    viewer.get("/api/me/")  # the token is verified (and remembered) before queries are counted
+    with django_assert_num_queries(2):  # the node by name, the buckets
+        assert _range(clients, max_points=30).status_code == 200
+
+
+def test_a_sample_a_microsecond_before_a_bucket_boundary_stays_in_the_earlier_bucket(clients):
+    node, _ = make_node("edge-1")
+    _ingest_series(node, 2, start=T0 + 9.999999)  # T0 is a multiple of 10
+    series = _range(clients, bucket_s=10).json()
+    assert series["t"] == [T0, T0 + 10] and series["n"] == [1, 1]
+
+
+def test_sqlite_buckets_and_nulls_match_postgresqls():
+    """The embedded mode's SQL (SQLite, as Django stores datetimes there) on the cases above."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE s (ts TEXT, v REAL)")
+    rows = [("2026-05-28 20:26:49.999999", 1.0), ("2026-05-28 20:26:50", math.inf)]
+    db.executemany("INSERT INTO s VALUES (?, ?)", rows + [("2026-05-28 20:26:51", -math.inf)])
+    sql = (
+        f"SELECT {telemetry.bucket_sql('sqlite', 'ts')} * ?, COUNT(*),"
+        f" {telemetry.finite_sql('sqlite', 'MAX(v)')}, {telemetry.finite_sql('sqlite', 'MIN(v)')}"
+        " FROM s GROUP BY 1 ORDER BY 1"
+    )
+    # Django's format-style parameters to sqlite3's qmark style, as its SQLite backend does
+    sql = sql.replace("%%", "\0").replace("%s", "?").replace("\0", "%")
+    first = int(datetime(2026, 5, 28, 20, 26, 49, tzinfo=UTC).timestamp())
+    assert db.execute(sql, [1, 1]).fetchall() == [
+        (first, 1, 1.0, 1.0),  # 49.999999 s stays in second 49
+        (first + 1, 1, None, None),
+        (first + 2, 1, None, None),
+    ]
