@@ -196,10 +196,10 @@ def test_4_a_failing_check_of_one_node_is_reported_and_the_others_run(clients, m
             _rows(node, 500.0, now - timedelta(seconds=10 * (3 - i) - 1), 2, seq0=10 * i)
     real = watchdog._check_sla
 
-    def check(node, *args):
-        if node.name == "first":
+    def check(verdicts, *args):
+        if verdicts.node.name == "first":
             raise RuntimeError("bad data")
-        return real(node, *args)
+        return real(verdicts, *args)
 
     monkeypatch.setattr(watchdog, "_check_sla", check)
     report = watchdog.run(now)
