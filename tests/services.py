@@ -102,6 +102,14 @@ def appliance_env(
     return env
 
 
+def node_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment of a node subprocess (``liveupdate node run`` or its Celery worker): this
+    checkout on ``redis_url``, without the plane's database or the embedded broker, and
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")}
+    return {**env, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), **extra}
+
+
 def manage(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
