@@ -355,17 +355,24 @@ PyDoc_STRVAR(build_doc,
              "Fill the index's slots with keys[i] -> i + 1 for n unique keys >= 0 of the index's\n"
              "width; False when they do not fit (the caller retries with twice the buckets).");
 
-static PyObject *build(PyObject *self, PyObject *args) {
+/* The arguments (index, keys_ptr, n) of build and unassign: -1 with an exception set when
+ * they are not. */
+static int parse_index_keys(PyObject *args, Index *ix, const void **keys, Py_ssize_t *n) {
     PyObject *spec, *keys_obj;
+    if (!PyArg_ParseTuple(args, "O!On", &PyTuple_Type, &spec, &keys_obj, n))
+        return -1;
+    if (parse_index(spec, ix) < 0)
+        return -1;
+    *keys = PyLong_AsVoidPtr(keys_obj);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *build(PyObject *self, PyObject *args) {
+    const void *keys;
     Py_ssize_t n;
     Index ix;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!On", &PyTuple_Type, &spec, &keys_obj, &n))
-        return NULL;
-    if (parse_index(spec, &ix) < 0)
-        return NULL;
-    const void *keys = PyLong_AsVoidPtr(keys_obj);
-    if (PyErr_Occurred())
+    if (parse_index_keys(args, &ix, &keys, &n) < 0)
         return NULL;
     int placed;
     Py_BEGIN_ALLOW_THREADS;
@@ -432,16 +439,11 @@ PyDoc_STRVAR(unassign_doc,
              "Remove keys[i] (int64) from the index; returns how many were indexed.");
 
 static PyObject *unassign_keys(PyObject *self, PyObject *args) {
-    PyObject *spec, *keys_obj;
+    const void *keys;
     Py_ssize_t n, removed;
     Index ix;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!On", &PyTuple_Type, &spec, &keys_obj, &n))
-        return NULL;
-    if (parse_index(spec, &ix) < 0)
-        return NULL;
-    const int64_t *keys = PyLong_AsVoidPtr(keys_obj);
-    if (PyErr_Occurred())
+    if (parse_index_keys(args, &ix, &keys, &n) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
     removed = unassign(&ix, keys, n);

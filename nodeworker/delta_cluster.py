@@ -1,7 +1,10 @@
-"""A simulated training cluster feeding a node (the demo's comparison and its hybrid node).
+"""A simulated training cluster feeding a node (the demo's comparison and its hybrid node): the
+node-side plumbing around dlrm_core.experiment.cluster (the cluster's training step, its changed
+rows and the payload with its bytes live there, shared with the experiment) - the real-time
+clock, the policy polling, the sending to the node and the retry.
 
-The cluster trains a full copy of the node's base model (dlrm_core's FullSparseTrainer, sparse
-row gradients) on the same stream the node replays, at the node's pace: batch k is learnt once
+The cluster trains a full copy of the node's base model (``SimulatedCluster``, sparse row
+gradients) on the same stream the node replays, at the node's pace: batch k is learnt once
 the node has served its last event and that event's label has arrived (event count / QPS +
 label delay). It ships to the node's ``apply_delta`` control op, stamped (SyncStamp) with when
 the delta was made and when the newest label it learnt arrived, so the node can report how
@@ -30,12 +33,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from dlrm_core.batch import SparseBatch
-from dlrm_core.experiment.cluster import dense_state
-from dlrm_core.model import DLRM, base_weight
-from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
+from dlrm_core.experiment.cluster import ChangedRows, Payload, SimulatedCluster
+from dlrm_core.model import DLRM
+from dlrm_core.trainer import FullTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +69,6 @@ class ClusterConfig:
         FullTrainConfig(self.optimizer, self.lr_dense, self.lr_sparse)  # validates them
 
 
-def pretrain(model: DLRM, batches: Iterable[SparseBatch], events: int, lr: float = 0.05) -> int:
-    """Train ``model`` (MLPs and rows, Adagrad) on the stream's first ``events`` events; the
-    shared base checkpoint of both demo nodes and the cluster. Returns the events learnt."""
-    trainer = FullSparseTrainer(model, FullTrainConfig("adagrad", lr, lr))
-    seen = 0
-    for batch in batches:
-        if seen >= events:
-            break
-        trainer.step(batch)
-        seen += len(batch)
-    return seen
-
-
 # (deltas, stamp, the MLPs of a rebase or None) -> the node; raises OSError / ControlError
 # when it cannot
 Send = Callable[[dict[str, Any], SyncStamp, dict[str, list] | None], Any]
@@ -94,16 +82,15 @@ class DeltaSyncCluster:
         config: ClusterConfig,
         rebase_period: Callable[[], float | None] = lambda: 0.0,
     ) -> None:
-        self.model = model
         self.send = send
         # the node's applied policy's rebase_period_s (0: delta sync; None: no policy applied
         # yet); raises when the node is down
         self.rebase_period = rebase_period
         self.config = config
-        self.trainer = FullSparseTrainer(
-            model, FullTrainConfig(config.optimizer, config.lr_dense, config.lr_sparse)
-        )
-        self._dirty: dict[str, list[torch.Tensor]] = {n: [] for n in model.config.feature_names}
+        train = FullTrainConfig(config.optimizer, config.lr_dense, config.lr_sparse)
+        self.cluster = SimulatedCluster(model, train, -math.inf, -1)
+        self.changed = ChangedRows(model.config)
+        self.cluster.listeners.append(lambda result, _: self.changed.mark(result))
         self.events = 0
         self.syncs = 0
         self.rebases = 0
@@ -118,7 +105,7 @@ class DeltaSyncCluster:
     def set_rebase_period(self, period_s: float) -> None:
         """Delta rebases every ``period_s`` (0: delta syncs); the MLPs learn only in rebases."""
         self.rebase_period_s = period_s
-        for group in self.trainer.dense_opt.param_groups:
+        for group in self.cluster.trainer.dense_opt.param_groups:
             group["lr"] = self.config.lr_dense if period_s > 0 else 0.0
 
     def poll_policy(self) -> bool:
@@ -144,47 +131,33 @@ class DeltaSyncCluster:
         return self.rebase_period_s if self.rebase_period_s > 0 else self.config.sync_period_s
 
     def learn(self, batch: SparseBatch) -> float:
-        result = self.trainer.step(batch)
-        for name, (ids, _) in result.touched.items():
-            self._dirty[name].append(ids)
+        now = time.time()  # run() learns a batch once its labels exist
+        result = self.cluster.train(batch, now)
         self.events += len(batch)
-        self.trained_until = time.time()  # run() learns a batch once its labels exist
+        self.trained_until = now
         return result.loss
 
-    def deltas(self) -> dict[str, dict[str, list]]:
-        """table -> {"rows": [N ids], "values": [N x D]} of every row changed since the last
-        successful sync or rebase (apply_delta's wire format)."""
-        out = {}
-        for name, parts in self._dirty.items():
-            if not parts:
-                continue
-            ids = torch.unique(torch.cat(parts))
-            weight = base_weight(self.model, name).detach()
-            out[name] = {"rows": ids.tolist(), "values": weight[ids].tolist()}
-        return out
-
     def sync(self) -> int:
-        """Send the changed rows (and in a rebase the MLPs); returns how many rows were sent
-        (0 when the send failed)."""
-        deltas = self.deltas()
-        if not deltas:
+        """Send the rows changed since the last successful sync or rebase (and in a rebase the
+        MLPs); returns how many rows were sent (0 when the send failed)."""
+        taken = self.changed.take()
+        rebase = self.rebase_period_s > 0
+        payload = self.cluster.snapshot(time.time(), taken, mlps=rebase)
+        if not payload.tables:
             return 0
-        mlps = dense_state(self.model) if self.rebase_period_s > 0 else {}
-        dense = {name: value.tolist() for name, value in mlps.items()} or None
+        deltas = apply_delta_rows(payload)
+        dense = {name: value.tolist() for name, value in payload.dense.items()} if rebase else None
         try:
-            self.send(deltas, SyncStamp(time.time(), self.trained_until), dense)
+            self.send(deltas, SyncStamp(payload.snapshot_s, self.trained_until), dense)
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the rows dirty
+            self.changed.put_back(taken)
             self.failed_syncs += 1
             log.warning("delta sync failed (%s); the rows stay dirty for the next one", exc)
             return 0
         sent = sum(len(d["rows"]) for d in deltas.values())
-        dim = self.model.config.embedding_dim
-        size = sent * (8 + 4 * dim) + sum(4 * v.numel() for v in mlps.values())
-        for parts in self._dirty.values():
-            parts.clear()
         self.rows_sent += sent
-        self.bytes_sent += size
-        if dense is None:
+        self.bytes_sent += payload.bytes
+        if not rebase:
             self.syncs += 1
             log.info("delta sync %d: %d rows after %d events", self.syncs, sent, self.events)
         else:
@@ -193,7 +166,7 @@ class DeltaSyncCluster:
                 "delta rebase %d: %d rows + MLPs, %d bytes, after %d events",
                 self.rebases,
                 sent,
-                size,
+                payload.bytes,
                 self.events,
             )
         return sent
@@ -223,3 +196,13 @@ class DeltaSyncCluster:
             self.learn(batch)
         if self.policy_read or self.poll_policy():  # a finite stream (a file) ended
             self.sync()  # ship the last rows
+
+
+def apply_delta_rows(payload: Payload) -> dict[str, dict[str, list]]:
+    """table -> {"rows": [N ids], "values": [N x D]}: a payload of changed rows (never a whole
+    table) in apply_delta's wire format."""
+    out = {}
+    for name, (ids, rows) in payload.tables.items():
+        assert ids is not None  # ChangedRows names rows
+        out[name] = {"rows": ids.tolist(), "values": rows.tolist()}
+    return out

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -100,6 +101,36 @@ def appliance_env(
     if redis_url:
         env["REDIS_URL"] = redis_url
     return env
+
+
+@contextlib.contextmanager
+def appliance_on_new_database(
+    postgres_url: str, redis_url: str, data_dir: Path
+) -> Iterator[Appliance]:
+    """A running appliance on a PostgreSQL database of its own (dropped at the end)."""
+    with temporary_postgres_database(postgres_url) as database_url:
+        env = appliance_env(data_dir, database_url, redis_url)
+        with Appliance(env, data_dir / "server.log") as app:
+            yield app
+
+
+@contextlib.contextmanager
+def chromium(executable_path: str) -> Iterator[Any]:
+    """A headless Chromium (Playwright's Browser) on Debian's executable, closed at the end."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable_path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def node_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment of a node subprocess (``liveupdate node run`` or its Celery worker): this
+    checkout on ``redis_url``, without the plane's database or the embedded broker, and
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")}
+    return {**env, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), **extra}
 
 
 def manage(env: dict[str, str], *args: str) -> str:

@@ -62,6 +62,24 @@ class WatchdogReport:
     failed: list[str] = field(default_factory=list)  # nodes whose check raised (logged)
 
 
+@dataclass(frozen=True)
+class _Verdicts:
+    """Where one node's alerts at ``now`` are raised and resolved, and recorded in ``report``."""
+
+    node: Node
+    now: datetime
+    report: WatchdogReport
+
+    def alert(self, kind: str, severity: str, message: str, details: dict) -> None:
+        _, created = raise_alert(self.node, kind, severity, message, details, self.now)
+        if created:
+            self.report.raised.append(f"{self.node.name}:{kind}")
+
+    def resolve(self, kind: str, reason: str) -> None:
+        if resolve_alerts(self.node, kind, self.now, reason):
+            self.report.resolved.append(f"{self.node.name}:{kind}")
+
+
 def interval_means(
     samples: list[tuple[datetime, float]],
     now: datetime,
@@ -98,34 +116,24 @@ def _recent(now: datetime, width_s: int, count: int) -> dict[int, dict[str, list
     return recent
 
 
-def _check_sla(
-    node: Node,
-    applied: protocol.Policy,
-    means: list[float | None],
-    now: datetime,
-    report: WatchdogReport,
-) -> None:
+def _check_sla(verdicts: _Verdicts, applied: protocol.Policy, means: list[float | None]) -> None:
+    node, now, report = verdicts.node, verdicts.now, verdicts.report
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     sla = applied.sla_p99_ms
     if all(m is not None and m > sla for m in means):
-        alert, created = raise_alert(
-            node,
+        verdicts.alert(
             Alert.Kind.SLA_VIOLATION,
             Alert.Severity.CRITICAL,
             f"P99 over the {sla:g} ms SLA for {count} intervals of {width} s",
             {"sla_p99_ms": sla, "interval_s": width, "p99_ms_per_interval": means},
-            now,
         )
-        if created:
-            report.raised.append(f"{node.name}:{alert.kind}")
         if node.applied_policy is not None:
             reason = f"P99 {means[-1]:.1f} ms over the {sla:g} ms SLA for {count} intervals"
             change = tighten_trainer_qos(node, applied, reason, now)
             _send_changes(node, [change], now, report.tightened)
         return
     if means[-1] is not None and means[-1] <= sla:
-        if resolve_alerts(node, Alert.Kind.SLA_VIOLATION, now, "P99 back within the SLA"):
-            report.resolved.append(f"{node.name}:{Alert.Kind.SLA_VIOLATION}")
+        verdicts.resolve(Alert.Kind.SLA_VIOLATION, "P99 back within the SLA")
     if all(m is not None and m <= sla for m in means):
         reason = f"P99 within the {sla:g} ms SLA for {count} intervals"
         _send_changes(node, [relax_trainer_qos(node, applied, reason)], now, report.relaxed)
@@ -142,32 +150,19 @@ def _send_changes(
         done += made
 
 
-def _check_auc(
-    node: Node,
-    applied: protocol.Policy,
-    means: list[float | None],
-    now: datetime,
-    report: WatchdogReport,
-) -> None:
+def _check_auc(verdicts: _Verdicts, applied: protocol.Policy, means: list[float | None]) -> None:
     floor = applied.auc_floor
     if floor is None:
-        if resolve_alerts(node, Alert.Kind.AUC_DROP, now, "AUC floor removed"):
-            report.resolved.append(f"{node.name}:{Alert.Kind.AUC_DROP}")
-        return
-    if all(m is not None and m < floor for m in means):
-        _, created = raise_alert(
-            node,
+        verdicts.resolve(Alert.Kind.AUC_DROP, "AUC floor removed")
+    elif all(m is not None and m < floor for m in means):
+        verdicts.alert(
             Alert.Kind.AUC_DROP,
             Alert.Severity.WARNING,
             f"AUC under the {floor:g} floor for {len(means)} intervals",
             {"auc_floor": floor, "auc_per_interval": means},
-            now,
         )
-        if created:
-            report.raised.append(f"{node.name}:{Alert.Kind.AUC_DROP}")
     elif means[-1] is not None and means[-1] >= floor:
-        if resolve_alerts(node, Alert.Kind.AUC_DROP, now, "AUC back over the floor"):
-            report.resolved.append(f"{node.name}:{Alert.Kind.AUC_DROP}")
+        verdicts.resolve(Alert.Kind.AUC_DROP, "AUC back over the floor")
 
 
 def _mark_down(node: Node, now: datetime, report: WatchdogReport) -> None:
@@ -176,16 +171,12 @@ def _mark_down(node: Node, now: datetime, report: WatchdogReport) -> None:
     transaction.on_commit(lambda: status.broadcast(events.node_status(node), node_name=node.name))
     assert node.last_seen is not None  # run() picks nodes by last_seen__lt
     silent = (now - node.last_seen).total_seconds()
-    _, created = raise_alert(
-        node,
+    _Verdicts(node, now, report).alert(
         Alert.Kind.NODE_DOWN,
         Alert.Severity.CRITICAL,
         f"No telemetry for {silent:.0f} s",
         {"last_seen": node.last_seen.timestamp()},
-        now,
     )
-    if created:
-        report.raised.append(f"{node.name}:{Alert.Kind.NODE_DOWN}")
 
 
 def _isolated(node: Node, report: WatchdogReport, check: Callable[[], None]) -> None:
@@ -202,10 +193,9 @@ def _check_node(node: Node, series: dict[str, list], now: datetime, report: Watc
     applied = applied_policy(node) or protocol.DEFAULT_POLICY
     width, count = settings.LIVEUPDATE_SLA_INTERVAL_S, settings.LIVEUPDATE_SLA_INTERVALS
     since = node.applied_at
-    _check_sla(
-        node, applied, interval_means(series["p99_ms"], now, width, count, since), now, report
-    )
-    _check_auc(node, applied, interval_means(series["auc"], now, width, count, since), now, report)
+    verdicts = _Verdicts(node, now, report)
+    _check_sla(verdicts, applied, interval_means(series["p99_ms"], now, width, count, since))
+    _check_auc(verdicts, applied, interval_means(series["auc"], now, width, count, since))
 
 
 def _expire_overrides(node: Node, now: datetime, report: WatchdogReport) -> None:

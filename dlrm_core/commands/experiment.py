@@ -215,8 +215,7 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(build_config(args), torch_threads=threads)
         spec, source = open_spec(args)
     except (ValueError, OSError) as exc:
-        print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
-        return 2
+        return command_error("experiment", exc)
     print(_mapping(config, source.num_events), file=sys.stderr)
     tuning = None
     if args.tune:
@@ -227,17 +226,23 @@ def run(args: argparse.Namespace) -> int:
         plan = build_plan(config, args.seeds, args.label_delays, args.sync_periods,
                           args.link_scales)  # fmt: skip
         done = run_plan(spec, source, plan, jobs, config.audit, group_label)
-    except ValueError as exc:
-        print(f"liveupdate experiment: error: {stream_args.one_line(exc)}", file=sys.stderr)
-        return 2
-    except BrokenProcessPool as exc:
-        print(f"liveupdate experiment: error: a worker process died ({exc})", file=sys.stderr)
-        return 1
+    except (ValueError, BrokenProcessPool) as exc:
+        return command_error("experiment", exc)
     results = results_of(plan, done, source.info, tuning)
     write_outputs(results, args.out)
     _print_results(results)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0 if results["audit"]["passed"] is not False else 1
+
+
+def command_error(command: str, exc: Exception) -> int:
+    """Say why ``liveupdate <command>`` failed, on one line; its exit status: 1 when a worker
+    process died, 2 for bad input (a flag, a file, a plan)."""
+    if isinstance(exc, BrokenProcessPool):
+        print(f"liveupdate {command}: error: a worker process died ({exc})", file=sys.stderr)
+        return 1
+    print(f"liveupdate {command}: error: {stream_args.one_line(exc)}", file=sys.stderr)
+    return 2
 
 
 def open_spec(args: argparse.Namespace) -> tuple[StreamSpec, StreamSource]:

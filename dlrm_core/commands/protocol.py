@@ -28,7 +28,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from dlrm_core.commands import experiment, stream_args
+from dlrm_core.commands import experiment
 from dlrm_core.commands.jobs import resolve_jobs
 from dlrm_core.experiment.config import ExperimentConfig
 from dlrm_core.experiment.fleet_config import ROUTINGS
@@ -76,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
         grid = shapes(args.grid_nodes, args.grid_routings)
         plans = {s: _plan(base, s, args) for s in grid}
     except (ValueError, OSError) as exc:
-        print(f"liveupdate protocol: error: {stream_args.one_line(exc)}", file=sys.stderr)
-        return 2
+        return experiment.command_error("protocol", exc)
     combined = {(s, g): cfgs for s, plan in plans.items() for g, cfgs in plan.items()}
     runs = sum(len(c) for c in combined.values())
     print(f"{len(grid)} fleet shapes x {len(args.sync_periods) + 1} sync periods x "
@@ -85,12 +84,8 @@ def run(args: argparse.Namespace) -> int:
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)  # fmt: skip
     try:
         done = experiment.run_plan(spec, source, combined, jobs, base.audit, _label)
-    except ValueError as exc:
-        print(f"liveupdate protocol: error: {stream_args.one_line(exc)}", file=sys.stderr)
-        return 2
-    except BrokenProcessPool as exc:
-        print(f"liveupdate protocol: error: a worker process died ({exc})", file=sys.stderr)
-        return 1
+    except (ValueError, BrokenProcessPool) as exc:
+        return experiment.command_error("protocol", exc)
     out: dict[str, Any] = {
         "schema": SCHEMA, "dataset": source.info,
         "grid": {"shapes": [dataclasses.asdict(s) for s in grid], "seeds": args.seeds,

@@ -1,10 +1,13 @@
-"""The simulated training cluster and the cluster -> node link.
+"""The simulated training cluster and the cluster -> node link: the one home of the cluster's
+model logic, for the experiment (simulated clock) and the demo (nodeworker.delta_cluster, real
+time, shipping to a real node's ``apply_delta``).
 
 The cluster is one DLRM trained continuously (``FullSparseTrainer``, sparse embedding gradients,
-SGD or Adagrad) on
-the labelled events, in stream order, after the same label delay every strategy sees. Sync
-strategies snapshot its parameters into a ``Payload``; the ``Link`` says when that payload lands
-on the node: transfer time = projected bytes / bandwidth.
+SGD or Adagrad) on the labelled events, in stream order, once their labels have arrived.
+``ChangedRows`` tracks the rows its steps changed since they were last taken (a delta sync's or a
+delta rebase's rows); ``SimulatedCluster.snapshot`` copies those rows, and the MLPs unless asked
+not to, into a ``Payload`` with its bytes. In the experiment the ``Link`` says when that payload
+lands on the node: transfer time = projected bytes / bandwidth.
 
 Bytes of a payload: a full table is N * D * 4; a row set is m * (8 + 4 * D) (int64 id plus the
 float32 row); the MLPs are their float32 parameters. Only table bytes are multiplied by the
@@ -15,14 +18,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.config import LinkConfig
-from dlrm_core.model import DLRM, base_weight
+from dlrm_core.model import DLRM, DLRMConfig, base_weight
 from dlrm_core.trainer import FullSparseTrainer, FullStepResult, FullTrainConfig
 
 F32, I64 = 4, 8
@@ -79,6 +82,36 @@ class Payload:
             params = dict(model.named_parameters())
             for name, value in self.dense.items():
                 params[name].copy_(value)
+
+
+class ChangedRows:
+    """The rows of each table the cluster changed since they were last taken (a delta sync's or
+    a delta rebase's payload): one bool per row, so it costs the tables' row counts in bytes
+    however long the rows wait."""
+
+    def __init__(self, config: DLRMConfig) -> None:
+        self.dirty = {
+            name: torch.zeros(n, dtype=torch.bool)
+            for name, n in zip(config.feature_names, config.table_sizes, strict=True)
+        }
+
+    def mark(self, result: FullStepResult) -> None:
+        for name, (ids, _) in result.touched.items():
+            self.dirty[name][ids] = True
+
+    def take(self) -> dict[str, torch.Tensor | None]:
+        """Per table the sorted ids changed since the last take (maybe none); clears them."""
+        out: dict[str, torch.Tensor | None] = {}
+        for name, mask in self.dirty.items():
+            out[name] = torch.nonzero(mask).squeeze(1)
+            mask.zero_()
+        return out
+
+    def put_back(self, taken: dict[str, torch.Tensor | None]) -> None:
+        """Mark ``taken`` changed again (their send failed: they ride with the next one)."""
+        for name, ids in taken.items():
+            if ids is not None:
+                self.dirty[name][ids] = True
 
 
 class Link:
@@ -140,9 +173,12 @@ class SimulatedCluster:
             listener(result, now)
         return result
 
-    def snapshot(self, now: float, rows: dict[str, torch.Tensor | None] | None = None) -> Payload:
+    def snapshot(
+        self, now: float, rows: dict[str, torch.Tensor | None] | None = None, mlps: bool = True
+    ) -> Payload:
         """A payload of the whole model (rows=None) or of the given rows of each table
-        (a table mapped to None ships whole)."""
+        (a table mapped to None ships whole; one with no rows is left out), with the MLPs
+        unless ``mlps`` is False."""
         dim = self.model.config.embedding_dim
         names = self.model.config.feature_names
         wanted: dict[str, torch.Tensor | None] = (
@@ -160,10 +196,25 @@ class SimulatedCluster:
                 nbytes += rows_bytes(int(ids.numel()), dim)
         return Payload(
             tables=tables,
-            dense=dense_state(self.model),
+            dense=dense_state(self.model) if mlps else {},
             table_bytes=nbytes,
-            dense_bytes=dense_bytes(self.model),
+            dense_bytes=dense_bytes(self.model) if mlps else 0,
             snapshot_s=now,
             newest_event_s=self.newest_event_s,
             learnt_until_id=self.learnt_until_id,
         )
+
+
+def pretrain_base(
+    model: DLRM, batches: Iterable[SparseBatch], events: int, lr: float = 0.05
+) -> int:
+    """Train ``model`` (MLPs and rows, Adagrad) on the stream's first ``events`` events: the demo's
+    shared base checkpoint of its nodes and its cluster. Returns the events learnt."""
+    trainer = FullSparseTrainer(model, FullTrainConfig("adagrad", lr, lr))
+    seen = 0
+    for batch in batches:
+        if seen >= events:
+            break
+        trainer.step(batch)
+        seen += len(batch)
+    return seen

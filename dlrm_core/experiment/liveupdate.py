@@ -18,10 +18,16 @@ from typing import Any
 import torch
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster, table_bytes
+from dlrm_core.experiment.cluster import (
+    ChangedRows,
+    Link,
+    Payload,
+    SimulatedCluster,
+    table_bytes,
+)
 from dlrm_core.experiment.config import LiveUpdateParams
 from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
-from dlrm_core.experiment.strategies import ChangedRows, Strategy
+from dlrm_core.experiment.strategies import Strategy
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes

@@ -28,9 +28,15 @@ from dataclasses import dataclass, field
 import torch
 
 from dlrm_core.batch import SparseBatch
-from dlrm_core.experiment.cluster import Link, Payload, SimulatedCluster, table_bytes
+from dlrm_core.experiment.cluster import (
+    ChangedRows,
+    Link,
+    Payload,
+    SimulatedCluster,
+    table_bytes,
+)
 from dlrm_core.experiment.memory import held_tensor_bytes
-from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.model import DLRM
 from dlrm_core.trainer import FullStepResult
 
 
@@ -204,28 +210,6 @@ class FullSync(SyncStrategy):
     """Every period, the whole tables and MLPs."""
 
     name = "full_sync"
-
-
-class ChangedRows:
-    """The rows of each table the cluster changed since they were last taken (a delta sync's or
-    a delta rebase's payload): one bool per row, so it costs the tables' row counts in bits."""
-
-    def __init__(self, config: DLRMConfig) -> None:
-        self.dirty = {
-            name: torch.zeros(n, dtype=torch.bool)
-            for name, n in zip(config.feature_names, config.table_sizes, strict=True)
-        }
-
-    def mark(self, result: FullStepResult) -> None:
-        for name, (ids, _) in result.touched.items():
-            self.dirty[name][ids] = True
-
-    def take(self) -> dict[str, torch.Tensor | None]:
-        out: dict[str, torch.Tensor | None] = {}
-        for name, mask in self.dirty.items():
-            out[name] = torch.nonzero(mask).squeeze(1)
-            mask.zero_()
-        return out
 
 
 class DeltaSync(SyncStrategy):

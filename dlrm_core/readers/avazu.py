@@ -26,6 +26,7 @@ from dlrm_core.readers.base import (
     LineReader,
     ReadOptions,
     Row,
+    check_rows,
     parse_label,
     resolve_table_sizes,
 )
@@ -57,8 +58,7 @@ class AvazuReader(LineReader):
         table_sizes: dict[str, int] | None = None,
     ) -> None:
         super().__init__(path, options)
-        if not 2 <= max_rows <= 2**40:
-            raise ValueError(f"max_rows must be in [2, 2**40], got {max_rows}")
+        check_rows("max_rows", max_rows)
         defaults = {n: SMALL_ROWS if n in SMALL else max_rows for n in SPARSE}
         sizes = resolve_table_sizes(SPARSE, defaults, table_sizes)
         self._schema = StreamSchema(

@@ -15,6 +15,7 @@ the bag ``[0]``. ``request_ids`` are the events' positions in the stream (0, 1, 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator, Sequence
@@ -294,6 +295,24 @@ class LineReader(StreamReader):
         return batch
 
 
+def parse_finite(text: str, reason: str) -> float:
+    """A finite float, or a LineError with ``reason`` and the text's start."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise LineError(reason, repr(text[:40])) from None
+    if not math.isfinite(value):
+        raise LineError(reason, repr(text[:40]))
+    return value
+
+
+def check_rows(name: str, rows: int) -> int:
+    """A table's row count, or a ValueError naming ``name``."""
+    if not 2 <= int(rows) <= 2**40:
+        raise ValueError(f"{name} must be in [2, 2**40], got {rows}")
+    return int(rows)
+
+
 def parse_label(text: str) -> float:
     if text == "0":
         return 0.0
@@ -310,7 +329,5 @@ def resolve_table_sizes(
     for name, n in (overrides or {}).items():
         if name not in sizes:
             raise ValueError(f"table_sizes: unknown feature {name!r}; features are {list(names)}")
-        if not 2 <= int(n) <= 2**40:
-            raise ValueError(f"table_sizes[{name!r}] must be in [2, 2**40], got {n}")
-        sizes[name] = int(n)
+        sizes[name] = check_rows(f"table_sizes[{name!r}]", n)
     return sizes

@@ -25,6 +25,7 @@ from dlrm_core.readers.base import (
     LineReader,
     ReadOptions,
     Row,
+    check_rows,
     parse_label,
     resolve_table_sizes,
 )
@@ -52,8 +53,7 @@ class CriteoReader(LineReader):
         super().__init__(path, options)
         if not 0 < qps <= 1e9:
             raise ValueError(f"qps must be in (0, 1e9], got {qps}")
-        if not 2 <= max_rows <= 2**40:
-            raise ValueError(f"max_rows must be in [2, 2**40], got {max_rows}")
+        check_rows("max_rows", max_rows)
         self.qps = float(qps)
         defaults = {
             name: min(max_rows, max(1024, 4 * card))

@@ -32,7 +32,14 @@ from typing import IO
 
 import numpy as np
 
-from dlrm_core.readers.base import LineError, LineReader, ReadOptions, Row, resolve_table_sizes
+from dlrm_core.readers.base import (
+    LineError,
+    LineReader,
+    ReadOptions,
+    Row,
+    parse_finite,
+    resolve_table_sizes,
+)
 from dlrm_core.readers.timestamps import TimeParser
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
 
@@ -236,13 +243,7 @@ class CsvReader(LineReader):
             if value is None:
                 raise LineError(BAD_LABEL, repr(text[:20]))
             return value
-        try:
-            number = float(text)
-        except ValueError:
-            raise LineError(LABEL_NOT_NUMBER, repr(text[:20])) from None
-        if not math.isfinite(number):
-            raise LineError(LABEL_NOT_NUMBER, repr(text[:20]))
-        return 1.0 if number >= self.label_threshold else 0.0
+        return 1.0 if parse_finite(text, LABEL_NOT_NUMBER) >= self.label_threshold else 0.0
 
     def _dense(self, raw: np.ndarray) -> np.ndarray:
         return np.log1p(np.maximum(raw, 0.0)) if self.dense_log1p else raw
@@ -283,10 +284,4 @@ def _is_number(text: str) -> bool:
 def _dense(text: str) -> float:
     if text.lower() in MISSING_DENSE:
         return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise LineError(DENSE_NOT_NUMBER, repr(text[:20])) from None
-    if not math.isfinite(value):
-        raise LineError(DENSE_NOT_NUMBER, repr(text[:20]))
-    return value
+    return parse_finite(text, DENSE_NOT_NUMBER)

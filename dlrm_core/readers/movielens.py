@@ -40,6 +40,7 @@ from dlrm_core.readers.base import (
     FeatureIds,
     ReadOptions,
     StreamReader,
+    check_rows,
     make_batch,
     open_text,
     resolve_table_sizes,
@@ -80,8 +81,7 @@ class MovieLensReader(StreamReader):
         self.root = root
         if not 0 < positive_min_rating <= 10:
             raise ValueError(f"positive_min_rating must be in (0, 10], got {positive_min_rating}")
-        if not 2 <= max_rows <= 2**40:
-            raise ValueError(f"max_rows must be in [2, 2**40], got {max_rows}")
+        check_rows("max_rows", max_rows)
         self.positive_min_rating = float(positive_min_rating)
         if self.layout == "ml-100k":
             self.genres = tuple(self._vocab("u.genre", split="|"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from dlrm_core.readers.base import LineError
+from dlrm_core.readers.base import LineError, parse_finite
 
 EPOCH_UNITS = {"epoch-s": 1.0, "epoch-ms": 1e-3, "epoch-us": 1e-6, "epoch-ns": 1e-9}
 # (smallest magnitude, seconds per unit), largest first: the auto format's reading of numbers
@@ -55,7 +55,7 @@ class TimeParser:
     def __call__(self, text: str) -> float:
         fmt = self.time_format
         if fmt in EPOCH_UNITS:
-            return _finite(text, NOT_A_NUMBER) * EPOCH_UNITS[fmt]
+            return parse_finite(text, NOT_A_NUMBER) * EPOCH_UNITS[fmt]
         t = self._dates.get(text)
         if t is None:
             t = self._auto(text) if fmt is None else self._pattern(text, fmt)
@@ -84,16 +84,6 @@ class TimeParser:
             raise LineError(NOT_A_NUMBER, repr(text[:40]))
         scale = next(s for least, s in AUTO_EPOCH_SCALES if abs(value) >= least)
         return value * scale
-
-
-def _finite(text: str, reason: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise LineError(reason, repr(text[:40])) from None
-    if not math.isfinite(value):
-        raise LineError(reason, repr(text[:40]))
-    return value
 
 
 def _seconds(t: datetime) -> float:

@@ -44,14 +44,14 @@ def _init(args: argparse.Namespace, source, schema) -> int:
     import torch
 
     from dlrm_core.checkpoint import save_model
+    from dlrm_core.experiment.cluster import pretrain_base
     from dlrm_core.model import DLRM, DLRMConfig
-    from nodeworker.delta_cluster import pretrain
 
     if not 0 <= args.pretrain_events <= 10**8:
         raise SystemExit("liveupdate cluster init: --pretrain-events must be in [0, 1e8]")
     torch.manual_seed(args.seed)
     model = DLRM(DLRMConfig.from_schema(schema))
-    seen = pretrain(model, source, args.pretrain_events) if args.pretrain_events else 0
+    seen = pretrain_base(model, source, args.pretrain_events) if args.pretrain_events else 0
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     partial = args.checkpoint.with_name(args.checkpoint.name + ".partial")
     save_model(partial, model)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests import services
 from tests.browser.dashboard_support import Seeder, results_json
@@ -36,26 +36,20 @@ DELTA_SYNC_SAMPLE = {
 @pytest.fixture(scope="module")
 def live(postgres_url, redis_url, chromium_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
-    with services.temporary_postgres_database(postgres_url) as db:
-        env = services.appliance_env(tmp, db, redis_url)
-        with services.Appliance(env, tmp / "server.log") as app:
-            seed = Seeder(app)
-            suffix = uuid.uuid4().hex[:6]
-            live_policy = seed.policy(f"live-{suffix}", sla_p99_ms=20.0, memory_budget_pct=2.0)
-            base_policy = seed.policy(f"baseline-{suffix}", mode="delta_sync")
-            names = {"live": f"edge-{suffix}", "base": f"base-{suffix}", "idle": f"idle-{suffix}"}
-            seed.node(names["live"], live_policy["id"], TOPOLOGY)
-            seed.node(names["base"], base_policy["id"], TOPOLOGY)
-            seed.node(names["idle"], None, {})
-            seed.history(names["live"], 300)
-            # A delta-sync node as it reports itself: no trainer, no LoRA, no freshness lag.
-            seed.history(names["base"], 300, **DELTA_SYNC_SAMPLE)
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=chromium_path, args=services.CHROMIUM_ARGS
-                )
-                yield {"app": app, "seed": seed, "names": names, "browser": browser, "env": env}
-                browser.close()
+    with services.appliance_on_new_database(postgres_url, redis_url, tmp) as app:
+        seed = Seeder(app)
+        suffix = uuid.uuid4().hex[:6]
+        live_policy = seed.policy(f"live-{suffix}", sla_p99_ms=20.0, memory_budget_pct=2.0)
+        base_policy = seed.policy(f"baseline-{suffix}", mode="delta_sync")
+        names = {"live": f"edge-{suffix}", "base": f"base-{suffix}", "idle": f"idle-{suffix}"}
+        seed.node(names["live"], live_policy["id"], TOPOLOGY)
+        seed.node(names["base"], base_policy["id"], TOPOLOGY)
+        seed.node(names["idle"], None, {})
+        seed.history(names["live"], 300)
+        # A delta-sync node as it reports itself: no trainer, no LoRA, no freshness lag.
+        seed.history(names["base"], 300, **DELTA_SYNC_SAMPLE)
+        with services.chromium(chromium_path) as browser:
+            yield {"app": app, "seed": seed, "names": names, "browser": browser, "env": app.env}
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests import services
 from tests.browser.dashboard_support import Seeder
@@ -33,12 +33,8 @@ def embedded(chromium_path, tmp_path_factory):
                 worker, env=env, cwd=services.ROOT, stdout=log, stderr=subprocess.STDOUT
             )
         try:
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=chromium_path, args=services.CHROMIUM_ARGS
-                )
+            with services.chromium(chromium_path) as browser:
                 yield {"app": app, "seed": Seeder(app), "browser": browser, "tmp": tmp}
-                browser.close()
         finally:
             celery.terminate()
             celery.wait(timeout=30)

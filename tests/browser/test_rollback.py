@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests import services
 from tests.browser.dashboard_support import Seeder
@@ -25,15 +25,9 @@ from tests.integration.test_node_snapshots import base_is_checkpoint_plus_patch
 @pytest.fixture(scope="module")
 def plane(postgres_url, redis_url, chromium_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rollback")
-    with services.temporary_postgres_database(postgres_url) as db:
-        env = services.appliance_env(tmp, db, redis_url)
-        with services.Appliance(env, tmp / "server.log") as app:
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=chromium_path, args=services.CHROMIUM_ARGS
-                )
-                yield {"app": app, "seed": Seeder(app), "browser": browser, "env": env}
-                browser.close()
+    with services.appliance_on_new_database(postgres_url, redis_url, tmp) as app:
+        with services.chromium(chromium_path) as browser:
+            yield {"app": app, "seed": Seeder(app), "browser": browser, "env": app.env}
 
 
 def registered(plane, **policy) -> str:

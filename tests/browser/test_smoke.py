@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests import services
 
 
 @pytest.fixture
 def browser(chromium_path):
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path, args=services.CHROMIUM_ARGS)
+    with services.chromium(chromium_path) as browser:
         yield browser
-        browser.close()
 
 
 def test_dashboard_shell_after_login(browser, tmp_path, artifacts_dir):

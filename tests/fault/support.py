@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -112,12 +114,7 @@ class NodeProcess:
         self.name, self.plane_url, self.token = name, plane_url, token
         self.data_dir = data_dir
         self.wrapper = wrapper  # a command that execs the node's (e.g. in its own mounts)
-        self.env = {
-            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
-            "REDIS_URL": redis_url,
-            "PYTHONPATH": str(services.ROOT),
-            "LIVEUPDATE_DATA_DIR": str(data_dir.parent),
-        }
+        self.env = services.node_env(redis_url, LIVEUPDATE_DATA_DIR=str(data_dir.parent))
         self.process: subprocess.Popen | None = None
         self.runs = 0
         self.url = ""
@@ -216,6 +213,24 @@ class PrivateRedis:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+
+@contextmanager
+def plane_and_node(
+    database_url: str, redis_url: str, tmp_path: Path, prefix: str
+) -> Iterator[tuple[Plane, NodeProcess]]:
+    """A started control plane and a node registered on it as ``<prefix>-<6 hex>`` (not started
+    yet: each test starts it its way); both stopped at the end, the node first."""
+    plane = Plane(database_url, redis_url, tmp_path).start()
+    try:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        node = NodeProcess(name, plane.url, plane.create_node(name), tmp_path / name, redis_url)
+        try:
+            yield plane, node
+        finally:
+            node.stop()
+    finally:
+        plane.stop()
 
 
 def wait_for(predicate, timeout: float, what: str, *processes: NodeProcess) -> None:

@@ -12,8 +12,7 @@ from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.table_factors import import_factors
 from nodeworker.checkpoint_files import REFUSED
 from nodeworker.control_socket import InvalidRequest
-from nodeworker.replayer import requests_of
-from tests.integration.test_node_runtime import STREAM, start_node, train_until
+from tests.integration.test_node_runtime import STREAM, running_node, train_until
 from tests.services import wait_until
 
 
@@ -30,21 +29,16 @@ def user_factors(path) -> LiveEmbedding:
 
 
 def test_a_corrupt_snapshot_is_refused_and_the_previous_one_restored(tmp_path):
-    runtime, stream = start_node(tmp_path, name="t-corrupt")
-    traffic = requests_of(stream, 8)
-    try:
+    with running_node(tmp_path, name="t-corrupt") as (runtime, traffic):
         train_until(runtime, traffic, 200)
         good = runtime.operations.snapshot()
         train_until(runtime, traffic, 400)
         bad = runtime.operations.snapshot()
-    finally:
-        runtime.stop()
     good_dir = runtime.snapshots.root / good["snapshot"]
     saved = user_factors(good_dir / "user_id.factors")
     corrupt(runtime.snapshots.root / bad["snapshot"] / "user_id.factors")
 
-    again, _ = start_node(tmp_path, name="t-corrupt")
-    try:
+    with running_node(tmp_path, name="t-corrupt") as (again, _):
         refused = [e.detail for e in again.events if "refused" in e.detail]
         assert refused and refused[0]["refused"] == bad["snapshot"]
         assert "checksum mismatch" in refused[0]["error"]
@@ -55,14 +49,10 @@ def test_a_corrupt_snapshot_is_refused_and_the_previous_one_restored(tmp_path):
         assert torch.equal(served.ids, saved.ids) and torch.allclose(served.a, saved.A)
         scores, _, _ = again.predict(next(traffic))
         assert bool(torch.isfinite(scores).all())
-    finally:
-        again.stop()
 
 
 def test_a_corrupt_checkpoint_is_refused_and_the_old_version_keeps_serving(tmp_path):
-    runtime, stream = start_node(tmp_path, name="t-badckpt")
-    traffic = requests_of(stream, 8)
-    try:
+    with running_node(tmp_path, name="t-badckpt") as (runtime, traffic):
         train_until(runtime, traffic, 100)
         request = next(traffic)
         before, _, version = runtime.predict(request)
@@ -87,5 +77,3 @@ def test_a_corrupt_checkpoint_is_refused_and_the_old_version_keeps_serving(tmp_p
         after, _, still = runtime.predict(request)
         assert still >= version and bool(torch.isfinite(after).all())
         assert not any(e.kind == "rebase" for e in runtime.events)
-    finally:
-        runtime.stop()

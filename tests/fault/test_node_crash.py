@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import torch
 from celery import Celery
 
 from dlrm_core.checkpoint import read_container
 from dlrm_core.table_factors import FACTORS_FORMAT_VERSION, FACTORS_KIND
-from tests.fault.support import NodeProcess, Plane, assert_exactly_once, wait_for
+from tests.fault.support import Plane, assert_exactly_once, plane_and_node, wait_for
 
 
 def trained(plane: Plane, name: str) -> bool:
@@ -55,10 +54,8 @@ def pending_spool(data_dir) -> list[int]:
 def test_kill_9_mid_training_restores_the_snapshot_and_resends_the_spool(
     fresh_postgres_db, redis_url, tmp_path
 ):
-    plane = Plane(fresh_postgres_db, redis_url, tmp_path).start()
-    name = f"crash-{uuid.uuid4().hex[:6]}"
-    node = NodeProcess(name, plane.url, plane.create_node(name), tmp_path / name, redis_url)
-    try:
+    with plane_and_node(fresh_postgres_db, redis_url, tmp_path, "crash") as (plane, node):
+        name = node.name
         node.start()
         wait_for(lambda: trained(plane, name), 120, "telemetry of a training node", node)
         taken = snapshot(plane, name, redis_url)
@@ -98,18 +95,13 @@ def test_kill_9_mid_training_restores_the_snapshot_and_resends_the_spool(
             for key, value in tensors.items():
                 assert torch.equal(now[table][key], value), f"{table}.{key} differs after restore"
         assert node.predict()["scores"]
-    finally:
-        node.stop()
-        plane.stop()
 
 
 def test_control_plane_outage_is_buffered_and_delivered_exactly_once(
     fresh_postgres_db, redis_url, tmp_path
 ):
-    plane = Plane(fresh_postgres_db, redis_url, tmp_path).start()
-    name = f"outage-{uuid.uuid4().hex[:6]}"
-    node = NodeProcess(name, plane.url, plane.create_node(name), tmp_path / name, redis_url)
-    try:
+    with plane_and_node(fresh_postgres_db, redis_url, tmp_path, "outage") as (plane, node):
+        name = node.name
         node.start(qps=20)
         wait_for(lambda: len(plane.seqs(name)) >= 3, 120, "first telemetry", node)
         plane.stop()
@@ -121,6 +113,3 @@ def test_control_plane_outage_is_buffered_and_delivered_exactly_once(
         wait_for(lambda: set(during) <= set(plane.seqs(name)), 60, "the spooled samples", node)
         wait_for(lambda: plane.seqs(name)[-1] >= max(during) + 2, 30, "live samples again", node)
         assert_exactly_once(plane.seqs(name))
-    finally:
-        node.stop()
-        plane.stop()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
-from tests.fault.support import NodeProcess, Plane, assert_exactly_once, wait_for
+from tests.fault.support import NodeProcess, Plane, assert_exactly_once, plane_and_node, wait_for
 
 
 def stored(plane: Plane, name: str) -> dict[int, list[int]]:
@@ -39,10 +39,8 @@ def stored(plane: Plane, name: str) -> dict[int, list[int]]:
 def test_a_node_restarted_with_an_empty_data_dir_is_stored_in_a_new_epoch(
     fresh_postgres_db, redis_url, tmp_path
 ):
-    plane = Plane(fresh_postgres_db, redis_url, tmp_path).start()
-    name = f"blank-{uuid.uuid4().hex[:6]}"
-    node = NodeProcess(name, plane.url, plane.create_node(name), tmp_path / name, redis_url)
-    try:
+    with plane_and_node(fresh_postgres_db, redis_url, tmp_path, "blank") as (plane, node):
+        name = node.name
         node.start()
         wait_for(lambda: len(plane.seqs(name)) >= 12, 120, "the first run's telemetry", node)
         node.stop()
@@ -64,9 +62,6 @@ def test_a_node_restarted_with_an_empty_data_dir_is_stored_in_a_new_epoch(
         assert after[old_epoch] == before[old_epoch]  # the old epoch's samples are untouched
         assert_exactly_once(after[old_epoch])
         assert_exactly_once(after[new_epoch])  # numbered from 0 again, every one stored
-    finally:
-        node.stop()
-        plane.stop()
 
 
 def own_mount_namespace(spool: Path) -> tuple[str, ...]:

@@ -48,15 +48,6 @@ def wait_gone(pid: int, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def node_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
-        "REDIS_URL": redis_url,
-        "PYTHONPATH": str(services.ROOT),
-        "LIVEUPDATE_DATA_DIR": str(tmp_path),
-    }
-
-
 def test_kill_9_of_the_node_takes_its_celery_worker_down(redis_url, tmp_path):
     name = f"orphan-{uuid.uuid4().hex[:6]}"
     log_path = tmp_path / "node.log"
@@ -65,7 +56,7 @@ def test_kill_9_of_the_node_takes_its_celery_worker_down(redis_url, tmp_path):
     node = subprocess.Popen(
         command,
         cwd=services.ROOT,
-        env=node_env(redis_url, tmp_path),
+        env=services.node_env(redis_url, LIVEUPDATE_DATA_DIR=str(tmp_path)),
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # the clean-up below can reach a surviving worker
@@ -102,7 +93,9 @@ print(got.value)
 
 
 def test_the_parent_death_signal_is_armed(tmp_path):
-    env = {**node_env("redis://127.0.0.1:1/0", tmp_path), "NODE_NAME": "orphan-armed"}
+    env = services.node_env(
+        "redis://127.0.0.1:1/0", LIVEUPDATE_DATA_DIR=str(tmp_path), NODE_NAME="orphan-armed"
+    )
     armed = subprocess.run(
         [sys.executable, "-c", ARMED], cwd=services.ROOT, env=env, capture_output=True, timeout=60
     )
@@ -129,7 +122,9 @@ time.sleep(120)
 
 
 def test_without_the_kernel_signal_the_parent_watch_stops_the_worker(tmp_path):
-    env = {**node_env("redis://127.0.0.1:1/0", tmp_path), "NODE_NAME": "orphan-watch"}
+    env = services.node_env(
+        "redis://127.0.0.1:1/0", LIVEUPDATE_DATA_DIR=str(tmp_path), NODE_NAME="orphan-watch"
+    )
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, CHILD],
         cwd=services.ROOT,

@@ -5,7 +5,6 @@ and forwarding each task over that socket, as on a deployed node."""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,7 @@ def real_node(name: str, tmp_path: Path, redis_url: str) -> Iterator[tuple[NodeR
     sock = f"/tmp/lu-{uuid.uuid4().hex[:8]}.sock"  # AF_UNIX paths max out at 107 bytes
     runtime, stream = start_node(tmp_path, name=name)
     server = ControlServer(sock, runtime.operations).start()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
-        "NODE_NAME": name,
-        "REDIS_URL": redis_url,
-        "NODE_CONTROL_SOCKET": sock,
-        "PYTHONPATH": str(services.ROOT),
-    }
+    env = services.node_env(redis_url, NODE_NAME=name, NODE_CONTROL_SOCKET=sock)
     from nodeworker.replayer import requests_of
 
     try:

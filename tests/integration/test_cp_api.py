@@ -24,6 +24,7 @@ from tests.integration.cp_support import (
     ROLES,
     expected_status,
     make_node,
+    stored_sample,
 )
 
 pytestmark = pytest.mark.django_db
@@ -210,24 +211,13 @@ class TestNodes(CrudCases):
     ):
         from datetime import UTC, datetime
 
-        from controlplane.models import TelemetrySample
-
         admin = clients("admin")
         for count in (2, 6):
             for i in range(count):
                 node = Node.objects.filter(name=f"n-{i}").first() or make_node(f"n-{i}")[0]
                 for seq in (10 * count, 10 * count + 1):
-                    TelemetrySample.objects.create(
-                        node=node,
-                        seq=seq,
-                        ts=datetime.fromtimestamp(1_780_000_000 + seq, tz=UTC),
-                        qps=float(seq),
-                        memory_overhead_bytes=1.0,
-                        memory_overhead_pct=1.0,
-                        trainer_samples_per_s=1.0,
-                        trainer_duty=0.5,
-                        throttle="running",
-                    )
+                    at = datetime.fromtimestamp(1_780_000_000 + seq, tz=UTC)
+                    stored_sample(node, seq, at, qps=float(seq)).save()
             # the token and the user's groups, the count, the page, its overrides, the newest
             # samples: the same six for 2 nodes as for 6
             with django_assert_max_num_queries(6):

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from controlplane.models import ModelCheckpoint, NodeAction, Policy, PolicyOverride
+from controlplane.models import ModelCheckpoint, NodeAction, Policy
 from controlplane.services import actions, desired
-from tests.integration.cp_support import INGEST, sample
+from tests.integration.cp_support import INGEST, duty_cut, sample
 
 pytestmark = pytest.mark.django_db
 
@@ -31,14 +31,7 @@ def test_a_node_that_lost_its_policy_and_base_is_sent_both_again(clients, sent_t
     actions.request_action(node, "apply_policy", actor="user:ops", policy=policy)
     # an edit saved since but not applied: the node is never sent it
     Policy.objects.filter(pk=policy.pk).update(version=4, max_trainer_duty=0.1)
-    PolicyOverride.objects.create(  # the watchdog's cut goes back with the policy
-        node=node,
-        field="max_trainer_duty",
-        value=0.2,
-        reason="P99 over the SLA",
-        since=timezone.now(),
-        expires_at=timezone.now() + timedelta(hours=1),
-    )
+    duty_cut(node, 0.2)  # the watchdog's cut goes back with the policy
     checkpoint = ModelCheckpoint.objects.create(name="base-2", location="/x", checksum=CHECKSUM)
     actions.request_action(node, "rebase", actor="user:ops", checkpoint=checkpoint)
     NodeAction.objects.update(created=timezone.now() - timedelta(minutes=5))  # not "recent"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import timedelta
 
 import pytest
 from django.test import override_settings
@@ -15,8 +14,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from controlplane.models import Alert, Policy, PolicyOverride
-from tests.integration.cp_support import INGEST, make_node, sample
+from controlplane.models import Alert, Policy
+from tests.integration.cp_support import INGEST, duty_cut, make_node, sample
 from tests.services import ROOT
 
 pytestmark = pytest.mark.django_db
@@ -69,14 +68,7 @@ def fleet() -> dict[str, dict]:
         message="AUC under the baseline",
         raised_at=timezone.now(),
     )
-    PolicyOverride.objects.create(
-        node=live,
-        field="max_trainer_duty",
-        value=0.25,
-        reason="P99 over the SLA",
-        since=timezone.now(),
-        expires_at=timezone.now() + timedelta(hours=1),
-    )
+    duty_cut(live, 0.25)
     response = APIClient().get("/metrics")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")

@@ -17,7 +17,7 @@ from controlplane.models import Alert, Node, TelemetrySample
 from controlplane.services import ingest, watchdog
 from controlplane.services import telemetry as telemetry_service
 from nodeworker.protocol import telemetry as protocol_telemetry
-from tests.integration.cp_support import INGEST, make_node, sample
+from tests.integration.cp_support import INGEST, feed, make_node, sample
 
 pytestmark = pytest.mark.django_db
 
@@ -144,40 +144,22 @@ def test_18_unknown_fields_are_neither_stored_nor_broadcast(clients, monkeypatch
     assert telemetry_event("n", protocol_telemetry.clean_sample(junky), 1).sample == event["sample"]
 
 
-def _rows(node: Node, p99: float, at: datetime, count: int, seq0: int = 0) -> None:
-    TelemetrySample.objects.bulk_create(
-        TelemetrySample(
-            node=node,
-            seq=seq0 + i,
-            ts=at + timedelta(seconds=i),
-            qps=1.0,
-            p99_ms=p99,
-            memory_overhead_bytes=0.0,
-            memory_overhead_pct=0.0,
-            trainer_samples_per_s=0.0,
-            trainer_duty=0.5,
-            throttle="running",
-        )
-        for i in range(count)
-    )
-
-
 def test_4_one_nodes_overflowing_rows_stop_neither_the_watchdog_nor_retention(clients):
     """Rows from before the bounds (the migration clamps them; inserted here as they were)."""
     bad, _ = make_node("overflowing")
     good, _ = make_node("breaching")
     now = timezone.now()
     for i in range(3):  # both nodes over the SLA in each of the last 3 intervals
-        at = now - timedelta(seconds=10 * (3 - i) - 1)
-        _rows(bad, 1e308, at, 2, seq0=10 * i)
-        _rows(good, 500.0, at, 2, seq0=10 * i)
+        end = now - timedelta(seconds=10 * (3 - i))
+        feed(bad, [1e308] * 2, end)
+        feed(good, [500.0] * 2, end)
     report = watchdog.run(now)
     assert "breaching:sla_violation" in report.raised
     assert Alert.objects.filter(node=good, kind="sla_violation").exists()
 
     old = now - timedelta(days=3)
-    _rows(bad, 1e308, old, 2, seq0=1000)
-    _rows(good, 5.0, old, 2, seq0=1000)
+    feed(bad, [1e308] * 2, old)
+    feed(good, [5.0] * 2, old)
     result = telemetry_service.downsample(now)
     assert result["folded"] >= 2  # the good node's old rows, whatever the other's did
     assert not TelemetrySample.objects.filter(
@@ -193,13 +175,13 @@ def test_4_a_failing_check_of_one_node_is_reported_and_the_others_run(clients, m
     now = timezone.now()
     for node in (first, second):
         for i in range(3):
-            _rows(node, 500.0, now - timedelta(seconds=10 * (3 - i) - 1), 2, seq0=10 * i)
+            feed(node, [500.0] * 2, now - timedelta(seconds=10 * (3 - i)))
     real = watchdog._check_sla
 
-    def check(node, *args):
-        if node.name == "first":
+    def check(verdicts, *args):
+        if verdicts.node.name == "first":
             raise RuntimeError("bad data")
-        return real(node, *args)
+        return real(verdicts, *args)
 
     monkeypatch.setattr(watchdog, "_check_sla", check)
     report = watchdog.run(now)
@@ -208,7 +190,7 @@ def test_4_a_failing_check_of_one_node_is_reported_and_the_others_run(clients, m
 
 def test_4_non_finite_aggregates_are_null_in_range_queries(clients):
     node = clients.node
-    _rows(node, float("inf"), timezone.now() - timedelta(seconds=30), 2)
+    feed(node, [float("inf")] * 2, timezone.now() - timedelta(seconds=29))
     start, end = timezone.now() - timedelta(minutes=5), timezone.now()
     series = telemetry_service.series(node, start, end, ["p99_ms"], 60)
     assert None in series["avg"]["p99_ms"] and all(

@@ -12,8 +12,7 @@ from django.test import override_settings
 from controlplane.models import Alert, Node, NodeAction, Policy, PolicyVersion
 from controlplane.services import actions, rollback
 from controlplane.services.policies import save_policy
-from tests.integration.cp_support import make_node
-from tests.integration.test_cp_watchdog import feed
+from tests.integration.cp_support import feed, make_node
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)

@@ -19,6 +19,7 @@ from tests.integration.cp_support import (
     ROLES,
     make_node,
     sample,
+    stored_sample,
 )
 
 pytestmark = pytest.mark.django_db
@@ -109,17 +110,11 @@ def test_a_node_reporting_again_resolves_its_node_down_alert():
 def _ingest_series(node: Node, seconds: int, start: float = T0) -> None:
     """One sample per second; p99 rises by 1 ms per second, so bucket stats are predictable."""
     rows = [
-        TelemetrySample(
-            node=node,
-            seq=i,
-            ts=datetime.fromtimestamp(start + i, tz=UTC),
-            qps=100.0,
+        stored_sample(
+            node,
+            i,
+            datetime.fromtimestamp(start + i, tz=UTC),
             p99_ms=float(i),
-            memory_overhead_bytes=1.0,
-            memory_overhead_pct=1.0,
-            trainer_samples_per_s=10.0,
-            trainer_duty=0.5,
-            throttle="running",
             tables={"user": {"rank": i % 8, "memory_bytes": 64, "memory_pct": 1.0}},
         )
         for i in range(seconds)

@@ -11,7 +11,7 @@ from django.test import override_settings
 from controlplane.models import Alert, ModelCheckpoint, Node, NodeAction, Policy, TelemetrySample
 from controlplane.services import actions, rollout, watchdog
 from controlplane.services.policies import MIN_TRAINER_DUTY, save_policy
-from tests.integration.cp_support import make_node
+from tests.integration.cp_support import feed, make_node
 
 pytestmark = [
     pytest.mark.django_db,
@@ -21,35 +21,6 @@ NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 SLA = override_settings(
     LIVEUPDATE_SLA_INTERVAL_S=10, LIVEUPDATE_SLA_INTERVALS=3, LIVEUPDATE_NODE_DOWN_S=30
 )
-
-
-def feed(
-    node: Node, p99: list[float], end: datetime, auc: float | list[float] | None = 0.75
-) -> None:
-    """One sample per second ending at ``end`` with the given P99 values (oldest first); ``auc``
-    one value for all, or one per sample."""
-    aucs = auc if isinstance(auc, list) else [auc] * len(p99)
-    last = TelemetrySample.objects.filter(node=node).order_by("-seq").first()
-    seq0 = last.seq + 1 if last else 0
-    start = end - timedelta(seconds=len(p99) - 1)
-    TelemetrySample.objects.bulk_create(
-        TelemetrySample(
-            node=node,
-            seq=seq0 + i,
-            ts=start + timedelta(seconds=i),
-            qps=100.0,
-            p99_ms=value,
-            auc=aucs[i],
-            memory_overhead_bytes=1.0,
-            memory_overhead_pct=1.0,
-            trainer_samples_per_s=10.0,
-            trainer_duty=0.5,
-            throttle="running",
-        )
-        for i, value in enumerate(p99)
-    )
-    node.status, node.last_seen = Node.Status.ONLINE, end
-    node.save(update_fields=["status", "last_seen"])
 
 
 def node_with_policy(name="edge-1", applied_at=NOW - timedelta(minutes=5), **fields) -> Node:

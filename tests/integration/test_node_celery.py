@@ -87,13 +87,7 @@ def test_control_task_delivered_to_the_node_queue_by_a_real_worker(redis_url, tm
     sock = f"/tmp/lu-{uuid.uuid4().hex[:8]}.sock"  # short: AF_UNIX paths max out at 107 bytes
     target = Recorder()
     server = ControlServer(sock, target).start()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
-        "NODE_NAME": name,
-        "REDIS_URL": redis_url,
-        "NODE_CONTROL_SOCKET": sock,
-        "PYTHONPATH": str(services.ROOT),
-    }
+    env = services.node_env(redis_url, NODE_NAME=name, NODE_CONTROL_SOCKET=sock)
     client = Celery("test-plane", broker=redis_url, backend=redis_url)
     other = protocol.node_queue(f"other-{uuid.uuid4().hex[:6]}")
     try:

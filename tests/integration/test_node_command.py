@@ -22,12 +22,7 @@ def test_node_run_reports_telemetry_and_obeys_a_control_task(redis_url, tmp_path
     plane = Plane()
     plane.up()
     name = f"cli-{uuid.uuid4().hex[:6]}"
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
-        "REDIS_URL": redis_url,
-        "PYTHONPATH": str(services.ROOT),
-        "LIVEUPDATE_DATA_DIR": str(tmp_path),
-    }
+    env = services.node_env(redis_url, LIVEUPDATE_DATA_DIR=str(tmp_path))
     log = (tmp_path / "node.log").open("w")
     node = subprocess.Popen(
         [
@@ -105,19 +100,17 @@ def test_the_node_worker_starts_the_runtime_itself(redis_url, tmp_path):
     plane = Plane()
     plane.up()
     name = f"wrk-{uuid.uuid4().hex[:6]}"
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NODE_BROKER_URL")},
-        "REDIS_URL": redis_url,
-        "PYTHONPATH": str(services.ROOT),
-        "LIVEUPDATE_DATA_DIR": str(tmp_path),
-        "NODE_RUNTIME": "1",
-        "NODE_NAME": name,
-        "NODE_REPLAY": "synthetic",
-        "NODE_QPS": "30",
-        "NODE_SLA_MS": "5000",
-        "NODE_CONTROL_PLANE": plane.url,
-        "NODE_TOKEN": TOKEN,
-    }
+    env = services.node_env(
+        redis_url,
+        LIVEUPDATE_DATA_DIR=str(tmp_path),
+        NODE_RUNTIME="1",
+        NODE_NAME=name,
+        NODE_REPLAY="synthetic",
+        NODE_QPS="30",
+        NODE_SLA_MS="5000",
+        NODE_CONTROL_PLANE=plane.url,
+        NODE_TOKEN=TOKEN,
+    )
     client = Celery("test-plane", broker=redis_url, backend=redis_url)
     try:
         with services.celery_worker(

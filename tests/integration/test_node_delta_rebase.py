@@ -14,9 +14,8 @@ from dlrm_core.checkpoint import load_model
 from dlrm_core.experiment.cluster import dense_state
 from dlrm_core.model import DLRM, base_weight
 from nodeworker.control_socket import InvalidRequest
-from nodeworker.replayer import requests_of
 from nodeworker.runtime import NodeRuntime
-from tests.integration.test_node_runtime import start_node, train_until
+from tests.integration.test_node_runtime import running_node, train_until
 from tests.services import wait_until
 
 TABLE = "item_id"
@@ -25,9 +24,8 @@ UNTRAINED = "ctx_1"  # a small table the trainer does not correct
 
 @pytest.fixture
 def node(tmp_path):
-    runtime, stream = start_node(tmp_path)
-    yield runtime, requests_of(stream, 8)
-    runtime.stop()
+    with running_node(tmp_path) as node:
+        yield node
 
 
 def served_rows(runtime: NodeRuntime, table: str, ids: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,11 @@ from dlrm_core.checkpoint import save_model
 from dlrm_core.model import DLRM
 from nodeworker.node_state import APPLIED_FILE
 from nodeworker.protocol import telemetry as protocol_telemetry
-from nodeworker.replayer import requests_of
-from tests.integration.test_node_runtime import start_node, train_until
+from tests.integration.test_node_runtime import running_node, train_until
 
 
 def test_a_restarted_node_comes_back_into_its_policy_override_and_rebase(tmp_path):
-    runtime, stream = start_node(tmp_path, name="t-restart")
-    try:
+    with running_node(tmp_path, name="t-restart") as (runtime, traffic):
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
         result = runtime.operations.apply_policy(
             {"r_max": 3, "sla_p99_ms": 4500.0, "max_trainer_duty": 0.8},
@@ -35,14 +33,11 @@ def test_a_restarted_node_comes_back_into_its_policy_override_and_rebase(tmp_pat
         wire = {"name": "newer", "location": str(tmp_path / "newer.ckpt"), "checksum": digest}
         runtime.operations.rebase(wire)
         assert runtime.running_state() == protocol_telemetry.RunningState(7, f"sha256:{digest}")
-        train_until(runtime, requests_of(stream, 8), 300)
+        train_until(runtime, traffic, 300)
         snap = runtime.operations.snapshot()  # taken on the new base
         policy = runtime.state.policy
-    finally:
-        runtime.stop()
 
-    again, _ = start_node(tmp_path, name="t-restart")
-    try:
+    with running_node(tmp_path, name="t-restart") as (again, _):
         assert again.running_state() == protocol_telemetry.RunningState(7, f"sha256:{digest}")
         assert again.state.policy == policy and policy.r_max == 3
         assert policy.max_trainer_duty == 0.2  # in force: the stricter of policy and override
@@ -58,8 +53,6 @@ def test_a_restarted_node_comes_back_into_its_policy_override_and_rebase(tmp_pat
         served = again.inference.model.over_arch.state_dict()
         for key, value in newer.over_arch.state_dict().items():
             assert torch.equal(served[key], value), key
-    finally:
-        again.stop()
 
 
 def test_a_saved_state_that_no_longer_fits_is_ignored(tmp_path):
@@ -75,18 +68,12 @@ def test_a_saved_state_that_no_longer_fits_is_ignored(tmp_path):
             }
         )
     )
-    runtime, _ = start_node(tmp_path, name="t-stale", trainer=False)
-    try:
+    with running_node(tmp_path, name="t-stale", trainer=False) as (runtime, _):
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
         assert runtime.state.checkpoint == str(tmp_path / "base.ckpt")
         assert runtime.state.policy.sla_p99_ms == 5000.0  # the start-up policy
-    finally:
-        runtime.stop()
     applied.write_text("{not json")  # a torn or foreign file
-    runtime, _ = start_node(tmp_path, name="t-stale", trainer=False)
-    try:
+    with running_node(tmp_path, name="t-stale", trainer=False) as (runtime, _):
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
         runtime.operations.apply_policy({"r_max": 2}, "p", 4)  # and the next apply rewrites it
         assert json.loads(applied.read_text())["policy_version"] == 4
-    finally:
-        runtime.stop()

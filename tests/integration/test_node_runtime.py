@@ -3,9 +3,11 @@ requests and publishes factor versions that inference installs; control ops; cra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -57,6 +59,16 @@ def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, Synth
     return runtime, stream
 
 
+@contextlib.contextmanager
+def running_node(tmp_path, name="t-node", **overrides) -> Iterator[tuple[NodeRuntime, Iterator]]:
+    """start_node's runtime with its stream's requests of 8 rows; stopped at the end."""
+    runtime, stream = start_node(tmp_path, name, **overrides)
+    try:
+        yield runtime, requests_of(stream, 8)
+    finally:
+        runtime.stop()
+
+
 def serve_and_label(runtime: NodeRuntime, traffic, n: int) -> None:
     """n requests of 8 rows, each row's logged label sent back at once."""
     for _ in range(n):
@@ -79,10 +91,9 @@ def train_until(runtime: NodeRuntime, traffic, samples: int, timeout: float = 15
 @pytest.fixture
 def node(tmp_path):
     before = os.sched_getaffinity(0)
-    runtime, stream = start_node(tmp_path)
-    assert os.sched_getaffinity(0) == set(runtime.state.plan.inference_cpus)
-    yield runtime, requests_of(stream, 8)
-    runtime.stop()
+    with running_node(tmp_path) as (runtime, traffic):
+        assert os.sched_getaffinity(0) == set(runtime.state.plan.inference_cpus)
+        yield runtime, traffic
     assert os.sched_getaffinity(0) == before  # the pinning does not leak into other tests
 
 
@@ -217,9 +228,7 @@ def test_control_ops(node, tmp_path):
 
 
 def test_a_node_without_trainer_joins_for_its_quality_metrics(tmp_path):
-    runtime, stream = start_node(tmp_path, name="t-solo", trainer=False)
-    try:
-        traffic = requests_of(stream, 8)
+    with running_node(tmp_path, name="t-solo", trainer=False) as (runtime, traffic):
         serve_and_label(runtime, traffic, 50)
         wait_until(lambda: runtime.operations.feed_counts().get("joined") == 400, 10, "the join")
         snapshot = runtime.telemetry_snapshot()
@@ -229,14 +238,10 @@ def test_a_node_without_trainer_joins_for_its_quality_metrics(tmp_path):
         runtime.operations.rebase({"location": str(tmp_path / "base.ckpt")})
         serve_and_label(runtime, traffic, 10)  # the join goes on after a rebase
         wait_until(lambda: runtime.operations.feed_counts().get("joined") == 480, 10, "the join")
-    finally:
-        runtime.stop()
 
 
 def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
-    runtime, stream = start_node(tmp_path, name="t-crash")
-    traffic = requests_of(stream, 8)
-    try:
+    with running_node(tmp_path, name="t-crash") as (runtime, traffic):
         train_until(runtime, traffic, 300)
         snap = runtime.operations.snapshot()
         directory = runtime.snapshots.root / snap["snapshot"]
@@ -258,15 +263,10 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
             30,
             "the new trainer's join",
         )
-    finally:
-        runtime.stop()
     stale = tmp_path / "shm" / f"liveupdate-t-crash-{dead_pid}"  # as a kill -9 leaves it
     stale.mkdir()
-    again, _ = start_node(tmp_path, name="t-crash")
-    assert not stale.exists()
-    try:
+    with running_node(tmp_path, name="t-crash") as (again, _):
+        assert not stale.exists()
         wait_until(lambda: again.shared.version > 0, 30, "the restored version after restart")
         assert torch.equal(again.shared.read().tables["user_id"].ids, saved.ids)
         assert any(e.kind == "snapshot" and "restored" in e.detail for e in again.events)
-    finally:
-        again.stop()

@@ -21,7 +21,7 @@ from nodeworker.control_socket import InvalidRequest
 from nodeworker.snapshots import read_patch
 from tests.integration.cp_support import make_node
 from tests.integration.node_support import corrupt_base, real_node, trained_snapshot
-from tests.integration.test_node_runtime import serve_and_label, start_node
+from tests.integration.test_node_runtime import running_node, serve_and_label
 from tests.services import wait_until
 
 
@@ -40,11 +40,7 @@ def base_is_checkpoint_plus_patch(runtime, snapshot: str | None) -> bool:
 
 
 def test_snapshots_are_listed_and_restored(tmp_path):
-    from nodeworker.replayer import requests_of
-
-    runtime, stream = start_node(tmp_path)
-    traffic = requests_of(stream, 8)
-    try:
+    with running_node(tmp_path) as (runtime, traffic):
         first = trained_snapshot(runtime, traffic, 300)
         second = trained_snapshot(runtime, traffic, runtime.metrics.trained_samples + 100)
         listing = runtime.operations.list_snapshots()
@@ -81,8 +77,6 @@ def test_snapshots_are_listed_and_restored(tmp_path):
         with pytest.raises(InvalidRequest) as missing:
             runtime.operations.restore_snapshot("snap-1")
         assert missing.value.fields == {"name": "No such snapshot on this node."}
-    finally:
-        runtime.stop()
 
 
 def ingest_window(node: Node, runtime, seq: int) -> int:
