@@ -58,6 +58,9 @@ class TrainerConfig:
     # keep the newest published version in the trainer's store (for an in-process reader);
     # its copies then take their share of each table's budget
     keep_published: bool = False
+    # on a node: the bytes of its serving index's keys (4 or 8; 0 elsewhere). Each table's
+    # budget then also holds the node's copies outside the trainer (row_budget.node_copy_bytes)
+    node_key_bytes: int = 0
     # False: no LabelJoin (serve / feedback / train_ready) and no FactorStore; the caller
     # joins labels itself, calls train_step and takes publish()'s versions (a node's trainer)
     in_process_join: bool = True
@@ -125,14 +128,20 @@ class LiveTrainer:
             nbytes = weight.numel() * weight.element_size()
             given = budgets.get(name) if budgets else None
             budget = int(nbytes * config.budget_fraction) if given is None else int(given)
-            if budget < min_budget_bytes(config.policy, int(weight.shape[1])):
+            floor = min_budget_bytes(config.policy, int(weight.shape[1]), config.node_key_bytes)
+            if budget < floor:
                 self.skipped_tables.append(name)
             else:
                 budget_of[name] = budget
         self.lives = attach_live_embeddings(model.sparse_arch, list(budget_of), config.live)
         self.controllers = {
             name: RankController(
-                live, name, config.policy, budget_of[name], published_copy=config.keep_published
+                live,
+                name,
+                config.policy,
+                budget_of[name],
+                published_copy=config.keep_published,
+                node_key_bytes=config.node_key_bytes,
             )
             for name, live in self.lives.items()
         }
@@ -147,7 +156,6 @@ class LiveTrainer:
             self._store = store or FactorStore()
         self.stats = TrainerStats()
         self._replay: deque[list] = deque(maxlen=config.replay_window)  # [batch, uses]
-        self._events_seen = {name: 0 for name in self.lives}
         self._now = 0.0  # newest stream time trained on
 
     @property
@@ -320,11 +328,12 @@ class LiveTrainer:
         return {name: live.rank for name, live in self.lives.items()}
 
     def drain_events(self) -> list[RankEvent]:
-        """Rank changes and prunes since the last call, oldest first."""
+        """Rank changes and prunes since the last call, oldest first; the controllers keep
+        none of them (a node drains them for days: a list kept whole would grow forever)."""
         out: list[RankEvent] = []
-        for name, ctl in self.controllers.items():
-            out.extend(ctl.events[self._events_seen[name] :])
-            self._events_seen[name] = len(ctl.events)
+        for ctl in self.controllers.values():
+            out.extend(ctl.events)
+            ctl.events.clear()
         return sorted(out, key=lambda e: e.timestamp)
 
 

@@ -12,7 +12,10 @@ inference is not reading, bumping that slot's sequence number to odd before and 
 then flips ``current``. A reader copies the current slot and keeps the copy only if the slot's
 sequence was even and unchanged across the copy, so it gets one whole version, never a mix.
 (Stores and loads of the int64 header are ordered on x86-64 (TSO), the only target here.)
-The files are sparse: only the bytes a version actually uses occupy memory.
+The files are sparse: only the bytes a version actually uses occupy memory. The writer gives
+back (MADV_REMOVE) the pages of a slot past what the version it writes there uses, so a slot
+holds one version's bytes, never the most any version ever used (held_bytes measures them;
+the trainer's budget plans for them, see row_budget.node_copy_bytes).
 
 A version holds each table's factors and, built by the writer (the trainer, on its own cpus),
 the same version in serving layout: the ServingDelta's groups (hash index slots, A with its zero
@@ -33,9 +36,10 @@ from torch import nn
 from dlrm_core import hugepages
 from dlrm_core.hash_index import BUCKET, CuckooIndex
 from dlrm_core.model import DLRM, base_bag
-from dlrm_core.row_budget import row_bytes
+from dlrm_core.row_budget import PAGE, row_bytes
 from dlrm_core.serving import RankGroup, ServingDelta
 from dlrm_core.table_factors import TableFactors
+from nodeworker.slot_pages import allocated, give_back, layout_bytes
 
 
 def _map(path: Path, nbytes: int, shared: bool) -> torch.Tensor:
@@ -92,9 +96,15 @@ class TableCapacity:
         return TableCapacity(rows, max(1, budget_bytes // 4), min(max_rank, dim), dim)
 
     @property
+    def regions(self) -> tuple[int, int, int]:
+        """Bytes of a slot's ids, A and B, each rounded up to whole pages: every region starts
+        on a page, so a version that uses L bytes of it holds at most L + 1 page of it."""
+        raw = (8 * self.rows, 4 * self.a_floats, 4 * self.rank * self.dim)
+        return tuple(_paged(n) for n in raw)  # type: ignore[return-value]
+
+    @property
     def slot_bytes(self) -> int:
-        raw = 8 * self.rows + 4 * self.a_floats + 4 * self.rank * self.dim
-        return -(-raw // 8) * 8  # the next slot's int64 ids must stay 8-byte aligned
+        return sum(self.regions)
 
 
 # header (int64): current, then per slot: seq, version; per slot per table: n, r; per slot: aux;
@@ -103,6 +113,10 @@ class TableCapacity:
 _H_CURRENT = 0
 # per serving group: tables, index bits, rank, rows of A, key bytes, the index's 2 multipliers
 _GROUP_FIELDS = 7
+
+
+def _paged(nbytes: int) -> int:
+    return -(-nbytes // PAGE) * PAGE
 
 
 def _aligned(nbytes: int) -> int:
@@ -150,7 +164,7 @@ class SharedFactors:
         self._ints = 1 + 2 * 2 + 2 * 2 * n_tables + 2 + self._serving_header
         self._floats = 2 + 2 * n_tables
         header_bytes = 8 * (self._ints + self._floats)
-        self.serving_bytes = _aligned(serving_capacity_bytes(self.caps))
+        self.serving_bytes = _paged(serving_capacity_bytes(self.caps))  # a slot starts a page
         self.dir.mkdir(parents=True, exist_ok=True)
         header_path = self.dir / "factors-header.bin"
         serving_path = self.dir / "factors-serving.bin"
@@ -167,15 +181,18 @@ class SharedFactors:
             serving[s * self.serving_bytes : (s + 1) * self.serving_bytes] for s in range(2)
         ]
         self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        # per slot: each table's bytes of the serving layout written there (write)
+        self._layout_bytes: list[dict[str, int]] = [{}, {}]
         for name, cap in self.caps.items():
             seg = _map(self._table_path(name), 2 * cap.slot_bytes, shared=True)
             slots = []
+            ids_bytes, a_bytes, b_bytes = cap.regions
             for s in range(2):
                 base = s * cap.slot_bytes
                 ids = seg[base : base + 8 * cap.rows].view(torch.int64)
-                base += 8 * cap.rows
+                base += ids_bytes
                 a = seg[base : base + 4 * cap.a_floats].view(torch.float32)
-                base += 4 * cap.a_floats
+                base += a_bytes
                 b = seg[base : base + 4 * cap.rank * cap.dim].view(torch.float32)
                 slots.append((ids, a, b))
             self._slots[name] = slots
@@ -242,6 +259,8 @@ class SharedFactors:
             ids[:n].copy_(f.ids)
             a[: n * r].copy_(f.a.reshape(-1))
             b[: r * f.b.shape[1]].copy_(f.b.reshape(-1))
+            for region, used in ((ids, n), (a, n * r), (b, r * f.b.shape[1])):
+                give_back(region, used * region.element_size())
             self._hi[self._nr(s, t)] = n
             self._hi[self._nr(s, t) + 1] = r
             self._hf[self._scale(s, t)] = f.scale
@@ -262,12 +281,28 @@ class SharedFactors:
                 nbytes = tensor.numel() * tensor.element_size()
                 arena[pos : pos + nbytes].view(tensor.dtype).copy_(tensor.reshape(-1))
                 pos += _aligned(nbytes)
+        give_back(arena, pos)
+        self._layout_bytes[s] = layout_bytes(self.names, tables, serving)
         self._hi[self._groups(s)] = len(serving.groups)
         self._hi[self._ver(s)] = version
         self._hi[self._aux(s)] = aux
         self._hf[s] = created_at
         self._hi[self._seq(s)] += 1  # even: complete
         self._hi[_H_CURRENT] = s
+
+    def held_bytes(self) -> dict[str, int]:
+        """By table, what the node holds of it outside its trainer, from the allocated blocks
+        of the slot files: its factor file (both slots), its share of the serving file (as
+        its layouts are of the layouts written) and inference's installed copy (at most the
+        larger of its two layouts)."""
+        serving = allocated(self.dir / "factors-serving.bin")
+        written = sum(sum(slot.values()) for slot in self._layout_bytes)
+        out = {}
+        for name in self.names:
+            mine = [slot.get(name, 0) for slot in self._layout_bytes]
+            share = serving * sum(mine) // written if written else 0
+            out[name] = allocated(self._table_path(name)) + share + max(mine)
+        return out
 
     def read(self, newer_than: int = 0, max_tries: int = 1000) -> FactorSnapshot | None:
         """A private copy of the current version's factors if it is newer than ``newer_than``."""

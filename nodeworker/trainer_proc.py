@@ -30,6 +30,7 @@ import torch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.model import base_weight
 from dlrm_core.rank_policy import RankPolicy
@@ -92,6 +93,12 @@ def table_budget(weight: torch.Tensor, pct: float) -> int:
     return int(nbytes * pct / 100) - records
 
 
+def serving_key_bytes(table_rows: tuple[int, ...] | list[int]) -> int:
+    """Bytes of a serving index's keys (ServingDelta.from_factors): int32 while all tables'
+    rows fit in one int32 key space, the most a group can span."""
+    return 4 if sum(table_rows) <= 2**31 - 1 else 8
+
+
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
     """(N, D) the table's shared-memory file mapped shared (read here, never written)."""
     n, d = live.num_rows, live.dim
@@ -152,6 +159,7 @@ class TrainerLoop:
             adapt_every=setup.adapt_every,
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
+            node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
         budgets = {
             n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
@@ -325,11 +333,13 @@ class TrainerLoop:
     def memory_account(self) -> MemoryAccount:
         """The trainer's account (LiveTrainer.memory_account) with the fold records."""
         account = self.trainer.memory_account()
+        held = self.shared.held_bytes()
         tables = {
             name: replace(
                 table,
                 fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
                 private_base=self.private_pages[name].private_bytes,
+                node_copies=held[name],
             )
             for name, table in account.tables.items()
         }
@@ -367,6 +377,7 @@ class TrainerLoop:
 def trainer_main(setup: TrainerSetup, ends: TrainerEnds) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
+    bound_native_heap()
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)
