@@ -201,7 +201,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
             slots, installed = account_copies(runtime)
             out["account_slots"], out["account_copies"] = slots, slots + installed
             out["trained_samples"] = runtime.metrics.trained_samples
-            out["ranks"] = runtime.trainer.last_stats.ranks if runtime.trainer.last_stats else {}
+            stats = runtime.trainer.last_stats
+            out["ranks"] = stats.ranks if stats else {}
+            out["feed_sizes"] = stats.feed.sizes if stats and stats.feed else {}
         out["after"] = measure(runtime)
         out["served_requests"] = replayer.stats.served
         out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)

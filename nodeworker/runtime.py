@@ -70,7 +70,7 @@ from nodeworker.snapshots import SnapshotDirectory, apply_patch_files
 from nodeworker.telemetry import NodeSnapshot
 from nodeworker.telemetry_window import TelemetryWindow
 from nodeworker.trainer_client import NoTrainer, ProcessTrainerClient, TrainerClient
-from nodeworker.trainer_proc import rank_policy
+from nodeworker.trainer_proc import rank_policy, serving_key_bytes
 from nodeworker.version_installer import VersionInstaller
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,8 @@ def _schema_of(model: DLRM) -> StreamSchema:
 def _capacities(model: DLRM, policy: protocol.Policy) -> dict[str, TableCapacity]:
     """The shared factor slots of the tables the policy's budget lets the trainer train."""
     dim = model.config.embedding_dim
-    floor = min_budget_bytes(rank_policy(policy, dim), dim)
+    key_bytes = serving_key_bytes(model.config.table_sizes)  # the node's copies too
+    floor = min_budget_bytes(rank_policy(policy, dim), dim, key_bytes)
     pct = policy.memory_budget_pct
     return {
         name: TableCapacity.for_budget(
