@@ -8,11 +8,12 @@ since a reader last took a version), and on a node the record of folded rows its
 (fold_bitmap.py, taken out of the table's budget), the base pages its folds made private that
 inference has not caught up with (nodeworker/base_pages.py) and the node's copies outside the
 trainer: its shared-memory slots' factors and serving layouts and inference's installed layout
-(nodeworker/shared_memory.py SharedFactors.held_bytes). Besides the tables: the label
-join's pending served batches and the replay window. The budget caps the tables' parts
-(RankController plans within it and evicts or refuses before exceeding it); ``within_budget``
-checks the whole. MemoryReport is one LiveEmbedding's part of it, as LiveEmbedding.memory
-measures it.
+(nodeworker/shared_memory.py SharedFactors.held_bytes). Besides the tables: the label join's
+pending served batches and the replay window (on a node: the feed's backlog of joined batches,
+held within its share of the budget, nodeworker/trainer_proc.py BACKLOG_SHARE). The budget
+caps the tables' parts (RankController plans within it and evicts or refuses before exceeding
+it); ``within_budget`` checks the whole. MemoryReport is one LiveEmbedding's part of it, as
+LiveEmbedding.memory measures it.
 """
 
 from __future__ import annotations

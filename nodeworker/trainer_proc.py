@@ -71,6 +71,10 @@ from nodeworker.trainer_messages import (
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
+# the share of a node's budget that joined rows waiting for the trainer (the feed's backlog)
+# may hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
+# node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
+BACKLOG_SHARE = 0.15
 
 
 def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
@@ -86,11 +90,17 @@ def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
 
 
 def table_budget(weight: torch.Tensor, pct: float) -> int:
-    """A table's budget: ``pct`` of its bytes, less its FoldBitmap and its PrivateBasePages'
-    flag per page (the node's records of folds are LoRA memory too)."""
+    """A table's budget: ``pct`` of its bytes less the feed backlog's share (BACKLOG_SHARE),
+    its FoldBitmap and its PrivateBasePages' flag per page (the node's records of folds are
+    LoRA memory too)."""
     nbytes = weight.numel() * weight.element_size()
     records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
-    return int(nbytes * pct / 100) - records
+    return int(nbytes * pct / 100 * (1 - BACKLOG_SHARE)) - records
+
+
+def backlog_bytes(weights: list[torch.Tensor], pct: float) -> int:
+    """The feed backlog's share of the budget of the tables ``weights``."""
+    return int(sum(w.numel() * w.element_size() for w in weights) * pct / 100 * BACKLOG_SHARE)
 
 
 def serving_key_bytes(table_rows: tuple[int, ...] | list[int]) -> int:
@@ -166,11 +176,12 @@ class TrainerLoop:
         }
         self.trainer = LiveTrainer(model, config, budgets)
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
+        weights = [lv.base.weight for lv in self.trainer.lives.values()]
         self.feed = Feed(
             FeedRings.open(Path(setup.shm_dir), create=False),
             model.config.feature_names,
             model.config.n_dense,
-            setup.feed,
+            replace(setup.feed, backlog_bytes=backlog_bytes(weights, self.budget_pct)),
         )
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
@@ -231,6 +242,10 @@ class TrainerLoop:
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
+            weights = [lv.base.weight for lv in self.trainer.lives.values()]
+            self.feed.config = replace(
+                self.feed.config, backlog_bytes=backlog_bytes(weights, self.budget_pct)
+            )
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 budget = table_budget(self.trainer.lives[name].base.weight, self.budget_pct)
@@ -331,7 +346,8 @@ class TrainerLoop:
         self.ends.outputs.put(output)
 
     def memory_account(self) -> MemoryAccount:
-        """The trainer's account (LiveTrainer.memory_account) with the fold records."""
+        """The trainer's account (LiveTrainer.memory_account) with the fold records, the node's
+        copies outside the trainer and the feed's backlog."""
         account = self.trainer.memory_account()
         held = self.shared.held_bytes()
         tables = {
@@ -343,12 +359,20 @@ class TrainerLoop:
             )
             for name, table in account.tables.items()
         }
-        return replace(account, tables=tables)
+        pending = account.pending + self.feed.backlog_nbytes()
+        return replace(account, tables=tables, pending=pending)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
         account = self.memory_account()
-        memory = {name: (t.total, t.base) for name, t in account.tables.items()}
+        # the stats carry memory by table: the parts besides the tables (the feed's backlog,
+        # top-layer tuning) go to each table by its share of the budget
+        rest = account.total - sum(t.total for t in account.tables.values())
+        budget = max(1, account.budget)
+        memory = {
+            name: (t.total + rest * t.budget // budget, t.base)
+            for name, t in account.tables.items()
+        }
         events = tuple(
             TrainerEvent(
                 "rank_change" if e.kind == "rank" else "prune",

@@ -15,6 +15,7 @@ from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import TableFactors
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
 from nodeworker.shared_memory import SharedFactors, TableCapacity
+from tests.unit.test_feed import feed_pair, serve
 from tests.unit.test_trainer import CFG, Stream, pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,3 +93,16 @@ def test_a_slot_gives_back_the_pages_a_smaller_version_does_not_use():
 
 def _factors(ids: torch.Tensor, rank: int, dim: int) -> TableFactors:
     return TableFactors(ids, torch.randn(len(ids), rank), torch.randn(rank, dim), 1.0)
+
+
+def test_the_feed_backlog_stays_within_its_bytes_and_drops_the_oldest(tmp_path):
+    clock, writer, feed = feed_pair(tmp_path, window=60.0, backlog_bytes=1)
+    for first in range(0, 24, 4):  # six joined batches of 4 rows, none taken by a trainer
+        serve(writer, first, 4, at=float(first))
+        clock.now = float(first) + 0.5
+        for rid in range(first, first + 4):
+            writer.feedback(rid, 1.0)
+        feed.poll(now=clock.now)
+        assert len(feed.backlog) == 1  # one batch is always kept: the trainer's next one
+    assert [b.request_ids.tolist() for b, _ in feed.backlog] == [[20, 21, 22, 23]]
+    assert feed.report().dropped_backlog == 20
