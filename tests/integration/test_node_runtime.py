@@ -27,7 +27,7 @@ from tests.services import wait_until
 
 STREAM = SyntheticConfig(
     num_events=200_000,
-    user_rows=5000,
+    user_rows=50_000,  # a 2% budget holds the node's copies' page floor (row_budget.py)
     item_rows=2000,
     context_rows=(50, 10),
     events_per_second=500,
