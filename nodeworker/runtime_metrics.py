@@ -76,7 +76,9 @@ class RuntimeMetrics:
         self._synced_label_at: float | None = None  # a delta-sync node's newest label learnt
         self._samples = (0.0, 0)  # (time, trainer samples) of the last stats
         self.trainer_rate = 0.0
-        self.skipped = 0
+        # batches skipped by the trainers that stopped, and by the running one (its own
+        # counter starts at 0: a restart must not read as a negative count)
+        self._skipped = (0, 0)
         self.trained_samples = 0
         self._lock = threading.Lock()
 
@@ -123,9 +125,20 @@ class RuntimeMetrics:
                 self.trainer_rate = max(0.0, (stats.samples - s0) / (now - t0))
             self._samples = (now, stats.samples)
             self.trained_samples = stats.samples
-            self.skipped = stats.skipped
+            self._skipped = (self._skipped[0], stats.skipped)
             self._fresh_pending.extend(stats.fresh)
             self._resolve()
+
+    @property
+    def skipped(self) -> int:
+        """Batches skipped by every trainer this node ran (non-decreasing)."""
+        return sum(self._skipped)
+
+    def trainer_started(self) -> None:
+        """A new trainer process: its counters start again at 0."""
+        with self._lock:
+            self._skipped = (sum(self._skipped), 0)
+            self._samples = (0.0, 0)
 
     def _resolve(self) -> None:
         versions = [v for v, _ in self._installs]
