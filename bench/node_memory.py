@@ -148,13 +148,10 @@ def folded_pages(runtime, dim: int) -> tuple[int, int]:
     return rows, pages
 
 
-def run_variant(args: argparse.Namespace) -> dict[str, object]:
+def synthetic_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
-    from nodeworker import protocol
-    from nodeworker.replayer import ReplayConfig, Replayer
-    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
 
-    stream = SyntheticStream(
+    return SyntheticStream(
         SyntheticConfig(
             seed=args.seed,
             num_events=10**8,
@@ -164,6 +161,14 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
             n_dense=4,
         )
     )
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, object]:
+    from nodeworker import protocol
+    from nodeworker.replayer import ReplayConfig, Replayer
+    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+
+    stream = synthetic_stream(args)
     work = Path(args.workdir)
     checkpoint = work / "base.ckpt"
     if not checkpoint.exists():

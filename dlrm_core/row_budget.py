@@ -66,8 +66,15 @@ def floor_bytes(rank: int, dim: int, node_key_bytes: int = 0) -> int:
 # each holding a version's ids, A and B and its serving layout, and inference's installed copy
 # of one serving layout (nodeworker/shared_memory.py, version_installer.py).
 SLOT_COPIES, LAYOUT_COPIES = 2, 3
-PAGE = 4096  # the slots' regions are allocated (and given back) in whole pages
-_SLOT_REGIONS = 3  # ids, A, B: each ends in a partly used page
+PAGE = 4096  # the slots are allocated (and given back) in whole pages
+# The installed copy is one buffer: from the heap below glibc's mmap threshold (64 KiB,
+# dlrm_core/malloc_policy.py), else its own mapping of whole 4 KiB pages (at most 1/16 more),
+# or of huge pages while their rounding wastes at most 1/INSTALLED_SLACK of it
+# (nodeworker/shared_memory.py installed_bytes).
+INSTALLED_SLACK = 16
+# Paid once per node, not per table: every slot is one arena for all tables' factors and
+# serving layouts, so only its last page is partly used.
+NODE_PAGE_FLOOR = SLOT_COPIES * PAGE
 
 
 def _layout_index_row(key_bytes: int) -> int:
@@ -77,22 +84,27 @@ def _layout_index_row(key_bytes: int) -> int:
     return math.ceil(2 * 2 * 2 * key_bytes / MAX_LOAD)
 
 
+def _layout_row(rank: int, key_bytes: int) -> int:
+    return _F32 * rank + _layout_index_row(key_bytes)
+
+
 def node_copy_bytes(rows: int, rank: int, dim: int, key_bytes: int) -> int:
-    """Bytes of a node's copies of a table of ``rows`` active rows outside its trainer."""
-    per_row = SLOT_COPIES * (_I64 + _F32 * rank) + LAYOUT_COPIES * (
-        _F32 * rank + _layout_index_row(key_bytes)
+    """Bytes of a node's copies of a table of ``rows`` active rows outside its trainer
+    (without the node's page floor, NODE_PAGE_FLOOR)."""
+    layout = _layout_row(rank, key_bytes)
+    per_row = (
+        SLOT_COPIES * (_I64 + _F32 * rank)
+        + LAYOUT_COPIES * layout
+        + math.ceil(layout / INSTALLED_SLACK)
     )
     return rows * per_row + node_copy_floor(rank, dim, key_bytes)
 
 
 def node_copy_floor(rank: int, dim: int, key_bytes: int) -> int:
     """The part of node_copy_bytes that does not grow with rows: B in every copy, the layout's
-    zero row and smallest index, the partly used last page of every slot region (each starts
-    on a page) and of each slot's serving layout, and the installed copy's pages (its index, A
-    and B are allocated apart)."""
-    layout = _F32 * rank * (dim + 1) + 2 * BUCKET * 2 * key_bytes
-    pages = (SLOT_COPIES * (_SLOT_REGIONS + 1) + _SLOT_REGIONS) * PAGE
-    return SLOT_COPIES * _F32 * rank * dim + LAYOUT_COPIES * layout + pages
+    zero row and smallest index (the 8-byte alignment of each region is in the slack)."""
+    layout = _F32 * rank * (dim + 1) + 2 * BUCKET * 2 * key_bytes + 6 * 8
+    return SLOT_COPIES * (_F32 * rank * dim + 3 * 8) + LAYOUT_COPIES * layout + layout // 8
 
 
 @functools.lru_cache(maxsize=4096)  # pure; asked on every admission with the same sizes

@@ -58,8 +58,7 @@ class TrainerConfig:
     # keep the newest published version in the trainer's store (for an in-process reader);
     # its copies then take their share of each table's budget
     keep_published: bool = False
-    # on a node: the bytes of its serving index's keys (4 or 8; 0 elsewhere). Each table's
-    # budget then also holds the node's copies outside the trainer (row_budget.node_copy_bytes)
+    # on a node, its serving index's key bytes (4, 8): budgets hold its copies too (row_budget)
     node_key_bytes: int = 0
     # False: no LabelJoin (serve / feedback / train_ready) and no FactorStore; the caller
     # joins labels itself, calls train_step and takes publish()'s versions (a node's trainer)
@@ -128,21 +127,14 @@ class LiveTrainer:
             nbytes = weight.numel() * weight.element_size()
             given = budgets.get(name) if budgets else None
             budget = int(nbytes * config.budget_fraction) if given is None else int(given)
-            floor = min_budget_bytes(config.policy, int(weight.shape[1]), config.node_key_bytes)
-            if budget < floor:
+            if budget < min_budget_bytes(config.policy, weight.shape[1], config.node_key_bytes):
                 self.skipped_tables.append(name)
             else:
                 budget_of[name] = budget
         self.lives = attach_live_embeddings(model.sparse_arch, list(budget_of), config.live)
+        plan_copies = (config.keep_published, config.node_key_bytes)  # the copies budgets hold
         self.controllers = {
-            name: RankController(
-                live,
-                name,
-                config.policy,
-                budget_of[name],
-                published_copy=config.keep_published,
-                node_key_bytes=config.node_key_bytes,
-            )
+            name: RankController(live, name, config.policy, budget_of[name], *plan_copies)
             for name, live in self.lives.items()
         }
         self.groups = LiveGroups(model.config.feature_names, self.lives, self.controllers)
@@ -328,8 +320,8 @@ class LiveTrainer:
         return {name: live.rank for name, live in self.lives.items()}
 
     def drain_events(self) -> list[RankEvent]:
-        """Rank changes and prunes since the last call, oldest first; the controllers keep
-        none of them (a node drains them for days: a list kept whole would grow forever)."""
+        """Rank changes and prunes since the last call, oldest first (none kept: a node's run
+        lasts days)."""
         out: list[RankEvent] = []
         for ctl in self.controllers.values():
             out.extend(ctl.events)

@@ -32,14 +32,13 @@ from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.memory_account import MemoryAccount
-from dlrm_core.model import base_weight
-from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.rebase import delta_rebase
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
-from nodeworker.base_pages import PAGE, PrivateBasePages
+from nodeworker.base_pages import PrivateBasePages
 from nodeworker.feed import Feed, FeedConfig, FeedRings
+from nodeworker.node_budget import node_budget, rank_policy, serving_key_bytes
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import (
     SharedFactors,
@@ -71,42 +70,6 @@ from nodeworker.trainer_messages import (
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
-# the share of a node's budget that joined rows waiting for the trainer (the feed's backlog)
-# may hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
-# node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
-BACKLOG_SHARE = 0.15
-
-
-def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
-    """The RankPolicy of a node policy."""
-    r_max = min(policy.r_max, dim)
-    return RankPolicy(
-        tau=policy.tau,
-        r_min=min(policy.r_min, r_max),
-        r_max=r_max,
-        max_age=policy.prune_age_s,
-        fold_evicted=policy.prune_action == "fold",
-    )
-
-
-def table_budget(weight: torch.Tensor, pct: float) -> int:
-    """A table's budget: ``pct`` of its bytes less the feed backlog's share (BACKLOG_SHARE),
-    its FoldBitmap and its PrivateBasePages' flag per page (the node's records of folds are
-    LoRA memory too)."""
-    nbytes = weight.numel() * weight.element_size()
-    records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
-    return int(nbytes * pct / 100 * (1 - BACKLOG_SHARE)) - records
-
-
-def backlog_bytes(weights: list[torch.Tensor], pct: float) -> int:
-    """The feed backlog's share of the budget of the tables ``weights``."""
-    return int(sum(w.numel() * w.element_size() for w in weights) * pct / 100 * BACKLOG_SHARE)
-
-
-def serving_key_bytes(table_rows: tuple[int, ...] | list[int]) -> int:
-    """Bytes of a serving index's keys (ServingDelta.from_factors): int32 while all tables'
-    rows fit in one int32 key space, the most a group can span."""
-    return 4 if sum(table_rows) <= 2**31 - 1 else 8
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -144,11 +107,7 @@ class TrainerEnds:
 
 
 class TrainerLoop:
-    def __init__(
-        self,
-        setup: TrainerSetup,
-        ends: TrainerEnds,
-    ) -> None:
+    def __init__(self, setup: TrainerSetup, ends: TrainerEnds) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
         self.setup = setup
@@ -159,8 +118,11 @@ class TrainerLoop:
         self.model_config = model.config
         policy = rank_policy(setup.policy, self.dim)
         self.budget_pct = setup.policy.memory_budget_pct
+        self.budget = node_budget(model.config, setup.policy, among=tuple(setup.capacities))
+        for name in set(setup.capacities) - set(self.budget.tables):  # a restart at less pct
+            log.warning("table %r is not trained: %s", name, self.budget.untrained[name])
         config = TrainerConfig(
-            tables=tuple(setup.capacities),
+            tables=tuple(self.budget.tables),
             live=LiveEmbeddingConfig(rank=min(max(4, policy.r_min), policy.r_max)),
             policy=policy,
             budget_fraction=self.budget_pct / 100.0,
@@ -171,17 +133,17 @@ class TrainerLoop:
             in_process_join=False,  # the sample cache joins; versions go to shared memory
             node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
-        budgets = {
-            n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
-        }
-        self.trainer = LiveTrainer(model, config, budgets)
+        self.trainer = LiveTrainer(model, config, self.budget.tables)
+        # a budget that lowers a table's starting rank makes its event at construction, at
+        # stream time 0 (RankController): on a node it happened now (ingest refuses time 0)
+        started = time.time()
+        self.start_events = [replace(e, timestamp=started) for e in self.trainer.drain_events()]
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
-        weights = [lv.base.weight for lv in self.trainer.lives.values()]
         self.feed = Feed(
             FeedRings.open(Path(setup.shm_dir), create=False),
             model.config.feature_names,
             model.config.n_dense,
-            replace(setup.feed, backlog_bytes=backlog_bytes(weights, self.budget_pct)),
+            replace(setup.feed, backlog_bytes=self.budget.backlog),
         )
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
@@ -242,14 +204,15 @@ class TrainerLoop:
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
-            weights = [lv.base.weight for lv in self.trainer.lives.values()]
-            self.feed.config = replace(
-                self.feed.config, backlog_bytes=backlog_bytes(weights, self.budget_pct)
-            )
+            budget = node_budget(self.model_config, cmd.policy, among=tuple(self.trainer.lives))
+            for name in self.trainer.controllers:
+                if name not in budget.tables:  # ctl.set_budget refuses, and so the policy
+                    raise ValueError(f"table {name!r}: {budget.untrained[name]}")
+            self.budget = budget
+            self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
-                budget = table_budget(self.trainer.lives[name].base.weight, self.budget_pct)
-                ctl.set_budget(min(budget, self._cap_bytes(name)), now)
+                ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
             self.publish(now)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):
@@ -347,7 +310,8 @@ class TrainerLoop:
 
     def memory_account(self) -> MemoryAccount:
         """The trainer's account (LiveTrainer.memory_account) with the fold records, the node's
-        copies outside the trainer and the feed's backlog."""
+        copies outside the trainer and the feed's backlog, against each table's share of the
+        node's budget (NodeBudget.shares: they add up to the node's cap)."""
         account = self.trainer.memory_account()
         held = self.shared.held_bytes()
         tables = {
@@ -356,6 +320,7 @@ class TrainerLoop:
                 fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
                 private_base=self.private_pages[name].private_bytes,
                 node_copies=held[name],
+                budget=self.budget.shares[name],
             )
             for name, table in account.tables.items()
         }
@@ -379,8 +344,9 @@ class TrainerLoop:
                 e.timestamp,
                 {"table": e.table, "from": e.from_value, "to": e.to_value, "reason": e.reason},
             )
-            for e in self.trainer.drain_events()
+            for e in [*self.start_events, *self.trainer.drain_events()]
         )
+        self.start_events = []
         self._put(
             TrainerStats(
                 steps=stats.steps,
