@@ -2,14 +2,15 @@
 cap of its proportional memory (issue 14), split once here for the runtime (which tables get
 shared factor slots, their capacities) and the trainer (each table's budget, the feed's backlog).
 
-Out of the pool come, once per node: the page floor of its shared-memory slots and installed
-copy (row_budget.NODE_PAGE_FLOOR: every slot is one arena for all tables, so a node pays one
-partly used page a slot, however many tables it has) and the feed's backlog share; per trained
-table: its fold records (FoldBitmap, a flag per base page) and its floor (B and its optimizer
-state at r_min, the smallest index, its copies' B). What is left goes to the trained tables in
-proportion to their bytes, on top of their floors. Tables are trained largest first while the
-pool holds their floors; a table left out, or a node whose pool cannot hold one table's floor,
-is told by ``untrained`` with the reason (the runtime reports it as an event).
+Out of the pool come, once per node: the page floor of its shared-memory slots
+(row_budget.NODE_PAGE_FLOOR: every slot is one arena for all tables, so a node pays one partly
+used page a slot, however many tables it has) and the feed's backlog share; per trained table:
+its fold records (FoldBitmap, a flag per base page) and its floor (B and its optimizer state at
+r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows). What is left goes to
+the trained tables in proportion to their bytes, on top of their floors. Tables are trained
+largest first while the pool holds their floors; a table left out, or a node whose pool cannot
+hold one table's floor, is told by ``untrained`` with the reason (the runtime reports it as an
+event).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from dataclasses import dataclass, field
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.model import DLRMConfig
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
-from dlrm_core.row_budget import NODE_PAGE_FLOOR, PAGE
+from dlrm_core.row_budget import NODE_PAGE_FLOOR, PAGE, capacity_plan
 from nodeworker import protocol
 
 # the share of the pool that joined rows waiting for the trainer (the feed's backlog) may
 # hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
 # node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
 BACKLOG_SHARE = 0.15
+# a table is trained only if its budget holds at least this many active rows at r_min
+MIN_TABLE_ROWS = 16
 # the shared factor slots hold any budget a policy may set (protocol: memory_budget_pct <= 10);
 # the files are sparse, so the room costs nothing until a version uses it
 CAPACITY_PCT = 10.0
@@ -122,9 +125,21 @@ def serving_key_bytes(table_rows: tuple[int, ...] | list[int]) -> int:
 
 
 def node_table_floor(config: DLRMConfig, policy: protocol.Policy) -> int:
-    """The least budget a table of this node trains with (its copies' floor included)."""
+    """The least budget a table of this node trains with: MIN_TABLE_ROWS active rows at
+    r_min with its copies (a floor that holds no row would take budget to train nothing)."""
     dim = config.embedding_dim
-    return min_budget_bytes(rank_policy(policy, dim), dim, serving_key_bytes(config.table_sizes))
+    r_min = rank_policy(policy, dim).r_min
+    key_bytes = serving_key_bytes(config.table_sizes)
+    lo = hi = min_budget_bytes(rank_policy(policy, dim), dim, key_bytes)
+    while capacity_plan(hi, r_min, dim, False, MIN_TABLE_ROWS, key_bytes)[0] < MIN_TABLE_ROWS:
+        lo, hi = hi, 2 * hi
+    while lo < hi:  # the least budget holding MIN_TABLE_ROWS rows
+        mid = (lo + hi) // 2
+        if capacity_plan(mid, r_min, dim, False, MIN_TABLE_ROWS, key_bytes)[0] < MIN_TABLE_ROWS:
+            lo = mid + 1
+        else:
+            hi = mid
+    return hi
 
 
 def node_budget(

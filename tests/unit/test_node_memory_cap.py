@@ -12,12 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlrm_core.live_embedding import LiveEmbeddingConfig
+from dlrm_core.model import DLRMConfig
 from dlrm_core.rank_policy import RankPolicy
-from dlrm_core.row_budget import NODE_PAGE_FLOOR, floor_bytes, node_copy_bytes
+from dlrm_core.row_budget import NODE_PAGE_FLOOR, capacity_plan, floor_bytes, node_copy_bytes
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import TableFactors
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
-from nodeworker.node_budget import capacity_budget, plan_node_budget
+from nodeworker import protocol
+from nodeworker.node_budget import MIN_TABLE_ROWS, capacity_budget, node_budget, plan_node_budget
 from nodeworker.shared_memory import SharedFactors, TableCapacity, installed_bytes
 from tests.unit.test_feed import feed_pair, serve
 from tests.unit.test_trainer import CFG, ITEMS, Stream, pretrained
@@ -226,3 +228,17 @@ def test_a_table_with_a_slot_its_trainer_does_not_train_is_published_empty():
         assert read is not None and set(read.tables) == {"b"}
         assert torch.equal(read.tables["b"].a, tables["b"].a)
         assert shared.held_bytes()["a"] == 0
+
+
+def test_a_table_is_trained_only_with_room_for_a_few_rows():
+    """A floor that holds no row would take budget to train nothing: at 5% of the integration
+    tests' node (0.45 MB of tables) only its largest table trains, with room for rows."""
+    config = DLRMConfig(("user", "item", "c0", "c1"), (5000, 2000, 50, 10), 4, 16, (16, 16),
+                        (16, 1))  # fmt: skip
+    policy, _ = protocol.validate_policy({"memory_budget_pct": 5.0})
+    budget = node_budget(config, policy)
+    assert set(budget.tables) == {"user"} and set(budget.untrained) == {"item", "c0", "c1"}
+    rows = capacity_plan(budget.tables["user"], policy.r_min, 16, False, 5000, 4)[0]
+    assert rows >= MIN_TABLE_ROWS
+    policy, _ = protocol.validate_policy({"memory_budget_pct": 10.0})
+    assert set(node_budget(config, policy).tables) == {"user", "item", "c0", "c1"}
