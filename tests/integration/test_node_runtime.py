@@ -104,7 +104,7 @@ def test_inference_serves_versions_the_trainer_learnt(node):
     sample = snapshot.to_sample(0, time.time())
     assert protocol_telemetry.validate_sample(sample, "sample") == {}
     assert sample["tables"]["user_id"]["rank"] >= 1
-    assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 5.0
+    assert 0 < sample["tables"]["user_id"]["memory_pct"] <= 10.0  # start_node's policy
     assert sample["qps"] > 0 and sample["p99_ms"] is not None and sample["auc"] is not None
     counts = runtime.operations.feed_counts()  # the trainer process joins, and reports its counts
     assert counts["joined"] >= runtime.metrics.trained_samples > 0
