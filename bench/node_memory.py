@@ -14,16 +14,18 @@ A node's total counts every shared-memory page once: the sum over its processes 
 Pss - Pss_Shmem, plus the allocated bytes of its /dev/shm files.
 LoRA-attributable (measured) = total with trainer - total without, after the replay.
 
-The account beside it: the trainer's memory_account (per table, incl. its fold record and the
-base pages its folds hold private, as the trainer's stats report it), the factor slots as two
-copies of the installed version (its ids, A, B and its serving layout) and inference's
-installed ServingDelta. Also shown: the rows folded since the checkpoint (a snapshot's fold
+The account beside it: the trainer's memory_account (per table, incl. its fold record, the base
+pages its folds hold private and the node's copies outside it: the factor slots' allocated
+blocks and inference's installed layout, nodeworker/shared_memory.py held_bytes), as the
+trainer's stats report it. Also shown: the rows folded since the checkpoint (a snapshot's fold
 patch) and the 4 KiB pages holding them, which the trainer would hold private if it never gave
 them back (nodeworker/base_pages.py), beside the private base pages measured.
-Fixed = the trainer process's Pss - Pss_Shmem when ready, less its account then (interpreter,
-torch, the model's MLPs); its state's growth is measured as the growth of its anonymous pages
-(Pss_Anon, which holds the private base pages too; its Pss of the libraries it shares with
-inference moves with what each process touches).
+Fixed (measured, reported beside the account) = code and runtime: the trainer's file-backed
+pages after the replay, its anonymous pages when ready less its own state's account then
+(interpreter, torch, the model's MLPs), and the file pages inference maps only with a trainer.
+Proportional (measured) = the trainer's own account when ready plus the growth of its anonymous
+pages since (Pss_Anon, which holds the private base pages too), the factor slots (/dev/shm,
+with - without) and inference's anonymous memory with a trainer less without.
 Prints a table and writes bench/out/node_memory.json.
 
     python bench/node_memory.py [--duration 60] [--qps 200] [--rows 8] [--rows-per-table 1000000]
@@ -119,16 +121,13 @@ def measure(runtime) -> dict[str, object]:
     return out
 
 
-def account_slots(runtime) -> int:
-    """Two versions' (the double buffer's) ids, A, B and serving layout, as installed now."""
-    snapshot = runtime.shared.read()
+def account_copies(runtime) -> tuple[int, int]:
+    """(slots, installed): the node's copies outside its trainer as its account counts them
+    (SharedFactors.held_bytes): the factor files' allocated blocks (both versions' factors and
+    serving layouts; given back past what a version uses) and inference's installed layout."""
+    slots = shm_bytes(runtime.shm_dir)["factors"]
     delta, _ = runtime.inference.served()
-    if snapshot is None or delta is None:
-        return 0
-    factors = sum(
-        t.numel() * t.element_size() for f in snapshot.tables.values() for t in (f.ids, f.a, f.b)
-    )
-    return 2 * (factors + delta.nbytes)
+    return slots, delta.nbytes if delta is not None else 0
 
 
 def folded_pages(runtime, dim: int) -> tuple[int, int]:
@@ -149,13 +148,10 @@ def folded_pages(runtime, dim: int) -> tuple[int, int]:
     return rows, pages
 
 
-def run_variant(args: argparse.Namespace) -> dict[str, object]:
+def synthetic_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
-    from nodeworker import protocol
-    from nodeworker.replayer import ReplayConfig, Replayer
-    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
 
-    stream = SyntheticStream(
+    return SyntheticStream(
         SyntheticConfig(
             seed=args.seed,
             num_events=10**8,
@@ -165,6 +161,14 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
             n_dense=4,
         )
     )
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, object]:
+    from nodeworker import protocol
+    from nodeworker.replayer import ReplayConfig, Replayer
+    from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
+
+    stream = synthetic_stream(args)
     work = Path(args.workdir)
     checkpoint = work / "base.ckpt"
     if not checkpoint.exists():
@@ -199,9 +203,12 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
         out: dict[str, object] = {"variant": args.variant, "ready": ready}
         if with_trainer:
             out["folded_rows"], out["folded_pages"] = folded_pages(runtime, dim)
-            out["account_slots"] = account_slots(runtime)
+            slots, installed = account_copies(runtime)
+            out["account_slots"], out["account_copies"] = slots, slots + installed
             out["trained_samples"] = runtime.metrics.trained_samples
-            out["ranks"] = runtime.trainer.last_stats.ranks if runtime.trainer.last_stats else {}
+            stats = runtime.trainer.last_stats
+            out["ranks"] = stats.ranks if stats else {}
+            out["feed_sizes"] = stats.feed.sizes if stats and stats.feed else {}
         out["after"] = measure(runtime)
         out["served_requests"] = replayer.stats.served
         out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)
@@ -219,43 +226,54 @@ def spawn(args: argparse.Namespace, variant: str) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _nonshm(rollup: dict[str, int]) -> int:
+    return rollup["Pss"] - rollup["Pss_Shmem"]
+
+
 def summary(without: dict, with_: dict) -> dict[str, object]:
-    """The with-minus-without measurements beside the account's components (bytes)."""
+    """The with-minus-without measurements, split into fixed and proportional, beside the
+    account (bytes). Fixed: code and runtime, i.e. the trainer's file-backed pages and its
+    anonymous pages when ready less its own state then, and the file pages inference maps only
+    with a trainer. Proportional: the trainer's state (its own account when ready plus the
+    growth of its anonymous pages since), the factor slots (/dev/shm) and inference's anonymous
+    memory with a trainer less without. Its account is the trainer's (which holds the node's
+    copies: the slots and inference's installed layout, nodeworker/shared_memory.py)."""
     before, after, base = with_["ready"], with_["after"], without["after"]
-    # the trainer's own memory grows in anonymous pages (its tensors, malloc, the private base
-    # pages); its Pss of the libraries it shares with inference moves with what each touches
-    anon_growth = after["trainer"]["Pss_Anon"] - before["trainer"]["Pss_Anon"]
-    fixed = before["trainer"]["Pss"] - before["trainer"]["Pss_Shmem"] - before["account_trainer"]
-    inference_delta = (after["inference"]["Pss"] - after["inference"]["Pss_Shmem"]) - (
-        base["inference"]["Pss"] - base["inference"]["Pss_Shmem"]
-    )
-    slots = after["shm"]["factors"] - base["shm"]["factors"]
+    trainer0, trainer1 = before["trainer"], after["trainer"]
+    # the node's copies at ready (in the trainer's account then): slots and installed layout
+    copies0 = before["shm"]["factors"] - without["ready"]["shm"]["factors"]
+    own0 = max(0, before["account_trainer"] - copies0 - before["account_serving_delta"])
+    inference_file = after["inference"]["Pss_File"] - base["inference"]["Pss_File"]
+    fixed = _nonshm(trainer1) - trainer1["Pss_Anon"] + trainer0["Pss_Anon"] - own0 + inference_file
     components = {
         # name: (measured, accounted)
-        "trainer: fixed runtime (when ready)": (fixed, fixed),
-        # its account includes the base pages its folds hold private (base_pages.py)
-        "trainer: state (anon growth + account when ready)": (
-            anon_growth + before["account_trainer"],
-            after["account_trainer"],
+        "trainer: state (anon growth + own account when ready)": (
+            trainer1["Pss_Anon"] - trainer0["Pss_Anon"] + own0,
+            after["account_trainer"] - with_["account_copies"],
         ),
-        "shm factor slots (with - without)": (slots, with_["account_slots"]),
-        "inference: installed version (with - without)": (
-            inference_delta,
-            after["account_serving_delta"],
+        "shm factor slots (with - without)": (
+            after["shm"]["factors"] - base["shm"]["factors"],
+            with_["account_slots"],
+        ),
+        "inference: anon (with - without)": (
+            after["inference"]["Pss_Anon"] - base["inference"]["Pss_Anon"],
+            with_["account_copies"] - with_["account_slots"],
         ),
     }
     measured_total = after["node_total"] - base["node_total"]
-    accounted_total = sum(a for _, a in components.values())
-    proportional = measured_total - fixed
+    proportional = sum(m for m, _ in components.values())
+    accounted = after["account_trainer"]
     table = with_["table_bytes"]
     return {
+        "fixed_bytes": fixed,
         "components": {k: {"measured": m, "account": a} for k, (m, a) in components.items()},
         "lora_measured_bytes": measured_total,
-        "lora_accounted_bytes": accounted_total,
-        "accounted_over_measured": round(accounted_total / measured_total, 4),
+        "lora_accounted_bytes": accounted + fixed,
+        "accounted_over_measured": round((accounted + fixed) / measured_total, 4),
         "proportional_measured_bytes": proportional,
+        "proportional_accounted_bytes": accounted,
         "proportional_measured_pct_of_tables": round(100 * proportional / table, 3),
-        "proportional_accounted_pct_of_tables": round(100 * (accounted_total - fixed) / table, 3),
+        "proportional_accounted_pct_of_tables": round(100 * accounted / table, 3),
         "telemetry_memory_bytes": after["telemetry_memory_bytes"],
         "telemetry_memory_pct_of_tables": round(100 * after["telemetry_memory_bytes"] / table, 3),
         "table_bytes": table,
@@ -287,13 +305,19 @@ def main() -> int:
         f"Node memory, two {args.rows_per_table:,}-row tables ({result['table_bytes'] / mib:.0f} "
         f"MiB of tables), {args.duration:.0f} s at {args.qps:.0f} req/s x {args.rows} rows; MiB",
         ["component", "measured", "account"],
-        [[k, v["measured"] / mib, v["account"] / mib] for k, v in result["components"].items()]
+        [["fixed: trainer runtime, code pages"] + [result["fixed_bytes"] / mib] * 2]
+        + [[k, v["measured"] / mib, v["account"] / mib] for k, v in result["components"].items()]
         + [
             [
-                "LoRA-attributable (node with - without)",
+                "proportional",
+                result["proportional_measured_bytes"] / mib,
+                result["proportional_accounted_bytes"] / mib,
+            ],
+            [
+                "LoRA-attributable (node with - without; account: + fixed)",
                 result["lora_measured_bytes"] / mib,
                 result["lora_accounted_bytes"] / mib,
-            ]
+            ],
         ],
     )
     procs = [("inference, no trainer", without["after"]["inference"])]
@@ -304,7 +328,7 @@ def main() -> int:
         [[n, *(r[k] / mib for k in ROLLUP_COLUMNS)] for n, r in procs],
     )
     print(
-        f"\nproportional (measured LoRA - fixed): {result['proportional_measured_pct_of_tables']}%"
+        f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
         f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
         f"{args.budget_pct}%; telemetry (measured proportional) "
         f"{result['telemetry_memory_pct_of_tables']}%; account / measured "

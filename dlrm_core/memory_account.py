@@ -5,12 +5,15 @@ Per table: the factors and their storage's free rows (A, B), optimizer state, th
 last-use times, cuckoo index), the sightings sketch, the fold log not yet published, the newest
 published version the trainer's store keeps (its copies of ids, A, B and the base rows folded
 since a reader last took a version), and on a node the record of folded rows its snapshots need
-(fold_bitmap.py, taken out of the table's budget) and the base pages its folds made private that
-inference has not caught up with (nodeworker/base_pages.py). Besides the tables: the label
-join's pending served batches and the replay window. The budget caps the tables' parts
-(RankController plans within it and evicts or refuses before exceeding it); ``within_budget``
-checks the whole. MemoryReport is one LiveEmbedding's part of it, as LiveEmbedding.memory
-measures it.
+(fold_bitmap.py, taken out of the table's budget), the base pages its folds made private that
+inference has not caught up with (nodeworker/base_pages.py) and the node's copies outside the
+trainer: its shared-memory slots' factors and serving layouts and inference's installed layout
+(nodeworker/shared_memory.py SharedFactors.held_bytes). Besides the tables: the label join's
+pending served batches and the replay window (on a node: the feed's backlog of joined batches,
+held within its share of the budget, nodeworker/trainer_proc.py BACKLOG_SHARE). The budget
+caps the tables' parts (RankController plans within it and evicts or refuses before exceeding
+it); ``within_budget`` checks the whole. MemoryReport is one LiveEmbedding's part of it, as
+LiveEmbedding.memory measures it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class TableAccount:
     base: int  # bytes of the base table, for the percentage
     fold_record: int = 0  # a node's records of folds: rows since its checkpoint, a flag a page
     private_base: int = 0  # a node trainer's base pages its folds copied, not yet given back
+    node_copies: int = 0  # a node's slots (both versions, serving layouts), inference's copy
 
     @property
     def total(self) -> int:
@@ -69,6 +73,7 @@ class TableAccount:
             + self.published
             + self.fold_record
             + self.private_base
+            + self.node_copies
         )
 
 

@@ -69,6 +69,7 @@ class RankController:
         policy: RankPolicy,
         budget_bytes: int,
         published_copy: bool = False,
+        node_key_bytes: int = 0,
     ) -> None:
         if policy.r_max > live.dim:
             raise ValueError(f"r_max {policy.r_max} exceeds the embedding dim {live.dim}")
@@ -78,6 +79,7 @@ class RankController:
         self.events: list[RankEvent] = []
         self.sketch: SightingSketch | None = None
         self.published_copy = published_copy  # plan room for a published copy of the factors
+        self.node_key_bytes = node_key_bytes  # > 0 on a node: plan its copies (row_budget.py)
         self._gen = torch.Generator().manual_seed(live.config.seed + 1)
         self._reset_gradient_stats()
         self._refused = 0
@@ -93,15 +95,14 @@ class RankController:
     def capacity(self, rank: int | None = None) -> tuple[int, int]:
         """(rows, index bits) that fit in the budget at ``rank`` (default: the current one)."""
         r = self.live.rank if rank is None else rank
-        sketch = self.sketch.nbytes if self.sketch is not None else 0
-        return capacity_plan(
-            self.budget_bytes - sketch, r, self.live.dim, self.published_copy, self.live.num_rows
-        )
+        free = self.budget_bytes - (self.sketch.nbytes if self.sketch is not None else 0)
+        live, node = self.live, self.node_key_bytes
+        return capacity_plan(free, r, live.dim, self.published_copy, live.num_rows, node)
 
     def fits(self, rank: int) -> bool:
         """B, its optimizer state and the smallest index fit in the budget at ``rank``."""
         sketch = self.sketch.nbytes if self.sketch is not None else 0
-        return floor_bytes(rank, self.live.dim) + sketch <= self.budget_bytes
+        return floor_bytes(rank, self.live.dim, self.node_key_bytes) + sketch <= self.budget_bytes
 
     def max_rows(self, rank: int | None = None) -> int:
         """Active rows that fit in the budget at ``rank`` (default: the current rank)."""
@@ -128,7 +129,7 @@ class RankController:
     def set_budget(self, budget_bytes: int, now: float) -> None:
         """Change the budget; when it shrinks, evict LRU rows, then lower the rank, to fit.
         Evictions here may overfill the fold log: the publisher drains it next."""
-        floor = min_budget_bytes(self.policy, self.live.dim)
+        floor = min_budget_bytes(self.policy, self.live.dim, self.node_key_bytes)
         if budget_bytes < floor:
             raise ValueError(
                 f"budget for table {self.table!r} is {budget_bytes} bytes, below the "
@@ -153,9 +154,8 @@ class RankController:
         the rest of the budget holds (a huge budget needs no huge sketch)."""
         bits = 0
         if self.policy.admit_after > 1:
-            rows = capacity_plan(
-                self.budget_bytes, self.live.rank, self.live.dim, limit=self.live.num_rows
-            )[0]
+            sizes = (self.live.rank, self.live.dim, False, self.live.num_rows, self.node_key_bytes)
+            rows = capacity_plan(self.budget_bytes, *sizes)[0]
             widest = max(rows * SKETCH_PER_ROW, 2).bit_length()
             share = int(self.budget_bytes * self.policy.sketch_share)
             bits = min(SightingSketch.bits_for(share), widest)

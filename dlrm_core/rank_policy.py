@@ -67,7 +67,7 @@ class RankEvent:
     reason: str
 
 
-def min_budget_bytes(policy: RankPolicy, dim: int) -> int:
+def min_budget_bytes(policy: RankPolicy, dim: int, node_key_bytes: int = 0) -> int:
     """The smallest budget a table can hold: B and its optimizer state at r_min, the smallest
-    index and fold log, no rows."""
-    return floor_bytes(policy.r_min, dim)
+    index and fold log, no rows (on a node, ``node_key_bytes`` > 0: its copies' floor too)."""
+    return floor_bytes(policy.r_min, dim, node_key_bytes)

@@ -5,6 +5,7 @@ Per active row: A's row (4 r), its id (8), last-use time (4), Adagrad accumulato
 of the cuckoo index (dlrm_core/hash_index.py: 8-slot buckets of int32 (id, row), at most
 INDEX_LOAD of the slots used) and of the fold log (ids folded since the last publish). Per
 table: B and its Adam moments (3 r D floats), the index's whole buckets, the fold log's floor.
+On a node (``node_key_bytes``) also the copies outside the trainer (node_copy_bytes).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
-from dlrm_core.hash_index import BUCKET
+from dlrm_core.hash_index import BUCKET, MAX_LOAD
 
 _F32, _I64 = 4, 8
 INDEX_LOAD = 0.9  # the most keys per index slot a table plans for (cuckoo, 8-slot buckets)
@@ -54,27 +55,85 @@ def index_capacity(bits: int) -> int:
 FOLD_LOG_MIN, FOLD_LOG_SHARE = 16, 4
 
 
-def floor_bytes(rank: int, dim: int) -> int:
+def floor_bytes(rank: int, dim: int, node_key_bytes: int = 0) -> int:
     """The least a table holds at ``rank`` with no rows: B and its Adam moments, the smallest
-    index and the fold log's floor."""
-    return shared_bytes(rank, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN
+    index and the fold log's floor (on a node, also its copies' floor)."""
+    node = node_copy_floor(rank, dim, node_key_bytes) if node_key_bytes else 0
+    return shared_bytes(rank, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN + node
+
+
+# A node's copies of a table outside its trainer: two shared-memory slots (the double buffer)
+# each holding a version's ids, A and B and its serving layout, and inference's installed copy
+# of one serving layout (nodeworker/shared_memory.py, version_installer.py).
+SLOT_COPIES, LAYOUT_COPIES = 2, 3
+PAGE = 4096  # the slots are allocated (and given back) in whole pages
+# The installed copy is one buffer: from the heap below glibc's mmap threshold (64 KiB,
+# dlrm_core/malloc_policy.py), else its own mapping of whole 4 KiB pages (at most 1/16 more),
+# or of huge pages while their rounding wastes at most 1/INSTALLED_SLACK of it
+# (nodeworker/shared_memory.py installed_bytes).
+INSTALLED_SLACK = 16
+# Paid once per node, not per table: every slot is one arena for all tables' factors and
+# serving layouts, so only its last page is partly used.
+NODE_PAGE_FLOOR = SLOT_COPIES * PAGE
+
+
+def _layout_index_row(key_bytes: int) -> int:
+    """The most bytes per key of a serving layout's cuckoo index (dlrm_core/hash_index.py):
+    up to 2 / MAX_LOAD slots a key (a power of two of buckets), twice that when a build needs
+    one more bit; a slot is a key and a row of ``key_bytes`` each."""
+    return math.ceil(2 * 2 * 2 * key_bytes / MAX_LOAD)
+
+
+def _layout_row(rank: int, key_bytes: int) -> int:
+    return _F32 * rank + _layout_index_row(key_bytes)
+
+
+def node_copy_bytes(rows: int, rank: int, dim: int, key_bytes: int) -> int:
+    """Bytes of a node's copies of a table of ``rows`` active rows outside its trainer
+    (without the node's page floor, NODE_PAGE_FLOOR)."""
+    layout = _layout_row(rank, key_bytes)
+    per_row = (
+        SLOT_COPIES * (_I64 + _F32 * rank)
+        + LAYOUT_COPIES * layout
+        + math.ceil(layout / INSTALLED_SLACK)
+    )
+    return rows * per_row + node_copy_floor(rank, dim, key_bytes)
+
+
+def node_copy_floor(rank: int, dim: int, key_bytes: int) -> int:
+    """The part of node_copy_bytes that does not grow with rows: B in every copy, the layout's
+    zero row and smallest index (the 8-byte alignment of each region is in the slack)."""
+    layout = _F32 * rank * (dim + 1) + 2 * BUCKET * 2 * key_bytes + 6 * 8
+    return SLOT_COPIES * (_F32 * rank * dim + 3 * 8) + LAYOUT_COPIES * layout + layout // 8
 
 
 @functools.lru_cache(maxsize=4096)  # pure; asked on every admission with the same sizes
 def capacity_plan(
-    free_bytes: int, rank: int, dim: int, published_copy: bool = False, limit: int = 2**31 - 2
+    free_bytes: int,
+    rank: int,
+    dim: int,
+    published_copy: bool = False,
+    limit: int = 2**31 - 2,
+    node_key_bytes: int = 0,
 ) -> tuple[int, int]:
     """(rows, index bits): the most active rows whose state, index of 2**bits buckets and fold
     log allowance fit in ``free_bytes`` at ``rank`` (rows 0 and bits 1 when none fit). With
     ``published_copy`` also a published copy of ids, A and B, and a base patch of up to every
     active row (a shrink folds them all; a reader that takes every version within a publish
-    interval keeps the store's patch to one interval's folds)."""
+    interval keeps the store's patch to one interval's folds). With ``node_key_bytes`` (a
+    node's serving index keys: 4 or 8; 0: not on a node) also the node's copies outside the
+    trainer (node_copy_bytes), so the budget caps the whole proportional part."""
     per_row = row_bytes(rank) + 8 / FOLD_LOG_SHARE
     free = free_bytes - shared_bytes(rank, dim) - 8 * FOLD_LOG_MIN
     if published_copy:
         patch_row = 8 + 4 * dim
         per_row += 4 * rank + 8 + patch_row
         free -= 4 * rank * dim + patch_row * FOLD_LOG_MIN
+    if node_key_bytes:
+        per_row += node_copy_bytes(1, rank, dim, node_key_bytes) - node_copy_floor(
+            rank, dim, node_key_bytes
+        )
+        free -= node_copy_floor(rank, dim, node_key_bytes)
     best = (0, 1)
     for bits in range(1, 31):
         left = free - index_bytes(bits)

@@ -63,6 +63,8 @@ class TrainerConfig:
     # keep the newest published version in the trainer's store (for an in-process reader);
     # its copies then take their share of each table's budget
     keep_published: bool = False
+    # on a node, its serving index's key bytes (4, 8): budgets hold its copies too (row_budget)
+    node_key_bytes: int = 0
     # False: no LabelJoin (serve / feedback / train_ready) and no FactorStore; the caller
     # joins labels itself, calls train_step and takes publish()'s versions (a node's trainer)
     in_process_join: bool = True
@@ -130,15 +132,14 @@ class LiveTrainer:
             nbytes = weight.numel() * weight.element_size()
             given = budgets.get(name) if budgets else None
             budget = int(nbytes * config.budget_fraction) if given is None else int(given)
-            if budget < min_budget_bytes(config.policy, int(weight.shape[1])):
+            if budget < min_budget_bytes(config.policy, weight.shape[1], config.node_key_bytes):
                 self.skipped_tables.append(name)
             else:
                 budget_of[name] = budget
         self.lives = attach_live_embeddings(model.sparse_arch, list(budget_of), config.live)
+        plan_copies = (config.keep_published, config.node_key_bytes)  # the copies budgets hold
         self.controllers = {
-            name: RankController(
-                live, name, config.policy, budget_of[name], published_copy=config.keep_published
-            )
+            name: RankController(live, name, config.policy, budget_of[name], *plan_copies)
             for name, live in self.lives.items()
         }
         self.groups = LiveGroups(model.config.feature_names, self.lives, self.controllers)
@@ -152,7 +153,6 @@ class LiveTrainer:
             self._store = store or FactorStore()
         self.stats = TrainerStats()
         self._replay: deque[list] = deque(maxlen=config.replay_window)  # [batch, uses]
-        self._events_seen = {name: 0 for name in self.lives}
         self._now = 0.0  # newest stream time trained on
         self._bottom_params: list[torch.nn.Parameter] = []  # see _bottom_token
         self._bottom_versions: tuple[int, ...] = ()
@@ -358,11 +358,12 @@ class LiveTrainer:
         return {name: live.rank for name, live in self.lives.items()}
 
     def drain_events(self) -> list[RankEvent]:
-        """Rank changes and prunes since the last call, oldest first."""
+        """Rank changes and prunes since the last call, oldest first (none kept: a node's run
+        lasts days)."""
         out: list[RankEvent] = []
-        for name, ctl in self.controllers.items():
-            out.extend(ctl.events[self._events_seen[name] :])
-            self._events_seen[name] = len(ctl.events)
+        for ctl in self.controllers.values():
+            out.extend(ctl.events)
+            ctl.events.clear()
         return sorted(out, key=lambda e: e.timestamp)
 
 

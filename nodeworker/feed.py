@@ -248,6 +248,7 @@ class FeedConfig:
     max_ready: int = 100_000
     batch_rows: int = 256
     backlog_batches: int = 64  # joined batches waiting for the trainer; oldest dropped
+    backlog_bytes: int = 2**62  # and at most this many bytes of them (a node's budget share)
     train: bool = True  # False: join for the quality metrics only (a node without trainer)
 
 
@@ -310,10 +311,16 @@ class Feed:
             self._quality.append((rows.batch.labels.numpy(), scores))
             if self.config.train:
                 self.backlog.append((rows.batch, rows.label_times.numpy()))
-                while len(self.backlog) > self.config.backlog_batches:
+                while len(self.backlog) > self.config.backlog_batches or (
+                    len(self.backlog) > 1 and self.backlog_nbytes() > self.config.backlog_bytes
+                ):
                     self.dropped_backlog += len(self.backlog.popleft()[0])
             if len(ids) < self.config.batch_rows:
                 return joined
+
+    def backlog_nbytes(self) -> int:
+        """Bytes of the joined batches waiting for the trainer and their label times."""
+        return sum(batch.nbytes + times.nbytes for batch, times in self.backlog)
 
     def next_batch(self) -> tuple[SparseBatch, np.ndarray] | None:
         if not self.backlog:

@@ -11,6 +11,7 @@ import time
 import torch
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.model import DLRM
 from dlrm_core.serving import ServingDelta
 from nodeworker.feed import FeedWriter
@@ -22,6 +23,7 @@ class InferencePath:
     def __init__(
         self, model: DLRM, feed: FeedWriter, qos: QosController, metrics: RuntimeMetrics
     ) -> None:
+        bound_native_heap()  # the process serving it runs for days: keep its native heap flat
         self.model = model
         self.feed = feed
         self.qos = qos

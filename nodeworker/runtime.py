@@ -45,12 +45,12 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.checkpoint import CheckpointError, load_model, save_model
-from dlrm_core.model import DLRM, DLRMConfig, base_weight
-from dlrm_core.rank_policy import min_budget_bytes
+from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
 from nodeworker import placement, protocol
 from nodeworker.feed import Feed, FeedRings, FeedWriter
 from nodeworker.inference import InferencePath
+from nodeworker.node_budget import NodeBudget, capacity_budget, node_budget, node_table_floor
 from nodeworker.node_events import NodeEvents
 from nodeworker.node_operations import NodeOperations
 from nodeworker.node_state import APPLIED_FILE, AppliedState, NodeState
@@ -62,7 +62,6 @@ from nodeworker.sample_cache import Feedback
 from nodeworker.shared_memory import (
     SharedFactors,
     TableCapacity,
-    budget_bytes,
     map_base_tables,
     write_base_tables,
 )
@@ -70,12 +69,11 @@ from nodeworker.snapshots import SnapshotDirectory, apply_patch_files
 from nodeworker.telemetry import NodeSnapshot
 from nodeworker.telemetry_window import TelemetryWindow
 from nodeworker.trainer_client import NoTrainer, ProcessTrainerClient, TrainerClient
-from nodeworker.trainer_proc import rank_policy
 from nodeworker.version_installer import VersionInstaller
 
 log = logging.getLogger(__name__)
 
-CAPACITY_PCT = 10.0  # shared factor slots hold any budget a policy may set (sparse files)
+MAX_UNTRAINED_SHOWN = 8  # tables whose reason an event carries (its detail is bounded)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 __all__ = ["NodeRuntime", "RuntimeConfig", "build_fresh_checkpoint"]
@@ -110,7 +108,7 @@ class NodeRuntime:
         self.restore_dir = self.snapshots.restorable(self.state.checkpoint, tables)
         if self.restore_dir:
             apply_patch_files(model, self.restore_dir, tables)
-        capacities = _capacities(model, clean)
+        capacities = self._trained_capacities(model, clean)
         self.shared = SharedFactors(self.shm_dir, capacities, create=True)
         self.rings = FeedRings.open(self.shm_dir, create=True)
         self.qos = QosController(
@@ -149,6 +147,21 @@ class NodeRuntime:
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _trained_capacities(self, model: DLRM, policy: protocol.Policy) -> dict[str, TableCapacity]:
+        """The shared slots of the tables the node's budget trains. The others are told, with
+        the reason, in the log and an event (a node whose tables are too small for even one
+        table's floor trains nothing, and says so)."""
+        budget = node_budget(model.config, policy)
+        names = sorted(budget.untrained)
+        for name in names:
+            log.warning("table %r is not trained: %s", name, budget.untrained[name])
+        shown = {name: budget.untrained[name] for name in names[:MAX_UNTRAINED_SHOWN]}
+        detail = {"memory_budget_bytes": budget.total, "trained": sorted(budget.tables),
+                  "untrained": shown, "untrained_count": len(names)}  # fmt: skip
+        if names:
+            self.events.add("policy", detail)
+        return _capacities(model, policy, budget)
 
     def _trainer_client(self, model: DLRM) -> TrainerClient:
         if self.config.trainer:
@@ -301,17 +314,18 @@ def _schema_of(model: DLRM) -> StreamSchema:
     )
 
 
-def _capacities(model: DLRM, policy: protocol.Policy) -> dict[str, TableCapacity]:
-    """The shared factor slots of the tables the policy's budget lets the trainer train."""
-    dim = model.config.embedding_dim
-    floor = min_budget_bytes(rank_policy(policy, dim), dim)
-    pct = policy.memory_budget_pct
+def _capacities(
+    model: DLRM, policy: protocol.Policy, budget: NodeBudget
+) -> dict[str, TableCapacity]:
+    """The shared factor slots of the tables the node's budget lets the trainer train, each
+    sized for the most budget any policy gives it (sparse: unused room costs nothing)."""
+    cfg = model.config
+    floor = node_table_floor(cfg, policy)
+    rows = dict(zip(cfg.feature_names, cfg.table_sizes, strict=True))
+    dim = cfg.embedding_dim
     return {
-        name: TableCapacity.for_budget(
-            budget_bytes(base_weight(model, name), CAPACITY_PCT), dim, dim
-        )
-        for name in model.config.feature_names
-        if budget_bytes(base_weight(model, name), pct) >= floor
+        name: TableCapacity.for_budget(capacity_budget(rows[name] * dim * 4, floor), dim, dim)
+        for name in budget.tables
     }
 
 

@@ -76,7 +76,9 @@ class RuntimeMetrics:
         self._synced_label_at: float | None = None  # a delta-sync node's newest label learnt
         self._samples = (0.0, 0)  # (time, trainer samples) of the last stats
         self.trainer_rate = 0.0
-        self.skipped = 0
+        # batches skipped by the trainers that stopped, and by the running one (its own
+        # counter starts at 0: a restart must not read as a negative count)
+        self._skipped = (0, 0)
         self.trained_samples = 0
         self._lock = threading.Lock()
 
@@ -123,9 +125,20 @@ class RuntimeMetrics:
                 self.trainer_rate = max(0.0, (stats.samples - s0) / (now - t0))
             self._samples = (now, stats.samples)
             self.trained_samples = stats.samples
-            self.skipped = stats.skipped
+            self._skipped = (self._skipped[0], stats.skipped)
             self._fresh_pending.extend(stats.fresh)
             self._resolve()
+
+    @property
+    def skipped(self) -> int:
+        """Batches skipped by every trainer this node ran (non-decreasing)."""
+        return sum(self._skipped)
+
+    def trainer_started(self) -> None:
+        """A new trainer process: its counters start again at 0."""
+        with self._lock:
+            self._skipped = (sum(self._skipped), 0)
+            self._samples = (0.0, 0)
 
     def _resolve(self) -> None:
         versions = [v for v, _ in self._installs]
@@ -221,24 +234,29 @@ class MeasuredMemory:
     state (its account when first seen, plus the growth of its anonymous pages since, Pss_Anon:
     its tensors, malloc's heap and the base pages its folds made private), the factor slots'
     allocated shared-memory blocks (factors-*.bin in ``shm_dir``) and inference's installed
-    version (``installed_bytes``). The trainer's runtime (interpreter, torch) is not in it: it
-    is in the Pss when the trainer is first seen, which the growth starts from."""
+    version (``installed_bytes``). The trainer's account holds the slots and the installed
+    version too: its part when first seen is taken without them, measured here instead. The
+    trainer's runtime (interpreter, torch) is not in it: it is in the Pss when the trainer is
+    first seen, which the growth starts from."""
 
     def __init__(self, shm_dir: Path, installed_bytes: Callable[[], int]) -> None:
         self.shm_dir = shm_dir
         self.installed_bytes = installed_bytes
-        self._baseline: tuple[int, int, int] | None = None  # (pid, Pss_Anon, account bytes)
+        # (pid, Pss_Anon, the account's bytes less the node's copies)
+        self._baseline: tuple[int, int, int] | None = None
 
     def measure(self, trainer_pid: int | None, account_bytes: int) -> int:
         """Bytes now, given the trainer's pid (None: none runs) and its account's bytes."""
         trainer = 0
+        copies = self._slot_bytes() + int(self.installed_bytes())
         rollup = smaps_rollup(trainer_pid) if trainer_pid else None
         if trainer_pid and rollup is not None:
             if self._baseline is None or self._baseline[0] != trainer_pid:
-                self._baseline = (trainer_pid, rollup["Pss_Anon"], account_bytes)
-            _, anon0, account0 = self._baseline
-            trainer = max(0, account0 + rollup["Pss_Anon"] - anon0)
-        return trainer + self._slot_bytes() + int(self.installed_bytes())
+                own = max(0, account_bytes - copies)
+                self._baseline = (trainer_pid, rollup["Pss_Anon"], own)
+            _, anon0, own0 = self._baseline
+            trainer = max(0, own0 + rollup["Pss_Anon"] - anon0)
+        return trainer + copies
 
     def _slot_bytes(self) -> int:
         try:

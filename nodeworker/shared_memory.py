@@ -7,12 +7,16 @@ rows and delta-sync rows in place); the trainer maps them copy-on-write (MAP_PRI
 folds never touch what inference serves until the version that carries them is installed, and
 untouched pages stay one physical copy.
 
-Factor versions: a seqlock-protected double buffer per node. The single writer fills the slot
-inference is not reading, bumping that slot's sequence number to odd before and to even after,
-then flips ``current``. A reader copies the current slot and keeps the copy only if the slot's
-sequence was even and unchanged across the copy, so it gets one whole version, never a mix.
-(Stores and loads of the int64 header are ordered on x86-64 (TSO), the only target here.)
-The files are sparse: only the bytes a version actually uses occupy memory.
+Factor versions: a seqlock-protected double buffer per node, in one file for all tables. The
+single writer fills the slot inference is not reading, bumping that slot's sequence number to
+odd before and to even after, then flips ``current``. A reader copies the current slot and
+keeps the copy only if the slot's sequence was even and unchanged across the copy, so it gets
+one whole version, never a mix (int64 header stores and loads are ordered on x86-64, TSO).
+A slot is one arena: all tables' ids, A and B, then the serving layout, packed at offsets the
+header's sizes give, so a version ends in one partly used page per slot, not one per table
+region (a page floor small tables' budgets cannot pay). The file is sparse and the writer
+gives back (MADV_REMOVE) a slot's pages past its version, so a slot never holds the most any
+version used (held_bytes measures it; nodeworker/node_budget.py plans for it).
 
 A version holds each table's factors and, built by the writer (the trainer, on its own cpus),
 the same version in serving layout: the ServingDelta's groups (hash index slots, A with its zero
@@ -30,12 +34,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlrm_core import hugepages
 from dlrm_core.hash_index import BUCKET, CuckooIndex
 from dlrm_core.model import DLRM, base_bag
-from dlrm_core.row_budget import row_bytes
 from dlrm_core.serving import RankGroup, ServingDelta
 from dlrm_core.table_factors import TableFactors
+from nodeworker.slot_pages import (
+    EMPTY_FACTORS,
+    FactorViews,
+    TableCapacity,
+    aligned,
+    allocated,
+    factor_views,
+    give_back,
+    installed_buffer,
+    installed_bytes,
+    layout_bytes,
+    paged,
+    serving_capacity_bytes,
+)
 
 
 def _map(path: Path, nbytes: int, shared: bool) -> torch.Tensor:
@@ -78,47 +94,12 @@ def map_base_tables(model: DLRM, directory: Path, shared: bool) -> None:
 # --- factor versions -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TableCapacity:
-    rows: int  # max active rows
-    a_floats: int  # max n x r
-    rank: int  # max r
-    dim: int  # D
-
-    @staticmethod
-    def for_budget(budget_bytes: int, dim: int, max_rank: int) -> TableCapacity:
-        """Room for any state a budget can hold: rows at rank 1, n x r floats <= budget / 4."""
-        rows = max(1, budget_bytes // row_bytes(1))
-        return TableCapacity(rows, max(1, budget_bytes // 4), min(max_rank, dim), dim)
-
-    @property
-    def slot_bytes(self) -> int:
-        raw = 8 * self.rows + 4 * self.a_floats + 4 * self.rank * self.dim
-        return -(-raw // 8) * 8  # the next slot's int64 ids must stay 8-byte aligned
-
-
 # header (int64): current, then per slot: seq, version; per slot per table: n, r; per slot: aux;
 # per slot: serving groups; per slot per group: _GROUP_FIELDS, features, key offsets.
 # float64 area after it: per slot: created_at; per slot per table: scale.
 _H_CURRENT = 0
 # per serving group: tables, index bits, rank, rows of A, key bytes, the index's 2 multipliers
 _GROUP_FIELDS = 7
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // 8) * 8  # every tensor of a slot starts 8-byte aligned
-
-
-def serving_capacity_bytes(capacities: Mapping[str, TableCapacity]) -> int:
-    """Room for the serving layout of any version the capacities allow: A with one zero row per
-    group, B, and hash-index slots (< 2 x n / MAX_LOAD + 2 buckets per group of n keys, twice
-    that if a build needed one more bit; 16 bytes for int64 keys). Sparse: unused room costs
-    nothing."""
-    rows = sum(c.rows for c in capacities.values())
-    a = sum(c.a_floats + c.rank for c in capacities.values())
-    b = sum(c.rank * c.dim for c in capacities.values())
-    index_slots = 5 * rows + 4 * BUCKET * len(capacities)
-    return 16 * index_slots + 4 * (a + b) + 3 * 8 * len(capacities)
 
 
 @dataclass(frozen=True)
@@ -150,38 +131,27 @@ class SharedFactors:
         self._ints = 1 + 2 * 2 + 2 * 2 * n_tables + 2 + self._serving_header
         self._floats = 2 + 2 * n_tables
         header_bytes = 8 * (self._ints + self._floats)
-        self.serving_bytes = _aligned(serving_capacity_bytes(self.caps))
+        self.factor_bytes = sum(cap.slot_bytes for cap in self.caps.values())
+        self.serving_bytes = serving_capacity_bytes(self.caps)
+        self.slot_bytes = paged(self.factor_bytes + self.serving_bytes)  # a slot starts a page
         self.dir.mkdir(parents=True, exist_ok=True)
         header_path = self.dir / "factors-header.bin"
-        serving_path = self.dir / "factors-serving.bin"
+        self.slots_path = self.dir / "factors-slots.bin"
         if create:
             _create(header_path, header_bytes)
-            _create(serving_path, 2 * self.serving_bytes)
-            for name, cap in self.caps.items():
-                _create(self._table_path(name), 2 * cap.slot_bytes)
+            _create(self.slots_path, 2 * self.slot_bytes)
         raw = _map(header_path, header_bytes, shared=True)
         self._hi = raw[: 8 * self._ints].view(torch.int64)
         self._hf = raw[8 * self._ints :].view(torch.float64)
-        serving = _map(serving_path, 2 * self.serving_bytes, shared=True)
-        self._serving = [
-            serving[s * self.serving_bytes : (s + 1) * self.serving_bytes] for s in range(2)
-        ]
-        self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-        for name, cap in self.caps.items():
-            seg = _map(self._table_path(name), 2 * cap.slot_bytes, shared=True)
-            slots = []
-            for s in range(2):
-                base = s * cap.slot_bytes
-                ids = seg[base : base + 8 * cap.rows].view(torch.int64)
-                base += 8 * cap.rows
-                a = seg[base : base + 4 * cap.a_floats].view(torch.float32)
-                base += 4 * cap.a_floats
-                b = seg[base : base + 4 * cap.rank * cap.dim].view(torch.float32)
-                slots.append((ids, a, b))
-            self._slots[name] = slots
+        arenas = _map(self.slots_path, 2 * self.slot_bytes, shared=True)
+        self._arenas = [arenas[s * self.slot_bytes : (s + 1) * self.slot_bytes] for s in range(2)]
+        # per slot: each table's bytes of the arena written there (write), for held_bytes
+        self._written: list[dict[str, int]] = [{}, {}]
+        # per slot: the serving layout's bytes (what inference's installed copy holds)
+        self._layout: list[int] = [0, 0]
 
-    def _table_path(self, name: str) -> Path:
-        return self.dir / f"factors-{name}.bin"
+    def _factor_views(self, s: int, sizes: list[tuple[int, int]]) -> list[FactorViews]:
+        return factor_views(self._arenas[s], self.caps, sizes, self.factor_bytes)
 
     def _seq(self, s: int) -> int:
         return 1 + 2 * s
@@ -219,6 +189,25 @@ class SharedFactors:
     ) -> None:
         """Publish ``tables`` as ``version``, with ``serving`` (built from them) for inference
         (single writer)."""
+        self._check_room(version, tables, serving)
+        s = 1 - int(self._hi[_H_CURRENT])
+        self._hi[self._seq(s)] += 1  # odd: being written
+        start = self._write_factors(s, tables)
+        pos = self._write_layout(s, start, serving)
+        give_back(self._arenas[s], start + pos)
+        for name, nbytes in layout_bytes(self.names, tables, serving).items():
+            self._written[s][name] += nbytes
+        self._layout[s] = pos
+        self._hi[self._groups(s)] = len(serving.groups)
+        self._hi[self._ver(s)] = version
+        self._hi[self._aux(s)] = aux
+        self._hf[s] = created_at
+        self._hi[self._seq(s)] += 1  # even: complete
+        self._hi[_H_CURRENT] = s
+
+    def _check_room(
+        self, version: int, tables: Mapping[str, TableFactors], serving: ServingDelta
+    ) -> None:
         for name, f in tables.items():
             cap = self.caps[name]
             if f.num_active > cap.rows or f.num_active * f.rank > cap.a_floats or f.rank > cap.rank:
@@ -226,27 +215,38 @@ class SharedFactors:
                     f"factors of {name!r} (n={f.num_active}, r={f.rank}) exceed the shared "
                     f"capacity (rows={cap.rows}, n*r={cap.a_floats}, r={cap.rank})"
                 )
-        layout = [(g.index.slots, g.a, g.b) for g in serving.groups]
-        need = sum(_aligned(t.numel() * t.element_size()) for group in layout for t in group)
+        layout = [t for g in serving.groups for t in (g.index.slots, g.a, g.b)]
+        need = sum(aligned(t.numel() * t.element_size()) for t in layout)
         if need > self.serving_bytes or len(serving.groups) > len(self.names):
             raise ValueError(
                 f"the serving layout of version {version} ({need} bytes, "
                 f"{len(serving.groups)} groups) exceeds the shared capacity ({self.serving_bytes})"
             )
-        s = 1 - int(self._hi[_H_CURRENT])
-        self._hi[self._seq(s)] += 1  # odd: being written
-        for t, name in enumerate(self.names):
-            f = tables[name]
-            n, r = f.num_active, f.rank
-            ids, a, b = self._slots[name][s]
-            ids[:n].copy_(f.ids)
-            a[: n * r].copy_(f.a.reshape(-1))
-            b[: r * f.b.shape[1]].copy_(f.b.reshape(-1))
-            self._hi[self._nr(s, t)] = n
-            self._hi[self._nr(s, t) + 1] = r
+
+    def _write_factors(self, s: int, tables: Mapping[str, TableFactors]) -> int:
+        """Every table's factors into slot ``s``'s arena; returns where they end."""
+        # a table the trainer does not train (its budget lost it) is published empty: r = 0
+        sizes = [
+            (f.num_active, f.rank) if (f := tables.get(name)) else (0, 0) for name in self.names
+        ]
+        views, start = self._factor_views(s, sizes), 0
+        for t, (name, view) in enumerate(zip(self.names, views, strict=True)):
+            f = tables.get(name) or EMPTY_FACTORS
+            view.ids.copy_(f.ids)
+            view.a.copy_(f.a.reshape(-1))
+            view.b.copy_(f.b.reshape(-1))
+            self._hi[self._nr(s, t)] = f.num_active
+            self._hi[self._nr(s, t) + 1] = f.rank
             self._hf[self._scale(s, t)] = f.scale
-        arena, pos = self._serving[s], 0
-        for g, (group, tensors) in enumerate(zip(serving.groups, layout, strict=True)):
+            self._written[s][name] = view.end - start
+            start = view.end
+        return start
+
+    def _write_layout(self, s: int, start: int, serving: ServingDelta) -> int:
+        """The serving layout into slot ``s``'s arena from ``start``; returns its bytes."""
+        arena, pos = self._arenas[s][start:], 0
+        for g, group in enumerate(serving.groups):
+            tensors = (group.index.slots, group.a, group.b)
             slots, a, _ = tensors
             n_tables = len(group.features)
             h = self._group(s, g)
@@ -261,13 +261,22 @@ class SharedFactors:
             for tensor in tensors:
                 nbytes = tensor.numel() * tensor.element_size()
                 arena[pos : pos + nbytes].view(tensor.dtype).copy_(tensor.reshape(-1))
-                pos += _aligned(nbytes)
-        self._hi[self._groups(s)] = len(serving.groups)
-        self._hi[self._ver(s)] = version
-        self._hi[self._aux(s)] = aux
-        self._hf[s] = created_at
-        self._hi[self._seq(s)] += 1  # even: complete
-        self._hi[_H_CURRENT] = s
+                pos += aligned(nbytes)
+        return pos
+
+    def held_bytes(self) -> dict[str, int]:
+        """By table, what the node holds of it outside its trainer: its share of the slot
+        file's allocated blocks (as its bytes are of the bytes written in both slots, so the
+        shares add up to the file, its partly used pages included) and of inference's installed
+        copy (the larger of the two slots' layouts, as installed_bytes rounds it)."""
+        held = allocated(self.slots_path)
+        written = sum(sum(slot.values()) for slot in self._written)
+        installed = installed_bytes(max(self._layout))
+        out = {}
+        for name in self.names:
+            mine = sum(slot.get(name, 0) for slot in self._written)
+            out[name] = (held + installed) * mine // written if written else 0
+        return out
 
     def read(self, newer_than: int = 0, max_tries: int = 1000) -> FactorSnapshot | None:
         """A private copy of the current version's factors if it is newer than ``newer_than``."""
@@ -300,13 +309,13 @@ class SharedFactors:
 
     def _copy_factors(self, s: int, version: int):
         tables = {}
-        for t, name in enumerate(self.names):
-            n = int(self._hi[self._nr(s, t)])
-            r = int(self._hi[self._nr(s, t) + 1])
-            ids, a, b = self._slots[name][s]
-            d = self.caps[name].dim
+        sizes = self._sizes(s)
+        views = self._factor_views(s, sizes)
+        for t, (name, view) in enumerate(zip(self.names, views, strict=True)):
             scale = float(self._hf[self._scale(s, t)])
-            tables[name] = (ids[:n].clone(), a[: n * r].clone(), b[: r * d].clone(), r, scale)
+            r = sizes[t][1]
+            if r:  # else not trained (write)
+                tables[name] = (view.ids.clone(), view.a.clone(), view.b.clone(), r, scale)
 
         def snapshot(created_at: float, aux: int) -> FactorSnapshot:
             return FactorSnapshot(
@@ -321,40 +330,55 @@ class SharedFactors:
 
         return snapshot
 
+    def _sizes(self, s: int) -> list[tuple[int, int]]:
+        """(n, r) of every table in slot ``s`` (from the header)."""
+        return [
+            (int(self._hi[self._nr(s, t)]), int(self._hi[self._nr(s, t) + 1]))
+            for t in range(len(self.names))
+        ]
+
+    def _layout_start(self, s: int) -> int:
+        views = self._factor_views(s, self._sizes(s))
+        return views[-1].end if views else 0
+
     def _copy_serving(self, s: int, version: int):
-        arena, pos, groups = self._serving[s], 0, []
+        arena = self._arenas[s][self._layout_start(s) :]
         dim = next(iter(self.caps.values())).dim
+        shapes, pos = [], 0  # per group: its header fields and its tensors' (dtype, shape, at)
         for g in range(int(self._hi[self._groups(s)])):
             h = self._group(s, g)
             fields = self._hi[h : h + _GROUP_FIELDS].tolist()
             n_tables, bits, rank, a_rows, key_bytes = fields[:5]
             key_dtype = torch.int32 if key_bytes == 4 else torch.int64
-            features = h + _GROUP_FIELDS
-            feature_positions = self._hi[features : features + n_tables].tolist()
-            offsets = features + len(self.names)
-            key_offsets = self._hi[offsets : offsets + n_tables].clone()
-            copied = []
+            tensors = []
             for dtype, shape in (
                 (key_dtype, (1 << bits, 2, BUCKET)),
                 (torch.float32, (a_rows, rank)),
                 (torch.float32, (n_tables, rank, dim)),
             ):
-                nbytes = math.prod(shape) * dtype.itemsize
-                if pos + nbytes > self.serving_bytes:
-                    raise ValueError("a serving group past the slot's end")
-                copied.append(
-                    hugepages.empty(shape, dtype).copy_(
-                        arena[pos : pos + nbytes].view(dtype).view(shape)
-                    )
-                )
-                pos += _aligned(nbytes)
-            slots, a, b = copied
-            multipliers = torch.tensor(fields[5:7], dtype=key_dtype)
+                tensors.append((dtype, shape, pos))
+                pos += aligned(math.prod(shape) * dtype.itemsize)
+            shapes.append((h, fields, tensors))
+        if pos > self.serving_bytes:
+            raise ValueError("a serving layout past the slot's end")
+        # one buffer, one copy: the installed copy's rounding is paid once (installed_bytes)
+        buffer = installed_buffer(pos)
+        buffer.copy_(arena[:pos])
+        groups = []
+        for h, fields, tensors in shapes:
+            n_tables, bits = fields[0], fields[1]
+            key_dtype = tensors[0][0]
+            slots, a, b = (
+                buffer[at : at + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+                for dtype, shape, at in tensors
+            )
+            features = h + _GROUP_FIELDS
+            offsets = features + len(self.names)
             groups.append(
                 RankGroup(
-                    tuple(feature_positions),
-                    key_offsets,
-                    CuckooIndex(bits, multipliers, slots),
+                    tuple(self._hi[features : features + n_tables].tolist()),
+                    self._hi[offsets : offsets + n_tables].clone(),
+                    CuckooIndex(bits, torch.tensor(fields[5:7], dtype=key_dtype), slots),
                     a,
                     b,
                 )
@@ -364,7 +388,3 @@ class SharedFactors:
             return ServingSnapshot(version, created_at, ServingDelta(version, tuple(groups)), aux)
 
         return snapshot
-
-
-def budget_bytes(weight: torch.Tensor, pct: float) -> int:
-    return int(math.floor(weight.numel() * weight.element_size() * pct / 100.0))

@@ -224,6 +224,7 @@ class ProcessTrainerClient(TrainerClient):
     def start(self, setup: TrainerSetup, duty: float, epoch: int) -> None:
         """A new trainer process (the node has none running) starting a new join."""
         self.join.retire()
+        self.metrics.trainer_started()
         self._generation += 1
         self._ready = threading.Event()
         self._cmd_q = self._ctx.Queue()

@@ -30,15 +30,15 @@ import torch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.memory_account import MemoryAccount
-from dlrm_core.model import base_weight
-from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.rebase import delta_rebase
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
-from nodeworker.base_pages import PAGE, PrivateBasePages
+from nodeworker.base_pages import PrivateBasePages
 from nodeworker.feed import Feed, FeedConfig, FeedRings
+from nodeworker.node_budget import node_budget, rank_policy, serving_key_bytes
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import (
     SharedFactors,
@@ -70,26 +70,6 @@ from nodeworker.trainer_messages import (
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
-
-
-def rank_policy(policy: protocol.Policy, dim: int) -> RankPolicy:
-    """The RankPolicy of a node policy."""
-    r_max = min(policy.r_max, dim)
-    return RankPolicy(
-        tau=policy.tau,
-        r_min=min(policy.r_min, r_max),
-        r_max=r_max,
-        max_age=policy.prune_age_s,
-        fold_evicted=policy.prune_action == "fold",
-    )
-
-
-def table_budget(weight: torch.Tensor, pct: float) -> int:
-    """A table's budget: ``pct`` of its bytes, less its FoldBitmap and its PrivateBasePages'
-    flag per page (the node's records of folds are LoRA memory too)."""
-    nbytes = weight.numel() * weight.element_size()
-    records = FoldBitmap.nbytes_for(int(weight.shape[0])) + -(-nbytes // PAGE)
-    return int(nbytes * pct / 100) - records
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -127,11 +107,7 @@ class TrainerEnds:
 
 
 class TrainerLoop:
-    def __init__(
-        self,
-        setup: TrainerSetup,
-        ends: TrainerEnds,
-    ) -> None:
+    def __init__(self, setup: TrainerSetup, ends: TrainerEnds) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
         self.setup = setup
@@ -142,8 +118,11 @@ class TrainerLoop:
         self.model_config = model.config
         policy = rank_policy(setup.policy, self.dim)
         self.budget_pct = setup.policy.memory_budget_pct
+        self.budget = node_budget(model.config, setup.policy, among=tuple(setup.capacities))
+        for name in set(setup.capacities) - set(self.budget.tables):  # a restart at less pct
+            log.warning("table %r is not trained: %s", name, self.budget.untrained[name])
         config = TrainerConfig(
-            tables=tuple(setup.capacities),
+            tables=tuple(self.budget.tables),
             live=LiveEmbeddingConfig(rank=min(max(4, policy.r_min), policy.r_max)),
             policy=policy,
             budget_fraction=self.budget_pct / 100.0,
@@ -152,17 +131,19 @@ class TrainerLoop:
             adapt_every=setup.adapt_every,
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
+            node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
-        budgets = {
-            n: table_budget(base_weight(model, n), self.budget_pct) for n in setup.capacities
-        }
-        self.trainer = LiveTrainer(model, config, budgets)
+        self.trainer = LiveTrainer(model, config, self.budget.tables)
+        # a budget that lowers a table's starting rank makes its event at construction, at
+        # stream time 0 (RankController): on a node it happened now (ingest refuses time 0)
+        started = time.time()
+        self.start_events = [replace(e, timestamp=started) for e in self.trainer.drain_events()]
         self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
         self.feed = Feed(
             FeedRings.open(Path(setup.shm_dir), create=False),
             model.config.feature_names,
             model.config.n_dense,
-            setup.feed,
+            replace(setup.feed, backlog_bytes=self.budget.backlog),
         )
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
@@ -223,10 +204,15 @@ class TrainerLoop:
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
+            budget = node_budget(self.model_config, cmd.policy, among=tuple(self.trainer.lives))
+            for name in self.trainer.controllers:
+                if name not in budget.tables:  # ctl.set_budget refuses, and so the policy
+                    raise ValueError(f"table {name!r}: {budget.untrained[name]}")
+            self.budget = budget
+            self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
-                budget = table_budget(self.trainer.lives[name].base.weight, self.budget_pct)
-                ctl.set_budget(min(budget, self._cap_bytes(name)), now)
+                ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
             self.publish(now)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):
@@ -323,30 +309,44 @@ class TrainerLoop:
         self.ends.outputs.put(output)
 
     def memory_account(self) -> MemoryAccount:
-        """The trainer's account (LiveTrainer.memory_account) with the fold records."""
+        """The trainer's account (LiveTrainer.memory_account) with the fold records, the node's
+        copies outside the trainer and the feed's backlog, against each table's share of the
+        node's budget (NodeBudget.shares: they add up to the node's cap)."""
         account = self.trainer.memory_account()
+        held = self.shared.held_bytes()
         tables = {
             name: replace(
                 table,
                 fold_record=self.folded[name].nbytes + self.private_pages[name].pending.nbytes,
                 private_base=self.private_pages[name].private_bytes,
+                node_copies=held[name],
+                budget=self.budget.shares[name],
             )
             for name, table in account.tables.items()
         }
-        return replace(account, tables=tables)
+        pending = account.pending + self.feed.backlog_nbytes()
+        return replace(account, tables=tables, pending=pending)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
         account = self.memory_account()
-        memory = {name: (t.total, t.base) for name, t in account.tables.items()}
+        # the stats carry memory by table: the parts besides the tables (the feed's backlog,
+        # top-layer tuning) go to each table by its share of the budget
+        rest = account.total - sum(t.total for t in account.tables.values())
+        budget = max(1, account.budget)
+        memory = {
+            name: (t.total + rest * t.budget // budget, t.base)
+            for name, t in account.tables.items()
+        }
         events = tuple(
             TrainerEvent(
                 "rank_change" if e.kind == "rank" else "prune",
                 e.timestamp,
                 {"table": e.table, "from": e.from_value, "to": e.to_value, "reason": e.reason},
             )
-            for e in self.trainer.drain_events()
+            for e in [*self.start_events, *self.trainer.drain_events()]
         )
+        self.start_events = []
         self._put(
             TrainerStats(
                 steps=stats.steps,
@@ -367,6 +367,7 @@ class TrainerLoop:
 def trainer_main(setup: TrainerSetup, ends: TrainerEnds) -> None:
     """Entry point of the spawned trainer process."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
+    bound_native_heap()
     if setup.cpus:
         placement.pin_process(setup.cpus)
     placement.configure_torch_threads(len(setup.cpus) or os.cpu_count() or 1)

@@ -94,9 +94,10 @@ def test_automatic_rollback_restores_the_last_good_snapshot_of_a_real_node(redis
         good = trained_snapshot(runtime, traffic, 500)
         floor = round(good["auc"] - 0.03, 4)
         assert floor > 0.5, f"the node learnt too little to judge a drop: AUC {good['auc']}"
-        policy = Policy(
-            name=f"p-{name}", sla_p99_ms=5000.0, auc_floor=floor, rollback_after_intervals=2
-        )
+        policy = Policy(  # 10% as the node started (node_support.start_node)
+            name=f"p-{name}", sla_p99_ms=5000.0, auc_floor=floor, rollback_after_intervals=2,
+            memory_budget_pct=10.0,
+        )  # fmt: skip
         save_policy(policy, actor="user:ops", reason="rollback on")
         node = make_node(name, policy=policy)[0]
         actions.request_action(node, "apply_policy", actor="user:ops")  # judged: applied ones

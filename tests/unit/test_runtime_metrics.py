@@ -32,9 +32,22 @@ def test_install_lags_win_over_a_sync():
     assert metrics.window(1002.0)["freshness_lag_s"] == 1.5
 
 
-def _stats(samples: int, fresh: list[tuple[int, list[float]]]) -> TrainerStats:
+def _stats(samples: int, fresh: list[tuple[int, list[float]]], skipped: int = 0) -> TrainerStats:
     feed = FeedReport({}, {}, 0, 0, np.zeros(0), np.zeros(0))
-    return TrainerStats(1, samples, 0, 3, {}, {}, (), tuple(fresh), feed, 0.0)
+    return TrainerStats(1, samples, skipped, 3, {}, {}, (), tuple(fresh), feed, 0.0)
+
+
+def test_skipped_batches_never_go_back_when_a_new_trainer_counts_from_zero():
+    """Telemetry sends the skipped batches since its last sample (ingest refuses a negative
+    count): a restarted trainer's own counter starts again at 0."""
+    metrics = RuntimeMetrics()
+    metrics.trained(_stats(100, [], skipped=5), 1000.0)
+    assert metrics.skipped == 5
+    metrics.trainer_started()
+    metrics.trained(_stats(10, [], skipped=1), 1001.0)
+    assert metrics.skipped == 6 and metrics.trainer_rate == 0.0  # not (10 - 100) / 1 s
+    metrics.trained(_stats(30, [], skipped=2), 1002.0)
+    assert metrics.skipped == 7 and metrics.trainer_rate == 20.0
 
 
 def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_path):
@@ -47,8 +60,9 @@ def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_
     (tmp_path / "base-user.f32").write_bytes(b"\0" * (1 << 20))  # not a slot: not counted
     memory = MeasuredMemory(tmp_path, lambda: 1000)
     me = os.getpid()
-    first = memory.measure(me, account_bytes=5000)
-    assert first == 5000 + 1000  # the account when first seen, and the installed version
+    first = memory.measure(me, account_bytes=6000)
+    # the account when first seen, which holds the installed version (counted once)
+    assert first == 6000
     held = np.ones(48 << 20, dtype=np.uint8)  # touched: 48 MiB of anonymous pages
     with slots.open("r+b") as f:
         f.write(b"\1" * (1 << 20))
