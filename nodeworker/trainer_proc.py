@@ -329,6 +329,10 @@ class TrainerLoop:
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
+        # pages whose folds inference has applied go back now, not at the next publish: an idle
+        # or paused trainer would otherwise hold them (and report them) until it trains again
+        for pages in self.private_pages.values():
+            pages.release()
         account = self.memory_account()
         # the stats carry memory by table: the parts besides the tables (the feed's backlog,
         # top-layer tuning) go to each table by its share of the budget
