@@ -20,7 +20,8 @@ def test_a_restarted_node_comes_back_into_its_policy_override_and_rebase(tmp_pat
     with running_node(tmp_path, name="t-restart") as (runtime, traffic):
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
         result = runtime.operations.apply_policy(
-            {"r_max": 3, "sla_p99_ms": 4500.0, "max_trainer_duty": 0.8},
+            # 10% as start_node: at 2% these 0.45 MB of tables hold no table's floor
+            {"r_max": 3, "sla_p99_ms": 4500.0, "max_trainer_duty": 0.8, "memory_budget_pct": 10.0},
             "tight",
             7,
             overrides={"max_trainer_duty": 0.2},  # the watchdog's cut (stricter than 0.8)
@@ -75,5 +76,7 @@ def test_a_saved_state_that_no_longer_fits_is_ignored(tmp_path):
     applied.write_text("{not json")  # a torn or foreign file
     with running_node(tmp_path, name="t-stale", trainer=False) as (runtime, _):
         assert runtime.running_state() == protocol_telemetry.RunningState(None, None)
-        runtime.operations.apply_policy({"r_max": 2}, "p", 4)  # and the next apply rewrites it
+        runtime.operations.apply_policy(
+            {"r_max": 2, "memory_budget_pct": 10.0}, "p", 4
+        )  # and the next apply rewrites it
         assert json.loads(applied.read_text())["policy_version"] == 4
