@@ -67,6 +67,9 @@ class LiveUpdateParams:
     budget_pct: float = 2.0  # memory budget, % of the bytes of all embedding tables
     prune_age_s: float | None = 3600.0  # idle seconds before a row leaves the active set
     rebase_period_s: float | None = None  # full base sync from the cluster (None: never)
+    # the hybrid's delta rebase ships the rows the cluster changed in at least this many steps
+    # since they were last shipped (1: every changed row)
+    rebase_min_steps: int = 1
     lr_a: float = 0.05
     lr_b: float = 1e-3
     lr_top: float = 0.0  # Adagrad on the top MLP's last layer(s) (0: the MLPs stay frozen)
@@ -88,6 +91,7 @@ class LiveUpdateParams:
             value = getattr(self, name)
             if value is not None:
                 _check_range(name, value, 1e-3, 1e9)
+        _check_range("rebase_min_steps", self.rebase_min_steps, 1, 255)
         _check_range("lr_a", self.lr_a, 1e-9, 10.0)
         _check_range("lr_b", self.lr_b, 1e-9, 10.0)
         _check_range("lr_top", self.lr_top, 0.0, 10.0)

@@ -62,10 +62,10 @@ def allocate_budget(
 
 
 def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
-    """Most bytes a table can use: all its rows active at r_max."""
+    """Most bytes a table can use: all its rows active at r_max (D at most)."""
     d = model.config.embedding_dim
     return {
-        name: overhead_bytes(n, r_max, d)
+        name: overhead_bytes(n, min(r_max, d), d)
         for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True)
     }
 
@@ -93,8 +93,9 @@ class LiveUpdate(Strategy):
         super().__init__(model, newest_event_s, learnt_until_id)
         self.params = params
         self._served = model_storages(model)  # the tables and MLPs any node serves from
+        r_max = min(params.r_max, model.config.embedding_dim)  # full rank is D at most
         policy = RankPolicy(
-            tau=params.tau, r_min=params.r_min, r_max=params.r_max, max_age=params.prune_age_s
+            tau=params.tau, r_min=min(params.r_min, r_max), r_max=r_max, max_age=params.prune_age_s
         )
         config = TrainerConfig(
             tables=tuple(budgets),
@@ -216,7 +217,7 @@ class Hybrid(LiveUpdate):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert self.cluster is not None
-        self.changed = ChangedRows(self.cluster.model.config)
+        self.changed = ChangedRows(self.cluster.model.config, self.params.rebase_min_steps)
         self.cluster.listeners.append(self._observe)
 
     def _observe(self, result: FullStepResult, now: float) -> None:
