@@ -1,21 +1,18 @@
 """Rank controller and pruning for one LiveEmbedding, under a hard memory budget (its settings
 and events: rank_policy.py; the SVD and basis math: factor_spectrum.py).
 
-Rank, while the rows leave budget to spare: the smallest k of A B's singular directions carrying
->= tau of its energy, or one more when the newest component or the gradients outside span(B)
-carry much. Once the rows fill the budget, rank costs rows: the table takes the rank (up to
-r_max, full rank D included) capturing the most gradient energy observed since the last
-adaptation, directions and rows counted alike (rank_choice.py), a growth evicting the coldest
-rows. A re-factoring puts A, B on the kept directions (B orthonormal) and folds what it drops
-into the base copy, so no served row changes. B starts from the gradient Gram's top
-eigenvectors. Hysteresis: at most max_rank_changes_per_hour changes an hour, each winning by
-switch_margin of the energy. Refused growths are RankEvents (kind "rank", from == to, reason
-"refused:<why>", repeats within refusal_report_s coalesced).
+Rank, while the rows leave budget to spare: the fewest of A B's singular directions carrying
+>= tau of its energy, or one more when the newest or the gradients outside span(B) carry much.
+Once the rows fill the budget (rank costs rows), the rank (up to r_max, full rank D included)
+capturing the most gradient energy, directions and rows alike (rank_choice.py). A re-factoring
+puts A, B on the kept directions (B orthonormal) and folds what it drops into the base copy, so
+no served row changes. B starts from the gradient Gram's top eigenvectors. Hysteresis: at most
+max_rank_changes_per_hour changes an hour, each winning by switch_margin of the energy. Refused
+growths are RankEvents (kind "rank", from == to, reason "refused:<why>", repeats coalesced).
 
 Pruning: rows idle longer than max_age, or the least recently used rows when the budget is full,
-leave the active set, folded into the node's base copy unless fold_evicted=False. Admission: with
-admit_after > 1 an id gets a row on its admit_after-th recent sighting, counted by a count-min
-sketch (admission.py) that takes sketch_share of the budget.
+leave the active set, folded into the base unless fold_evicted=False. Admission: with admit_after
+> 1 an id gets a row on its admit_after-th recent sighting (a count-min sketch, admission.py).
 
 The budget hard-limits the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured from
 its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log within it.
@@ -80,7 +77,7 @@ class RankController:
         self._reset_gradient_stats()
         self._refused = 0
         self._warm = False  # B has been set from the observed gradients
-        self._last_adapt = -math.inf
+        self._last_adapt = self._full_at = -math.inf
         self._changes: list[float] = []  # times of the rank changes of the last hour
         self._refusals = RefusalLog(policy.refusal_report_s)
         live.grad_observer = self.observe_gradient
@@ -258,7 +255,7 @@ class RankController:
         r = self.live.rank
         target, reason, svd = self._wanted_rank()
         target = min(max(target, self.policy.r_min), self.policy.r_max)
-        if svd is not None and self._rows_bound():
+        if svd is not None and self._rows_bound(now):
             target, reason = self._trade_rank_for_rows(now, svd, target > r)
         elif target > r and (refusal := self._growth_refusal(target, now)) is not None:
             self._refused_growth(now, r, refusal)
@@ -303,26 +300,31 @@ class RankController:
             return "hysteresis"
         return None if self.fits(target) else "budget"
 
-    def _rows_bound(self) -> bool:
-        """The rows fill the budget (within two eviction batches), or one more direction
-        would evict some: rank then costs rows."""
-        n, cap = self.live.num_active, self.max_rows()
-        grown = min(self.live.rank + 1, self.policy.r_max)
-        slack = max(1, math.ceil(2 * self.policy.evict_batch * cap))
-        return n > 0 and (n + slack >= cap or n > self.max_rows(grown))
+    def _rows_bound(self, now: float) -> bool:
+        """Rank costs rows: they filled the budget in the last hour (a rebase's drops leave the
+        demand as it was), or one more direction would evict some."""
+        n, grown = self.live.num_active, min(self.live.rank + 1, self.policy.r_max)
+        if n + self._turnover() >= self.max_rows():
+            self._full_at = float(now)
+        return n > 0 and (now - self._full_at < HOUR_S or n > self.max_rows(grown))
+
+    def _turnover(self) -> int:
+        """Two eviction batches: a table this close to its rows is full."""
+        return max(1, math.ceil(2 * self.policy.evict_batch * self.max_rows()))
 
     def _trade_rank_for_rows(self, now: float, svd: Svd, asked: bool) -> tuple[int, str]:
-        """(rank, why) for a table whose rows are bound by the budget: the feasible rank that
-        captures the most observed gradient energy (rank_choice.py), evicting the coldest rows
-        for a growth. ``asked``: the spectrum or residual asked for a growth (a refusal is
-        then an event with its reason)."""
+        """(rank, why) of the most energy (rank_choice.py) for a table bound by its rows; a
+        growth evicts the coldest. ``asked``: the spectrum asked to grow (refusals: events)."""
         r, total, policy = self.live.rank, float(torch.trace(self._grad_gram)), self.policy
         since = float(now) - self._last_adapt
         heat = rank_choice.row_heat(self.live.ages(now), since, policy.lru_min_age)
         energies = rank_choice.direction_energies(self._grad_gram, svd[2], policy.r_max - r)
         room = self.fold_log_room if policy.fold_evicted else lambda k: self.live.num_active
         fitting = [k for k in range(policy.r_min, policy.r_max + 1) if self.fits(k)]
-        options = rank_choice.rank_options(r, fitting, self.max_rows, energies, heat, total, room)
+        row = heat.marginal(self._turnover(), total) if self._full_at == now else 0.0  # full
+        options = rank_choice.rank_options(
+            r, fitting, self.max_rows, energies, heat, total, room, row
+        )
         best = rank_choice.best_option(options, r, policy.switch_margin * total)
         if asked and (best is None or best.rank < r):
             self._refused_growth(now, r, self._why_not_grown(options, heat.evictable))
@@ -338,13 +340,11 @@ class RankController:
 
     def _why_not_grown(self, options: list[rank_choice.RankOption], evictable: int) -> str:
         """Why a growth by one is not among the ``options`` that capture the most."""
-        r = self.live.rank
-        if any(o.rank == r + 1 for o in options):
-            return "budget:rows capture more"
-        if not self.fits(r + 1):
-            return "budget"
-        evict = self.live.num_active - self.max_rows(r + 1)
-        return "budget:rows too fresh" if evict > evictable else "budget:fold log full"
+        up = self.live.rank + 1
+        if any(o.rank == up for o in options) or not self.fits(up):
+            return "budget:rows capture more" if self.fits(up) else "budget"
+        too_fresh = self.live.num_active - self.max_rows(up) > evictable
+        return "budget:rows too fresh" if too_fresh else "budget:fold log full"
 
     def _refused_growth(self, now: float, rank: int, why: str) -> None:
         """RankEvents for a refused growth (repeats coalesced: RefusalLog)."""

@@ -10,10 +10,10 @@ since the last adaptation that it captures:
 - directions(k): the energy of the gradient Gram G along the directions k keeps: for k <= r the
   top-k singular directions of A B (what truncate keeps), for k > r also the top k - r
   eigenvalues of G outside span(B) (what extend_basis adds, residual first);
-- rows(k): minus the energy of the coldest rows a growth evicts, plus, for a shrink, the energy
-  of as many more rows as it frees room for, priced as the coldest rows held now (the rows at
-  the margin). A row's energy is its share of the rows touched since the last adaptation times
-  the energy observed since then (the attribution RankController._rows_energy uses).
+- rows(k): minus the energy of the coldest rows a growth evicts, plus, for a shrink of a full
+  table, as many more rows as it frees room for, each priced as a row at the margin (the
+  coldest eviction batches held now, per row). A row's energy is its share of the rows touched
+  since the last adaptation times the energy observed since then.
 
 The best k wins when it captures at least ``margin`` of the observed energy more than the
 current rank: full-rank rows (k = D) are a legal outcome, and they win when gradients spread
@@ -52,6 +52,11 @@ class RowHeat:
     cold_touched: torch.Tensor  # (n + 1,) int64, cold_touched[0] = 0
     touched: int
 
+    def marginal(self, rows: int, total: float) -> float:
+        """Energy per row of the ``rows`` coldest: what a row at the margin is worth (the
+        rows a shrink would admit are no warmer: the LRU turns them away now)."""
+        return self.energy(rows, total) / rows if rows > 0 else 0.0
+
     def energy(self, rows: int, total: float) -> float:
         """Energy of the ``rows`` coldest rows, ``total`` the energy observed since then."""
         if self.touched == 0 or rows <= 0:
@@ -87,11 +92,13 @@ def rank_options(
     heat: RowHeat,
     total: float,
     evict_room: Callable[[int], int],
+    row_energy: float,
 ) -> list[RankOption]:
     """The feasible RankOptions among ``ranks`` for a full table of n = heat's rows at
     ``rank``: ``rows_at(k)`` the rows the budget holds at k; ``energies`` from
     direction_energies; a growth to k may evict at most the evictable rows and
-    ``evict_room(k)`` (what the fold log can take at k)."""
+    ``evict_room(k)`` (what the fold log can take at k); a shrink's room holds rows of
+    ``row_energy`` each (0: the table is not full, the room would stay empty)."""
     along, outside = energies
     n = heat.cold_touched.numel() - 1
     here = rows_at(rank)
@@ -106,8 +113,8 @@ def rank_options(
         if evict and evict > min(heat.evictable, evict_room(k)):
             continue
         rows = -heat.energy(evict, total)
-        if held > here:  # the room it frees holds rows as warm as the coldest held now
-            rows += heat.energy(min(held - here, n), total)
+        if held > here:
+            rows += (held - here) * row_energy
         options.append(RankOption(k, held, evict, directions + rows))
     return options
 
