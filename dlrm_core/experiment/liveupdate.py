@@ -94,12 +94,11 @@ class LiveUpdate(Strategy):
         self.params = params
         self._served = model_storages(model)  # the tables and MLPs any node serves from
         r_max = min(params.r_max, model.config.embedding_dim)  # full rank is D at most
-        policy = RankPolicy(
-            tau=params.tau, r_min=min(params.r_min, r_max), r_max=r_max, max_age=params.prune_age_s
-        )
+        r_min = min(params.r_min, r_max)
+        policy = RankPolicy(tau=params.tau, r_min=r_min, r_max=r_max, max_age=params.prune_age_s)
         config = TrainerConfig(
             tables=tuple(budgets),
-            live=LiveEmbeddingConfig(rank=params.initial_rank, seed=seed),
+            live=LiveEmbeddingConfig(rank=min(max(params.initial_rank, r_min), r_max), seed=seed),
             policy=policy,
             lr_a=params.lr_a,
             lr_b=params.lr_b,
@@ -240,7 +239,8 @@ class Hybrid(LiveUpdate):
 def min_table_budget(params: LiveUpdateParams, dim: int) -> int:
     """The smallest useful budget for a table: B at r_min plus room for 64 active rows."""
     policy = RankPolicy(tau=params.tau, r_min=params.r_min, r_max=params.r_max)
-    return min_budget_bytes(policy, dim) + overhead_bytes(64, params.initial_rank, 0)
+    rank = min(max(params.initial_rank, params.r_min), params.r_max, dim)
+    return min_budget_bytes(policy, dim) + overhead_bytes(64, rank, 0)
 
 
 def table_budgets(
