@@ -1,24 +1,18 @@
 """Rank controller and pruning for one LiveEmbedding, under a hard memory budget (its settings
 and events: rank_policy.py; the SVD and basis math: factor_spectrum.py).
 
-Rank: keep the smallest k of A B's singular directions that carry >= tau of the energy, clamp to
-[r_min, r_max], and re-factor A, B onto them (B gets orthonormal rows); the dropped components
-are folded into the base copy, so a shrink never changes a served row. Grow by one direction when
-the newest component still carries much energy or when fresh gradients have much energy outside
-span(B). B starts from the top eigenvectors of the gradient Gram observed until the first
-adaptation, not from a random basis.
-
-Rank and rows trade under one budget: a growth that the table's rows leave no room for evicts
-the coldest rows (folded) when the energy the new direction would capture (the residual Gram's
-top eigenvalue) exceeds the gradient energy of those rows (their share of the rows touched since
-the last adaptation); otherwise it is refused. At most max_rank_changes_per_hour changes in any
-hour (hysteresis). Refused growths are RankEvents (kind "rank", from == to, reason
-"refused:<why>", repeats within refusal_report_s coalesced into one event with their count).
+Rank, while the rows leave budget to spare: the fewest of A B's singular directions carrying
+>= tau of its energy, or one more when the newest or the gradients outside span(B) carry much.
+Once the rows fill the budget (rank costs rows), the rank (up to r_max, full rank D included)
+capturing the most gradient energy, directions and rows alike (rank_choice.py). A re-factoring
+puts A, B on the kept directions (B orthonormal) and folds what it drops into the base copy, so
+no served row changes. B starts from the gradient Gram's top eigenvectors. Hysteresis: at most
+max_rank_changes_per_hour changes an hour, each winning by switch_margin of the energy. Refused
+growths are RankEvents (kind "rank", from == to, reason "refused:<why>", repeats coalesced).
 
 Pruning: rows idle longer than max_age, or the least recently used rows when the budget is full,
-leave the active set, folded into the node's base copy unless fold_evicted=False. Admission: with
-admit_after > 1 an id gets a row on its admit_after-th recent sighting, counted by a count-min
-sketch (admission.py) that takes sketch_share of the budget.
+leave the active set, folded into the base unless fold_evicted=False. Admission: with admit_after
+> 1 an id gets a row on its admit_after-th recent sighting (a count-min sketch, admission.py).
 
 The budget hard-limits the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured from
 its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log within it.
@@ -30,6 +24,7 @@ import math
 
 import torch
 
+from dlrm_core import rank_choice
 from dlrm_core.admission import SightingSketch
 from dlrm_core.factor_spectrum import (
     FactoredRows,
@@ -41,7 +36,7 @@ from dlrm_core.factor_spectrum import (
     truncate,
 )
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.rank_policy import RankEvent, RankPolicy, min_budget_bytes
+from dlrm_core.rank_policy import RankEvent, RankPolicy, RefusalLog, min_budget_bytes
 from dlrm_core.row_budget import FOLD_LOG_MIN, FOLD_LOG_SHARE, capacity_plan, floor_bytes
 
 HOUR_S = 3600.0
@@ -84,9 +79,9 @@ class RankController:
         self._reset_gradient_stats()
         self._refused = 0
         self._warm = False  # B has been set from the observed gradients
-        self._last_adapt = -math.inf
+        self._last_adapt = self._full_at = -math.inf
         self._changes: list[float] = []  # times of the rank changes of the last hour
-        self._refusal: tuple[float, str, int] | None = None  # first time, reason, count
+        self._refusals = RefusalLog(policy.refusal_report_s)
         live.grad_observer = self.observe_gradient
         self.budget_bytes = 0
         self.set_budget(budget_bytes, now=0.0)
@@ -108,12 +103,12 @@ class RankController:
         """Active rows that fit in the budget at ``rank`` (default: the current rank)."""
         return self.capacity(rank)[0]
 
-    def fold_log_room(self) -> int:
-        """Folded ids the fold log may still take before its allowance is spent."""
-        return max(self.fold_log_allowance() - self.live.folded_pending, 0)
+    def fold_log_room(self, rank: int | None = None) -> int:
+        """Folded ids the fold log may still take before its allowance (at ``rank``) is spent."""
+        return max(self.fold_log_allowance(rank) - self.live.folded_pending, 0)
 
-    def fold_log_allowance(self) -> int:
-        return FOLD_LOG_MIN + self.max_rows() // FOLD_LOG_SHARE
+    def fold_log_allowance(self, rank: int | None = None) -> int:
+        return FOLD_LOG_MIN + self.max_rows(rank) // FOLD_LOG_SHARE
 
     def fold_log_over(self) -> bool:
         """The fold log holds more than its share of the budget: publish to drain it."""
@@ -243,32 +238,28 @@ class RankController:
         self._grad_gram = torch.zeros(self.live.dim, self.live.dim)
 
     def _residual_gram(self) -> torch.Tensor:
-        """(D, D) Gram matrix of the observed gradients projected outside span(B)."""
-        return residual_gram(self.live.B.detach(), self._grad_gram)
+        return residual_gram(self.live.B.detach(), self._grad_gram)  # outside span(B)
 
     def residual_share(self) -> float:
         """Share of the observed gradient energy outside span(B) since the last adapt."""
         total = float(torch.trace(self._grad_gram))
         return float(torch.trace(self._residual_gram())) / total if total > 0 else 0.0
 
-    def spectrum(self) -> torch.Tensor:
-        """(r,) singular values of A B * scale (factor_svd: QR of B^T, an r x r eigenproblem)."""
-        return factor_svd(self.live.A.detach(), self.live.B.detach())[1] * self.live.scale
-
     def adapt(self, now: float) -> int:
-        """Choose the rank from the spectrum and the gradient residual and re-factor A, B
-        when it changes (a growth evicting cold rows when the table is full and that pays).
-        Returns the new rank."""
+        """Choose the rank and re-factor A, B when it changes. A table whose rows fill its
+        budget (or that a growth would make evict) weighs rank against rows by the gradient
+        energy each captures (rank_choice.py), evicting the coldest rows for a growth; any
+        other follows the spectrum and the gradient residual. Returns the new rank."""
         if not self._warm and float(torch.trace(self._grad_gram)) > 0:
             self._warm_start()
         r = self.live.rank
         target, reason, svd = self._wanted_rank()
         target = min(max(target, self.policy.r_min), self.policy.r_max)
-        if target > r:
-            refusal = self._growth_refusal(target, now)
-            if refusal is not None:
-                self._refused_growth(now, r, refusal)
-                target = r
+        if svd is not None and self._rows_bound(now):
+            target, reason = self._trade_rank_for_rows(now, svd, target > r)
+        elif target > r and (refusal := self._growth_refusal(target, now)) is not None:
+            self._refused_growth(now, r, refusal)
+            target = r
         elif target < r and not self._may_change(now):
             target = r
         if target != r:  # a growth may have evicted rows since svd was taken
@@ -304,52 +295,61 @@ class RankController:
         return len(self._changes) < self.policy.max_rank_changes_per_hour
 
     def _growth_refusal(self, target: int, now: float) -> str | None:
-        """None when the growth to ``target`` may happen (after evicting the coldest rows it
-        needs), else why not."""
+        """None when a growth to ``target`` that evicts no row may happen, else why not."""
         if not self._may_change(now):
             return "hysteresis"
-        if not self.fits(target):
-            return "budget"
-        excess = self.live.num_active - self.max_rows(target)
-        if excess <= 0:
-            return None
-        cold = self._lru(excess, protect=None, now=now)
-        if cold.numel() < excess:
-            return "budget:rows too fresh"
-        if self.policy.fold_evicted and excess > self.fold_log_room():
-            return "budget:fold log full"
-        gain = float(torch.linalg.eigvalsh(self._residual_gram())[-1])  # the new direction's
-        if gain <= self._rows_energy(cold, now):
-            return "budget:rows capture more"
-        self._evict(cold, now, "grow")
-        return None
+        return None if self.fits(target) else "budget"
 
-    def _rows_energy(self, ids: torch.Tensor, now: float) -> float:
-        """Observed gradient energy attributed to ``ids``: their share of the rows touched
-        since the last adaptation, times the energy observed since then."""
-        touched = self.live.ages(now) <= (float(now) - self._last_adapt)
-        total = int(touched.sum())
-        if total == 0:
-            return 0.0
-        pos, hit = self.live.slots(ids)
-        mine = int(touched[pos[hit]].sum())
-        return float(torch.trace(self._grad_gram)) * mine / total
+    def _rows_bound(self, now: float) -> bool:
+        """Rank costs rows: they filled the budget in the last hour (a rebase's drops leave the
+        demand as it was), or one more direction would evict some."""
+        n, grown = self.live.num_active, min(self.live.rank + 1, self.policy.r_max)
+        if n + self._turnover() >= self.max_rows():
+            self._full_at = float(now)
+        return n > 0 and (now - self._full_at < HOUR_S or n > self.max_rows(grown))
+
+    def _turnover(self) -> int:
+        """Two eviction batches: a table this close to its rows is full."""
+        return max(1, math.ceil(2 * self.policy.evict_batch * self.max_rows()))
+
+    def _trade_rank_for_rows(self, now: float, svd: Svd, asked: bool) -> tuple[int, str]:
+        """(rank, why) of the most energy (rank_choice.py) for a table bound by its rows; a
+        growth evicts the coldest. ``asked``: the spectrum asked to grow (refusals: events)."""
+        r, total, policy = self.live.rank, float(torch.trace(self._grad_gram)), self.policy
+        since = float(now) - self._last_adapt
+        heat = rank_choice.row_heat(self.live.ages(now), since, policy.lru_min_age)
+        energies = rank_choice.direction_energies(self._grad_gram, svd[2], policy.r_max - r)
+        room = self.fold_log_room if policy.fold_evicted else lambda k: self.live.num_active
+        fitting = [k for k in range(policy.r_min, policy.r_max + 1) if self.fits(k)]
+        row = heat.marginal(self._turnover(), total) if self._full_at == now else 0.0  # full
+        options = rank_choice.rank_options(
+            r, fitting, self.max_rows, energies, heat, total, room, row
+        )
+        best = rank_choice.best_option(options, r, policy.switch_margin * total)
+        if asked and (best is None or best.rank < r):
+            self._refused_growth(now, r, self._why_not_grown(options, heat.evictable))
+        if best is None:
+            return r, ""
+        if not self._may_change(now):
+            if best.rank > r:
+                self._refused_growth(now, r, "hysteresis")
+            return r, ""
+        if best.evict:
+            self._evict(self._lru(best.evict, protect=None, now=now), now, "grow")
+        return best.rank, "grow:energy" if best.rank > r else "shrink:energy"
+
+    def _why_not_grown(self, options: list[rank_choice.RankOption], evictable: int) -> str:
+        """Why a growth by one is not among the ``options`` that capture the most."""
+        up = self.live.rank + 1
+        if any(o.rank == up for o in options) or not self.fits(up):
+            return "budget:rows capture more" if self.fits(up) else "budget"
+        too_fresh = self.live.num_active - self.max_rows(up) > evictable
+        return "budget:rows too fresh" if too_fresh else "budget:fold log full"
 
     def _refused_growth(self, now: float, rank: int, why: str) -> None:
-        """A RankEvent for a refused growth; repeats of the same reason within
-        refusal_report_s are counted into the next one."""
-        pending = self._refusal
-        if (
-            pending is not None
-            and pending[1] == why
-            and now - pending[0] < self.policy.refusal_report_s
-        ):
-            self._refusal = (pending[0], why, pending[2] + 1)
-            return
-        if pending is not None and pending[2] > 1:
-            self._event(pending[0], "rank", rank, rank, f"refused:{pending[1]} x{pending[2]}")
-        self._refusal = (float(now), why, 1)
-        self._event(now, "rank", rank, rank, f"refused:{why}")
+        """RankEvents for a refused growth (repeats coalesced: RefusalLog)."""
+        for at, reason in self._refusals.note(float(now), why):
+            self._event(at, "rank", rank, rank, reason)
 
     def _warm_start(self) -> None:
         """Put B onto the top eigenvectors of the gradient Gram observed so far (the deltas

@@ -25,6 +25,9 @@ class RankPolicy:
     admit_after: int = 2  # sightings before an id gets a row (1: every id, no sketch)
     sketch_share: float = 1 / 16  # of the budget, for the sightings sketch
     max_rank_changes_per_hour: int = 6
+    # a full table changes rank only when the new (rank, rows) captures this share of the
+    # observed gradient energy more than the current one (rank_choice.py)
+    switch_margin: float = 0.02
     refusal_report_s: float = 60.0  # refused growths within this are one event with a count
 
     def __post_init__(self) -> None:
@@ -50,6 +53,8 @@ class RankPolicy:
                 f"max_rank_changes_per_hour must be in [1, 3600], got "
                 f"{self.max_rank_changes_per_hour}"
             )
+        if not 0.0 <= self.switch_margin <= 1.0:
+            raise ValueError(f"switch_margin must be in [0, 1], got {self.switch_margin}")
         if not (0 <= self.refusal_report_s <= 86400):
             raise ValueError(f"refusal_report_s must be in [0, 86400], got {self.refusal_report_s}")
 
@@ -65,6 +70,27 @@ class RankEvent:
     from_value: int
     to_value: int
     reason: str
+
+
+class RefusalLog:
+    """Refused growths as events: the first of a reason at once, its repeats within
+    ``report_s`` counted into one event (with "xN") when the next differs or comes later."""
+
+    def __init__(self, report_s: float) -> None:
+        self.report_s = report_s
+        self._pending: tuple[float, str, int] | None = None  # first time, reason, count
+
+    def note(self, now: float, why: str) -> list[tuple[float, str]]:
+        """The (time, "refused:...") events to record for a refusal at ``now``."""
+        pending = self._pending
+        if pending is not None and pending[1] == why and now - pending[0] < self.report_s:
+            self._pending = (pending[0], why, pending[2] + 1)
+            return []
+        out = []
+        if pending is not None and pending[2] > 1:
+            out.append((pending[0], f"refused:{pending[1]} x{pending[2]}"))
+        self._pending = (now, why, 1)
+        return [*out, (now, f"refused:{why}")]
 
 
 def min_budget_bytes(policy: RankPolicy, dim: int, node_key_bytes: int = 0) -> int:

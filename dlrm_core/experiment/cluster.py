@@ -86,32 +86,43 @@ class Payload:
 
 class ChangedRows:
     """The rows of each table the cluster changed since they were last taken (a delta sync's or
-    a delta rebase's payload): one bool per row, so it costs the tables' row counts in bytes
-    however long the rows wait."""
+    a delta rebase's payload): a saturating count of the cluster steps that touched each row
+    since, so it costs one byte per table row however long the rows wait. ``min_steps`` > 1
+    takes only rows changed by at least that many steps; the others keep their count for a
+    later take."""
 
-    def __init__(self, config: DLRMConfig) -> None:
-        self.dirty = {
-            name: torch.zeros(n, dtype=torch.bool)
+    MAX_COUNT = 255
+
+    def __init__(self, config: DLRMConfig, min_steps: int = 1) -> None:
+        if not 1 <= min_steps <= self.MAX_COUNT:
+            raise ValueError(f"min_steps must be in [1, {self.MAX_COUNT}], got {min_steps}")
+        self.min_steps = min_steps
+        self.steps = {
+            name: torch.zeros(n, dtype=torch.uint8)
             for name, n in zip(config.feature_names, config.table_sizes, strict=True)
         }
 
     def mark(self, result: FullStepResult) -> None:
         for name, (ids, _) in result.touched.items():
-            self.dirty[name][ids] = True
+            counts = self.steps[name]
+            counts[ids] = counts[ids].clamp(max=self.MAX_COUNT - 1) + 1
 
     def take(self) -> dict[str, torch.Tensor | None]:
-        """Per table the sorted ids changed since the last take (maybe none); clears them."""
+        """Per table the sorted ids changed by >= min_steps steps since their last take (maybe
+        none); their counts restart."""
         out: dict[str, torch.Tensor | None] = {}
-        for name, mask in self.dirty.items():
-            out[name] = torch.nonzero(mask).squeeze(1)
-            mask.zero_()
+        for name, counts in self.steps.items():
+            ids = torch.nonzero(counts >= self.min_steps).squeeze(1)
+            counts[ids] = 0
+            out[name] = ids
         return out
 
     def put_back(self, taken: dict[str, torch.Tensor | None]) -> None:
         """Mark ``taken`` changed again (their send failed: they ride with the next one)."""
         for name, ids in taken.items():
             if ids is not None:
-                self.dirty[name][ids] = True
+                counts = self.steps[name]
+                counts[ids] = counts[ids].clamp(min=self.min_steps)
 
 
 class Link:

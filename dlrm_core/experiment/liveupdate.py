@@ -68,10 +68,10 @@ def allocate_budget(
 
 
 def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
-    """Most bytes a table can use: all its rows active at r_max."""
+    """Most bytes a table can use: all its rows active at r_max (D at most)."""
     d = model.config.embedding_dim
     return {
-        name: overhead_bytes(n, r_max, d)
+        name: overhead_bytes(n, min(r_max, d), d)
         for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True)
     }
 
@@ -99,12 +99,12 @@ class LiveUpdate(Strategy):
         super().__init__(model, newest_event_s, learnt_until_id)
         self.params = params
         self._served = model_storages(model)  # the tables and MLPs any node serves from
-        policy = RankPolicy(
-            tau=params.tau, r_min=params.r_min, r_max=params.r_max, max_age=params.prune_age_s
-        )
+        r_max = min(params.r_max, model.config.embedding_dim)  # full rank is D at most
+        r_min = min(params.r_min, r_max)
+        policy = RankPolicy(tau=params.tau, r_min=r_min, r_max=r_max, max_age=params.prune_age_s)
         config = TrainerConfig(
             tables=tuple(budgets),
-            live=LiveEmbeddingConfig(rank=params.initial_rank, seed=seed),
+            live=LiveEmbeddingConfig(rank=min(max(params.initial_rank, r_min), r_max), seed=seed),
             policy=policy,
             lr_a=params.lr_a,
             lr_b=params.lr_b,
@@ -222,7 +222,7 @@ class Hybrid(LiveUpdate):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert self.cluster is not None
-        self.changed = ChangedRows(self.cluster.model.config)
+        self.changed = ChangedRows(self.cluster.model.config, self.params.rebase_min_steps)
         self.cluster.listeners.append(self._observe)
 
     def _observe(self, result: FullStepResult, now: float) -> None:
@@ -245,7 +245,8 @@ class Hybrid(LiveUpdate):
 def min_table_budget(params: LiveUpdateParams, dim: int) -> int:
     """The smallest useful budget for a table: B at r_min plus room for 64 active rows."""
     policy = RankPolicy(tau=params.tau, r_min=params.r_min, r_max=params.r_max)
-    return min_budget_bytes(policy, dim) + overhead_bytes(64, params.initial_rank, 0)
+    rank = min(max(params.initial_rank, params.r_min), params.r_max, dim)
+    return min_budget_bytes(policy, dim) + overhead_bytes(64, rank, 0)
 
 
 def table_budgets(

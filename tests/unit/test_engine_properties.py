@@ -54,8 +54,13 @@ def apply(ctl: RankController, op: str, arg, t: float, gen: torch.Generator) -> 
         return False
     if op == "grow":
         before_rank, before_rows = live.rank, live.num_active
-        ctl.observe_gradient(outside_span(ctl, arg) * 10)
+        if arg % 2:  # gradients outside span(B)
+            ctl.observe_gradient(outside_span(ctl, arg) * 10)
+        else:  # isotropic: the energy rule may take several directions at once, or shed one
+            ctl.observe_gradient(torch.randn(32, D, generator=gen))
         ctl.adapt(now=t)
+        if live.rank < before_rank:
+            event("shrink by the energy rule")
         if live.rank > before_rank and before_rows > ctl.max_rows():
             # a growth under a full table: made room by eviction, folded
             assert live.num_active <= ctl.max_rows() < before_rows

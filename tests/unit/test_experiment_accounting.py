@@ -189,3 +189,15 @@ def test_table_budgets_split_the_budget_by_measured_benefit_else_evenly() -> Non
     assert by_benefit == allocate_budget(total, {"a": 3.0, "b": 1.0}, caps, floor) != even
     with pytest.raises(ValueError, match="cannot hold a single table's factors"):
         table_budgets(model, dataclasses.replace(params, budget_pct=0.01), {"a": 1.0, "b": 1.0})
+
+
+def test_liveupdate_clamps_r_max_to_d_and_the_initial_rank_into_its_bounds() -> None:
+    params = LiveUpdateParams(r_max=64, initial_rank=64, prune_age_s=None)
+    live = LiveUpdate(tiny_model(), params, {"a": 20000}, 0.0, -1, seed=0, start_s=0.0)
+    ctl = live.trainer.controllers["a"]
+    assert ctl.policy.r_max == D and live.ranks()["a"] == D
+    live = LiveUpdate(tiny_model(), dataclasses.replace(params, r_max=2), {"a": 20000}, 0.0, -1,
+                      seed=0, start_s=0.0)  # fmt: skip
+    assert live.ranks()["a"] == 2
+    with pytest.raises(ValueError, match="r_min <= r_max"):
+        LiveUpdateParams(r_min=5, r_max=4)
