@@ -34,8 +34,10 @@ class Group:
 
 MAIN = Group("main", 0.0)
 K = TypeVar("K")
-# model copies a bundle may hold, in bytes (each of --jobs workers holds one bundle)
-BUNDLE_MODEL_BYTES = 3 << 30
+# model copies a bundle may hold, in bytes (each of --jobs workers holds one bundle). A bundle
+# of the 2M stream at 4 nodes holding 22 copies (2.7 GB) peaked at 5.9 GB RSS: a process's peak
+# is about twice its models (payloads being applied, the nodes' own state, the held stream)
+BUNDLE_MODEL_BYTES = 2 << 30
 
 
 def sync_dependent(config: ExperimentConfig) -> tuple[str, ...]:
@@ -113,6 +115,13 @@ def model_copies(config: ExperimentConfig) -> int:
     return sum(config.fleet.nodes if s in LOCAL else int(s != "oracle") for s in config.strategies)
 
 
+def _copies(configs: list[ExperimentConfig]) -> int:
+    """Models a replay of ``configs`` holds: the base, the cluster and its optimizer state, a
+    snapshot of the tables per sync period probed (lowrank.py) and every strategy's."""
+    periods = len({c.sync_period_s for c in configs})
+    return 3 + periods + sum(model_copies(c) for c in configs)
+
+
 def bundles(
     tasks: Sequence[tuple[K, ExperimentConfig]], jobs: int, model_bytes: int
 ) -> list[list[tuple[K, ExperimentConfig]]]:
@@ -129,8 +138,7 @@ def bundles(
             and len(last) < most
             and replay_key(last[0][1]) == replay_key(config)
             and last[0][1].fleet == config.fleet
-            and (2 + sum(model_copies(c) for _, c in last) + model_copies(config)) * model_bytes
-            <= BUNDLE_MODEL_BYTES
+            and _copies([c for _, c in last] + [config]) * model_bytes <= BUNDLE_MODEL_BYTES
         ):
             last.append((key, config))
         else:

@@ -133,7 +133,7 @@ def test_bundles_join_one_seed_and_shape_within_the_memory_and_worker_bounds() -
         (0, "N4", 3), (0, "N1", 3), (1, "N4", 3), (1, "N1", 3)]  # fmt: skip
     assert all(len({c.seed for _, c in b}) == 1 and len({c.fleet for _, c in b}) == 1
                for b in got)  # fmt: skip
-    # the models of a bundle must fit: (2 + 10 + 6 + 6) copies of 1/20 of the bound do not
+    # the models of a bundle must fit: 3 + 2 periods + 10 + 6 copies of 1/20 of the bound do not
     big = bundles(tasks, 2, model_bytes=BUNDLE_MODEL_BYTES // 20)
     assert max(len(b) for b in big if b[0][0][0] == "N4") == 2
     # every worker gets work: at most ceil(tasks / jobs) per bundle
