@@ -34,7 +34,7 @@ from dlrm_core.experiment.config import (
 )
 from dlrm_core.experiment.data import FORMATS, StreamSource
 from dlrm_core.experiment.fleet_config import ROUTINGS, FleetConfig
-from dlrm_core.experiment.plan import Group, assemble, build_plan
+from dlrm_core.experiment.plan import Group, assemble, build_plan, bundles
 from dlrm_core.experiment.run_summary import RunSummary
 from dlrm_core.experiment.tuning import R_MAX_GRID, TAU_GRID
 
@@ -275,7 +275,10 @@ def run_plan(
     # by seed: a worker then meets one seed's runs in a row and pretrains its base once
     tasks = sorted(((key, cfg) for key, cfgs in plan.items() for cfg in cfgs),
                    key=lambda task: task[1].seed)  # fmt: skip
-    total = source.num_events * len(tasks) * (2 if audit else 1)
+    config = tasks[0][1]
+    model_bytes = 4 * config.embedding_dim * sum(f.num_rows for f in source.schema.sparse)
+    replays = bundles(tasks, jobs, model_bytes)
+    total = source.num_events * len(replays) * (2 if audit else 1)
     bar = tqdm(total=total, unit="ev", desc="replay", file=sys.stderr, mininterval=5.0,
                disable=jobs > 1 and len(tasks) > 1)  # fmt: skip
     finished = [0]
@@ -289,7 +292,7 @@ def run_plan(
                    file=sys.stderr)  # fmt: skip
 
     with bar:
-        return run_all(spec, source, tasks, jobs, on_done, bar.update)
+        return run_all(spec, source, replays, jobs, on_done, bar.update)
 
 
 def results_of(

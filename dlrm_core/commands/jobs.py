@@ -1,10 +1,12 @@
 """Running an experiment's configurations in parallel worker processes (``--jobs``).
 
-Each configuration (one seed of one sweep point or fleet shape) is an independent, seeded
-replay, so runs can go to separate processes and come back as ``RunSummary`` (plain data);
-the numbers are the same as a serial run's given the same torch thread count per run
-(tests/integration/test_experiment_jobs.py checks it). Workers are spawned, not forked (a
-forked torch with a used OpenMP pool can hang), and each re-opens the stream from its flags.
+Each configuration (one seed of one sweep point or fleet shape) is a seeded replay; the
+configurations of a bundle (plan.bundles: one seed and shape, several sync periods) share one
+replay and its cluster (harness.run_bundle). Bundles go to separate processes and come back as
+``RunSummary`` lists (plain data); the numbers are the same as a serial run's given the same
+torch thread count per run (tests/integration/test_experiment_jobs.py checks it). Workers are
+spawned, not forked (a forked torch with a used OpenMP pool can hang), and each re-opens the
+stream from its flags.
 
 A worker that dies (killed, out of memory) fails the whole command with
 concurrent.futures.process.BrokenProcessPool instead of hanging.
@@ -82,14 +84,19 @@ def synthetic_source(args: argparse.Namespace) -> StreamSource:
     return open_source("synthetic", None, args.batch_size, args.max_events, synthetic=synthetic)
 
 
-def run_config(
-    source: StreamSource, config: ExperimentConfig, progress: Callable[[int], None] | None = None
-) -> RunSummary:
-    from dlrm_core.experiment.harness import run_experiment
+def run_configs(
+    source: StreamSource,
+    configs: Sequence[ExperimentConfig],
+    progress: Callable[[int], None] | None = None,
+) -> list[RunSummary]:
+    """One replay of ``configs`` (a bundle, harness.run_bundle): a summary each, the bundle's
+    CPU time shared evenly among them (their sum is the bundle's)."""
+    from dlrm_core.experiment.harness import run_bundle
 
     cpu = time.process_time()
-    run = run_experiment(source.schema, source.open, source.num_events, config, progress)
-    return dataclasses.replace(summarise_run(run), process_cpu_seconds=time.process_time() - cpu)
+    runs = run_bundle(source.schema, source.open, source.num_events, configs, progress)
+    share = (time.process_time() - cpu) / len(runs)
+    return [dataclasses.replace(summarise_run(r), process_cpu_seconds=share) for r in runs]
 
 
 _WORKER_SOURCE: list[StreamSource] = []  # the stream a worker process opened once
@@ -99,41 +106,51 @@ def _init_worker(spec: StreamSpec) -> None:
     _WORKER_SOURCE.append(spec.open())
 
 
-def _run_in_worker(item: tuple[int, ExperimentConfig]) -> tuple[int, RunSummary]:
-    index, config = item
-    return index, run_config(_WORKER_SOURCE[0], config)
+def _run_in_worker(
+    item: tuple[int, tuple[ExperimentConfig, ...]],
+) -> tuple[int, list[RunSummary]]:
+    index, configs = item
+    return index, run_configs(_WORKER_SOURCE[0], configs)
+
+
+Bundle = Sequence[tuple[K, ExperimentConfig]]  # configurations replayed together
 
 
 def run_all(
     spec: StreamSpec,
     source: StreamSource,
-    tasks: Sequence[tuple[K, ExperimentConfig]],
+    bundles: Sequence[Bundle[K]],
     jobs: int,
     on_done: Callable[[K, RunSummary, float], None],
     progress: Callable[[int], None] | None = None,
 ) -> dict[K, list[RunSummary]]:
-    """Every task's summary, grouped by key in task order; ``on_done(key, summary, seconds)``
-    as each finishes. ``jobs`` 1 runs here (``progress`` counts events); more, in workers."""
-    out: list[RunSummary | None] = [None] * len(tasks)
+    """Every configuration's summary, grouped by key in bundle order; ``on_done(key, summary,
+    seconds)`` as each bundle finishes. ``jobs`` 1 runs here (``progress`` counts events);
+    more, in workers, one bundle at a time each."""
+    out: list[list[RunSummary]] = [[] for _ in bundles]
     start = time.perf_counter()
-    if jobs == 1 or len(tasks) == 1:
-        for i, (key, config) in enumerate(tasks):
-            out[i] = run_config(source, config, progress)
-            on_done(key, out[i], time.perf_counter() - start)  # type: ignore[arg-type]
+
+    def finished(i: int, summaries: list[RunSummary]) -> None:
+        out[i] = summaries
+        for (key, _), summary in zip(bundles[i], summaries, strict=True):
+            on_done(key, summary, time.perf_counter() - start)
+
+    if jobs == 1 or len(bundles) == 1:
+        for i, bundle in enumerate(bundles):
+            finished(i, run_configs(source, [c for _, c in bundle], progress))
     else:
         context = multiprocessing.get_context("spawn")
-        workers = min(jobs, len(tasks))
+        workers = min(jobs, len(bundles))
         pool = ProcessPoolExecutor(workers, context, _init_worker, (spec,))
         try:
-            futures = [pool.submit(_run_in_worker, (i, c)) for i, (_, c) in enumerate(tasks)]
+            futures = [pool.submit(_run_in_worker, (i, tuple(c for _, c in b)))
+                       for i, b in enumerate(bundles)]  # fmt: skip
             for future in as_completed(futures):
-                i, summary = future.result()  # a worker's error is raised here
-                out[i] = summary
-                on_done(tasks[i][0], summary, time.perf_counter() - start)
+                finished(*future.result())  # a worker's error is raised here
         finally:  # on an error or ^C: drop the queued runs, do not wait for them
             pool.shutdown(wait=True, cancel_futures=True)
     grouped: dict[K, list[RunSummary]] = {}
-    for (key, _), done in zip(tasks, out, strict=True):
-        assert done is not None
-        grouped.setdefault(key, []).append(done)
+    for bundle, done in zip(bundles, out, strict=True):
+        for (key, _), summary in zip(bundle, done, strict=True):
+            grouped.setdefault(key, []).append(summary)
     return grouped

@@ -3,8 +3,9 @@
 Every fleet shape of the grid (``--grid-nodes`` x ``--grid-routings``; one node has no routing
 to vary, so N = 1 runs once) at every sync period of ``--sync-periods`` (the frontier) and
 every seed of ``--seeds``, all runs spread over ``--jobs`` worker processes (the strategies
-default to stale, oracle, delta_sync, liveupdate and the hybrid). It writes, under
-``--out``:
+default to stale, oracle, delta_sync, liveupdate and the hybrid). The runs of one seed and
+fleet shape are one replay (plan.bundles): the cluster trains once for all their periods.
+It writes, under ``--out``:
 
 - ``protocol.json``: the grid, the run time and, per fleet shape, its full results.json;
 - ``report.html``: one table over the grid (AUC with 95% intervals, cost, claims, the frontier

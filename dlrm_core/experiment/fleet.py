@@ -15,6 +15,7 @@ multicast.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.fleet_config import FleetConfig
+from dlrm_core.experiment.memo import Memo
 from dlrm_core.experiment.strategies import Accounting, Strategy
 from dlrm_core.schema import StreamSchema
 
@@ -31,6 +33,10 @@ _MASK = (1 << 61) - 1
 
 class Router:
     """Event -> node index in [0, nodes)."""
+
+    # splits remembered: enough for a batch's labels to fall due (the label delay is a few
+    # batches) while the fleets of a replay split every batch
+    RECENT = 16
 
     def __init__(self, config: FleetConfig, schema: StreamSchema, seed: int) -> None:
         self.nodes = config.nodes
@@ -43,6 +49,8 @@ class Router:
             )
             if self.feature not in schema.keys:
                 raise ValueError(f"route feature {self.feature!r} is not one of {schema.keys}")
+        self._recent: deque[tuple[SparseBatch, list[tuple[int, torch.Tensor, SparseBatch]]]]
+        self._recent = deque(maxlen=self.RECENT)
 
     def route(self, batch: SparseBatch) -> torch.Tensor:
         """(B,) int64 node of each event."""
@@ -72,6 +80,26 @@ class Router:
             out.append((int(node), torch.nonzero(nodes == node).squeeze(1)))
         return out
 
+    def parts(self, batch: SparseBatch) -> list[tuple[int, torch.Tensor, SparseBatch]]:
+        """[(node, positions, the sub-batch at them)] for every node that got events; the
+        last ``RECENT`` batches' are remembered (by identity: batches are never modified)."""
+        for seen, parts in self._recent:
+            if seen is batch:
+                return parts
+        parts = [(node, pos, batch.select(pos)) for node, pos in self.split(batch)]
+        self._recent.append((batch, parts))
+        return parts
+
+
+ROUTERS: Memo[Router] = Memo(8)
+
+
+def shared_router(config: FleetConfig, schema: StreamSchema, seed: int) -> Router:
+    """The process's router of this shape (routing is a pure function of the shape, the
+    schema's keys and the seed, so sharing one only shares its remembered splits)."""
+    key = (config.nodes, config.routing, config.route_feature, schema.keys, seed)
+    return ROUTERS.get(key, lambda: Router(config, schema, seed))
+
 
 class LocalFleet(Strategy):
     """N nodes of one locally learning strategy; each serves and learns its routed share."""
@@ -91,8 +119,8 @@ class LocalFleet(Strategy):
         if len(self.nodes) == 1:
             return self.nodes[0].score(batch)
         out = torch.empty(len(batch))
-        for node, pos in self.router.split(batch):
-            out[pos] = self.nodes[node].score(batch.select(pos))
+        for node, pos, part in self.router.parts(batch):
+            out[pos] = self.nodes[node].score(part)
         return out
 
     def advance(self, now: float) -> None:
@@ -104,8 +132,8 @@ class LocalFleet(Strategy):
         if len(self.nodes) == 1:
             self.nodes[0].on_ready(batch, now)
         else:
-            for node, pos in self.router.split(batch):
-                self.nodes[node].on_ready(batch.select(pos), now)
+            for node, _, part in self.router.parts(batch):
+                self.nodes[node].on_ready(part, now)
         self._sum()
 
     def ranks(self) -> dict[str, int]:

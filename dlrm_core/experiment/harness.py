@@ -1,6 +1,6 @@
 """The replay harness: progressive validation of every strategy on one time-ordered stream.
 
-1. Clock: event i is at ``i / qps`` s (or at its own timestamp minus the first one).
+1. Clock: event i is at ``i / qps`` s (or at its own timestamp minus the first one; stream.py).
 2. The head of the stream (``pretrain_fraction`` of the events) trains the base model with full
    sparse SGD; while it does, each table's gradient energy is measured on the head's last
    fifth (first epoch, so on events the model had not seen), for LiveUpdate's budget split.
@@ -12,8 +12,13 @@
 5. With ``config.audit`` the evaluated part is replayed again from the same base, every
    not-yet-due label shown permuted; every score must be identical (audit.py).
 
-The pretrained base is memoised per process (memo.py): runs of one plan that share the stream,
-the seed and the head's training settings train it once.
+``run_bundle`` replays several configurations that differ only in their strategies' own
+settings (sync period, link, fleet shape, LiveUpdate's parameters: ``PER_STRATEGY``) in one
+replay: the cluster trains once for all of them (its trajectory depends only on the stream,
+the seed and the label delay), each configuration's strategies are built from the base as in
+a run of their own (torch reseeded first) and see the same calls in the same order, so every
+number a configuration reports equals that of its own run. The pretrained base and the
+re-timed stream are memoised per process (pretrain.py, stream.py).
 
 All strategies see the same events in the same order, with the same label delay; given a seed
 the run is deterministic (torch seeded, one torch thread by default).
@@ -23,9 +28,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,18 +44,23 @@ from dlrm_core.experiment.cluster import (
     table_bytes,
 )
 from dlrm_core.experiment.config import ExperimentConfig
-from dlrm_core.experiment.fleet import LocalFleet, Router
+from dlrm_core.experiment.fleet import LocalFleet, shared_router
 from dlrm_core.experiment.liveupdate import (
     Hybrid,
     LiveUpdate,
     LiveUpdateDense,
-    gradient_energy,
     table_budgets,
 )
 from dlrm_core.experiment.lowrank import LowRankProbe
-from dlrm_core.experiment.memo import Memo
 from dlrm_core.experiment.memory import ProcessMemory, process_memory
-from dlrm_core.experiment.replay import LabelView, PermutedLabels, StrategyTrace, replay
+from dlrm_core.experiment.pretrain import Pretrained, pretrained
+from dlrm_core.experiment.replay import (
+    LabelView,
+    PermutedLabels,
+    Replayed,
+    StrategyTrace,
+    replay,
+)
 from dlrm_core.experiment.strategies import (
     DeltaSync,
     FullSync,
@@ -60,12 +69,9 @@ from dlrm_core.experiment.strategies import (
     Stale,
     Strategy,
 )
-from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.experiment.stream import OpenStream, eval_batches, first_eval_batch
+from dlrm_core.model import DLRM
 from dlrm_core.schema import StreamSchema
-from dlrm_core.trainer import FullSparseTrainer, FullTrainConfig
-
-TUNE_SHARE = 0.2  # last share of the pretraining head on which the budget split is measured
-PRETRAINED: Memo[Pretrained] = Memo(2)  # the bases of the last few (stream, seed, head) keys
 
 
 @dataclass
@@ -88,62 +94,15 @@ class RunResult:
     process: ProcessMemory
 
 
-@dataclass(frozen=True)
-class Pretrained:
-    """The base model trained on the head, and what the replay starts from."""
-
-    model: DLRM
-    train_config: FullTrainConfig
-    benefit: dict[str, float]
-    events: int
-    newest_event_s: float
-    last_id: int
-
-
 StrategyFactory = Callable[
     [DLRM, SimulatedCluster, ExperimentConfig, float, dict[str, float], float, StreamSchema],
     dict[str, Strategy],
 ]
 
 
-def retime(batch: SparseBatch, first_index: int, qps: float | None, t0: float) -> SparseBatch:
-    """The batch on the replay clock, with request ids = global event positions."""
-    n = len(batch)
-    ids = torch.arange(first_index, first_index + n, dtype=torch.int64)
-    if qps is not None:
-        times = ids.to(torch.float64) / qps
-    else:
-        times = batch.timestamps.to(torch.float64) - t0
-    return dataclasses.replace(batch, timestamps=times, request_ids=ids)
-
-
-def replay_batches(source: Iterable[SparseBatch], qps: float | None) -> Iterator[SparseBatch]:
-    """``source`` re-timed onto the replay clock (request ids 0, 1, 2, ...)."""
-    index, t0 = 0, None
-    for batch in source:
-        if len(batch) == 0:
-            continue
-        if t0 is None:
-            t0 = float(batch.timestamps[0])
-        yield retime(batch, index, qps, t0)
-        index += len(batch)
-
-
-def split_at(batch: SparseBatch, k: int) -> tuple[SparseBatch, SparseBatch]:
-    return batch.select(torch.arange(k)), batch.select(torch.arange(k, len(batch)))
-
-
-def build_model(schema: StreamSchema, config: ExperimentConfig) -> DLRM:
-    torch.manual_seed(config.seed)
-    dlrm_config = DLRMConfig.from_schema(
-        schema, config.embedding_dim, config.bottom_hidden, config.top_hidden
-    )
-    return DLRM(dlrm_config)
-
-
 def run_experiment(
     schema: StreamSchema,
-    open_stream: Callable[[], Iterable[SparseBatch]],
+    open_stream: OpenStream,
     num_events: int,
     config: ExperimentConfig,
     progress: Callable[[int], None] | None = None,
@@ -152,153 +111,124 @@ def run_experiment(
     """Replay ``open_stream()`` (``num_events`` events, time-ordered) through every strategy
     (``make`` builds them; by default from ``config.strategies``). With ``config.audit`` the
     evaluated part is replayed a second time for the leak audit (audit.py)."""
-    wall = time.perf_counter()
+    return run_bundle(schema, open_stream, num_events, (config,), progress, make)[0]
+
+
+# what may differ between the configurations of one replay: their strategies' own settings
+PER_STRATEGY = frozenset(
+    ("strategies", "sync_period_s", "link", "live", "fleet", "top_p_pct", "priority")
+)
+
+
+def replay_key(config: ExperimentConfig) -> tuple[Any, ...]:
+    """What configurations replayed together share (clock, windows, label delay, head, seed)."""
+    fields = dataclasses.fields(config)
+    return tuple(getattr(config, f.name) for f in fields if f.name not in PER_STRATEGY)
+
+
+def run_bundle(
+    schema: StreamSchema,
+    open_stream: OpenStream,
+    num_events: int,
+    configs: Sequence[ExperimentConfig],
+    progress: Callable[[int], None] | None = None,
+    make: StrategyFactory | None = None,
+) -> list[RunResult]:
+    """One replay for ``configs`` (equal ``replay_key``), one cluster for all: a RunResult per
+    configuration, each what its own ``run_experiment`` would give (the bundle's wall time
+    and process memory are shared)."""
+    if not configs or len({replay_key(c) for c in configs}) != 1:
+        raise ValueError("a bundle needs 1+ configurations that differ only in PER_STRATEGY")
+    wall, config = time.perf_counter(), configs[0]
     threads = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
     try:
         if num_events < 2:
             raise ValueError(f"the stream needs at least 2 events, got {num_events}")
-        pre = _pretrained(schema, open_stream, num_events, config, progress)
-        scale = projection_scale(config.link, table_bytes(pre.model))
-        first = _first_eval_batch(open_stream, config.qps, pre.events)
+        pre = pretrained(schema, open_stream, num_events, config, progress)
+        scales = [projection_scale(c.link, table_bytes(pre.model)) for c in configs]
+        first = first_eval_batch(open_stream, config.qps, pre.events)
         start_s = float(first.timestamps[0])
-        factory = make or make_strategies
-        cluster = _cluster(pre)
-        torch.manual_seed(config.seed)  # both replays start from the same RNG state
-        strategies = factory(pre.model, cluster, config, scale, pre.benefit, start_s, schema)
-        lowrank = LowRankProbe(cluster, config.sync_period_s, start_s)
-        eval_stream = _eval_batches(open_stream, config.qps, pre.events)
-        main = replay(eval_stream, strategies, cluster, config, start_s, LabelView(), lowrank,
-                      progress)  # fmt: skip
-        audit = None
+        built = _Built(pre, configs, scales, make or make_strategies, start_s, schema)
+        probes = {p: LowRankProbe(built.cluster, p, start_s) for p in
+                  dict.fromkeys(c.sync_period_s for c in configs)}  # fmt: skip
+        main = built.replay(open_stream, LabelView(), list(probes.values()), progress)
+        audits: list[LeakAudit | None] = [None] * len(configs)
         if config.audit:
             view = PermutedLabels(config.seed)
-            cluster2 = _cluster(pre)
-            torch.manual_seed(config.seed)
-            again = factory(pre.model, cluster2, config, scale, pre.benefit, start_s, schema)
-            audited = replay(_eval_batches(open_stream, config.qps, pre.events), again,
-                             cluster2, config, start_s, view)  # fmt: skip
-            audit = compare(main.traces, audited.traces, view.changed)
-        return RunResult(
-            config=config,
-            schema=schema,
-            clock=_clock(config, main.widest, scale),
-            strategies=strategies,
-            traces=main.traces,
-            cluster=cluster,
-            budgets=_budgets(strategies),
-            benefit=pre.benefit,
-            eval_start_s=start_s,
-            eval_end_s=main.end_s,
-            eval_events=main.eval_events,
-            pretrain_events=pre.events,
-            audit=audit,
-            wall_seconds=time.perf_counter() - wall,
-            lowrank=lowrank.summary(),
-            process=process_memory(),
-        )
+            again = _Built(pre, configs, scales, make or make_strategies, start_s, schema)
+            audited = again.replay(open_stream, view, [])
+            audits = [compare(built.traces(main, i), again.traces(audited, i), view.changed)
+                      for i in range(len(configs))]  # fmt: skip
+        share = (time.perf_counter() - wall) / len(configs)
+        memory = process_memory()
+        return [
+            RunResult(
+                config=c,
+                schema=schema,
+                clock=_clock(c, main.widest, scale),
+                strategies=built.strategies[i],
+                traces=built.traces(main, i),
+                cluster=built.cluster,
+                budgets=_budgets(built.strategies[i]),
+                benefit=pre.benefit,
+                eval_start_s=start_s,
+                eval_end_s=main.end_s,
+                eval_events=main.eval_events,
+                pretrain_events=pre.events,
+                audit=audits[i],
+                wall_seconds=share,
+                lowrank=probes[c.sync_period_s].summary(),
+                process=memory,
+            )  # fmt: skip
+            for i, (c, scale) in enumerate(zip(configs, scales, strict=True))
+        ]
     finally:
         torch.set_num_threads(threads)
 
 
-def _pretrained(
-    schema: StreamSchema,
-    open_stream: Callable[[], Iterable[SparseBatch]],
-    num_events: int,
-    config: ExperimentConfig,
-    progress: Callable[[int], None] | None,
-) -> Pretrained:
-    """The pretrained base for this stream and config, trained once per process (memoised)."""
-    key = (open_stream, num_events, config.seed, config.qps, config.pretrain_fraction,
-           config.pretrain_epochs, config.optimizer, config.lr_dense, config.lr_sparse,
-           config.embedding_dim, config.bottom_hidden, config.top_hidden)  # fmt: skip
-    hits = PRETRAINED.hits
-    pre = PRETRAINED.get(key, lambda: pretrain(schema, open_stream, num_events, config,
-                                               progress))  # fmt: skip
-    if progress and PRETRAINED.hits > hits:
-        progress(pre.events)
-    return pre
+class _Built:
+    """Every configuration's strategies from the base, around one new cluster."""
 
+    def __init__(
+        self,
+        pre: Pretrained,
+        configs: Sequence[ExperimentConfig],
+        scales: Sequence[float],
+        factory: StrategyFactory,
+        start_s: float,
+        schema: StreamSchema,
+    ) -> None:
+        self.pre, self.configs, self.start_s = pre, configs, start_s
+        self.cluster = _cluster(pre)
+        self.strategies = []
+        for config, scale in zip(configs, scales, strict=True):
+            torch.manual_seed(config.seed)  # every replay's strategies from the same RNG state
+            self.strategies.append(
+                factory(pre.model, self.cluster, config, scale, pre.benefit, start_s, schema)
+            )
 
-def pretrain(
-    schema: StreamSchema,
-    open_stream: Callable[[], Iterable[SparseBatch]],
-    num_events: int,
-    config: ExperimentConfig,
-    progress: Callable[[int], None] | None = None,
-) -> Pretrained:
-    """Train the base model on the head; measure each table's gradient energy on the head's
-    last ``TUNE_SHARE`` (first epoch) for LiveUpdate's budget split."""
-    n_pre = int(num_events * config.pretrain_fraction)
-    tune_from = n_pre - max(1, int(n_pre * TUNE_SHARE))
-    model = build_model(schema, config)
-    full_cfg = FullTrainConfig(
-        optimizer=config.optimizer, lr_dense=config.lr_dense, lr_sparse=config.lr_sparse
-    )
-    trainer = FullSparseTrainer(model, full_cfg)
-    benefit = dict.fromkeys(schema.keys, 0.0)
-    head: list[SparseBatch] = []
-    seen, newest, last_id = 0, -math.inf, -1
-    for batch in _head_batches(open_stream, config.qps, n_pre):
-        result = trainer.step(batch)
-        if seen >= tune_from:
-            for name, energy in gradient_energy(result.touched).items():
-                benefit[name] += energy
-        if config.pretrain_epochs > 1:
-            head.append(batch)
-        seen += len(batch)
-        newest = float(batch.timestamps.max())
-        last_id = int(batch.request_ids.max())
-        if progress:
-            progress(len(batch))
-    for _ in range(config.pretrain_epochs - 1):
-        for batch in head:
-            trainer.step(batch)
-    return Pretrained(model, full_cfg, benefit, n_pre, newest, last_id)
+    def replay(
+        self,
+        open_stream: OpenStream,
+        view: LabelView,
+        probes: list[LowRankProbe],
+        progress: Callable[[int], None] | None = None,
+    ) -> Replayed:
+        flat = {f"{i}/{name}": s for i, mine in enumerate(self.strategies)
+                for name, s in mine.items()}  # fmt: skip
+        batches = eval_batches(open_stream, self.configs[0].qps, self.pre.events)
+        return replay(batches, flat, self.cluster, self.configs[0], self.start_s, view, probes,
+                      progress)  # fmt: skip
+
+    def traces(self, replayed: Replayed, i: int) -> dict[str, StrategyTrace]:
+        return {name: replayed.traces[f"{i}/{name}"] for name in self.strategies[i]}
 
 
 def _cluster(pre: Pretrained) -> SimulatedCluster:
     return SimulatedCluster(
         copy.deepcopy(pre.model), pre.train_config, pre.newest_event_s, pre.last_id
     )
-
-
-def _head_batches(
-    open_stream: Callable[[], Iterable[SparseBatch]], qps: float | None, n: int
-) -> Iterator[SparseBatch]:
-    """The first ``n`` events of the replayed stream (the last batch split if needed)."""
-    seen = 0
-    for batch in replay_batches(open_stream(), qps):
-        if seen >= n:
-            return
-        if seen + len(batch) > n:
-            batch = split_at(batch, n - seen)[0]
-        seen += len(batch)
-        yield batch
-
-
-def _eval_batches(
-    open_stream: Callable[[], Iterable[SparseBatch]], qps: float | None, n: int
-) -> Iterator[SparseBatch]:
-    """The replayed stream after its first ``n`` events."""
-    seen = 0
-    for batch in replay_batches(open_stream(), qps):
-        if seen + len(batch) <= n:
-            seen += len(batch)
-            continue
-        if seen < n:
-            batch = split_at(batch, n - seen)[1]
-        seen = n + 1
-        yield batch
-
-
-def _first_eval_batch(
-    open_stream: Callable[[], Iterable[SparseBatch]], qps: float | None, n: int
-) -> SparseBatch:
-    first = next(_eval_batches(open_stream, qps, n), None)
-    if first is None:
-        raise ValueError("no events left after pretraining; lower pretrain_fraction")
-    return first
 
 
 def _clock(config: ExperimentConfig, widest: SparseBatch, scale: float) -> dict[str, Any]:
@@ -349,7 +279,7 @@ def make_strategies(
                                  config, benefit, start_s)
                 for _ in range(config.fleet.nodes)
             ]  # fmt: skip
-            router = Router(config.fleet, schema, config.seed)
+            router = shared_router(config.fleet, schema, config.seed)
             out[name] = LocalFleet(nodes, router, config.fleet.multicast)
             continue
         model, link = copy.deepcopy(base), Link(config.link, scale)

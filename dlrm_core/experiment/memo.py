@@ -1,10 +1,7 @@
-"""A small least-recently-used memo for the process: the pretrained base of a stream and seed.
-
-Every run of an experiment's plan (each sweep point, each fleet shape) starts from the same
-pretrained base for a given seed; a worker process that runs several of them trains it once.
-The base model is never modified after pretraining (every strategy and the cluster copy it),
-and the harness reseeds torch after pretraining, so a memoised base gives the same numbers as
-a fresh one.
+"""A small least-recently-used memo for the process: what the runs of a plan would otherwise
+each build again in a worker process (the pretrained base of a stream and seed, the re-timed
+stream, the routers of a fleet shape; see pretrain.py, stream.py, fleet.py). A memoised value
+must never be modified by its users.
 """
 
 from __future__ import annotations

@@ -4,15 +4,22 @@ point (label delays, sync periods, link scales), and how their summaries come ba
 A sweep point reruns only the strategies whose behaviour depends on what it varies: stale,
 the oracle and LiveUpdate without rebases never look at the sync period or the link, so their
 main-run results stand for every period and link scale (run_summary.with_shared).
+
+The runs of one seed and fleet shape are replayed together (``bundles``, harness.run_bundle):
+their cluster trains once, the stream is split over the fleet's nodes once, and each run's
+numbers are those of its own replay.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dlrm_core.experiment.config import ExperimentConfig
+from dlrm_core.experiment.harness import LOCAL, replay_key
 from dlrm_core.experiment.run_summary import RunSummary, with_shared
 
 SYNC_FREE = ("stale", "oracle", "liveupdate")  # no sync, no link (liveupdate: without rebases)
@@ -26,6 +33,11 @@ class Group:
 
 
 MAIN = Group("main", 0.0)
+K = TypeVar("K")
+# model copies a bundle may hold, in bytes (each of --jobs workers holds one bundle). A bundle
+# of the 2M stream at 4 nodes holding 22 copies (2.7 GB) peaked at 5.9 GB RSS: a process's peak
+# is about twice its models (payloads being applied, the nodes' own state, the held stream)
+BUNDLE_MODEL_BYTES = 2 << 30
 
 
 def sync_dependent(config: ExperimentConfig) -> tuple[str, ...]:
@@ -95,3 +107,41 @@ def assemble(
         else:
             links.setdefault(group.link_scale_factor, []).append(runs)
     return Assembled(main, delays, periods, links)
+
+
+def model_copies(config: ExperimentConfig) -> int:
+    """Models a run holds besides its base and cluster: one per node of a local learner, one
+    per other strategy (the oracle serves the cluster's)."""
+    return sum(config.fleet.nodes if s in LOCAL else int(s != "oracle") for s in config.strategies)
+
+
+def _copies(configs: list[ExperimentConfig]) -> int:
+    """Models a replay of ``configs`` holds: the base, the cluster and its optimizer state, a
+    snapshot of the tables per sync period probed (lowrank.py) and every strategy's."""
+    periods = len({c.sync_period_s for c in configs})
+    return 3 + periods + sum(model_copies(c) for c in configs)
+
+
+def bundles(
+    tasks: Sequence[tuple[K, ExperimentConfig]], jobs: int, model_bytes: int
+) -> list[list[tuple[K, ExperimentConfig]]]:
+    """``tasks`` (in seed order) as bundles to replay together: consecutive tasks of one
+    replay key and fleet shape, while the bundle's models fit ``BUNDLE_MODEL_BYTES`` and it
+    has at most ceil(tasks / jobs) tasks (every worker gets work). Heaviest first within a
+    seed, so the last to finish are light."""
+    most = math.ceil(len(tasks) / max(jobs, 1))
+    out: list[list[tuple[K, ExperimentConfig]]] = []
+    for key, config in tasks:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and len(last) < most
+            and replay_key(last[0][1]) == replay_key(config)
+            and last[0][1].fleet == config.fleet
+            and _copies([c for _, c in last] + [config]) * model_bytes <= BUNDLE_MODEL_BYTES
+        ):
+            last.append((key, config))
+        else:
+            out.append([(key, config)])
+    weight = {id(b): sum(c.fleet.nodes * len(c.strategies) for _, c in b) for b in out}
+    return sorted(out, key=lambda b: (b[0][1].seed, -weight[id(b)]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,7 @@ def replay(
     config: ExperimentConfig,
     start_s: float,
     labels: LabelView,
-    lowrank: LowRankProbe | None = None,
+    probes: Sequence[LowRankProbe] = (),
     progress: Callable[[int], None] | None = None,
 ) -> Replayed:
     traces = {
@@ -103,8 +103,8 @@ def replay(
             ready_at, ready = queue.popleft()
             for s in strategies.values():
                 s.advance(ready_at)
-            if lowrank is not None:
-                lowrank.advance(ready_at)
+            for probe in probes:
+                probe.advance(ready_at)
             cluster.train(ready, ready_at)
             for s in strategies.values():
                 s.on_ready(ready, ready_at)

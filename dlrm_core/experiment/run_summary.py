@@ -47,7 +47,9 @@ class RunSummary:
     features: list[dict[str, Any]]  # [{name, rows}]
     table_bytes: int
     live_memory: list[MemoryAccount]  # one per LiveUpdate node (the memory claim)
-    process_cpu_seconds: float = 0.0  # CPU time of the whole run in its process (all threads)
+    # CPU time of the run in its process (all threads); runs replayed together (a bundle)
+    # share their replay's evenly, as they share its wall time
+    process_cpu_seconds: float = 0.0
 
     @property
     def eval_hours(self) -> float:

@@ -24,12 +24,13 @@ import numpy as np
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.config import ExperimentConfig, LiveUpdateParams
-from dlrm_core.experiment.harness import build_model, replay_batches, split_at
 from dlrm_core.experiment.liveupdate import (
     LiveUpdate,
     gradient_energy,
     table_budgets,
 )
+from dlrm_core.experiment.pretrain import build_model
+from dlrm_core.experiment.stream import replay_batches, split_at
 from dlrm_core.metrics import auc
 from dlrm_core.model import DLRM
 from dlrm_core.schema import StreamSchema

@@ -14,6 +14,7 @@ from dlrm_core.experiment.fleet_config import FleetConfig
 from dlrm_core.experiment.liveupdate import LiveUpdate
 from dlrm_core.experiment.strategies import DeltaSync
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
+from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 from dlrm_core.trainer import FullTrainConfig
 
 from .test_experiment_accounting import tiny_model
@@ -104,3 +105,20 @@ def test_a_sync_costs_n_transfers_or_one_with_multicast_and_the_cluster_once() -
     assert four.node_cpu_seconds == 0.5 and four.node_memory_peak_bytes == 100
     multicast = fleet_totals(delta, FleetConfig(nodes=4, multicast=True))
     assert multicast.bytes_moved == 1000 and multicast.cpu_seconds == 4.0
+
+
+def test_a_shared_router_splits_a_batch_once_for_every_fleet_and_phase() -> None:
+    from dlrm_core.experiment.fleet import shared_router
+
+    stream = SyntheticStream(SyntheticConfig(seed=0, num_events=512, batch_size=128))
+    batch, other = list(stream)[:2]
+    fleet = FleetConfig(nodes=3, routing="random")
+    router = shared_router(fleet, stream.schema, 7)
+    assert shared_router(fleet, stream.schema, 7) is router
+    assert shared_router(fleet, stream.schema, 8) is not router
+    parts = router.parts(batch)
+    assert router.parts(batch) is parts and router.parts(other) is not parts
+    assert sum(len(p) for _, _, p in parts) == len(batch)
+    for node, pos, part in parts:
+        assert torch.equal(part.request_ids, batch.request_ids[pos])
+        assert bool((router.route(part) == node).all())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from dlrm_core.batch import SparseBatch
@@ -103,7 +106,7 @@ def test_liveupdate_beats_stale_on_a_drifting_stream() -> None:
 
 
 def test_a_memoised_base_gives_the_numbers_of_a_fresh_one() -> None:
-    from dlrm_core.experiment.harness import PRETRAINED
+    from dlrm_core.experiment.pretrain import PRETRAINED
 
     stream = SyntheticStream(
         SyntheticConfig(seed=0, num_events=3_000, batch_size=128, events_per_second=10,
@@ -127,3 +130,48 @@ def test_a_memoised_base_gives_the_numbers_of_a_fresh_one() -> None:
                 == again.strategies[name][key]
                 == (fresh.strategies[name][key])
             ), (name, key)
+
+
+def test_a_bundle_gives_each_configuration_the_numbers_of_its_own_run() -> None:
+    from dlrm_core.experiment.fleet_config import FleetConfig
+    from dlrm_core.experiment.harness import run_bundle
+
+    stream = SyntheticStream(
+        SyntheticConfig(seed=0, num_events=4_000, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
+    )  # fmt: skip
+    main = small_config(("stale", "oracle", "delta_sync", "liveupdate", "hybrid"),
+                        fleet=FleetConfig(nodes=2))  # fmt: skip
+    configs = [main] + [
+        dataclasses.replace(main, sync_period_s=p, strategies=("delta_sync", "hybrid"))
+        for p in (60.0, 300.0)
+    ] + [dataclasses.replace(main, fleet=FleetConfig(nodes=3, routing="random"))]  # fmt: skip
+    bundled = run_bundle(stream.schema, lambda: iter(stream), 4_000, configs)
+    for config, run in zip(configs, bundled, strict=True):
+        alone = summarise_run(run_experiment(stream.schema, lambda: iter(stream), 4_000, config))
+        together = summarise_run(run)
+        assert list(together.strategies) == list(config.strategies)
+        for name in config.strategies:
+            for key in (
+                "auc_per_fine_window",
+                "pooled_auc",
+                "bytes_moved",
+                "syncs_landed",
+                "mean_staleness_s",
+                "peak_measured_memory_pct",
+                "rank_per_window",
+            ):
+                assert together.strategies[name][key] == alone.strategies[name][key], (name, key)
+        assert together.lowrank == alone.lowrank and together.cluster_steps == alone.cluster_steps
+    # one replay, one cluster: its steps are counted once, not once per configuration
+    assert len({id(run.cluster) for run in bundled}) == 1
+
+
+def test_a_bundle_refuses_configurations_of_different_replays() -> None:
+    from dlrm_core.experiment.harness import run_bundle
+
+    stream = SyntheticStream(SyntheticConfig(seed=0, num_events=1_000, batch_size=128))
+    config = small_config(("stale",))
+    other = dataclasses.replace(config, label_delay_s=10.0)
+    with pytest.raises(ValueError, match="differ only in PER_STRATEGY"):
+        run_bundle(stream.schema, lambda: iter(stream), 1_000, [config, other])

@@ -115,3 +115,30 @@ def test_the_memo_keeps_the_most_recently_used_entries() -> None:
     assert memo.get("b", lambda: make("b")) == 4 and calls == ["a", "b", "c", "b"]
     with pytest.raises(ValueError, match="capacity"):
         Memo(0)
+
+
+def test_bundles_join_one_seed_and_shape_within_the_memory_and_worker_bounds() -> None:
+    from dlrm_core.experiment.fleet_config import FleetConfig
+    from dlrm_core.experiment.plan import BUNDLE_MODEL_BYTES, bundles, model_copies
+
+    config = ExperimentConfig(strategies=STRATS, sync_period_s=600.0)
+    four = dataclasses.replace(config, fleet=FleetConfig(nodes=4))
+    assert model_copies(config) == 1 + 0 + 1 + 1 + 1 and model_copies(four) == 1 + 1 + 4 + 4
+    tasks = [((label, g), c) for label, base in (("N1", config), ("N4", four))
+             for g, cs in build_plan(base, 2, (), (120.0, 300.0)).items() for c in cs]  # fmt: skip
+    tasks.sort(key=lambda t: t[1].seed)
+    got = bundles(tasks, 2, model_bytes=1_000)
+    # per seed, one bundle per shape, the 4-node one first (heavier)
+    assert [(b[0][1].seed, b[0][0][0], len(b)) for b in got] == [
+        (0, "N4", 3), (0, "N1", 3), (1, "N4", 3), (1, "N1", 3)]  # fmt: skip
+    assert all(len({c.seed for _, c in b}) == 1 and len({c.fleet for _, c in b}) == 1
+               for b in got)  # fmt: skip
+    # the models of a bundle must fit: 3 + 2 periods + 10 + 6 copies of 1/20 of the bound do not
+    big = bundles(tasks, 2, model_bytes=BUNDLE_MODEL_BYTES // 20)
+    assert max(len(b) for b in big if b[0][0][0] == "N4") == 2
+    # every worker gets work: at most ceil(tasks / jobs) per bundle
+    assert max(len(b) for b in bundles(tasks[:6], 3, model_bytes=1)) == 2
+    # a different label delay is another replay
+    delayed = [(k, dataclasses.replace(c, label_delay_s=5.0)) if i % 2 else (k, c)
+               for i, (k, c) in enumerate(tasks[:3])]  # fmt: skip
+    assert [len(b) for b in bundles(delayed, 1, model_bytes=1)] == [1, 1, 1]
