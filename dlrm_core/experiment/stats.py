@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-from nodeworker.protocol.experiment_results import Interval
+from dataclasses import dataclass
 
 # df -> t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -17,6 +16,25 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042,
          40: 2.021, 60: 2.000, 120: 1.980}  # fmt: skip
 _Z975 = 1.960
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` replicates and its two-sided 95% t-interval (lo = hi = mean when n < 2).
+    results.json carries it as {mean, lo, hi, n}, the wire shape of
+    nodeworker.protocol.experiment_results.Interval."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
 
 
 def t975(df: int) -> float:

@@ -1,9 +1,10 @@
 """results.json's contract, defined once: the dataclasses below name every field the dashboard
-reads, with its type. results.py checks what it writes against them (write_results) and the
-control plane checks an import with the same ``validate_results`` (controlplane.experiments).
+reads, with its type. The control plane checks every import with ``validate_results``
+(controlplane.experiments); the tests check the experiment's real files against it.
 
-Pure Python (no torch), in the wire package: the experiment (dlrm_core) writes the file and the
-control plane, which imports nothing of dlrm_core, reads it. A field without a default is
+Pure Python (no torch), in the wire package: the experiment (dlrm_core, pure PyTorch/NumPy, which
+imports nothing of nodeworker) writes the file and the control plane, which imports nothing of
+dlrm_core, reads it. A field without a default is
 required; a field defaulting to None is optional, so schema-1 files (before seeds, fleets and
 intervals) stay readable; when present it must have its type. results.py writes more fields
 than these (see its docstring); extra keys are kept as they are.
@@ -26,19 +27,12 @@ VERDICTS = (*ACCURACY_VERDICTS, "held", "not held", "not measured")
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of ``n`` replicates and its two-sided 95% t-interval (lo = hi = mean when n < 2)."""
+    """A mean over ``n`` seeds and its 95% interval (dlrm_core.experiment.stats computes it)."""
 
     mean: float
     lo: float
     hi: float
     n: int
-
-    @property
-    def half_width(self) -> float:
-        return (self.hi - self.lo) / 2.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 from html.parser import HTMLParser
 
 from controlplane.cli import main
+from nodeworker.protocol.experiment_results import validate_results
 
 KEYS = {"mean_auc", "auc_per_window", "mean_logloss", "bytes_moved", "cpu_seconds",
         "peak_memory_overhead_pct", "mean_staleness_s"}  # fmt: skip
@@ -37,6 +38,7 @@ def test_experiment_cli_on_a_movielens_slice(shared_data, tmp_path, capsys) -> N
     ])  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
+    assert validate_results(results) == {}  # what the control plane will accept on import
     assert {"dataset", "windows", "strategies", "claims"} <= set(results)
     assert results["dataset"]["events"] == 3000 and results["dataset"]["format"] == "movielens"
     assert set(results["strategies"]) == NAMES
