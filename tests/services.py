@@ -156,6 +156,24 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> N
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(
+    process: subprocess.Popen | None, *, timeout: float, whole_group: bool = False
+) -> None:
+    """SIGTERM a process started in its own session (its whole group when ``whole_group``), then
+    SIGKILL the whole group if it has not exited after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    if whole_group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class Appliance:
     """A migrated control plane served by ``liveupdate serve`` (``workers`` processes) in a
     subprocess, with a user to log in as."""
@@ -235,13 +253,7 @@ class Appliance:
 
     def stop(self) -> None:
         """SIGTERM to the server (it stops its workers); SIGKILL to the whole group after 15 s."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, timeout=15)
 
     def __enter__(self) -> Appliance:
         return self.start()

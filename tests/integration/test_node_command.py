@@ -13,14 +13,13 @@ import uuid
 from nodeworker import protocol
 from nodeworker.protocol.operations import task_name
 from tests import services
-from tests.unit.test_telemetry import TOKEN, Plane
+from tests.fake_plane import TOKEN, FakePlane
 
 
 def test_node_run_reports_telemetry_and_obeys_a_control_task(redis_url, tmp_path):
     from celery import Celery
 
-    plane = Plane()
-    plane.up()
+    plane = FakePlane().up()
     name = f"cli-{uuid.uuid4().hex[:6]}"
     env = services.node_env(redis_url, LIVEUPDATE_DATA_DIR=str(tmp_path))
     log = (tmp_path / "node.log").open("w")
@@ -97,8 +96,7 @@ def test_the_node_worker_starts_the_runtime_itself(redis_url, tmp_path):
     its worker; control tasks reach it and it stops with the worker."""
     from celery import Celery
 
-    plane = Plane()
-    plane.up()
+    plane = FakePlane().up()
     name = f"wrk-{uuid.uuid4().hex[:6]}"
     env = services.node_env(
         redis_url,

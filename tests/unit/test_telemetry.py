@@ -3,94 +3,23 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from nodeworker import protocol
 from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.protocol.events import NodeEvent
 from nodeworker.telemetry import CpuSampler, NodeSnapshot, Spool, TelemetryReporter
-from tests.services import free_port, wait_until
+from tests.fake_plane import TOKEN, FakePlane
+from tests.services import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "node-token-123"
-
-
-class Plane:
-    """A tiny control plane: ingest like the real one (validate, dedupe by (node, epoch, seq)),
-    and a switch to be down (connection refused), failing (500) or up."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.samples: dict[tuple[str, int, int], dict] = {}
-        self.posts = 0
-        self.duplicates = 0
-        self.running: list[protocol_telemetry.RunningState | None] = []  # each accepted batch's
-        self.mode = "up"
-        self.server: ThreadingHTTPServer | None = None
-
-    def up(self):
-        plane = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if plane.mode == "fail":
-                    return self._reply(500, {"detail": "boom"})
-                if self.path != protocol.TELEMETRY_PATH:
-                    return self._reply(404, {})
-                if self.headers.get("Authorization") != f"Node {TOKEN}":
-                    return self._reply(401, {"detail": "bad token"})
-                payload = json.loads(body)
-                try:
-                    batch = protocol_telemetry.validate_batch(payload)
-                except protocol_telemetry.TelemetryError as exc:
-                    return self._reply(400, exc.errors)
-                plane.posts += 1
-                plane.running.append(batch.running)
-                for s in batch.samples:
-                    key = (batch.node, batch.epoch, s["seq"])
-                    if key in plane.samples:
-                        plane.duplicates += 1
-                    else:
-                        plane.samples[key] = s
-                self._reply(201, {"accepted": len(batch.samples)})
-
-            def _reply(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.mode = "up"
-
-    def down(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def seqs(self, node="edge-1"):
-        return sorted(seq for n, _, seq in self.samples if n == node)
 
 
 @pytest.fixture
 def plane():
-    p = Plane()
-    p.up()
+    p = FakePlane().up()
     yield p
     p.down()
 

@@ -7,53 +7,14 @@ from __future__ import annotations
 
 import errno
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from nodeworker import telemetry_spool
-from nodeworker.protocol import telemetry as protocol_telemetry
 from nodeworker.telemetry import TelemetryReporter
-from tests.services import free_port, wait_until
-from tests.unit.test_telemetry import TOKEN, counter_snapshot
-
-
-class Plane:
-    """Stores each batch it accepts; ``rule(batch) -> (status, body) | None`` may refuse it."""
-
-    def __init__(self, rule=None):
-        self.rule = rule
-        self.stored: dict[tuple[int, int], dict] = {}
-        self.bodies: list[int] = []  # byte size of every request
-        plane = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                plane.bodies.append(len(raw))
-                batch = protocol_telemetry.validate_batch(json.loads(raw))
-                answer = plane.rule(batch) if plane.rule else None
-                if answer is None:
-                    for s in batch.samples:
-                        plane.stored[(batch.epoch, s["seq"])] = s
-                    answer = (200, {"accepted": len(batch.samples)})
-                data = json.dumps(answer[1]).encode()
-                self.send_response(answer[0])
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def seqs(self) -> list[int]:
-        return sorted(seq for _, seq in self.stored)
+from tests.fake_plane import TOKEN, FakePlane
+from tests.services import wait_until
+from tests.unit.test_telemetry import counter_snapshot
 
 
 @pytest.fixture
@@ -61,13 +22,12 @@ def make_plane():
     planes = []
 
     def make(rule=None):
-        planes.append(Plane(rule))
+        planes.append(FakePlane(rule).up())
         return planes[-1]
 
     yield make
     for plane in planes:
-        plane.server.shutdown()
-        plane.server.server_close()
+        plane.down()
 
 
 def reporter(plane, spool_dir, **kw) -> TelemetryReporter:
