@@ -12,7 +12,7 @@ import torch
 
 from dlrm_core.admission import DEPTH, SightingSketch
 from dlrm_core.batch import SparseBatch
-from dlrm_core.group_layout import LiveGroups
+from dlrm_core.group_layout import LiveGroups, _distinct
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.kernel import admission_kernel
 from dlrm_core.live_embedding import LiveEmbeddingConfig
@@ -254,3 +254,19 @@ def test_the_sketch_refuses_negative_counts_and_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(k,\) each"):
         sketch.sight(torch.tensor([1, 2]), torch.tensor([1]))
     assert int(sketch.counters.sum()) == 0 and int(sketch.since_reset) == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distinct_keys_are_torch_unique(seed):
+    """The radix sort's distinct keys, inverse and counts equal torch.unique's: empty, one key,
+    all equal, negative, wide and narrow key ranges, many repeats."""
+    gen = torch.Generator().manual_seed(seed)
+    n = [0, 1, 7, 1000, 9000, 40_000][seed]
+    span = [1, 3, 2**11, 2**22 + 5, 2**40, 2**62][seed]
+    keys = torch.randint(0, span, (n,), generator=gen) - (span // 2 if seed % 2 else 0)
+    if seed == 4:
+        keys[:10] = torch.tensor([-(2**63), 2**63 - 1] * 5)  # the extremes of int64
+    got = _distinct(keys)
+    want = torch.unique(keys, return_inverse=True, return_counts=True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
