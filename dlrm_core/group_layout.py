@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dlrm_core import key_sort
 from dlrm_core.admission import SightingSketch
 from dlrm_core.batch import SparseBatch
 from dlrm_core.kernel import admission_kernel
@@ -208,7 +209,7 @@ class LiveGroups:
     def _inputs(self, batch: SparseBatch) -> _Batch:
         keys, offsets = batch.fused_bags(self.features, self.key_offsets)
         sizes = [batch.values[f].numel() for f in self.features]
-        uniq, index, uniq_counts = _distinct(keys)
+        uniq, index, uniq_counts = key_sort.distinct(keys)
         value_bounds = [sum(sizes[:f]) for f in self.group_members]
         member_bounds = torch.empty(len(self.members) + 1, dtype=torch.int64)
         torch.searchsorted(uniq, self.key_offsets, out=member_bounds[:-1])
@@ -324,17 +325,3 @@ class LiveGroups:
     def drop_grads(self) -> None:
         for group in self.groups:
             group.drop_grads()
-
-
-def _distinct(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torch.unique(keys, return_inverse=True, return_counts=True) of int64 ``keys`` (n,), by
-    the admission kernel's radix sort."""
-    if keys.dtype != torch.int64 or keys.dim() != 1:
-        raise TypeError(f"keys must be 1-d int64, got {keys.dtype} {list(keys.shape)}")
-    keys = keys.contiguous()
-    n = keys.numel()
-    uniq, index, counts = torch.empty(3, n, dtype=torch.int64).unbind(0)
-    u = admission_kernel.distinct(
-        keys.data_ptr(), n, uniq.data_ptr(), index.data_ptr(), counts.data_ptr()
-    )
-    return uniq[:u], index, counts[:u]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlrm_core import key_sort
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.memory_account import MemoryReport
@@ -152,7 +153,7 @@ class LiveEmbedding(nn.Module):
 
     def factors(self) -> TableFactors:
         """An immutable snapshot (cloned tensors, rows sorted by id) of the correction."""
-        ids, order = torch.sort(self.keys)
+        ids, order = key_sort.sort(self.keys)
         return TableFactors(
             ids, self.A.detach().index_select(0, order), self.B.detach().clone(), self.scale
         )
@@ -366,8 +367,7 @@ class LiveEmbedding(nn.Module):
         self.B.grad = None
 
     def _reset_b_state(self, rank: int) -> None:
-        self.b_m = torch.zeros(rank, self.dim)
-        self.b_v = torch.zeros(rank, self.dim)
+        self.b_m, self.b_v = torch.zeros(rank, self.dim), torch.zeros(rank, self.dim)
         self.b_steps = 0
 
 

@@ -12,9 +12,10 @@ import torch
 
 from dlrm_core.admission import DEPTH, SightingSketch
 from dlrm_core.batch import SparseBatch
-from dlrm_core.group_layout import LiveGroups, _distinct
+from dlrm_core.group_layout import LiveGroups
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.kernel import admission_kernel
+from dlrm_core.key_sort import distinct, sort
 from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.rank_policy import RankPolicy
@@ -257,16 +258,27 @@ def test_the_sketch_refuses_negative_counts_and_mismatched_shapes():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_distinct_keys_are_torch_unique(seed):
-    """The radix sort's distinct keys, inverse and counts equal torch.unique's: empty, one key,
-    all equal, negative, wide and narrow key ranges, many repeats."""
+def test_the_radix_sorts_are_torch_unique_and_sort(seed):
+    """The radix sort's distinct keys, inverse and counts equal torch.unique's, its order
+    torch.sort's (stable): empty, one key, all equal, negative, wide and narrow key ranges,
+    many repeats."""
     gen = torch.Generator().manual_seed(seed)
     n = [0, 1, 7, 1000, 9000, 40_000][seed]
     span = [1, 3, 2**11, 2**22 + 5, 2**40, 2**62][seed]
     keys = torch.randint(0, span, (n,), generator=gen) - (span // 2 if seed % 2 else 0)
     if seed == 4:
         keys[:10] = torch.tensor([-(2**63), 2**63 - 1] * 5)  # the extremes of int64
-    got = _distinct(keys)
+    got = distinct(keys)
     want = torch.unique(keys, return_inverse=True, return_counts=True)
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
+    ordered, order = sort(keys)
+    want_ordered, want_order = torch.sort(keys, stable=True)
+    assert torch.equal(ordered, want_ordered) and torch.equal(order, want_order)
+
+
+def test_the_sorts_refuse_other_dtypes():
+    with pytest.raises(TypeError, match="1-d int64"):
+        distinct(torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(TypeError, match="1-d int64"):
+        sort(torch.zeros(2, 2, dtype=torch.int64))
