@@ -97,7 +97,7 @@ class LiveGroups:
         self.features: list[int] = []  # feature position of each member
         self.key_offsets = torch.zeros(0, dtype=torch.int64)  # (M,)
         self.group_members = [0]  # (G + 1) first member of each group
-        self.group_key_starts = torch.zeros(0, dtype=torch.int64)  # (G,)
+        self.key_bounds = torch.zeros(1, dtype=torch.int64)  # (M + 1) key_offsets, then the end
         self.keys = torch.zeros(0, dtype=torch.int64)  # row buffers, see the module docstring
         self.last_used = torch.zeros(0)
         self.a_accum = torch.zeros(0)
@@ -160,7 +160,7 @@ class LiveGroups:
         self.group_members = [0]
         for group in self.groups:
             self.group_members.append(self.group_members[-1] + group.size)
-        self.group_key_starts = self.key_offsets[self.group_members[:-1]]
+        self.key_bounds = torch.tensor([*self.key_offsets.tolist(), key_offset])
         self.keys = torch.zeros(start, dtype=torch.int64)
         self.last_used = torch.zeros(start)
         self.a_accum = torch.zeros(start)
@@ -211,10 +211,9 @@ class LiveGroups:
         sizes = [batch.values[f].numel() for f in self.features]
         uniq, index, uniq_counts = key_sort.distinct(keys)
         value_bounds = [sum(sizes[:f]) for f in self.group_members]
-        member_bounds = torch.empty(len(self.members) + 1, dtype=torch.int64)
-        torch.searchsorted(uniq, self.key_offsets, out=member_bounds[:-1])
-        member_bounds[-1] = uniq.numel()
-        key_bounds = member_bounds[self.group_members].tolist()
+        member_bounds = torch.searchsorted(uniq, self.key_bounds)  # every key < the end: U
+        first_keys = member_bounds.tolist()
+        key_bounds = [first_keys[f] for f in self.group_members]
         return _Batch(
             uniq,
             uniq_counts,

@@ -63,19 +63,21 @@ class LabelJoin:
         """Bytes of the pending batches, their label state and the request-id maps."""
         total = sys.getsizeof(self._where) + sys.getsizeof(self._entries)
         for entry in self._entries.values():
-            state = (t for t in (entry.labels, entry.ready_at, entry.emitted) if t is not None)
+            own = (entry.labels, entry.ready_at, entry.emitted)  # labels: maybe the batch's
+            state = (t for t in own if t is not None and t is not entry.batch.labels)
             total += entry.batch.nbytes + sum(t.numel() * t.element_size() for t in state)
             total += sys.getsizeof(entry.rows)
         return total
 
     def add_served(self, batch: SparseBatch, now: float) -> None:
         """Hold a served batch; its finite labels count as logged, NaN labels as unknown."""
-        labels = batch.labels.to(torch.float32).clone()
+        labels = batch.labels.to(torch.float32)
         known = torch.isfinite(labels)
         entry = _Pending(batch, float(now), labels, None, None)
         key = self._next
         self._next += 1
         if not bool(known.all()):  # a logged stream's batches have every label: no Python loop
+            entry.labels = labels.clone()  # feedback fills it in
             entry.ready_at = torch.full((len(batch),), math.inf, dtype=torch.float64)
             entry.ready_at[known] = now + self.delay
             entry.emitted = torch.zeros(len(batch), dtype=torch.bool)
