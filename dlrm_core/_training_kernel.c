@@ -124,6 +124,35 @@ static int all_finite(const float *x, size_t n) {
     return ok;
 }
 
+/* gram (d, d) += x0ᵀ x0 + x1ᵀ x1 + x2ᵀ x2 + x3ᵀ x3 for four rows x of d: each row of the Gram
+   matrix loaded and stored once for four samples (one at a time, its loads and stores cost more
+   than the multiply-adds). */
+static inline void gram_add4(float *restrict gram, const float *x0, const float *x1,
+                             const float *x2, const float *x3, int d) {
+    for (int j = 0; j < d; j++) {
+        float *row = gram + (size_t)j * d, c0 = x0[j], c1 = x1[j], c2 = x2[j], c3 = x3[j];
+        int k = 0;
+        for (; k + LANES <= d; k += LANES)
+            *(lanes *)(row + k) += c0 * *(const lanes *)(x0 + k) + c1 * *(const lanes *)(x1 + k) +
+                                   c2 * *(const lanes *)(x2 + k) + c3 * *(const lanes *)(x3 + k);
+        for (; k < d; k++)
+            row[k] += c0 * x0[k] + c1 * x1[k] + c2 * x2[k] + c3 * x3[k];
+    }
+}
+
+/* gram (d, d) = the sum of xᵀ x over the batch rows x of one table's gradient (stride_b apart). */
+static inline void gram_of(float *restrict gram, const float *grad, Py_ssize_t stride_b, int batch,
+                           int d) {
+    int i = 0;
+    for (; i + 4 <= batch; i += 4) {
+        const float *x = grad + i * stride_b;
+        gram_add4(gram, x, x + stride_b, x + 2 * stride_b, x + 3 * stride_b, d);
+    }
+    for (; i < batch; i++)
+        for (int j = 0; j < d; j++)
+            axpy(gram + (size_t)j * d, grad[i * stride_b + j], grad + i * stride_b, d);
+}
+
 /* grad (T, B, D) with strides (stride_t, stride_b, 1). Returns 1 if finite (see the header). */
 CLONED
 static int backward(const Bags *g, const float *restrict b, const float *restrict grad,
@@ -136,12 +165,11 @@ static int backward(const Bags *g, const float *restrict b, const float *restric
     memset(grams, 0, sizeof(float) * (size_t)g->tables * d * d);
     for (int t = 0; t < g->tables; t++) {
         const float *b_t = b + (size_t)t * r * d;
-        float *b_grad_t = b_grad + (size_t)t * r * d, *gram = grams + (size_t)t * d * d;
+        float *b_grad_t = b_grad + (size_t)t * r * d;
+        gram_of(grams + (size_t)t * d * d, grad + t * stride_t, stride_b, g->batch, d);
         for (int i = 0; i < g->batch; i++) {
             Py_ssize_t s = (Py_ssize_t)t * g->batch + i;
             const float *out_grad = grad + t * stride_t + i * stride_b;
-            for (int j = 0; j < d; j++)
-                axpy(gram + (size_t)j * d, out_grad[j], out_grad, d);
             for (int k = 0; k < r; k++) {
                 bag_grad[k] = g->scale * dot(out_grad, b_t + (size_t)k * d, d);
                 finite &= isfinite(bag_grad[k]) != 0;

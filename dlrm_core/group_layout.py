@@ -2,8 +2,10 @@
 their rows, the batch's admission, and each LiveGroup's (live_group.py) delta added to the
 forward.
 
-For all tables at once a step makes one unique over the batch's keys, then one admission pass
-through each table's index; then each group runs its kernel forward.
+For all tables at once a step makes one unique over the batch's keys, then one call of the
+admission kernel (dlrm_core/_admission_kernel.c: each table's index lookups, last-use stamps,
+second-sighting gate and appends, and every key's row for the forward); then each group runs its
+kernel forward.
 
 Layout: every table gets the region [start_t, start_t + capacity_t) of the row buffers,
 capacity_t being the most rows its budget holds at its rank (RankController.capacity), so the
@@ -14,11 +16,11 @@ rows first, then free rows. A batch's ids are made distinct for all tables at on
 where table t's ids start at key_offset_t (width N_t + 1).
 
 Each table's LiveEmbedding remains the per-table module the rest of the code uses: its storage is
-its region (LiveEmbedding.bind) and its cuckoo index maps its ids to rows of it, so admission
-(LiveEmbedding.append) and eviction (LiveEmbedding.evict) update the region and the index in
-place in O(ids touched), and memory reports, factor snapshots, export and the rank controllers'
-re-factorings act on it directly. A re-factoring replaces the module's tensors and bumps
-LiveEmbedding.version; ``LiveGroups.sync`` then copies the table back into its region, or
+its region (LiveEmbedding.bind) and its cuckoo index maps its ids to rows of it, so admission (the
+kernel's appends, then LiveEmbedding.extend) and eviction (LiveEmbedding.evict) update the region
+and the index in place in O(ids touched), and memory reports, factor snapshots, export and the rank
+controllers' re-factorings act on it directly. A re-factoring replaces the module's tensors and
+bumps LiveEmbedding.version; ``LiveGroups.sync`` then copies the table back into its region, or
 rebuilds the layout when a table's rank, scale, budget or capacity changed.
 
 Shapes: B batch, M tables, T tables in a group, U distinct keys in a batch, r rank, D dim.
@@ -28,13 +30,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from dlrm_core import key_sort
+from dlrm_core.admission import SightingSketch
 from dlrm_core.batch import SparseBatch
+from dlrm_core.kernel import admission_kernel
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.live_group import LiveGroup
 from dlrm_core.rank import RankController
+
+if TYPE_CHECKING:
+    from dlrm_core._admission_kernel import RegionSpec, TableSpec
 
 
 @dataclass
@@ -49,6 +58,7 @@ class _Member:
     bits: int  # its index has 2**bits buckets
     key_offset: int
     version: int = -1  # live.version when its tensors were last bound to the region
+    region: RegionSpec | None = None  # the region as the admission kernel takes it
 
 
 @dataclass
@@ -63,7 +73,7 @@ class _Batch:
     batch_size: int
     value_bounds: list[int]  # (G + 1) first value of each group
     key_bounds: list[int]  # (G + 1) first key of each group
-    member_bounds: list[int]  # (M + 1) first key of each table
+    member_bounds: torch.Tensor  # (M + 1) int64 first key of each table
     # (pos, hit) of ``keys`` in the row buffers, as admit left them (else looked up)
     located: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -87,7 +97,7 @@ class LiveGroups:
         self.features: list[int] = []  # feature position of each member
         self.key_offsets = torch.zeros(0, dtype=torch.int64)  # (M,)
         self.group_members = [0]  # (G + 1) first member of each group
-        self.group_key_starts = torch.zeros(0, dtype=torch.int64)  # (G,)
+        self.key_bounds = torch.zeros(1, dtype=torch.int64)  # (M + 1) key_offsets, then the end
         self.keys = torch.zeros(0, dtype=torch.int64)  # row buffers, see the module docstring
         self.last_used = torch.zeros(0)
         self.a_accum = torch.zeros(0)
@@ -150,7 +160,7 @@ class LiveGroups:
         self.group_members = [0]
         for group in self.groups:
             self.group_members.append(self.group_members[-1] + group.size)
-        self.group_key_starts = self.key_offsets[self.group_members[:-1]]
+        self.key_bounds = torch.tensor([*self.key_offsets.tolist(), key_offset])
         self.keys = torch.zeros(start, dtype=torch.int64)
         self.last_used = torch.zeros(start)
         self.a_accum = torch.zeros(start)
@@ -183,15 +193,27 @@ class LiveGroups:
             m.bits,
         )
         m.version = m.live.version
+        m.region = (
+            self.keys[s:].data_ptr(),
+            g.a[r:].data_ptr(),
+            self.last_used[s:].data_ptr(),
+            self.a_accum[s:].data_ptr(),
+            g.rank,
+            s,
+            c,
+            m.key_offset,
+            live.num_rows,
+        )
 
     # ---- admission ---------------------------------------------------------------------
     def _inputs(self, batch: SparseBatch) -> _Batch:
         keys, offsets = batch.fused_bags(self.features, self.key_offsets)
         sizes = [batch.values[f].numel() for f in self.features]
-        uniq, index, uniq_counts = torch.unique(keys, return_inverse=True, return_counts=True)
+        uniq, index, uniq_counts = key_sort.distinct(keys)
         value_bounds = [sum(sizes[:f]) for f in self.group_members]
-        member_bounds = torch.searchsorted(uniq, self.key_offsets).tolist() + [uniq.numel()]
-        key_bounds = [member_bounds[f] for f in self.group_members]
+        member_bounds = torch.searchsorted(uniq, self.key_bounds)  # every key < the end: U
+        first_keys = member_bounds.tolist()
+        key_bounds = [first_keys[f] for f in self.group_members]
         return _Batch(
             uniq,
             uniq_counts,
@@ -206,55 +228,63 @@ class LiveGroups:
     def _locate(self, inputs: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(pos, hit), both (U,): each distinct key's row in the buffers where hit (its
         table's first row elsewhere), through each table's index."""
-        pos = torch.zeros(inputs.keys.shape, dtype=torch.int64)
-        hit = torch.zeros(inputs.keys.shape, dtype=torch.bool)
-        bounds = inputs.member_bounds
-        for t, m in enumerate(self.members):
-            k0, k1 = bounds[t], bounds[t + 1]
-            if k1 > k0:
-                rows = m.live.index.rows(inputs.keys[k0:k1] - m.key_offset).to(torch.int64)
-                hit[k0:k1] = rows > 0
-                pos[k0:k1] = (rows - 1).clamp_(min=0) + m.start
-        return pos, hit
+        tables = tuple(self._table_spec(m, None, 0.0) for m in self.members)
+        return self._run_kernel(inputs, tables, lookups_only=True)[:2]
+
+    def _table_spec(self, m: _Member, sketch: SightingSketch | None, stamp: float) -> TableSpec:
+        if m.region is None or m.live.version != m.version:
+            raise RuntimeError(f"table {m.name!r} changed since the layout: sync() first")
+        gate = sketch.kernel_spec if sketch is not None else None
+        admit_after = m.controller.policy.admit_after
+        return (m.region, m.live.index.kernel_spec, gate, admit_after, m.live.num_active, stamp)
+
+    def _run_kernel(
+        self, inputs: _Batch, tables: tuple[TableSpec, ...], lookups_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """The admission kernel over the batch's keys: (pos, hit) and each table's (admitted,
+        refused, indexed)."""
+        keys, counts, bounds = inputs.keys, inputs.counts, inputs.member_bounds
+        pos = torch.empty(keys.shape, dtype=torch.int64)
+        hit = torch.empty(keys.shape, dtype=torch.bool)
+        status = torch.empty(len(tables), 3, dtype=torch.int64)
+        admission_kernel.admit(
+            tables,
+            keys.data_ptr(),
+            counts.data_ptr(),
+            bounds.data_ptr(),
+            keys.numel(),
+            pos.data_ptr(),
+            hit.data_ptr(),
+            status.data_ptr(),
+            lookups_only,
+        )
+        return pos, hit, status.tolist()
 
     def admit(self, batch: SparseBatch, now: float) -> list[tuple[LiveEmbedding, torch.Tensor]]:
-        """RankController.admit for every table: touch the batch's active rows, admit new ids
-        that passed the table's gate (most frequent first) into its free room, count the
-        refused ones. Returns (table, admitted ids) of the tables that admitted rows. The
-        batch's keys and rows are kept for the forward that follows."""
+        """RankController.admit for every table, in one admission kernel call: touch the
+        batch's active rows, admit new ids that passed the table's gate (most frequent first)
+        into its free room, count the refused ones. Returns (table, admitted ids) of the tables
+        that admitted rows. The batch's keys and rows are kept for the forward that follows."""
         if not self.members:
             return []
         inputs = self._inputs(batch)
         self._prepared = (batch, inputs)
-        out = []
-        bounds = inputs.member_bounds
-        for t, m in enumerate(self.members):
+        tables = []
+        for m in self.members:
             live = m.live
             if live.time_origin is None:  # as LiveEmbedding.activate: the first admission
                 live.time_origin = float(now)
-            k0, k1 = bounds[t], bounds[t + 1]
-            if k1 == k0:
-                continue
-            stamp = float(now) - live.time_origin
-            ids = inputs.keys[k0:k1] - m.key_offset
-            rows = live.index.rows(ids)
-            hit = rows > 0
-            live.last_used[rows[hit].to(torch.int64) - 1] = stamp
-            new = ids[~hit]
-            if new.numel() == 0:
-                continue
-            counts = inputs.counts[k0:k1][~hit]
-            passed = m.controller.passes(new, counts)
-            new, counts = new[passed], counts[passed]
-            room = m.capacity - live.num_active
-            if new.numel() > room:
-                m.controller.note_refused(int(new.numel()) - room)
-                new = new[torch.argsort(counts, descending=True, stable=True)[:room]]
-            if new.numel():
-                new = new.sort().values
-                live.append(new, stamp)
-                out.append((live, new))
-        inputs.located = self._locate(inputs)
+            tables.append(self._table_spec(m, m.controller.sketch, float(now) - live.time_origin))
+        pos, hit, status = self._run_kernel(inputs, tuple(tables), lookups_only=False)
+        inputs.located = pos, hit
+        out = []
+        for m, (admitted, refused, indexed) in zip(self.members, status, strict=True):
+            if refused:
+                m.controller.note_refused(refused)
+            if admitted:
+                n = m.live.num_active
+                m.live.extend(admitted, bool(indexed))
+                out.append((m.live, m.live.ids[n:].clone()))
         return out
 
     # ---- forward / step ----------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The C kernels: dlrm_core/_serving_kernel.c (the serving path) and _training_kernel.c (the
-trainers' fused steps), C extensions that the install builds.
+"""The C kernels: dlrm_core/_serving_kernel.c (the serving path), _training_kernel.c (the
+trainers' fused steps) and _admission_kernel.c (the LiveTrainer's admission pass), C extensions
+that the install builds; the first and the last share the cuckoo index's code, _cuckoo_index.h.
 
 Imported from here only, so that a build older than its source is refused: an editable checkout
 whose C changed since the last `make install` would otherwise run the old code against the new
@@ -12,8 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from dlrm_core import _admission_kernel as admission_kernel
 from dlrm_core import _serving_kernel as serving_kernel
 from dlrm_core import _training_kernel as training_kernel
+
+_HERE = Path(__file__).parent
+# each kernel's sources besides its own .c
+_HEADERS: dict[ModuleType, tuple[str, ...]] = {
+    serving_kernel: ("_cuckoo_index.h",),
+    training_kernel: (),
+    admission_kernel: ("_cuckoo_index.h",),
+}
 
 
 def check_fresh(module: ModuleType, source: Path) -> None:
@@ -23,7 +33,8 @@ def check_fresh(module: ModuleType, source: Path) -> None:
         raise ImportError(f"{built} is older than {source}: rebuild it (`make install`)")
 
 
-for _module in (serving_kernel, training_kernel):
-    check_fresh(_module, Path(__file__).with_name(_module.__name__.rsplit(".", 1)[1] + ".c"))
+for _module, _headers in _HEADERS.items():
+    for _source in (_module.__name__.rsplit(".", 1)[1] + ".c", *_headers):
+        check_fresh(_module, _HERE / _source)
 
-__all__ = ["serving_kernel", "training_kernel"]
+__all__ = ["admission_kernel", "serving_kernel", "training_kernel"]

@@ -35,8 +35,10 @@ class _Pending:
     batch: SparseBatch
     served_at: float
     labels: torch.Tensor  # (B,) float32, NaN = not known yet
-    ready_at: torch.Tensor  # (B,) float64, inf = not known yet
-    emitted: torch.Tensor  # (B,) bool
+    # per row: when due (float64, inf = not known yet) and whether emitted; both None for a
+    # batch served with every label logged, emitted whole at served_at + delay
+    ready_at: torch.Tensor | None
+    emitted: torch.Tensor | None
     rows: dict[int, int] = field(default_factory=dict)  # request id -> row, unlabelled rows
 
 
@@ -61,23 +63,24 @@ class LabelJoin:
         """Bytes of the pending batches, their label state and the request-id maps."""
         total = sys.getsizeof(self._where) + sys.getsizeof(self._entries)
         for entry in self._entries.values():
-            state = (entry.labels, entry.ready_at, entry.emitted)
+            own = (entry.labels, entry.ready_at, entry.emitted)  # labels: maybe the batch's
+            state = (t for t in own if t is not None and t is not entry.batch.labels)
             total += entry.batch.nbytes + sum(t.numel() * t.element_size() for t in state)
             total += sys.getsizeof(entry.rows)
         return total
 
     def add_served(self, batch: SparseBatch, now: float) -> None:
         """Hold a served batch; its finite labels count as logged, NaN labels as unknown."""
-        labels = batch.labels.to(torch.float32).clone()
+        labels = batch.labels.to(torch.float32)
         known = torch.isfinite(labels)
-        ready_at = torch.full((len(batch),), math.inf, dtype=torch.float64)
-        ready_at[known] = now + self.delay
-        entry = _Pending(
-            batch, float(now), labels, ready_at, torch.zeros(len(batch), dtype=torch.bool)
-        )
+        entry = _Pending(batch, float(now), labels, None, None)
         key = self._next
         self._next += 1
         if not bool(known.all()):  # a logged stream's batches have every label: no Python loop
+            entry.labels = labels.clone()  # feedback fills it in
+            entry.ready_at = torch.full((len(batch),), math.inf, dtype=torch.float64)
+            entry.ready_at[known] = now + self.delay
+            entry.emitted = torch.zeros(len(batch), dtype=torch.bool)
             unknown = torch.nonzero(~known)[:, 0]
             rids = batch.request_ids[unknown].tolist()
             for row, rid in zip(unknown.tolist(), rids, strict=True):
@@ -88,7 +91,7 @@ class LabelJoin:
         self.counts.served += len(batch)
         while self._pending_rows > self.max_pending and len(self._entries) > 1:
             old_key, old = self._entries.popitem(last=False)
-            left = int((~old.emitted).sum())
+            left = len(old.batch) if old.emitted is None else int((~old.emitted).sum())
             self._forget(old_key, old, left)
             self.counts.dropped += left
 
@@ -98,20 +101,25 @@ class LabelJoin:
         for rid, label in zip(request_ids.tolist(), labels.tolist(), strict=True):
             key = self._where.get(rid)
             entry = self._entries.get(key) if key is not None else None
-            if entry is None or bool(entry.emitted[entry.rows[rid]]):
+            if entry is None or entry.emitted is None or bool(entry.emitted[entry.rows[rid]]):
                 self.counts.unknown_feedback += 1
                 continue
             row = entry.rows[rid]
             entry.labels[row] = float(label)
+            assert entry.ready_at is not None  # set with emitted
             entry.ready_at[row] = max(float(now), entry.served_at + self.delay)
             matched += 1
         return matched
 
     def pop_ready(self, now: float) -> list[SparseBatch]:
         """Joined batches whose labels are due by ``now`` (timed-out rows as negatives)."""
-        out = []
+        out: list[SparseBatch] = []
         for key in list(self._entries):
             entry = self._entries[key]
+            if entry.ready_at is None or entry.emitted is None:  # every label logged
+                if entry.served_at + self.delay <= now:  # due at once (delay < timeout)
+                    self._pop_logged(key, entry, out)
+                continue
             timed_out = entry.served_at + self.timeout <= now
             due = (entry.ready_at <= now) & ~entry.emitted
             expired = torch.zeros_like(due)
@@ -131,6 +139,13 @@ class LabelJoin:
             if bool(entry.emitted.all()):
                 self._forget(key, self._entries.pop(key), 0)
         return out
+
+    def _pop_logged(self, key: int, entry: _Pending, out: list[SparseBatch]) -> None:
+        """Emit a batch served with every label logged, whole (an empty one is dropped)."""
+        if len(entry.batch):
+            out.append(entry.batch.with_labels(entry.labels))
+            self.counts.joined += len(entry.batch)
+        self._forget(key, self._entries.pop(key), len(entry.batch))
 
     def _forget(self, key: int, entry: _Pending, rows_left: int) -> None:
         for rid in entry.rows:

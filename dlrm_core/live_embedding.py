@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlrm_core import key_sort
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.memory_account import MemoryReport
@@ -152,7 +153,7 @@ class LiveEmbedding(nn.Module):
 
     def factors(self) -> TableFactors:
         """An immutable snapshot (cloned tensors, rows sorted by id) of the correction."""
-        ids, order = torch.sort(self.keys)
+        ids, order = key_sort.sort(self.keys)
         return TableFactors(
             ids, self.A.detach().index_select(0, order), self.B.detach().clone(), self.scale
         )
@@ -221,10 +222,6 @@ class LiveEmbedding(nn.Module):
                 return
             bits += 1
 
-    def _index_rows(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
-        if not self.index.assign(ids, rows):  # a cuckoo cycle: rebuild (rare)
-            self._reindex(self.index.bits)
-
     # ---- active set --------------------------------------------------------------------
     def activate(
         self,
@@ -234,9 +231,8 @@ class LiveEmbedding(nn.Module):
         gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[int, int]:
         """Mark ``values`` as used at ``now`` and admit the new ones that pass ``gate`` (given
-        the distinct new ids and their counts in ``values``, which may enter), most frequent
-        first, while the active set stays <= max_active.
-        Returns (admitted, refused for lack of room) counts of distinct new ids."""
+        the distinct new ids and their counts in ``values``), most frequent first, while the
+        active set stays <= max_active. Returns (admitted, refused for lack of room) counts."""
         if self.time_origin is None:
             self.time_origin = float(now)
         stamp = float(now) - self.time_origin
@@ -270,8 +266,15 @@ class LiveEmbedding(nn.Module):
         a[n : n + k] = 0.0
         last_used[n : n + k] = stamp
         a_accum[n : n + k] = 0.0
-        self._index_rows(new, torch.arange(n, n + k))
-        self._expose(n + k)
+        self.extend(k, self.index.assign(new, torch.arange(n, n + k)))
+
+    def extend(self, k: int, indexed: bool) -> None:
+        """Activate the k rows after the active ones, written in place (and indexed if so)."""
+        if not 0 <= k <= self.capacity - self._n:
+            raise ValueError(f"{k} more rows do not fit: {self._n} of {self.capacity} active")
+        self._expose(self._n + k)
+        if not indexed:
+            self._reindex(self.index.bits)
 
     def fit(self, capacity: int) -> None:
         """Hold storage for at most ``capacity`` rows (>= the active ones) and an index sized
@@ -282,8 +285,7 @@ class LiveEmbedding(nn.Module):
             self._resize(capacity)
 
     def _resize(self, capacity: int) -> None:
-        n = self._n
-        old = self._store
+        n, old = self._n, self._store
         self._store = _empty_store(capacity, self.rank)
         for new, cur in zip(self._store, old, strict=True):
             new[:n] = cur[:n]
@@ -311,11 +313,11 @@ class LiveEmbedding(nn.Module):
         in_tail[pos[pos >= n - k] - (n - k)] = True
         movers, holes = torch.arange(n - k, n)[~in_tail], pos[pos < n - k]
         self.index.unassign(ids)
-        if holes.numel():
-            for t in self._store:
-                t[holes] = t[movers]
-            self._index_rows(self._store[0][holes], holes)
-        self._expose(n - k)
+        for t in self._store:
+            t[holes] = t[movers]
+        self._expose(n - k)  # first: a rebuilt index holds the active rows only
+        if holes.numel() and not self.index.assign(self._store[0][holes], holes):
+            self._reindex(self.index.bits)  # a cuckoo cycle lost an id (rare)
         return k
 
     def note_folded(self, ids: torch.Tensor) -> None:
@@ -365,8 +367,7 @@ class LiveEmbedding(nn.Module):
         self.B.grad = None
 
     def _reset_b_state(self, rank: int) -> None:
-        self.b_m = torch.zeros(rank, self.dim)
-        self.b_v = torch.zeros(rank, self.dim)
+        self.b_m, self.b_v = torch.zeros(rank, self.dim), torch.zeros(rank, self.dim)
         self.b_steps = 0
 
 

@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -78,3 +79,24 @@ def test_relabelling_checks_the_labels_shape():
     assert relabelled.values == served.values and served.labels.tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="labels must be"):
         served.with_labels(torch.zeros(3))
+
+
+def test_logged_batches_are_emitted_whole_beside_ones_waiting_for_feedback():
+    """A batch served with every label keeps no per-row state (its bytes are the batch's) and
+    leaves whole at served + delay; one waiting for feedback joins row by row; an empty batch
+    leaves nothing behind."""
+    join = LabelJoin(delay=5.0, timeout=30.0, max_pending=100)
+    logged = batch([1, 2], [1.0, 0.0])
+    join.add_served(logged, now=0.0)
+    maps = sys.getsizeof(join._where) + sys.getsizeof(join._entries)
+    assert join.nbytes() - maps == logged.nbytes + sys.getsizeof({})  # its labels: the batch's
+    join.add_served(batch([3, 4], [math.nan, 0.0]), now=1.0)
+    join.add_served(batch([], []), now=1.0)
+    assert join.add_feedback(torch.tensor([1, 3]), torch.tensor([1.0, 1.0]), now=2.0) == 1
+    assert join.counts.unknown_feedback == 1  # request 1 came logged
+    (first,) = join.pop_ready(5.0)
+    assert first.request_ids.tolist() == [1, 2] and first.labels.tolist() == [1.0, 0.0]
+    (second,) = join.pop_ready(6.0)
+    assert second.request_ids.tolist() == [3, 4] and second.labels.tolist() == [1.0, 0.0]
+    assert join.pending_rows == 0 and join.counts.joined == 4 and join.counts.served == 4
+    assert join.pop_ready(100.0) == [] and not join._entries  # the empty batch is gone too

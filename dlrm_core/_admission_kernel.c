@@ -1,0 +1,531 @@
+/* The LiveTrainer's admission pass, for dlrm_core.group_layout.LiveGroups, and the second-sighting
+sketch of dlrm_core.admission.SightingSketch.
+
+admit, one call per step for all the trainer's tables: for each table, over the batch's distinct
+keys of that table (sorted; id = key - the table's key offset),
+  1. looks every id up in the table's cuckoo index (_cuckoo_index.h) and stamps the active ones'
+     last use with the step's time;
+  2. sights the new ids in the table's count-min sketch (if it has one): those sighted
+     admit_after times recently pass;
+  3. when more pass than the table's free rows hold, keeps the ones seen most often in the batch
+     (ties: the smaller id) and counts the rest as refused;
+  4. appends the kept ones, in id order, to the table's active rows (A's row and the Adagrad
+     accumulator 0, last use the step's time) and indexes them;
+  5. writes each key's row in the trainer's buffers and whether it is active, for the forward.
+With lookups_only, only 1 (without the stamps) and 5. The same, table by table with torch ops,
+cost ~25 ops per table and step (~2.8 ms a step of the Criteo reference's 17 tables).
+
+sight: step 2 alone, for the per-table path (RankController.passes).
+
+distinct, argsort: a batch's distinct keys of all tables at once (as torch.unique with inverse
+and counts) and a table's ids in order for its snapshots (as torch.sort), by an LSD radix sort:
+torch's compare sorts cost 1.5-4.5x more on these sizes (5k-92k keys).
+
+The sketch (see admission.py): DEPTH rows of 2**bits one-byte counters; an id's estimate is its
+smallest counter plus its count in the call (saturating at MAX_COUNT); conservative update
+raises each of its counters to that estimate, all estimates of a call taken before any update
+(as torch's gather, then scatter_reduce amax); after 2**bits / 2 sightings all counters halve.
+
+The GIL is released while they run. The Python side validates dtypes, shapes and contiguity and
+passes data pointers; this checks every key, row and count against the sizes it is given before
+changing anything.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_cuckoo_index.h"
+
+#define DEPTH 2
+#define MAX_COUNT 15
+#define MAX_RANK 1024
+
+typedef struct {
+    uint8_t *counters;    /* (DEPTH, 2**bits) */
+    int64_t *since_reset; /* sightings since the last halving: one int64 */
+    int bits;
+    uint64_t mult[DEPTH];
+} Sketch;
+
+/* One table: its index, its sketch (counters NULL: none), its region of the trainer's buffers
+   (capacity rows from `start`, the first n_active of them active) and this step's time. */
+typedef struct {
+    Index index;
+    Sketch sketch;
+    int64_t admit_after;
+    int64_t *keys;
+    float *a, *last_used, *accum;
+    int rank;
+    int64_t start, capacity, n_active, key_offset, num_rows;
+    float stamp;
+} Table;
+
+/* Scratch for one table's keys, sized for the most keys of any table in the call. */
+typedef struct {
+    int64_t *ids, *counts, *estimate;
+    Py_ssize_t *pending, *fresh;
+    uint64_t *buckets; /* (DEPTH, keys) */
+    int32_t *rows;
+} Scratch;
+
+static void sight(const Sketch *sk, const int64_t *ids, const int64_t *counts, Py_ssize_t k,
+                  int64_t *estimate, uint64_t *buckets) {
+    if (k == 0)
+        return;
+    uint64_t width = (uint64_t)1 << sk->bits;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        int64_t least = MAX_COUNT;
+        for (int d = 0; d < DEPTH; d++) {
+            uint64_t b = ((uint64_t)ids[i] * sk->mult[d]) >> (64 - sk->bits);
+            buckets[d * k + i] = b;
+            int64_t c = sk->counters[d * width + b];
+            least = c < least ? c : least;
+        }
+        estimate[i] = counts[i] >= MAX_COUNT - least ? MAX_COUNT : least + counts[i];
+    }
+    for (int d = 0; d < DEPTH; d++)
+        for (Py_ssize_t i = 0; i < k; i++) {
+            uint8_t *c = &sk->counters[d * width + buckets[d * k + i]];
+            if (*c < estimate[i])
+                *c = (uint8_t)estimate[i];
+        }
+    *sk->since_reset += k;
+    if (*sk->since_reset >= (int64_t)(width / 2)) {
+        for (uint64_t j = 0; j < DEPTH * width; j++)
+            sk->counters[j] >>= 1;
+        *sk->since_reset = 0;
+    }
+}
+
+static int by_count_descending(const void *x, const void *y) {
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a < b) - (a > b);
+}
+
+/* Keep `room` of the k candidates (fresh[i], counts[i]): the most frequent, ties to the earlier
+   (smaller id), as a stable descending argsort would; fresh keeps them in their order. Returns
+   how many were kept. `sorted` has room for k. */
+static Py_ssize_t keep_most_frequent(Py_ssize_t *fresh, int64_t *counts, Py_ssize_t k,
+                                     Py_ssize_t room, int64_t *sorted) {
+    if (k <= room)
+        return k;
+    if (room == 0)
+        return 0;
+    memcpy(sorted, counts, sizeof(*sorted) * (size_t)k);
+    qsort(sorted, (size_t)k, sizeof(*sorted), by_count_descending);
+    int64_t least = sorted[room - 1]; /* the smallest count kept */
+    Py_ssize_t above = 0, kept = 0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        above += counts[i] > least;
+    Py_ssize_t ties = room - above; /* the first `ties` candidates counted `least` stay */
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (counts[i] > least || (counts[i] == least && ties-- > 0)) {
+            fresh[kept] = fresh[i];
+            counts[kept++] = counts[i];
+        }
+    return kept;
+}
+
+/* The kept new ids as active rows n_active.. of the table: index them, fill their state. Returns
+   0 when the index found no room for one (it then misses some key: the caller rebuilds it). */
+static int append(Table *t, const Py_ssize_t *fresh, Py_ssize_t kept, const int64_t *ids,
+                  int64_t *pos, uint8_t *hit) {
+    int indexed = 1;
+    for (Py_ssize_t j = 0; j < kept; j++) {
+        int64_t row = t->n_active + j, id = ids[fresh[j]];
+        t->keys[row] = id;
+        memset(t->a + (size_t)row * t->rank, 0, sizeof(float) * (size_t)t->rank);
+        t->last_used[row] = t->stamp;
+        t->accum[row] = 0.0f;
+        indexed = indexed && assign(&t->index, &id, &row, 1) == 1;
+        pos[fresh[j]] = t->start + row;
+        hit[fresh[j]] = 1;
+    }
+    return indexed;
+}
+
+/* One table's keys (n of them, from `keys`, their batch counts, their pos and hit out). Writes
+   (admitted, refused, indexed) into status. */
+static void admit_table(Table *t, const int64_t *keys, const int64_t *counts, Py_ssize_t n,
+                        int64_t *pos, uint8_t *hit, int lookups_only, Scratch *s,
+                        int64_t *status) {
+    status[0] = status[1] = 0, status[2] = 1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        s->ids[i] = keys[i] - t->key_offset;
+    resolve(&t->index, s->ids, n, 0, s->rows, s->pending, NULL, 0);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int32_t row = s->rows[i];
+        hit[i] = row > 0;
+        pos[i] = t->start + (row > 0 ? row - 1 : 0);
+        if (row > 0 && !lookups_only)
+            t->last_used[row - 1] = t->stamp;
+        else if (row == 0) {
+            s->fresh[k] = i;
+            s->counts[k++] = counts[i];
+        }
+    }
+    if (lookups_only || k == 0)
+        return;
+    if (t->sketch.counters) {
+        int64_t *new_ids = (int64_t *)s->buckets + DEPTH * k; /* after the k buckets a row */
+        for (Py_ssize_t j = 0; j < k; j++)
+            new_ids[j] = s->ids[s->fresh[j]];
+        sight(&t->sketch, new_ids, s->counts, k, s->estimate, s->buckets);
+        Py_ssize_t passed = 0;
+        for (Py_ssize_t j = 0; j < k; j++)
+            if (s->estimate[j] >= t->admit_after) {
+                s->fresh[passed] = s->fresh[j];
+                s->counts[passed++] = s->counts[j];
+            }
+        k = passed;
+    }
+    Py_ssize_t kept = keep_most_frequent(s->fresh, s->counts, k, t->capacity - t->n_active,
+                                         s->estimate);
+    status[0] = kept, status[1] = k - kept;
+    status[2] = append(t, s->fresh, kept, s->ids, pos, hit);
+}
+
+static int parse_sketch(PyObject *spec, Sketch *sk) {
+    /* None, or (counters pointer, bits, since_reset pointer, (m0, m1)) */
+    memset(sk, 0, sizeof(*sk));
+    if (spec == Py_None)
+        return 0;
+    PyObject *counters, *since_reset;
+    long long m0, m1;
+    if (!PyArg_ParseTuple(spec, "OiO(LL)", &counters, &sk->bits, &since_reset, &m0, &m1))
+        return -1;
+    sk->counters = PyLong_AsVoidPtr(counters);
+    sk->since_reset = PyLong_AsVoidPtr(since_reset);
+    if (PyErr_Occurred())
+        return -1;
+    if (sk->bits < 1 || sk->bits > 40 || !sk->counters || !sk->since_reset) {
+        PyErr_SetString(PyExc_ValueError, "sketch: bits must be in [1, 40], pointers non-null");
+        return -1;
+    }
+    sk->mult[0] = (uint64_t)m0, sk->mult[1] = (uint64_t)m1;
+    return 0;
+}
+
+static int parse_table(PyObject *spec, Table *t) {
+    /* ((keys, a, last_used, accum pointers, rank, start, capacity, key_offset, num_rows),
+        index, sketch, admit_after, n_active, stamp) */
+    PyObject *region, *index, *sketch, *keys, *a, *last_used, *accum;
+    long long admit_after, n_active, start, capacity, key_offset, num_rows;
+    double stamp;
+    if (!PyArg_ParseTuple(spec, "O!O!OLLd", &PyTuple_Type, &region, &PyTuple_Type, &index,
+                          &sketch, &admit_after, &n_active, &stamp) ||
+        !PyArg_ParseTuple(region, "OOOOiLLLL", &keys, &a, &last_used, &accum, &t->rank, &start,
+                          &capacity, &key_offset, &num_rows) ||
+        parse_index(index, &t->index) < 0 || parse_sketch(sketch, &t->sketch) < 0)
+        return -1;
+    t->keys = PyLong_AsVoidPtr(keys);
+    t->a = PyLong_AsVoidPtr(a);
+    t->last_used = PyLong_AsVoidPtr(last_used);
+    t->accum = PyLong_AsVoidPtr(accum);
+    if (PyErr_Occurred())
+        return -1;
+    t->admit_after = admit_after, t->n_active = n_active, t->start = start;
+    t->capacity = capacity, t->key_offset = key_offset, t->num_rows = num_rows;
+    t->stamp = (float)stamp;
+    int64_t most = t->index.width == 32 ? INT32_MAX : INT64_MAX;
+    if (t->rank < 1 || t->rank > MAX_RANK || start < 0 || n_active < 0 ||
+        n_active > capacity || num_rows < 0 || num_rows > most || key_offset < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "admit: a table's rank, start, rows or sizes are out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* 0 when the bounds split [0, n_keys) in order and every key is an id of its table. */
+static int keys_in_range(const Table *tables, Py_ssize_t count, const int64_t *keys,
+                         const int64_t *counts, const int64_t *bounds, Py_ssize_t n_keys) {
+    if (bounds[0] != 0 || bounds[count] != n_keys)
+        return -1;
+    for (Py_ssize_t m = 0; m < count; m++) {
+        if (bounds[m + 1] < bounds[m])
+            return -1;
+        for (Py_ssize_t u = bounds[m]; u < bounds[m + 1]; u++)
+            if (keys[u] < tables[m].key_offset ||
+                keys[u] - tables[m].key_offset >= tables[m].num_rows || counts[u] < 0)
+                return -1;
+    }
+    return 0;
+}
+
+static int run_admit(Table *tables, Py_ssize_t count, const int64_t *keys, const int64_t *counts,
+                     const int64_t *bounds, int64_t *pos, uint8_t *hit, int lookups_only,
+                     int64_t *status) {
+    Py_ssize_t most = 1;
+    for (Py_ssize_t m = 0; m < count; m++)
+        most = bounds[m + 1] - bounds[m] > most ? bounds[m + 1] - bounds[m] : most;
+    size_t n = (size_t)most;
+    /* ids, counts, estimate; pending, fresh; buckets (DEPTH rows) and the new ids; rows */
+    char *block = malloc(n * (3 * sizeof(int64_t) + 2 * sizeof(Py_ssize_t) +
+                              (DEPTH + 1) * sizeof(uint64_t) + sizeof(int32_t)));
+    if (!block)
+        return -1;
+    Scratch s = {.ids = (int64_t *)block};
+    s.counts = s.ids + n, s.estimate = s.counts + n;
+    s.pending = (Py_ssize_t *)(s.estimate + n), s.fresh = s.pending + n;
+    s.buckets = (uint64_t *)(s.fresh + n);
+    s.rows = (int32_t *)(s.buckets + (DEPTH + 1) * n);
+    for (Py_ssize_t m = 0; m < count; m++) {
+        Py_ssize_t k0 = bounds[m], k1 = bounds[m + 1];
+        admit_table(&tables[m], keys + k0, counts + k0, k1 - k0, pos + k0, hit + k0,
+                    lookups_only, &s, status + 3 * m);
+    }
+    free(block);
+    return 0;
+}
+
+#define RADIX_BITS 11 /* a pass of the radix sort: 2048 buckets */
+
+/* Sort n >= 1 keys with their positions: LSD radix sort of key - min, RADIX_BITS a pass (three
+   passes for the 34M keys of the Criteo reference's trained tables). On return sorted[i] (key -
+   min) and at[i] (its position in keys) in order; tmp_sorted, tmp_at are scratch of n each. */
+static void radix_sort(const int64_t *keys, Py_ssize_t n, uint64_t *sorted, int64_t *at,
+                       uint64_t *tmp_sorted, int64_t *tmp_at, int64_t *least) {
+    int64_t lo = keys[0], hi = keys[0];
+    for (Py_ssize_t i = 1; i < n; i++) {
+        lo = keys[i] < lo ? keys[i] : lo;
+        hi = keys[i] > hi ? keys[i] : hi;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        sorted[i] = (uint64_t)keys[i] - (uint64_t)lo;
+        at[i] = i;
+    }
+    uint64_t range = (uint64_t)hi - (uint64_t)lo;
+    int bits = range ? 64 - __builtin_clzll(range) : 0, swapped = 0;
+    Py_ssize_t count[1 << RADIX_BITS];
+    for (int shift = 0; shift < bits; shift += RADIX_BITS) {
+        memset(count, 0, sizeof(count));
+        for (Py_ssize_t i = 0; i < n; i++)
+            count[(sorted[i] >> shift) & ((1 << RADIX_BITS) - 1)]++;
+        Py_ssize_t start = 0;
+        for (int d = 0; d < 1 << RADIX_BITS; d++) {
+            Py_ssize_t c = count[d];
+            count[d] = start;
+            start += c;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t to = count[(sorted[i] >> shift) & ((1 << RADIX_BITS) - 1)]++;
+            tmp_sorted[to] = sorted[i];
+            tmp_at[to] = at[i];
+        }
+        uint64_t *s = sorted;
+        int64_t *a = at;
+        sorted = tmp_sorted, at = tmp_at, tmp_sorted = s, tmp_at = a;
+        swapped ^= 1;
+    }
+    if (swapped) { /* the result is in the callers' scratch: copy it back */
+        memcpy(tmp_sorted, sorted, sizeof(*sorted) * (size_t)n);
+        memcpy(tmp_at, at, sizeof(*at) * (size_t)n);
+    }
+    *least = lo;
+}
+
+/* As torch.unique(keys, return_inverse=True, return_counts=True): the U distinct keys sorted
+   into uniq, each key's place among them into inverse, their occurrences into counts. */
+static Py_ssize_t distinct_keys(const int64_t *keys, Py_ssize_t n, int64_t *uniq,
+                                int64_t *inverse, int64_t *counts, char *scratch) {
+    uint64_t *sorted = (uint64_t *)scratch, *tmp_sorted = sorted + n;
+    int64_t *at = (int64_t *)(tmp_sorted + n), *tmp_at = at + n, lo;
+    radix_sort(keys, n, sorted, at, tmp_sorted, tmp_at, &lo);
+    Py_ssize_t u = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (j == 0 || sorted[j] != sorted[j - 1]) {
+            uniq[u] = (int64_t)(sorted[j] + (uint64_t)lo);
+            counts[u++] = 0;
+        }
+        counts[u - 1]++;
+        inverse[at[j]] = u - 1;
+    }
+    return u;
+}
+
+/* keys' sorted order: sorted (n,) the keys in order, order (n,) their positions in keys. */
+static void sort_keys(const int64_t *keys, Py_ssize_t n, int64_t *sorted, int64_t *order,
+                      char *scratch) {
+    uint64_t *by = (uint64_t *)scratch, *tmp_by = by + n;
+    int64_t *tmp_order = (int64_t *)(tmp_by + n), lo;
+    radix_sort(keys, n, by, order, tmp_by, tmp_order, &lo);
+    for (Py_ssize_t j = 0; j < n; j++)
+        sorted[j] = (int64_t)(by[j] + (uint64_t)lo);
+}
+
+PyDoc_STRVAR(distinct_doc,
+             "distinct(keys_ptr, n, uniq_ptr, inverse_ptr, counts_ptr) -> int\n\n"
+             "As torch.unique(keys, return_inverse=True, return_counts=True) for n int64 keys:\n"
+             "writes the U distinct keys, sorted, to uniq, each key's index among them to inverse\n"
+             "(n,) and their counts to counts (all int64, room for n); returns U. A radix sort.");
+
+static PyObject *distinct(PyObject *self, PyObject *args) {
+    PyObject *keys_obj, *uniq_obj, *inverse_obj, *counts_obj;
+    Py_ssize_t n, u = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OnOOO", &keys_obj, &n, &uniq_obj, &inverse_obj, &counts_obj))
+        return NULL;
+    const int64_t *keys = PyLong_AsVoidPtr(keys_obj);
+    int64_t *uniq = PyLong_AsVoidPtr(uniq_obj), *inverse = PyLong_AsVoidPtr(inverse_obj);
+    int64_t *counts = PyLong_AsVoidPtr(counts_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "distinct: n must be >= 0");
+        return NULL;
+    }
+    if (n == 0)
+        return PyLong_FromSsize_t(0);
+    char *scratch = malloc(4 * sizeof(int64_t) * (size_t)n);
+    if (!scratch)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS;
+    u = distinct_keys(keys, n, uniq, inverse, counts, scratch);
+    Py_END_ALLOW_THREADS;
+    free(scratch);
+    return PyLong_FromSsize_t(u);
+}
+
+PyDoc_STRVAR(admit_doc,
+             "admit(tables, keys_ptr, counts_ptr, bounds_ptr, n_keys, pos_ptr, hit_ptr,\n"
+             "      status_ptr, lookups_only)\n\n"
+             "tables: for table m, ((keys_ptr, a_ptr, last_used_ptr, accum_ptr, rank, start,\n"
+             "capacity, key_offset, num_rows), index, sketch, admit_after, n_active, stamp): its\n"
+             "region of the buffers (keys int64, A (rank wide), last_used and accum float32, each\n"
+             "pointing at the region's first row), its index (as hash_index.CuckooIndex.\n"
+             "kernel_spec), sketch None or (counters_ptr uint8 (2, 2**bits), bits,\n"
+             "since_reset_ptr int64, (m0, m1)). keys (n_keys,) int64 sorted distinct, counts their\n"
+             "occurrences, table m's keys keys[bounds[m]:bounds[m + 1]] (bounds int64, tables + 1).\n"
+             "Writes pos (n_keys,) int64 (start + row, start when inactive), hit (n_keys,) bool and\n"
+             "status (tables, 3) int64: admitted, refused, indexed (0: the index lost a key to a\n"
+             "cuckoo cycle, rebuild it). See the module's docstring.");
+
+static PyObject *admit(PyObject *self, PyObject *args) {
+    PyObject *specs, *keys_obj, *counts_obj, *bounds_obj, *pos_obj, *hit_obj, *status_obj;
+    Py_ssize_t n_keys;
+    int lookups_only;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OOOnOOOp", &PyTuple_Type, &specs, &keys_obj, &counts_obj,
+                          &bounds_obj, &n_keys, &pos_obj, &hit_obj, &status_obj, &lookups_only))
+        return NULL;
+    const int64_t *keys = PyLong_AsVoidPtr(keys_obj), *counts = PyLong_AsVoidPtr(counts_obj);
+    const int64_t *bounds = PyLong_AsVoidPtr(bounds_obj);
+    int64_t *pos = PyLong_AsVoidPtr(pos_obj), *status = PyLong_AsVoidPtr(status_obj);
+    uint8_t *hit = PyLong_AsVoidPtr(hit_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(specs);
+    if (n_keys < 0) {
+        PyErr_SetString(PyExc_ValueError, "admit: n_keys must be >= 0");
+        return NULL;
+    }
+    Table *tables = malloc(sizeof(*tables) * (size_t)(count ? count : 1));
+    if (!tables)
+        return PyErr_NoMemory();
+    for (Py_ssize_t m = 0; m < count; m++)
+        if (parse_table(PyTuple_GET_ITEM(specs, m), &tables[m]) < 0) {
+            free(tables);
+            return NULL;
+        }
+    if (keys_in_range(tables, count, keys, counts, bounds, n_keys) < 0) {
+        free(tables);
+        PyErr_SetString(PyExc_IndexError, "admit: a bound, key or count is out of range");
+        return NULL;
+    }
+    int done;
+    Py_BEGIN_ALLOW_THREADS;
+    done = run_admit(tables, count, keys, counts, bounds, pos, hit, lookups_only, status);
+    Py_END_ALLOW_THREADS;
+    free(tables);
+    if (done < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sight_doc,
+             "sight(sketch, ids_ptr, counts_ptr, k, estimate_ptr)\n\n"
+             "Count counts[i] (int64, >= 0) more sightings of the k distinct ids[i] (int64) in\n"
+             "the sketch (as admit's sketch spec); estimate (k,) int64: each id's estimated\n"
+             "recent sightings, these included.");
+
+static PyObject *sight_ids(PyObject *self, PyObject *args) {
+    PyObject *spec, *ids_obj, *counts_obj, *estimate_obj;
+    Py_ssize_t k;
+    Sketch sk;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OOnO", &PyTuple_Type, &spec, &ids_obj, &counts_obj, &k,
+                          &estimate_obj) ||
+        parse_sketch(spec, &sk) < 0)
+        return NULL;
+    const int64_t *ids = PyLong_AsVoidPtr(ids_obj), *counts = PyLong_AsVoidPtr(counts_obj);
+    int64_t *estimate = PyLong_AsVoidPtr(estimate_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (counts[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "sight: counts must be >= 0");
+            return NULL;
+        }
+    uint64_t *buckets = malloc(sizeof(*buckets) * DEPTH * (size_t)(k > 0 ? k : 1));
+    if (!buckets)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS;
+    sight(&sk, ids, counts, k, estimate, buckets);
+    Py_END_ALLOW_THREADS;
+    free(buckets);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(argsort_doc,
+             "argsort(keys_ptr, n, sorted_ptr, order_ptr)\n\n"
+             "As torch.sort(keys) for n int64 keys: the keys in ascending order into sorted, their\n"
+             "positions into order (int64, room for n each; equal keys keep their order).");
+
+static PyObject *argsort(PyObject *self, PyObject *args) {
+    PyObject *keys_obj, *sorted_obj, *order_obj;
+    Py_ssize_t n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OnOO", &keys_obj, &n, &sorted_obj, &order_obj))
+        return NULL;
+    const int64_t *keys = PyLong_AsVoidPtr(keys_obj);
+    int64_t *sorted = PyLong_AsVoidPtr(sorted_obj), *order = PyLong_AsVoidPtr(order_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "argsort: n must be >= 0");
+        return NULL;
+    }
+    if (n == 0)
+        Py_RETURN_NONE;
+    char *scratch = malloc(3 * sizeof(int64_t) * (size_t)n);
+    if (!scratch)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS;
+    sort_keys(keys, n, sorted, order, scratch);
+    Py_END_ALLOW_THREADS;
+    free(scratch);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"admit", admit, METH_VARARGS, admit_doc},
+    {"sight", sight_ids, METH_VARARGS, sight_doc},
+    {"distinct", distinct, METH_VARARGS, distinct_doc},
+    {"argsort", argsort, METH_VARARGS, argsort_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_admission_kernel",
+    .m_doc = "The trainer's admission pass and the second-sighting sketch "
+             "(_admission_kernel.c).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__admission_kernel(void) { return PyModule_Create(&module); }
