@@ -70,6 +70,25 @@ def truncate(
     return coords[:, :m].contiguous(), dirs[:, :m], lost
 
 
+def energy_rank(energy: torch.Tensor, tau: float) -> int:
+    """The fewest leading entries of ``energy`` (descending, >= 0) carrying ``tau`` of their
+    sum; 0 when the sum is 0."""
+    total = float(energy.sum())
+    if total <= 0:
+        return 0
+    share = torch.cumsum(energy, 0) / total
+    return int(torch.searchsorted(share, torch.tensor([tau - 1e-7]))) + 1
+
+
+def onto_basis(
+    a: torch.Tensor, b: torch.Tensor, basis: torch.Tensor
+) -> tuple[torch.Tensor, FactoredRows]:
+    """(A' (n, k), lost): A B projected onto the orthonormal ``basis`` (D, k) as A' basis^T,
+    and what the projection loses, factored."""
+    b_basis = b @ basis  # (r, k): A B basis = A b_basis
+    return a @ b_basis, FactoredRows(a, b - b_basis @ basis.T)
+
+
 def residual_gram(b: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """(D, D) ``gram`` projected outside span(B) for B (r, D)."""
     q, _ = torch.linalg.qr(b.T)  # (D, r) orthonormal basis of span(B)

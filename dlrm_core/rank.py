@@ -5,17 +5,16 @@ Rank, while the rows leave budget to spare: the fewest of A B's singular directi
 >= tau of its energy, or one more when the newest or the gradients outside span(B) carry much.
 Once the rows fill the budget (rank costs rows), the rank (up to r_max, full rank D included)
 capturing the most gradient energy, directions and rows alike (rank_choice.py). A re-factoring
-puts A, B on the kept directions (B orthonormal) and folds what it drops into the base copy, so
-no served row changes. B starts from the gradient Gram's top eigenvectors. Hysteresis: at most
-max_rank_changes_per_hour changes an hour, each winning by switch_margin of the energy. Refused
-growths are RankEvents (kind "rank", from == to, reason "refused:<why>", repeats coalesced).
+puts A, B on the kept directions (B orthonormal) and folds what it drops, so no served row
+changes. The start: the warm-up gradient Gram's top eigenvectors carrying tau of its energy.
+Hysteresis: at most max_rank_changes_per_hour changes an hour, each winning by switch_margin.
+Refused growths are RankEvents (kind "rank", from == to, reason "refused:<why>", coalesced).
 
 Pruning: rows idle longer than max_age, or the least recently used rows when the budget is full,
 leave the active set, folded into the base unless fold_evicted=False. Admission: with admit_after
 > 1 an id gets a row on its admit_after-th recent sighting (a count-min sketch, admission.py).
 
-The budget hard-limits the bytes the LiveEmbedding holds (LiveEmbedding.memory, measured from
-its tensors) plus the sketch: capacity_plan sizes the rows, the index and a fold log within it.
+The budget hard-limits the LiveEmbedding's bytes (measured from its tensors) plus the sketch.
 """
 
 from __future__ import annotations
@@ -29,8 +28,10 @@ from dlrm_core.admission import SightingSketch
 from dlrm_core.factor_spectrum import (
     FactoredRows,
     Svd,
+    energy_rank,
     extend_basis,
     factor_svd,
+    onto_basis,
     residual_gram,
     top_eigenvectors,
     truncate,
@@ -251,7 +252,7 @@ class RankController:
         energy each captures (rank_choice.py), evicting the coldest rows for a growth; any
         other follows the spectrum and the gradient residual. Returns the new rank."""
         if not self._warm and float(torch.trace(self._grad_gram)) > 0:
-            self._warm_start()
+            return self._adapted(now, self._warm_start(now))  # the warm-up picked rank and B
         r = self.live.rank
         target, reason, svd = self._wanted_rank()
         target = min(max(target, self.policy.r_min), self.policy.r_max)
@@ -264,24 +265,20 @@ class RankController:
             target = r
         if target != r:  # a growth may have evicted rows since svd was taken
             self._refactor(target, now, reason, svd if target < r else None)
+        return self._adapted(now, target)
+
+    def _adapted(self, now: float, rank: int) -> int:
         self._reset_gradient_stats()
         self._last_adapt = float(now)
-        return target
+        return rank
 
     def _wanted_rank(self) -> tuple[int, str, Svd | None]:
         """(rank, why, the SVD of A B it was read from: None without active rows)."""
-        r = self.live.rank
-        live = self.live
+        live, r = self.live, self.live.rank
         svd = factor_svd(live.A.detach(), live.B.detach()) if live.num_active else None
-        s = svd[1] if svd is not None else torch.zeros(0)
-        energy = s.pow(2)
-        total = float(energy.sum())
-        if total > 0:
-            share = torch.cumsum(energy, 0) / total
-            keep = int(torch.searchsorted(share, torch.tensor([self.policy.tau - 1e-7]))) + 1
-            newest = float(energy[-1]) / total if energy.numel() == r else 0.0
-        else:
-            keep, newest = r, 0.0
+        energy = svd[1].pow(2) if svd is not None else torch.zeros(0)
+        total, keep = float(energy.sum()), energy_rank(energy, self.policy.tau) or r
+        newest = float(energy[-1]) / total if total > 0 and energy.numel() == r else 0.0
         target, reason = min(keep, r), "energy"
         if keep >= r and newest >= self.policy.grow_newest:
             target, reason = r + 1, "grow:newest"
@@ -327,7 +324,9 @@ class RankController:
         )
         best = rank_choice.best_option(options, r, policy.switch_margin * total)
         if asked and (best is None or best.rank < r):
-            self._refused_growth(now, r, self._why_not_grown(options, heat.evictable))
+            over = self.live.num_active - self.max_rows(r + 1)  # rows a growth by one evicts
+            why = rank_choice.why_not_grown(options, r + 1, self.fits(r + 1), over, heat.evictable)
+            self._refused_growth(now, r, why)
         if best is None:
             return r, ""
         if not self._may_change(now):
@@ -338,28 +337,25 @@ class RankController:
             self._evict(self._lru(best.evict, protect=None, now=now), now, "grow")
         return best.rank, "grow:energy" if best.rank > r else "shrink:energy"
 
-    def _why_not_grown(self, options: list[rank_choice.RankOption], evictable: int) -> str:
-        """Why a growth by one is not among the ``options`` that capture the most."""
-        up = self.live.rank + 1
-        if any(o.rank == up for o in options) or not self.fits(up):
-            return "budget:rows capture more" if self.fits(up) else "budget"
-        too_fresh = self.live.num_active - self.max_rows(up) > evictable
-        return "budget:rows too fresh" if too_fresh else "budget:fold log full"
-
     def _refused_growth(self, now: float, rank: int, why: str) -> None:
         """RankEvents for a refused growth (repeats coalesced: RefusalLog)."""
         for at, reason in self._refusals.note(float(now), why):
             self._event(at, "rank", rank, rank, reason)
 
-    def _warm_start(self) -> None:
-        """Put B onto the top eigenvectors of the gradient Gram observed so far (the deltas
-        of the active rows, projected onto it, stay; the rest is folded into the base)."""
-        self._warm = True
-        basis = top_eigenvectors(self._grad_gram, self.live.rank)  # (D, r)
-        a_old, b_old = self.live.A.detach(), self.live.B.detach()
-        b_basis = b_old @ basis  # (r, r): A B basis = A b_basis
-        lost = FactoredRows(a_old, b_old - b_basis @ basis.T)  # A B outside span(basis)
-        self._set_folding(a_old @ b_basis, basis.T, lost)
+    def _warm_start(self, now: float) -> int:
+        """Put B onto the top eigenvectors of the gradient Gram observed so far, as many as
+        carry tau of its energy (in [r_min, r_max], fewer if the active rows would not fit);
+        the active rows' deltas projected onto them stay, the rest is folded. Returns the rank."""
+        self._warm, policy, r = True, self.policy, self.live.rank
+        eig = torch.linalg.eigvalsh(self._grad_gram).flip(0).clamp(min=0)  # largest first
+        k = min(max(energy_rank(eig, policy.tau), policy.r_min), policy.r_max)
+        while k > policy.r_min and not (self.fits(k) and self.live.num_active <= self.max_rows(k)):
+            k -= 1
+        basis = top_eigenvectors(self._grad_gram, k)  # (D, k)
+        a, lost = onto_basis(self.live.A.detach(), self.live.B.detach(), basis)
+        self._set_folding(a, basis.T, lost)
+        self._note_change(now, r, k, "warm:gram")
+        return k
 
     def _set_folding(self, a: torch.Tensor, b: torch.Tensor, lost: FactoredRows | None) -> None:
         """set_factors(a, b), first folding ``lost`` (n, D), what A B loses by it, times scale
@@ -392,9 +388,13 @@ class RankController:
             basis = extend_basis(basis, k - m, first, self._gen)
             a = torch.cat([a.reshape(n, m), torch.zeros(n, k - m)], dim=1)
         self._set_folding(a, basis.T, lost)
-        if k != r:
+        self._note_change(now, r, k, reason)
+
+    def _note_change(self, now: float, before: int, after: int, reason: str) -> None:
+        """A rank change (if any) counts against hysteresis and is an event."""
+        if after != before:
             self._changes.append(float(now))
-            self._event(now, "rank", r, k, reason)
+            self._event(now, "rank", before, after, reason)
 
     def _event(self, now: float, kind: str, before: int, after: int, reason: str) -> None:
         self.events.append(RankEvent(float(now), self.table, kind, before, after, reason))

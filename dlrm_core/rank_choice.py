@@ -129,3 +129,13 @@ def best_option(options: list[RankOption], rank: int, margin: float) -> RankOpti
     if best.rank == rank or best.captured - current.captured <= margin:
         return None
     return best
+
+
+def why_not_grown(
+    options: list[RankOption], up: int, fits_up: bool, over: int, evictable: int
+) -> str:
+    """Why a growth to ``up`` is not among the ``options`` that capture the most: ``fits_up``
+    B fits the budget at ``up``, which would evict ``over`` rows, ``evictable`` may go."""
+    if any(o.rank == up for o in options) or not fits_up:
+        return "budget:rows capture more" if fits_up else "budget"
+    return "budget:rows too fresh" if over > evictable else "budget:fold log full"

@@ -64,8 +64,9 @@ class LiveUpdateParams:
     r_min: int = 1
     # up to full rank (r = D = 16), the controller trading rank for rows once they fill the
     # budget (issue 14, measured against r_max 8); r_max above D is clamped to D, the initial
-    # rank to [r_min, r_max]. Starting at r = D wins on the 2M synthetic stream but loses on
-    # MovieLens-100k, so the start stays at 4.
+    # rank to [r_min, r_max]. The initial rank holds only until the first adaptation: the
+    # warm-up's gradient Gram then picks the start rank (rank.py), which took the 2M synthetic
+    # stream's big tables to r = 16 in the first hour and kept MovieLens-100k's item table low.
     r_max: int = 16
     initial_rank: int = 4
     budget_pct: float = 2.0  # memory budget, % of the bytes of all embedding tables

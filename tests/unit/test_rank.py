@@ -112,17 +112,36 @@ def test_grow_when_the_newest_component_is_strong():
 
 
 def test_b_starts_from_the_gradient_gram_and_the_served_rows_stay():
-    ctl = make(rank=2, grow_newest=1.0, tau=1.0)
+    ctl = make(rank=4, grow_newest=1.0)
     g = torch.Generator().manual_seed(4)
-    with_factors(ctl, torch.randn(10, 2, generator=g))
+    with_factors(ctl, torch.randn(10, 4, generator=g))
     served = ctl.live.base.weight[ctl.live.ids] + delta(ctl)
     grads = torch.zeros(16, D)
     grads[:8, 3], grads[8:, 6] = 2.0, 1.0  # the gradients live in span(e3, e6)
     ctl.observe_gradient(grads + 0.01 * torch.randn(16, D, generator=g))
-    assert ctl.adapt(now=1.0) == 2
+    assert ctl.adapt(now=1.0) == 2  # two directions carry tau of the warm-up's energy
     basis = ctl.live.B.detach()
     assert float((basis[:, [3, 6]] ** 2).sum()) > 1.99  # B spans e3, e6
     torch.testing.assert_close(ctl.live.base.weight[ctl.live.ids] + delta(ctl), served)
+    assert (ctl.events[-1].from_value, ctl.events[-1].to_value) == (4, 2)
+    assert ctl.events[-1].reason == "warm:gram"
+
+
+def test_the_start_rank_grows_to_the_warm_up_gradient_spread_within_the_rows():
+    g = torch.Generator().manual_seed(5)
+    grads = torch.randn(64, D, generator=g) * torch.tensor([3.0, 3, 3, 3, 3, 3, 0.01, 0.01])
+    ctl = make(rank=2)
+    with_factors(ctl, torch.randn(10, 2, generator=g))
+    served = ctl.live.base.weight[ctl.live.ids] + delta(ctl)
+    ctl.observe_gradient(grads)
+    assert ctl.adapt(now=1.0) == 6  # six directions carry the energy
+    torch.testing.assert_close(ctl.live.base.weight[ctl.live.ids] + delta(ctl), served)
+    # a budget that holds the 10 active rows only up to rank 3 caps the start there
+    tight = make(rank=2, budget=budget_for_rows(10, 3))
+    with_factors(tight, torch.randn(10, 2, generator=g))
+    tight.observe_gradient(grads)
+    assert tight.adapt(now=1.0) == 3
+    assert tight.live.num_active == 10 and tight.accounted_bytes() <= tight.budget_bytes
 
 
 def test_grow_along_the_gradient_residual_outside_span_b():
