@@ -20,6 +20,7 @@ from controlplane.models import (
     Policy,
     PolicyVersion,
 )
+from controlplane.shortcuts import once_per_class
 
 
 class FilterBackend(DjangoFilterBackend):
@@ -43,11 +44,7 @@ class FilterSet(filters.FilterSet):
     def get_form_class(self):
         if "filters" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
             return super().get_form_class()
-        form_class = type(self).__dict__.get("_form_class")
-        if form_class is None:
-            form_class = super().get_form_class()
-            type(self)._form_class = form_class
-        return form_class
+        return once_per_class(self, "_form_class", super().get_form_class)
 
 
 class _UTCIsoDateTimeField(IsoDateTimeField):

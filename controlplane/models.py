@@ -298,8 +298,14 @@ class TelemetrySample(models.Model):
         ]
         indexes = [
             models.Index(fields=["node", "ts"], name="telemetry_node_ts"),
-            # "latest" is the newest received, not the newest by the node's clock
-            models.Index(fields=["node", "received_at"], name="telemetry_node_received"),
+            # "latest" is the newest raw sample received, not the newest by the node's clock: the
+            # whole ORDER BY of its lookup, so the plan is a backward scan stopping at the first
+            # row even while the statistics lag behind a burst of ingest (with (node,
+            # received_at) PostgreSQL then sorted every sample of the node: 15 ms for 14,500)
+            models.Index(
+                fields=["node", "resolution_s", "received_at", "id"],
+                name="telemetry_node_newest",
+            ),
             models.Index(fields=["resolution_s", "ts"], name="telemetry_resolution_ts"),
         ]
 

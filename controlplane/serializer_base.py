@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from controlplane.shortcuts import once_per_class
+
 
 # DRF's ModelSerializer with its fields worked out once per class (DRF works them out from the
 # model, a field and its validators per column, for every serializer, so every request). Each
@@ -18,11 +20,7 @@ class ModelSerializer(serializers.ModelSerializer):
     def get_fields(self):
         if "serializer_fields" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
             return super().get_fields()
-        fields = type(self).__dict__.get("_fields_template")
-        if fields is None:
-            fields = super().get_fields()
-            type(self)._fields_template = fields
-        return copy.deepcopy(fields)
+        return copy.deepcopy(once_per_class(self, "_fields_template", super().get_fields))
 
 
 class ModelCleanMixin:

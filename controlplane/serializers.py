@@ -104,14 +104,6 @@ class PolicyVersionSerializer(ModelSerializer):
         read_only_fields = fields
 
 
-class NodeListSerializer(serializers.ListSerializer):
-    def to_representation(self, data):
-        # One query for the newest samples of the whole page instead of one per node.
-        nodes = list(data.all() if hasattr(data, "all") else data)
-        telemetry_service.attach_latest_samples(nodes)
-        return super().to_representation(nodes)
-
-
 class NodeSerializer(ModelCleanMixin, ModelSerializer):
     policy = serializers.PrimaryKeyRelatedField(
         queryset=Policy.objects.all(), allow_null=True, required=False
@@ -158,7 +150,6 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
             "running_reported_at",
             "created",
         ]
-        list_serializer_class = NodeListSerializer
 
     @extend_schema_field(serializers.ListField(child=serializers.DictField()))
     def get_overrides(self, obj: Node) -> list[dict]:
@@ -170,10 +161,8 @@ class NodeSerializer(ModelCleanMixin, ModelSerializer):
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_latest(self, obj: Node) -> dict | None:
         """What the dashboard shows before the first live event (rank, throttle, CPU included)."""
-        if not hasattr(obj, "latest_sample") and hasattr(obj, "latest_sample_id"):
-            telemetry_service.attach_latest_samples([obj])  # read by the viewset (annotated)
-        if hasattr(obj, "latest_sample"):
-            return obj.latest_sample
+        if hasattr(obj, "latest_pk"):  # read by the viewset (with_latest_sample)
+            return telemetry_service.latest_sample_of(obj)
         if not obj.pk:
             return None
         # a node just created or saved

@@ -9,7 +9,7 @@ import hmac
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import OuterRef, ProtectedError, Subquery
+from django.db.models import ProtectedError
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -43,7 +43,6 @@ from controlplane.models import (
     Policy,
     PolicyVersion,
     RankEvent,
-    TelemetrySample,
 )
 from controlplane.parsers import TelemetryJSONParser
 from controlplane.permissions import IsNode, RolePermission
@@ -65,13 +64,9 @@ class NodeViewSet(RoleViewSetMixin, viewsets.ModelViewSet):
 
     # No select_related("policy"): the serializer shows the policy's id, a column of the node;
     # the join and the policy's columns cost a read more CPU than the rest of its query.
-    queryset = Node.objects.annotate(
-        latest_sample_id=Subquery(
-            TelemetrySample.objects.filter(node=OuterRef("pk"), resolution_s=0)
-            .order_by("-received_at", "-id")
-            .values("pk")[:1]
-        )
-    ).prefetch_related("overrides")
+    queryset = telemetry_service.with_latest_sample(Node.objects.all()).prefetch_related(
+        "overrides"
+    )
     serializer_class = serializers.NodeSerializer
     filterset_class = NodeFilter
     lookup_field = "name"

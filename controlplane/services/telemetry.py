@@ -14,7 +14,20 @@ from typing import Any
 
 from django.conf import settings
 from django.db import NotSupportedError, connection, transaction
-from django.db.models import Avg, BigIntegerField, Func, Max, Min, OuterRef, Q, Subquery, Sum
+from django.db.models import (
+    Avg,
+    BigIntegerField,
+    F,
+    FilteredRelation,
+    Func,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
 
 from controlplane.models import Alert, Node, NodeAction, NodeEvent, TelemetrySample
 
@@ -280,25 +293,36 @@ def sample_payload(row: dict) -> dict:
     return {**row, "ts": row["ts"].timestamp()}
 
 
-def attach_latest_samples(nodes: list) -> None:
-    """Set each node's ``latest_sample`` (a sample_payload, or None) from its ``latest_sample_id``,
-    which the node API's queryset annotates (an index lookup per node): one query for all of
-    them, none when no node has a sample."""
-    ids = [n.latest_sample_id for n in nodes if n.latest_sample_id is not None]
-    rows = TelemetrySample.objects.filter(pk__in=ids).values("pk", *SAMPLE_PAYLOAD_FIELDS)
-    payloads = {row.pop("pk"): sample_payload(row) for row in rows} if ids else {}
-    for node in nodes:
-        node.latest_sample = payloads.get(node.latest_sample_id)
+def _newest_sample_id() -> Subquery:
+    """The id of the node's (OuterRef("pk")) newest sample by receipt, not by the node's clock
+    (an index lookup)."""
+    return Subquery(
+        TelemetrySample.objects.filter(node=OuterRef("pk"), resolution_s=0)
+        .order_by("-received_at", "-id")
+        .values("pk")[:1]
+    )
+
+
+def with_latest_sample(nodes: QuerySet[Node]) -> QuerySet[Node]:
+    """``nodes`` with the SAMPLE_PAYLOAD_FIELDS of each one's newest sample as ``latest_<field>``
+    (``latest_pk`` None when it has none), joined in the same query: the node reads need no
+    second round trip to the database for them."""
+    newest = FilteredRelation("samples", condition=Q(samples__pk=F("newest_sample_id")))
+    columns = {
+        f"latest_{name}": F(f"latest_row__{name}") for name in ("pk", *SAMPLE_PAYLOAD_FIELDS)
+    }
+    return nodes.alias(newest_sample_id=_newest_sample_id(), latest_row=newest).annotate(**columns)
+
+
+def latest_sample_of(node: Node) -> dict | None:
+    """The sample_payload of the newest sample with_latest_sample joined to ``node``, or None."""
+    row = {name: getattr(node, f"latest_{name}") for name in ("pk", *SAMPLE_PAYLOAD_FIELDS)}
+    return None if row.pop("pk") is None else sample_payload(row)
 
 
 def latest_samples() -> dict[int, TelemetrySample]:
     """node id -> its newest sample by receipt, not by the node's clock (one indexed lookup per
     node)."""
-    newest = (
-        TelemetrySample.objects.filter(node=OuterRef("pk"), resolution_s=0)
-        .order_by("-received_at", "-id")
-        .values("pk")[:1]
-    )
-    ids = Node.objects.annotate(latest=Subquery(newest)).values_list("latest", flat=True)
+    ids = Node.objects.annotate(latest=_newest_sample_id()).values_list("latest", flat=True)
     samples = TelemetrySample.objects.filter(pk__in=[i for i in ids if i is not None])
     return {s.node_id: s for s in samples}
