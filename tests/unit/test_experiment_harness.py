@@ -175,3 +175,33 @@ def test_a_bundle_refuses_configurations_of_different_replays() -> None:
     other = dataclasses.replace(config, label_delay_s=10.0)
     with pytest.raises(ValueError, match="differ only in PER_STRATEGY"):
         run_bundle(stream.schema, lambda: iter(stream), 1_000, [config, other])
+
+
+def test_the_cluster_trains_on_from_where_pretraining_stopped() -> None:
+    """The cluster's first step equals pretraining's next step, optimizer state included (a
+    cluster restarting Adagrad took full-lr steps and fell below the base for its first
+    minutes: delta_sync at a slow link served that dip for hours, below stale)."""
+    from dlrm_core.experiment.harness import _cluster
+    from dlrm_core.experiment.pretrain import build_model, pretrain
+    from dlrm_core.experiment.stream import first_eval_batch, head_batches
+
+    events = 3_000
+    stream = SyntheticStream(
+        SyntheticConfig(seed=0, num_events=events, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000)
+    )  # fmt: skip
+    config = dataclasses.replace(small_config(("delta_sync",)), optimizer="adagrad")
+    pre = pretrain(stream.schema, lambda: iter(stream), events, config)
+    nxt = first_eval_batch(lambda: iter(stream), config.qps, pre.events)
+    cluster = _cluster(pre)
+    cluster.train(nxt, 0.0)
+
+    reference = build_model(stream.schema, config)
+    trainer = FullSparseTrainer(
+        reference, FullTrainConfig("adagrad", config.lr_dense, config.lr_sparse)
+    )
+    for batch in [*head_batches(lambda: iter(stream), config.qps, pre.events), nxt]:
+        trainer.step(batch)
+    for (name, mine), (_, want) in zip(cluster.model.state_dict().items(),
+                                       reference.state_dict().items(), strict=True):  # fmt: skip
+        assert torch.equal(mine, want), name
