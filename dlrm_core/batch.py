@@ -157,13 +157,13 @@ class SparseBatch:
         values, offsets = [], []
         for i in range(len(self.keys)):
             lengths = self.lengths(i)[idx]
-            starts = self.offsets[i][idx]
-            picked = [
-                self.values[i][s : s + n]
-                for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)
-            ]
-            values.append(torch.cat(picked) if picked else self.values[i][:0])
-            offsets.append(_offsets_from_lengths(lengths))
+            new_offsets = _offsets_from_lengths(lengths)
+            # value j of picked bag b sits at starts[b] + j: one gather for all bags
+            shift = self.offsets[i][idx] - new_offsets
+            total = int(lengths.sum())
+            at = torch.arange(total) + torch.repeat_interleave(shift, lengths, output_size=total)
+            values.append(self.values[i][at])
+            offsets.append(new_offsets)
         return SparseBatch(
             self.keys,
             tuple(values),

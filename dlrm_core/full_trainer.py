@@ -4,9 +4,11 @@ trainer.LiveTrainer, which re-exports these names.)"""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,23 @@ class FullSparseTrainer:
             [p.detach() for p in model.embedding_parameters()], config.optimizer, config.lr_sparse
         )
         self.skipped = 0
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """A copy of both optimizers' state (Adagrad's accumulators; SGD keeps none): what
+        another trainer of a copy of the model needs to continue where this one stopped."""
+        return {
+            "dense": copy.deepcopy(self.dense_opt.state_dict()),
+            "sparse": [s.clone() for s in self.sparse_opt.state],
+        }
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``optimizer_state()`` of a trainer of the same shape and optimizer."""
+        mine = self.sparse_opt.state
+        if [s.shape for s in state["sparse"]] != [s.shape for s in mine]:
+            raise ValueError("the optimizer state is for another model or optimizer")
+        self.dense_opt.load_state_dict(copy.deepcopy(state["dense"]))
+        for own, saved in zip(mine, state["sparse"], strict=True):
+            own.copy_(saved)
 
     def step(self, batch: SparseBatch) -> FullStepResult:
         """One step on every parameter, or none (skipped) if the loss or a gradient is not

@@ -2,8 +2,9 @@
 
 - accuracy: the relative AUC gain of LiveUpdate over delta_sync, as a 95% t-interval over seeds
   (over windows when there is one seed, which the verdict says): "within the claimed range"
-  (the interval excludes 0 and meets the range), "above the claimed range", "below the
-  claimed range" or "not significant" (the interval holds 0, or there is no interval);
+  (the whole interval inside it), "above the claimed range" or "below the claimed range" (the
+  whole interval past it, 0 included), else "not significant" (no interval, or one that
+  overlaps the range and reaches past it: it neither confirms nor refutes the claim);
 - update_cost: fleet CPU-seconds to produce and install the served update (delta_sync: the
   cluster's training once + every node's sync work; LiveUpdate: every node's local training),
   as the ratio delta_sync / LiveUpdate with its interval over seeds; held when the whole
@@ -66,16 +67,29 @@ def accuracy_verdict(
     if ci is None:
         return Verdict("accuracy", text, NOT_MEASURED, None, None, "no comparable window")
     measured = f"relative AUC gain of liveupdate over delta_sync {_ci(ci)} over {replicates}"
-    if ci.n < 2 or ci.lo <= 0.0 <= ci.hi:
-        why = "one replicate gives no interval" if ci.n < 2 else "the 95% interval contains 0"
-        return Verdict("accuracy", text, NOT_SIGNIFICANT, False, measured, why, ci.as_dict())
-    if ci.lo > hi:
-        why = f"the whole interval is above +{hi}%: the gain is larger than claimed"
-        return Verdict("accuracy", text, ABOVE, False, measured, why, ci.as_dict())
+    verdict, why = _range_verdict(ci, lo, hi)
+    return Verdict("accuracy", text, verdict, verdict == WITHIN, measured, why, ci.as_dict())
+
+
+def _range_verdict(ci: Interval, lo: float, hi: float) -> tuple[str, str]:
+    """Where the 95% interval lies against the claimed range [lo, hi]: wholly inside it,
+    wholly above it, wholly below it (0 included: a gain that cannot reach +lo refutes the
+    claim), else not significant (one replicate; or it holds 0, or it reaches past a bound)."""
+    if ci.n < 2:
+        return NOT_SIGNIFICANT, "one replicate gives no interval"
     if ci.hi < lo:
-        why = f"the whole interval is below +{lo}%"
-        return Verdict("accuracy", text, BELOW, False, measured, why, ci.as_dict())
-    return Verdict("accuracy", text, WITHIN, True, measured, "", ci.as_dict())
+        return BELOW, f"the whole interval is below +{lo}%"
+    if ci.lo > hi:
+        return ABOVE, f"the whole interval is above +{hi}%: the gain is larger than claimed"
+    if lo <= ci.lo and ci.hi <= hi:
+        return WITHIN, ""
+    if ci.lo <= 0.0:
+        return NOT_SIGNIFICANT, "the 95% interval contains 0 and reaches into the claimed range"
+    sides = [f"below +{lo}%"] * (ci.lo < lo) + [f"above +{hi}%"] * (ci.hi > hi)
+    return (
+        NOT_SIGNIFICANT,
+        f"the 95% interval meets the claimed range but reaches {' and '.join(sides)}",
+    )
 
 
 @dataclass(frozen=True)

@@ -226,9 +226,14 @@ class _Built:
 
 
 def _cluster(pre: Pretrained) -> SimulatedCluster:
-    return SimulatedCluster(
+    """The training cluster: the base model, trained on from where pretraining stopped (its
+    optimizers' state too: a fresh Adagrad takes full-lr steps on every row it meets, and
+    the cluster's model fell below the base for its first minutes)."""
+    cluster = SimulatedCluster(
         copy.deepcopy(pre.model), pre.train_config, pre.newest_event_s, pre.last_id
     )
+    cluster.trainer.load_optimizer_state(pre.optimizer_state)
+    return cluster
 
 
 def _clock(config: ExperimentConfig, widest: SparseBatch, scale: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,6 +39,9 @@ class Pretrained:
     events: int
     newest_event_s: float
     last_id: int
+    # the pretraining optimizers' state (Adagrad's accumulators): the cluster continues from it
+    # as a training cluster continues its own run, instead of restarting its optimizer
+    optimizer_state: dict[str, Any]
 
 
 PRETRAINED: Memo[Pretrained] = Memo(3)  # the bases of the last few (stream, seed, head) keys
@@ -104,4 +108,4 @@ def pretrain(
     for _ in range(config.pretrain_epochs - 1):
         for batch in head:
             trainer.step(batch)
-    return Pretrained(model, full_cfg, benefit, n_pre, newest, last_id)
+    return Pretrained(model, full_cfg, benefit, n_pre, newest, last_id, trainer.optimizer_state())

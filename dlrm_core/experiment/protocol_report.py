@@ -41,7 +41,9 @@ def _interval(ci: dict[str, Any] | None, form: str) -> str:
 
 
 def _reach(results: dict[str, Any], name: str) -> str:
-    """At the main sync period: the cost ratios at which ``name`` reaches delta_sync's AUC."""
+    """At the main sync period: the frontier point at which ``name`` reaches delta_sync's AUC
+    most cheaply in bytes (its bytes and CPU ratios, its period), and the cheapest in CPU when
+    that is another point."""
     if name not in LOCAL:
         return ""
     period = results["config"]["sync_period_s"]
@@ -51,9 +53,17 @@ def _reach(results: dict[str, Any], name: str) -> str:
     got = row[name]
     if got is None:
         return "never"
-    return " ".join(
-        f"{got[k]:.2f}x" if got[k] is not None else "–" for k in ("bytes_ratio", "cpu_ratio")
+    text = _point(got["cheapest_bytes"])
+    if got["cheapest_cpu"] != got["cheapest_bytes"]:
+        text += f"; in CPU: {_point(got['cheapest_cpu'])}"
+    return text
+
+
+def _point(point: dict[str, Any]) -> str:
+    ratios = ", ".join(
+        f"{point[k]:.2f}x" if point[k] is not None else "–" for k in ("bytes_ratio", "cpu_ratio")
     )
+    return f"{ratios} (its {point['sync_period_s'] / 60:g}-min point)"
 
 
 def print_table(protocol: dict[str, Any]) -> None:
@@ -88,8 +98,10 @@ def write_protocol_report(protocol: dict[str, Any], path: Path) -> None:
         f"{len(grid['shapes'])} fleet shapes x sync periods of {periods} min x "
         f"{grid['seeds']} seed(s): {protocol['runs']} runs on {protocol['jobs']} worker "
         f"process(es) in {protocol['wall_seconds'] / 60:.1f} min of wall time. Intervals are "
-        "95% over seeds; the reach column is the cost, relative to delta_sync's, at which the "
-        "local learner reaches delta_sync's AUC at the main sync period."
+        "95% over seeds; the reach column is the frontier point (bytes and CPU relative to "
+        "delta_sync's, and its sync period) at which the local learner reaches delta_sync's "
+        "AUC at the main sync period most cheaply in bytes, then in CPU when that is another "
+        "point."
     )
     path.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>LiveUpdate protocol</title>"

@@ -26,7 +26,9 @@ schema-1 field keeps its name and meaning (now the mean over seeds; costs are fl
   ``frontier`` [{sync_period_s, strategies: {name: {mean_auc, bytes_per_hour,
   cpu_seconds_per_hour}}}] (cpu: fleet update CPU + the cluster's training, per hour),
   ``frontier_reading`` [{sync_period_s, delta_sync_auc, liveupdate|liveupdate_dense|hybrid:
-  {bytes_ratio, cpu_ratio} | null}] (the cost to reach delta_sync's AUC at that period),
+  {cheapest_bytes, cheapest_cpu: {sync_period_s, auc, bytes_ratio, cpu_ratio}} | null}] (the
+  cost to reach delta_sync's AUC at that period: two whole frontier points, each with its own
+  period, AUC and costs; never one point's bytes with another's CPU),
   ``frontier_by_link_scale`` [{link_scale_factor, link_scale, frontier, frontier_reading}]
   (the same per link scale of ``--link-scales``; the first factor's is ``frontier``),
 - ``claims`` [{id, claim, verdict, held, measured, why, interval}], ``audit`` (audit.py),
@@ -154,9 +156,10 @@ def _sweep_row(runs: list[RunSummary], key: str) -> dict[str, Any]:
 
 
 def frontier_reading(frontier: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each sync period: the cheapest frontier point at which each local learner reaches
-    delta_sync's AUC at that period, as bytes/h and CPU/h ratios to delta_sync's (None: it
-    never does at any period run)."""
+    """For each sync period: where each local learner reaches delta_sync's AUC at that period,
+    as whole frontier points (each point's own AUC, bytes/h and CPU/h, as ratios to
+    delta_sync's at the period): the cheapest point in bytes/h (ties: in CPU/h) and the
+    cheapest in CPU/h (ties: in bytes/h), often the same point. None: no point reaches it."""
     out = []
     for row in frontier:
         target = row["mean_auc"].get("delta_sync")
@@ -170,18 +173,25 @@ def frontier_reading(frontier: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not reach:
                 entry[name] = None
                 continue
-            bytes_h = min(r["bytes_per_hour"][name] for r in reach)
-            cpu_h = min(r["cpu_seconds_per_hour"][name] for r in reach)
-            ref_b, ref_c = (
-                row["bytes_per_hour"]["delta_sync"],
-                row["cpu_seconds_per_hour"]["delta_sync"],
-            )
-            entry[name] = {
-                "bytes_ratio": bytes_h / ref_b if ref_b else None,
-                "cpu_ratio": cpu_h / ref_c if ref_c else None,
-            }
+            by_bytes = min(reach, key=lambda r: (r["bytes_per_hour"][name],
+                                                 r["cpu_seconds_per_hour"][name]))  # fmt: skip
+            by_cpu = min(reach, key=lambda r: (r["cpu_seconds_per_hour"][name],
+                                               r["bytes_per_hour"][name]))  # fmt: skip
+            entry[name] = {"cheapest_bytes": _reach_point(row, by_bytes, name),
+                           "cheapest_cpu": _reach_point(row, by_cpu, name)}  # fmt: skip
         out.append(entry)
     return out
+
+
+def _reach_point(row: dict[str, Any], point: dict[str, Any], name: str) -> dict[str, Any]:
+    """One frontier point of ``name``, its costs relative to delta_sync's in ``row``."""
+    ref_b, ref_c = row["bytes_per_hour"]["delta_sync"], row["cpu_seconds_per_hour"]["delta_sync"]
+    return {
+        "sync_period_s": point["sync_period_s"],
+        "auc": point["mean_auc"][name],
+        "bytes_ratio": point["bytes_per_hour"][name] / ref_b if ref_b else None,
+        "cpu_ratio": point["cpu_seconds_per_hour"][name] / ref_c if ref_c else None,
+    }
 
 
 def _frontier(groups: list[list[RunSummary]]) -> list[dict[str, Any]]:

@@ -13,6 +13,13 @@ def _pct(ci: dict[str, Any] | None) -> str:
     return f"{ci['mean']:+.2f}% (95% CI {ci['lo']:+.2f}..{ci['hi']:+.2f}%)"
 
 
+def _reach(point: dict[str, Any]) -> str:
+    """One frontier point: its period and its costs relative to delta_sync's."""
+    units = (("bytes_ratio", "bytes/h"), ("cpu_ratio", "CPU/h"))
+    costs = [f"{point[k]:.2f}x its {unit}" for k, unit in units if point[k] is not None]
+    return f"(the {point['sync_period_s'] / 60:g}-min period) needs {' and '.join(costs) or '-'}"
+
+
 def summarise(results: dict[str, Any]) -> str:
     strat = results["strategies"]
     ds, fleet = results["dataset"], results["fleet"]
@@ -52,12 +59,15 @@ def summarise(results: dict[str, Any]) -> str:
     if len(results["frontier"]) > 1:
         for row in results["frontier_reading"]:
             h = row.get("hybrid")
-            if h and h["bytes_ratio"] is not None and h["cpu_ratio"] is not None:
-                parts.append(
-                    f"To reach delta_sync's AUC at a {row['sync_period_s'] / 60:g}-min period "
-                    f"the hybrid needs {h['bytes_ratio']:.2f}x its bytes/h and "
-                    f"{h['cpu_ratio']:.2f}x its CPU/h."
-                )
+            if not h:
+                continue
+            text = (
+                f"To reach delta_sync's AUC at a {row['sync_period_s'] / 60:g}-min period "
+                f"the hybrid's cheapest point in bytes {_reach(h['cheapest_bytes'])}"
+            )
+            if h["cheapest_cpu"] != h["cheapest_bytes"]:
+                text += f"; its cheapest in CPU {_reach(h['cheapest_cpu'])}"
+            parts.append(text + ".")
     verdicts = [f"{c['id']}: {c['verdict']}" for c in results["claims"]]
     parts.append("Claims: " + "; ".join(verdicts) + ".")
     audit = results["audit"]

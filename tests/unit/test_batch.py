@@ -41,6 +41,27 @@ def test_select_and_concat_round_trip():
     assert torch.equal(back.dense, batch.dense)
 
 
+def test_select_picks_every_bag_in_order_on_random_multi_hot_batches():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = int(torch.randint(1, 40, (1,), generator=gen))
+
+        def bag() -> list[int]:
+            size = int(torch.randint(0, 4, (1,), generator=gen))  # 0..3 ids, empty bags too
+            return torch.randint(0, 50, (size,), generator=gen).tolist()
+
+        ids = [[bag() for _ in range(n)] for _ in range(3)]
+        batch = SparseBatch.from_ids(["a", "b", "c"], ids, torch.rand(n, 2), torch.ones(n))
+        index = torch.randint(0, n, (int(torch.randint(0, 2 * n, (1,), generator=gen)),),
+                              generator=gen)  # fmt: skip
+        picked = batch.select(index)
+        for f in range(3):
+            want = [v for b in index.tolist() for v in ids[f][b]]
+            assert picked.values[f].tolist() == want
+            assert picked.lengths(f).tolist() == [len(ids[f][b]) for b in index.tolist()]
+        assert torch.equal(picked.dense, batch.dense[index])
+
+
 def test_inconsistent_batches_are_refused():
     batch = make_batch()
     with pytest.raises(ValueError, match="offsets of 'user' must be"):

@@ -3,6 +3,7 @@ run) built to fail it; the 95% t-interval they rest on, by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -29,11 +30,17 @@ def test_t_interval_by_hand() -> None:
 @pytest.mark.parametrize(
     ("gains", "verdict", "held"),
     [
-        ([0.10, 0.12, 0.14], c.WITHIN, True),  # CI 0.07..0.17 meets +0.04..0.24
+        ([0.10, 0.12, 0.14], c.WITHIN, True),  # CI 0.07..0.17 inside +0.04..0.24
         ([0.44, 0.46, 0.48], c.ABOVE, False),  # one seed's +0.46% used to count as "held"
         ([0.010, 0.012, 0.014], c.BELOW, False),
         ([-1.0, 6.0, 0.5], c.NOT_SIGNIFICANT, False),  # per-window -1%..+6%: CI holds 0
         ([0.46], c.NOT_SIGNIFICANT, False),  # one replicate: no interval
+        # CI +0.05..+0.55: it meets the range but reaches past +0.24 (was "within")
+        ([0.2, 0.3, 0.4], c.NOT_SIGNIFICANT, False),
+        # CI +0.005..+0.055: it meets the range but reaches below +0.04 (was "within")
+        ([0.02, 0.03, 0.04], c.NOT_SIGNIFICANT, False),
+        # CI -0.041..+0.035: it holds 0, but no gain in it reaches +0.04 (was "not significant")
+        ([-0.02, 0.0, 0.01], c.BELOW, False),
     ],
 )
 def test_accuracy_verdicts(gains: list[float], verdict: str, held: bool) -> None:
@@ -83,7 +90,7 @@ def test_claims_on_a_run_built_to_fail_them() -> None:
     assert "windows of one seed" in accuracy["measured"]
 
 
-def test_frontier_reading_finds_the_cheapest_point_that_reaches_delta_sync() -> None:
+def test_frontier_reading_reports_whole_points_never_a_mix_of_two() -> None:
     from dlrm_core.experiment.results import frontier_reading
 
     def row(period: float, auc: dict, bytes_h: dict, cpu_h: dict) -> dict:  # type: ignore[type-arg]
@@ -95,12 +102,77 @@ def test_frontier_reading_finds_the_cheapest_point_that_reaches_delta_sync() -> 
             {"delta_sync": 10, "hybrid": 30}),
         row(600, {"delta_sync": 0.68, "hybrid": 0.695}, {"delta_sync": 40, "hybrid": 20},
             {"delta_sync": 8, "hybrid": 25}),
+        row(1800, {"delta_sync": 0.66, "hybrid": 0.685}, {"delta_sync": 20, "hybrid": 10},
+            {"delta_sync": 6, "hybrid": 40}),
     ]  # fmt: skip
-    fast, slow = frontier_reading(frontier)
+    fast, slow, _ = frontier_reading(frontier)
     # at 2 min only the hybrid's 2-min point reaches 0.70: 80/100 bytes, 30/10 CPU
-    assert fast["hybrid"] == {"bytes_ratio": 0.8, "cpu_ratio": 3.0}
-    # at 10 min both hybrid points reach 0.68: the cheapest are 20 bytes/h and 25 CPU-s/h
-    assert slow["hybrid"] == {"bytes_ratio": 0.5, "cpu_ratio": 25 / 8}
-    frontier[0]["mean_auc"]["hybrid"] = 0.60
-    frontier[1]["mean_auc"]["hybrid"] = 0.60
+    only = {"sync_period_s": 120, "auc": 0.71, "bytes_ratio": 0.8, "cpu_ratio": 3.0}
+    assert fast["hybrid"] == {"cheapest_bytes": only, "cheapest_cpu": only}
+    # at 10 min all three hybrid points reach 0.68. The fewest bytes are the 30-min point's
+    # (10 B/h, at 40 CPU-s/h), the least CPU the 10-min point's (25 CPU-s/h, at 20 B/h):
+    # each is read as a whole point, never 10 B/h with 25 CPU-s/h (a point that was not run)
+    assert slow["hybrid"]["cheapest_bytes"] == {
+        "sync_period_s": 1800,
+        "auc": 0.685,
+        "bytes_ratio": 10 / 40,
+        "cpu_ratio": 40 / 8,
+    }
+    assert slow["hybrid"]["cheapest_cpu"] == {
+        "sync_period_s": 600,
+        "auc": 0.695,
+        "bytes_ratio": 20 / 40,
+        "cpu_ratio": 25 / 8,
+    }
+    for r in frontier:
+        r["mean_auc"]["hybrid"] = 0.60
     assert frontier_reading(frontier)[0]["hybrid"] is None
+
+
+@pytest.fixture(scope="module")
+def live_run():  # noqa: ANN201
+    return summarise_run(small_run(("delta_sync", "liveupdate"), events=4_000))
+
+
+@pytest.mark.parametrize(
+    ("gains", "verdict"),
+    [
+        ([0.10, 0.12, 0.14], c.WITHIN),
+        ([0.44, 0.46, 0.48], c.ABOVE),
+        ([-0.9, -0.7, -0.8], c.BELOW),
+        ([-0.3, 0.2, 0.4], c.NOT_SIGNIFICANT),
+    ],
+)
+def test_each_accuracy_verdict_on_seeds_built_for_it(live_run, gains, verdict) -> None:  # noqa: ANN001
+    """Three seeds' runs whose liveupdate gains are set to land the interval where each verdict
+    says; the verdict comes out of results.json's claims as the report shows it."""
+    runs = []
+    for k, gain in enumerate(gains):
+        live = {**live_run.strategies["liveupdate"], "mean_gain_vs_delta_sync_pct": gain}
+        runs.append(dataclasses.replace(
+            live_run, config=dataclasses.replace(live_run.config, seed=k),
+            strategies={**live_run.strategies, "liveupdate": live}))  # fmt: skip
+    results = build_results(runs, {"name": "synthetic"})
+    accuracy = next(v for v in results["claims"] if v["id"] == "accuracy")
+    assert accuracy["verdict"] == verdict and accuracy["held"] is (verdict == c.WITHIN)
+    assert accuracy["interval"]["n"] == 3 and "over seeds" in accuracy["measured"]
+    assert f"accuracy: {verdict}" in results["summary"]
+    ci = results["strategies"]["liveupdate"]["ci95"]["mean_gain_vs_delta_sync_pct"]
+    assert (ci["lo"], ci["hi"]) == (accuracy["interval"]["lo"], accuracy["interval"]["hi"])
+
+
+def test_the_protocol_reach_column_reads_whole_points() -> None:
+    from dlrm_core.experiment.protocol_report import _reach
+    from dlrm_core.experiment.results import frontier_reading
+
+    frontier = [
+        {"sync_period_s": p, "mean_auc": {"delta_sync": d, "hybrid": h},
+         "bytes_per_hour": {"delta_sync": 40, "hybrid": b},
+         "cpu_seconds_per_hour": {"delta_sync": 8, "hybrid": cpu}}
+        for p, d, h, b, cpu in ((600, 0.68, 0.695, 20, 25), (1800, 0.66, 0.685, 10, 40))
+    ]  # fmt: skip
+    results = {"config": {"sync_period_s": 600}, "frontier_reading": frontier_reading(frontier)}
+    assert _reach(results, "hybrid") == (
+        "0.25x, 5.00x (its 30-min point); in CPU: 0.50x, 3.12x (its 10-min point)"
+    )
+    assert _reach(results, "delta_sync") == ""

@@ -175,3 +175,74 @@ def test_a_bundle_refuses_configurations_of_different_replays() -> None:
     other = dataclasses.replace(config, label_delay_s=10.0)
     with pytest.raises(ValueError, match="differ only in PER_STRATEGY"):
         run_bundle(stream.schema, lambda: iter(stream), 1_000, [config, other])
+
+
+def test_the_cluster_trains_on_from_where_pretraining_stopped() -> None:
+    """The cluster's first step equals pretraining's next step, optimizer state included (a
+    cluster restarting Adagrad took full-lr steps and fell below the base for its first
+    minutes: delta_sync at a slow link served that dip for hours, below stale)."""
+    from dlrm_core.experiment.harness import _cluster
+    from dlrm_core.experiment.pretrain import build_model, pretrain
+    from dlrm_core.experiment.stream import first_eval_batch, head_batches
+
+    events = 3_000
+    stream = SyntheticStream(
+        SyntheticConfig(seed=0, num_events=events, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000)
+    )  # fmt: skip
+    config = dataclasses.replace(small_config(("delta_sync",)), optimizer="adagrad")
+    pre = pretrain(stream.schema, lambda: iter(stream), events, config)
+    nxt = first_eval_batch(lambda: iter(stream), config.qps, pre.events)
+    cluster = _cluster(pre)
+    cluster.train(nxt, 0.0)
+
+    reference = build_model(stream.schema, config)
+    trainer = FullSparseTrainer(
+        reference, FullTrainConfig("adagrad", config.lr_dense, config.lr_sparse)
+    )
+    for batch in [*head_batches(lambda: iter(stream), config.qps, pre.events), nxt]:
+        trainer.step(batch)
+    for (name, mine), (_, want) in zip(cluster.model.state_dict().items(),
+                                       reference.state_dict().items(), strict=True):  # fmt: skip
+        assert torch.equal(mine, want), name
+
+
+def test_the_low_rank_probe_equals_a_whole_table_diff() -> None:
+    """The probe reads only the rows the cluster's steps touched; the same (rows, r95, r99)
+    as diffing whole tables period by period."""
+    from dlrm_core.experiment.harness import _cluster
+    from dlrm_core.experiment.lowrank import LowRankProbe
+    from dlrm_core.experiment.pretrain import pretrain
+    from dlrm_core.experiment.stream import eval_batches
+
+    events = 4_000
+    stream = SyntheticStream(
+        SyntheticConfig(seed=1, num_events=events, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000)
+    )  # fmt: skip
+    config = small_config(("delta_sync",))
+    pre = pretrain(stream.schema, lambda: iter(stream), events, config)
+    cluster = _cluster(pre)
+    batches = list(eval_batches(lambda: iter(stream), config.qps, pre.events))
+    start = float(batches[0].timestamps[0])
+    probe = LowRankProbe(cluster, 60.0, start)
+    tables = cluster.model.sparse_arch
+    snap = {n: tables.table(n).weight.detach().clone() for n in tables.feature_names}
+    want: dict[str, list[tuple[int, int, int]]] = {}
+    next_s = start + 60.0
+    for batch in batches:
+        now = float(batch.timestamps[0])
+        if now >= next_s:
+            next_s += 60.0 * (int((now - next_s) // 60.0) + 1)
+            for name, old in snap.items():
+                delta = tables.table(name).weight.detach() - old
+                rows = torch.nonzero(delta.abs().sum(1)).squeeze(1)
+                snap[name] = tables.table(name).weight.detach().clone()
+                if rows.numel() >= 2:
+                    share = torch.linalg.svdvals(delta[rows].double()).pow(2).cumsum(0)
+                    share /= share[-1].clone()
+                    r95, r99 = (int((share < q - 1e-9).sum()) + 1 for q in (0.95, 0.99))
+                    want.setdefault(name, []).append((int(rows.numel()), r95, r99))
+        probe.advance(now)
+        cluster.train(batch, now)
+    assert probe.ranks == want and sum(len(v) for v in want.values()) >= 8
