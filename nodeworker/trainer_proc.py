@@ -9,7 +9,9 @@ It maps the base tables copy-on-write, so its folds (pruned rows) stay private u
 installs the version that carries them: before writing version v it sends the rows folded since
 the last version through ``ends.folded``, and v's ``aux`` says how many patch messages precede it.
 It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
-inference side only copies it out of shared memory.
+inference side only copies it out of shared memory. Before it reports ready it makes the
+runtime's one-time allocations on a throwaway trainer (nodeworker/trainer_warmup.py), so what
+it holds when ready is its fixed part and what grows after is proportional.
 """
 
 from __future__ import annotations
@@ -66,10 +68,12 @@ from nodeworker.trainer_messages import (
     TrainerReady,
     TrainerStats,
 )
+from nodeworker.trainer_warmup import warm_up
 
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
+WARMUP_STEPS = 60  # the throwaway trainer's steps before ready: past a rank adaptation
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -133,6 +137,7 @@ class TrainerLoop:
             in_process_join=False,  # the sample cache joins; versions go to shared memory
             node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
+        warm_up(model.config, config, self.budget.tables, setup.feed.batch_rows, WARMUP_STEPS)
         self.trainer = LiveTrainer(model, config, self.budget.tables)
         # a budget that lowers a table's starting rank makes its event at construction, at
         # stream time 0 (RankController): on a node it happened now (ingest refuses time 0)
