@@ -39,7 +39,8 @@ from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
 from nodeworker.base_pages import PrivateBasePages
-from nodeworker.feed import Feed, FeedConfig, FeedRings
+from nodeworker.feed import Feed, FeedConfig
+from nodeworker.feed_rings import FeedRings
 from nodeworker.node_budget import node_budget, rank_policy, serving_key_bytes
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import (

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedReport, FeedRings, FeedWriter
+from nodeworker import feed as feed_module
+from nodeworker.feed import Feed, FeedConfig, FeedReport, FeedWriter
+from nodeworker.feed_rings import ByteRing, FeedRings
 from nodeworker.join_counts import JoinCounts
 from nodeworker.sample_cache import Feedback
 from tests.unit.test_sample_cache import served
@@ -204,3 +206,31 @@ def test_join_counts_add_up_over_trainers_and_count_what_a_stopped_one_held_as_l
     totals = counts.totals()
     assert totals["joined"] == 15 and totals["expired"] == 2 and totals["to_trainer"] == 15
     assert totals["lost"] == 7 and totals["pending"] == 1 and totals["ready"] == 2
+
+
+def test_a_ring_read_takes_whole_records_within_the_bytes_asked(tmp_path):
+    ring = ByteRing(tmp_path / "r", 256, create=True)
+    for k in range(6):
+        assert ring.write(bytes([k]) * 20)  # 8 + 20 -> 32 bytes each
+    assert ring.unread() == 192
+    assert ring.read(max_bytes=70) == [bytes([0]) * 20, bytes([1]) * 20]
+    assert ring.read(max_bytes=1) == [bytes([2]) * 20]  # at least one record
+    assert ring.unread() == 96
+    assert ring.read() == [bytes([k]) * 20 for k in (3, 4, 5)] and ring.unread() == 0
+
+
+def test_a_poll_in_chunks_joins_every_label_with_its_row(tmp_path, monkeypatch):
+    """A reader that was starved finds many requests and labels in the rings: it reads them a
+    few records at a time, and a label read before its request still joins it."""
+    monkeypatch.setattr(feed_module, "POLL_BYTES", 200)  # a record or two per read
+    clock, writer, feed = feed_pair(tmp_path, window=100.0, backlog_batches=1000)
+    for k in range(30):
+        serve(writer, 3 * k, 3, at=float(k))
+        clock.now = k + 0.5
+        assert writer.feedback(3 * k + 1, 1.0) is Feedback.JOINED
+    assert feed.poll(now=30.0) == 30
+    assert feed.cache.counts.unknown_feedback == 0 and feed.cache.counts.joined == 30
+    rows = []
+    while (taken := feed.next_batch()) is not None:
+        rows += taken[0].request_ids.tolist()
+    assert rows == [3 * k + 1 for k in range(30)]
