@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -234,3 +235,52 @@ def test_a_poll_in_chunks_joins_every_label_with_its_row(tmp_path, monkeypatch):
     while (taken := feed.next_batch()) is not None:
         rows += taken[0].request_ids.tolist()
     assert rows == [3 * k + 1 for k in range(30)]
+
+
+def _node_feed(tmp_path, **config):
+    clock = Clock()
+    rings = FeedRings.open(tmp_path, create=True, served_bytes=1 << 20, label_bytes=1 << 16)
+    writer = FeedWriter(rings, 100.0, capacity=10_000, clock=clock)
+    feed = Feed(rings, ("user", "tags"), 1, FeedConfig(label_window_s=100.0, **config), clock)
+    return clock, writer, feed
+
+
+def test_the_join_holds_what_tracemalloc_measures(tmp_path):
+    """Feed.nbytes (the account's share for the join and backlog) against what its objects
+    take, by tracemalloc: 4,000 rows waiting for a label, then half of them joined."""
+    clock, writer, feed = _node_feed(tmp_path, backlog_batches=10**6)
+    for k in range(500):
+        serve(writer, 8 * k, 8, at=k / 100)
+    tracemalloc.start()
+    try:
+        feed.poll(now=5.0)
+        waiting = tracemalloc.get_traced_memory()[0]
+        assert feed.cache.sizes()["pending"] == 4000
+        assert 0.85 * waiting <= feed.nbytes() <= 1.15 * waiting
+        for rid in range(0, 4000, 2):
+            clock.now = 5.0 + rid / 10_000
+            assert writer.feedback(rid, 1.0) is Feedback.JOINED
+        feed.poll(now=6.0)
+        feed.report()  # the quality rows go to the node's metrics
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert feed.cache.sizes()["pending"] == 2000 and len(feed.backlog) > 0
+    assert 0.8 * held <= feed.nbytes() <= 1.2 * held  # joined: 0.85 measured
+
+
+def test_the_join_keeps_its_bytes_by_dropping_the_oldest_waiting_rows(tmp_path):
+    clock, writer, feed = _node_feed(tmp_path)
+    for k in range(100):
+        serve(writer, 8 * k, 8, at=k / 100)
+    feed.poll(now=1.0)
+    full = feed.cache.nbytes()
+    feed.set_budget(backlog_bytes=10**6, join_bytes=full // 4)
+    serve(writer, 800, 8, at=1.0)
+    feed.poll(now=1.5)
+    assert feed.cache.nbytes() <= full // 4
+    counts = feed.cache.counts
+    assert counts.dropped_pending > 0 and counts.dropped_pending + 200 >= 808 - 200
+    clock.now = 1.6
+    assert writer.feedback(807, 1.0) is Feedback.JOINED  # the newest still joins
+    assert feed.poll(now=1.6) == 1 and feed.next_batch()[0].request_ids.tolist() == [807]
