@@ -30,9 +30,10 @@ from nodeworker import protocol
 # hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
 # node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
 BACKLOG_SHARE = 0.05
-# the share that served rows waiting for their label (the feed's join, SampleCache.nbytes) may
-# hold: past it the oldest waiting rows are dropped, counted (at 2% of 128 MB, 640 KB: ~1,500
-# rows of 8-row requests, 1 s of the node bench's 1,600 rows a second)
+# the share kept for served rows waiting for their label (the feed's join, SampleCache.nbytes);
+# past it, and past what the rest of the account leaves of the cap (the trainer lends that at
+# every stats), the oldest waiting rows are dropped, counted. At 2% of 128 MB it is 384 KB:
+# ~550 rows of the node bench (~690 bytes a row), a third of a second of its 1,600 rows/s
 JOIN_SHARE = 0.15
 # a table is trained only if its budget holds at least this many active rows at r_min
 MIN_TABLE_ROWS = 16
@@ -61,6 +62,12 @@ class NodeBudget:
     shares: dict[str, int]  # a trained table's share of ``total`` (its budget, its records
     #                         and its part of the page floor and backlog, by its bytes)
     untrained: dict[str, str] = field(default_factory=dict)  # table -> why it gets no budget
+
+    def join_cap(self, others: int) -> int:
+        """The bytes the feed's join may hold while the rest of the account holds ``others``:
+        its share, or what the rest leaves of the cap if more; the tables take that back as
+        they grow (the trainer sets the cap again with every stats, 4 times a second)."""
+        return max(self.join, self.total - others)
 
 
 def plan_node_budget(

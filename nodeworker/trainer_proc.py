@@ -340,6 +340,8 @@ class TrainerLoop:
         for pages in self.private_pages.values():
             pages.release()
         account = self.memory_account()
+        others = account.total - self.feed.cache.nbytes()
+        self.feed.set_budget(self.budget.backlog, self.budget.join_cap(others))
         # the stats carry memory by table: the parts besides the tables (the feed's backlog,
         # top-layer tuning) go to each table by its share of the budget
         rest = account.total - sum(t.total for t in account.tables.values())
