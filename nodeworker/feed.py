@@ -10,121 +10,30 @@ ran in the inference process under its GIL (10-16% of its cpu per request, on th
 
 Inference answers feedback at once (joined / unknown / gone) from a small id-indexed ledger of
 served times, the same rules the cache applies: an id never served is unknown; one already
-labelled, past the label window, or older than ``capacity`` ids is gone.
-
-Each ring is a single-producer single-consumer byte ring in a file of the node's shared-memory
-directory: an int64 header (head: bytes written, tail: bytes read) and the data. The writer
-writes a record only into free space (behind the tail the reader published) and then advances
-the head; the reader copies [tail, head) and only then advances the tail, so neither sees a
-half-written record. (Ordered int64 stores and loads: x86-64 TSO, as in shared_memory.) A record
-that does not fit is dropped and counted by the writer.
+labelled, past the label window, or older than ``capacity`` ids is gone. The rings are
+nodeworker/feed_rings.py's.
 """
 
 from __future__ import annotations
 
-import math
-import mmap
 import struct
 import threading
 import time
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from dlrm_core.batch import SparseBatch
+from nodeworker.feed_rings import FeedRings, record_bytes
 from nodeworker.sample_cache import Feedback, SampleCache, SampleCacheConfig
 
-SERVED_RING_BYTES = 32 << 20  # ~1 KB per 8-row request: ~30 s at 1,300 req/s without a reader
-LABEL_RING_BYTES = 8 << 20  # 32 bytes per label: ~22 s at 12k labels/s
-_HEADER = 16  # head, tail (int64)
-_LEN = struct.Struct("<q")
 _LABEL = struct.Struct("<qdd")  # request id, label, arrival time
 _SERVED = struct.Struct("<qqd")  # first request id, rows, served at
-
-
-class ByteRing:
-    """Single-producer single-consumer ring of byte records in a shared file."""
-
-    def __init__(self, path: Path, capacity: int, create: bool):
-        if capacity % 8:
-            raise ValueError("ring capacity must be a multiple of 8")
-        if create:
-            with path.open("wb") as f:
-                f.truncate(_HEADER + capacity)  # sparse until written
-        with path.open("r+b") as f:
-            self._map = mmap.mmap(f.fileno(), _HEADER + capacity)
-        # a memoryview, not numpy: an item access is ~30 ns instead of ~100 (per label)
-        self._header = memoryview(self._map)[:_HEADER].cast("q")
-        self.capacity = capacity
-
-    def write(self, payload: bytes) -> bool:
-        """Append one record; False when the reader is too far behind (the record is dropped)."""
-        size = 8 + len(payload)
-        padded = -(-size // 8) * 8
-        head, tail = self._header[0], self._header[1]
-        if head - tail + padded > self.capacity:
-            return False
-        self._put(head, _LEN.pack(len(payload)) + payload)
-        self._header[0] = head + padded  # publishes the record
-        return True
-
-    def _put(self, at: int, data: bytes) -> None:
-        pos = at % self.capacity
-        first = min(len(data), self.capacity - pos)
-        self._map[_HEADER + pos : _HEADER + pos + first] = data[:first]
-        if first < len(data):
-            self._map[_HEADER : _HEADER + len(data) - first] = data[first:]
-
-    def read(self) -> list[bytes]:
-        """Every record written since the last read, oldest first (reader side)."""
-        head, tail = self._header[0], self._header[1]
-        if head == tail:
-            return []
-        pos, n = tail % self.capacity, head - tail
-        first = min(n, self.capacity - pos)
-        data = self._map[_HEADER + pos : _HEADER + pos + first]
-        if first < n:
-            data += self._map[_HEADER : _HEADER + n - first]
-        self._header[1] = head  # copied: the writer may reuse the space
-        records, at = [], 0
-        while at < n:
-            (length,) = _LEN.unpack_from(data, at)
-            records.append(data[at + 8 : at + 8 + length])
-            at += -(-(8 + length) // 8) * 8
-        return records
-
-    def close(self) -> None:
-        self._header.release()
-        self._map.close()
-
-
-@dataclass
-class FeedRings:
-    served: ByteRing
-    labels: ByteRing
-
-    @classmethod
-    def open(
-        cls,
-        directory: Path,
-        create: bool,
-        served_bytes: int = SERVED_RING_BYTES,
-        label_bytes: int = LABEL_RING_BYTES,
-    ) -> FeedRings:
-        directory.mkdir(parents=True, exist_ok=True)
-        return cls(
-            ByteRing(directory / "feed-served.ring", served_bytes, create),
-            ByteRing(directory / "feed-labels.ring", label_bytes, create),
-        )
-
-    def close(self) -> None:
-        self.served.close()
-        self.labels.close()
+POLL_BYTES = 256 << 10  # a reader copies at most this much of a ring at a time
 
 
 # --- the inference side --------------------------------------------------------------------
@@ -249,6 +158,7 @@ class FeedConfig:
     batch_rows: int = 256
     backlog_batches: int = 64  # joined batches waiting for the trainer; oldest dropped
     backlog_bytes: int = 2**62  # and at most this many bytes of them (a node's budget share)
+    join_bytes: int = 2**62  # rows waiting for a label or the backlog: at most this many bytes
     train: bool = True  # False: join for the quality metrics only (a node without trainer)
 
 
@@ -269,35 +179,61 @@ class Feed:
         self.config = config
         self.clock = clock
         self.cache = SampleCache(
-            SampleCacheConfig(config.label_window_s, config.max_pending, config.max_ready),
+            SampleCacheConfig(
+                config.label_window_s, config.max_pending, config.max_ready, config.join_bytes
+            ),
             clock=clock,
         )
-        self._scores: OrderedDict[int, float] = OrderedDict()
         self.backlog: deque[tuple[SparseBatch, np.ndarray]] = deque()
         self.dropped_backlog = 0  # joined rows dropped before the trainer took them
         self.to_trainer = 0
         self._quality: list[tuple[np.ndarray, np.ndarray]] = []
+        self._carried: list[tuple[int, float, float]] = []  # labels read before their request
 
     def poll(self, now: float | None = None) -> int:
-        """Move everything the rings hold into the cache in time order, then the joined rows
-        into the quality rows and the backlog. Returns the rows joined."""
-        labels = self.rings.labels.read()  # first: every label's request is in the served ring
-        served = _served_requests(len(self.keys), self.n_dense, self.rings.served.read())
-        pending_label = [_LABEL.unpack(rec) for rec in labels]
+        """Move what the rings held when called into the cache in time order, POLL_BYTES of
+        each ring at a time (a trainer that was starved of cpu finds seconds of traffic there:
+        read at once, they were a transient of ring-sized copies and per-record objects that
+        malloc kept), then the joined rows into the quality rows and the backlog. Returns the
+        rows joined."""
+        when = self.clock() if now is None else now
+        joined = 0
+        served_left, labels_left = self.rings.served.unread(), self.rings.labels.unread()
+        while True:
+            fresh = self.rings.labels.read(POLL_BYTES)
+            labels = self._carried + [_LABEL.unpack(rec) for rec in fresh]
+            records = self.rings.served.read(POLL_BYTES)
+            served_left -= sum(record_bytes(rec) for rec in records)
+            labels_left -= sum(record_bytes(rec) for rec in fresh)
+            # every label read so far has its request in the served ring; once that is read up
+            # to its head, each one's request is in the cache
+            caught_up = self.rings.served.unread() == 0
+            self._carried = self._merge(labels, records, caught_up)
+            joined += self._drain(when)
+            if caught_up and self.rings.labels.unread() == 0:
+                return joined
+            if served_left <= 0 and labels_left <= 0:  # the rest came after the call
+                return joined
+
+    def _merge(
+        self, labels: list[tuple[int, float, float]], records: list[bytes], caught_up: bool
+    ) -> list[tuple[int, float, float]]:
+        """Put the served records and the labels in time order into the cache; returns the
+        labels newer than the last record, kept for the next chunk unless ``caught_up``."""
         i = 0
+        served = _served_requests(len(self.keys), self.n_dense, records)
         for at, ids, values, offsets, dense, scores in served:
-            while i < len(pending_label) and pending_label[i][2] < at:
-                rid, label, t = pending_label[i]
+            while i < len(labels) and labels[i][2] < at:
+                rid, label, t = labels[i]
                 self.cache.feedback(rid, label, now=t)
                 i += 1
-            self.cache.put_arrays(self.keys, values, offsets, dense, [at] * len(ids), ids, now=at)
-            self._scores.update(zip(ids, scores.tolist(), strict=True))
-        for rid, label, t in pending_label[i:]:
+            times = [at] * len(ids)
+            self.cache.put_arrays(self.keys, values, offsets, dense, times, ids, at, scores)
+        if not caught_up:
+            return labels[i:]
+        for rid, label, t in labels[i:]:
             self.cache.feedback(rid, label, now=t)
-        limit = self.config.max_pending + self.config.max_ready
-        while len(self._scores) > limit:
-            self._scores.popitem(last=False)
-        return self._drain(self.clock() if now is None else now)
+        return []
 
     def _drain(self, now: float) -> int:
         joined = 0
@@ -305,18 +241,25 @@ class Feed:
             rows = self.cache.take(self.config.batch_rows, now=now)
             if rows is None:
                 return joined
-            ids = rows.batch.request_ids.tolist()
-            joined += len(ids)
-            scores = np.array([self._scores.pop(i, math.nan) for i in ids])
-            self._quality.append((rows.batch.labels.numpy(), scores))
+            joined += len(rows.batch)
+            self._quality.append((rows.batch.labels.numpy(), rows.scores))
             if self.config.train:
                 self.backlog.append((rows.batch, rows.label_times.numpy()))
                 while len(self.backlog) > self.config.backlog_batches or (
                     len(self.backlog) > 1 and self.backlog_nbytes() > self.config.backlog_bytes
                 ):
                     self.dropped_backlog += len(self.backlog.popleft()[0])
-            if len(ids) < self.config.batch_rows:
+            if len(rows.batch) < self.config.batch_rows:
                 return joined
+
+    def set_budget(self, backlog_bytes: int, join_bytes: int) -> None:
+        """The bytes the backlog and the join may hold from now on (a policy's budget)."""
+        self.config = replace(self.config, backlog_bytes=backlog_bytes, join_bytes=join_bytes)
+        self.cache.config = replace(self.cache.config, max_bytes=join_bytes)
+
+    def nbytes(self) -> int:
+        """Bytes the feed holds: the join's rows (SampleCache.nbytes) and the backlog."""
+        return self.cache.nbytes() + self.backlog_nbytes()
 
     def backlog_nbytes(self) -> int:
         """Bytes of the joined batches waiting for the trainer and their label times."""

@@ -48,7 +48,8 @@ from dlrm_core.checkpoint import CheckpointError, load_model, save_model
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.schema import SparseFeatureSpec, StreamSchema
 from nodeworker import placement, protocol
-from nodeworker.feed import Feed, FeedRings, FeedWriter
+from nodeworker.feed import Feed, FeedWriter
+from nodeworker.feed_rings import FeedRings
 from nodeworker.inference import InferencePath
 from nodeworker.node_budget import NodeBudget, capacity_budget, node_budget, node_table_floor
 from nodeworker.node_events import NodeEvents

@@ -23,6 +23,15 @@ from nodeworker.qos import LatencyWindow
 from nodeworker.trainer_messages import TrainerStats
 
 
+def touched(capacity: int, dtype: type = np.float64) -> np.ndarray:
+    """A zeroed array whose pages are written now: a fixed-size ring's memory is resident from
+    the start (np.zeros maps zero pages, which the OS counted only as the ring filled, so a
+    bounded buffer read as memory growing with time)."""
+    out: np.ndarray = np.empty(capacity, dtype=dtype)
+    out.fill(0)
+    return out
+
+
 class LagRing:
     """The newest ``capacity`` freshness lags and the time each version was served at, in two
     numpy arrays: 12 bytes a lag (a deque of (time, lag) tuples held about 100, 10 MiB on the
@@ -30,8 +39,8 @@ class LagRing:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._times = np.zeros(capacity)
-        self._lags = np.zeros(capacity, dtype=np.float32)
+        self._times = touched(capacity)
+        self._lags = touched(capacity, np.float32)
         self._count = 0  # lags ever added
 
     def extend(self, served_at: float, label_times: list[float]) -> None:
@@ -54,6 +63,39 @@ class LagRing:
         return self._lags[:held][keep].astype(np.float64).tolist()
 
 
+INSTALLS_KEPT = 10_000  # version installs timed: 33 min at the trainer's 5 versions a second
+
+
+class InstallRing:
+    """The newest ``capacity`` version installs (time, copy seconds, locked seconds) in three
+    preallocated arrays (a deque of tuples grew ~144 bytes an install, 14 MiB at 100k)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._columns = [touched(capacity) for _ in range(3)]  # time, copy s, locked s
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def append(self, item: tuple[float, float, float]) -> None:
+        with self._lock:
+            at = self._count % self.capacity
+            for column, value in zip(self._columns, item, strict=True):
+                column[at] = value
+            self._count += 1
+
+    def since(self, since: float) -> list[tuple[float, float]]:
+        """(copy s, locked s) of the installs at or after ``since``, oldest first."""
+        with self._lock:
+            held = min(self._count, self.capacity)
+            order = (np.arange(held) + self._count - held) % self.capacity
+            times, copy, locked = (c[order] for c in self._columns)
+        keep = times >= since
+        return list(zip(copy[keep].tolist(), locked[keep].tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return min(self._count, self.capacity)
+
+
 class RuntimeMetrics:
     def __init__(self, quality_window_s: float = 60.0, max_rows: int = 50_000):
         self.latency = LatencyWindow(window_s=1.0)
@@ -62,7 +104,7 @@ class RuntimeMetrics:
         self.all_service_ms: deque[float] = deque(maxlen=1_000_000)
         self.gc_pauses: deque[tuple[float, float, int]] = deque(maxlen=100_000)  # (ts, s, gen)
         # (ts, seconds copying the version out off the lock, seconds holding the inference lock)
-        self.installs: deque[tuple[float, float, float]] = deque(maxlen=100_000)
+        self.installs = InstallRing(INSTALLS_KEPT)
         self._gc_started = 0.0
         self.quality_window_s = quality_window_s
         self.max_rows = max_rows
@@ -159,7 +201,7 @@ class RuntimeMetrics:
     def stalls(self, since: float = 0.0) -> dict[str, Any]:
         """GC pauses and version installs since ``since`` (time.time()), summed up."""
         pauses = [s for t, s, _ in list(self.gc_pauses) if t >= since]
-        installs = [(b, h) for t, b, h in list(self.installs) if t >= since]
+        installs = self.installs.since(since)
         return {
             "gc_pauses": len(pauses),
             "gc_pause_total_ms": round(1000 * sum(pauses), 2),

@@ -9,7 +9,9 @@ It maps the base tables copy-on-write, so its folds (pruned rows) stay private u
 installs the version that carries them: before writing version v it sends the rows folded since
 the last version through ``ends.folded``, and v's ``aux`` says how many patch messages precede it.
 It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
-inference side only copies it out of shared memory.
+inference side only copies it out of shared memory. Before it reports ready it makes the
+runtime's one-time allocations on a throwaway trainer (nodeworker/trainer_warmup.py), so what
+it holds when ready is its fixed part and what grows after is proportional.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
 from nodeworker.base_pages import PrivateBasePages
-from nodeworker.feed import Feed, FeedConfig, FeedRings
+from nodeworker.feed import Feed, FeedConfig
+from nodeworker.feed_rings import FeedRings
 from nodeworker.node_budget import node_budget, rank_policy, serving_key_bytes
 from nodeworker.qos import DutyCycle
 from nodeworker.shared_memory import (
@@ -66,10 +69,12 @@ from nodeworker.trainer_messages import (
     TrainerReady,
     TrainerStats,
 )
+from nodeworker.trainer_warmup import warm_up
 
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
+WARMUP_STEPS = 60  # the throwaway trainer's steps before ready: past a rank adaptation
 
 
 def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
@@ -133,6 +138,7 @@ class TrainerLoop:
             in_process_join=False,  # the sample cache joins; versions go to shared memory
             node_key_bytes=serving_key_bytes(model.config.table_sizes),
         )
+        warm_up(model.config, config, self.budget.tables, setup.feed.batch_rows, WARMUP_STEPS)
         self.trainer = LiveTrainer(model, config, self.budget.tables)
         # a budget that lowers a table's starting rank makes its event at construction, at
         # stream time 0 (RankController): on a node it happened now (ingest refuses time 0)
@@ -143,7 +149,7 @@ class TrainerLoop:
             FeedRings.open(Path(setup.shm_dir), create=False),
             model.config.feature_names,
             model.config.n_dense,
-            replace(setup.feed, backlog_bytes=self.budget.backlog),
+            replace(setup.feed, backlog_bytes=self.budget.backlog, join_bytes=self.budget.join),
         )
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
@@ -209,7 +215,7 @@ class TrainerLoop:
                 if name not in budget.tables:  # ctl.set_budget refuses, and so the policy
                     raise ValueError(f"table {name!r}: {budget.untrained[name]}")
             self.budget = budget
-            self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
+            self.feed.set_budget(budget.backlog, budget.join)
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
@@ -310,8 +316,8 @@ class TrainerLoop:
 
     def memory_account(self) -> MemoryAccount:
         """The trainer's account (LiveTrainer.memory_account) with the fold records, the node's
-        copies outside the trainer and the feed's backlog, against each table's share of the
-        node's budget (NodeBudget.shares: they add up to the node's cap)."""
+        copies outside the trainer and the feed (its join and backlog), against each table's
+        share of the node's budget (NodeBudget.shares: they add up to the node's cap)."""
         account = self.trainer.memory_account()
         held = self.shared.held_bytes()
         tables = {
@@ -324,7 +330,7 @@ class TrainerLoop:
             )
             for name, table in account.tables.items()
         }
-        pending = account.pending + self.feed.backlog_nbytes()
+        pending = account.pending + self.feed.nbytes()
         return replace(account, tables=tables, pending=pending)
 
     def send_stats(self) -> None:
@@ -334,6 +340,8 @@ class TrainerLoop:
         for pages in self.private_pages.values():
             pages.release()
         account = self.memory_account()
+        others = account.total - self.feed.cache.nbytes()
+        self.feed.set_budget(self.budget.backlog, self.budget.join_cap(others))
         # the stats carry memory by table: the parts besides the tables (the feed's backlog,
         # top-layer tuning) go to each table by its share of the budget
         rest = account.total - sum(t.total for t in account.tables.values())

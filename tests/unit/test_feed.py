@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
-from nodeworker.feed import ByteRing, Feed, FeedConfig, FeedReport, FeedRings, FeedWriter
+from nodeworker import feed as feed_module
+from nodeworker.feed import Feed, FeedConfig, FeedReport, FeedWriter
+from nodeworker.feed_rings import ByteRing, FeedRings
 from nodeworker.join_counts import JoinCounts
 from nodeworker.sample_cache import Feedback
 from tests.unit.test_sample_cache import served
@@ -204,3 +207,80 @@ def test_join_counts_add_up_over_trainers_and_count_what_a_stopped_one_held_as_l
     totals = counts.totals()
     assert totals["joined"] == 15 and totals["expired"] == 2 and totals["to_trainer"] == 15
     assert totals["lost"] == 7 and totals["pending"] == 1 and totals["ready"] == 2
+
+
+def test_a_ring_read_takes_whole_records_within_the_bytes_asked(tmp_path):
+    ring = ByteRing(tmp_path / "r", 256, create=True)
+    for k in range(6):
+        assert ring.write(bytes([k]) * 20)  # 8 + 20 -> 32 bytes each
+    assert ring.unread() == 192
+    assert ring.read(max_bytes=70) == [bytes([0]) * 20, bytes([1]) * 20]
+    assert ring.read(max_bytes=1) == [bytes([2]) * 20]  # at least one record
+    assert ring.unread() == 96
+    assert ring.read() == [bytes([k]) * 20 for k in (3, 4, 5)] and ring.unread() == 0
+
+
+def test_a_poll_in_chunks_joins_every_label_with_its_row(tmp_path, monkeypatch):
+    """A reader that was starved finds many requests and labels in the rings: it reads them a
+    few records at a time, and a label read before its request still joins it."""
+    monkeypatch.setattr(feed_module, "POLL_BYTES", 200)  # a record or two per read
+    clock, writer, feed = feed_pair(tmp_path, window=100.0, backlog_batches=1000)
+    for k in range(30):
+        serve(writer, 3 * k, 3, at=float(k))
+        clock.now = k + 0.5
+        assert writer.feedback(3 * k + 1, 1.0) is Feedback.JOINED
+    assert feed.poll(now=30.0) == 30
+    assert feed.cache.counts.unknown_feedback == 0 and feed.cache.counts.joined == 30
+    rows = []
+    while (taken := feed.next_batch()) is not None:
+        rows += taken[0].request_ids.tolist()
+    assert rows == [3 * k + 1 for k in range(30)]
+
+
+def _node_feed(tmp_path, **config):
+    clock = Clock()
+    rings = FeedRings.open(tmp_path, create=True, served_bytes=1 << 20, label_bytes=1 << 16)
+    writer = FeedWriter(rings, 100.0, capacity=10_000, clock=clock)
+    feed = Feed(rings, ("user", "tags"), 1, FeedConfig(label_window_s=100.0, **config), clock)
+    return clock, writer, feed
+
+
+def test_the_join_holds_what_tracemalloc_measures(tmp_path):
+    """Feed.nbytes (the account's share for the join and backlog) against what its objects
+    take, by tracemalloc: 4,000 rows waiting for a label, then half of them joined."""
+    clock, writer, feed = _node_feed(tmp_path, backlog_batches=10**6)
+    for k in range(500):
+        serve(writer, 8 * k, 8, at=k / 100)
+    tracemalloc.start()
+    try:
+        feed.poll(now=5.0)
+        waiting = tracemalloc.get_traced_memory()[0]
+        assert feed.cache.sizes()["pending"] == 4000
+        assert 0.85 * waiting <= feed.nbytes() <= 1.15 * waiting
+        for rid in range(0, 4000, 2):
+            clock.now = 5.0 + rid / 10_000
+            assert writer.feedback(rid, 1.0) is Feedback.JOINED
+        feed.poll(now=6.0)
+        feed.report()  # the quality rows go to the node's metrics
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert feed.cache.sizes()["pending"] == 2000 and len(feed.backlog) > 0
+    assert 0.8 * held <= feed.nbytes() <= 1.2 * held  # joined: 0.85 measured
+
+
+def test_the_join_keeps_its_bytes_by_dropping_the_oldest_waiting_rows(tmp_path):
+    clock, writer, feed = _node_feed(tmp_path)
+    for k in range(100):
+        serve(writer, 8 * k, 8, at=k / 100)
+    feed.poll(now=1.0)
+    full = feed.cache.nbytes()
+    feed.set_budget(backlog_bytes=10**6, join_bytes=full // 4)
+    serve(writer, 800, 8, at=1.0)
+    feed.poll(now=1.5)
+    assert feed.cache.nbytes() <= full // 4
+    counts = feed.cache.counts
+    assert counts.dropped_pending > 0 and counts.dropped_pending + 200 >= 808 - 200
+    clock.now = 1.6
+    assert writer.feedback(807, 1.0) is Feedback.JOINED  # the newest still joins
+    assert feed.poll(now=1.6) == 1 and feed.next_batch()[0].request_ids.tolist() == [807]

@@ -8,7 +8,14 @@ import os
 import numpy as np
 
 from nodeworker.feed import FeedReport
-from nodeworker.runtime_metrics import LagRing, MeasuredMemory, RuntimeMetrics, smaps_rollup
+from nodeworker.runtime_metrics import (
+    InstallRing,
+    LagRing,
+    MeasuredMemory,
+    RuntimeMetrics,
+    smaps_rollup,
+    touched,
+)
 from nodeworker.trainer_messages import TrainerStats
 
 
@@ -86,3 +93,32 @@ def test_the_lag_ring_keeps_the_newest_lags_and_wraps():
     assert sorted(ring.since(15.0)) == [1.0, 2.0, 3.0]
     ring.extend(30.0, [float(t) for t in range(20, 28)])  # more than it holds: the newest 5
     assert sorted(ring.since(0.0)) == [3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def test_install_times_keep_the_newest_and_read_oldest_first():
+    ring = InstallRing(3)
+    assert ring.since(0.0) == [] and len(ring) == 0
+    for i in range(5):  # wraps: the two oldest are gone
+        ring.append((10.0 + i, 0.1 * i, 0.01 * i))
+    assert len(ring) == 3
+    assert ring.since(0.0) == [(0.1 * i, 0.01 * i) for i in (2, 3, 4)]
+    assert ring.since(13.0) == [(0.30000000000000004, 0.03), (0.4, 0.04)]
+    metrics = RuntimeMetrics()
+    metrics.installed(1, 100.0, 0.002, 0.0005)
+    metrics.installed(2, 101.0, 0.004, 0.001)
+    stalls = metrics.stalls(since=100.5)
+    assert stalls["installs"] == 1 and stalls["install_copy_mean_ms"] == 4.0
+    assert stalls["install_locked_max_ms"] == 1.0
+
+
+def test_a_fixed_ring_is_resident_from_the_start_not_as_it_fills():
+    """/proc: a touched array's pages count when it is made (np.zeros maps zero pages the OS
+    counts only once written: a bounded ring then reads as memory growing with time)."""
+    me = os.getpid()
+    before = smaps_rollup(me)["Pss_Anon"]  # type: ignore[index]
+    ring = touched(4 << 20)  # 32 MiB of float64
+    after = smaps_rollup(me)["Pss_Anon"]  # type: ignore[index]
+    assert after - before >= 30 << 20 and not ring.any()
+    lazy = np.zeros(4 << 20)
+    assert smaps_rollup(me)["Pss_Anon"] - after < 4 << 20  # type: ignore[index]
+    assert lazy.shape == ring.shape

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dlrm_core.model import DLRM, DLRMConfig, base_weight
-from nodeworker.feed import FeedRings, FeedWriter
+from nodeworker.feed import FeedWriter
+from nodeworker.feed_rings import FeedRings
 from nodeworker.inference import InferencePath
 from nodeworker.qos import QosController
 from nodeworker.runtime_metrics import RuntimeMetrics
