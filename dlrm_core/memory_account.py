@@ -9,8 +9,8 @@ since a reader last took a version), and on a node the record of folded rows its
 inference has not caught up with (nodeworker/base_pages.py) and the node's copies outside the
 trainer: its shared-memory slots' factors and serving layouts and inference's installed layout
 (nodeworker/shared_memory.py SharedFactors.held_bytes). Besides the tables: the label join's
-pending served batches and the replay window (on a node: the feed's join and its backlog of
-joined batches, each held within its share of the budget, nodeworker/node_budget.py). The budget
+pending served batches and the replay window (on a node: the feed's backlog of joined batches,
+held within its share of the budget, nodeworker/trainer_proc.py BACKLOG_SHARE). The budget
 caps the tables' parts (RankController plans within it and evicts or refuses before exceeding
 it); ``within_budget`` checks the whole. MemoryReport is one LiveEmbedding's part of it, as
 LiveEmbedding.memory measures it.

@@ -16,13 +16,14 @@ nodeworker/feed_rings.py's.
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 import time
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -158,7 +159,6 @@ class FeedConfig:
     batch_rows: int = 256
     backlog_batches: int = 64  # joined batches waiting for the trainer; oldest dropped
     backlog_bytes: int = 2**62  # and at most this many bytes of them (a node's budget share)
-    join_bytes: int = 2**62  # rows waiting for a label or the backlog: at most this many bytes
     train: bool = True  # False: join for the quality metrics only (a node without trainer)
 
 
@@ -179,11 +179,10 @@ class Feed:
         self.config = config
         self.clock = clock
         self.cache = SampleCache(
-            SampleCacheConfig(
-                config.label_window_s, config.max_pending, config.max_ready, config.join_bytes
-            ),
+            SampleCacheConfig(config.label_window_s, config.max_pending, config.max_ready),
             clock=clock,
         )
+        self._scores: OrderedDict[int, float] = OrderedDict()
         self.backlog: deque[tuple[SparseBatch, np.ndarray]] = deque()
         self.dropped_backlog = 0  # joined rows dropped before the trainer took them
         self.to_trainer = 0
@@ -227,8 +226,11 @@ class Feed:
                 rid, label, t = labels[i]
                 self.cache.feedback(rid, label, now=t)
                 i += 1
-            times = [at] * len(ids)
-            self.cache.put_arrays(self.keys, values, offsets, dense, times, ids, at, scores)
+            self.cache.put_arrays(self.keys, values, offsets, dense, [at] * len(ids), ids, now=at)
+            self._scores.update(zip(ids, scores.tolist(), strict=True))
+        limit = self.config.max_pending + self.config.max_ready
+        while len(self._scores) > limit:
+            self._scores.popitem(last=False)
         if not caught_up:
             return labels[i:]
         for rid, label, t in labels[i:]:
@@ -241,25 +243,18 @@ class Feed:
             rows = self.cache.take(self.config.batch_rows, now=now)
             if rows is None:
                 return joined
-            joined += len(rows.batch)
-            self._quality.append((rows.batch.labels.numpy(), rows.scores))
+            ids = rows.batch.request_ids.tolist()
+            joined += len(ids)
+            scores = np.array([self._scores.pop(i, math.nan) for i in ids])
+            self._quality.append((rows.batch.labels.numpy(), scores))
             if self.config.train:
                 self.backlog.append((rows.batch, rows.label_times.numpy()))
                 while len(self.backlog) > self.config.backlog_batches or (
                     len(self.backlog) > 1 and self.backlog_nbytes() > self.config.backlog_bytes
                 ):
                     self.dropped_backlog += len(self.backlog.popleft()[0])
-            if len(rows.batch) < self.config.batch_rows:
+            if len(ids) < self.config.batch_rows:
                 return joined
-
-    def set_budget(self, backlog_bytes: int, join_bytes: int) -> None:
-        """The bytes the backlog and the join may hold from now on (a policy's budget)."""
-        self.config = replace(self.config, backlog_bytes=backlog_bytes, join_bytes=join_bytes)
-        self.cache.config = replace(self.cache.config, max_bytes=join_bytes)
-
-    def nbytes(self) -> int:
-        """Bytes the feed holds: the join's rows (SampleCache.nbytes) and the backlog."""
-        return self.cache.nbytes() + self.backlog_nbytes()
 
     def backlog_nbytes(self) -> int:
         """Bytes of the joined batches waiting for the trainer and their label times."""

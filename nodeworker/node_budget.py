@@ -4,8 +4,7 @@ shared factor slots, their capacities) and the trainer (each table's budget, the
 
 Out of the pool come, once per node: the page floor of its shared-memory slots
 (row_budget.NODE_PAGE_FLOOR: every slot is one arena for all tables, so a node pays one partly
-used page a slot, however many tables it has) and the feed's shares (its backlog of joined
-batches, its join's rows waiting for a label); per trained table:
+used page a slot, however many tables it has) and the feed's backlog share; per trained table:
 its fold records (FoldBitmap, a flag per base page) and its floor (B and its optimizer state at
 r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows). What is left goes to
 the trained tables in proportion to their bytes, on top of their floors. Tables are trained
@@ -29,12 +28,7 @@ from nodeworker import protocol
 # the share of the pool that joined rows waiting for the trainer (the feed's backlog) may
 # hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
 # node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
-BACKLOG_SHARE = 0.05
-# the share kept for served rows waiting for their label (the feed's join, SampleCache.nbytes);
-# past it, and past what the rest of the account leaves of the cap (the trainer lends that at
-# every stats), the oldest waiting rows are dropped, counted. At 2% of 128 MB it is 384 KB:
-# ~550 rows of the node bench (~690 bytes a row), a third of a second of its 1,600 rows/s
-JOIN_SHARE = 0.15
+BACKLOG_SHARE = 0.15
 # a table is trained only if its budget holds at least this many active rows at r_min
 MIN_TABLE_ROWS = 16
 # the shared factor slots hold any budget a policy may set (protocol: memory_budget_pct <= 10);
@@ -57,17 +51,10 @@ class NodeBudget:
     pct: float
     total: int  # pct of all the node's tables' bytes: the cap of the whole proportional part
     backlog: int  # the feed's backlog may hold this much
-    join: int  # and its rows waiting for a label this much
     tables: dict[str, int]  # a trained table's budget for its LoRA state and its node copies
     shares: dict[str, int]  # a trained table's share of ``total`` (its budget, its records
     #                         and its part of the page floor and backlog, by its bytes)
     untrained: dict[str, str] = field(default_factory=dict)  # table -> why it gets no budget
-
-    def join_cap(self, others: int) -> int:
-        """The bytes the feed's join may hold while the rest of the account holds ``others``:
-        its share, or what the rest leaves of the cap if more; the tables take that back as
-        they grow (the trainer sets the cap again with every stats, 4 times a second)."""
-        return max(self.join, self.total - others)
 
 
 def plan_node_budget(
@@ -82,8 +69,8 @@ def plan_node_budget(
     with when a policy changes; one it can no longer hold is untrained, with the reason)."""
     nbytes = {name: rows * dim * 4 for name, (rows, dim) in sizes.items()}
     total = pct_bytes(sum(nbytes.values()), pct)
-    backlog, join = int(total * BACKLOG_SHARE), int(total * JOIN_SHARE)
-    pool = total - backlog - join - NODE_PAGE_FLOOR
+    backlog = int(total * BACKLOG_SHARE)
+    pool = total - backlog - NODE_PAGE_FLOOR
     untrained: dict[str, str] = {}
     chosen: list[str] = []
     need = 0  # the floors and records of the tables chosen so far
@@ -98,8 +85,8 @@ def plan_node_budget(
             untrained[name] = (
                 f"{pct:g}% of the node's {sum(nbytes.values())} bytes of tables is {total} "
                 f"bytes; less the node's page floor ({NODE_PAGE_FLOOR}), the feed's backlog "
-                f"and join shares ({backlog + join}) and {len(chosen)} larger table(s) ({need}) "
-                f"it does not hold this table's floor and fold records ({cost})"
+                f"share ({backlog}) and {len(chosen)} larger table(s) ({need}) it does not "
+                f"hold this table's floor and fold records ({cost})"
             )
     trained_bytes = sum(nbytes[n] for n in chosen)
     left = pool - need
@@ -111,7 +98,7 @@ def plan_node_budget(
     shares = {
         n: tables[n] + record_bytes(*sizes[n]) + fixed * nbytes[n] // trained_bytes for n in chosen
     }
-    return NodeBudget(pct, total, backlog, join, tables, shares, untrained)
+    return NodeBudget(pct, total, backlog, tables, shares, untrained)
 
 
 def capacity_budget(table_bytes: int, table_floor: int) -> int:

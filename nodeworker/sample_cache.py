@@ -14,8 +14,6 @@ holding only untracked objects.
 from __future__ import annotations
 
 import enum
-import math
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -32,20 +30,16 @@ class SampleCacheConfig:
     label_window_s: float = 30.0  # a request with no label after this is a negative
     max_pending: int = 200_000  # requests waiting for a label
     max_ready: int = 100_000  # joined rows the trainer has not taken yet
-    max_bytes: int = 2**62  # and at most this many bytes held (nbytes; a node's budget share)
 
     def __post_init__(self) -> None:
         if self.label_window_s <= 0 or self.max_pending < 1 or self.max_ready < 1:
             raise ValueError("label_window_s must be > 0, max_pending and max_ready >= 1")
-        if self.max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
 
 
 @dataclass(frozen=True)
 class JoinedRows:
     batch: SparseBatch  # labels filled in
     label_times: torch.Tensor  # (B,) float64: when each label became known (arrival or timeout)
-    scores: np.ndarray  # (B,) float64: what serving scored each row (nan when not given)
 
 
 class Feedback(enum.Enum):
@@ -69,8 +63,7 @@ class CacheCounts:
         return dict(self.__dict__)
 
 
-# a served batch as kept: keys, values, bag bounds (offsets + nnz), dense, timestamps, ids,
-# scores (None: not given)
+# a served batch as kept: keys, values, bag bounds (offsets + nnz), dense, timestamps, ids
 _Kept = tuple[
     tuple[str, ...],
     tuple[np.ndarray, ...],
@@ -78,14 +71,7 @@ _Kept = tuple[
     np.ndarray,
     tuple[float, ...],
     tuple[int, ...],
-    np.ndarray | None,
 ]
-# bytes a row holds beside its containers' slots (sys.getsizeof of the dicts and the deque:
-# a dict keeps the table of its largest size) while it waits for its label (its (served at,
-# batch key, row) tuple) and once joined (its (key, row, label, at) tuple and two floats);
-# tests/unit/test_feed.py holds Feed.nbytes to within 15-20% of what tracemalloc measures
-PENDING_ROW_BYTES = 64
-READY_ROW_BYTES = 120
 
 
 class SampleCache:
@@ -99,8 +85,6 @@ class SampleCache:
         self._ready: deque[tuple[int, int, float, float]] = deque()
         self._batches: dict[int, _Kept] = {}
         self._refs: dict[int, int] = {}
-        self._kept_bytes: dict[int, int] = {}  # a kept batch's bytes (_held_bytes)
-        self._held = 0  # their sum
         self._next_key = 0
         self._max_id = -1
         self._lock = threading.Lock()
@@ -126,11 +110,9 @@ class SampleCache:
         timestamps: list[float],
         ids: list[int],
         now: float | None = None,
-        scores: np.ndarray | None = None,
     ) -> None:
         """``put`` of a batch as numpy arrays, kept as they are (the caller's must not change):
-        what the feed reads from its ring, without building a SparseBatch per request;
-        ``scores``: what serving scored its rows, handed on with them (JoinedRows.scores)."""
+        what the feed reads from its ring, without building a SparseBatch per request."""
         now = self.clock() if now is None else now
         with self._lock:
             if ids and (min(ids) <= self._max_id or len(set(ids)) != len(ids)):
@@ -147,18 +129,13 @@ class SampleCache:
                 dense,
                 tuple(timestamps),
                 tuple(ids),
-                scores,
             )
             self._refs[key] = len(ids)
-            self._kept_bytes[key] = _held_bytes(self._batches[key])
-            self._held += self._kept_bytes[key]
             for row, rid in enumerate(ids):
                 self._pending[rid] = (now, key, row)
             self._max_id = max(ids)
             self.counts.served += len(ids)
-            while len(self._pending) > self.config.max_pending or (
-                len(self._pending) > 1 and self._nbytes() > self.config.max_bytes
-            ):
+            while len(self._pending) > self.config.max_pending:
                 _, (_, k, _) = self._pending.popitem(last=False)
                 self._release(k)
                 self.counts.dropped_pending += 1
@@ -192,17 +169,11 @@ class SampleCache:
             picked = [self._ready.popleft() for _ in range(min(max_rows, len(self._ready)))]
             if not picked:
                 return None
-            batch, scores = self._gather(picked)
+            batch = self._gather(picked)
             for key, _, _, _ in picked:
                 self._release(key)
             self.counts.taken += len(picked)
-        times = torch.tensor([t for *_, t in picked], dtype=torch.float64)
-        return JoinedRows(batch, times, scores)
-
-    def nbytes(self) -> int:
-        """Bytes the cache holds: its kept batches and its waiting and joined rows."""
-        with self._lock:
-            return self._nbytes()
+        return JoinedRows(batch, torch.tensor([t for *_, t in picked], dtype=torch.float64))
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
@@ -213,11 +184,6 @@ class SampleCache:
             }
 
     # --- internals (lock held) ---
-
-    def _nbytes(self) -> int:
-        rows = len(self._pending) * PENDING_ROW_BYTES + len(self._ready) * READY_ROW_BYTES
-        tables = (self._pending, self._ready, self._batches, self._refs, self._kept_bytes)
-        return self._held + rows + sum(map(sys.getsizeof, tables))
 
     def _expire(self, now: float) -> int:
         cutoff = now - self.config.label_window_s
@@ -243,22 +209,17 @@ class SampleCache:
         self._refs[key] -= 1
         if self._refs[key] == 0:
             del self._refs[key], self._batches[key]
-            self._held -= self._kept_bytes.pop(key)
 
-    def _gather(
-        self, picked: list[tuple[int, int, float, float]]
-    ) -> tuple[SparseBatch, np.ndarray]:
+    def _gather(self, picked: list[tuple[int, int, float, float]]) -> SparseBatch:
         """One batch of the picked rows, labels filled in (rows of many small served batches:
-        slicing each bag is far cheaper than SparseBatch.select + concat per row), and their
-        served scores."""
+        slicing each bag is far cheaper than SparseBatch.select + concat per row)."""
         keys = self._batches[picked[0][0]][0]
         n_features = len(keys)
         values: list[list[np.ndarray]] = [[] for _ in range(n_features)]
         lengths: list[list[int]] = [[] for _ in range(n_features)]
-        dense, stamps, rids, scores = [], [], [], []
+        dense, stamps, rids = [], [], []
         for key, row, _, _ in picked:
-            _, kept_values, bounds, kept_dense, times, kept_ids, kept_scores = self._batches[key]
-            scores.append(math.nan if kept_scores is None else float(kept_scores[row]))
+            _, kept_values, bounds, kept_dense, times, kept_ids = self._batches[key]
             for f in range(n_features):
                 low, high = bounds[f][row], bounds[f][row + 1]
                 values[f].append(kept_values[f][low:high])
@@ -270,7 +231,7 @@ class SampleCache:
         for f in range(n_features):
             lens = np.array(lengths[f], dtype=np.int64)
             offsets.append(torch.from_numpy(np.cumsum(lens) - lens))
-        batch = SparseBatch(
+        return SparseBatch(
             keys,
             tuple(torch.from_numpy(np.concatenate(v)) for v in values),
             tuple(offsets),
@@ -279,19 +240,3 @@ class SampleCache:
             torch.tensor(stamps, dtype=torch.float64),
             torch.tensor(rids, dtype=torch.int64),
         )
-        return batch, np.array(scores)
-
-
-def _held_bytes(kept: _Kept) -> int:
-    """What a kept batch holds in memory: its tuples, numbers and arrays, each buffer once (the
-    feed's arrays are views of one record)."""
-    _, values, bounds, dense, times, ids, scores = kept
-    arrays = [*values, dense, *([] if scores is None else [scores])]
-    buffers = {id(a.base): a.base for a in arrays if a.base is not None}
-    nbytes = sum(sys.getsizeof(a) for a in arrays) + sum(map(sys.getsizeof, buffers.values()))
-    nbytes += sys.getsizeof(kept) + sys.getsizeof(bounds)
-    # each distinct float and each int past the small ones Python caches: 24 and 32 bytes
-    nbytes += sum(sys.getsizeof(b) + sum(32 for x in b if x > 256) for b in bounds)
-    nbytes += sys.getsizeof(times) + 24 * len({id(t) for t in times})
-    nbytes += sys.getsizeof(ids) + sum(32 for x in ids if x > 256)
-    return nbytes + 32  # its key (an int)

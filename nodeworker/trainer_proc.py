@@ -149,7 +149,7 @@ class TrainerLoop:
             FeedRings.open(Path(setup.shm_dir), create=False),
             model.config.feature_names,
             model.config.n_dense,
-            replace(setup.feed, backlog_bytes=self.budget.backlog, join_bytes=self.budget.join),
+            replace(setup.feed, backlog_bytes=self.budget.backlog),
         )
         self.feed_cpu_s = 0.0
         self.version = setup.start_version
@@ -215,7 +215,7 @@ class TrainerLoop:
                 if name not in budget.tables:  # ctl.set_budget refuses, and so the policy
                     raise ValueError(f"table {name!r}: {budget.untrained[name]}")
             self.budget = budget
-            self.feed.set_budget(budget.backlog, budget.join)
+            self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
@@ -316,8 +316,8 @@ class TrainerLoop:
 
     def memory_account(self) -> MemoryAccount:
         """The trainer's account (LiveTrainer.memory_account) with the fold records, the node's
-        copies outside the trainer and the feed (its join and backlog), against each table's
-        share of the node's budget (NodeBudget.shares: they add up to the node's cap)."""
+        copies outside the trainer and the feed's backlog, against each table's share of the
+        node's budget (NodeBudget.shares: they add up to the node's cap)."""
         account = self.trainer.memory_account()
         held = self.shared.held_bytes()
         tables = {
@@ -330,7 +330,7 @@ class TrainerLoop:
             )
             for name, table in account.tables.items()
         }
-        pending = account.pending + self.feed.nbytes()
+        pending = account.pending + self.feed.backlog_nbytes()
         return replace(account, tables=tables, pending=pending)
 
     def send_stats(self) -> None:
@@ -340,8 +340,6 @@ class TrainerLoop:
         for pages in self.private_pages.values():
             pages.release()
         account = self.memory_account()
-        others = account.total - self.feed.cache.nbytes()
-        self.feed.set_budget(self.budget.backlog, self.budget.join_cap(others))
         # the stats carry memory by table: the parts besides the tables (the feed's backlog,
         # top-layer tuning) go to each table by its share of the budget
         rest = account.total - sum(t.total for t in account.tables.values())

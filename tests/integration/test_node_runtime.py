@@ -258,20 +258,14 @@ def test_factors_survive_a_trainer_crash_and_a_node_restart(tmp_path):
         wait_until(lambda: runtime.shared.version > snap["version"], 30, "the restored version")
         restored = runtime.shared.read().tables["user_id"]
         assert torch.equal(restored.ids, saved.ids) and torch.allclose(restored.a, saved.A)
-        # the new trainer resumes the join where the dead one left the rings: each of the 160
-        # rows served now is joined, or dropped and counted where the restored factors leave the
-        # join less of this small node's budget than a burst of 160 waiting rows takes
-        before = runtime.operations.feed_counts()
+        # the new trainer resumes the join where the dead one left the rings
+        joined = runtime.operations.feed_counts()["joined"]
         serve_and_label(runtime, traffic, 20)
-
-        def settled() -> bool:
-            after = runtime.operations.feed_counts()
-            return after["joined"] + after["dropped_pending"] == (
-                before["joined"] + before["dropped_pending"] + 160
-            )
-
-        wait_until(settled, 30, "the new trainer's join")
-        assert runtime.operations.feed_counts()["joined"] > before["joined"]
+        wait_until(
+            lambda: runtime.operations.feed_counts()["joined"] >= joined + 160,
+            30,
+            "the new trainer's join",
+        )
     stale = tmp_path / "shm" / f"liveupdate-t-crash-{dead_pid}"  # as a kill -9 leaves it
     stale.mkdir()
     with running_node(tmp_path, name="t-crash") as (again, _):

@@ -3,10 +3,8 @@ and the join there keeps the sample cache's semantics."""
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -236,64 +234,3 @@ def test_a_poll_in_chunks_joins_every_label_with_its_row(tmp_path, monkeypatch):
     while (taken := feed.next_batch()) is not None:
         rows += taken[0].request_ids.tolist()
     assert rows == [3 * k + 1 for k in range(30)]
-
-
-def _node_feed(tmp_path, **config):
-    clock = Clock()
-    rings = FeedRings.open(tmp_path, create=True, served_bytes=1 << 20, label_bytes=1 << 16)
-    writer = FeedWriter(rings, 100.0, capacity=10_000, clock=clock)
-    feed = Feed(rings, ("user", "tags"), 1, FeedConfig(label_window_s=100.0, **config), clock)
-    return clock, writer, feed
-
-
-def _join_bytes(tmp_path, joined: bool) -> tuple[int, int]:
-    """(Feed.nbytes, the bytes its objects hold by tracemalloc) with 4,000 rows waiting for a
-    label, or with half of them joined. What the feed holds is what Python gets back when it is
-    dropped: one-time allocations of the process (imports, numpy's caches) stay out of it."""
-    tracemalloc.start()
-    try:
-        clock, writer, feed = _node_feed(tmp_path, backlog_batches=10**6)
-        for k in range(500):
-            serve(writer, 8 * k, 8, at=k / 100)
-        feed.poll(now=5.0)
-        assert feed.cache.sizes()["pending"] == 4000
-        if joined:
-            for rid in range(0, 4000, 2):
-                clock.now = 5.0 + rid / 10_000
-                assert writer.feedback(rid, 1.0) is Feedback.JOINED
-            feed.poll(now=6.0)
-            feed.report()  # the quality rows go to the node's metrics
-            assert feed.cache.sizes()["pending"] == 2000 and len(feed.backlog) > 0
-        accounted, with_feed = feed.nbytes(), tracemalloc.get_traced_memory()[0]
-        del feed  # the writer is the serving side's: it stays
-        gc.collect()
-        return accounted, with_feed - tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-
-
-@pytest.mark.parametrize(
-    ("joined", "within"), [(False, 0.15), (True, 0.2)], ids=["waiting", "half-joined"]
-)
-def test_the_join_holds_what_tracemalloc_measures(tmp_path, joined, within):
-    """Feed.nbytes, the account's share for the join and the backlog, against what its objects
-    take (measured 0.99 waiting, 0.84 half joined)."""
-    accounted, measured = _join_bytes(tmp_path, joined)
-    assert (1 - within) * measured <= accounted <= (1 + within) * measured
-
-
-def test_the_join_keeps_its_bytes_by_dropping_the_oldest_waiting_rows(tmp_path):
-    clock, writer, feed = _node_feed(tmp_path)
-    for k in range(100):
-        serve(writer, 8 * k, 8, at=k / 100)
-    feed.poll(now=1.0)
-    full = feed.cache.nbytes()
-    feed.set_budget(backlog_bytes=10**6, join_bytes=full // 4)
-    serve(writer, 800, 8, at=1.0)
-    feed.poll(now=1.5)
-    assert feed.cache.nbytes() <= full // 4
-    counts = feed.cache.counts
-    assert counts.dropped_pending > 0 and counts.dropped_pending + 200 >= 808 - 200
-    clock.now = 1.6
-    assert writer.feedback(807, 1.0) is Feedback.JOINED  # the newest still joins
-    assert feed.poll(now=1.6) == 1 and feed.next_batch()[0].request_ids.tolist() == [807]

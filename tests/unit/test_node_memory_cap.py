@@ -19,13 +19,7 @@ from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import TableFactors
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
 from nodeworker import protocol
-from nodeworker.node_budget import (
-    JOIN_SHARE,
-    MIN_TABLE_ROWS,
-    capacity_budget,
-    node_budget,
-    plan_node_budget,
-)
+from nodeworker.node_budget import MIN_TABLE_ROWS, capacity_budget, node_budget, plan_node_budget
 from nodeworker.shared_memory import SharedFactors, TableCapacity, installed_bytes
 from tests.unit.test_feed import feed_pair, serve
 from tests.unit.test_trainer import CFG, ITEMS, Stream, pretrained
@@ -248,13 +242,3 @@ def test_a_table_is_trained_only_with_room_for_a_few_rows():
     assert rows >= MIN_TABLE_ROWS
     policy, _ = protocol.validate_policy({"memory_budget_pct": 10.0})
     assert set(node_budget(config, policy).tables) == {"user", "item", "c0", "c1"}
-
-
-def test_the_join_holds_its_share_and_borrows_only_what_the_rest_leaves_of_the_cap():
-    budget = plan_node_budget({"big": (1_000_000, 16)}, 2.0, DEMO_FLOOR)
-    assert budget.join == int(budget.total * JOIN_SHARE) > 0
-    assert budget.join_cap(others=budget.total) == budget.join  # a full account: the share
-    assert budget.join_cap(others=budget.total // 2) == budget.total - budget.total // 2
-    # the reserved parts never take the tables' pool: shares add up to the cap
-    assert sum(budget.shares.values()) <= budget.total
-    assert budget.backlog + budget.join + sum(budget.tables.values()) <= budget.total
