@@ -94,8 +94,6 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Under ASGI a persistent connection is not reused across requests, it leaks until
     # CONN_MAX_AGE: a short load test exhausted max_connections. Requests share a pool instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    # Django's backend with a pool that checks a connection without a query when it is quiet
-    DATABASES["default"]["ENGINE"] = "controlplane.postgresql"
     DATABASES["default"]["OPTIONS"].setdefault(
         "pool", {"min_size": 1, "max_size": env_int("LIVEUPDATE_DB_POOL_SIZE", 8, minimum=1)}
     )
