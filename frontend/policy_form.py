@@ -101,6 +101,14 @@ GROUPS: tuple[Group, ...] = (
                 "The cluster's changed rows and MLPs replace the node's; the other rows keep "
                 "their corrections. 0: off.",
             ),
+            Field(
+                "lr_top",
+                "Top MLP learning rate",
+                "",
+                "The node tunes its top MLP's last layers between the cluster's. 0: off (the "
+                "measured default: it cost AUC on MovieLens and Criteo).",
+            ),
+            Field("top_layers", "Top MLP layers tuned", "layers"),
         ),
         TRAINER_MODES,
     ),
