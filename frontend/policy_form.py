@@ -101,14 +101,20 @@ GROUPS: tuple[Group, ...] = (
                 "The cluster's changed rows and MLPs replace the node's; the other rows keep "
                 "their corrections. 0: off.",
             ),
+        ),
+        TRAINER_MODES,
+    ),
+    Group(
+        "Top MLP tuning",
+        (
             Field(
                 "lr_top",
-                "Top MLP learning rate",
+                "Learning rate",
                 "",
                 "The node tunes its top MLP's last layers between the cluster's. 0: off (the "
                 "measured default: it cost AUC on MovieLens and Criteo).",
             ),
-            Field("top_layers", "Top MLP layers tuned", "layers"),
+            Field("top_layers", "Last layers tuned", "layers", "At most the top MLP's depth."),
         ),
         TRAINER_MODES,
     ),
