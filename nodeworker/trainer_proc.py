@@ -70,7 +70,7 @@ from nodeworker.trainer_messages import (
     TrainerStats,
 )
 from nodeworker.trainer_warmup import warm_up
-from nodeworker.tuned_top import TopTuning, tuned_layers
+from nodeworker.tuned_top import TopTuning, fitting, trainer_fields
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,9 @@ class TrainerLoop:
     def __init__(self, setup: TrainerSetup, ends: TrainerEnds) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
-        self.setup = setup
-        self.ends = ends
         model = load_model(setup.checkpoint)
+        self.setup = setup = replace(setup, policy=fitting(model.config, setup.policy))
+        self.ends = ends
         map_base_tables(model, Path(setup.shm_dir), shared=False)
         self.dim = model.config.embedding_dim
         self.model_config = model.config
@@ -138,8 +138,7 @@ class TrainerLoop:
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
             node_key_bytes=serving_key_bytes(model.config.table_sizes),
-            lr_top=setup.policy.lr_top,
-            top_layers=tuned_layers(model.config, setup.policy),
+            **trainer_fields(model.config, setup.policy),
         )
         warm_up(model.config, config, self.budget.tables, setup.feed.batch_rows, WARMUP_STEPS)
         self.trainer = LiveTrainer(model, config, self.budget.tables)

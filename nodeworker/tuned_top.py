@@ -19,7 +19,9 @@ restore brings others.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -31,9 +33,14 @@ from nodeworker import protocol
 if TYPE_CHECKING:
     from dlrm_core.trainer import LiveTrainer
 
+log = logging.getLogger(__name__)
+
 # gradients, Adagrad's accumulators, the published copy waiting to be installed
 TUNED_COPIES = 3
 STEP_BYTES = 4  # Adagrad's step counter, one float32 per tuned parameter tensor
+# tuning may hold at most this share of the node's budget; the rest stays the tables' (the
+# Criteo reference's last two layers, 1.6 MB, are 47% of a 2% budget of 26 10^5-row tables)
+MAX_BUDGET_SHARE = 0.25
 
 
 def tuned_layers(config: DLRMConfig, policy: protocol.Policy) -> int:
@@ -54,6 +61,38 @@ def tuning_bytes(config: DLRMConfig, policy: protocol.Policy) -> int:
         return 0
     layers = tuned_layers(config, policy)
     return TUNED_COPIES * 4 * tuned_floats(config, layers) + STEP_BYTES * 2 * layers
+
+
+def tuning_error(config: DLRMConfig, policy: protocol.Policy) -> str | None:
+    """Why the node cannot tune as ``policy`` says within its budget (None: it can)."""
+    need = tuning_bytes(config, policy)
+    total = sum(config.table_sizes) * config.embedding_dim * 4 * policy.memory_budget_pct / 100
+    if need <= MAX_BUDGET_SHARE * total:
+        return None
+    return (
+        f"tuning the top MLP's last {tuned_layers(config, policy)} layer(s) holds {need} "
+        f"bytes, more than {MAX_BUDGET_SHARE:.0%} of the node's budget ({int(total)} bytes)"
+    )
+
+
+def fitting(config: DLRMConfig, policy: protocol.Policy) -> protocol.Policy:
+    """``policy``, without tuning if its tuning does not fit (a node starting on such a
+    policy, from its command line or its saved state, runs without it and says why)."""
+    error = tuning_error(config, policy)
+    if error is None:
+        return policy
+    log.warning("the top MLP is not tuned: %s", error)
+    return replace(policy, lr_top=0.0)
+
+
+class TopFields(TypedDict):
+    lr_top: float
+    top_layers: int
+
+
+def trainer_fields(config: DLRMConfig, policy: protocol.Policy) -> TopFields:
+    """TrainerConfig's fields for the top MLP's tuning under ``policy``."""
+    return {"lr_top": policy.lr_top, "top_layers": tuned_layers(config, policy)}
 
 
 class TopTuning:

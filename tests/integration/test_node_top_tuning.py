@@ -12,6 +12,7 @@ import torch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.experiment.cluster import dense_state
 from dlrm_core.model import DLRM
+from nodeworker.control_socket import InvalidRequest
 from nodeworker.runtime import NodeRuntime
 from nodeworker.snapshots import read_top
 from tests.integration.test_node_delta_rebase import TABLE, settle
@@ -41,6 +42,10 @@ def test_the_node_tunes_serves_rebases_and_restores_its_top_mlp(node):
     runtime, traffic = node
     checkpoint = dense_state(load_model(runtime.state.checkpoint))
     policy = {**asdict(runtime.state.policy), "lr_top": 0.05, "top_layers": 1}
+    with pytest.raises(InvalidRequest) as refused:  # 3 layers: 41 kB of a 45 kB budget
+        runtime.operations.apply_policy({**policy, "top_layers": 3}, version=1)
+    assert set(refused.value.fields) == {"policy.lr_top"}
+    assert runtime.state.policy.lr_top == 0.0
     runtime.operations.apply_policy(policy, version=1)
     train_until(runtime, traffic, runtime.metrics.trained_samples + 600)
     settle(runtime)

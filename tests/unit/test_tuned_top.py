@@ -13,7 +13,15 @@ from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
 from nodeworker import protocol
 from nodeworker.node_budget import node_budget
-from nodeworker.tuned_top import TopTuning, tuned_floats, tuned_layers, tuning_bytes
+from nodeworker.tuned_top import (
+    MAX_BUDGET_SHARE,
+    TopTuning,
+    fitting,
+    tuned_floats,
+    tuned_layers,
+    tuning_bytes,
+    tuning_error,
+)
 
 CONFIG = DLRMConfig(("user", "item"), (500, 300), 2, 8, (8,), (6, 4, 1))
 POLICY = replace(protocol.DEFAULT_POLICY, lr_top=0.1, top_layers=2)
@@ -113,3 +121,15 @@ def test_tuning_starts_retunes_stops_and_resets_as_told():
     assert live.top is None and not last.requires_grad and torch.equal(last, moved)
     live.train_step(batch(), 2.0)
     assert torch.equal(last, moved)
+
+
+def test_tuning_that_does_not_fit_the_budget_is_refused_or_left_off():
+    node = replace(CONFIG, table_sizes=(200_000, 100_000))  # 2% of 19.2 MB of tables
+    assert tuning_error(node, POLICY) is None and fitting(node, POLICY) == POLICY
+    criteo = DLRMConfig.criteo_reference([100_000] * 26)  # top 512-256-1
+    one = replace(POLICY, top_layers=1)
+    assert tuning_error(criteo, one) is None
+    error = tuning_error(criteo, POLICY)  # the last two layers: 1.6 MB of a 3.3 MB budget
+    assert error is not None and "1579036 bytes" in error
+    assert tuning_bytes(criteo, POLICY) > MAX_BUDGET_SHARE * 3_328_000
+    assert fitting(criteo, POLICY) == replace(POLICY, lr_top=0.0)
