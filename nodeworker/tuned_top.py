@@ -8,7 +8,9 @@ What tuning holds beyond the model both processes load anyway: the gradients and
 accumulators of the tuned layers in the trainer, and the published copy, in the patch pipe and
 the installer's queue until its version is installed (inference copies it into the weights it
 already has: no further copy). ``tuning_bytes`` plans those three copies and the optimizer's
-step counters; the node's budget takes them out of its pool first (node_budget).
+step counters; the node's budget takes them out of its pool first (node_budget). Tuning that
+would hold more than MAX_BUDGET_SHARE of the budget is refused by the node's apply_policy
+(``tuning_error``) and left off by a trainer that starts on such a policy (``fitting``).
 
 A delta rebase's MLPs replace the tuned weights (dlrm_core.rebase writes every MLP parameter)
 and ``rebased`` drops their accumulators. Snapshots keep the layers tuned on the checkpoint's
