@@ -19,8 +19,7 @@ from nodeworker.protocol import telemetry as protocol_telemetry
 
 
 class Policy(models.Model):
-    """What a node runs: mode, rank and memory budgets, pruning, QoS and the SLA.
-
+    """What a node runs (mode, rank and memory budgets, pruning, QoS, SLA, rebase, top tuning).
     Every wire field (protocol.POLICY_DEFAULTS) is a column; ``version`` counts saved changes,
     each recorded as a PolicyVersion (see controlplane.services.policies.save_policy)."""
 
@@ -71,6 +70,8 @@ class Policy(models.Model):
         help_text="Every this many seconds the training cluster sends the rows it changed and "
         "its MLPs; the node keeps its other rows' corrections. 0: off.",
     )
+    lr_top = models.FloatField(default=protocol.POLICY_DEFAULTS["lr_top"])  # 0: off
+    top_layers = models.IntegerField(default=protocol.POLICY_DEFAULTS["top_layers"])
     version = models.PositiveIntegerField(default=0, editable=False)
     updated = models.DateTimeField(auto_now=True)
 

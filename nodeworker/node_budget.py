@@ -24,6 +24,7 @@ from dlrm_core.model import DLRMConfig
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.row_budget import NODE_PAGE_FLOOR, PAGE, capacity_plan
 from nodeworker import protocol
+from nodeworker.tuned_top import tuning_bytes
 
 # the share of the pool that joined rows waiting for the trainer (the feed's backlog) may
 # hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
@@ -62,6 +63,7 @@ def plan_node_budget(
     pct: float,
     table_floor: int,
     among: tuple[str, ...] | None = None,
+    dense: int = 0,
 ) -> NodeBudget:
     """The budget of a node whose tables have (rows, dim) ``sizes`` at ``pct`` percent, each
     trained table needing at least ``table_floor`` bytes (rank_policy.min_budget_bytes with
@@ -70,7 +72,7 @@ def plan_node_budget(
     nbytes = {name: rows * dim * 4 for name, (rows, dim) in sizes.items()}
     total = pct_bytes(sum(nbytes.values()), pct)
     backlog = int(total * BACKLOG_SHARE)
-    pool = total - backlog - NODE_PAGE_FLOOR
+    pool = total - backlog - NODE_PAGE_FLOOR - dense  # dense: the top MLP's tuning (tuned_top)
     untrained: dict[str, str] = {}
     chosen: list[str] = []
     need = 0  # the floors and records of the tables chosen so far
@@ -151,5 +153,9 @@ def node_budget(
         for name, rows in zip(config.feature_names, config.table_sizes, strict=True)
     }
     return plan_node_budget(
-        sizes, policy.memory_budget_pct, node_table_floor(config, policy), among
+        sizes,
+        policy.memory_budget_pct,
+        node_table_floor(config, policy),
+        among,
+        tuning_bytes(config, policy),
     )

@@ -44,6 +44,7 @@ from nodeworker.snapshots import (
 )
 from nodeworker.trainer_client import TrainerClient
 from nodeworker.trainer_proc import TrainerSetup
+from nodeworker.tuned_top import tuning_error
 from nodeworker.version_installer import VersionInstaller
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class NodeOperations:
         version_error = protocol_telemetry.policy_version_error(version)
         if version_error:
             errors["version"] = version_error
+        if clean is not None and (top := tuning_error(self.inference.model.config, clean)):
+            errors["policy.lr_top"] = top  # the bounds hold, this node's budget does not
         if clean is None or kept is None or errors:
             raise InvalidRequest(errors)
         self.state.adopt_policy(clean, version, kept)

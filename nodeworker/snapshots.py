@@ -3,7 +3,8 @@ its factors resume from.
 
 A snapshot is a directory ``snap-<ns>`` under ``data_dir/snapshots`` holding, per trained table,
 its factors (``<table>.factors``, table_factors.export_factors) and the base rows the trainer
-folded since the checkpoint (``<table>.patch``), plus ``snapshot.json`` (the base checkpoint it
+folded since the checkpoint (``<table>.patch``), the top MLP layers it tuned if it tuned any
+(TOP_FILE, nodeworker.tuned_top), plus ``snapshot.json`` (the base checkpoint it
 belongs to, its factor version). ``LATEST`` names the newest complete one: it is replaced only
 after the snapshot's files are written, so a crash while writing leaves the previous one latest.
 The trainer process writes the table files (write_table_files); the node process keeps the
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dlrm_core.checkpoint import CheckpointError, read_container, write_container
@@ -33,6 +35,8 @@ from nodeworker.node_events import NodeEvents
 log = logging.getLogger(__name__)
 
 PATCH_KIND = "base-patch"
+TOP_KIND = "tuned-top"
+TOP_FILE = "top-mlp.tuned.patch"  # not a table's: a table's files are <table>.factors/.patch
 KEEP_SNAPSHOTS = 3
 
 
@@ -51,6 +55,24 @@ def write_table_files(
             directory / f"{name}.patch", PATCH_KIND, 1, {"table": name}, {"ids": ids, "rows": rows}
         )
     return digests
+
+
+def write_top(directory: Path, weights: Mapping[str, np.ndarray]) -> None:
+    """The top MLP layers the trainer tuned (nodeworker.tuned_top), by parameter name, when
+    it tuned any: the served model's top as of the snapshot's version. A ``.patch`` file, so a
+    rebase that keeps its factors drops it with the folded rows (the new base's MLPs win)."""
+    if weights:
+        tensors = {name: torch.from_numpy(value) for name, value in weights.items()}
+        write_container(directory / TOP_FILE, TOP_KIND, 1, {}, tensors)
+
+
+def read_top(directory: Path) -> dict[str, np.ndarray]:
+    """The tuned top MLP layers a snapshot holds ({}: none)."""
+    path = directory / TOP_FILE
+    if not path.exists():
+        return {}
+    _, tensors = read_container(path, TOP_KIND, 1)
+    return {name: value.numpy() for name, value in tensors.items()}
 
 
 def read_patch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -119,7 +119,10 @@ TrainerOutput = Reply | TrainerReady | TrainerStats
 
 @dataclass(frozen=True)
 class FoldedRows:
-    """The base rows the trainer folded since its last version, sent down the patch pipe before
-    the version that needs them: table -> (ids (m,) int64, rows (m, D) float32)."""
+    """What inference writes into its model before it serves the trainer's next version, sent
+    down the patch pipe before it: the base rows the trainer folded since its last version,
+    table -> (ids (m,) int64, rows (m, D) float32), and, while it tunes the top MLP
+    (nodeworker.tuned_top), the tuned layers' parameters by name as of that version."""
 
     tables: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    top: dict[str, np.ndarray] = field(default_factory=dict)

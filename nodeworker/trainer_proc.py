@@ -49,7 +49,7 @@ from nodeworker.shared_memory import (
     map_base_tables,
     table_path,
 )
-from nodeworker.snapshots import read_patch, write_table_files
+from nodeworker.snapshots import read_patch, read_top, write_table_files, write_top
 from nodeworker.trainer_messages import (
     CommandResult,
     CpusPinned,
@@ -70,6 +70,7 @@ from nodeworker.trainer_messages import (
     TrainerStats,
 )
 from nodeworker.trainer_warmup import warm_up
+from nodeworker.tuned_top import TopTuning, fitting, trainer_fields
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,9 @@ class TrainerLoop:
     def __init__(self, setup: TrainerSetup, ends: TrainerEnds) -> None:
         from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
-        self.setup = setup
-        self.ends = ends
         model = load_model(setup.checkpoint)
+        self.setup = setup = replace(setup, policy=fitting(model.config, setup.policy))
+        self.ends = ends
         map_base_tables(model, Path(setup.shm_dir), shared=False)
         self.dim = model.config.embedding_dim
         self.model_config = model.config
@@ -137,9 +138,11 @@ class TrainerLoop:
             publish_every=10**9,  # this loop publishes on time, see publish()
             in_process_join=False,  # the sample cache joins; versions go to shared memory
             node_key_bytes=serving_key_bytes(model.config.table_sizes),
+            **trainer_fields(model.config, setup.policy),
         )
         warm_up(model.config, config, self.budget.tables, setup.feed.batch_rows, WARMUP_STEPS)
         self.trainer = LiveTrainer(model, config, self.budget.tables)
+        self.tuning = TopTuning(self.trainer)  # the top MLP's layers it tunes (lr_top)
         # a budget that lowers a table's starting rank makes its event at construction, at
         # stream time 0 (RankController): on a node it happened now (ingest refuses time 0)
         started = time.time()
@@ -166,12 +169,16 @@ class TrainerLoop:
         self.gate = DutyCycle()
         self.last_publish = time.time()
         if setup.restore_dir:
-            for name, live in self.trainer.lives.items():
-                path = Path(setup.restore_dir) / f"{name}.factors"
-                if path.exists():
-                    import_factors(live, path, name)
-                    self.folded[name].add(read_patch(Path(setup.restore_dir) / f"{name}.patch")[0])
-            self.publish(time.time())
+            self._restore(Path(setup.restore_dir))
+
+    def _restore(self, directory: Path) -> None:
+        """A snapshot's factors, folds and tuned top, published as the first version."""
+        for name, live in self.trainer.lives.items():
+            if (directory / f"{name}.factors").exists():
+                import_factors(live, directory / f"{name}.factors", name)
+                self.folded[name].add(read_patch(directory / f"{name}.patch")[0])
+        self.tuning.load(read_top(directory))
+        self.publish(time.time())
 
     # --- publishing ---
 
@@ -185,8 +192,9 @@ class TrainerLoop:
                 self.folded[name].add(ids)
                 pages.folded(ids)
                 patch[name] = (ids.numpy(), live.base.weight.detach()[ids].numpy().copy())
-        if patch:
-            self.ends.folded.send(FoldedRows(patch))  # before the version that needs it
+        top = self.tuning.published()
+        if patch or top:
+            self.ends.folded.send(FoldedRows(patch, top))  # before the version that needs it
             self.patches_sent += 1
         self.version += 1
         tables = {name: live.factors() for name, live in self.trainer.lives.items()}
@@ -216,6 +224,7 @@ class TrainerLoop:
                     raise ValueError(f"table {name!r}: {budget.untrained[name]}")
             self.budget = budget
             self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
+            self.tuning.apply(cmd.policy)
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
@@ -225,6 +234,7 @@ class TrainerLoop:
             self.publish(now)
             folded = {name: bits.ids() for name, bits in self.folded.items()}
             digests = write_table_files(self.trainer.lives, folded, Path(cmd.directory))
+            write_top(Path(cmd.directory), self.tuning.kept())
             return SnapshotTaken(self.version, digests)
         return CpusPinned(placement.pin_process(cmd.cpus))
 
@@ -239,6 +249,8 @@ class TrainerLoop:
         }
         dense = {name: torch.from_numpy(value) for name, value in cmd.dense.items()}
         dropped = delta_rebase(self.trainer.model, tables, dense)
+        if dense:
+            self.tuning.rebased()  # the cluster's MLPs replaced the tuned layers
         for name, (ids, _) in tables.items():
             self.private_pages[name].folded(ids)
         self.publish(now)
@@ -331,7 +343,8 @@ class TrainerLoop:
             for name, table in account.tables.items()
         }
         pending = account.pending + self.feed.backlog_nbytes()
-        return replace(account, tables=tables, pending=pending)
+        dense = account.dense + self.tuning.sent_bytes  # the published copy, see tuned_top
+        return replace(account, tables=tables, pending=pending, dense=dense)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats

@@ -3,10 +3,11 @@ shared memory, never a torn one, and the base rows the trainer folded before it.
 
 The patch-ordering protocol: the trainer maps the base tables copy-on-write, so the rows it
 folds (pruned rows merged into the base) stay private until this side writes them. Before
-publishing version v it sends the rows folded since v-1 (FoldedRows) down a pipe, and v's ``aux``
-counts the FoldedRows messages sent up to v. Installing v waits for that many, applies them to
-the base and swaps v in, all between two batches; the copy of v out of shared memory happens
-before, without the inference lock.
+publishing version v it sends the rows folded since v-1 (FoldedRows) down a pipe, with the top
+MLP layers it tunes as of v (nodeworker.tuned_top), and v's ``aux`` counts the FoldedRows
+messages sent up to v. Installing v waits for that many, applies them to the base and the top
+MLP and swaps v in, all between two batches, so the served top always goes with its version;
+the copy of v out of shared memory happens before, without the inference lock.
 
 The epoch: a rebase or a trainer restart rewrites the base, so every version and every folded
 row of the trainer before it is stale. ``forget_versions`` bumps the epoch; a version read, or
@@ -89,8 +90,13 @@ class VersionInstaller:
         model = self.inference.model
         with self._cond, torch.no_grad():
             while self.applied < upto:
-                for name, (ids, rows) in self._folded.popleft().tables.items():
+                patch = self._folded.popleft()
+                for name, (ids, rows) in patch.tables.items():
                     base_weight(model, name)[torch.from_numpy(ids)] = torch.from_numpy(rows)
+                if patch.top:  # the trainer's tuned top MLP layers (nodeworker.tuned_top)
+                    params = dict(model.named_parameters())
+                    for name, value in patch.top.items():
+                        params[name].copy_(torch.from_numpy(value))
                 self.applied += 1
 
     def forget_versions(self) -> int:

@@ -68,6 +68,8 @@ POLICY_BOUNDS: dict[str, Bound] = {
     "auc_floor": Bound(float, 0.5, 1.0, nullable=True),
     "rollback_after_intervals": Bound(int, 0, 360),
     "rebase_period_s": Bound(float, 0.0, 7 * 86400.0),
+    "lr_top": Bound(float, 0.0, 1.0),
+    "top_layers": Bound(int, 1, 16),
 }
 POLICY_DEFAULTS: dict[str, Any] = {
     "mode": "liveupdate",
@@ -86,6 +88,10 @@ POLICY_DEFAULTS: dict[str, Any] = {
     "auc_floor": None,
     "rollback_after_intervals": 0,  # 0: no automatic rollback (controlplane watchdog)
     "rebase_period_s": 0.0,  # 0: no delta rebase (the training cluster's delta sync instead)
+    # the node's Adagrad on its top MLP's last top_layers linear layers; 0: off, the measured
+    # default (docs/RESULTS.md "Fine-tuning the top MLP on the node")
+    "lr_top": 0.0,
+    "top_layers": 1,  # a node whose top MLP has fewer layers tunes all of them
 }
 
 
@@ -131,6 +137,8 @@ class Policy:
     auc_floor: float | None
     rollback_after_intervals: int  # the plane's automatic rollback; the node ignores it
     rebase_period_s: float  # the training cluster's delta rebase period (delta_cluster); 0: off
+    lr_top: float  # the trainer's learning rate on the top MLP's last layers (0: frozen)
+    top_layers: int  # how many of the top MLP's last linear layers it tunes
 
     def wire(self) -> dict[str, Any]:
         return asdict(self)

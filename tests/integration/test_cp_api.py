@@ -162,6 +162,25 @@ class TestPolicies(CrudCases):
         }
         assert not Policy.objects.filter(name="bad").exists()
 
+    def test_top_tuning_is_bounded_and_off_by_default(self, clients):
+        admin = clients("admin")
+        for field, value, error in (
+            ("lr_top", 1.5, "Must be >= 0.0 and <= 1.0."),
+            ("lr_top", -0.1, "Must be >= 0.0 and <= 1.0."),
+            ("top_layers", 0, "Must be >= 1 and <= 16."),
+            ("top_layers", 17, "Must be >= 1 and <= 16."),
+        ):
+            response = admin.post(self.url, {"name": "bad", field: value}, format="json")
+            assert response.status_code == 400 and response.data == {field: [error]}
+        response = admin.post(self.url, {"name": "plain"}, format="json")
+        assert response.status_code == 201
+        assert response.data["lr_top"] == 0.0 and response.data["top_layers"] == 1
+        tuned = {"name": "tuned", "lr_top": 0.05, "top_layers": 2}
+        response = admin.post(self.url, tuned, format="json")
+        assert response.status_code == 201
+        node_policy = Policy.objects.get(name="tuned").node_policy()
+        assert (node_policy.lr_top, node_policy.top_layers) == (0.05, 2)
+
     def test_history_records_who_what_and_why(self, clients):
         policy = self.make()
         response = clients("admin").patch(

@@ -96,3 +96,23 @@ def test_an_install_waiting_for_rows_gives_up_when_the_epoch_changes(parts):
     waiting.join(timeout=5)
     assert not waiting.is_alive() and installer.inference.version == 1
     assert installer.inference.delta is None  # version 1 was built on the old base
+
+
+def test_the_tuned_top_mlp_serves_with_its_version_and_not_before(parts, monkeypatch):
+    installer, shared, model = parts
+    monkeypatch.setattr("nodeworker.version_installer.FOLDED_WAIT_S", 0.05)
+    last = model.over_arch.mlp[-1]
+    before = last.weight.detach().clone()
+    tuned = np.full(tuple(last.weight.shape), 0.25, np.float32)
+    installer.receive(FoldedRows(top={"over_arch.mlp.2.weight": tuned}), epoch=0)
+    assert torch.equal(last.weight, before)  # received, not served: its version is not in
+    publish(shared, 1, aux=1)
+    installer.install_newest()
+    assert installer.inference.version == 1
+    assert torch.equal(last.weight, torch.from_numpy(tuned))
+
+    installer.forget_versions()  # a rebase: a late top of the old trainer is never written
+    installer.receive(FoldedRows(top={"over_arch.mlp.2.weight": tuned * 2}), epoch=0)
+    publish(shared, 2, aux=1)
+    installer.install_newest()
+    assert torch.equal(last.weight, torch.from_numpy(tuned))

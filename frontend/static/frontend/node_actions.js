@@ -114,7 +114,8 @@ export function showPolicy(state) {
     const applied = state.node.applied_policy_version;
     const trainer = trainsLocally(p) ? [["Rank budget", `${p.r_min}–${p.r_max}`],
       ["Memory budget", `${p.memory_budget_pct} %`], ["tau", p.tau], ["Max trainer duty", p.max_trainer_duty],
-      ["Delta rebase", p.rebase_period_s ? `every ${p.rebase_period_s} s (the cluster's rows and MLPs)` : "off"]] : [];
+      ["Delta rebase", p.rebase_period_s ? `every ${p.rebase_period_s} s (the cluster's rows and MLPs)` : "off"],
+      ["Top MLP tuning", p.lr_top ? `last ${p.top_layers} layer(s) at lr ${p.lr_top}` : "off"]] : [];
     const rows = [
       ["Policy", `${p.name} v${p.version}${applied === p.version ? " (applied)" : ` (applied: ${applied ? `v${applied}` : "never"})`}`],
       ["Mode", p.mode], ...trainer, ["SLA P99", `${p.sla_p99_ms} ms`],
