@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.interaction import dot_interaction, pair_index
 from dlrm_core.kernel import serving_kernel
 from dlrm_core.schema import StreamSchema
 
@@ -248,21 +249,18 @@ class SparseArch(nn.Module):
 class InteractionArch(nn.Module):
     """Pairwise dot products of [dense, sparse_1..sparse_F], strictly upper triangle.
 
-    (B, D), (B, F, D) -> (B, D + (F + 1) * F / 2): the dense vector followed by the dots.
+    (B, D), (B, F, D) -> (B, D + (F + 1) * F / 2): the dense vector followed by the dots
+    (dlrm_core.interaction: a C kernel in float32 on the CPU).
     """
 
     pairs: torch.Tensor
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
-        rows, cols = torch.triu_indices(num_features + 1, num_features + 1, offset=1)
-        # flat index into the (F + 1) x (F + 1) dot matrix: index_select beats 2-d indexing
-        self.register_buffer("pairs", rows * (num_features + 1) + cols, persistent=False)
+        self.register_buffer("pairs", pair_index(num_features), persistent=False)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F + 1, D)
-        dots = torch.bmm(stacked, stacked.transpose(1, 2))  # (B, F + 1, F + 1)
-        return torch.cat([dense, dots.flatten(1).index_select(1, self.pairs)], dim=1)
+        return dot_interaction(dense, sparse, self.pairs)
 
 
 class OverArch(nn.Module):
