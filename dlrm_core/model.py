@@ -201,7 +201,8 @@ class SparseArch(nn.Module):
                 f"batch keys {list(batch.keys)} differ from the model's {list(self.feature_names)}"
             )
         tables = [getattr(t, "base", t) if base_only else t for t in self.tables]
-        if not torch.is_grad_enabled():
+        frozen = all(type(t) is nn.EmbeddingBag and not t.weight.requires_grad for t in tables)
+        if frozen or not torch.is_grad_enabled():
             pooled = self._pool(tables, batch)
             if pooled is not None:
                 return pooled
@@ -210,8 +211,9 @@ class SparseArch(nn.Module):
         )
 
     def _pool(self, tables: list[nn.Module], batch: SparseBatch) -> torch.Tensor | None:
-        """Inference: every table's bags summed by one call into the serving kernel, where 26
-        EmbeddingBag calls on a request of a few rows cost ~14 us each of bookkeeping. None if
+        """Inference, or frozen tables (a LiveTrainer's base): every table's bags summed by one
+        call into the serving kernel, where 26 EmbeddingBag calls on a request of a few rows
+        cost ~14 us each of bookkeeping. None if
         a table is not a plain sum EmbeddingBag of contiguous float32 rows, all of one width."""
         specs, dim = [], 0
         for table, values, offsets in zip(tables, batch.values, batch.offsets, strict=True):
