@@ -67,12 +67,17 @@ static inline void load_sample(Scratch *s, const float *dense, const float *spar
 
 #define INLINE static inline __attribute__((always_inline))
 
+#define DOT_ROWS 3
+
 /* Rows i .. i + rows - 1 against j = j0 .. j0 + nv * LANES - 1: dots[r][...] = x_{i+r} . x_j.
    rows and nv are constants where inlined, so that the rows * nv sums stay in registers and
    their FMAs are independent (one chain would wait on the FMA's latency). */
 INLINE void dot_tile(const Scratch *s, Py_ssize_t i, Py_ssize_t j0, int rows, int nv,
                      float dots[][BLOCK * LANES]) {
-    lanes acc[2][BLOCK] = {{{0}}};
+    lanes acc[DOT_ROWS][BLOCK];
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < nv; q++)
+            acc[r][q] = (lanes){0};
     for (Py_ssize_t k = 0; k < s->dim; k++) {
         const float *col = s->xt + k * s->tpad + j0;
         for (int q = 0; q < nv; q++) {
@@ -82,30 +87,31 @@ INLINE void dot_tile(const Scratch *s, Py_ssize_t i, Py_ssize_t j0, int rows, in
         }
     }
     for (int r = 0; r < rows; r++)
-        memcpy(dots[r], acc[r], (size_t)nv * sizeof(lanes));
+        for (int q = 0; q < nv; q++)
+            *(lanes *)(dots[r] + q * LANES) = acc[r][q];
 }
 
-/* the dots of rows i .. i + rows - 1 (rows <= 2) into o, the output of row i: row r's
+#define DOT_TILE(rows)                                                                         \
+    do {                                                                                       \
+        switch (nv) {                                                                          \
+        case 1: dot_tile(s, i, j0, rows, 1, dots); break;                                      \
+        case 2: dot_tile(s, i, j0, rows, 2, dots); break;                                      \
+        case 3: dot_tile(s, i, j0, rows, 3, dots); break;                                      \
+        default: dot_tile(s, i, j0, rows, BLOCK, dots); break;                                 \
+        }                                                                                      \
+    } while (0)
+
+/* the dots of rows i .. i + rows - 1 (rows <= DOT_ROWS) into o, the output of row i: row r's
    n - 1 - (i + r) dots x_{i+r} . x_j, j > i + r, follow each other */
 INLINE void dots_of_rows(const Scratch *s, Py_ssize_t i, int rows, float *o) {
     for (Py_ssize_t j0 = (i + 1) / LANES * LANES; j0 < s->n; j0 += BLOCK * LANES) {
-        float dots[2][BLOCK * LANES];
+        float dots[DOT_ROWS][BLOCK * LANES];
         Py_ssize_t to = j0 + BLOCK * LANES < s->n ? j0 + BLOCK * LANES : s->n;
         int nv = (int)((to - j0 + LANES - 1) / LANES);
-        if (rows == 2) {
-            switch (nv) {
-            case 1: dot_tile(s, i, j0, 2, 1, dots); break;
-            case 2: dot_tile(s, i, j0, 2, 2, dots); break;
-            case 3: dot_tile(s, i, j0, 2, 3, dots); break;
-            default: dot_tile(s, i, j0, 2, BLOCK, dots); break;
-            }
-        } else {
-            switch (nv) {
-            case 1: dot_tile(s, i, j0, 1, 1, dots); break;
-            case 2: dot_tile(s, i, j0, 1, 2, dots); break;
-            case 3: dot_tile(s, i, j0, 1, 3, dots); break;
-            default: dot_tile(s, i, j0, 1, BLOCK, dots); break;
-            }
+        switch (rows) {
+        case 1: DOT_TILE(1); break;
+        case 2: DOT_TILE(2); break;
+        default: DOT_TILE(DOT_ROWS); break;
         }
         float *row = o;
         for (int r = 0; r < rows; r++) {
@@ -130,10 +136,12 @@ static void forward(const float *dense, const float *sparse, float *out, Py_ssiz
                 s->xt[k * s->tpad + i] = s->x[i * s->dpad + k];
         memcpy(o, dense + b * dim, (size_t)dim * sizeof(float));
         o += dim;
-        for (Py_ssize_t i = 0; i + 1 < n; i += 2) {
-            int rows = i + 2 < n ? 2 : 1; /* the last row has no dots of its own */
+        for (Py_ssize_t i = 0; i + 1 < n; i += DOT_ROWS) {
+            /* the last row has no dots of its own */
+            int rows = n - 1 - i < DOT_ROWS ? (int)(n - 1 - i) : DOT_ROWS;
             dots_of_rows(s, i, rows, o);
-            o += (n - 1 - i) + (rows == 2 ? n - 2 - i : 0);
+            for (int r = 0; r < rows; r++)
+                o += n - 1 - (i + r);
         }
     }
 }
@@ -145,7 +153,10 @@ static void forward(const float *dense, const float *sparse, float *out, Py_ssiz
    constants where inlined (independent sums in registers, as in dot_tile) */
 INLINE void grad_tile(const Scratch *s, Py_ssize_t i, Py_ssize_t k0, int rows, int nv,
                       float sums[][GRAD_BLOCK * LANES]) {
-    lanes acc[GRAD_ROWS][GRAD_BLOCK] = {{{0}}};
+    lanes acc[GRAD_ROWS][GRAD_BLOCK];
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < nv; q++)
+            acc[r][q] = (lanes){0};
     for (Py_ssize_t j = 0; j < s->n; j++) {
         const float *xj = s->x + j * s->dpad + k0;
         for (int q = 0; q < nv; q++) {
@@ -155,7 +166,8 @@ INLINE void grad_tile(const Scratch *s, Py_ssize_t i, Py_ssize_t k0, int rows, i
         }
     }
     for (int r = 0; r < rows; r++)
-        memcpy(sums[r], acc[r], (size_t)nv * sizeof(lanes));
+        for (int q = 0; q < nv; q++)
+            *(lanes *)(sums[r] + q * LANES) = acc[r][q];
 }
 
 #define GRAD_TILE(rows)                                                                        \
