@@ -7,11 +7,13 @@ Per sample b, the F + 1 vectors x_0 = dense[b] (D), x_1..x_F = sparse[b, 0..F-1]
             the pairs' gradients (zero diagonal), dx = G @ X, and dense's gradient also gets
             g[b, 0:D] (the copied dense vector).
 With torch ops this is cat, bmm, flatten, index_select and cat, and their backward (index_select's
-backward, a scatter into the (F + 1)^2 matrix, is most of it); here the dots of row i are computed
-against the transposed sample, a vector of j at a time, and land contiguous in the output.
+backward, a scatter into the (F + 1)^2 matrix, is most of it). Here, per sample: the forward takes
+three rows i at a time against up to 32 columns j of the transposed sample (dot_tile), the
+backward four rows of G @ X at a time over 16 dims (grad_tile); their sums stay in registers as
+independent FMA chains, and row i's dots land contiguous in the output.
 
-The GIL is released while they run. The Python side (model.py) validates dtypes, shapes and
-contiguity and passes data pointers.
+The GIL is released while they run. The Python side (interaction.py) validates dtypes, shapes
+and contiguity and passes data pointers.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
