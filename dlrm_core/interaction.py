@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from dlrm_core.kernel import interaction_kernel
 
@@ -62,6 +63,7 @@ class _KernelInteraction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernel's gradients are not differentiable again: say so
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dense, sparse = ctx.saved_tensors
         grad = grad.to(torch.float32).contiguous()

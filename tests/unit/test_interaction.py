@@ -79,3 +79,11 @@ def test_mismatched_shapes_are_refused():
         interaction_kernel.forward(0, 0, 0, 1, 0, 4)
     with pytest.raises(ValueError, match="dim"):
         interaction_kernel.backward(0, 0, 0, 0, 0, 1, 3, 0)
+
+
+def test_a_second_derivative_is_refused_not_wrong():
+    dense, sparse = inputs(2, 3, 4, seed=5)
+    out = dot_interaction(dense, sparse, pair_index(3))
+    (grad,) = torch.autograd.grad(out.pow(2).sum(), sparse, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
