@@ -2,10 +2,10 @@
 dense vector followed by the dots of [dense, sparse_1..sparse_F], strictly upper triangle.
 
 float32 on the CPU runs the C kernel (dlrm_core/_interaction_kernel.c), forward and backward,
-with the GIL released. At the Criteo reference's 26 features and batch 512 the torch ops take
-~1.16 ms for forward + backward (one thread), most of it index_select's backward (a scatter into
-the (F + 1)^2 dot matrix); the kernel ~0.80 ms, its backward ~2.5x cheaper, its forward the same
-as bmm's. Other dtypes and devices take the torch ops.
+with the GIL released. At the Criteo reference's 26 features and batch 512 (one thread, thread
+CPU under load) the torch ops take ~1.37 ms for forward + backward, most of it index_select's
+backward (a scatter into the (F + 1)^2 dot matrix); the kernel ~0.78 ms (forward 0.29 against
+0.36 ms). At 2 to 8 features it is 2-4x cheaper. Other dtypes and devices take the torch ops.
 """
 
 from __future__ import annotations
