@@ -21,7 +21,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt dlrm_core/_serving_kernel.c dlrm_core/_training_kernel.c \
-		dlrm_core/_admission_kernel.c dlrm_core/_cuckoo_index.h
+		dlrm_core/_admission_kernel.c dlrm_core/_interaction_kernel.c dlrm_core/_cuckoo_index.h
 	$(PIP_INSTALL) -e '.[test]'
 	touch $@
 

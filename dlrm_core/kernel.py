@@ -1,6 +1,7 @@
 """The C kernels: dlrm_core/_serving_kernel.c (the serving path), _training_kernel.c (the
-trainers' fused steps) and _admission_kernel.c (the LiveTrainer's admission pass), C extensions
-that the install builds; the first and the last share the cuckoo index's code, _cuckoo_index.h.
+trainers' fused steps), _admission_kernel.c (the LiveTrainer's admission pass) and
+_interaction_kernel.c (the model's pairwise dot interaction), C extensions that the install
+builds; the serving and admission kernels share the cuckoo index's code, _cuckoo_index.h.
 
 Imported from here only, so that a build older than its source is refused: an editable checkout
 whose C changed since the last `make install` would otherwise run the old code against the new
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from dlrm_core import _admission_kernel as admission_kernel
+from dlrm_core import _interaction_kernel as interaction_kernel
 from dlrm_core import _serving_kernel as serving_kernel
 from dlrm_core import _training_kernel as training_kernel
 
@@ -23,6 +25,7 @@ _HEADERS: dict[ModuleType, tuple[str, ...]] = {
     serving_kernel: ("_cuckoo_index.h",),
     training_kernel: (),
     admission_kernel: ("_cuckoo_index.h",),
+    interaction_kernel: (),
 }
 
 
@@ -37,4 +40,4 @@ for _module, _headers in _HEADERS.items():
     for _source in (_module.__name__.rsplit(".", 1)[1] + ".c", *_headers):
         check_fresh(_module, _HERE / _source)
 
-__all__ = ["admission_kernel", "serving_kernel", "training_kernel"]
+__all__ = ["admission_kernel", "interaction_kernel", "serving_kernel", "training_kernel"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.interaction import dot_interaction, pair_index
 from dlrm_core.kernel import serving_kernel
 from dlrm_core.schema import StreamSchema
 
@@ -200,7 +201,8 @@ class SparseArch(nn.Module):
                 f"batch keys {list(batch.keys)} differ from the model's {list(self.feature_names)}"
             )
         tables = [getattr(t, "base", t) if base_only else t for t in self.tables]
-        if not torch.is_grad_enabled():
+        frozen = all(type(t) is nn.EmbeddingBag and not t.weight.requires_grad for t in tables)
+        if frozen or not torch.is_grad_enabled():
             pooled = self._pool(tables, batch)
             if pooled is not None:
                 return pooled
@@ -209,8 +211,9 @@ class SparseArch(nn.Module):
         )
 
     def _pool(self, tables: list[nn.Module], batch: SparseBatch) -> torch.Tensor | None:
-        """Inference: every table's bags summed by one call into the serving kernel, where 26
-        EmbeddingBag calls on a request of a few rows cost ~14 us each of bookkeeping. None if
+        """Inference, or frozen tables (a LiveTrainer's base): every table's bags summed by one
+        call into the serving kernel, where 26 EmbeddingBag calls on a request of a few rows
+        cost ~14 us each of bookkeeping. None if
         a table is not a plain sum EmbeddingBag of contiguous float32 rows, all of one width."""
         specs, dim = [], 0
         for table, values, offsets in zip(tables, batch.values, batch.offsets, strict=True):
@@ -248,21 +251,18 @@ class SparseArch(nn.Module):
 class InteractionArch(nn.Module):
     """Pairwise dot products of [dense, sparse_1..sparse_F], strictly upper triangle.
 
-    (B, D), (B, F, D) -> (B, D + (F + 1) * F / 2): the dense vector followed by the dots.
+    (B, D), (B, F, D) -> (B, D + (F + 1) * F / 2): the dense vector followed by the dots
+    (dlrm_core.interaction: a C kernel in float32 on the CPU).
     """
 
     pairs: torch.Tensor
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
-        rows, cols = torch.triu_indices(num_features + 1, num_features + 1, offset=1)
-        # flat index into the (F + 1) x (F + 1) dot matrix: index_select beats 2-d indexing
-        self.register_buffer("pairs", rows * (num_features + 1) + cols, persistent=False)
+        self.register_buffer("pairs", pair_index(num_features), persistent=False)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F + 1, D)
-        dots = torch.bmm(stacked, stacked.transpose(1, 2))  # (B, F + 1, F + 1)
-        return torch.cat([dense, dots.flatten(1).index_select(1, self.pairs)], dim=1)
+        return dot_interaction(dense, sparse, self.pairs)
 
 
 class OverArch(nn.Module):

@@ -22,7 +22,9 @@ def package_copy(tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("kernel", ["_serving_kernel", "_training_kernel", "_admission_kernel"])
+@pytest.mark.parametrize(
+    "kernel", ["_serving_kernel", "_training_kernel", "_admission_kernel", "_interaction_kernel"]
+)
 def test_a_build_older_than_its_source_is_refused(tmp_path, kernel):
     """A copy of the package whose kernel source is newer than its build does not import."""
     built = next(package_copy(tmp_path).glob(f"{kernel}*.so"))

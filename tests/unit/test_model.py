@@ -69,6 +69,26 @@ def test_interaction_is_upper_triangle_of_dots():
     assert out.tolist() == [[1.0, 0.0, 2.0, 0.0, 0.0]]
 
 
+def test_frozen_tables_pool_in_one_kernel_call_under_grad():
+    """A frozen model (a LiveTrainer's base) pools through the serving kernel with grad on:
+    the same sums as the EmbeddingBags, and the kernel's own check of the ids."""
+    torch.manual_seed(0)
+    model = DLRM(SMALL)
+    batch = small_batch()
+    bags = model.sparse_arch(batch)  # trainable: the EmbeddingBags
+    assert bags.requires_grad
+    model.requires_grad_(False)
+    pooled = model.sparse_arch(batch)
+    torch.testing.assert_close(pooled, bags.detach())
+    bad = SparseBatch.from_ids(
+        ["a", "b", "c"], [[[10]], [[0]], [[0]]], dense=torch.zeros(1, 2), labels=torch.zeros(1)
+    )
+    with pytest.raises(IndexError, match="ids of 'a' must be in"):
+        model.sparse_arch(bad)
+    model.requires_grad_(True)  # trained tables keep torch's EmbeddingBags and their gradients
+    assert model.sparse_arch(batch).requires_grad
+
+
 def test_embedding_gradients_are_sparse():
     model = DLRM(SMALL)
     model(small_batch()).sum().backward()

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from dlrm_core.interaction import dot_interaction, pair_index, torch_interaction, uses_kernel
+from dlrm_core.kernel import interaction_kernel
+from dlrm_core.model import InteractionArch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def inputs(batch: int, features: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    dense = torch.randn(batch, dim, generator=gen).requires_grad_(True)
+    sparse = torch.randn(batch, features, dim, generator=gen).requires_grad_(True)
+    return dense, sparse
+
+
+def forward_backward(fn, dense, sparse, grad):
+    dense, sparse = dense.detach().requires_grad_(True), sparse.detach().requires_grad_(True)
+    out = fn(dense, sparse)
+    out.backward(grad)
+    return out.detach(), dense.grad, sparse.grad
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("features", [1, 2, 3, 7, 8, 9, 15, 16, 17, 26, 27])
+@pytest.mark.parametrize("dim", [1, 5, 16, 20, 33])
+def test_kernel_matches_the_torch_ops(batch, features, dim):
+    """Output and both inputs' gradients, on random shapes (tails of every vector width)."""
+    dense, sparse = inputs(batch, features, dim, seed=batch * 1000 + features * 10 + dim)
+    pairs = pair_index(features)
+    grad = torch.randn(batch, dim + (features + 1) * features // 2)
+    assert uses_kernel(dense, sparse)
+    got = forward_backward(lambda d, s: dot_interaction(d, s, pairs), dense, sparse, grad)
+    want = forward_backward(lambda d, s: torch_interaction(d, s, pairs), dense, sparse, grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_module_runs_the_kernel_and_keeps_the_layout():
+    """[dense, d.s1, d.s2, s1.s2] through the autograd function, and its backward."""
+    dense = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    sparse = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]], requires_grad=True)
+    out = InteractionArch(2)(dense, sparse)
+    assert out.tolist() == [[1.0, 0.0, 2.0, 0.0, 0.0]]
+    assert out.grad_fn is not None and "KernelInteraction" in type(out.grad_fn).__name__
+    out.backward(torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0]]))
+    # d/d dense: the copy (1, 1) + s1 + s2; d/d s1: dense + s2; d/d s2: dense + s1
+    assert dense.grad.tolist() == [[3.0, 4.0]]
+    assert sparse.grad.tolist() == [[[1.0, 3.0], [3.0, 0.0]]]
+
+
+def test_non_contiguous_inputs_and_an_empty_batch():
+    dense, sparse = inputs(6, 4, 8, seed=3)
+    pairs = pair_index(4)
+    view = sparse.detach().transpose(0, 1).contiguous().transpose(0, 1)  # same values, strided
+    assert not view.is_contiguous()
+    torch.testing.assert_close(
+        dot_interaction(dense, view, pairs), torch_interaction(dense, sparse, pairs)
+    )
+    empty = dot_interaction(torch.zeros(0, 8), torch.zeros(0, 4, 8), pairs)
+    assert empty.shape == (0, 8 + 10)
+
+
+def test_float64_takes_the_torch_ops():
+    dense, sparse = (t.detach().double().requires_grad_(True) for t in inputs(4, 3, 5, seed=4))
+    assert not uses_kernel(dense, sparse)
+    out = dot_interaction(dense, sparse, pair_index(3))
+    assert out.dtype == torch.float64
+    assert torch.autograd.gradcheck(
+        lambda d, s: dot_interaction(d, s, pair_index(3)), (dense, sparse)
+    )
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="differ"):
+        dot_interaction(torch.zeros(2, 4), torch.zeros(3, 5, 4), pair_index(5))
+    with pytest.raises(ValueError, match="features"):
+        interaction_kernel.forward(0, 0, 0, 1, 0, 4)
+    with pytest.raises(ValueError, match="dim"):
+        interaction_kernel.backward(0, 0, 0, 0, 0, 1, 3, 0)
+
+
+def test_a_second_derivative_is_refused_not_wrong():
+    dense, sparse = inputs(2, 3, 4, seed=5)
+    out = dot_interaction(dense, sparse, pair_index(3))
+    (grad,) = torch.autograd.grad(out.pow(2).sum(), sparse, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
