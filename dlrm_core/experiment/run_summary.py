@@ -189,3 +189,31 @@ def with_shared(summary: RunSummary, main: RunSummary) -> RunSummary:
     out = {name: dict(res) for name, res in merged.items()}
     add_gains(out)
     return dataclasses.replace(summary, strategies=out)
+
+
+def merge_parts(parts: list[RunSummary], config: ExperimentConfig) -> RunSummary:
+    """One seed's run of ``config`` from the summaries of its parts (plan.split: the same
+    configuration, its strategies replayed in groups): the strategies in ``config``'s order with
+    their gains over delta_sync recomputed, the parts' CPU and wall time added, the largest
+    process memory, the leak audit over every strategy."""
+    first = parts[0]
+    if len(parts) == 1 and first.config == config:
+        return first
+    if any(p.config.seed != config.seed or p.windows != first.windows for p in parts):
+        raise ValueError("the parts of a run must share its seed and windows")
+    merged = {name: res for p in parts for name, res in p.strategies.items()}
+    out = {name: dict(merged[name]) for name in config.strategies}
+    add_gains(out)
+    audits = [p.audit for p in parts if p.audit is not None]
+    audit = None
+    if audits:
+        checked = {n: a for x in audits for n, a in x.strategies.items()}
+        audit = LeakAudit(audits[0].labels_changed, checked)
+    return dataclasses.replace(
+        first, config=config, strategies=out, audit=audit,
+        budgets=next((p.budgets for p in parts if p.budgets), {}),
+        live_memory=[m for p in parts for m in p.live_memory],
+        process=max(parts, key=lambda p: p.process.peak_rss or 0).process,
+        wall_seconds=math.fsum(p.wall_seconds for p in parts),
+        process_cpu_seconds=math.fsum(p.process_cpu_seconds for p in parts),
+    )  # fmt: skip
