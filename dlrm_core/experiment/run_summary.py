@@ -15,7 +15,8 @@ import numpy as np
 from dlrm_core.experiment.audit import LeakAudit
 from dlrm_core.experiment.claims import MemoryAccount
 from dlrm_core.experiment.config import ExperimentConfig
-from dlrm_core.experiment.fleet import LocalFleet, fleet_totals
+from dlrm_core.experiment.fleet import FleetTotals, LocalFleet, fleet_totals
+from dlrm_core.experiment.fleet_config import FleetConfig
 from dlrm_core.experiment.harness import RunResult
 from dlrm_core.experiment.liveupdate import LiveUpdate
 from dlrm_core.experiment.memory import ProcessMemory
@@ -217,3 +218,23 @@ def merge_parts(parts: list[RunSummary], config: ExperimentConfig) -> RunSummary
         wall_seconds=math.fsum(p.wall_seconds for p in parts),
         process_cpu_seconds=math.fsum(p.process_cpu_seconds for p in parts),
     )  # fmt: skip
+
+
+def in_fleet(
+    res: dict[str, Any], ran: FleetConfig, fleet: FleetConfig, hours: float
+) -> dict[str, Any]:
+    """A cluster-fed strategy's results from a run in fleet ``ran`` (one simulated node,
+    fleet.fleet_totals) as the same replay reports them in ``fleet``: its transfers and its
+    node-side CPU and memory scale with the fleet, its scores and the cluster's side do not."""
+    ref = FleetTotals(**res["fleet"])
+    copies = fleet.transfers_per_sync / ran.transfers_per_sync
+    totals = dataclasses.replace(
+        ref, nodes=fleet.nodes, bytes_moved=ref.bytes_moved * copies,
+        bytes_projected=ref.bytes_projected * copies,
+        cpu_seconds=ref.cpu_seconds + (fleet.nodes - ran.nodes) * ref.node_cpu_seconds,
+        memory_peak_bytes=fleet.nodes * ref.node_memory_peak_bytes,
+    )  # fmt: skip
+    return {**res, "fleet": dataclasses.asdict(totals), "bytes_moved": totals.bytes_moved,
+            "bytes_moved_projected": totals.bytes_projected,
+            "bytes_per_hour": totals.bytes_moved / hours, "cpu_seconds": totals.cpu_seconds,
+            "cpu_seconds_per_hour": totals.cpu_seconds / hours}  # fmt: skip
