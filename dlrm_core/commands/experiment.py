@@ -34,8 +34,8 @@ from dlrm_core.experiment.config import (
 )
 from dlrm_core.experiment.data import FORMATS, StreamSource
 from dlrm_core.experiment.fleet_config import ROUTINGS, FleetConfig
-from dlrm_core.experiment.plan import Group, assemble, build_plan, bundles
-from dlrm_core.experiment.run_summary import RunSummary
+from dlrm_core.experiment.plan import Group, assemble, build_plan, bundles, split
+from dlrm_core.experiment.run_summary import RunSummary, merge_parts
 from dlrm_core.experiment.tuning import R_MAX_GRID, TAU_GRID
 
 K = TypeVar("K")
@@ -272,11 +272,12 @@ def run_plan(
     event bar when serial, one line per finished run."""
     from tqdm import tqdm
 
-    # by seed: a worker then meets one seed's runs in a row and pretrains its base once
-    tasks = sorted(((key, cfg) for key, cfgs in plan.items() for cfg in cfgs),
-                   key=lambda task: task[1].seed)  # fmt: skip
-    config = tasks[0][1]
+    config = next(iter(plan.values()))[0]
     model_bytes = 4 * config.embedding_dim * sum(f.num_rows for f in source.schema.sparse)
+    # by seed: a worker then meets one seed's runs in a row and pretrains its base once; a run
+    # too heavy for one replay is replayed in parts (plan.split), merged back below
+    parts = [(key, p) for key, cfgs in plan.items() for c in cfgs for p in split(c, model_bytes)]
+    tasks = sorted(parts, key=lambda task: task[1].seed)
     replays = bundles(tasks, jobs, model_bytes)
     total = source.num_events * len(replays) * (2 if audit else 1)
     bar = tqdm(total=total, unit="ev", desc="replay", file=sys.stderr, mininterval=5.0,
@@ -292,7 +293,9 @@ def run_plan(
                    file=sys.stderr)  # fmt: skip
 
     with bar:
-        return run_all(spec, source, replays, jobs, on_done, bar.update)
+        done = run_all(spec, source, replays, jobs, on_done, bar.update)
+    return {key: [merge_parts([s for s in done[key] if s.config.seed == c.seed], c)
+                  for c in cfgs] for key, cfgs in plan.items()}  # fmt: skip
 
 
 def results_of(

@@ -34,10 +34,11 @@ class Group:
 
 MAIN = Group("main", 0.0)
 K = TypeVar("K")
-# model copies a bundle may hold, in bytes (each of --jobs workers holds one bundle). A bundle
-# of the 2M stream at 4 nodes holding 22 copies (2.7 GB) peaked at 5.9 GB RSS: a process's peak
-# is about twice its models (payloads being applied, the nodes' own state, the held stream)
-BUNDLE_MODEL_BYTES = 2 << 30
+# model copies a bundle may hold, in bytes (each of --jobs workers holds one bundle). Measured
+# on the 2M stream (122 MiB a copy), the replay's models freed before the next (jobs.run_configs):
+# a process peaks at about its models + 1 GiB (the held stream, the memoised base, torch), e.g.
+# 14 copies (1.67 GiB) -> 2.68 GiB; so at most ~4 GiB a worker
+BUNDLE_MODEL_BYTES = 3 << 30
 
 
 def sync_dependent(config: ExperimentConfig) -> tuple[str, ...]:
@@ -120,6 +121,27 @@ def _copies(configs: list[ExperimentConfig]) -> int:
     snapshot of the tables per sync period probed (lowrank.py) and every strategy's."""
     periods = len({c.sync_period_s for c in configs})
     return 3 + periods + sum(model_copies(c) for c in configs)
+
+
+def split(config: ExperimentConfig, model_bytes: int) -> list[ExperimentConfig]:
+    """``config`` alone, or, when its replay's models would not fit ``BUNDLE_MODEL_BYTES``,
+    as configurations of consecutive groups of its strategies that each fit (one strategy at
+    least), replayed apart and merged back (run_summary.merge_parts): every strategy's numbers
+    are those of its own replay either way."""
+
+    def fits(names: tuple[str, ...]) -> bool:
+        part = dataclasses.replace(config, strategies=names)
+        return _copies([part]) * model_bytes <= BUNDLE_MODEL_BYTES
+
+    groups: list[tuple[str, ...]] = []
+    for name in config.strategies:
+        if groups and fits((*groups[-1], name)):
+            groups[-1] = (*groups[-1], name)
+        else:
+            groups.append((name,))
+    if len(groups) == 1:
+        return [config]
+    return [dataclasses.replace(config, strategies=g) for g in groups]
 
 
 def bundles(

@@ -15,7 +15,8 @@ import numpy as np
 from dlrm_core.experiment.audit import LeakAudit
 from dlrm_core.experiment.claims import MemoryAccount
 from dlrm_core.experiment.config import ExperimentConfig
-from dlrm_core.experiment.fleet import LocalFleet, fleet_totals
+from dlrm_core.experiment.fleet import FleetTotals, LocalFleet, fleet_totals
+from dlrm_core.experiment.fleet_config import FleetConfig
 from dlrm_core.experiment.harness import RunResult
 from dlrm_core.experiment.liveupdate import LiveUpdate
 from dlrm_core.experiment.memory import ProcessMemory
@@ -189,3 +190,51 @@ def with_shared(summary: RunSummary, main: RunSummary) -> RunSummary:
     out = {name: dict(res) for name, res in merged.items()}
     add_gains(out)
     return dataclasses.replace(summary, strategies=out)
+
+
+def merge_parts(parts: list[RunSummary], config: ExperimentConfig) -> RunSummary:
+    """One seed's run of ``config`` from the summaries of its parts (plan.split: the same
+    configuration, its strategies replayed in groups): the strategies in ``config``'s order with
+    their gains over delta_sync recomputed, the parts' CPU and wall time added, the largest
+    process memory, the leak audit over every strategy."""
+    first = parts[0]
+    if len(parts) == 1 and first.config == config:
+        return first
+    if any(p.config.seed != config.seed or p.windows != first.windows for p in parts):
+        raise ValueError("the parts of a run must share its seed and windows")
+    merged = {name: res for p in parts for name, res in p.strategies.items()}
+    out = {name: dict(merged[name]) for name in config.strategies}
+    add_gains(out)
+    audits = [p.audit for p in parts if p.audit is not None]
+    audit = None
+    if audits:
+        checked = {n: a for x in audits for n, a in x.strategies.items()}
+        audit = LeakAudit(audits[0].labels_changed, checked)
+    return dataclasses.replace(
+        first, config=config, strategies=out, audit=audit,
+        budgets=next((p.budgets for p in parts if p.budgets), {}),
+        live_memory=[m for p in parts for m in p.live_memory],
+        process=max(parts, key=lambda p: p.process.peak_rss or 0).process,
+        wall_seconds=math.fsum(p.wall_seconds for p in parts),
+        process_cpu_seconds=math.fsum(p.process_cpu_seconds for p in parts),
+    )  # fmt: skip
+
+
+def in_fleet(
+    res: dict[str, Any], ran: FleetConfig, fleet: FleetConfig, hours: float
+) -> dict[str, Any]:
+    """A cluster-fed strategy's results from a run in fleet ``ran`` (one simulated node,
+    fleet.fleet_totals) as the same replay reports them in ``fleet``: its transfers and its
+    node-side CPU and memory scale with the fleet, its scores and the cluster's side do not."""
+    ref = FleetTotals(**res["fleet"])
+    copies = fleet.transfers_per_sync / ran.transfers_per_sync
+    totals = dataclasses.replace(
+        ref, nodes=fleet.nodes, bytes_moved=ref.bytes_moved * copies,
+        bytes_projected=ref.bytes_projected * copies,
+        cpu_seconds=ref.cpu_seconds + (fleet.nodes - ran.nodes) * ref.node_cpu_seconds,
+        memory_peak_bytes=fleet.nodes * ref.node_memory_peak_bytes,
+    )  # fmt: skip
+    return {**res, "fleet": dataclasses.asdict(totals), "bytes_moved": totals.bytes_moved,
+            "bytes_moved_projected": totals.bytes_projected,
+            "bytes_per_hour": totals.bytes_moved / hours, "cpu_seconds": totals.cpu_seconds,
+            "cpu_seconds_per_hour": totals.cpu_seconds / hours}  # fmt: skip

@@ -63,6 +63,27 @@ def test_protocol_runs_the_grid_and_writes_one_file_and_the_reports(tmp_path, ca
     assert "N2-random" in captured.out and "wrote" in captured.out
 
 
+def test_a_protocol_shape_reports_the_numbers_of_its_own_experiment(tmp_path) -> None:
+    # the cluster-fed strategies run once, in the first shape, and are shared with the others
+    flags = [*TINY, "--strategies", "stale,oracle,delta_sync,liveupdate,hybrid",
+             "--sync-periods", "30", "--seeds", "1", "--jobs", "1", "--threads", "1"]  # fmt: skip
+    out = tmp_path / "protocol"
+    assert main(["protocol", *flags, "--grid-nodes", "1,2", "--grid-routings", "random",
+                 "--out", str(out)]) == 0  # fmt: skip
+    alone = tmp_path / "alone"
+    assert main(["experiment", *flags, "--nodes", "2", "--routing", "random",
+                 "--out", str(alone)]) == 0  # fmt: skip
+    a = json.loads((alone / "results.json").read_text())
+    p = json.loads((out / "N2-random" / "results.json").read_text())
+    assert list(p["strategies"]) == list(a["strategies"])
+    for name, res in a["strategies"].items():
+        for key in (*REPLAYED, "bytes_per_hour", "bytes_moved_projected"):
+            assert p["strategies"][name][key] == res[key], (name, key)
+        for key in ("nodes", "bytes_moved", "bytes_projected", "memory_peak_bytes"):
+            assert p["strategies"][name]["fleet"][key] == res["fleet"][key], (name, key)
+    assert [r["mean_auc"] for r in p["frontier"]] == [r["mean_auc"] for r in a["frontier"]]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -246,3 +246,39 @@ def test_the_low_rank_probe_equals_a_whole_table_diff() -> None:
         probe.advance(now)
         cluster.train(batch, now)
     assert probe.ranks == want and sum(len(v) for v in want.values()) >= 8
+
+
+def test_a_run_split_into_parts_merges_to_the_numbers_of_the_whole_run() -> None:
+    from dlrm_core.experiment.fleet_config import FleetConfig
+    from dlrm_core.experiment.plan import BUNDLE_MODEL_BYTES, split
+    from dlrm_core.experiment.run_summary import merge_parts
+
+    stream = SyntheticStream(
+        SyntheticConfig(seed=0, num_events=4_000, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
+    )  # fmt: skip
+    config = small_config(("stale", "oracle", "delta_sync", "liveupdate", "hybrid"),
+                          fleet=FleetConfig(nodes=4))  # fmt: skip
+    # the bound holds 10 copies: 3 + 1 period + 1 + 1 + 4 for the first part, the hybrid's 4 apart
+    parts = split(config, BUNDLE_MODEL_BYTES // 10)
+    assert [p.strategies for p in parts] == [("stale", "oracle", "delta_sync", "liveupdate"),
+                                             ("hybrid",)]  # fmt: skip
+    assert split(config, BUNDLE_MODEL_BYTES // 14) == [config]
+
+    def run(c: ExperimentConfig):  # noqa: ANN202
+        return summarise_run(run_experiment(stream.schema, lambda: iter(stream), 4_000, c))
+
+    whole = run(config)
+    merged = merge_parts([run(p) for p in parts], config)
+    assert merged.config == config and list(merged.strategies) == list(config.strategies)
+    for name, res in whole.strategies.items():
+        keys = ("auc_per_fine_window", "pooled_auc", "bytes_moved", "cpu_seconds",
+                "mean_gain_vs_delta_sync_pct", "gain_vs_delta_sync_pct_per_window")  # fmt: skip
+        for key in keys:
+            if key == "cpu_seconds":  # measured: equal work, not equal time
+                assert (res[key] > 0) == (merged.strategies[name][key] > 0), name
+                continue
+            assert merged.strategies[name][key] == res[key], (name, key)
+    assert merged.budgets == whole.budgets and len(merged.live_memory) == 4
+    with pytest.raises(ValueError, match="seed"):
+        merge_parts([run(parts[1])], dataclasses.replace(config, seed=1))

@@ -142,3 +142,23 @@ def test_bundles_join_one_seed_and_shape_within_the_memory_and_worker_bounds() -
     delayed = [(k, dataclasses.replace(c, label_delay_s=5.0)) if i % 2 else (k, c)
                for i, (k, c) in enumerate(tasks[:3])]  # fmt: skip
     assert [len(b) for b in bundles(delayed, 1, model_bytes=1)] == [1, 1, 1]
+
+
+def test_a_cluster_fed_strategy_is_re_accounted_for_another_fleet() -> None:
+    from dlrm_core.experiment.fleet import FleetTotals
+    from dlrm_core.experiment.fleet_config import FleetConfig
+    from dlrm_core.experiment.run_summary import in_fleet
+
+    one = FleetTotals(nodes=1, bytes_moved=1000.0, bytes_projected=5000.0, cpu_seconds=7.0,
+                      node_cpu_seconds=2.0, memory_peak_bytes=300,
+                      node_memory_peak_bytes=300)  # fmt: skip
+    res = {"mean_auc": 0.7, "fleet": dataclasses.asdict(one)}
+    four = in_fleet(res, FleetConfig(nodes=1), FleetConfig(nodes=4), hours=2.0)
+    # the cluster's 5 CPU-s once, each node's 2; a transfer per node; the same scores
+    assert four["fleet"] == dataclasses.asdict(dataclasses.replace(
+        one, nodes=4, bytes_moved=4000.0, bytes_projected=20000.0, cpu_seconds=13.0,
+        memory_peak_bytes=1200))  # fmt: skip
+    assert four["bytes_per_hour"] == 2000.0 and four["cpu_seconds_per_hour"] == 6.5
+    assert four["mean_auc"] == 0.7
+    multicast = in_fleet(four, FleetConfig(nodes=4), FleetConfig(nodes=3, multicast=True), 2.0)
+    assert multicast["bytes_moved"] == 1000.0 and multicast["cpu_seconds"] == 11.0
