@@ -31,9 +31,11 @@ from dlrm_core.experiment.strategies import Strategy
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
-from dlrm_core.rebase import delta_rebase
+from dlrm_core.rebase import RowAnchor, anchor_rows, delta_rebase
 from dlrm_core.row_budget import overhead_bytes
 from dlrm_core.trainer import FullStepResult, LiveTrainer, TrainerConfig
+
+Anchors = dict[str, RowAnchor]  # a delta rebase's anchors by table (dlrm_core.rebase)
 
 
 def allocate_budget(
@@ -123,7 +125,8 @@ class LiveUpdate(Strategy):
             raise ValueError("a rebase or refresh period needs the cluster and a link")
         self.feed_period_s = period
         self.next_feed_s = start_s + period if period is not None else float("inf")
-        self.in_flight: list[tuple[float, Payload]] = []
+        # payloads on the wire: landing time, payload, what the node kept at the snapshot
+        self.in_flight: list[tuple[float, Payload, Anchors | None]] = []
         self.rebases = 0
         self._ready_calls = 0
 
@@ -143,7 +146,8 @@ class LiveUpdate(Strategy):
         """Walk the tensors this node holds for updating (the factors, their optimizer state,
         the label join's pending batches, the replay window, published versions, a payload
         being applied) and record their bytes."""
-        held = held_tensor_bytes((self.trainer, staging), self._served)
+        kept = [held for _, _, held in self.in_flight]  # anchors kept until their payload lands
+        held = held_tensor_bytes((self.trainer, staging, kept), self._served)
         self.accounting.set_measured(held)
         return held
 
@@ -173,23 +177,27 @@ class LiveUpdate(Strategy):
             start = time.process_time()
             payload = self.cluster.snapshot(due, self.select(due))
             self.accounting.cluster_cpu_seconds += time.process_time() - start
-            self.in_flight.append((self.link.send(payload, due), payload))
+            self.in_flight.append((self.link.send(payload, due), payload, self.hold(payload)))
             acc = self.accounting
             acc.bytes_moved += payload.bytes
             acc.bytes_projected += payload.table_bytes * self.link.scale + payload.dense_bytes
             acc.syncs_sent += 1
             acc.transfer_seconds.append(self.in_flight[-1][0] - due)
         while self.in_flight and self.in_flight[0][0] <= now:
-            _, payload = self.in_flight.pop(0)
+            _, payload, held = self.in_flight.pop(0)
             start = time.process_time()
-            self.apply(payload)
+            self.apply(payload, held)
             self.accounting.node_cpu_seconds += time.process_time() - start
             self.accounting.set_memory(self.overhead_bytes() + payload.table_bytes)
             self.measure(staging=payload)
             self.accounting.syncs_landed += 1
             self.rebases += 1
 
-    def apply(self, payload: Payload) -> None:
+    def hold(self, payload: Payload) -> Anchors | None:
+        """What the node keeps from a payload's snapshot time until it lands (nothing)."""
+        return None
+
+    def apply(self, payload: Payload, held: Anchors | None = None) -> None:
         """A full rebase: the cluster's whole model, the factors restart from zero."""
         payload.apply_to(self.model)  # writes the LiveEmbeddings' bases and the MLPs
         for live in self.trainer.lives.values():
@@ -208,14 +216,15 @@ class LiveUpdateDense(LiveUpdate):
     def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
         return {}  # no table rows: the payload carries the MLPs only
 
-    def apply(self, payload: Payload) -> None:
+    def apply(self, payload: Payload, held: Anchors | None = None) -> None:
         delta_rebase(self.model, {}, payload.dense)
 
 
 class Hybrid(LiveUpdate):
     """LiveUpdate between delta rebases (dlrm_core.rebase): every period the rows the cluster
     changed since the last rebase and its MLPs; those rows' corrections are dropped, every
-    other row keeps its own."""
+    other row keeps its own, and what the node learnt about a carried row while the payload
+    was on the wire is carried onto the cluster's row (the anchor taken at the snapshot)."""
 
     name = "hybrid"
 
@@ -233,11 +242,20 @@ class Hybrid(LiveUpdate):
     def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
         return self.changed.take()
 
-    def apply(self, payload: Payload) -> None:
+    def hold(self, payload: Payload) -> Anchors | None:
+        """The node's served rows, at the snapshot, of the carried rows it held a correction
+        for: at landing its change since is carried over onto the cluster's rows."""
+        return {
+            name: anchor_rows(self.model.sparse_arch.table(name), ids)
+            for name, (ids, _) in payload.tables.items()
+            if ids is not None
+        }
+
+    def apply(self, payload: Payload, held: Anchors | None = None) -> None:
         tables = {
             name: (ids, rows) for name, (ids, rows) in payload.tables.items() if ids is not None
         }
-        delta_rebase(self.model, tables, payload.dense)
+        delta_rebase(self.model, tables, payload.dense, held)
         self.newest_event_s = max(self.newest_event_s, payload.newest_event_s)
         self.learnt_until_id = max(self.learnt_until_id, payload.learnt_until_id)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
-from dlrm_core.rebase import rebase_rows
+from dlrm_core.rebase import anchor_rows, rebase_rows
 
 
 def live_table() -> LiveEmbedding:
@@ -45,3 +45,31 @@ def test_a_plain_table_is_overwritten_and_bad_rows_are_refused() -> None:
     assert torch.equal(bag.weight[3].detach(), torch.ones(4))
     with pytest.raises(ValueError, match="rows must be"):
         rebase_rows(bag, torch.tensor([3, 4]), torch.ones(1, 4))
+
+
+def test_the_change_since_the_snapshot_is_carried_onto_the_cluster_row() -> None:
+    live = live_table()
+    anchor = anchor_rows(live, torch.tensor([2, 5, 7]))
+    assert anchor.ids.tolist() == [2, 5]  # 7 held no correction: it served its base row
+    then = served(live, [2, 5, 7])
+    live.activate(torch.tensor([7]), now=1.0, max_active=10)  # admitted after the snapshot
+    with torch.no_grad():  # the node keeps training after the snapshot
+        live.A[live.slots(torch.tensor([2]))[0]] += 0.5
+        live.A[live.slots(torch.tensor([7]))[0]] = 0.25
+    change = served(live, [2, 5, 7]) - then
+    new_rows = torch.full((3, 4), 0.25)
+    dropped = rebase_rows(live, torch.tensor([2, 5, 7]), new_rows, anchor)
+    assert dropped == 3 and live.ids.tolist() == [1, 3]
+    after = served(live, [2, 5, 7])
+    assert torch.allclose(after, new_rows + change)
+    assert change[0].abs().sum() > 0 and change[2].abs().sum() > 0
+    assert torch.equal(change[1], torch.zeros(4))  # 5 did not move since the snapshot
+
+
+def test_without_a_correction_the_anchor_is_empty() -> None:
+    bag = nn.EmbeddingBag(10, 4, mode="sum")
+    anchor = anchor_rows(bag, torch.tensor([1, 2]))
+    assert anchor.ids.numel() == 0 and anchor.rows.shape == (0, 4)
+    before = bag.weight[1].detach().clone()
+    rebase_rows(bag, torch.tensor([1]), before.unsqueeze(0) + 1.0, anchor)
+    assert torch.allclose(bag.weight[1].detach(), before + 1.0)
