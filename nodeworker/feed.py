@@ -16,12 +16,11 @@ nodeworker/feed_rings.py's.
 
 from __future__ import annotations
 
-import math
 import struct
 import threading
 import time
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -136,7 +135,7 @@ def _served_requests(n_features: int, n_dense: int, records: list[bytes]) -> Ite
         ):
             arrays.append(np.frombuffer(rec, dtype=dtype, count=count, offset=pos))
             pos += arrays[-1].nbytes
-        ids = list(range(first, first + n))
+        ids = np.arange(first, first + n, dtype=np.int64)
         values, offsets = tuple(arrays[2 + n_features :]), tuple(arrays[2 : 2 + n_features])
         yield at, ids, values, offsets, arrays[1].reshape(n, n_dense), arrays[0]
 
@@ -182,7 +181,6 @@ class Feed:
             SampleCacheConfig(config.label_window_s, config.max_pending, config.max_ready),
             clock=clock,
         )
-        self._scores: OrderedDict[int, float] = OrderedDict()
         self.backlog: deque[tuple[SparseBatch, np.ndarray]] = deque()
         self.dropped_backlog = 0  # joined rows dropped before the trainer took them
         self.to_trainer = 0
@@ -226,11 +224,8 @@ class Feed:
                 rid, label, t = labels[i]
                 self.cache.feedback(rid, label, now=t)
                 i += 1
-            self.cache.put_arrays(self.keys, values, offsets, dense, [at] * len(ids), ids, now=at)
-            self._scores.update(zip(ids, scores.tolist(), strict=True))
-        limit = self.config.max_pending + self.config.max_ready
-        while len(self._scores) > limit:
-            self._scores.popitem(last=False)
+            stamps = np.full(len(ids), at)
+            self.cache.put_arrays(self.keys, values, offsets, dense, stamps, ids, at, scores)
         if not caught_up:
             return labels[i:]
         for rid, label, t in labels[i:]:
@@ -243,18 +238,22 @@ class Feed:
             rows = self.cache.take(self.config.batch_rows, now=now)
             if rows is None:
                 return joined
-            ids = rows.batch.request_ids.tolist()
-            joined += len(ids)
-            scores = np.array([self._scores.pop(i, math.nan) for i in ids])
-            self._quality.append((rows.batch.labels.numpy(), scores))
+            n = len(rows.batch)
+            joined += n
+            self._quality.append((rows.batch.labels.numpy(), rows.scores.astype(np.float64)))
             if self.config.train:
                 self.backlog.append((rows.batch, rows.label_times.numpy()))
                 while len(self.backlog) > self.config.backlog_batches or (
                     len(self.backlog) > 1 and self.backlog_nbytes() > self.config.backlog_bytes
                 ):
                     self.dropped_backlog += len(self.backlog.popleft()[0])
-            if len(ids) < self.config.batch_rows:
+            if n < self.config.batch_rows:
                 return joined
+
+    def nbytes(self) -> int:
+        """Bytes the join holds: the sample cache's columns and the backlog (the trainer's
+        memory account counts them)."""
+        return self.cache.nbytes() + self.backlog_nbytes()
 
     def backlog_nbytes(self) -> int:
         """Bytes of the joined batches waiting for the trainer and their label times."""

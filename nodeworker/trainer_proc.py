@@ -330,7 +330,7 @@ class TrainerLoop:
             )
             for name, table in account.tables.items()
         }
-        pending = account.pending + self.feed.backlog_nbytes()
+        pending = account.pending + self.feed.nbytes()
         return replace(account, tables=tables, pending=pending)
 
     def send_stats(self) -> None:
