@@ -100,8 +100,8 @@ class JoinRows:
             used + k > len(arena)
             for used, k, arena in zip(self.vhi, counts, self.values, strict=True)
         )
-        # traffic fell: an arena 8x what it holds is squeezed into one of its size again
-        idle = self.capacity > MIN_ROWS and 8 * (self.hi - self.lo + n) < self.capacity
+        # traffic fell: an arena 4x what it holds is squeezed into one 1.5x (no flapping)
+        idle = self.capacity > MIN_ROWS and 4 * (self.hi - self.lo + n) < self.capacity
         if full or idle:
             self._squeeze(n, counts)
         start, end = self.hi, self.hi + n
