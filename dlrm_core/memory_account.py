@@ -10,10 +10,12 @@ inference has not caught up with (nodeworker/base_pages.py) and the node's copie
 trainer: its shared-memory slots' factors and serving layouts and inference's installed layout
 (nodeworker/shared_memory.py SharedFactors.held_bytes). Besides the tables: the label join's
 pending served batches and the replay window (on a node: the feed's backlog of joined batches,
-held within its share of the budget, nodeworker/trainer_proc.py BACKLOG_SHARE). The budget
-caps the tables' parts (RankController plans within it and evicts or refuses before exceeding
-it); ``within_budget`` checks the whole. MemoryReport is one LiveEmbedding's part of it, as
-LiveEmbedding.memory measures it.
+held within its share of the budget, nodeworker/node_budget.py BACKLOG_SHARE, and the rows
+waiting for their labels, as the bytes of their arenas, nodeworker/join_rows.py: bounded by
+max_pending and the label window, counted here beside the cap, as no valid row is dropped to
+meet it). The budget caps the tables' parts (RankController plans within it and evicts or
+refuses before exceeding it); ``within_budget`` checks the whole. MemoryReport is one
+LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class TableAccount:
 @dataclass(frozen=True)
 class MemoryAccount:
     tables: Mapping[str, TableAccount]
-    pending: int  # served batches waiting for labels, and the replay window
+    pending: int  # served rows waiting for labels, joined ones waiting, the replay window
     dense: int = 0  # top-layer tuning's gradients and accumulators (dlrm_core.top_tune)
 
     @property

@@ -16,12 +16,11 @@ nodeworker/feed_rings.py's.
 
 from __future__ import annotations
 
-import math
 import struct
 import threading
 import time
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,10 +28,12 @@ import numpy as np
 import torch
 
 from dlrm_core.batch import SparseBatch
-from nodeworker.feed_rings import FeedRings, record_bytes
+from nodeworker.feed_rings import FeedRings, record_spans
 from nodeworker.sample_cache import Feedback, SampleCache, SampleCacheConfig
 
 _LABEL = struct.Struct("<qdd")  # request id, label, arrival time
+# a label as the ring holds it: its length (24) and _LABEL, 32 bytes, no padding
+_LABEL_RECORD = np.dtype([("length", "<i8"), ("rid", "<i8"), ("label", "<f8"), ("at", "<f8")])
 _SERVED = struct.Struct("<qqd")  # first request id, rows, served at
 POLL_BYTES = 256 << 10  # a reader copies at most this much of a ring at a time
 
@@ -119,13 +120,13 @@ class FeedWriter:
 # --- the reading side ----------------------------------------------------------------------
 
 
-def _served_requests(n_features: int, n_dense: int, records: list[bytes]) -> Iterator:
-    """(served at, ids, values, offsets, dense, scores) of each served record, as numpy views
-    of the record (read-only; the cache keeps them as they are)."""
-    for rec in records:
-        first, n, at = _SERVED.unpack_from(rec, 0)
-        pos = _SERVED.size
-        n_values = struct.unpack_from(f"<{n_features}q", rec, pos)
+def _served_requests(n_features: int, n_dense: int, block: bytes) -> Iterator:
+    """(served at, ids, values, offsets, dense, scores) of each served record of a block the
+    ring read, as numpy views of it (the cache copies them into its arenas)."""
+    for start, _ in record_spans(block):
+        first, n, at = _SERVED.unpack_from(block, start)
+        pos = start + _SERVED.size
+        n_values = struct.unpack_from(f"<{n_features}q", block, pos)
         pos += 8 * n_features
         arrays = []
         for dtype, count in (
@@ -134,9 +135,9 @@ def _served_requests(n_features: int, n_dense: int, records: list[bytes]) -> Ite
             *((np.int64, n) for _ in range(n_features)),
             *((np.int64, k) for k in n_values),
         ):
-            arrays.append(np.frombuffer(rec, dtype=dtype, count=count, offset=pos))
+            arrays.append(np.frombuffer(block, dtype=dtype, count=count, offset=pos))
             pos += arrays[-1].nbytes
-        ids = list(range(first, first + n))
+        ids = np.arange(first, first + n, dtype=np.int64)
         values, offsets = tuple(arrays[2 + n_features :]), tuple(arrays[2 : 2 + n_features])
         yield at, ids, values, offsets, arrays[1].reshape(n, n_dense), arrays[0]
 
@@ -182,28 +183,28 @@ class Feed:
             SampleCacheConfig(config.label_window_s, config.max_pending, config.max_ready),
             clock=clock,
         )
-        self._scores: OrderedDict[int, float] = OrderedDict()
         self.backlog: deque[tuple[SparseBatch, np.ndarray]] = deque()
         self.dropped_backlog = 0  # joined rows dropped before the trainer took them
         self.to_trainer = 0
         self._quality: list[tuple[np.ndarray, np.ndarray]] = []
-        self._carried: list[tuple[int, float, float]] = []  # labels read before their request
+        # labels read before their request
+        self._carried: np.ndarray = np.zeros(0, dtype=_LABEL_RECORD)
 
     def poll(self, now: float | None = None) -> int:
         """Move what the rings held when called into the cache in time order, POLL_BYTES of
         each ring at a time (a trainer that was starved of cpu finds seconds of traffic there:
         read at once, they were a transient of ring-sized copies and per-record objects that
-        malloc kept), then the joined rows into the quality rows and the backlog. Returns the
-        rows joined."""
+        malloc kept; a chunk is one block, its labels one numpy array), then the joined rows
+        into the quality rows and the backlog. Returns the rows joined."""
         when = self.clock() if now is None else now
         joined = 0
         served_left, labels_left = self.rings.served.unread(), self.rings.labels.unread()
         while True:
             fresh = self.rings.labels.read(POLL_BYTES)
-            labels = self._carried + [_LABEL.unpack(rec) for rec in fresh]
+            labels = np.concatenate([self._carried, np.frombuffer(fresh, dtype=_LABEL_RECORD)])
             records = self.rings.served.read(POLL_BYTES)
-            served_left -= sum(record_bytes(rec) for rec in records)
-            labels_left -= sum(record_bytes(rec) for rec in fresh)
+            served_left -= len(records)
+            labels_left -= len(fresh)
             # every label read so far has its request in the served ring; once that is read up
             # to its head, each one's request is in the cache
             caught_up = self.rings.served.unread() == 0
@@ -214,28 +215,23 @@ class Feed:
             if served_left <= 0 and labels_left <= 0:  # the rest came after the call
                 return joined
 
-    def _merge(
-        self, labels: list[tuple[int, float, float]], records: list[bytes], caught_up: bool
-    ) -> list[tuple[int, float, float]]:
-        """Put the served records and the labels in time order into the cache; returns the
-        labels newer than the last record, kept for the next chunk unless ``caught_up``."""
-        i = 0
+    def _merge(self, labels: np.ndarray, records: bytes, caught_up: bool) -> np.ndarray:
+        """Put the served records and the labels (_LABEL_RECORD) in time order into the cache;
+        returns the labels newer than the last record, kept for the next chunk unless
+        ``caught_up``."""
+        i, rids, values_, times = 0, labels["rid"], labels["label"], labels["at"]
         served = _served_requests(len(self.keys), self.n_dense, records)
         for at, ids, values, offsets, dense, scores in served:
-            while i < len(labels) and labels[i][2] < at:
-                rid, label, t = labels[i]
-                self.cache.feedback(rid, label, now=t)
+            while i < len(labels) and times[i] < at:
+                self.cache.feedback(int(rids[i]), float(values_[i]), now=float(times[i]))
                 i += 1
-            self.cache.put_arrays(self.keys, values, offsets, dense, [at] * len(ids), ids, now=at)
-            self._scores.update(zip(ids, scores.tolist(), strict=True))
-        limit = self.config.max_pending + self.config.max_ready
-        while len(self._scores) > limit:
-            self._scores.popitem(last=False)
+            stamps = np.full(len(ids), at)
+            self.cache.put_arrays(self.keys, values, offsets, dense, stamps, ids, at, scores)
         if not caught_up:
-            return labels[i:]
-        for rid, label, t in labels[i:]:
-            self.cache.feedback(rid, label, now=t)
-        return []
+            return labels[i:].copy()  # not a view of the chunk: it goes
+        for j in range(i, len(labels)):
+            self.cache.feedback(int(rids[j]), float(values_[j]), now=float(times[j]))
+        return labels[:0]
 
     def _drain(self, now: float) -> int:
         joined = 0
@@ -243,18 +239,22 @@ class Feed:
             rows = self.cache.take(self.config.batch_rows, now=now)
             if rows is None:
                 return joined
-            ids = rows.batch.request_ids.tolist()
-            joined += len(ids)
-            scores = np.array([self._scores.pop(i, math.nan) for i in ids])
-            self._quality.append((rows.batch.labels.numpy(), scores))
+            n = len(rows.batch)
+            joined += n
+            self._quality.append((rows.batch.labels.numpy(), rows.scores.astype(np.float64)))
             if self.config.train:
                 self.backlog.append((rows.batch, rows.label_times.numpy()))
                 while len(self.backlog) > self.config.backlog_batches or (
                     len(self.backlog) > 1 and self.backlog_nbytes() > self.config.backlog_bytes
                 ):
                     self.dropped_backlog += len(self.backlog.popleft()[0])
-            if len(ids) < self.config.batch_rows:
+            if n < self.config.batch_rows:
                 return joined
+
+    def nbytes(self) -> int:
+        """Bytes the join holds: the sample cache's columns and the backlog (the trainer's
+        memory account counts them)."""
+        return self.cache.nbytes() + self.backlog_nbytes()
 
     def backlog_nbytes(self) -> int:
         """Bytes of the joined batches waiting for the trainer and their label times."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,15 @@ _LEN = struct.Struct("<q")
 def record_bytes(payload: bytes) -> int:
     """Bytes a record of ``payload`` takes in a ring: its length, itself, padded to 8."""
     return -(-(8 + len(payload)) // 8) * 8
+
+
+def record_spans(block: bytes) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each record's payload in a block ByteRing.read returned."""
+    at = 0
+    while at < len(block):
+        (length,) = _LEN.unpack_from(block, at)
+        yield at + 8, length
+        at += -(-(8 + length) // 8) * 8
 
 
 class ByteRing:
@@ -59,12 +69,14 @@ class ByteRing:
         if first < len(data):
             self._map[_HEADER : _HEADER + len(data) - first] = data[first:]
 
-    def read(self, max_bytes: int | None = None) -> list[bytes]:
-        """The records written since the last read, oldest first (reader side): all of them, or
-        the first ones within ``max_bytes`` of the ring (at least one)."""
+    def read(self, max_bytes: int | None = None) -> bytes:
+        """The records written since the last read, oldest first (reader side), as one block
+        of length-prefixed, padded records (``record_spans`` finds them): all of them, or the
+        first ones within ``max_bytes`` of the ring (at least one). One copy, no object a
+        record: a reader that was starved of cpu reads seconds of traffic at once."""
         head, tail = self._header[0], self._header[1]
         if head == tail:
-            return []
+            return b""
         pos, n = tail % self.capacity, head - tail
         if max_bytes is not None:
             n = self._records_within(tail, n, max_bytes)
@@ -73,12 +85,7 @@ class ByteRing:
         if first < n:
             data += self._map[_HEADER : _HEADER + n - first]
         self._header[1] = tail + n  # copied: the writer may reuse the space
-        records, at = [], 0
-        while at < n:
-            (length,) = _LEN.unpack_from(data, at)
-            records.append(data[at + 8 : at + 8 + length])
-            at += -(-(8 + length) // 8) * 8
-        return records
+        return data
 
     def _records_within(self, tail: int, available: int, max_bytes: int) -> int:
         """Bytes of the whole records from ``tail`` that fit ``max_bytes`` (at least one)."""

@@ -27,7 +27,7 @@ class JoinCounts:
         """A new join starts: the old one's counts are kept, the rows it held count as lost."""
         current, self._current = self._current, {}
         lost = sum(current.pop(key, 0) for key in HELD)
-        current.pop("batches", None)
+        current.pop("held", None)  # a size, not a count
         current["lost"] = current.get("lost", 0) + lost
         for key, value in current.items():
             self._before[key] = self._before.get(key, 0) + value

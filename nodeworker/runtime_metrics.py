@@ -12,7 +12,7 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +64,22 @@ class LagRing:
 
 
 INSTALLS_KEPT = 10_000  # version installs timed: 33 min at the trainer's 5 versions a second
+GC_PAUSES_KEPT = 10_000  # collections timed: an hour at three a second
+# latencies kept for benchmarks: 300 s at 1,700 requests a second (float32: 2 MiB a ring)
+LATENCIES_KEPT = 1 << 19
 
 
-class InstallRing:
-    """The newest ``capacity`` version installs (time, copy seconds, locked seconds) in three
-    preallocated arrays (a deque of tuples grew ~144 bytes an install, 14 MiB at 100k)."""
+class TimedRing:
+    """The newest ``capacity`` timed events (time, two values) in three preallocated arrays:
+    version installs (copy seconds, locked seconds), garbage-collector pauses (seconds,
+    generation). A deque of tuples grew ~144 bytes an event, 14 MiB at 100k."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._columns = [touched(capacity) for _ in range(3)]  # time, copy s, locked s
         self._count = 0
-        self._lock = threading.Lock()
+        # reentrant: a collection (gc_callback appends) may start while this thread reads
+        self._lock = threading.RLock()
 
     def append(self, item: tuple[float, float, float]) -> None:
         with self._lock:
@@ -84,7 +89,7 @@ class InstallRing:
             self._count += 1
 
     def since(self, since: float) -> list[tuple[float, float]]:
-        """(copy s, locked s) of the installs at or after ``since``, oldest first."""
+        """The two values of the events at or after ``since``, oldest first."""
         with self._lock:
             held = min(self._count, self.capacity)
             order = (np.arange(held) + self._count - held) % self.capacity
@@ -96,15 +101,46 @@ class InstallRing:
         return min(self._count, self.capacity)
 
 
+class ValueRing:
+    """The newest ``capacity`` values (float32) in a preallocated array, for benchmarks (a
+    deque of a million boxed floats grew to 32 MiB with time)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._values = touched(capacity, np.float32)
+        self._count = 0
+        self._lock = threading.Lock()  # requests finish on many threads
+
+    def append(self, value: float) -> None:
+        with self._lock:
+            self._values[self._count % len(self._values)] = value
+            self._count += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._count = 0
+
+    def values(self) -> np.ndarray:
+        """The values held, oldest first."""
+        with self._lock:
+            held = min(self._count, len(self._values))
+            return np.roll(self._values, -self._count)[-held:] if held else self._values[:0]
+
+    def __len__(self) -> int:
+        return min(self._count, len(self._values))
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values().tolist())
+
+
 class RuntimeMetrics:
     def __init__(self, quality_window_s: float = 60.0, max_rows: int = 50_000):
         self.latency = LatencyWindow(window_s=1.0)
-        self.all_latencies: deque[float] = deque(maxlen=1_000_000)  # for benchmarks
+        self.all_latencies = ValueRing(LATENCIES_KEPT)  # for benchmarks
         # for benchmarks: time under the inference lock per request (latency minus queueing)
-        self.all_service_ms: deque[float] = deque(maxlen=1_000_000)
-        self.gc_pauses: deque[tuple[float, float, int]] = deque(maxlen=100_000)  # (ts, s, gen)
+        self.all_service_ms = ValueRing(LATENCIES_KEPT)
+        self.gc_pauses = TimedRing(GC_PAUSES_KEPT)  # (ts, seconds, generation)
         # (ts, seconds copying the version out off the lock, seconds holding the inference lock)
-        self.installs = InstallRing(INSTALLS_KEPT)
+        self.installs = TimedRing(INSTALLS_KEPT)
         self._gc_started = 0.0
         self.quality_window_s = quality_window_s
         self.max_rows = max_rows
@@ -135,7 +171,7 @@ class RuntimeMetrics:
             self._gc_started = time.perf_counter()
         else:
             pause = time.perf_counter() - self._gc_started
-            self.gc_pauses.append((time.time(), pause, info["generation"]))
+            self.gc_pauses.append((time.time(), pause, float(info["generation"])))
 
     def joined(self, labels: np.ndarray, scores: np.ndarray, now: float) -> None:
         keep = np.isfinite(scores)
@@ -200,7 +236,7 @@ class RuntimeMetrics:
 
     def stalls(self, since: float = 0.0) -> dict[str, Any]:
         """GC pauses and version installs since ``since`` (time.time()), summed up."""
-        pauses = [s for t, s, _ in list(self.gc_pauses) if t >= since]
+        pauses = [s for s, _ in self.gc_pauses.since(since)]
         installs = self.installs.since(since)
         return {
             "gc_pauses": len(pauses),

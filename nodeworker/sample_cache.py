@@ -1,28 +1,29 @@
 """Served requests waiting for their label, joined with feedback into training rows.
 
-A served batch is kept once; each of its rows waits (keyed by request id) until its label
-arrives or the label window times out, when it becomes a negative (CTR logging: no click is a
-no). Joined rows queue up for the trainer. Both the waiting rows and the ready queue are bounded:
-the oldest go first, and every row that leaves without being trained on is counted.
+A served row is kept once, in the columns of nodeworker/join_rows.py (a waiting row costs its data
+bytes); each waits (found by request id) until its label arrives or the label window times out,
+when it becomes a negative (CTR logging: no click is a no). Joined rows queue up for the trainer.
+Both the waiting rows and the ready queue are bounded: the oldest go first, and every row that
+leaves without being trained on is counted. ``nbytes`` is what the columns hold (the trainer's
+memory account counts it).
 
-A kept batch is a tuple of private numpy copies and tuples of numbers, not a SparseBatch of
-tensors: the garbage collector tracks every torch.Tensor (and walked the ~6,000 of them waiting
-here in 10-20 ms per full collection, stalling inference), but neither numpy arrays nor tuples
-holding only untracked objects.
+No torch.Tensor is kept: the garbage collector tracks every one (and walked the ~6,000 batches
+once waiting here in 10-20 ms per full collection, stalling inference), but not numpy arrays.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from dlrm_core.batch import SparseBatch
+from nodeworker.join_rows import PENDING, READY, JoinRows, RidQueue
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SampleCacheConfig:
 class JoinedRows:
     batch: SparseBatch  # labels filled in
     label_times: torch.Tensor  # (B,) float64: when each label became known (arrival or timeout)
+    scores: np.ndarray  # (B,) float32: what inference served them (nan when not known)
 
 
 class Feedback(enum.Enum):
@@ -63,41 +65,29 @@ class CacheCounts:
         return dict(self.__dict__)
 
 
-# a served batch as kept: keys, values, bag bounds (offsets + nnz), dense, timestamps, ids
-_Kept = tuple[
-    tuple[str, ...],
-    tuple[np.ndarray, ...],
-    tuple[tuple[int, ...], ...],
-    np.ndarray,
-    tuple[float, ...],
-    tuple[int, ...],
-]
-
-
 class SampleCache:
     def __init__(self, config: SampleCacheConfig | None = None, clock=time.time):
         self.config = config or SampleCacheConfig()
         self.clock = clock
         self.counts = CacheCounts()
-        # request id -> (served at, batch key, row); insertion order is serving order.
-        self._pending: OrderedDict[int, tuple[float, int, int]] = OrderedDict()
-        # (batch key, row, label, label time), oldest first.
-        self._ready: deque[tuple[int, int, float, float]] = deque()
-        self._batches: dict[int, _Kept] = {}
-        self._refs: dict[int, int] = {}
-        self._next_key = 0
+        self._keys: tuple[str, ...] = ()
+        self._rows: JoinRows | None = None  # its columns, once the first batch gives a shape
+        self._ready = RidQueue()  # request ids in the order their labels became known
+        self._pending = 0  # rows waiting for a label
+        self._plo = 0  # the oldest pending row's position (hi when none)
         self._max_id = -1
+        self._last_served = -math.inf
         self._lock = threading.Lock()
 
     def put(self, batch: SparseBatch, now: float | None = None) -> None:
         """Keep a served batch; its request ids must be new and larger than any seen before."""
         self.put_arrays(
             batch.keys,
-            tuple(v.numpy().copy() for v in batch.values),
+            tuple(v.numpy() for v in batch.values),
             tuple(o.numpy() for o in batch.offsets),
-            batch.dense.numpy().copy(),
-            batch.timestamps.tolist(),
-            batch.request_ids.tolist(),
+            batch.dense.numpy(),
+            batch.timestamps.numpy(),
+            batch.request_ids.numpy(),
             now,
         )
 
@@ -107,53 +97,50 @@ class SampleCache:
         values: tuple[np.ndarray, ...],
         offsets: tuple[np.ndarray, ...],
         dense: np.ndarray,
-        timestamps: list[float],
-        ids: list[int],
+        timestamps: np.ndarray,
+        ids: np.ndarray,
         now: float | None = None,
+        scores: np.ndarray | None = None,
     ) -> None:
-        """``put`` of a batch as numpy arrays, kept as they are (the caller's must not change):
-        what the feed reads from its ring, without building a SparseBatch per request."""
+        """``put`` of a batch as numpy arrays (copied into the cache's columns): what the feed
+        reads from its ring, with the scores inference served (nan when not given)."""
         now = self.clock() if now is None else now
+        ids = np.asarray(ids, dtype=np.int64)
         with self._lock:
-            if ids and (min(ids) <= self._max_id or len(set(ids)) != len(ids)):
+            if len(ids) and (ids[0] <= self._max_id or np.any(np.diff(ids) <= 0)):
                 raise ValueError("request ids must be unique and increase across batches")
-            if not ids:
+            if not len(ids):
                 return
-            key = self._next_key
-            self._next_key += 1
-            self._batches[key] = (
-                keys,
-                values,
-                # bag bounds as tuples: gathering a row's bag is two index lookups
-                tuple((*o.tolist(), int(v.shape[0])) for v, o in zip(values, offsets, strict=True)),
-                dense,
-                tuple(timestamps),
-                tuple(ids),
-            )
-            self._refs[key] = len(ids)
-            for row, rid in enumerate(ids):
-                self._pending[rid] = (now, key, row)
-            self._max_id = max(ids)
+            if self._rows is None:
+                self._keys, self._rows = keys, JoinRows(len(keys), dense.shape[1])
+            rows = self._rows
+            plo_rid = rows.rid[self._plo] if self._plo < rows.hi else None
+            # the served times are kept non-decreasing: expiry walks them in serving order
+            self._last_served = max(self._last_served, now)
+            score = np.full(len(ids), np.nan, np.float32) if scores is None else scores
+            served = self._last_served
+            start, _ = rows.append(ids, served, timestamps, score, dense, values, offsets)
+            self._plo = start if plo_rid is None else int(rows.find(np.array([plo_rid]))[0])
+            self._pending += len(ids)
+            self._max_id = int(ids[-1])
             self.counts.served += len(ids)
-            while len(self._pending) > self.config.max_pending:
-                _, (_, k, _) = self._pending.popitem(last=False)
-                self._release(k)
-                self.counts.dropped_pending += 1
+            if self._pending > self.config.max_pending:
+                self._drop_pending(self._pending - self.config.max_pending)
             self._expire(now)
 
     def feedback(self, request_id: int, label: float, now: float | None = None) -> Feedback:
         now = self.clock() if now is None else now
         with self._lock:
             self._expire(now)
-            entry = self._pending.pop(request_id, None)
-            if entry is None:
+            rows = self._rows
+            pos = -1 if rows is None else int(rows.find(np.array([request_id]))[0])
+            if pos < 0 or rows is None or rows.state[pos] != PENDING:
                 if 0 <= request_id <= self._max_id:
                     self.counts.late_feedback += 1
                     return Feedback.GONE
                 self.counts.unknown_feedback += 1
                 return Feedback.UNKNOWN
-            _, key, row = entry
-            self._push_ready(key, row, float(label), now)
+            self._make_ready(np.array([pos]), float(label), np.array([now]))
             self.counts.joined += 1
             return Feedback.JOINED
 
@@ -166,77 +153,86 @@ class SampleCache:
         """Up to ``max_rows`` joined rows, oldest first, as one batch (None when none ready)."""
         with self._lock:
             self._expire(self.clock() if now is None else now)
-            picked = [self._ready.popleft() for _ in range(min(max_rows, len(self._ready)))]
-            if not picked:
+            rows = self._rows
+            if rows is None or not len(self._ready):
                 return None
-            batch = self._gather(picked)
-            for key, _, _, _ in picked:
-                self._release(key)
-            self.counts.taken += len(picked)
-        return JoinedRows(batch, torch.tensor([t for *_, t in picked], dtype=torch.float64))
+            pos = rows.find(self._ready.pop(max_rows))
+            values, offsets = rows.gather(pos)
+            batch = SparseBatch(
+                self._keys,
+                tuple(torch.from_numpy(v) for v in values),
+                tuple(torch.from_numpy(o) for o in offsets),
+                torch.from_numpy(rows.dense[pos]),
+                torch.from_numpy(rows.label[pos]),
+                torch.from_numpy(rows.stamp[pos]),
+                torch.from_numpy(rows.rid[pos]),
+            )
+            joined = JoinedRows(batch, torch.from_numpy(rows.label_at[pos]), rows.score[pos])
+            self._release(pos)
+            self.counts.taken += len(pos)
+        return joined
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
-            return {
-                "pending": len(self._pending),
-                "ready": len(self._ready),
-                "batches": len(self._batches),
-            }
+            # held: the rows whose columns are kept (from the oldest row not taken, some taken)
+            held = self._rows.hi - self._rows.lo if self._rows is not None else 0
+            return {"pending": self._pending, "ready": len(self._ready), "held": held}
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds: its columns and the ready queue."""
+        with self._lock:
+            held = self._rows.nbytes() if self._rows is not None else 0
+            return held + self._ready.nbytes
 
     # --- internals (lock held) ---
 
     def _expire(self, now: float) -> int:
+        rows = self._rows
+        if rows is None or self._plo >= rows.hi:
+            return 0
         cutoff = now - self.config.label_window_s
-        n = 0
-        while self._pending:
-            rid, (served_at, key, row) = next(iter(self._pending.items()))
-            if served_at > cutoff:
-                break
-            del self._pending[rid]
-            self._push_ready(key, row, 0.0, served_at + self.config.label_window_s)
-            n += 1
-        self.counts.expired += n
-        return n
+        if rows.served[self._plo] > cutoff:
+            return 0
+        end = self._plo + int(np.searchsorted(rows.served[self._plo : rows.hi], cutoff, "right"))
+        pos = np.flatnonzero(rows.state[self._plo : end] == PENDING) + self._plo
+        self._make_ready(pos, 0.0, rows.served[pos] + self.config.label_window_s)
+        self.counts.expired += len(pos)
+        return len(pos)
 
-    def _push_ready(self, key: int, row: int, label: float, at: float) -> None:
-        self._ready.append((key, row, label, at))
-        while len(self._ready) > self.config.max_ready:
-            old_key, _, _, _ = self._ready.popleft()
-            self._release(old_key)
-            self.counts.dropped_ready += 1
+    def _drop_pending(self, n: int) -> None:
+        """Drop the ``n`` oldest pending rows (max_pending): never trained on, counted."""
+        rows = self._rows
+        assert rows is not None
+        pos = np.flatnonzero(rows.state[self._plo : rows.hi] == PENDING)[:n] + self._plo
+        self._pending -= len(pos)
+        self.counts.dropped_pending += len(pos)
+        self._release(pos)
+        self._advance_plo()
 
-    def _release(self, key: int) -> None:
-        self._refs[key] -= 1
-        if self._refs[key] == 0:
-            del self._refs[key], self._batches[key]
+    def _make_ready(self, pos: np.ndarray, label: float, at: np.ndarray) -> None:
+        rows = self._rows
+        assert rows is not None
+        rows.state[pos] = READY
+        rows.label[pos] = label
+        rows.label_at[pos] = at
+        self._pending -= len(pos)
+        self._ready.push(rows.rid[pos])
+        self._advance_plo()
+        over = len(self._ready) - self.config.max_ready
+        if over > 0:
+            self._release(rows.find(self._ready.pop(over)))
+            self.counts.dropped_ready += over
 
-    def _gather(self, picked: list[tuple[int, int, float, float]]) -> SparseBatch:
-        """One batch of the picked rows, labels filled in (rows of many small served batches:
-        slicing each bag is far cheaper than SparseBatch.select + concat per row)."""
-        keys = self._batches[picked[0][0]][0]
-        n_features = len(keys)
-        values: list[list[np.ndarray]] = [[] for _ in range(n_features)]
-        lengths: list[list[int]] = [[] for _ in range(n_features)]
-        dense, stamps, rids = [], [], []
-        for key, row, _, _ in picked:
-            _, kept_values, bounds, kept_dense, times, kept_ids = self._batches[key]
-            for f in range(n_features):
-                low, high = bounds[f][row], bounds[f][row + 1]
-                values[f].append(kept_values[f][low:high])
-                lengths[f].append(high - low)
-            dense.append(kept_dense[row])
-            stamps.append(times[row])
-            rids.append(kept_ids[row])
-        offsets = []
-        for f in range(n_features):
-            lens = np.array(lengths[f], dtype=np.int64)
-            offsets.append(torch.from_numpy(np.cumsum(lens) - lens))
-        return SparseBatch(
-            keys,
-            tuple(torch.from_numpy(np.concatenate(v)) for v in values),
-            tuple(offsets),
-            torch.from_numpy(np.stack(dense)),
-            torch.tensor([label for _, _, label, _ in picked], dtype=torch.float32),
-            torch.tensor(stamps, dtype=torch.float64),
-            torch.tensor(rids, dtype=torch.int64),
-        )
+    def _advance_plo(self) -> None:
+        rows = self._rows
+        assert rows is not None
+        if self._plo < rows.hi and rows.state[self._plo] == PENDING:
+            return
+        waiting = np.flatnonzero(rows.state[self._plo : rows.hi] == PENDING)
+        self._plo = self._plo + int(waiting[0]) if len(waiting) else rows.hi
+
+    def _release(self, pos: np.ndarray) -> None:
+        rows = self._rows
+        assert rows is not None
+        rows.release(pos)
+        self._plo = max(self._plo, rows.lo)

@@ -342,7 +342,7 @@ class TrainerLoop:
             )
             for name, table in account.tables.items()
         }
-        pending = account.pending + self.feed.backlog_nbytes()
+        pending = account.pending + self.feed.nbytes()
         dense = account.dense + self.tuning.sent_bytes  # the published copy, see tuned_top
         return replace(account, tables=tables, pending=pending, dense=dense)
 

@@ -20,6 +20,7 @@ from dlrm_core.table_factors import TableFactors
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
 from nodeworker import protocol
 from nodeworker.node_budget import MIN_TABLE_ROWS, capacity_budget, node_budget, plan_node_budget
+from nodeworker.sample_cache import Feedback
 from nodeworker.shared_memory import SharedFactors, TableCapacity, installed_bytes
 from tests.unit.test_feed import feed_pair, serve
 from tests.unit.test_trainer import CFG, ITEMS, Stream, pretrained
@@ -242,3 +243,35 @@ def test_a_table_is_trained_only_with_room_for_a_few_rows():
     assert rows >= MIN_TABLE_ROWS
     policy, _ = protocol.validate_policy({"memory_budget_pct": 10.0})
     assert set(node_budget(config, policy).tables) == {"user", "item", "c0", "c1"}
+
+
+def test_the_join_is_in_the_account_as_the_bytes_of_its_arenas(tmp_path):
+    """Feed.nbytes (what the trainer's account adds as pending) is the sample cache's arenas
+    (records, value arenas, ready queue) and the backlog: it follows the waiting rows up and,
+    once they are labelled, taken and the arena squeezed, down again."""
+    clock, writer, feed = feed_pair(tmp_path, window=60.0, max_pending=10_000)
+    feed.poll(now=0.0)
+    assert feed.nbytes() == feed.cache._ready.nbytes == 2048  # nothing served: no arena
+    for first in range(0, 800, 8):  # the writer's ledger holds 1,000 ids
+        serve(writer, first, 8, at=clock.now)
+        if first % 80 == 0:
+            feed.poll(now=clock.now)
+    feed.poll(now=clock.now)
+    rows = feed.cache._rows
+    assert rows is not None and feed.cache.sizes()["pending"] == 800
+    arenas = rows.records.nbytes + sum(v.nbytes for v in rows.values)
+    assert feed.cache.nbytes() == arenas + feed.cache._ready.nbytes
+    assert feed.nbytes() == feed.cache.nbytes() + feed.backlog_nbytes()
+    assert 800 * rows.dtype.itemsize <= arenas <= 2 * 800 * (rows.dtype.itemsize + 24)
+    waiting = feed.nbytes()
+    clock.now = 1.0
+    for rid in range(800):
+        assert writer.feedback(rid, 1.0) is Feedback.JOINED
+        if rid % 100 == 99:  # the label ring holds 128
+            feed.poll(now=1.0)
+    while feed.next_batch() is not None:
+        pass
+    serve(writer, 800, 8, at=1.0)  # an append finds the arena idle: squeezed
+    feed.poll(now=1.0)
+    assert feed.cache.sizes()["held"] == 8 and feed.nbytes() < waiting / 3
+    assert feed.cache._rows.capacity == 256  # the smallest arena again

@@ -9,10 +9,11 @@ import numpy as np
 
 from nodeworker.feed import FeedReport
 from nodeworker.runtime_metrics import (
-    InstallRing,
     LagRing,
     MeasuredMemory,
     RuntimeMetrics,
+    TimedRing,
+    ValueRing,
     smaps_rollup,
     touched,
 )
@@ -96,7 +97,7 @@ def test_the_lag_ring_keeps_the_newest_lags_and_wraps():
 
 
 def test_install_times_keep_the_newest_and_read_oldest_first():
-    ring = InstallRing(3)
+    ring = TimedRing(3)
     assert ring.since(0.0) == [] and len(ring) == 0
     for i in range(5):  # wraps: the two oldest are gone
         ring.append((10.0 + i, 0.1 * i, 0.01 * i))
@@ -122,3 +123,37 @@ def test_a_fixed_ring_is_resident_from_the_start_not_as_it_fills():
     lazy = np.zeros(4 << 20)
     assert smaps_rollup(me)["Pss_Anon"] - after < 4 << 20  # type: ignore[index]
     assert lazy.shape == ring.shape
+
+
+def test_the_latency_ring_keeps_the_newest_oldest_first_and_clears():
+    ring = ValueRing(4)
+    assert list(ring) == [] and len(ring) == 0
+    for v in range(3):
+        ring.append(float(v))
+    assert list(ring) == [0.0, 1.0, 2.0]
+    for v in range(3, 7):  # wraps
+        ring.append(float(v))
+    assert list(ring) == [3.0, 4.0, 5.0, 6.0] and len(ring) == 4
+    ring.clear()
+    assert list(ring) == []
+    ring.append(9.0)
+    assert list(ring) == [9.0]
+
+
+def test_the_runtime_metrics_do_not_grow_with_time():
+    """300k requests and 20k collections: the per-request and per-pause records are fixed
+    rings, resident from the start (deques of boxed floats and tuples grew ~20 MiB here)."""
+    me = os.getpid()
+    metrics = RuntimeMetrics()
+    metrics.served(1.0, 0.5, 0.0)
+    before = smaps_rollup(me)["Pss_Anon"]  # type: ignore[index]
+    for i in range(300_000):
+        metrics.served(1.0 + i % 7, 0.5, i / 1000)
+        if i % 1000 == 0:  # telemetry reads the last second's window every second
+            metrics.latency.count(i / 1000)
+    for i in range(20_000):
+        metrics.gc_callback("start", {"generation": 0})
+        metrics.gc_callback("stop", {"generation": i % 3})
+    grown = smaps_rollup(me)["Pss_Anon"] - before  # type: ignore[index]
+    assert grown < 2 << 20, grown
+    assert len(metrics.all_latencies) == 300_001 and metrics.stalls()["gc_pauses"] == 10_000

@@ -55,9 +55,9 @@ def test_timeouts_become_negatives_and_late_or_unknown_feedback_is_told_apart():
     assert rows.batch.request_ids.tolist() == [1, 0, 2]
     assert rows.batch.labels.tolist() == [1.0, 0.0, 0.0]
     assert rows.label_times.tolist() == [1.0, 5.0, 5.0]  # a negative is known at its timeout
-    assert cache.sizes() == {"pending": 2, "ready": 0, "batches": 1}
+    assert cache.sizes() == {"pending": 2, "ready": 0, "held": 2}
     rows = cache.take(10, now=100.0)  # take() expires too
-    assert rows.batch.request_ids.tolist() == [3, 4] and cache.sizes()["batches"] == 0
+    assert rows.batch.request_ids.tolist() == [3, 4] and cache.sizes()["held"] == 0
     c = cache.counts
     assert (c.expired, c.late_feedback, c.unknown_feedback) == (4, 2, 2)
 
@@ -73,7 +73,7 @@ def test_bounded_memory_drops_oldest_and_counts_them():
     assert cache.counts.dropped_ready == 1  # ready holds 2: the joined row 2 went
     assert cache.take(10, now=2.0).batch.request_ids.tolist() == [3, 4]
     cache.take(10, now=1000.0)
-    assert cache.sizes() == {"pending": 0, "ready": 0, "batches": 0}  # nothing leaks
+    assert cache.sizes() == {"pending": 0, "ready": 0, "held": 0}  # nothing leaks
     c = cache.counts
     accounted = c.joined + c.expired + c.dropped_pending
     assert accounted == c.served == 6 and c.taken + c.dropped_ready == c.joined + c.expired
