@@ -14,7 +14,7 @@ held within its share of the budget, nodeworker/node_budget.py BACKLOG_SHARE, an
 waiting for their labels, as the bytes of their arenas, nodeworker/join_rows.py: bounded by
 max_pending and the label window, counted here beside the cap, as no valid row is dropped to
 meet it). The budget caps the tables' parts (RankController plans within it and evicts or
-refuses before exceeding it); ``within_budget`` checks the whole. MemoryReport is one
+refuses before exceeding it). MemoryReport is one
 LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
 """
 
@@ -96,10 +96,6 @@ class MemoryAccount:
     @property
     def base(self) -> int:
         return sum(t.base for t in self.tables.values())
-
-    @property
-    def within_budget(self) -> bool:
-        return self.total <= self.budget
 
     @property
     def overhead_pct(self) -> float:

@@ -79,18 +79,6 @@ class SampleCache:
         self._last_served = -math.inf
         self._lock = threading.Lock()
 
-    def put(self, batch: SparseBatch, now: float | None = None) -> None:
-        """Keep a served batch; its request ids must be new and larger than any seen before."""
-        self.put_arrays(
-            batch.keys,
-            tuple(v.numpy() for v in batch.values),
-            tuple(o.numpy() for o in batch.offsets),
-            batch.dense.numpy(),
-            batch.timestamps.numpy(),
-            batch.request_ids.numpy(),
-            now,
-        )
-
     def put_arrays(
         self,
         keys: tuple[str, ...],
@@ -102,8 +90,9 @@ class SampleCache:
         now: float | None = None,
         scores: np.ndarray | None = None,
     ) -> None:
-        """``put`` of a batch as numpy arrays (copied into the cache's columns): what the feed
-        reads from its ring, with the scores inference served (nan when not given)."""
+        """Keep a served batch as numpy arrays (copied into the cache's columns), what the feed
+        reads from its ring, with the scores inference served (nan when not given); its request
+        ids must be new and larger than any seen before."""
         now = self.clock() if now is None else now
         ids = np.asarray(ids, dtype=np.int64)
         with self._lock:

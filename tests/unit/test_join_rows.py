@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dlrm_core.batch import SparseBatch
 from nodeworker.join_rows import MIN_ROWS, JoinRows, RidQueue, room_for
 from nodeworker.sample_cache import Feedback, SampleCache, SampleCacheConfig
+from tests.unit.cache_support import put_batch
 
 N_DENSE = 3
 
@@ -116,7 +117,7 @@ def test_the_columns_follow_the_join_rules_on_random_traffic(seed, max_pending, 
         if op < 0.3:
             ids = list(range(next_id, next_id + rng.randint(1, 12)))
             next_id = ids[-1] + 1 + rng.choice([0, 0, 3])
-            cache.put(batch(ids, now), now=now)
+            put_batch(cache, batch(ids, now), now=now)
             model.put(ids, now)
         elif op < 0.85:
             rid, label = rng.randint(-2, next_id + 2), float(rng.randint(0, 1))
@@ -147,7 +148,7 @@ def test_a_waiting_row_costs_about_its_data_bytes():
     rid, most = 0, 0
     for step in range(4000):  # 5 ms steps, 8 rows each, labelled 100 steps later
         now = step * 0.005
-        cache.put(batch(list(range(rid, rid + 8)), now), now=now)
+        put_batch(cache, batch(list(range(rid, rid + 8)), now), now=now)
         rid += 8
         for old in range(max(0, rid - 808), rid - 800):
             assert cache.feedback(old, 1.0, now=now) is Feedback.JOINED
@@ -163,12 +164,12 @@ def test_a_waiting_row_costs_about_its_data_bytes():
 
 def test_the_arenas_shrink_again_when_traffic_falls():
     cache = SampleCache(SampleCacheConfig(label_window_s=1.0), clock=lambda: 0.0)
-    cache.put(batch(list(range(20_000)), 0.0), now=0.0)  # a burst, all waiting
+    put_batch(cache, batch(list(range(20_000)), 0.0), now=0.0)  # a burst, all waiting
     burst = cache.nbytes()
     rid = 20_000
     for step in range(200):  # then a trickle; the burst times out and is taken
         now = 2.0 + step * 0.1
-        cache.put(batch([rid], now), now=now)
+        put_batch(cache, batch([rid], now), now=now)
         rid += 1
         while cache.take(512, now=now) is not None:
             pass

@@ -12,6 +12,7 @@ from dlrm_core.schema import SparseFeatureSpec, StreamSchema
 from nodeworker.http import NodeHTTPServer
 from nodeworker.request_codec import CodecLimits
 from nodeworker.sample_cache import SampleCache, SampleCacheConfig
+from tests.unit.cache_support import put_batch
 
 SCHEMA = StreamSchema(
     sparse=(SparseFeatureSpec("user", 1000), SparseFeatureSpec("tags", 50)), dense=("age", "hour")
@@ -35,7 +36,7 @@ class Service:
             self.next_id += len(batch)
         batch = dataclasses.replace(batch, request_ids=ids)
         self.batches.append(batch)
-        self.cache.put(batch)
+        put_batch(self.cache, batch)
         return torch.sigmoid(batch.dense.sum(dim=1)), ids, 7
 
     def feedback(self, request_id, label):

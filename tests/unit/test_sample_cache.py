@@ -5,6 +5,7 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from nodeworker.sample_cache import Feedback, SampleCache, SampleCacheConfig
+from tests.unit.cache_support import put_batch
 
 
 def served(first_id: int, n: int, t: float = 0.0) -> SparseBatch:
@@ -22,8 +23,8 @@ def served(first_id: int, n: int, t: float = 0.0) -> SparseBatch:
 
 def test_feedback_joins_rows_with_their_own_features():
     cache = SampleCache(SampleCacheConfig(label_window_s=10.0))
-    cache.put(served(0, 5), now=0.0)
-    cache.put(served(5, 5), now=1.0)
+    put_batch(cache, served(0, 5), now=0.0)
+    put_batch(cache, served(5, 5), now=1.0)
     assert cache.feedback(7, 1.0, now=2.0) is Feedback.JOINED
     assert cache.feedback(2, 0.0, now=2.5) is Feedback.JOINED
     assert cache.feedback(4, 1.0, now=3.0) is Feedback.JOINED
@@ -43,8 +44,8 @@ def test_feedback_joins_rows_with_their_own_features():
 
 def test_timeouts_become_negatives_and_late_or_unknown_feedback_is_told_apart():
     cache = SampleCache(SampleCacheConfig(label_window_s=5.0))
-    cache.put(served(0, 3), now=0.0)
-    cache.put(served(3, 2), now=4.0)
+    put_batch(cache, served(0, 3), now=0.0)
+    put_batch(cache, served(3, 2), now=4.0)
     assert cache.feedback(1, 1.0, now=1.0) is Feedback.JOINED
     assert cache.expire(now=5.0) == 2  # ids 0 and 2 timed out; 3, 4 still inside the window
     assert cache.feedback(0, 1.0, now=5.5) is Feedback.GONE  # too late
@@ -64,8 +65,8 @@ def test_timeouts_become_negatives_and_late_or_unknown_feedback_is_told_apart():
 
 def test_bounded_memory_drops_oldest_and_counts_them():
     cache = SampleCache(SampleCacheConfig(label_window_s=60.0, max_pending=4, max_ready=2))
-    cache.put(served(0, 3), now=0.0)
-    cache.put(served(3, 3), now=1.0)  # 6 pending > 4: ids 0, 1 dropped
+    put_batch(cache, served(0, 3), now=0.0)
+    put_batch(cache, served(3, 3), now=1.0)  # 6 pending > 4: ids 0, 1 dropped
     assert cache.counts.dropped_pending == 2
     assert cache.feedback(0, 1.0, now=2.0) is Feedback.GONE
     for rid in (2, 3, 4):
@@ -81,16 +82,16 @@ def test_bounded_memory_drops_oldest_and_counts_them():
 
 def test_ids_must_increase():
     cache = SampleCache()
-    cache.put(served(10, 2), now=0.0)
+    put_batch(cache, served(10, 2), now=0.0)
     with pytest.raises(ValueError, match="increase"):
-        cache.put(served(5, 2), now=0.0)
+        put_batch(cache, served(5, 2), now=0.0)
 
 
 def test_concurrent_feedback_and_take_lose_nothing():
     cache = SampleCache(SampleCacheConfig(label_window_s=1e6))
     n = 4000
     for start in range(0, n, 100):
-        cache.put(served(start, 100), now=0.0)
+        put_batch(cache, served(start, 100), now=0.0)
     taken: list[int] = []
     done = threading.Event()
 
