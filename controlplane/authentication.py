@@ -29,8 +29,8 @@ class CachedTokenAuthentication(authentication.TokenAuthentication):
     LIVEUPDATE_TOKEN_CACHE_S seconds by the server process (0, the default: none).
 
     The lookup (a query for the token and its user, and the user's role groups for a user who
-    is not a superuser) costs a small read ~0.5 ms of CPU; the read goal is met without the
-    cache (bench/framework_patches.py). The price of turning it on is a lag: a deleted
+    is not a superuser) costs a small read ~0.55 ms of CPU (bench/framework_patches.py). The
+    price of turning the cache on is a lag: a deleted
     token, or a user deactivated or given another role, still works as before for up to that
     many seconds in the other server processes that verified it (in the process that made the
     change, at once: the signal handlers below). 0 looks every request up.

@@ -189,9 +189,11 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 # cached serializer fields and filter forms and the count-free first page, 0.1-0.4 ms of CPU a
 # read each, were not needed and are gone):
 # - handler (controlplane.http_handler): one thread hop a request; its plain path costs a read
-#   ~1.05 ms more CPU (2.5 -> 3.5 ms), the largest of all, and half of what all of them save.
-# - gc_freeze (controlplane.asgi): no CPU a read, but without it a full collection stops the
-#   process for ~60 ms, which lands in the read p99 (74.9 vs 18.6 ms side by side).
+#   ~1.0 ms more CPU (2.56 -> 3.53 ms, medians of 3 runs), the largest of all, nearly half of
+#   what all of them saved (2.21 ms); with the others gone, 3.95 -> 4.83 ms.
+# - gc_freeze (controlplane.asgi): ~0.1 ms a read, but without it a full collection stops the
+#   process for ~60 ms, which lands in the read p99 (74.8 vs 18.6 ms in the one round run at a
+#   load of ~5; the other rounds ran at 13-30).
 FRAMEWORK_SHORTCUTS = frozenset({"handler", "gc_freeze"})
 LIVEUPDATE_PLAIN_FRAMEWORK = frozenset(env_list("LIVEUPDATE_PLAIN_FRAMEWORK", []))
 if unknown := LIVEUPDATE_PLAIN_FRAMEWORK - FRAMEWORK_SHORTCUTS:
@@ -276,7 +278,8 @@ LIVEUPDATE_RECONCILE_RESEND_S = env_int("LIVEUPDATE_RECONCILE_RESEND_S", 60, min
 LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimum=1)
 # Seconds a server process trusts a verified API token without looking it up again (the lag of
 # a revocation or a role change in the other processes; controlplane.authentication). Off by
-# default: the read goal is met without it (bench/framework_patches.py, issue 19).
+# default (issue 19): it saves a small read ~0.55 ms of CPU (3.1 -> 2.6 ms, median of 3 runs of
+# bench/framework_patches.py), which the read goal was not shown to need.
 LIVEUPDATE_TOKEN_CACHE_S = env_int("LIVEUPDATE_TOKEN_CACHE_S", 0, minimum=0)
 # When set, /metrics wants "Authorization: Bearer <token>"; unset, it is open like most exporters.
 LIVEUPDATE_METRICS_TOKEN = env_str("LIVEUPDATE_METRICS_TOKEN") or ""
