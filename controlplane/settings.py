@@ -184,17 +184,15 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 
 # The control plane's shortcuts past framework internals, each named here, run their plain
 # framework path instead when listed (comma-separated) in LIVEUPDATE_PLAIN_FRAMEWORK. Only those
-# the read goal (p99 < 50 ms at 100 API reads/s) needs are kept, each measured one by one by
-# bench/framework_patches.py at the fleet benchmark's load (issue 19; the orjson renderer, the
-# cached serializer fields and filter forms and the count-free first page, 0.1-0.4 ms of CPU a
-# read each, were not needed and are gone):
-# - handler (controlplane.http_handler): one thread hop a request; its plain path costs a read
-#   ~1.0 ms more CPU (2.56 -> 3.53 ms, medians of 3 runs), the largest of all, nearly half of
-#   what all of them saved (2.21 ms); with the others gone, 3.95 -> 4.83 ms.
+# a goal needs are kept, measured one by one by bench/framework_patches.py at the fleet
+# benchmark's load (issue 19). Gone, each met the read goal (p99 < 50 ms at 100 reads/s) and the
+# fleet's without it: the one-hop ASGI handler (with the rest gone: read p99 27/18/28 ms, 4.6 ms
+# of CPU a read against 3.9), the orjson renderer, the cached serializer fields and filter forms,
+# the count-free first page (0.1-0.4 ms of CPU a read each).
 # - gc_freeze (controlplane.asgi): ~0.1 ms a read, but without it a full collection stops the
-#   process for ~60 ms, which lands in the read p99 (74.8 vs 18.6 ms in the one round run at a
-#   load of ~5; the other rounds ran at 13-30).
-FRAMEWORK_SHORTCUTS = frozenset({"handler", "gc_freeze"})
+#   process for ~60 ms, which lands in the read p99: 85/54/88 ms without it, 17-23 ms with it
+#   (1 worker, three interleaved rounds, load 5-14), and an ingest p99 of 106 ms once.
+FRAMEWORK_SHORTCUTS = frozenset({"gc_freeze"})
 LIVEUPDATE_PLAIN_FRAMEWORK = frozenset(env_list("LIVEUPDATE_PLAIN_FRAMEWORK", []))
 if unknown := LIVEUPDATE_PLAIN_FRAMEWORK - FRAMEWORK_SHORTCUTS:
     raise ImproperlyConfigured(
@@ -279,7 +277,7 @@ LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimu
 # Seconds a server process trusts a verified API token without looking it up again (the lag of
 # a revocation or a role change in the other processes; controlplane.authentication). Off by
 # default (issue 19): it saves a small read ~0.55 ms of CPU (3.1 -> 2.6 ms, median of 3 runs of
-# bench/framework_patches.py), which the read goal was not shown to need.
+# bench/framework_patches.py); without it the read p99 at 100 reads/s was 18-28 ms (goal < 50).
 LIVEUPDATE_TOKEN_CACHE_S = env_int("LIVEUPDATE_TOKEN_CACHE_S", 0, minimum=0)
 # When set, /metrics wants "Authorization: Bearer <token>"; unset, it is open like most exporters.
 LIVEUPDATE_METRICS_TOKEN = env_str("LIVEUPDATE_METRICS_TOKEN") or ""
