@@ -190,8 +190,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 # of CPU a read against 3.9), the orjson renderer, the cached serializer fields and filter forms,
 # the count-free first page (0.1-0.4 ms of CPU a read each).
 # - gc_freeze (controlplane.asgi): ~0.1 ms a read, but without it a full collection stops the
-#   process for ~60 ms, which lands in the read p99: 85/54/88 ms without it, 17-23 ms with it
-#   (1 worker, three interleaved rounds, load 5-14), and an ingest p99 of 106 ms once.
+#   process for ~60 ms, which lands in the read p99: 44/82/70 ms without it against 24/20/20 ms
+#   with it (the final state, 1 worker, three interleaved rounds, load 2-3); 85/54/88 ms at a
+#   load of 5-14, with an ingest p99 of 106 ms once.
 FRAMEWORK_SHORTCUTS = frozenset({"gc_freeze"})
 LIVEUPDATE_PLAIN_FRAMEWORK = frozenset(env_list("LIVEUPDATE_PLAIN_FRAMEWORK", []))
 if unknown := LIVEUPDATE_PLAIN_FRAMEWORK - FRAMEWORK_SHORTCUTS:
@@ -277,7 +278,7 @@ LIVEUPDATE_ACTION_TIMEOUT_S = env_int("LIVEUPDATE_ACTION_TIMEOUT_S", 600, minimu
 # Seconds a server process trusts a verified API token without looking it up again (the lag of
 # a revocation or a role change in the other processes; controlplane.authentication). Off by
 # default (issue 19): it saves a small read ~0.55 ms of CPU (3.1 -> 2.6 ms, median of 3 runs of
-# bench/framework_patches.py); without it the read p99 at 100 reads/s was 18-28 ms (goal < 50).
+# bench/framework_patches.py); without it the read p99 at 100 reads/s was 20-24 ms (goal < 50).
 LIVEUPDATE_TOKEN_CACHE_S = env_int("LIVEUPDATE_TOKEN_CACHE_S", 0, minimum=0)
 # When set, /metrics wants "Authorization: Bearer <token>"; unset, it is open like most exporters.
 LIVEUPDATE_METRICS_TOKEN = env_str("LIVEUPDATE_METRICS_TOKEN") or ""
