@@ -12,11 +12,9 @@ django.setup(set_prefix=False)
 from django.conf import settings  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
-from controlplane.http_handler import StaticFilesHandler, SyncStackASGIHandler  # noqa: E402
+from controlplane.http_handler import StaticFilesHandler  # noqa: E402
 
-django_asgi_app = (
-    ASGIHandler() if "handler" in settings.LIVEUPDATE_PLAIN_FRAMEWORK else SyncStackASGIHandler()
-)
+django_asgi_app = ASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry loaded)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

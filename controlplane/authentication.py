@@ -1,6 +1,6 @@
 """API authentication: DRF tokens for people and automation (stored hashed, shown once;
-verified tokens remembered for a few seconds), per-node tokens (``Authorization: Node <token>``)
-for telemetry ingest."""
+verified tokens remembered for a few seconds when so configured), per-node tokens
+(``Authorization: Node <token>``) for telemetry ingest."""
 
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ VERIFIED_MAX = 1024
 
 class CachedTokenAuthentication(authentication.TokenAuthentication):
     """DRF's ``Authorization: Token <key>``, each verified key remembered for
-    LIVEUPDATE_TOKEN_CACHE_S seconds by the server process.
+    LIVEUPDATE_TOKEN_CACHE_S seconds by the server process (0, the default: none).
 
     The lookup (a query for the token and its user, and the user's role groups for a user who
-    is not a superuser) was the largest part of a small read's CPU. The price is a lag: a deleted
+    is not a superuser) costs a small read ~0.55 ms of CPU (bench/framework_patches.py). The
+    price of turning the cache on is a lag: a deleted
     token, or a user deactivated or given another role, still works as before for up to that
     many seconds in the other server processes that verified it (in the process that made the
     change, at once: the signal handlers below). 0 looks every request up.

@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import UTC
 
 import django_filters as filters
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
-from django_filters.rest_framework import DjangoFilterBackend
 
 from controlplane.models import (
     Alert,
@@ -20,31 +18,6 @@ from controlplane.models import (
     Policy,
     PolicyVersion,
 )
-from controlplane.shortcuts import once_per_class
-
-
-class FilterBackend(DjangoFilterBackend):
-    """django-filter's backend, skipped when the request has none of the filter set's parameters
-    (most list reads, every detail read): its filter set would copy every filter and build and
-    validate a form to filter nothing."""
-
-    def filter_queryset(self, request, queryset, view):
-        filterset_class = self.get_filterset_class(view, queryset)
-        if filterset_class is None or filterset_class.base_filters.keys().isdisjoint(
-            request.query_params
-        ):
-            return queryset
-        return super().filter_queryset(request, queryset, view)
-
-
-class FilterSet(filters.FilterSet):
-    """A FilterSet whose form class is built once: django-filter builds a new one, with a form
-    field per filter, for every request."""
-
-    def get_form_class(self):
-        if "filters" in settings.LIVEUPDATE_PLAIN_FRAMEWORK:
-            return super().get_form_class()
-        return once_per_class(self, "_form_class", super().get_form_class)
 
 
 class _UTCIsoDateTimeField(IsoDateTimeField):
@@ -65,7 +38,7 @@ class UTCDateTimeFilter(filters.IsoDateTimeFilter):
     field_class = _UTCIsoDateTimeField
 
 
-class NodeFilter(FilterSet):
+class NodeFilter(filters.FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
     host = filters.CharFilter(lookup_expr="icontains")
     seen_after = UTCDateTimeFilter(field_name="last_seen", lookup_expr="gte")
@@ -75,7 +48,7 @@ class NodeFilter(FilterSet):
         fields = ["name", "host", "status", "policy"]
 
 
-class PolicyFilter(FilterSet):
+class PolicyFilter(filters.FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -83,13 +56,13 @@ class PolicyFilter(FilterSet):
         fields = ["name", "mode"]
 
 
-class PolicyVersionFilter(FilterSet):
+class PolicyVersionFilter(filters.FilterSet):
     class Meta:
         model = PolicyVersion
         fields = ["policy", "actor"]
 
 
-class CheckpointFilter(FilterSet):
+class CheckpointFilter(filters.FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -97,7 +70,7 @@ class CheckpointFilter(FilterSet):
         fields = ["name", "rollout"]
 
 
-class ExperimentRunFilter(FilterSet):
+class ExperimentRunFilter(filters.FilterSet):
     name = filters.CharFilter(lookup_expr="icontains")
     created_after = UTCDateTimeFilter(field_name="created", lookup_expr="gte")
     created_before = UTCDateTimeFilter(field_name="created", lookup_expr="lt")
@@ -107,7 +80,7 @@ class ExperimentRunFilter(FilterSet):
         fields = ["name"]
 
 
-class _NodeScoped(FilterSet):
+class _NodeScoped(filters.FilterSet):
     node = filters.CharFilter(field_name="node__name", help_text="Node name.")
 
 

@@ -7,6 +7,7 @@ from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.serializers import ModelSerializer
 
 from controlplane import roles
 from controlplane.models import (
@@ -19,7 +20,7 @@ from controlplane.models import (
     Policy,
     PolicyVersion,
 )
-from controlplane.serializer_base import ModelCleanMixin, ModelSerializer
+from controlplane.serializer_base import ModelCleanMixin
 from controlplane.services import telemetry as telemetry_service
 from controlplane.services.policies import actor_of, save_policy
 from nodeworker import protocol

@@ -5,18 +5,46 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.testing import ApplicationCommunicator
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.sessions.backends.db import SessionStore
+from django.core.handlers.asgi import ASGIHandler
 from django.test import Client, override_settings
 
 from controlplane.consumers import FleetConsumer
-from controlplane.http_handler import StaticFilesHandler, SyncStackASGIHandler
+from controlplane.http_handler import StaticFilesHandler
 from controlplane.roles import ensure_groups
-from tests.integration.test_cp_http_handler import get
 
 pytestmark = pytest.mark.django_db
+
+
+def get(app, url: str) -> dict:
+    """Status and body of a GET through the ASGI interface, as a server would call it."""
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": url,
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1")],
+    }
+
+    async def exchange() -> dict:
+        communicator = ApplicationCommunicator(app, scope)
+        await communicator.send_input({"type": "http.request", "body": b""})
+        start = await communicator.receive_output(10)
+        body = b""
+        while True:
+            message = await communicator.receive_output(10)
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await communicator.wait(10)
+        return {"status": start["status"], "body": body}
+
+    return async_to_sync(exchange)()
 
 
 @pytest.mark.parametrize("url", ["/accounts/login/", "/admin/login/"])
@@ -40,7 +68,7 @@ def test_repeated_failed_logins_lock_the_address_out(url):
 
 
 def test_a_static_path_leaving_the_static_root_is_a_404():
-    app = StaticFilesHandler(SyncStackASGIHandler())
+    app = StaticFilesHandler(ASGIHandler())
     assert get(app, "/static/../controlplane/settings.py")["status"] == 404
     assert get(app, "/static/%2e%2e/controlplane/settings.py")["status"] == 404
 
