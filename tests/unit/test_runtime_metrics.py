@@ -3,10 +3,13 @@ node's measured LoRA memory against /proc."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 
+from dlrm_core.malloc_policy import bound_native_heap
 from nodeworker.feed import FeedReport
 from nodeworker.runtime_metrics import (
     LagRing,
@@ -58,10 +61,17 @@ def test_skipped_batches_never_go_back_when_a_new_trainer_counts_from_zero():
     assert metrics.skipped == 7 and metrics.trainer_rate == 20.0
 
 
-def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_path):
-    """MeasuredMemory against /proc: this process stands in for the trainer; 48 MiB it touches
-    after the first measurement show up in the measured bytes, as do the factor slots' written
-    blocks and the installed version's bytes."""
+def in_a_node_process(check, *args) -> None:
+    """Run ``check`` in a fresh interpreter with the node's malloc settings, as a node's
+    processes run: in the suite's long-lived process, arrays freed by earlier tests leave
+    resident heap that a new array may reuse, so /proc would not see it arrive."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(check, args)
+
+
+def _measured_memory_follows_anonymous_pages_and_slots(tmp: str) -> None:
+    bound_native_heap()
+    tmp_path = Path(tmp)
     slots = tmp_path / "factors-user.bin"
     with slots.open("wb") as f:
         f.truncate(8 << 20)  # sparse: nothing allocated yet
@@ -75,13 +85,20 @@ def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_
     with slots.open("r+b") as f:
         f.write(b"\1" * (1 << 20))
     grown = memory.measure(me, account_bytes=999_999)  # the account moves; the OS decides
-    assert 47 << 20 <= grown - first - (1 << 20) <= 52 << 20
+    assert 47 << 20 <= grown - first - (1 << 20) <= 52 << 20, grown - first
     assert held.sum() == 48 << 20
     assert memory.measure(None, 5000) == (1 << 20) + 1000  # no trainer: the slots and version
     gone = 2**22 + 12345  # above the default pid_max: no such process
     assert memory.measure(gone, 5000) == (1 << 20) + 1000
     rollup = smaps_rollup(me)
     assert rollup is not None and rollup["Pss"] > 0 and rollup["Pss_Anon"] >= 48 << 20
+
+
+def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_path):
+    """MeasuredMemory against /proc: a fresh process stands in for the trainer; 48 MiB it
+    touches after the first measurement show up in the measured bytes, as do the factor slots'
+    written blocks and the installed version's bytes."""
+    in_a_node_process(_measured_memory_follows_anonymous_pages_and_slots, str(tmp_path))
 
 
 def test_the_lag_ring_keeps_the_newest_lags_and_wraps():
@@ -112,17 +129,22 @@ def test_install_times_keep_the_newest_and_read_oldest_first():
     assert stalls["install_locked_max_ms"] == 1.0
 
 
-def test_a_fixed_ring_is_resident_from_the_start_not_as_it_fills():
-    """/proc: a touched array's pages count when it is made (np.zeros maps zero pages the OS
-    counts only once written: a bounded ring then reads as memory growing with time)."""
+def _a_touched_ring_is_resident_when_made() -> None:
+    bound_native_heap()
     me = os.getpid()
     before = smaps_rollup(me)["Pss_Anon"]  # type: ignore[index]
     ring = touched(4 << 20)  # 32 MiB of float64
     after = smaps_rollup(me)["Pss_Anon"]  # type: ignore[index]
-    assert after - before >= 30 << 20 and not ring.any()
+    assert after - before >= 30 << 20 and not ring.any(), after - before
     lazy = np.zeros(4 << 20)
     assert smaps_rollup(me)["Pss_Anon"] - after < 4 << 20  # type: ignore[index]
     assert lazy.shape == ring.shape
+
+
+def test_a_fixed_ring_is_resident_from_the_start_not_as_it_fills():
+    """/proc: a touched array's pages count when it is made (np.zeros maps zero pages the OS
+    counts only once written: a bounded ring then reads as memory growing with time)."""
+    in_a_node_process(_a_touched_ring_is_resident_when_made)
 
 
 def test_the_latency_ring_keeps_the_newest_oldest_first_and_clears():
@@ -143,6 +165,11 @@ def test_the_latency_ring_keeps_the_newest_oldest_first_and_clears():
 def test_the_runtime_metrics_do_not_grow_with_time():
     """300k requests and 20k collections: the per-request and per-pause records are fixed
     rings, resident from the start (deques of boxed floats and tuples grew ~20 MiB here)."""
+    in_a_node_process(_runtime_metrics_stay_flat)
+
+
+def _runtime_metrics_stay_flat() -> None:
+    bound_native_heap()
     me = os.getpid()
     metrics = RuntimeMetrics()
     metrics.served(1.0, 0.5, 0.0)
