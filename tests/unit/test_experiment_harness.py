@@ -20,6 +20,14 @@ ALL = ("stale", "oracle", "full_sync", "delta_sync", "prioritized_delta", "liveu
        "liveupdate_dense", "hybrid")  # fmt: skip
 
 
+def small_stream(events: int, seed: int = 0) -> SyntheticStream:
+    """A small drifting synthetic stream (2,000-row tables, 10 events/s, 6 rad/h)."""
+    return SyntheticStream(
+        SyntheticConfig(seed=seed, num_events=events, batch_size=128, events_per_second=10,
+                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
+    )  # fmt: skip
+
+
 def small_config(strategies, seed=0, **kw):  # noqa: ANN001, ANN003, ANN201
     return ExperimentConfig(
         seed=seed, qps=10.0, window_s=300.0, fine_window_s=60.0, label_delay_s=30.0,
@@ -30,10 +38,7 @@ def small_config(strategies, seed=0, **kw):  # noqa: ANN001, ANN003, ANN201
 
 
 def small_run(strategies, events=12_000, seed=0, make=None, **kw):  # noqa: ANN001, ANN003, ANN201
-    stream = SyntheticStream(
-        SyntheticConfig(seed=seed, num_events=events, batch_size=128, events_per_second=10,
-                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
-    )  # fmt: skip
+    stream = small_stream(events, seed=seed)
     config = small_config(strategies, seed, **kw)
     return run_experiment(stream.schema, lambda: iter(stream), events, config, make=make)
 
@@ -108,10 +113,7 @@ def test_liveupdate_beats_stale_on_a_drifting_stream() -> None:
 def test_a_memoised_base_gives_the_numbers_of_a_fresh_one() -> None:
     from dlrm_core.experiment.pretrain import PRETRAINED
 
-    stream = SyntheticStream(
-        SyntheticConfig(seed=0, num_events=3_000, batch_size=128, events_per_second=10,
-                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
-    )  # fmt: skip
+    stream = small_stream(3_000, seed=0)
 
     def open_stream():  # noqa: ANN202
         return iter(stream)
@@ -136,10 +138,7 @@ def test_a_bundle_gives_each_configuration_the_numbers_of_its_own_run() -> None:
     from dlrm_core.experiment.fleet_config import FleetConfig
     from dlrm_core.experiment.harness import run_bundle
 
-    stream = SyntheticStream(
-        SyntheticConfig(seed=0, num_events=4_000, batch_size=128, events_per_second=10,
-                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
-    )  # fmt: skip
+    stream = small_stream(4_000, seed=0)
     main = small_config(("stale", "oracle", "delta_sync", "liveupdate", "hybrid"),
                         fleet=FleetConfig(nodes=2))  # fmt: skip
     configs = [main] + [
@@ -253,10 +252,7 @@ def test_a_run_split_into_parts_merges_to_the_numbers_of_the_whole_run() -> None
     from dlrm_core.experiment.plan import BUNDLE_MODEL_BYTES, split
     from dlrm_core.experiment.run_summary import merge_parts
 
-    stream = SyntheticStream(
-        SyntheticConfig(seed=0, num_events=4_000, batch_size=128, events_per_second=10,
-                        user_rows=2_000, item_rows=2_000, drift_per_hour=6.0)
-    )  # fmt: skip
+    stream = small_stream(4_000, seed=0)
     config = small_config(("stale", "oracle", "delta_sync", "liveupdate", "hybrid"),
                           fleet=FleetConfig(nodes=4))  # fmt: skip
     # the bound holds 10 copies: 3 + 1 period + 1 + 1 + 4 for the first part, the hybrid's 4 apart
