@@ -113,7 +113,9 @@ def measure(runtime) -> dict[str, object]:
         out["trainer_cow_private"] = private["base cow"]
         nonshm += trainer["Pss"] - trainer["Pss_Shmem"]
         stats = runtime.trainer.last_stats
-        out["account_trainer"] = sum(t for t, _ in stats.memory.values()) if stats else 0
+        out["account_trainer"] = (
+            sum(t for t, _ in stats.memory.values()) + stats.feed.join_bytes if stats else 0
+        )
     out["node_total"] = nonshm + sum(out["shm"].values())  # type: ignore[union-attr]
     out["telemetry_memory_bytes"] = runtime.telemetry_snapshot().memory_overhead_bytes
     delta, _ = runtime.inference.served()

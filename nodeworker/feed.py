@@ -150,6 +150,7 @@ class FeedReport:
     to_trainer: int  # joined rows handed to the trainer
     labels: np.ndarray  # (n,) of the rows joined since the last report
     scores: np.ndarray  # (n,) what inference served them (nan when unknown)
+    join_bytes: int = 0  # what the label join's arenas hold (accounted beside the budget's cap)
 
 
 @dataclass(frozen=True)
@@ -280,4 +281,5 @@ class Feed:
             to_trainer=self.to_trainer,
             labels=labels,
             scores=scores,
+            join_bytes=self.cache.nbytes(),
         )

@@ -86,4 +86,5 @@ class TelemetryWindow:
             }
             total_over += over
             total_base += base_b
-        return tables, total_over, total_base
+        join = stats.feed.join_bytes if stats else 0  # the label join, beside the budget's cap
+        return tables, total_over + join, total_base

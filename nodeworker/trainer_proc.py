@@ -352,10 +352,10 @@ class TrainerLoop:
         # or paused trainer would otherwise hold them (and report them) until it trains again
         for pages in self.private_pages.values():
             pages.release()
-        account = self.memory_account()
-        # the stats carry memory by table: the parts besides the tables (the feed's backlog,
-        # top-layer tuning) go to each table by its share of the budget
-        rest = account.total - sum(t.total for t in account.tables.values())
+        account, feed = self.memory_account(), self.feed.report()
+        # memory by table: the capped parts besides the tables (backlog, top-layer tuning) go to
+        # each by its share of the budget; the join's arenas, beside the cap, go in feed
+        rest = account.total - sum(t.total for t in account.tables.values()) - feed.join_bytes
         budget = max(1, account.budget)
         memory = {
             name: (t.total + rest * t.budget // budget, t.base)
@@ -380,7 +380,7 @@ class TrainerLoop:
                 memory=memory,
                 events=events,
                 fresh=tuple(self.fresh),
-                feed=self.feed.report(),
+                feed=feed,
                 feed_cpu_s=self.feed_cpu_s,
             )
         )

@@ -71,6 +71,19 @@ def test_labels_join_their_own_rows_across_the_rings(tmp_path):
     assert feed.next_batch() is None and feed.to_trainer == 3
 
 
+def test_the_report_carries_what_the_join_holds_apart_from_the_backlog(tmp_path):
+    """The join's arenas are accounted beside the budget's cap (trainer_proc.send_stats), so
+    the report says their bytes: rows waiting for a label hold ~120 bytes each."""
+    _, writer, feed = feed_pair(tmp_path)
+    empty = feed.report().join_bytes  # the ready queue's preallocated ring
+    assert empty == feed.cache.nbytes()
+    serve(writer, 0, 64, at=0.0)
+    feed.poll(now=0.5)
+    held = feed.report().join_bytes
+    assert held == feed.cache.nbytes() and held - empty >= 64 * 100
+    assert feed.nbytes() == held + feed.backlog_nbytes()
+
+
 def test_timeouts_become_negatives_and_feedback_is_answered_at_once(tmp_path):
     clock, writer, feed = feed_pair(tmp_path, window=5.0)
     serve(writer, 0, 3, at=0.0)
