@@ -327,14 +327,18 @@ class DLRM(nn.Module):
         return list(self.sparse_arch.parameters())
 
 
-def base_bag(model: DLRM, name: str) -> nn.EmbeddingBag:
-    """The base EmbeddingBag of table ``name``, whether or not a correction wraps it (a
+def table_bag(table: nn.Module, name: str = "") -> nn.EmbeddingBag:
+    """The base EmbeddingBag of a table module, whether or not a correction wraps it (a
     LiveEmbedding keeps its frozen base as ``.base``)."""
-    table = model.sparse_arch.table(name)
     bag = getattr(table, "base", table)
     if not isinstance(bag, nn.EmbeddingBag):
         raise TypeError(f"table {name!r} is a {type(table).__name__}")
     return bag
+
+
+def base_bag(model: DLRM, name: str) -> nn.EmbeddingBag:
+    """The base EmbeddingBag of table ``name`` (table_bag)."""
+    return table_bag(model.sparse_arch.table(name), name)
 
 
 def base_weight(model: DLRM, name: str) -> torch.Tensor:

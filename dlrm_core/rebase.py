@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.model import DLRM
+from dlrm_core.model import DLRM, table_bag
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,7 @@ class RowAnchor:
 
 def served_rows(table: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """(m, D) rows ``ids`` as ``table`` serves them: base row plus correction."""
-    base = table.base if isinstance(table, LiveEmbedding) else table
-    weight = base.weight
-    assert isinstance(weight, torch.Tensor)
-    rows = weight.detach()[ids].clone()
+    rows = table_bag(table).weight.detach()[ids].clone()
     if isinstance(table, LiveEmbedding) and table.num_active:
         rows += table.get_delta_weight(ids)
     return rows
@@ -59,10 +56,7 @@ def anchor_rows(table: nn.Module, ids: torch.Tensor) -> RowAnchor:
 def carried_change(table: nn.Module, ids: torch.Tensor, anchor: RowAnchor) -> torch.Tensor:
     """(m, D) the node's change of rows ``ids`` since ``anchor`` was taken: served now minus
     served then (the anchor's row, or the base row now for an id the anchor does not hold)."""
-    base = table.base if isinstance(table, LiveEmbedding) else table
-    weight = base.weight
-    assert isinstance(weight, torch.Tensor)
-    then = weight.detach()[ids].clone()
+    then = table_bag(table).weight.detach()[ids].clone()
     if anchor.ids.numel():
         pos = torch.searchsorted(anchor.ids, ids).clamp_(max=anchor.ids.numel() - 1)
         held = anchor.ids[pos] == ids
@@ -83,11 +77,9 @@ def rebase_rows(
     if anchor is not None:
         rows = rows + carried_change(table, ids, anchor)
     dropped = 0
-    if isinstance(table, LiveEmbedding):
-        dropped = table.evict(ids, fold=False) if table.num_active else 0
-        table = table.base
-    weight = table.weight
-    assert isinstance(weight, torch.Tensor)
+    if isinstance(table, LiveEmbedding) and table.num_active:
+        dropped = table.evict(ids, fold=False)
+    weight = table_bag(table).weight
     with torch.no_grad():
         weight[ids] = rows.to(weight.dtype)
     return dropped
