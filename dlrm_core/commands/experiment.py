@@ -107,7 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--rank", type=int, default=live.initial_rank)
     u.add_argument("--budget-pct", type=float, default=live.budget_pct)
     u.add_argument("--prune-age", type=float, default=live.prune_age_s)
-    u.add_argument("--rebase-period", type=float, default=None)
+    u.add_argument(
+        "--rebase-period",
+        type=float,
+        default=None,
+        help="seconds between the hybrid's delta rebases (default: the sync period)",
+    )
     u.add_argument("--lr-a", type=float, default=live.lr_a)
     u.add_argument("--lr-b", type=float, default=live.lr_b)
     u.add_argument(
@@ -145,7 +150,7 @@ def _add_protocol_arguments(c: argparse._ArgumentGroup, d: ExperimentConfig) -> 
         type=csv_list(float, lo=1e-3, hi=1e9),
         default=(),
         help="extra sync periods (s) for the cost-accuracy frontier (the strategies that "
-        "sync rerun; stale, oracle and liveupdate without rebases do not depend on it)",
+        "sync rerun; stale, oracle and liveupdate do not depend on it)",
     )
     c.add_argument(
         "--link-scales",
@@ -333,6 +338,9 @@ def _print_results(results: dict) -> None:  # type: ignore[type-arg]
             f"peak mem/node {s['peak_measured_memory_pct']:.3f}% (budgeted "
             f"{s['peak_memory_overhead_pct']:.3f}%)  staleness {s['mean_staleness_s']:.0f} s"
         )
+    for name, s in results["strategies"].items():
+        if s.get("rank_changes"):
+            print(f"{name}: {rank_line(s['rank_changes'])}")
     for claim in results["claims"]:
         print(f"claim: {claim['claim']}: {claim['verdict'].upper()}. {claim['measured']} "
               f"{claim['why']}")  # fmt: skip
@@ -350,6 +358,22 @@ def _print_results(results: dict) -> None:  # type: ignore[type-arg]
         leaking = sorted({n for r in audit["runs"] for n in r["leaking"]})
         print(f"leak audit: {'passed' if audit['passed'] else 'FAILED ' + str(leaking)}")
     print(f"what this run says: {results['summary']}")
+
+
+def rank_line(tables: dict) -> str:  # type: ignore[type-arg]
+    """Rank changes per hourly window and the most in any hour, per table, and whether it grew
+    after its region filled (run_summary's rank_changes)."""
+    parts = []
+    for table, t in tables.items():
+        full = t["full_after_s"]
+        when = (
+            "never full"
+            if full is None
+            else (f"full at {full / 3600:.2f} h, grew {t['growths_after_full']}x after")
+        )
+        per = " ".join(str(n) for n in t["changes_per_window"])
+        parts.append(f"{table} {per} (max {t['max_changes_in_an_hour']}/h; {when})")
+    return "rank changes per window: " + "; ".join(parts)
 
 
 def _file_source(args: argparse.Namespace) -> StreamSource:

@@ -12,13 +12,17 @@ lands on the node: transfer time = projected bytes / bandwidth.
 Bytes of a payload: a full table is N * D * 4; a row set is m * (8 + 4 * D) (int64 id plus the
 float32 row); the MLPs are their float32 parameters. Only table bytes are multiplied by the
 link's scale (production tables are bigger; production MLPs are not).
+
+A node receives and applies a payload in pieces of at most ``PIECE_BYTES`` (``Payload.pieces``):
+while a payload lands the node holds one piece, a receive buffer of fixed size, never the whole
+payload (until then the payload is on the wire: the cluster's, not the node's memory).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +33,7 @@ from dlrm_core.model import DLRM, DLRMConfig, base_weight
 from dlrm_core.trainer import FullSparseTrainer, FullStepResult, FullTrainConfig
 
 F32, I64 = 4, 8
+PIECE_BYTES = 1 << 16  # what a node receives and applies at a time (a socket buffer's scale)
 
 
 def rows_bytes(num_rows: int, dim: int) -> int:
@@ -70,6 +75,44 @@ class Payload:
     def bytes(self) -> int:
         return self.table_bytes + self.dense_bytes
 
+    def pieces(self, max_bytes: int = PIECE_BYTES) -> Iterator[Payload]:
+        """The payload as a node receives it: pieces of at most ``max_bytes`` (a single row or
+        MLP parameter may be bigger), each a copy of its part (its own storage, freed once
+        applied), the table rows first (a whole table as explicit row ids), then the MLPs.
+        Applied in order they write what ``apply_to`` writes."""
+        dim = next((rows.shape[1] for _, rows in self.tables.values()), 0)
+        for name, (ids, rows) in self.tables.items():
+            whole = ids is None
+            step = max(max_bytes // (F32 * dim if whole else rows_bytes(1, dim)), 1)
+            for start in range(0, rows.shape[0], step):
+                part = rows[start : start + step].clone()
+                n = part.shape[0]
+                part_ids = (
+                    torch.arange(start, start + n)
+                    if ids is None
+                    else ids[start : start + n].clone()
+                )
+                nbytes = F32 * part.numel() if whole else rows_bytes(n, dim)
+                yield self._piece({name: (part_ids, part)}, {}, nbytes, 0)
+        group: dict[str, torch.Tensor] = {}
+        for name, value in self.dense.items():
+            if group and _nbytes(group.values()) + F32 * value.numel() > max_bytes:
+                yield self._piece({}, group, 0, _nbytes(group.values()))
+                group = {}
+            group[name] = value.clone()
+        if group:
+            yield self._piece({}, group, 0, _nbytes(group.values()))
+
+    def _piece(
+        self,
+        tables: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
+        dense: dict[str, torch.Tensor],
+        table_bytes: int,
+        dense_bytes: int,
+    ) -> Payload:
+        return Payload(tables, dense, table_bytes, dense_bytes, self.snapshot_s,
+                       self.newest_event_s, self.learnt_until_id)  # fmt: skip
+
     def apply_to(self, model: DLRM) -> None:
         """Write the payload's rows and MLP parameters into ``model``."""
         with torch.no_grad():
@@ -82,6 +125,10 @@ class Payload:
             params = dict(model.named_parameters())
             for name, value in self.dense.items():
                 params[name].copy_(value)
+
+
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(F32 * t.numel() for t in tensors)
 
 
 class ChangedRows:

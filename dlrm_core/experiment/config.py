@@ -71,7 +71,7 @@ class LiveUpdateParams:
     initial_rank: int = 4
     budget_pct: float = 2.0  # memory budget, % of the bytes of all embedding tables
     prune_age_s: float | None = 3600.0  # idle seconds before a row leaves the active set
-    rebase_period_s: float | None = None  # full base sync from the cluster (None: never)
+    rebase_period_s: float | None = None  # the hybrid's delta rebases (None: every sync period)
     # the hybrid's delta rebase ships the rows the cluster changed in at least this many steps
     # since they were last shipped (1: every changed row). 2, measured on the 2M synthetic
     # stream (issue 14): 0.25x delta_sync's bytes instead of 0.66x, and a higher AUC (fewer

@@ -46,6 +46,7 @@ from dlrm_core.experiment.cluster import (
 from dlrm_core.experiment.config import ExperimentConfig
 from dlrm_core.experiment.fleet import LocalFleet, shared_router
 from dlrm_core.experiment.liveupdate import (
+    FedLiveUpdate,
     Hybrid,
     LiveUpdate,
     LiveUpdateDense,
@@ -314,21 +315,12 @@ def _make_liveupdate(
 ) -> LiveUpdate:
     params = config.live
     budgets = table_budgets(model, params, benefit)
-    fed = kind is not LiveUpdate or params.rebase_period_s is not None
-    feed_period = None
-    if kind is LiveUpdateDense:
-        feed_period = config.sync_period_s
-    elif kind is Hybrid:
-        feed_period = params.rebase_period_s or config.sync_period_s
-    return kind(
-        model,
-        params,
-        budgets,
-        cluster.newest_event_s,
-        cluster.learnt_until_id,
-        seed=config.seed,
-        start_s=start_s,
-        cluster=cluster if fed else None,
-        link=link if fed else None,
-        feed_period_s=feed_period,
-    )
+    args = (model, params, budgets, cluster.newest_event_s, cluster.learnt_until_id, config.seed)
+    if kind is LiveUpdate:
+        return LiveUpdate(*args)
+    assert issubclass(kind, FedLiveUpdate)
+    # the dense variant takes the MLPs every sync period; the hybrid rebases every rebase period
+    period = config.sync_period_s
+    if kind is Hybrid and params.rebase_period_s is not None:
+        period = params.rebase_period_s
+    return kind(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period)

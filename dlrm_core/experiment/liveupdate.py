@@ -27,8 +27,9 @@ from dlrm_core.experiment.cluster import (
 )
 from dlrm_core.experiment.config import LiveUpdateParams
 from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
+from dlrm_core.experiment.rank_log import RankLog
 from dlrm_core.experiment.strategies import Strategy
-from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.rebase import RowAnchor, anchor_rows, delta_rebase
@@ -79,8 +80,8 @@ def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
 
 
 class LiveUpdate(Strategy):
-    """Local LoRA training of the served model's tables (MLPs frozen); optionally a full
-    rebase every ``rebase_period_s`` (the whole model, after which the factors restart)."""
+    """Local LoRA training of the served model's tables, MLPs frozen, nothing from the cluster
+    (the fed variants below add the cluster's payloads)."""
 
     name = "liveupdate"
     MEASURE_EVERY = 8  # on_ready calls between two walks of the held tensors
@@ -93,10 +94,6 @@ class LiveUpdate(Strategy):
         newest_event_s: float,
         learnt_until_id: int,
         seed: int,
-        start_s: float,
-        cluster: SimulatedCluster | None = None,
-        link: Link | None = None,
-        feed_period_s: float | None = None,
     ) -> None:
         super().__init__(model, newest_event_s, learnt_until_id)
         self.params = params
@@ -119,15 +116,7 @@ class LiveUpdate(Strategy):
         )
         self.budgets = dict(budgets)
         self.trainer = LiveTrainer(model, config, budgets=self.budgets)
-        self.cluster, self.link = cluster, link
-        period = feed_period_s if feed_period_s is not None else params.rebase_period_s
-        if period is not None and (cluster is None or link is None):
-            raise ValueError("a rebase or refresh period needs the cluster and a link")
-        self.feed_period_s = period
-        self.next_feed_s = start_s + period if period is not None else float("inf")
-        # payloads on the wire: landing time, payload, what the node kept at the snapshot
-        self.in_flight: list[tuple[float, Payload, Anchors | None]] = []
-        self.rebases = 0
+        self.rank_log = RankLog(tuple(budgets))
         self._ready_calls = 0
 
     def on_ready(self, batch: SparseBatch, now: float) -> None:
@@ -135,6 +124,7 @@ class LiveUpdate(Strategy):
         self.trainer.join.add_served(batch, now)
         self.trainer.train_ready(now)
         self.accounting.node_cpu_seconds += time.process_time() - start
+        self.rank_log.note(self.trainer.drain_events())
         self.newest_event_s = max(self.newest_event_s, float(batch.timestamps.max()))
         self.learnt_until_id = max(self.learnt_until_id, int(batch.request_ids.max()))
         self.accounting.set_memory(self.overhead_bytes())
@@ -142,14 +132,17 @@ class LiveUpdate(Strategy):
         if self._ready_calls % self.MEASURE_EVERY == 1:
             self.measure()
 
-    def measure(self, staging: Payload | None = None) -> int:
+    def measure(self, staging: object = None) -> int:
         """Walk the tensors this node holds for updating (the factors, their optimizer state,
-        the label join's pending batches, the replay window, published versions, a payload
-        being applied) and record their bytes."""
-        kept = [held for _, _, held in self.in_flight]  # anchors kept until their payload lands
-        held = held_tensor_bytes((self.trainer, staging, kept), self._served)
+        the label join's pending batches, the replay window, published versions, what
+        ``held`` adds) and record their bytes."""
+        held = held_tensor_bytes((self.trainer, staging, self.held()), self._served)
         self.accounting.set_measured(held)
         return held
+
+    def held(self) -> object:
+        """What else the node holds for updating (nothing)."""
+        return None
 
     def overhead_bytes(self) -> int:
         return sum(m.overhead_bytes for m in self.trainer.memory().values())
@@ -160,17 +153,53 @@ class LiveUpdate(Strategy):
     def active_rows(self) -> dict[str, int]:
         return {name: live.num_active for name, live in self.trainer.lives.items()}
 
-    # ---- the cluster's periodic payloads (rebase, MLP refresh) ----------------------------
-    def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
-        """Rows of each table a payload carries (None: the whole model)."""
+
+class FedLiveUpdate(LiveUpdate):
+    """LiveUpdate fed by the cluster: every ``feed_period_s`` a payload (what ``select``
+    names) is snapshot, crosses the link and lands in pieces (Payload.pieces), each applied
+    by ``apply``. While it lands the node holds one piece and what ``hold`` kept at the
+    snapshot."""
+
+    def __init__(
+        self,
+        model: DLRM,
+        params: LiveUpdateParams,
+        budgets: Mapping[str, int],
+        newest_event_s: float,
+        learnt_until_id: int,
+        seed: int,
+        start_s: float,
+        cluster: SimulatedCluster,
+        link: Link,
+        feed_period_s: float,
+    ) -> None:
+        super().__init__(model, params, budgets, newest_event_s, learnt_until_id, seed)
+        self.cluster, self.link = cluster, link
+        self.feed_period_s = feed_period_s
+        self.next_feed_s = start_s + feed_period_s
+        # payloads on the wire: landing time, payload, what the node kept at the snapshot
+        self.in_flight: list[tuple[float, Payload, Anchors | None]] = []
+        self.rebases = 0
+
+    def held(self) -> object:
+        return [kept for _, _, kept in self.in_flight]  # anchors kept until their payload lands
+
+    def select(self, now: float) -> dict[str, torch.Tensor | None]:
+        """Rows of each table a payload carries."""
+        raise NotImplementedError
+
+    def hold(self, payload: Payload) -> Anchors | None:
+        """What the node keeps from a payload's snapshot time until it lands (nothing)."""
         return None
 
+    def apply(self, piece: Payload, held: Anchors | None = None) -> None:
+        """Apply one piece of a landed payload."""
+        raise NotImplementedError
+
     def advance(self, now: float) -> None:
-        if self.cluster is None or self.link is None:
-            return
         while self.next_feed_s <= now:
             due = self.next_feed_s
-            self.next_feed_s += float(self.feed_period_s or 0.0)
+            self.next_feed_s += self.feed_period_s
             if self.link.busy(due):
                 self.accounting.syncs_skipped_link_busy += 1
                 continue
@@ -185,42 +214,37 @@ class LiveUpdate(Strategy):
             acc.transfer_seconds.append(self.in_flight[-1][0] - due)
         while self.in_flight and self.in_flight[0][0] <= now:
             _, payload, held = self.in_flight.pop(0)
-            start = time.process_time()
-            self.apply(payload, held)
-            self.accounting.node_cpu_seconds += time.process_time() - start
-            self.accounting.set_memory(self.overhead_bytes() + payload.table_bytes)
-            self.measure(staging=payload)
+            self._land(payload, held)
             self.accounting.syncs_landed += 1
             self.rebases += 1
 
-    def hold(self, payload: Payload) -> Anchors | None:
-        """What the node keeps from a payload's snapshot time until it lands (nothing)."""
-        return None
+    def _land(self, payload: Payload, held: Anchors | None) -> None:
+        """Apply ``payload`` piece by piece; measure the node at its largest piece (with the
+        anchors it kept for it)."""
+        staged = 0
+        for piece in payload.pieces():
+            start = time.process_time()
+            self.apply(piece, held)
+            self.accounting.node_cpu_seconds += time.process_time() - start
+            self.accounting.set_memory(self.overhead_bytes() + piece.table_bytes)
+            if piece.bytes > staged:  # the largest piece is the most the node holds
+                staged = piece.bytes
+                self.measure(staging=(piece, held))
 
-    def apply(self, payload: Payload, held: Anchors | None = None) -> None:
-        """A full rebase: the cluster's whole model, the factors restart from zero."""
-        payload.apply_to(self.model)  # writes the LiveEmbeddings' bases and the MLPs
-        for live in self.trainer.lives.values():
-            assert isinstance(live, LiveEmbedding)
-            live.evict(live.ids, fold=False)  # the new base already holds what they learnt
-        # what the node learnt locally after the snapshot is dropped with the factors
-        self.newest_event_s = payload.newest_event_s
-        self.learnt_until_id = payload.learnt_until_id
 
-
-class LiveUpdateDense(LiveUpdate):
+class LiveUpdateDense(FedLiveUpdate):
     """LiveUpdate whose dense part stays fresh: the cluster's MLPs every sync period."""
 
     name = "liveupdate_dense"
 
-    def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
+    def select(self, now: float) -> dict[str, torch.Tensor | None]:
         return {}  # no table rows: the payload carries the MLPs only
 
-    def apply(self, payload: Payload, held: Anchors | None = None) -> None:
-        delta_rebase(self.model, {}, payload.dense)
+    def apply(self, piece: Payload, held: Anchors | None = None) -> None:
+        delta_rebase(self.model, {}, piece.dense)
 
 
-class Hybrid(LiveUpdate):
+class Hybrid(FedLiveUpdate):
     """LiveUpdate between delta rebases (dlrm_core.rebase): every period the rows the cluster
     changed since the last rebase and its MLPs; those rows' corrections are dropped, every
     other row keeps its own, and what the node learnt about a carried row while the payload
@@ -230,7 +254,6 @@ class Hybrid(LiveUpdate):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        assert self.cluster is not None
         self.changed = ChangedRows(self.cluster.model.config, self.params.rebase_min_steps)
         self.cluster.listeners.append(self._observe)
 
@@ -239,7 +262,7 @@ class Hybrid(LiveUpdate):
         self.changed.mark(result)
         self.accounting.cluster_cpu_seconds += time.process_time() - start
 
-    def select(self, now: float) -> dict[str, torch.Tensor | None] | None:
+    def select(self, now: float) -> dict[str, torch.Tensor | None]:
         return self.changed.take()
 
     def hold(self, payload: Payload) -> Anchors | None:
@@ -251,13 +274,13 @@ class Hybrid(LiveUpdate):
             if ids is not None
         }
 
-    def apply(self, payload: Payload, held: Anchors | None = None) -> None:
+    def apply(self, piece: Payload, held: Anchors | None = None) -> None:
         tables = {
-            name: (ids, rows) for name, (ids, rows) in payload.tables.items() if ids is not None
+            name: (ids, rows) for name, (ids, rows) in piece.tables.items() if ids is not None
         }
-        delta_rebase(self.model, tables, payload.dense, held)
-        self.newest_event_s = max(self.newest_event_s, payload.newest_event_s)
-        self.learnt_until_id = max(self.learnt_until_id, payload.learnt_until_id)
+        delta_rebase(self.model, tables, piece.dense, held)
+        self.newest_event_s = max(self.newest_event_s, piece.newest_event_s)
+        self.learnt_until_id = max(self.learnt_until_id, piece.learnt_until_id)
 
 
 def min_table_budget(params: LiveUpdateParams, dim: int) -> int:

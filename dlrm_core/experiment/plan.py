@@ -2,7 +2,7 @@
 point (label delays, sync periods, link scales), and how their summaries come back together.
 
 A sweep point reruns only the strategies whose behaviour depends on what it varies: stale,
-the oracle and LiveUpdate without rebases never look at the sync period or the link, so their
+the oracle and LiveUpdate never look at the sync period or the link, so their
 main-run results stand for every period and link scale (run_summary.with_shared).
 
 The runs of one seed and fleet shape are replayed together (``bundles``, harness.run_bundle):
@@ -22,7 +22,7 @@ from dlrm_core.experiment.config import ExperimentConfig
 from dlrm_core.experiment.harness import LOCAL, replay_key
 from dlrm_core.experiment.run_summary import RunSummary, with_shared
 
-SYNC_FREE = ("stale", "oracle", "liveupdate")  # no sync, no link (liveupdate: without rebases)
+SYNC_FREE = ("stale", "oracle", "liveupdate")  # no sync, no link
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,7 @@ BUNDLE_MODEL_BYTES = 3 << 30
 
 
 def sync_dependent(config: ExperimentConfig) -> tuple[str, ...]:
-    free = set(SYNC_FREE) if config.live.rebase_period_s is None else {"stale", "oracle"}
-    return tuple(s for s in config.strategies if s not in free)
+    return tuple(s for s in config.strategies if s not in SYNC_FREE)
 
 
 def build_plan(

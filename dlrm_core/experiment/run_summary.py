@@ -157,6 +157,11 @@ def run_strategies(run: RunResult) -> dict[str, dict[str, Any]]:
                 p["staleness_sum"] / p["events"] if p.get("events") else None for p in per
             ],
             "rank_per_window": [p.get("ranks", {}) for p in per],
+            "rank_changes": node.rank_log.summary(
+                run.eval_start_s, run.config.window_s, len(windows)
+            )
+            if isinstance(node, LiveUpdate)
+            else {},
             "active_rows_per_window": [p.get("active_rows", {}) for p in per],
             "syncs_sent": acc.syncs_sent,
             "syncs_landed": acc.syncs_landed,

@@ -14,7 +14,8 @@ Accounting, per strategy:
   is accounted once, on the cluster, and shared by the sync strategies;
 - memory overhead: extra bytes the node holds for updating, against the bytes of its tables,
   twice: as the strategy's own formula says (``memory_overhead_bytes``, what a budget caps) and
-  as measured (``measured_bytes``: the distinct tensor storages it holds, see memory.py);
+  as measured (``measured_bytes``: the distinct tensor storages it holds, see memory.py); a
+  payload lands in pieces (``Payload.pieces``), so a node holds one piece of it at a time;
 - staleness: the serving time minus the time of the newest event the served model learnt from.
 """
 
@@ -193,13 +194,16 @@ class SyncStrategy(Strategy):
     def _land(self, now: float) -> None:
         while self.in_flight and self.in_flight[0][0] <= now:
             _, payload = self.in_flight.popleft()
-            start = time.process_time()
-            payload.apply_to(self.model)
-            self.accounting.node_cpu_seconds += time.process_time() - start
-            # the node stages a whole payload before swapping it in
-            self.accounting.set_memory(payload.table_bytes)
+            staged = 0
+            for piece in payload.pieces():  # what the node holds while it lands: one piece
+                start = time.process_time()
+                piece.apply_to(self.model)
+                self.accounting.node_cpu_seconds += time.process_time() - start
+                self.accounting.set_memory(piece.table_bytes)
+                if piece.bytes > staged:  # the largest piece is the most the node holds
+                    staged = piece.bytes
+                    self.accounting.set_measured(held_tensor_bytes(piece, set()))
             self.accounting.set_memory(0)
-            self.accounting.set_measured(held_tensor_bytes(payload, set()))
             self.accounting.set_measured(0)
             self.accounting.syncs_landed += 1
             self.newest_event_s = max(self.newest_event_s, payload.newest_event_s)

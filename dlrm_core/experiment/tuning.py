@@ -186,7 +186,7 @@ def _live_tail_auc(
     model = copy.deepcopy(base)
     budgets = table_budgets(model, params, benefit)
     start = float(tail[0].timestamps[0])
-    live = LiveUpdate(model, params, budgets, start, -1, seed=config.seed, start_s=start)
+    live = LiveUpdate(model, params, budgets, start, -1, seed=config.seed)
     queue: deque[tuple[float, SparseBatch]] = deque()
     ys, ps = [], []
     for batch in itertools.chain(tail):

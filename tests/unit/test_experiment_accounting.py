@@ -26,6 +26,7 @@ from dlrm_core.experiment.liveupdate import (
     table_budgets,
     table_caps,
 )
+from dlrm_core.experiment.memory import held_tensor_bytes
 from dlrm_core.experiment.strategies import DeltaSync, FullSync, PrioritizedDelta
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.trainer import FullStepResult, FullTrainConfig
@@ -94,8 +95,9 @@ def test_delta_sync_bytes_and_landing_of_a_known_change_set() -> None:
             strat.model.sparse_arch.table(name).weight,
             cluster.model.sparse_arch.table(name).weight,
         )
-    # staging the payload is the node's memory overhead
-    assert acc.peak_memory_overhead_bytes == rows_bytes(3, D)
+    # the payload lands in pieces: the node holds one, the largest is its memory overhead
+    assert acc.peak_memory_overhead_bytes == rows_bytes(2, D)
+    assert acc.peak_measured_bytes == dense_bytes(cluster.model)  # the MLPs' piece
     assert acc.memory_overhead_bytes == 0
     strat.advance(20.0 + 1e-9)  # nothing changed since: only the MLPs travel
     assert acc.bytes_moved == expected + dense_bytes(cluster.model)
@@ -114,7 +116,35 @@ def test_full_sync_moves_whole_tables_and_skips_while_the_link_is_busy() -> None
     assert strat.accounting.bytes_moved == whole
     assert strat.accounting.peak_memory_overhead_pct == 0.0
     strat.advance(10.0 + transfer)
-    assert strat.accounting.peak_memory_overhead_pct == pytest.approx(100.0)
+    assert strat.model.sparse_arch.table("b").weight.equal(
+        cluster.model.sparse_arch.table("b").weight
+    )
+    # it lands a table at a time (each under Payload.pieces' bound): the larger one's share
+    assert strat.accounting.peak_memory_overhead_pct == pytest.approx(100.0 * 100 / 150)
+
+
+@pytest.mark.parametrize("max_bytes", [rows_bytes(4, D), 1 << 16])
+def test_a_payload_lands_in_bounded_pieces_that_write_what_the_whole_writes(max_bytes) -> None:  # noqa: ANN001
+    cluster = SimulatedCluster(tiny_model(), FullTrainConfig(), 0.0, -1)
+    with torch.no_grad():
+        for p in cluster.model.parameters():
+            p.add_(torch.randn_like(p))
+    payload = cluster.snapshot(5.0, {"a": torch.arange(0, 100, 3), "b": None})  # rows, a whole
+    pieces = list(payload.pieces(max_bytes))
+    assert sum(p.bytes for p in pieces) == payload.bytes
+    whole, pieced = tiny_model(), tiny_model()
+    payload.apply_to(whole)
+    for piece in pieces:
+        # bounded (but a single MLP parameter), each its own copy: freed once applied
+        assert piece.bytes <= max_bytes or len(piece.dense) == 1
+        held = held_tensor_bytes(piece, set())
+        assert held <= 3 * piece.bytes and held < held_tensor_bytes(payload, set())
+        piece.apply_to(pieced)
+    for (name, p), q in zip(whole.named_parameters(), pieced.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert not torch.equal(
+        whole.sparse_arch.table("b").weight, tiny_model().sparse_arch.table("b").weight
+    )
 
 
 @pytest.mark.parametrize("priority", ["magnitude", "freshness_magnitude"])
@@ -142,7 +172,7 @@ def test_liveupdate_trains_locally_within_its_budget() -> None:
     model = tiny_model()
     params = LiveUpdateParams(budget_pct=20.0, r_max=4, initial_rank=2, prune_age_s=None)
     budgets = {"a": 2000, "b": 1000}
-    live = LiveUpdate(model, params, budgets, 0.0, -1, seed=0, start_s=0.0)
+    live = LiveUpdate(model, params, budgets, 0.0, -1, seed=0)
     gen = torch.Generator().manual_seed(1)
     for k in range(20):
         ids = [[[int(i)] for i in torch.randint(0, 100, (32,), generator=gen)],
@@ -193,11 +223,11 @@ def test_table_budgets_split_the_budget_by_measured_benefit_else_evenly() -> Non
 
 def test_liveupdate_clamps_r_max_to_d_and_the_initial_rank_into_its_bounds() -> None:
     params = LiveUpdateParams(r_max=64, initial_rank=64, prune_age_s=None)
-    live = LiveUpdate(tiny_model(), params, {"a": 20000}, 0.0, -1, seed=0, start_s=0.0)
+    live = LiveUpdate(tiny_model(), params, {"a": 20000}, 0.0, -1, seed=0)
     ctl = live.trainer.controllers["a"]
     assert ctl.policy.r_max == D and live.ranks()["a"] == D
     live = LiveUpdate(tiny_model(), dataclasses.replace(params, r_max=2), {"a": 20000}, 0.0, -1,
-                      seed=0, start_s=0.0)  # fmt: skip
+                      seed=0)  # fmt: skip
     assert live.ranks()["a"] == 2
     with pytest.raises(ValueError, match="r_min <= r_max"):
         LiveUpdateParams(r_min=5, r_max=4)

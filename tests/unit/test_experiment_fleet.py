@@ -52,8 +52,7 @@ def test_sticky_routing_keeps_a_user_on_one_node_and_random_spreads_requests() -
 def test_each_node_learns_only_its_share_and_costs_add_up() -> None:
     params = LiveUpdateParams(budget_pct=20.0, r_max=4, initial_rank=2, prune_age_s=None)
     nodes = [
-        LiveUpdate(tiny_model(), params, {"a": 2000, "b": 1000}, 0.0, -1, seed=0, start_s=0.0)
-        for _ in range(2)
+        LiveUpdate(tiny_model(), params, {"a": 2000, "b": 1000}, 0.0, -1, seed=0) for _ in range(2)
     ]
     # the tiny model's tables are named a and b: route on b
     router = Router(FleetConfig(nodes=2, route_feature="b"), _ab_schema(), seed=0)

@@ -28,9 +28,9 @@ def test_plan_runs_each_sweep_point_per_seed_with_only_the_strategies_it_changes
     swept = plan[Group("period", 120.0, 0.1)][2]
     assert swept.strategies == ("delta_sync", "hybrid") and swept.seed == 2
     assert swept.sync_period_s == 120.0 and swept.link.scale_factor == 0.1
-    # with rebases LiveUpdate does sync: it reruns at every period
+    # a rebase period is the hybrid's: plain LiveUpdate still takes nothing from the cluster
     rebased = dataclasses.replace(config, live=LiveUpdateParams(rebase_period_s=600.0))
-    assert "liveupdate" in build_plan(rebased, 1, sync_periods=(120.0,))[
+    assert "liveupdate" not in build_plan(rebased, 1, sync_periods=(120.0,))[
         Group("period", 120.0)][0].strategies  # fmt: skip
     # nothing that syncs: no sweep
     assert list(build_plan(dataclasses.replace(config, strategies=("stale",)), 1, (),
