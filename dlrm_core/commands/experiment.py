@@ -107,12 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--rank", type=int, default=live.initial_rank)
     u.add_argument("--budget-pct", type=float, default=live.budget_pct)
     u.add_argument("--prune-age", type=float, default=live.prune_age_s)
-    u.add_argument(
-        "--rebase-period",
-        type=float,
-        default=None,
-        help="seconds between the hybrid's delta rebases (default: the sync period)",
-    )
+    u.add_argument("--rebase-period", type=float, help="the hybrid's, s (default: sync period)")
     u.add_argument("--lr-a", type=float, default=live.lr_a)
     u.add_argument("--lr-b", type=float, default=live.lr_b)
     u.add_argument(
