@@ -29,6 +29,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         _table("Clock mapping", list(results["clock"].items())),
         _summary_table(results),
         _claims_table(results["claims"]),
+        _rank_table(results["strategies"]),
         *parts,
     ])  # fmt: skip
     path.write_text(
@@ -188,6 +189,27 @@ def _summary_table(results: dict[str, Any]) -> str:
         f"<h2>Strategies (mean over {len(results['seeds'])} seed(s), ± half the 95% interval)"
         f"</h2><table><tr>{head}</tr>{rows}</table>"
     )
+
+
+def _rank_table(strategies: dict[str, Any]) -> str:
+    """Each LiveUpdate table's rank changes per window (node 0, the first seed), the most in
+    any hour, and its growths after its region filled (run_summary's rank_changes)."""
+    rows = []
+    for name, s in strategies.items():
+        for table, t in s.get("rank_changes", {}).items():
+            full = t["full_after_s"]
+            cells = [name, table, " ".join(map(str, t["changes_per_window"])),
+                     t["max_changes_in_an_hour"], "never" if full is None else f"{full:.0f} s",
+                     t["growths_after_full"], t["refused_growths"]]  # fmt: skip
+            rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = ("strategy", "table", "rank changes per window", "most in any hour", "region full at",
+            "growths after full", "refused growths")  # fmt: skip
+    return (
+        "<h2>Rank changes (node 0, first seed)</h2><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+    )  # fmt: skip
 
 
 def _claims_table(items: list[dict[str, Any]]) -> str:
