@@ -221,13 +221,15 @@ class FedLiveUpdate(LiveUpdate):
     def _land(self, payload: Payload, held: Anchors | None) -> None:
         """Apply ``payload`` piece by piece; measure the node at its largest piece (with the
         anchors it kept for it)."""
-        staged = 0
+        staged = rows = 0  # the largest piece so far, in bytes and in table bytes
         for piece in payload.pieces():
             start = time.process_time()
             self.apply(piece, held)
             self.accounting.node_cpu_seconds += time.process_time() - start
-            self.accounting.set_memory(self.overhead_bytes() + piece.table_bytes)
-            if piece.bytes > staged:  # the largest piece is the most the node holds
+            if piece.table_bytes > rows:
+                rows = piece.table_bytes
+                self.accounting.set_memory(self.overhead_bytes() + rows)
+            if piece.bytes > staged:
                 staged = piece.bytes
                 self.measure(staging=(piece, held))
 
