@@ -20,6 +20,7 @@ from dlrm_core.experiment.cluster import (
 )
 from dlrm_core.experiment.config import LinkConfig, LiveUpdateParams
 from dlrm_core.experiment.liveupdate import (
+    Hybrid,
     LiveUpdate,
     allocate_budget,
     min_table_budget,
@@ -166,6 +167,41 @@ def test_freshness_breaks_ties_towards_recent_changes() -> None:
     strat.observe(touched(a=[(2, 1.0)]), 9.0)
     strat.advance(10.0)
     assert strat.magnitude["a"][2] == 0 and strat.magnitude["a"][1] == 1.0
+
+
+def small_batch(k: int, gen: torch.Generator) -> SparseBatch:
+    ids = [[[int(i)] for i in torch.randint(0, 20, (32,), generator=gen)],
+           [[int(i)] for i in torch.randint(0, 10, (32,), generator=gen)]]  # fmt: skip
+    return SparseBatch.from_ids(
+        ("a", "b"), ids, torch.randn(32, 2, generator=gen),
+        torch.randint(0, 2, (32,), generator=gen).float(), timestamps=torch.full((32,), float(k)),
+        request_ids=torch.arange(32 * k, 32 * k + 32),
+    )  # fmt: skip
+
+
+def test_the_hybrid_counts_the_anchors_it_kept_while_a_rebase_lands() -> None:
+    base = tiny_model()
+    cluster = SimulatedCluster(copy.deepcopy(base), FullTrainConfig(), 0.0, -1)
+    link = Link(LinkConfig(bandwidth_gbps=8e-6, target_table_bytes=None), 1.0)  # 1000 B/s
+    params = LiveUpdateParams(budget_pct=20.0, r_max=4, initial_rank=2, prune_age_s=None)
+    hybrid = Hybrid(copy.deepcopy(base), params, {"a": 2000, "b": 1000}, 0.0, -1, 0,
+                    start_s=0.0, cluster=cluster, link=link, feed_period_s=10.0)  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    for k in range(9):
+        batch = small_batch(k, gen)
+        cluster.train(batch, float(k))
+        hybrid.on_ready(batch, float(k))
+    hybrid.advance(10.0)  # the rebase is sent; no on_ready until it lands
+    (lands, payload, anchors), = hybrid.in_flight  # fmt: skip
+    assert anchors and sum(int(a.ids.numel()) for a in anchors.values()) > 0
+    kept = held_tensor_bytes(anchors, set())
+    hybrid.advance(lands)
+    acc = hybrid.accounting
+    assert acc.syncs_landed == 1 and not hybrid.in_flight
+    trainer = held_tensor_bytes(hybrid.trainer, hybrid._served)
+    # while it landed the node held its trainer, the anchors and a piece (not the payload)
+    assert acc.peak_measured_bytes >= trainer + kept
+    assert acc.peak_measured_bytes < trainer + kept + payload.bytes
 
 
 def test_liveupdate_trains_locally_within_its_budget() -> None:
