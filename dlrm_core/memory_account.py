@@ -84,10 +84,12 @@ class MemoryAccount:
     tables: Mapping[str, TableAccount]
     pending: int  # served rows waiting for labels, joined ones waiting, the replay window
     dense: int = 0  # top-layer tuning's gradients and accumulators (dlrm_core.top_tune)
+    rebase_anchor: int = 0  # a node's rows held for a delta rebase (nodeworker/trainer_rebase.py)
 
     @property
     def total(self) -> int:
-        return sum(t.total for t in self.tables.values()) + self.pending + self.dense
+        tables = sum(t.total for t in self.tables.values())
+        return tables + self.pending + self.dense + self.rebase_anchor
 
     @property
     def budget(self) -> int:

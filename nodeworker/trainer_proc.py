@@ -51,10 +51,11 @@ from nodeworker.shared_memory import (
 )
 from nodeworker.snapshots import read_patch, read_top, write_table_files, write_top
 from nodeworker.trainer_messages import (
+    AnnounceSnapshot,
+    AnsweredCommand,
     CommandResult,
     CpusPinned,
     FoldedRows,
-    PinCpus,
     PolicyApplied,
     RebaseRows,
     Reply,
@@ -165,6 +166,7 @@ class TrainerLoop:
             for name, lv in self.trainer.lives.items()
         }
         self.rebase = TrainerRebase(self.trainer, self.private_pages, self.tuning)
+        self.rebase.limit(self.budget, setup.policy.rebase_period_s)
         self.fresh: list[tuple[int, list[float]]] = []
         self.pending_label_times: list[np.ndarray] = []
         self.steps_since_publish = 0
@@ -213,10 +215,12 @@ class TrainerLoop:
 
     # --- commands from the runtime ---
 
-    def command(self, cmd: SetPolicy | TakeSnapshot | PinCpus | RebaseRows) -> CommandResult:
+    def command(self, cmd: AnsweredCommand) -> CommandResult:
         now = time.time()
         if isinstance(cmd, RebaseRows):
             return self.rebase_rows(cmd, now)
+        if isinstance(cmd, AnnounceSnapshot):
+            return self.rebase.announce(cmd, now)
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
@@ -225,6 +229,7 @@ class TrainerLoop:
                 if name not in budget.tables:  # ctl.set_budget refuses, and so the policy
                     raise ValueError(f"table {name!r}: {budget.untrained[name]}")
             self.budget = budget
+            self.rebase.limit(budget, cmd.policy.rebase_period_s)
             self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
             self.tuning.apply(cmd.policy)
             for name, ctl in self.trainer.controllers.items():
@@ -243,9 +248,9 @@ class TrainerLoop:
     def rebase_rows(self, cmd: RebaseRows, now: float) -> RowsRebased:
         """A delta rebase (nodeworker.trainer_rebase), then a version without the dropped
         corrections."""
-        dropped = self.rebase.apply(cmd)
+        done = self.rebase.apply(cmd, now)
         self.publish(now)
-        return RowsRebased(self.version, dropped)
+        return RowsRebased(self.version, done.dropped, done.carried, done.carry)
 
     def _cap_bytes(self, name: str) -> int:
         cap = self.setup.capacities[name]
@@ -290,7 +295,7 @@ class TrainerLoop:
         except queue.Empty:
             return None
 
-    def _answer(self, cmd: SetPolicy | TakeSnapshot | PinCpus | RebaseRows) -> None:
+    def _answer(self, cmd: AnsweredCommand) -> None:
         try:
             reply = Reply(cmd.id, result=self.command(cmd))
         except Exception as exc:  # the node reports it to the caller
@@ -335,7 +340,8 @@ class TrainerLoop:
         }
         pending = account.pending + self.feed.nbytes()
         dense = account.dense + self.tuning.sent_bytes  # the published copy, see tuned_top
-        return replace(account, tables=tables, pending=pending, dense=dense)
+        anchor = self.rebase.nbytes  # held from a rebase's announce until its rows land
+        return replace(account, tables=tables, pending=pending, dense=dense, rebase_anchor=anchor)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
@@ -343,6 +349,7 @@ class TrainerLoop:
         # or paused trainer would otherwise hold them (and report them) until it trains again
         for pages in self.private_pages.values():
             pages.release()
+        self.rebase.expire(time.time())  # an anchor whose rows did not come goes too
         account, feed = self.memory_account(), self.feed.report()
         memory = memory_by_table(account, feed.join_bytes)
         events = trainer_events([*self.start_events, *self.trainer.drain_events()])
