@@ -133,6 +133,8 @@ class TrainerRebase:
             assert self.pending is not None
             tables, carried = self._carry(tables, self.pending)
             self.pending = None
+        else:
+            log.info("delta rebase (snapshot %s) overwrites: %s", cmd.snapshot, carry)
         dense = {name: torch.from_numpy(value) for name, value in cmd.dense.items()}
         dropped = delta_rebase(self.trainer.model, tables, dense)
         if dense:
