@@ -161,7 +161,7 @@ class DeltaSyncCluster:
         dense = {name: value.tolist() for name, value in payload.dense.items()} if rebase else None
         stamp = SyncStamp(payload.snapshot_s, self.trained_until, snapshot)
         try:
-            self.send(deltas, stamp, dense)
+            answer = self.send(deltas, stamp, dense)
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the rows dirty
             self.changed.put_back(taken)
             self.failed_syncs += 1
@@ -176,11 +176,12 @@ class DeltaSyncCluster:
         else:
             self.rebases += 1
             log.info(
-                "delta rebase %d: %d rows + MLPs, %d bytes, after %d events",
+                "delta rebase %d: %d rows + MLPs, %d bytes, after %d events; %s",
                 self.rebases,
                 sent,
                 payload.bytes,
                 self.events,
+                carry_note(answer),
             )
         return sent
 
@@ -234,3 +235,12 @@ def apply_delta_rows(payload: Payload) -> dict[str, dict[str, list]]:
         assert ids is not None  # ChangedRows names rows
         out[name] = {"rows": ids.tolist(), "values": rows.tolist()}
     return out
+
+
+def carry_note(answer: Any) -> str:
+    """What the node said it carried in a rebase (apply_delta's ``carry`` and
+    ``rows_carried``), for the cluster's log."""
+    if not isinstance(answer, dict) or "carry" not in answer:
+        return "carry: not reported"
+    rows = answer.get("rows_carried") or {}
+    return f"carry: {answer['carry']} ({sum(rows.values())} rows)"
