@@ -13,8 +13,9 @@ pending served batches and the replay window (on a node: the feed's backlog of j
 held within its share of the budget, nodeworker/node_budget.py BACKLOG_SHARE, and the rows
 waiting for their labels, as the bytes of their arenas, nodeworker/join_rows.py: bounded by
 max_pending and the label window, counted here beside the cap, as no valid row is dropped to
-meet it). The budget caps the tables' parts (RankController plans within it and evicts or
-refuses before exceeding it). MemoryReport is one
+meet it), and a node's delta-rebase anchor while it waits for its rows (within its share of the
+budget, nodeworker/node_budget.py ANCHOR_SHARE). The budget caps the tables' parts
+(RankController plans within it and evicts or refuses before exceeding it). MemoryReport is one
 LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
 """
 
@@ -84,10 +85,12 @@ class MemoryAccount:
     tables: Mapping[str, TableAccount]
     pending: int  # served rows waiting for labels, joined ones waiting, the replay window
     dense: int = 0  # top-layer tuning's gradients and accumulators (dlrm_core.top_tune)
+    rebase_anchor: int = 0  # a node's rows held for a delta rebase (nodeworker/trainer_rebase.py)
 
     @property
     def total(self) -> int:
-        return sum(t.total for t in self.tables.values()) + self.pending + self.dense
+        tables = sum(t.total for t in self.tables.values())
+        return tables + self.pending + self.dense + self.rebase_anchor
 
     @property
     def budget(self) -> int:

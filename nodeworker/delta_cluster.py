@@ -15,7 +15,10 @@ fresh the model it serves is, in one of two ways, by the policy the node has app
   rate 0): the rows it ships always match the MLPs the node serves with.
 - delta rebase (rebase_period_s > 0, a LiveUpdate node): every rebase_period_s the rows changed
   since the last rebase plus the MLPs, which the cluster then trains too; the node drops those
-  rows' corrections and keeps every other row's (dlrm_core.rebase).
+  rows' corrections and keeps every other row's (dlrm_core.rebase). Before it takes the
+  snapshot it announces it to the node (``announce_snapshot``: its trainer anchors its served
+  rows), and the rows name it, so what the node learns while they travel is carried onto them
+  (nodeworker.trainer_rebase); unannounced, the node overwrites them.
 
 It reads the node's policy every ``sync_period_s``, so a policy change takes effect within one,
 and sends nothing while the node runs its start-up policy (none applied yet): that one does not
@@ -48,6 +51,7 @@ class SyncStamp:
 
     created_at: float
     trained_until: float | None
+    snapshot: int | None = None  # the announced snapshot of a delta rebase (apply_delta's)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class ClusterConfig:
 # (deltas, stamp, the MLPs of a rebase or None) -> the node; raises OSError / ControlError
 # when it cannot
 Send = Callable[[dict[str, Any], SyncStamp, dict[str, list] | None], Any]
+# (snapshot id, its Unix time) -> the node's announce_snapshot; raises when it cannot
+Announce = Callable[[int, float], Any]
 
 
 class DeltaSyncCluster:
@@ -81,8 +87,11 @@ class DeltaSyncCluster:
         send: Send,
         config: ClusterConfig,
         rebase_period: Callable[[], float | None] = lambda: 0.0,
+        announce: Announce | None = None,
     ) -> None:
         self.send = send
+        self.announce = announce
+        self.last_snapshot = 0
         # the node's applied policy's rebase_period_s (0: delta sync; None: no policy applied
         # yet); raises when the node is down
         self.rebase_period = rebase_period
@@ -142,13 +151,17 @@ class DeltaSyncCluster:
         MLPs); returns how many rows were sent (0 when the send failed)."""
         taken = self.changed.take()
         rebase = self.rebase_period_s > 0
-        payload = self.cluster.snapshot(time.time(), taken, mlps=rebase)
+        now = time.time()
+        rows = any(ids is None or ids.numel() for ids in taken.values())
+        snapshot = self._announce(now) if rebase and rows else None
+        payload = self.cluster.snapshot(now, taken, mlps=rebase)
         if not payload.tables:
             return 0
         deltas = apply_delta_rows(payload)
         dense = {name: value.tolist() for name, value in payload.dense.items()} if rebase else None
+        stamp = SyncStamp(payload.snapshot_s, self.trained_until, snapshot)
         try:
-            self.send(deltas, SyncStamp(payload.snapshot_s, self.trained_until), dense)
+            answer = self.send(deltas, stamp, dense)
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the rows dirty
             self.changed.put_back(taken)
             self.failed_syncs += 1
@@ -163,13 +176,29 @@ class DeltaSyncCluster:
         else:
             self.rebases += 1
             log.info(
-                "delta rebase %d: %d rows + MLPs, %d bytes, after %d events",
+                "delta rebase %d: %d rows + MLPs, %d bytes, after %d events; %s",
                 self.rebases,
                 sent,
                 payload.bytes,
                 self.events,
+                carry_note(answer),
             )
         return sent
+
+    def _announce(self, now: float) -> int | None:
+        """Announce a rebase's snapshot, taken ``now``, to the node before its rows travel;
+        its id (milliseconds, increasing), or None when the node did not take it (the rows
+        then overwrite: nothing is carried)."""
+        if self.announce is None:
+            return None
+        snapshot = max(self.last_snapshot + 1, int(now * 1000))
+        try:
+            self.announce(snapshot, now)
+        except Exception as exc:  # noqa: BLE001 - the rebase goes on without its carry
+            log.warning("snapshot %d not announced (%s): its rows will overwrite", snapshot, exc)
+            return None
+        self.last_snapshot = snapshot
+        return snapshot
 
     def run(self, batches: Iterable[SparseBatch], stop: threading.Event) -> None:
         """Learn each batch when its labels exist on the node's clock; every sync period read
@@ -206,3 +235,12 @@ def apply_delta_rows(payload: Payload) -> dict[str, dict[str, list]]:
         assert ids is not None  # ChangedRows names rows
         out[name] = {"rows": ids.tolist(), "values": rows.tolist()}
     return out
+
+
+def carry_note(answer: Any) -> str:
+    """What the node said it carried in a rebase (apply_delta's ``carry`` and
+    ``rows_carried``), for the cluster's log."""
+    if not isinstance(answer, dict) or "carry" not in answer:
+        return "carry: not reported"
+    rows = answer.get("rows_carried") or {}
+    return f"carry: {answer['carry']} ({sum(rows.values())} rows)"

@@ -4,7 +4,8 @@ shared factor slots, their capacities) and the trainer (each table's budget, the
 
 Out of the pool come, once per node: the page floor of its shared-memory slots
 (row_budget.NODE_PAGE_FLOOR: every slot is one arena for all tables, so a node pays one partly
-used page a slot, however many tables it has) and the feed's backlog share; per trained table:
+used page a slot, however many tables it has), the feed's backlog share and, while the policy
+sets a rebase period, a delta rebase's anchor share (ANCHOR_SHARE); per trained table:
 its fold records (FoldBitmap, a flag per base page) and its floor (B and its optimizer state at
 r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows). What is left goes to
 the trained tables in proportion to their bytes, on top of their floors. Tables are trained
@@ -30,6 +31,10 @@ from nodeworker.tuned_top import tuning_bytes
 # hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
 # node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
 BACKLOG_SHARE = 0.15
+# the share of the pool a delta rebase's anchor may hold while the policy sets a rebase period
+# (the served rows of the most recently used corrected rows at the cluster's snapshot, carried
+# onto the cluster's rows when they land: nodeworker/trainer_rebase.py); 0 without one
+ANCHOR_SHARE = 0.10
 # a table is trained only if its budget holds at least this many active rows at r_min
 MIN_TABLE_ROWS = 16
 # the shared factor slots hold any budget a policy may set (protocol: memory_budget_pct <= 10);
@@ -56,6 +61,7 @@ class NodeBudget:
     shares: dict[str, int]  # a trained table's share of ``total`` (its budget, its records
     #                         and its part of the page floor and backlog, by its bytes)
     untrained: dict[str, str] = field(default_factory=dict)  # table -> why it gets no budget
+    anchor: int = 0  # a delta rebase's anchor may hold this much (ANCHOR_SHARE)
 
 
 def plan_node_budget(
@@ -64,6 +70,7 @@ def plan_node_budget(
     table_floor: int,
     among: tuple[str, ...] | None = None,
     dense: int = 0,
+    anchor_share: float = 0.0,
 ) -> NodeBudget:
     """The budget of a node whose tables have (rows, dim) ``sizes`` at ``pct`` percent, each
     trained table needing at least ``table_floor`` bytes (rank_policy.min_budget_bytes with
@@ -72,7 +79,8 @@ def plan_node_budget(
     nbytes = {name: rows * dim * 4 for name, (rows, dim) in sizes.items()}
     total = pct_bytes(sum(nbytes.values()), pct)
     backlog = int(total * BACKLOG_SHARE)
-    pool = total - backlog - NODE_PAGE_FLOOR - dense  # dense: the top MLP's tuning (tuned_top)
+    anchor = int(total * anchor_share)
+    pool = total - backlog - anchor - NODE_PAGE_FLOOR - dense  # dense: the top MLP's tuning
     untrained: dict[str, str] = {}
     chosen: list[str] = []
     need = 0  # the floors and records of the tables chosen so far
@@ -100,7 +108,7 @@ def plan_node_budget(
     shares = {
         n: tables[n] + record_bytes(*sizes[n]) + fixed * nbytes[n] // trained_bytes for n in chosen
     }
-    return NodeBudget(pct, total, backlog, tables, shares, untrained)
+    return NodeBudget(pct, total, backlog, tables, shares, untrained, anchor)
 
 
 def capacity_budget(table_bytes: int, table_floor: int) -> int:
@@ -158,4 +166,5 @@ def node_budget(
         node_table_floor(config, policy),
         among,
         tuning_bytes(config, policy),
+        ANCHOR_SHARE if policy.rebase_period_s > 0 else 0.0,
     )

@@ -6,8 +6,9 @@ operation returns a JSON object saying what it did.
 
 Where the base changes: ``rebase`` and ``supervise`` rewrite the base tables and then
 ``installer.forget_versions`` (the version installer's epoch), both under the inference lock;
-``apply_delta`` writes rows into the base under it (a delta rebase also the MLPs, after the
-trainer dropped those rows' corrections). Where a policy takes effect:
+``apply_delta`` (with the other operations the training cluster calls, nodeworker.cluster_ops)
+writes rows into the base under it (a delta rebase also the MLPs, after the trainer dropped
+those rows' corrections). Where a policy takes effect:
 ``NodeState.adopt_policy`` (called by apply_policy), which persists it with the version, as
 ``NodeState.adopt_checkpoint`` (called by rebase) does the base.
 """
@@ -20,13 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dlrm_core.checkpoint import CheckpointError, load_model
-from dlrm_core.model import base_weight
-from dlrm_core.rebase import delta_rebase
-from nodeworker import cluster_deltas, placement, protocol
+from nodeworker import placement, protocol
 from nodeworker.checkpoint_files import CheckpointFiles
+from nodeworker.cluster_ops import ClusterOperations
 from nodeworker.control_socket import InvalidRequest
 from nodeworker.inference import InferencePath
 from nodeworker.node_events import NodeEvents
@@ -49,10 +47,8 @@ from nodeworker.version_installer import VersionInstaller
 
 log = logging.getLogger(__name__)
 
-INSTALL_WAIT_S = 5.0  # a delta rebase waits this long for the version without the dropped rows
 
-
-class NodeOperations:
+class NodeOperations(ClusterOperations):
     def __init__(
         self,
         config: RuntimeConfig,
@@ -295,73 +291,6 @@ class NodeOperations:
         detail = {"checkpoint": checkpoint, "keep_factors": bool(keep_factors)}
         self.events.add("rebase", detail)
         return detail
-
-    def apply_delta(
-        self,
-        deltas: dict[str, Any],
-        created_at: float | None = None,
-        trained_until: float | None = None,
-        dense: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Rows from the training cluster replace the base rows. Without ``dense`` it is the
-        delta-sync baseline; with it (the cluster's MLPs) a delta rebase (_rebase). A ``sync``
-        event says what landed (rows per table, bytes) and, when the cluster stamps them
-        (delta_cluster.SyncStamp), when the delta was made and when the newest label it learnt
-        arrived: the node's freshness from then on (RuntimeMetrics.synced)."""
-        stamps = cluster_deltas.sync_stamps(created_at, trained_until)
-        parsed = cluster_deltas.parse_deltas(self.inference.model, deltas)
-        mlps = None if dense is None else cluster_deltas.parse_dense(self.inference.model, dense)
-        detail: dict[str, Any] = {
-            "tables": {t: int(r.numel()) for t, (r, _) in parsed.items()},
-            "bytes": cluster_deltas.nbytes(t for pair in parsed.values() for t in pair),
-            **stamps,
-        }
-        if mlps is None:
-            with self.inference.exclusive, torch.no_grad():
-                for table, (rows, values) in parsed.items():
-                    base_weight(self.inference.model, table)[rows] = values
-        else:
-            detail |= self._rebase(parsed, mlps)
-            detail["bytes"] += detail["mlp_bytes"]
-        landed = time.time()
-        self.inference.metrics.synced(landed, trained_until if trained_until else created_at)
-        self.events.add("sync", detail)
-        return detail
-
-    def _rebase(
-        self,
-        parsed: dict[str, tuple[torch.Tensor, torch.Tensor]],
-        mlps: dict[str, torch.Tensor],
-    ) -> dict[str, Any]:
-        """A delta rebase (dlrm_core.rebase): those base rows and the MLPs become the cluster's,
-        those rows' corrections are dropped (not folded), every other row keeps its own. The
-        trainer goes first and publishes a version without them; once it serves (with the
-        rows the trainer folded before it), inference writes the rows and MLPs, so no older
-        fold lands on a rebased row and from the answer on a rebased row serves the cluster's."""
-        rebased = self.trainer.rebase_rows(
-            {t: (r.numpy(), v.numpy()) for t, (r, v) in parsed.items()},
-            {name: value.numpy() for name, value in mlps.items()},
-        )
-        if rebased is not None:
-            self._serve_version(rebased.version)
-        with self.inference.exclusive:
-            delta_rebase(self.inference.model, parsed, mlps)
-        return {
-            "rebase": True,
-            "mlp_bytes": cluster_deltas.nbytes(mlps.values()),
-            "corrections_dropped": rebased.dropped if rebased else {},
-        }
-
-    def _serve_version(self, version: int) -> None:
-        """Install factor versions until ``version`` serves (the installer's thread may get
-        there first); after INSTALL_WAIT_S it is left to that thread."""
-        deadline = time.monotonic() + INSTALL_WAIT_S
-        while self.inference.version < version:
-            if time.monotonic() > deadline:
-                log.warning("factor version %d not installed in %s s", version, INSTALL_WAIT_S)
-                return
-            self.installer.install_newest()
-            time.sleep(0.005)
 
     def health(self) -> dict[str, Any]:
         return {

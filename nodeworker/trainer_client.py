@@ -33,6 +33,8 @@ from nodeworker.join_counts import JoinCounts
 from nodeworker.node_events import NodeEvents
 from nodeworker.runtime_metrics import RuntimeMetrics
 from nodeworker.trainer_messages import (
+    AnnounceSnapshot,
+    AnsweredCommand,
     CommandResult,
     FoldedRows,
     PinCpus,
@@ -41,6 +43,7 @@ from nodeworker.trainer_messages import (
     Reply,
     RowsRebased,
     SetPolicy,
+    SnapshotAnnounced,
     SnapshotTaken,
     StopTrainer,
     TakeSnapshot,
@@ -107,13 +110,20 @@ class TrainerClient(ABC):
     @abstractmethod
     def snapshot(self, directory: str) -> SnapshotTaken: ...
 
+    def announce_snapshot(self, snapshot: int, taken_at: float) -> SnapshotAnnounced | None:
+        """The trainer anchors its served rows for the rebase of ``snapshot``
+        (AnnounceSnapshot); None when no trainer runs."""
+        return None
+
     def rebase_rows(
         self,
         tables: dict[str, tuple[np.ndarray, np.ndarray]],
         dense: dict[str, np.ndarray],
+        snapshot: int | None = None,
     ) -> RowsRebased | None:
         """Drop the corrections of the rebased rows and load the MLPs in the trainer
-        (RebaseRows); None when no trainer runs."""
+        (RebaseRows), carrying what it learnt since the announce of ``snapshot``; None when
+        no trainer runs."""
         return None
 
     @abstractmethod
@@ -276,14 +286,22 @@ class ProcessTrainerClient(TrainerClient):
         assert isinstance(result, SnapshotTaken)
         return result
 
+    def announce_snapshot(self, snapshot: int, taken_at: float) -> SnapshotAnnounced | None:
+        if self._proc is None:
+            return None  # the next trainer starts on the base the rebase writes
+        result = self._call(lambda i: AnnounceSnapshot(i, snapshot, taken_at))
+        assert isinstance(result, SnapshotAnnounced)
+        return result
+
     def rebase_rows(
         self,
         tables: dict[str, tuple[np.ndarray, np.ndarray]],
         dense: dict[str, np.ndarray],
+        snapshot: int | None = None,
     ) -> RowsRebased | None:
         if self._proc is None:
             return None  # between a stop and the next start: the next starts on the new base
-        result = self._call(lambda i: RebaseRows(i, tables, dense))
+        result = self._call(lambda i: RebaseRows(i, tables, dense, snapshot))
         assert isinstance(result, RowsRebased)
         return result
 
@@ -312,9 +330,7 @@ class ProcessTrainerClient(TrainerClient):
         self._duty = None
         self._generation += 1  # its reader threads stop
 
-    def _call(
-        self, command: Callable[[int], SetPolicy | PinCpus | TakeSnapshot | RebaseRows]
-    ) -> CommandResult:
+    def _call(self, command: Callable[[int], AnsweredCommand]) -> CommandResult:
         if self._cmd_q is None or not self.alive:
             raise RuntimeError("the trainer process is not running")
         cmd = command(next(self._cmd_ids))

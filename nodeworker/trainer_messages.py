@@ -35,13 +35,26 @@ class PinCpus:
 
 
 @dataclass(frozen=True)
+class AnnounceSnapshot:
+    """The training cluster is about to take snapshot ``snapshot`` (at Unix time ``taken_at``)
+    for a delta rebase: the trainer anchors its served rows now (nodeworker.trainer_rebase)."""
+
+    id: int
+    snapshot: int
+    taken_at: float
+
+
+@dataclass(frozen=True)
 class RebaseRows:
     """A delta rebase (dlrm_core.rebase): these base rows are overwritten and their corrections
-    dropped, not folded; the MLPs are loaded. table -> (ids (m,) int64, rows (m, D) float32)."""
+    dropped, not folded; the MLPs are loaded. table -> (ids (m,) int64, rows (m, D) float32).
+    With the announced ``snapshot`` they were taken at, what the trainer learnt about them
+    since (its anchor) is carried onto them instead."""
 
     id: int
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
     dense: dict[str, np.ndarray]  # the MLPs' parameters by name
+    snapshot: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,8 @@ class StopTrainer:
     """Send the last stats and exit; not answered."""
 
 
-TrainerCommand = SetPolicy | TakeSnapshot | PinCpus | RebaseRows | StopTrainer
+AnsweredCommand = SetPolicy | TakeSnapshot | PinCpus | AnnounceSnapshot | RebaseRows
+TrainerCommand = AnsweredCommand | StopTrainer
 
 
 # --- trainer -> node: the results of commands ---
@@ -72,12 +86,23 @@ class CpusPinned:
 
 
 @dataclass(frozen=True)
+class SnapshotAnnounced:
+    snapshot: int
+    rows: dict[str, int]  # table -> rows anchored (its most recently used corrected rows)
+    nbytes: int  # what the anchor holds, in the memory account until its rebase or expiry
+
+
+@dataclass(frozen=True)
 class RowsRebased:
     version: int  # the first factor version without the dropped corrections
     dropped: dict[str, int]  # table -> corrections dropped
+    # the rows written besides the cluster's: table -> (ids (m,), rows (m, D)), the cluster's
+    # row plus the trainer's change since the anchor; inference writes the same
+    carried: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    carry: str = "carried"  # or why nothing was carried (no announce, expired, another one)
 
 
-CommandResult = PolicyApplied | SnapshotTaken | CpusPinned | RowsRebased
+CommandResult = PolicyApplied | SnapshotTaken | CpusPinned | SnapshotAnnounced | RowsRebased
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ the last version through ``ends.folded``, and v's ``aux`` says how many patch me
 It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
 inference side only copies it out of shared memory. Before it reports ready it makes the
 runtime's one-time allocations on a throwaway trainer (nodeworker/trainer_warmup.py), so what
-it holds when ready is its fixed part and what grows after is proportional.
+it holds when ready is its fixed part and what grows after is proportional. Its side of a delta
+rebase is nodeworker/trainer_rebase.py; what its stats say by table, nodeworker/trainer_report.py.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.malloc_policy import bound_native_heap
 from dlrm_core.memory_account import MemoryAccount
-from dlrm_core.rebase import delta_rebase
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
 from nodeworker import placement, protocol
@@ -51,10 +51,11 @@ from nodeworker.shared_memory import (
 )
 from nodeworker.snapshots import read_patch, read_top, write_table_files, write_top
 from nodeworker.trainer_messages import (
+    AnnounceSnapshot,
+    AnsweredCommand,
     CommandResult,
     CpusPinned,
     FoldedRows,
-    PinCpus,
     PolicyApplied,
     RebaseRows,
     Reply,
@@ -64,11 +65,12 @@ from nodeworker.trainer_messages import (
     StopTrainer,
     TakeSnapshot,
     TrainerCommand,
-    TrainerEvent,
     TrainerOutput,
     TrainerReady,
     TrainerStats,
 )
+from nodeworker.trainer_rebase import TrainerRebase
+from nodeworker.trainer_report import memory_by_table, trainer_events
 from nodeworker.trainer_warmup import warm_up
 from nodeworker.tuned_top import TopTuning, fitting, trainer_fields
 
@@ -163,6 +165,8 @@ class TrainerLoop:
             name: PrivateBasePages(lv.base.weight, _shared_table(Path(setup.shm_dir), name, lv))
             for name, lv in self.trainer.lives.items()
         }
+        self.rebase = TrainerRebase(self.trainer, self.private_pages, self.tuning)
+        self.rebase.limit(self.budget, setup.policy.rebase_period_s)
         self.fresh: list[tuple[int, list[float]]] = []
         self.pending_label_times: list[np.ndarray] = []
         self.steps_since_publish = 0
@@ -211,10 +215,12 @@ class TrainerLoop:
 
     # --- commands from the runtime ---
 
-    def command(self, cmd: SetPolicy | TakeSnapshot | PinCpus | RebaseRows) -> CommandResult:
+    def command(self, cmd: AnsweredCommand) -> CommandResult:
         now = time.time()
         if isinstance(cmd, RebaseRows):
             return self.rebase_rows(cmd, now)
+        if isinstance(cmd, AnnounceSnapshot):
+            return self.rebase.announce(cmd, now)
         if isinstance(cmd, SetPolicy):
             policy = rank_policy(cmd.policy, self.dim)
             self.budget_pct = cmd.policy.memory_budget_pct
@@ -223,6 +229,7 @@ class TrainerLoop:
                 if name not in budget.tables:  # ctl.set_budget refuses, and so the policy
                     raise ValueError(f"table {name!r}: {budget.untrained[name]}")
             self.budget = budget
+            self.rebase.limit(budget, cmd.policy.rebase_period_s)
             self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
             self.tuning.apply(cmd.policy)
             for name, ctl in self.trainer.controllers.items():
@@ -239,22 +246,11 @@ class TrainerLoop:
         return CpusPinned(placement.pin_process(cmd.cpus))
 
     def rebase_rows(self, cmd: RebaseRows, now: float) -> RowsRebased:
-        """A delta rebase on the trainer's model (dlrm_core.rebase), then a version without the
-        dropped corrections. The rows land in this process's private pages; they are given
-        back (PrivateBasePages) once inference has written the same rows into the shared base."""
-        tables = {  # an untrained table's pages stay shared: they see inference's write
-            name: (torch.from_numpy(ids), torch.from_numpy(rows))
-            for name, (ids, rows) in cmd.tables.items()
-            if name in self.private_pages
-        }
-        dense = {name: torch.from_numpy(value) for name, value in cmd.dense.items()}
-        dropped = delta_rebase(self.trainer.model, tables, dense)
-        if dense:
-            self.tuning.rebased()  # the cluster's MLPs replaced the tuned layers
-        for name, (ids, _) in tables.items():
-            self.private_pages[name].folded(ids)
+        """A delta rebase (nodeworker.trainer_rebase), then a version without the dropped
+        corrections."""
+        done = self.rebase.apply(cmd, now)
         self.publish(now)
-        return RowsRebased(self.version, dropped)
+        return RowsRebased(self.version, done.dropped, done.carried, done.carry)
 
     def _cap_bytes(self, name: str) -> int:
         cap = self.setup.capacities[name]
@@ -299,7 +295,7 @@ class TrainerLoop:
         except queue.Empty:
             return None
 
-    def _answer(self, cmd: SetPolicy | TakeSnapshot | PinCpus | RebaseRows) -> None:
+    def _answer(self, cmd: AnsweredCommand) -> None:
         try:
             reply = Reply(cmd.id, result=self.command(cmd))
         except Exception as exc:  # the node reports it to the caller
@@ -344,7 +340,8 @@ class TrainerLoop:
         }
         pending = account.pending + self.feed.nbytes()
         dense = account.dense + self.tuning.sent_bytes  # the published copy, see tuned_top
-        return replace(account, tables=tables, pending=pending, dense=dense)
+        anchor = self.rebase.nbytes  # held from a rebase's announce until its rows land
+        return replace(account, tables=tables, pending=pending, dense=dense, rebase_anchor=anchor)
 
     def send_stats(self) -> None:
         stats = self.trainer.stats
@@ -352,23 +349,10 @@ class TrainerLoop:
         # or paused trainer would otherwise hold them (and report them) until it trains again
         for pages in self.private_pages.values():
             pages.release()
+        self.rebase.expire(time.time())  # an anchor whose rows did not come goes too
         account, feed = self.memory_account(), self.feed.report()
-        # memory by table: the capped parts besides the tables (backlog, top-layer tuning) go to
-        # each by its share of the budget; the join's arenas, beside the cap, go in feed
-        rest = account.total - sum(t.total for t in account.tables.values()) - feed.join_bytes
-        budget = max(1, account.budget)
-        memory = {
-            name: (t.total + rest * t.budget // budget, t.base)
-            for name, t in account.tables.items()
-        }
-        events = tuple(
-            TrainerEvent(
-                "rank_change" if e.kind == "rank" else "prune",
-                e.timestamp,
-                {"table": e.table, "from": e.from_value, "to": e.to_value, "reason": e.reason},
-            )
-            for e in [*self.start_events, *self.trainer.drain_events()]
-        )
+        memory = memory_by_table(account, feed.join_bytes)
+        events = trainer_events([*self.start_events, *self.trainer.drain_events()])
         self.start_events = []
         self._put(
             TrainerStats(

@@ -80,9 +80,11 @@ def _run(args: argparse.Namespace, source) -> int:
             created_at=stamp.created_at,
             trained_until=stamp.trained_until,
             dense=dense,
+            snapshot=stamp.snapshot,
         ),
         config,
         lambda: _rebase_period(client.call("status")),
+        lambda snapshot, at: client.call("announce_snapshot", snapshot=snapshot, taken_at=at),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -155,6 +155,8 @@ def task_name(op: str) -> str:
 
 
 _NULLABLE_TIME = Bound(float, 0.0, 1e11, nullable=True)
+_TIME = Bound(float, 0.0, 1e11)
+SNAPSHOT_ID = Bound(int, 0, 2**53 - 1)  # the training cluster's snapshot of a delta rebase
 
 NODE_OPERATIONS: tuple[NodeOperationSpec, ...] = (
     NodeOperationSpec(
@@ -226,15 +228,26 @@ NODE_OPERATIONS: tuple[NodeOperationSpec, ...] = (
         modes=TRAINING_MODES,
     ),
     NodeOperationSpec(
+        "announce_snapshot",
+        "The training cluster takes this snapshot for a delta rebase now: the trainer anchors "
+        "its served rows, so what it learns until the rows land is carried onto them.",
+        (
+            Argument("snapshot", "int", required=True, bound=SNAPSHOT_ID),
+            Argument("taken_at", "float", required=True, bound=_TIME),
+        ),
+    ),
+    NodeOperationSpec(
         "apply_delta",
         "Rows from the training cluster replace the base rows (the delta-sync baseline); with "
         "the cluster's MLPs (dense) a delta rebase: those rows' corrections are dropped, every "
-        "other row keeps its own.",
+        "other row keeps its own (with the announced snapshot they were taken at, what the "
+        "trainer learnt about them since is carried onto them).",
         (
             Argument("deltas", "object", required=True),
             Argument("created_at", "float", bound=_NULLABLE_TIME),
             Argument("trained_until", "float", bound=_NULLABLE_TIME),
             Argument("dense", "object"),
+            Argument("snapshot", "int", bound=SNAPSHOT_ID),
         ),
     ),
     NodeOperationSpec("status", "The node's health, policy, placement and feed counts."),

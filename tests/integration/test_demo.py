@@ -120,6 +120,8 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
             while line not in cluster_log.read_text() and time.monotonic() < deadline:
                 time.sleep(2)
             assert line in cluster_log.read_text(), cluster_log.read_text()[-2000:]
+        rebased = (data_dir / "logs" / "cluster-live.log").read_text()  # announced, carried
+        assert re.search(r"delta rebase 1:.*; carry: carried \(\d+ rows\)", rebased), rebased
         children = processes_with(data_dir)
         assert len(children) >= 8, children  # web, celery (+beat), 2 nodes (+workers), 2 clusters
         base_file = data_dir / "demo-base.ckpt"

@@ -141,3 +141,76 @@ def test_a_rebase_with_bad_mlps_changes_nothing(node):
         "dense.over_arch.nope",
     }
     assert torch.equal(base_weight(model, TABLE)[:2], before)
+
+
+def overhead(runtime: NodeRuntime) -> int:
+    """The trainer's proportional bytes in its newest stats."""
+    stats = runtime.trainer.last_stats
+    assert stats is not None
+    return sum(o for o, _ in stats.memory.values())
+
+
+def steady_overhead(runtime: NodeRuntime) -> int:
+    seen: list[int] = []
+
+    def steady() -> bool:
+        seen.append(overhead(runtime))
+        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+    wait_until(steady, 30, "the paused trainer's memory to settle", interval=0.3)
+    return seen[-1]
+
+
+def test_an_announced_rebase_carries_what_the_node_learnt_since_its_snapshot(node):
+    runtime, traffic = node
+    runtime.operations.apply_policy(  # a hybrid node: the budget holds an anchor share
+        {"sla_p99_ms": 5000.0, "memory_budget_pct": 10.0, "rebase_period_s": 1800.0}, "hybrid", 2
+    )
+    train_until(runtime, traffic, 800)
+    settle(runtime)
+    model = runtime.inference.model
+    every = torch.arange(base_weight(model, TABLE).shape[0])
+    corrected = (served_rows(runtime, TABLE, every) != base_weight(model, TABLE)).any(dim=1)
+    ids = every[corrected]
+    held = steady_overhead(runtime)
+    then = served_rows(runtime, TABLE, ids)  # what the paused trainer serves at the announce
+
+    announced = runtime.operations.announce_snapshot(snapshot=11, taken_at=time.time())
+    assert 0 < announced["rows_anchored"][TABLE] <= ids.numel()
+    tables = len(runtime.trainer.last_stats.memory)
+    wait_until(lambda: overhead(runtime) != held, 30, "stats with the anchor", interval=0.2)
+    assert abs(overhead(runtime) - held - announced["anchor_bytes"]) <= tables  # accounted
+
+    runtime.operations.resume()  # the node learns while the rows travel
+    train_until(runtime, traffic, runtime.metrics.trained_samples + 300)
+    settle(runtime)
+    holding = steady_overhead(runtime)
+    change = served_rows(runtime, TABLE, ids) - then
+    values = torch.randn(ids.numel(), model.config.embedding_dim)
+    mlps = dense_state(model)
+    result = runtime.operations.apply_delta(
+        {TABLE: {"rows": ids.tolist(), "values": values.tolist()}},
+        created_at=time.time(),
+        dense={name: value.tolist() for name, value in mlps.items()},
+        snapshot=11,
+    )
+
+    assert result["carry"] == "carried" and result["snapshot"] == 11
+    after = served_rows(runtime, TABLE, ids)
+    carried = (after - (values + change)).abs().amax(dim=1) <= 1e-5
+    overwritten = torch.equal(after[~carried], values[~carried])
+    moved = int((carried & change.ne(0).any(dim=1)).sum())
+    assert overwritten and moved == result["rows_carried"][TABLE] > 0
+    assert moved <= announced["rows_anchored"][TABLE]
+    # the anchor went with its rows (their corrections too; their pages are the file's again)
+    assert steady_overhead(runtime) <= holding - announced["anchor_bytes"] + tables
+
+    again = runtime.operations.apply_delta(  # its anchor is gone: overwrite and drop
+        {TABLE: {"rows": ids.tolist(), "values": values.tolist()}},
+        dense={name: value.tolist() for name, value in mlps.items()},
+        snapshot=11,
+    )
+    assert again["carry"] == "its announce did not reach the trainer"
+    assert torch.equal(served_rows(runtime, TABLE, ids), values)
+    event = [e for e in runtime.events if e.kind == "sync"][-1]
+    assert event.detail["carry"] == again["carry"] and event.detail["rows_carried"] == {}

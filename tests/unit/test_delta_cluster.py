@@ -115,6 +115,44 @@ def test_a_rebase_node_gets_rows_and_mlps_and_only_then_do_the_mlps_learn():
     assert not cluster.poll_policy() and cluster.period_s == 1800.0
 
 
+def test_a_rebase_is_announced_before_its_rows_travel_and_names_its_snapshot():
+    stream = small_stream()
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    calls: list[tuple] = []  # ("announce", id, at) and ("send", stamp, dense)
+    refuse = False
+
+    def announce(snapshot, at):
+        if refuse:
+            raise ConnectionRefusedError("node restarting")
+        calls.append(("announce", snapshot, at))
+
+    period = {"s": 0.0}
+    cluster = DeltaSyncCluster(
+        model,
+        lambda deltas, stamp, dense: calls.append(("send", stamp, dense)),
+        ClusterConfig(),
+        lambda: period["s"],
+        announce,
+    )
+    batches = iter(stream)
+    cluster.poll_policy()
+    cluster.learn(next(batches))
+    cluster.sync()  # a delta sync: nothing is carried, nothing announced
+    assert [c[0] for c in calls] == ["send"] and calls[0][1].snapshot is None
+    period["s"] = 1800.0
+    cluster.poll_policy()
+    for _ in range(2):
+        cluster.learn(next(batches))
+        cluster.sync()
+    (_, first, at), (_, stamp, dense), (_, second, _), (_, stamp2, _) = calls[1:]
+    assert dense is not None and stamp.snapshot == first and stamp.created_at == at
+    assert stamp2.snapshot == second > first  # each rebase its own, increasing
+    refuse = True
+    cluster.learn(next(batches))
+    assert cluster.sync() > 0  # the rebase goes on without its announce: the node overwrites
+    assert calls[-1][0] == "send" and calls[-1][1].snapshot is None
+
+
 def test_run_rebases_every_rebase_period_and_reads_the_policy_every_sync_period():
     stream = small_stream(num_events=4096)
     model = DLRM(DLRMConfig.from_schema(stream.schema))
