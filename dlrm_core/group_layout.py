@@ -104,6 +104,7 @@ class LiveGroups:
         self.last_used = torch.zeros(0)
         self.a_accum = torch.zeros(0)
         self._signature: tuple | None = None
+        self._changes: tuple | None = None  # what sync last saw (see there)
         self._prepared: tuple[SparseBatch, _Batch] | None = None
         self._correction: Correction | None = None  # the step's, under grad
         # a leaf that requires grad: the correction's autograd input, so the loss requires grad
@@ -112,7 +113,17 @@ class LiveGroups:
     # ---- layout ------------------------------------------------------------------------
     def sync(self) -> None:
         """Rebuild the layout when a table's rank, scale or capacity changed; else copy back
-        the tables whose tensors were replaced (rank re-factoring, imports)."""
+        the tables whose tensors were replaced (rank re-factoring, imports). Runs before every
+        step: a table's rank and scale change only with its tensors (LiveEmbedding.version),
+        its capacity only with them or its budget and sketch, so nothing else is looked at
+        while those stay as they were."""
+        changes = tuple(
+            (live.version, ctl.budget_bytes, ctl.sketch.nbytes if ctl.sketch else 0)
+            for live, ctl in zip(self.lives.values(), self.controllers.values(), strict=True)
+        )
+        if changes == self._changes:
+            return
+        self._changes = changes
         signature = tuple(
             (name, live.rank, live.scale, self.controllers[name].capacity())
             for name, live in self.lives.items()

@@ -331,7 +331,9 @@ class LiveEmbedding(nn.Module):
 
     def take_folded(self) -> torch.Tensor:
         """Sorted unique base rows changed by folds since the last call."""
-        folded = torch.unique(torch.cat([torch.zeros(0, dtype=torch.int64), *self._folded]))
+        if not self._folded:
+            return torch.zeros(0, dtype=torch.int64)
+        folded = torch.unique(torch.cat(self._folded))
         self._folded = []
         return folded
 

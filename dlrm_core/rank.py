@@ -112,8 +112,10 @@ class RankController:
         return FOLD_LOG_MIN + self.max_rows(rank) // FOLD_LOG_SHARE
 
     def fold_log_over(self) -> bool:
-        """The fold log holds more than its share of the budget: publish to drain it."""
-        return self.live.folded_pending > self.fold_log_allowance()
+        """The fold log holds more than its share of the budget: publish to drain it (asked
+        every step: FOLD_LOG_MIN, the least allowance, settles it without the plan)."""
+        pending = self.live.folded_pending
+        return pending > FOLD_LOG_MIN and pending > self.fold_log_allowance()
 
     def accounted_bytes(self) -> int:
         """Every byte this table holds that its budget caps: the LiveEmbedding's state, index
