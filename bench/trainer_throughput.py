@@ -52,7 +52,7 @@ from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
 from dlrm_core.live_group import Correction, LiveGroup  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
-from dlrm_core.rank import RankController, observe_grams  # noqa: E402
+from dlrm_core.rank import RankController  # noqa: E402
 from dlrm_core.rank_policy import RankPolicy  # noqa: E402
 from dlrm_core.trainer import (  # noqa: E402
     FullSparseTrainer,
@@ -302,7 +302,8 @@ def correction_time(args: argparse.Namespace) -> dict[str, object]:
             rowwise_adagrad_rows_(group.a, accum, pos, a_grad, 0.05)
             steps = torch.tensor([float(i + 1) for i in range(tables)]).view(-1, 1, 1)
             adam_(group.b, b.grad, b_m, b_v, steps, 1e-3)
-        observe_grams(controllers, grams[0])
+        for controller, gram in zip(controllers, grams[0], strict=True):
+            controller.observe_gram(gram)
         bool(ok)
 
     times = interleaved(

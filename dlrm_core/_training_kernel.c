@@ -471,31 +471,34 @@ static PyObject *lora_backward(PyObject *self, PyObject *args) {
 
 PyDoc_STRVAR(lora_step_doc,
              "lora_step(batch, groups, accum_ptr, accum_size, row_grad_ptr, b_grad_ptr, sizes,\n"
-             "          steps, lr_a, eps_a, lr_b, beta1, beta2, eps_b)\n\n"
-             "batch and groups as lora_forward's, row_grad and b_grad as lora_backward wrote them\n"
-             "(sizes: their floats). Row-wise Adagrad on each group's active keys' rows of A\n"
-             "(accum (accum_size,) float32, indexed by the buffers' rows pos[u]), then Adam on\n"
-             "B_t and its moments for each member m whose steps[m] (a tuple, one int per member)\n"
-             "is >= 1 (its Adam step count).");
+             "          grams_ptr, steps, observers, lr_a, eps_a, lr_b, beta1, beta2, eps_b)\n\n"
+             "batch and groups as lora_forward's, row_grad, b_grad and grams as lora_backward\n"
+             "wrote them (sizes: row_grad's and b_grad's floats). Row-wise Adagrad on each group's\n"
+             "active keys' rows of A (accum (accum_size,) float32, indexed by the buffers' rows\n"
+             "pos[u]), then Adam on B_t and its moments for each member m whose steps[m] (a tuple,\n"
+             "one int per member) is >= 1 (its Adam step count), and its Gram matrix added into\n"
+             "the (dim, dim) float32 at observers[m] (a tuple of pointers, 0: none).");
 
 static PyObject *lora_step(PyObject *self, PyObject *args) {
     PyObject *batch_spec, *group_specs, *accum_obj, *row_grad_obj, *b_grad_obj, *steps_obj;
+    PyObject *grams_obj, *observers_obj;
     Py_ssize_t sizes[2], count, accum_size;
     float lr_a, eps_a;
     Adam o;
     Batch x;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!O!OnOO(nn)O!ffffff", &PyTuple_Type, &batch_spec, &PyTuple_Type,
-                          &group_specs, &accum_obj, &accum_size, &row_grad_obj, &b_grad_obj, &sizes[0],
-                          &sizes[1], &PyTuple_Type, &steps_obj, &lr_a, &eps_a, &o.lr, &o.beta1,
-                          &o.beta2, &o.eps))
+    if (!PyArg_ParseTuple(args, "O!O!OnOO(nn)OO!O!ffffff", &PyTuple_Type, &batch_spec,
+                          &PyTuple_Type, &group_specs, &accum_obj, &accum_size, &row_grad_obj,
+                          &b_grad_obj, &sizes[0], &sizes[1], &grams_obj, &PyTuple_Type, &steps_obj,
+                          &PyTuple_Type, &observers_obj, &lr_a, &eps_a, &o.lr, &o.beta1, &o.beta2,
+                          &o.eps))
         return NULL;
     Group *groups = parse_call(batch_spec, group_specs, &x, &count);
     if (!groups)
         return NULL;
     enum Part parts[] = {ROW_GRAD, B_GRAD};
-    if (PyTuple_GET_SIZE(steps_obj) != x.members)
-        PyErr_SetString(PyExc_ValueError, "steps: one per member");
+    if (PyTuple_GET_SIZE(steps_obj) != x.members || PyTuple_GET_SIZE(observers_obj) != x.members)
+        PyErr_SetString(PyExc_ValueError, "steps, observers: one per member");
     else if (check_sizes(&x, groups, count, sizes, parts, 2) == 0)
         for (Py_ssize_t i = 0; i < count; i++)
             if (groups[i].row0 + groups[i].rows > accum_size) {
@@ -503,15 +506,19 @@ static PyObject *lora_step(PyObject *self, PyObject *args) {
                 break;
             }
     int64_t *steps = malloc(sizeof(*steps) * (size_t)(x.members ? x.members : 1));
-    if (!steps && !PyErr_Occurred())
+    float **observers = malloc(sizeof(*observers) * (size_t)(x.members ? x.members : 1));
+    if ((!steps || !observers) && !PyErr_Occurred())
         PyErr_NoMemory();
-    for (int m = 0; steps && !PyErr_Occurred() && m < x.members; m++)
+    for (int m = 0; steps && observers && !PyErr_Occurred() && m < x.members; m++) {
         steps[m] = PyLong_AsLongLong(PyTuple_GET_ITEM(steps_obj, m));
+        observers[m] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(observers_obj, m));
+    }
     float *accum = PyLong_AsVoidPtr(accum_obj);
     const float *row_grad = PyLong_AsVoidPtr(row_grad_obj);
-    const float *b_grad = PyLong_AsVoidPtr(b_grad_obj);
+    const float *b_grad = PyLong_AsVoidPtr(b_grad_obj), *grams = PyLong_AsVoidPtr(grams_obj);
     if (PyErr_Occurred()) {
         free(steps);
+        free(observers);
         free(groups);
         return NULL;
     }
@@ -528,8 +535,14 @@ static PyObject *lora_step(PyObject *self, PyObject *args) {
         row_grad += part_size(&x, g, ROW_GRAD);
         b_grad += part_size(&x, g, B_GRAD);
     }
+    size_t square = (size_t)x.dim * x.dim;
+    for (int m = 0; m < x.members; m++)
+        if (observers[m])
+            for (size_t k = 0; k < square; k++)
+                observers[m][k] += grams[(size_t)m * square + k];
     Py_END_ALLOW_THREADS;
     free(steps);
+    free(observers);
     free(groups);
     Py_RETURN_NONE;
 }

@@ -25,7 +25,7 @@ import torch
 from dlrm_core.factor_optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS
 from dlrm_core.kernel import training_kernel
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.rank import RankController, observe_grams
+from dlrm_core.rank import RankController
 
 if TYPE_CHECKING:
     from dlrm_core._training_kernel import BatchSpec, GroupSpec
@@ -178,17 +178,23 @@ class Correction:
     ) -> None:
         """LiveEmbedding.step of every member with active rows (``lives``, ``controllers``: the
         members'; ``accum``: the buffers' Adagrad accumulators), then feed the gradient
-        statistics to their rank controllers. Members without active rows are not in the graph
+        statistics to their rank controllers (RankController.observe_gram, in the kernel's
+        call). Members without active rows are not in the graph
         of the per-table forward, so they neither step B nor observe gradients here. Nothing
         happens before the backward."""
         if self.row_grad is None or self.b_grad is None or self.grams is None:
             return
         if accum.dtype != torch.float32 or not accum.is_contiguous():
             raise TypeError("accum must be contiguous float32")
-        active = [m for m, live in enumerate(lives) if live.num_active]
-        for m in active:
-            lives[m].b_steps += 1
-        steps = tuple(live.b_steps if live.num_active else 0 for live in lives)
+        steps, observers = [], []
+        for live, controller in zip(lives, controllers, strict=True):
+            if live.num_active:
+                live.b_steps += 1
+                steps.append(live.b_steps)
+                observers.append(controller.gram_pointer())
+            else:
+                steps.append(0)
+                observers.append(0)
         training_kernel.lora_step(
             self.batch,
             self.specs,
@@ -197,16 +203,14 @@ class Correction:
             self.row_grad.data_ptr(),
             self.b_grad.data_ptr(),
             self.sizes[1:],
-            steps,
+            self.grams.data_ptr(),
+            tuple(steps),
+            tuple(observers),
             lr_a,
             ADAGRAD_EPS,
             lr_b,
             *ADAM_BETAS,
             ADAM_EPS,
-        )
-        grams = self.grams
-        observe_grams(
-            [controllers[m] for m in active], grams if len(active) == len(lives) else grams[active]
         )
 
 

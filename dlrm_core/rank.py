@@ -48,13 +48,6 @@ SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the 
 FOLD_TOLERANCE = 1e-6
 
 
-def observe_grams(controllers: list[RankController], grams: torch.Tensor) -> None:
-    """RankController.observe_gram of each controller with its row of grams (T, D, D), in one
-    op (the fused trainer path observes all tables of a group at once)."""
-    if controllers:
-        torch._foreach_add_([c._grad_gram for c in controllers], list(grams.unbind(0)))
-
-
 class RankController:
     """Owns the rank and the active set of one LiveEmbedding under ``budget_bytes``."""
 
@@ -233,9 +226,16 @@ class RankController:
         self.observe_gram(g.T @ g)
 
     def observe_gram(self, gram: torch.Tensor) -> None:
-        """Add the (D, D) Gram matrix of finite output gradients (the fused trainer path
-        computes those of all its tables in one bmm)."""
+        """Add the (D, D) Gram matrix of finite output gradients."""
         self._grad_gram += gram
+
+    def gram_pointer(self) -> int:
+        """Where the fused trainer path's kernel adds its Gram matrices (as observe_gram
+        does): the (D, D) contiguous float32 statistics, valid until the next adapt."""
+        gram, dim = self._grad_gram, self.live.dim
+        if gram.shape != (dim, dim) or gram.dtype != torch.float32 or not gram.is_contiguous():
+            raise TypeError("the gradient statistics must be contiguous float32 (D, D)")
+        return gram.data_ptr()
 
     def _reset_gradient_stats(self) -> None:
         self._grad_gram = torch.zeros(self.live.dim, self.live.dim)
