@@ -97,9 +97,9 @@ class LiveGroups:
         self.feature_index = torch.zeros(0, dtype=torch.int64)  # the same, (M,)
         self.member_lives: list[LiveEmbedding] = []
         self.member_controllers: list[RankController] = []
-        self.key_offsets = torch.zeros(0, dtype=torch.int64)  # (M,)
+        self._key_offsets: list[int] = []  # (M,) each member's first key
+        self._rows: list[int] = []  # (M,) its base rows
         self.group_members = [0]  # (G + 1) first member of each group
-        self.key_bounds = torch.zeros(1, dtype=torch.int64)  # (M + 1) key_offsets, then the end
         self.keys = torch.zeros(0, dtype=torch.int64)  # row buffers, see the module docstring
         self.last_used = torch.zeros(0)
         self.a_accum = torch.zeros(0)
@@ -167,18 +167,18 @@ class LiveGroups:
                         key_offset,
                     )
                 )
-                key_offset += live.num_rows + 1  # + 1: the key no id has, see _inputs
+                key_offset += live.num_rows + 1  # the tables' key ranges, one key apart
                 start += cap
             self.groups.append(group)
         self.features = [self.feature_names.index(m.name) for m in self.members]
         self.feature_index = torch.tensor(self.features, dtype=torch.int64)
         self.member_lives = [m.live for m in self.members]
         self.member_controllers = [m.controller for m in self.members]
-        self.key_offsets = torch.tensor([m.key_offset for m in self.members], dtype=torch.int64)
+        self._key_offsets = [m.key_offset for m in self.members]
+        self._rows = [m.live.num_rows for m in self.members]
         self.group_members = [0]
         for group in self.groups:
             self.group_members.append(self.group_members[-1] + group.size)
-        self.key_bounds = torch.tensor([*self.key_offsets.tolist(), key_offset])
         self.keys = torch.zeros(start, dtype=torch.int64)
         self.last_used = torch.zeros(start)
         self.a_accum = torch.zeros(start)
@@ -225,20 +225,15 @@ class LiveGroups:
 
     # ---- admission ---------------------------------------------------------------------
     def _inputs(self, batch: SparseBatch) -> _Batch:
-        keys, offsets = batch.fused_bags(self.features, self.key_offsets)
-        uniq, index, uniq_counts = key_sort.distinct(keys)
-        member_bounds = torch.searchsorted(uniq, self.key_bounds)  # every key < the end: U
+        uniq, index, counts, offsets, member_bounds = key_sort.batch_keys(
+            [batch.values[f] for f in self.features],
+            [batch.offsets[f] for f in self.features],
+            self._key_offsets,
+            self._rows,
+        )
         first_keys = member_bounds.tolist()
         key_bounds = [first_keys[f] for f in self.group_members]
-        return _Batch(
-            uniq,
-            uniq_counts,
-            index,
-            offsets,
-            batch.batch_size,
-            key_bounds,
-            member_bounds,
-        )
+        return _Batch(uniq, counts, index, offsets, batch.batch_size, key_bounds, member_bounds)
 
     def _locate(self, inputs: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(pos, hit), both (U,): each distinct key's row in the buffers where hit (its

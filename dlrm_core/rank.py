@@ -105,10 +105,9 @@ class RankController:
         return FOLD_LOG_MIN + self.max_rows(rank) // FOLD_LOG_SHARE
 
     def fold_log_over(self) -> bool:
-        """The fold log holds more than its share of the budget: publish to drain it (asked
-        every step: FOLD_LOG_MIN, the least allowance, settles it without the plan)."""
-        pending = self.live.folded_pending
-        return pending > FOLD_LOG_MIN and pending > self.fold_log_allowance()
+        """The fold log holds more than its share of the budget: publish to drain it."""
+        # asked every step: FOLD_LOG_MIN, the least allowance, settles most without the plan
+        return (n := self.live.folded_pending) > FOLD_LOG_MIN and n > self.fold_log_allowance()
 
     def accounted_bytes(self) -> int:
         """Every byte this table holds that its budget caps: the LiveEmbedding's state, index
@@ -230,8 +229,7 @@ class RankController:
         self._grad_gram += gram
 
     def gram_pointer(self) -> int:
-        """Where the fused trainer path's kernel adds its Gram matrices (as observe_gram
-        does): the (D, D) contiguous float32 statistics, valid until the next adapt."""
+        """Where the fused path's kernel adds Gram matrices (observe_gram), until an adapt."""
         gram, dim = self._grad_gram, self.live.dim
         if gram.shape != (dim, dim) or gram.dtype != torch.float32 or not gram.is_contiguous():
             raise TypeError("the gradient statistics must be contiguous float32 (D, D)")
