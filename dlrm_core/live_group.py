@@ -45,6 +45,9 @@ class LiveGroup:
         self.b = torch.stack([live.B.detach() for live in lives])
         self.b_m = torch.stack([live.b_m for live in lives])
         self.b_v = torch.stack([live.b_v for live in lives])
+        for buffer in (self.a, self.b, self.b_m, self.b_v):  # filled in place from now on
+            if buffer.dtype != torch.float32 or not buffer.is_contiguous():
+                raise TypeError("the training kernel takes contiguous float32 factors")
         self._layout = (
             member0,
             member0 + self.size,
@@ -84,9 +87,6 @@ class Correction:
         in the trainer's buffers and whether it is active; ``index`` (nnz,): each value's key;
         ``offsets`` (M * B,): the bags' starts, member-major; ``features`` (M,): each member's
         column of the pooled embeddings (B, n_features, D)."""
-        for buffer in (t for g in groups for t in (g.a, g.b, g.b_m, g.b_v)):
-            if buffer.dtype != torch.float32 or not buffer.is_contiguous():
-                raise TypeError("the training kernel takes contiguous float32 factors")
         members = features.numel()
         if offsets.numel() != members * batch_size:
             raise ValueError(f"offsets: {offsets.numel()} bags, expected {members * batch_size}")

@@ -198,7 +198,7 @@ class RankController:
         ages = self.live.ages(now)
         ages[ages < self.policy.lru_min_age] = -math.inf
         if protect is not None:
-            pos, hit = self.live.slots(torch.unique(protect))
+            pos, hit = self.live.slots(protect)  # a repeated id marks its row twice
             ages[pos[hit]] = -math.inf
         oldest = torch.topk(ages, min(count, ages.numel())).indices  # O(n), no full sort
         return self.live.ids[oldest[torch.isfinite(ages[oldest])]]
