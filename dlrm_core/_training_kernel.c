@@ -177,8 +177,9 @@ static inline void gram_of(float *restrict gram, const float *grad, Py_ssize_t s
 }
 
 /* From the pooled embeddings' gradient (batch, n_features, dim): the group's A gradient per key
-   (key1 - key0, rank), B's (tables, rank, dim) and each member's Gram matrix (grams: the
-   members' (members, dim, dim)). Returns 1 if A's per-bag gradients and B's are finite. */
+   (key1 - key0, rank), B's (tables, rank, dim) and each member's Gram matrix added into grams
+   (the members' (members, dim, dim), zeroed before). Returns 1 if A's per-bag gradients and B's
+   are finite. */
 CLONED
 static int backward(const Batch *x, const Group *g, const float *restrict grad,
                     const float *restrict sums, float *restrict row_grad, float *restrict b_grad,
@@ -192,7 +193,6 @@ static int backward(const Batch *x, const Group *g, const float *restrict grad,
         int t = m - g->member0;
         const float *b_t = g->b + (size_t)t * r * d, *grad_m = grad + x->features[m] * d;
         float *b_grad_t = b_grad + (size_t)t * r * d;
-        memset(grams + (size_t)m * d * d, 0, sizeof(float) * (size_t)d * d);
         gram_of(grams + (size_t)m * d * d, grad_m, stride_b, x->batch, d);
         for (int i = 0; i < x->batch; i++) {
             Py_ssize_t s = (Py_ssize_t)m * x->batch + i;
@@ -457,6 +457,8 @@ static PyObject *lora_backward(PyObject *self, PyObject *args) {
     }
     int finite = 1;
     Py_BEGIN_ALLOW_THREADS;
+    /* every member's: one in no group gets zeros, never what the buffer held */
+    memset(grams, 0, sizeof(float) * (size_t)x.members * x.dim * x.dim);
     for (Py_ssize_t i = 0; i < count; i++) {
         const Group *g = &groups[i];
         finite &= backward(&x, g, grad, sums, row_grad, b_grad, grams);

@@ -277,3 +277,16 @@ def _with(t, i, value):
     if t.numel():
         t[i] = value
     return t
+
+
+def test_a_member_in_no_group_gets_zero_statistics():
+    gen = torch.Generator().manual_seed(5)
+    case = random_case(gen, 2, 8, 4, 1.0, empty_member=False)
+    first = case.groups[0]
+    case.groups, case.key_bounds = [first], case.key_bounds[:2]  # the second group left out
+    correction, pooled = case.correction(), torch.zeros(8, case.n_features, 4)
+    correction.add_to_(pooled, torch.zeros(0, requires_grad=True))
+    pooled.backward(torch.randn(8, case.n_features, 4, generator=gen))
+    assert correction.grams is not None
+    assert not correction.grams[first.size :].any()
+    assert correction.grams[: first.size].abs().sum() > 0
