@@ -5,8 +5,8 @@ Part 1: the Criteo-Kaggle reference DLRM (26 tables with the Kaggle row counts, 
   live_trainer  LiveTrainer.train_step: admit ids under a 2% budget per table, forward, BCE,
                 backward into A and B only, row-wise Adagrad + Adam, make_room, rank adapt +
                 prune every 50 steps, publish a factor version every 10 steps; one admission
-                pass for all tables, and the tables of one rank run as one fused LiveGroup
-                (one EmbeddingBag, bmm and optimizer step per rank, not per table); on batches
+                pass for all tables, and the tables of one rank run as one fused LiveGroup,
+                all groups in three training kernel calls a step (live_group.py); on batches
                 as serving leaves them, with the bottom MLP's output kept (ServedParts);
   live_trainer_recompute  the same trainer on the bare batches (bottom MLP recomputed);
   full_sgd      FullSparseTrainer.step: full sparse SGD of the same DLRM (every parameter; the
@@ -24,8 +24,8 @@ Part 2: RankController.adapt for 10^5 active rows (QR of B^T, eigh of the r x r 
 re-factor onto k directions), at D=16 and D=64. Goal: <= 50 ms.
 
 Part 3: one rank group's correction per step, the torch ops LiveGroup used before
-(EmbeddingBag, bmm, a hook's bmm, index_put_, row-wise Adagrad and Adam ops) against the
-training kernel's three calls.
+(EmbeddingBag, bmm, a hook's bmm, index_add_ into the pooled embeddings, index_put_, row-wise
+Adagrad and Adam ops) against the training kernel's three calls (live_group.Correction).
 
     python bench/trainer_throughput.py [--batch 512] [--rounds 5] [--adapt-rows 100000]
         [--part adapt ...]  (only these parts: trainer, adapt, correction; default all)
@@ -50,9 +50,9 @@ from bench.workloads import criteo_workload, interleaved, median, print_table, w
 from dlrm_core.batch import SparseBatch  # noqa: E402
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_  # noqa: E402
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig  # noqa: E402
-from dlrm_core.live_group import LiveGroup  # noqa: E402
+from dlrm_core.live_group import Correction, LiveGroup  # noqa: E402
 from dlrm_core.model import DLRM, DLRMConfig  # noqa: E402
-from dlrm_core.rank import RankController, observe_grams  # noqa: E402
+from dlrm_core.rank import RankController  # noqa: E402
 from dlrm_core.rank_policy import RankPolicy  # noqa: E402
 from dlrm_core.trainer import (  # noqa: E402
     FullSparseTrainer,
@@ -248,26 +248,38 @@ def group_ids(
     return index, hit, pos
 
 
+def correction_group(
+    gen: torch.Generator, tables: int, rank: int, dim: int, rows: int
+) -> tuple[list[LiveEmbedding], LiveGroup, list[RankController]]:
+    """A rank group of ``tables`` tables over ``rows`` rows of random A, and their controllers."""
+    lives = [
+        LiveEmbedding(nn.EmbeddingBag(10, dim, mode="sum"), LiveEmbeddingConfig(rank=rank))
+        for _ in range(tables)
+    ]
+    group = LiveGroup(lives, 0, 0, rows)
+    group.a.copy_(torch.randn(rows, rank, generator=gen) * 0.01)
+    controllers = [RankController(lv, "t", RankPolicy(r_max=dim), 10**12) for lv in lives]
+    return lives, group, controllers
+
+
 def correction_time(args: argparse.Namespace) -> dict[str, object]:
     """One rank group's correction per step (forward, backward, optimizer, gradient
     statistics): the torch ops LiveGroup used before against the training kernel."""
     gen = torch.Generator().manual_seed(2)
     tables, rank, dim, rows, batch = 9, 4, 16, 500_000, args.batch
-    lives = [
-        LiveEmbedding(nn.EmbeddingBag(10, dim, mode="sum"), LiveEmbeddingConfig(rank=rank))
-        for _ in range(tables)
-    ]
-    group = LiveGroup(lives, list(range(tables)), 0, rows)
-    group.a.copy_(torch.randn(rows, rank, generator=gen) * 0.01)
-    group.controllers = [RankController(lv, "t", RankPolicy(r_max=dim), 10**12) for lv in lives]
+    lives, group, controllers = correction_group(gen, tables, rank, dim, rows)
     accum = torch.zeros(rows)
     index, hit, pos = group_ids(gen, rows, tables * batch)
     offsets, bags = torch.arange(tables * batch), torch.arange(tables * batch)
-    out_grad = torch.randn(batch, tables, dim, generator=gen).transpose(0, 1) * 1e-3
+    features, anchor = torch.arange(tables), torch.zeros(0, requires_grad=True)
+    out_grad = torch.randn(batch, tables, dim, generator=gen) * 1e-3  # the pooled embeddings'
 
     def kernel_step() -> None:
-        group.pooled(pos, hit, index, offsets, batch).backward(out_grad)
-        group.step(accum, 0.05, 1e-3)
+        correction = Correction(
+            [group], [0, pos.numel()], pos, hit, index, offsets, features, batch, tables
+        )
+        correction.add_to_(torch.zeros(batch, tables, dim), anchor).backward(out_grad)
+        correction.step(accum, lives, controllers, 0.05, 1e-3)
 
     b_m, b_v = torch.zeros_like(group.b), torch.zeros_like(group.b)
 
@@ -280,7 +292,8 @@ def correction_time(args: argparse.Namespace) -> dict[str, object]:
         delta = torch.bmm(pooled_a.view(tables, batch, -1), b)
         grams = []
         delta.register_hook(lambda g: grams.append(torch.bmm(g.transpose(1, 2), g)))
-        delta.backward(out_grad)
+        pooled = torch.zeros(batch, tables, dim).index_add_(1, features, delta.transpose(0, 1))
+        pooled.backward(out_grad)
         assert pooled_a.grad is not None and b.grad is not None
         ok = torch.isfinite(pooled_a.grad).all() & torch.isfinite(b.grad).all()
         with torch.no_grad():
@@ -289,7 +302,8 @@ def correction_time(args: argparse.Namespace) -> dict[str, object]:
             rowwise_adagrad_rows_(group.a, accum, pos, a_grad, 0.05)
             steps = torch.tensor([float(i + 1) for i in range(tables)]).view(-1, 1, 1)
             adam_(group.b, b.grad, b_m, b_v, steps, 1e-3)
-        observe_grams(group.controllers, grams[0])
+        for controller, gram in zip(controllers, grams[0], strict=True):
+            controller.observe_gram(gram)
         bool(ok)
 
     times = interleaved(

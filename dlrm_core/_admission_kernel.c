@@ -17,9 +17,12 @@ cost ~25 ops per table and step (~2.8 ms a step of the Criteo reference's 17 tab
 
 sight: step 2 alone, for the per-table path (RankController.passes).
 
-distinct, argsort: a batch's distinct keys of all tables at once (as torch.unique with inverse
-and counts) and a table's ids in order for its snapshots (as torch.sort), by an LSD radix sort:
-torch's compare sorts cost 1.5-4.5x more on these sizes (5k-92k keys).
+batch_keys, argsort: a batch's ids of all tables at once as keys of one key space, their distinct
+keys (as torch.unique with inverse and counts), the bags' starts and each table's first key (what
+admit and the training kernel take: one call, where cat, repeat_interleave, stack, unique and
+searchsorted were eight torch ops), and a table's ids in order for its snapshots (as
+torch.sort), by an LSD radix sort: torch's compare sorts cost 1.5-4.5x more on these sizes
+(5k-92k keys).
 
 The sketch (see admission.py): DEPTH rows of 2**bits one-byte counters; an id's estimate is its
 smallest counter plus its count in the call (saturating at MAX_COUNT); conservative update
@@ -357,36 +360,121 @@ static void sort_keys(const int64_t *keys, Py_ssize_t n, int64_t *sorted, int64_
         sorted[j] = (int64_t)(by[j] + (uint64_t)lo);
 }
 
-PyDoc_STRVAR(distinct_doc,
-             "distinct(keys_ptr, n, uniq_ptr, inverse_ptr, counts_ptr) -> int\n\n"
-             "As torch.unique(keys, return_inverse=True, return_counts=True) for n int64 keys:\n"
-             "writes the U distinct keys, sorted, to uniq, each key's index among them to inverse\n"
-             "(n,) and their counts to counts (all int64, room for n); returns U. A radix sort.");
+typedef struct {
+    const int64_t *values, *offsets;
+    Py_ssize_t nnz;
+    int64_t key_offset, num_rows;
+} Member;
 
-static PyObject *distinct(PyObject *self, PyObject *args) {
-    PyObject *keys_obj, *uniq_obj, *inverse_obj, *counts_obj;
-    Py_ssize_t n, u = 0;
+/* The members' values as keys (value + key_offset) into keys, and their bags' starts among them
+   into offsets (members * batch); -1 if a value is outside its member's rows, else its index. */
+static Py_ssize_t fuse_members(const Member *members, Py_ssize_t count, int batch, int64_t *keys,
+                               int64_t *offsets) {
+    Py_ssize_t start = 0;
+    for (Py_ssize_t m = 0; m < count; m++) {
+        const Member *t = &members[m];
+        for (Py_ssize_t v = 0; v < t->nnz; v++) {
+            if ((uint64_t)t->values[v] >= (uint64_t)t->num_rows)
+                return m;
+            keys[start + v] = t->values[v] + t->key_offset;
+        }
+        for (int i = 0; i < batch; i++)
+            offsets[m * batch + i] = t->offsets[i] + start;
+        start += t->nnz;
+    }
+    return -1;
+}
+
+static int parse_members(PyObject *specs, Member *members, Py_ssize_t count, Py_ssize_t *n) {
+    int64_t next_key = 0;
+    *n = 0;
+    for (Py_ssize_t m = 0; m < count; m++) {
+        Member *t = &members[m];
+        PyObject *values, *offsets;
+        long long key_offset, num_rows;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, m), "OnOLL", &values, &t->nnz, &offsets,
+                              &key_offset, &num_rows))
+            return -1;
+        t->values = PyLong_AsVoidPtr(values);
+        t->offsets = PyLong_AsVoidPtr(offsets);
+        t->key_offset = key_offset, t->num_rows = num_rows;
+        if (PyErr_Occurred())
+            return -1;
+        if (t->nnz < 0 || num_rows < 0 || key_offset < next_key ||
+            num_rows > INT64_MAX / 2 - key_offset) {
+            PyErr_SetString(PyExc_ValueError,
+                             "members: nnz, rows >= 0, key ranges ascending and disjoint");
+            return -1;
+        }
+        next_key = key_offset + num_rows;
+        *n += t->nnz;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(batch_keys_doc,
+             "batch_keys(members, batch, uniq_ptr, inverse_ptr, counts_ptr, offsets_ptr,\n"
+             "           bounds_ptr) -> int\n\n"
+             "members: for member m, (values_ptr, nnz, offsets_ptr, key_offset, num_rows): its\n"
+             "nnz ids (int64, each in [0, num_rows)) and its batch bag starts (int64), its ids\n"
+             "keys from key_offset (the members' key ranges ascending, disjoint). Writes the U\n"
+             "distinct keys of all members, sorted, to uniq and their occurrences to counts (room\n"
+             "for n, all values), each value's index among them to inverse (n,), the bags' starts\n"
+             "among all values (member after member) to offsets (members * batch) and member m's\n"
+             "first key in uniq to bounds[m] (members + 1; bounds[members] = U); returns U. The\n"
+             "distinct keys by a radix sort (as torch.unique with inverse and counts).");
+
+static PyObject *batch_keys(PyObject *self, PyObject *args) {
+    PyObject *specs, *uniq_obj, *inverse_obj, *counts_obj, *offsets_obj, *bounds_obj;
+    int batch;
+    Py_ssize_t n, u = 0, bad = -1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OnOOO", &keys_obj, &n, &uniq_obj, &inverse_obj, &counts_obj))
+    if (!PyArg_ParseTuple(args, "O!iOOOOO", &PyTuple_Type, &specs, &batch, &uniq_obj,
+                          &inverse_obj, &counts_obj, &offsets_obj, &bounds_obj))
         return NULL;
-    const int64_t *keys = PyLong_AsVoidPtr(keys_obj);
+    Py_ssize_t count = PyTuple_GET_SIZE(specs);
     int64_t *uniq = PyLong_AsVoidPtr(uniq_obj), *inverse = PyLong_AsVoidPtr(inverse_obj);
-    int64_t *counts = PyLong_AsVoidPtr(counts_obj);
+    int64_t *counts = PyLong_AsVoidPtr(counts_obj), *offsets = PyLong_AsVoidPtr(offsets_obj);
+    int64_t *bounds = PyLong_AsVoidPtr(bounds_obj);
     if (PyErr_Occurred())
         return NULL;
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "distinct: n must be >= 0");
+    if (batch < 0) {
+        PyErr_SetString(PyExc_ValueError, "batch_keys: batch must be >= 0");
         return NULL;
     }
-    if (n == 0)
-        return PyLong_FromSsize_t(0);
-    char *scratch = malloc(4 * sizeof(int64_t) * (size_t)n);
-    if (!scratch)
+    Member *members = malloc(sizeof(*members) * (size_t)(count ? count : 1));
+    if (!members)
         return PyErr_NoMemory();
+    if (parse_members(specs, members, count, &n) < 0) {
+        free(members);
+        return NULL;
+    }
+    char *scratch = malloc(5 * sizeof(int64_t) * (size_t)(n ? n : 1));
+    if (!scratch) {
+        free(members);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS;
-    u = distinct_keys(keys, n, uniq, inverse, counts, scratch);
+    int64_t *keys = (int64_t *)scratch;
+    bad = fuse_members(members, count, batch, keys, offsets);
+    if (bad < 0 && n)
+        u = distinct_keys(keys, n, uniq, inverse, counts, scratch + sizeof(int64_t) * (size_t)n);
+    if (bad < 0) {
+        Py_ssize_t k = 0;
+        for (Py_ssize_t m = 0; m < count; m++) {
+            while (k < u && uniq[k] < members[m].key_offset)
+                k++;
+            bounds[m] = k;
+        }
+        bounds[count] = u;
+    }
     Py_END_ALLOW_THREADS;
     free(scratch);
+    int64_t rows = bad >= 0 ? members[bad].num_rows : 0;
+    free(members);
+    if (bad >= 0)
+        return PyErr_Format(PyExc_IndexError, "member %zd: ids must be in [0, %lld)", bad,
+                            (long long)rows);
     return PyLong_FromSsize_t(u);
 }
 
@@ -514,7 +602,7 @@ static PyObject *argsort(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"admit", admit, METH_VARARGS, admit_doc},
     {"sight", sight_ids, METH_VARARGS, sight_doc},
-    {"distinct", distinct, METH_VARARGS, distinct_doc},
+    {"batch_keys", batch_keys, METH_VARARGS, batch_keys_doc},
     {"argsort", argsort, METH_VARARGS, argsort_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -22,5 +22,17 @@ def admit(
     lookups_only: bool,
 ) -> None: ...
 def sight(sketch: SketchSpec, ids: int, counts: int, k: int, estimate: int) -> None: ...
-def distinct(keys: int, n: int, uniq: int, inverse: int, counts: int) -> int: ...
+
+# values pointer, nnz, offsets pointer, key offset, rows
+MemberSpec = tuple[int, int, int, int, int]
+
+def batch_keys(
+    members: tuple[MemberSpec, ...],
+    batch: int,
+    uniq: int,
+    inverse: int,
+    counts: int,
+    offsets: int,
+    bounds: int,
+) -> int: ...
 def argsort(keys: int, n: int, sorted: int, order: int) -> None: ...

@@ -1,16 +1,19 @@
 /* The trainers' fused steps, for dlrm_core.live_group (the node's low-rank correction) and
 dlrm_core.trainer.FullSparseTrainer (the cluster's sparse embedding rows).
 
-The correction of one rank group (T tables, batch B, rank r, dim D), in three calls per step:
-  lora_forward   each bag's sum of its active A rows, (that sum) @ B_t * scale: the (T, B, D)
-                 deltas, and the (T * B, r) sums kept for B's gradient;
-  lora_backward  from the deltas' gradient G (T, B, D): each bag's dG @ B_tᵀ * scale summed into
+The correction of all the LiveTrainer's rank groups (batch B, dim D; a group: T tables of rank r),
+in three calls per step, each looping over the groups (one call, not three per group: the Python
+around a call cost more than the call):
+  lora_forward   each bag's sum of its active A rows, (that sum) @ B_t * scale added into the
+                 table's column of the pooled embeddings (B, F, D) in place, and the (T * B, r)
+                 sums kept for B's gradient;
+  lora_backward  from the pooled embeddings' gradient G: each bag's dG @ B_tᵀ * scale summed into
                  its keys' rows (A's gradient per distinct key), B's gradient (sums)ᵀ G * scale,
-                 and the rank controllers' statistics Gᵀ G (T, D, D), in one pass over the bags;
-                 returns whether A's per-bag gradients and B's gradient are all finite;
+                 and the rank controllers' statistics Gᵀ G (D, D) per table, in one pass over the
+                 bags; returns whether A's per-bag gradients and B's gradients are all finite;
   lora_step      row-wise Adagrad on the keys' A rows and Adam on the B of the tables given.
-The step is its own call because a non-finite gradient in any group skips the whole trainer step:
-the trainer checks every group's backward before any group's factors change.
+The step is its own call because a non-finite gradient skips the whole trainer step: the
+trainer checks the backward before any factor changes.
 With torch ops this is ~30 ops per group and step, each allocating its output (the embedding
 bag, bmm, the hook's bmm, the optimizer's index ops and Adam's elementwise ops).
 
@@ -31,6 +34,7 @@ trusts anything but those pointers.
 #include <string.h>
 
 #define MAX_RANK 1024
+#define MAX_DIM 4096
 #define PREFETCH 16
 #define LANES 8
 /* 8 floats: one AVX2 register (two SSE ones in the baseline clone); unaligned loads allowed */
@@ -64,56 +68,75 @@ static inline float dot(const float *restrict x, const float *restrict y, int n)
     return sum;
 }
 
-/* A rank group's bags: value v of the group's bags has distinct key index[v]; key u is active
-   when hit[u], at row pos[u] of A. Bag s (table s / batch) holds values [offsets[s], next). */
+/* A step's bags of all trained tables (members, table-major): value v has distinct key index[v];
+   key u is active when hit[u], at row pos[u] of the trainer's row buffers. Member m's bag i is
+   bag s = m * batch + i, its values [offsets[s], the next bag's start or nnz). Its delta goes to
+   (and its gradient comes from) column features[m] of the pooled embeddings (batch, n_features,
+   dim), contiguous. */
 typedef struct {
-    const int64_t *pos, *index, *offsets;
+    const int64_t *pos, *index, *offsets, *features;
     const uint8_t *hit;
     Py_ssize_t nnz, keys;
-    int64_t rows; /* of A */
-    int tables, batch, rank, dim;
-    float scale;
-} Bags;
+    int members, batch, dim, n_features;
+} Batch;
 
-static inline Py_ssize_t bag_end(const Bags *g, Py_ssize_t s) {
-    return s + 1 < (Py_ssize_t)g->tables * g->batch ? g->offsets[s + 1] : g->nnz;
+/* One rank group: members [member0, member1), keys [key0, key1), rows [row0, row0 + rows) of the
+   buffers held by its A (rows, rank) (row - row0); B, its Adam moments (tables, rank, dim). */
+typedef struct {
+    Py_ssize_t key0, key1;
+    int member0, member1;
+    int64_t row0, rows;
+    int rank;
+    float scale;
+    float *a, *b, *b_m, *b_v;
+} Group;
+
+static inline Py_ssize_t bag_end(const Batch *x, Py_ssize_t s) {
+    return s + 1 < (Py_ssize_t)x->members * x->batch ? x->offsets[s + 1] : x->nnz;
 }
 
 /* The A row of value v, if any: fetched PREFETCH values ahead, the random rows' cache misses
    overlap instead of waiting one by one. */
-static inline void prefetch_row(const Bags *g, Py_ssize_t v, const float *a) {
-    if (v < g->nnz && g->hit[g->index[v]])
-        __builtin_prefetch(a + (size_t)g->pos[g->index[v]] * g->rank);
+static inline void prefetch_row(const Batch *x, const Group *g, Py_ssize_t v, Py_ssize_t end) {
+    if (v < end && x->hit[x->index[v]])
+        __builtin_prefetch(g->a + (size_t)(x->pos[x->index[v]] - g->row0) * g->rank);
 }
 
+/* Each bag's delta scale * (sum of its active A rows) @ B_t added into its column of `out`; with
+   `sums`, the (tables * batch, rank) sums kept for B's gradient. */
 CLONED
-static void forward(const Bags *g, const float *restrict a, const float *restrict b,
-                    float *restrict delta, float *restrict sums) {
-    int r = g->rank, d = g->dim;
-    float sum[MAX_RANK];
-    for (Py_ssize_t s = 0; s < (Py_ssize_t)g->tables * g->batch; s++) {
-        const float *b_t = b + (size_t)(s / g->batch) * r * d;
-        float *out = delta + (size_t)s * d;
-        memset(sum, 0, sizeof(float) * (size_t)r);
-        int any = 0;
-        for (Py_ssize_t v = g->offsets[s]; v < bag_end(g, s); v++) {
-            prefetch_row(g, v + PREFETCH, a);
-            int64_t u = g->index[v];
-            if (!g->hit[u])
+static void forward(const Batch *x, const Group *g, float *restrict out, float *restrict sums) {
+    int r = g->rank, d = x->dim;
+    float sum[MAX_RANK], delta[MAX_DIM];
+    for (int m = g->member0; m < g->member1; m++) {
+        int t = m - g->member0;
+        const float *b_t = g->b + (size_t)t * r * d;
+        for (int i = 0; i < x->batch; i++) {
+            Py_ssize_t s = (Py_ssize_t)m * x->batch + i, end = bag_end(x, s);
+            memset(sum, 0, sizeof(float) * (size_t)r);
+            int any = 0;
+            for (Py_ssize_t v = x->offsets[s]; v < end; v++) {
+                prefetch_row(x, g, v + PREFETCH, end);
+                int64_t u = x->index[v];
+                if (!x->hit[u])
+                    continue;
+                axpy(sum, 1.0f, g->a + (size_t)(x->pos[u] - g->row0) * r, r);
+                any = 1;
+            }
+            if (sums)
+                memcpy(sums + ((size_t)t * x->batch + i) * r, sum, sizeof(float) * (size_t)r);
+            if (!any)
                 continue;
-            axpy(sum, 1.0f, a + (size_t)g->pos[u] * r, r);
-            any = 1;
-        }
-        if (sums)
-            memcpy(sums + (size_t)s * r, sum, sizeof(float) * (size_t)r);
-        memset(out, 0, sizeof(float) * (size_t)d);
-        if (!any)
-            continue;
-        for (int k = 0; k < r; k++)
-            axpy(out, sum[k], b_t + (size_t)k * d, d);
-        if (g->scale != 1.0f)
+            memset(delta, 0, sizeof(float) * (size_t)d);
+            for (int k = 0; k < r; k++)
+                axpy(delta, sum[k], b_t + (size_t)k * d, d);
+            if (g->scale != 1.0f)
+                for (int j = 0; j < d; j++)
+                    delta[j] *= g->scale;
+            float *column = out + ((size_t)i * x->n_features + x->features[m]) * d;
             for (int j = 0; j < d; j++)
-                out[j] *= g->scale;
+                column[j] += delta[j];
+        }
     }
 }
 
@@ -153,57 +176,62 @@ static inline void gram_of(float *restrict gram, const float *grad, Py_ssize_t s
             axpy(gram + (size_t)j * d, grad[i * stride_b + j], grad + i * stride_b, d);
 }
 
-/* grad (T, B, D) with strides (stride_t, stride_b, 1). Returns 1 if finite (see the header). */
+/* From the pooled embeddings' gradient (batch, n_features, dim): the group's A gradient per key
+   (key1 - key0, rank), B's (tables, rank, dim) and each member's Gram matrix added into grams
+   (the members' (members, dim, dim), zeroed before). Returns 1 if A's per-bag gradients and B's
+   are finite. */
 CLONED
-static int backward(const Bags *g, const float *restrict b, const float *restrict grad,
-                    Py_ssize_t stride_t, Py_ssize_t stride_b, const float *restrict sums,
-                    float *restrict row_grad, float *restrict b_grad, float *restrict grams) {
-    int r = g->rank, d = g->dim, finite = 1;
+static int backward(const Batch *x, const Group *g, const float *restrict grad,
+                    const float *restrict sums, float *restrict row_grad, float *restrict b_grad,
+                    float *restrict grams) {
+    int r = g->rank, d = x->dim, finite = 1, tables = g->member1 - g->member0;
+    Py_ssize_t stride_b = (Py_ssize_t)x->n_features * d;
     float bag_grad[MAX_RANK];
-    memset(row_grad, 0, sizeof(float) * (size_t)g->keys * r);
-    memset(b_grad, 0, sizeof(float) * (size_t)g->tables * r * d);
-    memset(grams, 0, sizeof(float) * (size_t)g->tables * d * d);
-    for (int t = 0; t < g->tables; t++) {
-        const float *b_t = b + (size_t)t * r * d;
+    memset(row_grad, 0, sizeof(float) * (size_t)(g->key1 - g->key0) * r);
+    memset(b_grad, 0, sizeof(float) * (size_t)tables * r * d);
+    for (int m = g->member0; m < g->member1; m++) {
+        int t = m - g->member0;
+        const float *b_t = g->b + (size_t)t * r * d, *grad_m = grad + x->features[m] * d;
         float *b_grad_t = b_grad + (size_t)t * r * d;
-        gram_of(grams + (size_t)t * d * d, grad + t * stride_t, stride_b, g->batch, d);
-        for (int i = 0; i < g->batch; i++) {
-            Py_ssize_t s = (Py_ssize_t)t * g->batch + i;
-            const float *out_grad = grad + t * stride_t + i * stride_b;
+        gram_of(grams + (size_t)m * d * d, grad_m, stride_b, x->batch, d);
+        for (int i = 0; i < x->batch; i++) {
+            Py_ssize_t s = (Py_ssize_t)m * x->batch + i;
+            const float *out_grad = grad_m + i * stride_b;
             for (int k = 0; k < r; k++) {
                 bag_grad[k] = g->scale * dot(out_grad, b_t + (size_t)k * d, d);
                 finite &= isfinite(bag_grad[k]) != 0;
             }
-            const float *sum = sums + (size_t)s * r;
+            const float *sum = sums + ((size_t)t * x->batch + i) * r;
             for (int k = 0; k < r; k++)
                 if (sum[k] != 0.0f)
                     axpy(b_grad_t + (size_t)k * d, g->scale * sum[k], out_grad, d);
-            for (Py_ssize_t v = g->offsets[s]; v < bag_end(g, s); v++) {
-                int64_t u = g->index[v];
-                if (g->hit[u])
-                    axpy(row_grad + (size_t)u * r, 1.0f, bag_grad, r);
+            for (Py_ssize_t v = x->offsets[s]; v < bag_end(x, s); v++) {
+                int64_t u = x->index[v];
+                if (x->hit[u])
+                    axpy(row_grad + (size_t)(u - g->key0) * r, 1.0f, bag_grad, r);
             }
         }
     }
-    return finite && all_finite(b_grad, (size_t)g->tables * r * d);
+    return finite && all_finite(b_grad, (size_t)tables * r * d);
 }
 
-/* Row-wise Adagrad: accum[row] += mean(grad²); row -= lr * grad / (sqrt(accum[row]) + eps). */
-static void rowwise_adagrad(const Bags *g, float *restrict a, float *restrict accum,
+/* Row-wise Adagrad: accum[row] += mean(grad²); row -= lr * grad / (sqrt(accum[row]) + eps);
+   accum is indexed by the buffers' rows (pos), A by the group's (pos - row0). */
+static void rowwise_adagrad(const Batch *x, const Group *g, float *restrict accum,
                             const float *restrict row_grad, float lr, float eps) {
     int r = g->rank;
-    for (Py_ssize_t u = 0; u < g->keys; u++) {
+    for (Py_ssize_t u = g->key0; u < g->key1; u++) {
         Py_ssize_t ahead = u + PREFETCH;
-        if (ahead < g->keys && g->hit[ahead]) {
-            __builtin_prefetch(a + (size_t)g->pos[ahead] * r, 1);
-            __builtin_prefetch(accum + g->pos[ahead], 1);
+        if (ahead < g->key1 && x->hit[ahead]) {
+            __builtin_prefetch(g->a + (size_t)(x->pos[ahead] - g->row0) * r, 1);
+            __builtin_prefetch(accum + x->pos[ahead], 1);
         }
-        if (!g->hit[u])
+        if (!x->hit[u])
             continue;
-        const float *grad = row_grad + (size_t)u * r;
-        float *row = a + (size_t)g->pos[u] * r;
-        float acc = accum[g->pos[u]] + dot(grad, grad, r) / (float)r;
-        accum[g->pos[u]] = acc;
+        const float *grad = row_grad + (size_t)(u - g->key0) * r;
+        float *row = g->a + (size_t)(x->pos[u] - g->row0) * r;
+        float acc = accum[x->pos[u]] + dot(grad, grad, r) / (float)r;
+        accum[x->pos[u]] = acc;
         float denom = sqrtf(acc) + eps;
         for (int k = 0; k < r; k++)
             row[k] += grad[k] / denom * -lr;
@@ -225,159 +253,299 @@ static void adam(const Adam *o, float *restrict p, const float *restrict grad, f
     }
 }
 
-/* 0 when the bags index only within their arrays: bags start in order within the values,
-   values name keys < keys, active keys rows of A. */
-static int bags_in_range(const Bags *g) {
-    Py_ssize_t bags = (Py_ssize_t)g->tables * g->batch, previous = 0;
-    for (Py_ssize_t s = 0; s < bags; s++) {
-        if (g->offsets[s] < previous || g->offsets[s] > g->nnz)
-            return -1;
-        previous = g->offsets[s];
-    }
-    if (bags && g->offsets[0] != 0)
+static int parse_batch(PyObject *spec, Batch *x) {
+    /* (pos, hit, index, offsets, features, nnz, keys, members, batch, dim, n_features) */
+    PyObject *pos, *hit, *index, *offsets, *features;
+    if (!PyArg_ParseTuple(spec, "OOOOOnniiii", &pos, &hit, &index, &offsets, &features, &x->nnz,
+                          &x->keys, &x->members, &x->batch, &x->dim, &x->n_features))
         return -1;
-    for (Py_ssize_t v = 0; v < g->nnz; v++)
-        if ((uint64_t)g->index[v] >= (uint64_t)g->keys)
-            return -1;
-    for (Py_ssize_t u = 0; u < g->keys; u++)
-        if (g->hit[u] && (uint64_t)g->pos[u] >= (uint64_t)g->rows)
-            return -1;
+    x->pos = PyLong_AsVoidPtr(pos);
+    x->hit = PyLong_AsVoidPtr(hit);
+    x->index = PyLong_AsVoidPtr(index);
+    x->offsets = PyLong_AsVoidPtr(offsets);
+    x->features = PyLong_AsVoidPtr(features);
+    if (PyErr_Occurred())
+        return -1;
+    if (x->dim < 1 || x->dim > MAX_DIM || x->members < 0 || x->batch < 0 || x->nnz < 0 ||
+        x->keys < 0 || x->n_features < 0) {
+        PyErr_Format(PyExc_ValueError, "batch: dim must be in [1, %d], counts >= 0", MAX_DIM);
+        return -1;
+    }
     return 0;
 }
 
-static int parse_bags(PyObject *spec, Bags *g) {
-    /* (pos, hit, index, offsets, nnz, keys, rows, tables, batch, rank, dim, scale) */
-    PyObject *pos, *hit, *index, *offsets;
-    long long rows;
-    double scale;
-    if (!PyArg_ParseTuple(spec, "OOOOnnLiiiid", &pos, &hit, &index, &offsets, &g->nnz, &g->keys,
-                          &rows, &g->tables, &g->batch, &g->rank, &g->dim, &scale))
-        return -1;
-    g->rows = rows;
-    g->pos = PyLong_AsVoidPtr(pos);
-    g->hit = PyLong_AsVoidPtr(hit);
-    g->index = PyLong_AsVoidPtr(index);
-    g->offsets = PyLong_AsVoidPtr(offsets);
-    g->scale = (float)scale;
-    if (PyErr_Occurred())
-        return -1;
-    if (g->rank < 1 || g->rank > MAX_RANK || g->dim < 1 || g->tables < 0 || g->batch < 0 ||
-        g->nnz < 0 || g->keys < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "bags: rank must be in [1, %d], dim >= 1, counts >= 0", MAX_RANK);
-        return -1;
+/* The groups, each (key0, key1, member0, member1, row0, rows, rank, scale, a, b, b_m, b_v);
+   NULL with an exception set when one is malformed. Free with free(). */
+static Group *parse_groups(PyObject *specs, const Batch *x, Py_ssize_t *count) {
+    *count = PyTuple_GET_SIZE(specs);
+    Group *groups = malloc(sizeof(*groups) * (size_t)(*count ? *count : 1));
+    if (!groups)
+        return (Group *)PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < *count; i++) {
+        Group *g = &groups[i];
+        PyObject *a, *b, *b_m, *b_v;
+        long long row0, rows;
+        double scale;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, i), "nniiLLidOOOO", &g->key0, &g->key1,
+                              &g->member0, &g->member1, &row0, &rows, &g->rank, &scale, &a, &b,
+                              &b_m, &b_v))
+            break;
+        g->row0 = row0, g->rows = rows, g->scale = (float)scale;
+        g->a = PyLong_AsVoidPtr(a), g->b = PyLong_AsVoidPtr(b);
+        g->b_m = PyLong_AsVoidPtr(b_m), g->b_v = PyLong_AsVoidPtr(b_v);
+        if (PyErr_Occurred())
+            break;
+        if (g->rank < 1 || g->rank > MAX_RANK || g->key0 < 0 || g->key0 > g->key1 ||
+            g->key1 > x->keys || g->member0 < 0 || g->member0 > g->member1 ||
+            g->member1 > x->members || g->row0 < 0 || g->rows < 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "groups: rank must be in [1, %d], key, member and row ranges in bounds",
+                         MAX_RANK);
+            break;
+        }
     }
-    if (bags_in_range(g) < 0) {
-        PyErr_SetString(PyExc_IndexError, "bags: an offset, key index or row is out of range");
+    if (PyErr_Occurred()) {
+        free(groups);
+        return NULL;
+    }
+    return groups;
+}
+
+/* 0 when everything indexes within its arrays: the bags start in order within the values (the
+   first at 0), values name keys < keys, every member's column < n_features, and each group's
+   values name its own keys, whose active ones name its own rows. */
+static int bags_in_range(const Batch *x, const Group *groups, Py_ssize_t count) {
+    Py_ssize_t bags = (Py_ssize_t)x->members * x->batch, previous = 0;
+    for (Py_ssize_t s = 0; s < bags; s++) {
+        if (x->offsets[s] < previous || x->offsets[s] > x->nnz)
+            return -1;
+        previous = x->offsets[s];
+    }
+    if (bags && x->offsets[0] != 0)
         return -1;
+    for (int m = 0; m < x->members; m++)
+        if ((uint64_t)x->features[m] >= (uint64_t)x->n_features)
+            return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Group *g = &groups[i];
+        Py_ssize_t first = (Py_ssize_t)g->member0 * x->batch, last = (Py_ssize_t)g->member1 * x->batch;
+        Py_ssize_t end = last < bags ? x->offsets[last] : x->nnz;
+        for (Py_ssize_t v = first < bags ? x->offsets[first] : x->nnz; v < end; v++)
+            if (x->index[v] < g->key0 || x->index[v] >= g->key1)
+                return -1;
+        for (Py_ssize_t u = g->key0; u < g->key1; u++)
+            if (x->hit[u] && (x->pos[u] < g->row0 || x->pos[u] - g->row0 >= g->rows))
+                return -1;
+    }
+    return 0;
+}
+
+/* Parses and checks a call's batch and groups; NULL with an exception set if they are bad. */
+static Group *parse_call(PyObject *batch_spec, PyObject *group_specs, Batch *x, Py_ssize_t *count) {
+    if (parse_batch(batch_spec, x) < 0)
+        return NULL;
+    Group *groups = parse_groups(group_specs, x, count);
+    if (groups && bags_in_range(x, groups, *count) < 0) {
+        free(groups);
+        PyErr_SetString(PyExc_IndexError, "bags: an offset, key, column or row is out of range");
+        return NULL;
+    }
+    return groups;
+}
+
+/* The floats of each group's part of a scratch buffer: sums (tables * batch * rank), row_grad
+   ((key1 - key0) * rank) or b_grad (tables * rank * dim). */
+enum Part { SUMS, ROW_GRAD, B_GRAD };
+
+static size_t part_size(const Batch *x, const Group *g, enum Part part) {
+    size_t tables = (size_t)(g->member1 - g->member0), r = (size_t)g->rank;
+    if (part == SUMS)
+        return tables * (size_t)x->batch * r;
+    if (part == ROW_GRAD)
+        return (size_t)(g->key1 - g->key0) * r;
+    return tables * r * (size_t)x->dim;
+}
+
+/* 0 when each buffer of `sizes` (floats) holds the groups' parts of it, else -1 (ValueError). */
+static int check_sizes(const Batch *x, const Group *groups, Py_ssize_t count,
+                       const Py_ssize_t *sizes, const enum Part *parts, int n) {
+    for (int p = 0; p < n; p++) {
+        size_t need = 0;
+        for (Py_ssize_t i = 0; i < count; i++)
+            need += part_size(x, &groups[i], parts[p]);
+        if (sizes[p] < 0 || (size_t)sizes[p] != need) {
+            PyErr_Format(PyExc_ValueError, "scratch buffer %d holds %zd floats, needs %zu", p,
+                         sizes[p], need);
+            return -1;
+        }
     }
     return 0;
 }
 
 PyDoc_STRVAR(lora_forward_doc,
-             "lora_forward(bags, a_ptr, b_ptr, delta_ptr, sums_ptr)\n\n"
-             "bags: (pos_ptr, hit_ptr, index_ptr, offsets_ptr, nnz, keys, rows, tables, batch,\n"
-             "rank, dim, scale): key u (of `keys`) at row pos[u] (int64) of A (rows, rank) when\n"
-             "hit[u] (bool), value\n"
-             "v of key index[v] (int64), bag s starting at offsets[s] (int64, tables * batch).\n"
-             "delta (tables, batch, dim) float32 = scale * (sum of the bag's active A rows) @ B_t,\n"
-             "A and B (tables, rank, dim) float32, all contiguous; with sums_ptr != 0\n"
-             "the sums (tables * batch, rank) are written there too.");
+             "lora_forward(batch, groups, out_ptr, sums_ptr, sums_size)\n\n"
+             "batch: (pos_ptr, hit_ptr, index_ptr, offsets_ptr, features_ptr, nnz, keys, members,\n"
+             "batch, dim, n_features): key u (of `keys`) at row pos[u] (int64) of the buffers when\n"
+             "hit[u] (bool), value v of key index[v] (int64), bag s = m * batch + i of member m\n"
+             "starting at offsets[s] (int64, members * batch), member m's column features[m]\n"
+             "(int64). groups: for each rank group, (key0, key1, member0, member1, row0, rows,\n"
+             "rank, scale, a_ptr, b_ptr, b_m_ptr, b_v_ptr): its keys, members, the rows its A\n"
+             "(rows, rank) holds from row0, its B (members, rank, dim); float32, contiguous.\n"
+             "Adds each bag's scale * (sum of its active A rows) @ B_t into out (batch,\n"
+             "n_features, dim) float32 at the member's column; with sums_ptr != 0 writes the sums\n"
+             "(group after group, (members * batch, rank) each: sums_size floats) there too.");
 
 static PyObject *lora_forward(PyObject *self, PyObject *args) {
-    PyObject *spec, *a_obj, *b_obj, *delta_obj, *sums_obj;
-    Bags g;
+    PyObject *batch_spec, *group_specs, *out_obj, *sums_obj;
+    Py_ssize_t sums_size, count;
+    Batch x;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OOOO", &PyTuple_Type, &spec, &a_obj, &b_obj, &delta_obj,
-                          &sums_obj) ||
-        parse_bags(spec, &g) < 0)
+    if (!PyArg_ParseTuple(args, "O!O!OOn", &PyTuple_Type, &batch_spec, &PyTuple_Type,
+                          &group_specs, &out_obj, &sums_obj, &sums_size))
         return NULL;
-    const float *a = PyLong_AsVoidPtr(a_obj), *b = PyLong_AsVoidPtr(b_obj);
-    float *delta = PyLong_AsVoidPtr(delta_obj), *sums = PyLong_AsVoidPtr(sums_obj);
-    if (PyErr_Occurred())
+    Group *groups = parse_call(batch_spec, group_specs, &x, &count);
+    if (!groups)
         return NULL;
+    float *out = PyLong_AsVoidPtr(out_obj), *sums = PyLong_AsVoidPtr(sums_obj);
+    enum Part parts[] = {SUMS};
+    if (PyErr_Occurred() || (sums && check_sizes(&x, groups, count, &sums_size, parts, 1) < 0)) {
+        free(groups);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS;
-    forward(&g, a, b, delta, sums);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        forward(&x, &groups[i], out, sums);
+        if (sums)
+            sums += part_size(&x, &groups[i], SUMS);
+    }
     Py_END_ALLOW_THREADS;
+    free(groups);
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(lora_backward_doc,
-             "lora_backward(bags, b_ptr, grad_ptr, stride_t, stride_b, sums_ptr, row_grad_ptr,\n"
-             "              b_grad_ptr, grams_ptr) -> bool\n\n"
-             "From grad (tables, batch, dim) float32 with strides (stride_t, stride_b, 1), the\n"
-             "deltas' gradient: row_grad (keys, rank) = each active key's sum over its values of\n"
-             "scale * grad[bag] @ B_tᵀ, b_grad (tables, rank, dim) = scale * sumsᵀ grad, grams\n"
-             "(tables, dim, dim) = gradᵀ grad; all written, not added. False when a bag's\n"
-             "scale * grad @ B_tᵀ or B's gradient is not finite.");
+             "lora_backward(batch, groups, grad_ptr, sums_ptr, row_grad_ptr, b_grad_ptr,\n"
+             "              grams_ptr, sizes) -> bool\n\n"
+             "batch and groups as lora_forward's. From grad (batch, n_features, dim) float32,\n"
+             "contiguous, the gradient of lora_forward's out, and its sums: for each group (one\n"
+             "after another in each buffer) row_grad (key1 - key0, rank) = each active key's sum\n"
+             "over its values of scale * grad[bag] @ B_tᵀ, b_grad (members, rank, dim) = scale *\n"
+             "sumsᵀ grad; grams (members, dim, dim) = each member's gradᵀ grad; all written, not\n"
+             "added. sizes: (sums, row_grad, b_grad) floats. False when a bag's\n"
+             "scale * grad @ B_tᵀ or a B's gradient is not finite.");
 
 static PyObject *lora_backward(PyObject *self, PyObject *args) {
-    PyObject *spec, *b_obj, *grad_obj, *sums_obj, *row_grad_obj, *b_grad_obj, *grams_obj;
-    Py_ssize_t stride_t, stride_b;
-    Bags g;
+    PyObject *batch_spec, *group_specs, *grad_obj, *sums_obj, *row_grad_obj, *b_grad_obj;
+    PyObject *grams_obj;
+    Py_ssize_t sizes[3], count;
+    Batch x;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OOnnOOOO", &PyTuple_Type, &spec, &b_obj, &grad_obj,
-                          &stride_t, &stride_b, &sums_obj, &row_grad_obj, &b_grad_obj,
-                          &grams_obj) ||
-        parse_bags(spec, &g) < 0)
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO(nnn)", &PyTuple_Type, &batch_spec, &PyTuple_Type,
+                          &group_specs, &grad_obj, &sums_obj, &row_grad_obj, &b_grad_obj,
+                          &grams_obj, &sizes[0], &sizes[1], &sizes[2]))
         return NULL;
-    const float *b = PyLong_AsVoidPtr(b_obj), *grad = PyLong_AsVoidPtr(grad_obj);
-    const float *sums = PyLong_AsVoidPtr(sums_obj);
+    Group *groups = parse_call(batch_spec, group_specs, &x, &count);
+    if (!groups)
+        return NULL;
+    const float *grad = PyLong_AsVoidPtr(grad_obj), *sums = PyLong_AsVoidPtr(sums_obj);
     float *row_grad = PyLong_AsVoidPtr(row_grad_obj), *b_grad = PyLong_AsVoidPtr(b_grad_obj);
     float *grams = PyLong_AsVoidPtr(grams_obj);
-    if (PyErr_Occurred())
+    enum Part parts[] = {SUMS, ROW_GRAD, B_GRAD};
+    if (PyErr_Occurred() || check_sizes(&x, groups, count, sizes, parts, 3) < 0) {
+        free(groups);
         return NULL;
-    int finite;
+    }
+    int finite = 1;
     Py_BEGIN_ALLOW_THREADS;
-    finite = backward(&g, b, grad, stride_t, stride_b, sums, row_grad, b_grad, grams);
+    /* every member's: one in no group gets zeros, never what the buffer held */
+    memset(grams, 0, sizeof(float) * (size_t)x.members * x.dim * x.dim);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Group *g = &groups[i];
+        finite &= backward(&x, g, grad, sums, row_grad, b_grad, grams);
+        sums += part_size(&x, g, SUMS);
+        row_grad += part_size(&x, g, ROW_GRAD);
+        b_grad += part_size(&x, g, B_GRAD);
+    }
     Py_END_ALLOW_THREADS;
+    free(groups);
     return PyBool_FromLong(finite);
 }
 
 PyDoc_STRVAR(lora_step_doc,
-             "lora_step(bags, a_ptr, accum_ptr, row_grad_ptr, lr_a, eps_a, b_ptr, b_grad_ptr,\n"
-             "          m_ptr, v_ptr, steps, lr_b, beta1, beta2, eps_b)\n\n"
-             "Row-wise Adagrad on the active keys' rows of A (accum (rows,) float32) with their\n"
-             "row_grad, then Adam on B_t, its moments m_t, v_t with b_grad_t for each table t\n"
-             "whose steps[t] (a tuple, one int per table) is >= 1 (its Adam step count).");
+             "lora_step(batch, groups, accum_ptr, accum_size, row_grad_ptr, b_grad_ptr, sizes,\n"
+             "          grams_ptr, steps, observers, lr_a, eps_a, lr_b, beta1, beta2, eps_b)\n\n"
+             "batch and groups as lora_forward's, row_grad, b_grad and grams as lora_backward\n"
+             "wrote them (sizes: row_grad's and b_grad's floats). Row-wise Adagrad on each group's\n"
+             "active keys' rows of A (accum (accum_size,) float32, indexed by the buffers' rows\n"
+             "pos[u]), then Adam on B_t and its moments for each member m whose steps[m] (a tuple,\n"
+             "one int per member) is >= 1 (its Adam step count), and its Gram matrix added into\n"
+             "the (dim, dim) float32 at observers[m] (a tuple of pointers, 0: none).");
 
 static PyObject *lora_step(PyObject *self, PyObject *args) {
-    PyObject *spec, *a_obj, *accum_obj, *row_grad_obj, *b_obj, *b_grad_obj, *m_obj, *v_obj;
-    PyObject *steps_obj;
+    PyObject *batch_spec, *group_specs, *accum_obj, *row_grad_obj, *b_grad_obj, *steps_obj;
+    PyObject *grams_obj, *observers_obj;
+    Py_ssize_t sizes[2], count, accum_size;
     float lr_a, eps_a;
     Adam o;
-    Bags g;
+    Batch x;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OOOffOOOOO!ffff", &PyTuple_Type, &spec, &a_obj, &accum_obj,
-                          &row_grad_obj, &lr_a, &eps_a, &b_obj, &b_grad_obj, &m_obj, &v_obj,
-                          &PyTuple_Type, &steps_obj, &o.lr, &o.beta1, &o.beta2, &o.eps) ||
-        parse_bags(spec, &g) < 0)
+    if (!PyArg_ParseTuple(args, "O!O!OnOO(nn)OO!O!ffffff", &PyTuple_Type, &batch_spec,
+                          &PyTuple_Type, &group_specs, &accum_obj, &accum_size, &row_grad_obj,
+                          &b_grad_obj, &sizes[0], &sizes[1], &grams_obj, &PyTuple_Type, &steps_obj,
+                          &PyTuple_Type, &observers_obj, &lr_a, &eps_a, &o.lr, &o.beta1, &o.beta2,
+                          &o.eps))
         return NULL;
-    if (PyTuple_GET_SIZE(steps_obj) != g.tables) {
-        PyErr_SetString(PyExc_ValueError, "steps: one per table");
+    Group *groups = parse_call(batch_spec, group_specs, &x, &count);
+    if (!groups)
         return NULL;
+    enum Part parts[] = {ROW_GRAD, B_GRAD};
+    if (PyTuple_GET_SIZE(steps_obj) != x.members || PyTuple_GET_SIZE(observers_obj) != x.members)
+        PyErr_SetString(PyExc_ValueError, "steps, observers: one per member");
+    else if (check_sizes(&x, groups, count, sizes, parts, 2) == 0)
+        for (Py_ssize_t i = 0; i < count; i++)
+            if (groups[i].row0 + groups[i].rows > accum_size) {
+                PyErr_SetString(PyExc_ValueError, "accum: fewer rows than the groups hold");
+                break;
+            }
+    int64_t *steps = malloc(sizeof(*steps) * (size_t)(x.members ? x.members : 1));
+    float **observers = malloc(sizeof(*observers) * (size_t)(x.members ? x.members : 1));
+    if ((!steps || !observers) && !PyErr_Occurred())
+        PyErr_NoMemory();
+    for (int m = 0; steps && observers && !PyErr_Occurred() && m < x.members; m++) {
+        steps[m] = PyLong_AsLongLong(PyTuple_GET_ITEM(steps_obj, m));
+        observers[m] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(observers_obj, m));
     }
-    int64_t *steps = malloc(sizeof(*steps) * (size_t)(g.tables ? g.tables : 1));
-    if (!steps)
-        return PyErr_NoMemory();
-    for (int t = 0; t < g.tables; t++)
-        steps[t] = PyLong_AsLongLong(PyTuple_GET_ITEM(steps_obj, t));
-    float *a = PyLong_AsVoidPtr(a_obj), *accum = PyLong_AsVoidPtr(accum_obj);
+    float *accum = PyLong_AsVoidPtr(accum_obj);
     const float *row_grad = PyLong_AsVoidPtr(row_grad_obj);
-    float *b = PyLong_AsVoidPtr(b_obj), *m = PyLong_AsVoidPtr(m_obj), *v = PyLong_AsVoidPtr(v_obj);
-    const float *b_grad = PyLong_AsVoidPtr(b_grad_obj);
+    const float *b_grad = PyLong_AsVoidPtr(b_grad_obj), *grams = PyLong_AsVoidPtr(grams_obj);
     if (PyErr_Occurred()) {
         free(steps);
+        free(observers);
+        free(groups);
         return NULL;
     }
-    size_t size = (size_t)g.rank * g.dim;
     Py_BEGIN_ALLOW_THREADS;
-    rowwise_adagrad(&g, a, accum, row_grad, lr_a, eps_a);
-    for (int t = 0; t < g.tables; t++)
-        if (steps[t] >= 1)
-            adam(&o, b + t * size, b_grad + t * size, m + t * size, v + t * size, size, steps[t]);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Group *g = &groups[i];
+        size_t size = (size_t)g->rank * x.dim;
+        rowwise_adagrad(&x, g, accum, row_grad, lr_a, eps_a);
+        for (int m = g->member0; m < g->member1; m++) {
+            size_t at = (size_t)(m - g->member0) * size;
+            if (steps[m] >= 1)
+                adam(&o, g->b + at, b_grad + at, g->b_m + at, g->b_v + at, size, steps[m]);
+        }
+        row_grad += part_size(&x, g, ROW_GRAD);
+        b_grad += part_size(&x, g, B_GRAD);
+    }
+    size_t square = (size_t)x.dim * x.dim;
+    for (int m = 0; m < x.members; m++)
+        if (observers[m])
+            for (size_t k = 0; k < square; k++)
+                observers[m][k] += grams[(size_t)m * square + k];
     Py_END_ALLOW_THREADS;
     free(steps);
+    free(observers);
+    free(groups);
     Py_RETURN_NONE;
 }
 

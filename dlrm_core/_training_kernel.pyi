@@ -1,35 +1,39 @@
 # The C extension dlrm_core/_training_kernel.c: pointers are tensors' data_ptr(), checked by the
-# Python callers (live_group.LiveGroup, trainer.FullSparseTrainer).
-# pos, hit, index, offsets pointers, nnz, keys, rows of A, tables, batch, rank, dim, scale
-BagsSpec = tuple[int, int, int, int, int, int, int, int, int, int, int, float]
+# Python callers (live_group.Correction, trainer.FullSparseTrainer).
+# pos, hit, index, offsets, features pointers, nnz, keys, members, batch, dim, n_features
+BatchSpec = tuple[int, int, int, int, int, int, int, int, int, int, int]
+# key0, key1, member0, member1, row0, rows, rank, scale, a, b, b_m, b_v pointers
+GroupSpec = tuple[int, int, int, int, int, int, int, float, int, int, int, int]
 # weight, state (0: SGD) pointers, rows, offsets pointer, first value, nnz, first key, last key,
 # key shift
 TableSpec = tuple[int, int, int, int, int, int, int, int, int]
 
-def lora_forward(bags: BagsSpec, a: int, b: int, delta: int, sums: int) -> None: ...
+def lora_forward(
+    batch: BatchSpec, groups: tuple[GroupSpec, ...], out: int, sums: int, sums_size: int
+) -> None: ...
 def lora_backward(
-    bags: BagsSpec,
-    b: int,
+    batch: BatchSpec,
+    groups: tuple[GroupSpec, ...],
     grad: int,
-    stride_t: int,
-    stride_b: int,
     sums: int,
     row_grad: int,
     b_grad: int,
     grams: int,
+    sizes: tuple[int, int, int],
 ) -> bool: ...
 def lora_step(
-    bags: BagsSpec,
-    a: int,
+    batch: BatchSpec,
+    groups: tuple[GroupSpec, ...],
     accum: int,
+    accum_size: int,
     row_grad: int,
+    b_grad: int,
+    sizes: tuple[int, int],
+    grams: int,
+    steps: tuple[int, ...],
+    observers: tuple[int, ...],
     lr_a: float,
     eps_a: float,
-    b: int,
-    b_grad: int,
-    m: int,
-    v: int,
-    steps: tuple[int, ...],
     lr_b: float,
     beta1: float,
     beta2: float,

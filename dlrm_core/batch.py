@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import copy
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,20 +113,6 @@ class SparseBatch:
         """(values, offsets) of one feature."""
         i = self.keys.index(key)
         return self.values[i], self.offsets[i]
-
-    def fused_bags(
-        self, features: Sequence[int], key_offsets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bags of several features as one EmbeddingBag input over one key space: (keys
-        (sum of their nnz,), offsets (T * B,)), feature t's ids shifted by key_offsets[t] and its
-        B bags after those of the features before it. T = len(features)."""
-        values = [self.values[f] for f in features]
-        counts = [v.numel() for v in values]
-        keys = torch.cat(values)
-        keys += torch.repeat_interleave(key_offsets, _int64s(counts), output_size=len(keys))
-        starts = _int64s([0, *itertools.accumulate(counts[:-1])])  # feature t's first value
-        offsets = torch.stack([self.offsets[f] for f in features])  # (T, B)
-        return keys, offsets.add_(starts.unsqueeze(1)).view(-1)
 
     def lengths(self, i: int) -> torch.Tensor:
         """(B,) number of ids of feature i in each sample."""

@@ -37,7 +37,7 @@ class BasePatch:
     @staticmethod
     def of(live: LiveEmbedding, ids: torch.Tensor) -> BasePatch:
         """The current values of ``live``'s base rows ``ids`` (sorted, unique)."""
-        return BasePatch(ids, live.base.weight.detach()[ids].clone())
+        return BasePatch(ids, live.base.weight.detach().index_select(0, ids))  # a copy
 
     def extended(self, live: LiveEmbedding, new_ids: torch.Tensor) -> BasePatch:
         """This patch plus ``new_ids``, all with the current values of ``live``'s base."""

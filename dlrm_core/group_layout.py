@@ -4,8 +4,8 @@ forward.
 
 For all tables at once a step makes one unique over the batch's keys, then one call of the
 admission kernel (dlrm_core/_admission_kernel.c: each table's index lookups, last-use stamps,
-second-sighting gate and appends, and every key's row for the forward); then each group runs its
-kernel forward.
+second-sighting gate and appends, and every key's row for the forward); then one call of the
+training kernel adds every group's correction (live_group.py).
 
 Layout: every table gets the region [start_t, start_t + capacity_t) of the row buffers,
 capacity_t being the most rows its budget holds at its rank (RankController.capacity), so the
@@ -39,7 +39,7 @@ from dlrm_core.admission import SightingSketch
 from dlrm_core.batch import SparseBatch
 from dlrm_core.kernel import admission_kernel
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.live_group import LiveGroup
+from dlrm_core.live_group import Correction, LiveGroup
 from dlrm_core.rank import RankController
 
 if TYPE_CHECKING:
@@ -71,7 +71,6 @@ class _Batch:
     index: torch.Tensor  # (nnz,) position of each value's key in ``keys``
     offsets: torch.Tensor  # (M * B,) bag starts, table-major
     batch_size: int
-    value_bounds: list[int]  # (G + 1) first value of each group
     key_bounds: list[int]  # (G + 1) first key of each group
     member_bounds: torch.Tensor  # (M + 1) int64 first key of each table
     # (pos, hit) of ``keys`` in the row buffers, as admit left them (else looked up)
@@ -95,19 +94,36 @@ class LiveGroups:
         self.groups: list[LiveGroup] = []
         self.members: list[_Member] = []  # group by group
         self.features: list[int] = []  # feature position of each member
-        self.key_offsets = torch.zeros(0, dtype=torch.int64)  # (M,)
+        self.feature_index = torch.zeros(0, dtype=torch.int64)  # the same, (M,)
+        self.member_lives: list[LiveEmbedding] = []
+        self.member_controllers: list[RankController] = []
+        self._key_offsets: list[int] = []  # (M,) each member's first key
+        self._rows: list[int] = []  # (M,) its base rows
         self.group_members = [0]  # (G + 1) first member of each group
-        self.key_bounds = torch.zeros(1, dtype=torch.int64)  # (M + 1) key_offsets, then the end
         self.keys = torch.zeros(0, dtype=torch.int64)  # row buffers, see the module docstring
         self.last_used = torch.zeros(0)
         self.a_accum = torch.zeros(0)
         self._signature: tuple | None = None
+        self._changes: tuple | None = None  # what sync last saw (see there)
         self._prepared: tuple[SparseBatch, _Batch] | None = None
+        self._correction: Correction | None = None  # the step's, under grad
+        # a leaf that requires grad: the correction's autograd input, so the loss requires grad
+        self._anchor = torch.zeros(0, requires_grad=True)
 
     # ---- layout ------------------------------------------------------------------------
     def sync(self) -> None:
         """Rebuild the layout when a table's rank, scale or capacity changed; else copy back
-        the tables whose tensors were replaced (rank re-factoring, imports)."""
+        the tables whose tensors were replaced (rank re-factoring, imports). Runs before every
+        step: a table's rank and scale change only with its tensors (LiveEmbedding.version),
+        its capacity only with them or its budget and sketch, so nothing else is looked at
+        while those stay as they were."""
+        changes = tuple(
+            (live.version, ctl.budget_bytes, ctl.sketch.nbytes if ctl.sketch else 0)
+            for live, ctl in zip(self.lives.values(), self.controllers.values(), strict=True)
+        )
+        if changes == self._changes:
+            return
+        self._changes = changes
         signature = tuple(
             (name, live.rank, live.scale, self.controllers[name].capacity())
             for name, live in self.lives.items()
@@ -132,11 +148,10 @@ class LiveGroups:
             plans = [self.controllers[n].capacity() for n in names]
             group = LiveGroup(
                 [self.lives[n] for n in names],
-                [self.feature_names.index(n) for n in names],
+                len(self.members),
                 start,
                 sum(rows for rows, _ in plans),
             )
-            group.controllers = [self.controllers[n] for n in names]
             for slot, (name, (cap, bits)) in enumerate(zip(names, plans, strict=True)):
                 live = self.lives[name]
                 self.members.append(
@@ -152,15 +167,18 @@ class LiveGroups:
                         key_offset,
                     )
                 )
-                key_offset += live.num_rows + 1  # + 1: the key no id has, see _inputs
+                key_offset += live.num_rows + 1  # the tables' key ranges, one key apart
                 start += cap
             self.groups.append(group)
         self.features = [self.feature_names.index(m.name) for m in self.members]
-        self.key_offsets = torch.tensor([m.key_offset for m in self.members], dtype=torch.int64)
+        self.feature_index = torch.tensor(self.features, dtype=torch.int64)
+        self.member_lives = [m.live for m in self.members]
+        self.member_controllers = [m.controller for m in self.members]
+        self._key_offsets = [m.key_offset for m in self.members]
+        self._rows = [m.live.num_rows for m in self.members]
         self.group_members = [0]
         for group in self.groups:
             self.group_members.append(self.group_members[-1] + group.size)
-        self.key_bounds = torch.tensor([*self.key_offsets.tolist(), key_offset])
         self.keys = torch.zeros(start, dtype=torch.int64)
         self.last_used = torch.zeros(start)
         self.a_accum = torch.zeros(start)
@@ -207,23 +225,15 @@ class LiveGroups:
 
     # ---- admission ---------------------------------------------------------------------
     def _inputs(self, batch: SparseBatch) -> _Batch:
-        keys, offsets = batch.fused_bags(self.features, self.key_offsets)
-        sizes = [batch.values[f].numel() for f in self.features]
-        uniq, index, uniq_counts = key_sort.distinct(keys)
-        value_bounds = [sum(sizes[:f]) for f in self.group_members]
-        member_bounds = torch.searchsorted(uniq, self.key_bounds)  # every key < the end: U
+        uniq, index, counts, offsets, member_bounds = key_sort.batch_keys(
+            [batch.values[f] for f in self.features],
+            [batch.offsets[f] for f in self.features],
+            self._key_offsets,
+            self._rows,
+        )
         first_keys = member_bounds.tolist()
         key_bounds = [first_keys[f] for f in self.group_members]
-        return _Batch(
-            uniq,
-            uniq_counts,
-            index,
-            offsets,
-            batch.batch_size,
-            value_bounds,
-            key_bounds,
-            member_bounds,
-        )
+        return _Batch(uniq, counts, index, offsets, batch.batch_size, key_bounds, member_bounds)
 
     def _locate(self, inputs: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(pos, hit), both (U,): each distinct key's row in the buffers where hit (its
@@ -289,7 +299,9 @@ class LiveGroups:
 
     # ---- forward / step ----------------------------------------------------------------
     def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
-        """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place."""
+        """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place (one
+        kernel call for all groups, see live_group.py)."""
+        self._correction = None
         if not self.members:
             return
         prepared, self._prepared = self._prepared, None
@@ -298,29 +310,29 @@ class LiveGroups:
         else:
             inputs = self._inputs(batch)
         pos, hit = inputs.located or self._locate(inputs)
-        n = batch.batch_size
-        for g, group in enumerate(self.groups):
-            k0, k1 = inputs.key_bounds[g], inputs.key_bounds[g + 1]
-            v0, v1 = inputs.value_bounds[g], inputs.value_bounds[g + 1]
-            b0, b1 = self.group_members[g] * n, self.group_members[g + 1] * n
-            delta = group.pooled(
-                (pos[k0:k1] - group.row0).clamp_(0, group.rows - 1),  # misses: any row
-                hit[k0:k1],
-                inputs.index[v0:v1] - k0,
-                inputs.offsets[b0:b1] - v0,
-                n,
-            )
-            # not serving's in-place add per run of features: under autograd its strided views
-            # cost a step 7-10% more (trainer_throughput.py, 2026-11-26)
-            pooled.index_add_(1, group.feature_index, delta.transpose(0, 1))
+        correction = Correction(
+            self.groups,
+            inputs.key_bounds,
+            pos,
+            hit,
+            inputs.index,
+            inputs.offsets,
+            self.feature_index,
+            batch.batch_size,
+            len(self.feature_names),
+        )
+        correction.add_to_(pooled, self._anchor)
+        if torch.is_grad_enabled():
+            self._correction = correction
 
     def grads_finite(self) -> bool:
-        return all(group.grads_finite() for group in self.groups)
+        """This step's gradients are finite (True when there are none)."""
+        return self._correction is None or self._correction.finite is not False
 
     def step(self, lr_a: float, lr_b: float) -> None:
-        for group in self.groups:
-            group.step(self.a_accum[group.row0 : group.row0 + group.rows], lr_a, lr_b)
+        correction, self._correction = self._correction, None
+        if correction is not None:
+            correction.step(self.a_accum, self.member_lives, self.member_controllers, lr_a, lr_b)
 
     def drop_grads(self) -> None:
-        for group in self.groups:
-            group.drop_grads()
+        self._correction = None

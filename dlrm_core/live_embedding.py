@@ -331,9 +331,8 @@ class LiveEmbedding(nn.Module):
 
     def take_folded(self) -> torch.Tensor:
         """Sorted unique base rows changed by folds since the last call."""
-        folded = torch.unique(torch.cat([torch.zeros(0, dtype=torch.int64), *self._folded]))
-        self._folded = []
-        return folded
+        folded, self._folded = self._folded, []
+        return torch.unique(torch.cat(folded)) if folded else torch.zeros(0, dtype=torch.int64)
 
     def ages(self, now: float) -> torch.Tensor:
         """(n,) seconds since each active row was last used."""

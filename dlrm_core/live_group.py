@@ -1,19 +1,23 @@
-"""LiveGroup: the training kernel's fused step over the tables of one (rank, scale).
+"""LiveGroup and Correction: the training kernel's fused step over all of a trainer's tables.
 
-The LiveTrainer trains all tables of one (rank, scale) as one LiveGroup, so a step costs a fixed
-number of torch ops instead of ~50 small ops per table: per group three calls into the training
-kernel (dlrm_core/_training_kernel.c): the forward (each bag's A rows summed, @ B), the backward
-(A's gradient per key, B's, the rank controllers' gradient statistics, all in one pass over the
-bags) and the step (row-wise Adagrad on A's rows, Adam on B). The math (row-wise Adagrad, Adam)
-is the per-table module's, shared through factor_optim. The group's rows of A and its stacked
-B, b_m, b_v (T, r, D) are laid out, filled and kept in step with the tables by LiveGroups
-(group_layout.py).
+The LiveTrainer trains the tables of one (rank, scale) as one LiveGroup (its rows of A and its
+stacked B, b_m, b_v (T, r, D)), and all its groups at once: a step costs three calls into the
+training kernel (dlrm_core/_training_kernel.c), whatever the number of groups: the forward
+(each bag's A rows summed, @ B, added into the pooled embeddings in place), the backward (A's
+gradient per key, B's, the rank controllers' gradient statistics, all in one pass over the
+bags) and the step (row-wise Adagrad on A's rows, Adam on B). One call per group and phase cost
+~0.2 ms of Python a group and step on the Criteo reference (five groups of ranks 1-6), more than
+the kernel's work. The math (row-wise Adagrad, Adam) is the per-table module's, shared through
+factor_optim. The groups' rows of A and their stacked B, b_m, b_v are laid out, filled and kept
+in step with the tables by LiveGroups (group_layout.py).
 
-Shapes: B batch, T tables in the group, U_g distinct keys of the group in a batch, r rank, D dim.
+Shapes: B batch, F the model's features, M trained tables (members), T tables in a group, U
+distinct keys in a batch, r rank, D dim.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,194 +25,211 @@ import torch
 from dlrm_core.factor_optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS
 from dlrm_core.kernel import training_kernel
 from dlrm_core.live_embedding import LiveEmbedding
-from dlrm_core.rank import RankController, observe_grams
+from dlrm_core.rank import RankController
 
 if TYPE_CHECKING:
-    from dlrm_core._training_kernel import BagsSpec
+    from dlrm_core._training_kernel import BatchSpec, GroupSpec
 
 
 class LiveGroup:
-    """A and B of the tables of one rank (and scale): their forward and optimizer step."""
+    """A and B of the tables of one rank (and scale): the buffers the kernel trains. Its
+    tables are members [member0, member0 + size) of the trainer's, its rows [row0, row0 + rows)
+    of the trainer's row buffers."""
 
-    def __init__(self, lives: list[LiveEmbedding], features: list[int], row0: int, rows: int):
+    def __init__(self, lives: list[LiveEmbedding], member0: int, row0: int, rows: int) -> None:
         self.rank, self.dim, self.scale = lives[0].rank, lives[0].dim, lives[0].scale
         self.size = len(lives)
         self.lives = lives
-        self.feature_index = torch.tensor(features, dtype=torch.int64)
-        self.row0, self.rows = row0, rows  # its rows in the LiveGroups buffers
+        self.member0, self.row0, self.rows = member0, row0, rows
         self.a = torch.zeros(rows, self.rank)
         self.b = torch.stack([live.B.detach() for live in lives])
         self.b_m = torch.stack([live.b_m for live in lives])
         self.b_v = torch.stack([live.b_v for live in lives])
-        self.controllers: list[RankController] = []  # set by LiveGroups, one per table
-        # this step's rows (U_g,), value indices, bags and weights; the (T * B, r) pooled A
-        # rows and an alias of b, the leaves autograd fills
-        # this step's kernel inputs; from the backward: A's gradient per key (U_g, r), B's
-        # (T, r, D), the output gradients' Gram matrices (T, D, D) and whether all are finite
-        self._trained: _KernelBags | None = None
-        self._row_grad: torch.Tensor | None = None
-        self._b_grad: torch.Tensor | None = None
-        self._grams: torch.Tensor | None = None
-        self._finite: bool | None = None
-
-    def pooled(
-        self,
-        pos: torch.Tensor,
-        hit: torch.Tensor,
-        index: torch.Tensor,
-        offsets: torch.Tensor,
-        batch_size: int,
-    ) -> torch.Tensor:
-        """(T, B, D) summed deltas of each bag of the group's tables, given the group's rows
-        ``pos`` (U_g,) of its keys and ``hit`` (U_g,), each value's key ``index`` (nnz_g,) and
-        the bags' starts ``offsets`` (T * B,); with grad enabled, the next ``step`` trains the
-        A rows looked up and every B."""
-        inputs = _KernelBags(self, pos, hit, index, offsets, batch_size)
-        if not torch.is_grad_enabled():
-            return self._forward(inputs, keep_sums=False)
-        self._trained = inputs
-        return _Correction.apply(self.b.detach().requires_grad_(True), self)
-
-    def _forward(self, inputs: _KernelBags, keep_sums: bool) -> torch.Tensor:
-        """The kernel's forward: the (T, B, D) deltas, and with ``keep_sums`` each bag's sum
-        of A rows (for B's gradient) in ``inputs.sums``."""
-        delta = torch.empty(self.size, inputs.batch_size, self.dim)
-        training_kernel.lora_forward(
-            inputs.spec,
+        for buffer in (self.a, self.b, self.b_m, self.b_v):  # filled in place from now on
+            if buffer.dtype != torch.float32 or not buffer.is_contiguous():
+                raise TypeError("the training kernel takes contiguous float32 factors")
+        self._layout = (
+            member0,
+            member0 + self.size,
+            row0,
+            rows,
+            self.rank,
+            float(self.scale),
             self.a.data_ptr(),
             self.b.data_ptr(),
-            delta.data_ptr(),
-            inputs.sums.data_ptr() if keep_sums else 0,
-        )
-        return delta
-
-    def _backward(self, grad: torch.Tensor) -> torch.Tensor:
-        """From the deltas' gradient (T, B, D): A's gradient per key, the rank controllers'
-        Gram matrices (T, D, D) and whether it is all finite, kept for ``step``; returns B's
-        gradient (T, r, D)."""
-        inputs = self._trained
-        assert inputs is not None
-        if grad.stride(2) != 1:
-            grad = grad.contiguous()
-        self._row_grad = torch.empty(inputs.keys, self.rank)
-        self._b_grad = b_grad = torch.empty(self.size, self.rank, self.dim)
-        self._grams = torch.empty(self.size, self.dim, self.dim)
-        self._finite = training_kernel.lora_backward(
-            inputs.spec,
-            self.b.data_ptr(),
-            grad.data_ptr(),
-            grad.stride(0),
-            grad.stride(1),
-            inputs.sums.data_ptr(),
-            self._row_grad.data_ptr(),
-            b_grad.data_ptr(),
-            self._grams.data_ptr(),
-        )
-        return b_grad
-
-    def grads_finite(self) -> bool:
-        """This step's gradients are finite (True when there are none)."""
-        return self._finite is not False
-
-    def step(self, a_accum: torch.Tensor, lr_a: float, lr_b: float) -> None:
-        """LiveEmbedding.step of every table with active rows (``a_accum``: the group's rows
-        of the accumulators), then feed the gradient statistics to their rank controllers, in
-        one kernel call. Tables without active rows are not in the graph of the per-table
-        forward, so they neither step B nor observe gradients here."""
-        inputs, grams = self._trained, self._grams
-        if inputs is None or grams is None or self._row_grad is None or self._b_grad is None:
-            self.drop_grads()
-            return
-        if (
-            a_accum.dtype != torch.float32
-            or not a_accum.is_contiguous()
-            or len(a_accum) != self.rows
-        ):
-            raise TypeError(f"a_accum must be {self.rows} contiguous float32 accumulators")
-        active = [t for t, live in enumerate(self.lives) if live.num_active]
-        for t in active:
-            self.lives[t].b_steps += 1
-        steps = tuple(
-            self.lives[t].b_steps if self.lives[t].num_active else 0 for t in range(self.size)
-        )
-        training_kernel.lora_step(
-            inputs.spec,
-            self.a.data_ptr(),
-            a_accum.data_ptr(),
-            self._row_grad.data_ptr(),
-            lr_a,
-            ADAGRAD_EPS,
-            self.b.data_ptr(),
-            self._b_grad.data_ptr(),
             self.b_m.data_ptr(),
             self.b_v.data_ptr(),
-            steps,
-            lr_b,
-            *ADAM_BETAS,
-            ADAM_EPS,
         )
-        observe_grams(
-            [self.controllers[t] for t in active],
-            grams if len(active) == self.size else grams[active],
-        )
-        self.drop_grads()
 
-    def drop_grads(self) -> None:
-        self._trained = self._row_grad = self._b_grad = self._grams = self._finite = None
+    def spec(self, key0: int, key1: int) -> GroupSpec:
+        """The group as the kernel takes it, its keys this step being [key0, key1)."""
+        return (key0, key1, *self._layout)
 
 
-class _KernelBags:
-    """A group's step inputs as the training kernel takes them (the tensors kept alive while
-    the kernel holds their pointers), and the (T * B, r) sums of A rows per bag."""
+class Correction:
+    """One batch's correction over all the groups: the kernel's inputs (the tensors kept alive
+    while the kernel holds their pointers) and, under grad, the gradients its backward leaves
+    for ``step``."""
 
     def __init__(
         self,
-        group: LiveGroup,
+        groups: Sequence[LiveGroup],
+        key_bounds: Sequence[int],
         pos: torch.Tensor,
         hit: torch.Tensor,
         index: torch.Tensor,
         offsets: torch.Tensor,
+        features: torch.Tensor,
         batch_size: int,
+        n_features: int,
     ) -> None:
-        for buffer in (group.a, group.b, group.b_m, group.b_v):
-            if buffer.dtype != torch.float32 or not buffer.is_contiguous():
-                raise TypeError("the training kernel takes contiguous float32 factors")
-        if offsets.numel() != group.size * batch_size:
-            raise ValueError(f"offsets: {offsets.numel()} bags, expected {group.size * batch_size}")
-        self.tensors = pos, hit, index, offsets = (
+        """``key_bounds`` (G + 1): each group's first key; ``pos``, ``hit`` (U,): each key's row
+        in the trainer's buffers and whether it is active; ``index`` (nnz,): each value's key;
+        ``offsets`` (M * B,): the bags' starts, member-major; ``features`` (M,): each member's
+        column of the pooled embeddings (B, n_features, D)."""
+        members = features.numel()
+        if offsets.numel() != members * batch_size:
+            raise ValueError(f"offsets: {offsets.numel()} bags, expected {members * batch_size}")
+        self.groups = groups
+        self.tensors = pos, hit, index, offsets, features = (
             pos.to(torch.int64).contiguous(),
             hit.to(torch.bool).contiguous(),
             index.to(torch.int64).contiguous(),
             offsets.to(torch.int64).contiguous(),
+            features.to(torch.int64).contiguous(),
         )
-        self.keys, self.batch_size = pos.numel(), batch_size
-        self.sums = torch.empty(offsets.numel(), group.rank)
-        self.spec: BagsSpec = (
+        self.dim = groups[0].dim if groups else 1
+        self.batch_size, self.n_features = batch_size, n_features
+        self.batch: BatchSpec = (
             pos.data_ptr(),
             hit.data_ptr(),
             index.data_ptr(),
             offsets.data_ptr(),
+            features.data_ptr(),
             index.numel(),
-            self.keys,
-            group.rows,
-            group.size,
+            pos.numel(),
+            members,
             batch_size,
-            group.rank,
-            group.dim,
-            float(group.scale),
+            self.dim,
+            n_features,
+        )
+        self.specs = tuple(g.spec(key_bounds[i], key_bounds[i + 1]) for i, g in enumerate(groups))
+        self.sizes = (
+            sum(g.size * batch_size * g.rank for g in groups),  # the bags' sums of A rows
+            sum((key_bounds[i + 1] - key_bounds[i]) * g.rank for i, g in enumerate(groups)),
+            sum(g.size * g.rank * g.dim for g in groups),  # B's gradients
+        )
+        # from the backward: A's gradient per key, B's, the Gram matrices (M, D, D), finite
+        self.sums: torch.Tensor | None = None
+        self.row_grad: torch.Tensor | None = None
+        self.b_grad: torch.Tensor | None = None
+        self.grams: torch.Tensor | None = None
+        self.finite: bool | None = None
+
+    def add_to_(self, pooled: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """Add every bag's delta into ``pooled`` (B, F, D) in place; under grad through an
+        autograd function whose backward fills this correction's gradients (``anchor``: a leaf
+        that requires grad, so the loss does; it gets none)."""
+        shape = (self.batch_size, self.n_features, self.dim)
+        if pooled.shape != shape or pooled.dtype != torch.float32 or not pooled.is_contiguous():
+            raise TypeError(f"pooled must be contiguous float32 {shape}")
+        if not torch.is_grad_enabled():
+            self._forward(pooled, keep_sums=False)
+            return pooled
+        out: torch.Tensor = _Correction.apply(anchor, pooled, self)
+        return out
+
+    def _forward(self, pooled: torch.Tensor, keep_sums: bool) -> None:
+        self.sums = torch.empty(self.sizes[0]) if keep_sums else None
+        training_kernel.lora_forward(
+            self.batch,
+            self.specs,
+            pooled.data_ptr(),
+            self.sums.data_ptr() if self.sums is not None else 0,
+            self.sizes[0],
+        )
+
+    def _backward(self, grad: torch.Tensor) -> None:
+        """From the pooled embeddings' gradient: A's gradient per key, B's, the Gram matrices
+        and whether it is all finite, kept for ``step``."""
+        assert self.sums is not None
+        grad = grad.to(torch.float32).contiguous()
+        self.row_grad = torch.empty(self.sizes[1])
+        self.b_grad = torch.empty(self.sizes[2])
+        self.grams = torch.empty(self.batch[7], self.dim, self.dim)
+        self.finite = training_kernel.lora_backward(
+            self.batch,
+            self.specs,
+            grad.data_ptr(),
+            self.sums.data_ptr(),
+            self.row_grad.data_ptr(),
+            self.b_grad.data_ptr(),
+            self.grams.data_ptr(),
+            self.sizes,
+        )
+
+    def step(
+        self,
+        accum: torch.Tensor,
+        lives: Sequence[LiveEmbedding],
+        controllers: Sequence[RankController],
+        lr_a: float,
+        lr_b: float,
+    ) -> None:
+        """LiveEmbedding.step of every member with active rows (``lives``, ``controllers``: the
+        members'; ``accum``: the buffers' Adagrad accumulators), then feed the gradient
+        statistics to their rank controllers (RankController.observe_gram, in the kernel's
+        call). Members without active rows are not in the graph
+        of the per-table forward, so they neither step B nor observe gradients here. Nothing
+        happens before the backward."""
+        if self.row_grad is None or self.b_grad is None or self.grams is None:
+            return
+        if accum.dtype != torch.float32 or not accum.is_contiguous():
+            raise TypeError("accum must be contiguous float32")
+        steps, observers = [], []
+        for live, controller in zip(lives, controllers, strict=True):
+            if live.num_active:
+                live.b_steps += 1
+                steps.append(live.b_steps)
+                observers.append(controller.gram_pointer())
+            else:
+                steps.append(0)
+                observers.append(0)
+        training_kernel.lora_step(
+            self.batch,
+            self.specs,
+            accum.data_ptr(),
+            accum.numel(),
+            self.row_grad.data_ptr(),
+            self.b_grad.data_ptr(),
+            self.sizes[1:],
+            self.grams.data_ptr(),
+            tuple(steps),
+            tuple(observers),
+            lr_a,
+            ADAGRAD_EPS,
+            lr_b,
+            *ADAM_BETAS,
+            ADAM_EPS,
         )
 
 
 class _Correction(torch.autograd.Function):
-    """A group's deltas through the training kernel. Its input is a leaf alias of the stacked
-    B, whose gradient the backward returns; A's gradient stays with the group (see step)."""
+    """The groups' deltas added into the pooled embeddings in place, through the training
+    kernel. Its inputs: a leaf that requires grad (the anchor: it gets no gradient) and the
+    pooled embeddings (frozen tables: no gradient either); A's and B's gradients stay with the
+    Correction (see step)."""
 
     @staticmethod
-    def forward(ctx, b: torch.Tensor, group: LiveGroup) -> torch.Tensor:  # type: ignore[override]
-        assert group._trained is not None
-        ctx.group = group
-        return group._forward(group._trained, keep_sums=True)
+    def forward(  # type: ignore[override]
+        ctx, anchor: torch.Tensor, pooled: torch.Tensor, correction: Correction
+    ) -> torch.Tensor:
+        ctx.correction = correction
+        correction._forward(pooled, keep_sums=True)
+        ctx.mark_dirty(pooled)
+        return pooled
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return ctx.group._backward(grad), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None]:  # type: ignore[override]
+        ctx.correction._backward(grad)
+        return None, None, None

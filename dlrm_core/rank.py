@@ -48,13 +48,6 @@ SKETCH_PER_ROW = 8  # the sketch's width at most this many counters per row the 
 FOLD_TOLERANCE = 1e-6
 
 
-def observe_grams(controllers: list[RankController], grams: torch.Tensor) -> None:
-    """RankController.observe_gram of each controller with its row of grams (T, D, D), in one
-    op (the fused trainer path observes all tables of a group at once)."""
-    if controllers:
-        torch._foreach_add_([c._grad_gram for c in controllers], list(grams.unbind(0)))
-
-
 class RankController:
     """Owns the rank and the active set of one LiveEmbedding under ``budget_bytes``."""
 
@@ -113,7 +106,8 @@ class RankController:
 
     def fold_log_over(self) -> bool:
         """The fold log holds more than its share of the budget: publish to drain it."""
-        return self.live.folded_pending > self.fold_log_allowance()
+        # asked every step: FOLD_LOG_MIN, the least allowance, settles most without the plan
+        return (n := self.live.folded_pending) > FOLD_LOG_MIN and n > self.fold_log_allowance()
 
     def accounted_bytes(self) -> int:
         """Every byte this table holds that its budget caps: the LiveEmbedding's state, index
@@ -204,7 +198,7 @@ class RankController:
         ages = self.live.ages(now)
         ages[ages < self.policy.lru_min_age] = -math.inf
         if protect is not None:
-            pos, hit = self.live.slots(torch.unique(protect))
+            pos, hit = self.live.slots(protect)  # a repeated id marks its row twice
             ages[pos[hit]] = -math.inf
         oldest = torch.topk(ages, min(count, ages.numel())).indices  # O(n), no full sort
         return self.live.ids[oldest[torch.isfinite(ages[oldest])]]
@@ -231,9 +225,15 @@ class RankController:
         self.observe_gram(g.T @ g)
 
     def observe_gram(self, gram: torch.Tensor) -> None:
-        """Add the (D, D) Gram matrix of finite output gradients (the fused trainer path
-        computes those of all its tables in one bmm)."""
+        """Add the (D, D) Gram matrix of finite output gradients."""
         self._grad_gram += gram
+
+    def gram_pointer(self) -> int:
+        """Where the fused path's kernel adds Gram matrices (observe_gram), until an adapt."""
+        gram, dim = self._grad_gram, self.live.dim
+        if gram.shape != (dim, dim) or gram.dtype != torch.float32 or not gram.is_contiguous():
+            raise TypeError("the gradient statistics must be contiguous float32 (D, D)")
+        return gram.data_ptr()
 
     def _reset_gradient_stats(self) -> None:
         self._grad_gram = torch.zeros(self.live.dim, self.live.dim)

@@ -15,7 +15,7 @@ from dlrm_core.batch import SparseBatch
 from dlrm_core.group_layout import LiveGroups
 from dlrm_core.hash_index import CuckooIndex
 from dlrm_core.kernel import admission_kernel
-from dlrm_core.key_sort import distinct, sort
+from dlrm_core.key_sort import batch_keys, sort
 from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.rank_policy import RankPolicy
@@ -258,27 +258,64 @@ def test_the_sketch_refuses_negative_counts_and_mismatched_shapes():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_the_radix_sorts_are_torch_unique_and_sort(seed):
-    """The radix sort's distinct keys, inverse and counts equal torch.unique's, its order
-    torch.sort's (stable): empty, one key, all equal, negative, wide and narrow key ranges,
-    many repeats."""
+def test_the_radix_sort_is_torch_sort(seed):
+    """The radix sort's order is torch.sort's (stable): empty, one key, all equal, negative,
+    wide and narrow key ranges, many repeats."""
     gen = torch.Generator().manual_seed(seed)
     n = [0, 1, 7, 1000, 9000, 40_000][seed]
     span = [1, 3, 2**11, 2**22 + 5, 2**40, 2**62][seed]
     keys = torch.randint(0, span, (n,), generator=gen) - (span // 2 if seed % 2 else 0)
     if seed == 4:
         keys[:10] = torch.tensor([-(2**63), 2**63 - 1] * 5)  # the extremes of int64
-    got = distinct(keys)
-    want = torch.unique(keys, return_inverse=True, return_counts=True)
-    for g, w in zip(got, want, strict=True):
-        assert torch.equal(g, w)
     ordered, order = sort(keys)
     want_ordered, want_order = torch.sort(keys, stable=True)
     assert torch.equal(ordered, want_ordered) and torch.equal(order, want_order)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_batch_keys_are_torch_unique_over_the_fused_bags(seed):
+    """batch_keys against torch: the features' ids shifted into one key space (cat), their
+    distinct keys, inverse and counts (unique), each feature's first key (searchsorted) and the
+    bags' starts feature after feature; features without ids, a batch of one, tables of one row
+    and of 2**40 rows, ids repeated within and across bags."""
+    gen = torch.Generator().manual_seed(seed)
+    features, batch = int(torch.randint(1, 6, (1,), generator=gen)), [1, 3, 40, 512][seed % 4]
+    rows = [
+        int(torch.randint(1, [2, 50, 10**6, 2**40][(seed + t) % 4], (1,), generator=gen))
+        for t in range(features)
+    ]
+    values, offsets, key_offsets, key = [], [], [], 0
+    for t, n in enumerate(rows):
+        lengths = torch.randint(0, 3 if t != 1 else 1, (batch,), generator=gen)
+        values.append(torch.randint(0, n, (int(lengths.sum()),), generator=gen))
+        offsets.append(torch.cumsum(lengths, 0) - lengths)
+        key_offsets.append(key)
+        key += n + int(torch.randint(0, 3, (1,), generator=gen))
+    uniq, index, counts, fused, bounds = batch_keys(values, offsets, key_offsets, rows)
+    keys = torch.cat([v + k for v, k in zip(values, key_offsets, strict=True)])
+    want = torch.unique(keys, return_inverse=True, return_counts=True)
+    for got, expected in zip((uniq, index, counts), want, strict=True):
+        assert torch.equal(got, expected)
+    starts = torch.tensor([0, *[v.numel() for v in values]]).cumsum(0)[:-1]
+    assert torch.equal(fused, (torch.stack(offsets) + starts.unsqueeze(1)).view(-1))
+    assert torch.equal(bounds, torch.searchsorted(uniq, torch.tensor([*key_offsets, key])))
+
+
+def test_batch_keys_refuse_ids_out_of_range_and_overlapping_key_ranges():
+    values, offsets = (
+        [torch.tensor([0, 3]), torch.tensor([1])],
+        [torch.tensor([0]), torch.tensor([0])],
+    )
+    with pytest.raises(IndexError, match=r"member 0: ids must be in \[0, 3\)"):
+        batch_keys(values, offsets, [0, 4], [3, 2])
+    with pytest.raises(IndexError, match="member 1"):
+        batch_keys(values, [offsets[0], offsets[1]], [0, 5], [4, 1])
+    with pytest.raises(ValueError, match="ascending and disjoint"):
+        batch_keys(values, offsets, [0, 3], [4, 2])
+    with pytest.raises(TypeError, match="int64"):
+        batch_keys([values[0].int()], offsets[:1], [0], [4])
+
+
 def test_the_sorts_refuse_other_dtypes():
-    with pytest.raises(TypeError, match="1-d int64"):
-        distinct(torch.tensor([1, 2], dtype=torch.int32))
     with pytest.raises(TypeError, match="1-d int64"):
         sort(torch.zeros(2, 2, dtype=torch.int64))

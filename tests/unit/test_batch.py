@@ -23,13 +23,6 @@ def test_layout_follows_embeddingbag_offsets():
     assert batch.batch_size == 3
 
 
-def test_fused_bags_put_the_features_in_one_key_space_bag_after_bag():
-    batch = make_batch()  # user [3], [5], [3]; genre [1, 2], [], [4]
-    keys, offsets = batch.fused_bags([1, 0], torch.tensor([0, 10]))  # genre first, user + 10
-    assert keys.tolist() == [1, 2, 4, 13, 15, 13]
-    assert offsets.tolist() == [0, 2, 2, 3, 4, 5]  # 3 genre bags, then 3 user bags
-
-
 def test_select_and_concat_round_trip():
     batch = make_batch()
     picked = batch.select([2, 0])
