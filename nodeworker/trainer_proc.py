@@ -33,7 +33,7 @@ import torch
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
-from dlrm_core.malloc_policy import bound_native_heap
+from dlrm_core.malloc_policy import bound_native_heap, trim_native_heap
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import import_factors
@@ -212,6 +212,7 @@ class TrainerLoop:
             self.pending_label_times = []
         self.steps_since_publish = 0
         self.last_publish = now
+        trim_native_heap()  # the steps' and this build's freed temporaries (malloc_policy)
 
     # --- commands from the runtime ---
 

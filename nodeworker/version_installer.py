@@ -23,6 +23,7 @@ from collections import deque
 
 import torch
 
+from dlrm_core.malloc_policy import trim_native_heap
 from dlrm_core.model import base_weight
 from nodeworker.inference import InferencePath
 from nodeworker.runtime_metrics import RuntimeMetrics
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.01  # how often the installer looks for a newer factor version
 FOLDED_WAIT_S = 2.0  # a version whose folded rows have not all arrived by then is not installed
+TRIM_PERIOD_S = 1.0  # how often the inference process gives its free malloc pages back
 
 
 class VersionInstaller:
@@ -55,8 +57,15 @@ class VersionInstaller:
                 self._cond.notify_all()
 
     def run(self, stop: threading.Event) -> None:
+        """Install versions as they come; every TRIM_PERIOD_S give the process's free malloc
+        pages back (dlrm_core/malloc_policy.py: replaced versions, folded rows, the requests'
+        and the feed's temporaries), with or without a trainer."""
+        trimmed = time.monotonic()
         while not stop.wait(POLL_S):
             self.install_newest()
+            if time.monotonic() - trimmed >= TRIM_PERIOD_S:
+                trim_native_heap()
+                trimmed = time.monotonic()
 
     def install_newest(self) -> None:
         """Serve the newest complete factor version. Its ServingDelta (built by the trainer)
