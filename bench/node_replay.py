@@ -58,6 +58,32 @@ def day_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return node_memory.synthetic_stream(args, num_events=events, per_second=args.qps * args.rows)
 
 
+def id_drift(args: argparse.Namespace) -> list[dict[str, int]]:
+    """Per replayed hour and id table (user, item): the distinct ids the stream drew, and those
+    it had not drawn in any earlier hour (ids born during the day included)."""
+    import numpy as np
+
+    stream, per_hour = day_stream(args), requests_per_hour(args) * args.rows
+    seen = [np.zeros(args.rows_per_table, dtype=bool) for _ in range(2)]
+    hours: list[dict[str, int]] = []
+    hour_ids: list[list] = [[], []]
+    for k in range(len(stream)):
+        batch = stream.batch(k)
+        for table in range(2):
+            hour_ids[table].append(batch.values[table].numpy())
+        last = k + 1 == len(stream)
+        if (k + 1) * stream.config.batch_size >= (len(hours) + 1) * per_hour or last:
+            row: dict[str, int] = {"hour": len(hours) + 1}
+            for table, name in enumerate(("user", "item")):
+                ids = np.unique(np.concatenate(hour_ids[table]))
+                row[f"{name}_distinct"] = int(ids.size)
+                row[f"{name}_new"] = int((~seen[table][ids]).sum())
+                seen[table][ids] = True
+            hours.append(row)
+            hour_ids = [[], []]
+    return hours
+
+
 def active_rows(runtime) -> int:  # type: ignore[no-untyped-def]
     """Rows with a correction in the version inference serves (all tables)."""
     delta, _ = runtime.inference.served()
@@ -97,8 +123,9 @@ def run_replay(args: argparse.Namespace) -> dict[str, object]:
             finished = s.exhausted and s.served + s.errors >= s.sent
             if handled >= (len(samples) + 1) * per_hour or finished:
                 samples.append(sample(runtime, replayer, dim, started))
-                print(f"[{args.variant}] hour {len(samples)}: {handled:,} requests, "
-                      f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+                wall = time.monotonic() - started
+                print(f"[{args.variant}] hour {len(samples)}: {handled:,} requests, {wall:.0f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
         replayer.stop()
         return {
             "variant": args.variant,
@@ -182,8 +209,8 @@ def plot(rows: list[dict], budget_pct: float, title: str) -> Path:
                       ("node_total_without_bytes", "node without trainer"),
                       ("lora_measured_bytes", "with - without")):  # fmt: skip
         fig.add_scatter(x=hours, y=[r[key] / MIB for r in rows], name=name, row=1, col=1)
-    for key, name in (("proportional_measured_pct_of_tables", "proportional, measured"),
-                      ("proportional_accounted_pct_of_tables", "proportional, account")):  # fmt: skip
+    for key, name in (("proportional_measured_pct_of_tables", "measured"),
+                      ("proportional_accounted_pct_of_tables", "account")):  # fmt: skip
         fig.add_scatter(x=hours, y=[r[key] for r in rows], name=name, row=2, col=1)
     fig.add_hline(y=budget_pct, line_dash="dash", row=2, col=1, annotation_text="budget")
     fig.update_layout(title=title, xaxis2_title="replayed hour")
@@ -216,8 +243,9 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
             for r in rows
         ],
     )  # fmt: skip
+    growth = 100 * result["total_growth_last_vs_hour1"]
     print(
-        f"\nnode total, hour {rows[-1]['hour']} vs hour 1: {100 * result['total_growth_last_vs_hour1']:+.2f}% "
+        f"\nnode total, hour {rows[-1]['hour']} vs hour 1: {growth:+.2f}% "
         f"(tolerance +{100 * TOLERANCE:.0f}%: {'flat' if result['flat'] else 'NOT flat'}); "
         f"slope {result['total_slope_mib_per_hour']:+.3f} MiB/h; with - without grew "
         f"{result['lora_growth_mib']:+.3f} MiB\nproportional <= {args.budget_pct}% at every "
@@ -227,7 +255,15 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
         f"{result['max_proportional_accounted_pct']}%); {result['shed_requests']:,} requests "
         f"shed; wall {wall / 60:.1f} min"
     )
+    drift = id_drift(args)
+    print_table(
+        "The stream's ids per replayed hour: distinct, and not drawn in any earlier hour",
+        ["hour", "user distinct", "user new", "item distinct", "item new"],
+        [[d["hour"], d["user_distinct"], d["user_new"], d["item_distinct"], d["item_new"]]
+         for d in drift],
+    )  # fmt: skip
     payload = {"args": vars(args), "hours": rows, "verdict": result, "wall_s": round(wall, 1)}
+    payload["id_drift"] = drift
     payload |= {"without": without, "with": with_}
     write_json("node_replay", payload)
     print(f"wrote {plot(rows, args.budget_pct, title)}")
