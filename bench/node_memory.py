@@ -207,7 +207,8 @@ def started_node(args: argparse.Namespace, stream) -> Iterator:  # type: ignore[
 
 def trainer_extras(runtime, dim: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """What a node with a trainer adds to a measurement: rows folded and their pages, the
-    account's copies, samples trained, versions published, ranks, the feed's sizes."""
+    account's copies, samples trained, versions published, ranks, the feed's sizes and counts
+    (rows the join and the trainer's backlog dropped: never trained on)."""
     out: dict[str, object] = {}
     out["folded_rows"], out["folded_pages"] = folded_pages(runtime, dim)
     slots, installed = account_copies(runtime)
@@ -217,6 +218,8 @@ def trainer_extras(runtime, dim: int) -> dict[str, object]:  # type: ignore[no-u
     out["versions"] = stats.version if stats else 0
     out["ranks"] = stats.ranks if stats else {}
     out["feed_sizes"] = stats.feed.sizes if stats and stats.feed else {}
+    out["feed_counts"] = stats.feed.counts if stats and stats.feed else {}
+    out["dropped_backlog"] = stats.feed.dropped_backlog if stats and stats.feed else 0
     return out
 
 

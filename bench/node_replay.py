@@ -168,13 +168,25 @@ def hourly(without: dict, with_: dict, per_hour: int) -> list[dict[str, object]]
                 "node_total_without_bytes": wo["after"]["node_total"],
                 **{k: w[k] for k in ("served", "shed", "wall_s", "load_avg_1m", "active_rows")},
                 **{k: w[k] for k in ("folded_rows", "versions", "trained_samples", "ranks")},
+                "dropped_before_training": dropped(w),
                 **result,
             }
         )
     return rows
 
 
-def verdict(rows: list[dict], budget_pct: float) -> dict[str, object]:
+def dropped(sample: dict) -> int:
+    """Served rows the trainer never trained on: dropped unlabelled or joined (max_pending,
+    max_ready) or from its backlog (it fell behind)."""
+    counts = sample.get("feed_counts", {})
+    return (
+        counts.get("dropped_pending", 0)
+        + counts.get("dropped_ready", 0)
+        + sample["dropped_backlog"]
+    )
+
+
+def verdict(rows: list[dict], budget_pct: float, rows_per_request: int) -> dict[str, object]:
     first, last = rows[0], rows[-1]
     growth = last["node_total_bytes"] / first["node_total_bytes"] - 1
     hours = [r["hour"] for r in rows]
@@ -197,6 +209,9 @@ def verdict(rows: list[dict], budget_pct: float) -> dict[str, object]:
         "measured_within_budget": measured <= budget_pct,
         "account_within_budget": accounted <= budget_pct,
         "shed_requests": last["shed"],
+        "events_served": last["served"] * rows_per_request,
+        "trained_samples": last["trained_samples"],
+        "dropped_before_training": last["dropped_before_training"],
     }
 
 
@@ -223,7 +238,7 @@ def plot(rows: list[dict], budget_pct: float, title: str) -> Path:
 def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) -> None:
     per_hour = requests_per_hour(args)
     rows = hourly(without, with_, per_hour)
-    result = verdict(rows, args.budget_pct)
+    result = verdict(rows, args.budget_pct, args.rows)
     title = (
         f"{args.hours} h of a node at {args.qps:g} req/s x {args.rows} rows, replayed at "
         f"{args.rate:g} req/s ({'sequential' if args.sequential else 'side by side'}), "
@@ -253,7 +268,9 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
         f"{result['max_proportional_measured_pct']}%), account "
         f"{'yes' if result['account_within_budget'] else 'NO'} (max "
         f"{result['max_proportional_accounted_pct']}%); {result['shed_requests']:,} requests "
-        f"shed; wall {wall / 60:.1f} min"
+        f"shed; trained {result['trained_samples']:,} samples of {result['events_served']:,} "
+        f"events served ({result['dropped_before_training']:,} dropped before training); wall "
+        f"{wall / 60:.1f} min"
     )
     drift = id_drift(args)
     print_table(
