@@ -205,12 +205,11 @@ def started_node(args: argparse.Namespace, stream) -> Iterator:  # type: ignore[
         runtime.stop()
 
 
-def trainer_extras(runtime, dim: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """What a node with a trainer adds to a measurement: rows folded and their pages, the
-    account's copies, samples trained, versions published, ranks, the feed's sizes and counts
-    (rows the join and the trainer's backlog dropped: never trained on)."""
+def trainer_extras(runtime) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What a node with a trainer adds to a measurement (but the rows folded, which take a
+    snapshot): the account's copies, samples trained, versions published, ranks, the feed's
+    sizes and counts (rows the join and the trainer's backlog dropped: never trained on)."""
     out: dict[str, object] = {}
-    out["folded_rows"], out["folded_pages"] = folded_pages(runtime, dim)
     slots, installed = account_copies(runtime)
     out["account_slots"], out["account_copies"] = slots, slots + installed
     out["trained_samples"] = runtime.metrics.trained_samples
@@ -240,7 +239,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
         time.sleep(2.0)  # the last version published gets installed, the stats arrive
         out: dict[str, object] = {"variant": args.variant, "ready": ready}
         if args.variant == "with":
-            out |= trainer_extras(runtime, dim)
+            out["folded_rows"], out["folded_pages"] = folded_pages(runtime, dim)
+            out |= trainer_extras(runtime)
         out["after"] = measure(runtime)
         out["served_requests"] = replayer.stats.served
         out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)

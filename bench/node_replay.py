@@ -97,15 +97,36 @@ def sample(runtime, replayer, dim: int, started: float) -> dict[str, object]:  #
     out |= {"wall_s": round(time.monotonic() - started, 1), "active_rows": active_rows(runtime)}
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if runtime.trainer.running:
-        out |= node_memory.trainer_extras(runtime, dim)
+        out |= node_memory.trainer_extras(runtime)
+        try:
+            out["folded_rows"] = node_memory.folded_pages(runtime, dim)[0]
+        except TimeoutError as e:  # the snapshot it takes: a starved trainer answers late
+            print(f"[{runtime.config.name}] rows folded unknown: {e}", file=sys.stderr, flush=True)
+            out["folded_rows"] = "n/a"
     return out
+
+
+def hourly_samples(args, runtime, replayer, dim: int, started: float) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """A sample each time the replay has handled another hour's requests, and at its end."""
+    per_hour = requests_per_hour(args)
+    samples: list[dict[str, object]] = []
+    while len(samples) < args.hours:
+        time.sleep(0.2)
+        s = replayer.stats
+        handled = s.served + s.errors + s.shed
+        finished = s.exhausted and s.served + s.errors >= s.sent
+        if handled >= (len(samples) + 1) * per_hour or finished:
+            samples.append(sample(runtime, replayer, dim, started))
+            wall = time.monotonic() - started
+            print(f"[{args.variant}] hour {len(samples)}: {handled:,} requests, {wall:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return samples
 
 
 def run_replay(args: argparse.Namespace) -> dict[str, object]:
     """One node (--variant) through the whole replay; a sample after each hour's requests."""
     from nodeworker.replayer import ReplayConfig, Replayer
 
-    per_hour = requests_per_hour(args)
     stream = day_stream(args)
     with node_memory.started_node(args, stream) as runtime:
         model_config = runtime.inference.model.config
@@ -115,18 +136,10 @@ def run_replay(args: argparse.Namespace) -> dict[str, object]:
         config = ReplayConfig(args.rate, delay, args.rows, seed=args.seed)
         started = time.monotonic()
         replayer = Replayer(runtime.predict, runtime.feedback, stream, config).start()
-        samples: list[dict[str, object]] = []
-        while len(samples) < args.hours:
-            time.sleep(0.2)
-            s = replayer.stats
-            handled = s.served + s.errors + s.shed
-            finished = s.exhausted and s.served + s.errors >= s.sent
-            if handled >= (len(samples) + 1) * per_hour or finished:
-                samples.append(sample(runtime, replayer, dim, started))
-                wall = time.monotonic() - started
-                print(f"[{args.variant}] hour {len(samples)}: {handled:,} requests, {wall:.0f} s",
-                      file=sys.stderr, flush=True)  # fmt: skip
-        replayer.stop()
+        try:
+            samples = hourly_samples(args, runtime, replayer, dim, started)
+        finally:  # before the node stops: a request served then would write to closed rings
+            replayer.stop()
         return {
             "variant": args.variant,
             "ready": ready,
