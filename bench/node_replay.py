@@ -25,6 +25,7 @@ the budget at every hourly sample. Prints a table, writes bench/out/node_replay.
 plot, bench/out/node_replay.html (plotly; no matplotlib in the stack).
 
     nice -n 19 python bench/node_replay.py --hours 24 --qps 8 --rate 400   # ~31 min
+    python bench/node_replay.py --report bench/out/node_replay.json        # its tables again
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ def hourly(without: dict, with_: dict, per_hour: int) -> list[dict[str, object]]
                 "node_total_without_bytes": wo["after"]["node_total"],
                 **{k: w[k] for k in ("served", "shed", "wall_s", "load_avg_1m", "active_rows")},
                 **{k: w[k] for k in ("folded_rows", "versions", "trained_samples", "ranks")},
+                # rows the join handed on, less those its backlog dropped: what the trainer took
+                "to_trainer": w["feed_counts"].get("taken", 0) - w["dropped_backlog"],
                 "dropped_before_training": dropped(w),
                 **result,
             }
@@ -224,6 +227,7 @@ def verdict(rows: list[dict], budget_pct: float, rows_per_request: int) -> dict[
         "shed_requests": last["shed"],
         "events_served": last["served"] * rows_per_request,
         "trained_samples": last["trained_samples"],
+        "to_trainer": last["to_trainer"],
         "dropped_before_training": last["dropped_before_training"],
     }
 
@@ -258,7 +262,7 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
         f"two {args.rows_per_table:,}-row tables, {args.budget_pct}% budget"
     )
     header = ["hour", "prop. measured %", "account %", "fixed MiB", "total MiB", "without MiB"]
-    header += ["with-without MiB", "folded rows", "active rows", "versions", "trained", "load"]
+    header += ["with-without MiB", "folded rows", "active rows", "versions", "to trainer", "load"]
     print_table(
         title,
         header,
@@ -267,7 +271,7 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
              r["proportional_accounted_pct_of_tables"], r["fixed_bytes"] / MIB,
              r["node_total_bytes"] / MIB, r["node_total_without_bytes"] / MIB,
              r["lora_measured_bytes"] / MIB, r["folded_rows"], r["active_rows"], r["versions"],
-             r["trained_samples"], r["load_avg_1m"]]
+             r["to_trainer"], r["load_avg_1m"]]
             for r in rows
         ],
     )  # fmt: skip
@@ -281,9 +285,9 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
         f"{result['max_proportional_measured_pct']}%), account "
         f"{'yes' if result['account_within_budget'] else 'NO'} (max "
         f"{result['max_proportional_accounted_pct']}%); {result['shed_requests']:,} requests "
-        f"shed; trained {result['trained_samples']:,} samples of {result['events_served']:,} "
-        f"events served ({result['dropped_before_training']:,} dropped before training); wall "
-        f"{wall / 60:.1f} min"
+        f"shed; of {result['events_served']:,} events served, {result['to_trainer']:,} reached "
+        f"the trainer ({result['dropped_before_training']:,} dropped before; "
+        f"{result['trained_samples']:,} samples trained, reuse included); wall {wall / 60:.1f} min"
     )
     drift = id_drift(args)
     print_table(
@@ -310,11 +314,17 @@ def main() -> int:
     parser.add_argument("--rows-per-table", type=int, default=1_000_000)
     parser.add_argument("--budget-pct", type=float, default=2.0)
     parser.add_argument("--sequential", action="store_true", help="the two nodes in turn")
+    parser.add_argument("--report", type=Path, help="re-print a run's JSON (no replay)")
     parser.add_argument("--variant", choices=("with", "without"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (0 < args.qps <= args.rate <= 1e5 and 1 <= args.rows <= 4096):
         parser.error("need 0 < --qps <= --rate <= 1e5 and 1 <= --rows <= 4096")
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        saved_args = argparse.Namespace(**saved["args"])
+        report(saved_args, saved["without"], saved["with"], saved["wall_s"])
+        return 0
     if args.variant:  # a child: one node, JSON on the last line
         print(json.dumps(run_replay(args)))
         return 0

@@ -17,6 +17,7 @@ def hour(h: int, total_mib: float, measured_pct: float, account_pct: float = 1.0
         "shed": 0,
         "served": 1000 * h,
         "trained_samples": 7000 * h,
+        "to_trainer": 6000 * h,
         "dropped_before_training": 10 * h,
     }
 
@@ -28,7 +29,7 @@ def test_a_node_that_grows_past_the_tolerance_is_not_flat():
     assert result["total_growth_last_vs_hour1"] == round(34.5 / 501.5, 4)
     assert result["total_slope_mib_per_hour"] == 1.5
     assert result["lora_growth_mib"] == 34.5
-    assert (result["events_served"], result["trained_samples"]) == (192_000, 168_000)
+    assert (result["events_served"], result["to_trainer"]) == (192_000, 144_000)
 
 
 def test_a_flat_node_within_its_budget_passes_and_one_sample_over_fails():
