@@ -19,12 +19,15 @@ measure: smaps_rollup, the trainer's private base pages, the node's /dev/shm) wh
 handled each hour's requests. Hour h's proportional measured / account / fixed parts are
 bench/node_memory.py's summary of the two nodes' samples of hour h.
 
+The trainer must keep up for the replay to carry a day of training: the "to trainer" column
+(rows it took, beside the events served) says whether it did.
+
 Verdict: the node's total (with its trainer) at the last hour against hour 1, within +5%
 (TOLERANCE, fixed before the first run), and the proportional part (measured and account) <=
 the budget at every hourly sample. Prints a table, writes bench/out/node_replay.json and a
 plot, bench/out/node_replay.html (plotly; no matplotlib in the stack).
 
-    nice -n 19 python bench/node_replay.py --hours 24 --qps 8 --rate 400   # ~31 min
+    nice -n 19 python bench/node_replay.py --hours 24 --qps 8 --rate 400   # ~30 min
     python bench/node_replay.py --report bench/out/node_replay.json        # its tables again
 """
 
