@@ -34,6 +34,7 @@ Prints a table and writes bench/out/node_memory.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,13 +152,18 @@ def folded_pages(runtime, dim: int) -> tuple[int, int]:
     return rows, pages
 
 
-def synthetic_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def synthetic_stream(  # type: ignore[no-untyped-def]
+    args: argparse.Namespace, num_events: int = 10**8, per_second: float = 100.0
+):
+    """The bench's drifting stream: ``num_events`` sets how fast ids are born (a share of each
+    id space over that many events), ``per_second`` the events' clock (the tastes' drift)."""
     from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
 
     return SyntheticStream(
         SyntheticConfig(
             seed=args.seed,
-            num_events=10**8,
+            num_events=num_events,
+            events_per_second=per_second,
             user_rows=args.rows_per_table,
             item_rows=args.rows_per_table,
             context_rows=(1000, 50),
@@ -165,35 +172,63 @@ def synthetic_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def run_variant(args: argparse.Namespace) -> dict[str, object]:
+@contextlib.contextmanager
+def started_node(args: argparse.Namespace, stream) -> Iterator:  # type: ignore[no-untyped-def]
+    """A real node on ``stream``'s schema (its checkpoint built once in --workdir), with its
+    trainer when --variant is "with", at --budget-pct, ready and 2 s after (the trainer's first
+    stats: its account when ready); stopped on leaving."""
     from nodeworker import protocol
-    from nodeworker.replayer import ReplayConfig, Replayer
     from nodeworker.runtime import NodeRuntime, RuntimeConfig, build_fresh_checkpoint
 
-    stream = synthetic_stream(args)
     work = Path(args.workdir)
     checkpoint = work / "base.ckpt"
     if not checkpoint.exists():
         build_fresh_checkpoint(stream.schema, checkpoint, args.seed)
     policy, errors = protocol.validate_policy({"memory_budget_pct": args.budget_pct})
     assert not errors, errors
-    with_trainer = args.variant == "with"
     runtime = NodeRuntime(
         RuntimeConfig(
             name=f"mem-{args.variant}",
             data_dir=work / f"node-{args.variant}",
             checkpoint=str(checkpoint),
             policy=policy,
-            trainer=with_trainer,
+            trainer=args.variant == "with",
             qos=False,  # the trainer learns at full duty: the most folds a replay can make
             snapshot_interval_s=3600,
         )
     ).start()
-    runtime.wait_ready()
-    model_config = runtime.inference.model.config
-    dim = model_config.embedding_dim
     try:
-        time.sleep(2.0)  # the trainer's first stats (its account when ready)
+        runtime.wait_ready()
+        time.sleep(2.0)
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+def trainer_extras(runtime) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What a node with a trainer adds to a measurement (but the rows folded, which take a
+    snapshot): the account's copies, samples trained, versions published, ranks, the feed's
+    sizes and counts (rows the join and the trainer's backlog dropped: never trained on)."""
+    out: dict[str, object] = {}
+    slots, installed = account_copies(runtime)
+    out["account_slots"], out["account_copies"] = slots, slots + installed
+    out["trained_samples"] = runtime.metrics.trained_samples
+    stats = runtime.trainer.last_stats
+    out["versions"] = stats.version if stats else 0
+    out["ranks"] = stats.ranks if stats else {}
+    out["feed_sizes"] = stats.feed.sizes if stats and stats.feed else {}
+    out["feed_counts"] = stats.feed.counts if stats and stats.feed else {}
+    out["dropped_backlog"] = stats.feed.dropped_backlog if stats and stats.feed else 0
+    return out
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, object]:
+    from nodeworker.replayer import ReplayConfig, Replayer
+
+    stream = synthetic_stream(args)
+    with started_node(args, stream) as runtime:
+        model_config = runtime.inference.model.config
+        dim = model_config.embedding_dim
         ready = measure(runtime)
         config = ReplayConfig(
             qps=args.qps, label_delay_s=args.label_delay, rows_per_request=args.rows, seed=args.seed
@@ -203,21 +238,14 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
         replayer.stop()
         time.sleep(2.0)  # the last version published gets installed, the stats arrive
         out: dict[str, object] = {"variant": args.variant, "ready": ready}
-        if with_trainer:
+        if args.variant == "with":
             out["folded_rows"], out["folded_pages"] = folded_pages(runtime, dim)
-            slots, installed = account_copies(runtime)
-            out["account_slots"], out["account_copies"] = slots, slots + installed
-            out["trained_samples"] = runtime.metrics.trained_samples
-            stats = runtime.trainer.last_stats
-            out["ranks"] = stats.ranks if stats else {}
-            out["feed_sizes"] = stats.feed.sizes if stats and stats.feed else {}
+            out |= trainer_extras(runtime)
         out["after"] = measure(runtime)
         out["served_requests"] = replayer.stats.served
         out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return out
-    finally:
-        runtime.stop()
 
 
 def spawn(args: argparse.Namespace, variant: str) -> dict[str, object]:
