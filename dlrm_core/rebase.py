@@ -32,7 +32,6 @@ from torch import nn
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.model import DLRM, table_bag
 
-
 # the share of the memory budget a delta rebase's anchor may hold while a rebase period is set,
 # reserved from the budget (nodeworker/node_budget.py, the experiment's table_budgets)
 ANCHOR_SHARE = 0.10
@@ -159,7 +158,8 @@ def delta_rebase(
 ) -> dict[str, int]:
     """Apply a rebase to ``model``: ``tables`` name -> (ids (m,), rows (m, D)); ``dense`` the
     MLPs' parameters by name; ``anchors`` what the node kept at the snapshot per table (the
-    change since of the rows they carry is carried over). Returns the corrections dropped per table."""
+    change since of the rows they carry is carried over). Returns the corrections dropped per
+    table."""
     dropped = {}
     for name, (ids, rows) in tables.items():
         anchor = anchors.get(name) if anchors is not None else None

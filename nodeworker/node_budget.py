@@ -6,12 +6,12 @@ Out of the pool come, once per node: the page floor of its shared-memory slots
 (row_budget.NODE_PAGE_FLOOR: every slot is one arena for all tables, so a node pays one partly
 used page a slot, however many tables it has), the feed's backlog share and, while the policy
 sets a rebase period, a delta rebase's anchor share (dlrm_core.rebase.ANCHOR_SHARE); per
-trained table: its fold records (FoldBitmap, a flag per base page) and its floor (B and its optimizer state at
-r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows). What is left goes to
-the trained tables in proportion to their bytes, on top of their floors. Tables are trained
-largest first while the pool holds their floors; a table left out, or a node whose pool cannot
-hold one table's floor, is told by ``untrained`` with the reason (the runtime reports it as an
-event).
+trained table: its fold records (FoldBitmap, a flag per base page) and its floor (B and its
+optimizer state at r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows).
+What is left goes to the trained tables in proportion to their bytes, on top of their floors.
+Tables are trained largest first while the pool holds their floors; a table left out, or a node
+whose pool cannot hold one table's floor, is told by ``untrained`` with the reason (the runtime
+reports it as an event).
 """
 
 from __future__ import annotations

@@ -323,8 +323,8 @@ def _make_liveupdate(
     assert issubclass(kind, FedLiveUpdate)
     # the dense variant takes the MLPs every sync period; the hybrid rebases every rebase period
     period = config.sync_period_s
-    feed = {"start_s": start_s, "cluster": cluster, "link": link}
     if kind is Hybrid:
         period = params.rebase_period_s or period
-        return Hybrid(*args, **feed, feed_period_s=period, anchor_bytes=anchor)
-    return kind(*args, **feed, feed_period_s=period)
+        return Hybrid(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period,
+                      anchor_bytes=anchor)  # fmt: skip
+    return kind(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period)

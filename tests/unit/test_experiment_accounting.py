@@ -29,9 +29,9 @@ from dlrm_core.experiment.liveupdate import (
     table_caps,
 )
 from dlrm_core.experiment.memory import held_tensor_bytes
-from dlrm_core.rebase import ANCHOR_SHARE
 from dlrm_core.experiment.strategies import DeltaSync, FullSync, PrioritizedDelta
 from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.rebase import ANCHOR_SHARE
 from dlrm_core.trainer import FullStepResult, FullTrainConfig
 
 D = 8

@@ -103,7 +103,6 @@ def test_the_anchor_holds_the_most_recently_used_corrected_rows_its_cap_holds() 
     assert torch.allclose(after[4], cluster[4] + since[0])  # its correction since is carried
 
 
-
 def test_a_table_without_a_correction_has_no_anchor() -> None:
     bag = nn.EmbeddingBag(10, 4, mode="sum")
     assert recent_anchor(bag, 10**6, now=0.0) is None
