@@ -92,7 +92,8 @@ def plan_node_budget(
             untrained[name] = (
                 f"{pct:g}% of the node's {sum(nbytes.values())} bytes of tables is {total} "
                 f"bytes; less the node's page floor ({NODE_PAGE_FLOOR}), the feed's backlog "
-                f"share ({backlog}) and {len(chosen)} larger table(s) ({need}) it does not "
+                f"share ({backlog}), the rebase anchor's share ({anchor}) and "
+                f"{len(chosen)} larger table(s) ({need}) it does not "
                 f"hold this table's floor and fold records ({cost})"
             )
     trained_bytes = sum(nbytes[n] for n in chosen)
