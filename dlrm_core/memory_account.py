@@ -14,7 +14,7 @@ held within its share of the budget, nodeworker/node_budget.py BACKLOG_SHARE, an
 waiting for their labels, as the bytes of their arenas, nodeworker/join_rows.py: bounded by
 max_pending and the label window, counted here beside the cap, as no valid row is dropped to
 meet it), and a node's delta-rebase anchor while it waits for its rows (within its share of the
-budget, nodeworker/node_budget.py ANCHOR_SHARE). The budget caps the tables' parts
+budget, dlrm_core/rebase.py ANCHOR_SHARE). The budget caps the tables' parts
 (RankController plans within it and evicts or refuses before exceeding it). MemoryReport is one
 LiveEmbedding's part of it, as LiveEmbedding.memory measures it.
 """

@@ -5,13 +5,13 @@ shared factor slots, their capacities) and the trainer (each table's budget, the
 Out of the pool come, once per node: the page floor of its shared-memory slots
 (row_budget.NODE_PAGE_FLOOR: every slot is one arena for all tables, so a node pays one partly
 used page a slot, however many tables it has), the feed's backlog share and, while the policy
-sets a rebase period, a delta rebase's anchor share (ANCHOR_SHARE); per trained table:
-its fold records (FoldBitmap, a flag per base page) and its floor (B and its optimizer state at
-r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows). What is left goes to
-the trained tables in proportion to their bytes, on top of their floors. Tables are trained
-largest first while the pool holds their floors; a table left out, or a node whose pool cannot
-hold one table's floor, is told by ``untrained`` with the reason (the runtime reports it as an
-event).
+sets a rebase period, a delta rebase's anchor share (dlrm_core.rebase.ANCHOR_SHARE); per
+trained table: its fold records (FoldBitmap, a flag per base page) and its floor (B and its
+optimizer state at r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS active rows).
+What is left goes to the trained tables in proportion to their bytes, on top of their floors.
+Tables are trained largest first while the pool holds their floors; a table left out, or a node
+whose pool cannot hold one table's floor, is told by ``untrained`` with the reason (the runtime
+reports it as an event).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from dlrm_core.fold_bitmap import FoldBitmap
 from dlrm_core.model import DLRMConfig
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
+from dlrm_core.rebase import ANCHOR_SHARE
 from dlrm_core.row_budget import NODE_PAGE_FLOOR, PAGE, capacity_plan
 from nodeworker import protocol
 from nodeworker.tuned_top import tuning_bytes
@@ -31,10 +32,6 @@ from nodeworker.tuned_top import tuning_bytes
 # hold: a trainer that falls behind drops its oldest batches rather than outgrow it (the
 # node's default backlog of 72 batches of 256 rows is ~2 MB, 78% of a 2% budget of 128 MB)
 BACKLOG_SHARE = 0.15
-# the share of the pool a delta rebase's anchor may hold while the policy sets a rebase period
-# (the served rows of the most recently used corrected rows at the cluster's snapshot, carried
-# onto the cluster's rows when they land: nodeworker/trainer_rebase.py); 0 without one
-ANCHOR_SHARE = 0.10
 # a table is trained only if its budget holds at least this many active rows at r_min
 MIN_TABLE_ROWS = 16
 # the shared factor slots hold any budget a policy may set (protocol: memory_budget_pct <= 10);
@@ -95,7 +92,8 @@ def plan_node_budget(
             untrained[name] = (
                 f"{pct:g}% of the node's {sum(nbytes.values())} bytes of tables is {total} "
                 f"bytes; less the node's page floor ({NODE_PAGE_FLOOR}), the feed's backlog "
-                f"share ({backlog}) and {len(chosen)} larger table(s) ({need}) it does not "
+                f"share ({backlog}), the rebase anchor's share ({anchor}) and "
+                f"{len(chosen)} larger table(s) ({need}) it does not "
                 f"hold this table's floor and fold records ({cost})"
             )
     trained_bytes = sum(nbytes[n] for n in chosen)

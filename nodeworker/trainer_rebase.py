@@ -8,12 +8,12 @@ The carry (the experiment's hybrid, dlrm_core.experiment.liveupdate.Hybrid): a r
 transfer time after the cluster's snapshot, and what the trainer learnt about a refreshed row in
 between is in neither the cluster's row nor the trainer's state at the snapshot. The cluster
 announces its snapshot before the rows travel (AnnounceSnapshot); the trainer then keeps an
-anchor: the ids of its corrected rows and the served rows (dlrm_core.rebase.anchor_rows) of the
-most recently used of them, as many as the budget's anchor share holds (NodeBudget.anchor, while
-the policy sets a rebase period). When the rows of that snapshot land, a refreshed row anchored
-gets the cluster's row plus (served now - served at the announce), and one that held no
-correction at the announce gets the cluster's row plus its correction since
-(dlrm_core.rebase.carried_change); a row corrected then but not anchored is overwritten and its
+anchor by dlrm_core.rebase's bounded rule (recent_anchor: the ids of its corrected rows and the
+served rows of the most recently used of them, as many as the budget's anchor share holds,
+NodeBudget.anchor, while the policy sets a rebase period). When the rows of that snapshot land,
+a refreshed row anchored gets the cluster's row plus (served now - served at the announce), and
+one that held no correction at the announce gets the cluster's row plus its correction since
+(dlrm_core.rebase.carry); a row corrected then but not anchored is overwritten and its
 correction dropped, as is every row of a rebase without its announce. One anchor is held at a
 time (a new announce replaces it), counted in the memory account, and dropped when its rows do
 not come within two rebase periods (at least ANCHOR_TTL_S).
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from dlrm_core.rebase import RowAnchor, anchor_rows, carried_change, delta_rebase
+from dlrm_core.rebase import SnapshotAnchor, anchor_caps, carry, delta_rebase, recent_anchor
 from nodeworker.base_pages import PrivateBasePages
 from nodeworker.node_budget import NodeBudget
 from nodeworker.trainer_messages import AnnounceSnapshot, RebaseRows, SnapshotAnnounced
@@ -43,24 +43,19 @@ Rows = dict[str, tuple[torch.Tensor, torch.Tensor]]  # table -> (ids (m,), rows 
 Carried = dict[str, tuple[np.ndarray, np.ndarray]]  # the same, as sent to the node
 
 ANCHOR_TTL_S = 60.0  # an anchor waits for its rows two rebase periods, and at least this long
-ID_BYTES = 8
 
 
 @dataclass(frozen=True)
 class PendingAnchor:
-    """What the trainer keeps from an announce until its rows land: per table the ids (n,)
-    sorted that held a correction then, and the anchor of those it had room for."""
+    """What the trainer keeps from an announce until its rows land: its anchor per table."""
 
     snapshot: int
     expires: float  # Unix time
-    active: dict[str, torch.Tensor]
-    anchors: dict[str, RowAnchor]
+    anchors: dict[str, SnapshotAnchor]
 
     @property
     def nbytes(self) -> int:
-        ids = sum(ID_BYTES * t.numel() for t in self.active.values())
-        held = sum(a.ids.numel() * ID_BYTES + a.rows.numel() * 4 for a in self.anchors.values())
-        return ids + held
+        return sum(a.nbytes for a in self.anchors.values())
 
 
 @dataclass(frozen=True)
@@ -89,25 +84,19 @@ class TrainerRebase:
     def limit(self, budget: NodeBudget, rebase_period_s: float) -> None:
         """The anchor's share of ``budget``, split over the trained tables by their budgets,
         and how long it waits for its rows (a policy's, from the next announce on)."""
-        total = max(1, sum(budget.tables.values()))
-        self.caps = {name: budget.anchor * b // total for name, b in budget.tables.items()}
+        self.caps = anchor_caps(budget.anchor, budget.tables)
         self.ttl_s = max(ANCHOR_TTL_S, 2.0 * rebase_period_s)
 
     def announce(self, cmd: AnnounceSnapshot, now: float) -> SnapshotAnnounced:
         """Anchor the served rows now for the rebase of snapshot ``cmd.snapshot``."""
         self.pending = None  # one at a time: a newer snapshot's rows come next
-        active, anchors = {}, {}
+        anchors = {}
         for name, live in self.trainer.lives.items():
-            ids = live.ids
-            row_bytes = ID_BYTES + 4 * live.dim
-            room = self.caps.get(name, 0) - ID_BYTES * ids.numel()
-            if room < 0 or not ids.numel():
-                continue  # its rows are overwritten and dropped
-            hottest = ids[torch.argsort(live.ages(now))[: room // row_bytes]]
-            active[name] = torch.sort(ids).values
-            anchors[name] = anchor_rows(self._table(name), torch.sort(hottest).values)
-        self.pending = PendingAnchor(cmd.snapshot, now + self.ttl_s, active, anchors)
-        rows = {name: int(a.ids.numel()) for name, a in anchors.items()}
+            held = recent_anchor(live, self.caps.get(name, 0), now)
+            if held is not None:  # else its corrected rows are overwritten and dropped
+                anchors[name] = held
+        self.pending = PendingAnchor(cmd.snapshot, now + self.ttl_s, anchors)
+        rows = {name: int(a.anchor.ids.numel()) for name, a in anchors.items()}
         return SnapshotAnnounced(cmd.snapshot, rows, self.pending.nbytes)
 
     def expire(self, now: float) -> None:
@@ -162,14 +151,9 @@ class TrainerRebase:
         for name, (ids, rows) in tables.items():
             if name not in pending.anchors:
                 continue
-            anchor = pending.anchors[name]
-            move = torch.isin(ids, anchor.ids) | ~torch.isin(ids, pending.active[name])
-            change = carried_change(self._table(name), ids[move], anchor)
-            rows = rows.to(torch.float32).clone()
-            rows[move] += change
+            rows, moved = carry(self._table(name), ids, rows, pending.anchors[name])
             out[name] = (ids, rows)
-            moved = change.ne(0).any(dim=1)
-            carried[name] = (ids[move][moved].numpy(), rows[move][moved].numpy())
+            carried[name] = (ids[moved].numpy(), rows[moved].numpy())
         return out, carried
 
     def _table(self, name: str) -> torch.nn.Module:

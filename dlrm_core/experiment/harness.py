@@ -50,6 +50,7 @@ from dlrm_core.experiment.liveupdate import (
     Hybrid,
     LiveUpdate,
     LiveUpdateDense,
+    anchor_bytes,
     table_budgets,
 )
 from dlrm_core.experiment.lowrank import LowRankProbe
@@ -314,13 +315,16 @@ def _make_liveupdate(
     start_s: float,
 ) -> LiveUpdate:
     params = config.live
-    budgets = table_budgets(model, params, benefit)
+    anchor = anchor_bytes(model, params) if kind is Hybrid else 0  # reserved from its budget
+    budgets = table_budgets(model, params, benefit, reserved=anchor)
     args = (model, params, budgets, cluster.newest_event_s, cluster.learnt_until_id, config.seed)
     if kind is LiveUpdate:
         return LiveUpdate(*args)
     assert issubclass(kind, FedLiveUpdate)
     # the dense variant takes the MLPs every sync period; the hybrid rebases every rebase period
     period = config.sync_period_s
-    if kind is Hybrid and params.rebase_period_s is not None:
-        period = params.rebase_period_s
+    if kind is Hybrid:
+        period = params.rebase_period_s or period
+        return Hybrid(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period,
+                      anchor_bytes=anchor)  # fmt: skip
     return kind(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period)

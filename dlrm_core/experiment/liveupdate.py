@@ -32,11 +32,11 @@ from dlrm_core.experiment.strategies import Strategy
 from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
-from dlrm_core.rebase import RowAnchor, anchor_rows, delta_rebase
+from dlrm_core.rebase import ANCHOR_SHARE, SnapshotAnchor, anchor_caps, delta_rebase, recent_anchor
 from dlrm_core.row_budget import overhead_bytes
 from dlrm_core.trainer import FullStepResult, LiveTrainer, TrainerConfig
 
-Anchors = dict[str, RowAnchor]  # a delta rebase's anchors by table (dlrm_core.rebase)
+Anchors = dict[str, SnapshotAnchor]  # a delta rebase's anchors by table (dlrm_core.rebase)
 
 
 def allocate_budget(
@@ -250,14 +250,21 @@ class Hybrid(FedLiveUpdate):
     """LiveUpdate between delta rebases (dlrm_core.rebase): every period the rows the cluster
     changed since the last rebase and its MLPs; those rows' corrections are dropped, every
     other row keeps its own, and what the node learnt about a carried row while the payload
-    was on the wire is carried onto the cluster's row (the anchor taken at the snapshot)."""
+    was on the wire is carried onto the cluster's row by the node's rule: the anchor taken at
+    the snapshot holds the most recently used corrected rows within ``anchor_bytes`` (the
+    budget's ANCHOR_SHARE, reserved from it by table_budgets), counted in its memory."""
 
     name = "hybrid"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, anchor_bytes: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changed = ChangedRows(self.cluster.model.config, self.params.rebase_min_steps)
         self.cluster.listeners.append(self._observe)
+        self.anchor_caps = anchor_caps(anchor_bytes, self.budgets)
+
+    def overhead_bytes(self) -> int:
+        kept = sum(a.nbytes for _, _, held in self.in_flight for a in (held or {}).values())
+        return super().overhead_bytes() + kept
 
     def _observe(self, result: FullStepResult, now: float) -> None:
         start = time.process_time()
@@ -268,13 +275,14 @@ class Hybrid(FedLiveUpdate):
         return self.changed.take()
 
     def hold(self, payload: Payload) -> Anchors | None:
-        """The node's served rows, at the snapshot, of the carried rows it held a correction
-        for: at landing its change since is carried over onto the cluster's rows."""
-        return {
-            name: anchor_rows(self.model.sparse_arch.table(name), ids)
-            for name, (ids, _) in payload.tables.items()
-            if ids is not None
+        """The anchor at the snapshot (dlrm_core.rebase.recent_anchor, before the node knows
+        which rows come): at landing the change since of the rows it carries is carried over
+        onto the cluster's rows."""
+        held = {
+            name: recent_anchor(live, self.anchor_caps.get(name, 0), payload.snapshot_s)
+            for name, live in self.trainer.lives.items()
         }
+        return {name: a for name, a in held.items() if a is not None}
 
     def apply(self, piece: Payload, held: Anchors | None = None) -> None:
         tables = {
@@ -292,14 +300,25 @@ def min_table_budget(params: LiveUpdateParams, dim: int) -> int:
     return min_budget_bytes(policy, dim) + overhead_bytes(64, rank, 0)
 
 
+def budget_bytes(model: DLRM, params: LiveUpdateParams) -> int:
+    """``params.budget_pct`` % of the model's table bytes."""
+    return int(table_bytes(model) * params.budget_pct / 100.0)
+
+
+def anchor_bytes(model: DLRM, params: LiveUpdateParams, share: float = ANCHOR_SHARE) -> int:
+    """What a hybrid's delta-rebase anchor may hold: ``share`` of the budget."""
+    return int(budget_bytes(model, params) * share)
+
+
 def table_budgets(
-    model: DLRM, params: LiveUpdateParams, benefit: Mapping[str, float]
+    model: DLRM, params: LiveUpdateParams, benefit: Mapping[str, float], reserved: int = 0
 ) -> dict[str, int]:
-    """Each table's bytes of ``params.budget_pct`` % of the model's table bytes: in proportion to
-    the measured ``benefit`` with allocation "benefit" (equal shares while none was measured),
-    under each table's cap (allocate_budget). Raises ValueError when no table can hold its
-    factors (min_table_budget)."""
-    total = int(table_bytes(model) * params.budget_pct / 100.0)
+    """Each table's bytes of ``params.budget_pct`` % of the model's table bytes less
+    ``reserved`` (a hybrid's anchor): in proportion to the measured ``benefit`` with allocation
+    "benefit" (equal shares while none was measured), under each table's cap
+    (allocate_budget). Raises ValueError when no table can hold its factors
+    (min_table_budget)."""
+    total = budget_bytes(model, params) - reserved
     measured = benefit if params.allocation == "benefit" and sum(benefit.values()) > 0 else None
     weights = measured or dict.fromkeys(benefit, 1.0)
     floor = min_table_budget(params, model.config.embedding_dim)

@@ -28,6 +28,15 @@ def node(tmp_path):
         yield node
 
 
+@pytest.fixture
+def hybrid_node(tmp_path):
+    """A node started hybrid: its budget holds the anchor share from the start (a trainer keeps
+    the tables it started with, and these 0.45 MB of tables at 10% less the anchor share do not
+    hold the floors of all four)."""
+    with running_node(tmp_path, policy={"rebase_period_s": 1800.0}) as node:
+        yield node
+
+
 def served_rows(runtime: NodeRuntime, table: str, ids: torch.Tensor) -> torch.Tensor:
     """(m, D) what inference serves for rows ``ids`` of ``table``: the base row plus the
     correction of the factor version in service (one-row bags; row 0 of the other tables)."""
@@ -161,11 +170,8 @@ def steady_overhead(runtime: NodeRuntime) -> int:
     return seen[-1]
 
 
-def test_an_announced_rebase_carries_what_the_node_learnt_since_its_snapshot(node):
-    runtime, traffic = node
-    runtime.operations.apply_policy(  # a hybrid node: the budget holds an anchor share
-        {"sla_p99_ms": 5000.0, "memory_budget_pct": 10.0, "rebase_period_s": 1800.0}, "hybrid", 2
-    )
+def test_an_announced_rebase_carries_what_the_node_learnt_since_its_snapshot(hybrid_node):
+    runtime, traffic = hybrid_node
     train_until(runtime, traffic, 800)
     settle(runtime)
     model = runtime.inference.model

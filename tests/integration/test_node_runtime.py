@@ -45,7 +45,8 @@ def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, Synth
     # 10%: the budget holds the node's copies outside its trainer (~200 bytes an active row,
     # row_budget.node_copy_bytes) and its slots' page floor; at 5% these 0.45 MB of tables
     # train only user_id, with a few dozen rows, too few for the rollback test to learn.
-    policy, _ = protocol.validate_policy({"sla_p99_ms": 5000.0, "memory_budget_pct": 10.0})
+    fields = {"sla_p99_ms": 5000.0, "memory_budget_pct": 10.0, **overrides.pop("policy", {})}
+    policy, _ = protocol.validate_policy(fields)
     assert policy is not None
     (tmp_path / "shm").mkdir(exist_ok=True)
     config = RuntimeConfig(

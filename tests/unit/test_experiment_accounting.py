@@ -23,6 +23,7 @@ from dlrm_core.experiment.liveupdate import (
     Hybrid,
     LiveUpdate,
     allocate_budget,
+    anchor_bytes,
     min_table_budget,
     table_budgets,
     table_caps,
@@ -30,6 +31,7 @@ from dlrm_core.experiment.liveupdate import (
 from dlrm_core.experiment.memory import held_tensor_bytes
 from dlrm_core.experiment.strategies import DeltaSync, FullSync, PrioritizedDelta
 from dlrm_core.model import DLRM, DLRMConfig
+from dlrm_core.rebase import ANCHOR_SHARE
 from dlrm_core.trainer import FullStepResult, FullTrainConfig
 
 D = 8
@@ -185,7 +187,8 @@ def test_the_hybrid_counts_the_anchors_it_kept_while_a_rebase_lands() -> None:
     link = Link(LinkConfig(bandwidth_gbps=8e-6, target_table_bytes=None), 1.0)  # 1000 B/s
     params = LiveUpdateParams(budget_pct=20.0, r_max=4, initial_rank=2, prune_age_s=None)
     hybrid = Hybrid(copy.deepcopy(base), params, {"a": 2000, "b": 1000}, 0.0, -1, 0,
-                    start_s=0.0, cluster=cluster, link=link, feed_period_s=10.0)  # fmt: skip
+                    start_s=0.0, cluster=cluster, link=link, feed_period_s=10.0,
+                    anchor_bytes=10**6)  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     for k in range(9):
         batch = small_batch(k, gen)
@@ -193,8 +196,11 @@ def test_the_hybrid_counts_the_anchors_it_kept_while_a_rebase_lands() -> None:
         hybrid.on_ready(batch, float(k))
     hybrid.advance(10.0)  # the rebase is sent; no on_ready until it lands
     (lands, payload, anchors), = hybrid.in_flight  # fmt: skip
-    assert anchors and sum(int(a.ids.numel()) for a in anchors.values()) > 0
+    assert anchors and sum(int(a.anchor.ids.numel()) for a in anchors.values()) > 0
     kept = held_tensor_bytes(anchors, set())
+    assert kept == sum(a.nbytes for a in anchors.values())  # what the anchor says it holds
+    # its budgeted memory counts the anchor too (the node's MemoryAccount.rebase_anchor)
+    assert hybrid.overhead_bytes() == LiveUpdate.overhead_bytes(hybrid) + kept
     hybrid.advance(lands)
     acc = hybrid.accounting
     assert acc.syncs_landed == 1 and not hybrid.in_flight
@@ -255,6 +261,11 @@ def test_table_budgets_split_the_budget_by_measured_benefit_else_evenly() -> Non
     assert by_benefit == allocate_budget(total, {"a": 3.0, "b": 1.0}, caps, floor) != even
     with pytest.raises(ValueError, match="cannot hold a single table's factors"):
         table_budgets(model, dataclasses.replace(params, budget_pct=0.01), {"a": 1.0, "b": 1.0})
+    # a hybrid's anchor share is reserved from the same budget (dlrm_core.rebase.ANCHOR_SHARE)
+    anchor = anchor_bytes(model, params)
+    hybrid = table_budgets(model, params, {"a": 3.0, "b": 1.0}, reserved=anchor)
+    assert 0 < anchor == int(total * ANCHOR_SHARE)
+    assert hybrid == allocate_budget(total - anchor, {"a": 3.0, "b": 1.0}, caps, floor)
 
 
 def test_liveupdate_clamps_r_max_to_d_and_the_initial_rank_into_its_bounds() -> None:
