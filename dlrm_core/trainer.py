@@ -232,7 +232,8 @@ class LiveTrainer:
         for batch in self.join.pop_ready(now):
             results.append(self.train_step(batch, now))
             replay = self._pick_replay()
-            self._replay.append([batch, 0])
+            if self.config.reuse:  # without reuse a kept batch would only hold memory
+                self._replay.append([batch, 0])
             if replay is not None:
                 replay[1] += 1
                 results.append(self.train_step(replay[0], now, replay=True))

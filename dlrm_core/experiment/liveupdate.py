@@ -145,7 +145,9 @@ class LiveUpdate(Strategy):
         return None
 
     def overhead_bytes(self) -> int:
-        return sum(m.overhead_bytes for m in self.trainer.memory().values())
+        """The trainer's whole account (memory_account): its LoRA state, the sketches and the
+        pending and replayed batches, as a node's account counts them."""
+        return self.trainer.memory_account().total
 
     def ranks(self) -> dict[str, int]:
         return self.trainer.ranks()

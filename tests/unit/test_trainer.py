@@ -150,6 +150,16 @@ def test_replay_is_bounded():
     assert all(uses <= 2 for _, uses in trainer._replay)
 
 
+def test_without_reuse_no_batch_is_kept_for_replay():
+    model, stream = pretrained(steps=5)
+    trainer = LiveTrainer(model, trainer_config(reuse=0, replay_window=3))
+    for _ in range(10):
+        trainer.process(stream.batch())
+    assert trainer.stats.replay_steps == 0
+    assert not trainer._replay  # the window would hold 3 batches never trained on again
+    assert trainer.memory_account().pending == trainer.join.nbytes()
+
+
 def factors_of(trainer):
     return {
         n: (lv.ids.clone(), lv.A.detach().clone(), lv.B.detach().clone())
