@@ -11,7 +11,10 @@ optimizer state at r_min, the smallest index, its copies' B, and MIN_TABLE_ROWS 
 What is left goes to the trained tables in proportion to their bytes, on top of their floors.
 Tables are trained largest first while the pool holds their floors; a table left out, or a node
 whose pool cannot hold one table's floor, is told by ``untrained`` with the reason (the runtime
-reports it as an event).
+reports it as an event). The anchor's share comes out of what the floors leave, never out of
+a floor: a rebase period never stops a table from training (on a node too small for both, the
+anchor holds less, and a rebase whose anchor cannot hold a table's ids overwrites its
+corrected rows, the fallback nodeworker/trainer_rebase.py logs).
 """
 
 from __future__ import annotations
@@ -76,8 +79,7 @@ def plan_node_budget(
     nbytes = {name: rows * dim * 4 for name, (rows, dim) in sizes.items()}
     total = pct_bytes(sum(nbytes.values()), pct)
     backlog = int(total * BACKLOG_SHARE)
-    anchor = int(total * anchor_share)
-    pool = total - backlog - anchor - NODE_PAGE_FLOOR - dense  # dense: the top MLP's tuning
+    pool = total - backlog - NODE_PAGE_FLOOR - dense  # dense: the top MLP's tuning
     untrained: dict[str, str] = {}
     chosen: list[str] = []
     need = 0  # the floors and records of the tables chosen so far
@@ -92,12 +94,12 @@ def plan_node_budget(
             untrained[name] = (
                 f"{pct:g}% of the node's {sum(nbytes.values())} bytes of tables is {total} "
                 f"bytes; less the node's page floor ({NODE_PAGE_FLOOR}), the feed's backlog "
-                f"share ({backlog}), the rebase anchor's share ({anchor}) and "
-                f"{len(chosen)} larger table(s) ({need}) it does not "
+                f"share ({backlog}) and {len(chosen)} larger table(s) ({need}) it does not "
                 f"hold this table's floor and fold records ({cost})"
             )
+    anchor = max(0, min(int(total * anchor_share), pool - need))
     trained_bytes = sum(nbytes[n] for n in chosen)
-    left = pool - need
+    left = pool - need - anchor
     tables = {
         n: table_floor + left * nbytes[n] // trained_bytes for n in chosen
     }  # fmt: skip

@@ -6,16 +6,20 @@ is bounded by the budget's anchor share and held only until its rows land or it 
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import replace
 
 import pytest
 import torch
 
+from controlplane.commands import demo
+from dlrm_core.model import DLRMConfig
 from dlrm_core.rank_policy import RankPolicy
 from dlrm_core.rebase import ANCHOR_SHARE, ID_BYTES, served_rows
 from nodeworker.base_pages import PrivateBasePages
-from nodeworker.node_budget import NodeBudget, node_budget
+from nodeworker.node_budget import NodeBudget, node_budget, node_table_floor
+from nodeworker.node_service import open_source
 from nodeworker.protocol import DEFAULT_POLICY
 from nodeworker.shared_memory import map_base_tables, table_path, write_base_tables
 from nodeworker.trainer_messages import AnnounceSnapshot, RebaseRows
@@ -168,3 +172,19 @@ def test_the_budget_reserves_the_anchor_share_only_with_a_rebase_period():
     assert without.anchor == 0 and with_.anchor == int(with_.total * ANCHOR_SHARE) > 0
     assert sum(with_.tables.values()) < sum(without.tables.values())
     assert sum(with_.shares.values()) <= with_.total
+
+
+def test_a_rebase_period_never_stops_a_table_of_the_demo_node_from_training():
+    """The demo's edge-live (20k, 10k rows and two small context tables at 2%): its rebase
+    policy once reserved the anchor's share first, leaving ctx_0 no floor, and the node refused
+    its own policy. The anchor takes what the floors leave, up to its share."""
+    spec = demo._replay_spec(argparse.Namespace(data=None, format=None, drift=1.0))
+    config = DLRMConfig.from_schema(open_source(spec, 0, 0)[1])
+    hybrid = replace(DEFAULT_POLICY, rebase_period_s=1800.0)
+    without, with_ = node_budget(config, DEFAULT_POLICY), node_budget(config, hybrid)
+    assert set(with_.tables) == set(without.tables) == set(config.feature_names)
+    assert not with_.untrained
+    assert 0 < with_.anchor < int(with_.total * ANCHOR_SHARE)  # the floors' leftover
+    assert sum(with_.shares.values()) <= with_.total
+    floor = node_table_floor(config, hybrid)
+    assert all(b >= floor for b in with_.tables.values())
