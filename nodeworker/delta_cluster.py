@@ -20,6 +20,11 @@ fresh the model it serves is, in one of two ways, by the policy the node has app
   rows), and the rows name it, so what the node learns while they travel is carried onto them
   (nodeworker.trainer_rebase); unannounced, the node overwrites them.
 
+A sync or rebase travels: its rows reach the node ``transfer_s`` after its snapshot (the link;
+production's minutes to hours, 0 by default), while the cluster keeps learning and takes no new
+snapshot until they have landed (one transfer at a time, as the experiment's Link). What the node
+learns meanwhile is what a rebase's announce lets it carry.
+
 It reads the node's policy every ``sync_period_s``, so a policy change takes effect within one,
 and sends nothing while the node runs its start-up policy (none applied yet): that one does not
 say how the node is to be fed.
@@ -62,15 +67,32 @@ class ClusterConfig:
     optimizer: str = "adagrad"
     lr_sparse: float = 0.05
     lr_dense: float = 0.05  # on the MLPs, only while the node takes delta rebases
+    transfer_s: float = 0.0  # from a sync's snapshot to its rows reaching the node
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sync_period_s) and 0.1 <= self.sync_period_s <= 86400):
             raise ValueError(f"sync_period_s must be in [0.1, 86400], got {self.sync_period_s}")
+        if not (math.isfinite(self.transfer_s) and 0 <= self.transfer_s <= 3600):
+            raise ValueError(f"transfer_s must be in [0, 3600], got {self.transfer_s}")
         if not (math.isfinite(self.qps) and 0 < self.qps <= 1e6):
             raise ValueError(f"qps must be in (0, 1e6], got {self.qps}")
         if not (math.isfinite(self.label_delay_s) and 0 <= self.label_delay_s <= 3600):
             raise ValueError(f"label_delay_s must be in [0, 3600], got {self.label_delay_s}")
         FullTrainConfig(self.optimizer, self.lr_dense, self.lr_sparse)  # validates them
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """A sync's or rebase's snapshot on its way to the node: what ``send`` gets, the payload
+    (its bytes), the rows it took from the dirty set (put back if the send fails) and when it
+    lands (time.monotonic())."""
+
+    deltas: dict[str, dict[str, list]]
+    stamp: SyncStamp
+    dense: dict[str, list] | None
+    payload: Payload
+    taken: dict[str, Any]
+    lands_at: float
 
 
 # (deltas, stamp, the MLPs of a rebase or None) -> the node; raises OSError / ControlError
@@ -109,6 +131,7 @@ class DeltaSyncCluster:
         self.trained_until: float | None = None  # when the newest learnt label arrived
         self.rebase_period_s = 0.0
         self.policy_read = False  # until then nothing is sent
+        self.in_flight: Shipment | None = None
         self.set_rebase_period(0.0)
 
     def set_rebase_period(self, period_s: float) -> None:
@@ -147,8 +170,27 @@ class DeltaSyncCluster:
         return result.loss
 
     def sync(self) -> int:
-        """Send the rows changed since the last successful sync or rebase (and in a rebase the
-        MLPs); returns how many rows were sent (0 when the send failed)."""
+        """Snapshot the rows changed since the last successful sync or rebase (and in a rebase
+        the MLPs) and send them, or, with a transfer time, put them on the wire (``land`` sends
+        them once it has passed). Returns how many rows were sent now (0 when the send failed,
+        nothing changed or they travel)."""
+        shipment = self._snapshot()
+        if shipment is None:
+            return 0
+        if self.config.transfer_s > 0:
+            self.in_flight = shipment
+            return 0
+        return self._send(shipment)
+
+    def land(self) -> int:
+        """Send the shipment on the wire once its transfer time has passed; rows sent."""
+        shipment = self.in_flight
+        if shipment is None or time.monotonic() < shipment.lands_at:
+            return 0
+        self.in_flight = None
+        return self._send(shipment)
+
+    def _snapshot(self) -> Shipment | None:
         taken = self.changed.take()
         rebase = self.rebase_period_s > 0
         now = time.time()
@@ -156,21 +198,24 @@ class DeltaSyncCluster:
         snapshot = self._announce(now) if rebase and rows else None
         payload = self.cluster.snapshot(now, taken, mlps=rebase)
         if not payload.tables:
-            return 0
-        deltas = apply_delta_rows(payload)
+            return None
         dense = {name: value.tolist() for name, value in payload.dense.items()} if rebase else None
         stamp = SyncStamp(payload.snapshot_s, self.trained_until, snapshot)
+        lands_at = time.monotonic() + self.config.transfer_s
+        return Shipment(apply_delta_rows(payload), stamp, dense, payload, taken, lands_at)
+
+    def _send(self, shipment: Shipment) -> int:
         try:
-            answer = self.send(deltas, stamp, dense)
+            answer = self.send(shipment.deltas, shipment.stamp, shipment.dense)
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the rows dirty
-            self.changed.put_back(taken)
+            self.changed.put_back(shipment.taken)
             self.failed_syncs += 1
             log.warning("delta sync failed (%s); the rows stay dirty for the next one", exc)
             return 0
-        sent = sum(len(d["rows"]) for d in deltas.values())
+        sent = sum(len(d["rows"]) for d in shipment.deltas.values())
         self.rows_sent += sent
-        self.bytes_sent += payload.bytes
-        if not rebase:
+        self.bytes_sent += shipment.payload.bytes
+        if shipment.dense is None:
             self.syncs += 1
             log.info("delta sync %d: %d rows after %d events", self.syncs, sent, self.events)
         else:
@@ -179,7 +224,7 @@ class DeltaSyncCluster:
                 "delta rebase %d: %d rows + MLPs, %d bytes, after %d events; %s",
                 self.rebases,
                 sent,
-                payload.bytes,
+                shipment.payload.bytes,
                 self.events,
                 carry_note(answer),
             )
@@ -202,7 +247,8 @@ class DeltaSyncCluster:
 
     def run(self, batches: Iterable[SparseBatch], stop: threading.Event) -> None:
         """Learn each batch when its labels exist on the node's clock; every sync period read
-        the node's policy and sync, or rebase when a rebase period has passed."""
+        the node's policy and sync, or rebase when a rebase period has passed (once the last
+        one landed); land a shipment when its transfer time has passed."""
         cfg = self.config
         start = time.monotonic()
         self.poll_policy()
@@ -211,8 +257,10 @@ class DeltaSyncCluster:
             ready = start + (self.events + len(batch)) / cfg.qps + cfg.label_delay_s
             while True:
                 now = time.monotonic()
+                self.land()
                 if now >= next_check:
-                    if self.poll_policy() and now - last_sent >= self.period_s - 1e-3:
+                    due = now - last_sent >= self.period_s - 1e-3 and self.in_flight is None
+                    if self.poll_policy() and due:
                         failed = self.failed_syncs
                         self.sync()
                         if self.failed_syncs == failed:  # else retried at the next check
@@ -220,11 +268,21 @@ class DeltaSyncCluster:
                     next_check = now + cfg.sync_period_s
                 if now >= ready:
                     break
-                if stop.wait(min(ready, next_check) - now):
+                if stop.wait(min(ready, next_check, self._lands_at()) - now):
                     return
             self.learn(batch)
         if self.policy_read or self.poll_policy():  # a finite stream (a file) ended
+            self._drain(stop)
             self.sync()  # ship the last rows
+            self._drain(stop)
+
+    def _lands_at(self) -> float:
+        return math.inf if self.in_flight is None else self.in_flight.lands_at
+
+    def _drain(self, stop: threading.Event) -> None:
+        """Wait for the shipment on the wire (if any) to land, unless stopped."""
+        while self.in_flight is not None and not stop.wait(self._lands_at() - time.monotonic()):
+            self.land()
 
 
 def apply_delta_rows(payload: Payload) -> dict[str, dict[str, list]]:

@@ -17,6 +17,10 @@ with fresh tokens), then supervises (controlplane.supervisor) these processes, l
 - ``cluster``: the same simulated cluster, shipping the rows it changed every ``--sync-period``
   (3 min).
 
+Both clusters' shipments land ``--transfer`` (60 s) after their snapshot, a link's time between
+clusters: what edge-live learns meanwhile is carried onto a rebase's rows where its anchor holds
+them (at 2% of the demo's small tables it holds few or none; the node logs which).
+
 Both nodes and the cluster start from one base checkpoint (``liveupdate cluster init``,
 pretrained on the stream's first ``--pretrain-events``, registered as the ModelCheckpoint
 ``demo-base`` so a rebase onto it works from the dashboard) and replay the same stream from there
@@ -67,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1800.0,
         help="seconds between delta rebases of edge-live (its new policy's rebase_period_s)",
+    )
+    parser.add_argument(
+        "--transfer",
+        type=float,
+        default=60.0,
+        help="seconds from a cluster's snapshot to its rows reaching the node",
     )
     parser.add_argument(
         "--pretrain-events", type=int, default=50_000, help="the base learns these, then replay"
@@ -242,6 +252,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit("liveupdate demo: --sync-period must be in [1, 86400] s")
     if not 1 <= args.rebase_period <= 86_400:
         raise SystemExit("liveupdate demo: --rebase-period must be in [1, 86400] s")
+    if not 0 <= args.transfer <= 3600:
+        raise SystemExit("liveupdate demo: --transfer must be in [0, 3600] s")
     if not 0 <= args.pretrain_events <= 10**8:
         raise SystemExit("liveupdate demo: --pretrain-events must be in [0, 1e8]")
     if not 0 <= args.seed < 2**32:
@@ -267,6 +279,7 @@ def _children(args, spec: str, tokens: dict[str, str], data_dir: Path, env: dict
     worker += ["INFO", "-s", str(data_dir / "celerybeat-schedule")]
     cluster = [*cli, "cluster", "run", *replay, "--qps", str(args.qps)]
     cluster += ["--sync-period", str(args.sync_period)]  # and how often it reads the policy
+    cluster += ["--transfer", str(args.transfer)]
     specs = {
         "web": [*cli, "serve", "--host", args.host, "--port", str(args.port)],
         "celery": worker,

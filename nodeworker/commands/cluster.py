@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between delta syncs, and between reads of the node's policy",
     )
     run.add_argument("--lr", type=float, default=0.05, help="Adagrad rate (the MLPs': rebases)")
+    run.add_argument(
+        "--transfer",
+        type=float,
+        default=0.0,
+        help="seconds from a sync's snapshot to its rows reaching the node (the link; 0..3600)",
+    )
 
 
 def _init(args: argparse.Namespace, source, schema) -> int:
@@ -67,7 +73,12 @@ def _run(args: argparse.Namespace, source) -> int:
 
     try:
         config = ClusterConfig(
-            args.sync_period, args.qps, args.label_delay, lr_sparse=args.lr, lr_dense=args.lr
+            args.sync_period,
+            args.qps,
+            args.label_delay,
+            lr_sparse=args.lr,
+            lr_dense=args.lr,
+            transfer_s=args.transfer,
         )
     except ValueError as exc:
         raise SystemExit(f"liveupdate cluster run: {exc}") from None
@@ -91,7 +102,8 @@ def _run(args: argparse.Namespace, source) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(
         f"cluster: syncing changed rows to {args.node_socket} every {config.sync_period_s} s, "
-        "or rows and MLPs every rebase_period_s of the node's policy"
+        "or rows and MLPs every rebase_period_s of the node's policy; each lands "
+        f"{config.transfer_s} s after its snapshot"
     )
     cluster.run(source, stop)
     stop.wait()

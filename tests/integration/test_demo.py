@@ -86,7 +86,7 @@ def test_demo_runs_both_nodes_and_stops_every_process(tmp_path):
     env["LIVEUPDATE_DATA_DIR"] = str(data_dir)
     command = [sys.executable, "-m", "controlplane.cli", "demo", "--port", str(port)]
     command += ["--qps", "20", "--pretrain-events", "1000", "--sync-period", "10"]
-    command += ["--rebase-period", "20"]
+    command += ["--rebase-period", "20", "--transfer", "2"]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -180,6 +180,58 @@ def test_run_rebases_every_rebase_period_and_reads_the_policy_every_sync_period(
     assert len(log) - len(sends) > len(sends)  # the policy is read more often than it rebases
 
 
+def test_a_shipment_lands_its_transfer_time_after_its_snapshot_and_the_cluster_learns_on():
+    stream = small_stream()
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    sent: list[tuple[float, SyncStamp, dict]] = []
+    down = False
+
+    def send(deltas, stamp, dense):
+        if down:
+            raise ConnectionRefusedError("node restarting")
+        sent.append((time.time(), stamp, deltas))
+
+    cluster = DeltaSyncCluster(model, send, ClusterConfig(transfer_s=0.3))
+    batches = iter(stream)
+    cluster.learn(next(batches))
+    assert cluster.sync() == 0 and cluster.in_flight is not None and not sent  # on the wire
+    assert cluster.land() == 0 and not sent  # not yet
+    cluster.learn(next(batches))  # the cluster learns on meanwhile
+    time.sleep(0.3)
+    first = cluster.in_flight.deltas
+    assert cluster.land() > 0 and cluster.in_flight is None and cluster.syncs == 1
+    landed, stamp, deltas = sent[0]
+    assert deltas == first and landed - stamp.created_at >= 0.3
+    # what it learnt while they travelled is dirty: the next sync ships it, and a failed send
+    # keeps it dirty
+    down = True
+    cluster.sync()
+    time.sleep(0.3)
+    assert cluster.land() == 0 and cluster.failed_syncs == 1 and cluster.in_flight is None
+    down = False
+    cluster.sync()
+    time.sleep(0.3)
+    assert cluster.land() > 0 and len(sent) == 2
+    with pytest.raises(ValueError, match="transfer_s"):
+        ClusterConfig(transfer_s=3601)
+
+
+def test_run_takes_no_snapshot_while_one_is_on_the_wire_and_lands_the_last_one():
+    stream = small_stream(num_events=2048)
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    sent: list[tuple[float, SyncStamp]] = []
+    cluster = DeltaSyncCluster(
+        model,
+        lambda deltas, stamp, dense: sent.append((time.time(), stamp)),
+        ClusterConfig(0.1, qps=2048 / 1.2, label_delay_s=0, transfer_s=0.35),
+    )
+    cluster.run(iter(stream), threading.Event())
+    assert cluster.in_flight is None and cluster.events == 2048 and len(sent) >= 2
+    assert all(landed - stamp.created_at >= 0.35 for landed, stamp in sent)
+    snapshots = [stamp.created_at for _, stamp in sent]
+    assert all(b - a >= 0.35 for a, b in zip(snapshots, snapshots[1:], strict=False))
+
+
 def test_synthetic_replay_options():
     cfg = synthetic_config("synthetic:drift_per_hour=60,user_rows=2000", seed=3)
     assert (cfg.drift_per_hour, cfg.user_rows, cfg.seed) == (60.0, 2000, 3)
@@ -233,7 +285,8 @@ def test_replay_skips_the_pretraining_events(shared_data):
 
 def test_demo_nodes_and_cluster_replay_after_the_pretraining(tmp_path):
     args = argparse.Namespace(host="127.0.0.1", port=8000, qps=50.0, sync_period=180.0, seed=0,
-                              pretrain_events=5000, rebase_period=1800.0)  # fmt: skip
+                              pretrain_events=5000, rebase_period=1800.0,
+                              transfer=60.0)  # fmt: skip
     tokens = {name: "t" for name in demo.NODES}
     children = demo._children(args, "synthetic", tokens, tmp_path, {})
     replaying = [c for c in children if c.name in (*demo.NODES, *demo.CLUSTERS)]
@@ -242,6 +295,18 @@ def test_demo_nodes_and_cluster_replay_after_the_pretraining(tmp_path):
         argv = next(c.argv for c in children if c.name == cluster)
         socket = tmp_path / f"node-{node}" / "control.sock"
         assert argv[argv.index("--node-socket") + 1] == str(socket)
+        assert argv[argv.index("--transfer") + 1] == "60.0"
     for child in replaying:
         i = child.argv.index("--skip-events")
         assert child.argv[i + 1] == "5000"
+
+
+def test_cluster_run_refuses_a_transfer_out_of_bounds_in_one_line(tmp_path, capsys):
+    from controlplane.cli import main
+
+    argv = ["cluster", "run", "--replay", "synthetic:num_events=1000", "--checkpoint",
+            str(tmp_path / "base.ckpt"), "--node-socket",
+            str(tmp_path / "control.sock")]  # fmt: skip
+    for bad in ("-1", "3601", "nan"):
+        with pytest.raises(SystemExit, match=r"^liveupdate cluster run: transfer_s must be in"):
+            main([*argv, "--transfer", bad])
