@@ -33,7 +33,14 @@ from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.rebase import ANCHOR_SHARE, SnapshotAnchor, anchor_caps, delta_rebase, recent_anchor
-from dlrm_core.row_budget import overhead_bytes
+from dlrm_core.row_budget import (
+    FOLD_LOG_MIN,
+    FOLD_LOG_SHARE,
+    gram_bytes,
+    index_bits,
+    index_bytes,
+    overhead_bytes,
+)
 from dlrm_core.trainer import FullStepResult, LiveTrainer, TrainerConfig
 
 Anchors = dict[str, SnapshotAnchor]  # a delta rebase's anchors by table (dlrm_core.rebase)
@@ -71,10 +78,14 @@ def allocate_budget(
 
 
 def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
-    """Most bytes a table can use: all its rows active at r_max (D at most)."""
+    """Most bytes a table can use: all its rows active at r_max (D at most), with their index
+    and fold log, and the controller's gradient Gram (row_budget's plan)."""
     d = model.config.embedding_dim
     return {
         name: overhead_bytes(n, min(r_max, d), d)
+        + index_bytes(index_bits(n))
+        + 8 * (FOLD_LOG_MIN + n // FOLD_LOG_SHARE)
+        + gram_bytes(d)
         for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True)
     }
 
