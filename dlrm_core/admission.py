@@ -29,6 +29,9 @@ _MULTIPLIERS = (0xD6E8FEB86659FD93, 0xA0761D6478BD642F)
 _SIGNED = (_MULTIPLIERS[0] - (1 << 64), _MULTIPLIERS[1] - (1 << 64))  # as int64, for the kernel
 
 
+_SINCE_RESET_BYTES = 8  # the int64 count of sightings since the last halving
+
+
 class SightingSketch:
     """Recent sightings of ids, for RankPolicy.admit_after. The counting runs in the admission
     kernel (dlrm_core/_admission_kernel.c): on its own through ``sight``, or inside the trainer's
@@ -44,12 +47,13 @@ class SightingSketch:
     @staticmethod
     def bits_for(nbytes: int) -> int:
         """The widest sketch (width_bits) that fits in ``nbytes`` (0: none fits)."""
-        per_row = nbytes // DEPTH
+        per_row = (nbytes - _SINCE_RESET_BYTES) // DEPTH
         return per_row.bit_length() - 1 if per_row >= 2 else 0
 
     @property
     def nbytes(self) -> int:
-        return self.counters.numel() * self.counters.element_size()
+        tensors = (self.counters, self.since_reset)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
     def kernel_spec(self) -> SketchSpec:

@@ -89,7 +89,8 @@ class CuckooIndex:
 
     @property
     def nbytes(self) -> int:
-        return self.slots.numel() * self.slots.element_size()
+        tensors = (self.slots, self.multipliers)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
     def key_dtype(self) -> torch.dtype:

@@ -111,10 +111,10 @@ class RankController:
 
     def accounted_bytes(self) -> int:
         """Every byte this table holds that its budget caps: the LiveEmbedding's state, index
-        and fold log (measured from the tensors) and the sketch. (A trainer that keeps its
-        published versions adds their copies, see LiveTrainer.memory_account.)"""
+        and fold log, the sketch and the gradient Gram (row_budget.gram_bytes), measured from
+        the tensors. (Published copies: see LiveTrainer.memory_account.)"""
         sketch = self.sketch.nbytes if self.sketch is not None else 0
-        return self.live.memory().overhead_bytes + sketch
+        return self.live.memory().overhead_bytes + sketch + self._grad_gram.nbytes
 
     def set_budget(self, budget_bytes: int, now: float) -> None:
         """Change the budget; when it shrinks, evict LRU rows, then lower the rank, to fit.

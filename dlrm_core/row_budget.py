@@ -4,7 +4,8 @@ holds: the sizes every planner shares (RankController, the node's shared-memory 
 Per active row: A's row (4 r), its id (8), last-use time (4), Adagrad accumulator (4), a share
 of the cuckoo index (dlrm_core/hash_index.py: 8-slot buckets of int32 (id, row), at most
 INDEX_LOAD of the slots used) and of the fold log (ids folded since the last publish). Per
-table: B and its Adam moments (3 r D floats), the index's whole buckets, the fold log's floor.
+table: B and its Adam moments (3 r D floats), the index's whole buckets and hash multipliers,
+the fold log's floor, the rank controller's gradient Gram (D x D floats).
 On a node (``node_key_bytes``) also the copies outside the trainer (node_copy_bytes).
 """
 
@@ -42,7 +43,14 @@ def index_bits(capacity: int) -> int:
 
 
 def index_bytes(bits: int) -> int:
-    return _INDEX_BUCKET_BYTES << bits
+    """The buckets and the two hash multipliers (int32) of a cuckoo index."""
+    return (_INDEX_BUCKET_BYTES << bits) + 2 * 4
+
+
+def gram_bytes(dim: int) -> int:
+    """The rank controller's (D, D) float32 gradient Gram (dlrm_core/rank.py), held for good
+    beside the table's state: 1 KiB at D = 16, 0.17% of the Criteo sample's 26 tables."""
+    return _F32 * dim * dim
 
 
 def index_capacity(bits: int) -> int:
@@ -57,9 +65,11 @@ FOLD_LOG_MIN, FOLD_LOG_SHARE = 16, 4
 
 def floor_bytes(rank: int, dim: int, node_key_bytes: int = 0) -> int:
     """The least a table holds at ``rank`` with no rows: B and its Adam moments, the smallest
-    index and the fold log's floor (on a node, also its copies' floor)."""
+    index and the fold log's floor, the controller's gradient Gram (on a node, also its copies'
+    floor)."""
     node = node_copy_floor(rank, dim, node_key_bytes) if node_key_bytes else 0
-    return shared_bytes(rank, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN + node
+    fixed = shared_bytes(rank, dim) + index_bytes(1) + 8 * FOLD_LOG_MIN + gram_bytes(dim)
+    return fixed + node
 
 
 # A node's copies of a table outside its trainer: two shared-memory slots (the double buffer)
@@ -124,7 +134,7 @@ def capacity_plan(
     node's serving index keys: 4 or 8; 0: not on a node) also the node's copies outside the
     trainer (node_copy_bytes), so the budget caps the whole proportional part."""
     per_row = row_bytes(rank) + 8 / FOLD_LOG_SHARE
-    free = free_bytes - shared_bytes(rank, dim) - 8 * FOLD_LOG_MIN
+    free = free_bytes - shared_bytes(rank, dim) - 8 * FOLD_LOG_MIN - gram_bytes(dim)
     if published_copy:
         patch_row = 8 + 4 * dim
         per_row += 4 * rank + 8 + patch_row

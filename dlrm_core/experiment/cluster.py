@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,16 +70,20 @@ class Payload:
     snapshot_s: float  # clock time the snapshot was taken
     newest_event_s: float  # newest event the snapshot has learnt from
     learnt_until_id: int  # largest request id the snapshot has learnt from
+    # a piece's part of a bigger MLP parameter: its dense value is that parameter's flattened
+    # elements from this offset on (Payload.pieces); a parameter not named here comes whole
+    dense_at: dict[str, int] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
         return self.table_bytes + self.dense_bytes
 
     def pieces(self, max_bytes: int = PIECE_BYTES) -> Iterator[Payload]:
-        """The payload as a node receives it: pieces of at most ``max_bytes`` (a single row or
-        MLP parameter may be bigger), each a copy of its part (its own storage, freed once
-        applied), the table rows first (a whole table as explicit row ids), then the MLPs.
-        Applied in order they write what ``apply_to`` writes."""
+        """The payload as a node receives it: pieces of at most ``max_bytes`` (a single row
+        may be bigger), each a copy of its part (its own storage, freed once applied), the
+        table rows first (a whole table as explicit row ids), then the MLPs (a parameter
+        bigger than a piece in parts of its flattened elements, ``dense_at``). Applied in order
+        they write what ``apply_to`` writes."""
         dim = next((rows.shape[1] for _, rows in self.tables.values()), 0)
         for name, (ids, rows) in self.tables.items():
             whole = ids is None
@@ -96,6 +100,9 @@ class Payload:
                 yield self._piece({name: (part_ids, part)}, {}, nbytes, 0)
         group: dict[str, torch.Tensor] = {}
         for name, value in self.dense.items():
+            if F32 * value.numel() > max_bytes:
+                yield from self._dense_parts(name, value, max_bytes)
+                continue
             if group and _nbytes(group.values()) + F32 * value.numel() > max_bytes:
                 yield self._piece({}, group, 0, _nbytes(group.values()))
                 group = {}
@@ -103,15 +110,22 @@ class Payload:
         if group:
             yield self._piece({}, group, 0, _nbytes(group.values()))
 
+    def _dense_parts(self, name: str, value: torch.Tensor, max_bytes: int) -> Iterator[Payload]:
+        flat, step = value.reshape(-1), max(max_bytes // F32, 1)
+        for start in range(0, flat.numel(), step):
+            part = flat[start : start + step].clone()
+            yield self._piece({}, {name: part}, 0, F32 * part.numel(), {name: start})
+
     def _piece(
         self,
         tables: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
         dense: dict[str, torch.Tensor],
         table_bytes: int,
         dense_bytes: int,
+        dense_at: dict[str, int] | None = None,
     ) -> Payload:
         return Payload(tables, dense, table_bytes, dense_bytes, self.snapshot_s,
-                       self.newest_event_s, self.learnt_until_id)  # fmt: skip
+                       self.newest_event_s, self.learnt_until_id, dense_at or {})  # fmt: skip
 
     def apply_to(self, model: DLRM) -> None:
         """Write the payload's rows and MLP parameters into ``model``."""
@@ -122,9 +136,18 @@ class Payload:
                     weight.copy_(rows)
                 else:
                     weight[ids] = rows
-            params = dict(model.named_parameters())
+        self.write_dense(model)
+
+    def write_dense(self, model: DLRM) -> None:
+        """Write the payload's MLP parameters (or parts of them, ``dense_at``) into ``model``."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
             for name, value in self.dense.items():
-                params[name].copy_(value)
+                at = self.dense_at.get(name)
+                if at is None:
+                    params[name].copy_(value)
+                else:
+                    params[name].view(-1)[at : at + value.numel()].copy_(value)
 
 
 def _nbytes(tensors: Iterable[torch.Tensor]) -> int:

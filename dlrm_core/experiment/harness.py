@@ -51,6 +51,7 @@ from dlrm_core.experiment.liveupdate import (
     LiveUpdate,
     LiveUpdateDense,
     anchor_bytes,
+    piece_bytes,
     table_budgets,
 )
 from dlrm_core.experiment.lowrank import LowRankProbe
@@ -315,8 +316,10 @@ def _make_liveupdate(
     start_s: float,
 ) -> LiveUpdate:
     params = config.live
-    anchor = anchor_bytes(model, params) if kind is Hybrid else 0  # reserved from its budget
-    budgets = table_budgets(model, params, benefit, reserved=anchor)
+    # reserved from the budget: a hybrid's anchor, a fed node's landing piece
+    anchor = anchor_bytes(model, params) if kind is Hybrid else 0
+    piece = piece_bytes(model, params) if issubclass(kind, FedLiveUpdate) else 0
+    budgets = table_budgets(model, params, benefit, reserved=anchor + piece)
     args = (model, params, budgets, cluster.newest_event_s, cluster.learnt_until_id, config.seed)
     if kind is LiveUpdate:
         return LiveUpdate(*args)
@@ -326,5 +329,6 @@ def _make_liveupdate(
     if kind is Hybrid:
         period = params.rebase_period_s or period
         return Hybrid(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period,
-                      anchor_bytes=anchor)  # fmt: skip
-    return kind(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period)
+                      piece_bytes=piece, anchor_bytes=anchor)  # fmt: skip
+    return kind(*args, start_s=start_s, cluster=cluster, link=link, feed_period_s=period,
+                piece_bytes=piece)  # fmt: skip

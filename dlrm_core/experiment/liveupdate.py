@@ -19,10 +19,12 @@ import torch
 
 from dlrm_core.batch import SparseBatch
 from dlrm_core.experiment.cluster import (
+    PIECE_BYTES,
     ChangedRows,
     Link,
     Payload,
     SimulatedCluster,
+    rows_bytes,
     table_bytes,
 )
 from dlrm_core.experiment.config import LiveUpdateParams
@@ -33,9 +35,20 @@ from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.model import DLRM
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
 from dlrm_core.rebase import ANCHOR_SHARE, SnapshotAnchor, anchor_caps, delta_rebase, recent_anchor
-from dlrm_core.row_budget import overhead_bytes
+from dlrm_core.row_budget import (
+    FOLD_LOG_MIN,
+    FOLD_LOG_SHARE,
+    gram_bytes,
+    index_bits,
+    index_bytes,
+    overhead_bytes,
+)
 from dlrm_core.trainer import FullStepResult, LiveTrainer, TrainerConfig
 
+# the share of a fed node's budget its landing piece may take (reserved from the budget):
+# 1/32 leaves the 2M stream's (2.56 MB) 64 KiB pieces as they were; MovieLens' 0.17 MB budget
+# lands 5.3 KB pieces instead of 64 KiB (0.77% of its tables, over the 2% with the rest)
+PIECE_SHARE = 1 / 32
 Anchors = dict[str, SnapshotAnchor]  # a delta rebase's anchors by table (dlrm_core.rebase)
 
 
@@ -71,10 +84,14 @@ def allocate_budget(
 
 
 def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
-    """Most bytes a table can use: all its rows active at r_max (D at most)."""
+    """Most bytes a table can use: all its rows active at r_max (D at most), with their index
+    and fold log, and the controller's gradient Gram (row_budget's plan)."""
     d = model.config.embedding_dim
     return {
         name: overhead_bytes(n, min(r_max, d), d)
+        + index_bytes(index_bits(n))
+        + 8 * (FOLD_LOG_MIN + n // FOLD_LOG_SHARE)
+        + gram_bytes(d)
         for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True)
     }
 
@@ -158,9 +175,9 @@ class LiveUpdate(Strategy):
 
 class FedLiveUpdate(LiveUpdate):
     """LiveUpdate fed by the cluster: every ``feed_period_s`` a payload (what ``select``
-    names) is snapshot, crosses the link and lands in pieces (Payload.pieces), each applied
-    by ``apply``. While it lands the node holds one piece and what ``hold`` kept at the
-    snapshot."""
+    names) is snapshot, crosses the link and lands in pieces (Payload.pieces) of at most
+    ``piece_bytes`` (reserved from the budget, piece_bytes below), each applied by ``apply``.
+    While it lands the node holds one piece and what ``hold`` kept at the snapshot."""
 
     def __init__(
         self,
@@ -174,9 +191,11 @@ class FedLiveUpdate(LiveUpdate):
         cluster: SimulatedCluster,
         link: Link,
         feed_period_s: float,
+        piece_bytes: int,
     ) -> None:
         super().__init__(model, params, budgets, newest_event_s, learnt_until_id, seed)
         self.cluster, self.link = cluster, link
+        self.piece_bytes = piece_bytes
         self.feed_period_s = feed_period_s
         self.next_feed_s = start_s + feed_period_s
         # payloads on the wire: landing time, payload, what the node kept at the snapshot
@@ -221,18 +240,16 @@ class FedLiveUpdate(LiveUpdate):
             self.rebases += 1
 
     def _land(self, payload: Payload, held: Anchors | None) -> None:
-        """Apply ``payload`` piece by piece; measure the node at its largest piece (with the
-        anchors it kept for it)."""
-        staged = rows = 0  # the largest piece so far, in bytes and in table bytes
-        for piece in payload.pieces():
+        """Apply ``payload`` piece by piece; account and measure the node at its largest piece
+        (with the anchors it kept for it)."""
+        staged = 0  # the largest piece so far
+        for piece in payload.pieces(self.piece_bytes):
             start = time.process_time()
             self.apply(piece, held)
             self.accounting.node_cpu_seconds += time.process_time() - start
-            if piece.table_bytes > rows:
-                rows = piece.table_bytes
-                self.accounting.set_memory(self.overhead_bytes() + rows)
             if piece.bytes > staged:
                 staged = piece.bytes
+                self.accounting.set_memory(self.overhead_bytes() + staged)
                 self.measure(staging=(piece, held))
 
 
@@ -245,7 +262,7 @@ class LiveUpdateDense(FedLiveUpdate):
         return {}  # no table rows: the payload carries the MLPs only
 
     def apply(self, piece: Payload, held: Anchors | None = None) -> None:
-        delta_rebase(self.model, {}, piece.dense)
+        piece.write_dense(self.model)
 
 
 class Hybrid(FedLiveUpdate):
@@ -290,7 +307,8 @@ class Hybrid(FedLiveUpdate):
         tables = {
             name: (ids, rows) for name, (ids, rows) in piece.tables.items() if ids is not None
         }
-        delta_rebase(self.model, tables, piece.dense, held)
+        delta_rebase(self.model, tables, {}, held)
+        piece.write_dense(self.model)
         self.newest_event_s = max(self.newest_event_s, piece.newest_event_s)
         self.learnt_until_id = max(self.learnt_until_id, piece.learnt_until_id)
 
@@ -310,6 +328,13 @@ def budget_bytes(model: DLRM, params: LiveUpdateParams) -> int:
 def anchor_bytes(model: DLRM, params: LiveUpdateParams, share: float = ANCHOR_SHARE) -> int:
     """What a hybrid's delta-rebase anchor may hold: ``share`` of the budget."""
     return int(budget_bytes(model, params) * share)
+
+
+def piece_bytes(model: DLRM, params: LiveUpdateParams) -> int:
+    """What a fed node receives and applies at a time: PIECE_SHARE of its budget, at most
+    PIECE_BYTES and at least one row, reserved from the budget (as the anchor's share is)."""
+    one_row = rows_bytes(1, model.config.embedding_dim)
+    return max(min(PIECE_BYTES, int(budget_bytes(model, params) * PIECE_SHARE)), one_row)
 
 
 def table_budgets(

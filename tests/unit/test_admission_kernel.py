@@ -39,7 +39,7 @@ class TorchSketch:
 
     @property
     def nbytes(self) -> int:
-        return self.counters.numel()
+        return self.counters.numel() + 8  # and the int64 since_reset, as SightingSketch holds
 
     def sight(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         if ids.numel() == 0:

@@ -77,14 +77,16 @@ def test_memory_verdict_is_the_measured_bytes_not_the_budget() -> None:
 
 
 def test_claims_on_a_run_built_to_fail_them() -> None:
-    """Tiny tables: LiveUpdate's budget formula stays under 2%, but the node's pending
-    batches and buffers do not; its local training is not 2x cheaper than the cluster's."""
+    """Tiny tables: LiveUpdate's local training is not 2x cheaper than the cluster's. Its
+    memory, walked, stays under 2%: the budget caps every tensor the walk finds (it once read
+    over 2%, the rank controllers' gradient Grams outside the budget; the verdict on fed
+    numbers over the budget: test_memory_verdict_is_the_measured_bytes_not_the_budget)."""
     run = small_run(("delta_sync", "liveupdate"), events=4_000)
     results = build_results([summarise_run(run)], {"name": "synthetic"})
     memory, cost, accuracy = results["claims"]
     live = results["strategies"]["liveupdate"]
-    assert live["peak_memory_overhead_pct"] < 2.0 <= live["peak_measured_memory_pct"]
-    assert memory["verdict"] == c.NOT_HELD and "formula stays under" in memory["why"]
+    assert 0 < live["peak_memory_overhead_pct"] <= live["peak_measured_memory_pct"] < 2.0
+    assert memory["verdict"] == c.HELD
     assert cost["verdict"] == c.NOT_HELD and cost["interval"]["n"] == 1
     assert accuracy["verdict"] in (c.WITHIN, c.ABOVE, c.BELOW, c.NOT_SIGNIFICANT)
     assert "windows of one seed" in accuracy["measured"]

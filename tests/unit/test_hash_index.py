@@ -37,7 +37,7 @@ def test_known_rows_hits_and_misses():
     assert rows.tolist() == [3, 1, 2, 0, 0, 0]
     assert rows.dtype == torch.int32
     assert index.bits == 1  # the least: two buckets
-    assert index.nbytes == 2 * BUCKET * 2 * 4  # 16 slots of (key, row) int32
+    assert index.nbytes == 2 * BUCKET * 2 * 4 + 2 * 4  # 16 slots of (key, row), 2 multipliers
 
 
 @pytest.mark.parametrize(("dtype", "key_range"), [(torch.int32, 2**31 - 1), (torch.int64, 2**40)])

@@ -129,10 +129,10 @@ def test_memory_grows_with_active_rows_not_with_table_size():
         live.activate(torch.arange(0, 40, 2), now=0.0, max_active=1000)
     assert small.memory().overhead_bytes == big.memory().overhead_bytes
     report = big.memory()
-    # 20 ids in 4 buckets of 8 (int32 id, int32 row) slots
-    assert report.overhead_bytes == overhead_bytes(20, R, D) + 4 * 8 * 8
+    # 20 ids in 4 buckets of 8 (int32 id, int32 row) slots, the index's two int32 multipliers
+    assert report.overhead_bytes == overhead_bytes(20, R, D) + 4 * 8 * 8 + 2 * 4
     assert report.a_bytes == 20 * R * 4 and report.b_bytes == R * D * 4
-    assert report.slot_map_bytes == 20 * (8 + 4) + 4 * 8 * 8
+    assert report.slot_map_bytes == 20 * (8 + 4) + 4 * 8 * 8 + 2 * 4
     assert report.optimizer_bytes == 20 * 4 + 2 * R * D * 4
     assert report.base_bytes == 100_000 * D * 4
     assert report.overhead_pct == pytest.approx(100 * report.overhead_bytes / (100_000 * D * 4))

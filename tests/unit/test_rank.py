@@ -8,7 +8,7 @@ from dlrm_core.factor_spectrum import factor_svd
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.rank import FOLD_TOLERANCE, RankController
 from dlrm_core.rank_policy import RankPolicy, min_budget_bytes
-from dlrm_core.row_budget import FOLD_LOG_MIN, index_bytes, row_bytes, shared_bytes
+from dlrm_core.row_budget import floor_bytes, row_bytes
 
 # Tiny tensors: one torch thread avoids OpenMP stalls on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,8 +30,7 @@ def make(rank=4, budget=BIG, seed=0, **policy) -> RankController:
 
 def budget_for_rows(rows: int, rank: int) -> int:
     """The smallest budget that holds ``rows`` active rows at ``rank`` (index of 2 buckets)."""
-    fixed = shared_bytes(rank, D) + index_bytes(1) + 8 * FOLD_LOG_MIN
-    return fixed + math.ceil(rows * (row_bytes(rank) + 2))
+    return floor_bytes(rank, D) + math.ceil(rows * (row_bytes(rank) + 2))
 
 
 def delta(ctl: RankController) -> torch.Tensor:
@@ -287,9 +286,9 @@ def test_shrinking_the_budget_evicts_then_lowers_rank():
     ctl.set_budget(budget_for_rows(10, 4), now=1.0)
     ctl.live.take_folded()  # what a publish does
     assert ctl.live.num_active == 10 and ctl.accounted_bytes() <= ctl.budget_bytes
-    ctl.set_budget(shared_bytes(2, D) + index_bytes(1) + 8 * FOLD_LOG_MIN, now=2.0)
+    ctl.set_budget(floor_bytes(2, D), now=2.0)
     assert ctl.live.rank == 2 and ctl.live.num_active == 0
-    with pytest.raises(ValueError, match="below the 352 bytes"):
+    with pytest.raises(ValueError, match="below the 616 bytes"):
         ctl.set_budget(min_budget_bytes(ctl.policy, D) - 1, now=3.0)
 
 
