@@ -33,6 +33,7 @@ from dlrm_core.full_trainer import FullSparseTrainer as FullSparseTrainer  # the
 from dlrm_core.full_trainer import FullStepResult as FullStepResult
 from dlrm_core.full_trainer import FullTrainConfig as FullTrainConfig
 from dlrm_core.group_layout import LiveGroups
+from dlrm_core.kernel import all_finite
 from dlrm_core.label_join import LabelJoin
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.memory_account import MemoryAccount, MemoryReport, TableAccount
@@ -252,9 +253,7 @@ class LiveTrainer:
     def train_step(self, batch: SparseBatch, now: float, replay: bool = False) -> StepResult:
         """One optimizer step on A and B of every LiveEmbedding."""
         self._now = max(self._now, float(now))
-        if not (
-            bool(torch.isfinite(batch.dense).all()) and bool(torch.isfinite(batch.labels).all())
-        ):
+        if not (all_finite(batch.dense) and all_finite(batch.labels)):
             return self._skip("non-finite input", math.nan, batch)
         self.groups.sync()
         pooled = self.model.sparse_arch(batch, base_only=True)  # checks ids before admission
