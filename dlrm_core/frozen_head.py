@@ -10,6 +10,7 @@ N, the interaction kernel's backward), in the same order, so the gradients are t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +56,10 @@ class FrozenHead:
             if isinstance(layer, nn.Linear):
                 outputs.append(F.linear(outputs[-1], layer.weight, layer.bias))
             else:
-                outputs.append(torch.relu(outputs[-1]))
+                outputs.append(torch.relu_(outputs[-1]))  # its input is kept by no one
         logits = outputs[-1].squeeze(1)
         value = float(F.binary_cross_entropy_with_logits(logits, labels))
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             return HeadPass(value, None)
         grad = (torch.sigmoid(logits) - labels).div_(logits.numel()).unsqueeze(1)
         for layer, out in zip(reversed(self.layers), reversed(outputs[1:]), strict=True):
