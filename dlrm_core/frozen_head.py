@@ -44,7 +44,7 @@ class FrozenHead:
     def applies(self, bottom: torch.Tensor, pooled: torch.Tensor) -> bool:
         """Whether these inputs take the interaction kernel (float32 on the CPU) and no module
         of the head carries a hook (the pass by hand would not run it)."""
-        return uses_kernel(bottom, pooled) and not any(map(_hooked, self.modules))
+        return uses_kernel(bottom, pooled) and not _hooked(self.modules)
 
     @torch.no_grad()
     def run(self, bottom: torch.Tensor, pooled: torch.Tensor, labels: torch.Tensor) -> HeadPass:
@@ -70,14 +70,17 @@ class FrozenHead:
         return HeadPass(value, kernel_backward(bottom, pooled, grad)[1])
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
-        or nn.modules.module._global_backward_hooks
-        or nn.modules.module._global_backward_pre_hooks
+def _hooked(modules: list[nn.Module]) -> bool:
+    """Whether a hook would run on any of ``modules``: a global module hook or one of theirs."""
+    glob = nn.modules.module
+    if (
+        glob._global_forward_hooks
+        or glob._global_forward_pre_hooks
+        or glob._global_backward_hooks
+        or glob._global_backward_pre_hooks
+    ):
+        return True
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in modules
     )

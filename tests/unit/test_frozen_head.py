@@ -71,6 +71,9 @@ def test_a_hooked_head_takes_autograd() -> None:
     handle = model.over_arch.mlp[0].register_forward_hook(lambda *_: None)
     assert not head.applies(bottom, pooled)
     handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    assert not head.applies(bottom, pooled)
+    handle.remove()
     assert head.applies(bottom, pooled) and not head.applies(bottom.double(), pooled.double())
 
 
