@@ -8,6 +8,7 @@ GroupSpec = tuple[int, int, int, int, int, int, int, float, int, int, int, int]
 # key shift
 TableSpec = tuple[int, int, int, int, int, int, int, int, int]
 
+def all_finite(x: int, n: int) -> bool: ...
 def lora_forward(
     batch: BatchSpec, groups: tuple[GroupSpec, ...], out: int, sums: int, sums_size: int
 ) -> None: ...

@@ -298,9 +298,10 @@ class LiveGroups:
         return out
 
     # ---- forward / step ----------------------------------------------------------------
-    def add_to_(self, pooled: torch.Tensor, batch: SparseBatch) -> None:
+    def add_to_(self, pooled: torch.Tensor, batch: SparseBatch, by_hand: bool = False) -> None:
         """Add every group's delta to ``pooled`` (B, F, D) from the base tables, in place (one
-        kernel call for all groups, see live_group.py)."""
+        kernel call for all groups, see live_group.py). ``by_hand``: outside autograd, the
+        caller passing the pooled embeddings' gradient to ``backward``."""
         self._correction = None
         if not self.members:
             return
@@ -321,9 +322,20 @@ class LiveGroups:
             batch.batch_size,
             len(self.feature_names),
         )
-        correction.add_to_(pooled, self._anchor)
-        if torch.is_grad_enabled():
+        correction.add_to_(pooled, None if by_hand else self._anchor)
+        if by_hand or torch.is_grad_enabled():
             self._correction = correction
+
+    @property
+    def training(self) -> bool:
+        """A correction of this step waits for its gradient (add_to_ under grad or by hand)."""
+        return self._correction is not None
+
+    def backward(self, grad: torch.Tensor) -> None:
+        """The pooled embeddings' gradient (B, F, D) of a ``by_hand`` add_to_: A's and B's
+        gradients for ``step``."""
+        if self._correction is not None:
+            self._correction.backward(grad)
 
     def grads_finite(self) -> bool:
         """This step's gradients are finite (True when there are none)."""

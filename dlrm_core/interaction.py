@@ -54,29 +54,43 @@ class _KernelInteraction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        batch, features, dim = sparse.shape
-        out = torch.empty(batch, dim + (features + 1) * features // 2)
-        interaction_kernel.forward(
-            dense.data_ptr(), sparse.data_ptr(), out.data_ptr(), batch, features, dim
-        )
         ctx.save_for_backward(dense, sparse)
-        return out
+        return kernel_forward(dense, sparse)
 
     @staticmethod
     @once_differentiable  # the kernel's gradients are not differentiable again: say so
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dense, sparse = ctx.saved_tensors
-        grad = grad.to(torch.float32).contiguous()
-        grad_dense, grad_sparse = torch.empty_like(dense), torch.empty_like(sparse)
-        batch, features, dim = sparse.shape
-        interaction_kernel.backward(
-            dense.data_ptr(),
-            sparse.data_ptr(),
-            grad.data_ptr(),
-            grad_dense.data_ptr(),
-            grad_sparse.data_ptr(),
-            batch,
-            features,
-            dim,
-        )
-        return grad_dense, grad_sparse
+        return kernel_backward(dense, sparse, grad)
+
+
+def kernel_forward(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """The C kernel's forward, outside autograd; inputs contiguous float32 on the CPU
+    (uses_kernel)."""
+    batch, features, dim = sparse.shape
+    out = torch.empty(batch, dim + (features + 1) * features // 2)
+    interaction_kernel.forward(
+        dense.data_ptr(), sparse.data_ptr(), out.data_ptr(), batch, features, dim
+    )
+    return out
+
+
+def kernel_backward(
+    dense: torch.Tensor, sparse: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C kernel's gradients of dense and sparse from the output's ``grad``, outside
+    autograd (the frozen head's pass, frozen_head.py, calls it directly)."""
+    grad = grad.to(torch.float32).contiguous()
+    grad_dense, grad_sparse = torch.empty_like(dense), torch.empty_like(sparse)
+    batch, features, dim = sparse.shape
+    interaction_kernel.backward(
+        dense.data_ptr(),
+        sparse.data_ptr(),
+        grad.data_ptr(),
+        grad_dense.data_ptr(),
+        grad_sparse.data_ptr(),
+        batch,
+        features,
+        dim,
+    )
+    return grad_dense, grad_sparse

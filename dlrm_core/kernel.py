@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 from dlrm_core import _admission_kernel as admission_kernel
 from dlrm_core import _interaction_kernel as interaction_kernel
 from dlrm_core import _serving_kernel as serving_kernel
@@ -40,4 +42,20 @@ for _module, _headers in _HEADERS.items():
     for _source in (_module.__name__.rsplit(".", 1)[1] + ".c", *_headers):
         check_fresh(_module, _HERE / _source)
 
-__all__ = ["admission_kernel", "interaction_kernel", "serving_kernel", "training_kernel"]
+
+def all_finite(x: torch.Tensor) -> bool:
+    """bool(torch.isfinite(x).all()), in one call into the training kernel for contiguous
+    float32 on the CPU (a trainer checks every batch's dense features and labels: the torch
+    ops cost ~25 us a tensor, the call ~1 us)."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
+        return bool(training_kernel.all_finite(x.data_ptr(), x.numel()))
+    return bool(torch.isfinite(x).all())
+
+
+__all__ = [
+    "all_finite",
+    "admission_kernel",
+    "interaction_kernel",
+    "serving_kernel",
+    "training_kernel",
+]

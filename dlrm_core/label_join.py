@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.kernel import all_finite
 
 
 @dataclass
@@ -72,11 +73,12 @@ class LabelJoin:
     def add_served(self, batch: SparseBatch, now: float) -> None:
         """Hold a served batch; its finite labels count as logged, NaN labels as unknown."""
         labels = batch.labels.to(torch.float32)
-        known = torch.isfinite(labels)
         entry = _Pending(batch, float(now), labels, None, None)
         key = self._next
         self._next += 1
-        if not bool(known.all()):  # a logged stream's batches have every label: no Python loop
+        # a logged stream's batches have every label: one kernel call, no Python loop
+        if not all_finite(labels):
+            known = torch.isfinite(labels)
             entry.labels = labels.clone()  # feedback fills it in
             entry.ready_at = torch.full((len(batch),), math.inf, dtype=torch.float64)
             entry.ready_at[known] = now + self.delay

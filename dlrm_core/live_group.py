@@ -126,13 +126,17 @@ class Correction:
         self.grams: torch.Tensor | None = None
         self.finite: bool | None = None
 
-    def add_to_(self, pooled: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    def add_to_(self, pooled: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
         """Add every bag's delta into ``pooled`` (B, F, D) in place; under grad through an
         autograd function whose backward fills this correction's gradients (``anchor``: a leaf
-        that requires grad, so the loss does; it gets none)."""
+        that requires grad, so the loss does; it gets none). Without an anchor the caller
+        runs the backward itself (``backward``, the trainer's frozen head)."""
         shape = (self.batch_size, self.n_features, self.dim)
         if pooled.shape != shape or pooled.dtype != torch.float32 or not pooled.is_contiguous():
             raise TypeError(f"pooled must be contiguous float32 {shape}")
+        if anchor is None:
+            self._forward(pooled, keep_sums=True)
+            return pooled
         if not torch.is_grad_enabled():
             self._forward(pooled, keep_sums=False)
             return pooled
@@ -149,10 +153,11 @@ class Correction:
             self.sizes[0],
         )
 
-    def _backward(self, grad: torch.Tensor) -> None:
+    def backward(self, grad: torch.Tensor) -> None:
         """From the pooled embeddings' gradient: A's gradient per key, B's, the Gram matrices
         and whether it is all finite, kept for ``step``."""
-        assert self.sums is not None
+        if self.sums is None:
+            raise RuntimeError("backward needs the forward under grad, or without an anchor")
         grad = grad.to(torch.float32).contiguous()
         self.row_grad = torch.empty(self.sizes[1])
         self.b_grad = torch.empty(self.sizes[2])
@@ -231,5 +236,5 @@ class _Correction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None]:  # type: ignore[override]
-        ctx.correction._backward(grad)
+        ctx.correction.backward(grad)
         return None, None, None

@@ -28,10 +28,12 @@ import torch.nn.functional as F
 
 from dlrm_core.batch import ServedParts, SparseBatch
 from dlrm_core.factor_store import BasePatch, FactorStore, FactorVersion
+from dlrm_core.frozen_head import FrozenHead
 from dlrm_core.full_trainer import FullSparseTrainer as FullSparseTrainer  # the cluster's
 from dlrm_core.full_trainer import FullStepResult as FullStepResult
 from dlrm_core.full_trainer import FullTrainConfig as FullTrainConfig
 from dlrm_core.group_layout import LiveGroups
+from dlrm_core.kernel import all_finite
 from dlrm_core.label_join import LabelJoin
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.memory_account import MemoryAccount, MemoryReport, TableAccount
@@ -39,6 +41,8 @@ from dlrm_core.model import DLRM
 from dlrm_core.rank import RankController
 from dlrm_core.rank_policy import RankEvent, RankPolicy, min_budget_bytes
 from dlrm_core.top_tune import TopLayerTuner
+
+NOTHING_TO_TRAIN = "nothing to train"  # every table too small for its budget, no MLP tuning
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class LiveTrainer:
         self.top: TopLayerTuner | None = None
         if config.lr_top > 0:
             self.top = TopLayerTuner(model, config.top_layers, config.lr_top)
+        self._head = FrozenHead.of(model) if self.top is None else None
         self._join: LabelJoin | None = None
         self._store: FactorStore | None = None
         if config.in_process_join:
@@ -248,22 +253,16 @@ class LiveTrainer:
     def train_step(self, batch: SparseBatch, now: float, replay: bool = False) -> StepResult:
         """One optimizer step on A and B of every LiveEmbedding."""
         self._now = max(self._now, float(now))
-        if not (
-            bool(torch.isfinite(batch.dense).all()) and bool(torch.isfinite(batch.labels).all())
-        ):
+        if not (all_finite(batch.dense) and all_finite(batch.labels)):
             return self._skip("non-finite input", math.nan, batch)
         self.groups.sync()
         pooled = self.model.sparse_arch(batch, base_only=True)  # checks ids before admission
         admitted = self.groups.admit(batch, now)
-        self.groups.add_to_(pooled, batch)
-        logits = self.model.logits(batch, pooled, self._kept_bottom(batch))
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            return self._rollback("non-finite loss", value, batch, admitted)
-        if not loss.requires_grad:  # every table too small for its budget, and no MLP tuning
-            return self._skip("nothing to train", value, batch)
-        loss.backward()
+        value, failed = self._loss_and_grads(batch, pooled)
+        if failed == NOTHING_TO_TRAIN:
+            return self._skip(failed, value, batch)
+        if failed is not None:
+            return self._rollback(failed, value, batch, admitted)
         if not self.groups.grads_finite() or (self.top and not self.top.grads_finite()):
             return self._rollback("non-finite gradient", value, batch, admitted)
         self.groups.step(self.config.lr_a, self.config.lr_b)
@@ -283,6 +282,32 @@ class LiveTrainer:
         if due or (self.config.in_process_join and self.fold_log_over()):
             self.publish()
         return StepResult(value, len(batch), replay=replay)
+
+    def _loss_and_grads(self, batch: SparseBatch, pooled: torch.Tensor) -> tuple[float, str | None]:
+        """The loss with the correction added to ``pooled`` and the gradients left for the step,
+        or why not; a frozen head's pass by hand (frozen_head.py), anything else by autograd."""
+        bottom = self._kept_bottom(batch)
+        if bottom is None:
+            bottom = self.model.bottom(batch)
+        if self._head is not None and self._head.applies(bottom, pooled):
+            self.groups.add_to_(pooled, batch, by_hand=True)
+            head = self._head.run(bottom, pooled, batch.labels)
+            if head.grad_pooled is None:
+                return head.loss, "non-finite loss"
+            if not self.groups.training:
+                return head.loss, NOTHING_TO_TRAIN
+            self.groups.backward(head.grad_pooled)
+            return head.loss, None
+        self.groups.add_to_(pooled, batch)
+        logits = self.model.logits(batch, pooled, bottom)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return value, "non-finite loss"
+        if not loss.requires_grad:
+            return value, NOTHING_TO_TRAIN
+        loss.backward()
+        return value, None
 
     def fold_log_over(self) -> bool:
         """A table's fold log holds more than its share of the budget: publish to drain it."""

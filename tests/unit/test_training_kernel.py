@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_rows_
+from dlrm_core.kernel import all_finite
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
 from dlrm_core.live_group import Correction, LiveGroup
 from dlrm_core.rank import RankController
@@ -290,3 +291,20 @@ def test_a_member_in_no_group_gets_zero_statistics():
     assert correction.grams is not None
     assert not correction.grams[first.size :].any()
     assert correction.grams[: first.size].abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_all_finite_equals_torchs_check(seed: int) -> None:
+    """kernel.all_finite against bool(torch.isfinite(x).all()): NaN, +-inf anywhere (the
+    kernel's path), non-contiguous and float64 tensors (torch's), empty ones."""
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(0, 2000, (1,), generator=gen))
+    x = torch.randn(n, generator=gen) * 1e30
+    cases = [x, x.reshape(-1, 1).t(), x[::2], x.double(), torch.zeros(0)]
+    if n:
+        for bad in (math.nan, math.inf, -math.inf):
+            y = x.clone()
+            y[int(torch.randint(0, n, (1,), generator=gen))] = bad
+            cases += [y, y.double(), y.flip(0)[::1]]
+    for case in cases:
+        assert all_finite(case) == bool(torch.isfinite(case).all())
