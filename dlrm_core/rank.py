@@ -114,7 +114,12 @@ class RankController:
         and fold log, the sketch and the gradient Gram (row_budget.gram_bytes), measured from
         the tensors. (Published copies: see LiveTrainer.memory_account.)"""
         sketch = self.sketch.nbytes if self.sketch is not None else 0
-        return self.live.memory().overhead_bytes + sketch + self._grad_gram.nbytes
+        return self.live.memory().overhead_bytes + sketch + self.gram_bytes
+
+    @property
+    def gram_bytes(self) -> int:
+        """The gradient Gram's bytes (row_budget.gram_bytes)."""
+        return self._grad_gram.nbytes
 
     def set_budget(self, budget_bytes: int, now: float) -> None:
         """Change the budget; when it shrinks, evict LRU rows, then lower the rank, to fit.

@@ -335,14 +335,17 @@ class LiveTrainer:
         return StepResult(loss, len(batch), skipped=reason)
 
     def adapt(self, now: float) -> None:
-        """Prune idle rows, then adapt each table's rank."""
+        """Prune idle rows, then adapt each table's rank; a re-factored table goes back into
+        its group's region now, so no table is held twice until the next step."""
         for ctl in self.controllers.values():
             ctl.prune_idle(now)
             ctl.adapt(now)
+        self.groups.sync()
 
     def set_budget(self, table: str, budget_bytes: int, now: float) -> None:
         ctl = self.controllers[table]
         ctl.set_budget(budget_bytes, now)
+        self.groups.sync()  # a smaller rank or region: the layout now (see adapt)
         if ctl.fold_log_over():  # a shrink's evictions: publish them, so the log drains
             self.publish()
 
@@ -371,6 +374,7 @@ class LiveTrainer:
                 optimizer=report.optimizer_bytes,
                 slot_map=report.slot_map_bytes,
                 sketch=ctl.sketch.nbytes if ctl.sketch is not None else 0,
+                gram=ctl.gram_bytes,
                 fold_log=report.fold_log_bytes,
                 published=self._store.nbytes(name) if self._store else 0,
                 budget=ctl.budget_bytes,

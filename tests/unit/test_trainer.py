@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dlrm_core.batch import SparseBatch
+from dlrm_core.experiment.memory import held_tensor_bytes, model_storages
 from dlrm_core.factor_store import FactorStore
 from dlrm_core.live_embedding import LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
@@ -303,6 +304,9 @@ def test_every_table_stays_within_its_budget_by_the_measured_account():
         for name, table in account.tables.items():
             assert table.budget == budgets[name]
             assert table.total <= table.budget, (name, table)
+            # what the controller holds, walked (test_memory_walk), Gram included
+            ctl = trainer.controllers[name]
+            assert table.total - table.published == ctl.accounted_bytes(), (name, table)
         full += sum(e.reason == "lru" for e in trainer.drain_events())
         assert account.pending > 0  # the replay window
     assert full > 0  # the budgets were reached: evictions, folds and patches were accounted
@@ -400,3 +404,25 @@ def test_a_trainer_with_no_table_to_train_skips_instead_of_failing():
     assert trainer.skipped_tables == ["user", "item"] and not trainer.lives
     result = trainer.train_step(stream.batch(), now=1.0)
     assert result.skipped == "nothing to train" and math.isfinite(result.loss)
+
+
+def test_a_rank_change_leaves_no_second_copy_of_a_table_behind():
+    """A re-factoring gives a table new tensors of its own; the groups adopt them back into
+    their regions at once, not at the next step, so between steps (a node's idle trainer, the
+    experiment's memory samples) no table is held twice (the walk read the old region beside
+    the new state: a hybrid's landing samples over 2%)."""
+    model, stream = pretrained(steps=20)
+    trainer = LiveTrainer(model, trainer_config(adapt_every=2, room_every=1),
+                          budgets={"user": 2500, "item": 4000})  # fmt: skip
+    served = model_storages(model)
+    changes = 0
+    for _ in range(40):
+        trainer.process(stream.batch())
+        changes += sum(e.kind == "rank" for e in trainer.drain_events())
+        held = held_tensor_bytes((trainer.controllers, trainer.groups), served)
+        fixed = trainer.groups.feature_index.nbytes  # the kernel's table order, 8 B a table
+        assert held - fixed <= sum(ctl.accounted_bytes() for ctl in trainer.controllers.values())
+        for m in trainer.groups.members:
+            region = m.group.a.untyped_storage().data_ptr()
+            assert m.live.A.untyped_storage().data_ptr() == region, m.name
+    assert changes > 0
