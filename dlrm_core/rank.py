@@ -12,10 +12,8 @@ Refused growths are RankEvents (kind "rank", from == to, reason "refused:<why>",
 
 Pruning: rows idle longer than max_age, or the least recently used rows when the budget is full,
 leave the active set, folded into the base unless fold_evicted=False. Admission: with admit_after
-> 1 an id gets a row on its admit_after-th recent sighting (a count-min sketch, admission.py).
-
-The budget hard-limits the LiveEmbedding's bytes (measured from its tensors) plus the sketch.
-"""
+> 1 an id gets a row on its admit_after-th recent sighting (a count-min sketch, admission.py). The
+budget hard-limits the LiveEmbedding's bytes (from its tensors), the sketch and the Gram."""
 
 from __future__ import annotations
 
@@ -116,10 +114,7 @@ class RankController:
         sketch = self.sketch.nbytes if self.sketch is not None else 0
         return self.live.memory().overhead_bytes + sketch + self.gram_bytes
 
-    @property
-    def gram_bytes(self) -> int:
-        """The gradient Gram's bytes (row_budget.gram_bytes)."""
-        return self._grad_gram.nbytes
+    gram_bytes = property(lambda self: self._grad_gram.nbytes)  # row_budget.gram_bytes
 
     def set_budget(self, budget_bytes: int, now: float) -> None:
         """Change the budget; when it shrinks, evict LRU rows, then lower the rank, to fit.

@@ -53,8 +53,7 @@ class TrainerConfig:
     budget_fraction: float = 0.02  # per-table budget, share of its base bytes
     lr_a: float = 0.05  # row-wise Adagrad on A
     lr_b: float = 1e-3  # Adam on B
-    # Adagrad on the top MLP's last top_layers linear layers (0: frozen; see top_tune)
-    lr_top: float = 0.0
+    lr_top: float = 0.0  # Adagrad on the top MLP's last top_layers layers (0: frozen; top_tune)
     top_layers: int = 1
     label_delay: float = 0.0  # seconds from serving until a logged label is usable
     label_timeout: float = 600.0  # seconds until a missing label counts as a negative
@@ -64,8 +63,8 @@ class TrainerConfig:
     adapt_every: int = 50  # steps between rank adaptation + pruning
     room_every: int = 10  # steps between LRU evictions that make room for refused ids
     publish_every: int = 10  # steps between published factor versions
-    # keep the newest published version in the trainer's store (for an in-process reader);
-    # its copies then take their share of each table's budget
+    # keep the newest published version in the trainer's store (for an in-process reader),
+    # its copies taking their share of each table's budget
     keep_published: bool = False
     # on a node, its serving index's key bytes (4, 8): budgets hold its copies too (row_budget)
     node_key_bytes: int = 0
@@ -76,8 +75,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.budget_fraction <= 1:
             raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
-        for name in ("lr_a", "lr_b"):
-            value = getattr(self, name)
+        for name, value in (("lr_a", self.lr_a), ("lr_b", self.lr_b)):
             if not (math.isfinite(value) and 0 < value <= 10):
                 raise ValueError(f"{name} must be in (0, 10], got {value}")
         if not (math.isfinite(self.lr_top) and 0 <= self.lr_top <= 10):
@@ -89,7 +87,7 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be in [0, 100], got {getattr(self, name)}")
         for name in ("adapt_every", "room_every", "publish_every"):
             if not 1 <= getattr(self, name) <= 10**9:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be in [1, 1e9], got {getattr(self, name)}")
         if self.keep_published and not self.in_process_join:
             raise ValueError("keep_published needs the in-process FactorStore (in_process_join)")
 
@@ -164,8 +162,7 @@ class LiveTrainer:
         self._bottom_tok = object()
 
     @property
-    def join(self) -> LabelJoin:
-        """The in-process label join (serve, feedback, train_ready)."""
+    def join(self) -> LabelJoin:  # the in-process label join (serve, feedback, train_ready)
         if self._join is None:
             raise RuntimeError("this trainer has no label join (TrainerConfig.in_process_join)")
         return self._join
@@ -335,8 +332,8 @@ class LiveTrainer:
         return StepResult(loss, len(batch), skipped=reason)
 
     def adapt(self, now: float) -> None:
-        """Prune idle rows, then adapt each table's rank; a re-factored table goes back into
-        its group's region now, so no table is held twice until the next step."""
+        """Prune idle rows, then adapt each table's rank (a re-factored table goes back into
+        its group's region now: none is held twice until the next step)."""
         for ctl in self.controllers.values():
             ctl.prune_idle(now)
             ctl.adapt(now)
