@@ -252,3 +252,12 @@ def test_a_poll_in_chunks_joins_every_label_with_its_row(tmp_path, monkeypatch):
     while (taken := feed.next_batch()) is not None:
         rows += taken[0].request_ids.tolist()
     assert rows == [3 * k + 1 for k in range(30)]
+
+
+def test_a_created_ring_holds_all_its_pages_from_the_start(tmp_path):
+    """A sparse ring took its pages as the head first went round: a node's memory grew for the
+    first hour of traffic (nodeworker/feed_rings.py)."""
+    rings = FeedRings.open(tmp_path, create=True, served_bytes=1 << 20, label_bytes=1 << 16)
+    for name, capacity in (("feed-served.ring", 1 << 20), ("feed-labels.ring", 1 << 16)):
+        assert (tmp_path / name).stat().st_blocks * 512 >= capacity
+    rings.close()
