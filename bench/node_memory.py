@@ -96,9 +96,16 @@ def shm_bytes(directory: Path) -> dict[str, int]:
 
 
 def rollup(pid: int) -> dict[str, int]:
+    """smaps_rollup, and the resident file pages (RssFile, /proc/<pid>/status): Pss_File splits
+    a shared library's pages among every process mapping it (the twin node of a side-by-side
+    run, any other torch process on the machine), so it moves when they start or exit; RssFile
+    moves only when the process itself touches or drops code pages."""
     found = smaps_rollup(pid)
     if found is None:
         raise RuntimeError(f"/proc/{pid}/smaps_rollup is unreadable")
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    found["RssFile"] = int(status["RssFile"].split()[0]) * 1024
     return found
 
 
