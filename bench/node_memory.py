@@ -250,6 +250,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
             out |= trainer_extras(runtime)
         out["after"] = measure(runtime)
         out["served_requests"] = replayer.stats.served
+        out["unserved_requests"] = replayer.stats.unserved  # dropped at stop, not measured
         out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return out
@@ -373,7 +374,9 @@ def main() -> int:
         f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
         f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
         f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
-        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}"
+        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}; requests left "
+        f"unserved by the replay (dropped before measuring): {without['unserved_requests']:,} "
+        f"without trainer, {with_['unserved_requests']:,} with"
     )
     write_json("node_memory", {"args": vars(args), "without": without, "with": with_, **result})
     return 0
