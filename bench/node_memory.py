@@ -318,6 +318,23 @@ def summary(without: dict, with_: dict) -> dict[str, object]:
     }
 
 
+def print_verdict(args: argparse.Namespace, result: dict, without: dict, with_: dict) -> None:
+    mib = 2**20
+    print(
+        f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
+        f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
+        f"{args.budget_pct}%; telemetry (measured proportional) "
+        f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
+        f"{result['accounted_over_measured']}; "
+        f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
+        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
+        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
+        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}; requests left "
+        f"unserved by the replay (dropped before measuring): {without['unserved_requests']:,} "
+        f"without trainer, {with_['unserved_requests']:,} with"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0)
@@ -365,19 +382,7 @@ def main() -> int:
         ["process", *ROLLUP_COLUMNS],
         [[n, *(r[k] / mib for k in ROLLUP_COLUMNS)] for n, r in procs],
     )
-    print(
-        f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
-        f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
-        f"{args.budget_pct}%; telemetry (measured proportional) "
-        f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
-        f"{result['accounted_over_measured']}; "
-        f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
-        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
-        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
-        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}; requests left "
-        f"unserved by the replay (dropped before measuring): {without['unserved_requests']:,} "
-        f"without trainer, {with_['unserved_requests']:,} with"
-    )
+    print_verdict(args, result, without, with_)
     write_json("node_memory", {"args": vars(args), "without": without, "with": with_, **result})
     return 0
 
