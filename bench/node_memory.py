@@ -96,9 +96,16 @@ def shm_bytes(directory: Path) -> dict[str, int]:
 
 
 def rollup(pid: int) -> dict[str, int]:
+    """smaps_rollup, and the resident file pages (RssFile, /proc/<pid>/status): Pss_File splits
+    a shared library's pages among every process mapping it (the twin node of a side-by-side
+    run, any other torch process on the machine), so it moves when they start or exit; RssFile
+    moves only when the process itself touches or drops code pages."""
     found = smaps_rollup(pid)
     if found is None:
         raise RuntimeError(f"/proc/{pid}/smaps_rollup is unreadable")
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    found["RssFile"] = int(status["RssFile"].split()[0]) * 1024
     return found
 
 
@@ -243,6 +250,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
             out |= trainer_extras(runtime)
         out["after"] = measure(runtime)
         out["served_requests"] = replayer.stats.served
+        out["unserved_requests"] = replayer.stats.unserved  # dropped at stop, not measured
         out["table_bytes"] = 4 * dim * sum(model_config.table_sizes)
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return out
@@ -310,6 +318,23 @@ def summary(without: dict, with_: dict) -> dict[str, object]:
     }
 
 
+def print_verdict(args: argparse.Namespace, result: dict, without: dict, with_: dict) -> None:
+    mib = 2**20
+    print(
+        f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
+        f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
+        f"{args.budget_pct}%; telemetry (measured proportional) "
+        f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
+        f"{result['accounted_over_measured']}; "
+        f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
+        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
+        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
+        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}; requests left "
+        f"unserved by the replay (dropped before measuring): {without['unserved_requests']:,} "
+        f"without trainer, {with_['unserved_requests']:,} with"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0)
@@ -357,17 +382,7 @@ def main() -> int:
         ["process", *ROLLUP_COLUMNS],
         [[n, *(r[k] / mib for k in ROLLUP_COLUMNS)] for n, r in procs],
     )
-    print(
-        f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
-        f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
-        f"{args.budget_pct}%; telemetry (measured proportional) "
-        f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
-        f"{result['accounted_over_measured']}; "
-        f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
-        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
-        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
-        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}"
-    )
+    print_verdict(args, result, without, with_)
     write_json("node_memory", {"args": vars(args), "without": without, "with": with_, **result})
     return 0
 

@@ -144,7 +144,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, object]:
             samples = hourly_samples(args, runtime, replayer, dim, started)
         finally:  # before the node stops: a request served then would write to closed rings
             replayer.stop()
-        return {
+        result = {
             "variant": args.variant,
             "ready": ready,
             "samples": samples,
@@ -152,6 +152,12 @@ def run_replay(args: argparse.Namespace) -> dict[str, object]:
             "label_delay_at_rate_s": delay,
             "exhausted": replayer.stats.exhausted,
         }
+        print(json.dumps(result), flush=True)
+        # The node stays up until the parent has both results: the twin's exit unmaps its
+        # torch, so the shares of those pages (Pss_File) of a node still sampling its last hour
+        # grew by what the twin held (rollup's docstring in bench/node_memory.py).
+        sys.stdin.read()
+        return result
 
 
 def spawn(args: argparse.Namespace, variant: str) -> subprocess.Popen:
@@ -160,14 +166,27 @@ def spawn(args: argparse.Namespace, variant: str) -> subprocess.Popen:
     for key in ("hours", "qps", "rate", "rows", "label_delay", "seed", "rows_per_table"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     command += ["--budget-pct", str(args.budget_pct)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
 
 
-def result_of(process: subprocess.Popen) -> dict:
-    out, _ = process.communicate()
-    if process.returncode:
-        raise RuntimeError(f"a replay node failed (exit {process.returncode})")
-    return json.loads(out.strip().splitlines()[-1])
+def result_line(process: subprocess.Popen) -> str:
+    """The node's JSON line (what the node logs to stdout comes before it); "" if it died."""
+    for line in process.stdout:  # type: ignore[union-attr]
+        if line.startswith('{"variant"'):
+            return line
+    return ""
+
+
+def results_of(*processes: subprocess.Popen) -> list[dict]:
+    """Each node's result, read while every one of them is still up; then they stop."""
+    lines = [result_line(p) for p in processes]
+    for p in processes:
+        p.communicate("")  # closes its stdin: the node stops
+        if p.returncode:
+            raise RuntimeError(f"a replay node failed (exit {p.returncode})")
+    return [json.loads(line) for line in lines]
 
 
 def hourly(without: dict, with_: dict, per_hour: int) -> list[dict[str, object]]:
@@ -188,10 +207,21 @@ def hourly(without: dict, with_: dict, per_hour: int) -> list[dict[str, object]]
                 # rows the join handed on, less those its backlog dropped: what the trainer took
                 "to_trainer": w["feed_counts"].get("taken", 0) - w["dropped_backlog"],
                 "dropped_before_training": dropped(w),
+                **code_pages(w["after"], wo["after"]),
                 **result,
             }
         )
     return rows
+
+
+def code_pages(with_: dict, without: dict) -> dict[str, int]:
+    """The file pages the fixed part holds (the trainer's, and those inference maps only with a
+    trainer), by share (Pss_File, as the fixed part counts them) and resident (RssFile)."""
+    pss, rss = (
+        with_["trainer"][k] + with_["inference"][k] - without["inference"][k]
+        for k in ("Pss_File", "RssFile")
+    )
+    return {"code_pages_pss_bytes": pss, "code_pages_rss_bytes": rss}
 
 
 def dropped(sample: dict) -> int:
@@ -227,6 +257,12 @@ def verdict(rows: list[dict], budget_pct: float, rows_per_request: int) -> dict[
         "max_proportional_accounted_pct": accounted,
         "measured_within_budget": measured <= budget_pct,
         "account_within_budget": accounted <= budget_pct,
+        "code_pages_pss_growth_mib": round(
+            (last["code_pages_pss_bytes"] - first["code_pages_pss_bytes"]) / MIB, 3
+        ),
+        "code_pages_rss_growth_mib": round(
+            (last["code_pages_rss_bytes"] - first["code_pages_rss_bytes"]) / MIB, 3
+        ),
         "shed_requests": last["shed"],
         "events_served": last["served"] * rows_per_request,
         "trained_samples": last["trained_samples"],
@@ -283,8 +319,10 @@ def report(args: argparse.Namespace, without: dict, with_: dict, wall: float) ->
         f"\nnode total, hour {rows[-1]['hour']} vs hour 1: {growth:+.2f}% "
         f"(tolerance +{100 * TOLERANCE:.0f}%: {'flat' if result['flat'] else 'NOT flat'}); "
         f"slope {result['total_slope_mib_per_hour']:+.3f} MiB/h; with - without grew "
-        f"{result['lora_growth_mib']:+.3f} MiB\nproportional <= {args.budget_pct}% at every "
-        f"sample: measured {'yes' if result['measured_within_budget'] else 'NO'} (max "
+        f"{result['lora_growth_mib']:+.3f} MiB; the fixed part's file pages: share (Pss) "
+        f"{result['code_pages_pss_growth_mib']:+.3f} MiB, resident (Rss) "
+        f"{result['code_pages_rss_growth_mib']:+.3f} MiB\nproportional <= {args.budget_pct}% at "
+        f"every sample: measured {'yes' if result['measured_within_budget'] else 'NO'} (max "
         f"{result['max_proportional_measured_pct']}%), account "
         f"{'yes' if result['account_within_budget'] else 'NO'} (max "
         f"{result['max_proportional_accounted_pct']}%); {result['shed_requests']:,} requests "
@@ -328,8 +366,8 @@ def main() -> int:
         saved_args = argparse.Namespace(**saved["args"])
         report(saved_args, saved["without"], saved["with"], saved["wall_s"])
         return 0
-    if args.variant:  # a child: one node, JSON on the last line
-        print(json.dumps(run_replay(args)))
+    if args.variant:  # a child: one node, its JSON line printed while it is still up
+        run_replay(args)
         return 0
     from nodeworker.runtime import build_fresh_checkpoint
 
@@ -341,11 +379,10 @@ def main() -> int:
         args.workdir = tmp
         build_fresh_checkpoint(day_stream(args).schema, Path(tmp) / "base.ckpt", args.seed)
         if args.sequential:
-            with_ = result_of(spawn(args, "with"))
-            without = result_of(spawn(args, "without"))
+            (with_,) = results_of(spawn(args, "with"))
+            (without,) = results_of(spawn(args, "without"))
         else:
-            pair = spawn(args, "with"), spawn(args, "without")
-            with_, without = (result_of(p) for p in pair)
+            with_, without = results_of(spawn(args, "with"), spawn(args, "without"))
     report(args, without, with_, time.monotonic() - started)
     return 0
 

@@ -48,6 +48,7 @@ class ReplayStats:
     served: int = 0
     shed: int = 0  # arrivals dropped because the backlog was full
     errors: int = 0
+    unserved: int = 0  # arrivals still waiting for a worker when the replay stopped (dropped)
     feedback: int = 0
     exhausted: bool = False
 
@@ -178,3 +179,12 @@ class Replayer:
             self._label_lock.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
+        # Dropped, not kept: the load generator lives in the node's inference process, and the
+        # arrivals a slow node left waiting (~2,000 requests' tensors, +1.9 MiB by tracemalloc
+        # at load 10) read as the node's memory when a bench measured it after the replay.
+        while True:
+            try:
+                self._work.get_nowait()
+            except queue.Empty:
+                break
+            self.stats.unserved += 1

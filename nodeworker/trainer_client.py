@@ -180,7 +180,10 @@ class NoTrainer(TrainerClient):
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=2)
+            # no timeout: the node closes the rings next, and a join starved of cpu was still
+            # reading seconds of traffic 2 s later (ValueError: released memoryview, at stop of
+            # a replay at load 17); a poll ends when it has read what the rings held
+            self._thread.join()
 
     def _join_loop(self) -> None:
         while not self._stop.wait(JOIN_PERIOD_S):

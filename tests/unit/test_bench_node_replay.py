@@ -19,6 +19,8 @@ def hour(h: int, total_mib: float, measured_pct: float, account_pct: float = 1.0
         "trained_samples": 7000 * h,
         "to_trainer": 6000 * h,
         "dropped_before_training": 10 * h,
+        "code_pages_pss_bytes": 180 * MIB,
+        "code_pages_rss_bytes": 400 * MIB,
     }
 
 
@@ -51,3 +53,19 @@ def test_the_streams_ids_per_hour_count_distinct_and_first_seen_ids():
     for d in drift[1:]:
         assert 0 < d["user_new"] < d["user_distinct"] <= 14_400  # 1,800 requests x 8 rows
         assert 0 < d["item_new"] < d["item_distinct"]
+
+
+def test_file_pages_shared_anew_move_their_share_not_their_resident_bytes():
+    """The twin's torch unmapped: the same resident code pages, a bigger share of them."""
+
+    def process(pss_file: int, rss_file: int) -> dict:
+        return {"Pss_File": pss_file * MIB, "RssFile": rss_file * MIB}
+
+    with_ = {"trainer": process(14, 60), "inference": process(12, 50)}
+    without = {"inference": process(10, 48)}
+    first = node_replay.code_pages(with_, without)
+    assert first == {"code_pages_pss_bytes": 16 * MIB, "code_pages_rss_bytes": 62 * MIB}
+    with_ = {"trainer": process(30, 60), "inference": process(25, 50)}
+    rows = [hour(1, 500, 1.5) | first, hour(2, 530, 1.5) | node_replay.code_pages(with_, without)]
+    result = node_replay.verdict(rows, budget_pct=2.0, rows_per_request=8)
+    assert (result["code_pages_pss_growth_mib"], result["code_pages_rss_growth_mib"]) == (29, 0)

@@ -252,3 +252,40 @@ def test_a_poll_in_chunks_joins_every_label_with_its_row(tmp_path, monkeypatch):
     while (taken := feed.next_batch()) is not None:
         rows += taken[0].request_ids.tolist()
     assert rows == [3 * k + 1 for k in range(30)]
+
+
+def test_a_created_ring_holds_all_its_pages_from_the_start(tmp_path):
+    """A sparse ring took its pages as the head first went round: a node's memory grew for the
+    first hour of traffic (nodeworker/feed_rings.py)."""
+    rings = FeedRings.open(tmp_path, create=True, served_bytes=1 << 20, label_bytes=1 << 16)
+    for name, capacity in (("feed-served.ring", 1 << 20), ("feed-labels.ring", 1 << 16)):
+        assert (tmp_path / name).stat().st_blocks * 512 >= capacity
+    rings.close()
+
+
+def test_a_node_without_trainer_stops_its_join_only_after_its_last_poll(tmp_path):
+    """The node closes the rings after the client: a poll still reading then raised (a join
+    starved of cpu read for seconds)."""
+    import threading
+    import time
+
+    from nodeworker.runtime_metrics import RuntimeMetrics
+    from nodeworker.trainer_client import NoTrainer
+
+    polled = threading.Event()
+    done = threading.Event()
+
+    class SlowFeed:
+        def poll(self) -> None:
+            polled.set()
+            time.sleep(2.5)
+            done.set()
+
+        def report(self) -> FeedReport:
+            return FeedReport({}, {}, 0, 0, np.zeros(0, np.float32), np.zeros(0))
+
+    client = NoTrainer(RuntimeMetrics(), SlowFeed())  # type: ignore[arg-type]
+    client.start(None, 0.0, 0)  # type: ignore[arg-type]
+    assert polled.wait(5)
+    client.close()
+    assert done.is_set()

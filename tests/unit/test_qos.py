@@ -178,3 +178,11 @@ def test_a_pause_holds_until_latencies_after_it_are_in():
         ctl.observe(5.0, 1.1 + k / 100)
     resumed = ctl.step(1.5)
     assert resumed.state == "throttled" and resumed.effective_duty == pytest.approx(0.55)
+
+
+def test_a_window_nobody_reads_holds_only_its_window():
+    """Trimmed on add too: unread (no telemetry reporter), it kept every request up to max_count."""
+    w = LatencyWindow(window_s=1.0)
+    for i in range(10_000):  # 100 s at 100 requests a second
+        w.add(5.0, now=i * 0.01)
+    assert len(w._items) <= 101
