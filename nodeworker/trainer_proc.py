@@ -236,6 +236,7 @@ class TrainerLoop:
             for name, ctl in self.trainer.controllers.items():
                 ctl.policy = policy
                 ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
+            self.trainer.groups.sync()  # a shrunk table back in its region (LiveTrainer.adapt)
             self.publish(now)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):

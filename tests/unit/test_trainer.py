@@ -415,14 +415,20 @@ def test_a_rank_change_leaves_no_second_copy_of_a_table_behind():
     trainer = LiveTrainer(model, trainer_config(adapt_every=2, room_every=1),
                           budgets={"user": 2500, "item": 4000})  # fmt: skip
     served = model_storages(model)
-    changes = 0
-    for _ in range(40):
-        trainer.process(stream.batch())
-        changes += sum(e.kind == "rank" for e in trainer.drain_events())
+
+    def held_once() -> None:
         held = held_tensor_bytes((trainer.controllers, trainer.groups), served)
         fixed = trainer.groups.feature_index.nbytes  # the kernel's table order, 8 B a table
         assert held - fixed <= sum(ctl.accounted_bytes() for ctl in trainer.controllers.values())
         for m in trainer.groups.members:
             region = m.group.a.untyped_storage().data_ptr()
             assert m.live.A.untyped_storage().data_ptr() == region, m.name
+
+    changes = 0
+    for _ in range(40):
+        trainer.process(stream.batch())
+        changes += sum(e.kind == "rank" for e in trainer.drain_events())
+        held_once()
     assert changes > 0
+    trainer.set_budget("item", 1200, now=100.0)  # a policy's smaller budget: fewer rows, rank
+    held_once()
