@@ -17,6 +17,10 @@ cost ~25 ops per table and step (~2.8 ms a step of the Criteo reference's 17 tab
 
 sight: step 2 alone, for the per-table path (RankController.passes).
 
+evict: LiveEmbedding.evict's compaction and index updates in one call (there ~20 small torch
+ops, ~0.1 ms for a handful of rows); the fold of the evicted rows' deltas stays in torch (its
+matrix product's bits are BLAS's).
+
 batch_keys, argsort: a batch's ids of all tables at once as keys of one key space, their distinct
 keys (as torch.unique with inverse and counts), the bags' starts and each table's first key (what
 admit and the training kernel take: one call, where cat, repeat_interleave, stack, unique and
@@ -599,11 +603,102 @@ static PyObject *argsort(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static int by_value(const void *x, const void *y) {
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* pos: k distinct rows in [0, n); 0 when they are, else sets the error */
+static int check_rows(const int64_t *pos, Py_ssize_t k, Py_ssize_t n, int64_t *scratch) {
+    memcpy(scratch, pos, sizeof(*pos) * (size_t)k);
+    qsort(scratch, (size_t)k, sizeof(*scratch), by_value);
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (scratch[i] < 0 || scratch[i] >= n || (i && scratch[i] == scratch[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "evict: rows must be distinct and in [0, n)");
+            return -1;
+        }
+    return 0;
+}
+
+/* The eviction of check_rows' rows, in the order LiveEmbedding.evict's torch ops had: their
+   keys leave the index; the holes (rows below n - k, in pos order) take the tail's staying rows
+   (ascending); each moved key is indexed at its hole. 1 when one could not be placed. */
+static int evict_rows(Table *t, const int64_t *pos, Py_ssize_t k, int64_t *work) {
+    int64_t *holes = work, *movers = work + k, *keys = work + 2 * k;
+    char *leaving = (char *)(work + 3 * k);
+    Py_ssize_t cut = t->n_active - k, h = 0, m = 0;
+    memset(leaving, 0, (size_t)k);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        keys[i] = t->keys[pos[i]];
+        if (pos[i] >= cut)
+            leaving[pos[i] - cut] = 1;
+        else
+            holes[h++] = pos[i];
+    }
+    unassign(&t->index, keys, k);
+    for (Py_ssize_t r = cut; r < t->n_active; r++)
+        if (!leaving[r - cut])
+            movers[m++] = r;
+    for (Py_ssize_t j = 0; j < h; j++) {
+        int64_t to = holes[j], from = movers[j];
+        t->keys[to] = t->keys[from];
+        memcpy(t->a + to * t->rank, t->a + from * t->rank, sizeof(float) * (size_t)t->rank);
+        t->last_used[to] = t->last_used[from];
+        t->accum[to] = t->accum[from];
+        keys[j] = t->keys[to];
+    }
+    return assign(&t->index, keys, holes, h) < h;
+}
+
+PyDoc_STRVAR(evict_doc,
+             "evict(index, keys_ptr, a_ptr, last_used_ptr, accum_ptr, rank, n, rows_ptr, k) -> bool\n\n"
+             "Remove k distinct active rows (int64 rows_ptr, in [0, n)) of a LiveEmbedding's\n"
+             "storage whose first n rows are active (keys int64, A (., rank), last use and\n"
+             "accumulator float32): their keys leave the index, the last k rows' staying ones\n"
+             "move into the holes and are indexed there. True when the index lost a key (a\n"
+             "cuckoo cycle): rebuild it.");
+
+static PyObject *evict(PyObject *self, PyObject *args) {
+    PyObject *spec, *keys_obj, *a_obj, *used_obj, *accum_obj, *pos_obj;
+    Py_ssize_t n, k;
+    Table t = {0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OOOOinOn", &PyTuple_Type, &spec, &keys_obj, &a_obj,
+                          &used_obj, &accum_obj, &t.rank, &n, &pos_obj, &k) ||
+        parse_index(spec, &t.index) < 0)
+        return NULL;
+    t.keys = PyLong_AsVoidPtr(keys_obj), t.a = PyLong_AsVoidPtr(a_obj);
+    t.last_used = PyLong_AsVoidPtr(used_obj), t.accum = PyLong_AsVoidPtr(accum_obj);
+    const int64_t *pos = PyLong_AsVoidPtr(pos_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    if (t.rank < 1 || t.rank > MAX_RANK || k < 0 || n < k) {
+        PyErr_Format(PyExc_ValueError, "evict: rank in [1, %d] and 0 <= k <= n", MAX_RANK);
+        return NULL;
+    }
+    t.n_active = n;
+    /* holes, movers, keys (k int64 each), the tail's leaving flags (k bytes) */
+    int64_t *work = malloc(sizeof(int64_t) * (size_t)(4 * k + 1));
+    if (!work)
+        return PyErr_NoMemory();
+    if (check_rows(pos, k, n, work) < 0) {
+        free(work);
+        return NULL;
+    }
+    int lost;
+    Py_BEGIN_ALLOW_THREADS;
+    lost = evict_rows(&t, pos, k, work);
+    Py_END_ALLOW_THREADS;
+    free(work);
+    return PyBool_FromLong(lost);
+}
+
 static PyMethodDef methods[] = {
     {"admit", admit, METH_VARARGS, admit_doc},
     {"sight", sight_ids, METH_VARARGS, sight_doc},
     {"batch_keys", batch_keys, METH_VARARGS, batch_keys_doc},
     {"argsort", argsort, METH_VARARGS, argsort_doc},
+    {"evict", evict, METH_VARARGS, evict_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -36,3 +36,14 @@ def batch_keys(
     bounds: int,
 ) -> int: ...
 def argsort(keys: int, n: int, sorted: int, order: int) -> None: ...
+def evict(
+    index: IndexSpec,
+    keys: int,
+    a: int,
+    last_used: int,
+    accum: int,
+    rank: int,
+    n: int,
+    rows: int,
+    k: int,
+) -> bool: ...

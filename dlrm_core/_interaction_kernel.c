@@ -5,7 +5,8 @@ Per sample b, the F + 1 vectors x_0 = dense[b] (D), x_1..x_F = sparse[b, 0..F-1]
             P = (F + 1) F / 2;
   backward  from the output's gradient g[b] (D + P): with G the symmetric (F + 1)^2 matrix of
             the pairs' gradients (zero diagonal), dx = G @ X, and dense's gradient also gets
-            g[b, 0:D] (the copied dense vector).
+            g[b, 0:D] (the copied dense vector); dense's is skipped when no one needs it (a
+            frozen bottom MLP whose output was kept).
 With torch ops this is cat, bmm, flatten, index_select and cat, and their backward (index_select's
 backward, a scatter into the (F + 1)^2 matrix, is most of it). Here, per sample: the forward takes
 three rows i at a time against up to 32 columns j of the transposed sample (dot_tile), the
@@ -217,11 +218,14 @@ CLONED
 static void backward(const float *dense, const float *sparse, const float *grad,
                      float *grad_dense, float *grad_sparse, Py_ssize_t batch, Scratch *s) {
     Py_ssize_t n = s->n, dim = s->dim, width = dim + n * (n - 1) / 2;
+    /* without grad_dense, row 0 (dense's) is skipped: at 8 features the 8 sparse rows are then
+       two tiles of four instead of three tiles for nine rows */
+    Py_ssize_t first = grad_dense ? 0 : 1;
     for (Py_ssize_t b = 0; b < batch; b++) {
         const float *gp = grad + b * width + dim;
         load_sample(s, dense + b * dim, sparse + b * (n - 1) * dim);
         load_pair_grads(s, gp);
-        for (Py_ssize_t i = 0; i < n; i += GRAD_ROWS) {
+        for (Py_ssize_t i = first; i < n; i += GRAD_ROWS) {
             int rows = n - i < GRAD_ROWS ? (int)(n - i) : GRAD_ROWS;
             float *dx[GRAD_ROWS];
             for (int r = 0; r < rows; r++) /* row 0 is dense's, row i the (i - 1)th feature's */
@@ -276,7 +280,7 @@ PyDoc_STRVAR(interaction_backward_doc,
              "features, dim)\n\n"
              "The forward's inputs, grad (batch, dim + P) its output's gradient; writes the\n"
              "inputs' gradients grad_dense (batch, dim) and grad_sparse (batch, features, dim).\n"
-             "All float32, contiguous.");
+             "All float32, contiguous; grad_dense_ptr 0 skips dense's gradient.");
 
 static PyObject *interaction_backward(PyObject *self, PyObject *args) {
     PyObject *dense_obj, *sparse_obj, *grad_obj, *gd_obj, *gs_obj;

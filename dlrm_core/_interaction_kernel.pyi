@@ -6,7 +6,7 @@ def backward(
     dense: int,
     sparse: int,
     grad: int,
-    grad_dense: int,
+    grad_dense: int,  # 0: not computed
     grad_sparse: int,
     batch: int,
     features: int,

@@ -67,7 +67,7 @@ class FrozenHead:
                 grad = grad.mm(layer.weight)
             else:
                 grad = torch.ops.aten.threshold_backward(grad, out, 0)
-        return HeadPass(value, kernel_backward(bottom, pooled, grad)[1])
+        return HeadPass(value, kernel_backward(bottom, pooled, grad, dense_grad=False)[1])
 
 
 def _hooked(modules: list[nn.Module]) -> bool:

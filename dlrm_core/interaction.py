@@ -59,9 +59,9 @@ class _KernelInteraction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # the kernel's gradients are not differentiable again: say so
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         dense, sparse = ctx.saved_tensors
-        return kernel_backward(dense, sparse, grad)
+        return kernel_backward(dense, sparse, grad, dense_grad=ctx.needs_input_grad[0])
 
 
 def kernel_forward(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
@@ -76,18 +76,21 @@ def kernel_forward(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_backward(
-    dense: torch.Tensor, sparse: torch.Tensor, grad: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    dense: torch.Tensor, sparse: torch.Tensor, grad: torch.Tensor, dense_grad: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The C kernel's gradients of dense and sparse from the output's ``grad``, outside
-    autograd (the frozen head's pass, frozen_head.py, calls it directly)."""
+    autograd (the frozen head's pass, frozen_head.py, calls it directly). Without
+    ``dense_grad`` dense's gradient is None, not computed: a frozen bottom MLP's kept output
+    needs none (at 8 features the backward then takes two thirds of the tiles)."""
     grad = grad.to(torch.float32).contiguous()
-    grad_dense, grad_sparse = torch.empty_like(dense), torch.empty_like(sparse)
+    grad_dense = torch.empty_like(dense) if dense_grad else None
+    grad_sparse = torch.empty_like(sparse)
     batch, features, dim = sparse.shape
     interaction_kernel.backward(
         dense.data_ptr(),
         sparse.data_ptr(),
         grad.data_ptr(),
-        grad_dense.data_ptr(),
+        0 if grad_dense is None else grad_dense.data_ptr(),
         grad_sparse.data_ptr(),
         batch,
         features,

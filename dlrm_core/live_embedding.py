@@ -27,6 +27,7 @@ from torch import nn
 from dlrm_core import key_sort
 from dlrm_core.factor_optim import adam_, rowwise_adagrad_
 from dlrm_core.hash_index import CuckooIndex
+from dlrm_core.kernel import admission_kernel
 from dlrm_core.memory_account import MemoryReport
 from dlrm_core.model import SparseArch
 from dlrm_core.row_budget import index_bits
@@ -296,7 +297,7 @@ class LiveEmbedding(nn.Module):
     def evict(self, rows: torch.Tensor, fold: bool = True) -> int:
         """Remove ``rows`` from the active set, first folding their delta into the base copy
         (unless fold=False, which discards it). Returns the number of rows removed. O(k): the
-        last active rows move into the holes."""
+        last active rows move into the holes (the admission kernel's evict)."""
         ids = torch.unique(torch.as_tensor(rows, dtype=torch.int64))
         pos, hit = self.slots(ids)
         pos, ids = pos[hit], ids[hit]
@@ -308,15 +309,13 @@ class LiveEmbedding(nn.Module):
             with torch.no_grad():
                 self.base.weight.index_add_(0, ids, delta)
             self.note_folded(ids)
-        n = self._n
-        in_tail = torch.zeros(k, dtype=torch.bool)  # which of the last k rows leave
-        in_tail[pos[pos >= n - k] - (n - k)] = True
-        movers, holes = torch.arange(n - k, n)[~in_tail], pos[pos < n - k]
-        self.index.unassign(ids)
-        for t in self._store:
-            t[holes] = t[movers]
-        self._expose(n - k)  # first: a rebuilt index holds the active rows only
-        if holes.numel() and not self.index.assign(self._store[0][holes], holes):
+        if not all(t.is_contiguous() for t in self._store):  # the kernel's layout
+            raise RuntimeError("a LiveEmbedding's storage must be contiguous")
+        keys, a, used, accum = (t.data_ptr() for t in self._store)
+        spec, rank = self.index.kernel_spec, self._store[1].shape[1]
+        lost = admission_kernel.evict(spec, keys, a, used, accum, rank, self._n, pos.data_ptr(), k)
+        self._expose(self._n - k)  # first: a rebuilt index holds the active rows only
+        if lost:
             self._reindex(self.index.bits)  # a cuckoo cycle lost an id (rare)
         return k
 

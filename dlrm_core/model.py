@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -188,6 +188,7 @@ class SparseArch(nn.Module):
             # torchrec's default: U(-sqrt(1/N), sqrt(1/N)).
             nn.init.uniform_(bag.weight, -math.sqrt(1.0 / n), math.sqrt(1.0 / n))
             self.tables.append(bag)
+        self._layouts: dict[bool, _BagLayout] = {}  # by base_only, see _layout
 
     def table(self, name: str) -> nn.Module:
         return self.tables[self.feature_names.index(name)]
@@ -200,52 +201,94 @@ class SparseArch(nn.Module):
             raise ValueError(
                 f"batch keys {list(batch.keys)} differ from the model's {list(self.feature_names)}"
             )
-        tables = [getattr(t, "base", t) if base_only else t for t in self.tables]
-        frozen = all(type(t) is nn.EmbeddingBag and not t.weight.requires_grad for t in tables)
-        if frozen or not torch.is_grad_enabled():
-            pooled = self._pool(tables, batch)
-            if pooled is not None:
-                return pooled
+        layout = self._layout(base_only)
+        if layout.weights and (
+            not torch.is_grad_enabled() or not any(w.requires_grad for w in layout.weights)
+        ):
+            return self._pool(layout, batch)
         return torch.stack(
-            [t(v, o) for t, v, o in zip(tables, batch.values, batch.offsets, strict=True)], dim=1
+            [t(v, o) for t, v, o in zip(layout.tables, batch.values, batch.offsets, strict=True)],
+            dim=1,
         )
 
-    def _pool(self, tables: list[nn.Module], batch: SparseBatch) -> torch.Tensor | None:
+    def _layout(self, base_only: bool) -> _BagLayout:
+        """The tables a forward calls, and what the serving kernel needs of them: kept from call
+        to call (building it took ~30 of a ~60 us MovieLens pooling) and rebuilt when a table,
+        a weight or its storage is no longer the one it was built from."""
+        mods = cast("list[nn.Module]", list(self.tables._modules.values()))
+        # a LiveEmbedding's base is a submodule: looked up where getattr would find it
+        tables = tuple(_base(m) for m in mods) if base_only else tuple(mods)
+        layout = self._layouts.get(base_only)
+        if layout is None or layout.tables != tables or not layout.current():
+            layout = self._layouts[base_only] = _BagLayout.of(tables)
+        return layout
+
+    def _pool(self, layout: _BagLayout, batch: SparseBatch) -> torch.Tensor:
         """Inference, or frozen tables (a LiveTrainer's base): every table's bags summed by one
         call into the serving kernel, where 26 EmbeddingBag calls on a request of a few rows
-        cost ~14 us each of bookkeeping. None if
-        a table is not a plain sum EmbeddingBag of contiguous float32 rows, all of one width."""
-        specs, dim = [], 0
-        for table, values, offsets in zip(tables, batch.values, batch.offsets, strict=True):
+        cost ~14 us each of bookkeeping."""
+        specs = tuple(
+            (ptr, rows, v.data_ptr(), v.numel(), o.data_ptr())
+            for ptr, rows, v, o in zip(
+                layout.ptrs, layout.rows, batch.values, batch.offsets, strict=True
+            )
+        )
+        out = torch.empty(batch.batch_size, len(specs), layout.dim)
+        bad = serving_kernel.pool_bags(specs, batch.batch_size, layout.dim, out.data_ptr())
+        if bad >= 0:
+            raise IndexError(f"ids of {self.feature_names[bad]!r} must be in [0, {specs[bad][1]})")
+        return out
+
+
+def _base(table: nn.Module) -> nn.Module:
+    base = table._modules.get("base")
+    return table if base is None else base
+
+
+@dataclass(frozen=True)
+class _BagLayout:
+    """The table modules a SparseArch forward calls; ``weights`` (their bags' weights, with
+    data pointers ``ptrs``, ``rows`` rows and width ``dim``) when every one is a plain sum
+    EmbeddingBag of contiguous float32 rows, all of one width (the serving kernel pools them),
+    else empty."""
+
+    tables: tuple[nn.Module, ...]
+    weights: tuple[torch.Tensor, ...] = ()
+    ptrs: tuple[int, ...] = ()
+    rows: tuple[int, ...] = ()
+    dim: int = 0
+
+    @staticmethod
+    def of(tables: tuple[nn.Module, ...]) -> _BagLayout:
+        weights = []
+        for table in tables:
             if not (
                 type(table) is nn.EmbeddingBag
                 and table.mode == "sum"
                 and table.padding_idx is None
                 and table.max_norm is None
             ):
-                return None
-            weight = table.weight
-            if weight.dtype != torch.float32 or not weight.is_contiguous():
-                return None
-            if dim and weight.shape[1] != dim:
-                return None
-            dim = weight.shape[1]
-            specs.append(
-                (
-                    weight.data_ptr(),
-                    weight.shape[0],
-                    values.data_ptr(),
-                    values.numel(),
-                    offsets.data_ptr(),
-                )
-            )
-        if not dim:
-            return None
-        out = torch.empty(batch.batch_size, len(tables), dim)
-        bad = serving_kernel.pool_bags(tuple(specs), batch.batch_size, dim, out.data_ptr())
-        if bad >= 0:
-            raise IndexError(f"ids of {self.feature_names[bad]!r} must be in [0, {specs[bad][1]})")
-        return out
+                return _BagLayout(tables)
+            weights.append(table.weight)
+        dims = {w.shape[1] for w in weights}
+        plain = all(w.dtype == torch.float32 and w.is_contiguous() for w in weights)
+        if len(dims) != 1 or not plain:
+            return _BagLayout(tables)
+        return _BagLayout(
+            tables,
+            tuple(weights),
+            tuple(w.data_ptr() for w in weights),
+            tuple(w.shape[0] for w in weights),
+            dims.pop(),
+        )
+
+    def current(self) -> bool:
+        """Whether each table still holds the weight it had, over the same storage and rows
+        (a ``weight.data = ...`` or a resize keeps the tensor but not its memory)."""
+        return not self.weights or all(
+            t._parameters["weight"] is w and w.data_ptr() == p and w.shape[0] == n
+            for t, w, p, n in zip(self.tables, self.weights, self.ptrs, self.rows, strict=True)
+        )
 
 
 class InteractionArch(nn.Module):

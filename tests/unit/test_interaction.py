@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from dlrm_core.interaction import dot_interaction, pair_index, torch_interaction, uses_kernel
+from dlrm_core.interaction import (
+    dot_interaction,
+    kernel_backward,
+    pair_index,
+    torch_interaction,
+    uses_kernel,
+)
 from dlrm_core.kernel import interaction_kernel
 from dlrm_core.model import InteractionArch
 
@@ -35,6 +41,21 @@ def test_kernel_matches_the_torch_ops(batch, features, dim):
     want = forward_backward(lambda d, s: torch_interaction(d, s, pairs), dense, sparse, grad)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("features", [1, 3, 4, 8, 26])
+def test_skipping_dense_gradient_leaves_the_sparse_one_bit_for_bit(features):
+    """A kept bottom output (no grad) takes the backward without dense's row: the sparse rows'
+    sums are the same bits, whatever tiles they fall in."""
+    dense, sparse = inputs(7, features, 16, seed=features)
+    grad = torch.randn(7, 16 + (features + 1) * features // 2)
+    grad_dense, full = kernel_backward(dense.detach(), sparse.detach(), grad)
+    none, skipped = kernel_backward(dense.detach(), sparse.detach(), grad, dense_grad=False)
+    assert grad_dense is not None and none is None
+    assert torch.equal(skipped, full)
+    frozen = dense.detach()  # autograd asks the kernel for dense's gradient only when needed
+    dot_interaction(frozen, sparse, pair_index(features)).backward(grad)
+    assert frozen.grad is None and torch.equal(sparse.grad, full)
 
 
 def test_module_runs_the_kernel_and_keeps_the_layout():

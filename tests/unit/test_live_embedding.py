@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlrm_core.checkpoint import CheckpointError, save_model
+from dlrm_core.kernel import admission_kernel
 from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig, attach_live_embeddings
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.row_budget import overhead_bytes
@@ -210,3 +211,54 @@ def test_export_after_evictions_writes_rows_sorted_by_id(tmp_path):
     other.base.weight.data.copy_(live.base.weight.data)
     values, offsets = bags()
     torch.testing.assert_close(other(values, offsets), live(values, offsets))
+
+
+def torch_compaction(live: LiveEmbedding, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What LiveEmbedding.evict's torch ops did before the admission kernel took the compaction
+    over (fold=False): the expected storage after evicting ``rows``."""
+    keys, a, last_used, a_accum = (t.clone() for t in live._store)
+    ids = torch.unique(rows)
+    pos, hit = live.slots(ids)
+    pos = pos[hit]
+    n, k = live.num_active, int(pos.numel())
+    in_tail = torch.zeros(k, dtype=torch.bool)
+    in_tail[pos[pos >= n - k] - (n - k)] = True
+    movers, holes = torch.arange(n - k, n)[~in_tail], pos[pos < n - k]
+    for t in (keys, a, last_used, a_accum):
+        t[holes] = t[movers]
+    return keys[: n - k], a[: n - k], last_used[: n - k], a_accum[: n - k]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_evict_compacts_rows_exactly_as_the_torch_ops_did(seed):
+    """The kernel's holes and movers, row for row (the LRU's order among tied ages follows the
+    rows), and the index serves every kept id at its new row and none of the evicted."""
+    gen = torch.Generator().manual_seed(seed)
+    live = LiveEmbedding(nn.EmbeddingBag(500, 8, mode="sum"), LiveEmbeddingConfig(rank=3))
+    live.activate(torch.randperm(500, generator=gen)[:120], 0.0, 200)
+    with torch.no_grad():
+        live.A.copy_(torch.randn(live.A.shape, generator=gen))
+        live.a_accum.copy_(torch.rand(120, generator=gen))
+        live.last_used.copy_(torch.rand(120, generator=gen))
+    k = int(torch.randint(1, 60, (1,), generator=gen))
+    rows = live.ids[torch.randperm(120, generator=gen)[:k]]
+    rows = torch.cat([rows, rows[:3], torch.tensor([499, 498])])  # repeats, maybe inactive
+    expected = torch_compaction(live, rows)
+    gone = live.ids[torch.isin(live.ids, rows)].clone()
+    assert live.evict(rows, fold=False) == gone.numel()
+    for got, want in zip((live.keys, live.A, live.last_used, live.a_accum), expected, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(live.index.rows(live.keys), torch.arange(1, live.num_active + 1).int())
+    assert not bool(live.index.rows(gone).any())
+
+
+def test_evict_kernel_refuses_repeated_or_outside_rows():
+    live = make_live()
+    live.activate(torch.arange(10), 0.0, 20)
+    keys, a, last_used, a_accum = live._store
+    args = (live.index.kernel_spec, keys.data_ptr(), a.data_ptr(), last_used.data_ptr())
+    for bad in ([3, 3], [10], [-1]):
+        pos = torch.tensor(bad)
+        with pytest.raises(ValueError, match="distinct and in"):
+            admission_kernel.evict(*args, a_accum.data_ptr(), R, 10, pos.data_ptr(), len(bad))
+    assert torch.equal(live.keys, torch.arange(10))  # nothing changed

@@ -188,6 +188,32 @@ def test_inference_pools_with_the_kernel_exactly_as_the_embedding_bags_do():
     assert model.sparse_arch(batch).requires_grad  # with gradients: torch's EmbeddingBags
 
 
+def test_kept_pooling_layout_follows_replaced_tables_and_weights():
+    """The kernel's layout is kept between calls, so each change that it depends on must show:
+    a new weight, new storage under the same weight, a replaced table, a table it cannot pool."""
+    torch.manual_seed(0)
+    sizes = (50, 7, 300)
+    model = DLRM(DLRMConfig(tuple(f"f{i}" for i in range(3)), sizes, 3, 5, (4, 5), (6, 1)))
+    batch = multi_hot_batch(torch.Generator().manual_seed(1), sizes, 33)
+    arch = model.sparse_arch
+
+    def bags() -> torch.Tensor:
+        return torch.stack(
+            [t(v, o) for t, v, o in zip(arch.tables, batch.values, batch.offsets, strict=True)], 1
+        )
+
+    with torch.no_grad():
+        arch(batch)
+        arch.tables[0].weight = nn.Parameter(torch.randn(50, 5))
+        torch.testing.assert_close(arch(batch), bags(), rtol=1e-6, atol=1e-6)
+        arch.tables[1].weight.data = torch.randn(7, 5)  # same Parameter, other storage
+        torch.testing.assert_close(arch(batch), bags(), rtol=1e-6, atol=1e-6)
+        arch.set_table("f2", nn.EmbeddingBag(300, 5, mode="sum"))
+        torch.testing.assert_close(arch(batch), bags(), rtol=1e-6, atol=1e-6)
+        arch.set_table("f2", nn.EmbeddingBag(300, 5, mode="mean"))  # not the kernel's sum
+        torch.testing.assert_close(arch(batch), bags(), rtol=1e-6, atol=1e-6)
+
+
 def test_inference_refuses_ids_outside_a_table_naming_it():
     model = DLRM(DLRMConfig(("a", "b"), (10, 4), 1, 2, (2,), (2, 1)))
     batch = SparseBatch.from_ids(
