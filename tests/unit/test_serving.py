@@ -59,7 +59,11 @@ def test_serving_delta_matches_the_per_table_live_embeddings():
     assert [g.features for g in delta.groups] == [(0, 3), (1,)]
     assert delta.groups[0].index.key_dtype == torch.int32  # 100 rows in all: int32 keys
     # A and B of the factors, plus per group a zero row of A and the index's (key, row) slots
-    per_group = sum(g.index.slots.numel() * 4 + g.a.shape[1] * 4 for g in delta.groups)
+    # and hash multipliers
+    per_group = sum(
+        g.index.slots.numel() * 4 + g.index.multipliers.nbytes + g.a.shape[1] * 4
+        for g in delta.groups
+    )
     assert delta.nbytes == per_group + sum(
         lv.A.numel() * 4 + lv.B.numel() * 4 for lv in lives.values()
     )
