@@ -10,9 +10,16 @@ from .test_experiment_harness import small_config
 
 def test_tau_and_r_max_are_picked_on_the_heads_validation_split_and_logged() -> None:
     events = 3_000
-    stream = SyntheticStream(SyntheticConfig(seed=0, num_events=events, batch_size=128,
-                                             events_per_second=10, user_rows=1_000,
-                                             item_rows=1_000))  # fmt: skip (2% holds a floor)
+    stream = SyntheticStream(
+        SyntheticConfig(
+            seed=0,
+            num_events=events,
+            batch_size=128,
+            events_per_second=10,
+            user_rows=1_000,
+            item_rows=1_000,
+        )
+    )  # fmt: skip (2% holds a floor)
     config = small_config(("delta_sync", "liveupdate"))
     tuned, log = tune(stream.schema, lambda: iter(stream), events, config, lr_grid=(0.05,),
                       lr_a_grid=(0.2,), lr_b_grid=(1e-3,), tau_grid=(0.5, 0.99),
