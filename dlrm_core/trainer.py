@@ -148,7 +148,7 @@ class LiveTrainer:
         self.top: TopLayerTuner | None = None
         if config.lr_top > 0:
             self.top = TopLayerTuner(model, config.top_layers, config.lr_top)
-        self._head = FrozenHead.of(model) if self.top is None else None
+        self._head = FrozenHead.of(model)  # used while no top tuner is set (a node sets one)
         self._join: LabelJoin | None = None
         self._store: FactorStore | None = None
         if config.in_process_join:
@@ -286,7 +286,7 @@ class LiveTrainer:
         bottom = self._kept_bottom(batch)
         if bottom is None:
             bottom = self.model.bottom(batch)
-        if self._head is not None and self._head.applies(bottom, pooled):
+        if self._head is not None and self.top is None and self._head.applies(bottom, pooled):
             self.groups.add_to_(pooled, batch, by_hand=True)
             head = self._head.run(bottom, pooled, batch.labels)
             if head.grad_pooled is None:

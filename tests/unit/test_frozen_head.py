@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from dlrm_core.frozen_head import FrozenHead
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+from dlrm_core.top_tune import TopLayerTuner
 from dlrm_core.trainer import LiveTrainer, TrainerConfig
 
 
@@ -101,3 +102,19 @@ def test_trainer_steps_equal_the_autograd_path() -> None:
         other = autograd.lives[name]
         assert live.rank == other.rank and torch.equal(live.ids, other.ids)
         assert torch.equal(live.A, other.A) and torch.equal(live.B, other.B)
+
+
+def test_a_top_tuner_set_after_construction_takes_autograd_and_trains_the_top() -> None:
+    """A node sets its trainer's top tuner when a policy asks for one (nodeworker/tuned_top.py):
+    from then on the head trains, so the pass by hand (input gradients only) must not run."""
+    stream = SyntheticStream(SyntheticConfig(num_events=8 * 64, batch_size=64, user_rows=400,
+                                             item_rows=400))  # fmt: skip
+    torch.manual_seed(0)
+    model = DLRM(DLRMConfig.from_schema(stream.schema, 16, (16,), (16,)))
+    trainer = LiveTrainer(model, TrainerConfig(budget_fraction=0.3, reuse=0))
+    trainer.top = TopLayerTuner(model, 1, 0.05)
+    last = model.over_arch.mlp[-1].weight.detach().clone()
+    for now, batch in enumerate(stream):
+        trainer.serve(batch, float(now))
+        trainer.train_ready(float(now))
+    assert trainer.stats.steps > 0 and not torch.equal(model.over_arch.mlp[-1].weight, last)
