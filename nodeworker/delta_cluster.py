@@ -173,7 +173,9 @@ class DeltaSyncCluster:
         """Snapshot the rows changed since the last successful sync or rebase (and in a rebase
         the MLPs) and send them, or, with a transfer time, put them on the wire (``land`` sends
         them once it has passed). Returns how many rows were sent now (0 when the send failed,
-        nothing changed or they travel)."""
+        nothing changed or they travel). One shipment at a time: none while one is on the wire."""
+        if self.in_flight is not None:
+            return 0
         shipment = self._snapshot()
         if shipment is None:
             return 0

@@ -195,8 +195,10 @@ def test_a_shipment_lands_its_transfer_time_after_its_snapshot_and_the_cluster_l
     batches = iter(stream)
     cluster.learn(next(batches))
     assert cluster.sync() == 0 and cluster.in_flight is not None and not sent  # on the wire
+    on_the_wire = cluster.in_flight
     assert cluster.land() == 0 and not sent  # not yet
     cluster.learn(next(batches))  # the cluster learns on meanwhile
+    assert cluster.sync() == 0 and cluster.in_flight is on_the_wire  # the link is busy
     time.sleep(0.3)
     first = cluster.in_flight.deltas
     assert cluster.land() > 0 and cluster.in_flight is None and cluster.syncs == 1
