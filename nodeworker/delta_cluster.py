@@ -59,6 +59,11 @@ class SyncStamp:
     snapshot: int | None = None  # the announced snapshot of a delta rebase (apply_delta's)
 
 
+# Until the node's policy is first read (it may start after its cluster), the cluster asks
+# again this often instead of once a sync period.
+POLICY_RETRY_S = 2.0
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     sync_period_s: float = 30.0
@@ -131,6 +136,7 @@ class DeltaSyncCluster:
         self.trained_until: float | None = None  # when the newest learnt label arrived
         self.rebase_period_s = 0.0
         self.policy_read = False  # until then nothing is sent
+        self.unanswered_polls = 0  # before the first read
         self.in_flight: Shipment | None = None
         self.set_rebase_period(0.0)
 
@@ -146,10 +152,13 @@ class DeltaSyncCluster:
         try:
             answer = self.rebase_period()
         except Exception as exc:  # noqa: BLE001 - the node is down: keep the last one known
-            log.warning("could not read the node's policy (%s)", exc)
+            if self.policy_read:
+                log.warning("could not read the node's policy (%s)", exc)
+            else:  # started beside the node, before its socket: asked again in POLICY_RETRY_S
+                self._waiting("the node does not answer yet (%s): waiting for it", exc)
             return False
         if answer is None:
-            log.info("the node runs its start-up policy: waiting for its policy")
+            self._waiting("the node runs its start-up policy: waiting for its policy")
             return False
         period = float(answer)
         self.policy_read = True
@@ -254,7 +263,7 @@ class DeltaSyncCluster:
         cfg = self.config
         start = time.monotonic()
         self.poll_policy()
-        next_check, last_sent = start + cfg.sync_period_s, start
+        next_check, last_sent = start + self._check_interval(), start
         for batch in batches:
             ready = start + (self.events + len(batch)) / cfg.qps + cfg.label_delay_s
             while True:
@@ -267,7 +276,7 @@ class DeltaSyncCluster:
                         self.sync()
                         if self.failed_syncs == failed:  # else retried at the next check
                             last_sent = now
-                    next_check = now + cfg.sync_period_s
+                    next_check = now + self._check_interval()
                 if now >= ready:
                     break
                 if stop.wait(min(ready, next_check, self._lands_at()) - now):
@@ -277,6 +286,18 @@ class DeltaSyncCluster:
             self._drain(stop)
             self.sync()  # ship the last rows
             self._drain(stop)
+
+    def _waiting(self, message: str, *args: object) -> None:
+        """Logs a wait for the node's first policy once, then at debug (asked every 2 s)."""
+        log.log(logging.DEBUG if self.unanswered_polls else logging.INFO, message, *args)
+        self.unanswered_polls += 1
+
+    def _check_interval(self) -> float:
+        """Seconds to the next policy read: a sync period, or, until the node's policy is first
+        read, POLICY_RETRY_S, so a cluster started beside its node does not wait a period."""
+        if self.policy_read:
+            return self.config.sync_period_s
+        return min(POLICY_RETRY_S, self.config.sync_period_s)
 
     def _lands_at(self) -> float:
         return math.inf if self.in_flight is None else self.in_flight.lands_at

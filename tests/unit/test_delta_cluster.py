@@ -6,6 +6,7 @@ its nodes and cluster replay from where the base's pretraining stopped."""
 from __future__ import annotations
 
 import argparse
+import logging
 import threading
 import time
 
@@ -16,6 +17,7 @@ from controlplane.commands import demo
 from dlrm_core.experiment.cluster import dense_state
 from dlrm_core.model import DLRM, DLRMConfig
 from dlrm_core.synthetic import SyntheticConfig, SyntheticStream
+from nodeworker import delta_cluster
 from nodeworker.delta_cluster import ClusterConfig, DeltaSyncCluster, SyncStamp
 from nodeworker.node_service import open_source, synthetic_config
 
@@ -178,6 +180,39 @@ def test_run_rebases_every_rebase_period_and_reads_the_policy_every_sync_period(
     assert all(log[i - 1][0] == "poll" for i in sends[:-1])
     assert all(b - a >= 0.4 - 0.05 for a, b in zip(decided, decided[1:], strict=False))
     assert len(log) - len(sends) > len(sends)  # the policy is read more often than it rebases
+
+
+def test_a_cluster_started_before_its_node_reads_its_policy_without_waiting_a_period(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(delta_cluster, "POLICY_RETRY_S", 0.05)
+    stream = small_stream(num_events=1024)
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    polls: list[tuple[float, str]] = []  # (when, what the node answered)
+
+    def node_period():
+        answer = ("down", "start-up", "start-up", "0")[min(len(polls), 3)]
+        polls.append((time.monotonic(), answer))
+        if answer == "down":
+            raise ConnectionRefusedError("no socket yet")
+        return None if answer == "start-up" else 0.0
+
+    cluster = DeltaSyncCluster(
+        model,
+        lambda deltas, _, dense: None,
+        ClusterConfig(60.0, qps=1024 / 0.6, label_delay_s=0),
+        node_period,
+    )
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG, logger="nodeworker.delta_cluster"):
+        cluster.run(iter(stream), threading.Event())
+    # read within the stream's 0.6 s, not at its end nor a 60 s sync period later
+    assert [a for _, a in polls[:4]] == ["down", "start-up", "start-up", "0"]
+    assert polls[3][0] - started < 0.5 and cluster.policy_read
+    assert len(polls) == 4  # then once a sync period: none more in the stream
+    waiting = [r for r in caplog.records if "waiting" in r.getMessage()]
+    assert [r.levelno for r in waiting] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_shipment_lands_its_transfer_time_after_its_snapshot_and_the_cluster_learns_on():
