@@ -149,7 +149,8 @@ class RankController:
             rows = capacity_plan(self.budget_bytes, *sizes)[0]
             widest = max(rows * SKETCH_PER_ROW, 2).bit_length()
             share = int(self.budget_bytes * self.policy.sketch_share)
-            bits = min(SightingSketch.bits_for(share), widest)
+            # a budget holding every row of the table turns no id away: nothing to gate
+            bits = min(SightingSketch.bits_for(share), widest) if rows < self.live.num_rows else 0
         if bits == 0:
             self.sketch = None
         elif self.sketch is None or self.sketch.width_bits != bits:
