@@ -479,8 +479,9 @@ PyDoc_STRVAR(lora_step_doc,
              "wrote them (sizes: row_grad's and b_grad's floats). Row-wise Adagrad on each group's\n"
              "active keys' rows of A (accum (accum_size,) float32, indexed by the buffers' rows\n"
              "pos[u]), then Adam on B_t and its moments for each member m whose steps[m] (a tuple,\n"
-             "one int per member) is >= 1 (its Adam step count), and its Gram matrix added into\n"
-             "the (dim, dim) float32 at observers[m] (a tuple of pointers, 0: none).");
+             "one int per member) is >= 1 (its Adam step count), and its Gram matrix's upper\n"
+             "triangle (row-major, dim (dim + 1) / 2 floats: the Gram is symmetric) added into the\n"
+             "float32 at observers[m] (a tuple of pointers, 0: none).");
 
 static PyObject *lora_step(PyObject *self, PyObject *args) {
     PyObject *batch_spec, *group_specs, *accum_obj, *row_grad_obj, *b_grad_obj, *steps_obj;
@@ -540,9 +541,13 @@ static PyObject *lora_step(PyObject *self, PyObject *args) {
     }
     size_t square = (size_t)x.dim * x.dim;
     for (int m = 0; m < x.members; m++)
-        if (observers[m])
-            for (size_t k = 0; k < square; k++)
-                observers[m][k] += grams[(size_t)m * square + k];
+        if (observers[m]) {  /* packed: the upper triangle, row-major */
+            float *out = observers[m];
+            const float *gram = grams + (size_t)m * square;
+            for (int j = 0; j < x.dim; j++)
+                for (int k = j; k < x.dim; k++)
+                    *out++ += gram[(size_t)j * x.dim + k];
+        }
     Py_END_ALLOW_THREADS;
     free(steps);
     free(observers);

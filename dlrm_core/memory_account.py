@@ -57,7 +57,7 @@ class TableAccount:
     optimizer: int  # row-wise Adagrad accumulators, B's Adam moments
     slot_map: int  # ids, last-use times, the cuckoo index
     sketch: int  # the second-sighting gate
-    gram: int  # the rank controller's (D, D) gradient Gram (row_budget.gram_bytes)
+    gram: int  # the rank controller's packed gradient Gram (row_budget.gram_bytes)
     fold_log: int  # ids folded since the last publish
     published: int  # the newest published version's copies and base patch
     budget: int

@@ -34,6 +34,7 @@ from dlrm_core.factor_spectrum import (
     top_eigenvectors,
     truncate,
 )
+from dlrm_core.gradient_gram import PackedGram
 from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.rank_policy import RankEvent, RankPolicy, RefusalLog, min_budget_bytes
 from dlrm_core.row_budget import FOLD_LOG_MIN, FOLD_LOG_SHARE, capacity_plan, floor_bytes
@@ -68,7 +69,7 @@ class RankController:
         self.published_copy = published_copy  # plan room for a published copy of the factors
         self.node_key_bytes = node_key_bytes  # > 0 on a node: plan its copies (row_budget.py)
         self._gen = torch.Generator().manual_seed(live.config.seed + 1)
-        self._reset_gradient_stats()
+        self._grad_gram = PackedGram(live.dim)  # since the last adapt
         self._refused = 0
         self._warm = False  # B has been set from the observed gradients
         self._last_adapt = self._full_at = -math.inf
@@ -148,7 +149,8 @@ class RankController:
             rows = capacity_plan(self.budget_bytes, *sizes)[0]
             widest = max(rows * SKETCH_PER_ROW, 2).bit_length()
             share = int(self.budget_bytes * self.policy.sketch_share)
-            bits = min(SightingSketch.bits_for(share), widest)
+            # a budget holding every row of the table turns no id away: nothing to gate
+            bits = min(SightingSketch.bits_for(share), widest) if rows < self.live.num_rows else 0
         if bits == 0:
             self.sketch = None
         elif self.sketch is None or self.sketch.width_bits != bits:
@@ -226,32 +228,25 @@ class RankController:
 
     def observe_gram(self, gram: torch.Tensor) -> None:
         """Add the (D, D) Gram matrix of finite output gradients."""
-        self._grad_gram += gram
+        self._grad_gram.add(gram)
 
     def gram_pointer(self) -> int:
-        """Where the fused path's kernel adds Gram matrices (observe_gram), until an adapt."""
-        gram, dim = self._grad_gram, self.live.dim
-        if gram.shape != (dim, dim) or gram.dtype != torch.float32 or not gram.is_contiguous():
-            raise TypeError("the gradient statistics must be contiguous float32 (D, D)")
-        return gram.data_ptr()
-
-    def _reset_gradient_stats(self) -> None:
-        self._grad_gram = torch.zeros(self.live.dim, self.live.dim)
-
-    def _residual_gram(self) -> torch.Tensor:
-        return residual_gram(self.live.B.detach(), self._grad_gram)  # outside span(B)
+        """Where the fused path's kernel adds the Gram's packed upper triangle (gradient_gram),
+        until an adapt."""
+        return self._grad_gram.pointer()
 
     def residual_share(self) -> float:
         """Share of the observed gradient energy outside span(B) since the last adapt."""
-        total = float(torch.trace(self._grad_gram))
-        return float(torch.trace(self._residual_gram())) / total if total > 0 else 0.0
+        total = self._grad_gram.trace()
+        outside = residual_gram(self.live.B.detach(), self._grad_gram.full())
+        return float(torch.trace(outside)) / total if total > 0 else 0.0
 
     def adapt(self, now: float) -> int:
         """Choose the rank and re-factor A, B when it changes. A table whose rows fill its
         budget (or that a growth would make evict) weighs rank against rows by the gradient
         energy each captures (rank_choice.py), evicting the coldest rows for a growth; any
         other follows the spectrum and the gradient residual. Returns the new rank."""
-        if not self._warm and float(torch.trace(self._grad_gram)) > 0:
+        if not self._warm and self._grad_gram.trace() > 0:
             return self._adapted(now, self._warm_start(now))  # the warm-up picked rank and B
         r = self.live.rank
         target, reason, svd = self._wanted_rank()
@@ -268,7 +263,7 @@ class RankController:
         return self._adapted(now, target)
 
     def _adapted(self, now: float, rank: int) -> int:
-        self._reset_gradient_stats()
+        self._grad_gram.reset()
         self._last_adapt = float(now)
         return rank
 
@@ -312,10 +307,11 @@ class RankController:
     def _trade_rank_for_rows(self, now: float, svd: Svd, asked: bool) -> tuple[int, str]:
         """(rank, why) of the most energy (rank_choice.py) for a table bound by its rows; a
         growth evicts the coldest. ``asked``: the spectrum asked to grow (refusals: events)."""
-        r, total, policy = self.live.rank, float(torch.trace(self._grad_gram)), self.policy
+        gram = self._grad_gram.full()
+        r, total, policy = self.live.rank, float(torch.trace(gram)), self.policy
         since = float(now) - self._last_adapt
         heat = rank_choice.row_heat(self.live.ages(now), since, policy.lru_min_age)
-        energies = rank_choice.direction_energies(self._grad_gram, svd[2], policy.r_max - r)
+        energies = rank_choice.direction_energies(gram, svd[2], policy.r_max - r)
         room = self.fold_log_room if policy.fold_evicted else lambda k: self.live.num_active
         fitting = [k for k in range(policy.r_min, policy.r_max + 1) if self.fits(k)]
         row = heat.marginal(self._turnover(), total) if self._full_at == now else 0.0  # full
@@ -347,11 +343,12 @@ class RankController:
         carry tau of its energy (in [r_min, r_max], fewer if the active rows would not fit);
         the active rows' deltas projected onto them stay, the rest is folded. Returns the rank."""
         self._warm, policy, r = True, self.policy, self.live.rank
-        eig = torch.linalg.eigvalsh(self._grad_gram).flip(0).clamp(min=0)  # largest first
+        gram = self._grad_gram.full()
+        eig = torch.linalg.eigvalsh(gram).flip(0).clamp(min=0)  # largest first
         k = min(max(energy_rank(eig, policy.tau), policy.r_min), policy.r_max)
         while k > policy.r_min and not (self.fits(k) and self.live.num_active <= self.max_rows(k)):
             k -= 1
-        basis = top_eigenvectors(self._grad_gram, k)  # (D, k)
+        basis = top_eigenvectors(gram, k)  # (D, k)
         a, lost = onto_basis(self.live.A.detach(), self.live.B.detach(), basis)
         self._set_folding(a, basis.T, lost)
         self._note_change(now, r, k, "warm:gram")
@@ -384,7 +381,8 @@ class RankController:
             a, basis = torch.zeros(0, 0), torch.zeros(d, 0)
         m = basis.shape[1]
         if k > m:
-            first = top_eigenvectors(self._residual_gram(), 1)[:, 0]
+            outside = residual_gram(live.B.detach(), self._grad_gram.full())  # of span(B)
+            first = top_eigenvectors(outside, 1)[:, 0]
             basis = extend_basis(basis, k - m, first, self._gen)
             a = torch.cat([a.reshape(n, m), torch.zeros(n, k - m)], dim=1)
         self._set_folding(a, basis.T, lost)

@@ -5,7 +5,8 @@ Per active row: A's row (4 r), its id (8), last-use time (4), Adagrad accumulato
 of the cuckoo index (dlrm_core/hash_index.py: 8-slot buckets of int32 (id, row), at most
 INDEX_LOAD of the slots used) and of the fold log (ids folded since the last publish). Per
 table: B and its Adam moments (3 r D floats), the index's whole buckets and hash multipliers,
-the fold log's floor, the rank controller's gradient Gram (D x D floats).
+the fold log's floor, the rank controller's gradient Gram (its upper triangle: D (D + 1) / 2
+floats).
 On a node (``node_key_bytes``) also the copies outside the trainer (node_copy_bytes).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 
+from dlrm_core.gradient_gram import packed_bytes
 from dlrm_core.hash_index import BUCKET, MAX_LOAD
 
 _F32, _I64 = 4, 8
@@ -48,9 +50,10 @@ def index_bytes(bits: int) -> int:
 
 
 def gram_bytes(dim: int) -> int:
-    """The rank controller's (D, D) float32 gradient Gram (dlrm_core/rank.py), held for good
-    beside the table's state: 1 KiB at D = 16, 0.17% of the Criteo sample's 26 tables."""
-    return _F32 * dim * dim
+    """The rank controller's gradient Gram (dlrm_core/rank.py), held for good beside the
+    table's state: symmetric, packed to its upper triangle (gradient_gram.py), 544 bytes at
+    D = 16."""
+    return packed_bytes(dim)
 
 
 def index_capacity(bits: int) -> int:

@@ -98,7 +98,16 @@ class RunResult:
 
 
 StrategyFactory = Callable[
-    [DLRM, SimulatedCluster, ExperimentConfig, float, dict[str, float], float, StreamSchema],
+    [
+        DLRM,
+        SimulatedCluster,
+        ExperimentConfig,
+        float,
+        dict[str, float],
+        float,
+        StreamSchema,
+        dict[str, int],
+    ],
     dict[str, Strategy],
 ]
 
@@ -207,9 +216,9 @@ class _Built:
         self.strategies = []
         for config, scale in zip(configs, scales, strict=True):
             torch.manual_seed(config.seed)  # every replay's strategies from the same RNG state
-            self.strategies.append(
-                factory(pre.model, self.cluster, config, scale, pre.benefit, start_s, schema)
-            )
+            made = factory(pre.model, self.cluster, config, scale, pre.benefit, start_s, schema,
+                           pre.head_rows)  # fmt: skip
+            self.strategies.append(made)
 
     def replay(
         self,
@@ -274,8 +283,10 @@ def make_strategies(
     benefit: dict[str, float],
     start_s: float,
     schema: StreamSchema,
+    head_rows: dict[str, int] | None = None,
 ) -> dict[str, Strategy]:
-    """``config.strategies``, each from its own copy of ``base``; local learners as a fleet."""
+    """``config.strategies``, each from its own copy of ``base``; local learners as a fleet
+    (``benefit``, ``head_rows``: their budget split's evidence, table_budgets)."""
     out: dict[str, Strategy] = {}
     newest, learnt = cluster.newest_event_s, cluster.learnt_until_id
     period = config.sync_period_s
@@ -284,7 +295,7 @@ def make_strategies(
             kind = LOCAL[name]
             nodes = [
                 _make_liveupdate(kind, copy.deepcopy(base), cluster, Link(config.link, scale),
-                                 config, benefit, start_s)
+                                 config, benefit, start_s, head_rows)
                 for _ in range(config.fleet.nodes)
             ]  # fmt: skip
             router = shared_router(config.fleet, schema, config.seed)
@@ -314,12 +325,13 @@ def _make_liveupdate(
     config: ExperimentConfig,
     benefit: dict[str, float],
     start_s: float,
+    head_rows: dict[str, int] | None = None,
 ) -> LiveUpdate:
     params = config.live
     # reserved from the budget: a hybrid's anchor, a fed node's landing piece
     anchor = anchor_bytes(model, params) if kind is Hybrid else 0
     piece = piece_bytes(model, params) if issubclass(kind, FedLiveUpdate) else 0
-    budgets = table_budgets(model, params, benefit, reserved=anchor + piece)
+    budgets = table_budgets(model, params, benefit, anchor + piece, head_rows)
     args = (model, params, budgets, cluster.newest_event_s, cluster.learnt_until_id, config.seed)
     if kind is LiveUpdate:
         return LiveUpdate(*args)

@@ -5,8 +5,10 @@ model served. The memory budget (a share of all table bytes) is split across tab
 measured benefit, in the spirit of AdaLoRA's budget allocation: a table's share follows the
 gradient energy (sum of squared row-gradient norms) its rows showed while the base model was
 trained on the head of the stream, i.e. the first-order loss decrease a correction there can
-buy. Tables that cannot use their share (small tables: all their rows at r_max) are capped and
-the rest is re-split; a table whose share cannot hold B at r_min gets none.
+buy. Tables that cannot use their share are capped and the rest is re-split: a table can use
+its rows at r_max, and of those only the ones its traffic touches (the head's distinct rows: a
+Criteo feature of three values hashed into 1,024 rows uses three; MovieLens' user table, the
+users of the last hour). A table whose share cannot hold B at r_min gets none.
 """
 
 from __future__ import annotations
@@ -83,17 +85,23 @@ def allocate_budget(
     return {}
 
 
-def table_caps(model: DLRM, r_max: int) -> dict[str, int]:
-    """Most bytes a table can use: all its rows active at r_max (D at most), with their index
-    and fold log, and the controller's gradient Gram (row_budget's plan)."""
-    d = model.config.embedding_dim
-    return {
-        name: overhead_bytes(n, min(r_max, d), d)
-        + index_bytes(index_bits(n))
-        + 8 * (FOLD_LOG_MIN + n // FOLD_LOG_SHARE)
-        + gram_bytes(d)
-        for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True)
-    }
+def table_caps(
+    model: DLRM, r_max: int, head_rows: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Most bytes a table can use: all its rows (of them, the ``head_rows`` its traffic
+    touched, when known) active at r_max (D at most), with their index and fold log, and the
+    controller's gradient Gram (row_budget's plan)."""
+    d, seen = model.config.embedding_dim, head_rows or {}
+    caps = {}
+    for name, n in zip(model.config.feature_names, model.config.table_sizes, strict=True):
+        rows = max(min(n, seen.get(name, n)), 1)
+        caps[name] = (
+            overhead_bytes(rows, min(r_max, d), d)
+            + index_bytes(index_bits(rows))
+            + 8 * (FOLD_LOG_MIN + rows // FOLD_LOG_SHARE)
+            + gram_bytes(d)
+        )
+    return caps
 
 
 class LiveUpdate(Strategy):
@@ -342,18 +350,23 @@ def piece_bytes(model: DLRM, params: LiveUpdateParams) -> int:
 
 
 def table_budgets(
-    model: DLRM, params: LiveUpdateParams, benefit: Mapping[str, float], reserved: int = 0
+    model: DLRM,
+    params: LiveUpdateParams,
+    benefit: Mapping[str, float],
+    reserved: int = 0,
+    head_rows: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Each table's bytes of ``params.budget_pct`` % of the model's table bytes less
     ``reserved`` (a hybrid's anchor): in proportion to the measured ``benefit`` with allocation
-    "benefit" (equal shares while none was measured), under each table's cap
-    (allocate_budget). Raises ValueError when no table can hold its factors
-    (min_table_budget)."""
+    "benefit" (equal shares while none was measured), under each table's cap (table_caps, of
+    the ``head_rows`` its traffic touched when known; allocate_budget). Raises ValueError when
+    no table can hold its factors (min_table_budget)."""
     total = budget_bytes(model, params) - reserved
     measured = benefit if params.allocation == "benefit" and sum(benefit.values()) > 0 else None
     weights = measured or dict.fromkeys(benefit, 1.0)
     floor = min_table_budget(params, model.config.embedding_dim)
-    budgets = allocate_budget(total, weights, table_caps(model, params.r_max), floor)
+    caps = table_caps(model, params.r_max, head_rows)
+    budgets = allocate_budget(total, weights, caps, floor)
     if not budgets:
         raise ValueError(
             f"a {params.budget_pct}% budget ({total} bytes) cannot hold a single table's "

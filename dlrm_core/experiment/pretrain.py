@@ -1,7 +1,8 @@
 """The base model every strategy of a replay starts from: trained on the stream's head.
 
 While it trains, each table's gradient energy is measured on the head's last ``TUNE_SHARE``
-(first epoch, so on events the model had not seen), for LiveUpdate's budget split. The base is
+(first epoch, so on events the model had not seen), and the rows the head touched are counted,
+for LiveUpdate's budget split. The base is
 memoised per process: runs of one plan that share the stream, the seed and the head's training
 settings train it once. It is never modified after pretraining (every strategy and the cluster
 copy it), and the harness reseeds torch after pretraining, so a memoised base gives the same
@@ -36,6 +37,7 @@ class Pretrained:
     model: DLRM
     train_config: FullTrainConfig
     benefit: dict[str, float]
+    head_rows: dict[str, int]  # each table's distinct rows the head touched
     events: int
     newest_event_s: float
     last_id: int
@@ -91,10 +93,14 @@ def pretrain(
     )
     trainer = FullSparseTrainer(model, full_cfg)
     benefit = dict.fromkeys(schema.keys, 0.0)
+    touched = {name: torch.zeros(n, dtype=torch.bool) for name, n in
+               zip(model.config.feature_names, model.config.table_sizes, strict=True)}  # fmt: skip
     head: list[SparseBatch] = []
     seen, newest, last_id = 0, -math.inf, -1
     for batch in head_batches(open_stream, config.qps, n_pre):
         result = trainer.step(batch)
+        for name, (rows, _) in result.touched.items():
+            touched[name][rows] = True
         if seen >= tune_from:
             for name, energy in gradient_energy(result.touched).items():
                 benefit[name] += energy
@@ -108,4 +114,6 @@ def pretrain(
     for _ in range(config.pretrain_epochs - 1):
         for batch in head:
             trainer.step(batch)
-    return Pretrained(model, full_cfg, benefit, n_pre, newest, last_id, trainer.optimizer_state())
+    head_rows = {name: int(flags.sum()) for name, flags in touched.items()}
+    state = trainer.optimizer_state()
+    return Pretrained(model, full_cfg, benefit, head_rows, n_pre, newest, last_id, state)

@@ -136,13 +136,24 @@ def test_random_sequences_keep_the_budget_and_the_served_rows(ops, budget, rank,
 
 def test_the_gate_admits_an_id_on_its_second_sighting():
     live = LiveEmbedding(nn.EmbeddingBag(N, D, mode="sum"), LiveEmbeddingConfig(rank=2))
-    ctl = RankController(live, "t", RankPolicy(r_max=4, admit_after=2), 20_000)
-    assert ctl.sketch is not None and ctl.accounted_bytes() <= 20_000
+    ctl = RankController(live, "t", RankPolicy(r_max=4, admit_after=2), 6_000)
+    assert ctl.max_rows() < N  # the budget cannot hold every row: ids compete for them
+    assert ctl.sketch is not None and ctl.accounted_bytes() <= 6_000
     sightings = 8  # the sketch's since_reset counter
-    assert ctl.sketch.nbytes == 2 * (1 << ctl.sketch.width_bits) + sightings <= 20_000 // 16
+    assert ctl.sketch.nbytes == 2 * (1 << ctl.sketch.width_bits) + sightings <= 6_000 // 16
     assert ctl.admit(torch.tensor([1, 2, 3]), now=0.0) == 0  # first sightings
     assert ctl.admit(torch.tensor([2, 4, 4]), now=1.0) == 2  # 2 again, 4 twice
     assert sorted(live.ids.tolist()) == [2, 4]
+
+
+def test_a_budget_holding_every_row_has_no_sketch_and_admits_at_once():
+    """The gate turns ids away to keep rows for those that return: where the budget holds
+    every row of the table (a handful of genders, ages) none is turned away, and the sketch's
+    bytes go to the table's rows and rank."""
+    tiny = LiveEmbedding(nn.EmbeddingBag(8, D, mode="sum"), LiveEmbeddingConfig(rank=4))
+    ctl = RankController(tiny, "t", RankPolicy(r_max=D, admit_after=2), 4_000)
+    assert ctl.max_rows() == 8 and ctl.sketch is None
+    assert ctl.admit(torch.tensor([1, 2, 3]), now=0.0) == 3  # first sightings: room for all
 
 
 def test_the_sketch_forgets_and_never_undercounts():

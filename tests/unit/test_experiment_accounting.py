@@ -253,6 +253,22 @@ def test_budget_split_follows_benefit_under_caps_and_floor() -> None:
     assert allocate_budget(10, {"x": 1.0}, {"x": 10**6}, floor=60) == {}
 
 
+def test_a_table_uses_no_more_of_the_budget_than_the_rows_its_traffic_touched() -> None:
+    """A Criteo feature of three values hashed into 1,024 rows took a 33 KB share for its three
+    rows: capped at the rows the head touched, its share goes to the tables whose rows fill
+    their budgets."""
+    model = tiny_model()
+    params = LiveUpdateParams(budget_pct=100.0, r_max=4, initial_rank=2, prune_age_s=None)
+    full = table_caps(model, params.r_max)
+    seen = table_caps(model, params.r_max, {"a": 30, "b": 10**6})
+    assert seen["b"] == full["b"] and seen["a"] < full["a"]
+    assert seen["a"] == table_caps(DLRM(DLRMConfig(("a",), (30,), 2, D, (8, D), (8, 1))), 4)["a"]
+    by_rows = table_budgets(model, params, {"a": 3.0, "b": 1.0}, head_rows={"a": 30, "b": 50})
+    total, floor = int(table_bytes(model) * params.budget_pct / 100.0), min_table_budget(params, D)
+    assert by_rows == allocate_budget(total, {"a": 3.0, "b": 1.0}, seen, floor)
+    assert by_rows["a"] == seen["a"] < table_budgets(model, params, {"a": 3.0, "b": 1.0})["a"]
+
+
 def test_table_budgets_split_the_budget_by_measured_benefit_else_evenly() -> None:
     model = tiny_model()
     params = LiveUpdateParams(budget_pct=100.0, r_max=4, initial_rank=2, prune_age_s=None)

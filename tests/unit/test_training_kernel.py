@@ -177,7 +177,7 @@ def test_correction_matches_autograd(seed):
     for g in range(len(case.groups)):
         want.append(torch_group(case, g, expected, out_grad, 0.1, 0.01))
         expected = want[-1][0]
-    grams_before = [c._grad_gram.clone() for c in case.controllers]
+    grams_before = [c._grad_gram.full() for c in case.controllers]  # packed: unpacked
     with torch.no_grad():  # the scoring forward (no state kept for a step) is the same
         served = pooled.clone()
         case.correction().add_to_(served, torch.zeros(0, requires_grad=True))
@@ -198,7 +198,7 @@ def test_correction_matches_autograd(seed):
         for t in range(group.size):
             m = group.member0 + t
             observed = want[g][7][t] if case.lives[m].num_active else torch.zeros(dim, dim)
-            grown = case.controllers[m]._grad_gram - grams_before[m]
+            grown = case.controllers[m]._grad_gram.full() - grams_before[m]
             torch.testing.assert_close(grown, observed, **TOL)
     assert case.lives[0].b_steps == 2  # no active rows: no B step
 
