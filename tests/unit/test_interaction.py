@@ -30,7 +30,7 @@ def forward_backward(fn, dense, sparse, grad):
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
 @pytest.mark.parametrize("features", [1, 2, 3, 7, 8, 9, 15, 16, 17, 26, 27])
-@pytest.mark.parametrize("dim", [1, 5, 16, 20, 33])
+@pytest.mark.parametrize("dim", [1, 5, 8, 16, 20, 24, 32, 33])
 def test_kernel_matches_the_torch_ops(batch, features, dim):
     """Output and both inputs' gradients, on random shapes (tails of every vector width)."""
     dense, sparse = inputs(batch, features, dim, seed=batch * 1000 + features * 10 + dim)
