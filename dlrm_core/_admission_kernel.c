@@ -23,7 +23,7 @@ matrix product's bits are BLAS's).
 
 lru: RankController's pick of the least recently used rows for make_room: each row's age, the
 rows of the batch's ids protected through the index, the oldest `count` by a heap (ties: the
-lower row first), where ~10 torch ops with topk cost ~0.25 ms a pick at ~500 rows.
+higher row first), where ~10 torch ops with topk cost ~0.25 ms a pick at ~500 rows.
 
 batch_keys, argsort: a batch's ids of all tables at once as keys of one key space, their distinct
 keys (as torch.unique with inverse and counts), the bags' starts and each table's first key (what
@@ -698,14 +698,15 @@ static PyObject *evict(PyObject *self, PyObject *args) {
 }
 
 /* LRU candidates: a min-heap of the `count` best rows so far, its root the worst of them.
-   Better: older (a larger age), of equal ages the lower row; a strict order, so the pick does
-   not depend on how it is found. */
+   Better: older (a larger age), of equal ages the higher row (the tail: LiveEmbedding.evict
+   moves no row into a hole the tail leaves); a strict order, so the pick does not depend on
+   how it is found. */
 typedef struct {
     double age;
     int64_t row;
 } Aged;
 
-INLINE int older(Aged x, Aged y) { return x.age > y.age || (x.age == y.age && x.row < y.row); }
+INLINE int older(Aged x, Aged y) { return x.age > y.age || (x.age == y.age && x.row > y.row); }
 
 static void sift_down(Aged *heap, Py_ssize_t size, Py_ssize_t i) {
     for (;;) {
@@ -729,7 +730,7 @@ static void sift_up(Aged *heap, Py_ssize_t i) {
 }
 
 /* Up to count of the n rows aged elapsed - last_used[row] >= min_age (not NaN) and not
-   protected, oldest first (ties: the lower row), into out; returns how many. O(n log count). */
+   protected, oldest first (ties: the higher row), into out; returns how many. O(n log count). */
 static Py_ssize_t least_recent(const float *last_used, Py_ssize_t n, double elapsed,
                                double min_age, const char *protected, Py_ssize_t count,
                                int64_t *out, Aged *heap) {
@@ -757,8 +758,8 @@ PyDoc_STRVAR(lru_doc,
              "seconds since its time origin; elapsed: now since that origin): up to count rows\n"
              "whose age elapsed - last_used (in float64) is >= min_age, skipping the rows of the\n"
              "p int64 ids protect_ptr holds (looked up in the index), the oldest first, equal\n"
-             "ages in row order. Writes them (int64) into out_ptr (room for count); returns how\n"
-             "many.");
+             "ages the higher row first. Writes them (int64) into out_ptr (room for count);\n"
+             "returns how many.");
 
 static PyObject *lru(PyObject *self, PyObject *args) {
     PyObject *spec, *used_obj, *protect_obj, *out_obj;

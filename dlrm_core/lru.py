@@ -1,9 +1,10 @@
 """The least recently used rows of a LiveEmbedding: the rows RankController.make_room evicts to
 make room for the ids admission refused. One call into the admission kernel (its ``lru``): the
 ages in float64 as LiveEmbedding.ages has them, the protected ids looked up in the table's index,
-the oldest rows by a heap. Oldest first; rows of equal age (a batch stamps all its rows with one
-time) in row order, so the pick is the same on every run and platform (torch.topk leaves the
-order of ties open).
+the oldest rows by a heap. Oldest first; of rows of equal age (a batch stamps all its rows with
+one time) the higher row first, so the pick is the same on every run and platform (torch.topk
+leaves the order of ties open), and it takes the tail first, whose rows LiveEmbedding.evict's
+compaction need not move.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ class RankController:
 
     def _lru(self, count: int, protect: torch.Tensor | None, now: float) -> torch.Tensor:
         """Up to ``count`` least recently used ids, skipping ``protect`` and fresh rows, oldest
-        first (equal ages in row order: lru.py)."""
+        first (of equal ages the higher row: lru.py)."""
         min_age = self.policy.lru_min_age
         return self.live.ids[least_recent(self.live, count, protect, now, min_age)]
 

@@ -1,5 +1,6 @@
 """The LRU pick in C (lru.py, the admission kernel's lru) against the torch ops it replaced:
-the same rows in the same order where ages differ, ties in row order, and the empty cases."""
+the same rows in the same order where ages differ, ties the higher row first, and the empty
+cases."""
 
 from __future__ import annotations
 
@@ -36,13 +37,14 @@ def _torch_lru(
 def _stable_lru(
     live: LiveEmbedding, count: int, protect: torch.Tensor | None, now: float, min_age: float
 ) -> torch.Tensor:
-    """The defined order: oldest first, equal ages in row order (a stable descending sort)."""
+    """The defined order: oldest first, of equal ages the higher row (a stable descending sort
+    of the rows reversed)."""
     ages = live.ages(now)
     keep = ages >= min_age
     if protect is not None:
         pos, hit = live.slots(protect)
         keep[pos[hit]] = False
-    order = torch.sort(ages, descending=True, stable=True).indices
+    order = ages.numel() - 1 - torch.sort(ages.flip(0), descending=True, stable=True).indices
     return live.ids[order[keep[order]][:count]]
 
 
@@ -65,7 +67,7 @@ def test_distinct_ages_pick_what_topk_picked(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_equal_ages_go_in_row_order(seed: int) -> None:
+def test_equal_ages_go_the_higher_row_first(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     n = 300
     ids = torch.randperm(1000, generator=gen)[:n]
@@ -78,7 +80,7 @@ def test_equal_ages_go_in_row_order(seed: int) -> None:
             assert torch.equal(live.ids[got], _stable_lru(live, count, prot, 110.0, 6.5))
             pairs = list(zip(live.ages(110.0)[got].tolist(), got.tolist(), strict=True))
             assert all(
-                a > b or (a == b and r < s)
+                a > b or (a == b and r > s)
                 for (a, r), (b, s) in zip(pairs, pairs[1:], strict=False)
             )
 
