@@ -47,3 +47,14 @@ def evict(
     rows: int,
     k: int,
 ) -> bool: ...
+def lru(
+    index: IndexSpec,
+    last_used: int,
+    n: int,
+    elapsed: float,
+    min_age: float,
+    protect: int,
+    p: int,
+    count: int,
+    out: int,
+) -> int: ...

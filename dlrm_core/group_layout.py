@@ -115,10 +115,10 @@ class LiveGroups:
         """Rebuild the layout when a table's rank, scale or capacity changed; else copy back
         the tables whose tensors were replaced (rank re-factoring, imports). Runs before every
         step: a table's rank and scale change only with its tensors (LiveEmbedding.version),
-        its capacity only with them or its budget and sketch, so nothing else is looked at
-        while those stay as they were."""
+        its capacity only with them or its budget and sketch (whose bytes its width sets), so
+        nothing else is looked at while those stay as they were."""
         changes = tuple(
-            (live.version, ctl.budget_bytes, ctl.sketch.nbytes if ctl.sketch else 0)
+            (live.version, ctl.budget_bytes, ctl.sketch.width_bits if ctl.sketch else 0)
             for live, ctl in zip(self.lives.values(), self.controllers.values(), strict=True)
         )
         if changes == self._changes:

@@ -145,7 +145,8 @@ class LabelJoin:
     def _pop_logged(self, key: int, entry: _Pending, out: list[SparseBatch]) -> None:
         """Emit a batch served with every label logged, whole (an empty one is dropped)."""
         if len(entry.batch):
-            out.append(entry.batch.with_labels(entry.labels))
+            batch = entry.batch  # its own float32 labels (add_served's .to): no relabelled copy
+            out.append(batch if entry.labels is batch.labels else batch.with_labels(entry.labels))
             self.counts.joined += len(entry.batch)
         self._forget(key, self._entries.pop(key), len(entry.batch))
 

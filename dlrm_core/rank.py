@@ -36,6 +36,7 @@ from dlrm_core.factor_spectrum import (
 )
 from dlrm_core.gradient_gram import PackedGram
 from dlrm_core.live_embedding import LiveEmbedding
+from dlrm_core.lru import least_recent
 from dlrm_core.rank_policy import RankEvent, RankPolicy, RefusalLog, min_budget_bytes
 from dlrm_core.row_budget import FOLD_LOG_MIN, FOLD_LOG_SHARE, capacity_plan, floor_bytes
 
@@ -196,14 +197,10 @@ class RankController:
         return self._evict(old, now, "age")
 
     def _lru(self, count: int, protect: torch.Tensor | None, now: float) -> torch.Tensor:
-        """Up to ``count`` least recently used ids, skipping ``protect`` and fresh rows."""
-        ages = self.live.ages(now)
-        ages[ages < self.policy.lru_min_age] = -math.inf
-        if protect is not None:
-            pos, hit = self.live.slots(protect)  # a repeated id marks its row twice
-            ages[pos[hit]] = -math.inf
-        oldest = torch.topk(ages, min(count, ages.numel())).indices  # O(n), no full sort
-        return self.live.ids[oldest[torch.isfinite(ages[oldest])]]
+        """Up to ``count`` least recently used ids, skipping ``protect`` and fresh rows, oldest
+        first (of equal ages the higher row: lru.py)."""
+        min_age = self.policy.lru_min_age
+        return self.live.ids[least_recent(self.live, count, protect, now, min_age)]
 
     def _evict(self, rows: torch.Tensor, now: float, reason: str, capped: bool = True) -> int:
         """Evict ``rows``; when folding and ``capped``, only as many as the fold log has room

@@ -30,7 +30,7 @@ def forward_backward(fn, dense, sparse, grad):
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
 @pytest.mark.parametrize("features", [1, 2, 3, 7, 8, 9, 15, 16, 17, 26, 27])
-@pytest.mark.parametrize("dim", [1, 5, 16, 20, 33])
+@pytest.mark.parametrize("dim", [1, 5, 8, 16, 20, 24, 32, 33])
 def test_kernel_matches_the_torch_ops(batch, features, dim):
     """Output and both inputs' gradients, on random shapes (tails of every vector width)."""
     dense, sparse = inputs(batch, features, dim, seed=batch * 1000 + features * 10 + dim)
@@ -56,6 +56,35 @@ def test_skipping_dense_gradient_leaves_the_sparse_one_bit_for_bit(features):
     frozen = dense.detach()  # autograd asks the kernel for dense's gradient only when needed
     dot_interaction(frozen, sparse, pair_index(features)).backward(grad)
     assert frozen.grad is None and torch.equal(sparse.grad, full)
+
+
+def _pair_matrix(grad: torch.Tensor, features: int, dim: int) -> torch.Tensor:
+    """The pairs' gradients (B, D + P) as the symmetric (B, F + 1, F + 1) matrix."""
+    n = features + 1
+    full = torch.zeros(grad.shape[0], n * n)
+    full[:, pair_index(features)] = grad[:, dim:]
+    full = full.view(-1, n, n)
+    return full + full.transpose(1, 2)
+
+
+@pytest.mark.parametrize(("features", "dim"), [(1, 8), (2, 16), (8, 16), (15, 32), (5, 24)])
+def test_small_samples_backward_has_the_tiled_paths_bits(features, dim):
+    """Up to 16 rows of 8-32 dims take the in-place path: its sums run over j in the tiled
+    path's order, so its gradients are the tiled path's bits. The tiled path runs on the same
+    sample with zero-padded rows past 16 (a zero row and zero pair gradients add +0 last)."""
+    dense, sparse = (t.detach() for t in inputs(9, features, dim, seed=features))
+    grad = torch.randn(9, dim + (features + 1) * features // 2)
+    small_dense, small = kernel_backward(dense, sparse, grad)
+    wide = 17 - features  # features + wide = 17 > 16 rows: the tiled path
+    padded = torch.cat([sparse, torch.zeros(9, wide, dim)], dim=1)
+    matrix = torch.zeros(9, 18, 18)
+    matrix[:, : features + 1, : features + 1] = _pair_matrix(grad, features, dim)
+    padded_grad = torch.cat(
+        [grad[:, :dim], matrix.flatten(1)[:, pair_index(features + wide)]], dim=1
+    )
+    tiled_dense, tiled = kernel_backward(dense, padded, padded_grad)
+    assert small_dense is not None and tiled_dense is not None
+    assert torch.equal(small_dense, tiled_dense) and torch.equal(small, tiled[:, :features])
 
 
 def test_module_runs_the_kernel_and_keeps_the_layout():

@@ -30,6 +30,22 @@ def test_logged_labels_join_after_the_delay():
     assert join.pop_ready(100.0) == []
 
 
+def test_a_logged_batch_pops_as_served_float64_labels_as_float32():
+    """A batch served with every label logged needs no relabelled copy; other label dtypes
+    come out float32 as the batch contract says."""
+    join = LabelJoin(delay=0.0, timeout=60.0, max_pending=100)
+    served = batch([1, 2], [1.0, 0.0])
+    join.add_served(served, now=0.0)
+    (ready,) = join.pop_ready(0.0)
+    assert ready is served
+    wide = served.with_labels(served.labels)
+    object.__setattr__(wide, "labels", served.labels.double())
+    join.add_served(wide, now=1.0)
+    (ready,) = join.pop_ready(1.0)
+    assert ready is not wide and ready.labels.dtype == torch.float32
+    assert ready.labels.tolist() == [1.0, 0.0]
+
+
 def test_feedback_joins_missing_labels_and_the_rest_time_out_as_negatives():
     join = LabelJoin(delay=5.0, timeout=30.0, max_pending=100)
     nan = math.nan
