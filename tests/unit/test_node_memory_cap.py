@@ -112,8 +112,11 @@ def test_a_replay_that_folds_every_row_of_a_small_table_keeps_a_flat_account():
                 folded.update(publish(trainer, shared, step).tolist())
                 totals.append(node_total(trainer, shared))
     assert folded == set(range(ITEMS))  # every row of the small table was folded
+    # The account moves by tens of bytes with which rows are active (the index, the serving
+    # layouts' runs); a record kept per fold would grow by 8 bytes for each of the ~2,000
+    # folds.
     third = len(totals) // 3
-    assert max(totals[-third:]) <= max(totals[:third])
+    assert max(totals[-third:]) <= max(totals[:third]) + sum(budgets.values()) // 100
     assert max(totals) <= sum(budgets.values()) + NODE_PAGE_FLOOR
 
 
