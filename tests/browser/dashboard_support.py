@@ -4,12 +4,34 @@ their tokens, telemetry batches and experiment results."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 import requests
 
 from tests import services
+
+
+@contextlib.contextmanager
+def periodically(action: Callable[[], object], period_s: float) -> Iterator[None]:
+    """Runs ``action`` every ``period_s`` in a thread while the block runs (a node reporting its
+    telemetry), then stops it."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(period_s):
+            action()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 class Seeder:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
 from playwright.sync_api import expect
 
 from tests import services
-from tests.browser.dashboard_support import Seeder
+from tests.browser.dashboard_support import Seeder, periodically
 from tests.browser.test_dashboard import WIDE, assert_clean, logged_in, settle
 
 
@@ -50,11 +47,15 @@ def test_an_alert_raised_by_the_worker_reaches_an_open_fleet_page_within_two_sec
     seed.node("quiet-1", None, {})
     page = logged_in(embedded, WIDE)
     badge = page.locator('tr[data-node="quiet-1"] td[data-label=Status] .badge')
+
+    def report() -> None:
+        seed.ingest("quiet-1", [seed.sample("quiet-1", time.time())])
+
     try:
         settle(page)
         # The node reports every 0.2 s until the page shows it online: one sample would leave it
         # online for about the one second the watchdog allows, shorter than the page's polling.
-        with reporting(seed, "quiet-1", every_s=0.2):
+        with periodically(report, 0.2):
             expect(badge).to_have_text("online")
         # The node falls silent: the worker's watchdog marks it down and raises node_down.
         seen_ms = page.wait_for_function(
@@ -74,25 +75,6 @@ def test_an_alert_raised_by_the_worker_reaches_an_open_fleet_page_within_two_sec
         page.context.close()
     log = (embedded["tmp"] / "celery.log").read_text()
     assert "controlplane.watchdog" in log and "relaying" not in log  # no failed relay
-
-
-@contextmanager
-def reporting(seed: Seeder, node: str, every_s: float) -> Iterator[None]:
-    """The node sends one sample every `every_s` seconds while the block runs, then falls silent."""
-    stop = threading.Event()
-
-    def report() -> None:
-        while not stop.is_set():
-            seed.ingest(node, [seed.sample(node, time.time())])
-            stop.wait(every_s)
-
-    thread = threading.Thread(target=report, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=20)
 
 
 TIME_CHARTS = ("auc", "p99", "qps", "logloss", "memory", "rank", "trainer", "losses")

@@ -5,17 +5,14 @@ beat task and shown on the open page (the action, and the node's restore event).
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import expect
 
 from tests import services
-from tests.browser.dashboard_support import Seeder
+from tests.browser.dashboard_support import Seeder, periodically
 from tests.browser.test_dashboard import WIDE, assert_clean, logged_in, settle
 from tests.integration.node_support import corrupt_base, real_node, trained_snapshot
 from tests.integration.test_node_runtime import serve_and_label
@@ -43,24 +40,6 @@ def report(plane, name: str, runtime) -> None:
     sample = runtime.telemetry_snapshot().to_sample(seed.seq[name], time.time())
     seed.seq[name] += 1
     seed.ingest(name, [sample])
-
-
-@contextlib.contextmanager
-def reporting(plane, name: str, runtime, period_s: float = 0.3) -> Iterator[None]:
-    """The node's telemetry every ``period_s`` in a thread, as its reporter sends it."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(period_s):
-            report(plane, name, runtime)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def test_one_click_restore_of_a_snapshot(plane, redis_url, tmp_path, artifacts_dir):
@@ -123,7 +102,8 @@ def test_automatic_rollback_after_an_induced_auc_drop(plane, redis_url, tmp_path
                 time.sleep(1.0)
                 report(plane, name, runtime)
             env = {**plane["env"], "LIVEUPDATE_SLA_INTERVAL_S": "1"}
-            with reporting(plane, name, runtime):  # the node reports on while the task starts
+            # the node reports on while the task starts
+            with periodically(lambda: report(plane, name, runtime), 0.3):
                 out = services.manage(
                     env, "shell", "-c", "from controlplane.tasks import watchdog; print(watchdog())"
                 )
