@@ -216,8 +216,9 @@ class _Built:
         self.strategies = []
         for config, scale in zip(configs, scales, strict=True):
             torch.manual_seed(config.seed)  # every replay's strategies from the same RNG state
-            made = factory(pre.model, self.cluster, config, scale, pre.benefit, start_s, schema,
-                           pre.head_rows)  # fmt: skip
+            made = factory(
+                pre.model, self.cluster, config, scale, pre.benefit, start_s, schema, pre.head_rows
+            )
             self.strategies.append(made)
 
     def replay(
