@@ -19,7 +19,7 @@ with fresh tokens), then supervises (controlplane.supervisor) these processes, l
 
 Both clusters' shipments land ``--transfer`` (60 s) after their snapshot, a link's time between
 clusters: what edge-live learns meanwhile is carried onto a rebase's rows where its anchor holds
-them (at 2% of the demo's small tables it holds few or none; the node logs which).
+them (the cluster's log says how many).
 
 Both nodes and the cluster start from one base checkpoint (``liveupdate cluster init``,
 pretrained on the stream's first ``--pretrain-events``, registered as the ModelCheckpoint
@@ -218,16 +218,19 @@ def _replay_spec(args: argparse.Namespace) -> str:
     if args.data is None:
         if args.format:
             raise SystemExit("liveupdate demo: --format needs --data")
-        # Small tables and a short stream (ids are born at a visible rate, each id gets traffic
-        # often) with fresh ids drawing a share of the traffic: what staleness costs shows in
-        # minutes. The stream lasts num_events / qps (about 5.5 hours at 50 QPS).
+        # A short stream whose ids are born at a visible rate (10k users and 5k items over the
+        # stream), fresh ids drawing a share of the traffic at once: what staleness costs shows
+        # in minutes. The tables are 19 MB so that 2% of them holds rows: a node's active row
+        # costs ~260 bytes with its copies (row_budget.py) and each table ~3.5 KB before its
+        # first row; 2 MB of tables held 17 rows a table. The stream lasts num_events / qps
+        # (about 5.5 hours at 50 QPS).
         options = {
             "drift_per_hour": args.drift,
             "batch_size": 128,
             "num_events": 1_000_000,
-            "user_rows": 20_000,
-            "item_rows": 10_000,
-            "new_id_share": 0.5,
+            "user_rows": 200_000,
+            "item_rows": 100_000,
+            "new_id_share": 0.05,
             "fresh_event_share": 0.3,
             "fresh_window_events": 2_000,
         }

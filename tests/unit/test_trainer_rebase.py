@@ -174,13 +174,13 @@ def test_the_budget_reserves_the_anchor_share_only_with_a_rebase_period():
     assert sum(with_.shares.values()) <= with_.total
 
 
-def test_a_rebase_period_never_stops_a_table_of_the_demo_node_from_training():
-    """The demo's edge-live (20k, 10k rows and two small context tables at 2%): its rebase
-    policy once reserved the anchor's share first, leaving ctx_0 no floor, and the node refused
-    its own policy. The anchor takes what the floors leave, up to its share. (With each
-    table's gradient Gram counted, 1 KiB at D = 16, 2% of its 1.99 MB holds three tables'
-    floors: ctx_1, 3.2 KB of rows, is left untrained with or without the rebase period.)"""
-    spec = demo._replay_spec(argparse.Namespace(data=None, format=None, drift=1.0))
+def test_a_rebase_period_never_stops_a_table_of_a_small_node_from_training():
+    """A node of 20k and 10k rows and two small context tables (1000, 50 rows) at 2%: its
+    rebase policy once reserved the anchor's share first, leaving ctx_0 no floor, and the node
+    refused its own policy. The anchor takes what the floors leave, up to its share. (2% of
+    these 1.99 MB holds three tables' floors: ctx_1, 3.2 KB of rows, is left untrained with or
+    without the rebase period.)"""
+    spec = "synthetic:user_rows=20000,item_rows=10000"
     config = DLRMConfig.from_schema(open_source(spec, 0, 0)[1])
     hybrid = replace(DEFAULT_POLICY, rebase_period_s=1800.0)
     without, with_ = node_budget(config, DEFAULT_POLICY), node_budget(config, hybrid)
@@ -190,3 +190,16 @@ def test_a_rebase_period_never_stops_a_table_of_the_demo_node_from_training():
     assert sum(with_.shares.values()) <= with_.total
     floor = node_table_floor(config, hybrid)
     assert all(b >= floor for b in with_.tables.values())
+
+
+def test_the_demo_node_trains_every_table_and_holds_its_full_anchor():
+    """The demo's edge-live (200k, 100k rows, 19 MB at 2%) with its 30-min rebase period: every
+    table gets a budget above its floor, and the anchor its whole share."""
+    spec = demo._replay_spec(argparse.Namespace(data=None, format=None, drift=1.0))
+    config = DLRMConfig.from_schema(open_source(spec, 0, 0)[1])
+    hybrid = replace(DEFAULT_POLICY, rebase_period_s=1800.0)
+    budget = node_budget(config, hybrid)
+    assert set(budget.tables) == set(config.feature_names) and not budget.untrained
+    assert budget.anchor == int(budget.total * ANCHOR_SHARE)
+    floor = node_table_floor(config, hybrid)
+    assert all(b >= floor for b in budget.tables.values())
