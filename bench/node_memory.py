@@ -134,8 +134,8 @@ def measure(runtime) -> dict[str, object]:
 
 def account_copies(runtime) -> tuple[int, int]:
     """(slots, installed): the node's copies outside its trainer as its account counts them
-    (SharedFactors.held_bytes): the factor files' allocated blocks (both versions' factors and
-    serving layouts; given back past what a version uses) and inference's installed layout."""
+    (SharedFactors.held_bytes): the factor files' allocated blocks (both versions' serving
+    layouts; given back past what a version uses) and inference's installed layout."""
     slots = shm_bytes(runtime.shm_dir)["factors"]
     delta, _ = runtime.inference.served()
     return slots, delta.nbytes if delta is not None else 0

@@ -12,16 +12,17 @@ single writer fills the slot inference is not reading, bumping that slot's seque
 odd before and to even after, then flips ``current``. A reader copies the current slot and
 keeps the copy only if the slot's sequence was even and unchanged across the copy, so it gets
 one whole version, never a mix (int64 header stores and loads are ordered on x86-64, TSO).
-A slot is one arena: all tables' ids, A and B, then the serving layout, packed at offsets the
-header's sizes give, so a version ends in one partly used page per slot, not one per table
-region (a page floor small tables' budgets cannot pay). The file is sparse and the writer
-gives back (MADV_REMOVE) a slot's pages past its version, so a slot never holds the most any
-version used (held_bytes measures it; nodeworker/node_budget.py plans for it).
+A slot is one arena: every rank group's tensors packed at offsets the header's sizes give,
+so a version ends in one partly used page per slot, not one per table region (a page floor
+small tables' budgets cannot pay). The file is sparse and the writer gives back (MADV_REMOVE) a
+slot's pages past its version, so a slot never holds the most any version used (held_bytes
+measures it; nodeworker/node_budget.py plans for it).
 
-A version holds each table's factors and, built by the writer (the trainer, on its own cpus),
-the same version in serving layout: the ServingDelta's groups (hash index slots, A with its zero
-row, B * scale). Inference installs a version by copying that layout out (read_serving), a
-memcpy, instead of building it on the inference cpu (the hash index alone is most of a build).
+A version is the factors in serving layout, built by the writer (the trainer, on its own cpus):
+the ServingDelta's groups (hash index slots, A with its zero row, B * scale). Inference installs
+a version by copying that layout out (read_serving), a memcpy, instead of building it on the
+inference cpu (the hash index alone is most of a build). The factors themselves are not
+published: nothing on the node reads them (snapshots come from the trainer).
 """
 
 from __future__ import annotations
@@ -39,12 +40,9 @@ from dlrm_core.model import DLRM, base_bag
 from dlrm_core.serving import RankGroup, ServingDelta
 from dlrm_core.table_factors import TableFactors
 from nodeworker.slot_pages import (
-    EMPTY_FACTORS,
-    FactorViews,
     TableCapacity,
     aligned,
     allocated,
-    factor_views,
     give_back,
     installed_buffer,
     installed_bytes,
@@ -94,20 +92,12 @@ def map_base_tables(model: DLRM, directory: Path, shared: bool) -> None:
 # --- factor versions -----------------------------------------------------------------------
 
 
-# header (int64): current, then per slot: seq, version; per slot per table: n, r; per slot: aux;
-# per slot: serving groups; per slot per group: _GROUP_FIELDS, features, key offsets.
-# float64 area after it: per slot: created_at; per slot per table: scale.
+# header (int64): current, then per slot: seq, version; per slot: aux; per slot: serving
+# groups; per slot per group: _GROUP_FIELDS, features, key offsets.
+# float64 area after it: per slot: created_at.
 _H_CURRENT = 0
 # per serving group: tables, index bits, rank, rows of A, key bytes, the index's 2 multipliers
 _GROUP_FIELDS = 7
-
-
-@dataclass(frozen=True)
-class FactorSnapshot:
-    version: int
-    created_at: float
-    tables: Mapping[str, TableFactors]
-    aux: int = 0  # the writer's counter published with the version (base patches sent)
 
 
 @dataclass(frozen=True)
@@ -115,7 +105,7 @@ class ServingSnapshot:
     version: int
     created_at: float
     delta: ServingDelta
-    aux: int = 0
+    aux: int = 0  # the writer's counter published with the version (base patches sent)
 
 
 class SharedFactors:
@@ -128,12 +118,11 @@ class SharedFactors:
         n_tables = len(self.names)
         self._group_ints = _GROUP_FIELDS + 2 * n_tables
         self._serving_header = 2 + 2 * n_tables * self._group_ints
-        self._ints = 1 + 2 * 2 + 2 * 2 * n_tables + 2 + self._serving_header
-        self._floats = 2 + 2 * n_tables
+        self._ints = 1 + 2 * 2 + 2 + self._serving_header
+        self._floats = 2
         header_bytes = 8 * (self._ints + self._floats)
-        self.factor_bytes = sum(cap.slot_bytes for cap in self.caps.values())
         self.serving_bytes = serving_capacity_bytes(self.caps)
-        self.slot_bytes = paged(self.factor_bytes + self.serving_bytes)  # a slot starts a page
+        self.slot_bytes = paged(self.serving_bytes)  # a slot starts a page
         self.dir.mkdir(parents=True, exist_ok=True)
         header_path = self.dir / "factors-header.bin"
         self.slots_path = self.dir / "factors-slots.bin"
@@ -145,13 +134,10 @@ class SharedFactors:
         self._hf = raw[8 * self._ints :].view(torch.float64)
         arenas = _map(self.slots_path, 2 * self.slot_bytes, shared=True)
         self._arenas = [arenas[s * self.slot_bytes : (s + 1) * self.slot_bytes] for s in range(2)]
-        # per slot: each table's bytes of the arena written there (write), for held_bytes
+        # per slot: each table's bytes of the layout written there (write), for held_bytes
         self._written: list[dict[str, int]] = [{}, {}]
         # per slot: the serving layout's bytes (what inference's installed copy holds)
         self._layout: list[int] = [0, 0]
-
-    def _factor_views(self, s: int, sizes: list[tuple[int, int]]) -> list[FactorViews]:
-        return factor_views(self._arenas[s], self.caps, sizes, self.factor_bytes)
 
     def _seq(self, s: int) -> int:
         return 1 + 2 * s
@@ -159,20 +145,14 @@ class SharedFactors:
     def _ver(self, s: int) -> int:
         return 2 + 2 * s
 
-    def _nr(self, s: int, t: int) -> int:
-        return 5 + 2 * (s * len(self.names) + t)
-
     def _aux(self, s: int) -> int:
-        return 5 + 4 * len(self.names) + s
+        return 5 + s
 
     def _groups(self, s: int) -> int:
-        return 7 + 4 * len(self.names) + s
+        return 7 + s
 
     def _group(self, s: int, g: int) -> int:
-        return 9 + 4 * len(self.names) + (s * len(self.names) + g) * self._group_ints
-
-    def _scale(self, s: int, t: int) -> int:
-        return 2 + s * len(self.names) + t
+        return 9 + (s * len(self.names) + g) * self._group_ints
 
     @property
     def version(self) -> int:
@@ -187,16 +167,14 @@ class SharedFactors:
         serving: ServingDelta,
         aux: int = 0,
     ) -> None:
-        """Publish ``tables`` as ``version``, with ``serving`` (built from them) for inference
-        (single writer)."""
+        """Publish ``serving`` (built from ``tables``) as ``version`` for inference (single
+        writer)."""
         self._check_room(version, tables, serving)
         s = 1 - int(self._hi[_H_CURRENT])
         self._hi[self._seq(s)] += 1  # odd: being written
-        start = self._write_factors(s, tables)
-        pos = self._write_layout(s, start, serving)
-        give_back(self._arenas[s], start + pos)
-        for name, nbytes in layout_bytes(self.names, tables, serving).items():
-            self._written[s][name] += nbytes
+        pos = self._write_layout(s, serving)
+        give_back(self._arenas[s], pos)
+        self._written[s] = layout_bytes(self.names, tables, serving)
         self._layout[s] = pos
         self._hi[self._groups(s)] = len(serving.groups)
         self._hi[self._ver(s)] = version
@@ -223,28 +201,9 @@ class SharedFactors:
                 f"{len(serving.groups)} groups) exceeds the shared capacity ({self.serving_bytes})"
             )
 
-    def _write_factors(self, s: int, tables: Mapping[str, TableFactors]) -> int:
-        """Every table's factors into slot ``s``'s arena; returns where they end."""
-        # a table the trainer does not train (its budget lost it) is published empty: r = 0
-        sizes = [
-            (f.num_active, f.rank) if (f := tables.get(name)) else (0, 0) for name in self.names
-        ]
-        views, start = self._factor_views(s, sizes), 0
-        for t, (name, view) in enumerate(zip(self.names, views, strict=True)):
-            f = tables.get(name) or EMPTY_FACTORS
-            view.ids.copy_(f.ids)
-            view.a.copy_(f.a.reshape(-1))
-            view.b.copy_(f.b.reshape(-1))
-            self._hi[self._nr(s, t)] = f.num_active
-            self._hi[self._nr(s, t) + 1] = f.rank
-            self._hf[self._scale(s, t)] = f.scale
-            self._written[s][name] = view.end - start
-            start = view.end
-        return start
-
-    def _write_layout(self, s: int, start: int, serving: ServingDelta) -> int:
-        """The serving layout into slot ``s``'s arena from ``start``; returns its bytes."""
-        arena, pos = self._arenas[s][start:], 0
+    def _write_layout(self, s: int, serving: ServingDelta) -> int:
+        """The serving layout into slot ``s``'s arena; returns its bytes."""
+        arena, pos = self._arenas[s], 0
         for g, group in enumerate(serving.groups):
             tensors = (group.index.slots, group.a, group.b)
             slots, a, _ = tensors
@@ -278,10 +237,6 @@ class SharedFactors:
             out[name] = (held + installed) * mine // written if written else 0
         return out
 
-    def read(self, newer_than: int = 0, max_tries: int = 1000) -> FactorSnapshot | None:
-        """A private copy of the current version's factors if it is newer than ``newer_than``."""
-        return self._consistent(self._copy_factors, newer_than, max_tries)
-
     def read_serving(self, newer_than: int = 0, max_tries: int = 1000) -> ServingSnapshot | None:
         """A private copy of the current version's serving layout, as a ServingDelta, if it is
         newer than ``newer_than``."""
@@ -307,42 +262,8 @@ class SharedFactors:
             return copied(created_at, aux)
         raise RuntimeError(f"no consistent factor version after {max_tries} tries")
 
-    def _copy_factors(self, s: int, version: int):
-        tables = {}
-        sizes = self._sizes(s)
-        views = self._factor_views(s, sizes)
-        for t, (name, view) in enumerate(zip(self.names, views, strict=True)):
-            scale = float(self._hf[self._scale(s, t)])
-            r = sizes[t][1]
-            if r:  # else not trained (write)
-                tables[name] = (view.ids.clone(), view.a.clone(), view.b.clone(), r, scale)
-
-        def snapshot(created_at: float, aux: int) -> FactorSnapshot:
-            return FactorSnapshot(
-                version,
-                created_at,
-                {
-                    name: TableFactors(ids, a.view(-1, r), b.view(r, -1), scale)
-                    for name, (ids, a, b, r, scale) in tables.items()
-                },
-                aux,
-            )
-
-        return snapshot
-
-    def _sizes(self, s: int) -> list[tuple[int, int]]:
-        """(n, r) of every table in slot ``s`` (from the header)."""
-        return [
-            (int(self._hi[self._nr(s, t)]), int(self._hi[self._nr(s, t) + 1]))
-            for t in range(len(self.names))
-        ]
-
-    def _layout_start(self, s: int) -> int:
-        views = self._factor_views(s, self._sizes(s))
-        return views[-1].end if views else 0
-
     def _copy_serving(self, s: int, version: int):
-        arena = self._arenas[s][self._layout_start(s) :]
+        arena = self._arenas[s]
         dim = next(iter(self.caps.values())).dim
         shapes, pos = [], 0  # per group: its header fields and its tensors' (dtype, shape, at)
         for g in range(int(self._hi[self._groups(s)])):

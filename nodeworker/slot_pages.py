@@ -1,5 +1,5 @@
 """The sizes and pages of a node's factor slots (nodeworker/shared_memory.py): each table's
-capacity, the room a slot's arena needs, giving back the pages a version does not use,
+capacity, the room a slot's serving layout needs, giving back the pages a version does not use,
 measuring what the file holds, each table's share of a serving layout, and inference's
 installed copy of a layout (one buffer, and what it holds).
 """
@@ -69,13 +69,6 @@ class TableCapacity:
         rows = max(1, budget_bytes // row_bytes(1))
         return TableCapacity(rows, max(1, budget_bytes // 4), min(max_rank, dim), dim)
 
-    @property
-    def slot_bytes(self) -> int:
-        """The most bytes of a slot's arena its factors take (ids, A, B, each 8-byte aligned)."""
-        return (
-            aligned(8 * self.rows) + aligned(4 * self.a_floats) + aligned(4 * self.rank * self.dim)
-        )
-
 
 def paged(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
@@ -119,45 +112,3 @@ def installed_buffer(nbytes: int) -> torch.Tensor:
     if _huge(nbytes):
         return hugepages.empty((nbytes,), torch.uint8)
     return torch.empty(nbytes, dtype=torch.uint8)
-
-
-@dataclass(frozen=True)
-class FactorViews:
-    """One table's factors in a slot's arena (views of the shared file), and where they end."""
-
-    ids: torch.Tensor
-    a: torch.Tensor
-    b: torch.Tensor
-    end: int
-
-
-EMPTY_FACTORS = TableFactors(
-    torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0), torch.zeros(0, 0), 1.0
-)
-
-
-def factor_views(
-    arena: torch.Tensor,
-    caps: Mapping[str, TableCapacity],
-    sizes: list[tuple[int, int]],
-    room: int,
-) -> list[FactorViews]:
-    """Each table's ids, A and B in a slot's ``arena`` for its (n, r) in ``sizes``, packed in
-    the order of ``caps`` within the arena's first ``room`` bytes (the serving layout follows
-    the last table's)."""
-    pos, out = 0, []
-    for cap, (n, r) in zip(caps.values(), sizes, strict=True):
-        views = []
-        for dtype, count in (
-            (torch.int64, n),
-            (torch.float32, n * r),
-            (torch.float32, r * cap.dim),
-        ):
-            nbytes = count * dtype.itemsize
-            if pos + nbytes > room:
-                raise ValueError("a table's factors past the slot's factor room")
-            views.append(arena[pos : pos + nbytes].view(dtype))
-            pos += aligned(nbytes)
-        ids, a, b = views
-        out.append(FactorViews(ids, a, b, pos))
-    return out

@@ -12,7 +12,7 @@ from dlrm_core.live_embedding import LiveEmbedding
 from dlrm_core.table_factors import import_factors
 from nodeworker.checkpoint_files import REFUSED
 from nodeworker.control_socket import InvalidRequest
-from tests.integration.test_node_runtime import STREAM, running_node, train_until
+from tests.integration.test_node_runtime import STREAM, assert_serves, running_node, train_until
 from tests.services import wait_until
 
 
@@ -45,8 +45,7 @@ def test_a_corrupt_snapshot_is_refused_and_the_previous_one_restored(tmp_path):
         restored = [e.detail for e in again.events if "restored" in e.detail]
         assert restored and restored[0]["restored"] == good["snapshot"]
         wait_until(lambda: again.shared.version > 0, 30, "the restored version")
-        served = again.shared.read().tables["user_id"]
-        assert torch.equal(served.ids, saved.ids) and torch.allclose(served.a, saved.A)
+        assert_serves(again, "user_id", saved)
         scores, _, _ = again.predict(next(traffic))
         assert bool(torch.isfinite(scores).all())
 

@@ -177,15 +177,14 @@ def test_the_budget_reserves_the_anchor_share_only_with_a_rebase_period():
 def test_a_rebase_period_never_stops_a_table_of_a_small_node_from_training():
     """A node of 20k and 10k rows and two small context tables (1000, 50 rows) at 2%: its
     rebase policy once reserved the anchor's share first, leaving ctx_0 no floor, and the node
-    refused its own policy. The anchor takes what the floors leave, up to its share. (2% of
-    these 1.99 MB holds three tables' floors: ctx_1, 3.2 KB of rows, is left untrained with or
-    without the rebase period.)"""
+    refused its own policy. The anchor takes what the floors leave, up to its share: here 2%
+    of these 1.99 MB holds the four tables' floors and leaves the anchor less than its share."""
     spec = "synthetic:user_rows=20000,item_rows=10000"
     config = DLRMConfig.from_schema(open_source(spec, 0, 0)[1])
     hybrid = replace(DEFAULT_POLICY, rebase_period_s=1800.0)
     without, with_ = node_budget(config, DEFAULT_POLICY), node_budget(config, hybrid)
-    assert set(with_.tables) == set(without.tables) == {"user_id", "item_id", "ctx_0"}
-    assert set(with_.untrained) == set(without.untrained) == {"ctx_1"}
+    assert set(with_.tables) == set(without.tables) == set(config.feature_names)
+    assert not with_.untrained and not without.untrained
     assert 0 < with_.anchor < int(with_.total * ANCHOR_SHARE)  # the floors' leftover
     assert sum(with_.shares.values()) <= with_.total
     floor = node_table_floor(config, hybrid)
