@@ -9,14 +9,15 @@ after the replay it reads, from /proc:
   - /proc/<trainer>/smaps: the anonymous pages inside its copy-on-write mappings of the base
     tables, i.e. the base pages its folds made private;
   - the node's /dev/shm files, by allocated blocks (they are sparse): base tables, factor slots
-    (factors-*.bin: two versions' ids, A, B and serving layouts), the rest (the feed rings).
+    (factors-*.bin: two versions' serving layouts, which inference serves in place), the rest
+    (the feed rings).
 A node's total counts every shared-memory page once: the sum over its processes of
 Pss - Pss_Shmem, plus the allocated bytes of its /dev/shm files.
 LoRA-attributable (measured) = total with trainer - total without, after the replay.
 
 The account beside it: the trainer's memory_account (per table, incl. its fold record, the base
 pages its folds hold private and the node's copies outside it: the factor slots' allocated
-blocks and inference's installed layout, nodeworker/shared_memory.py held_bytes), as the
+blocks, nodeworker/shared_memory.py held_bytes), as the
 trainer's stats report it. Also shown: the rows folded since the checkpoint (a snapshot's fold
 patch) and the 4 KiB pages holding them, which the trainer would hold private if it never gave
 them back (nodeworker/base_pages.py), beside the private base pages measured.
@@ -127,18 +128,7 @@ def measure(runtime) -> dict[str, object]:
         )
     out["node_total"] = nonshm + sum(out["shm"].values())  # type: ignore[union-attr]
     out["telemetry_memory_bytes"] = runtime.telemetry_snapshot().memory_overhead_bytes
-    delta, _ = runtime.inference.served()
-    out["account_serving_delta"] = delta.nbytes if delta is not None else 0
     return out
-
-
-def account_copies(runtime) -> tuple[int, int]:
-    """(slots, installed): the node's copies outside its trainer as its account counts them
-    (SharedFactors.held_bytes): the factor files' allocated blocks (both versions' serving
-    layouts; given back past what a version uses) and inference's installed layout."""
-    slots = shm_bytes(runtime.shm_dir)["factors"]
-    delta, _ = runtime.inference.served()
-    return slots, delta.nbytes if delta is not None else 0
 
 
 def folded_pages(runtime, dim: int) -> tuple[int, int]:
@@ -217,8 +207,9 @@ def trainer_extras(runtime) -> dict[str, object]:  # type: ignore[no-untyped-def
     snapshot): the account's copies, samples trained, versions published, ranks, the feed's
     sizes and counts (rows the join and the trainer's backlog dropped: never trained on)."""
     out: dict[str, object] = {}
-    slots, installed = account_copies(runtime)
-    out["account_slots"], out["account_copies"] = slots, slots + installed
+    # the node's copies outside its trainer as its account counts them (held_bytes): the factor
+    # files' allocated blocks (both versions' serving layouts; given back past what one uses)
+    out["account_slots"] = shm_bytes(runtime.shm_dir)["factors"]
     out["trained_samples"] = runtime.metrics.trained_samples
     stats = runtime.trainer.last_stats
     out["versions"] = stats.version if stats else 0
@@ -275,27 +266,27 @@ def summary(without: dict, with_: dict) -> dict[str, object]:
     with a trainer. Proportional: the trainer's state (its own account when ready plus the
     growth of its anonymous pages since), the factor slots (/dev/shm) and inference's anonymous
     memory with a trainer less without. Its account is the trainer's (which holds the node's
-    copies: the slots and inference's installed layout, nodeworker/shared_memory.py)."""
+    copies: the slots, nodeworker/shared_memory.py; inference serves from them in place)."""
     before, after, base = with_["ready"], with_["after"], without["after"]
     trainer0, trainer1 = before["trainer"], after["trainer"]
-    # the node's copies at ready (in the trainer's account then): slots and installed layout
+    # the node's copies at ready (in the trainer's account then): the slots
     copies0 = before["shm"]["factors"] - without["ready"]["shm"]["factors"]
-    own0 = max(0, before["account_trainer"] - copies0 - before["account_serving_delta"])
+    own0 = max(0, before["account_trainer"] - copies0)
     inference_file = after["inference"]["Pss_File"] - base["inference"]["Pss_File"]
     fixed = _nonshm(trainer1) - trainer1["Pss_Anon"] + trainer0["Pss_Anon"] - own0 + inference_file
     components = {
         # name: (measured, accounted)
         "trainer: state (anon growth + own account when ready)": (
             trainer1["Pss_Anon"] - trainer0["Pss_Anon"] + own0,
-            after["account_trainer"] - with_["account_copies"],
+            after["account_trainer"] - with_["account_slots"],
         ),
         "shm factor slots (with - without)": (
             after["shm"]["factors"] - base["shm"]["factors"],
             with_["account_slots"],
         ),
-        "inference: anon (with - without)": (
+        "inference: anon (with - without; no copy of a version)": (
             after["inference"]["Pss_Anon"] - base["inference"]["Pss_Anon"],
-            with_["account_copies"] - with_["account_slots"],
+            0,
         ),
     }
     measured_total = after["node_total"] - base["node_total"]

@@ -304,7 +304,7 @@ def print_row(k: int, r: dict, p99_a: float) -> None:
         f"{r['service_p99_ms']:>8} "
         f"{str(r['trained_share']):>8} {str(r['median_freshness_lag_s']):>6} "
         f"{r['mean_trainer_duty']:>5} {str(r['trainer_cpu_share']):>7} "
-        f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_copy_mean_ms']:>7} "
+        f"{r['gc_pause_max_ms']:>7} {r['installs']:>8} {r['install_read_mean_ms']:>7} "
         f"{str(r['cpu_per_request_us']):>7} {str(r['run_queue_wait_ms_per_s']):>7} "
         f"{r['load_avg_1m']:>5}"
     )

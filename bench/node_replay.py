@@ -194,7 +194,7 @@ def hourly(without: dict, with_: dict, per_hour: int) -> list[dict[str, object]]
     rows = []
     for h, (w, wo) in enumerate(zip(with_["samples"], without["samples"], strict=True), 1):
         pair = {"ready": with_["ready"], "after": w["after"], "table_bytes": with_["table_bytes"]}
-        pair |= {"account_slots": w["account_slots"], "account_copies": w["account_copies"]}
+        pair |= {"account_slots": w["account_slots"]}
         result = node_memory.summary({"ready": without["ready"], "after": wo["after"]}, pair)
         rows.append(
             {

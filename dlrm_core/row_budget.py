@@ -76,15 +76,10 @@ def floor_bytes(rank: int, dim: int, node_key_bytes: int = 0) -> int:
 
 
 # A node's copies of a table outside its trainer: two shared-memory slots (the double buffer)
-# each holding a version's serving layout, and inference's installed copy of one
+# each holding a version's serving layout, which inference serves in place
 # (nodeworker/shared_memory.py, version_installer.py).
-SLOT_COPIES, LAYOUT_COPIES = 2, 3
+SLOT_COPIES = 2
 PAGE = 4096  # the slots are allocated (and given back) in whole pages
-# The installed copy is one buffer: from the heap below glibc's mmap threshold (64 KiB,
-# dlrm_core/malloc_policy.py), else its own mapping of whole 4 KiB pages (at most 1/16 more),
-# or of huge pages while their rounding wastes at most 1/INSTALLED_SLACK of it
-# (nodeworker/shared_memory.py installed_bytes).
-INSTALLED_SLACK = 16
 # Paid once per node, not per table: every slot is one arena for all tables' serving layouts,
 # so only its last page is partly used.
 NODE_PAGE_FLOOR = SLOT_COPIES * PAGE
@@ -104,16 +99,14 @@ def _layout_row(rank: int, key_bytes: int) -> int:
 def node_copy_bytes(rows: int, rank: int, dim: int, key_bytes: int) -> int:
     """Bytes of a node's copies of a table of ``rows`` active rows outside its trainer
     (without the node's page floor, NODE_PAGE_FLOOR)."""
-    layout = _layout_row(rank, key_bytes)
-    per_row = LAYOUT_COPIES * layout + math.ceil(layout / INSTALLED_SLACK)
-    return rows * per_row + node_copy_floor(rank, dim, key_bytes)
+    return rows * SLOT_COPIES * _layout_row(rank, key_bytes) + node_copy_floor(rank, dim, key_bytes)
 
 
 def node_copy_floor(rank: int, dim: int, key_bytes: int) -> int:
     """The part of node_copy_bytes that does not grow with rows: B in every copy, the layout's
-    zero row and smallest index (the 8-byte alignment of each region is in the slack)."""
+    zero row and smallest index, and an eighth more for the 8-byte alignment of its regions."""
     layout = _F32 * rank * (dim + 1) + 2 * BUCKET * 2 * key_bytes + 6 * 8
-    return LAYOUT_COPIES * layout + layout // 8
+    return SLOT_COPIES * layout + layout // 8
 
 
 @functools.lru_cache(maxsize=4096)  # pure; asked on every admission with the same sizes

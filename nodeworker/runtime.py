@@ -144,7 +144,7 @@ class NodeRuntime:
             self.qos,
             self.state,
             self.operations.feed_counts,
-            MeasuredMemory(self.shm_dir, self._installed_bytes),
+            MeasuredMemory(self.shm_dir),
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -219,10 +219,6 @@ class NodeRuntime:
         return self.telemetry.take()
 
     # --- the node's loops --------------------------------------------------------------------
-
-    def _installed_bytes(self) -> int:
-        delta = self.inference.delta  # one reference read: no need for the inference lock
-        return delta.nbytes if delta is not None else 0
 
     def _install_loop(self) -> None:
         self.installer.run(self._stop)

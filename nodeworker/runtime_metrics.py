@@ -12,7 +12,7 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +183,8 @@ class RuntimeMetrics:
             while self._quality_rows - len(self._quality[0][1]) >= self.max_rows:
                 self._quality_rows -= len(self._quality.popleft()[1])
 
-    def installed(self, version: int, now: float, copy_s: float, locked_s: float) -> None:
-        self.installs.append((now, copy_s, locked_s))
+    def installed(self, version: int, now: float, read_s: float, locked_s: float) -> None:
+        self.installs.append((now, read_s, locked_s))
         with self._lock:
             self._installs.append((version, now))
             del self._installs[:-1000]
@@ -243,7 +243,7 @@ class RuntimeMetrics:
             "gc_pause_total_ms": round(1000 * sum(pauses), 2),
             "gc_pause_max_ms": round(1000 * max(pauses, default=0.0), 2),
             "installs": len(installs),
-            "install_copy_mean_ms": round(
+            "install_read_mean_ms": round(
                 1000 * sum(b for b, _ in installs) / max(1, len(installs)), 3
             ),
             "install_locked_max_ms": round(1000 * max((h for _, h in installs), default=0.0), 3),
@@ -310,23 +310,22 @@ def smaps_rollup(pid: int) -> dict[str, int] | None:
 class MeasuredMemory:
     """The node's proportional LoRA memory as the OS measures it, for telemetry: the trainer's
     state (its account when first seen, plus the growth of its anonymous pages since, Pss_Anon:
-    its tensors, malloc's heap and the base pages its folds made private), the factor slots'
-    allocated shared-memory blocks (factors-*.bin in ``shm_dir``) and inference's installed
-    version (``installed_bytes``). The trainer's account holds the slots and the installed
-    version too: its part when first seen is taken without them, measured here instead. The
-    trainer's runtime (interpreter, torch) is not in it: it is in the Pss when the trainer is
-    first seen, which the growth starts from."""
+    its tensors, malloc's heap and the base pages its folds made private) and the factor
+    slots' allocated shared-memory blocks (factors-*.bin in ``shm_dir``: inference serves
+    from them, with no copy). The trainer's account holds the slots too: its part when first
+    seen is taken without them, measured here instead. The trainer's runtime (interpreter,
+    torch) is not in it: it is in the Pss when the trainer is first seen, which the growth
+    starts from."""
 
-    def __init__(self, shm_dir: Path, installed_bytes: Callable[[], int]) -> None:
+    def __init__(self, shm_dir: Path) -> None:
         self.shm_dir = shm_dir
-        self.installed_bytes = installed_bytes
         # (pid, Pss_Anon, the account's bytes less the node's copies)
         self._baseline: tuple[int, int, int] | None = None
 
     def measure(self, trainer_pid: int | None, account_bytes: int) -> int:
         """Bytes now, given the trainer's pid (None: none runs) and its account's bytes."""
         trainer = 0
-        copies = self._slot_bytes() + int(self.installed_bytes())
+        copies = self._slot_bytes()
         rollup = smaps_rollup(trainer_pid) if trainer_pid else None
         if trainer_pid and rollup is not None:
             if self._baseline is None or self._baseline[0] != trainer_pid:

@@ -7,11 +7,14 @@ rows and delta-sync rows in place); the trainer maps them copy-on-write (MAP_PRI
 folds never touch what inference serves until the version that carries them is installed, and
 untouched pages stay one physical copy.
 
-Factor versions: a seqlock-protected double buffer per node, in one file for all tables. The
-single writer fills the slot inference is not reading, bumping that slot's sequence number to
-odd before and to even after, then flips ``current``. A reader copies the current slot and
-keeps the copy only if the slot's sequence was even and unchanged across the copy, so it gets
-one whole version, never a mix (int64 header stores and loads are ordered on x86-64, TSO).
+Factor versions: a double buffer per node, in one file for all tables, that inference serves
+in place. The single writer fills the slot that is not ``current``, bumping that slot's sequence
+number to odd before and to even after, then flips ``current``; it may fill that slot only once
+inference has installed the current version (``installed``, which inference stores after its
+swap), so the slot it fills is never the one being served, nor one being read for an install.
+A reader takes views of the current slot and keeps them only if the slot's sequence was even
+and unchanged across the read, so it gets one whole version, never a mix (int64 header stores
+and loads are ordered on x86-64, TSO: a load is never moved after a later store).
 A slot is one arena: every rank group's tensors packed at offsets the header's sizes give,
 so a version ends in one partly used page per slot, not one per table region (a page floor
 small tables' budgets cannot pay). The file is sparse and the writer gives back (MADV_REMOVE) a
@@ -20,14 +23,15 @@ measures it; nodeworker/node_budget.py plans for it).
 
 A version is the factors in serving layout, built by the writer (the trainer, on its own cpus):
 the ServingDelta's groups (hash index slots, A with its zero row, B * scale). Inference installs
-a version by copying that layout out (read_serving), a memcpy, instead of building it on the
-inference cpu (the hash index alone is most of a build). The factors themselves are not
-published: nothing on the node reads them (snapshots come from the trainer).
+a version by taking views of that layout (read_serving): no build on the inference cpu (the
+hash index alone is most of a build) and no copy. The factors themselves are not published:
+nothing on the node reads them (snapshots come from the trainer).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +48,6 @@ from nodeworker.slot_pages import (
     aligned,
     allocated,
     give_back,
-    installed_buffer,
-    installed_bytes,
     layout_bytes,
     paged,
     serving_capacity_bytes,
@@ -93,9 +95,9 @@ def map_base_tables(model: DLRM, directory: Path, shared: bool) -> None:
 
 
 # header (int64): current, then per slot: seq, version; per slot: aux; per slot: serving
-# groups; per slot per group: _GROUP_FIELDS, features, key offsets.
+# groups; installed; per slot per group: _GROUP_FIELDS, features, key offsets.
 # float64 area after it: per slot: created_at.
-_H_CURRENT = 0
+_H_CURRENT, _H_INSTALLED = 0, 9
 # per serving group: tables, index bits, rank, rows of A, key bytes, the index's 2 multipliers
 _GROUP_FIELDS = 7
 
@@ -118,7 +120,7 @@ class SharedFactors:
         n_tables = len(self.names)
         self._group_ints = _GROUP_FIELDS + 2 * n_tables
         self._serving_header = 2 + 2 * n_tables * self._group_ints
-        self._ints = 1 + 2 * 2 + 2 + self._serving_header
+        self._ints = 1 + 2 * 2 + 2 + self._serving_header + 1
         self._floats = 2
         header_bytes = 8 * (self._ints + self._floats)
         self.serving_bytes = serving_capacity_bytes(self.caps)
@@ -136,8 +138,6 @@ class SharedFactors:
         self._arenas = [arenas[s * self.slot_bytes : (s + 1) * self.slot_bytes] for s in range(2)]
         # per slot: each table's bytes of the layout written there (write), for held_bytes
         self._written: list[dict[str, int]] = [{}, {}]
-        # per slot: the serving layout's bytes (what inference's installed copy holds)
-        self._layout: list[int] = [0, 0]
 
     def _seq(self, s: int) -> int:
         return 1 + 2 * s
@@ -152,12 +152,32 @@ class SharedFactors:
         return 7 + s
 
     def _group(self, s: int, g: int) -> int:
-        return 9 + (s * len(self.names) + g) * self._group_ints
+        return 10 + (s * len(self.names) + g) * self._group_ints
 
     @property
     def version(self) -> int:
         """The newest complete version (0: none yet)."""
         return int(self._hi[self._ver(int(self._hi[_H_CURRENT]))])
+
+    def writable(self) -> bool:
+        """Inference has installed the newest version (or serves none): the other slot is
+        free for the next one."""
+        return int(self._hi[_H_INSTALLED]) >= self.version
+
+    def wait_writable(self, timeout_s: float) -> bool:
+        """``writable``, polling every millisecond for up to ``timeout_s`` (inference installs
+        within its poll, nodeworker/version_installer.py POLL_S)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.writable():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def installed(self, version: int) -> None:
+        """Inference serves ``version`` (from the current slot) and no longer reads the other
+        one. Call it after the swap; ``version`` = self.version when it serves none."""
+        self._hi[_H_INSTALLED] = max(int(self._hi[_H_INSTALLED]), version)
 
     def write(
         self,
@@ -168,14 +188,15 @@ class SharedFactors:
         aux: int = 0,
     ) -> None:
         """Publish ``serving`` (built from ``tables``) as ``version`` for inference (single
-        writer)."""
+        writer, only while ``writable``)."""
+        if not self.writable():
+            raise RuntimeError(f"inference has not installed version {self.version} yet")
         self._check_room(version, tables, serving)
         s = 1 - int(self._hi[_H_CURRENT])
-        self._hi[self._seq(s)] += 1  # odd: being written
+        self._hi[self._seq(s)] |= 1  # odd: being written (already odd if a writer died here)
         pos = self._write_layout(s, serving)
         give_back(self._arenas[s], pos)
         self._written[s] = layout_bytes(self.names, tables, serving)
-        self._layout[s] = pos
         self._hi[self._groups(s)] = len(serving.groups)
         self._hi[self._ver(s)] = version
         self._hi[self._aux(s)] = aux
@@ -226,23 +247,23 @@ class SharedFactors:
     def held_bytes(self) -> dict[str, int]:
         """By table, what the node holds of it outside its trainer: its share of the slot
         file's allocated blocks (as its bytes are of the bytes written in both slots, so the
-        shares add up to the file, its partly used pages included) and of inference's installed
-        copy (the larger of the two slots' layouts, as installed_bytes rounds it)."""
+        shares add up to the file, its partly used pages included). Inference serves from the
+        slots: it holds no copy."""
         held = allocated(self.slots_path)
         written = sum(sum(slot.values()) for slot in self._written)
-        installed = installed_bytes(max(self._layout))
         out = {}
         for name in self.names:
             mine = sum(slot.get(name, 0) for slot in self._written)
-            out[name] = (held + installed) * mine // written if written else 0
+            out[name] = held * mine // written if written else 0
         return out
 
     def read_serving(self, newer_than: int = 0, max_tries: int = 1000) -> ServingSnapshot | None:
-        """A private copy of the current version's serving layout, as a ServingDelta, if it is
-        newer than ``newer_than``."""
-        return self._consistent(self._copy_serving, newer_than, max_tries)
+        """The current version's serving layout as a ServingDelta viewing its slot, if it is
+        newer than ``newer_than``. It stays whole while the writer waits for ``installed``: an
+        installer serves it and then calls installed(version)."""
+        return self._consistent(self._view_serving, newer_than, max_tries)
 
-    def _consistent(self, copy, newer_than: int, max_tries: int):
+    def _consistent(self, view, newer_than: int, max_tries: int):
         for _ in range(max_tries):
             s = int(self._hi[_H_CURRENT])
             q1 = int(self._hi[self._seq(s)])
@@ -254,15 +275,15 @@ class SharedFactors:
             created_at = float(self._hf[s])
             aux = int(self._hi[self._aux(s)])
             try:
-                copied = copy(s, version)
+                viewed = view(s, version)
             except (RuntimeError, ValueError):  # sizes torn by a writer reusing the slot
-                copied = None
-            if copied is None or int(self._hi[self._seq(s)]) != q1:
-                continue  # the writer reused this slot while we copied: try again
-            return copied(created_at, aux)
+                viewed = None
+            if viewed is None or int(self._hi[self._seq(s)]) != q1:
+                continue  # the writer reused this slot while we read it: try again
+            return viewed(created_at, aux)
         raise RuntimeError(f"no consistent factor version after {max_tries} tries")
 
-    def _copy_serving(self, s: int, version: int):
+    def _view_serving(self, s: int, version: int):
         arena = self._arenas[s]
         dim = next(iter(self.caps.values())).dim
         shapes, pos = [], 0  # per group: its header fields and its tensors' (dtype, shape, at)
@@ -282,15 +303,12 @@ class SharedFactors:
             shapes.append((h, fields, tensors))
         if pos > self.serving_bytes:
             raise ValueError("a serving layout past the slot's end")
-        # one buffer, one copy: the installed copy's rounding is paid once (installed_bytes)
-        buffer = installed_buffer(pos)
-        buffer.copy_(arena[:pos])
         groups = []
         for h, fields, tensors in shapes:
             n_tables, bits = fields[0], fields[1]
             key_dtype = tensors[0][0]
             slots, a, b = (
-                buffer[at : at + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+                arena[at : at + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
                 for dtype, shape, at in tensors
             )
             features = h + _GROUP_FIELDS

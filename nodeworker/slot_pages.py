@@ -1,7 +1,6 @@
 """The sizes and pages of a node's factor slots (nodeworker/shared_memory.py): each table's
 capacity, the room a slot's serving layout needs, giving back the pages a version does not use,
-measuring what the file holds, each table's share of a serving layout, and inference's
-installed copy of a layout (one buffer, and what it holds).
+measuring what the file holds and each table's share of a serving layout.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ from pathlib import Path
 
 import torch
 
-from dlrm_core import hugepages
 from dlrm_core.hash_index import BUCKET
-from dlrm_core.malloc_policy import MMAP_THRESHOLD
-from dlrm_core.row_budget import INSTALLED_SLACK, PAGE, row_bytes
+from dlrm_core.row_budget import PAGE, row_bytes
 from dlrm_core.serving import ServingDelta
 from dlrm_core.table_factors import TableFactors
 
@@ -88,27 +85,3 @@ def serving_capacity_bytes(capacities: Mapping[str, TableCapacity]) -> int:
     b = sum(c.rank * c.dim for c in capacities.values())
     index_slots = 5 * rows + 4 * BUCKET * len(capacities)
     return 16 * index_slots + 4 * (a + b) + 3 * 8 * len(capacities)
-
-
-def _huge(nbytes: int) -> bool:
-    """Huge pages (dlrm_core/hugepages.py) for an installed copy of ``nbytes`` only while
-    their rounding wastes at most 1/INSTALLED_SLACK of it (the node's budget plans for that)."""
-    waste = -nbytes % hugepages.HUGE_PAGE
-    return nbytes >= hugepages.HUGE_PAGE and waste * INSTALLED_SLACK <= nbytes
-
-
-def installed_bytes(nbytes: int) -> int:
-    """What an installed copy of a serving layout of ``nbytes`` holds: whole huge pages, whole
-    4 KiB pages past glibc's mmap threshold (dlrm_core/malloc_policy.py: its own mapping, at
-    most 1/INSTALLED_SLACK more), else its bytes (a chunk of the heap)."""
-    if nbytes < MMAP_THRESHOLD:
-        return nbytes
-    page = hugepages.HUGE_PAGE if _huge(nbytes) else PAGE
-    return -(-nbytes // page) * page
-
-
-def installed_buffer(nbytes: int) -> torch.Tensor:
-    """The uint8 buffer of an installed copy (8-byte aligned: every tensor in it is)."""
-    if _huge(nbytes):
-        return hugepages.empty((nbytes,), torch.uint8)
-    return torch.empty(nbytes, dtype=torch.uint8)

@@ -77,6 +77,9 @@ from nodeworker.tuned_top import TopTuning, fitting, trainer_fields
 log = logging.getLogger(__name__)
 
 FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch to fill
+# a command's publish (a snapshot, a policy, a rebase: its answer names the version) waits this
+# long for inference to install the last version and free the other slot; the loop's does not
+COMMAND_PUBLISH_WAIT_S = 10.0
 WARMUP_STEPS = 60  # the throwaway trainer's steps before ready: past a rank adaptation
 
 
@@ -182,11 +185,20 @@ class TrainerLoop:
                 import_factors(live, directory / f"{name}.factors", name)
                 self.folded[name].add(read_patch(directory / f"{name}.patch")[0])
         self.tuning.load(read_top(directory))
-        self.publish(time.time())
+        self.publish(time.time(), COMMAND_PUBLISH_WAIT_S)
 
     # --- publishing ---
 
-    def publish(self, now: float) -> None:
+    def publish(self, now: float, wait_s: float = 0.0) -> None:
+        """Publish a version, once inference has installed the last one (it serves from the
+        shared slots in place), waiting ``wait_s`` for that: a command's publish fails loudly
+        after it, the loop's simply comes back on its next turn."""
+        if not self.shared.wait_writable(wait_s):
+            if wait_s:
+                raise RuntimeError(
+                    f"inference did not install version {self.version} in {wait_s} s"
+                )
+            return
         patch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, live in self.trainer.lives.items():
             pages = self.private_pages[name]
@@ -237,10 +249,10 @@ class TrainerLoop:
                 ctl.policy = policy
                 ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
             self.trainer.groups.sync()  # a shrunk table back in its region (LiveTrainer.adapt)
-            self.publish(now)
+            self.publish(now, COMMAND_PUBLISH_WAIT_S)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):
-            self.publish(now)
+            self.publish(now, COMMAND_PUBLISH_WAIT_S)
             folded = {name: bits.ids() for name, bits in self.folded.items()}
             digests = write_table_files(self.trainer.lives, folded, Path(cmd.directory))
             write_top(Path(cmd.directory), self.tuning.kept())
@@ -251,7 +263,7 @@ class TrainerLoop:
         """A delta rebase (nodeworker.trainer_rebase), then a version without the dropped
         corrections."""
         done = self.rebase.apply(cmd, now)
-        self.publish(now)
+        self.publish(now, COMMAND_PUBLISH_WAIT_S)
         return RowsRebased(self.version, done.dropped, done.carried, done.carry)
 
     def _cap_bytes(self, name: str) -> int:

@@ -6,8 +6,9 @@ folds (pruned rows merged into the base) stay private until this side writes the
 publishing version v it sends the rows folded since v-1 (FoldedRows) down a pipe, with the top
 MLP layers it tunes as of v (nodeworker.tuned_top), and v's ``aux`` counts the FoldedRows
 messages sent up to v. Installing v waits for that many, applies them to the base and the top
-MLP and swaps v in, all between two batches, so the served top always goes with its version;
-the copy of v out of shared memory happens before, without the inference lock.
+MLP and swaps v in, all between two batches, so the served top always goes with its version.
+Inference serves v from its shared-memory slot in place; once v serves it tells the trainer's
+side (SharedFactors.installed) that the other slot is free to be written.
 
 The epoch: a rebase or a trainer restart rewrites the base, so every version and every folded
 row of the trainer before it is stale. ``forget_versions`` bumps the epoch; a version read, or
@@ -69,8 +70,8 @@ class VersionInstaller:
 
     def install_newest(self) -> None:
         """Serve the newest complete factor version. Its ServingDelta (built by the trainer)
-        is copied out of shared memory without the inference lock; only the version's folded
-        rows and the swap happen under it, between two batches."""
+        is read in place, without the inference lock; only the version's folded rows and the
+        swap happen under it, between two batches."""
         epoch, installed = self.epoch, self.inference.version
         if self.shared.version <= installed:
             return
@@ -85,15 +86,16 @@ class VersionInstaller:
             ):
                 log.error("base patches for version %d did not arrive; not installed", snap.version)
                 return
-        copied = time.perf_counter()
+        read = time.perf_counter()
         with self.inference.exclusive:
             locked = time.perf_counter()
             if epoch != self.epoch or snap.version <= self.inference.version:
                 return  # a rebase or trainer restart replaced what this version was built on
             self._apply_folded(snap.aux)
             self.inference.serve(snap.delta, snap.version)
+            self.shared.installed(snap.version)  # the other slot is free for the next version
             released = time.perf_counter()
-        self.metrics.installed(snap.version, time.time(), copied - started, released - locked)
+        self.metrics.installed(snap.version, time.time(), read - started, released - locked)
 
     def _apply_folded(self, upto: int) -> None:
         model = self.inference.model
@@ -114,6 +116,7 @@ class VersionInstaller:
         ``inference.exclusive``, after the base tables changed; returns the new epoch, the one
         to start the next trainer in."""
         self.inference.serve(None, self.shared.version)
+        self.shared.installed(self.shared.version)  # it reads no slot now
         with self._cond:
             self.epoch += 1
             self._folded.clear()

@@ -21,7 +21,7 @@ from dlrm_core.trainer import LiveTrainer, TrainerConfig
 from nodeworker import protocol
 from nodeworker.node_budget import MIN_TABLE_ROWS, capacity_budget, node_budget, plan_node_budget
 from nodeworker.sample_cache import Feedback
-from nodeworker.shared_memory import SharedFactors, TableCapacity, installed_bytes
+from nodeworker.shared_memory import SharedFactors, TableCapacity
 from tests.unit.test_feed import feed_pair, serve
 from tests.unit.test_trainer import CFG, ITEMS, Stream, pretrained
 
@@ -50,6 +50,7 @@ def publish(trainer: LiveTrainer, shared: SharedFactors, version: int) -> torch.
     folded = {name: live.take_folded() for name, live in trainer.lives.items()}
     tables = {name: live.factors() for name, live in trainer.lives.items()}
     serving = ServingDelta.from_factors(version, CFG.feature_names, CFG.table_sizes, tables)
+    shared.installed(shared.version)  # inference installed the last one, as within a poll
     shared.write(version, float(version), tables, serving)
     return folded["item"]
 
@@ -129,6 +130,7 @@ def test_a_slot_gives_back_the_pages_a_smaller_version_does_not_use():
         for version, n in enumerate((20_000, 20_000, 100, 100), start=1):
             tables = {"user": _factors(torch.randperm(1_000_000)[:n].sort().values, rank=4, dim=8)}
             serving = ServingDelta.from_factors(version, names, rows, tables)
+            shared.installed(shared.version)  # as inference does within a poll
             shared.write(version, 0.0, tables, serving)
             held.append(shared.held_bytes()["user"])
         # two big versions fill both slots; two small ones give their pages back
@@ -148,6 +150,7 @@ def test_tables_share_one_slot_arena_so_the_page_floor_is_paid_once_per_node():
                   for i, name in enumerate(names)}  # fmt: skip
         for version in (1, 2):  # both slots
             serving = ServingDelta.from_factors(version, names, (1000,) * 8, tables)
+            shared.installed(shared.version)  # as inference does within a poll
             shared.write(version, 0.0, tables, serving)
         held = sum(shared.held_bytes().values())
         assert held <= 8 * node_copy_bytes(10, 4, 8, 4) + NODE_PAGE_FLOOR
@@ -157,13 +160,6 @@ def test_tables_share_one_slot_arena_so_the_page_floor_is_paid_once_per_node():
         (group,) = copy.delta.groups  # one rank: one group of the eight tables
         keys = torch.arange(10, dtype=torch.int32) * 3 + 2 * 1000  # t2's ids, its key offset
         assert bool((group.index.rows(keys) > 0).all())
-
-
-def test_an_installed_copy_is_its_bytes_on_the_heap_and_whole_pages_past_the_threshold():
-    assert installed_bytes(1000) == 1000
-    assert installed_bytes(100_000) == 25 * 4096
-    assert installed_bytes((2 << 20) * 3 - 4096) == (2 << 20) * 3  # huge: wastes < 1/16
-    assert installed_bytes((2 << 20) + 4096) == (2 << 20) + 4096  # huge would waste half
 
 
 DEMO_DIM = 16

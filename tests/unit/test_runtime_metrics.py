@@ -76,20 +76,19 @@ def _measured_memory_follows_anonymous_pages_and_slots(tmp: str) -> None:
     with slots.open("wb") as f:
         f.truncate(8 << 20)  # sparse: nothing allocated yet
     (tmp_path / "base-user.f32").write_bytes(b"\0" * (1 << 20))  # not a slot: not counted
-    memory = MeasuredMemory(tmp_path, lambda: 1000)
+    memory = MeasuredMemory(tmp_path)
     me = os.getpid()
     first = memory.measure(me, account_bytes=6000)
-    # the account when first seen, which holds the installed version (counted once)
-    assert first == 6000
+    assert first == 6000  # the account when first seen (the slots hold nothing yet)
     held = np.ones(48 << 20, dtype=np.uint8)  # touched: 48 MiB of anonymous pages
     with slots.open("r+b") as f:
         f.write(b"\1" * (1 << 20))
     grown = memory.measure(me, account_bytes=999_999)  # the account moves; the OS decides
     assert 47 << 20 <= grown - first - (1 << 20) <= 52 << 20, grown - first
     assert held.sum() == 48 << 20
-    assert memory.measure(None, 5000) == (1 << 20) + 1000  # no trainer: the slots and version
+    assert memory.measure(None, 5000) == 1 << 20  # no trainer: the slots
     gone = 2**22 + 12345  # above the default pid_max: no such process
-    assert memory.measure(gone, 5000) == (1 << 20) + 1000
+    assert memory.measure(gone, 5000) == 1 << 20
     rollup = smaps_rollup(me)
     assert rollup is not None and rollup["Pss"] > 0 and rollup["Pss_Anon"] >= 48 << 20
 
@@ -97,7 +96,7 @@ def _measured_memory_follows_anonymous_pages_and_slots(tmp: str) -> None:
 def test_measured_memory_follows_the_trainers_anonymous_pages_and_the_slots(tmp_path):
     """MeasuredMemory against /proc: a fresh process stands in for the trainer; 48 MiB it
     touches after the first measurement show up in the measured bytes, as do the factor slots'
-    written blocks and the installed version's bytes."""
+    written blocks."""
     in_a_node_process(_measured_memory_follows_anonymous_pages_and_slots, str(tmp_path))
 
 
@@ -125,7 +124,7 @@ def test_install_times_keep_the_newest_and_read_oldest_first():
     metrics.installed(1, 100.0, 0.002, 0.0005)
     metrics.installed(2, 101.0, 0.004, 0.001)
     stalls = metrics.stalls(since=100.5)
-    assert stalls["installs"] == 1 and stalls["install_copy_mean_ms"] == 4.0
+    assert stalls["installs"] == 1 and stalls["install_read_mean_ms"] == 4.0
     assert stalls["install_locked_max_ms"] == 1.0
 
 

@@ -63,6 +63,8 @@ def _writer(directory, stop, last_written):
     shared = SharedFactors(directory, CAPS, create=False)
     version = 2
     while not stop.is_set() and version < 1_000_000:
+        if not shared.writable():  # inference still reads or serves the other slot
+            continue
         publish(shared, version)
         last_written.value = version
         version += 1
@@ -82,11 +84,14 @@ def test_no_torn_reads_while_versions_swap_from_another_process(tmp_path):
     deadline = time.monotonic() + 120
     try:
         while len(seen) < 50 and proc.is_alive() and time.monotonic() < deadline:
-            serving = shared.read_serving()  # the whole current version, copied every time
-            check_serving(serving)
+            serving = shared.read_serving(newer_than=last)
+            if serving is None:
+                continue
+            check_serving(serving)  # read in place: whole while it is not acknowledged
             seen.add(serving.version)
-            assert last <= serving.version  # never goes back
+            assert last < serving.version  # never goes back
             last = serving.version
+            shared.installed(last)  # as the installer does after its swap
             reads += 1
     finally:
         stop.set()
@@ -96,6 +101,30 @@ def test_no_torn_reads_while_versions_swap_from_another_process(tmp_path):
     newer = shared.read_serving(newer_than=last - 1)
     assert newer is not None and newer.version >= last
     assert shared.read_serving(newer_than=shared.version) is None
+
+
+def test_the_writer_waits_until_inference_installed_the_newest_version(tmp_path):
+    """Inference serves a version from its slot in place: the writer may fill the other slot
+    only once inference has installed the newest version, and never the slot being served."""
+    shared = SharedFactors(tmp_path, CAPS, create=True)
+    assert shared.writable()  # nothing published yet, nothing served
+    publish(shared, 1)
+    served = shared.read_serving()
+    assert not shared.writable()
+    with pytest.raises(RuntimeError, match="has not installed version 1"):
+        publish(shared, 2)
+    assert shared.version == 1
+    shared.installed(1)
+    publish(shared, 2)  # fills the other slot: version 1 stays whole as it serves
+    check_serving(served)
+    assert not shared.writable()
+    newer = shared.read_serving(newer_than=1)
+    check_serving(newer)
+    shared.installed(1)  # a late acknowledgement never goes back
+    assert not shared.writable()
+    shared.installed(2)
+    publish(shared, 3)
+    check_serving(newer)
 
 
 def test_the_copied_serving_layout_scores_like_the_one_the_writer_built(tmp_path):

@@ -56,12 +56,13 @@ def test_a_version_waits_for_its_folded_rows_and_installs_with_them(parts, monke
     assert version == 1 and delta is not None and delta.version == 1
     assert bool((base_weight(model, "user")[5] == 7.0).all()) and installer.applied == 1
 
-    installer.receive(folded(6, 8.0), epoch=0)  # v3 needs both; v2 (none new) is superseded
-    publish(shared, 2, aux=1)
-    publish(shared, 3, aux=2)
+    installer.receive(folded(6, 8.0), epoch=0)  # v2 needs both
+    publish(shared, 2, aux=2)
+    assert not shared.writable()  # v1 serves from one slot, v2 waits in the other
     installer.install_newest()
-    assert installer.inference.version == 3 and installer.applied == 2
+    assert installer.inference.version == 2 and installer.applied == 2
     assert bool((base_weight(model, "user")[6] == 8.0).all())
+    assert shared.writable()  # the installer said so: v1's slot is free
 
 
 def test_a_new_epoch_drops_the_old_trainers_versions_and_late_rows(parts):
@@ -75,6 +76,7 @@ def test_a_new_epoch_drops_the_old_trainers_versions_and_late_rows(parts):
     with installer.inference.exclusive:
         assert installer.forget_versions() == 1
     assert installer.inference.served() == (None, 1)  # the bare base
+    assert shared.writable()  # inference reads no slot now
     installer.receive(folded(7, 9.0), epoch=0)  # a late message of the replaced trainer
     assert installer.applied == 0
 
