@@ -41,7 +41,7 @@ def trained_snapshot(runtime: NodeRuntime, traffic, samples: int) -> dict:
     """Train to ``samples``, serve labelled traffic so the AUC window is the trained model's,
     and take a snapshot (it records that AUC)."""
     train_until(runtime, traffic, samples)
-    serve_and_label(runtime, traffic, 60)
+    serve_and_label(runtime, traffic, 200)  # the window's AUC to about +-0.01
     return runtime.operations.snapshot()
 
 
