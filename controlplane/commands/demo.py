@@ -221,8 +221,8 @@ def _replay_spec(args: argparse.Namespace) -> str:
         # A short stream whose ids are born at a visible rate (10k users and 5k items over the
         # stream), fresh ids drawing a share of the traffic at once: what staleness costs shows
         # in minutes. The tables are 19 MB so that 2% of them holds rows: on a node an active
-        # row costs ~220 bytes at r = 4 with its copies (row_budget.py) and each table ~3 KB
-        # before its first row; 2 MB of tables held 12-17 rows a table. The stream lasts
+        # row costs ~160 bytes at r = 4 with its copies (row_budget.py) and each table ~2.5 KB
+        # before its first row; 2 MB of tables held 9-17 rows a table. The stream lasts
         # num_events / qps (about 5.5 hours at 50 QPS).
         options = {
             "drift_per_hour": args.drift,
