@@ -298,14 +298,22 @@ class LiveEmbedding(nn.Module):
         """Remove ``rows`` from the active set, first folding their delta into the base copy
         (unless fold=False, which discards it). Returns the number of rows removed. O(k): the
         last active rows move into the holes (the admission kernel's evict)."""
-        ids = torch.unique(torch.as_tensor(rows, dtype=torch.int64))
-        pos, hit = self.slots(ids)
-        pos, ids = pos[hit], ids[hit]
-        k = int(pos.numel())
+        asked = torch.as_tensor(rows, dtype=torch.int64).contiguous()
+        found = torch.empty(2, asked.numel(), dtype=torch.int64)  # the distinct active ids, rows
+        k = admission_kernel.active_rows(
+            self.index.kernel_spec,
+            asked.data_ptr(),
+            asked.numel(),
+            found[0].data_ptr(),
+            found[1].data_ptr(),
+        )
         if k == 0:
             return 0
+        ids, pos = found[0, :k], found[1, :k]
         if fold:
-            delta = (self.A.detach()[pos] @ self.B.detach()) * self.scale
+            delta = self.A.detach()[pos] @ self.B.detach()
+            if self.scale != 1.0:  # x * 1.0 is x: the op skipped
+                delta *= self.scale
             with torch.no_grad():
                 self.base.weight.index_add_(0, ids, delta)
             self.note_folded(ids)
