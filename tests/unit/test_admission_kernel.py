@@ -246,6 +246,7 @@ def test_the_sketch_counts_as_the_torch_ops(width_bits):
         assert torch.equal(sketch.sight(ids, counts), oracle.sight(ids, counts))
         assert torch.equal(sketch.counters, oracle.counters)
         assert int(sketch.since_reset) == oracle.since_reset
+    assert sketch.nbytes == oracle.nbytes  # its tensors' bytes
 
 
 def test_the_sketch_refuses_negative_counts_and_mismatched_shapes():
