@@ -18,7 +18,7 @@ delta as nv vectors over its dims (add_delta), its gradient dG @ B_tᵀ for eigh
 from B_tᵀ (bag_grads), B's gradient for a few ranks over all bags (b_grads). Each number is
 summed in the order and with the operations (FMAs as GCC contracts them) of the per-bag loops
 they replace, so at dims that are a multiple of 8 (every model here: 16, 64, 128) the bits are
-theirs (MovieLens-100k, batch 512: forward 59 -> 35 us, backward 138 -> 97 us, thread time
+theirs (MovieLens-100k, batch 512: forward 58 -> 35 us, backward 130 -> 79 us, thread time
 under load). At other dims a bag gradient's last dim % 8 terms are FMAs where GCC's vectorized
 epilogue of the old dot had 4 of them as products and adds (last-bit differences).
 The step is its own call because a non-finite gradient skips the whole trainer step: the
@@ -248,11 +248,11 @@ INLINE void transpose_b(float *restrict bt, const float *restrict b_t, int r, in
 /* bag_grad[0:r8] = (og @ B_tᵀ) * scale from bt = B_tᵀ (d, r8), LANES ranks at a time: rank k's
    terms summed as dot(og, B_t[k], d) sums them (lane j of its vectors of dims, the lanes in
    order, then the tail dims), so the bits are dot's; nv = d / LANES, a constant where inlined.
-   Returns whether the first r are finite. */
-INLINE int bag_grads(float *restrict bag_grad, const float *og, const float *bt, int r, int r8,
-                     int d, float scale, int nv) {
+   The lanes of the first r that are not finite are set in *bad (checked once a member: a lane
+   at a time for every bag cost a fifth of the backward). */
+INLINE void bag_grads(float *restrict bag_grad, const float *og, const float *bt, int r, int r8,
+                      int d, float scale, int nv, lane_mask *bad) {
     const lane_mask lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    lane_mask bad = {0};
     for (int c = 0; c < r8; c += LANES) {
         lanes part[LANES], sum = {0};
         const float *col = bt + c;
@@ -268,12 +268,8 @@ INLINE int bag_grads(float *restrict bag_grad, const float *og, const float *bt,
         sum *= scale;
         MATERIALIZE(sum);
         *(lanes *)(bag_grad + c) = sum;
-        bad |= ((sum - sum) != 0) & (lane < r - c); /* x - x: 0 when finite, else NaN */
+        *bad |= ((sum - sum) != 0) & (lane < r - c); /* x - x: 0 when finite, else NaN */
     }
-    int finite = 1;
-    for (int j = 0; j < LANES; j++)
-        finite &= bad[j] == 0;
-    return finite;
 }
 
 /* One member's bags: each bag's gradient of its A rows' sum (bag_grads) added into its active
@@ -282,15 +278,18 @@ INLINE int member_bags(const Batch *x, const Group *g, int m, const float *grad_
                        Py_ssize_t stride_b, const float *bt, float *restrict row_grad, int nv) {
     int r = g->rank, r8 = (r + LANES - 1) / LANES * LANES, finite = 1;
     float bag_grad[MAX_RANK];
+    lane_mask bad = {0};
     for (int i = 0; i < x->batch; i++) {
         Py_ssize_t s = (Py_ssize_t)m * x->batch + i;
-        finite &= bag_grads(bag_grad, grad_m + i * stride_b, bt, r, r8, x->dim, g->scale, nv);
+        bag_grads(bag_grad, grad_m + i * stride_b, bt, r, r8, x->dim, g->scale, nv, &bad);
         for (Py_ssize_t v = x->offsets[s]; v < bag_end(x, s); v++) {
             int64_t u = x->index[v];
             if (x->hit[u])
                 axpy(row_grad + (size_t)(u - g->key0) * r, 1.0f, bag_grad, r);
         }
     }
+    for (int j = 0; j < LANES; j++)
+        finite &= bad[j] == 0;
     return finite;
 }
 
