@@ -18,7 +18,7 @@ delta as nv vectors over its dims (add_delta), its gradient dG @ B_tᵀ for eigh
 from B_tᵀ (bag_grads), B's gradient for a few ranks over all bags (b_grads). Each number is
 summed in the order and with the operations (FMAs as GCC contracts them) of the per-bag loops
 they replace, so at dims that are a multiple of 8 (every model here: 16, 64, 128) the bits are
-theirs (MovieLens-100k, batch 512: forward 58 -> 35 us, backward 130 -> 79 us, thread time
+theirs (MovieLens-100k, batch 512: forward 58 -> 35 us, backward 126 -> 66 us, thread time
 under load). At other dims a bag gradient's last dim % 8 terms are FMAs where GCC's vectorized
 epilogue of the old dot had 4 of them as products and adds (last-bit differences).
 The step is its own call because a non-finite gradient skips the whole trainer step: the
@@ -204,29 +204,42 @@ static int all_finite(const float *x, size_t n) {
 
 /* gram (d, d) += x0ᵀ x0 + x1ᵀ x1 + x2ᵀ x2 + x3ᵀ x3 for four rows x of d, its upper triangle (and
    the vector of lanes holding the diagonal): each row of the Gram matrix loaded and stored once
-   for four samples (one at a time, its loads and stores cost more than the multiply-adds). */
-static inline void gram_add4(float *restrict gram, const float *x0, const float *x1,
-                             const float *x2, const float *x3, int d) {
-    for (int j = 0; j < d; j++) {
-        float *row = gram + (size_t)j * d, c0 = x0[j], c1 = x1[j], c2 = x2[j], c3 = x3[j];
-        int k = j / LANES * LANES;
-        for (; k + LANES <= d; k += LANES)
-            *(lanes *)(row + k) += c0 * *(const lanes *)(x0 + k) + c1 * *(const lanes *)(x1 + k) +
-                                   c2 * *(const lanes *)(x2 + k) + c3 * *(const lanes *)(x3 + k);
-        for (; k < d; k++)
-            row[k] += c0 * x0[k] + c1 * x1[k] + c2 * x2[k] + c3 * x3[k];
+   for four samples (one at a time, its loads and stores cost more than the multiply-adds), the
+   samples' vectors loaded once for all rows, CHUNK vectors of columns at a time. nv = d / LANES,
+   a constant where inlined. */
+INLINE void gram_add4(float *restrict gram, const float *x0, const float *x1, const float *x2,
+                      const float *x3, int d, int nv) {
+    for (int q0 = 0; q0 < nv; q0 += CHUNK) {
+        int q1 = q0 + CHUNK < nv ? q0 + CHUNK : nv;
+        lanes v0[CHUNK], v1[CHUNK], v2[CHUNK], v3[CHUNK];
+        for (int q = q0; q < q1; q++) {
+            v0[q - q0] = *(const lanes *)(x0 + q * LANES);
+            v1[q - q0] = *(const lanes *)(x1 + q * LANES);
+            v2[q - q0] = *(const lanes *)(x2 + q * LANES);
+            v3[q - q0] = *(const lanes *)(x3 + q * LANES);
+        }
+        for (int j = 0; j < q1 * LANES; j++) {
+            float *row = gram + (size_t)j * d, c0 = x0[j], c1 = x1[j], c2 = x2[j], c3 = x3[j];
+            for (int q = j / LANES > q0 ? j / LANES : q0; q < q1; q++)
+                *(lanes *)(row + q * LANES) += c0 * v0[q - q0] + c1 * v1[q - q0] +
+                                               c2 * v2[q - q0] + c3 * v3[q - q0];
+        }
     }
+    for (int j = 0; j < d; j++)
+        for (int k = nv * LANES; k < d; k++)
+            gram[(size_t)j * d + k] += x0[j] * x0[k] + x1[j] * x1[k] + x2[j] * x2[k] +
+                                       x3[j] * x3[k];
 }
 
 /* gram (d, d) = the sum of xᵀ x over the batch rows x of one table's gradient (stride_b apart):
    the upper triangle summed, the lower one its mirror (the products are the same: so are the
-   sums). */
-static inline void gram_of(float *restrict gram, const float *grad, Py_ssize_t stride_b, int batch,
-                           int d) {
+   sums). nv as gram_add4's. */
+INLINE void gram_of(float *restrict gram, const float *grad, Py_ssize_t stride_b, int batch, int d,
+                    int nv) {
     int i = 0;
     for (; i + 4 <= batch; i += 4) {
         const float *x = grad + i * stride_b;
-        gram_add4(gram, x, x + stride_b, x + 2 * stride_b, x + 3 * stride_b, d);
+        gram_add4(gram, x, x + stride_b, x + 2 * stride_b, x + 3 * stride_b, d, nv);
     }
     for (; i < batch; i++)
         for (int j = 0; j < d; j++) {
@@ -251,8 +264,7 @@ INLINE void transpose_b(float *restrict bt, const float *restrict b_t, int r, in
    The lanes of the first r that are not finite are set in *bad (checked once a member: a lane
    at a time for every bag cost a fifth of the backward). */
 INLINE void bag_grads(float *restrict bag_grad, const float *og, const float *bt, int r, int r8,
-                      int d, float scale, int nv, lane_mask *bad) {
-    const lane_mask lane = {0, 1, 2, 3, 4, 5, 6, 7};
+                      int d, float scale, int nv, lane_mask tail, lane_mask *bad) {
     for (int c = 0; c < r8; c += LANES) {
         lanes part[LANES], sum = {0};
         const float *col = bt + c;
@@ -265,23 +277,30 @@ INLINE void bag_grads(float *restrict bag_grad, const float *og, const float *bt
             sum += part[j];
         for (int k = nv * LANES; k < d; k++, col += r8)
             sum += og[k] * *(const lanes *)col;
-        sum *= scale;
-        MATERIALIZE(sum);
+        if (scale != 1.0f) {
+            sum *= scale;
+            MATERIALIZE(sum);
+        }
         *(lanes *)(bag_grad + c) = sum;
-        *bad |= ((sum - sum) != 0) & (lane < r - c); /* x - x: 0 when finite, else NaN */
+        lane_mask nonfinite = (sum - sum) != 0; /* x - x: 0 when finite, else NaN */
+        *bad |= c + LANES <= r ? nonfinite : nonfinite & tail;
     }
 }
 
-/* One member's bags: each bag's gradient of its A rows' sum (bag_grads) added into its active
-   keys' rows of row_grad; returns whether all were finite. nv as bag_grads'. */
+/* One member's bags: its Gram matrix (gram_of) and each bag's gradient of its A rows' sum
+   (bag_grads) added into its active keys' rows of row_grad; returns whether all were finite. nv
+   as bag_grads'. */
 INLINE int member_bags(const Batch *x, const Group *g, int m, const float *grad_m,
-                       Py_ssize_t stride_b, const float *bt, float *restrict row_grad, int nv) {
+                       Py_ssize_t stride_b, const float *bt, float *restrict row_grad,
+                       float *restrict grams, int nv) {
     int r = g->rank, r8 = (r + LANES - 1) / LANES * LANES, finite = 1;
+    gram_of(grams + (size_t)m * x->dim * x->dim, grad_m, stride_b, x->batch, x->dim, nv);
     float bag_grad[MAX_RANK];
-    lane_mask bad = {0};
+    const lane_mask lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    lane_mask bad = {0}, tail = lane < r - (r8 - LANES); /* the last chunk's ranks */
     for (int i = 0; i < x->batch; i++) {
         Py_ssize_t s = (Py_ssize_t)m * x->batch + i;
-        bag_grads(bag_grad, grad_m + i * stride_b, bt, r, r8, x->dim, g->scale, nv, &bad);
+        bag_grads(bag_grad, grad_m + i * stride_b, bt, r, r8, x->dim, g->scale, nv, tail, &bad);
         for (Py_ssize_t v = x->offsets[s]; v < bag_end(x, s); v++) {
             int64_t u = x->index[v];
             if (x->hit[u])
@@ -369,14 +388,14 @@ static int backward(const Batch *x, const Group *g, const float *restrict grad,
     for (int m = g->member0; m < g->member1; m++) {
         int t = m - g->member0;
         const float *grad_m = grad + x->features[m] * d, *sums_t = sums + (size_t)t * x->batch * r;
-        gram_of(grams + (size_t)m * d * d, grad_m, stride_b, x->batch, d);
         transpose_b(bt, g->b + (size_t)t * r * d, r, r8, d);
-        switch (d / LANES) { /* the model's widths: 8 to 32 */
-        case 1: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, 1); break;
-        case 2: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, 2); break;
-        case 3: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, 3); break;
-        case 4: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, 4); break;
-        default: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, d / LANES); break;
+        int nv = d / LANES;
+        switch (nv) { /* constants for the models' widths, 8 to 32 */
+        case 1: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, grams, 1); break;
+        case 2: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, grams, 2); break;
+        case 3: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, grams, 3); break;
+        case 4: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, grams, 4); break;
+        default: finite &= member_bags(x, g, m, grad_m, stride_b, bt, row_grad, grams, nv); break;
         }
         b_grads(b_grad + (size_t)t * r * d, grad_m, stride_b, sums_t, x->batch, r, d, g->scale);
     }
