@@ -18,7 +18,7 @@ delta as nv vectors over its dims (add_delta), its gradient dG @ B_tᵀ for eigh
 from B_tᵀ (bag_grads), B's gradient for a few ranks over all bags (b_grads). Each number is
 summed in the order and with the operations (FMAs as GCC contracts them) of the per-bag loops
 they replace, so at dims that are a multiple of 8 (every model here: 16, 64, 128) the bits are
-theirs (MovieLens-100k, batch 512: forward 58 -> 35 us, backward 126 -> 66 us, thread time
+theirs (MovieLens-100k, batch 512: forward 58 -> 32 us, backward 126 -> 66 us, thread time
 under load). At other dims a bag gradient's last dim % 8 terms are FMAs where GCC's vectorized
 epilogue of the old dot had 4 of them as products and adds (last-bit differences).
 The step is its own call because a non-finite gradient skips the whole trainer step: the
@@ -133,11 +133,12 @@ INLINE void add_delta_chunk(float *restrict column, const float *sum, const floa
         for (int q = 0; q < nv; q++)
             acc[q] += sum[k] * *(const lanes *)(b_t + (size_t)k * d + j0 + q * LANES);
     for (int q = 0; q < nv; q++) {
+        lanes delta = acc[q]; /* a copy: acc itself stays in registers */
         if (scale != 1.0f) {
-            acc[q] *= scale;
-            MATERIALIZE(acc[q]);
+            delta *= scale;
+            MATERIALIZE(delta);
         }
-        *(lanes *)(column + j0 + q * LANES) += acc[q];
+        *(lanes *)(column + j0 + q * LANES) += delta;
     }
 }
 
