@@ -299,21 +299,14 @@ class LiveEmbedding(nn.Module):
         (unless fold=False, which discards it). Returns the number of rows removed. O(k): the
         last active rows move into the holes (the admission kernel's evict)."""
         asked = torch.as_tensor(rows, dtype=torch.int64).contiguous()
-        found = torch.empty(2, asked.numel(), dtype=torch.int64)  # the distinct active ids, rows
-        k = admission_kernel.active_rows(
-            self.index.kernel_spec,
-            asked.data_ptr(),
-            asked.numel(),
-            found[0].data_ptr(),
-            found[1].data_ptr(),
-        )
+        n, spec = asked.numel(), self.index.kernel_spec
+        found = torch.empty(2, n, dtype=torch.int64)  # the distinct active ids, their rows
+        k = admission_kernel.active_rows(spec, asked.data_ptr(), n, *(t.data_ptr() for t in found))
         if k == 0:
             return 0
         ids, pos = found[0, :k], found[1, :k]
         if fold:
-            delta = self.A.detach()[pos] @ self.B.detach()
-            if self.scale != 1.0:  # x * 1.0 is x: the op skipped
-                delta *= self.scale
+            delta = (self.A.detach()[pos] @ self.B.detach()) * self.scale
             with torch.no_grad():
                 self.base.weight.index_add_(0, ids, delta)
             self.note_folded(ids)
