@@ -126,7 +126,8 @@ class LiveUpdatePath:
             )
             with torch.no_grad():  # the node's installer writes the folded rows the same way
                 for name, patch in version.base_patches.items():
-                    self.inference.sparse_arch.table(name).weight[patch.ids] = patch.rows
+                    if patch.ids.numel():  # the node sends only the tables that folded rows
+                        self.inference.sparse_arch.table(name).weight[patch.ids] = patch.rows
             self.installed = version.version
 
 

@@ -607,6 +607,54 @@ static PyObject *argsort(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(active_rows_doc,
+             "active_rows(index, ids_ptr, n, out_ids_ptr, out_rows_ptr) -> int\n\n"
+             "Of n int64 ids (any, repeats allowed) the distinct ones the index holds, ascending,\n"
+             "into out_ids and their rows into out_rows (int64, room for n each); returns how many.\n"
+             "As torch.unique(ids), the index's lookup and the hits kept (LiveEmbedding.evict).");
+
+static PyObject *active_rows(PyObject *self, PyObject *args) {
+    PyObject *spec, *ids_obj, *out_ids_obj, *out_rows_obj;
+    Py_ssize_t n, u = 0, k = 0;
+    Index index;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OnOO", &PyTuple_Type, &spec, &ids_obj, &n, &out_ids_obj,
+                          &out_rows_obj) ||
+        parse_index(spec, &index) < 0)
+        return NULL;
+    const int64_t *ids = PyLong_AsVoidPtr(ids_obj);
+    int64_t *out_ids = PyLong_AsVoidPtr(out_ids_obj), *out_rows = PyLong_AsVoidPtr(out_rows_obj);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "active_rows: n must be >= 0");
+        return NULL;
+    }
+    if (n == 0)
+        return PyLong_FromSsize_t(0);
+    /* the sort's scratch (3 n) and order (n), then the lookups' rows and pending (n each) */
+    char *scratch = malloc((4 * sizeof(int64_t) + sizeof(int32_t) + sizeof(Py_ssize_t)) * (size_t)n);
+    if (!scratch)
+        return PyErr_NoMemory();
+    int64_t *order = (int64_t *)scratch + 3 * n;
+    int32_t *rows = (int32_t *)(order + n);
+    Py_ssize_t *pending = (Py_ssize_t *)(rows + n);
+    Py_BEGIN_ALLOW_THREADS;
+    sort_keys(ids, n, out_ids, order, scratch);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (i == 0 || out_ids[i] != out_ids[u - 1])
+            out_ids[u++] = out_ids[i];
+    resolve(&index, out_ids, u, 0, rows, pending, NULL, 0);
+    for (Py_ssize_t i = 0; i < u; i++)
+        if (rows[i]) {
+            out_ids[k] = out_ids[i];
+            out_rows[k++] = rows[i] - 1;
+        }
+    Py_END_ALLOW_THREADS;
+    free(scratch);
+    return PyLong_FromSsize_t(k);
+}
+
 static int by_value(const void *x, const void *y) {
     int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
     return (a > b) - (a < b);
@@ -808,6 +856,7 @@ static PyMethodDef methods[] = {
     {"sight", sight_ids, METH_VARARGS, sight_doc},
     {"batch_keys", batch_keys, METH_VARARGS, batch_keys_doc},
     {"argsort", argsort, METH_VARARGS, argsort_doc},
+    {"active_rows", active_rows, METH_VARARGS, active_rows_doc},
     {"evict", evict, METH_VARARGS, evict_doc},
     {"lru", lru, METH_VARARGS, lru_doc},
     {NULL, NULL, 0, NULL},

@@ -245,7 +245,8 @@ static void backward(const float *dense, const float *sparse, const float *grad,
    into one vector (lanes over dims), and the eight vectors' lanes summed at once (a transpose
    by shuffles), so a dot's terms add in another order than in dot_tile (within float
    rounding). The backward sums over j in the same order and with the same operations as
-   grad_tile, so its bits are the same. */
+   grad_tile, so its bits are the same, four rows at a time (two at 24 and 32 dims) as
+   independent chains: at 8 features of 16 dims, batch 512, 63 -> 42 us under load. */
 #define SMALL_N 16
 #define SMALL_VECS 4
 #define SMALL_PAIRS (SMALL_N * (SMALL_N - 1) / 2)
@@ -324,32 +325,63 @@ static void small_forward(const float *dense, const float *sparse, float *out, P
     }
 }
 
-/* grad_of_rows for every row from `first`, rows read in place: dx_i = sum_j G_ij x_j in j order
-   (G_ii = 0 taken too, as grad_tile does), plus the dense copy's gradient for row 0 */
+/* Rows i0 .. i0 + rows - 1 of dx = G @ X of one sample into dx[r]: dx_i = sum_j G_ij x_j in j
+   order (G_ii = 0 taken too, as grad_tile does), plus `start` (the dense copy's gradient) for
+   row 0 when given; rows and nv constants where inlined, so that the rows' sums are independent
+   chains in registers (one row at a time waits on its FMAs) */
+INLINE void small_grad_rows(const float *const *row, const float *gp, Py_ssize_t n,
+                            Py_ssize_t i0, int rows, int nv, const int16_t *at,
+                            float *const *dx, const float *start) {
+    lanes acc[4][SMALL_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < nv; q++)
+            acc[r][q] = (lanes){0};
+    for (Py_ssize_t j = 0; j < n; j++) {
+        lanes x[SMALL_VECS];
+        for (int q = 0; q < nv; q++)
+            x[q] = *(const lanes *)(row[j] + q * LANES);
+        for (int r = 0; r < rows; r++) {
+            float g = i0 + r == j ? 0.0f : gp[at[(i0 + r) * n + j]];
+            for (int q = 0; q < nv; q++)
+                acc[r][q] += g * x[q];
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < nv; q++) {
+            if (start && i0 + r == 0)
+                acc[r][q] += *(const lanes *)(start + q * LANES);
+            *(lanes *)(dx[r] + q * LANES) = acc[r][q];
+        }
+}
+
+#define SMALL_ROWS(nv) ((nv) <= 2 ? 4 : 2) /* rows a block: rows * nv sums in registers */
+
+/* grad_of_rows for every row from `first`, rows read in place, SMALL_ROWS(nv) rows at a time
+   (small_grad_rows), plus the dense copy's gradient for row 0 */
 INLINE void small_backward_nv(const float *dense, const float *sparse, const float *grad,
                               float *grad_dense, float *grad_sparse, Py_ssize_t batch,
                               Py_ssize_t n, int nv, const int16_t *at) {
     Py_ssize_t dim = nv * LANES, width = dim + n * (n - 1) / 2;
     Py_ssize_t first = grad_dense ? 0 : 1;
+    const int block = SMALL_ROWS(nv);
     for (Py_ssize_t b = 0; b < batch; b++) {
-        const float *row[SMALL_N], *gp = grad + b * width + dim;
+        const float *row[SMALL_N], *gp = grad + b * width + dim, *start = NULL;
+        float *dx[SMALL_N];
         row[0] = dense + b * dim;
-        for (Py_ssize_t i = 1; i < n; i++)
+        if (grad_dense)
+            dx[0] = grad_dense + b * dim, start = grad + b * width;
+        for (Py_ssize_t i = 1; i < n; i++) {
             row[i] = sparse + (b * (n - 1) + i - 1) * dim;
-        for (Py_ssize_t i = first; i < n; i++) {
-            lanes acc[SMALL_VECS];
-            for (int q = 0; q < nv; q++)
-                acc[q] = (lanes){0};
-            for (Py_ssize_t j = 0; j < n; j++) {
-                float g = j == i ? 0.0f : gp[at[i * n + j]];
-                for (int q = 0; q < nv; q++)
-                    acc[q] += g * *(const lanes *)(row[j] + q * LANES);
-            }
-            float *dx = i ? grad_sparse + (b * (n - 1) + i - 1) * dim : grad_dense + b * dim;
-            for (int q = 0; q < nv; q++) {
-                if (!i)
-                    acc[q] += *(const lanes *)(grad + b * width + q * LANES);
-                *(lanes *)(dx + q * LANES) = acc[q];
+            dx[i] = grad_sparse + (b * (n - 1) + i - 1) * dim;
+        }
+        for (Py_ssize_t i0 = first; i0 < n; i0 += block) {
+            const float *const *x = row;
+            float *const *out = dx + i0;
+            switch (n - i0 < block ? (int)(n - i0) : block) {
+            case 1: small_grad_rows(x, gp, n, i0, 1, nv, at, out, start); break;
+            case 2: small_grad_rows(x, gp, n, i0, 2, nv, at, out, start); break;
+            case 3: small_grad_rows(x, gp, n, i0, 3, nv, at, out, start); break;
+            default: small_grad_rows(x, gp, n, i0, 4, nv, at, out, start); break;
             }
         }
     }

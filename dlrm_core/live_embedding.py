@@ -298,12 +298,13 @@ class LiveEmbedding(nn.Module):
         """Remove ``rows`` from the active set, first folding their delta into the base copy
         (unless fold=False, which discards it). Returns the number of rows removed. O(k): the
         last active rows move into the holes (the admission kernel's evict)."""
-        ids = torch.unique(torch.as_tensor(rows, dtype=torch.int64))
-        pos, hit = self.slots(ids)
-        pos, ids = pos[hit], ids[hit]
-        k = int(pos.numel())
+        asked = torch.as_tensor(rows, dtype=torch.int64).contiguous()
+        n, spec = asked.numel(), self.index.kernel_spec
+        found = torch.empty(2, n, dtype=torch.int64)  # the distinct active ids, their rows
+        k = admission_kernel.active_rows(spec, asked.data_ptr(), n, *(t.data_ptr() for t in found))
         if k == 0:
             return 0
+        ids, pos = found[0, :k], found[1, :k]
         if fold:
             delta = (self.A.detach()[pos] @ self.B.detach()) * self.scale
             with torch.no_grad():

@@ -20,6 +20,7 @@ Shapes: B batch, F features, T tables in a group, n_t active rows of table t, r 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -121,29 +122,32 @@ class ServingDelta:
         tables: Mapping[str, TableFactors],
     ) -> ServingDelta:
         by_rank: dict[int, list[int]] = {}
-        for name in tables:
-            if tables[name].num_active == 0:  # nothing to add
-                continue
-            by_rank.setdefault(tables[name].rank, []).append(feature_names.index(name))
+        for name, factors in tables.items():
+            if factors.num_active:  # else nothing to add
+                by_rank.setdefault(factors.rank, []).append(feature_names.index(name))
         groups = []
         for _, feats in sorted(by_rank.items()):
             feats.sort()
             facts = [tables[feature_names[f]] for f in feats]
-            rows = torch.tensor([table_rows[f] for f in feats], dtype=torch.int64)
-            key_offsets = torch.cumsum(rows, 0) - rows
-            key_dtype = torch.int32 if int(rows.sum()) <= 2**31 - 1 else torch.int64
-            shifted = [f.ids + s for f, s in zip(facts, key_offsets.tolist(), strict=True)]
-            keys = torch.cat(shifted).to(key_dtype)
+            # the tables' key ranges, one after another (in Python: a version builds several
+            # groups, and each torch op costs more than these few numbers)
+            starts = list(itertools.accumulate((table_rows[f] for f in feats[:-1]), initial=0))
+            wide = starts[-1] + table_rows[feats[-1]] > 2**31 - 1
+            shifted = [f.ids + s if s else f.ids for f, s in zip(facts, starts, strict=True)]
+            keys = (shifted[0] if len(shifted) == 1 else torch.cat(shifted)).to(
+                torch.int64 if wide else torch.int32
+            )
             groups.append(
                 RankGroup(
                     tuple(feats),
-                    key_offsets,
+                    torch.tensor(starts, dtype=torch.int64),
                     CuckooIndex.build(keys),
                     torch.cat(
                         [facts[0].a.new_zeros(1, facts[0].rank)] + [f.a for f in facts],
                         out=hugepages.empty((1 + len(keys), facts[0].rank), torch.float32),
                     ),
-                    torch.stack([f.b * f.scale for f in facts]),
+                    # a product by 1.0 is the same bits: stack copies
+                    torch.stack([f.b * f.scale if f.scale != 1.0 else f.b for f in facts]),
                 )
             )
         return ServingDelta(version, tuple(groups))

@@ -246,6 +246,7 @@ def test_the_sketch_counts_as_the_torch_ops(width_bits):
         assert torch.equal(sketch.sight(ids, counts), oracle.sight(ids, counts))
         assert torch.equal(sketch.counters, oracle.counters)
         assert int(sketch.since_reset) == oracle.since_reset
+    assert sketch.nbytes == oracle.nbytes  # its tensors' bytes
 
 
 def test_the_sketch_refuses_negative_counts_and_mismatched_shapes():
@@ -270,6 +271,28 @@ def test_the_radix_sort_is_torch_sort(seed):
     ordered, order = sort(keys)
     want_ordered, want_order = torch.sort(keys, stable=True)
     assert torch.equal(ordered, want_ordered) and torch.equal(order, want_order)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_active_rows_are_torch_unique_and_the_index_hits(seed):
+    """active_rows (LiveEmbedding.evict's lookup) against torch.unique, the index's lookup and
+    the hits kept: ids repeated, negative, beyond int32, absent, none; int32 and int64 keys."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = (torch.int32, torch.int64)[seed % 2]
+    stored = torch.randperm(5000, generator=gen)[: [0, 1, 40, 700, 3000, 4999][seed]]
+    index = CuckooIndex.build(stored.to(dtype))
+    n = [0, 1, 5, 300, 4000, 9000][seed]
+    asked = torch.randint(-50, 6000, (n,), generator=gen)
+    if n > 10:
+        asked[:3] = torch.tensor([2**31, 2**40, -(2**63)])
+    ids, rows = torch.zeros(2, n, dtype=torch.int64)
+    k = admission_kernel.active_rows(
+        index.kernel_spec, asked.data_ptr(), n, ids.data_ptr(), rows.data_ptr()
+    )
+    want = torch.unique(asked)
+    found = index.rows(want).to(torch.int64)
+    hit = found > 0
+    assert torch.equal(ids[:k], want[hit]) and torch.equal(rows[:k], found[hit] - 1)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -172,10 +172,12 @@ def multi_hot_batch(gen: torch.Generator, sizes, n: int) -> SparseBatch:
     )
 
 
-def test_inference_pools_with_the_kernel_exactly_as_the_embedding_bags_do():
+@pytest.mark.parametrize("dim", [5, 8, 16, 24, 32, 40])
+def test_inference_pools_with_the_kernel_exactly_as_the_embedding_bags_do(dim):
+    """Dims of one to four vectors of eight sum in registers, others through memory."""
     torch.manual_seed(0)
     sizes = (50, 7, 300)
-    model = DLRM(DLRMConfig(tuple(f"f{i}" for i in range(3)), sizes, 3, 5, (4, 5), (6, 1)))
+    model = DLRM(DLRMConfig(tuple(f"f{i}" for i in range(3)), sizes, 3, dim, (4, dim), (6, 1)))
     batch = multi_hot_batch(torch.Generator().manual_seed(1), sizes, 33)
     tables = model.sparse_arch.tables
     expected = torch.stack(

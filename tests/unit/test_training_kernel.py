@@ -167,7 +167,17 @@ def torch_group(case, g, pooled, out_grad, lr_a, lr_b):
 @pytest.mark.parametrize("seed", range(16))
 def test_correction_matches_autograd(seed):
     gen = torch.Generator().manual_seed(seed)
-    dim = int(torch.randint(1, 20, (1,), generator=gen))
+    check_against_autograd(seed, gen, int(torch.randint(1, 20, (1,), generator=gen)))
+
+
+@pytest.mark.parametrize("dim", [24, 32, 40, 64, 69])
+def test_correction_matches_autograd_at_wide_dims(dim):
+    """Dims of three, four and more vectors of eight (the kernel's register tiles by width),
+    with ranks of several vectors."""
+    check_against_autograd(dim, torch.Generator().manual_seed(dim), dim)
+
+
+def check_against_autograd(seed, gen, dim):
     batch = int(torch.randint(1, 40, (1,), generator=gen))
     scale = (1.0, 0.5, 2.0)[seed % 3]
     case = random_case(gen, 1 + seed % 3, batch, dim, scale)
