@@ -7,7 +7,7 @@ published version the trainer's store keeps (its copies of ids, A, B and the bas
 since a reader last took a version), and on a node the record of folded rows its snapshots need
 (fold_bitmap.py, taken out of the table's budget), the base pages its folds made private that
 inference has not caught up with (nodeworker/base_pages.py) and the node's copies outside the
-trainer: its shared-memory slots' serving layouts and inference's installed layout
+trainer: its shared-memory slots' serving layouts, which inference serves in place
 (nodeworker/shared_memory.py SharedFactors.held_bytes). Besides the tables: the label join's
 pending served batches and the replay window (on a node: the feed's backlog of joined batches,
 held within its share of the budget, nodeworker/node_budget.py BACKLOG_SHARE, and the rows

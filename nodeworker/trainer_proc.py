@@ -9,7 +9,7 @@ It maps the base tables copy-on-write, so its folds (pruned rows) stay private u
 installs the version that carries them: before writing version v it sends the rows folded since
 the last version through ``ends.folded``, and v's ``aux`` says how many patch messages precede it.
 It also builds each version's ServingDelta (on its own cpus, charged to its duty cycle), so the
-inference side only copies it out of shared memory. Before it reports ready it makes the
+inference side only serves it from shared memory, in place. Before it reports ready it makes the
 runtime's one-time allocations on a throwaway trainer (nodeworker/trainer_warmup.py), so what
 it holds when ready is its fixed part and what grows after is proportional. Its side of a delta
 rebase is nodeworker/trainer_rebase.py; what its stats say by table, nodeworker/trainer_report.py.

@@ -1,6 +1,6 @@
 """A node's budget caps its whole proportional part: the trainer's own state and the node's
-copies outside it (one shared-memory arena per slot for all tables' serving layouts,
-inference's installed layout), measured from the slot file's allocated blocks and the
+copies outside it (one shared-memory arena per slot for all tables' serving layouts, which
+inference serves in place), measured from the slot file's allocated blocks and the
 tensors; the budget is one pool for all the node's tables, so small tables train too."""
 
 import tempfile
