@@ -35,7 +35,9 @@ def test_the_kept_and_recomputing_paths_learn_the_same_factors():
 def test_a_tiny_run_writes_every_column(tmp_path, monkeypatch):
     monkeypatch.setattr(workloads, "OUT_DIR", tmp_path)
     argv = ["--configs", "criteo_reference", "--criteo-scale", "0.0005", "--batch", "64"]
-    argv += ["--batches", "4", "--rounds", "1", "--reps", "2", "--warmup", "1"]
+    # one round of 50 batches: a whole adapt period (50 steps) and five syncs
+    argv += ["--batches", "4", "--rounds", "1", "--reps", "50", "--sync-every", "10"]
+    argv += ["--warmup", "1"]
     payload = update_cost.main(argv)
     written = json.loads((tmp_path / "update_cost.json").read_text())
     (row,) = written["configs"]
@@ -46,3 +48,16 @@ def test_a_tiny_run_writes_every_column(tmp_path, monkeypatch):
         row["liveupdate_us_per_event"] / row["cluster_us_per_event"]
     )
     assert len(payload["load_average"]) == 2  # type: ignore[arg-type]
+
+
+def test_a_run_that_would_leave_out_part_of_a_period_is_refused(capsys):
+    """The mean per event must hold LiveUpdate's adapts and the cluster's syncs as often as they
+    come: rounds x reps covering part of a period is a one-line CLI error."""
+    for argv, period in (
+        (["--rounds", "1", "--reps", "12"], "LiveUpdate's adapt periods of 50 batches"),
+        (["--rounds", "5", "--reps", "10", "--sync-every", "12"], "sync periods of 12 batches"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            update_cost.main(argv)
+        assert refused.value.code == 2
+        assert f"--rounds x --reps must be whole {period}" in capsys.readouterr().err
