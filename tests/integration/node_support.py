@@ -51,8 +51,9 @@ def pretrained_checkpoint(path: Path) -> None:
     induced drop (corrupt_base) is clear of the window's noise; a freshly initialised base read
     0.52-0.55 after its node's training, too close to chance to judge a drop."""
     torch.manual_seed(0)
-    model = DLRM(DLRMConfig.from_schema(SyntheticStream(STREAM).schema))
-    pretrain_base(model, iter(SyntheticStream(STREAM)), PRETRAIN_EVENTS)
+    stream = SyntheticStream(STREAM)
+    model = DLRM(DLRMConfig.from_schema(stream.schema))
+    pretrain_base(model, iter(stream), PRETRAIN_EVENTS)
     save_model(path, model)
 
 

@@ -42,9 +42,9 @@ def start_node(tmp_path, name="t-node", **overrides) -> tuple[NodeRuntime, Synth
     if not checkpoint.exists():
         build_fresh_checkpoint(stream.schema, checkpoint)
     # A generous SLA: this test is about learning and control, not about a loaded CI box.
-    # 10%: the budget holds the node's copies outside its trainer (~200 bytes an active row,
-    # row_budget.node_copy_bytes) and its slots' page floor; at 5% these 0.45 MB of tables
-    # train only user_id, with a few dozen rows, too few for the rollback test to learn.
+    # 10%: the budget holds the node's copies outside its trainer (~110 bytes an active row at
+    # r = 4, row_budget.node_copy_bytes) and its slots' page floor; at 5% these 0.45 MB of
+    # tables train only user_id and item_id, with a few dozen rows each.
     fields = {"sla_p99_ms": 5000.0, "memory_budget_pct": 10.0, **overrides.pop("policy", {})}
     policy, _ = protocol.validate_policy(fields)
     assert policy is not None
