@@ -232,8 +232,14 @@ class Appliance:
             return False
 
     def login(self) -> requests.Session:
-        """A requests session logged in through the real login form (CSRF included)."""
+        """A requests session logged in through the real login form (CSRF included).
+
+        Every request asks for ``Connection: close``: uvicorn closes a keep-alive connection
+        after 5 s idle, and a pooled connection reused just as the server closes it fails with
+        RemoteDisconnected (a CI run lost a GET this way after a slow page load). A fresh local
+        connection per request costs ~0.1 ms and cannot race the server's idle timeout."""
         session = requests.Session()
+        session.headers["Connection"] = "close"
         page = session.get(f"{self.url}/accounts/login/", timeout=10)
         page.raise_for_status()
         response = session.post(
