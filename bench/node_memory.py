@@ -27,9 +27,12 @@ pages after the replay, its anonymous pages when ready less its own state's acco
 Proportional (measured) = the trainer's own account when ready plus the growth of its anonymous
 pages since (Pss_Anon, which holds the private base pages too), the factor slots (/dev/shm,
 with - without) and inference's anonymous memory with a trainer less without.
-Prints a table and writes bench/out/node_memory.json.
+Prints a table and writes bench/out/node_memory.json. With --compare-budgets, the trainer's node
+also runs at those budgets, and a line through the runs' (accounted, measured) proportional bytes
+says how much of what the OS measures grows with the account (bench/node_memory_report.py).
 
     python bench/node_memory.py [--duration 60] [--qps 200] [--rows 8] [--rows-per-table 1000000]
+        [--budget-pct 2] [--compare-budgets 1 4]
 """
 
 from __future__ import annotations
@@ -49,11 +52,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.workloads import print_table, write_json  # noqa: E402
+from bench.node_memory_report import PAGE, budget_fit, print_fit, print_run  # noqa: E402
+from bench.workloads import write_json  # noqa: E402
 from nodeworker.runtime_metrics import smaps_rollup  # noqa: E402
-
-PAGE = 4096
-ROLLUP_COLUMNS = ("Pss", "Rss", "Private_Dirty", "Shared", "Pss_Anon", "Pss_File", "Pss_Shmem")
 
 
 def private_by_mapping(pid: int) -> dict[str, int]:
@@ -247,9 +248,10 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
         return out
 
 
-def spawn(args: argparse.Namespace, variant: str) -> dict[str, object]:
+def spawn(args: argparse.Namespace, variant: str, budget_pct: float) -> dict[str, object]:
     command = [sys.executable, __file__, "--variant", variant, "--workdir", args.workdir]
-    for key in ("duration", "qps", "rows", "label_delay", "seed", "rows_per_table", "budget_pct"):
+    command += ["--budget-pct", str(budget_pct)]
+    for key in ("duration", "qps", "rows", "label_delay", "seed", "rows_per_table"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -309,24 +311,7 @@ def summary(without: dict, with_: dict) -> dict[str, object]:
     }
 
 
-def print_verdict(args: argparse.Namespace, result: dict, without: dict, with_: dict) -> None:
-    mib = 2**20
-    print(
-        f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
-        f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
-        f"{args.budget_pct}%; telemetry (measured proportional) "
-        f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
-        f"{result['accounted_over_measured']}; "
-        f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
-        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
-        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
-        f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}; requests left "
-        f"unserved by the replay (dropped before measuring): {without['unserved_requests']:,} "
-        f"without trainer, {with_['unserved_requests']:,} with"
-    )
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--qps", type=float, default=200.0)
@@ -335,46 +320,41 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows-per-table", type=int, default=1_000_000)
     parser.add_argument("--budget-pct", type=float, default=2.0)
+    parser.add_argument(
+        "--compare-budgets",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="PCT",
+        help="also run the node with its trainer at these budgets and fit measured against "
+        "accounted proportional bytes (bench/node_memory_report.py)",
+    )
     parser.add_argument("--variant", choices=("with", "without"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    budgets = [args.budget_pct, *args.compare_budgets]
+    for pct in budgets:
+        if not 0 < pct <= 10:
+            parser.error(f"a budget must be in (0, 10] %, got {pct}")
+    if len(set(budgets)) != len(budgets):
+        parser.error(f"the budgets must differ, got {budgets}")
     if args.variant:  # a child: one node, JSON on the last line
         print(json.dumps(run_variant(args)))
         return 0
     with tempfile.TemporaryDirectory(prefix="node-memory-") as tmp:
         args.workdir = tmp
-        without = spawn(args, "without")
-        with_ = spawn(args, "with")
-    result = summary(without, with_)
-    mib = 2**20
-    print_table(
-        f"Node memory, two {args.rows_per_table:,}-row tables ({result['table_bytes'] / mib:.0f} "
-        f"MiB of tables), {args.duration:.0f} s at {args.qps:.0f} req/s x {args.rows} rows; MiB",
-        ["component", "measured", "account"],
-        [["fixed: trainer runtime, code pages"] + [result["fixed_bytes"] / mib] * 2]
-        + [[k, v["measured"] / mib, v["account"] / mib] for k, v in result["components"].items()]
-        + [
-            [
-                "proportional",
-                result["proportional_measured_bytes"] / mib,
-                result["proportional_accounted_bytes"] / mib,
-            ],
-            [
-                "LoRA-attributable (node with - without; account: + fixed)",
-                result["lora_measured_bytes"] / mib,
-                result["lora_accounted_bytes"] / mib,
-            ],
-        ],
-    )
-    procs = [("inference, no trainer", without["after"]["inference"])]
-    procs += [("inference", with_["after"]["inference"]), ("trainer", with_["after"]["trainer"])]
-    print_table(
-        "smaps_rollup after the replay; MiB",
-        ["process", *ROLLUP_COLUMNS],
-        [[n, *(r[k] / mib for k in ROLLUP_COLUMNS)] for n, r in procs],
-    )
-    print_verdict(args, result, without, with_)
-    write_json("node_memory", {"args": vars(args), "without": without, "with": with_, **result})
+        without = spawn(args, "without", args.budget_pct)
+        withs = [spawn(args, "with", pct) for pct in budgets]
+    results = [summary(without, with_) for with_ in withs]
+    result, with_ = results[0], withs[0]
+    print_run(args, result, without, with_)
+    payload: dict[str, object] = {"args": vars(args), "without": without, "with": with_, **result}
+    if args.compare_budgets:
+        fit = budget_fit(budgets, results)
+        print_fit(fit, result["table_bytes"])
+        by_budget = dict(zip(map(str, budgets), withs, strict=True))
+        payload |= {"budget_fit": fit, "with_by_budget": by_budget}
+    write_json("node_memory", payload)
     return 0
 
 
