@@ -187,7 +187,7 @@ def started_node(args: argparse.Namespace, stream) -> Iterator:  # type: ignore[
     runtime = NodeRuntime(
         RuntimeConfig(
             name=f"mem-{args.variant}",
-            data_dir=work / f"node-{args.variant}",
+            data_dir=work / f"node-{args.variant}-{args.budget_pct}",  # a fresh node per budget
             checkpoint=str(checkpoint),
             policy=policy,
             trainer=args.variant == "with",
@@ -253,7 +253,10 @@ def spawn(args: argparse.Namespace, variant: str, budget_pct: float) -> dict[str
     command += ["--budget-pct", str(budget_pct)]
     for key in ("duration", "qps", "rows", "label_delay", "seed", "rows_per_table"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+        raise SystemExit(f"the {variant} node at {budget_pct}% failed ({done.returncode}):\n{tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

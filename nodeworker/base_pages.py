@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from nodeworker.shared_memory import map_base_table
 
 PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4
@@ -46,6 +49,12 @@ class PrivateBasePages:
         self._address = private.data_ptr()
         self.pending = np.zeros(-(-self.nbytes // PAGE), dtype=bool)  # written, not given back
         self.released = 0  # pages given back so far
+
+    @classmethod
+    def of_table(cls, private: torch.Tensor, directory: Path, name: str) -> PrivateBasePages:
+        """``private``, a copy-on-write mapping of table ``name``, against its file in
+        ``directory`` mapped shared."""
+        return cls(private, map_base_table(directory, name, private.shape, shared=True))
 
     @property
     def private_bytes(self) -> int:

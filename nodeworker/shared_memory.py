@@ -81,14 +81,19 @@ def write_base_tables(model: DLRM, directory: Path) -> None:
         mapped.view_as(weight).copy_(weight)
 
 
+def map_base_table(directory: Path, name: str, shape: torch.Size, shared: bool) -> torch.Tensor:
+    """Table ``name``'s shared file as a (rows, dim) tensor, mapped shared or copy-on-write."""
+    mapped = _map(table_path(directory, name), shape.numel() * 4, shared)
+    return mapped.view(torch.float32).view(shape)
+
+
 def map_base_tables(model: DLRM, directory: Path, shared: bool) -> None:
     """Make the model's tables use the shared files: shared=True for the process that serves
     (and writes patches), False (copy-on-write) for the trainer."""
     for name in model.config.feature_names:
         bag = base_bag(model, name)
-        n, d = bag.weight.shape
-        mapped = _map(table_path(directory, name), n * d * 4, shared).view(torch.float32)
-        bag.weight = nn.Parameter(mapped.view(n, d), requires_grad=False)
+        mapped = map_base_table(directory, name, bag.weight.shape, shared)
+        bag.weight = nn.Parameter(mapped, requires_grad=False)
 
 
 # --- factor versions -----------------------------------------------------------------------

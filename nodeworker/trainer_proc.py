@@ -28,11 +28,10 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dlrm_core.checkpoint import load_model
 from dlrm_core.fold_bitmap import FoldBitmap
-from dlrm_core.live_embedding import LiveEmbedding, LiveEmbeddingConfig
+from dlrm_core.live_embedding import LiveEmbeddingConfig
 from dlrm_core.malloc_policy import bound_native_heap, trim_native_heap
 from dlrm_core.memory_account import MemoryAccount
 from dlrm_core.serving import ServingDelta
@@ -47,7 +46,6 @@ from nodeworker.shared_memory import (
     SharedFactors,
     TableCapacity,
     map_base_tables,
-    table_path,
 )
 from nodeworker.snapshots import read_patch, read_top, write_table_files, write_top
 from nodeworker.trainer_messages import (
@@ -81,13 +79,6 @@ FEED_PERIOD_S = 0.05  # joined rows wait at most this long for a training batch 
 # long for inference to install the last version and free the other slot; the loop's does not
 COMMAND_PUBLISH_WAIT_S = 10.0
 WARMUP_STEPS = 60  # the throwaway trainer's steps before ready: past a rank adaptation
-
-
-def _shared_table(directory: Path, name: str, live: LiveEmbedding) -> torch.Tensor:
-    """(N, D) the table's shared-memory file mapped shared (read here, never written)."""
-    n, d = live.num_rows, live.dim
-    path = str(table_path(directory, name))
-    return torch.from_file(path, shared=True, size=n * d, dtype=torch.float32).view(n, d)
 
 
 @dataclass(frozen=True)
@@ -124,7 +115,8 @@ class TrainerLoop:
         model = load_model(setup.checkpoint)
         self.setup = setup = replace(setup, policy=fitting(model.config, setup.policy))
         self.ends = ends
-        map_base_tables(model, Path(setup.shm_dir), shared=False)
+        shm = Path(setup.shm_dir)
+        map_base_tables(model, shm, shared=False)
         self.dim = model.config.embedding_dim
         self.model_config = model.config
         policy = rank_policy(setup.policy, self.dim)
@@ -152,9 +144,9 @@ class TrainerLoop:
         # stream time 0 (RankController): on a node it happened now (ingest refuses time 0)
         started = time.time()
         self.start_events = [replace(e, timestamp=started) for e in self.trainer.drain_events()]
-        self.shared = SharedFactors(Path(setup.shm_dir), setup.capacities, create=False)
+        self.shared = SharedFactors(shm, setup.capacities, create=False)
         self.feed = Feed(
-            FeedRings.open(Path(setup.shm_dir), create=False),
+            FeedRings.open(shm, create=False),
             model.config.feature_names,
             model.config.n_dense,
             replace(setup.feed, backlog_bytes=self.budget.backlog),
@@ -165,7 +157,7 @@ class TrainerLoop:
         # the base rows folded since the checkpoint, for snapshots: a bit per row, fixed bytes
         self.folded = {name: FoldBitmap(lv.num_rows) for name, lv in self.trainer.lives.items()}
         self.private_pages = {
-            name: PrivateBasePages(lv.base.weight, _shared_table(Path(setup.shm_dir), name, lv))
+            name: PrivateBasePages.of_table(lv.base.weight, shm, name)
             for name, lv in self.trainer.lives.items()
         }
         self.rebase = TrainerRebase(self.trainer, self.private_pages, self.tuning)
@@ -185,6 +177,10 @@ class TrainerLoop:
                 import_factors(live, directory / f"{name}.factors", name)
                 self.folded[name].add(read_patch(directory / f"{name}.patch")[0])
         self.tuning.load(read_top(directory))
+        # a snapshot taken at a higher budget than this start's (lowered since) holds more
+        # rows than the tables' regions: the coldest go, folded into the base, as a live
+        # policy change would evict them
+        self._fit_budget(time.time())
         self.publish(time.time(), COMMAND_PUBLISH_WAIT_S)
 
     # --- publishing ---
@@ -245,10 +241,9 @@ class TrainerLoop:
             self.rebase.limit(budget, cmd.policy.rebase_period_s)
             self.feed.config = replace(self.feed.config, backlog_bytes=budget.backlog)
             self.tuning.apply(cmd.policy)
-            for name, ctl in self.trainer.controllers.items():
+            for ctl in self.trainer.controllers.values():
                 ctl.policy = policy
-                ctl.set_budget(min(budget.tables[name], self._cap_bytes(name)), now)
-            self.trainer.groups.sync()  # a shrunk table back in its region (LiveTrainer.adapt)
+            self._fit_budget(now)
             self.publish(now, COMMAND_PUBLISH_WAIT_S)
             return PolicyApplied(self.trainer.ranks())
         if isinstance(cmd, TakeSnapshot):
@@ -265,6 +260,13 @@ class TrainerLoop:
         done = self.rebase.apply(cmd, now)
         self.publish(now, COMMAND_PUBLISH_WAIT_S)
         return RowsRebased(self.version, done.dropped, done.carried, done.carry)
+
+    def _fit_budget(self, now: float) -> None:
+        """Each table within its share of the budget (and its shared slot): the controllers
+        evict the coldest rows, then lower the rank, where they hold more."""
+        for name, ctl in self.trainer.controllers.items():
+            ctl.set_budget(min(self.budget.tables[name], self._cap_bytes(name)), now)
+        self.trainer.groups.sync()  # a shrunk table back in its region (LiveTrainer.adapt)
 
     def _cap_bytes(self, name: str) -> int:
         cap = self.setup.capacities[name]

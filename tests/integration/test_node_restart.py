@@ -80,3 +80,28 @@ def test_a_saved_state_that_no_longer_fits_is_ignored(tmp_path):
             {"r_max": 2, "memory_budget_pct": 10.0}, "p", 4
         )  # and the next apply rewrites it
         assert json.loads(applied.read_text())["policy_version"] == 4
+
+
+def test_a_snapshot_bigger_than_the_budget_it_restarts_into_is_fitted_not_fatal(tmp_path):
+    """A node restarted at a lower budget than its last snapshot was taken at (an operator's
+    lower budget, applied after that snapshot) restores the snapshot's factors, then evicts its
+    coldest rows to fit (folding their corrections into the base) and trains on. Before, its
+    trainer died in its first step (more active rows than its region holds), and again at every
+    restart."""
+    with running_node(tmp_path, name="t-shrink") as (runtime, traffic):
+        train_until(runtime, traffic, 3000)
+        snap = runtime.operations.snapshot()
+        roomy = runtime.trainer.last_stats.memory
+    assert roomy is not None
+    tables = sum(base for _, base in roomy.values())
+    assert sum(used for used, _ in roomy.values()) > 0.05 * tables  # it cannot fit at 5%
+    with running_node(tmp_path, name="t-shrink", policy={"memory_budget_pct": 5.0}) as (
+        again,
+        traffic,
+    ):
+        assert again.restore_dir is not None and again.restore_dir.name == snap["snapshot"]
+        start = again.metrics.trained_samples
+        train_until(again, traffic, start + 1000)  # raises if the trainer died
+        memory = again.trainer.last_stats.memory
+        assert sum(used for used, _ in memory.values()) <= 0.05 * tables
+        assert again.trainer.alive and again.inference.version > 0
