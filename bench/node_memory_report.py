@@ -75,7 +75,6 @@ def print_fit(fit: dict, table_bytes: int) -> None:
 
 
 def print_verdict(args: argparse.Namespace, result: dict, without: dict, with_: dict) -> None:
-    mib = 2**20
     print(
         f"\nproportional measured: {result['proportional_measured_pct_of_tables']}%"
         f" of the tables (account: {result['proportional_accounted_pct_of_tables']}%), budget "
@@ -83,8 +82,8 @@ def print_verdict(args: argparse.Namespace, result: dict, without: dict, with_: 
         f"{result['telemetry_memory_pct_of_tables']}%; account / measured "
         f"{result['accounted_over_measured']}; "
         f"{with_['folded_rows']:,} rows folded on {with_['folded_pages']:,} pages "
-        f"({with_['folded_pages'] * PAGE / mib:.1f} MiB if kept private), private now "
-        f"{with_['after']['trainer_cow_private'] / mib:.2f} MiB; trained "
+        f"({with_['folded_pages'] * PAGE / MIB:.1f} MiB if kept private), private now "
+        f"{with_['after']['trainer_cow_private'] / MIB:.2f} MiB; trained "
         f"{with_['trained_samples']:,} samples; load {with_['load_avg_1m']}; requests left "
         f"unserved by the replay (dropped before measuring): {without['unserved_requests']:,} "
         f"without trainer, {with_['unserved_requests']:,} with"
@@ -92,24 +91,23 @@ def print_verdict(args: argparse.Namespace, result: dict, without: dict, with_: 
 
 
 def print_run(args: argparse.Namespace, result: dict, without: dict, with_: dict) -> None:
-    mib = 2**20
     print_table(
-        f"Node memory, two {args.rows_per_table:,}-row tables ({result['table_bytes'] / mib:.0f} "
+        f"Node memory, two {args.rows_per_table:,}-row tables ({result['table_bytes'] / MIB:.0f} "
         f"MiB of tables), {args.duration:.0f} s at {args.qps:.0f} req/s x {args.rows} rows, "
         f"budget {args.budget_pct}%; MiB",
         ["component", "measured", "account"],
-        [["fixed: trainer runtime, code pages"] + [result["fixed_bytes"] / mib] * 2]
-        + [[k, v["measured"] / mib, v["account"] / mib] for k, v in result["components"].items()]
+        [["fixed: trainer runtime, code pages"] + [result["fixed_bytes"] / MIB] * 2]
+        + [[k, v["measured"] / MIB, v["account"] / MIB] for k, v in result["components"].items()]
         + [
             [
                 "proportional",
-                result["proportional_measured_bytes"] / mib,
-                result["proportional_accounted_bytes"] / mib,
+                result["proportional_measured_bytes"] / MIB,
+                result["proportional_accounted_bytes"] / MIB,
             ],
             [
                 "LoRA-attributable (node with - without; account: + fixed)",
-                result["lora_measured_bytes"] / mib,
-                result["lora_accounted_bytes"] / mib,
+                result["lora_measured_bytes"] / MIB,
+                result["lora_accounted_bytes"] / MIB,
             ],
         ],
     )
@@ -118,6 +116,6 @@ def print_run(args: argparse.Namespace, result: dict, without: dict, with_: dict
     print_table(
         "smaps_rollup after the replay; MiB",
         ["process", *ROLLUP_COLUMNS],
-        [[n, *(r[k] / mib for k in ROLLUP_COLUMNS)] for n, r in procs],
+        [[n, *(r[k] / MIB for k in ROLLUP_COLUMNS)] for n, r in procs],
     )
     print_verdict(args, result, without, with_)
