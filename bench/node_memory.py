@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.node_memory_report import PAGE, budget_fit, print_fit, print_run  # noqa: E402
 from bench.workloads import write_json  # noqa: E402
+from nodeworker.protocol import POLICY_BOUNDS  # noqa: E402
 from nodeworker.runtime_metrics import smaps_rollup  # noqa: E402
 
 
@@ -336,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     budgets = [args.budget_pct, *args.compare_budgets]
+    bound = POLICY_BOUNDS["memory_budget_pct"]  # what a node's policy accepts
+    assert bound.low is not None and bound.high is not None
     for pct in budgets:
-        if not 0 < pct <= 10:
-            parser.error(f"a budget must be in (0, 10] %, got {pct}")
+        if not bound.low < pct <= bound.high:
+            parser.error(f"a budget must be in ({bound.low:g}, {bound.high:g}] %, got {pct}")
     if len(set(budgets)) != len(budgets):
         parser.error(f"the budgets must differ, got {budgets}")
     if args.variant:  # a child: one node, JSON on the last line
